@@ -1,0 +1,304 @@
+//! Every message of the protocol.
+//!
+//! One enum, [`Message`], covers the overlay (handshake, share registration, queries, hits,
+//! keep-alive, goodbye) and transfers (manifest and chunk requests and responses). Bulk bytes
+//! (chunk data, manifest chaining values) are not CBOR fields: they travel as the frame's raw
+//! payload (see [`crate::frame`]), so the fields holding them are skipped by serde.
+
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{FileId, NodeId, QueryId};
+
+/// The protocol version this build speaks.
+pub const PROTOCOL_VERSION: u16 = 1;
+
+/// The TTL a query starts with unless the user asks otherwise.
+pub const DEFAULT_TTL: u8 = 3;
+
+/// The largest TTL a super-peer honours; anything larger is clamped on receipt.
+pub const MAX_TTL: u8 = 7;
+
+/// What a node is in the overlay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Role {
+    /// A leaf: shares files, asks its super-peers to search, serves and fetches chunks.
+    Leaf,
+    /// A super-peer: indexes its leaves' files and floods queries to its neighbours.
+    SuperPeer,
+    /// A short connection that only fetches chunks (a downloader talking to a source).
+    Transfer,
+}
+
+/// The first message on every connection, in both directions.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Hello {
+    /// The sender's protocol version ([`PROTOCOL_VERSION`]).
+    pub version: u16,
+    /// The sender's node id.
+    pub node: NodeId,
+    /// The role the sender takes on this connection.
+    pub role: Role,
+    /// Where the sender accepts connections (for a leaf: where it serves chunks). An unspecified
+    /// IP (`0.0.0.0`) means "the address you see me at, on this port".
+    pub listen: Option<SocketAddr>,
+    /// Free text naming the software, for logs.
+    pub agent: String,
+}
+
+/// Tags read from a file (audio files mostly); every field is optional.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tags {
+    /// Performing artist.
+    pub artist: Option<String>,
+    /// Album or release.
+    pub album: Option<String>,
+    /// Track title.
+    pub title: Option<String>,
+    /// Genre.
+    pub genre: Option<String>,
+    /// Year of release.
+    pub year: Option<u16>,
+    /// Duration in whole seconds.
+    pub duration_s: Option<u32>,
+}
+
+impl Tags {
+    /// True when no tag is set.
+    pub fn is_empty(&self) -> bool {
+        *self == Tags::default()
+    }
+}
+
+/// One shared file as a leaf registers it with its super-peers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileRecord {
+    /// Content id (BLAKE3 of the bytes).
+    pub id: FileId,
+    /// Size in bytes.
+    pub size: u64,
+    /// Path below the shared folder, `/`-separated, ending in the file name. The shared folder's
+    /// own name is the first component, so its words are searchable too.
+    pub path: String,
+    /// Tags where the file has them.
+    pub tags: Tags,
+}
+
+impl FileRecord {
+    /// The file name: the last component of [`FileRecord::path`].
+    pub fn name(&self) -> &str {
+        self.path.rsplit('/').next().unwrap_or(&self.path)
+    }
+
+    /// The lower-case extension of the name, without the dot, if it has one.
+    pub fn extension(&self) -> Option<String> {
+        let name = self.name();
+        let (stem, ext) = name.rsplit_once('.')?;
+        (!stem.is_empty() && !ext.is_empty()).then(|| ext.to_lowercase())
+    }
+}
+
+/// What a query looks for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Terms {
+    /// Free text: every word must match (names, path words, tags).
+    Words(String),
+    /// One exact content id: used to find sources for a download.
+    Id(FileId),
+}
+
+/// Filters that apply on top of the terms.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Filter {
+    /// Only files with this extension (case-insensitive, no dot).
+    pub ext: Option<String>,
+    /// Only files at least this large, in bytes.
+    pub min_size: Option<u64>,
+    /// Only files at most this large, in bytes.
+    pub max_size: Option<u64>,
+}
+
+/// The search a query carries: terms and filters.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Search {
+    /// What to look for.
+    pub terms: Terms,
+    /// Filters.
+    pub filter: Filter,
+}
+
+/// A query flooded between super-peers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Query {
+    /// Random id: duplicate suppression and the reverse path for hits.
+    pub id: QueryId,
+    /// How many more super-peer to super-peer hops the query may take.
+    pub ttl: u8,
+    /// How many super-peer to super-peer hops it has taken.
+    pub hops: u8,
+    /// What it looks for.
+    pub search: Search,
+}
+
+/// A leaf that holds a file, as a hit names it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Source {
+    /// The leaf's node id.
+    pub node: NodeId,
+    /// Where the leaf serves chunks.
+    pub addr: SocketAddr,
+}
+
+/// One file found by a query.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Hit {
+    /// Who holds it.
+    pub source: Source,
+    /// The file.
+    pub file: FileRecord,
+    /// The answering super-peer's relevance score (higher is better; comparable only roughly
+    /// between super-peers).
+    pub score: f32,
+}
+
+/// Hits for one query, travelling back along the query's path.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QueryHits {
+    /// The query they answer.
+    pub query: QueryId,
+    /// The hits.
+    pub hits: Vec<Hit>,
+}
+
+/// Why a transfer request failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TransferErrorKind {
+    /// The node does not share a file with that id (any more).
+    NotShared,
+    /// The chunk index is outside the file.
+    BadIndex,
+    /// The node could not read the file (changed or unreadable on its disk).
+    Unavailable,
+    /// All upload slots are busy; try again later.
+    Busy,
+}
+
+/// Manifest response: the chunk layout of a file and the chaining value of every chunk. The
+/// chaining values travel as the frame payload, 32 bytes each.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ManifestMsg {
+    /// The request this answers.
+    pub request: u32,
+    /// The file.
+    pub id: FileId,
+    /// File size in bytes.
+    pub size: u64,
+    /// Chunk size in bytes (a power of two).
+    pub chunk_size: u32,
+    /// One chaining value per chunk (the payload; not a CBOR field).
+    #[serde(skip)]
+    pub cvs: Vec<[u8; 32]>,
+}
+
+/// Chunk response: the bytes of one chunk, as the frame payload.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkMsg {
+    /// The request this answers.
+    pub request: u32,
+    /// The file.
+    pub id: FileId,
+    /// Which chunk.
+    pub index: u32,
+    /// The bytes (the payload; not a CBOR field).
+    #[serde(skip)]
+    pub data: Vec<u8>,
+}
+
+/// Every message of the protocol.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Message {
+    /// Handshake; the first message in each direction.
+    Hello(Hello),
+    /// A leaf adds files to its registration with a super-peer (sent in batches).
+    Register {
+        /// The files.
+        files: Vec<FileRecord>,
+    },
+    /// A leaf withdraws files it no longer shares.
+    Withdraw {
+        /// Their content ids.
+        ids: Vec<FileId>,
+    },
+    /// A search, from a leaf to its super-peer or between super-peers.
+    Query(Query),
+    /// Hits for a query, travelling back along its path.
+    QueryHits(QueryHits),
+    /// Keep-alive probe.
+    Ping {
+        /// Echoed in the pong.
+        nonce: u64,
+    },
+    /// Keep-alive answer.
+    Pong {
+        /// The ping's nonce.
+        nonce: u64,
+    },
+    /// The sender is closing the connection, and why.
+    Goodbye {
+        /// Human-readable reason.
+        reason: String,
+    },
+    /// Ask a source for a file's manifest.
+    GetManifest {
+        /// Request number, echoed in the answer.
+        request: u32,
+        /// The file.
+        id: FileId,
+    },
+    /// A file's manifest.
+    Manifest(ManifestMsg),
+    /// Ask a source for one chunk.
+    GetChunk {
+        /// Request number, echoed in the answer.
+        request: u32,
+        /// The file.
+        id: FileId,
+        /// Which chunk.
+        index: u32,
+    },
+    /// One chunk's bytes.
+    Chunk(ChunkMsg),
+    /// A transfer request that cannot be served.
+    TransferError {
+        /// The request.
+        request: u32,
+        /// The file.
+        id: FileId,
+        /// Why.
+        kind: TransferErrorKind,
+        /// Detail for logs.
+        message: String,
+    },
+}
+
+impl Message {
+    /// A short name of the message kind, for logs and errors.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Message::Hello(_) => "Hello",
+            Message::Register { .. } => "Register",
+            Message::Withdraw { .. } => "Withdraw",
+            Message::Query(_) => "Query",
+            Message::QueryHits(_) => "QueryHits",
+            Message::Ping { .. } => "Ping",
+            Message::Pong { .. } => "Pong",
+            Message::Goodbye { .. } => "Goodbye",
+            Message::GetManifest { .. } => "GetManifest",
+            Message::Manifest(_) => "Manifest",
+            Message::GetChunk { .. } => "GetChunk",
+            Message::Chunk(_) => "Chunk",
+            Message::TransferError { .. } => "TransferError",
+        }
+    }
+}
