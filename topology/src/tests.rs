@@ -1,0 +1,317 @@
+//! A small in-memory network of super-peers and scripted leaves, in virtual time: every message
+//! is delivered in FIFO order, no sockets, no sleeps.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use wire::{
+    FileId, FileRecord, Filter, Hello, Message, NodeId, Query, QueryId, Role, Search, Tags, Terms,
+    PROTOCOL_VERSION,
+};
+
+use crate::{Config, ConnId, Event, SuperPeer};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum End {
+    Sp(usize, ConnId),
+    Leaf(usize),
+}
+
+struct Net {
+    now: Instant,
+    sps: Vec<SuperPeer>,
+    /// Each super-peer's naive "index": (leaf conn, record).
+    indexes: Vec<Vec<(ConnId, FileRecord)>>,
+    links: HashMap<End, End>,
+    /// Messages each leaf received.
+    inbox: Vec<Vec<Message>>,
+    queue: VecDeque<(End, Message)>,
+    next_conn: ConnId,
+    closed: Vec<(usize, ConnId, String)>,
+}
+
+fn record(name: &str, seed: u8) -> FileRecord {
+    FileRecord { id: FileId([seed; 32]), size: 1000, path: format!("music/{name}"), tags: Tags::default() }
+}
+
+fn words(text: &str) -> Search {
+    Search { terms: Terms::Words(text.into()), filter: Filter::default() }
+}
+
+impl Net {
+    fn new(n: usize) -> Net {
+        Net {
+            now: Instant::now(),
+            sps: (0..n)
+                .map(|i| SuperPeer::new(NodeId([i as u8 + 1; 32]), None, Config::default()))
+                .collect(),
+            indexes: vec![Vec::new(); n],
+            links: HashMap::new(),
+            inbox: Vec::new(),
+            queue: VecDeque::new(),
+            next_conn: 1,
+            closed: Vec::new(),
+        }
+    }
+
+    fn conn(&mut self) -> ConnId {
+        self.next_conn += 1;
+        self.next_conn
+    }
+
+    fn link_sps(&mut self, a: usize, b: usize) {
+        let (ca, cb) = (self.conn(), self.conn());
+        self.links.insert(End::Sp(a, ca), End::Sp(b, cb));
+        self.links.insert(End::Sp(b, cb), End::Sp(a, ca));
+        let addr = "127.0.0.1:1".parse().unwrap();
+        self.sps[a].handle_connect(self.now, ca, addr);
+        self.sps[b].handle_connect(self.now, cb, addr);
+        self.run();
+    }
+
+    /// A leaf attached to super-peer `sp`, sharing `files`; returns (leaf index, its conn at sp).
+    fn add_leaf(&mut self, sp: usize, files: Vec<FileRecord>) -> (usize, ConnId) {
+        let leaf = self.inbox.len();
+        self.inbox.push(Vec::new());
+        let c = self.conn();
+        self.links.insert(End::Sp(sp, c), End::Leaf(leaf));
+        self.links.insert(End::Leaf(leaf), End::Sp(sp, c));
+        self.sps[sp].handle_connect(self.now, c, "127.0.0.1:2".parse().unwrap());
+        let hello = Hello {
+            version: PROTOCOL_VERSION,
+            node: NodeId([100 + leaf as u8; 32]),
+            role: Role::Leaf,
+            listen: Some("0.0.0.0:9000".parse().unwrap()),
+            agent: "test".into(),
+        };
+        self.queue.push_back((End::Sp(sp, c), Message::Hello(hello)));
+        self.queue.push_back((End::Sp(sp, c), Message::Register { files }));
+        self.run();
+        (leaf, c)
+    }
+
+    fn leaf_query(&mut self, leaf: usize, id: u8, ttl: u8, text: &str) {
+        let to = self.links[&End::Leaf(leaf)];
+        let q = Query { id: QueryId([id; 16]), ttl, hops: 0, search: words(text) };
+        self.queue.push_back((to, Message::Query(q)));
+        self.run();
+    }
+
+    fn hits_at(&self, leaf: usize) -> Vec<String> {
+        let mut names: Vec<String> = self.inbox[leaf]
+            .iter()
+            .filter_map(|m| match m {
+                Message::QueryHits(h) => Some(h.hits.iter().map(|h| h.file.name().to_string())),
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// Delivers everything until the network is idle, applying the drain rule to each node.
+    fn run(&mut self) {
+        for _ in 0..100_000 {
+            for i in 0..self.sps.len() {
+                self.drain(i);
+            }
+            let Some((to, msg)) = self.queue.pop_front() else {
+                return;
+            };
+            match to {
+                End::Sp(i, c) => self.sps[i].handle_message(self.now, c, msg),
+                End::Leaf(l) => self.inbox[l].push(msg),
+            }
+        }
+        panic!("network did not settle");
+    }
+
+    fn drain(&mut self, i: usize) {
+        loop {
+            let mut progressed = false;
+            while let Some(ev) = self.sps[i].poll_event() {
+                progressed = true;
+                match ev {
+                    Event::Register { conn, files } => {
+                        self.indexes[i].extend(files.into_iter().map(|f| (conn, f)))
+                    }
+                    Event::LeafGone { conn } => self.indexes[i].retain(|(c, _)| *c != conn),
+                    Event::Search { query, search } => {
+                        let Terms::Words(text) = search.terms else { continue };
+                        let hits = self.indexes[i]
+                            .iter()
+                            .filter(|(_, f)| {
+                                text.split_whitespace().all(|w| f.path.to_lowercase().contains(w))
+                            })
+                            .map(|(c, f)| (*c, f.clone(), 1.0))
+                            .collect();
+                        self.sps[i].handle_local_hits(self.now, query, hits);
+                    }
+                    Event::Close { conn, reason } => {
+                        self.closed.push((i, conn, reason));
+                        self.sps[i].handle_disconnect(self.now, conn);
+                        if let Some(End::Sp(j, cj)) = self.links.get(&End::Sp(i, conn)).copied() {
+                            self.sps[j].handle_disconnect(self.now, cj);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            while let Some(t) = self.sps[i].poll_transmit() {
+                progressed = true;
+                if let Some(&to) = self.links.get(&End::Sp(i, t.to)) {
+                    self.queue.push_back((to, t.msg));
+                }
+            }
+            if !progressed {
+                return;
+            }
+        }
+    }
+}
+
+#[test]
+fn ttl_bounds_the_reach_of_a_query_in_a_line() {
+    let mut net = Net::new(3);
+    net.link_sps(0, 1);
+    net.link_sps(1, 2);
+    let (asker, _) = net.add_leaf(0, vec![]);
+    net.add_leaf(2, vec![record("far away song.mp3", 1)]);
+    net.add_leaf(1, vec![record("middle song.mp3", 2)]);
+
+    net.leaf_query(asker, 1, 1, "song");
+    assert_eq!(net.hits_at(asker), vec!["middle song.mp3"]);
+    net.inbox[asker].clear();
+    net.leaf_query(asker, 2, 2, "song");
+    assert_eq!(net.hits_at(asker), vec!["far away song.mp3", "middle song.mp3"]);
+}
+
+#[test]
+fn a_triangle_processes_each_query_once_and_delivers_hits_once() {
+    let mut net = Net::new(3);
+    net.link_sps(0, 1);
+    net.link_sps(1, 2);
+    net.link_sps(2, 0);
+    let (asker, _) = net.add_leaf(0, vec![]);
+    for sp in 0..3 {
+        net.add_leaf(sp, vec![record(&format!("tune {sp}.ogg"), sp as u8 + 1)]);
+    }
+    net.leaf_query(asker, 9, 7, "tune");
+    for sp in &net.sps {
+        assert_eq!(sp.stats().queries_processed, 1);
+    }
+    let dups: u64 = net.sps.iter().map(|s| s.stats().duplicates_dropped).sum();
+    assert!(dups >= 1, "the triangle must have produced a duplicate to drop");
+    assert_eq!(net.hits_at(asker), vec!["tune 0.ogg", "tune 1.ogg", "tune 2.ogg"]);
+}
+
+#[test]
+fn oversized_ttl_is_clamped_on_receipt() {
+    let n = 10;
+    let mut net = Net::new(n);
+    for i in 0..n - 1 {
+        net.link_sps(i, i + 1);
+    }
+    let (asker, _) = net.add_leaf(0, vec![]);
+    for sp in 0..n {
+        net.add_leaf(sp, vec![record(&format!("x{sp}.mp3"), sp as u8 + 1)]);
+    }
+    net.leaf_query(asker, 3, 255, "x");
+    // Super-peer 0 plus 7 hops: 8 super-peers answer.
+    let reached = net.sps.iter().filter(|s| s.stats().queries_processed == 1).count();
+    assert_eq!(reached, 8);
+    assert_eq!(net.hits_at(asker).len(), 8);
+}
+
+#[test]
+fn a_leaf_that_leaves_takes_its_files_with_it() {
+    let mut net = Net::new(1);
+    let (asker, _) = net.add_leaf(0, vec![]);
+    let (_, conn) = net.add_leaf(0, vec![record("gone.flac", 4)]);
+    net.leaf_query(asker, 1, 2, "gone");
+    assert_eq!(net.hits_at(asker), vec!["gone.flac"]);
+    net.sps[0].handle_disconnect(net.now, conn);
+    net.run();
+    assert!(net.indexes[0].is_empty());
+    assert_eq!(net.sps[0].stats().leaves, 1);
+    net.inbox[asker].clear();
+    net.leaf_query(asker, 2, 2, "gone");
+    assert!(net.hits_at(asker).is_empty());
+}
+
+#[test]
+fn messages_before_hello_close_the_connection_with_a_reason() {
+    let mut net = Net::new(1);
+    let c = net.conn();
+    net.inbox.push(Vec::new());
+    net.links.insert(End::Sp(0, c), End::Leaf(0));
+    net.sps[0].handle_connect(net.now, c, "127.0.0.1:3".parse().unwrap());
+    net.queue.push_back((End::Sp(0, c), Message::Register { files: vec![] }));
+    net.run();
+    assert_eq!(net.closed.len(), 1);
+    assert!(net.closed[0].2.contains("Register before Hello"), "{:?}", net.closed);
+    let bye = net.inbox[0].iter().any(|m| matches!(m, Message::Goodbye { reason } if reason.contains("before Hello")));
+    assert!(bye, "the peer is told why: {:?}", net.inbox[0]);
+    assert_eq!(net.sps[0].stats().protocol_errors, 1);
+}
+
+#[test]
+fn silent_connections_are_pinged_then_closed() {
+    let mut net = Net::new(1);
+    let (leaf, _) = net.add_leaf(0, vec![]);
+    let cfg = Config::default();
+    let t = net.now + cfg.keepalive_interval;
+    assert!(net.sps[0].poll_timeout().unwrap() <= t);
+    net.sps[0].handle_timeout(t);
+    net.drain(0);
+    net.run();
+    assert!(net.inbox[leaf].iter().any(|m| matches!(m, Message::Ping { .. })));
+    let later = net.now + cfg.idle_timeout + Duration::from_secs(1);
+    net.sps[0].handle_timeout(later);
+    net.drain(0);
+    assert!(net.closed.iter().any(|(_, _, r)| r.contains("silent")));
+    assert_eq!(net.sps[0].stats().leaves, 0);
+}
+
+#[test]
+fn hits_for_unknown_queries_are_dropped() {
+    let mut net = Net::new(2);
+    net.link_sps(0, 1);
+    let (_, _) = net.add_leaf(0, vec![]);
+    let stray = wire::QueryHits { query: QueryId([77; 16]), hits: vec![] };
+    let to = *net.links.keys().find(|e| matches!(e, End::Sp(0, _))).unwrap();
+    net.queue.push_back((to, Message::QueryHits(stray)));
+    net.run();
+    assert_eq!(net.sps[0].stats().hits_routed, 0);
+}
+
+mod flood_props {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// On any connected graph of super-peers, a query with enough TTL is processed exactly once
+        /// by every super-peer, and the asking leaf receives each file's hit exactly once.
+        #[test]
+        fn flooding_reaches_everyone_once(n in 2usize..9, extra in prop::collection::vec((0usize..9, 0usize..9), 0..12)) {
+            let mut net = Net::new(n);
+            for i in 1..n {
+                net.link_sps(i - 1, i);
+            }
+            for (a, b) in extra {
+                let (a, b) = (a % n, b % n);
+                if a != b { net.link_sps(a, b); }
+            }
+            let (asker, _) = net.add_leaf(0, vec![]);
+            for sp in 0..n {
+                net.add_leaf(sp, vec![record(&format!("f{sp}.mp3"), sp as u8 + 1)]);
+            }
+            net.leaf_query(asker, 5, 7, "f");
+            for sp in &net.sps {
+                prop_assert_eq!(sp.stats().queries_processed, 1);
+            }
+            prop_assert_eq!(net.hits_at(asker).len(), n);
+        }
+    }
+}
