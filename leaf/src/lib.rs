@@ -1,1 +1,43 @@
-//! placeholder
+//! `leaf`: the leaf role of Canopy — share folders, search the network, download in parallel
+//! verified chunks from every leaf that has a file, and serve chunks to others.
+//!
+//! # Layout
+//! - [`node`]: [`Node`], the long-running node (super-peer links, search, get, status).
+//! - [`share`]: scanning and hashing shared folders, the hash cache, the registry by id.
+//! - [`tags`]: reading audio tags with `lofty`.
+//! - [`upload`]: serving manifests and chunks, by content id only.
+//! - [`download`]: the multi-source downloader and its chunk [`download::Scheduler`].
+//! - [`search`]: grouping hits into one row per file.
+//! - [`control`]: the local control socket protocol between the CLI and the node.
+//!
+//! The `leaf` binary (`src/main.rs`) is the command line on top.
+//!
+//! # Example
+//! ```no_run
+//! # smol::block_on(async {
+//! use leaf::node::{Node, NodeConfig};
+//! let node = Node::start(NodeConfig {
+//!     data_dir: "/tmp/canopy-doc".into(),
+//!     superpeers: vec!["127.0.0.1:7700".parse().unwrap()],
+//!     listen: Some("127.0.0.1:0".parse().unwrap()),
+//!     control: false,
+//!     download: Default::default(),
+//! })
+//! .await
+//! .unwrap();
+//! node.share("/home/me/music".as_ref(), |_| {}).await.unwrap();
+//! # })
+//! ```
+
+pub mod control;
+pub mod download;
+pub mod node;
+pub mod search;
+pub mod share;
+pub mod tags;
+pub mod upload;
+
+pub use node::{Node, NodeConfig, NodeError};
+
+/// The software name sent in Hello.
+pub const AGENT: &str = concat!("canopy-leaf/", env!("CARGO_PKG_VERSION"));

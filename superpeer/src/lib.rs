@@ -1,1 +1,33 @@
-//! placeholder
+//! `superpeer`: the super-peer role, as a library (run in-process by a promoted leaf and by
+//! tests) and as the dedicated `superpeer` binary.
+//!
+//! # Layout
+//! - [`server`]: [`SuperPeerNode`], the async driver around the overlay logic
+//!   ([`topology::SuperPeer`]) and the index ([`index::Index`]).
+//! - [`net`]: framed reading and writing over async streams, shared with the leaf.
+//! - [`identity`]: the node id kept in a data directory, and atomic file writes.
+//!
+//! # Example
+//! ```no_run
+//! # smol::block_on(async {
+//! use superpeer::{Config, SuperPeerNode};
+//! let node = SuperPeerNode::start(Config {
+//!     listen: "127.0.0.1:0".parse().unwrap(),
+//!     peers: vec![],
+//!     node: superpeer::identity::random_node_id(),
+//!     overlay: topology::Config::default(),
+//! })
+//! .await
+//! .unwrap();
+//! println!("listening on {}", node.listen_addr());
+//! # })
+//! ```
+
+pub mod identity;
+pub mod net;
+pub mod server;
+
+pub use server::{Config, StartError, Status, SuperPeerNode};
+
+/// The port a super-peer listens on by default, and where a leaf looks for one by default.
+pub const DEFAULT_PORT: u16 = 7700;

@@ -1,0 +1,247 @@
+//! The local control protocol: how `leaf search`, `get`, `status` and `share` talk to the
+//! running node over a Unix socket in its data directory.
+//!
+//! One request per connection; the node answers with a stream of [`Reply`]s ending in
+//! [`Reply::End`]. Frames are `wire`'s (length, CBOR body, CRC32). If the client goes away
+//! mid-stream (Ctrl-C on `leaf get`), the work carries on in the node.
+
+use std::io;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use smol::channel::{self, Receiver, Sender};
+use smol::io::AsyncWriteExt;
+use smol::net::unix::{UnixListener, UnixStream};
+use superpeer::net::FrameReader;
+use wire::{FileId, NodeId, Search};
+
+use crate::download::DownloadReport;
+use crate::node::Node;
+use crate::search::SearchResult;
+use crate::share::ScanProgress;
+
+/// The control socket's file name in the data directory.
+pub const SOCKET_NAME: &str = "control.sock";
+
+/// The control socket of a data directory.
+pub fn socket_path(data_dir: &Path) -> PathBuf {
+    data_dir.join(SOCKET_NAME)
+}
+
+/// What a client asks the node.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Request {
+    /// Share these folders (scan, hash, register).
+    Share {
+        /// Folders, absolute.
+        paths: Vec<PathBuf>,
+    },
+    /// Search the network.
+    Search {
+        /// What to look for.
+        search: Search,
+        /// Query TTL.
+        ttl: u8,
+        /// How long to collect hits, in milliseconds.
+        wait_ms: u64,
+    },
+    /// Download these files.
+    Get {
+        /// Content ids.
+        ids: Vec<FileId>,
+        /// Output folder, absolute.
+        out: PathBuf,
+    },
+    /// Report the node's state.
+    Status,
+}
+
+/// A folder's share, done.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShareSummary {
+    /// The folder.
+    pub folder: PathBuf,
+    /// Files shared from it.
+    pub files: u64,
+    /// Their bytes.
+    pub bytes: u64,
+    /// Files hashed this time.
+    pub hashed: u64,
+    /// Files found unchanged in the cache.
+    pub reused: u64,
+    /// Files skipped, with the reason.
+    pub skipped: Vec<(PathBuf, String)>,
+}
+
+/// A download's state, as status shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DownloadState {
+    /// Looking for sources.
+    Searching,
+    /// Fetching chunks.
+    Running,
+    /// Complete and verified, at this path.
+    Done(PathBuf),
+    /// Stopped, with the reason.
+    Failed(String),
+}
+
+/// One download as status shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DownloadInfo {
+    /// The file.
+    pub id: FileId,
+    /// Its name.
+    pub name: String,
+    /// Its size (0 until known).
+    pub size: u64,
+    /// Verified bytes written.
+    pub done_bytes: u64,
+    /// Sources in use.
+    pub sources: usize,
+    /// State.
+    pub state: DownloadState,
+}
+
+/// One super-peer link as status shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinkStatus {
+    /// The super-peer's address.
+    pub addr: SocketAddr,
+    /// Whether the link is up.
+    pub connected: bool,
+    /// The super-peer's node id, once known.
+    pub node: Option<NodeId>,
+}
+
+/// The node's state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusReport {
+    /// Node id.
+    pub node: NodeId,
+    /// "leaf".
+    pub role: String,
+    /// Where it serves chunks.
+    pub listen: Option<SocketAddr>,
+    /// Its super-peers.
+    pub superpeers: Vec<LinkStatus>,
+    /// Shared folders.
+    pub folders: Vec<PathBuf>,
+    /// Shared files.
+    pub files: u64,
+    /// Shared bytes.
+    pub bytes: u64,
+    /// Downloads of this run.
+    pub downloads: Vec<DownloadInfo>,
+    /// Chunks served to others.
+    pub uploaded_chunks: u64,
+    /// Bytes served to others.
+    pub uploaded_bytes: u64,
+}
+
+/// What the node answers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Reply {
+    /// Scan progress of a share.
+    ShareProgress(ScanProgress),
+    /// A folder is shared.
+    Shared(ShareSummary),
+    /// Search results, grouped by file.
+    Results(Vec<SearchResult>),
+    /// Download progress.
+    GetProgress(DownloadInfo),
+    /// A download finished.
+    GetDone(DownloadReport),
+    /// A download failed.
+    GetFailed {
+        /// The file.
+        id: FileId,
+        /// Why.
+        error: String,
+    },
+    /// The node's state.
+    Status(Box<StatusReport>),
+    /// A request (or part of it) failed.
+    Error(String),
+    /// No more replies.
+    End,
+}
+
+/// Accepts control connections until the listener fails.
+pub(crate) async fn serve(node: Node, listener: UnixListener) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => smol::spawn(serve_one(node.clone(), stream)).detach(),
+            Err(e) => {
+                log::warn!("control socket accept failed: {e}");
+                smol::Timer::after(std::time::Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+async fn serve_one(node: Node, stream: UnixStream) {
+    let mut writer = stream.clone();
+    let mut reader = FrameReader::new(stream);
+    let req: Request = match reader.read_with(wire::frame::decode_value).await {
+        Ok(Some(r)) => r,
+        Ok(None) => return,
+        Err(e) => {
+            log::warn!("bad control request: {e}");
+            return;
+        }
+    };
+    let (tx, rx) = channel::unbounded();
+    // The work runs on its own: it carries on if the client goes away.
+    smol::spawn(async move { node.handle(req, tx).await }).detach();
+    let mut buf = Vec::new();
+    while let Ok(reply) = rx.recv().await {
+        buf.clear();
+        wire::frame::encode_value(&reply, &mut buf);
+        if writer.write_all(&buf).await.is_err() {
+            return;
+        }
+        if reply == Reply::End {
+            return;
+        }
+    }
+}
+
+/// Connects to the node running for `data_dir`, if one is.
+pub async fn connect(data_dir: &Path) -> Option<UnixStream> {
+    UnixStream::connect(socket_path(data_dir)).await.ok()
+}
+
+/// Sends `req` over a control connection; the replies arrive on the returned channel.
+pub fn request(stream: UnixStream, req: Request) -> Receiver<Reply> {
+    let (tx, rx) = channel::unbounded();
+    smol::spawn(async move {
+        if let Err(e) = request_inner(stream, req, &tx).await {
+            let _ = tx.send(Reply::Error(format!("lost the connection to the node: {e}"))).await;
+            let _ = tx.send(Reply::End).await;
+        }
+    })
+    .detach();
+    rx
+}
+
+async fn request_inner(stream: UnixStream, req: Request, tx: &Sender<Reply>) -> io::Result<()> {
+    let mut writer = stream.clone();
+    let mut buf = Vec::new();
+    wire::frame::encode_value(&req, &mut buf);
+    writer.write_all(&buf).await?;
+    let mut reader = FrameReader::new(stream);
+    loop {
+        match reader.read_with(wire::frame::decode_value::<Reply>).await {
+            Ok(Some(reply)) => {
+                let end = reply == Reply::End;
+                if tx.send(reply).await.is_err() || end {
+                    return Ok(());
+                }
+            }
+            Ok(None) => return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "node closed")),
+            Err(e) => return Err(io::Error::other(e.to_string())),
+        }
+    }
+}

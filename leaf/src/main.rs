@@ -1,0 +1,423 @@
+//! The `leaf` command: share folders, search, download, and inspect the running node.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+use indicatif::{HumanBytes, ProgressBar, ProgressStyle};
+use leaf::control::{self, Reply, Request};
+use leaf::{Node, NodeConfig};
+use smol::channel::Receiver;
+use wire::{FileId, Filter, Search, Terms};
+
+/// Canopy leaf: share your files, find what others share, and download it in parallel verified
+/// chunks from every peer that has it.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Cli {
+    /// The node's data directory (identity, share cache, control socket).
+    /// [default: the platform's data directory for canopy]
+    #[arg(long, env = "CANOPY_DATA_DIR", global = true)]
+    data_dir: Option<PathBuf>,
+    /// A super-peer to attach to (repeatable; comma-separated in the variable).
+    /// [default: 127.0.0.1:7700]
+    #[arg(long = "superpeer", value_name = "ADDR", env = "CANOPY_SUPERPEER", value_delimiter = ',', global = true)]
+    superpeers: Vec<SocketAddr>,
+    /// Where the node serves chunks to other leaves.
+    #[arg(long, env = "CANOPY_LISTEN", default_value = "0.0.0.0:0", global = true)]
+    listen: SocketAddr,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Share folders. Starts the node in the foreground if none runs for this data directory
+    /// (and keeps serving until stopped), or hands the folders to the running node.
+    Share {
+        /// Folders to share (none: serve the folders shared before).
+        paths: Vec<PathBuf>,
+    },
+    /// Search the network; prints one row per distinct file.
+    Search {
+        /// Words that must all match (name, folders, artist, album, title).
+        #[arg(required = true)]
+        words: Vec<String>,
+        /// One JSON object per line instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// How many super-peer hops the query may take.
+        #[arg(long, default_value_t = wire::DEFAULT_TTL, value_parser = clap::value_parser!(u8).range(0..=7))]
+        ttl: u8,
+        /// Seconds to collect results.
+        #[arg(long, default_value_t = 2.0)]
+        wait: f64,
+        /// Only files with this extension (e.g. mp3).
+        #[arg(long)]
+        ext: Option<String>,
+        /// Only files at least this many bytes.
+        #[arg(long)]
+        min_size: Option<u64>,
+        /// Only files at most this many bytes.
+        #[arg(long)]
+        max_size: Option<u64>,
+    },
+    /// Download files by content id (as `leaf search` prints it) from every leaf that has them.
+    Get {
+        /// Content ids (64 hex digits, what b3sum prints).
+        #[arg(required = true)]
+        ids: Vec<FileId>,
+        /// Folder to save into.
+        #[arg(long, default_value = ".")]
+        out: PathBuf,
+    },
+    /// Show the node's role, super-peers, shares and transfers.
+    Status {
+        /// JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> std::process::ExitCode {
+    match real_main() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn real_main() -> anyhow::Result<()> {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    let cli = Cli::parse();
+    let data_dir = match &cli.data_dir {
+        Some(d) => d.clone(),
+        None => directories::ProjectDirs::from("", "", "canopy")
+            .context("no home directory for the data directory; pass --data-dir")?
+            .data_dir()
+            .to_path_buf(),
+    };
+    let superpeers = if cli.superpeers.is_empty() {
+        vec![SocketAddr::from(([127, 0, 0, 1], superpeer::DEFAULT_PORT))]
+    } else {
+        cli.superpeers.clone()
+    };
+    smol::block_on(run(cli, data_dir, superpeers))
+}
+
+async fn run(cli: Cli, data_dir: PathBuf, superpeers: Vec<SocketAddr>) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Share { paths } => {
+            let paths = paths
+                .iter()
+                .map(|p| {
+                    std::path::absolute(p).with_context(|| format!("bad path {}", p.display()))
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            if let Some(stream) = control::connect(&data_dir).await {
+                let replies = control::request(stream, Request::Share { paths });
+                return print_share_replies(replies).await;
+            }
+            for p in &paths {
+                if !p.is_dir() {
+                    bail!("cannot share {}: no such folder", p.display());
+                }
+            }
+            let node = Node::start(NodeConfig {
+                data_dir: data_dir.clone(),
+                superpeers: superpeers.clone(),
+                listen: Some(cli.listen),
+                control: true,
+                download: Default::default(),
+            })
+            .await
+            .context("starting the leaf node")?;
+            println!(
+                "leaf {} serving on {} (data in {})",
+                node.node_id(),
+                node.listen_addr().expect("a serving node listens"),
+                data_dir.display()
+            );
+            node.reshare_remembered().await;
+            print_share_replies(local(&node, Request::Share { paths })).await?;
+            if !node.wait_connected(Duration::from_secs(3)).await {
+                eprintln!(
+                    "warning: no super-peer reachable at {} yet; will keep trying",
+                    list(&superpeers)
+                );
+            }
+            let s = node.status();
+            println!(
+                "sharing {} files ({}); keeping the node running, Ctrl-C to stop",
+                s.files,
+                HumanBytes(s.bytes)
+            );
+            smol::future::pending::<()>().await;
+            Ok(())
+        }
+        Command::Search { words, json, ttl, wait, ext, min_size, max_size } => {
+            if !(0.0..=60.0).contains(&wait) {
+                bail!("--wait {wait}: give between 0 and 60 seconds");
+            }
+            let search = Search {
+                terms: Terms::Words(words.join(" ")),
+                filter: Filter {
+                    ext: ext.map(|e| e.trim_start_matches('.').to_lowercase()),
+                    min_size,
+                    max_size,
+                },
+            };
+            let req = Request::Search { search, ttl, wait_ms: (wait * 1000.0) as u64 };
+            let replies = backend(&data_dir, &superpeers, req).await?;
+            while let Ok(reply) = replies.recv().await {
+                match reply {
+                    Reply::Results(results) => print_results(&results, json)?,
+                    Reply::Error(e) => bail!("search failed: {e}"),
+                    Reply::End => break,
+                    _ => {}
+                }
+            }
+            Ok(())
+        }
+        Command::Get { ids, out } => {
+            let out = std::path::absolute(&out)
+                .with_context(|| format!("bad output folder {}", out.display()))?;
+            let replies = backend(&data_dir, &superpeers, Request::Get { ids, out }).await?;
+            print_get_replies(replies).await
+        }
+        Command::Status { json } => {
+            let replies = backend(&data_dir, &superpeers, Request::Status).await?;
+            while let Ok(reply) = replies.recv().await {
+                match reply {
+                    Reply::Status(s) if json => println!("{}", serde_json::to_string_pretty(&s)?),
+                    Reply::Status(s) => print_status(&s),
+                    Reply::Error(e) => bail!("{e}"),
+                    Reply::End => break,
+                    _ => {}
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+fn list(addrs: &[SocketAddr]) -> String {
+    addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", ")
+}
+
+/// The running node's control socket, or a short-lived node of our own for this one request.
+async fn backend(
+    data_dir: &Path,
+    superpeers: &[SocketAddr],
+    req: Request,
+) -> anyhow::Result<Receiver<Reply>> {
+    if let Some(stream) = control::connect(data_dir).await {
+        return Ok(control::request(stream, req));
+    }
+    let node = Node::start(NodeConfig {
+        data_dir: data_dir.to_path_buf(),
+        superpeers: superpeers.to_vec(),
+        listen: None,
+        control: false,
+        download: Default::default(),
+    })
+    .await
+    .context("starting a short-lived leaf node")?;
+    if req != Request::Status && !node.wait_connected(Duration::from_secs(3)).await {
+        bail!(
+            "no node runs for {} and no super-peer answers at {}; start one with `superpeer` \
+             or pass --superpeer ADDR",
+            data_dir.display(),
+            list(superpeers)
+        );
+    }
+    Ok(local(&node, req))
+}
+
+fn local(node: &Node, req: Request) -> Receiver<Reply> {
+    let (tx, rx) = smol::channel::unbounded();
+    let node = node.clone();
+    smol::spawn(async move { node.handle(req, tx).await }).detach();
+    rx
+}
+
+fn bar(len: u64, msg: String) -> ProgressBar {
+    let pb = ProgressBar::new(len);
+    pb.set_style(
+        ProgressStyle::with_template(
+            "{msg:30!} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
+    );
+    pb.set_message(msg);
+    pb
+}
+
+async fn print_share_replies(replies: Receiver<Reply>) -> anyhow::Result<()> {
+    let mut failed = Vec::new();
+    let mut pb: Option<ProgressBar> = None;
+    while let Ok(reply) = replies.recv().await {
+        match reply {
+            Reply::ShareProgress(p) => {
+                let b = pb.get_or_insert_with(|| {
+                    bar(p.bytes_total, format!("hashing {}", p.folder.display()))
+                });
+                b.set_length(p.bytes_total);
+                b.set_position(p.bytes_done);
+            }
+            Reply::Shared(s) => {
+                if let Some(b) = pb.take() {
+                    b.finish_and_clear();
+                }
+                println!(
+                    "shared {}: {} files, {} ({} hashed, {} unchanged)",
+                    s.folder.display(),
+                    s.files,
+                    HumanBytes(s.bytes),
+                    s.hashed,
+                    s.reused
+                );
+                for (path, why) in &s.skipped {
+                    eprintln!("  skipped {}: {why}", path.display());
+                }
+            }
+            Reply::Error(e) => {
+                if let Some(b) = pb.take() {
+                    b.finish_and_clear();
+                }
+                eprintln!("error: {e}");
+                failed.push(e);
+            }
+            Reply::End => break,
+            _ => {}
+        }
+    }
+    if !failed.is_empty() {
+        bail!("{} folder(s) could not be shared", failed.len());
+    }
+    Ok(())
+}
+
+fn print_results(results: &[leaf::search::SearchResult], json: bool) -> anyhow::Result<()> {
+    if json {
+        for r in results {
+            let line = serde_json::json!({
+                "id": r.id.to_hex(),
+                "name": r.name,
+                "path": r.path,
+                "size": r.size,
+                "sources": r.sources.len(),
+                "source_addrs": r.sources.iter().map(|s| s.addr.to_string()).collect::<Vec<_>>(),
+                "artist": r.tags.artist,
+                "album": r.tags.album,
+                "title": r.tags.title,
+                "year": r.tags.year,
+                "duration_s": r.tags.duration_s,
+                "score": r.score,
+            });
+            println!("{line}");
+        }
+        return Ok(());
+    }
+    if results.is_empty() {
+        println!("no results");
+        return Ok(());
+    }
+    println!("{:>10}  {:>3}  {:<64}  PATH", "SIZE", "SRC", "ID");
+    for r in results {
+        println!(
+            "{:>10}  {:>3}  {}  {}",
+            HumanBytes(r.size).to_string(),
+            r.sources.len(),
+            r.id,
+            r.path
+        );
+    }
+    println!("{} files", results.len());
+    Ok(())
+}
+
+async fn print_get_replies(replies: Receiver<Reply>) -> anyhow::Result<()> {
+    let mut failed = 0;
+    let mut pb: Option<ProgressBar> = None;
+    while let Ok(reply) = replies.recv().await {
+        match reply {
+            Reply::GetProgress(info) => {
+                let b = pb.get_or_insert_with(|| bar(info.size, info.name.clone()));
+                b.set_length(info.size);
+                b.set_position(info.done_bytes);
+            }
+            Reply::GetDone(r) => {
+                if let Some(b) = pb.take() {
+                    b.finish_and_clear();
+                }
+                let used = r.sources.iter().filter(|s| s.chunks > 0).count();
+                println!(
+                    "saved {} ({}, {} from {} source(s) in {:.1} s)",
+                    r.path.display(),
+                    r.id,
+                    HumanBytes(r.size),
+                    used,
+                    r.elapsed_ms as f64 / 1000.0
+                );
+                for s in r.sources.iter().filter(|s| s.error.is_some()) {
+                    eprintln!("  dropped source {}: {}", s.addr, s.error.as_deref().unwrap_or(""));
+                }
+            }
+            Reply::GetFailed { id, error } => {
+                if let Some(b) = pb.take() {
+                    b.finish_and_clear();
+                }
+                eprintln!("error: cannot download {id}: {error}");
+                failed += 1;
+            }
+            Reply::Error(e) => {
+                eprintln!("error: {e}");
+                failed += 1;
+            }
+            Reply::End => break,
+            _ => {}
+        }
+    }
+    if failed > 0 {
+        bail!("{failed} download(s) failed");
+    }
+    Ok(())
+}
+
+fn print_status(s: &control::StatusReport) {
+    println!("node      {}", s.node);
+    println!("role      {}", s.role);
+    match s.listen {
+        Some(a) => println!("serving   {a}"),
+        None => println!("serving   nothing (no node runs for this data directory)"),
+    }
+    for l in &s.superpeers {
+        let state = if l.connected { "connected" } else { "not connected" };
+        println!("superpeer {} {state}", l.addr);
+    }
+    println!("shares    {} files, {}", s.files, HumanBytes(s.bytes));
+    for f in &s.folders {
+        println!("          {}", f.display());
+    }
+    println!("uploads   {} chunks, {}", s.uploaded_chunks, HumanBytes(s.uploaded_bytes));
+    if s.downloads.is_empty() {
+        println!("downloads none");
+    }
+    for d in &s.downloads {
+        let pct = if d.size > 0 { d.done_bytes * 100 / d.size } else { 0 };
+        println!(
+            "download  {} {} {pct}% of {} from {} source(s): {:?}",
+            d.id.short(),
+            d.name,
+            HumanBytes(d.size),
+            d.sources,
+            d.state
+        );
+    }
+}

@@ -1,0 +1,681 @@
+//! The leaf node: a long-running process that shares folders, keeps links to its super-peers,
+//! serves chunks, searches and downloads, and answers the local control socket.
+//!
+//! [`Node::handle`] carries out one control [`Request`]; the control socket and the short-lived
+//! in-process node of a CLI command both go through it, so both behave the same.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use smol::channel::{self, Receiver, Sender};
+use smol::net::{TcpListener, TcpStream};
+use smol::Task;
+use superpeer::net::{connect, write_message, FrameReader, ReadError};
+use wire::{
+    FileId, FileRecord, Filter, Hello, Hit, Message, NodeId, Query, QueryId, Role, Search, Terms,
+    PROTOCOL_VERSION,
+};
+
+use crate::control::{
+    self, DownloadInfo, DownloadState, LinkStatus, Reply, Request, ShareSummary, StatusReport,
+};
+use crate::download::{self, DownloadOptions, DownloadReport, Progress};
+use crate::search::{group_hits, SearchResult};
+use crate::share::{self, ShareDiff, ShareError, Shares};
+
+/// The share cache's file name in the data directory.
+pub const SHARES_FILE: &str = "shares.cbor";
+
+/// Registrations are sent in batches of about this many bytes.
+const REGISTER_BATCH_BYTES: usize = 256 << 10;
+
+/// How a node runs.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// Where it keeps its identity, share cache and control socket.
+    pub data_dir: PathBuf,
+    /// Super-peers to attach to.
+    pub superpeers: Vec<SocketAddr>,
+    /// Where to serve chunks; `None` for a node that only searches and downloads.
+    pub listen: Option<SocketAddr>,
+    /// Whether to answer on the control socket (the long-running node does).
+    pub control: bool,
+    /// Downloader settings.
+    pub download: DownloadOptions,
+}
+
+/// Why the node could not do something.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// The data directory cannot be used.
+    #[error("cannot use the data directory {}: {source}", path.display())]
+    DataDir {
+        /// The directory.
+        path: PathBuf,
+        /// The cause.
+        source: io::Error,
+    },
+    /// The listen address cannot be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        source: io::Error,
+    },
+    /// The control socket cannot be bound.
+    #[error("cannot open the control socket {}: {source}", path.display())]
+    Control {
+        /// The socket path.
+        path: PathBuf,
+        /// The cause.
+        source: io::Error,
+    },
+    /// No super-peer link is up.
+    #[error("not connected to any super-peer (tried {tried}); start one with `superpeer` or pass --superpeer ADDR")]
+    NotConnected {
+        /// The addresses tried.
+        tried: String,
+    },
+    /// A folder could not be shared.
+    #[error(transparent)]
+    Share(#[from] ShareError),
+    /// A download failed.
+    #[error(transparent)]
+    Download(#[from] download::DownloadError),
+}
+
+struct Link {
+    addr: SocketAddr,
+    out: Mutex<Option<Sender<Message>>>,
+    superpeer: Mutex<Option<NodeId>>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) node_id: NodeId,
+    pub(crate) listen: Option<SocketAddr>,
+    pub(crate) shares: RwLock<Shares>,
+    pub(crate) uploaded_chunks: AtomicU64,
+    pub(crate) uploaded_bytes: AtomicU64,
+    data_dir: PathBuf,
+    links: Vec<Link>,
+    searches: Mutex<HashMap<QueryId, Sender<Vec<Hit>>>>,
+    downloads: Mutex<Vec<DownloadInfo>>,
+    download_options: DownloadOptions,
+    /// One scan at a time: scans of one folder must not interleave.
+    scan_lock: smol::lock::Mutex<()>,
+    tasks: Mutex<Vec<Task<()>>>,
+}
+
+/// A running leaf node. Cheap to clone; [`Node::shutdown`] stops it.
+#[derive(Clone)]
+pub struct Node {
+    inner: Arc<Inner>,
+}
+
+impl Node {
+    /// Starts a node: identity, share cache, chunk server, super-peer links, control socket.
+    pub async fn start(config: NodeConfig) -> Result<Node, NodeError> {
+        let dir = config.data_dir.clone();
+        let data_err = |source| NodeError::DataDir { path: dir.clone(), source };
+        std::fs::create_dir_all(&dir).map_err(data_err)?;
+        let node_id = superpeer::identity::load_or_create_node_id(&dir).map_err(data_err)?;
+        let shares = Shares::load(&dir.join(SHARES_FILE));
+
+        let (listener, listen) = match config.listen {
+            Some(addr) => {
+                let l = TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| NodeError::Bind { addr, source })?;
+                let bound = l.local_addr().map_err(|source| NodeError::Bind { addr, source })?;
+                (Some(l), Some(bound))
+            }
+            None => (None, None),
+        };
+        let control_listener = if config.control {
+            let path = control::socket_path(&dir);
+            // A socket file left by a node that died; the caller checked none answers.
+            let _ = std::fs::remove_file(&path);
+            Some(
+                smol::net::unix::UnixListener::bind(&path)
+                    .map_err(|source| NodeError::Control { path, source })?,
+            )
+        } else {
+            None
+        };
+        let inner = Arc::new(Inner {
+            node_id,
+            listen,
+            shares: RwLock::new(shares),
+            uploaded_chunks: AtomicU64::new(0),
+            uploaded_bytes: AtomicU64::new(0),
+            data_dir: dir,
+            links: config
+                .superpeers
+                .iter()
+                .map(|&addr| Link { addr, out: Mutex::new(None), superpeer: Mutex::new(None) })
+                .collect(),
+            searches: Mutex::new(HashMap::new()),
+            downloads: Mutex::new(Vec::new()),
+            download_options: config.download,
+            scan_lock: smol::lock::Mutex::new(()),
+            tasks: Mutex::new(Vec::new()),
+        });
+        let node = Node { inner };
+        let mut tasks = Vec::new();
+        if let Some(l) = listener {
+            tasks.push(smol::spawn(accept_uploads(node.inner.clone(), l)));
+        }
+        for i in 0..node.inner.links.len() {
+            tasks.push(smol::spawn(link_loop(node.inner.clone(), i)));
+        }
+        if let Some(l) = control_listener {
+            tasks.push(smol::spawn(control::serve(node.clone(), l)));
+        }
+        log::info!(
+            "leaf {} up; serving on {}",
+            node_id.short(),
+            listen.map(|a| a.to_string()).unwrap_or_else(|| "nothing".into())
+        );
+        *node.inner.tasks.lock().unwrap() = tasks;
+        Ok(node)
+    }
+
+    /// Stops the node's tasks and closes its super-peer links.
+    pub async fn shutdown(&self) {
+        let tasks = std::mem::take(&mut *self.inner.tasks.lock().unwrap());
+        for t in tasks {
+            t.cancel().await;
+        }
+        for link in &self.inner.links {
+            link.out.lock().unwrap().take();
+        }
+        if self.inner.tasks.lock().unwrap().is_empty() {
+            let _ = std::fs::remove_file(control::socket_path(&self.inner.data_dir));
+        }
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> NodeId {
+        self.inner.node_id
+    }
+
+    /// Where it serves chunks.
+    pub fn listen_addr(&self) -> Option<SocketAddr> {
+        self.inner.listen
+    }
+
+    /// Waits until at least one super-peer link is up; false if none came up within `limit`.
+    pub async fn wait_connected(&self, limit: Duration) -> bool {
+        let until = Instant::now() + limit;
+        loop {
+            if self.inner.links.iter().any(|l| l.out.lock().unwrap().is_some()) {
+                return true;
+            }
+            if Instant::now() >= until {
+                return false;
+            }
+            smol::Timer::after(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Scans and shares a folder, registering its files with the super-peers.
+    pub async fn share(
+        &self,
+        folder: &Path,
+        progress: impl FnMut(&share::ScanProgress) + Send + 'static,
+    ) -> Result<ShareSummary, NodeError> {
+        let _guard = self.inner.scan_lock.lock().await;
+        let inner = self.inner.clone();
+        let folder = folder.to_path_buf();
+        let mut progress = progress;
+        let (outcome, canon) = smol::unblock(move || {
+            let canon = std::fs::canonicalize(&folder).unwrap_or_else(|_| folder.clone());
+            let shares = inner.shares.read().unwrap();
+            let cached = |p: &Path| shares.cached(p);
+            share::scan_folder(&folder, &cached, &mut progress).map(|o| (o, canon))
+        })
+        .await?;
+        let summary = ShareSummary {
+            folder: canon.clone(),
+            files: outcome.files.len() as u64,
+            bytes: outcome.files.iter().map(|f| f.record.size).sum(),
+            hashed: outcome.hashed,
+            reused: outcome.reused,
+            skipped: outcome.skipped,
+        };
+        let diff = self.inner.shares.write().unwrap().apply_scan(&canon, outcome.files);
+        self.save_shares().await;
+        self.announce(diff);
+        Ok(summary)
+    }
+
+    async fn save_shares(&self) {
+        let inner = self.inner.clone();
+        smol::unblock(move || {
+            let path = inner.data_dir.join(SHARES_FILE);
+            if let Err(e) = inner.shares.read().unwrap().save(&path) {
+                log::warn!("cannot save the share cache {}: {e}", path.display());
+            }
+        })
+        .await
+    }
+
+    /// Tells every connected super-peer about added and removed files.
+    fn announce(&self, diff: ShareDiff) {
+        if self.inner.listen.is_none() {
+            return;
+        }
+        for link in &self.inner.links {
+            if let Some(tx) = link.out.lock().unwrap().as_ref() {
+                for files in register_batches(&diff.added) {
+                    let _ = tx.try_send(Message::Register { files });
+                }
+                if !diff.removed.is_empty() {
+                    let _ = tx.try_send(Message::Withdraw { ids: diff.removed.clone() });
+                }
+            }
+        }
+    }
+
+    /// Sends a query to every connected super-peer; hits arrive on the receiver until
+    /// [`Node::end_search`].
+    pub fn start_search(
+        &self,
+        search: Search,
+        ttl: u8,
+    ) -> Result<(QueryId, Receiver<Vec<Hit>>), NodeError> {
+        let id = QueryId(rand::random());
+        let (tx, rx) = channel::unbounded();
+        self.inner.searches.lock().unwrap().insert(id, tx);
+        let query = Query { id, ttl, hops: 0, search };
+        let mut sent = 0;
+        for link in &self.inner.links {
+            if let Some(out) = link.out.lock().unwrap().as_ref() {
+                if out.try_send(Message::Query(query.clone())).is_ok() {
+                    sent += 1;
+                }
+            }
+        }
+        if sent == 0 {
+            self.end_search(id);
+            return Err(NodeError::NotConnected { tried: self.tried() });
+        }
+        Ok((id, rx))
+    }
+
+    /// Stops routing hits of a search.
+    pub fn end_search(&self, id: QueryId) {
+        self.inner.searches.lock().unwrap().remove(&id);
+    }
+
+    fn tried(&self) -> String {
+        let list: Vec<String> = self.inner.links.iter().map(|l| l.addr.to_string()).collect();
+        if list.is_empty() {
+            "no super-peer address given".into()
+        } else {
+            list.join(", ")
+        }
+    }
+
+    /// Searches and collects hits for `wait`, grouped by file.
+    pub async fn search(
+        &self,
+        search: Search,
+        ttl: u8,
+        wait: Duration,
+    ) -> Result<Vec<SearchResult>, NodeError> {
+        let (id, rx) = self.start_search(search, ttl)?;
+        let hits = collect_hits(&rx, wait, None).await;
+        self.end_search(id);
+        Ok(group_hits(hits))
+    }
+
+    /// Finds the leaves that hold `id` (other than this one).
+    pub async fn find_sources(&self, id: FileId, wait: Duration) -> Result<Vec<Hit>, NodeError> {
+        let search = Search { terms: Terms::Id(id), filter: Filter::default() };
+        let (qid, rx) = self.start_search(search, wire::DEFAULT_TTL)?;
+        // Hits by id come back quickly or not at all: stop shortly after the first ones.
+        let hits = collect_hits(&rx, wait, Some(Duration::from_millis(400))).await;
+        self.end_search(qid);
+        let mut seen = Vec::new();
+        Ok(hits
+            .into_iter()
+            .filter(|h| h.file.id == id && h.source.node != self.inner.node_id)
+            .filter(|h| {
+                let fresh = !seen.contains(&h.source.addr);
+                seen.push(h.source.addr);
+                fresh
+            })
+            .collect())
+    }
+
+    /// Finds sources for `id` and downloads it into `out`.
+    pub async fn get(
+        &self,
+        id: FileId,
+        out: &Path,
+        progress: impl Fn(&DownloadInfo) + Send + Sync + 'static,
+    ) -> Result<DownloadReport, NodeError> {
+        let slot = {
+            let mut d = self.inner.downloads.lock().unwrap();
+            d.push(DownloadInfo {
+                id,
+                name: id.to_hex(),
+                size: 0,
+                done_bytes: 0,
+                sources: 0,
+                state: DownloadState::Searching,
+            });
+            d.len() - 1
+        };
+        let result = self.get_inner(id, out, slot, progress).await;
+        let state = match &result {
+            Ok(r) => DownloadState::Done(r.path.clone()),
+            Err(e) => DownloadState::Failed(e.to_string()),
+        };
+        self.inner.downloads.lock().unwrap()[slot].state = state;
+        result
+    }
+
+    async fn get_inner(
+        &self,
+        id: FileId,
+        out: &Path,
+        slot: usize,
+        progress: impl Fn(&DownloadInfo) + Send + Sync + 'static,
+    ) -> Result<DownloadReport, NodeError> {
+        let hits = self.find_sources(id, Duration::from_secs(3)).await?;
+        let Some(first) = hits.first() else {
+            return Err(download::DownloadError::NoSources(id).into());
+        };
+        let name = first.file.name().to_string();
+        let sources: Vec<SocketAddr> = hits.iter().map(|h| h.source.addr).collect();
+        {
+            let mut d = self.inner.downloads.lock().unwrap();
+            let info = &mut d[slot];
+            info.name = name.clone();
+            info.size = first.file.size;
+            info.sources = sources.len();
+            info.state = DownloadState::Running;
+        }
+        let inner = self.inner.clone();
+        let on_progress = move |p: Progress| {
+            let info = {
+                let mut d = inner.downloads.lock().unwrap();
+                let info = &mut d[slot];
+                info.done_bytes = p.done_bytes;
+                info.size = p.size;
+                info.sources = p.sources;
+                info.clone()
+            };
+            progress(&info);
+        };
+        let report = download::download(
+            self.inner.node_id,
+            id,
+            &name,
+            &sources,
+            out,
+            self.inner.download_options.clone(),
+            Box::new(on_progress),
+        )
+        .await?;
+        Ok(report)
+    }
+
+    /// The node's state.
+    pub fn status(&self) -> StatusReport {
+        let shares = self.inner.shares.read().unwrap();
+        StatusReport {
+            node: self.inner.node_id,
+            role: "leaf".into(),
+            listen: self.inner.listen,
+            superpeers: self
+                .inner
+                .links
+                .iter()
+                .map(|l| LinkStatus {
+                    addr: l.addr,
+                    connected: l.out.lock().unwrap().is_some(),
+                    node: *l.superpeer.lock().unwrap(),
+                })
+                .collect(),
+            folders: shares.folders().to_vec(),
+            files: shares.len() as u64,
+            bytes: shares.total_bytes(),
+            downloads: self.inner.downloads.lock().unwrap().clone(),
+            uploaded_chunks: self.inner.uploaded_chunks.load(Ordering::Relaxed),
+            uploaded_bytes: self.inner.uploaded_bytes.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Carries out one control request, sending replies (ending with [`Reply::End`]).
+    pub async fn handle(&self, req: Request, reply: Sender<Reply>) {
+        match req {
+            Request::Share { paths } => {
+                for path in paths {
+                    let tx = reply.clone();
+                    let mut last = Instant::now() - Duration::from_secs(1);
+                    let progress = move |p: &share::ScanProgress| {
+                        let finished = p.files_done == p.files_total;
+                        if finished || last.elapsed() >= Duration::from_millis(100) {
+                            last = Instant::now();
+                            let _ = tx.try_send(Reply::ShareProgress(p.clone()));
+                        }
+                    };
+                    let r = match self.share(&path, progress).await {
+                        Ok(summary) => Reply::Shared(summary),
+                        Err(e) => Reply::Error(e.to_string()),
+                    };
+                    let _ = reply.send(r).await;
+                }
+            }
+            Request::Search { search, ttl, wait_ms } => {
+                let r = match self.search(search, ttl, Duration::from_millis(wait_ms)).await {
+                    Ok(results) => Reply::Results(results),
+                    Err(e) => Reply::Error(e.to_string()),
+                };
+                let _ = reply.send(r).await;
+            }
+            Request::Get { ids, out } => {
+                for id in ids {
+                    let tx = reply.clone();
+                    let last = Mutex::new(Instant::now() - Duration::from_secs(1));
+                    let progress = move |info: &DownloadInfo| {
+                        let mut last = last.lock().unwrap();
+                        if last.elapsed() >= Duration::from_millis(100) {
+                            *last = Instant::now();
+                            let _ = tx.try_send(Reply::GetProgress(info.clone()));
+                        }
+                    };
+                    let r = match self.get(id, &out, progress).await {
+                        Ok(report) => Reply::GetDone(report),
+                        Err(e) => Reply::GetFailed { id, error: e.to_string() },
+                    };
+                    let _ = reply.send(r).await;
+                }
+            }
+            Request::Status => {
+                let _ = reply.send(Reply::Status(Box::new(self.status()))).await;
+            }
+        }
+        let _ = reply.send(Reply::End).await;
+    }
+
+    /// Shares again every folder remembered in the share cache (after a restart).
+    pub async fn reshare_remembered(&self) {
+        let folders = self.inner.shares.read().unwrap().folders().to_vec();
+        for f in folders {
+            match self.share(&f, |_| {}).await {
+                Ok(s) => log::info!("sharing {} again: {} files", s.folder.display(), s.files),
+                Err(e) => log::warn!("cannot share {} again: {e}", f.display()),
+            }
+        }
+    }
+}
+
+/// Hits from `rx` until `wait` passes, or `after_first` after the first hits arrived.
+async fn collect_hits(
+    rx: &Receiver<Vec<Hit>>,
+    wait: Duration,
+    after_first: Option<Duration>,
+) -> Vec<Hit> {
+    let mut deadline = Instant::now() + wait;
+    let mut hits = Vec::new();
+    loop {
+        let got = smol::future::or(async { rx.recv().await.ok() }, async {
+            smol::Timer::at(deadline).await;
+            None
+        })
+        .await;
+        match got {
+            Some(batch) => {
+                if hits.is_empty() {
+                    if let Some(grace) = after_first {
+                        deadline = deadline.min(Instant::now() + grace);
+                    }
+                }
+                hits.extend(batch);
+            }
+            None => return hits,
+        }
+    }
+}
+
+/// Splits records into Register batches that stay well under the frame limit.
+fn register_batches(files: &[FileRecord]) -> Vec<Vec<FileRecord>> {
+    let mut batches = Vec::new();
+    let mut batch = Vec::new();
+    let mut bytes = 0;
+    for f in files {
+        let t = &f.tags;
+        let size = 120
+            + f.path.len()
+            + [&t.artist, &t.album, &t.title, &t.genre]
+                .iter()
+                .map(|s| s.as_ref().map_or(0, |s| s.len()))
+                .sum::<usize>();
+        if bytes + size > REGISTER_BATCH_BYTES && !batch.is_empty() {
+            batches.push(std::mem::take(&mut batch));
+            bytes = 0;
+        }
+        bytes += size;
+        batch.push(f.clone());
+    }
+    if !batch.is_empty() {
+        batches.push(batch);
+    }
+    batches
+}
+
+async fn accept_uploads(inner: Arc<Inner>, listener: TcpListener) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                let _ = stream.set_nodelay(true);
+                smol::spawn(crate::upload::serve(inner.clone(), stream)).detach();
+            }
+            Err(e) => {
+                log::warn!("accepting a download connection failed: {e}");
+                smol::Timer::after(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// Keeps the link to one super-peer up, reconnecting with growing back-off.
+async fn link_loop(inner: Arc<Inner>, i: usize) {
+    let addr = inner.links[i].addr;
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        match connect(addr, Duration::from_secs(3)).await {
+            Ok(stream) => {
+                let up = Instant::now();
+                let reason = run_link(&inner, i, stream).await;
+                inner.links[i].out.lock().unwrap().take();
+                log::info!("link to super-peer {addr} down: {reason}");
+                if up.elapsed() > Duration::from_secs(10) {
+                    backoff = Duration::from_millis(200);
+                }
+            }
+            Err(e) => log::debug!("cannot reach super-peer {addr}: {e}"),
+        }
+        smol::Timer::after(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(30));
+    }
+}
+
+async fn run_link(inner: &Arc<Inner>, i: usize, stream: TcpStream) -> String {
+    let link = &inner.links[i];
+    let mut writer = stream.clone();
+    let mut reader = FrameReader::new(stream.clone());
+    let mut scratch = Vec::new();
+    let hello = Message::Hello(Hello {
+        version: PROTOCOL_VERSION,
+        node: inner.node_id,
+        role: Role::Leaf,
+        listen: inner.listen,
+        agent: crate::AGENT.into(),
+    });
+    if let Err(e) = write_message(&mut writer, &hello, &mut scratch).await {
+        return e.to_string();
+    }
+    match reader.read_message_within(Duration::from_secs(5)).await {
+        Ok(Message::Hello(h)) if h.role == Role::SuperPeer && h.version == PROTOCOL_VERSION => {
+            *link.superpeer.lock().unwrap() = Some(h.node);
+        }
+        Ok(Message::Hello(h)) => return format!("peer is {:?} speaking v{}", h.role, h.version),
+        Ok(other) => return format!("peer answered Hello with {}", other.kind()),
+        Err(e) => return e.to_string(),
+    }
+    let (tx, rx) = channel::unbounded::<Message>();
+    let write_task = smol::spawn(async move {
+        let mut scratch = Vec::new();
+        while let Ok(msg) = rx.recv().await {
+            if write_message(&mut writer, &msg, &mut scratch).await.is_err() {
+                break;
+            }
+        }
+        let _ = writer.shutdown(std::net::Shutdown::Both);
+    });
+    // Publish the link first, then register everything: a share that lands in between is
+    // registered twice, which the super-peer treats as one.
+    *link.out.lock().unwrap() = Some(tx.clone());
+    if inner.listen.is_some() {
+        let records: Vec<FileRecord> =
+            inner.shares.read().unwrap().files().map(|f| f.record.clone()).collect();
+        for files in register_batches(&records) {
+            let _ = tx.try_send(Message::Register { files });
+        }
+    }
+    log::info!("attached to super-peer {}", link.addr);
+    let reason = loop {
+        match reader.read_message_within(Duration::from_secs(90)).await {
+            Ok(Message::QueryHits(h)) => {
+                let target = inner.searches.lock().unwrap().get(&h.query).cloned();
+                if let Some(t) = target {
+                    let _ = t.try_send(h.hits);
+                }
+            }
+            Ok(Message::Ping { nonce }) => {
+                let _ = tx.try_send(Message::Pong { nonce });
+            }
+            Ok(Message::Pong { .. }) => {}
+            Ok(Message::Goodbye { reason }) => break format!("super-peer said goodbye: {reason}"),
+            Ok(other) => log::debug!("ignoring {} from super-peer {}", other.kind(), link.addr),
+            Err(ReadError::Timeout(d)) => break format!("super-peer silent for {d:?}"),
+            Err(e) => break e.to_string(),
+        }
+    };
+    link.out.lock().unwrap().take();
+    drop(tx);
+    let _ = stream.shutdown(std::net::Shutdown::Both);
+    write_task.cancel().await;
+    reason
+}

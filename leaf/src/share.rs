@@ -1,0 +1,487 @@
+//! Shared folders: scanning, hashing, the cache that avoids re-hashing, and the registry of
+//! shared files by content id.
+//!
+//! Scanning walks a folder without following symlinks, skips hidden entries and partial
+//! downloads, and hashes each file once into its id and [`Manifest`]. The result is kept in a
+//! cache file in the data directory keyed by (path, size, mtime), so sharing an unchanged
+//! folder again reads metadata only.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs;
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::UNIX_EPOCH;
+
+use serde::{Deserialize, Serialize};
+use wire::{FileId, FileRecord, Manifest, ManifestBuilder};
+
+use crate::tags;
+
+/// The suffix of files being downloaded; they are never shared.
+pub const PART_SUFFIX: &str = ".part";
+
+/// Why a folder could not be shared.
+#[derive(Debug, thiserror::Error)]
+pub enum ShareError {
+    /// The folder does not exist.
+    #[error("cannot share {}: no such folder", .0.display())]
+    NotFound(PathBuf),
+    /// The path is not a folder.
+    #[error("cannot share {}: not a folder (share the folder that holds it)", .0.display())]
+    NotAFolder(PathBuf),
+    /// The folder cannot be read.
+    #[error("cannot read {}: {source}", path.display())]
+    Unreadable {
+        /// The folder.
+        path: PathBuf,
+        /// The cause.
+        source: io::Error,
+    },
+}
+
+/// A file this node shares: where it is, what it is, and its manifest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SharedFile {
+    /// The file on this machine.
+    pub local: PathBuf,
+    /// Modification time (seconds, nanoseconds since the epoch) when it was hashed.
+    pub mtime: (i64, u32),
+    /// What is registered with super-peers.
+    pub record: FileRecord,
+    /// Chunk size of the manifest.
+    pub chunk_size: u32,
+    /// The manifest's chaining values, 32 bytes each.
+    #[serde(with = "serde_bytes")]
+    pub cvs: Vec<u8>,
+}
+
+impl SharedFile {
+    /// The file's manifest.
+    pub fn manifest(&self) -> Manifest {
+        Manifest {
+            size: self.record.size,
+            chunk_size: self.chunk_size,
+            cvs: self.cvs.chunks_exact(32).map(|c| c.try_into().expect("32 bytes")).collect(),
+        }
+    }
+
+    /// True if the file on disk still has the size and mtime it was hashed with.
+    pub fn unchanged_on_disk(&self) -> bool {
+        fs::metadata(&self.local)
+            .map(|m| m.len() == self.record.size && mtime_of(&m) == self.mtime)
+            .unwrap_or(false)
+    }
+}
+
+/// How far a scan has got (sent to the user as a progress bar).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScanProgress {
+    /// The folder being scanned.
+    pub folder: PathBuf,
+    /// Files found.
+    pub files_total: u64,
+    /// Files done (hashed or found unchanged in the cache).
+    pub files_done: u64,
+    /// Bytes that need hashing.
+    pub bytes_total: u64,
+    /// Bytes hashed so far.
+    pub bytes_done: u64,
+}
+
+/// What a scan found.
+#[derive(Debug, Default)]
+pub struct ScanOutcome {
+    /// Every shareable file in the folder.
+    pub files: Vec<SharedFile>,
+    /// Files hashed this time.
+    pub hashed: u64,
+    /// Files taken unchanged from the cache.
+    pub reused: u64,
+    /// Files that could not be read, with the reason.
+    pub skipped: Vec<(PathBuf, String)>,
+}
+
+fn mtime_of(meta: &fs::Metadata) -> (i64, u32) {
+    match meta.modified().map(|t| t.duration_since(UNIX_EPOCH)) {
+        Ok(Ok(d)) => (d.as_secs() as i64, d.subsec_nanos()),
+        Ok(Err(e)) => (-(e.duration().as_secs() as i64), e.duration().subsec_nanos()),
+        Err(_) => (0, 0),
+    }
+}
+
+fn hidden(name: &std::ffi::OsStr) -> bool {
+    name.to_str().is_some_and(|n| n.starts_with('.'))
+}
+
+/// Scans `root`: lists its files, takes unchanged ones from `cached`, hashes the others.
+/// Blocking: run it off the async executor.
+pub fn scan_folder(
+    root: &Path,
+    cached: &dyn Fn(&Path) -> Option<Arc<SharedFile>>,
+    progress: &mut dyn FnMut(&ScanProgress),
+) -> Result<ScanOutcome, ShareError> {
+    let root = match fs::canonicalize(root) {
+        Ok(r) => r,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Err(ShareError::NotFound(root.to_path_buf()))
+        }
+        Err(source) => return Err(ShareError::Unreadable { path: root.to_path_buf(), source }),
+    };
+    if !root.is_dir() {
+        return Err(ShareError::NotAFolder(root));
+    }
+    fs::read_dir(&root).map_err(|source| ShareError::Unreadable { path: root.clone(), source })?;
+    let top = root.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+
+    let mut outcome = ScanOutcome::default();
+    let mut todo = Vec::new();
+    let mut state = ScanProgress { folder: root.clone(), ..Default::default() };
+    let walk = walkdir::WalkDir::new(&root)
+        .follow_links(false)
+        .sort_by_file_name()
+        .into_iter()
+        .filter_entry(|e| e.depth() == 0 || !hidden(e.file_name()));
+    for entry in walk {
+        let entry = match entry {
+            Ok(e) => e,
+            Err(e) => {
+                let path = e.path().map(Path::to_path_buf).unwrap_or_else(|| root.clone());
+                log::warn!("skipping {}: {e}", path.display());
+                outcome.skipped.push((path, e.to_string()));
+                continue;
+            }
+        };
+        // Symlinks are not followed: a link could lead out of the shared folder.
+        if !entry.file_type().is_file() {
+            continue;
+        }
+        let name = entry.file_name().to_string_lossy();
+        if name.ends_with(PART_SUFFIX) {
+            continue;
+        }
+        let meta = match entry.metadata() {
+            Ok(m) => m,
+            Err(e) => {
+                outcome.skipped.push((entry.path().to_path_buf(), e.to_string()));
+                continue;
+            }
+        };
+        let rel = entry.path().strip_prefix(&root).expect("walk stays below its root");
+        let mut path = top.clone();
+        for part in rel.components() {
+            path.push('/');
+            path.push_str(&part.as_os_str().to_string_lossy());
+        }
+        let mtime = mtime_of(&meta);
+        state.files_total += 1;
+        match cached(entry.path()) {
+            Some(hit) if hit.record.size == meta.len() && hit.mtime == mtime => {
+                let mut file = (*hit).clone();
+                file.record.path = path;
+                outcome.files.push(file);
+                outcome.reused += 1;
+                state.files_done += 1;
+            }
+            _ => {
+                state.bytes_total += meta.len();
+                todo.push((entry.into_path(), meta.len(), mtime, path));
+            }
+        }
+    }
+    progress(&state);
+
+    let mut buf = vec![0u8; 1 << 20];
+    for (local, size, mtime, path) in todo {
+        match hash_file(&local, size, &mut buf, &mut |n| {
+            state.bytes_done += n;
+            progress(&state);
+        }) {
+            Ok((id, manifest)) => {
+                let tags = tags::read_tags(&local);
+                outcome.files.push(SharedFile {
+                    local,
+                    mtime,
+                    record: FileRecord { id, size, path, tags },
+                    chunk_size: manifest.chunk_size,
+                    cvs: manifest.cvs.as_flattened().to_vec(),
+                });
+                outcome.hashed += 1;
+            }
+            Err(e) => {
+                log::warn!("skipping {}: {e}", local.display());
+                outcome.skipped.push((local, e.to_string()));
+            }
+        }
+        state.files_done += 1;
+        progress(&state);
+    }
+    Ok(outcome)
+}
+
+/// Hashes a file of the expected `size` into its id and manifest.
+pub fn hash_file(
+    path: &Path,
+    size: u64,
+    buf: &mut [u8],
+    progress: &mut dyn FnMut(u64),
+) -> io::Result<(FileId, Manifest)> {
+    let mut file = fs::File::open(path)?;
+    let mut builder = ManifestBuilder::new(size);
+    loop {
+        let n = file.read(buf)?;
+        if n == 0 {
+            break;
+        }
+        if builder.bytes_seen() + n as u64 > size {
+            return Err(io::Error::other("the file grew while it was read"));
+        }
+        builder.update(&buf[..n]);
+        progress(n as u64);
+    }
+    builder.finish().ok_or_else(|| io::Error::other("the file shrank while it was read"))
+}
+
+/// What a change to the shares means for the super-peers.
+#[derive(Debug, Default, PartialEq)]
+pub struct ShareDiff {
+    /// Records to register.
+    pub added: Vec<FileRecord>,
+    /// Ids to withdraw (no shared file has them any more).
+    pub removed: Vec<FileId>,
+}
+
+/// The registry of shared folders and files.
+#[derive(Debug, Default)]
+pub struct Shares {
+    folders: Vec<PathBuf>,
+    by_path: BTreeMap<PathBuf, Arc<SharedFile>>,
+    by_id: HashMap<FileId, Vec<Arc<SharedFile>>>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct SavedShares {
+    version: u32,
+    folders: Vec<PathBuf>,
+    files: Vec<SharedFile>,
+}
+
+impl Shares {
+    /// The shared folders.
+    pub fn folders(&self) -> &[PathBuf] {
+        &self.folders
+    }
+
+    /// Every shared file.
+    pub fn files(&self) -> impl Iterator<Item = &Arc<SharedFile>> {
+        self.by_path.values()
+    }
+
+    /// Number of shared files.
+    pub fn len(&self) -> usize {
+        self.by_path.len()
+    }
+
+    /// True when nothing is shared.
+    pub fn is_empty(&self) -> bool {
+        self.by_path.is_empty()
+    }
+
+    /// Total bytes shared.
+    pub fn total_bytes(&self) -> u64 {
+        self.by_path.values().map(|f| f.record.size).sum()
+    }
+
+    /// A shared file with this content id, still unchanged on disk.
+    pub fn get(&self, id: &FileId) -> Option<Arc<SharedFile>> {
+        self.by_id.get(id)?.iter().find(|f| f.unchanged_on_disk()).cloned()
+    }
+
+    /// The cache entry for a local path.
+    pub fn cached(&self, local: &Path) -> Option<Arc<SharedFile>> {
+        self.by_path.get(local).cloned()
+    }
+
+    /// Replaces everything under `folder` with a fresh scan's files, remembering the folder.
+    pub fn apply_scan(&mut self, folder: &Path, files: Vec<SharedFile>) -> ShareDiff {
+        if !self.folders.iter().any(|f| f == folder) {
+            self.folders.push(folder.to_path_buf());
+        }
+        let old: Vec<PathBuf> =
+            self.by_path.keys().filter(|p| p.starts_with(folder)).cloned().collect();
+        let mut diff = ShareDiff::default();
+        let mut before = HashMap::new();
+        for p in old {
+            let f = self.remove_path(&p).expect("listed");
+            before.insert(p, f);
+        }
+        for file in files {
+            let unchanged = before.remove(&file.local).is_some_and(|b| b.record == file.record);
+            if !unchanged {
+                diff.added.push(file.record.clone());
+            }
+            self.insert(file);
+        }
+        for (_, gone) in before {
+            if !self.by_id.contains_key(&gone.record.id) {
+                diff.removed.push(gone.record.id);
+            }
+        }
+        diff
+    }
+
+    fn insert(&mut self, file: SharedFile) {
+        let file = Arc::new(file);
+        if let Some(old) = self.by_path.insert(file.local.clone(), file.clone()) {
+            self.unlink_id(&old);
+        }
+        self.by_id.entry(file.record.id).or_default().push(file);
+    }
+
+    fn remove_path(&mut self, p: &Path) -> Option<Arc<SharedFile>> {
+        let f = self.by_path.remove(p)?;
+        self.unlink_id(&f);
+        Some(f)
+    }
+
+    fn unlink_id(&mut self, f: &Arc<SharedFile>) {
+        if let Some(list) = self.by_id.get_mut(&f.record.id) {
+            list.retain(|x| !Arc::ptr_eq(x, f));
+            if list.is_empty() {
+                self.by_id.remove(&f.record.id);
+            }
+        }
+    }
+
+    /// Saves the registry (the hash cache) to `path`, atomically.
+    pub fn save(&self, path: &Path) -> io::Result<()> {
+        let saved = SavedShares {
+            version: 1,
+            folders: self.folders.clone(),
+            files: self.by_path.values().map(|f| (**f).clone()).collect(),
+        };
+        let mut bytes = Vec::new();
+        ciborium::into_writer(&saved, &mut bytes).map_err(io::Error::other)?;
+        superpeer::identity::write_atomically(path, &bytes)
+    }
+
+    /// Loads the registry from `path`. A missing file is an empty registry; a damaged one is
+    /// reported and treated as empty (the folders will be hashed again), never a crash.
+    pub fn load(path: &Path) -> Shares {
+        let bytes = match fs::read(path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Shares::default(),
+            Err(e) => {
+                log::warn!("cannot read the share cache {}: {e}; starting empty", path.display());
+                return Shares::default();
+            }
+        };
+        match ciborium::from_reader::<SavedShares, _>(&bytes[..]) {
+            Ok(saved) if saved.version == 1 => {
+                let mut shares = Shares { folders: saved.folders, ..Default::default() };
+                for f in saved.files {
+                    if f.cvs.len() % 32 == 0 {
+                        shares.insert(f);
+                    }
+                }
+                shares
+            }
+            Ok(saved) => {
+                log::warn!("share cache {} has unknown version {}", path.display(), saved.version);
+                Shares::default()
+            }
+            Err(e) => {
+                log::warn!("share cache {} is damaged ({e}); it will be rebuilt", path.display());
+                Shares::default()
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scan(dir: &Path, shares: &Shares) -> ScanOutcome {
+        scan_folder(dir, &|p| shares.cached(p), &mut |_| {}).unwrap()
+    }
+
+    #[test]
+    fn scans_hashes_and_reuses_the_cache() {
+        let tmp = tempfile::tempdir().unwrap();
+        let music = tmp.path().join("music");
+        fs::create_dir_all(music.join("Artist/Album")).unwrap();
+        fs::write(music.join("Artist/Album/01 - Song.mp3"), vec![1u8; 300_000]).unwrap();
+        fs::write(music.join("notes.txt"), b"hello").unwrap();
+        fs::write(music.join(".hidden"), b"secret").unwrap();
+        fs::write(music.join("film.mkv.part"), b"partial").unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", music.join("passwd")).unwrap();
+
+        let mut shares = Shares::default();
+        let out = scan(&music, &shares);
+        assert_eq!(out.hashed, 2);
+        let mut paths: Vec<_> = out.files.iter().map(|f| f.record.path.clone()).collect();
+        paths.sort();
+        assert_eq!(paths, ["music/Artist/Album/01 - Song.mp3", "music/notes.txt"]);
+        let song = out.files.iter().find(|f| f.record.size == 300_000).unwrap();
+        assert_eq!(song.record.id, FileId::from(blake3::hash(&vec![1u8; 300_000])));
+        assert!(song.manifest().verify(&song.record.id).is_ok());
+
+        let canon = fs::canonicalize(&music).unwrap();
+        let diff = shares.apply_scan(&canon, out.files);
+        assert_eq!(diff.added.len(), 2);
+        let cache = tmp.path().join("shares.cbor");
+        shares.save(&cache).unwrap();
+        let shares = Shares::load(&cache);
+        assert_eq!(shares.len(), 2);
+
+        let again = scan(&music, &shares);
+        assert_eq!((again.hashed, again.reused), (0, 2));
+    }
+
+    #[test]
+    fn changed_and_deleted_files_are_noticed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = fs::canonicalize(tmp.path()).unwrap();
+        fs::write(dir.join("a.bin"), b"one").unwrap();
+        fs::write(dir.join("b.bin"), b"two").unwrap();
+        let mut shares = Shares::default();
+        let out = scan(&dir, &shares);
+        shares.apply_scan(&dir, out.files);
+        let old_a = FileId::from(blake3::hash(b"one"));
+        assert!(shares.get(&old_a).is_some());
+
+        fs::write(dir.join("a.bin"), b"one, changed").unwrap();
+        fs::remove_file(dir.join("b.bin")).unwrap();
+        assert!(shares.get(&old_a).is_none(), "a changed file is not served under its old id");
+        let out = scan(&dir, &shares);
+        assert_eq!(out.hashed, 1);
+        let diff = shares.apply_scan(&dir, out.files);
+        assert_eq!(diff.added.len(), 1);
+        let mut removed = diff.removed.clone();
+        removed.sort();
+        let mut want = vec![old_a, FileId::from(blake3::hash(b"two"))];
+        want.sort();
+        assert_eq!(removed, want);
+    }
+
+    #[test]
+    fn a_damaged_cache_is_rebuilt_not_fatal() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cache = tmp.path().join("shares.cbor");
+        fs::write(&cache, b"\xff\x00 not cbor").unwrap();
+        assert!(Shares::load(&cache).is_empty());
+    }
+
+    #[test]
+    fn missing_folder_and_file_are_named() {
+        let tmp = tempfile::tempdir().unwrap();
+        let missing = tmp.path().join("nope");
+        let err = scan_folder(&missing, &|_| None, &mut |_| {}).unwrap_err();
+        assert!(err.to_string().contains("nope") && err.to_string().contains("no such folder"));
+        let file = tmp.path().join("f.txt");
+        fs::write(&file, b"x").unwrap();
+        let err = scan_folder(&file, &|_| None, &mut |_| {}).unwrap_err();
+        assert!(matches!(err, ShareError::NotAFolder(_)), "{err}");
+    }
+}

@@ -1,0 +1,65 @@
+//! The `superpeer` binary: a dedicated super-peer.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Parser;
+
+/// Run a dedicated Canopy super-peer: index the files of the leaves that attach to it, answer
+/// their searches, and flood them to neighbouring super-peers.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Args {
+    /// Address to accept leaves and neighbouring super-peers on.
+    #[arg(long, env = "CANOPY_SUPERPEER_LISTEN", default_value_t = SocketAddr::from(([0, 0, 0, 0], superpeer::DEFAULT_PORT)))]
+    listen: SocketAddr,
+    /// A neighbouring super-peer to connect to (repeatable).
+    #[arg(long = "peer", value_name = "ADDR")]
+    peers: Vec<SocketAddr>,
+    /// Where the node keeps its identity [default: the platform's data directory].
+    #[arg(long, env = "CANOPY_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// TTL cap applied to incoming queries.
+    #[arg(long, default_value_t = wire::MAX_TTL, value_parser = clap::value_parser!(u8).range(0..=15))]
+    max_ttl: u8,
+}
+
+fn main() -> std::process::ExitCode {
+    match real_main() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn real_main() -> anyhow::Result<()> {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let args = Args::parse();
+    let data_dir = match args.data_dir {
+        Some(d) => d,
+        None => directories::ProjectDirs::from("", "", "canopy")
+            .context("no home directory to keep the super-peer's data in; pass --data-dir")?
+            .data_dir()
+            .join("superpeer"),
+    };
+    let node = superpeer::identity::load_or_create_node_id(&data_dir)
+        .with_context(|| format!("reading the node id in {}", data_dir.display()))?;
+    let overlay = topology::Config { max_ttl: args.max_ttl, ..Default::default() };
+    smol::block_on(async {
+        let sp = superpeer::SuperPeerNode::start(superpeer::Config {
+            listen: args.listen,
+            peers: args.peers,
+            node,
+            overlay,
+        })
+        .await
+        .context("starting the super-peer")?;
+        // Tests and scripts read this line to learn the port when listening on port 0.
+        println!("superpeer {} listening on {}", node, sp.listen_addr());
+        smol::future::pending::<()>().await;
+        Ok(())
+    })
+}

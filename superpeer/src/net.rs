@@ -1,0 +1,183 @@
+//! Framed connections over any async byte stream: read whole messages, write messages.
+//!
+//! [`FrameReader`] loops between "is a whole frame buffered?" and reading more bytes, grows its
+//! buffer only to the size a frame's header announces (which `wire` has already checked against
+//! the maximum), and treats end-of-file inside a frame as an error, apart from a clean
+//! end-of-file between frames.
+
+use std::io;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use smol::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use smol::net::TcpStream;
+use wire::{DecodeError, Message};
+
+/// The smallest free space offered to a read.
+const READ_SIZE: usize = 64 << 10;
+/// A buffer larger than this is given back once drained.
+const KEEP_BUFFER: usize = 2 << 20;
+
+/// Why a message could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// The stream failed.
+    #[error("connection failed: {0}")]
+    Io(#[from] io::Error),
+    /// The bytes are not a valid frame or message.
+    #[error("{0}")]
+    Decode(#[from] DecodeError),
+    /// The peer closed the connection in the middle of a frame.
+    #[error("connection closed in the middle of a frame ({0} bytes buffered)")]
+    Truncated(usize),
+    /// No complete message arrived in time.
+    #[error("no message within {0:?}")]
+    Timeout(Duration),
+}
+
+/// Reads whole frames from a byte stream.
+#[derive(Debug)]
+pub struct FrameReader<R> {
+    inner: R,
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+}
+
+impl<R: AsyncRead + Unpin> FrameReader<R> {
+    /// Wraps a stream.
+    pub fn new(inner: R) -> Self {
+        FrameReader { inner, buf: vec![0; READ_SIZE], start: 0, end: 0 }
+    }
+
+    /// The next value that `decode` finds, `Ok(None)` at a clean end of stream.
+    pub async fn read_with<T>(
+        &mut self,
+        decode: impl Fn(&[u8]) -> Result<Option<(T, usize)>, DecodeError>,
+    ) -> Result<Option<T>, ReadError> {
+        loop {
+            let pending = &self.buf[self.start..self.end];
+            if let Some((value, used)) = decode(pending)? {
+                self.start += used;
+                if self.start == self.end && self.buf.len() > KEEP_BUFFER {
+                    // Give back a buffer that grew for one very large frame.
+                    self.buf = vec![0; READ_SIZE];
+                    (self.start, self.end) = (0, 0);
+                }
+                return Ok(Some(value));
+            }
+            // Room for the whole frame if its header is here (`wire` has checked its length
+            // against the maximum), and at least one read's worth of free space.
+            let have = self.end - self.start;
+            let frame = wire::frame::frame_len(pending)?.unwrap_or(0);
+            let want = frame.max(have + READ_SIZE);
+            if self.buf.len() - self.start < want {
+                self.buf.copy_within(self.start..self.end, 0);
+                (self.start, self.end) = (0, have);
+                if self.buf.len() < want {
+                    self.buf.resize(want, 0);
+                }
+            }
+            let n = self.inner.read(&mut self.buf[self.end..]).await?;
+            if n == 0 {
+                return match have {
+                    0 => Ok(None),
+                    held => Err(ReadError::Truncated(held)),
+                };
+            }
+            self.end += n;
+        }
+    }
+
+    /// The next protocol message, `Ok(None)` at a clean end of stream.
+    pub async fn read_message(&mut self) -> Result<Option<Message>, ReadError> {
+        self.read_with(wire::decode).await
+    }
+
+    /// The next message within `limit`; end of stream is an error here.
+    pub async fn read_message_within(&mut self, limit: Duration) -> Result<Message, ReadError> {
+        let read = async {
+            self.read_message().await?.ok_or_else(|| {
+                ReadError::Io(io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed"))
+            })
+        };
+        smol::future::or(read, async {
+            smol::Timer::after(limit).await;
+            Err(ReadError::Timeout(limit))
+        })
+        .await
+    }
+
+    /// The wrapped stream.
+    pub fn get_mut(&mut self) -> &mut R {
+        &mut self.inner
+    }
+}
+
+/// Encodes `msg` into `scratch` and writes it.
+pub async fn write_message<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    msg: &Message,
+    scratch: &mut Vec<u8>,
+) -> io::Result<()> {
+    scratch.clear();
+    wire::encode(msg, scratch);
+    w.write_all(scratch).await
+}
+
+/// Connects to `addr`, giving up after `limit`.
+pub async fn connect(addr: SocketAddr, limit: Duration) -> io::Result<TcpStream> {
+    let stream = smol::future::or(TcpStream::connect(addr), async {
+        smol::Timer::after(limit).await;
+        Err(io::Error::new(io::ErrorKind::TimedOut, format!("connecting to {addr} timed out")))
+    })
+    .await?;
+    stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_frames_split_anywhere_and_large_payloads() {
+        smol::block_on(async {
+            let big = Message::Chunk(wire::ChunkMsg {
+                request: 1,
+                id: wire::FileId([1; 32]),
+                index: 0,
+                data: vec![7; 1 << 20],
+            });
+            let mut bytes = Vec::new();
+            for m in [Message::Ping { nonce: 1 }, big.clone(), Message::Pong { nonce: 2 }] {
+                wire::encode(&m, &mut bytes);
+            }
+            // A reader that hands out 1000 bytes at a time.
+            struct Dribble(Vec<u8>, usize);
+            impl AsyncRead for Dribble {
+                fn poll_read(
+                    mut self: std::pin::Pin<&mut Self>,
+                    _: &mut std::task::Context<'_>,
+                    out: &mut [u8],
+                ) -> std::task::Poll<io::Result<usize>> {
+                    let n = out.len().min(1000).min(self.0.len() - self.1);
+                    out[..n].copy_from_slice(&self.0[self.1..self.1 + n]);
+                    self.1 += n;
+                    std::task::Poll::Ready(Ok(n))
+                }
+            }
+            let mut r = FrameReader::new(Dribble(bytes.clone(), 0));
+            assert_eq!(r.read_message().await.unwrap(), Some(Message::Ping { nonce: 1 }));
+            assert_eq!(r.read_message().await.unwrap(), Some(big));
+            assert_eq!(r.read_message().await.unwrap(), Some(Message::Pong { nonce: 2 }));
+            assert!(r.read_message().await.unwrap().is_none());
+
+            let cut = bytes.len() - 3;
+            let mut r = FrameReader::new(Dribble(bytes[..cut].to_vec(), 0));
+            r.read_message().await.unwrap();
+            r.read_message().await.unwrap();
+            assert!(matches!(r.read_message().await, Err(ReadError::Truncated(_))));
+        })
+    }
+}
