@@ -1,1 +1,248 @@
-//! placeholder
+//! `canopy`: the workspace's root package. It holds the integration tests (`tests/`), the
+//! runnable examples (`examples/`), and this test kit, which they share.
+//!
+//! # Layout
+//! - [`corpus`]: real music metadata (the freemusi.cc track list, CC BY-SA 4.0) turned into
+//!   shares on disk, with contents that are deterministic per track, so leaves that "have" the
+//!   same track hold byte-identical files.
+//! - [`net`]: starting super-peers and leaves in-process on 127.0.0.1 with ephemeral ports,
+//!   waiting for conditions, and bounding a test in time.
+//!
+//! # Example
+//! ```no_run
+//! use canopy::{corpus, net};
+//! let tracks = corpus::load_tracks(100).unwrap();
+//! let dir = tempfile::tempdir().unwrap();
+//! corpus::write_share(&dir.path().join("music"), &tracks).unwrap();
+//! net::run_bounded(std::time::Duration::from_secs(30), async {
+//!     let sp = net::superpeer(&[]).await;
+//!     let leaf = net::leaf(dir.path(), "alice", &[sp.listen_addr()]).await;
+//!     leaf.share(&dir.path().join("music"), |_| {}).await.unwrap();
+//! });
+//! ```
+
+pub mod corpus {
+    //! The corpus of real track metadata, and shares made from it.
+
+    use std::fs;
+    use std::io;
+    use std::path::{Path, PathBuf};
+
+    /// The project's full corpus, beside the repository.
+    pub const SHARED_CORPUS: &str = "../shared/corpus/freemusic-tracks.tsv";
+    /// The sample embedded in the repository (every tenth track), for a fresh clone.
+    pub const EMBEDDED_SAMPLE: &str = include_str!("../examples/data/freemusic-sample.tsv");
+
+    /// One track of the corpus.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct Track {
+        /// Performing artist.
+        pub artist: String,
+        /// Album.
+        pub album: String,
+        /// Disc number.
+        pub disc: u32,
+        /// Track number.
+        pub track: u32,
+        /// Title.
+        pub title: String,
+        /// Duration in seconds.
+        pub duration_s: u32,
+        /// Year.
+        pub year: u32,
+        /// Genre.
+        pub genre: String,
+        /// The release's id in the source database.
+        pub release_id: String,
+    }
+
+    /// Where the full corpus is: `$CANOPY_CORPUS`, else `../shared/corpus/` beside the
+    /// repository, if present.
+    pub fn full_corpus_path() -> Option<PathBuf> {
+        if let Ok(p) = std::env::var("CANOPY_CORPUS") {
+            return Some(PathBuf::from(p));
+        }
+        let p = Path::new(env!("CARGO_MANIFEST_DIR")).join(SHARED_CORPUS);
+        p.exists().then_some(p)
+    }
+
+    /// Parses the corpus's TSV text (header first).
+    pub fn parse(text: &str) -> Vec<Track> {
+        text.lines()
+            .skip(1)
+            .filter_map(|line| {
+                let f: Vec<&str> = line.split('\t').collect();
+                if f.len() < 11 {
+                    return None;
+                }
+                Some(Track {
+                    artist: f[0].trim().to_string(),
+                    album: f[1].trim().to_string(),
+                    disc: f[3].parse().unwrap_or(1),
+                    track: f[4].parse().unwrap_or(0),
+                    title: f[5].trim().to_string(),
+                    duration_s: f[6].parse().unwrap_or(0),
+                    year: f[7].parse().unwrap_or(0),
+                    genre: f[8].trim().to_string(),
+                    release_id: f[10].trim().to_string(),
+                })
+            })
+            .filter(|t| !t.artist.is_empty() && !t.title.is_empty())
+            .collect()
+    }
+
+    /// The first `limit` tracks of the full corpus, or of the embedded sample when the full one
+    /// is not beside the repository.
+    pub fn load_tracks(limit: usize) -> io::Result<Vec<Track>> {
+        let mut tracks = match full_corpus_path() {
+            Some(p) => parse(&fs::read_to_string(&p).map_err(|e| {
+                io::Error::new(e.kind(), format!("reading the corpus {}: {e}", p.display()))
+            })?),
+            None => parse(EMBEDDED_SAMPLE),
+        };
+        tracks.truncate(limit);
+        Ok(tracks)
+    }
+
+    /// A name that any file system accepts, made from corpus text.
+    pub fn file_safe(s: &str) -> String {
+        let cleaned: String = s
+            .chars()
+            .map(|c| if matches!(c, '/' | '\\' | '\0') || c.is_control() { '-' } else { c })
+            .collect();
+        let cleaned = cleaned.trim().trim_start_matches('.').trim();
+        let cut: String = cleaned.chars().take(80).collect();
+        if cut.is_empty() {
+            "untitled".into()
+        } else {
+            cut
+        }
+    }
+
+    impl Track {
+        /// Where a music library would keep it: `Artist/Album/NN - Title.mp3`.
+        pub fn library_path(&self) -> PathBuf {
+            PathBuf::from(file_safe(&self.artist))
+                .join(file_safe(&self.album))
+                .join(format!("{:02} - {}.mp3", self.track, file_safe(&self.title)))
+        }
+
+        /// Its stand-in size: 2 KiB per second of music, at least 16 KiB, at most 1 MiB.
+        pub fn size(&self) -> u64 {
+            (self.duration_s as u64 * 2048).clamp(16 << 10, 1 << 20)
+        }
+
+        /// Its stand-in contents: deterministic per track.
+        pub fn contents(&self) -> Vec<u8> {
+            deterministic_bytes(
+                &format!("{}/{}/{}", self.release_id, self.disc, self.track),
+                self.size() as usize,
+            )
+        }
+    }
+
+    /// `len` bytes that depend only on `seed`.
+    pub fn deterministic_bytes(seed: &str, len: usize) -> Vec<u8> {
+        let mut out = vec![0u8; len];
+        blake3::Hasher::new_derive_key("canopy test corpus")
+            .update(seed.as_bytes())
+            .finalize_xof()
+            .fill(&mut out);
+        out
+    }
+
+    /// Writes `tracks` below `root` in library layout; returns each file's path.
+    pub fn write_share(root: &Path, tracks: &[Track]) -> io::Result<Vec<PathBuf>> {
+        let mut paths = Vec::with_capacity(tracks.len());
+        for t in tracks {
+            let p = root.join(t.library_path());
+            fs::create_dir_all(p.parent().expect("library paths have folders"))?;
+            fs::write(&p, t.contents())?;
+            paths.push(p);
+        }
+        Ok(paths)
+    }
+}
+
+pub mod net {
+    //! In-process networks on 127.0.0.1 for tests and the demo.
+
+    use std::future::Future;
+    use std::net::SocketAddr;
+    use std::path::Path;
+    use std::time::{Duration, Instant};
+
+    use leaf::{Node, NodeConfig};
+    use superpeer::SuperPeerNode;
+
+    /// Runs `f` to completion on smol, panicking if it takes longer than `limit`: every
+    /// networked test is bounded in time.
+    pub fn run_bounded<F: Future>(limit: Duration, f: F) -> F::Output {
+        smol::block_on(smol::future::or(f, async {
+            smol::Timer::after(limit).await;
+            panic!("test did not finish within {limit:?}");
+        }))
+    }
+
+    /// Waits until `cond` holds, checking every 20 ms; panics naming `what` after `limit`.
+    pub async fn wait_until<F, Fut>(what: &str, limit: Duration, mut cond: F)
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = bool>,
+    {
+        let until = Instant::now() + limit;
+        while !cond().await {
+            if Instant::now() > until {
+                panic!("timed out after {limit:?} waiting for {what}");
+            }
+            smol::Timer::after(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// A super-peer on an ephemeral port, connecting to `peers`.
+    pub async fn superpeer(peers: &[SocketAddr]) -> SuperPeerNode {
+        SuperPeerNode::start(superpeer::Config {
+            listen: "127.0.0.1:0".parse().expect("valid address"),
+            peers: peers.to_vec(),
+            node: superpeer::identity::random_node_id(),
+            overlay: topology::Config::default(),
+        })
+        .await
+        .expect("a super-peer starts on an ephemeral port")
+    }
+
+    /// A serving leaf with its data directory `base/name`, attached to `superpeers` and
+    /// waited for until at least one link is up.
+    pub async fn leaf(base: &Path, name: &str, superpeers: &[SocketAddr]) -> Node {
+        let node = Node::start(NodeConfig {
+            data_dir: base.join(name),
+            superpeers: superpeers.to_vec(),
+            listen: Some("127.0.0.1:0".parse().expect("valid address")),
+            control: false,
+            download: Default::default(),
+        })
+        .await
+        .expect("a leaf starts on an ephemeral port");
+        assert!(
+            node.wait_connected(Duration::from_secs(10)).await,
+            "leaf {name} did not attach to {superpeers:?}"
+        );
+        node
+    }
+
+    /// Waits until super-peer `sp` has `n` neighbours.
+    pub async fn wait_neighbours(sp: &SuperPeerNode, n: u64) {
+        wait_until(&format!("{n} neighbours at {}", sp.listen_addr()), Duration::from_secs(10), || async {
+            sp.status().await.stats.neighbours >= n
+        })
+        .await
+    }
+
+    /// Waits until super-peer `sp` indexes at least `n` records.
+    pub async fn wait_records(sp: &SuperPeerNode, n: u64) {
+        wait_until(&format!("{n} records at {}", sp.listen_addr()), Duration::from_secs(10), || async {
+            sp.status().await.records >= n
+        })
+        .await
+    }
+}

@@ -310,21 +310,20 @@ impl Shares {
         let old: Vec<PathBuf> =
             self.by_path.keys().filter(|p| p.starts_with(folder)).cloned().collect();
         let mut diff = ShareDiff::default();
-        let mut before = HashMap::new();
-        for p in old {
-            let f = self.remove_path(&p).expect("listed");
-            before.insert(p, f);
-        }
+        let before: HashMap<PathBuf, Arc<SharedFile>> =
+            old.into_iter().map(|p| (p.clone(), self.remove_path(&p).expect("listed"))).collect();
         for file in files {
-            let unchanged = before.remove(&file.local).is_some_and(|b| b.record == file.record);
-            if !unchanged {
+            if before.get(&file.local).is_none_or(|b| b.record != file.record) {
                 diff.added.push(file.record.clone());
             }
             self.insert(file);
         }
-        for (_, gone) in before {
-            if !self.by_id.contains_key(&gone.record.id) {
-                diff.removed.push(gone.record.id);
+        // Every id that no shared file holds any more is withdrawn, whether its file was
+        // deleted or changed in place.
+        for gone in before.values() {
+            let id = gone.record.id;
+            if !self.by_id.contains_key(&id) && !diff.removed.contains(&id) {
+                diff.removed.push(id);
             }
         }
         diff

@@ -1,0 +1,296 @@
+//! Whole networks of real nodes on 127.0.0.1 (ephemeral ports, in one process): flooding and
+//! TTL, duplicate suppression, multi-source downloads, a corrupt source, a leaf leaving, and
+//! malformed frames. Every test is bounded in time and cleans up its temporary folders.
+
+use std::collections::HashMap;
+use std::fs;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::time::Duration;
+
+use canopy::corpus::{self, Track};
+use canopy::net::{self, run_bounded, wait_until};
+use leaf::Node;
+use smol::io::AsyncWriteExt;
+use superpeer::net::FrameReader;
+use wire::{FileId, Filter, Message, Search, Terms};
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+fn words(text: &str) -> Search {
+    Search { terms: Terms::Words(text.into()), filter: Filter::default() }
+}
+
+fn track_id(t: &Track) -> FileId {
+    FileId::from(blake3::hash(&t.contents()))
+}
+
+async fn share_tracks(node: &Node, dir: &Path, tracks: &[Track]) {
+    corpus::write_share(dir, tracks).unwrap();
+    let summary = node.share(dir, |_| {}).await.unwrap();
+    assert_eq!(summary.files, tracks.len() as u64);
+}
+
+async fn ids_found(node: &Node, query: &str, ttl: u8) -> Vec<FileId> {
+    let results = node.search(words(query), ttl, Duration::from_millis(800)).await.unwrap();
+    results.into_iter().map(|r| r.id).collect()
+}
+
+/// The words of a track as a person would type them: artist and title.
+fn query_for(t: &Track) -> String {
+    format!("{} {}", t.artist, t.title)
+}
+
+#[test]
+fn ttl_bounds_how_far_a_search_travels_in_a_line() {
+    run_bounded(LIMIT, async {
+        let tmp = tempfile::tempdir().unwrap();
+        let a = net::superpeer(&[]).await;
+        let b = net::superpeer(&[a.listen_addr()]).await;
+        let c = net::superpeer(&[b.listen_addr()]).await;
+        net::wait_neighbours(&b, 2).await;
+        net::wait_neighbours(&c, 1).await;
+
+        let tracks = corpus::load_tracks(40).unwrap();
+        let (mid_tracks, far_tracks) = tracks.split_at(20);
+        let asker = net::leaf(tmp.path(), "asker", &[a.listen_addr()]).await;
+        let middle = net::leaf(tmp.path(), "middle", &[b.listen_addr()]).await;
+        let far = net::leaf(tmp.path(), "far", &[c.listen_addr()]).await;
+        share_tracks(&middle, &tmp.path().join("mid-music"), mid_tracks).await;
+        share_tracks(&far, &tmp.path().join("far-music"), far_tracks).await;
+        net::wait_records(&b, 20).await;
+        net::wait_records(&c, 20).await;
+
+        let far_track = &far_tracks[3];
+        let mid_track = &mid_tracks[5];
+        assert!(ids_found(&asker, &query_for(far_track), 2).await.contains(&track_id(far_track)));
+        assert!(!ids_found(&asker, &query_for(far_track), 1).await.contains(&track_id(far_track)));
+        // TTL 1 does travel one hop: the negative above is the TTL, not a broken link.
+        assert!(ids_found(&asker, &query_for(mid_track), 1).await.contains(&track_id(mid_track)));
+        assert!(!ids_found(&asker, &query_for(mid_track), 0).await.contains(&track_id(mid_track)));
+        asker.shutdown().await;
+        middle.shutdown().await;
+        far.shutdown().await;
+    });
+}
+
+#[test]
+fn a_triangle_processes_each_query_once_and_hits_arrive_once() {
+    run_bounded(LIMIT, async {
+        let tmp = tempfile::tempdir().unwrap();
+        let a = net::superpeer(&[]).await;
+        let b = net::superpeer(&[a.listen_addr()]).await;
+        let c = net::superpeer(&[a.listen_addr(), b.listen_addr()]).await;
+        for sp in [&a, &b, &c] {
+            net::wait_neighbours(sp, 2).await;
+        }
+        let tracks = corpus::load_tracks(15).unwrap();
+        let mut leaves = Vec::new();
+        for (i, sp) in [&a, &b, &c].into_iter().enumerate() {
+            let l = net::leaf(tmp.path(), &format!("leaf{i}"), &[sp.listen_addr()]).await;
+            share_tracks(&l, &tmp.path().join(format!("music{i}")), &tracks[i * 5..i * 5 + 5])
+                .await;
+            net::wait_records(sp, 5).await;
+            leaves.push(l);
+        }
+        let asker = net::leaf(tmp.path(), "asker", &[a.listen_addr()]).await;
+        let (qid, rx) = asker.start_search(words("mp3"), 3).unwrap();
+        let mut arrivals: HashMap<(FileId, std::net::SocketAddr), usize> = HashMap::new();
+        let until = std::time::Instant::now() + Duration::from_millis(1500);
+        while let Some(batch) = smol::future::or(async { rx.recv().await.ok() }, async {
+            smol::Timer::at(until).await;
+            None
+        })
+        .await
+        {
+            for h in batch {
+                *arrivals.entry((h.file.id, h.source.addr)).or_default() += 1;
+            }
+        }
+        asker.end_search(qid);
+        assert_eq!(arrivals.len(), 15, "every file of every leaf is found");
+        assert!(arrivals.values().all(|&n| n == 1), "a hit arrived twice: {arrivals:?}");
+        let mut dropped = 0;
+        for sp in [&a, &b, &c] {
+            let s = sp.status().await.stats;
+            assert_eq!(s.queries_processed, 1, "{} processed the query once", sp.listen_addr());
+            dropped += s.duplicates_dropped;
+        }
+        assert!(dropped >= 1, "the triangle's second copies were dropped as duplicates");
+    });
+}
+
+/// A file big enough for many chunks, the same bytes for every leaf that shares it.
+fn big_file(dir: &Path, name: &str, len: usize) -> (std::path::PathBuf, Vec<u8>) {
+    fs::create_dir_all(dir).unwrap();
+    let bytes = corpus::deterministic_bytes("big file", len);
+    let path = dir.join(name);
+    fs::write(&path, &bytes).unwrap();
+    (path, bytes)
+}
+
+#[test]
+fn a_file_held_by_three_leaves_downloads_from_all_three() {
+    run_bounded(LIMIT, async {
+        let tmp = tempfile::tempdir().unwrap();
+        let sp = net::superpeer(&[]).await;
+        let mut sources = Vec::new();
+        let mut content = Vec::new();
+        for i in 0..3 {
+            let l = net::leaf(tmp.path(), &format!("seed{i}"), &[sp.listen_addr()]).await;
+            let dir = tmp.path().join(format!("share{i}"));
+            let (_, bytes) = big_file(&dir, "Concert Recording.flac", 16 << 20);
+            l.share(&dir, |_| {}).await.unwrap();
+            content = bytes;
+            sources.push(l);
+        }
+        net::wait_records(&sp, 3).await;
+        let id = FileId::from(blake3::hash(&content));
+        let getter = net::leaf(tmp.path(), "getter", &[sp.listen_addr()]).await;
+        let out = tmp.path().join("downloads");
+        let report = getter.get(id, &out, |_| {}).await.unwrap();
+
+        assert_eq!(report.sources.len(), 3, "{report:?}");
+        for s in &report.sources {
+            assert!(s.error.is_none(), "{s:?}");
+            assert!(s.chunks > 0, "source {} served no chunk: {report:?}", s.addr);
+        }
+        assert_eq!(report.sources.iter().map(|s| s.chunks).sum::<u64>(), 64);
+        let got = fs::read(&report.path).unwrap();
+        assert_eq!(report.path, out.join("Concert Recording.flac"));
+        assert_eq!(FileId::from(blake3::hash(&got)), id);
+        assert!(got == content, "downloaded bytes differ");
+        assert!(!out.join("Concert Recording.flac.part").exists());
+
+        // A second download of the same file keeps the first: a new name, never a replacement.
+        let again = getter.get(id, &out, |_| {}).await.unwrap();
+        assert_eq!(again.path, out.join("Concert Recording (1).flac"));
+        assert_eq!(fs::read(&report.path).unwrap().len(), content.len());
+    });
+}
+
+#[test]
+fn a_source_that_sends_corrupt_chunks_is_dropped_and_the_download_completes() {
+    run_bounded(LIMIT, async {
+        let tmp = tempfile::tempdir().unwrap();
+        let sp = net::superpeer(&[]).await;
+        let mut leaves = Vec::new();
+        let mut bad_addr = None;
+        let mut content = Vec::new();
+        for i in 0..3 {
+            let l = net::leaf(tmp.path(), &format!("seed{i}"), &[sp.listen_addr()]).await;
+            let dir = tmp.path().join(format!("share{i}"));
+            let (path, bytes) = big_file(&dir, "album.zip", 4 << 20);
+            l.share(&dir, |_| {}).await.unwrap();
+            content = bytes;
+            if i == 0 {
+                // Rot every chunk of this copy on disk, keeping size and mtime, so the leaf
+                // still believes it holds the file and serves bad bytes.
+                let f = fs::OpenOptions::new().write(true).open(&path).unwrap();
+                let mtime = fs::metadata(&path).unwrap().modified().unwrap();
+                for chunk in 0..16u64 {
+                    f.write_all_at(b"\x00rot\x00", chunk * (256 << 10) + 1000).unwrap();
+                }
+                f.set_modified(mtime).unwrap();
+                bad_addr = l.listen_addr();
+            }
+            leaves.push(l);
+        }
+        net::wait_records(&sp, 3).await;
+        let id = FileId::from(blake3::hash(&content));
+        let getter = net::leaf(tmp.path(), "getter", &[sp.listen_addr()]).await;
+        let report = getter.get(id, &tmp.path().join("dl"), |_| {}).await.unwrap();
+
+        let bad = report.sources.iter().find(|s| Some(s.addr) == bad_addr).unwrap();
+        assert_eq!(bad.chunks, 0, "no chunk of the corrupt source was kept: {report:?}");
+        let why = bad.error.as_deref().unwrap_or_default();
+        assert!(why.contains("bad chunk"), "dropped for the right reason: {why}");
+        assert_eq!(report.sources.iter().map(|s| s.chunks).sum::<u64>(), 16);
+        assert!(fs::read(&report.path).unwrap() == content);
+    });
+}
+
+#[test]
+fn a_leaf_that_disconnects_disappears_from_results() {
+    run_bounded(LIMIT, async {
+        let tmp = tempfile::tempdir().unwrap();
+        let sp = net::superpeer(&[]).await;
+        let tracks = corpus::load_tracks(10).unwrap();
+        let sharer = net::leaf(tmp.path(), "sharer", &[sp.listen_addr()]).await;
+        share_tracks(&sharer, &tmp.path().join("music"), &tracks).await;
+        net::wait_records(&sp, 10).await;
+        let asker = net::leaf(tmp.path(), "asker", &[sp.listen_addr()]).await;
+        let t = &tracks[2];
+        assert!(ids_found(&asker, &query_for(t), 2).await.contains(&track_id(t)));
+
+        sharer.shutdown().await;
+        wait_until("the super-peer to drop the leaf's files", Duration::from_secs(10), || async {
+            sp.status().await.records == 0
+        })
+        .await;
+        assert!(ids_found(&asker, &query_for(t), 2).await.is_empty());
+        assert_eq!(sp.status().await.stats.leaves, 1);
+    });
+}
+
+/// Sends `bytes` on a fresh connection to `addr` (after reading the super-peer's Hello) and
+/// returns the reason of the Goodbye that comes back, if any, once the connection closes.
+async fn send_raw(addr: std::net::SocketAddr, bytes: &[u8], close_after: bool) -> Option<String> {
+    let stream = smol::net::TcpStream::connect(addr).await.unwrap();
+    let mut writer = stream.clone();
+    let mut reader = FrameReader::new(stream);
+    assert!(matches!(reader.read_message().await, Ok(Some(Message::Hello(_)))));
+    writer.write_all(bytes).await.unwrap();
+    if close_after {
+        writer.close().await.unwrap();
+    }
+    let mut reason = None;
+    loop {
+        match reader.read_message().await {
+            Ok(Some(Message::Goodbye { reason: r })) => reason = Some(r),
+            Ok(Some(_)) => {}
+            Ok(None) | Err(_) => return reason,
+        }
+    }
+}
+
+#[test]
+fn malformed_frames_close_only_the_offending_connection() {
+    run_bounded(LIMIT, async {
+        let tmp = tempfile::tempdir().unwrap();
+        let sp = net::superpeer(&[]).await;
+        let addr = sp.listen_addr();
+        let tracks = corpus::load_tracks(5).unwrap();
+        let sharer = net::leaf(tmp.path(), "sharer", &[addr]).await;
+        share_tracks(&sharer, &tmp.path().join("music"), &tracks).await;
+        net::wait_records(&sp, 5).await;
+
+        let mut ping = Vec::new();
+        wire::encode(&Message::Ping { nonce: 1 }, &mut ping);
+        let mut bad_crc = ping.clone();
+        *bad_crc.last_mut().unwrap() ^= 0xff;
+        let why = send_raw(addr, &bad_crc, false).await.expect("a goodbye with a reason");
+        assert!(why.contains("checksum"), "{why}");
+
+        let mut oversized = ((wire::MAX_BODY + 1) as u32).to_be_bytes().to_vec();
+        oversized.extend_from_slice(&0u32.to_be_bytes());
+        let why = send_raw(addr, &oversized, false).await.expect("a goodbye with a reason");
+        assert!(why.contains("exceeds the maximum"), "{why}");
+
+        let mut garbage = Vec::new();
+        wire::frame::encode_frame(&[0xff, 0x00, 0x13, 0x37], &[], &mut garbage);
+        let why = send_raw(addr, &garbage, false).await.expect("a goodbye with a reason");
+        assert!(why.contains("invalid frame body"), "{why}");
+
+        // Half a frame, then the sender hangs up: closed without a fuss.
+        send_raw(addr, &ping[..ping.len() / 2], true).await;
+
+        // The super-peer still serves everyone else.
+        let asker = net::leaf(tmp.path(), "asker", &[addr]).await;
+        let t = &tracks[1];
+        assert!(ids_found(&asker, &query_for(t), 2).await.contains(&track_id(t)));
+        let stats = sp.status().await.stats;
+        assert_eq!(stats.protocol_errors, 3);
+        assert_eq!(stats.leaves, 2);
+    });
+}
