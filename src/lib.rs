@@ -108,7 +108,13 @@ pub mod corpus {
     pub fn file_safe(s: &str) -> String {
         let cleaned: String = s
             .chars()
-            .map(|c| if matches!(c, '/' | '\\' | '\0') || c.is_control() { '-' } else { c })
+            .map(|c| {
+                if matches!(c, '/' | '\\' | '\0') || c.is_control() {
+                    '-'
+                } else {
+                    c
+                }
+            })
             .collect();
         let cleaned = cleaned.trim().trim_start_matches('.').trim();
         let cut: String = cleaned.chars().take(80).collect();
@@ -124,21 +130,76 @@ pub mod corpus {
         pub fn library_path(&self) -> PathBuf {
             PathBuf::from(file_safe(&self.artist))
                 .join(file_safe(&self.album))
-                .join(format!("{:02} - {}.mp3", self.track, file_safe(&self.title)))
+                .join(format!(
+                    "{:02} - {}.mp3",
+                    self.track,
+                    file_safe(&self.title)
+                ))
         }
 
-        /// Its stand-in size: 2 KiB per second of music, at least 16 KiB, at most 1 MiB.
+        /// Its stand-in size: 1 KB per second of music (an 8 kbit/s MP3), at least 16 KiB,
+        /// at most 2 MiB.
         pub fn size(&self) -> u64 {
-            (self.duration_s as u64 * 2048).clamp(16 << 10, 1 << 20)
+            (self.duration_s as u64 * 1000).clamp(16 << 10, 2 << 20)
         }
 
-        /// Its stand-in contents: deterministic per track.
+        /// Its stand-in contents, deterministic per track: a real MP3 as far as a tag reader
+        /// can tell — an ID3v2.4 tag with the track's artist, album, title, genre, year and
+        /// number, then 8 kbit/s MPEG-2 Layer III frames (headers valid, payload noise).
         pub fn contents(&self) -> Vec<u8> {
-            deterministic_bytes(
+            let size = self.size() as usize;
+            let mut out = id3v2(&[
+                ("TPE1", self.artist.clone()),
+                ("TALB", self.album.clone()),
+                ("TIT2", self.title.clone()),
+                ("TCON", self.genre.clone()),
+                (
+                    "TDRC",
+                    if self.year > 0 {
+                        self.year.to_string()
+                    } else {
+                        String::new()
+                    },
+                ),
+                ("TRCK", self.track.to_string()),
+            ]);
+            let noise = deterministic_bytes(
                 &format!("{}/{}/{}", self.release_id, self.disc, self.track),
-                self.size() as usize,
-            )
+                size,
+            );
+            // MPEG-2 Layer III, 8 kbit/s, 22.05 kHz, mono: 26-byte frames.
+            const HEADER: [u8; 4] = [0xFF, 0xF3, 0x10, 0xC4];
+            while out.len() + 26 <= size {
+                let at = out.len();
+                out.extend_from_slice(&HEADER);
+                out.extend_from_slice(&noise[at..at + 22]);
+            }
+            out.extend_from_slice(&noise[out.len()..size]);
+            out
         }
+    }
+
+    /// An ID3v2.4 tag holding UTF-8 text frames (empty texts are left out).
+    pub fn id3v2(frames: &[(&str, String)]) -> Vec<u8> {
+        fn syncsafe(n: usize) -> [u8; 4] {
+            [
+                (n >> 21) as u8 & 0x7f,
+                (n >> 14) as u8 & 0x7f,
+                (n >> 7) as u8 & 0x7f,
+                n as u8 & 0x7f,
+            ]
+        }
+        let mut body = Vec::new();
+        for (id, text) in frames.iter().filter(|(_, t)| !t.is_empty()) {
+            body.extend_from_slice(id.as_bytes());
+            body.extend_from_slice(&syncsafe(text.len() + 1));
+            body.extend_from_slice(&[0, 0, 3]); // no flags; encoding 3 is UTF-8
+            body.extend_from_slice(text.as_bytes());
+        }
+        let mut out = b"ID3\x04\x00\x00".to_vec();
+        out.extend_from_slice(&syncsafe(body.len()));
+        out.extend_from_slice(&body);
+        out
     }
 
     /// `len` bytes that depend only on `seed`.
@@ -232,17 +293,21 @@ pub mod net {
 
     /// Waits until super-peer `sp` has `n` neighbours.
     pub async fn wait_neighbours(sp: &SuperPeerNode, n: u64) {
-        wait_until(&format!("{n} neighbours at {}", sp.listen_addr()), Duration::from_secs(10), || async {
-            sp.status().await.stats.neighbours >= n
-        })
+        wait_until(
+            &format!("{n} neighbours at {}", sp.listen_addr()),
+            Duration::from_secs(10),
+            || async { sp.status().await.stats.neighbours >= n },
+        )
         .await
     }
 
     /// Waits until super-peer `sp` indexes at least `n` records.
     pub async fn wait_records(sp: &SuperPeerNode, n: u64) {
-        wait_until(&format!("{n} records at {}", sp.listen_addr()), Duration::from_secs(10), || async {
-            sp.status().await.records >= n
-        })
+        wait_until(
+            &format!("{n} records at {}", sp.listen_addr()),
+            Duration::from_secs(10),
+            || async { sp.status().await.records >= n },
+        )
         .await
     }
 }

@@ -18,7 +18,10 @@ use wire::{FileId, Filter, Message, Search, Terms};
 const LIMIT: Duration = Duration::from_secs(60);
 
 fn words(text: &str) -> Search {
-    Search { terms: Terms::Words(text.into()), filter: Filter::default() }
+    Search {
+        terms: Terms::Words(text.into()),
+        filter: Filter::default(),
+    }
 }
 
 fn track_id(t: &Track) -> FileId {
@@ -32,7 +35,10 @@ async fn share_tracks(node: &Node, dir: &Path, tracks: &[Track]) {
 }
 
 async fn ids_found(node: &Node, query: &str, ttl: u8) -> Vec<FileId> {
-    let results = node.search(words(query), ttl, Duration::from_millis(800)).await.unwrap();
+    let results = node
+        .search(words(query), ttl, Duration::from_millis(800))
+        .await
+        .unwrap();
     results.into_iter().map(|r| r.id).collect()
 }
 
@@ -63,11 +69,19 @@ fn ttl_bounds_how_far_a_search_travels_in_a_line() {
 
         let far_track = &far_tracks[3];
         let mid_track = &mid_tracks[5];
-        assert!(ids_found(&asker, &query_for(far_track), 2).await.contains(&track_id(far_track)));
-        assert!(!ids_found(&asker, &query_for(far_track), 1).await.contains(&track_id(far_track)));
+        assert!(ids_found(&asker, &query_for(far_track), 2)
+            .await
+            .contains(&track_id(far_track)));
+        assert!(!ids_found(&asker, &query_for(far_track), 1)
+            .await
+            .contains(&track_id(far_track)));
         // TTL 1 does travel one hop: the negative above is the TTL, not a broken link.
-        assert!(ids_found(&asker, &query_for(mid_track), 1).await.contains(&track_id(mid_track)));
-        assert!(!ids_found(&asker, &query_for(mid_track), 0).await.contains(&track_id(mid_track)));
+        assert!(ids_found(&asker, &query_for(mid_track), 1)
+            .await
+            .contains(&track_id(mid_track)));
+        assert!(!ids_found(&asker, &query_for(mid_track), 0)
+            .await
+            .contains(&track_id(mid_track)));
         asker.shutdown().await;
         middle.shutdown().await;
         far.shutdown().await;
@@ -88,8 +102,12 @@ fn a_triangle_processes_each_query_once_and_hits_arrive_once() {
         let mut leaves = Vec::new();
         for (i, sp) in [&a, &b, &c].into_iter().enumerate() {
             let l = net::leaf(tmp.path(), &format!("leaf{i}"), &[sp.listen_addr()]).await;
-            share_tracks(&l, &tmp.path().join(format!("music{i}")), &tracks[i * 5..i * 5 + 5])
-                .await;
+            share_tracks(
+                &l,
+                &tmp.path().join(format!("music{i}")),
+                &tracks[i * 5..i * 5 + 5],
+            )
+            .await;
             net::wait_records(sp, 5).await;
             leaves.push(l);
         }
@@ -109,14 +127,25 @@ fn a_triangle_processes_each_query_once_and_hits_arrive_once() {
         }
         asker.end_search(qid);
         assert_eq!(arrivals.len(), 15, "every file of every leaf is found");
-        assert!(arrivals.values().all(|&n| n == 1), "a hit arrived twice: {arrivals:?}");
+        assert!(
+            arrivals.values().all(|&n| n == 1),
+            "a hit arrived twice: {arrivals:?}"
+        );
         let mut dropped = 0;
         for sp in [&a, &b, &c] {
             let s = sp.status().await.stats;
-            assert_eq!(s.queries_processed, 1, "{} processed the query once", sp.listen_addr());
+            assert_eq!(
+                s.queries_processed,
+                1,
+                "{} processed the query once",
+                sp.listen_addr()
+            );
             dropped += s.duplicates_dropped;
         }
-        assert!(dropped >= 1, "the triangle's second copies were dropped as duplicates");
+        assert!(
+            dropped >= 1,
+            "the triangle's second copies were dropped as duplicates"
+        );
     });
 }
 
@@ -153,7 +182,11 @@ fn a_file_held_by_three_leaves_downloads_from_all_three() {
         assert_eq!(report.sources.len(), 3, "{report:?}");
         for s in &report.sources {
             assert!(s.error.is_none(), "{s:?}");
-            assert!(s.chunks > 0, "source {} served no chunk: {report:?}", s.addr);
+            assert!(
+                s.chunks > 0,
+                "source {} served no chunk: {report:?}",
+                s.addr
+            );
         }
         assert_eq!(report.sources.iter().map(|s| s.chunks).sum::<u64>(), 64);
         let got = fs::read(&report.path).unwrap();
@@ -189,7 +222,8 @@ fn a_source_that_sends_corrupt_chunks_is_dropped_and_the_download_completes() {
                 let f = fs::OpenOptions::new().write(true).open(&path).unwrap();
                 let mtime = fs::metadata(&path).unwrap().modified().unwrap();
                 for chunk in 0..16u64 {
-                    f.write_all_at(b"\x00rot\x00", chunk * (256 << 10) + 1000).unwrap();
+                    f.write_all_at(b"\x00rot\x00", chunk * (256 << 10) + 1000)
+                        .unwrap();
                 }
                 f.set_modified(mtime).unwrap();
                 bad_addr = l.listen_addr();
@@ -199,12 +233,25 @@ fn a_source_that_sends_corrupt_chunks_is_dropped_and_the_download_completes() {
         net::wait_records(&sp, 3).await;
         let id = FileId::from(blake3::hash(&content));
         let getter = net::leaf(tmp.path(), "getter", &[sp.listen_addr()]).await;
-        let report = getter.get(id, &tmp.path().join("dl"), |_| {}).await.unwrap();
+        let report = getter
+            .get(id, &tmp.path().join("dl"), |_| {})
+            .await
+            .unwrap();
 
-        let bad = report.sources.iter().find(|s| Some(s.addr) == bad_addr).unwrap();
-        assert_eq!(bad.chunks, 0, "no chunk of the corrupt source was kept: {report:?}");
+        let bad = report
+            .sources
+            .iter()
+            .find(|s| Some(s.addr) == bad_addr)
+            .unwrap();
+        assert_eq!(
+            bad.chunks, 0,
+            "no chunk of the corrupt source was kept: {report:?}"
+        );
         let why = bad.error.as_deref().unwrap_or_default();
-        assert!(why.contains("bad chunk"), "dropped for the right reason: {why}");
+        assert!(
+            why.contains("bad chunk"),
+            "dropped for the right reason: {why}"
+        );
         assert_eq!(report.sources.iter().map(|s| s.chunks).sum::<u64>(), 16);
         assert!(fs::read(&report.path).unwrap() == content);
     });
@@ -221,12 +268,16 @@ fn a_leaf_that_disconnects_disappears_from_results() {
         net::wait_records(&sp, 10).await;
         let asker = net::leaf(tmp.path(), "asker", &[sp.listen_addr()]).await;
         let t = &tracks[2];
-        assert!(ids_found(&asker, &query_for(t), 2).await.contains(&track_id(t)));
+        assert!(ids_found(&asker, &query_for(t), 2)
+            .await
+            .contains(&track_id(t)));
 
         sharer.shutdown().await;
-        wait_until("the super-peer to drop the leaf's files", Duration::from_secs(10), || async {
-            sp.status().await.records == 0
-        })
+        wait_until(
+            "the super-peer to drop the leaf's files",
+            Duration::from_secs(10),
+            || async { sp.status().await.records == 0 },
+        )
         .await;
         assert!(ids_found(&asker, &query_for(t), 2).await.is_empty());
         assert_eq!(sp.status().await.stats.leaves, 1);
@@ -239,7 +290,10 @@ async fn send_raw(addr: std::net::SocketAddr, bytes: &[u8], close_after: bool) -
     let stream = smol::net::TcpStream::connect(addr).await.unwrap();
     let mut writer = stream.clone();
     let mut reader = FrameReader::new(stream);
-    assert!(matches!(reader.read_message().await, Ok(Some(Message::Hello(_)))));
+    assert!(matches!(
+        reader.read_message().await,
+        Ok(Some(Message::Hello(_)))
+    ));
     writer.write_all(bytes).await.unwrap();
     if close_after {
         writer.close().await.unwrap();
@@ -269,17 +323,23 @@ fn malformed_frames_close_only_the_offending_connection() {
         wire::encode(&Message::Ping { nonce: 1 }, &mut ping);
         let mut bad_crc = ping.clone();
         *bad_crc.last_mut().unwrap() ^= 0xff;
-        let why = send_raw(addr, &bad_crc, false).await.expect("a goodbye with a reason");
+        let why = send_raw(addr, &bad_crc, false)
+            .await
+            .expect("a goodbye with a reason");
         assert!(why.contains("checksum"), "{why}");
 
-        let mut oversized = ((wire::MAX_BODY + 1) as u32).to_be_bytes().to_vec();
+        let mut oversized = (wire::MAX_BODY + 1).to_be_bytes().to_vec();
         oversized.extend_from_slice(&0u32.to_be_bytes());
-        let why = send_raw(addr, &oversized, false).await.expect("a goodbye with a reason");
+        let why = send_raw(addr, &oversized, false)
+            .await
+            .expect("a goodbye with a reason");
         assert!(why.contains("exceeds the maximum"), "{why}");
 
         let mut garbage = Vec::new();
         wire::frame::encode_frame(&[0xff, 0x00, 0x13, 0x37], &[], &mut garbage);
-        let why = send_raw(addr, &garbage, false).await.expect("a goodbye with a reason");
+        let why = send_raw(addr, &garbage, false)
+            .await
+            .expect("a goodbye with a reason");
         assert!(why.contains("invalid frame body"), "{why}");
 
         // Half a frame, then the sender hangs up: closed without a fuss.
@@ -288,7 +348,9 @@ fn malformed_frames_close_only_the_offending_connection() {
         // The super-peer still serves everyone else.
         let asker = net::leaf(tmp.path(), "asker", &[addr]).await;
         let t = &tracks[1];
-        assert!(ids_found(&asker, &query_for(t), 2).await.contains(&track_id(t)));
+        assert!(ids_found(&asker, &query_for(t), 2)
+            .await
+            .contains(&track_id(t)));
         let stats = sp.status().await.stats;
         assert_eq!(stats.protocol_errors, 3);
         assert_eq!(stats.leaves, 2);

@@ -218,7 +218,11 @@ pub fn request(stream: UnixStream, req: Request) -> Receiver<Reply> {
     let (tx, rx) = channel::unbounded();
     smol::spawn(async move {
         if let Err(e) = request_inner(stream, req, &tx).await {
-            let _ = tx.send(Reply::Error(format!("lost the connection to the node: {e}"))).await;
+            let _ = tx
+                .send(Reply::Error(format!(
+                    "lost the connection to the node: {e}"
+                )))
+                .await;
             let _ = tx.send(Reply::End).await;
         }
     })

@@ -114,7 +114,9 @@ pub enum DownloadError {
         reasons: String,
     },
     /// Every source failed before the file was complete.
-    #[error("download of {id} stopped at chunk {done} of {total}: every source failed ({reasons})")]
+    #[error(
+        "download of {id} stopped at chunk {done} of {total}: every source failed ({reasons})"
+    )]
     SourcesFailed {
         /// The file.
         id: FileId,
@@ -262,7 +264,9 @@ struct SourceConn {
 
 impl SourceConn {
     async fn open(addr: SocketAddr, me: NodeId, opts: &DownloadOptions) -> Result<Self, String> {
-        let stream = connect(addr, opts.connect_timeout).await.map_err(|e| e.to_string())?;
+        let stream = connect(addr, opts.connect_timeout)
+            .await
+            .map_err(|e| e.to_string())?;
         let mut conn = SourceConn {
             addr,
             reader: FrameReader::new(stream.clone()),
@@ -285,19 +289,30 @@ impl SourceConn {
     }
 
     async fn send(&mut self, msg: &Message) -> Result<(), String> {
-        write_message(&mut self.writer, msg, &mut self.scratch).await.map_err(|e| e.to_string())
+        write_message(&mut self.writer, msg, &mut self.scratch)
+            .await
+            .map_err(|e| e.to_string())
     }
 
     async fn recv(&mut self, limit: Duration) -> Result<Message, String> {
-        self.reader.read_message_within(limit).await.map_err(|e| e.to_string())
+        self.reader
+            .read_message_within(limit)
+            .await
+            .map_err(|e| e.to_string())
     }
 
     async fn manifest(&mut self, id: FileId, limit: Duration) -> Result<Manifest, String> {
         self.send(&Message::GetManifest { request: 0, id }).await?;
         match self.recv(limit).await? {
             Message::Manifest(m) if m.id == id && m.request == 0 => {
-                let manifest = Manifest { size: m.size, chunk_size: m.chunk_size, cvs: m.cvs };
-                manifest.verify(&id).map_err(|e| format!("sent a bad manifest: {e}"))?;
+                let manifest = Manifest {
+                    size: m.size,
+                    chunk_size: m.chunk_size,
+                    cvs: m.cvs,
+                };
+                manifest
+                    .verify(&id)
+                    .map_err(|e| format!("sent a bad manifest: {e}"))?;
                 Ok(manifest)
             }
             Message::TransferError { kind, message, .. } => {
@@ -341,7 +356,7 @@ pub async fn download(
     if sources.is_empty() {
         return Err(DownloadError::NoSources(id));
     }
-    let opened = futures_join_all(sources.iter().map(|&a| {
+    let opened = spawn_all(sources.iter().map(|&a| {
         let opts = opts.clone();
         async move { (a, SourceConn::open(a, me, &opts).await) }
     }))
@@ -353,7 +368,12 @@ pub async fn download(
             Ok(c) => conns.push(c),
             Err(e) => {
                 log::info!("source {addr} for {}: {e}", id.short());
-                reports.push(SourceReport { addr, chunks: 0, bytes: 0, error: Some(e) });
+                reports.push(SourceReport {
+                    addr,
+                    chunks: 0,
+                    bytes: 0,
+                    error: Some(e),
+                });
             }
         }
     }
@@ -365,21 +385,34 @@ pub async fn download(
             Err(e) => {
                 log::warn!("source {} for {}: {e}", conns[i].addr, id.short());
                 let addr = conns.remove(i).addr;
-                reports.push(SourceReport { addr, chunks: 0, bytes: 0, error: Some(e) });
+                reports.push(SourceReport {
+                    addr,
+                    chunks: 0,
+                    bytes: 0,
+                    error: Some(e),
+                });
                 continue;
             }
         }
         i += 1;
     }
     let Some(manifest) = manifest else {
-        return Err(DownloadError::NoManifest { id, reasons: reasons(&reports) });
+        return Err(DownloadError::NoManifest {
+            id,
+            reasons: reasons(&reports),
+        });
     };
 
-    fs::create_dir_all(out_dir)
-        .map_err(|source| DownloadError::Io { path: out_dir.to_path_buf(), source })?;
+    fs::create_dir_all(out_dir).map_err(|source| DownloadError::Io {
+        path: out_dir.to_path_buf(),
+        source,
+    })?;
     let name = safe_file_name(name, &id);
     let part = out_dir.join(format!("{name}{PART_SUFFIX}"));
-    let io_err = |source| DownloadError::Io { path: part.clone(), source };
+    let io_err = |source| DownloadError::Io {
+        path: part.clone(),
+        source,
+    };
     let file = OpenOptions::new()
         .read(true)
         .write(true)
@@ -463,7 +496,10 @@ fn place(part: &Path, dir: &Path, name: &str) -> io::Result<PathBuf> {
             Err(e) => return Err(e),
         }
     }
-    Err(io::Error::other(format!("no free name for {name} in {}", dir.display())))
+    Err(io::Error::other(format!(
+        "no free name for {name} in {}",
+        dir.display()
+    )))
 }
 
 fn reasons(reports: &[SourceReport]) -> String {
@@ -478,9 +514,10 @@ fn reasons(reports: &[SourceReport]) -> String {
     }
 }
 
-async fn futures_join_all<F: std::future::Future>(futs: impl Iterator<Item = F>) -> Vec<F::Output>
+/// Runs the futures concurrently as tasks and collects their outputs in order.
+async fn spawn_all<F>(futs: impl Iterator<Item = F>) -> Vec<F::Output>
 where
-    F: Send + 'static,
+    F: std::future::Future + Send + 'static,
     F::Output: Send + 'static,
 {
     let tasks: Vec<_> = futs.map(smol::spawn).collect();
@@ -496,7 +533,12 @@ async fn run_source(
     me: usize,
     mut conn: SourceConn,
 ) -> (SourceReport, Option<Stop>) {
-    let mut report = SourceReport { addr: conn.addr, chunks: 0, bytes: 0, error: None };
+    let mut report = SourceReport {
+        addr: conn.addr,
+        chunks: 0,
+        bytes: 0,
+        error: None,
+    };
     let mut inflight: HashMap<u32, u64> = HashMap::new();
     let result = source_loop(&shared, me, &mut conn, &mut inflight, &mut report).await;
     {
@@ -510,7 +552,11 @@ async fn run_source(
     let stop = match result {
         Ok(()) => None,
         Err(Stop::Source(reason)) => {
-            log::warn!("dropping source {} for {}: {reason}", conn.addr, shared.id.short());
+            log::warn!(
+                "dropping source {} for {}: {reason}",
+                conn.addr,
+                shared.id.short()
+            );
             report.error = Some(reason.clone());
             Some(Stop::Source(reason))
         }
@@ -519,7 +565,11 @@ async fn run_source(
             Some(Stop::Disk(e))
         }
     };
-    let _ = conn.send(&Message::Goodbye { reason: "done".into() }).await;
+    let _ = conn
+        .send(&Message::Goodbye {
+            reason: "done".into(),
+        })
+        .await;
     (report, stop)
 }
 
@@ -546,9 +596,13 @@ async fn source_loop(
             let request = next_request;
             next_request = next_request.wrapping_add(1);
             inflight.insert(request, c);
-            conn.send(&Message::GetChunk { request, id: shared.id, index: c as u32 })
-                .await
-                .map_err(Stop::Source)?;
+            conn.send(&Message::GetChunk {
+                request,
+                id: shared.id,
+                index: c as u32,
+            })
+            .await
+            .map_err(Stop::Source)?;
         }
         if inflight.is_empty() {
             let listener = shared.changed.listen();
@@ -562,7 +616,10 @@ async fn source_loop(
             .await;
             continue;
         }
-        let msg = conn.recv(shared.opts.response_timeout).await.map_err(Stop::Source)?;
+        let msg = conn
+            .recv(shared.opts.response_timeout)
+            .await
+            .map_err(Stop::Source)?;
         match msg {
             Message::Chunk(chunk) => {
                 let Some(c) = inflight.remove(&chunk.request) else {
@@ -588,7 +645,9 @@ async fn source_loop(
                         .verify_chunk(c, &chunk.data)
                         .map_err(|e| Stop::Source(format!("sent a bad chunk: {e}")))?;
                     let offset = job.manifest.chunk_range(c).start;
-                    job.file.write_all_at(&chunk.data, offset).map_err(Stop::Disk)
+                    job.file
+                        .write_all_at(&chunk.data, offset)
+                        .map_err(Stop::Disk)
                 })
                 .await;
                 written?;
@@ -609,11 +668,14 @@ async fn source_loop(
                 }
             }
             Message::TransferError { kind, message, .. } => {
-                return Err(Stop::Source(format!("refused a chunk: {kind:?} ({message})")))
+                return Err(Stop::Source(format!(
+                    "refused a chunk: {kind:?} ({message})"
+                )))
             }
-            Message::Ping { nonce } => {
-                conn.send(&Message::Pong { nonce }).await.map_err(Stop::Source)?
-            }
+            Message::Ping { nonce } => conn
+                .send(&Message::Pong { nonce })
+                .await
+                .map_err(Stop::Source)?,
             Message::Goodbye { reason } => {
                 return Err(Stop::Source(format!("closed the connection: {reason}")))
             }
@@ -651,6 +713,9 @@ mod tests {
         assert_eq!(safe_file_name("..", &id), id.to_hex());
         assert_eq!(safe_file_name(".bashrc", &id), "bashrc");
         assert_eq!(safe_file_name("ok\u{7}name.txt", &id), "okname.txt");
-        assert_eq!(free_name(Path::new("/d"), "x.mp3", 2), PathBuf::from("/d/x (2).mp3"));
+        assert_eq!(
+            free_name(Path::new("/d"), "x.mp3", 2),
+            PathBuf::from("/d/x (2).mp3")
+        );
     }
 }

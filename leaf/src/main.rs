@@ -23,10 +23,21 @@ struct Cli {
     data_dir: Option<PathBuf>,
     /// A super-peer to attach to (repeatable; comma-separated in the variable).
     /// [default: 127.0.0.1:7700]
-    #[arg(long = "superpeer", value_name = "ADDR", env = "CANOPY_SUPERPEER", value_delimiter = ',', global = true)]
+    #[arg(
+        long = "superpeer",
+        value_name = "ADDR",
+        env = "CANOPY_SUPERPEER",
+        value_delimiter = ',',
+        global = true
+    )]
     superpeers: Vec<SocketAddr>,
     /// Where the node serves chunks to other leaves.
-    #[arg(long, env = "CANOPY_LISTEN", default_value = "0.0.0.0:0", global = true)]
+    #[arg(
+        long,
+        env = "CANOPY_LISTEN",
+        default_value = "0.0.0.0:0",
+        global = true
+    )]
     listen: SocketAddr,
     #[command(subcommand)]
     command: Command,
@@ -92,7 +103,8 @@ fn main() -> std::process::ExitCode {
 }
 
 fn real_main() -> anyhow::Result<()> {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn,lofty=error"))
+        .init();
     let cli = Cli::parse();
     let data_dir = match &cli.data_dir {
         Some(d) => d.clone(),
@@ -159,7 +171,15 @@ async fn run(cli: Cli, data_dir: PathBuf, superpeers: Vec<SocketAddr>) -> anyhow
             smol::future::pending::<()>().await;
             Ok(())
         }
-        Command::Search { words, json, ttl, wait, ext, min_size, max_size } => {
+        Command::Search {
+            words,
+            json,
+            ttl,
+            wait,
+            ext,
+            min_size,
+            max_size,
+        } => {
             if !(0.0..=60.0).contains(&wait) {
                 bail!("--wait {wait}: give between 0 and 60 seconds");
             }
@@ -171,7 +191,11 @@ async fn run(cli: Cli, data_dir: PathBuf, superpeers: Vec<SocketAddr>) -> anyhow
                     max_size,
                 },
             };
-            let req = Request::Search { search, ttl, wait_ms: (wait * 1000.0) as u64 };
+            let req = Request::Search {
+                search,
+                ttl,
+                wait_ms: (wait * 1000.0) as u64,
+            };
             let replies = backend(&data_dir, &superpeers, req).await?;
             while let Ok(reply) = replies.recv().await {
                 match reply {
@@ -206,7 +230,11 @@ async fn run(cli: Cli, data_dir: PathBuf, superpeers: Vec<SocketAddr>) -> anyhow
 }
 
 fn list(addrs: &[SocketAddr]) -> String {
-    addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", ")
+    addrs
+        .iter()
+        .map(|a| a.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// The running node's control socket, or a short-lived node of our own for this one request.
@@ -366,7 +394,11 @@ async fn print_get_replies(replies: Receiver<Reply>) -> anyhow::Result<()> {
                     r.elapsed_ms as f64 / 1000.0
                 );
                 for s in r.sources.iter().filter(|s| s.error.is_some()) {
-                    eprintln!("  dropped source {}: {}", s.addr, s.error.as_deref().unwrap_or(""));
+                    eprintln!(
+                        "  dropped source {}: {}",
+                        s.addr,
+                        s.error.as_deref().unwrap_or("")
+                    );
                 }
             }
             Reply::GetFailed { id, error } => {
@@ -398,19 +430,27 @@ fn print_status(s: &control::StatusReport) {
         None => println!("serving   nothing (no node runs for this data directory)"),
     }
     for l in &s.superpeers {
-        let state = if l.connected { "connected" } else { "not connected" };
+        let state = if l.connected {
+            "connected"
+        } else {
+            "not connected"
+        };
         println!("superpeer {} {state}", l.addr);
     }
     println!("shares    {} files, {}", s.files, HumanBytes(s.bytes));
     for f in &s.folders {
         println!("          {}", f.display());
     }
-    println!("uploads   {} chunks, {}", s.uploaded_chunks, HumanBytes(s.uploaded_bytes));
+    println!(
+        "uploads   {} chunks, {}",
+        s.uploaded_chunks,
+        HumanBytes(s.uploaded_bytes)
+    );
     if s.downloads.is_empty() {
         println!("downloads none");
     }
     for d in &s.downloads {
-        let pct = if d.size > 0 { d.done_bytes * 100 / d.size } else { 0 };
+        let pct = (d.done_bytes * 100).checked_div(d.size).unwrap_or(0);
         println!(
             "download  {} {} {pct}% of {} from {} source(s): {:?}",
             d.id.short(),

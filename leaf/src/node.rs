@@ -122,7 +122,10 @@ impl Node {
     /// Starts a node: identity, share cache, chunk server, super-peer links, control socket.
     pub async fn start(config: NodeConfig) -> Result<Node, NodeError> {
         let dir = config.data_dir.clone();
-        let data_err = |source| NodeError::DataDir { path: dir.clone(), source };
+        let data_err = |source| NodeError::DataDir {
+            path: dir.clone(),
+            source,
+        };
         std::fs::create_dir_all(&dir).map_err(data_err)?;
         let node_id = superpeer::identity::load_or_create_node_id(&dir).map_err(data_err)?;
         let shares = Shares::load(&dir.join(SHARES_FILE));
@@ -132,7 +135,9 @@ impl Node {
                 let l = TcpListener::bind(addr)
                     .await
                     .map_err(|source| NodeError::Bind { addr, source })?;
-                let bound = l.local_addr().map_err(|source| NodeError::Bind { addr, source })?;
+                let bound = l
+                    .local_addr()
+                    .map_err(|source| NodeError::Bind { addr, source })?;
                 (Some(l), Some(bound))
             }
             None => (None, None),
@@ -158,7 +163,11 @@ impl Node {
             links: config
                 .superpeers
                 .iter()
-                .map(|&addr| Link { addr, out: Mutex::new(None), superpeer: Mutex::new(None) })
+                .map(|&addr| Link {
+                    addr,
+                    out: Mutex::new(None),
+                    superpeer: Mutex::new(None),
+                })
                 .collect(),
             searches: Mutex::new(HashMap::new()),
             downloads: Mutex::new(Vec::new()),
@@ -180,7 +189,9 @@ impl Node {
         log::info!(
             "leaf {} up; serving on {}",
             node_id.short(),
-            listen.map(|a| a.to_string()).unwrap_or_else(|| "nothing".into())
+            listen
+                .map(|a| a.to_string())
+                .unwrap_or_else(|| "nothing".into())
         );
         *node.inner.tasks.lock().unwrap() = tasks;
         Ok(node)
@@ -214,7 +225,12 @@ impl Node {
     pub async fn wait_connected(&self, limit: Duration) -> bool {
         let until = Instant::now() + limit;
         loop {
-            if self.inner.links.iter().any(|l| l.out.lock().unwrap().is_some()) {
+            if self
+                .inner
+                .links
+                .iter()
+                .any(|l| l.out.lock().unwrap().is_some())
+            {
                 return true;
             }
             if Instant::now() >= until {
@@ -249,7 +265,12 @@ impl Node {
             reused: outcome.reused,
             skipped: outcome.skipped,
         };
-        let diff = self.inner.shares.write().unwrap().apply_scan(&canon, outcome.files);
+        let diff = self
+            .inner
+            .shares
+            .write()
+            .unwrap()
+            .apply_scan(&canon, outcome.files);
         self.save_shares().await;
         self.announce(diff);
         Ok(summary)
@@ -277,7 +298,9 @@ impl Node {
                     let _ = tx.try_send(Message::Register { files });
                 }
                 if !diff.removed.is_empty() {
-                    let _ = tx.try_send(Message::Withdraw { ids: diff.removed.clone() });
+                    let _ = tx.try_send(Message::Withdraw {
+                        ids: diff.removed.clone(),
+                    });
                 }
             }
         }
@@ -293,7 +316,12 @@ impl Node {
         let id = QueryId(rand::random());
         let (tx, rx) = channel::unbounded();
         self.inner.searches.lock().unwrap().insert(id, tx);
-        let query = Query { id, ttl, hops: 0, search };
+        let query = Query {
+            id,
+            ttl,
+            hops: 0,
+            search,
+        };
         let mut sent = 0;
         for link in &self.inner.links {
             if let Some(out) = link.out.lock().unwrap().as_ref() {
@@ -304,7 +332,9 @@ impl Node {
         }
         if sent == 0 {
             self.end_search(id);
-            return Err(NodeError::NotConnected { tried: self.tried() });
+            return Err(NodeError::NotConnected {
+                tried: self.tried(),
+            });
         }
         Ok((id, rx))
     }
@@ -315,7 +345,12 @@ impl Node {
     }
 
     fn tried(&self) -> String {
-        let list: Vec<String> = self.inner.links.iter().map(|l| l.addr.to_string()).collect();
+        let list: Vec<String> = self
+            .inner
+            .links
+            .iter()
+            .map(|l| l.addr.to_string())
+            .collect();
         if list.is_empty() {
             "no super-peer address given".into()
         } else {
@@ -338,7 +373,10 @@ impl Node {
 
     /// Finds the leaves that hold `id` (other than this one).
     pub async fn find_sources(&self, id: FileId, wait: Duration) -> Result<Vec<Hit>, NodeError> {
-        let search = Search { terms: Terms::Id(id), filter: Filter::default() };
+        let search = Search {
+            terms: Terms::Id(id),
+            filter: Filter::default(),
+        };
         let (qid, rx) = self.start_search(search, wire::DEFAULT_TTL)?;
         // Hits by id come back quickly or not at all: stop shortly after the first ones.
         let hits = collect_hits(&rx, wait, Some(Duration::from_millis(400))).await;
@@ -476,8 +514,15 @@ impl Node {
                     let _ = reply.send(r).await;
                 }
             }
-            Request::Search { search, ttl, wait_ms } => {
-                let r = match self.search(search, ttl, Duration::from_millis(wait_ms)).await {
+            Request::Search {
+                search,
+                ttl,
+                wait_ms,
+            } => {
+                let r = match self
+                    .search(search, ttl, Duration::from_millis(wait_ms))
+                    .await
+                {
                     Ok(results) => Reply::Results(results),
                     Err(e) => Reply::Error(e.to_string()),
                 };
@@ -496,7 +541,10 @@ impl Node {
                     };
                     let r = match self.get(id, &out, progress).await {
                         Ok(report) => Reply::GetDone(report),
-                        Err(e) => Reply::GetFailed { id, error: e.to_string() },
+                        Err(e) => Reply::GetFailed {
+                            id,
+                            error: e.to_string(),
+                        },
                     };
                     let _ = reply.send(r).await;
                 }
@@ -638,7 +686,10 @@ async fn run_link(inner: &Arc<Inner>, i: usize, stream: TcpStream) -> String {
     let write_task = smol::spawn(async move {
         let mut scratch = Vec::new();
         while let Ok(msg) = rx.recv().await {
-            if write_message(&mut writer, &msg, &mut scratch).await.is_err() {
+            if write_message(&mut writer, &msg, &mut scratch)
+                .await
+                .is_err()
+            {
                 break;
             }
         }
@@ -648,8 +699,13 @@ async fn run_link(inner: &Arc<Inner>, i: usize, stream: TcpStream) -> String {
     // registered twice, which the super-peer treats as one.
     *link.out.lock().unwrap() = Some(tx.clone());
     if inner.listen.is_some() {
-        let records: Vec<FileRecord> =
-            inner.shares.read().unwrap().files().map(|f| f.record.clone()).collect();
+        let records: Vec<FileRecord> = inner
+            .shares
+            .read()
+            .unwrap()
+            .files()
+            .map(|f| f.record.clone())
+            .collect();
         for files in register_batches(&records) {
             let _ = tx.try_send(Message::Register { files });
         }

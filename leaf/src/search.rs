@@ -66,7 +66,10 @@ mod tests {
 
     fn hit(id: u8, port: u16, name: &str, score: f32) -> Hit {
         Hit {
-            source: Source { node: NodeId([port as u8; 32]), addr: ([127, 0, 0, 1], port).into() },
+            source: Source {
+                node: NodeId([port as u8; 32]),
+                addr: ([127, 0, 0, 1], port).into(),
+            },
             file: FileRecord {
                 id: FileId([id; 32]),
                 size: 10,

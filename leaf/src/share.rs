@@ -62,7 +62,11 @@ impl SharedFile {
         Manifest {
             size: self.record.size,
             chunk_size: self.chunk_size,
-            cvs: self.cvs.chunks_exact(32).map(|c| c.try_into().expect("32 bytes")).collect(),
+            cvs: self
+                .cvs
+                .chunks_exact(32)
+                .map(|c| c.try_into().expect("32 bytes"))
+                .collect(),
         }
     }
 
@@ -105,7 +109,10 @@ pub struct ScanOutcome {
 fn mtime_of(meta: &fs::Metadata) -> (i64, u32) {
     match meta.modified().map(|t| t.duration_since(UNIX_EPOCH)) {
         Ok(Ok(d)) => (d.as_secs() as i64, d.subsec_nanos()),
-        Ok(Err(e)) => (-(e.duration().as_secs() as i64), e.duration().subsec_nanos()),
+        Ok(Err(e)) => (
+            -(e.duration().as_secs() as i64),
+            e.duration().subsec_nanos(),
+        ),
         Err(_) => (0, 0),
     }
 }
@@ -126,17 +133,31 @@ pub fn scan_folder(
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             return Err(ShareError::NotFound(root.to_path_buf()))
         }
-        Err(source) => return Err(ShareError::Unreadable { path: root.to_path_buf(), source }),
+        Err(source) => {
+            return Err(ShareError::Unreadable {
+                path: root.to_path_buf(),
+                source,
+            })
+        }
     };
     if !root.is_dir() {
         return Err(ShareError::NotAFolder(root));
     }
-    fs::read_dir(&root).map_err(|source| ShareError::Unreadable { path: root.clone(), source })?;
-    let top = root.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    fs::read_dir(&root).map_err(|source| ShareError::Unreadable {
+        path: root.clone(),
+        source,
+    })?;
+    let top = root
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
 
     let mut outcome = ScanOutcome::default();
     let mut todo = Vec::new();
-    let mut state = ScanProgress { folder: root.clone(), ..Default::default() };
+    let mut state = ScanProgress {
+        folder: root.clone(),
+        ..Default::default()
+    };
     let walk = walkdir::WalkDir::new(&root)
         .follow_links(false)
         .sort_by_file_name()
@@ -146,7 +167,10 @@ pub fn scan_folder(
         let entry = match entry {
             Ok(e) => e,
             Err(e) => {
-                let path = e.path().map(Path::to_path_buf).unwrap_or_else(|| root.clone());
+                let path = e
+                    .path()
+                    .map(Path::to_path_buf)
+                    .unwrap_or_else(|| root.clone());
                 log::warn!("skipping {}: {e}", path.display());
                 outcome.skipped.push((path, e.to_string()));
                 continue;
@@ -163,11 +187,16 @@ pub fn scan_folder(
         let meta = match entry.metadata() {
             Ok(m) => m,
             Err(e) => {
-                outcome.skipped.push((entry.path().to_path_buf(), e.to_string()));
+                outcome
+                    .skipped
+                    .push((entry.path().to_path_buf(), e.to_string()));
                 continue;
             }
         };
-        let rel = entry.path().strip_prefix(&root).expect("walk stays below its root");
+        let rel = entry
+            .path()
+            .strip_prefix(&root)
+            .expect("walk stays below its root");
         let mut path = top.clone();
         for part in rel.components() {
             path.push('/');
@@ -202,7 +231,12 @@ pub fn scan_folder(
                 outcome.files.push(SharedFile {
                     local,
                     mtime,
-                    record: FileRecord { id, size, path, tags },
+                    record: FileRecord {
+                        id,
+                        size,
+                        path,
+                        tags,
+                    },
                     chunk_size: manifest.chunk_size,
                     cvs: manifest.cvs.as_flattened().to_vec(),
                 });
@@ -239,7 +273,9 @@ pub fn hash_file(
         builder.update(&buf[..n]);
         progress(n as u64);
     }
-    builder.finish().ok_or_else(|| io::Error::other("the file shrank while it was read"))
+    builder
+        .finish()
+        .ok_or_else(|| io::Error::other("the file shrank while it was read"))
 }
 
 /// What a change to the shares means for the super-peers.
@@ -294,7 +330,11 @@ impl Shares {
 
     /// A shared file with this content id, still unchanged on disk.
     pub fn get(&self, id: &FileId) -> Option<Arc<SharedFile>> {
-        self.by_id.get(id)?.iter().find(|f| f.unchanged_on_disk()).cloned()
+        self.by_id
+            .get(id)?
+            .iter()
+            .find(|f| f.unchanged_on_disk())
+            .cloned()
     }
 
     /// The cache entry for a local path.
@@ -307,13 +347,22 @@ impl Shares {
         if !self.folders.iter().any(|f| f == folder) {
             self.folders.push(folder.to_path_buf());
         }
-        let old: Vec<PathBuf> =
-            self.by_path.keys().filter(|p| p.starts_with(folder)).cloned().collect();
+        let old: Vec<PathBuf> = self
+            .by_path
+            .keys()
+            .filter(|p| p.starts_with(folder))
+            .cloned()
+            .collect();
         let mut diff = ShareDiff::default();
-        let before: HashMap<PathBuf, Arc<SharedFile>> =
-            old.into_iter().map(|p| (p.clone(), self.remove_path(&p).expect("listed"))).collect();
+        let before: HashMap<PathBuf, Arc<SharedFile>> = old
+            .into_iter()
+            .map(|p| (p.clone(), self.remove_path(&p).expect("listed")))
+            .collect();
         for file in files {
-            if before.get(&file.local).is_none_or(|b| b.record != file.record) {
+            if before
+                .get(&file.local)
+                .is_none_or(|b| b.record != file.record)
+            {
                 diff.added.push(file.record.clone());
             }
             self.insert(file);
@@ -371,13 +420,19 @@ impl Shares {
             Ok(b) => b,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Shares::default(),
             Err(e) => {
-                log::warn!("cannot read the share cache {}: {e}; starting empty", path.display());
+                log::warn!(
+                    "cannot read the share cache {}: {e}; starting empty",
+                    path.display()
+                );
                 return Shares::default();
             }
         };
         match ciborium::from_reader::<SavedShares, _>(&bytes[..]) {
             Ok(saved) if saved.version == 1 => {
-                let mut shares = Shares { folders: saved.folders, ..Default::default() };
+                let mut shares = Shares {
+                    folders: saved.folders,
+                    ..Default::default()
+                };
                 for f in saved.files {
                     if f.cvs.len() % 32 == 0 {
                         shares.insert(f);
@@ -386,11 +441,18 @@ impl Shares {
                 shares
             }
             Ok(saved) => {
-                log::warn!("share cache {} has unknown version {}", path.display(), saved.version);
+                log::warn!(
+                    "share cache {} has unknown version {}",
+                    path.display(),
+                    saved.version
+                );
                 Shares::default()
             }
             Err(e) => {
-                log::warn!("share cache {} is damaged ({e}); it will be rebuilt", path.display());
+                log::warn!(
+                    "share cache {} is damaged ({e}); it will be rebuilt",
+                    path.display()
+                );
                 Shares::default()
             }
         }
@@ -421,9 +483,15 @@ mod tests {
         assert_eq!(out.hashed, 2);
         let mut paths: Vec<_> = out.files.iter().map(|f| f.record.path.clone()).collect();
         paths.sort();
-        assert_eq!(paths, ["music/Artist/Album/01 - Song.mp3", "music/notes.txt"]);
+        assert_eq!(
+            paths,
+            ["music/Artist/Album/01 - Song.mp3", "music/notes.txt"]
+        );
         let song = out.files.iter().find(|f| f.record.size == 300_000).unwrap();
-        assert_eq!(song.record.id, FileId::from(blake3::hash(&vec![1u8; 300_000])));
+        assert_eq!(
+            song.record.id,
+            FileId::from(blake3::hash(&vec![1u8; 300_000]))
+        );
         assert!(song.manifest().verify(&song.record.id).is_ok());
 
         let canon = fs::canonicalize(&music).unwrap();
@@ -452,7 +520,10 @@ mod tests {
 
         fs::write(dir.join("a.bin"), b"one, changed").unwrap();
         fs::remove_file(dir.join("b.bin")).unwrap();
-        assert!(shares.get(&old_a).is_none(), "a changed file is not served under its old id");
+        assert!(
+            shares.get(&old_a).is_none(),
+            "a changed file is not served under its old id"
+        );
         let out = scan(&dir, &shares);
         assert_eq!(out.hashed, 1);
         let diff = shares.apply_scan(&dir, out.files);

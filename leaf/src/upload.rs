@@ -23,7 +23,10 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Serves one downloader's connection until it closes or misbehaves.
 pub(crate) async fn serve(node: Arc<Inner>, stream: TcpStream) {
-    let peer = stream.peer_addr().map(|a| a.to_string()).unwrap_or_else(|_| "?".into());
+    let peer = stream
+        .peer_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_else(|_| "?".into());
     if let Err(reason) = serve_inner(&node, stream).await {
         log::info!("upload connection from {peer} closed: {reason}");
     }
@@ -33,7 +36,11 @@ async fn serve_inner(node: &Inner, stream: TcpStream) -> Result<(), String> {
     let mut writer = stream.clone();
     let mut reader = FrameReader::new(stream);
     let mut scratch = Vec::new();
-    match reader.read_message_within(HELLO_TIMEOUT).await.map_err(|e| e.to_string())? {
+    match reader
+        .read_message_within(HELLO_TIMEOUT)
+        .await
+        .map_err(|e| e.to_string())?
+    {
         Message::Hello(h) if h.version == PROTOCOL_VERSION => {}
         Message::Hello(h) => return Err(format!("protocol version {}", h.version)),
         other => return Err(format!("{} before Hello", other.kind())),
@@ -45,11 +52,15 @@ async fn serve_inner(node: &Inner, stream: TcpStream) -> Result<(), String> {
         listen: node.listen,
         agent: crate::AGENT.into(),
     });
-    write_message(&mut writer, &hello, &mut scratch).await.map_err(|e| e.to_string())?;
+    write_message(&mut writer, &hello, &mut scratch)
+        .await
+        .map_err(|e| e.to_string())?;
     loop {
         let msg = match reader.read_message_within(IDLE_TIMEOUT).await {
             Ok(m) => m,
-            Err(superpeer::net::ReadError::Io(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+            Err(superpeer::net::ReadError::Io(e))
+                if e.kind() == std::io::ErrorKind::UnexpectedEof =>
+            {
                 return Ok(())
             }
             Err(e) => return Err(e.to_string()),
@@ -94,8 +105,14 @@ async fn serve_inner(node: &Inner, stream: TcpStream) -> Result<(), String> {
                             match read {
                                 Ok(data) => {
                                     node.uploaded_chunks.fetch_add(1, Ordering::Relaxed);
-                                    node.uploaded_bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
-                                    Message::Chunk(ChunkMsg { request, id, index, data })
+                                    node.uploaded_bytes
+                                        .fetch_add(data.len() as u64, Ordering::Relaxed);
+                                    Message::Chunk(ChunkMsg {
+                                        request,
+                                        id,
+                                        index,
+                                        data,
+                                    })
                                 }
                                 Err(e) => {
                                     log::warn!("cannot read {}: {e}", f.local.display());
@@ -115,12 +132,16 @@ async fn serve_inner(node: &Inner, stream: TcpStream) -> Result<(), String> {
             Message::Goodbye { .. } => return Ok(()),
             other => {
                 let reason = format!("unexpected {} on a transfer connection", other.kind());
-                let bye = Message::Goodbye { reason: reason.clone() };
+                let bye = Message::Goodbye {
+                    reason: reason.clone(),
+                };
                 let _ = write_message(&mut writer, &bye, &mut scratch).await;
                 return Err(reason);
             }
         };
-        write_message(&mut writer, &reply, &mut scratch).await.map_err(|e| e.to_string())?;
+        write_message(&mut writer, &reply, &mut scratch)
+            .await
+            .map_err(|e| e.to_string())?;
     }
 }
 

@@ -47,7 +47,10 @@ fn real_main() -> anyhow::Result<()> {
     };
     let node = superpeer::identity::load_or_create_node_id(&data_dir)
         .with_context(|| format!("reading the node id in {}", data_dir.display()))?;
-    let overlay = topology::Config { max_ttl: args.max_ttl, ..Default::default() };
+    let overlay = topology::Config {
+        max_ttl: args.max_ttl,
+        ..Default::default()
+    };
     smol::block_on(async {
         let sp = superpeer::SuperPeerNode::start(superpeer::Config {
             listen: args.listen,

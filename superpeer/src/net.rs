@@ -47,7 +47,12 @@ pub struct FrameReader<R> {
 impl<R: AsyncRead + Unpin> FrameReader<R> {
     /// Wraps a stream.
     pub fn new(inner: R) -> Self {
-        FrameReader { inner, buf: vec![0; READ_SIZE], start: 0, end: 0 }
+        FrameReader {
+            inner,
+            buf: vec![0; READ_SIZE],
+            start: 0,
+            end: 0,
+        }
     }
 
     /// The next value that `decode` finds, `Ok(None)` at a clean end of stream.
@@ -98,7 +103,10 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     pub async fn read_message_within(&mut self, limit: Duration) -> Result<Message, ReadError> {
         let read = async {
             self.read_message().await?.ok_or_else(|| {
-                ReadError::Io(io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed"))
+                ReadError::Io(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "connection closed",
+                ))
             })
         };
         smol::future::or(read, async {
@@ -129,7 +137,10 @@ pub async fn write_message<W: AsyncWrite + Unpin>(
 pub async fn connect(addr: SocketAddr, limit: Duration) -> io::Result<TcpStream> {
     let stream = smol::future::or(TcpStream::connect(addr), async {
         smol::Timer::after(limit).await;
-        Err(io::Error::new(io::ErrorKind::TimedOut, format!("connecting to {addr} timed out")))
+        Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("connecting to {addr} timed out"),
+        ))
     })
     .await?;
     stream.set_nodelay(true)?;
@@ -150,7 +161,11 @@ mod tests {
                 data: vec![7; 1 << 20],
             });
             let mut bytes = Vec::new();
-            for m in [Message::Ping { nonce: 1 }, big.clone(), Message::Pong { nonce: 2 }] {
+            for m in [
+                Message::Ping { nonce: 1 },
+                big.clone(),
+                Message::Pong { nonce: 2 },
+            ] {
                 wire::encode(&m, &mut bytes);
             }
             // A reader that hands out 1000 bytes at a time.
@@ -168,16 +183,25 @@ mod tests {
                 }
             }
             let mut r = FrameReader::new(Dribble(bytes.clone(), 0));
-            assert_eq!(r.read_message().await.unwrap(), Some(Message::Ping { nonce: 1 }));
+            assert_eq!(
+                r.read_message().await.unwrap(),
+                Some(Message::Ping { nonce: 1 })
+            );
             assert_eq!(r.read_message().await.unwrap(), Some(big));
-            assert_eq!(r.read_message().await.unwrap(), Some(Message::Pong { nonce: 2 }));
+            assert_eq!(
+                r.read_message().await.unwrap(),
+                Some(Message::Pong { nonce: 2 })
+            );
             assert!(r.read_message().await.unwrap().is_none());
 
             let cut = bytes.len() - 3;
             let mut r = FrameReader::new(Dribble(bytes[..cut].to_vec(), 0));
             r.read_message().await.unwrap();
             r.read_message().await.unwrap();
-            assert!(matches!(r.read_message().await, Err(ReadError::Truncated(_))));
+            assert!(matches!(
+                r.read_message().await,
+                Err(ReadError::Truncated(_))
+            ));
         })
     }
 }

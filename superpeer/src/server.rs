@@ -62,7 +62,11 @@ pub struct Status {
 }
 
 enum Input {
-    Connected { conn: ConnId, remote: SocketAddr, writer: Sender<Message> },
+    Connected {
+        conn: ConnId,
+        remote: SocketAddr,
+        writer: Sender<Message>,
+    },
     Message(ConnId, Message),
     Invalid(ConnId, String),
     Disconnected(ConnId),
@@ -79,12 +83,17 @@ pub struct SuperPeerNode {
 impl SuperPeerNode {
     /// Binds the listen address and starts the node on smol's global executor.
     pub async fn start(config: Config) -> Result<SuperPeerNode, StartError> {
-        let listener = TcpListener::bind(config.listen)
-            .await
-            .map_err(|source| StartError::Bind { addr: config.listen, source })?;
-        let listen = listener
-            .local_addr()
-            .map_err(|source| StartError::Bind { addr: config.listen, source })?;
+        let listener =
+            TcpListener::bind(config.listen)
+                .await
+                .map_err(|source| StartError::Bind {
+                    addr: config.listen,
+                    source,
+                })?;
+        let listen = listener.local_addr().map_err(|source| StartError::Bind {
+            addr: config.listen,
+            source,
+        })?;
         let index = index::Index::new()?;
         let (inputs, rx) = channel::unbounded();
         let state = SuperPeer::new(config.node, Some(listen), config.overlay);
@@ -97,7 +106,11 @@ impl SuperPeerNode {
             tasks.push(smol::spawn(dial_loop(peer, inputs.clone(), ids.clone())));
         }
         log::info!("super-peer {} listening on {listen}", config.node.short());
-        Ok(SuperPeerNode { listen, inputs, _tasks: tasks })
+        Ok(SuperPeerNode {
+            listen,
+            inputs,
+            _tasks: tasks,
+        })
     }
 
     /// Where it accepts connections.
@@ -108,7 +121,10 @@ impl SuperPeerNode {
     /// Counters and index size.
     pub async fn status(&self) -> Status {
         let (tx, rx) = channel::bounded(1);
-        self.inputs.send(Input::Status(tx)).await.expect("super-peer actor is running");
+        self.inputs
+            .send(Input::Status(tx))
+            .await
+            .expect("super-peer actor is running");
         rx.recv().await.expect("super-peer actor answers")
     }
 }
@@ -153,9 +169,22 @@ async fn dial_loop(peer: SocketAddr, inputs: Sender<Input>, ids: Arc<AtomicU64>)
 }
 
 /// Runs one connection until either side ends it.
-async fn run_connection(conn: ConnId, stream: TcpStream, remote: SocketAddr, inputs: Sender<Input>) {
+async fn run_connection(
+    conn: ConnId,
+    stream: TcpStream,
+    remote: SocketAddr,
+    inputs: Sender<Input>,
+) {
     let (writer_tx, writer_rx) = channel::unbounded::<Message>();
-    if inputs.send(Input::Connected { conn, remote, writer: writer_tx }).await.is_err() {
+    if inputs
+        .send(Input::Connected {
+            conn,
+            remote,
+            writer: writer_tx,
+        })
+        .await
+        .is_err()
+    {
         return;
     }
     let writer = smol::spawn(write_loop(stream.clone(), writer_rx));
@@ -219,7 +248,11 @@ async fn run_actor(
             None => state.handle_timeout(now),
             Some(Err(_)) => return,
             Some(Ok(input)) => match input {
-                Input::Connected { conn, remote, writer } => {
+                Input::Connected {
+                    conn,
+                    remote,
+                    writer,
+                } => {
                     writers.insert(conn, writer);
                     state.handle_connect(now, conn, remote);
                 }
@@ -278,7 +311,10 @@ fn drain(
             }
             Event::Search { query, search } => {
                 let hits = match index.search(&search, 200) {
-                    Ok(hits) => hits.into_iter().map(|h| (h.leaf, h.file, h.score)).collect(),
+                    Ok(hits) => hits
+                        .into_iter()
+                        .map(|h| (h.leaf, h.file, h.score))
+                        .collect(),
                     Err(e) => {
                         log::info!("query {} not answered: {e}", query.short());
                         Vec::new()

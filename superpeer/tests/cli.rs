@@ -49,7 +49,10 @@ fn a_busy_port_is_a_clear_error() {
 
 #[test]
 fn a_bad_argument_names_itself() {
-    let out = Command::new(BIN).args(["--listen", "nowhere"]).output().unwrap();
+    let out = Command::new(BIN)
+        .args(["--listen", "nowhere"])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--listen"), "{err}");

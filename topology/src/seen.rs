@@ -22,7 +22,12 @@ impl<K: Hash + Eq + Clone, V> SeenCache<K, V> {
     /// A cache of at most `capacity` entries, each kept for `ttl`.
     pub fn new(capacity: usize, ttl: Duration) -> Self {
         assert!(capacity > 0, "a seen-cache needs room for one entry");
-        SeenCache { map: HashMap::new(), order: VecDeque::new(), capacity, ttl }
+        SeenCache {
+            map: HashMap::new(),
+            order: VecDeque::new(),
+            capacity,
+            ttl,
+        }
     }
 
     /// Records `key` if it is not already present; returns false for a duplicate.
@@ -44,7 +49,10 @@ impl<K: Hash + Eq + Clone, V> SeenCache<K, V> {
 
     /// The value recorded for `key`, if it is present and not expired.
     pub fn get(&self, now: Instant, key: &K) -> Option<&V> {
-        self.map.get(key).filter(|(_, expiry)| *expiry > now).map(|(v, _)| v)
+        self.map
+            .get(key)
+            .filter(|(_, expiry)| *expiry > now)
+            .map(|(v, _)| v)
     }
 
     /// Drops expired entries.

@@ -149,7 +149,10 @@ enum PeerState {
     /// Connected, waiting for the peer's Hello.
     AwaitingHello,
     /// A leaf, serving chunks at `source` (None: it only searches).
-    Leaf { node: NodeId, source: Option<SocketAddr> },
+    Leaf {
+        node: NodeId,
+        source: Option<SocketAddr>,
+    },
     /// A neighbouring super-peer.
     SuperPeer { node: NodeId },
 }
@@ -283,7 +286,10 @@ impl SuperPeer {
                 self.close(conn, format!("peer said goodbye: {reason}"), false);
             }
             (PeerState::Leaf { source: None, .. }, Message::Register { .. }) => self
-                .protocol_error(conn, "Register from a leaf that gave no listen address".into()),
+                .protocol_error(
+                    conn,
+                    "Register from a leaf that gave no listen address".into(),
+                ),
             (PeerState::Leaf { .. }, Message::Register { files }) => {
                 self.events.push_back(Event::Register { conn, files })
             }
@@ -299,7 +305,11 @@ impl SuperPeer {
             (PeerState::SuperPeer { .. }, Message::QueryHits(hits)) => self.on_hits(now, hits),
             (_, other) => self.protocol_error(
                 conn,
-                format!("unexpected {} on a {} connection", other.kind(), self.kind_of(conn)),
+                format!(
+                    "unexpected {} on a {} connection",
+                    other.kind(),
+                    self.kind_of(conn)
+                ),
             ),
         }
     }
@@ -317,10 +327,18 @@ impl SuperPeer {
             .take(self.config.max_local_hits)
             .filter_map(|(leaf, file, score)| {
                 let c = self.conns.get(&leaf)?;
-                let PeerState::Leaf { node, source: Some(addr) } = c.state else {
+                let PeerState::Leaf {
+                    node,
+                    source: Some(addr),
+                } = c.state
+                else {
                     return None;
                 };
-                Some(Hit { source: Source { node, addr }, file, score })
+                Some(Hit {
+                    source: Source { node, addr },
+                    file,
+                    score,
+                })
             })
             .collect();
         if !hits.is_empty() {
@@ -348,7 +366,12 @@ impl SuperPeer {
         }
         for id in to_ping {
             self.ping_nonce += 1;
-            self.send(id, Message::Ping { nonce: self.ping_nonce });
+            self.send(
+                id,
+                Message::Ping {
+                    nonce: self.ping_nonce,
+                },
+            );
         }
         for (id, reason) in to_close {
             log::info!("closing {id}: {reason}");
@@ -400,7 +423,10 @@ impl SuperPeer {
         if hello.version != PROTOCOL_VERSION {
             return self.protocol_error(
                 conn,
-                format!("protocol version {} (we speak {PROTOCOL_VERSION})", hello.version),
+                format!(
+                    "protocol version {} (we speak {PROTOCOL_VERSION})",
+                    hello.version
+                ),
             );
         }
         if hello.node == self.node {
@@ -417,19 +443,32 @@ impl SuperPeer {
                     }
                 });
                 self.stats.leaves += 1;
-                self.events.push_back(Event::LeafJoined { conn, node: hello.node });
-                PeerState::Leaf { node: hello.node, source }
+                self.events.push_back(Event::LeafJoined {
+                    conn,
+                    node: hello.node,
+                });
+                PeerState::Leaf {
+                    node: hello.node,
+                    source,
+                }
             }
             Role::SuperPeer => {
                 self.stats.neighbours += 1;
-                self.events.push_back(Event::NeighbourJoined { conn, node: hello.node });
+                self.events.push_back(Event::NeighbourJoined {
+                    conn,
+                    node: hello.node,
+                });
                 PeerState::SuperPeer { node: hello.node }
             }
             Role::Transfer => {
                 return self.protocol_error(conn, "a super-peer serves no transfers".into())
             }
         };
-        log::debug!("{conn} from {remote} is {:?} {}", hello.role, hello.node.short());
+        log::debug!(
+            "{conn} from {remote} is {:?} {}",
+            hello.role,
+            hello.node.short()
+        );
         if let Some(c) = self.conns.get_mut(&conn) {
             c.state = state;
         }
@@ -437,20 +476,33 @@ impl SuperPeer {
 
     fn on_query(&mut self, now: Instant, from: ConnId, mut query: Query) {
         if query.hops > self.config.max_ttl {
-            log::debug!("dropping query {} with {} hops", query.id.short(), query.hops);
+            log::debug!(
+                "dropping query {} with {} hops",
+                query.id.short(),
+                query.hops
+            );
             return;
         }
-        query.ttl = query.ttl.min(self.config.max_ttl.saturating_sub(query.hops));
+        query.ttl = query
+            .ttl
+            .min(self.config.max_ttl.saturating_sub(query.hops));
         if !self.seen.insert(now, query.id, Origin::Conn(from)) {
             self.stats.duplicates_dropped += 1;
             return;
         }
         self.stats.queries_processed += 1;
-        self.events.push_back(Event::Search { query: query.id, search: query.search.clone() });
+        self.events.push_back(Event::Search {
+            query: query.id,
+            search: query.search.clone(),
+        });
         if query.ttl == 0 {
             return;
         }
-        let forward = Query { ttl: query.ttl - 1, hops: query.hops + 1, ..query };
+        let forward = Query {
+            ttl: query.ttl - 1,
+            hops: query.hops + 1,
+            ..query
+        };
         let neighbours: Vec<ConnId> = self
             .conns
             .iter()
@@ -489,7 +541,11 @@ impl SuperPeer {
     }
 
     fn protocol_error(&mut self, conn: ConnId, reason: String) {
-        let remote = self.conns.get(&conn).map(|c| c.remote.to_string()).unwrap_or_default();
+        let remote = self
+            .conns
+            .get(&conn)
+            .map(|c| c.remote.to_string())
+            .unwrap_or_default();
         log::warn!("closing connection {conn} from {remote}: {reason}");
         self.stats.protocol_errors += 1;
         self.close(conn, reason, true);
@@ -506,7 +562,12 @@ impl SuperPeer {
         }
         c.closing = true;
         if say_goodbye {
-            self.send(conn, Message::Goodbye { reason: reason.clone() });
+            self.send(
+                conn,
+                Message::Goodbye {
+                    reason: reason.clone(),
+                },
+            );
         }
         self.events.push_back(Event::Close { conn, reason });
     }

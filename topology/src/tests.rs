@@ -31,11 +31,19 @@ struct Net {
 }
 
 fn record(name: &str, seed: u8) -> FileRecord {
-    FileRecord { id: FileId([seed; 32]), size: 1000, path: format!("music/{name}"), tags: Tags::default() }
+    FileRecord {
+        id: FileId([seed; 32]),
+        size: 1000,
+        path: format!("music/{name}"),
+        tags: Tags::default(),
+    }
 }
 
 fn words(text: &str) -> Search {
-    Search { terms: Terms::Words(text.into()), filter: Filter::default() }
+    Search {
+        terms: Terms::Words(text.into()),
+        filter: Filter::default(),
+    }
 }
 
 impl Net {
@@ -84,15 +92,22 @@ impl Net {
             listen: Some("0.0.0.0:9000".parse().unwrap()),
             agent: "test".into(),
         };
-        self.queue.push_back((End::Sp(sp, c), Message::Hello(hello)));
-        self.queue.push_back((End::Sp(sp, c), Message::Register { files }));
+        self.queue
+            .push_back((End::Sp(sp, c), Message::Hello(hello)));
+        self.queue
+            .push_back((End::Sp(sp, c), Message::Register { files }));
         self.run();
         (leaf, c)
     }
 
     fn leaf_query(&mut self, leaf: usize, id: u8, ttl: u8, text: &str) {
         let to = self.links[&End::Leaf(leaf)];
-        let q = Query { id: QueryId([id; 16]), ttl, hops: 0, search: words(text) };
+        let q = Query {
+            id: QueryId([id; 16]),
+            ttl,
+            hops: 0,
+            search: words(text),
+        };
         self.queue.push_back((to, Message::Query(q)));
         self.run();
     }
@@ -138,11 +153,14 @@ impl Net {
                     }
                     Event::LeafGone { conn } => self.indexes[i].retain(|(c, _)| *c != conn),
                     Event::Search { query, search } => {
-                        let Terms::Words(text) = search.terms else { continue };
+                        let Terms::Words(text) = search.terms else {
+                            continue;
+                        };
                         let hits = self.indexes[i]
                             .iter()
                             .filter(|(_, f)| {
-                                text.split_whitespace().all(|w| f.path.to_lowercase().contains(w))
+                                text.split_whitespace()
+                                    .all(|w| f.path.to_lowercase().contains(w))
                             })
                             .map(|(c, f)| (*c, f.clone(), 1.0))
                             .collect();
@@ -184,7 +202,10 @@ fn ttl_bounds_the_reach_of_a_query_in_a_line() {
     assert_eq!(net.hits_at(asker), vec!["middle song.mp3"]);
     net.inbox[asker].clear();
     net.leaf_query(asker, 2, 2, "song");
-    assert_eq!(net.hits_at(asker), vec!["far away song.mp3", "middle song.mp3"]);
+    assert_eq!(
+        net.hits_at(asker),
+        vec!["far away song.mp3", "middle song.mp3"]
+    );
 }
 
 #[test]
@@ -202,8 +223,14 @@ fn a_triangle_processes_each_query_once_and_delivers_hits_once() {
         assert_eq!(sp.stats().queries_processed, 1);
     }
     let dups: u64 = net.sps.iter().map(|s| s.stats().duplicates_dropped).sum();
-    assert!(dups >= 1, "the triangle must have produced a duplicate to drop");
-    assert_eq!(net.hits_at(asker), vec!["tune 0.ogg", "tune 1.ogg", "tune 2.ogg"]);
+    assert!(
+        dups >= 1,
+        "the triangle must have produced a duplicate to drop"
+    );
+    assert_eq!(
+        net.hits_at(asker),
+        vec!["tune 0.ogg", "tune 1.ogg", "tune 2.ogg"]
+    );
 }
 
 #[test]
@@ -219,7 +246,11 @@ fn oversized_ttl_is_clamped_on_receipt() {
     }
     net.leaf_query(asker, 3, 255, "x");
     // Super-peer 0 plus 7 hops: 8 super-peers answer.
-    let reached = net.sps.iter().filter(|s| s.stats().queries_processed == 1).count();
+    let reached = net
+        .sps
+        .iter()
+        .filter(|s| s.stats().queries_processed == 1)
+        .count();
     assert_eq!(reached, 8);
     assert_eq!(net.hits_at(asker).len(), 8);
 }
@@ -247,11 +278,18 @@ fn messages_before_hello_close_the_connection_with_a_reason() {
     net.inbox.push(Vec::new());
     net.links.insert(End::Sp(0, c), End::Leaf(0));
     net.sps[0].handle_connect(net.now, c, "127.0.0.1:3".parse().unwrap());
-    net.queue.push_back((End::Sp(0, c), Message::Register { files: vec![] }));
+    net.queue
+        .push_back((End::Sp(0, c), Message::Register { files: vec![] }));
     net.run();
     assert_eq!(net.closed.len(), 1);
-    assert!(net.closed[0].2.contains("Register before Hello"), "{:?}", net.closed);
-    let bye = net.inbox[0].iter().any(|m| matches!(m, Message::Goodbye { reason } if reason.contains("before Hello")));
+    assert!(
+        net.closed[0].2.contains("Register before Hello"),
+        "{:?}",
+        net.closed
+    );
+    let bye = net.inbox[0]
+        .iter()
+        .any(|m| matches!(m, Message::Goodbye { reason } if reason.contains("before Hello")));
     assert!(bye, "the peer is told why: {:?}", net.inbox[0]);
     assert_eq!(net.sps[0].stats().protocol_errors, 1);
 }
@@ -266,7 +304,9 @@ fn silent_connections_are_pinged_then_closed() {
     net.sps[0].handle_timeout(t);
     net.drain(0);
     net.run();
-    assert!(net.inbox[leaf].iter().any(|m| matches!(m, Message::Ping { .. })));
+    assert!(net.inbox[leaf]
+        .iter()
+        .any(|m| matches!(m, Message::Ping { .. })));
     let later = net.now + cfg.idle_timeout + Duration::from_secs(1);
     net.sps[0].handle_timeout(later);
     net.drain(0);
@@ -279,8 +319,15 @@ fn hits_for_unknown_queries_are_dropped() {
     let mut net = Net::new(2);
     net.link_sps(0, 1);
     let (_, _) = net.add_leaf(0, vec![]);
-    let stray = wire::QueryHits { query: QueryId([77; 16]), hits: vec![] };
-    let to = *net.links.keys().find(|e| matches!(e, End::Sp(0, _))).unwrap();
+    let stray = wire::QueryHits {
+        query: QueryId([77; 16]),
+        hits: vec![],
+    };
+    let to = *net
+        .links
+        .keys()
+        .find(|e| matches!(e, End::Sp(0, _)))
+        .unwrap();
     net.queue.push_back((to, Message::QueryHits(stray)));
     net.run();
     assert_eq!(net.sps[0].stats().hits_routed, 0);

@@ -124,7 +124,11 @@ impl Manifest {
         }
         let want = self.chunk_count();
         if self.cvs.len() as u64 != want {
-            return Err(ManifestError::WrongCount { got: self.cvs.len(), want, size: self.size });
+            return Err(ManifestError::WrongCount {
+                got: self.cvs.len(),
+                want,
+                size: self.size,
+            });
         }
         if root_of(&self.cvs) != *id {
             return Err(ManifestError::RootMismatch { id: *id });
@@ -142,7 +146,11 @@ impl Manifest {
         let range = self.chunk_range(index);
         let want = range.end - range.start;
         if data.len() as u64 != want {
-            return Err(ChunkError::WrongLength { index, got: data.len(), want });
+            return Err(ChunkError::WrongLength {
+                index,
+                got: data.len(),
+                want,
+            });
         }
         if chunk_cv(data, range.start, count == 1) != self.cvs[index as usize] {
             return Err(ChunkError::HashMismatch { index });
@@ -270,7 +278,11 @@ impl ManifestBuilder {
         if !self.pending.is_empty() || self.cvs.is_empty() {
             self.flush_last();
         }
-        let manifest = Manifest { size: self.size, chunk_size: self.chunk_size, cvs: self.cvs };
+        let manifest = Manifest {
+            size: self.size,
+            chunk_size: self.chunk_size,
+            cvs: self.cvs,
+        };
         Some((root_of(&manifest.cvs), manifest))
     }
 }
@@ -281,7 +293,9 @@ mod tests {
     use proptest::prelude::*;
 
     fn data(len: usize, seed: u8) -> Vec<u8> {
-        (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
+        (0..len)
+            .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+            .collect()
     }
 
     proptest! {
@@ -333,8 +347,15 @@ mod tests {
         m.cvs[2][0] ^= 1;
         assert_eq!(m.verify(&id), Err(ManifestError::RootMismatch { id }));
         m.cvs.pop();
-        assert!(matches!(m.verify(&id), Err(ManifestError::WrongCount { .. })));
-        let m2 = Manifest { size: 5000, chunk_size: 1000, cvs: vec![] };
+        assert!(matches!(
+            m.verify(&id),
+            Err(ManifestError::WrongCount { .. })
+        ));
+        let m2 = Manifest {
+            size: 5000,
+            chunk_size: 1000,
+            cvs: vec![],
+        };
         assert_eq!(m2.verify(&id), Err(ManifestError::BadChunkSize(1000)));
     }
 
@@ -344,8 +365,14 @@ mod tests {
         let mut b = ManifestBuilder::with_chunk_size(3000, 1024);
         b.update(&bytes);
         let (_, m) = b.finish().unwrap();
-        assert!(matches!(m.verify_chunk(0, &bytes[..1000]), Err(ChunkError::WrongLength { .. })));
-        assert!(matches!(m.verify_chunk(3, &bytes[..10]), Err(ChunkError::OutOfRange { .. })));
+        assert!(matches!(
+            m.verify_chunk(0, &bytes[..1000]),
+            Err(ChunkError::WrongLength { .. })
+        ));
+        assert!(matches!(
+            m.verify_chunk(3, &bytes[..10]),
+            Err(ChunkError::OutOfRange { .. })
+        ));
     }
 
     #[test]

@@ -85,12 +85,22 @@ pub fn frame_len(buf: &[u8]) -> Result<Option<usize>, DecodeError> {
     let body = u32::from_be_bytes(buf[0..4].try_into().expect("4 bytes"));
     let payload = u32::from_be_bytes(buf[4..8].try_into().expect("4 bytes"));
     if body > MAX_BODY {
-        return Err(DecodeError::TooLarge { part: "body", len: body, max: MAX_BODY });
+        return Err(DecodeError::TooLarge {
+            part: "body",
+            len: body,
+            max: MAX_BODY,
+        });
     }
     if payload > MAX_PAYLOAD {
-        return Err(DecodeError::TooLarge { part: "payload", len: payload, max: MAX_PAYLOAD });
+        return Err(DecodeError::TooLarge {
+            part: "payload",
+            len: payload,
+            max: MAX_PAYLOAD,
+        });
     }
-    Ok(Some(HEADER_LEN + body as usize + payload as usize + TRAILER_LEN))
+    Ok(Some(
+        HEADER_LEN + body as usize + payload as usize + TRAILER_LEN,
+    ))
 }
 
 /// Decodes the frame at the start of `buf`: `Ok(None)` if it is not all here yet, otherwise the
@@ -118,8 +128,16 @@ pub fn decode_frame(buf: &[u8]) -> Result<Option<(Frame<'_>, usize)>, DecodeErro
 /// # Panics
 /// If `body` or `payload` exceeds its maximum: that is a bug in the sender, not bad input.
 pub fn encode_frame(body: &[u8], payload: &[u8], out: &mut Vec<u8>) {
-    assert!(body.len() <= MAX_BODY as usize, "frame body of {} bytes too large", body.len());
-    assert!(payload.len() <= MAX_PAYLOAD as usize, "payload of {} bytes too large", payload.len());
+    assert!(
+        body.len() <= MAX_BODY as usize,
+        "frame body of {} bytes too large",
+        body.len()
+    );
+    assert!(
+        payload.len() <= MAX_PAYLOAD as usize,
+        "payload of {} bytes too large",
+        payload.len()
+    );
     out.reserve(HEADER_LEN + body.len() + payload.len() + TRAILER_LEN);
     out.extend_from_slice(&(body.len() as u32).to_be_bytes());
     out.extend_from_slice(&(payload.len() as u32).to_be_bytes());
@@ -145,7 +163,10 @@ pub fn decode_value<T: DeserializeOwned>(buf: &[u8]) -> Result<Option<(T, usize)
         return Ok(None);
     };
     if !frame.payload.is_empty() {
-        return Err(DecodeError::UnexpectedPayload { kind: "control", len: frame.payload.len() });
+        return Err(DecodeError::UnexpectedPayload {
+            kind: "control",
+            len: frame.payload.len(),
+        });
     }
     let value = ciborium::from_reader(frame.body).map_err(|e| DecodeError::Body(e.to_string()))?;
     Ok(Some((value, used)))
@@ -158,9 +179,7 @@ pub fn encode(msg: &Message, out: &mut Vec<u8>) {
     ciborium::into_writer(msg, &mut body).expect("CBOR encoding into a Vec cannot fail");
     match msg {
         Message::Chunk(ChunkMsg { data, .. }) => encode_frame(&body, data, out),
-        Message::Manifest(ManifestMsg { cvs, .. }) => {
-            encode_frame(&body, cvs.as_flattened(), out)
-        }
+        Message::Manifest(ManifestMsg { cvs, .. }) => encode_frame(&body, cvs.as_flattened(), out),
         _ => encode_frame(&body, &[], out),
     }
 }
@@ -177,7 +196,9 @@ pub fn decode(buf: &[u8]) -> Result<Option<(Message, usize)>, DecodeError> {
         Message::Chunk(chunk) => chunk.data = frame.payload.to_vec(),
         Message::Manifest(manifest) => {
             if frame.payload.len() % 32 != 0 {
-                return Err(DecodeError::BadManifest { len: frame.payload.len() });
+                return Err(DecodeError::BadManifest {
+                    len: frame.payload.len(),
+                });
             }
             manifest.cvs = frame
                 .payload

@@ -27,8 +27,8 @@ pub use content::{chunk_size_for, ChunkError, Manifest, ManifestBuilder, Manifes
 pub use frame::{decode, encode, DecodeError, MAX_BODY, MAX_PAYLOAD};
 pub use ids::{FileId, NodeId, ParseIdError, QueryId};
 pub use message::{
-    ChunkMsg, FileRecord, Filter, Hello, Hit, ManifestMsg, Message, Query, QueryHits, Role,
-    Search, Source, Tags, Terms, TransferErrorKind, DEFAULT_TTL, MAX_TTL, PROTOCOL_VERSION,
+    ChunkMsg, FileRecord, Filter, Hello, Hit, ManifestMsg, Message, Query, QueryHits, Role, Search,
+    Source, Tags, Terms, TransferErrorKind, DEFAULT_TTL, MAX_TTL, PROTOCOL_VERSION,
 };
 
 #[cfg(test)]
@@ -65,9 +65,14 @@ mod tests {
     }
 
     fn arb_record() -> impl Strategy<Value = FileRecord> {
-        (arb_bytes::<32>(), any::<u64>(), ".{0,60}", arb_tags()).prop_map(|(id, size, path, tags)| {
-            FileRecord { id: FileId(id), size, path, tags }
-        })
+        (arb_bytes::<32>(), any::<u64>(), ".{0,60}", arb_tags()).prop_map(
+            |(id, size, path, tags)| FileRecord {
+                id: FileId(id),
+                size,
+                path,
+                tags,
+            },
+        )
     }
 
     fn arb_search() -> impl Strategy<Value = Search> {
@@ -80,52 +85,106 @@ mod tests {
             prop::option::of(any::<u64>()),
             prop::option::of(any::<u64>()),
         )
-            .prop_map(|(ext, min_size, max_size)| Filter { ext, min_size, max_size });
+            .prop_map(|(ext, min_size, max_size)| Filter {
+                ext,
+                min_size,
+                max_size,
+            });
         (terms, filter).prop_map(|(terms, filter)| Search { terms, filter })
     }
 
     fn arb_message() -> impl Strategy<Value = Message> {
-        let role = prop_oneof![Just(Role::Leaf), Just(Role::SuperPeer), Just(Role::Transfer)];
+        let role = prop_oneof![
+            Just(Role::Leaf),
+            Just(Role::SuperPeer),
+            Just(Role::Transfer)
+        ];
         prop_oneof![
-            (any::<u16>(), arb_bytes::<32>(), role, prop::option::of(arb_addr()), ".{0,20}")
-                .prop_map(|(version, node, role, listen, agent)| Message::Hello(Hello {
-                    version,
-                    node: NodeId(node),
-                    role,
-                    listen,
-                    agent
-                })),
+            (
+                any::<u16>(),
+                arb_bytes::<32>(),
+                role,
+                prop::option::of(arb_addr()),
+                ".{0,20}"
+            )
+                .prop_map(|(version, node, role, listen, agent)| Message::Hello(
+                    Hello {
+                        version,
+                        node: NodeId(node),
+                        role,
+                        listen,
+                        agent
+                    }
+                )),
             prop::collection::vec(arb_record(), 0..5).prop_map(|files| Message::Register { files }),
-            prop::collection::vec(arb_bytes::<32>(), 0..5)
-                .prop_map(|ids| Message::Withdraw { ids: ids.into_iter().map(FileId).collect() }),
+            prop::collection::vec(arb_bytes::<32>(), 0..5).prop_map(|ids| Message::Withdraw {
+                ids: ids.into_iter().map(FileId).collect()
+            }),
             (arb_bytes::<16>(), any::<u8>(), any::<u8>(), arb_search()).prop_map(
-                |(id, ttl, hops, search)| Message::Query(Query { id: QueryId(id), ttl, hops, search })
+                |(id, ttl, hops, search)| Message::Query(Query {
+                    id: QueryId(id),
+                    ttl,
+                    hops,
+                    search
+                })
             ),
-            (arb_bytes::<16>(), prop::collection::vec((arb_bytes::<32>(), arb_addr(), arb_record(), -1e6f32..1e6), 0..4))
+            (
+                arb_bytes::<16>(),
+                prop::collection::vec(
+                    (arb_bytes::<32>(), arb_addr(), arb_record(), -1e6f32..1e6),
+                    0..4
+                )
+            )
                 .prop_map(|(q, hits)| Message::QueryHits(QueryHits {
                     query: QueryId(q),
                     hits: hits
                         .into_iter()
-                        .map(|(node, addr, file, score)| Hit { source: Source { node: NodeId(node), addr }, file, score })
+                        .map(|(node, addr, file, score)| Hit {
+                            source: Source {
+                                node: NodeId(node),
+                                addr
+                            },
+                            file,
+                            score
+                        })
                         .collect()
                 })),
             any::<u64>().prop_map(|nonce| Message::Ping { nonce }),
             any::<u64>().prop_map(|nonce| Message::Pong { nonce }),
             ".{0,40}".prop_map(|reason| Message::Goodbye { reason }),
-            (any::<u32>(), arb_bytes::<32>())
-                .prop_map(|(request, id)| Message::GetManifest { request, id: FileId(id) }),
-            (any::<u32>(), arb_bytes::<32>(), any::<u64>(), any::<u32>(), prop::collection::vec(arb_bytes::<32>(), 0..20))
-                .prop_map(|(request, id, size, chunk_size, cvs)| Message::Manifest(ManifestMsg {
+            (any::<u32>(), arb_bytes::<32>()).prop_map(|(request, id)| Message::GetManifest {
+                request,
+                id: FileId(id)
+            }),
+            (
+                any::<u32>(),
+                arb_bytes::<32>(),
+                any::<u64>(),
+                any::<u32>(),
+                prop::collection::vec(arb_bytes::<32>(), 0..20)
+            )
+                .prop_map(|(request, id, size, chunk_size, cvs)| Message::Manifest(
+                    ManifestMsg {
+                        request,
+                        id: FileId(id),
+                        size,
+                        chunk_size,
+                        cvs
+                    }
+                )),
+            (any::<u32>(), arb_bytes::<32>(), any::<u32>()).prop_map(|(request, id, index)| {
+                Message::GetChunk {
                     request,
                     id: FileId(id),
-                    size,
-                    chunk_size,
-                    cvs
-                })),
-            (any::<u32>(), arb_bytes::<32>(), any::<u32>()).prop_map(|(request, id, index)| {
-                Message::GetChunk { request, id: FileId(id), index }
+                    index,
+                }
             }),
-            (any::<u32>(), arb_bytes::<32>(), any::<u32>(), prop::collection::vec(any::<u8>(), 0..3000))
+            (
+                any::<u32>(),
+                arb_bytes::<32>(),
+                any::<u32>(),
+                prop::collection::vec(any::<u8>(), 0..3000)
+            )
                 .prop_map(|(request, id, index, data)| Message::Chunk(ChunkMsg {
                     request,
                     id: FileId(id),
@@ -195,12 +254,22 @@ mod tests {
         buf.extend_from_slice(&0u32.to_be_bytes());
         assert_eq!(
             decode(&buf),
-            Err(DecodeError::TooLarge { part: "body", len: MAX_BODY + 1, max: MAX_BODY })
+            Err(DecodeError::TooLarge {
+                part: "body",
+                len: MAX_BODY + 1,
+                max: MAX_BODY
+            })
         );
         let mut buf = Vec::new();
         buf.extend_from_slice(&0u32.to_be_bytes());
         buf.extend_from_slice(&u32::MAX.to_be_bytes());
-        assert!(matches!(decode(&buf), Err(DecodeError::TooLarge { part: "payload", .. })));
+        assert!(matches!(
+            decode(&buf),
+            Err(DecodeError::TooLarge {
+                part: "payload",
+                ..
+            })
+        ));
     }
 
     #[test]
@@ -218,31 +287,57 @@ mod tests {
         ciborium::into_writer(&Message::Ping { nonce: 1 }, &mut body).unwrap();
         let mut buf = Vec::new();
         frame::encode_frame(&body, b"extra", &mut buf);
-        assert_eq!(decode(&buf), Err(DecodeError::UnexpectedPayload { kind: "Ping", len: 5 }));
+        assert_eq!(
+            decode(&buf),
+            Err(DecodeError::UnexpectedPayload {
+                kind: "Ping",
+                len: 5
+            })
+        );
     }
 
     #[test]
     fn chunk_bytes_are_not_cbor_encoded() {
-        let msg = Message::Chunk(ChunkMsg { request: 1, id: FileId([9; 32]), index: 0, data: vec![0xAB; 1000] });
+        let msg = Message::Chunk(ChunkMsg {
+            request: 1,
+            id: FileId([9; 32]),
+            index: 0,
+            data: vec![0xAB; 1000],
+        });
         let mut buf = Vec::new();
         encode(&msg, &mut buf);
-        assert!(buf.len() < 1000 + 120, "frame of {} bytes for 1000 payload bytes", buf.len());
+        assert!(
+            buf.len() < 1000 + 120,
+            "frame of {} bytes for 1000 payload bytes",
+            buf.len()
+        );
     }
 
     #[test]
     fn file_id_prints_like_b3sum() {
         let id = FileId::from(blake3::hash(b"abc"));
-        assert_eq!(id.to_string(), "6437b3ac38465133ffb63b75273a8db548c558465d79db03fd359c6cd5bd9d85");
+        assert_eq!(
+            id.to_string(),
+            "6437b3ac38465133ffb63b75273a8db548c558465d79db03fd359c6cd5bd9d85"
+        );
         assert_eq!(id.to_string().parse::<FileId>().unwrap(), id);
         assert!("xyz".parse::<FileId>().is_err());
     }
 
     #[test]
     fn record_name_and_extension() {
-        let r = FileRecord { id: FileId([0; 32]), size: 1, path: "music/A/01 - Song.MP3".into(), tags: Tags::default() };
+        let r = FileRecord {
+            id: FileId([0; 32]),
+            size: 1,
+            path: "music/A/01 - Song.MP3".into(),
+            tags: Tags::default(),
+        };
         assert_eq!(r.name(), "01 - Song.MP3");
         assert_eq!(r.extension().as_deref(), Some("mp3"));
-        let r = FileRecord { path: ".hidden".into(), ..r };
+        let r = FileRecord {
+            path: ".hidden".into(),
+            ..r
+        };
         assert_eq!(r.extension(), None);
     }
 }
