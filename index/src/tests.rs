@@ -498,7 +498,11 @@ struct Track {
 }
 
 fn read_corpus() -> Vec<Track> {
-    let path = if std::path::Path::new(CORPUS).exists() { CORPUS } else { SAMPLE };
+    let path = if std::path::Path::new(CORPUS).exists() {
+        CORPUS
+    } else {
+        SAMPLE
+    };
     let text = std::fs::read_to_string(path)
         .unwrap_or_else(|e| panic!("the corpus test needs {CORPUS} or {SAMPLE}: {e}"));
     let mut lines = text.lines();
