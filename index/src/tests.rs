@@ -486,6 +486,11 @@ const CORPUS: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/../../shared/corpus/freemusic-tracks.tsv"
 );
+/// Every tenth track of the same list, kept in the repository for clones without `shared/`.
+const SAMPLE: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../examples/data/freemusic-sample.tsv"
+);
 
 struct Track {
     artist: String,
