@@ -87,6 +87,13 @@ pub enum DownloadState {
     Failed(String),
 }
 
+impl DownloadState {
+    /// True while the download is looking for sources or fetching.
+    pub fn is_active(&self) -> bool {
+        matches!(self, DownloadState::Searching | DownloadState::Running)
+    }
+}
+
 /// One download as status shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DownloadInfo {

@@ -1,8 +1,10 @@
 //! Downloading one file from every source that has it, in parallel verified chunks.
 //!
 //! # How
-//! 1. Connect to every source at once; ask them in turn for the manifest until one gives a
-//!    manifest that verifies against the id (a source whose manifest does not is dropped).
+//! 1. Connect to every source at once; ask up to three of them for the manifest. A manifest
+//!    must verify against the id, and its chunk size must be the one its size implies; of the
+//!    valid ones, the one most sources sent wins (a source whose manifest fails or disagrees is
+//!    dropped).
 //! 2. Write into `NAME.part` in the output folder. Each source keeps several chunk requests in
 //!    flight; the [`Scheduler`] hands out missing chunks to whichever source asks, so faster
 //!    sources take more. When no chunk is missing, idle sources re-request chunks still in
@@ -28,6 +30,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -38,6 +41,9 @@ use superpeer::net::{connect, write_message, FrameReader};
 use wire::{FileId, Hello, Manifest, Message, NodeId, Role, PROTOCOL_VERSION};
 
 use crate::share::PART_SUFFIX;
+
+/// How many sources are asked for the manifest (see [`download`]).
+const MANIFEST_VOTES: usize = 3;
 
 /// Settings of the downloader.
 #[derive(Debug, Clone)]
@@ -173,14 +179,18 @@ impl Scheduler {
         }
     }
 
-    /// A chunk for `source` to request: the next missing one, or in endgame the in-flight
-    /// chunk with the fewest requesters that `source` has not asked for yet.
-    pub fn next(&mut self, source: usize) -> Option<u64> {
+    /// A chunk for `source` to request: the next missing one, or, if `endgame` allows it (the
+    /// source has nothing in flight), the in-flight chunk with the fewest requesters that
+    /// `source` has not asked for yet.
+    pub fn next(&mut self, source: usize, endgame: bool) -> Option<u64> {
         while let Some(c) = self.queue.pop_front() {
             if self.chunks[c as usize] == ChunkState::Missing {
                 self.chunks[c as usize] = ChunkState::Active(vec![source]);
                 return Some(c);
             }
+        }
+        if !endgame {
+            return None;
         }
         let (c, _) = self
             .chunks
@@ -236,11 +246,17 @@ pub fn safe_file_name(name: &str, id: &FileId) -> String {
     let last = name.rsplit(['/', '\\']).next().unwrap_or("");
     let clean: String = last.chars().filter(|c| !c.is_control()).collect();
     let clean = clean.trim().trim_start_matches('.').trim();
-    let clean: String = clean.chars().take(200).collect();
+    // At most 200 bytes, cut at a character boundary: room for the `.part` suffix and a
+    // ` (n)` within the usual 255-byte limit of a file name.
+    let mut end = clean.len().min(200);
+    while !clean.is_char_boundary(end) {
+        end -= 1;
+    }
+    let clean = &clean[..end];
     if clean.is_empty() {
         id.to_hex()
     } else {
-        clean
+        clean.to_string()
     }
 }
 
@@ -301,7 +317,12 @@ impl SourceConn {
             .map_err(|e| e.to_string())
     }
 
-    async fn manifest(&mut self, id: FileId, limit: Duration) -> Result<Manifest, String> {
+    async fn manifest(
+        &mut self,
+        id: FileId,
+        expected_size: Option<u64>,
+        limit: Duration,
+    ) -> Result<Manifest, String> {
         self.send(&Message::GetManifest { request: 0, id }).await?;
         match self.recv(limit).await? {
             Message::Manifest(m) if m.id == id && m.request == 0 => {
@@ -313,6 +334,19 @@ impl SourceConn {
                 manifest
                     .verify(&id)
                     .map_err(|e| format!("sent a bad manifest: {e}"))?;
+                // The chunk layout follows from the size, so every honest source agrees on it.
+                if manifest.chunk_size != wire::chunk_size_for(manifest.size) {
+                    return Err(format!(
+                        "sent a manifest with chunk size {} for {} bytes",
+                        manifest.chunk_size, manifest.size
+                    ));
+                }
+                if let Some(want) = expected_size.filter(|w| *w != manifest.size) {
+                    return Err(format!(
+                        "sent a manifest for {} bytes; the search said {want}",
+                        manifest.size
+                    ));
+                }
                 Ok(manifest)
             }
             Message::TransferError { kind, message, .. } => {
@@ -339,14 +373,19 @@ struct Shared {
     changed: Event,
     opts: DownloadOptions,
     active_sources: Mutex<usize>,
+    /// Set on a disk error: every source stops.
+    aborted: AtomicBool,
     progress: Box<dyn Fn(Progress) + Send + Sync>,
 }
 
 /// Downloads `id` from `sources` into `out_dir`, naming it after `name` (made safe).
+/// `expected_size`, when the search results agree on one, must match the manifest.
+#[allow(clippy::too_many_arguments)]
 pub async fn download(
     me: NodeId,
     id: FileId,
     name: &str,
+    expected_size: Option<u64>,
     sources: &[SocketAddr],
     out_dir: &Path,
     opts: DownloadOptions,
@@ -377,11 +416,26 @@ pub async fn download(
             }
         }
     }
-    let mut manifest = None;
+    // A manifest is checked against the id, but a one-chunk claim ("the file is 5 bytes, and
+    // its only chunk hashes to the id") passes for any id: the id cannot pin the size of a
+    // one-chunk file. So several sources are asked, and the manifest most of them send wins;
+    // on a tie, the one with more chunks (a forged one-chunk claim always has fewer).
+    let mut votes: Vec<(Manifest, Vec<SocketAddr>)> = Vec::new();
     let mut i = 0;
-    while i < conns.len() && manifest.is_none() {
-        match conns[i].manifest(id, opts.response_timeout).await {
-            Ok(m) => manifest = Some(m),
+    while i < conns.len() && votes.iter().map(|(_, who)| who.len()).sum::<usize>() < MANIFEST_VOTES
+    {
+        match conns[i]
+            .manifest(id, expected_size, opts.response_timeout)
+            .await
+        {
+            Ok(m) => {
+                let addr = conns[i].addr;
+                match votes.iter_mut().find(|(v, _)| *v == m) {
+                    Some((_, who)) => who.push(addr),
+                    None => votes.push((m, vec![addr])),
+                }
+                i += 1;
+            }
             Err(e) => {
                 log::warn!("source {} for {}: {e}", conns[i].addr, id.short());
                 let addr = conns.remove(i).addr;
@@ -391,10 +445,28 @@ pub async fn download(
                     bytes: 0,
                     error: Some(e),
                 });
-                continue;
             }
         }
-        i += 1;
+    }
+    votes.sort_by_key(|(m, who)| std::cmp::Reverse((who.len(), m.cvs.len())));
+    let manifest = votes.first().map(|(m, _)| m.clone());
+    for (m, who) in votes.iter().skip(1) {
+        for addr in who {
+            let why = format!(
+                "its manifest ({} bytes in {} chunks) disagrees with the one {} other source(s) sent",
+                m.size,
+                m.cvs.len(),
+                votes[0].1.len()
+            );
+            log::warn!("source {addr} for {}: {why}", id.short());
+            conns.retain(|c| c.addr != *addr);
+            reports.push(SourceReport {
+                addr: *addr,
+                chunks: 0,
+                bytes: 0,
+                error: Some(why),
+            });
+        }
     }
     let Some(manifest) = manifest else {
         return Err(DownloadError::NoManifest {
@@ -408,7 +480,9 @@ pub async fn download(
         source,
     })?;
     let name = safe_file_name(name, &id);
-    let part = out_dir.join(format!("{name}{PART_SUFFIX}"));
+    // The id in the name keeps two files of the same name apart; the node runs one download
+    // per id at a time.
+    let part = out_dir.join(format!("{name}.{}{PART_SUFFIX}", id.short()));
     let io_err = |source| DownloadError::Io {
         path: part.clone(),
         source,
@@ -429,6 +503,7 @@ pub async fn download(
         sched: Mutex::new(Scheduler::new(count)),
         changed: Event::new(),
         active_sources: Mutex::new(conns.len()),
+        aborted: AtomicBool::new(false),
         manifest,
         opts,
         progress,
@@ -561,6 +636,8 @@ async fn run_source(
             Some(Stop::Source(reason))
         }
         Err(Stop::Disk(e)) => {
+            shared.aborted.store(true, Ordering::SeqCst);
+            shared.changed.notify(usize::MAX);
             report.error = Some(format!("disk error: {e}"));
             Some(Stop::Disk(e))
         }
@@ -580,22 +657,33 @@ async fn source_loop(
     inflight: &mut HashMap<u32, u64>,
     report: &mut SourceReport,
 ) -> Result<(), Stop> {
+    let timeout = shared.opts.response_timeout;
     let mut next_request: u32 = 1;
+    // The source must deliver a chunk by this time; pings do not count.
+    let mut deadline = Instant::now() + timeout;
     loop {
-        let mut wanted = Vec::new();
+        // Listen before looking, so a change between the look and the wait is not missed.
+        let listener = shared.changed.listen();
+        let mut new = Vec::new();
         {
             let mut sched = shared.sched.lock().unwrap();
-            while inflight.len() + wanted.len() < shared.opts.inflight_per_source {
-                match sched.next(me) {
-                    Some(c) => wanted.push(c),
-                    None => break,
-                }
+            if sched.all_done() || shared.aborted.load(Ordering::SeqCst) {
+                return Ok(()); // requests still in flight are endgame spares: drop them
+            }
+            if inflight.is_empty() {
+                deadline = Instant::now() + timeout;
+            }
+            while inflight.len() < shared.opts.inflight_per_source {
+                // Duplicate another source's chunk only when this one has nothing to do.
+                let Some(c) = sched.next(me, inflight.is_empty()) else {
+                    break;
+                };
+                inflight.insert(next_request, c);
+                new.push((next_request, c));
+                next_request = next_request.wrapping_add(1);
             }
         }
-        for c in wanted {
-            let request = next_request;
-            next_request = next_request.wrapping_add(1);
-            inflight.insert(request, c);
+        for (request, c) in new {
             conn.send(&Message::GetChunk {
                 request,
                 id: shared.id,
@@ -605,10 +693,6 @@ async fn source_loop(
             .map_err(Stop::Source)?;
         }
         if inflight.is_empty() {
-            let listener = shared.changed.listen();
-            if shared.sched.lock().unwrap().all_done() {
-                return Ok(());
-            }
             // Woken when a chunk is released or completed; re-check regardless after a while.
             smol::future::or(listener, async {
                 smol::Timer::after(Duration::from_millis(500)).await;
@@ -616,13 +700,18 @@ async fn source_loop(
             .await;
             continue;
         }
-        let msg = conn
-            .recv(shared.opts.response_timeout)
-            .await
-            .map_err(Stop::Source)?;
-        match msg {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let msg = smol::future::or(async { Some(conn.recv(left).await) }, async {
+            listener.await;
+            None
+        })
+        .await;
+        let Some(msg) = msg else {
+            continue; // something changed elsewhere: maybe the file is complete
+        };
+        match msg.map_err(|e| Stop::Source(format!("no chunk within {timeout:?}: {e}")))? {
             Message::Chunk(chunk) => {
-                let Some(c) = inflight.remove(&chunk.request) else {
+                let Some(&c) = inflight.get(&chunk.request) else {
                     return Err(Stop::Source(format!(
                         "sent chunk {} for request {} that was never made",
                         chunk.index, chunk.request
@@ -635,12 +724,15 @@ async fn source_loop(
                         chunk.id.short()
                     )));
                 }
+                deadline = Instant::now() + timeout;
                 if shared.sched.lock().unwrap().is_done(c) {
+                    inflight.remove(&chunk.request);
                     continue; // an endgame duplicate
                 }
                 let len = chunk.data.len() as u64;
                 let job = shared.clone();
-                let written = smol::unblock(move || -> Result<(), Stop> {
+                // On failure the chunk stays in `inflight`, so it is released with the source.
+                smol::unblock(move || -> Result<(), Stop> {
                     job.manifest
                         .verify_chunk(c, &chunk.data)
                         .map_err(|e| Stop::Source(format!("sent a bad chunk: {e}")))?;
@@ -649,8 +741,8 @@ async fn source_loop(
                         .write_all_at(&chunk.data, offset)
                         .map_err(Stop::Disk)
                 })
-                .await;
-                written?;
+                .await?;
+                inflight.remove(&chunk.request);
                 let (fresh, done_bytes) = {
                     let mut sched = shared.sched.lock().unwrap();
                     (sched.complete(c, len), sched.done_bytes)
@@ -691,17 +783,19 @@ mod tests {
     #[test]
     fn scheduler_hands_out_each_chunk_once_then_endgame() {
         let mut s = Scheduler::new(3);
-        assert_eq!(s.next(0), Some(0));
-        assert_eq!(s.next(1), Some(1));
-        assert_eq!(s.next(0), Some(2));
+        assert_eq!(s.next(0, true), Some(0));
+        assert_eq!(s.next(1, true), Some(1));
+        assert_eq!(s.next(0, true), Some(2));
+        // Only a source with nothing in flight duplicates.
+        assert_eq!(s.next(1, false), None);
         // Endgame: source 1 duplicates a chunk it has not asked for, fewest requesters first.
-        let dup = s.next(1).unwrap();
+        let dup = s.next(1, true).unwrap();
         assert_ne!(dup, 1);
         assert!(s.complete(dup, 10));
         assert!(!s.complete(dup, 10), "a second copy is not counted");
         // A failing source's chunk goes back to the queue.
         s.release(1, 1);
-        assert_eq!(s.next(2), Some(1));
+        assert_eq!(s.next(2, false), Some(1));
         assert!(!s.all_done());
     }
 
@@ -716,6 +810,13 @@ mod tests {
         assert_eq!(
             free_name(Path::new("/d"), "x.mp3", 2),
             PathBuf::from("/d/x (2).mp3")
+        );
+        let long = "é".repeat(150);
+        let cut = safe_file_name(&long, &id);
+        assert!(
+            cut.len() <= 200 && cut.chars().all(|c| c == 'é'),
+            "{}",
+            cut.len()
         );
     }
 }

@@ -108,10 +108,8 @@ fn real_main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let data_dir = match &cli.data_dir {
         Some(d) => d.clone(),
-        None => directories::ProjectDirs::from("", "", "canopy")
-            .context("no home directory for the data directory; pass --data-dir")?
-            .data_dir()
-            .to_path_buf(),
+        None => superpeer::identity::default_data_dir()
+            .context("no home directory for the data directory; pass --data-dir")?,
     };
     let superpeers = if cli.superpeers.is_empty() {
         vec![SocketAddr::from(([127, 0, 0, 1], superpeer::DEFAULT_PORT))]

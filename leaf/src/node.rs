@@ -33,6 +33,10 @@ pub const SHARES_FILE: &str = "shares.cbor";
 
 /// Registrations are sent in batches of about this many bytes.
 const REGISTER_BATCH_BYTES: usize = 256 << 10;
+/// Withdrawals are sent in batches of this many ids (34 bytes each in CBOR).
+const WITHDRAW_BATCH: usize = 8192;
+/// Finished downloads kept for status.
+const FINISHED_KEPT: usize = 100;
 
 /// How a node runs.
 #[derive(Debug, Clone)]
@@ -88,6 +92,9 @@ pub enum NodeError {
     /// A download failed.
     #[error(transparent)]
     Download(#[from] download::DownloadError),
+    /// The same file is being downloaded already.
+    #[error("{0} is being downloaded already")]
+    AlreadyDownloading(FileId),
 }
 
 struct Link {
@@ -106,6 +113,9 @@ pub(crate) struct Inner {
     links: Vec<Link>,
     searches: Mutex<HashMap<QueryId, Sender<Vec<Hit>>>>,
     downloads: Mutex<Vec<DownloadInfo>>,
+    /// Held while a link's first registration or an announcement is queued, so a withdrawal
+    /// never overtakes the registration it cancels.
+    announce_lock: Mutex<()>,
     download_options: DownloadOptions,
     /// One scan at a time: scans of one folder must not interleave.
     scan_lock: smol::lock::Mutex<()>,
@@ -171,6 +181,7 @@ impl Node {
                 .collect(),
             searches: Mutex::new(HashMap::new()),
             downloads: Mutex::new(Vec::new()),
+            announce_lock: Mutex::new(()),
             download_options: config.download,
             scan_lock: smol::lock::Mutex::new(()),
             tasks: Mutex::new(Vec::new()),
@@ -292,15 +303,14 @@ impl Node {
         if self.inner.listen.is_none() {
             return;
         }
+        let _order = self.inner.announce_lock.lock().unwrap();
         for link in &self.inner.links {
             if let Some(tx) = link.out.lock().unwrap().as_ref() {
                 for files in register_batches(&diff.added) {
                     let _ = tx.try_send(Message::Register { files });
                 }
-                if !diff.removed.is_empty() {
-                    let _ = tx.try_send(Message::Withdraw {
-                        ids: diff.removed.clone(),
-                    });
+                for ids in diff.removed.chunks(WITHDRAW_BATCH) {
+                    let _ = tx.try_send(Message::Withdraw { ids: ids.to_vec() });
                 }
             }
         }
@@ -400,8 +410,19 @@ impl Node {
         out: &Path,
         progress: impl Fn(&DownloadInfo) + Send + Sync + 'static,
     ) -> Result<DownloadReport, NodeError> {
-        let slot = {
+        {
             let mut d = self.inner.downloads.lock().unwrap();
+            if d.iter().any(|i| i.id == id && i.state.is_active()) {
+                return Err(NodeError::AlreadyDownloading(id));
+            }
+            // Forget the oldest finished downloads beyond what status shows.
+            while d.iter().filter(|i| !i.state.is_active()).count() >= FINISHED_KEPT {
+                let oldest = d
+                    .iter()
+                    .position(|i| !i.state.is_active())
+                    .expect("counted");
+                d.remove(oldest);
+            }
             d.push(DownloadInfo {
                 id,
                 name: id.to_hex(),
@@ -410,14 +431,14 @@ impl Node {
                 sources: 0,
                 state: DownloadState::Searching,
             });
-            d.len() - 1
-        };
-        let result = self.get_inner(id, out, slot, progress).await;
-        let state = match &result {
-            Ok(r) => DownloadState::Done(r.path.clone()),
-            Err(e) => DownloadState::Failed(e.to_string()),
-        };
-        self.inner.downloads.lock().unwrap()[slot].state = state;
+        }
+        let result = self.get_inner(id, out, progress).await;
+        self.update_download(id, |info| {
+            info.state = match &result {
+                Ok(r) => DownloadState::Done(r.path.clone()),
+                Err(e) => DownloadState::Failed(e.to_string()),
+            }
+        });
         result
     }
 
@@ -425,7 +446,6 @@ impl Node {
         &self,
         id: FileId,
         out: &Path,
-        slot: usize,
         progress: impl Fn(&DownloadInfo) + Send + Sync + 'static,
     ) -> Result<DownloadReport, NodeError> {
         let hits = self.find_sources(id, Duration::from_secs(3)).await?;
@@ -433,31 +453,31 @@ impl Node {
             return Err(download::DownloadError::NoSources(id).into());
         };
         let name = first.file.name().to_string();
+        // A size the hits disagree on is left to the manifest (the id pins the content).
+        let size = first.file.size;
+        let agreed = hits.iter().all(|h| h.file.size == size).then_some(size);
         let sources: Vec<SocketAddr> = hits.iter().map(|h| h.source.addr).collect();
-        {
-            let mut d = self.inner.downloads.lock().unwrap();
-            let info = &mut d[slot];
+        self.update_download(id, |info| {
             info.name = name.clone();
-            info.size = first.file.size;
+            info.size = size;
             info.sources = sources.len();
             info.state = DownloadState::Running;
-        }
-        let inner = self.inner.clone();
+        });
+        let node = self.clone();
         let on_progress = move |p: Progress| {
-            let info = {
-                let mut d = inner.downloads.lock().unwrap();
-                let info = &mut d[slot];
+            if let Some(info) = node.update_download(id, |info| {
                 info.done_bytes = p.done_bytes;
                 info.size = p.size;
                 info.sources = p.sources;
-                info.clone()
-            };
-            progress(&info);
+            }) {
+                progress(&info);
+            }
         };
         let report = download::download(
             self.inner.node_id,
             id,
             &name,
+            agreed,
             &sources,
             out,
             self.inner.download_options.clone(),
@@ -465,6 +485,18 @@ impl Node {
         )
         .await?;
         Ok(report)
+    }
+
+    /// Applies `change` to the running download of `id`; returns its new state.
+    fn update_download(
+        &self,
+        id: FileId,
+        change: impl FnOnce(&mut DownloadInfo),
+    ) -> Option<DownloadInfo> {
+        let mut d = self.inner.downloads.lock().unwrap();
+        let info = d.iter_mut().find(|i| i.id == id && i.state.is_active())?;
+        change(info);
+        Some(info.clone())
     }
 
     /// The node's state.
@@ -695,19 +727,17 @@ async fn run_link(inner: &Arc<Inner>, i: usize, stream: TcpStream) -> String {
         }
         let _ = writer.shutdown(std::net::Shutdown::Both);
     });
-    // Publish the link first, then register everything: a share that lands in between is
-    // registered twice, which the super-peer treats as one.
-    *link.out.lock().unwrap() = Some(tx.clone());
-    if inner.listen.is_some() {
-        let records: Vec<FileRecord> = inner
-            .shares
-            .read()
-            .unwrap()
-            .files()
-            .map(|f| f.record.clone())
-            .collect();
-        for files in register_batches(&records) {
-            let _ = tx.try_send(Message::Register { files });
+    // Publish the link and queue the full registration under the announce lock: an
+    // announcement goes wholly before it (and is covered by it) or wholly after it.
+    {
+        let _order = inner.announce_lock.lock().unwrap();
+        *link.out.lock().unwrap() = Some(tx.clone());
+        if inner.listen.is_some() {
+            let shares = inner.shares.read().unwrap();
+            let records: Vec<FileRecord> = shares.files().map(|f| f.record.clone()).collect();
+            for files in register_batches(&records) {
+                let _ = tx.try_send(Message::Register { files });
+            }
         }
     }
     log::info!("attached to super-peer {}", link.addr);

@@ -9,6 +9,13 @@ use wire::NodeId;
 /// The file in a data directory that holds the node id (hex).
 pub const NODE_ID_FILE: &str = "node-id";
 
+/// The platform's data directory for Canopy (`~/.local/share/canopy` on Linux), or `None`
+/// where there is no home directory. Leaves use it as it is; a dedicated super-peer uses its
+/// `superpeer` subfolder.
+pub fn default_data_dir() -> Option<std::path::PathBuf> {
+    directories::ProjectDirs::from("", "", "canopy").map(|d| d.data_dir().to_path_buf())
+}
+
 /// A fresh random node id.
 pub fn random_node_id() -> NodeId {
     NodeId(rand::random())

@@ -40,9 +40,8 @@ fn real_main() -> anyhow::Result<()> {
     let args = Args::parse();
     let data_dir = match args.data_dir {
         Some(d) => d,
-        None => directories::ProjectDirs::from("", "", "canopy")
+        None => superpeer::identity::default_data_dir()
             .context("no home directory to keep the super-peer's data in; pass --data-dir")?
-            .data_dir()
             .join("superpeer"),
     };
     let node = superpeer::identity::load_or_create_node_id(&data_dir)

@@ -215,11 +215,23 @@ async fn run_connection(
     .await;
 }
 
+/// A peer that takes longer than this to accept one message is dropped.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+
 async fn write_loop(mut stream: TcpStream, rx: Receiver<Message>) {
     let mut scratch = Vec::new();
     while let Ok(msg) = rx.recv().await {
-        if let Err(e) = write_message(&mut stream, &msg, &mut scratch).await {
-            log::debug!("write failed: {e}");
+        let write = write_message(&mut stream, &msg, &mut scratch);
+        let result = smol::future::or(write, async {
+            smol::Timer::after(WRITE_TIMEOUT).await;
+            Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "peer is not reading",
+            ))
+        })
+        .await;
+        if let Err(e) = result {
+            log::info!("dropping a connection: write failed: {e}");
             break;
         }
     }
@@ -272,6 +284,10 @@ async fn run_actor(
                     let _ = tx.try_send(status);
                 }
             },
+        }
+        // A steady stream of inputs must not starve the timers (keep-alives, timeouts).
+        if state.poll_timeout().is_some_and(|t| t <= now) {
+            state.handle_timeout(now);
         }
         drain(&mut state, &mut index, &mut writers);
     }

@@ -326,7 +326,7 @@ impl SuperPeer {
             .into_iter()
             .take(self.config.max_local_hits)
             .filter_map(|(leaf, file, score)| {
-                let c = self.conns.get(&leaf)?;
+                let c = self.conns.get(&leaf).filter(|c| !c.closing)?;
                 let PeerState::Leaf {
                     node,
                     source: Some(addr),
