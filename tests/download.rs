@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use canopy::corpus;
 use canopy::net::{self, run_bounded};
 use leaf::download::{self, DownloadOptions};
-use smol::net::{TcpListener, TcpStream};
+use smol::net::TcpListener;
 use superpeer::net::{write_message, FrameReader};
 use wire::{ChunkMsg, FileId, Hello, ManifestBuilder, ManifestMsg, Message, NodeId, Role};
 
