@@ -275,15 +275,23 @@ pub mod net {
     /// A serving leaf with its data directory `base/name`, attached to `superpeers` and
     /// waited for until at least one link is up.
     pub async fn leaf(base: &Path, name: &str, superpeers: &[SocketAddr]) -> Node {
-        let node = Node::start(NodeConfig {
-            data_dir: base.join(name),
-            superpeers: superpeers.to_vec(),
-            listen: Some("127.0.0.1:0".parse().expect("valid address")),
-            control: false,
-            download: Default::default(),
-        })
-        .await
-        .expect("a leaf starts on an ephemeral port");
+        leaf_with(base, name, superpeers, |_| {}).await
+    }
+
+    /// [`leaf`] with settings changed by `adjust` (upload slots, caps, ...).
+    pub async fn leaf_with(
+        base: &Path,
+        name: &str,
+        superpeers: &[SocketAddr],
+        adjust: impl FnOnce(&mut NodeConfig),
+    ) -> Node {
+        let mut config = NodeConfig::new(base.join(name));
+        config.superpeers = superpeers.to_vec();
+        config.listen = Some("127.0.0.1:0".parse().expect("valid address"));
+        adjust(&mut config);
+        let node = Node::start(config)
+            .await
+            .expect("a leaf starts on an ephemeral port");
         assert!(
             node.wait_connected(Duration::from_secs(10)).await,
             "leaf {name} did not attach to {superpeers:?}"

@@ -107,6 +107,22 @@ async fn honest_sources(
     (nodes, addrs)
 }
 
+/// A download of `id` from exactly `sources` (the network has no others to offer).
+fn job(id: FileId, sources: Vec<SocketAddr>, out: &std::path::Path) -> download::Job {
+    download::Job {
+        me: NodeId([9; 32]),
+        id,
+        name: "set.flac".into(),
+        expected_size: None,
+        out_dir: out.to_path_buf(),
+        sources,
+        find: std::sync::Arc::new(|| Box::pin(async { Vec::new() })),
+        give_up_after: Some(Duration::from_secs(5)),
+        opts: DownloadOptions::default(),
+        cap: leaf::rate::RateLimit::unlimited(),
+    }
+}
+
 fn run_case(kind: Fake, check: impl FnOnce(&download::DownloadReport, SocketAddr)) {
     run_bounded(Duration::from_secs(60), async {
         let tmp = tempfile::tempdir().unwrap();
@@ -117,18 +133,10 @@ fn run_case(kind: Fake, check: impl FnOnce(&download::DownloadReport, SocketAddr
         // The fake first, so it is asked for the manifest first.
         sources.insert(0, fake);
         let started = Instant::now();
-        let report = download::download(
-            NodeId([9; 32]),
-            id,
-            "set.flac",
-            None,
-            &sources,
-            &tmp.path().join("out"),
-            DownloadOptions::default(),
-            Box::new(|_| {}),
-        )
-        .await
-        .unwrap();
+        let report =
+            download::download(job(id, sources, &tmp.path().join("out")), Box::new(|_| {}))
+                .await
+                .unwrap();
         assert!(
             started.elapsed() < Duration::from_secs(10),
             "the download waited on the fake source ({:?})",

@@ -77,10 +77,14 @@ pub struct ShareSummary {
 /// A download's state, as status shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum DownloadState {
+    /// Waiting for one of the node's download slots.
+    Queued,
     /// Looking for sources.
     Searching,
     /// Fetching chunks.
     Running,
+    /// No source is left: searching again with growing back-off.
+    Waiting,
     /// Complete and verified, at this path.
     Done(PathBuf),
     /// Stopped, with the reason.
@@ -90,7 +94,13 @@ pub enum DownloadState {
 impl DownloadState {
     /// True while the download is looking for sources or fetching.
     pub fn is_active(&self) -> bool {
-        matches!(self, DownloadState::Searching | DownloadState::Running)
+        matches!(
+            self,
+            DownloadState::Queued
+                | DownloadState::Searching
+                | DownloadState::Running
+                | DownloadState::Waiting
+        )
     }
 }
 
@@ -107,6 +117,16 @@ pub struct DownloadInfo {
     pub done_bytes: u64,
     /// Sources in use.
     pub sources: usize,
+    /// Bytes per second, averaged over the last seconds.
+    pub speed: u64,
+    /// Seconds left at that speed.
+    pub eta_s: Option<u64>,
+    /// The best place in a source's upload queue, while every source has us queued.
+    pub queued_at: Option<u32>,
+    /// Chunks found on disk from an earlier attempt.
+    pub resumed_chunks: u64,
+    /// The folder it is saved into.
+    pub out: PathBuf,
     /// State.
     pub state: DownloadState,
 }
@@ -145,6 +165,14 @@ pub struct StatusReport {
     pub uploaded_chunks: u64,
     /// Bytes served to others.
     pub uploaded_bytes: u64,
+    /// Upload slots in use, and how many there are.
+    pub upload_slots: (usize, usize),
+    /// Downloaders waiting for an upload slot.
+    pub upload_queue: usize,
+    /// Upload cap in bytes per second, if any.
+    pub upload_rate: Option<u64>,
+    /// Download cap in bytes per second, if any.
+    pub download_rate: Option<u64>,
 }
 
 /// What the node answers.

@@ -1,59 +1,89 @@
-//! Downloading one file from every source that has it, in parallel verified chunks.
+//! Downloading one file from every source that has it, in parallel verified chunks, surviving
+//! crashes, flaky and hostile sources, and full disks.
 //!
 //! # How
-//! 1. Connect to every source at once; ask up to three of them for the manifest. A manifest
-//!    must verify against the id, and its chunk size must be the one its size implies; of the
-//!    valid ones, the one most sources sent wins (a source whose manifest fails or disagrees is
-//!    dropped).
-//! 2. Write into `NAME.part` in the output folder. Each source keeps several chunk requests in
-//!    flight; the [`Scheduler`] hands out missing chunks to whichever source asks, so faster
-//!    sources take more. When no chunk is missing, idle sources re-request chunks still in
-//!    flight elsewhere (endgame); the first verified copy wins and later copies are discarded.
-//! 3. Every chunk is verified against the manifest before it is written. A source that sends a
-//!    bad chunk, a chunk nobody asked for, or an error, or that goes silent, is dropped for this
-//!    download and its chunks go back to the queue.
-//! 4. When all chunks are written, the whole file is hashed again and must give the id; only
-//!    then is it linked to its final name, which never replaces an existing file.
+//! 1. **Manifest.** A download left by an earlier run (a `NAME.ID.part` file with its
+//!    `.state` record in the output folder) resumes from its record. Otherwise up to three
+//!    sources are asked for the manifest. A manifest must verify against the id and its chunk
+//!    size must be the one its size implies; of the valid ones, the one most sources sent wins,
+//!    ties going to the one with more chunks (a forged one-chunk claim verifies against any id,
+//!    since the id cannot pin the size of a one-chunk file). Sources whose manifest fails or
+//!    disagrees are dropped.
+//! 2. **Space.** The output folder must have room for the bytes still missing.
+//! 3. **Chunks.** Each source keeps several chunk requests in flight; the [`Scheduler`] hands
+//!    missing chunks to whichever source asks, so faster sources take more. A source with
+//!    nothing to do re-requests a chunk still in flight elsewhere (endgame); the first verified
+//!    copy wins and the other requests are cancelled. Every chunk is verified against the
+//!    manifest before it is written.
+//! 4. **Sources come and go.** A source that fails (closes, refuses, sends nothing for the
+//!    response timeout) is dropped and its chunks go back to the queue; it may be tried again
+//!    later. A source that lies (a bad chunk, a chunk nobody asked for, a chunk of the wrong
+//!    length, a bad manifest) is banned for this download. The network is asked again for
+//!    sources every so often, and with growing back-off when none is left: the download waits
+//!    rather than fails while the file may come back. A source whose upload slots are full
+//!    answers `Queued`; the downloader keeps its place and asks again.
+//! 5. **Record.** Every second the `.part` file is flushed to disk and *then* the record of
+//!    done chunks is rewritten (atomically), so a crash never records a chunk that is not on
+//!    disk. On resume, recorded chunks are trusted and every other chunk is verified on disk, so
+//!    chunks written after the last record are not fetched again.
+//! 6. **Finish.** The whole file is hashed again and must give the id; only then is it linked to
+//!    its final name, which never replaces an existing file. A failure (a full disk, say) keeps
+//!    the `.part` file and its record for the next attempt.
 //!
 //! # Scheduler invariants
 //! - A chunk is in exactly one state: `Missing` (and then in the queue exactly once), `Active`
 //!   (requested by one or more sources, listed in its state, none of which has delivered it) or
 //!   `Done` (verified and written; never requested again).
 //! - `done_chunks`/`done_bytes` count exactly the `Done` chunks.
-//! - A source that fails releases every chunk it had requested: a chunk left with no requester
-//!   goes back to `Missing` (front of the queue). Only [`Scheduler::release`] does that, and only
-//!   [`Scheduler::complete`] makes a chunk `Done`.
+//! - A source that stops, or is told it is queued, releases every chunk it had requested: a
+//!   chunk left with no requester goes back to `Missing` (front of the queue). Only
+//!   [`Scheduler::release`] does that, and only [`Scheduler::complete`] makes a chunk `Done`.
+//! - A source only duplicates another's chunk (endgame) when it has nothing in flight.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::fs::{self, File, OpenOptions};
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use event_listener::Event;
 use serde::{Deserialize, Serialize};
+use smol::channel;
 use smol::net::TcpStream;
 use superpeer::net::{connect, write_message, FrameReader};
 use wire::{FileId, Hello, Manifest, Message, NodeId, Role, PROTOCOL_VERSION};
 
+use crate::rate::RateLimit;
 use crate::share::PART_SUFFIX;
 
-/// How many sources are asked for the manifest (see [`download`]).
+/// How many sources are asked for the manifest.
 const MANIFEST_VOTES: usize = 3;
+/// The suffix of the record of done chunks beside a `.part` file.
+pub const STATE_SUFFIX: &str = ".state";
+/// How often the record of done chunks is brought up to date.
+const RECORD_EVERY: Duration = Duration::from_secs(1);
 
 /// Settings of the downloader.
 #[derive(Debug, Clone)]
 pub struct DownloadOptions {
     /// Chunk requests kept in flight per source.
     pub inflight_per_source: usize,
-    /// A source that answers nothing for this long is dropped.
+    /// A source that delivers no chunk for this long is dropped.
     pub response_timeout: Duration,
     /// How long to wait for a source to accept the connection.
     pub connect_timeout: Duration,
+    /// How often the network is asked for more sources while a download runs.
+    pub requery_interval: Duration,
+    /// The longest wait between searches when no source is left.
+    pub max_backoff: Duration,
+    /// How soon a queued request is asked again.
+    pub queued_retry: Duration,
 }
 
 impl Default for DownloadOptions {
@@ -62,6 +92,9 @@ impl Default for DownloadOptions {
             inflight_per_source: 4,
             response_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(5),
+            requery_interval: Duration::from_secs(30),
+            max_backoff: Duration::from_secs(120),
+            queued_retry: Duration::from_millis(500),
         }
     }
 }
@@ -77,6 +110,27 @@ pub struct SourceReport {
     pub bytes: u64,
     /// Why it was dropped, if it was.
     pub error: Option<String>,
+    /// The first queue position it gave us, if its slots were full.
+    pub queued_at: Option<u32>,
+}
+
+impl SourceReport {
+    fn new(addr: SocketAddr) -> Self {
+        SourceReport {
+            addr,
+            chunks: 0,
+            bytes: 0,
+            error: None,
+            queued_at: None,
+        }
+    }
+
+    fn failed(addr: SocketAddr, error: String) -> Self {
+        SourceReport {
+            error: Some(error),
+            ..Self::new(addr)
+        }
+    }
 }
 
 /// A finished download.
@@ -90,7 +144,9 @@ pub struct DownloadReport {
     pub size: u64,
     /// How long it took, in milliseconds.
     pub elapsed_ms: u64,
-    /// Each source's part.
+    /// Chunks found verified on disk from an earlier attempt.
+    pub resumed_chunks: u64,
+    /// Each source's part (one entry per connection to a source).
     pub sources: Vec<SourceReport>,
 }
 
@@ -101,8 +157,12 @@ pub struct Progress {
     pub done_bytes: u64,
     /// File size.
     pub size: u64,
-    /// Sources still in use.
+    /// Sources connected now.
     pub sources: usize,
+    /// The best queue position among sources that queued us.
+    pub queued: Option<u32>,
+    /// Chunks found on disk from an earlier attempt.
+    pub resumed_chunks: u64,
 }
 
 /// Why a download failed.
@@ -119,10 +179,8 @@ pub enum DownloadError {
         /// What went wrong with each source.
         reasons: String,
     },
-    /// Every source failed before the file was complete.
-    #[error(
-        "download of {id} stopped at chunk {done} of {total}: every source failed ({reasons})"
-    )]
+    /// No source could be found for longer than the download may wait.
+    #[error("download of {id} stopped at chunk {done} of {total}: no source left ({reasons}); run the same command again to resume")]
     SourcesFailed {
         /// The file.
         id: FileId,
@@ -133,16 +191,26 @@ pub enum DownloadError {
         /// What went wrong with each source.
         reasons: String,
     },
-    /// Writing the file failed.
-    #[error("{}: {source}", path.display())]
+    /// The output folder has too little free space.
+    #[error("not enough space in {}: {need} more bytes needed, {free} free", dir.display())]
+    NoSpace {
+        /// The output folder.
+        dir: PathBuf,
+        /// Bytes still to write.
+        need: u64,
+        /// Bytes free.
+        free: u64,
+    },
+    /// Reading or writing our own files failed (a full disk, a permission error).
+    #[error("cannot write {}: {source}; verified chunks are kept, run the same command again to resume", path.display())]
     Io {
-        /// The file being written.
+        /// The file or folder.
         path: PathBuf,
         /// The cause.
         source: io::Error,
     },
-    /// The assembled file does not hash to its id (should be impossible: every chunk was
-    /// verified; a disk error is the likely cause).
+    /// The assembled file does not hash to its id (every chunk was verified, so a disk error is
+    /// the likely cause).
     #[error("the assembled file {} does not hash to {id}", path.display())]
     Verify {
         /// The file.
@@ -238,15 +306,26 @@ impl Scheduler {
     pub fn all_done(&self) -> bool {
         self.done_chunks == self.chunks.len() as u64
     }
+
+    /// A bitmap of the done chunks (bit `c % 8` of byte `c / 8`).
+    fn done_bitmap(&self) -> Vec<u8> {
+        let mut bits = vec![0u8; self.chunks.len().div_ceil(8)];
+        for (c, s) in self.chunks.iter().enumerate() {
+            if *s == ChunkState::Done {
+                bits[c / 8] |= 1 << (c % 8);
+            }
+        }
+        bits
+    }
 }
 
 /// Makes a file name from the network safe to create: no separators, no leading dots, no
-/// control characters, not empty.
+/// control characters, not empty, at most 200 bytes.
 pub fn safe_file_name(name: &str, id: &FileId) -> String {
     let last = name.rsplit(['/', '\\']).next().unwrap_or("");
     let clean: String = last.chars().filter(|c| !c.is_control()).collect();
     let clean = clean.trim().trim_start_matches('.').trim();
-    // At most 200 bytes, cut at a character boundary: room for the `.part` suffix and a
+    // At most 200 bytes, cut at a character boundary: room for the `.part` suffixes and a
     // ` (n)` within the usual 255-byte limit of a file name.
     let mut end = clean.len().min(200);
     while !clean.is_char_boundary(end) {
@@ -271,6 +350,96 @@ fn free_name(dir: &Path, name: &str, n: u32) -> PathBuf {
     }
 }
 
+/// The record kept beside a `.part` file.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Record {
+    version: u32,
+    id: FileId,
+    name: String,
+    size: u64,
+    chunk_size: u32,
+    #[serde(with = "serde_bytes")]
+    cvs: Vec<u8>,
+    /// Done chunks, one bit each; only chunks already flushed to disk.
+    #[serde(with = "serde_bytes")]
+    done: Vec<u8>,
+}
+
+impl Record {
+    fn manifest(&self) -> Manifest {
+        Manifest {
+            size: self.size,
+            chunk_size: self.chunk_size,
+            cvs: self
+                .cvs
+                .chunks_exact(32)
+                .map(|c| c.try_into().expect("32 bytes"))
+                .collect(),
+        }
+    }
+
+    fn save(&self, path: &Path) -> io::Result<()> {
+        let mut bytes = Vec::new();
+        ciborium::into_writer(self, &mut bytes).map_err(io::Error::other)?;
+        superpeer::identity::write_atomically(path, &bytes)
+    }
+}
+
+/// Paths of a download's partial file and record.
+fn part_paths(out_dir: &Path, name: &str, id: &FileId) -> (PathBuf, PathBuf) {
+    let part = out_dir.join(format!("{name}.{}{PART_SUFFIX}", id.short()));
+    let state = part.with_file_name(format!("{name}.{}{PART_SUFFIX}{STATE_SUFFIX}", id.short()));
+    (part, state)
+}
+
+/// An earlier attempt at `id` in `out_dir`: its part file, record path and record. A damaged
+/// record is reported and ignored (the download starts over).
+fn find_earlier(out_dir: &Path, id: &FileId) -> Option<(PathBuf, PathBuf, Record)> {
+    let suffix = format!(".{}{PART_SUFFIX}{STATE_SUFFIX}", id.short());
+    for entry in fs::read_dir(out_dir).ok()?.flatten() {
+        let file_name = entry.file_name();
+        let Some(name) = file_name.to_str() else {
+            continue;
+        };
+        let Some(base) = name.strip_suffix(&suffix) else {
+            continue;
+        };
+        let state = entry.path();
+        let record: Record = match fs::read(&state)
+            .map_err(|e| e.to_string())
+            .and_then(|b| ciborium::from_reader(&b[..]).map_err(|e| e.to_string()))
+        {
+            Ok(r) => r,
+            Err(e) => {
+                log::warn!("ignoring the damaged record {}: {e}", state.display());
+                continue;
+            }
+        };
+        let (part, _) = part_paths(out_dir, base, id);
+        let manifest = record.manifest();
+        let sane = record.version == 1
+            && record.id == *id
+            && manifest.verify(id).is_ok()
+            && record.done.len() as u64 == manifest.chunk_count().div_ceil(8)
+            && fs::metadata(&part).is_ok_and(|m| m.len() == record.size);
+        if sane {
+            return Some((part, state, record));
+        }
+        log::warn!(
+            "ignoring the record {}: it does not fit {id}",
+            state.display()
+        );
+    }
+    None
+}
+
+/// Free bytes in the file system holding `dir`.
+fn free_space(dir: &Path) -> io::Result<u64> {
+    let st = rustix::fs::statvfs(dir).map_err(io::Error::from)?;
+    Ok(st.f_bavail.saturating_mul(st.f_frsize))
+}
+
+/// A source's connection.
 struct SourceConn {
     addr: SocketAddr,
     reader: FrameReader<TcpStream>,
@@ -359,73 +528,309 @@ impl SourceConn {
 
 /// Why one source stopped.
 enum Stop {
-    /// The source misbehaved or failed: drop it.
-    Source(String),
-    /// Our disk failed: stop the whole download.
+    /// The source failed (closed, refused, went silent): it may be tried again later.
+    Failed(String),
+    /// The source lied: banned for this download.
+    Hostile(String),
+    /// Our disk failed: the whole download stops.
     Disk(io::Error),
+}
+
+/// Finds sources for the file: called when the download starts, every
+/// [`DownloadOptions::requery_interval`], and with back-off while no source is left.
+pub type FindSources =
+    Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Vec<SocketAddr>> + Send>> + Send + Sync>;
+
+/// One download to run.
+pub struct Job {
+    /// This node (sent in Hello).
+    pub me: NodeId,
+    /// The file.
+    pub id: FileId,
+    /// Its name, from the search (made safe before use).
+    pub name: String,
+    /// Its size, when the search results agree on one (checked against the manifest).
+    pub expected_size: Option<u64>,
+    /// The folder to save into.
+    pub out_dir: PathBuf,
+    /// Sources known at the start.
+    pub sources: Vec<SocketAddr>,
+    /// Where to look for more.
+    pub find: FindSources,
+    /// How long to go on with no source at all before giving up; `None`: wait indefinitely.
+    pub give_up_after: Option<Duration>,
+    /// Downloader settings.
+    pub opts: DownloadOptions,
+    /// The node's download cap.
+    pub cap: RateLimit,
 }
 
 struct Shared {
     id: FileId,
+    me: NodeId,
     manifest: Manifest,
     file: Arc<File>,
     sched: Mutex<Scheduler>,
     changed: Event,
     opts: DownloadOptions,
-    active_sources: Mutex<usize>,
+    cap: RateLimit,
+    /// Queue positions of the sources that are queued, by source number.
+    queued: Mutex<HashMap<usize, u32>>,
+    connected: Mutex<usize>,
     /// Set on a disk error: every source stops.
     aborted: AtomicBool,
+    resumed_chunks: u64,
     progress: Box<dyn Fn(Progress) + Send + Sync>,
 }
 
-/// Downloads `id` from `sources` into `out_dir`, naming it after `name` (made safe).
-/// `expected_size`, when the search results agree on one, must match the manifest.
-#[allow(clippy::too_many_arguments)]
+impl Shared {
+    fn report_progress(&self) {
+        let done_bytes = self.sched.lock().unwrap().done_bytes;
+        let queued = self.queued.lock().unwrap().values().min().copied();
+        (self.progress)(Progress {
+            done_bytes,
+            size: self.manifest.size,
+            sources: *self.connected.lock().unwrap(),
+            queued,
+            resumed_chunks: self.resumed_chunks,
+        });
+    }
+}
+
+/// Downloads a file; see the module docs for the steps.
 pub async fn download(
-    me: NodeId,
-    id: FileId,
-    name: &str,
-    expected_size: Option<u64>,
-    sources: &[SocketAddr],
-    out_dir: &Path,
-    opts: DownloadOptions,
+    job: Job,
     progress: Box<dyn Fn(Progress) + Send + Sync>,
 ) -> Result<DownloadReport, DownloadError> {
     let started = Instant::now();
-    if sources.is_empty() {
-        return Err(DownloadError::NoSources(id));
-    }
-    let opened = spawn_all(sources.iter().map(|&a| {
-        let opts = opts.clone();
-        async move { (a, SourceConn::open(a, me, &opts).await) }
-    }))
-    .await;
+    let id = job.id;
+    let out_dir = job.out_dir.clone();
+    let dir_err = |source| DownloadError::Io {
+        path: out_dir.clone(),
+        source,
+    };
+    fs::create_dir_all(&out_dir).map_err(dir_err)?;
     let mut reports = Vec::new();
     let mut conns = Vec::new();
-    for (addr, r) in opened {
-        match r {
-            Ok(c) => conns.push(c),
-            Err(e) => {
-                log::info!("source {addr} for {}: {e}", id.short());
-                reports.push(SourceReport {
-                    addr,
-                    chunks: 0,
-                    bytes: 0,
-                    error: Some(e),
+
+    let earlier = find_earlier(&out_dir, &id);
+    let (manifest, part, state_path, name, resuming) = match earlier {
+        Some((part, state, record)) => {
+            log::info!("resuming {} from {}", id.short(), part.display());
+            (
+                record.manifest(),
+                part,
+                state,
+                record.name.clone(),
+                Some(record),
+            )
+        }
+        None => {
+            if job.sources.is_empty() {
+                return Err(DownloadError::NoSources(id));
+            }
+            let opened = spawn_all(job.sources.iter().map(|&a| {
+                let (me, opts) = (job.me, job.opts.clone());
+                async move { (a, SourceConn::open(a, me, &opts).await) }
+            }))
+            .await;
+            for (addr, r) in opened {
+                match r {
+                    Ok(c) => conns.push(c),
+                    Err(e) => reports.push(SourceReport::failed(addr, e)),
+                }
+            }
+            let manifest = vote_manifest(&job, &mut conns, &mut reports).await?;
+            let name = safe_file_name(&job.name, &id);
+            let (part, state) = part_paths(&out_dir, &name, &id);
+            (manifest, part, state, name, None)
+        }
+    };
+    let part_err = |source| DownloadError::Io {
+        path: part.clone(),
+        source,
+    };
+
+    let count = manifest.chunk_count();
+    let mut sched = Scheduler::new(count);
+    let file = match &resuming {
+        Some(record) => {
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&part)
+                .map_err(part_err)?;
+            let file = Arc::new(file);
+            // Recorded chunks are on disk; others may have been written after the last record.
+            let (f, m, done) = (file.clone(), manifest.clone(), record.done.clone());
+            let found = smol::unblock(move || recover_chunks(&f, &m, &done)).await;
+            for c in found.map_err(part_err)? {
+                sched.complete(
+                    c,
+                    manifest.chunk_range(c).end - manifest.chunk_range(c).start,
+                );
+            }
+            file
+        }
+        None => {
+            let free = free_space(&out_dir).map_err(dir_err)?;
+            if free < manifest.size {
+                return Err(DownloadError::NoSpace {
+                    dir: out_dir,
+                    need: manifest.size,
+                    free,
                 });
             }
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&part)
+                .map_err(part_err)?;
+            file.set_len(manifest.size).map_err(part_err)?;
+            Arc::new(file)
+        }
+    };
+    let resumed_chunks = sched.done_chunks;
+    if resuming.is_some() {
+        let need = manifest.size - sched.done_bytes;
+        let free = free_space(&out_dir).map_err(dir_err)?;
+        if free < need {
+            return Err(DownloadError::NoSpace {
+                dir: out_dir,
+                need,
+                free,
+            });
         }
     }
-    // A manifest is checked against the id, but a one-chunk claim ("the file is 5 bytes, and
-    // its only chunk hashes to the id") passes for any id: the id cannot pin the size of a
-    // one-chunk file. So several sources are asked, and the manifest most of them send wins;
-    // on a tie, the one with more chunks (a forged one-chunk claim always has fewer).
+    let mut record = Record {
+        version: 1,
+        id,
+        name: name.clone(),
+        size: manifest.size,
+        chunk_size: manifest.chunk_size,
+        cvs: manifest.cvs.as_flattened().to_vec(),
+        done: sched.done_bitmap(),
+    };
+    record
+        .save(&state_path)
+        .map_err(|source| DownloadError::Io {
+            path: state_path.clone(),
+            source,
+        })?;
+
+    let shared = Arc::new(Shared {
+        id,
+        me: job.me,
+        file,
+        sched: Mutex::new(sched),
+        changed: Event::new(),
+        opts: job.opts.clone(),
+        cap: job.cap.clone(),
+        queued: Mutex::new(HashMap::new()),
+        connected: Mutex::new(0),
+        aborted: AtomicBool::new(false),
+        resumed_chunks,
+        manifest,
+        progress,
+    });
+    shared.report_progress();
+
+    let result = run_sources(
+        &shared,
+        &job,
+        conns,
+        &mut reports,
+        &record,
+        &part,
+        &state_path,
+    )
+    .await;
+    // Whatever happened, record what is on disk for the next attempt.
+    let flushed = flush_record(&shared, &mut record, &state_path).await;
+    result?;
+    flushed.map_err(|source| DownloadError::Io {
+        path: state_path.clone(),
+        source,
+    })?;
+
+    let file = shared.file.clone();
+    let got = smol::unblock(move || -> io::Result<FileId> {
+        file.sync_all()?;
+        let mut hasher = blake3::Hasher::new();
+        hasher.update_reader(&*file)?;
+        Ok(hasher.finalize().into())
+    })
+    .await
+    .map_err(part_err)?;
+    if got != id {
+        return Err(DownloadError::Verify { id, path: part });
+    }
+    let path = place(&part, &out_dir, &name).map_err(part_err)?;
+    let _ = fs::remove_file(&state_path);
+    Ok(DownloadReport {
+        id,
+        path,
+        size: shared.manifest.size,
+        elapsed_ms: started.elapsed().as_millis() as u64,
+        resumed_chunks,
+        sources: reports,
+    })
+}
+
+/// The chunks of an earlier attempt that are on disk: the recorded ones, and any other whose
+/// bytes verify (written after the last record).
+fn recover_chunks(file: &File, manifest: &Manifest, done: &[u8]) -> io::Result<Vec<u64>> {
+    let mut found = Vec::new();
+    let mut buf = Vec::new();
+    for c in 0..manifest.chunk_count() {
+        if done[(c / 8) as usize] & (1 << (c % 8)) != 0 {
+            found.push(c);
+            continue;
+        }
+        let r = manifest.chunk_range(c);
+        buf.resize((r.end - r.start) as usize, 0);
+        file.read_exact_at(&mut buf, r.start)?;
+        if manifest.verify_chunk(c, &buf).is_ok() {
+            found.push(c);
+        }
+    }
+    Ok(found)
+}
+
+/// Flushes the part file, then records the chunks that were done before the flush.
+async fn flush_record(shared: &Arc<Shared>, record: &mut Record, path: &Path) -> io::Result<()> {
+    let bits = shared.sched.lock().unwrap().done_bitmap();
+    if bits == record.done {
+        return Ok(());
+    }
+    let file = shared.file.clone();
+    let mut next = record.clone();
+    next.done = bits;
+    let path = path.to_path_buf();
+    let saved = smol::unblock(move || -> io::Result<Record> {
+        file.sync_data()?;
+        next.save(&path)?;
+        Ok(next)
+    })
+    .await?;
+    *record = saved;
+    Ok(())
+}
+
+/// Asks up to [`MANIFEST_VOTES`] sources for the manifest and keeps the one most of them sent.
+async fn vote_manifest(
+    job: &Job,
+    conns: &mut Vec<SourceConn>,
+    reports: &mut Vec<SourceReport>,
+) -> Result<Manifest, DownloadError> {
     let mut votes: Vec<(Manifest, Vec<SocketAddr>)> = Vec::new();
     let mut i = 0;
     while i < conns.len() && votes.iter().map(|(_, who)| who.len()).sum::<usize>() < MANIFEST_VOTES
     {
         match conns[i]
-            .manifest(id, expected_size, opts.response_timeout)
+            .manifest(job.id, job.expected_size, job.opts.response_timeout)
             .await
         {
             Ok(m) => {
@@ -437,19 +842,13 @@ pub async fn download(
                 i += 1;
             }
             Err(e) => {
-                log::warn!("source {} for {}: {e}", conns[i].addr, id.short());
+                log::warn!("source {} for {}: {e}", conns[i].addr, job.id.short());
                 let addr = conns.remove(i).addr;
-                reports.push(SourceReport {
-                    addr,
-                    chunks: 0,
-                    bytes: 0,
-                    error: Some(e),
-                });
+                reports.push(SourceReport::failed(addr, e));
             }
         }
     }
     votes.sort_by_key(|(m, who)| std::cmp::Reverse((who.len(), m.cvs.len())));
-    let manifest = votes.first().map(|(m, _)| m.clone());
     for (m, who) in votes.iter().skip(1) {
         for addr in who {
             let why = format!(
@@ -458,104 +857,174 @@ pub async fn download(
                 m.cvs.len(),
                 votes[0].1.len()
             );
-            log::warn!("source {addr} for {}: {why}", id.short());
+            log::warn!("source {addr} for {}: {why}", job.id.short());
             conns.retain(|c| c.addr != *addr);
-            reports.push(SourceReport {
-                addr: *addr,
-                chunks: 0,
-                bytes: 0,
-                error: Some(why),
-            });
+            reports.push(SourceReport::failed(*addr, why));
         }
     }
-    let Some(manifest) = manifest else {
-        return Err(DownloadError::NoManifest {
-            id,
-            reasons: reasons(&reports),
+    match votes.into_iter().next() {
+        Some((m, _)) => Ok(m),
+        None => Err(DownloadError::NoManifest {
+            id: job.id,
+            reasons: reasons(reports),
+        }),
+    }
+}
+
+/// Runs source tasks until every chunk is done, finding and retrying sources as they come and
+/// go, and recording progress every second.
+async fn run_sources(
+    shared: &Arc<Shared>,
+    job: &Job,
+    conns: Vec<SourceConn>,
+    reports: &mut Vec<SourceReport>,
+    record: &Record,
+    part: &Path,
+    state_path: &Path,
+) -> Result<(), DownloadError> {
+    let mut record = record.clone();
+    let (done_tx, done_rx) = channel::unbounded::<(SocketAddr, SourceReport, Option<Stop>)>();
+    let mut next_source = 0usize;
+    let mut active: HashMap<SocketAddr, smol::Task<()>> = HashMap::new();
+    let mut banned: HashSet<SocketAddr> = HashSet::new();
+    let mut retry_at: HashMap<SocketAddr, (Instant, Duration)> = HashMap::new();
+    let mut start = |addr: SocketAddr, conn: Option<SourceConn>, active: &mut HashMap<_, _>| {
+        let (shared, tx) = (shared.clone(), done_tx.clone());
+        let n = next_source;
+        next_source += 1;
+        let task = smol::spawn(async move {
+            let (report, stop) = run_source(shared, n, addr, conn).await;
+            let _ = tx.send((addr, report, stop)).await;
         });
+        active.insert(addr, task);
     };
-
-    fs::create_dir_all(out_dir).map_err(|source| DownloadError::Io {
-        path: out_dir.to_path_buf(),
-        source,
-    })?;
-    let name = safe_file_name(name, &id);
-    // The id in the name keeps two files of the same name apart; the node runs one download
-    // per id at a time.
-    let part = out_dir.join(format!("{name}.{}{PART_SUFFIX}", id.short()));
-    let io_err = |source| DownloadError::Io {
-        path: part.clone(),
-        source,
-    };
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&part)
-        .map_err(io_err)?;
-    file.set_len(manifest.size).map_err(io_err)?;
-
-    let count = manifest.chunk_count();
-    let shared = Arc::new(Shared {
-        id,
-        file: Arc::new(file),
-        sched: Mutex::new(Scheduler::new(count)),
-        changed: Event::new(),
-        active_sources: Mutex::new(conns.len()),
-        aborted: AtomicBool::new(false),
-        manifest,
-        opts,
-        progress,
-    });
-    let tasks: Vec<_> = conns
-        .into_iter()
-        .enumerate()
-        .map(|(n, conn)| smol::spawn(run_source(shared.clone(), n, conn)))
-        .collect();
+    for c in conns {
+        start(c.addr, Some(c), &mut active);
+    }
+    for &addr in &job.sources {
+        if !active.contains_key(&addr) && !reports.iter().any(|r| r.addr == addr) {
+            start(addr, None, &mut active);
+        }
+    }
+    let mut backoff = Duration::from_secs(1);
+    let mut next_query = Instant::now()
+        + if active.is_empty() {
+            Duration::ZERO
+        } else {
+            job.opts.requery_interval
+        };
+    let mut alone_since = active.is_empty().then(Instant::now);
+    let mut next_record = Instant::now() + RECORD_EVERY;
+    enum Wake {
+        SourceDone((SocketAddr, SourceReport, Option<Stop>)),
+        Changed,
+        Timer,
+    }
     let mut disk_error = None;
-    for t in tasks {
-        let (report, stop) = t.await;
+    loop {
+        let listener = shared.changed.listen();
+        if shared.sched.lock().unwrap().all_done() || disk_error.is_some() {
+            break;
+        }
+        let wake_at = next_query.min(next_record);
+        let wake = smol::future::or(
+            async {
+                done_rx
+                    .recv()
+                    .await
+                    .map(Wake::SourceDone)
+                    .unwrap_or(Wake::Timer)
+            },
+            smol::future::or(
+                async {
+                    listener.await;
+                    Wake::Changed
+                },
+                async {
+                    smol::Timer::at(wake_at).await;
+                    Wake::Timer
+                },
+            ),
+        )
+        .await;
+        let now = Instant::now();
+        match wake {
+            Wake::SourceDone((addr, report, stop)) => {
+                active.remove(&addr);
+                match stop {
+                    Some(Stop::Hostile(_)) => {
+                        banned.insert(addr);
+                    }
+                    Some(Stop::Disk(e)) => disk_error = Some(e),
+                    Some(Stop::Failed(_)) | None => {
+                        let wait = retry_at.get(&addr).map_or(backoff, |(_, d)| *d * 2);
+                        let wait = wait.min(job.opts.max_backoff);
+                        retry_at.insert(addr, (now + wait, wait));
+                    }
+                }
+                reports.push(report);
+                if active.is_empty() {
+                    alone_since.get_or_insert(now);
+                    next_query = next_query.min(now + backoff);
+                }
+            }
+            Wake::Changed => {}
+            Wake::Timer => {}
+        }
+        if now >= next_record {
+            if let Err(e) = flush_record(shared, &mut record, state_path).await {
+                disk_error = Some(e);
+            }
+            next_record = Instant::now() + RECORD_EVERY;
+        }
+        if now >= next_query && disk_error.is_none() {
+            let found = (job.find)().await;
+            let now = Instant::now();
+            for addr in found {
+                let ready = retry_at.get(&addr).is_none_or(|(t, _)| *t <= now);
+                if ready && !active.contains_key(&addr) && !banned.contains(&addr) {
+                    start(addr, None, &mut active);
+                }
+            }
+            if active.is_empty() {
+                next_query = now + backoff;
+                backoff = (backoff * 2).min(job.opts.max_backoff);
+            } else {
+                alone_since = None;
+                backoff = Duration::from_secs(1);
+                next_query = now + job.opts.requery_interval;
+            }
+        }
+        if let (Some(since), Some(limit)) = (alone_since, job.give_up_after) {
+            if active.is_empty() && since.elapsed() >= limit {
+                let s = shared.sched.lock().unwrap();
+                return Err(DownloadError::SourcesFailed {
+                    id: shared.id,
+                    done: s.done_chunks,
+                    total: s.chunks.len() as u64,
+                    reasons: reasons(reports),
+                });
+            }
+        }
+    }
+    // Every chunk is done (or the disk failed): stop the sources and collect their reports.
+    shared.aborted.store(true, Ordering::SeqCst);
+    shared.changed.notify(usize::MAX);
+    drop(start);
+    drop(done_tx);
+    while let Ok((_, report, stop)) = done_rx.recv().await {
         if let Some(Stop::Disk(e)) = stop {
             disk_error.get_or_insert(e);
         }
         reports.push(report);
     }
     if let Some(source) = disk_error {
-        return Err(DownloadError::Io { path: part, source });
-    }
-    let (done, all) = {
-        let s = shared.sched.lock().unwrap();
-        (s.done_chunks, s.all_done())
-    };
-    if !all {
-        return Err(DownloadError::SourcesFailed {
-            id,
-            done,
-            total: count,
-            reasons: reasons(&reports),
+        return Err(DownloadError::Io {
+            path: part.to_path_buf(),
+            source,
         });
     }
-
-    let file = shared.file.clone();
-    let check = smol::unblock(move || -> io::Result<FileId> {
-        file.sync_all()?;
-        let mut hasher = blake3::Hasher::new();
-        hasher.update_reader(&*file)?;
-        Ok(hasher.finalize().into())
-    });
-    let got = check.await.map_err(io_err)?;
-    if got != id {
-        return Err(DownloadError::Verify { id, path: part });
-    }
-    let path = place(&part, out_dir, &name).map_err(io_err)?;
-    Ok(DownloadReport {
-        id,
-        path,
-        size: shared.manifest.size,
-        elapsed_ms: started.elapsed().as_millis() as u64,
-        sources: reports,
-    })
+    Ok(())
 }
 
 /// Gives the verified `.part` file its final name without replacing any existing file.
@@ -592,7 +1061,7 @@ fn reasons(reports: &[SourceReport]) -> String {
 /// Runs the futures concurrently as tasks and collects their outputs in order.
 async fn spawn_all<F>(futs: impl Iterator<Item = F>) -> Vec<F::Output>
 where
-    F: std::future::Future + Send + 'static,
+    F: Future + Send + 'static,
     F::Output: Send + 'static,
 {
     let tasks: Vec<_> = futs.map(smol::spawn).collect();
@@ -603,17 +1072,39 @@ where
     out
 }
 
+/// One source, from connecting (unless already connected) until it stops.
 async fn run_source(
     shared: Arc<Shared>,
     me: usize,
-    mut conn: SourceConn,
+    addr: SocketAddr,
+    conn: Option<SourceConn>,
 ) -> (SourceReport, Option<Stop>) {
-    let mut report = SourceReport {
-        addr: conn.addr,
-        chunks: 0,
-        bytes: 0,
-        error: None,
+    let mut report = SourceReport::new(addr);
+    let mut conn = match conn {
+        Some(c) => c,
+        None => {
+            // Connecting gives way if the download ends meanwhile.
+            let open = async { Some(SourceConn::open(addr, shared.me, &shared.opts).await) };
+            let ended = async {
+                loop {
+                    let listener = shared.changed.listen();
+                    if shared.aborted.load(Ordering::SeqCst) {
+                        return None;
+                    }
+                    listener.await;
+                }
+            };
+            match smol::future::or(open, ended).await {
+                Some(Ok(c)) => c,
+                Some(Err(e)) => {
+                    report.error = Some(e.clone());
+                    return (report, Some(Stop::Failed(e)));
+                }
+                None => return (report, None),
+            }
+        }
     };
+    *shared.connected.lock().unwrap() += 1;
     let mut inflight: HashMap<u32, u64> = HashMap::new();
     let result = source_loop(&shared, me, &mut conn, &mut inflight, &mut report).await;
     {
@@ -622,18 +1113,20 @@ async fn run_source(
             sched.release(me, *c);
         }
     }
-    *shared.active_sources.lock().unwrap() -= 1;
+    shared.queued.lock().unwrap().remove(&me);
+    *shared.connected.lock().unwrap() -= 1;
     shared.changed.notify(usize::MAX);
     let stop = match result {
         Ok(()) => None,
-        Err(Stop::Source(reason)) => {
-            log::warn!(
-                "dropping source {} for {}: {reason}",
-                conn.addr,
-                shared.id.short()
-            );
+        Err(Stop::Hostile(reason)) => {
+            log::warn!("banning source {addr} for {}: {reason}", shared.id.short());
             report.error = Some(reason.clone());
-            Some(Stop::Source(reason))
+            Some(Stop::Hostile(reason))
+        }
+        Err(Stop::Failed(reason)) => {
+            log::info!("dropping source {addr} for {}: {reason}", shared.id.short());
+            report.error = Some(reason.clone());
+            Some(Stop::Failed(reason))
         }
         Err(Stop::Disk(e)) => {
             shared.aborted.store(true, Ordering::SeqCst);
@@ -642,11 +1135,14 @@ async fn run_source(
             Some(Stop::Disk(e))
         }
     };
-    let _ = conn
-        .send(&Message::Goodbye {
-            reason: "done".into(),
-        })
-        .await;
+    let bye = Message::Goodbye {
+        reason: "done".into(),
+    };
+    let _ = smol::future::or(async { conn.send(&bye).await }, async {
+        smol::Timer::after(Duration::from_secs(1)).await;
+        Ok(())
+    })
+    .await;
     (report, stop)
 }
 
@@ -659,21 +1155,41 @@ async fn source_loop(
 ) -> Result<(), Stop> {
     let timeout = shared.opts.response_timeout;
     let mut next_request: u32 = 1;
-    // The source must deliver a chunk by this time; pings do not count.
+    // Requests cancelled as endgame spares: their late answers are expected and ignored.
+    let mut cancelled: HashSet<u32> = HashSet::new();
+    // While queued: when to ask again.
+    let mut queued_until: Option<Instant> = None;
+    // The source must answer by this time; pings do not count.
     let mut deadline = Instant::now() + timeout;
     loop {
         // Listen before looking, so a change between the look and the wait is not missed.
         let listener = shared.changed.listen();
         let mut new = Vec::new();
+        let mut cancel = Vec::new();
         {
             let mut sched = shared.sched.lock().unwrap();
             if sched.all_done() || shared.aborted.load(Ordering::SeqCst) {
-                return Ok(()); // requests still in flight are endgame spares: drop them
+                return Ok(());
             }
+            // Endgame spares whose chunk another source delivered: cancel them.
+            inflight.retain(|&r, &mut c| {
+                let keep = !sched.is_done(c);
+                if !keep {
+                    cancel.push(r);
+                }
+                keep
+            });
             if inflight.is_empty() {
                 deadline = Instant::now() + timeout;
             }
-            while inflight.len() < shared.opts.inflight_per_source {
+            let queued = queued_until.is_some_and(|t| Instant::now() < t);
+            // A queued source probes with one request; others keep the pipeline full.
+            let room = if queued_until.is_some() {
+                1
+            } else {
+                shared.opts.inflight_per_source
+            };
+            while !queued && inflight.len() < room {
                 // Duplicate another source's chunk only when this one has nothing to do.
                 let Some(c) = sched.next(me, inflight.is_empty()) else {
                     break;
@@ -683,6 +1199,12 @@ async fn source_loop(
                 next_request = next_request.wrapping_add(1);
             }
         }
+        for request in cancel {
+            cancelled.insert(request);
+            conn.send(&Message::Cancel { request })
+                .await
+                .map_err(Stop::Failed)?;
+        }
         for (request, c) in new {
             conn.send(&Message::GetChunk {
                 request,
@@ -690,12 +1212,13 @@ async fn source_loop(
                 index: c as u32,
             })
             .await
-            .map_err(Stop::Source)?;
+            .map_err(Stop::Failed)?;
         }
-        if inflight.is_empty() {
-            // Woken when a chunk is released or completed; re-check regardless after a while.
+        if inflight.is_empty() && cancelled.is_empty() {
+            // Nothing to ask (or queued): wait for a change, the retry time, or a while.
+            let until = queued_until.unwrap_or_else(|| Instant::now() + Duration::from_millis(500));
             smol::future::or(listener, async {
-                smol::Timer::after(Duration::from_millis(500)).await;
+                smol::Timer::at(until).await;
             })
             .await;
             continue;
@@ -709,25 +1232,33 @@ async fn source_loop(
         let Some(msg) = msg else {
             continue; // something changed elsewhere: maybe the file is complete
         };
-        match msg.map_err(|e| Stop::Source(format!("no chunk within {timeout:?}: {e}")))? {
+        let msg = msg.map_err(|e| Stop::Failed(format!("no answer within {timeout:?}: {e}")))?;
+        match msg {
             Message::Chunk(chunk) => {
+                if cancelled.remove(&chunk.request) {
+                    continue;
+                }
                 let Some(&c) = inflight.get(&chunk.request) else {
-                    return Err(Stop::Source(format!(
+                    return Err(Stop::Hostile(format!(
                         "sent chunk {} for request {} that was never made",
                         chunk.index, chunk.request
                     )));
                 };
                 if chunk.id != shared.id || chunk.index as u64 != c {
-                    return Err(Stop::Source(format!(
+                    return Err(Stop::Hostile(format!(
                         "answered a request for chunk {c} with chunk {} of {}",
                         chunk.index,
                         chunk.id.short()
                     )));
                 }
                 deadline = Instant::now() + timeout;
+                if queued_until.take().is_some() {
+                    shared.queued.lock().unwrap().remove(&me);
+                }
+                shared.cap.take(chunk.data.len() as u64).await;
                 if shared.sched.lock().unwrap().is_done(c) {
                     inflight.remove(&chunk.request);
-                    continue; // an endgame duplicate
+                    continue; // an endgame spare that arrived before its cancel
                 }
                 let len = chunk.data.len() as u64;
                 let job = shared.clone();
@@ -735,7 +1266,7 @@ async fn source_loop(
                 smol::unblock(move || -> Result<(), Stop> {
                     job.manifest
                         .verify_chunk(c, &chunk.data)
-                        .map_err(|e| Stop::Source(format!("sent a bad chunk: {e}")))?;
+                        .map_err(|e| Stop::Hostile(format!("sent a bad chunk: {e}")))?;
                     let offset = job.manifest.chunk_range(c).start;
                     job.file
                         .write_all_at(&chunk.data, offset)
@@ -743,35 +1274,49 @@ async fn source_loop(
                 })
                 .await?;
                 inflight.remove(&chunk.request);
-                let (fresh, done_bytes) = {
-                    let mut sched = shared.sched.lock().unwrap();
-                    (sched.complete(c, len), sched.done_bytes)
-                };
+                let fresh = shared.sched.lock().unwrap().complete(c, len);
                 if fresh {
                     report.chunks += 1;
                     report.bytes += len;
-                    let sources = *shared.active_sources.lock().unwrap();
-                    (shared.progress)(Progress {
-                        done_bytes,
-                        size: shared.manifest.size,
-                        sources,
-                    });
+                    shared.report_progress();
                     shared.changed.notify(usize::MAX);
                 }
             }
+            Message::Queued { request, position } => {
+                if cancelled.remove(&request) {
+                    continue;
+                }
+                let Some(c) = inflight.remove(&request) else {
+                    return Err(Stop::Hostile(format!(
+                        "queued request {request}, never made"
+                    )));
+                };
+                shared.sched.lock().unwrap().release(me, c);
+                shared.changed.notify(usize::MAX);
+                report.queued_at.get_or_insert(position);
+                shared.queued.lock().unwrap().insert(me, position);
+                queued_until = Some(Instant::now() + shared.opts.queued_retry);
+                deadline = Instant::now() + timeout;
+                shared.report_progress();
+            }
             Message::TransferError { kind, message, .. } => {
-                return Err(Stop::Source(format!(
+                return Err(Stop::Failed(format!(
                     "refused a chunk: {kind:?} ({message})"
                 )))
             }
             Message::Ping { nonce } => conn
                 .send(&Message::Pong { nonce })
                 .await
-                .map_err(Stop::Source)?,
+                .map_err(Stop::Failed)?,
             Message::Goodbye { reason } => {
-                return Err(Stop::Source(format!("closed the connection: {reason}")))
+                return Err(Stop::Failed(format!("closed the connection: {reason}")))
             }
-            other => return Err(Stop::Source(format!("sent an unexpected {}", other.kind()))),
+            other => {
+                return Err(Stop::Hostile(format!(
+                    "sent an unexpected {}",
+                    other.kind()
+                )))
+            }
         }
     }
 }
@@ -797,6 +1342,7 @@ mod tests {
         s.release(1, 1);
         assert_eq!(s.next(2, false), Some(1));
         assert!(!s.all_done());
+        assert_eq!(s.done_bitmap(), vec![1 << dup]);
     }
 
     #[test]
@@ -818,5 +1364,29 @@ mod tests {
             "{}",
             cut.len()
         );
+    }
+
+    #[test]
+    fn recovery_trusts_the_record_and_verifies_the_rest() {
+        let tmp = tempfile::tempdir().unwrap();
+        let data: Vec<u8> = (0..5000u32).map(|i| (i * 7) as u8).collect();
+        let mut b = wire::ManifestBuilder::with_chunk_size(5000, 1024);
+        b.update(&data);
+        let (_, m) = b.finish().unwrap();
+        let path = tmp.path().join("f.part");
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .unwrap();
+        f.set_len(5000).unwrap();
+        // Chunk 1 recorded (and written); chunk 3 written after the last record; chunk 4 torn.
+        f.write_all_at(&data[1024..2048], 1024).unwrap();
+        f.write_all_at(&data[3072..4096], 3072).unwrap();
+        f.write_all_at(&data[4096..4500], 4096).unwrap();
+        let found = recover_chunks(&f, &m, &[0b0000_0010]).unwrap();
+        assert_eq!(found, vec![1, 3]);
     }
 }

@@ -5,7 +5,8 @@
 //! - [`node`]: [`Node`], the long-running node (super-peer links, search, get, status).
 //! - [`share`]: scanning and hashing shared folders, the hash cache, the registry by id.
 //! - [`tags`]: reading audio tags with `lofty`.
-//! - [`upload`]: serving manifests and chunks, by content id only.
+//! - [`upload`]: serving manifests and chunks by content id, with upload slots and a queue.
+//! - [`rate`]: the token bucket behind the upload and download caps.
 //! - [`download`]: the multi-source downloader and its chunk [`download::Scheduler`].
 //! - [`search`]: grouping hits into one row per file.
 //! - [`control`]: the local control socket protocol between the CLI and the node.
@@ -16,15 +17,11 @@
 //! ```no_run
 //! # smol::block_on(async {
 //! use leaf::node::{Node, NodeConfig};
-//! let node = Node::start(NodeConfig {
-//!     data_dir: "/tmp/canopy-doc".into(),
-//!     superpeers: vec!["127.0.0.1:7700".parse().unwrap()],
-//!     listen: Some("127.0.0.1:0".parse().unwrap()),
-//!     control: false,
-//!     download: Default::default(),
-//! })
-//! .await
-//! .unwrap();
+//! let mut config = NodeConfig::new("/tmp/canopy-doc");
+//! config.superpeers = vec!["127.0.0.1:7700".parse().unwrap()];
+//! config.listen = Some("127.0.0.1:0".parse().unwrap());
+//! config.upload_rate = leaf::rate::parse_rate("2MB").unwrap();
+//! let node = Node::start(config).await.unwrap();
 //! node.share("/home/me/music".as_ref(), |_| {}).await.unwrap();
 //! # })
 //! ```
@@ -32,6 +29,7 @@
 pub mod control;
 pub mod download;
 pub mod node;
+pub mod rate;
 pub mod search;
 pub mod share;
 pub mod tags;

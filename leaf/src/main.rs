@@ -1,7 +1,7 @@
 //! The `leaf` command: share folders, search, download, and inspect the running node.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
@@ -39,8 +39,24 @@ struct Cli {
         global = true
     )]
     listen: SocketAddr,
+    /// Downloaders served at once (others wait in a queue).
+    #[arg(long, env = "CANOPY_UPLOAD_SLOTS", default_value_t = 4, global = true, value_parser = clap::value_parser!(u16).range(1..))]
+    upload_slots: u16,
+    /// Upload cap for the node, e.g. 500K, 2MB or 1MiB (bytes per second; 0: none).
+    #[arg(long, env = "CANOPY_UPLOAD_RATE", default_value = "0", value_parser = parse_rate, global = true)]
+    upload_rate: u64,
+    /// Download cap for the node (same units as --upload-rate).
+    #[arg(long, env = "CANOPY_DOWNLOAD_RATE", default_value = "0", value_parser = parse_rate, global = true)]
+    download_rate: u64,
+    /// Downloads that run at once (others wait their turn).
+    #[arg(long, env = "CANOPY_MAX_DOWNLOADS", default_value_t = 3, global = true, value_parser = clap::value_parser!(u16).range(1..))]
+    max_downloads: u16,
     #[command(subcommand)]
     command: Command,
+}
+
+fn parse_rate(text: &str) -> Result<u64, String> {
+    leaf::rate::parse_rate(text)
 }
 
 #[derive(Debug, Subcommand)]
@@ -116,10 +132,18 @@ fn real_main() -> anyhow::Result<()> {
     } else {
         cli.superpeers.clone()
     };
-    smol::block_on(run(cli, data_dir, superpeers))
+    let mut config = NodeConfig::new(&data_dir);
+    config.superpeers = superpeers.clone();
+    config.upload_slots = cli.upload_slots as usize;
+    config.upload_rate = cli.upload_rate;
+    config.download_rate = cli.download_rate;
+    config.max_downloads = cli.max_downloads as usize;
+    smol::block_on(run(cli, config))
 }
 
-async fn run(cli: Cli, data_dir: PathBuf, superpeers: Vec<SocketAddr>) -> anyhow::Result<()> {
+async fn run(cli: Cli, config: NodeConfig) -> anyhow::Result<()> {
+    let data_dir = config.data_dir.clone();
+    let superpeers = config.superpeers.clone();
     match cli.command {
         Command::Share { paths } => {
             let paths = paths
@@ -138,11 +162,9 @@ async fn run(cli: Cli, data_dir: PathBuf, superpeers: Vec<SocketAddr>) -> anyhow
                 }
             }
             let node = Node::start(NodeConfig {
-                data_dir: data_dir.clone(),
-                superpeers: superpeers.clone(),
                 listen: Some(cli.listen),
                 control: true,
-                download: Default::default(),
+                ..config
             })
             .await
             .context("starting the leaf node")?;
@@ -194,7 +216,7 @@ async fn run(cli: Cli, data_dir: PathBuf, superpeers: Vec<SocketAddr>) -> anyhow
                 ttl,
                 wait_ms: (wait * 1000.0) as u64,
             };
-            let replies = backend(&data_dir, &superpeers, req).await?;
+            let replies = backend(&config, req).await?;
             while let Ok(reply) = replies.recv().await {
                 match reply {
                     Reply::Results(results) => print_results(&results, json)?,
@@ -208,11 +230,11 @@ async fn run(cli: Cli, data_dir: PathBuf, superpeers: Vec<SocketAddr>) -> anyhow
         Command::Get { ids, out } => {
             let out = std::path::absolute(&out)
                 .with_context(|| format!("bad output folder {}", out.display()))?;
-            let replies = backend(&data_dir, &superpeers, Request::Get { ids, out }).await?;
+            let replies = backend(&config, Request::Get { ids, out }).await?;
             print_get_replies(replies).await
         }
         Command::Status { json } => {
-            let replies = backend(&data_dir, &superpeers, Request::Status).await?;
+            let replies = backend(&config, Request::Status).await?;
             while let Ok(reply) = replies.recv().await {
                 match reply {
                     Reply::Status(s) if json => println!("{}", serde_json::to_string_pretty(&s)?),
@@ -236,23 +258,14 @@ fn list(addrs: &[SocketAddr]) -> String {
 }
 
 /// The running node's control socket, or a short-lived node of our own for this one request.
-async fn backend(
-    data_dir: &Path,
-    superpeers: &[SocketAddr],
-    req: Request,
-) -> anyhow::Result<Receiver<Reply>> {
+async fn backend(config: &NodeConfig, req: Request) -> anyhow::Result<Receiver<Reply>> {
+    let (data_dir, superpeers) = (&config.data_dir, &config.superpeers);
     if let Some(stream) = control::connect(data_dir).await {
         return Ok(control::request(stream, req));
     }
-    let node = Node::start(NodeConfig {
-        data_dir: data_dir.to_path_buf(),
-        superpeers: superpeers.to_vec(),
-        listen: None,
-        control: false,
-        download: Default::default(),
-    })
-    .await
-    .context("starting a short-lived leaf node")?;
+    let node = Node::start(config.clone())
+        .await
+        .context("starting a short-lived leaf node")?;
     if req != Request::Status && !node.wait_connected(Duration::from_secs(3)).await {
         bail!(
             "no node runs for {} and no super-peer answers at {}; start one with `superpeer` \
@@ -377,6 +390,12 @@ async fn print_get_replies(replies: Receiver<Reply>) -> anyhow::Result<()> {
                 let b = pb.get_or_insert_with(|| bar(info.size, info.name.clone()));
                 b.set_length(info.size);
                 b.set_position(info.done_bytes);
+                let note = match (&info.state, info.queued_at) {
+                    (control::DownloadState::Waiting, _) => " (waiting for sources)".to_string(),
+                    (_, Some(place)) => format!(" (queued, place {place})"),
+                    _ => String::new(),
+                };
+                b.set_message(format!("{}{note}", info.name));
             }
             Reply::GetDone(r) => {
                 if let Some(b) = pb.take() {
@@ -440,21 +459,28 @@ fn print_status(s: &control::StatusReport) {
         println!("          {}", f.display());
     }
     println!(
-        "uploads   {} chunks, {}",
+        "uploads   {} chunks, {}; slots {}/{} in use, {} waiting; cap {}",
         s.uploaded_chunks,
-        HumanBytes(s.uploaded_bytes)
+        HumanBytes(s.uploaded_bytes),
+        s.upload_slots.0,
+        s.upload_slots.1,
+        s.upload_queue,
+        s.upload_rate
+            .map_or("none".into(), |r| format!("{}/s", HumanBytes(r)))
     );
     if s.downloads.is_empty() {
         println!("downloads none");
     }
     for d in &s.downloads {
         let pct = (d.done_bytes * 100).checked_div(d.size).unwrap_or(0);
+        let eta = d.eta_s.map_or(String::new(), |e| format!(", eta {e} s"));
         println!(
-            "download  {} {} {pct}% of {} from {} source(s): {:?}",
+            "download  {} {} {pct}% of {} from {} source(s) at {}/s{eta}: {:?}",
             d.id.short(),
             d.name,
             HumanBytes(d.size),
             d.sources,
+            HumanBytes(d.speed),
             d.state
         );
     }

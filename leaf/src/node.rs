@@ -25,8 +25,10 @@ use crate::control::{
     self, DownloadInfo, DownloadState, LinkStatus, Reply, Request, ShareSummary, StatusReport,
 };
 use crate::download::{self, DownloadOptions, DownloadReport, Progress};
+use crate::rate::RateLimit;
 use crate::search::{group_hits, SearchResult};
 use crate::share::{self, ShareDiff, ShareError, Shares};
+use crate::upload::UploadSlots;
 
 /// The share cache's file name in the data directory.
 pub const SHARES_FILE: &str = "shares.cbor";
@@ -38,19 +40,66 @@ const WITHDRAW_BATCH: usize = 8192;
 /// Finished downloads kept for status.
 const FINISHED_KEPT: usize = 100;
 
+/// The download queue's file in the data directory: downloads to resume after a restart.
+pub const DOWNLOADS_FILE: &str = "downloads.cbor";
+
 /// How a node runs.
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
-    /// Where it keeps its identity, share cache and control socket.
+    /// Where it keeps its identity, share cache, download queue and control socket.
     pub data_dir: PathBuf,
     /// Super-peers to attach to.
     pub superpeers: Vec<SocketAddr>,
     /// Where to serve chunks; `None` for a node that only searches and downloads.
     pub listen: Option<SocketAddr>,
-    /// Whether to answer on the control socket (the long-running node does).
+    /// Whether this is the long-running node: it answers on the control socket and resumes
+    /// the downloads an earlier run left unfinished.
     pub control: bool,
     /// Downloader settings.
     pub download: DownloadOptions,
+    /// How many downloaders are served at once; others wait in a queue.
+    pub upload_slots: usize,
+    /// Upload cap in bytes per second for the whole node (0: none).
+    pub upload_rate: u64,
+    /// Download cap in bytes per second for the whole node (0: none).
+    pub download_rate: u64,
+    /// How many downloads run at once; others wait.
+    pub max_downloads: usize,
+    /// How long a download with no source left keeps searching before it fails; `None`:
+    /// until it is stopped (it resumes where it was whenever it runs again).
+    pub give_up_after: Option<Duration>,
+}
+
+impl NodeConfig {
+    /// The defaults: no super-peer, not serving, no control socket, 4 upload slots, no caps,
+    /// 3 downloads at a time, and downloads that wait for sources indefinitely.
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        NodeConfig {
+            data_dir: data_dir.into(),
+            superpeers: Vec::new(),
+            listen: None,
+            control: false,
+            download: DownloadOptions::default(),
+            upload_slots: 4,
+            upload_rate: 0,
+            download_rate: 0,
+            max_downloads: 3,
+            give_up_after: None,
+        }
+    }
+}
+
+/// A download the node has accepted and not finished, kept on disk to resume after a restart.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+struct Pending {
+    id: FileId,
+    out: PathBuf,
+}
+
+/// A download as the node tracks it: what status shows, and the last speed sample.
+struct Tracked {
+    info: DownloadInfo,
+    sample: (Instant, u64),
 }
 
 /// Why the node could not do something.
@@ -112,7 +161,14 @@ pub(crate) struct Inner {
     data_dir: PathBuf,
     links: Vec<Link>,
     searches: Mutex<HashMap<QueryId, Sender<Vec<Hit>>>>,
-    downloads: Mutex<Vec<DownloadInfo>>,
+    downloads: Mutex<Vec<Tracked>>,
+    /// Serialises changes to the download queue file.
+    pending_lock: Mutex<()>,
+    pub(crate) slots: UploadSlots,
+    pub(crate) upload_cap: RateLimit,
+    download_cap: RateLimit,
+    download_gate: smol::lock::Semaphore,
+    give_up_after: Option<Duration>,
     /// Held while a link's first registration or an announcement is queued, so a withdrawal
     /// never overtakes the registration it cancels.
     announce_lock: Mutex<()>,
@@ -181,6 +237,12 @@ impl Node {
                 .collect(),
             searches: Mutex::new(HashMap::new()),
             downloads: Mutex::new(Vec::new()),
+            pending_lock: Mutex::new(()),
+            slots: UploadSlots::new(config.upload_slots),
+            upload_cap: RateLimit::new(config.upload_rate),
+            download_cap: RateLimit::new(config.download_rate),
+            download_gate: smol::lock::Semaphore::new(config.max_downloads.max(1)),
+            give_up_after: config.give_up_after,
             announce_lock: Mutex::new(()),
             download_options: config.download,
             scan_lock: smol::lock::Mutex::new(()),
@@ -204,6 +266,18 @@ impl Node {
                 .map(|a| a.to_string())
                 .unwrap_or_else(|| "nothing".into())
         );
+        if config.control {
+            // Downloads an earlier run accepted and did not finish carry on.
+            for p in node.load_pending() {
+                let n = node.clone();
+                tasks.push(smol::spawn(async move {
+                    log::info!("resuming the download of {}", p.id);
+                    if let Err(e) = n.get(p.id, &p.out, |_| {}).await {
+                        log::warn!("download of {} failed: {e}", p.id);
+                    }
+                }));
+            }
+        }
         *node.inner.tasks.lock().unwrap() = tasks;
         Ok(node)
     }
@@ -412,32 +486,57 @@ impl Node {
     ) -> Result<DownloadReport, NodeError> {
         {
             let mut d = self.inner.downloads.lock().unwrap();
-            if d.iter().any(|i| i.id == id && i.state.is_active()) {
+            if d.iter()
+                .any(|t| t.info.id == id && t.info.state.is_active())
+            {
                 return Err(NodeError::AlreadyDownloading(id));
             }
             // Forget the oldest finished downloads beyond what status shows.
-            while d.iter().filter(|i| !i.state.is_active()).count() >= FINISHED_KEPT {
+            while d.iter().filter(|t| !t.info.state.is_active()).count() >= FINISHED_KEPT {
                 let oldest = d
                     .iter()
-                    .position(|i| !i.state.is_active())
+                    .position(|t| !t.info.state.is_active())
                     .expect("counted");
                 d.remove(oldest);
             }
-            d.push(DownloadInfo {
-                id,
-                name: id.to_hex(),
-                size: 0,
-                done_bytes: 0,
-                sources: 0,
-                state: DownloadState::Searching,
+            d.push(Tracked {
+                info: DownloadInfo {
+                    id,
+                    name: id.to_hex(),
+                    size: 0,
+                    done_bytes: 0,
+                    sources: 0,
+                    speed: 0,
+                    eta_s: None,
+                    queued_at: None,
+                    resumed_chunks: 0,
+                    out: out.to_path_buf(),
+                    state: DownloadState::Queued,
+                },
+                sample: (Instant::now(), 0),
             });
         }
-        let result = self.get_inner(id, out, progress).await;
-        self.update_download(id, |info| {
-            info.state = match &result {
+        self.change_pending(|list| {
+            if !list.iter().any(|p| p.id == id) {
+                list.push(Pending {
+                    id,
+                    out: out.to_path_buf(),
+                });
+            }
+        });
+        let result = {
+            let _slot = self.inner.download_gate.acquire().await;
+            self.update_download(id, |t| t.info.state = DownloadState::Searching);
+            self.get_inner(id, out, progress).await
+        };
+        // Finished either way: it is not resumed on the next start. (A crash leaves it queued.)
+        self.change_pending(|list| list.retain(|p| p.id != id));
+        self.update_download(id, |t| {
+            t.info.state = match &result {
                 Ok(r) => DownloadState::Done(r.path.clone()),
                 Err(e) => DownloadState::Failed(e.to_string()),
-            }
+            };
+            t.info.eta_s = None;
         });
         result
     }
@@ -448,55 +547,133 @@ impl Node {
         out: &Path,
         progress: impl Fn(&DownloadInfo) + Send + Sync + 'static,
     ) -> Result<DownloadReport, NodeError> {
-        let hits = self.find_sources(id, Duration::from_secs(3)).await?;
-        let Some(first) = hits.first() else {
-            return Err(download::DownloadError::NoSources(id).into());
-        };
-        let name = first.file.name().to_string();
+        // No source at all is fine if an earlier attempt left the file's manifest on disk: the
+        // download then waits for sources. Without one, `download` says no source was found.
+        let hits = self
+            .find_sources(id, Duration::from_secs(3))
+            .await
+            .unwrap_or_default();
+        let name = hits
+            .first()
+            .map(|h| h.file.name().to_string())
+            .unwrap_or_else(|| id.to_hex());
         // A size the hits disagree on is left to the manifest (the id pins the content).
-        let size = first.file.size;
-        let agreed = hits.iter().all(|h| h.file.size == size).then_some(size);
+        let size = hits.first().map_or(0, |h| h.file.size);
+        let agreed = (!hits.is_empty() && hits.iter().all(|h| h.file.size == size)).then_some(size);
         let sources: Vec<SocketAddr> = hits.iter().map(|h| h.source.addr).collect();
-        self.update_download(id, |info| {
-            info.name = name.clone();
-            info.size = size;
-            info.sources = sources.len();
-            info.state = DownloadState::Running;
+        self.update_download(id, |t| {
+            t.info.name = name.clone();
+            t.info.size = size;
+            t.info.sources = sources.len();
+            t.info.state = DownloadState::Running;
         });
         let node = self.clone();
         let on_progress = move |p: Progress| {
-            if let Some(info) = node.update_download(id, |info| {
-                info.done_bytes = p.done_bytes;
-                info.size = p.size;
-                info.sources = p.sources;
-            }) {
+            let info = node.update_download(id, |t| {
+                let now = Instant::now();
+                let (then, bytes) = t.sample;
+                let dt = now.duration_since(then).as_secs_f64();
+                if dt >= 0.5 {
+                    let recent = p.done_bytes.saturating_sub(bytes) as f64 / dt;
+                    let speed = if t.info.speed == 0 {
+                        recent
+                    } else {
+                        0.7 * t.info.speed as f64 + 0.3 * recent
+                    };
+                    t.info.speed = speed as u64;
+                    t.sample = (now, p.done_bytes);
+                }
+                t.info.done_bytes = p.done_bytes;
+                t.info.size = p.size;
+                t.info.sources = p.sources;
+                t.info.queued_at = p.queued;
+                t.info.resumed_chunks = p.resumed_chunks;
+                t.info.eta_s = (t.info.speed > 0).then(|| (p.size - p.done_bytes) / t.info.speed);
+                t.info.state = if p.sources == 0 {
+                    DownloadState::Waiting
+                } else {
+                    DownloadState::Running
+                };
+            });
+            if let Some(info) = info {
                 progress(&info);
             }
         };
-        let report = download::download(
-            self.inner.node_id,
+        let finder = self.clone();
+        let find: download::FindSources = Arc::new(move || {
+            let node = finder.clone();
+            Box::pin(async move {
+                match node.find_sources(id, Duration::from_secs(3)).await {
+                    Ok(hits) => hits.into_iter().map(|h| h.source.addr).collect(),
+                    Err(e) => {
+                        log::debug!("looking for sources of {}: {e}", id.short());
+                        Vec::new()
+                    }
+                }
+            })
+        });
+        let job = download::Job {
+            me: self.inner.node_id,
             id,
-            &name,
-            agreed,
-            &sources,
-            out,
-            self.inner.download_options.clone(),
-            Box::new(on_progress),
-        )
-        .await?;
-        Ok(report)
+            name,
+            expected_size: agreed,
+            out_dir: out.to_path_buf(),
+            sources,
+            find,
+            give_up_after: self.inner.give_up_after,
+            opts: self.inner.download_options.clone(),
+            cap: self.inner.download_cap.clone(),
+        };
+        Ok(download::download(job, Box::new(on_progress)).await?)
     }
 
     /// Applies `change` to the running download of `id`; returns its new state.
     fn update_download(
         &self,
         id: FileId,
-        change: impl FnOnce(&mut DownloadInfo),
+        change: impl FnOnce(&mut Tracked),
     ) -> Option<DownloadInfo> {
         let mut d = self.inner.downloads.lock().unwrap();
-        let info = d.iter_mut().find(|i| i.id == id && i.state.is_active())?;
-        change(info);
-        Some(info.clone())
+        let t = d.iter_mut().rev().find(|t| t.info.id == id)?;
+        change(t);
+        Some(t.info.clone())
+    }
+
+    fn load_pending(&self) -> Vec<Pending> {
+        let path = self.inner.data_dir.join(DOWNLOADS_FILE);
+        match std::fs::read(&path) {
+            Ok(bytes) => ciborium::from_reader(&bytes[..]).unwrap_or_else(|e| {
+                log::warn!(
+                    "the download queue {} is damaged ({e}); starting empty",
+                    path.display()
+                );
+                Vec::new()
+            }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => {
+                log::warn!("cannot read the download queue {}: {e}", path.display());
+                Vec::new()
+            }
+        }
+    }
+
+    fn change_pending(&self, change: impl FnOnce(&mut Vec<Pending>)) {
+        let _one_at_a_time = self.inner.pending_lock.lock().unwrap();
+        let mut list = self.load_pending();
+        change(&mut list);
+        let path = self.inner.data_dir.join(DOWNLOADS_FILE);
+        let mut bytes = Vec::new();
+        let saved = ciborium::into_writer(&list, &mut bytes)
+            .map_err(io::Error::other)
+            .and_then(|()| superpeer::identity::write_atomically(&path, &bytes));
+        if let Err(e) = saved {
+            log::warn!("cannot save the download queue {}: {e}", path.display());
+        }
+    }
+
+    /// The node ids this node granted an upload slot to, in order (the last 1000).
+    pub fn upload_grants(&self) -> Vec<NodeId> {
+        self.inner.slots.grants()
     }
 
     /// The node's state.
@@ -519,9 +696,20 @@ impl Node {
             folders: shares.folders().to_vec(),
             files: shares.len() as u64,
             bytes: shares.total_bytes(),
-            downloads: self.inner.downloads.lock().unwrap().clone(),
+            downloads: self
+                .inner
+                .downloads
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|t| t.info.clone())
+                .collect(),
             uploaded_chunks: self.inner.uploaded_chunks.load(Ordering::Relaxed),
             uploaded_bytes: self.inner.uploaded_bytes.load(Ordering::Relaxed),
+            upload_slots: (self.inner.slots.usage().0, self.inner.slots.max()),
+            upload_queue: self.inner.slots.usage().1,
+            upload_rate: self.inner.upload_cap.bytes_per_sec(),
+            download_rate: self.inner.download_cap.bytes_per_sec(),
         }
     }
 

@@ -191,6 +191,9 @@ mod tests {
                     index,
                     data
                 })),
+            (any::<u32>(), any::<u32>())
+                .prop_map(|(request, position)| Message::Queued { request, position }),
+            any::<u32>().prop_map(|request| Message::Cancel { request }),
             (any::<u32>(), arb_bytes::<32>(), ".{0,20}").prop_map(|(request, id, message)| {
                 Message::TransferError {
                     request,

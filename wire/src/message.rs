@@ -269,6 +269,19 @@ pub enum Message {
     },
     /// One chunk's bytes.
     Chunk(ChunkMsg),
+    /// All upload slots are taken: the requester is queued at `position` (1 is next) and
+    /// should ask again shortly, keeping the connection open to keep its place.
+    Queued {
+        /// The chunk request that was not served.
+        request: u32,
+        /// Place in the queue, 1-based.
+        position: u32,
+    },
+    /// The requester no longer wants the answer to this request (an endgame spare).
+    Cancel {
+        /// The request to drop.
+        request: u32,
+    },
     /// A transfer request that cannot be served.
     TransferError {
         /// The request.
@@ -298,6 +311,8 @@ impl Message {
             Message::Manifest(_) => "Manifest",
             Message::GetChunk { .. } => "GetChunk",
             Message::Chunk(_) => "Chunk",
+            Message::Queued { .. } => "Queued",
+            Message::Cancel { .. } => "Cancel",
             Message::TransferError { .. } => "TransferError",
         }
     }

@@ -1,0 +1,147 @@
+//! Bandwidth caps: an async token bucket shared by every transfer of a node.
+//!
+//! Each transfer takes tokens (bytes) before it sends (uploads) or after it receives
+//! (downloads) a chunk. Waiters queue on an async lock that is fair (first come, first served)
+//! and hold it while they sleep, so a cap is shared evenly between requesters rather than won
+//! by whoever polls most. A chunk larger than the bucket is allowed: the bucket goes into debt
+//! and the taker sleeps until it is paid back, so the long-run rate is exact.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// A byte rate cap, or none. Cheap to clone; clones share one bucket.
+#[derive(Debug, Clone, Default)]
+pub struct RateLimit {
+    bucket: Option<Arc<Bucket>>,
+}
+
+#[derive(Debug)]
+struct Bucket {
+    /// Bytes per second.
+    rate: f64,
+    /// The most tokens that can pile up while idle.
+    burst: f64,
+    state: smol::lock::Mutex<(f64, Instant)>,
+}
+
+impl RateLimit {
+    /// No cap.
+    pub fn unlimited() -> Self {
+        RateLimit { bucket: None }
+    }
+
+    /// A cap of `bytes_per_sec` (0 means no cap). Idle time banks at most a tenth of a second.
+    pub fn new(bytes_per_sec: u64) -> Self {
+        if bytes_per_sec == 0 {
+            return Self::unlimited();
+        }
+        let rate = bytes_per_sec as f64;
+        let burst = (rate / 10.0).max(16.0 * 1024.0);
+        RateLimit {
+            bucket: Some(Arc::new(Bucket {
+                rate,
+                burst,
+                state: smol::lock::Mutex::new((burst, Instant::now())),
+            })),
+        }
+    }
+
+    /// The cap in bytes per second, if any.
+    pub fn bytes_per_sec(&self) -> Option<u64> {
+        self.bucket.as_ref().map(|b| b.rate as u64)
+    }
+
+    /// Waits until `n` bytes may pass.
+    pub async fn take(&self, n: u64) {
+        let Some(b) = &self.bucket else {
+            return;
+        };
+        let mut state = b.state.lock().await;
+        let now = Instant::now();
+        let (tokens, last) = *state;
+        let tokens = (tokens + now.duration_since(last).as_secs_f64() * b.rate).min(b.burst);
+        let left = tokens - n as f64;
+        *state = (left, now);
+        if left < 0.0 {
+            // Sleep off the debt while holding the lock: later takers queue behind us.
+            smol::Timer::after(Duration::from_secs_f64(-left / b.rate)).await;
+        }
+    }
+}
+
+/// Parses a rate such as `500K`, `2MB`, `1.5MiB/s` or `800000` into bytes per second
+/// (K, M, G are powers of 1000; Ki, Mi, Gi powers of 1024; `0` means no cap).
+pub fn parse_rate(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let t = t.strip_suffix("/s").unwrap_or(t);
+    let t = t.strip_suffix(['B', 'b']).unwrap_or(t);
+    let (num, mult) = match t.char_indices().find(|(_, c)| c.is_ascii_alphabetic()) {
+        None => (t, 1.0),
+        Some((i, _)) => {
+            let m = match t[i..].to_ascii_lowercase().as_str() {
+                "k" => 1e3,
+                "m" => 1e6,
+                "g" => 1e9,
+                "ki" => 1024.0,
+                "mi" => 1024.0 * 1024.0,
+                "gi" => 1024.0 * 1024.0 * 1024.0,
+                _ => {
+                    return Err(format!(
+                        "`{text}`: unknown unit (use K, M, G, KiB, MiB or GiB)"
+                    ))
+                }
+            };
+            (&t[..i], m)
+        }
+    };
+    let value: f64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{text}` is not a rate such as 500K, 2MB or 1MiB/s"))?;
+    if !(value >= 0.0 && value.is_finite()) {
+        return Err(format!("`{text}`: a rate must be zero or more"));
+    }
+    Ok((value * mult) as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rates_parse_with_units() {
+        assert_eq!(parse_rate("800000"), Ok(800_000));
+        assert_eq!(parse_rate("500K"), Ok(500_000));
+        assert_eq!(parse_rate("2MB"), Ok(2_000_000));
+        assert_eq!(parse_rate("1MiB/s"), Ok(1 << 20));
+        assert_eq!(parse_rate("1.5 M"), Ok(1_500_000));
+        assert_eq!(parse_rate("0"), Ok(0));
+        assert!(parse_rate("fast").is_err());
+        assert!(parse_rate("-3M").is_err());
+        assert!(parse_rate("3X").unwrap_err().contains("unknown unit"));
+    }
+
+    #[test]
+    fn a_cap_holds_the_long_run_rate() {
+        smol::block_on(async {
+            let cap = RateLimit::new(4 << 20);
+            let start = Instant::now();
+            // 2 MiB beyond the initial burst at 4 MiB/s: about half a second.
+            for _ in 0..8 {
+                cap.take(256 << 10).await;
+            }
+            let secs = start.elapsed().as_secs_f64();
+            assert!(secs >= 0.4, "8 x 256 KiB at 4 MiB/s took only {secs:.3} s");
+        })
+    }
+
+    #[test]
+    fn unlimited_never_waits() {
+        smol::block_on(async {
+            let start = Instant::now();
+            RateLimit::unlimited().take(u64::MAX / 2).await;
+            RateLimit::new(0).take(1 << 40).await;
+            assert!(start.elapsed() < Duration::from_millis(50));
+        })
+    }
+}
