@@ -19,6 +19,10 @@ enum Fake {
     Unrequested,
     /// A manifest that verifies against the id but claims one tiny chunk.
     ForgedManifest,
+    /// Sends chunks with a flipped byte.
+    Liar,
+    /// Serves this many chunks honestly, then hangs up and accepts no more connections.
+    DiesAfter(u32),
 }
 
 /// Starts a scripted source for `content`; returns its address.
@@ -32,6 +36,8 @@ async fn fake_source(kind: Fake, content: Vec<u8>) -> SocketAddr {
         while let Ok((stream, _)) = listener.accept().await {
             let manifest = manifest.clone();
             let content = content.clone();
+            let node = NodeId(rand::random());
+            let mut kind = kind;
             smol::spawn(async move {
                 let mut w = stream.clone();
                 let mut r = FrameReader::new(stream);
@@ -40,7 +46,7 @@ async fn fake_source(kind: Fake, content: Vec<u8>) -> SocketAddr {
                     let reply = match msg {
                         Message::Hello(_) => Message::Hello(Hello {
                             version: wire::PROTOCOL_VERSION,
-                            node: NodeId([kind as u8 + 50; 32]),
+                            node,
                             role: Role::Leaf,
                             listen: None,
                             agent: "fake".into(),
@@ -64,11 +70,26 @@ async fn fake_source(kind: Fake, content: Vec<u8>) -> SocketAddr {
                         Message::GetChunk { .. } if kind == Fake::Stall => continue,
                         Message::GetChunk { request, index, .. } => {
                             let range = manifest.chunk_range(index as u64);
+                            let mut data =
+                                content[range.start as usize..range.end as usize].to_vec();
+                            let request = match kind {
+                                Fake::Unrequested => request.wrapping_add(1000),
+                                Fake::Liar => {
+                                    data[100] ^= 0x55;
+                                    request
+                                }
+                                Fake::DiesAfter(0) => return,
+                                Fake::DiesAfter(ref mut n) => {
+                                    *n -= 1;
+                                    request
+                                }
+                                _ => request,
+                            };
                             Message::Chunk(ChunkMsg {
-                                request: request.wrapping_add(1000),
+                                request,
                                 id,
                                 index,
-                                data: content[range.start as usize..range.end as usize].to_vec(),
+                                data,
                             })
                         }
                         _ => continue,
@@ -79,6 +100,9 @@ async fn fake_source(kind: Fake, content: Vec<u8>) -> SocketAddr {
                 }
             })
             .detach();
+            if matches!(kind, Fake::DiesAfter(_)) {
+                break; // one connection, then the listener is gone: connections are refused
+            }
         }
     })
     .detach();
@@ -199,5 +223,209 @@ fn one_download_per_file_at_a_time() {
             status.downloads[0].state,
             leaf::control::DownloadState::Failed(_)
         ));
+    });
+}
+
+#[test]
+fn four_sources_one_dies_one_stalls_one_lies_and_the_file_completes() {
+    run_bounded(Duration::from_secs(60), async {
+        let tmp = tempfile::tempdir().unwrap();
+        let content = corpus::deterministic_bytes("four sources", 6 << 20);
+        let id = FileId::from(blake3::hash(&content));
+        let (_nodes, honest) = honest_sources(tmp.path(), &content).await;
+        let liar = fake_source(Fake::Liar, content.clone()).await;
+        let staller = fake_source(Fake::Stall, content.clone()).await;
+        let dies = fake_source(Fake::DiesAfter(3), content.clone()).await;
+        let sources = vec![dies, liar, staller, honest[0]];
+        let started = Instant::now();
+        let report =
+            download::download(job(id, sources, &tmp.path().join("out")), Box::new(|_| {}))
+                .await
+                .unwrap();
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "took {:?}",
+            started.elapsed()
+        );
+        assert!(
+            std::fs::read(&report.path).unwrap() == content,
+            "bytes differ"
+        );
+        let of = |addr| report.sources.iter().filter(move |s| s.addr == addr);
+        assert!(of(liar).all(|s| s.chunks == 0), "{report:?}");
+        assert!(of(liar).any(|s| s.error.as_deref().unwrap_or("").contains("bad chunk")));
+        assert!(of(staller).all(|s| s.chunks == 0));
+        // It served three chunks before it died (one may have lost an endgame race).
+        assert!(of(dies).map(|s| s.chunks).sum::<u64>() <= 3, "{report:?}");
+        assert!(
+            of(dies).any(|s| s.error.as_deref().unwrap_or("").contains("connection")),
+            "the dead source is noted: {report:?}"
+        );
+        assert_eq!(report.sources.iter().map(|s| s.chunks).sum::<u64>(), 24);
+    });
+}
+
+#[test]
+fn ten_requesters_against_two_upload_slots_all_complete_in_order() {
+    run_bounded(Duration::from_secs(90), async {
+        let tmp = tempfile::tempdir().unwrap();
+        let sp = net::superpeer(&[]).await;
+        let content = corpus::deterministic_bytes("slots", 2 << 20);
+        let id = FileId::from(blake3::hash(&content));
+        let dir = tmp.path().join("share");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("popular.ogg"), &content).unwrap();
+        // Two slots and a cap, so requesters overlap and queue.
+        let seeder = net::leaf_with(tmp.path(), "seeder", &[sp.listen_addr()], |c| {
+            c.upload_slots = 2;
+            c.upload_rate = 8_000_000;
+        })
+        .await;
+        seeder.share(&dir, |_| {}).await.unwrap();
+        let addr = seeder.listen_addr().unwrap();
+        let mut tasks = Vec::new();
+        let mut who = Vec::new();
+        for i in 0..10u8 {
+            let me = NodeId([i + 1; 32]);
+            who.push(me);
+            let mut j = job(id, vec![addr], &tmp.path().join(format!("out{i}")));
+            j.me = me;
+            j.give_up_after = None;
+            tasks.push(smol::spawn(download::download(j, Box::new(|_| {}))));
+            // Requests arrive in this order.
+            smol::Timer::after(Duration::from_millis(100)).await;
+        }
+        let mut reports = Vec::new();
+        for t in tasks {
+            let r = t.await.expect("every requester completes");
+            assert!(std::fs::read(&r.path).unwrap() == content);
+            reports.push(r);
+        }
+        assert_eq!(
+            seeder.upload_grants(),
+            who,
+            "slots were granted first come, first served"
+        );
+        let last = reports[9].sources.iter().find_map(|s| s.queued_at);
+        assert!(
+            last.is_some_and(|p| p >= 2),
+            "the last requester learned its place: {last:?}"
+        );
+        assert!(reports[0].sources.iter().all(|s| s.queued_at.is_none()));
+    });
+}
+
+/// A small tmpfs mounted for one test, unmounted however the test ends.
+struct SmallDisk(std::path::PathBuf);
+
+impl SmallDisk {
+    fn mount(dir: &std::path::Path, size: &str) -> SmallDisk {
+        std::fs::create_dir_all(dir).unwrap();
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        assert!(
+            ok,
+            "this test mounts a {size} tmpfs at {} and needs root",
+            dir.display()
+        );
+        SmallDisk(dir.to_path_buf())
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+#[test]
+fn a_full_disk_stops_the_download_keeps_what_was_verified_and_it_resumes() {
+    run_bounded(Duration::from_secs(60), async {
+        let tmp = tempfile::tempdir().unwrap();
+        let content = corpus::deterministic_bytes("full disk", 6 << 20);
+        let id = FileId::from(blake3::hash(&content));
+        let (_nodes, honest) = honest_sources(tmp.path(), &content).await;
+
+        // Too small from the start: refused before anything is written.
+        let tiny = SmallDisk::mount(&tmp.path().join("tiny"), "2m");
+        let err = download::download(job(id, honest.clone(), &tiny.0), Box::new(|_| {}))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, download::DownloadError::NoSpace { .. }),
+            "{err}"
+        );
+        assert!(err.to_string().contains("not enough space"), "{err}");
+        assert_eq!(
+            std::fs::read_dir(&tiny.0).unwrap().count(),
+            0,
+            "nothing left behind"
+        );
+
+        // Room at the start, then something else fills the disk mid-way.
+        let disk = SmallDisk::mount(&tmp.path().join("disk"), "8m");
+        let filler = disk.0.join("someone else's file");
+        let fill = std::sync::Mutex::new(Some(filler.clone()));
+        let progress = Box::new(move |p: download::Progress| {
+            if p.done_bytes >= 1 << 20 {
+                if let Some(path) = fill.lock().unwrap().take() {
+                    let _ = std::fs::write(&path, vec![1u8; 7 << 20]);
+                }
+            }
+        });
+        let err = download::download(job(id, honest.clone(), &disk.0), progress)
+            .await
+            .unwrap_err();
+        let text = err.to_string();
+        assert!(matches!(err, download::DownloadError::Io { .. }), "{text}");
+        assert!(
+            text.contains("No space left") && text.contains("resume"),
+            "{text}"
+        );
+        let kept: Vec<String> = std::fs::read_dir(&disk.0)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(kept.iter().any(|n| n.ends_with(".part")), "{kept:?}");
+        assert!(kept.iter().any(|n| n.ends_with(".part.state")), "{kept:?}");
+        assert!(
+            !kept.iter().any(|n| n == "set.flac"),
+            "no final name for an incomplete file"
+        );
+
+        // Space again: the same download resumes from the verified chunks and completes.
+        std::fs::remove_file(&filler).unwrap();
+        let report = download::download(job(id, honest, &disk.0), Box::new(|_| {}))
+            .await
+            .unwrap();
+        assert!(report.resumed_chunks >= 4, "{report:?}");
+        assert!(std::fs::read(&report.path).unwrap() == content);
+        assert!(!disk
+            .0
+            .join(format!("set.flac.{}.part.state", id.short()))
+            .exists());
+    });
+}
+
+#[test]
+fn an_output_folder_that_cannot_be_made_is_named() {
+    run_bounded(Duration::from_secs(30), async {
+        let tmp = tempfile::tempdir().unwrap();
+        let content = corpus::deterministic_bytes("bad folder", 300_000);
+        let id = FileId::from(blake3::hash(&content));
+        let (_nodes, honest) = honest_sources(tmp.path(), &content).await;
+        std::fs::write(tmp.path().join("a-file"), b"x").unwrap();
+        let out = tmp.path().join("a-file/sub");
+        let err = download::download(job(id, honest, &out), Box::new(|_| {}))
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("a-file/sub"), "{err}");
     });
 }

@@ -476,14 +476,18 @@ impl SourceConn {
     async fn send(&mut self, msg: &Message) -> Result<(), String> {
         write_message(&mut self.writer, msg, &mut self.scratch)
             .await
-            .map_err(|e| e.to_string())
+            .map_err(|e| format!("connection lost: {e}"))
     }
 
     async fn recv(&mut self, limit: Duration) -> Result<Message, String> {
         self.reader
             .read_message_within(limit)
             .await
-            .map_err(|e| e.to_string())
+            .map_err(|e| match e {
+                superpeer::net::ReadError::Timeout(d) => format!("no answer within {d:?}"),
+                superpeer::net::ReadError::Decode(e) => format!("sent an invalid message: {e}"),
+                other => format!("connection lost: {other}"),
+            })
     }
 
     async fn manifest(
@@ -1010,7 +1014,6 @@ async fn run_sources(
     // Every chunk is done (or the disk failed): stop the sources and collect their reports.
     shared.aborted.store(true, Ordering::SeqCst);
     shared.changed.notify(usize::MAX);
-    drop(start);
     drop(done_tx);
     while let Ok((_, report, stop)) = done_rx.recv().await {
         if let Some(Stop::Disk(e)) = stop {
@@ -1232,7 +1235,7 @@ async fn source_loop(
         let Some(msg) = msg else {
             continue; // something changed elsewhere: maybe the file is complete
         };
-        let msg = msg.map_err(|e| Stop::Failed(format!("no answer within {timeout:?}: {e}")))?;
+        let msg = msg.map_err(Stop::Failed)?;
         match msg {
             Message::Chunk(chunk) => {
                 if cancelled.remove(&chunk.request) {

@@ -162,6 +162,11 @@ pub(crate) struct Inner {
     links: Vec<Link>,
     searches: Mutex<HashMap<QueryId, Sender<Vec<Hit>>>>,
     downloads: Mutex<Vec<Tracked>>,
+    /// Whether this node owns the control socket.
+    control: bool,
+    /// Open upload connections, so shutdown can close them.
+    upload_streams: Mutex<HashMap<u64, TcpStream>>,
+    upload_keys: AtomicU64,
     /// Serialises changes to the download queue file.
     pending_lock: Mutex<()>,
     pub(crate) slots: UploadSlots,
@@ -237,6 +242,9 @@ impl Node {
                 .collect(),
             searches: Mutex::new(HashMap::new()),
             downloads: Mutex::new(Vec::new()),
+            control: config.control,
+            upload_streams: Mutex::new(HashMap::new()),
+            upload_keys: AtomicU64::new(0),
             pending_lock: Mutex::new(()),
             slots: UploadSlots::new(config.upload_slots),
             upload_cap: RateLimit::new(config.upload_rate),
@@ -282,7 +290,7 @@ impl Node {
         Ok(node)
     }
 
-    /// Stops the node's tasks and closes its super-peer links.
+    /// Stops the node's tasks and closes its super-peer links and upload connections.
     pub async fn shutdown(&self) {
         let tasks = std::mem::take(&mut *self.inner.tasks.lock().unwrap());
         for t in tasks {
@@ -291,7 +299,10 @@ impl Node {
         for link in &self.inner.links {
             link.out.lock().unwrap().take();
         }
-        if self.inner.tasks.lock().unwrap().is_empty() {
+        for (_, stream) in self.inner.upload_streams.lock().unwrap().drain() {
+            let _ = stream.shutdown(std::net::Shutdown::Both);
+        }
+        if self.inner.control {
             let _ = std::fs::remove_file(control::socket_path(&self.inner.data_dir));
         }
     }
@@ -847,7 +858,19 @@ async fn accept_uploads(inner: Arc<Inner>, listener: TcpListener) {
         match listener.accept().await {
             Ok((stream, _)) => {
                 let _ = stream.set_nodelay(true);
-                smol::spawn(crate::upload::serve(inner.clone(), stream)).detach();
+                // Known to the node so that shutdown can close it.
+                let key = inner.upload_keys.fetch_add(1, Ordering::Relaxed);
+                inner
+                    .upload_streams
+                    .lock()
+                    .unwrap()
+                    .insert(key, stream.clone());
+                let inner = inner.clone();
+                smol::spawn(async move {
+                    crate::upload::serve(inner.clone(), stream).await;
+                    inner.upload_streams.lock().unwrap().remove(&key);
+                })
+                .detach();
             }
             Err(e) => {
                 log::warn!("accepting a download connection failed: {e}");

@@ -215,3 +215,113 @@ fn bad_input_gets_a_clear_error() {
         "{err}"
     );
 }
+
+/// `leaf status --json` of a data directory.
+fn status_json(data: &Path, sp: &str) -> serde_json::Value {
+    let out = run(leaf(data, sp).args(["status", "--json"]));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn uploaded(data: &Path, sp: &str) -> u64 {
+    status_json(data, sp)["uploaded_bytes"].as_u64().unwrap()
+}
+
+/// Polls `cond` every 100 ms for up to `secs` seconds.
+fn wait_until(what: &str, secs: u64, mut cond: impl FnMut() -> bool) {
+    let until = std::time::Instant::now() + Duration::from_secs(secs);
+    while !cond() {
+        assert!(
+            std::time::Instant::now() < until,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_killed_downloading_node_resumes_without_fetching_chunks_again() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = tmp.path();
+    let sp = Proc::spawn(
+        Command::new(superpeer_bin())
+            .args(["--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(base.join("sp")),
+    );
+    let sp_addr = sp
+        .wait_for("listening on")
+        .rsplit(' ')
+        .next()
+        .unwrap()
+        .trim()
+        .to_string();
+
+    // Two sources, each capped at 3 MB/s, so the 24 MiB download takes a few seconds.
+    let size = 24usize << 20;
+    let content: Vec<u8> = (0..size as u32)
+        .map(|i| (i.wrapping_mul(2246822519) >> 11) as u8)
+        .collect();
+    let id = blake3::hash(&content).to_hex().to_string();
+    let mut sources = Vec::new();
+    for name in ["alice", "bob"] {
+        let dir = base.join(name).join("Films");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("big.mkv"), &content).unwrap();
+        let data = base.join(format!("{name}-data"));
+        let p = Proc::spawn(
+            leaf(&data, &sp_addr)
+                .args(["--upload-rate", "3MB", "share"])
+                .arg(&dir),
+        );
+        p.wait_for("sharing 1 files");
+        sources.push((p, data));
+    }
+
+    let carol = base.join("carol-data");
+    let dl = base.join("downloads");
+    let node = Proc::spawn(leaf(&carol, &sp_addr).arg("share"));
+    node.wait_for("keeping the node running");
+    let _get = Proc::spawn(leaf(&carol, &sp_addr).args(["get", &id, "--out"]).arg(&dl));
+    let done_bytes = |s: &serde_json::Value| s["downloads"][0]["done_bytes"].as_u64().unwrap_or(0);
+    wait_until("a quarter of the file", 60, || {
+        done_bytes(&status_json(&carol, &sp_addr)) >= (size / 4) as u64
+    });
+
+    // kill -9 the node in the middle of the file.
+    drop(node);
+    let before: u64 = sources.iter().map(|(_, d)| uploaded(d, &sp_addr)).sum();
+    let _node = Proc::spawn(leaf(&carol, &sp_addr).arg("share"));
+    let target = dl.join("big.mkv");
+    wait_until("the resumed download to finish", 60, || target.exists());
+    assert!(
+        std::fs::read(&target).unwrap() == content,
+        "resumed file differs"
+    );
+
+    let after: u64 = sources.iter().map(|(_, d)| uploaded(d, &sp_addr)).sum();
+    let status = status_json(&carol, &sp_addr);
+    let resumed = status["downloads"][0]["resumed_chunks"].as_u64().unwrap();
+    let chunk = 256u64 << 10;
+    let total = size as u64 / chunk;
+    let in_flight_at_kill = 4 * 2; // requests in flight per source, two sources
+    assert!(
+        resumed >= total / 4,
+        "the chunks verified before the kill were kept: {resumed}"
+    );
+    let fetched_again = after - before;
+    eprintln!(
+        "resume: {resumed} of {total} chunks kept across kill -9; {fetched_again} bytes \
+         ({:.1} chunks) fetched after the restart",
+        fetched_again as f64 / chunk as f64
+    );
+    assert!(
+        fetched_again <= (total - resumed + in_flight_at_kill) * chunk,
+        "fetched {fetched_again} bytes after the restart; {} chunks were missing",
+        total - resumed
+    );
+    let leftovers: Vec<_> = std::fs::read_dir(&dl)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(leftovers.len(), 1, "no .part or record left: {leftovers:?}");
+}
