@@ -1,0 +1,134 @@
+//! Case 2, raw transfer: one source, no cap, loopback (127.0.0.1, no namespaces), a 1 GiB file
+//! to disk. Canopy: a leaf shares the file and `leaf get ID` fetches it (source search, every
+//! chunk verified, whole-file check, fsync, rename). Reference: `curl` from nginx. `leaf get`
+//! makes the file durable (fsync) before naming it and curl does not, so a second reference,
+//! curl followed by `sync FILE`, shows the like-for-like figure.
+
+use std::net::SocketAddr;
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::Context;
+
+use super::{
+    check_file, free_port, fresh_dir, nginx, reported_seconds, share_node, superpeer, wait_sources,
+    Ctx,
+};
+use crate::data;
+use crate::procs::{run_timed, Scratch};
+use crate::report::{mbps, median, Row, Verdict};
+
+const CASE: &str = "2 raw transfer";
+
+/// Runs the case.
+pub fn run(ctx: &Ctx) -> anyhow::Result<Vec<Row>> {
+    let curl = ctx.refs.get("curl")?;
+    ctx.refs.get("nginx")?;
+    let size: u64 = if ctx.quick { 64 << 20 } else { 1 << 30 };
+    let runs = if ctx.quick { 1 } else { 3 };
+    let scratch = Scratch::create(ctx.scratch.join("raw"))?;
+    let logs = ctx.log_dir("2-raw")?;
+    let share = scratch.dir("share")?;
+    let name = format!("canopy-bench-raw-{}MiB.bin", size >> 20);
+    let words = format!("canopy bench raw {}MiB", size >> 20);
+    eprintln!("case {CASE}: writing a {} MiB file", size >> 20);
+    let id = data::noise_file(&share.join(&name), size, "raw transfer file")?;
+
+    let any: SocketAddr = "127.0.0.1:0".parse().expect("valid address");
+    let (_sp, sp) = superpeer(
+        &ctx.bins,
+        None,
+        any,
+        &[],
+        &scratch.dir("sp")?,
+        &logs.join("superpeer.log"),
+    )?;
+    let _leaf = share_node(
+        &ctx.bins,
+        None,
+        &scratch.dir("source")?,
+        sp,
+        any,
+        &[&share],
+        &logs.join("leaf-source.log"),
+    )?;
+    wait_sources(&ctx.bins, None, sp, &words, &id, 1, &scratch.dir("probe")?)?;
+    let web: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+    let _nginx = nginx(
+        &ctx.refs,
+        None,
+        web,
+        &share,
+        &scratch.dir("nginx")?,
+        &logs.join("nginx.log"),
+    )?;
+
+    let limit = Duration::from_secs(300);
+    let out = scratch.path().join("out");
+    let target = out.join(&name);
+    let (mut ours, mut reported, mut theirs, mut synced) = (vec![], vec![], vec![], vec![]);
+    for r in 0..runs {
+        fresh_dir(&out)?;
+        let mut cmd = Command::new(&ctx.bins.leaf);
+        cmd.arg("--data-dir")
+            .arg(scratch.path().join(format!("client-{r}")))
+            .arg("--superpeer")
+            .arg(sp.to_string())
+            .arg("get")
+            .arg(id.to_hex())
+            .arg("--out")
+            .arg(&out);
+        let t = run_timed(&format!("leaf-get-r{r}"), cmd, &logs, limit)?;
+        check_file(&target, size, &id).context("leaf get's file")?;
+        ours.push(t.elapsed);
+        if let Some(s) = reported_seconds(&t.stdout) {
+            reported.push(Duration::from_secs_f64(s));
+        }
+
+        fresh_dir(&out)?;
+        let mut cmd = Command::new(&curl);
+        cmd.args(["-sS", "--fail", "-o"])
+            .arg(&target)
+            .arg(format!("http://{web}/{name}"));
+        let t = run_timed(&format!("curl-r{r}"), cmd, &logs, limit)?;
+        let mut sync = Command::new("sync");
+        sync.arg(&target);
+        let s = run_timed(&format!("sync-r{r}"), sync, &logs, limit)?;
+        check_file(&target, size, &id).context("curl's file")?;
+        theirs.push(t.elapsed);
+        synced.push(t.elapsed + s.elapsed);
+    }
+    fresh_dir(&out)?;
+    let (o, c, cs) = (
+        mbps(size, median(&ours)),
+        mbps(size, median(&theirs)),
+        mbps(size, median(&synced)),
+    );
+    let note = if reported.is_empty() {
+        String::new()
+    } else {
+        format!(" (transfer {:.0} MB/s)", mbps(size, median(&reported)))
+    };
+    let what = format!(
+        "{} MiB, 1 source, loopback, no cap: throughput, median of {runs}",
+        size >> 20
+    );
+    Ok(vec![
+        Row {
+            case: CASE.into(),
+            what: what.clone(),
+            ours: format!("{o:.0} MB/s{note}"),
+            reference: format!("curl {c:.0} MB/s"),
+            ratio: format!("{:.2}× curl", o / c),
+            target: "≥0.80× curl".into(),
+            verdict: Verdict::of(o / c >= 0.8),
+        },
+        Row::info(
+            CASE,
+            "same, reference made durable too (curl, then sync FILE)",
+            format!("{o:.0} MB/s"),
+            format!("curl+sync {cs:.0} MB/s"),
+            format!("{:.2}× curl+sync", o / cs),
+        ),
+    ])
+}

@@ -1,0 +1,369 @@
+//! `bench`: Canopy's benchmarks side by side with the tools people use today (issue 6).
+//!
+//! Run `cargo run --release -p bench` as root on Linux (network namespaces, `tc`, `apt-get`).
+//! It installs the reference tools from Debian's packages if they are missing (`aria2`,
+//! `nginx`, `b3sum`, `curl`), builds the release `leaf` and `superpeer`, runs every case,
+//! prints a table with the reference's figure beside ours, the ratio and the target, and
+//! rewrites `BENCHMARKS.md` with the figures, the machine, the date and the exact command.
+//! `--quick` runs every case at a small scale as a smoke test (CI) and writes its table to
+//! `target/bench/quick.md` instead; it skips the case that needs network namespaces if the
+//! machine cannot make them. A case that breaks makes the exit status non-zero; a missed
+//! target does not (the table says so).
+//!
+//! # Cases
+//! 1. [`cases::multisource`]: `leaf get` against `aria2c` from N nginx mirrors, N = 1, 2, 4, 8
+//!    hosts in network namespaces, each host's upload capped ([`testbed`]).
+//! 2. [`cases::raw`]: one source, loopback, no cap, 1 GiB: `leaf get` against `curl` + nginx.
+//! 3. [`cases::sharing`]: hashing a few GB of real-size files, `leaf share` against `b3sum`;
+//!    re-sharing an unchanged folder.
+//! 4. [`cases::search`]: 10 super-peers and 200 leaves over the corpus: latency, and one
+//!    super-peer's queries per second, against a local tantivy index of the whole corpus.
+//! 5. [`cases::ingest`]: one super-peer registering 100,000 records from 100 leaves.
+//!
+//! # Layout
+//! - [`setup`]: reference tools, the release build, the machine's description.
+//! - [`testbed`]: namespaces, veth pairs, the bridge and the caps.
+//! - [`procs`]: child processes, timing, and clean-up on any exit (Ctrl-C included).
+//! - [`wirenet`]: leaves in this process that speak the wire protocol (cases 4 and 5).
+//! - [`data`]: files, folders, leaves' libraries and queries, all from fixed seeds.
+//! - [`report`]: the table, as text and Markdown.
+//!
+//! # Example
+//! ```text
+//! sudo cargo run --release -p bench -- --quick     # about two minutes after the build
+//! sudo cargo run --release -p bench                # the full run, about a quarter of an hour
+//! sudo cargo run --release -p bench -- --case 1 --cap-mbit 50
+//! ```
+
+mod cases;
+mod data;
+mod procs;
+mod report;
+mod setup;
+mod testbed;
+mod wirenet;
+
+use std::fs::{self, File};
+use std::os::fd::AsRawFd;
+use std::path::Path;
+use std::process::{Command, ExitCode};
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use clap::Parser;
+
+use cases::Ctx;
+use procs::Scratch;
+use report::{Row, Verdict};
+
+/// Canopy's benchmarks beside aria2c, nginx + curl, b3sum and a local tantivy index. Needs
+/// root (network namespaces, tc, apt-get).
+#[derive(Debug, Parser)]
+struct Args {
+    /// Every case at a small scale (a smoke test, about two minutes after the build); the
+    /// table goes to target/bench/quick.md, not BENCHMARKS.md.
+    #[arg(long)]
+    quick: bool,
+    /// Upload cap of every source host in case 1, in Mbit/s.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    cap_mbit: u32,
+    /// Run only this case (1 to 5; repeatable); the table goes to target/bench/partial.md.
+    #[arg(long = "case", value_name = "N", value_parser = clap::value_parser!(u8).range(1..=5))]
+    cases: Vec<u8>,
+}
+
+const NAMES: [&str; 5] = [
+    "1 multi-source",
+    "2 raw transfer",
+    "3 sharing",
+    "4 search",
+    "5 ingest",
+];
+
+/// The reference programs each case needs.
+const NEEDS: [&[&str]; 5] = [
+    &["aria2c", "nginx", "curl"],
+    &["nginx", "curl"],
+    &["b3sum"],
+    &[],
+    &[],
+];
+
+fn main() -> ExitCode {
+    match real_main() {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("bench: error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// True when every case that ran worked.
+fn real_main() -> anyhow::Result<bool> {
+    // Before any other thread exists, so that every thread leaves the signals to this one.
+    procs::install_signal_handler()?;
+    let args = Args::parse();
+    let started = Instant::now();
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .context("the bench crate lives in the workspace")?
+        .to_path_buf();
+    let _lock = lock()?;
+    clean_stale_scratch();
+
+    let refs = setup::references();
+    let bins = setup::build(&workspace)?;
+    let scratch = Scratch::create(
+        std::env::temp_dir().join(format!("{SCRATCH_PREFIX}{}", std::process::id())),
+    )?;
+    let out_dir = workspace.join("target/bench");
+    let logs = out_dir.join("logs");
+    if logs.exists() {
+        fs::remove_dir_all(&logs).with_context(|| format!("emptying {}", logs.display()))?;
+    }
+    let netns = testbed::available();
+    if netns.is_ok() {
+        testbed::clean_stale()?;
+    }
+    let machine = setup::machine(scratch.path());
+    let ctx = Ctx {
+        quick: args.quick,
+        bins,
+        refs,
+        scratch: scratch.path().to_path_buf(),
+        logs: logs.clone(),
+        cap_mbit: args.cap_mbit,
+    };
+
+    let mut rows: Vec<Row> = Vec::new();
+    let mut ok = true;
+    for case in 1..=5u8 {
+        if !args.cases.is_empty() && !args.cases.contains(&case) {
+            continue;
+        }
+        let name = NAMES[case as usize - 1];
+        eprintln!("\n== case {name}");
+        let t = Instant::now();
+        // What stops a case from running at all: a skip in a smoke test, a failure otherwise.
+        let blocked = match (case, &netns) {
+            (1, Err(why)) => Some(format!("network namespaces are not available here: {why}")),
+            _ => NEEDS[case as usize - 1]
+                .iter()
+                .find_map(|p| ctx.refs.get(p).err().map(|e| format!("{e:#}"))),
+        };
+        let result = match blocked {
+            Some(why) if args.quick => {
+                eprintln!("case {name} skipped: {why}");
+                Ok(vec![Row::not_run(name, Verdict::Skipped(why))])
+            }
+            Some(why) => Err(anyhow::anyhow!(why)),
+            None => match case {
+                1 => cases::multisource::run(&ctx),
+                2 => cases::raw::run(&ctx),
+                3 => cases::sharing::run(&ctx),
+                4 => cases::search::run(&ctx),
+                _ => cases::ingest::run(&ctx),
+            },
+        };
+        match result {
+            Ok(r) => rows.extend(r),
+            Err(e) => {
+                eprintln!("case {name} FAILED: {e:#}");
+                ok = false;
+                rows.push(Row::not_run(name, Verdict::Failed(format!("{e:#}"))));
+            }
+        }
+        eprintln!("case {name} took {:.0} s", t.elapsed().as_secs_f64());
+    }
+    drop(scratch);
+
+    println!("\n{}", report::text_table(&rows));
+    let all = args.cases.is_empty() || (1..=5).all(|c| args.cases.contains(&c));
+    let path = if args.quick {
+        out_dir.join("quick.md")
+    } else if !all {
+        out_dir.join("partial.md")
+    } else {
+        workspace.join("BENCHMARKS.md")
+    };
+    fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
+    let text = markdown(&args, &rows, &machine, &ctx, &workspace, started);
+    fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+    println!(
+        "report written to {}; process logs in {}",
+        path.display(),
+        logs.display()
+    );
+    if !ok {
+        eprintln!("bench: at least one case failed (see the table)");
+    }
+    Ok(ok)
+}
+
+/// The scratch folders' prefix in the temporary folder.
+const SCRATCH_PREFIX: &str = "cnpy-bench-";
+
+/// One run at a time: the testbed's namespace names are fixed.
+fn lock() -> anyhow::Result<File> {
+    let path = std::env::temp_dir().join("cnpy-bench.lock");
+    let f = File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+    // SAFETY: flock on a descriptor we own.
+    let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        bail!(
+            "another bench run holds {}; wait for it to finish",
+            path.display()
+        );
+    }
+    Ok(f)
+}
+
+/// Removes scratch folders of earlier runs that were killed (we hold the lock, so none is
+/// in use).
+fn clean_stale_scratch() {
+    let Ok(entries) = fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        if name.to_string_lossy().starts_with(SCRATCH_PREFIX) && e.path().is_dir() {
+            eprintln!(
+                "bench: removing {} left by an earlier run",
+                e.path().display()
+            );
+            let _ = fs::remove_dir_all(e.path());
+        }
+    }
+}
+
+fn command_line() -> String {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.is_empty() {
+        "cargo run --release -p bench".into()
+    } else {
+        format!("cargo run --release -p bench -- {}", args.join(" "))
+    }
+}
+
+fn short_output(cmd: &mut Command) -> String {
+    procs::output(cmd)
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+fn markdown(
+    args: &Args,
+    rows: &[Row],
+    m: &setup::Machine,
+    ctx: &Ctx,
+    workspace: &Path,
+    started: Instant,
+) -> String {
+    let date = short_output(Command::new("date").args(["-u", "+%Y-%m-%d %H:%M UTC"]));
+    let commit = short_output(Command::new("git").arg("-C").arg(workspace).args([
+        "rev-parse",
+        "--short",
+        "HEAD",
+    ]));
+    let dirty = !short_output(Command::new("git").arg("-C").arg(workspace).args([
+        "status",
+        "--porcelain",
+        "--untracked-files=no",
+    ]))
+    .is_empty();
+    let rustc = short_output(Command::new("rustc").arg("--version"));
+    let mut out = String::new();
+    out.push_str("# Benchmarks\n\n");
+    out.push_str(
+        "Canopy beside the tools people use today (issue 6). This file is written by the \
+         benchmark harness in `bench/`; run it again rather than editing the figures.\n\n",
+    );
+    out.push_str(&format!("- **Command:** `{}` (as root)\n", command_line()));
+    out.push_str(&format!("- **Date:** {date}\n"));
+    out.push_str(&format!(
+        "- **Machine:** {}, {} logical CPUs (`nproc`), {:.1} GiB memory, Linux {}, scratch on {}\n",
+        m.cpu,
+        m.nproc,
+        m.memory as f64 / (1u64 << 30) as f64,
+        m.kernel,
+        m.disk
+    ));
+    out.push_str(&format!(
+        "- **Code:** commit {commit}{}, {rustc}, release build\n",
+        if dirty {
+            " with uncommitted changes"
+        } else {
+            ""
+        }
+    ));
+    out.push_str(&format!(
+        "- **References:** {}\n",
+        ctx.refs.versions().join("; ")
+    ));
+    out.push_str(&format!(
+        "- **Run time:** {:.1} min{}\n\n",
+        started.elapsed().as_secs_f64() / 60.0,
+        if args.quick {
+            " (--quick: small sizes, a smoke test; not figures to quote)"
+        } else {
+            ""
+        }
+    ));
+    out.push_str("## Results\n\n");
+    out.push_str(&report::markdown_table(rows));
+    out.push_str(
+        "\n**MISSED** marks a figure that misses the issue's target; `—` in the verdict column \
+         means the issue sets no target for that figure. Ratios are Canopy's figure over the \
+         reference's (for times: the reference's time over ours, so above 1 is faster).\n\n",
+    );
+    out.push_str(&METHODS.replace("{cap}", &args.cap_mbit.to_string()));
+    out
+}
+
+const METHODS: &str = "## How each case is measured
+
+Times are wall-clock times of the command a user would type, from starting the process to its
+exit, with the median of the runs shown. Every download is checked afterwards (size and BLAKE3).
+Canopy runs as the release `leaf` and `superpeer` binaries unless said otherwise.
+
+1. **Multi-source download** (processes in network namespaces). A bridge in one namespace, one
+   veth pair per host; each source host's upload is capped with a `tbf` qdisc on its own end
+   ({cap} Mbit/s, so the cap holds for all its connections together), the super-peer's and
+   the client's hosts are not capped. Each source host runs a `leaf share` of the file and an
+   nginx serving the same folder. Canopy: `leaf get ID --out DIR` on the client host, a fresh
+   node each run (it asks the super-peer for sources, then downloads). Reference: `aria2c
+   --split=N --max-connection-per-server=1 --min-split-size=1M --file-allocation=falloc` with
+   the N mirror URLs. Efficiency = size / (N × cap × time); Ethernet, IP and TCP headers alone
+   cap it near 0.96. \"transfer\" is the time `leaf get` itself reports for the download
+   (without finding the sources and starting up).
+2. **Raw transfer** (processes, 127.0.0.1, root namespace). One leaf shares the file; `leaf
+   get` against `curl -o FILE` from nginx. `leaf get` verifies every chunk, re-hashes the whole
+   file and fsyncs it before giving it its name; curl does none of that, so the second row adds
+   `sync FILE` after curl.
+3. **Sharing** (processes). Real-size files: albums of tagged 320 kbit/s MP3s (1–30 MB) and two
+   video-size files, written just before (warm page cache). `leaf share FOLDER` is timed
+   against a running node with an empty hash cache (it walks, hashes into the id and the chunk
+   manifest, reads tags and registers); `b3sum FILES...` (multi-threaded, as shipped) after one
+   untimed warm-up run, and on one thread for comparison. Re-share: `leaf share` of the same
+   folder again, unchanged (only metadata is read), on a library of small tagged files in
+   Artist/Album layout and on the real-size folder.
+4. **Search** (super-peers as processes on 127.0.0.1; the leaves live in the harness and speak
+   the wire protocol, registering the records a leaf would for its MP3s). Super-peers in a ring
+   with chords (diameter 3, the default TTL of 3 reaches all). Every album of the corpus is on at
+   least one leaf and popular albums on many (Zipf). Queries are drawn from the corpus (artist
+   and title words, title, artist or album words) and kept if the whole-corpus index finds
+   something; they are sent one at a time, from a searching leaf at each super-peer in turn.
+   The harness knows how many hits each super-peer returns (it indexes each super-peer's records
+   itself with the `index` crate), so \"last hit\" is exact. The floor is the `index` crate
+   searching the whole corpus in this process, on one thread (as a super-peer answers queries
+   on one thread), 200 hits at most (as a super-peer). Queries/s: one super-peer holding the
+   whole corpus once (20 leaves), four searching leaves keeping eight queries each in flight
+   (TTL 0); the harness shares the machine's cores with it.
+5. **Ingest and memory** (a `superpeer` process; leaves in the harness as in case 4, 1,000
+   records each cut into Register batches as a leaf does). Ingest runs from the first
+   registration sent to the moment every leaf has had an answer to a query for its last record
+   (a super-peer indexes a registration before it reads the leaf's next message). Memory is
+   VmRSS from /proc before (leaves connected) and after; VmHWM is the peak.
+";

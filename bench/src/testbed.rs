@@ -1,0 +1,218 @@
+//! A testbed of hosts in network namespaces: one bridge, one veth pair per host, and each
+//! capped host's upload limited by a `tbf` qdisc on its own end of the pair, so the cap applies
+//! to the host as a whole (every connection of every program on it), as on a real network.
+//!
+//! ```text
+//!   cnpy-sp  10.77.0.1  (super-peer, uncapped)
+//!   cnpy-c   10.77.0.2  (the downloading client, uncapped)        all on bridge br0
+//!   cnpy-h1  10.77.0.11 … cnpy-hN (sources, upload capped)        in namespace cnpy-br
+//! ```
+//!
+//! Addresses are in 10.77.0.0/24 and exist only inside these namespaces; nothing is routed
+//! anywhere else. Every namespace is named with the prefix [`PREFIX`], so one left behind by a
+//! crashed run is found and removed ([`clean_stale`]) before a new testbed is built.
+
+use std::net::Ipv4Addr;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+
+use crate::procs::{self, output};
+
+/// The prefix of every namespace the harness creates.
+pub const PREFIX: &str = "cnpy-";
+
+/// One host of the testbed.
+#[derive(Debug, Clone)]
+pub struct Host {
+    /// Its namespace.
+    pub ns: String,
+    /// Its address on the bridge.
+    pub ip: Ipv4Addr,
+}
+
+impl Host {
+    /// A command to run `program` on this host.
+    pub fn command(&self, program: &std::path::Path) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.ns]).arg(program);
+        c
+    }
+}
+
+/// The namespaces, links and caps of one testbed; torn down on drop.
+#[derive(Debug)]
+pub struct Testbed {
+    namespaces: Vec<String>,
+    /// The super-peer's host (uncapped).
+    pub superpeer: Host,
+    /// The downloading client (uncapped).
+    pub client: Host,
+    /// The source hosts, each with its upload capped.
+    pub sources: Vec<Host>,
+}
+
+fn ip(args: &[&str]) -> anyhow::Result<()> {
+    output(Command::new("ip").args(args)).map(|_| ())
+}
+
+/// Whether network namespaces can be created here (a probe namespace is added and removed).
+pub fn available() -> Result<(), String> {
+    let name = format!("{PREFIX}probe-{}", std::process::id());
+    match Command::new("ip")
+        .args(["netns", "add", &name])
+        .stdin(Stdio::null())
+        .output()
+    {
+        Ok(o) if o.status.success() => {
+            let _ = Command::new("ip").args(["netns", "del", &name]).status();
+            Ok(())
+        }
+        Ok(o) => Err(format!(
+            "`ip netns add` failed: {}",
+            String::from_utf8_lossy(&o.stderr).trim()
+        )),
+        Err(e) => Err(format!("cannot run `ip`: {e}")),
+    }
+}
+
+/// Removes namespaces left by an earlier run that crashed: ends the processes still inside
+/// them (by id) and deletes them. Only namespaces named with [`PREFIX`] are touched.
+pub fn clean_stale() -> anyhow::Result<()> {
+    let list = output(Command::new("ip").args(["netns", "list"]))?;
+    for name in list
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|n| n.starts_with(PREFIX))
+    {
+        eprintln!("bench: removing namespace {name} left by an earlier run");
+        let pids = output(Command::new("ip").args(["netns", "pids", name])).unwrap_or_default();
+        let pids: Vec<u32> = pids.lines().filter_map(|p| p.trim().parse().ok()).collect();
+        for &p in &pids {
+            procs::signal(p, libc::SIGKILL);
+        }
+        ip(&["netns", "del", name])
+            .with_context(|| format!("deleting the stale namespace {name}"))?;
+    }
+    Ok(())
+}
+
+impl Testbed {
+    /// Builds the testbed with `sources` capped hosts.
+    pub fn create(sources: usize, cap_mbit: u32) -> anyhow::Result<Testbed> {
+        clean_stale()?;
+        let mut tb = Testbed {
+            namespaces: Vec::new(),
+            superpeer: Host {
+                ns: format!("{PREFIX}sp"),
+                ip: Ipv4Addr::new(10, 77, 0, 1),
+            },
+            client: Host {
+                ns: format!("{PREFIX}c"),
+                ip: Ipv4Addr::new(10, 77, 0, 2),
+            },
+            sources: (1..=sources)
+                .map(|i| Host {
+                    ns: format!("{PREFIX}h{i}"),
+                    ip: Ipv4Addr::new(10, 77, 0, 10 + i as u8),
+                })
+                .collect(),
+        };
+        let bridge = format!("{PREFIX}br");
+        tb.add_namespace(&bridge)?;
+        ip(&["-n", &bridge, "link", "add", "br0", "type", "bridge"])?;
+        ip(&["-n", &bridge, "link", "set", "br0", "up"])?;
+        let hosts: Vec<(Host, bool)> = [(tb.superpeer.clone(), false), (tb.client.clone(), false)]
+            .into_iter()
+            .chain(tb.sources.iter().map(|h| (h.clone(), true)))
+            .collect();
+        for (i, (host, capped)) in hosts.iter().enumerate() {
+            tb.add_namespace(&host.ns)?;
+            let port = format!("p{i}");
+            ip(&[
+                "link", "add", "eth0", "netns", &host.ns, "type", "veth", "peer", "name", &port,
+                "netns", &bridge,
+            ])
+            .with_context(|| format!("creating the link of {}", host.ns))?;
+            ip(&["-n", &bridge, "link", "set", &port, "master", "br0", "up"])?;
+            ip(&[
+                "-n",
+                &host.ns,
+                "addr",
+                "add",
+                &format!("{}/24", host.ip),
+                "dev",
+                "eth0",
+            ])?;
+            ip(&["-n", &host.ns, "link", "set", "eth0", "up"])?;
+            ip(&["-n", &host.ns, "link", "set", "lo", "up"])?;
+            if *capped {
+                // The bucket holds 2 ms of traffic (at least 64 KiB, so a segmentation-offload
+                // packet fits); the queue holds 50 ms.
+                let rate_bytes = cap_mbit as u64 * 1_000_000 / 8;
+                let burst = (rate_bytes / 500).max(64 << 10);
+                output(Command::new("ip").args(["netns", "exec", &host.ns]).args([
+                    "tc",
+                    "qdisc",
+                    "replace",
+                    "dev",
+                    "eth0",
+                    "root",
+                    "tbf",
+                    "rate",
+                    &format!("{cap_mbit}mbit"),
+                    "burst",
+                    &burst.to_string(),
+                    "latency",
+                    "50ms",
+                ]))
+                .with_context(|| format!("capping the upload of {}", host.ns))?;
+            }
+        }
+        tb.wait_links()?;
+        Ok(tb)
+    }
+
+    fn add_namespace(&mut self, name: &str) -> anyhow::Result<()> {
+        ip(&["netns", "add", name]).with_context(|| format!("creating namespace {name}"))?;
+        procs::register_namespace(name);
+        self.namespaces.push(name.to_string());
+        Ok(())
+    }
+
+    /// Waits until the bridge forwards (its ports leave the learning state).
+    fn wait_links(&self) -> anyhow::Result<()> {
+        let bridge = format!("{PREFIX}br");
+        let until = Instant::now() + Duration::from_secs(10);
+        loop {
+            let links = output(Command::new("ip").args(["-n", &bridge, "-o", "link", "show"]))?;
+            let ports: Vec<&str> = links.lines().filter(|l| l.contains("master br0")).collect();
+            let states = output(Command::new("bridge").args(["-n", &bridge, "link", "show"]))
+                .unwrap_or_default();
+            let forwarding = states.matches("state forwarding").count();
+            if ports.len() == 2 + self.sources.len() && forwarding >= ports.len() {
+                return Ok(());
+            }
+            if Instant::now() > until {
+                bail!(
+                    "the testbed bridge did not come up ({forwarding} of {} ports forwarding)",
+                    ports.len()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Testbed {
+    fn drop(&mut self) {
+        for ns in self.namespaces.iter().rev() {
+            let _ = Command::new("ip")
+                .args(["netns", "del", ns])
+                .stderr(Stdio::null())
+                .status();
+            procs::forget_namespace(ns);
+        }
+    }
+}

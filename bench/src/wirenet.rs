@@ -1,0 +1,196 @@
+//! Leaves that speak Canopy's wire protocol to real super-peer processes, without files behind
+//! them: they say Hello, register records, send queries, answer pings, and hand every
+//! QueryHits to the caller with the time it arrived.
+//!
+//! The search and ingest cases use them to put hundreds of leaves in front of the super-peers
+//! without hashing hundreds of folders: to a super-peer they are leaves like any other (the
+//! same messages a `leaf` sends). Their listen addresses are never connected to.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use smol::channel::{self, Receiver, Sender};
+use smol::Task;
+use superpeer::net::{connect, write_message, FrameReader};
+use wire::{
+    FileRecord, Hello, Message, NodeId, Query, QueryHits, QueryId, Role, Search, PROTOCOL_VERSION,
+};
+
+/// Register messages are cut at about this many bytes, as a leaf does.
+const REGISTER_BATCH_BYTES: usize = 256 << 10;
+
+/// One connection to a super-peer, as a leaf.
+pub struct WireLeaf {
+    out: Sender<Message>,
+    /// Hits as they arrive, with their arrival time.
+    pub hits: Receiver<(Instant, QueryHits)>,
+    _tasks: Vec<Task<()>>,
+}
+
+impl WireLeaf {
+    /// Connects to `sp` and completes the handshake. `listen` is where it claims to serve
+    /// chunks (required to register files; `None` for a leaf that only searches).
+    pub async fn connect(sp: SocketAddr, listen: Option<SocketAddr>) -> anyhow::Result<WireLeaf> {
+        let stream = connect(sp, Duration::from_secs(5))
+            .await
+            .with_context(|| format!("connecting to super-peer {sp}"))?;
+        let mut writer = stream.clone();
+        let mut reader = FrameReader::new(stream);
+        let mut scratch = Vec::new();
+        let hello = Message::Hello(Hello {
+            version: PROTOCOL_VERSION,
+            node: NodeId(rand::random()),
+            role: Role::Leaf,
+            listen,
+            agent: "canopy-bench".into(),
+        });
+        write_message(&mut writer, &hello, &mut scratch)
+            .await
+            .with_context(|| format!("greeting super-peer {sp}"))?;
+        match reader
+            .read_message_within(Duration::from_secs(10))
+            .await
+            .with_context(|| format!("waiting for super-peer {sp} to greet"))?
+        {
+            Message::Hello(h) if h.role == Role::SuperPeer => {}
+            other => bail!("super-peer {sp} answered Hello with {}", other.kind()),
+        }
+        let (out, out_rx) = channel::unbounded::<Message>();
+        let (hits_tx, hits) = channel::unbounded();
+        let writer_task = smol::spawn(async move {
+            let mut scratch = Vec::new();
+            while let Ok(msg) = out_rx.recv().await {
+                if write_message(&mut writer, &msg, &mut scratch)
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+            }
+        });
+        let pong = out.clone();
+        let reader_task = smol::spawn(async move {
+            while let Ok(Some(msg)) = reader.read_message().await {
+                let keep = match msg {
+                    Message::QueryHits(h) => hits_tx.send((Instant::now(), h)).await.is_ok(),
+                    Message::Ping { nonce } => pong.send(Message::Pong { nonce }).await.is_ok(),
+                    Message::Goodbye { reason } => {
+                        eprintln!("bench: super-peer {sp} said goodbye: {reason}");
+                        false
+                    }
+                    _ => true,
+                };
+                if !keep {
+                    break;
+                }
+            }
+        });
+        Ok(WireLeaf {
+            out,
+            hits,
+            _tasks: vec![writer_task, reader_task],
+        })
+    }
+
+    /// Registers `files`, in batches the way a leaf cuts them; returns the number of messages.
+    pub fn register(&self, files: &[FileRecord]) -> anyhow::Result<usize> {
+        let batches = register_batches(files);
+        let n = batches.len();
+        for files in batches {
+            self.send(Message::Register { files })?;
+        }
+        Ok(n)
+    }
+
+    /// Sends a query; returns its id.
+    pub fn query(&self, search: Search, ttl: u8) -> anyhow::Result<QueryId> {
+        let id = QueryId(rand::random());
+        self.send(Message::Query(Query {
+            id,
+            ttl,
+            hops: 0,
+            search,
+        }))?;
+        Ok(id)
+    }
+
+    fn send(&self, msg: Message) -> anyhow::Result<()> {
+        self.out
+            .try_send(msg)
+            .map_err(|_| anyhow::anyhow!("the connection to the super-peer is closed"))
+    }
+
+    /// Waits for the first QueryHits of query `id` (hits of other queries are dropped); returns
+    /// them with their arrival time.
+    pub async fn first_hits(
+        &self,
+        id: QueryId,
+        limit: Duration,
+    ) -> anyhow::Result<(Instant, QueryHits)> {
+        let until = Instant::now() + limit;
+        loop {
+            let next = smol::future::or(async { self.hits.recv().await.ok() }, async {
+                smol::Timer::at(until).await;
+                None
+            })
+            .await;
+            match next {
+                Some((at, h)) if h.query == id => return Ok((at, h)),
+                Some(_) => continue,
+                None => bail!("no answer to query {} within {limit:?}", id.short()),
+            }
+        }
+    }
+}
+
+/// Splits records into Register batches as a leaf does (estimated bytes per record).
+fn register_batches(files: &[FileRecord]) -> Vec<Vec<FileRecord>> {
+    let mut batches = Vec::new();
+    let mut batch = Vec::new();
+    let mut bytes = 0;
+    for f in files {
+        let t = &f.tags;
+        let size = 120
+            + f.path.len()
+            + [&t.artist, &t.album, &t.title, &t.genre]
+                .iter()
+                .map(|s| s.as_ref().map_or(0, |s| s.len()))
+                .sum::<usize>();
+        if bytes + size > REGISTER_BATCH_BYTES && !batch.is_empty() {
+            batches.push(std::mem::take(&mut batch));
+            bytes = 0;
+        }
+        bytes += size;
+        batch.push(f.clone());
+    }
+    if !batch.is_empty() {
+        batches.push(batch);
+    }
+    batches
+}
+
+/// Waits until super-peer(s) have indexed everything each leaf registered: each leaf asks for
+/// the id of its last record (TTL 0). A super-peer handles one connection's messages in order
+/// and indexes a registration before it reads the next message, so the answer proves the
+/// leaf's registrations are searchable. Returns when the last leaf has its answer.
+pub async fn wait_indexed(
+    leaves: &[(&WireLeaf, &FileRecord)],
+    limit: Duration,
+) -> anyhow::Result<Instant> {
+    let mut waits = Vec::new();
+    for (leaf, last) in leaves {
+        let search = Search {
+            terms: wire::Terms::Id(last.id),
+            filter: Default::default(),
+        };
+        let id = leaf.query(search, 0)?;
+        waits.push((leaf, id));
+    }
+    let mut done: Option<Instant> = None;
+    for (leaf, id) in waits {
+        let (at, _) = leaf.first_hits(id, limit).await?;
+        done = Some(done.map_or(at, |d| d.max(at)));
+    }
+    Ok(done.unwrap_or_else(Instant::now))
+}
