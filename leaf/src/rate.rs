@@ -30,13 +30,14 @@ impl RateLimit {
         RateLimit { bucket: None }
     }
 
-    /// A cap of `bytes_per_sec` (0 means no cap). Idle time banks at most a tenth of a second.
+    /// A cap of `bytes_per_sec` (0 means no cap). Idle time banks at most 10 ms of traffic
+    /// (16 KiB at least), so even a short transfer cannot beat the cap by much.
     pub fn new(bytes_per_sec: u64) -> Self {
         if bytes_per_sec == 0 {
             return Self::unlimited();
         }
         let rate = bytes_per_sec as f64;
-        let burst = (rate / 10.0).max(16.0 * 1024.0);
+        let burst = (rate / 100.0).max(16.0 * 1024.0);
         RateLimit {
             bucket: Some(Arc::new(Bucket {
                 rate,
