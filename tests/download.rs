@@ -429,3 +429,58 @@ fn an_output_folder_that_cannot_be_made_is_named() {
         assert!(err.to_string().contains("a-file/sub"), "{err}");
     });
 }
+
+#[test]
+fn downloads_beyond_the_limit_wait_their_turn() {
+    run_bounded(Duration::from_secs(60), async {
+        let tmp = tempfile::tempdir().unwrap();
+        let sp = net::superpeer(&[]).await;
+        let dir = tmp.path().join("share");
+        std::fs::create_dir_all(&dir).unwrap();
+        let a = corpus::deterministic_bytes("first", 4 << 20);
+        let b = corpus::deterministic_bytes("second", 1 << 20);
+        std::fs::write(dir.join("a.bin"), &a).unwrap();
+        std::fs::write(dir.join("b.bin"), &b).unwrap();
+        let seeder = net::leaf_with(tmp.path(), "seeder", &[sp.listen_addr()], |c| {
+            c.upload_rate = 4_000_000;
+        })
+        .await;
+        seeder.share(&dir, |_| {}).await.unwrap();
+        net::wait_records(&sp, 2).await;
+        let getter = net::leaf_with(tmp.path(), "getter", &[sp.listen_addr()], |c| {
+            c.max_downloads = 1;
+        })
+        .await;
+        let out = tmp.path().join("out");
+        let (ida, idb) = (
+            FileId::from(blake3::hash(&a)),
+            FileId::from(blake3::hash(&b)),
+        );
+        let first = {
+            let (g, out) = (getter.clone(), out.clone());
+            smol::spawn(async move { g.get(ida, &out, |_| {}).await })
+        };
+        smol::Timer::after(Duration::from_millis(100)).await;
+        let second = {
+            let (g, out) = (getter.clone(), out.clone());
+            smol::spawn(async move { g.get(idb, &out, |_| {}).await })
+        };
+        smol::Timer::after(Duration::from_millis(300)).await;
+        let states: Vec<_> = getter
+            .status()
+            .downloads
+            .into_iter()
+            .map(|d| (d.id, d.state))
+            .collect();
+        assert!(
+            states.contains(&(idb, leaf::control::DownloadState::Queued)),
+            "{states:?}"
+        );
+        first.await.unwrap();
+        second.await.unwrap();
+        let done = getter.status().downloads;
+        assert!(done
+            .iter()
+            .all(|d| matches!(d.state, leaf::control::DownloadState::Done(_))));
+    });
+}
