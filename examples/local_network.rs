@@ -36,9 +36,11 @@ async fn demo() -> anyhow::Result<()> {
 
     // Three super-peers in a line: A — B — C.
     let t = Instant::now();
-    let a = net::superpeer(&[]).await;
-    let b = net::superpeer(&[a.listen_addr()]).await;
-    let c = net::superpeer(&[b.listen_addr()]).await;
+    // A neighbour target of one keeps the line a line, so searches visibly travel two hops.
+    let line = |c: &mut topology::Config| c.neighbour_target = 1;
+    let a = net::superpeer_with(&[], line).await;
+    let b = net::superpeer_with(&[a.listen_addr()], line).await;
+    let c = net::superpeer_with(&[b.listen_addr()], line).await;
     net::wait_neighbours(&b, 2).await;
     net::wait_neighbours(&c, 1).await;
     println!(

@@ -262,14 +262,22 @@ pub mod net {
 
     /// A super-peer on an ephemeral port, connecting to `peers`.
     pub async fn superpeer(peers: &[SocketAddr]) -> SuperPeerNode {
-        SuperPeerNode::start(superpeer::Config {
-            listen: "127.0.0.1:0".parse().expect("valid address"),
-            peers: peers.to_vec(),
-            node: superpeer::identity::random_node_id(),
-            overlay: topology::Config::default(),
-        })
-        .await
-        .expect("a super-peer starts on an ephemeral port")
+        superpeer_with(peers, |_| {}).await
+    }
+
+    /// [`superpeer`] with overlay settings changed by `adjust` (a neighbour target of 1 keeps a
+    /// line a line; by default super-peers mesh with every one they hear of, up to 32).
+    pub async fn superpeer_with(
+        peers: &[SocketAddr],
+        adjust: impl FnOnce(&mut topology::Config),
+    ) -> SuperPeerNode {
+        let id = superpeer::identity::random_node_id();
+        let mut config = superpeer::Config::new(id, "127.0.0.1:0".parse().expect("valid address"));
+        config.peers = peers.to_vec();
+        adjust(&mut config.overlay);
+        SuperPeerNode::start(config)
+            .await
+            .expect("a super-peer starts on an ephemeral port")
     }
 
     /// A serving leaf with its data directory `base/name`, attached to `superpeers` and
@@ -288,6 +296,9 @@ pub mod net {
         let mut config = NodeConfig::new(base.join(name));
         config.superpeers = superpeers.to_vec();
         config.listen = Some("127.0.0.1:0".parse().expect("valid address"));
+        // Tests that want promotion say so; others must not grow super-peers on their own.
+        config.leaf_overlay.can_promote = false;
+        config.superpeer_listen = Some("127.0.0.1:0".parse().expect("valid address"));
         adjust(&mut config);
         let node = Node::start(config)
             .await

@@ -44,13 +44,9 @@ async fn fake_source(kind: Fake, content: Vec<u8>) -> SocketAddr {
                 let mut scratch = Vec::new();
                 while let Ok(Some(msg)) = r.read_message().await {
                     let reply = match msg {
-                        Message::Hello(_) => Message::Hello(Hello {
-                            version: wire::PROTOCOL_VERSION,
-                            node,
-                            role: Role::Leaf,
-                            listen: None,
-                            agent: "fake".into(),
-                        }),
+                        Message::Hello(_) => {
+                            Message::Hello(Hello::new(node, Role::Leaf, None, "fake"))
+                        }
                         Message::GetManifest { request, .. } if kind == Fake::ForgedManifest => {
                             Message::Manifest(ManifestMsg {
                                 request,
@@ -142,6 +138,7 @@ fn job(id: FileId, sources: Vec<SocketAddr>, out: &std::path::Path) -> download:
         sources,
         find: std::sync::Arc::new(|| Box::pin(async { Vec::new() })),
         give_up_after: Some(Duration::from_secs(5)),
+        wait_for_sources: false,
         opts: DownloadOptions::default(),
         cap: leaf::rate::RateLimit::unlimited(),
     }

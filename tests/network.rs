@@ -51,17 +51,21 @@ fn query_for(t: &Track) -> String {
 fn ttl_bounds_how_far_a_search_travels_in_a_line() {
     run_bounded(LIMIT, async {
         let tmp = tempfile::tempdir().unwrap();
-        let a = net::superpeer(&[]).await;
-        let b = net::superpeer(&[a.listen_addr()]).await;
-        let c = net::superpeer(&[b.listen_addr()]).await;
+        // One neighbour each keeps the line a line (A would otherwise learn of C through B).
+        let line = |c: &mut topology::Config| c.neighbour_target = 1;
+        let a = net::superpeer_with(&[], line).await;
+        let b = net::superpeer_with(&[a.listen_addr()], line).await;
+        let c = net::superpeer_with(&[b.listen_addr()], line).await;
         net::wait_neighbours(&b, 2).await;
         net::wait_neighbours(&c, 1).await;
 
         let tracks = corpus::load_tracks(40).unwrap();
         let (mid_tracks, far_tracks) = tracks.split_at(20);
-        let asker = net::leaf(tmp.path(), "asker", &[a.listen_addr()]).await;
-        let middle = net::leaf(tmp.path(), "middle", &[b.listen_addr()]).await;
-        let far = net::leaf(tmp.path(), "far", &[c.listen_addr()]).await;
+        // And each leaf on one super-peer only (by default a leaf keeps two).
+        let one = |c: &mut leaf::NodeConfig| c.leaf_overlay.target = 1;
+        let asker = net::leaf_with(tmp.path(), "asker", &[a.listen_addr()], one).await;
+        let middle = net::leaf_with(tmp.path(), "middle", &[b.listen_addr()], one).await;
+        let far = net::leaf_with(tmp.path(), "far", &[c.listen_addr()], one).await;
         share_tracks(&middle, &tmp.path().join("mid-music"), mid_tracks).await;
         share_tracks(&far, &tmp.path().join("far-music"), far_tracks).await;
         net::wait_records(&b, 20).await;

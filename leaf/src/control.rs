@@ -142,13 +142,38 @@ pub struct LinkStatus {
     pub node: Option<NodeId>,
 }
 
+/// The in-process super-peer of a promoted node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SuperPeerStatus {
+    /// Where it accepts leaves and neighbours.
+    pub listen: SocketAddr,
+    /// Leaves attached.
+    pub leaves: u64,
+    /// Leaves it accepts at most.
+    pub leaf_slots: u32,
+    /// Neighbouring super-peers.
+    pub neighbours: u64,
+    /// Records in its index.
+    pub records: u64,
+    /// Queries it answered.
+    pub queries: u64,
+}
+
 /// The node's state.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StatusReport {
     /// Node id.
     pub node: NodeId,
-    /// "leaf".
+    /// "leaf" or "super-peer".
     pub role: String,
+    /// Why it has that role.
+    pub role_reason: String,
+    /// Super-peers in its host cache.
+    pub hosts: usize,
+    /// Its super-peer role's figures, when promoted.
+    pub superpeer: Option<SuperPeerStatus>,
+    /// Recent overlay events, oldest first.
+    pub events: Vec<String>,
     /// Where it serves chunks.
     pub listen: Option<SocketAddr>,
     /// Its super-peers.

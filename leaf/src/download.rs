@@ -56,7 +56,7 @@ use event_listener::Event;
 use serde::{Deserialize, Serialize};
 use smol::channel;
 use smol::net::TcpStream;
-use superpeer::net::{connect, write_message, FrameReader};
+use superpeer::net::{connect, write_message_within, FrameReader};
 use wire::{FileId, Hello, Manifest, Message, NodeId, Role, PROTOCOL_VERSION};
 
 use crate::rate::RateLimit;
@@ -66,8 +66,10 @@ use crate::share::PART_SUFFIX;
 const MANIFEST_VOTES: usize = 3;
 /// The suffix of the record of done chunks beside a `.part` file.
 pub const STATE_SUFFIX: &str = ".state";
-/// How often the record of done chunks is brought up to date.
+/// How often the record of done chunks is brought up to date (and progress reported).
 const RECORD_EVERY: Duration = Duration::from_secs(1);
+/// A source that does not take a request within this time is not reading: dropped.
+const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Settings of the downloader.
 #[derive(Debug, Clone)]
@@ -458,13 +460,12 @@ impl SourceConn {
             writer: stream,
             scratch: Vec::new(),
         };
-        conn.send(&Message::Hello(Hello {
-            version: PROTOCOL_VERSION,
-            node: me,
-            role: Role::Transfer,
-            listen: None,
-            agent: crate::AGENT.into(),
-        }))
+        conn.send(&Message::Hello(Hello::new(
+            me,
+            Role::Transfer,
+            None,
+            crate::AGENT,
+        )))
         .await?;
         match conn.recv(opts.connect_timeout).await? {
             Message::Hello(h) if h.version == PROTOCOL_VERSION => Ok(conn),
@@ -474,14 +475,15 @@ impl SourceConn {
     }
 
     async fn send(&mut self, msg: &Message) -> Result<(), String> {
-        write_message(&mut self.writer, msg, &mut self.scratch)
+        write_message_within(&mut self.writer, msg, &mut self.scratch, SEND_TIMEOUT)
             .await
             .map_err(|e| format!("connection lost: {e}"))
     }
 
-    async fn recv(&mut self, limit: Duration) -> Result<Message, String> {
+    /// The next message; fails if no byte arrives for `idle`.
+    async fn recv(&mut self, idle: Duration) -> Result<Message, String> {
         self.reader
-            .read_message_within(limit)
+            .read_message_idle(idle)
             .await
             .map_err(|e| match e {
                 superpeer::net::ReadError::Timeout(d) => format!("no answer within {d:?}"),
@@ -563,6 +565,9 @@ pub struct Job {
     pub find: FindSources,
     /// How long to go on with no source at all before giving up; `None`: wait indefinitely.
     pub give_up_after: Option<Duration>,
+    /// With no source at the start and nothing of the file on disk: keep searching (as for a
+    /// download resumed after a restart) instead of failing at once (as for a mistyped id).
+    pub wait_for_sources: bool,
     /// Downloader settings.
     pub opts: DownloadOptions,
     /// The node's download cap.
@@ -616,6 +621,8 @@ pub async fn download(
     fs::create_dir_all(&out_dir).map_err(dir_err)?;
     let mut reports = Vec::new();
     let mut conns = Vec::new();
+    // Sources that lied (here: about the manifest) are not asked again for this file.
+    let mut banned = HashSet::new();
 
     let earlier = find_earlier(&out_dir, &id);
     let (manifest, part, state_path, name, resuming) = match earlier {
@@ -630,10 +637,12 @@ pub async fn download(
             )
         }
         None => {
-            if job.sources.is_empty() {
-                return Err(DownloadError::NoSources(id));
-            }
-            let opened = spawn_all(job.sources.iter().map(|&a| {
+            let sources = if job.sources.is_empty() {
+                first_sources(&job).await?
+            } else {
+                job.sources.clone()
+            };
+            let opened = spawn_all(sources.iter().map(|&a| {
                 let (me, opts) = (job.me, job.opts.clone());
                 async move { (a, SourceConn::open(a, me, &opts).await) }
             }))
@@ -644,7 +653,7 @@ pub async fn download(
                     Err(e) => reports.push(SourceReport::failed(addr, e)),
                 }
             }
-            let manifest = vote_manifest(&job, &mut conns, &mut reports).await?;
+            let manifest = vote_manifest(&job, &mut conns, &mut reports, &mut banned).await?;
             let name = safe_file_name(&job.name, &id);
             let (part, state) = part_paths(&out_dir, &name, &id);
             (manifest, part, state, name, None)
@@ -717,8 +726,14 @@ pub async fn download(
         cvs: manifest.cvs.as_flattened().to_vec(),
         done: sched.done_bitmap(),
     };
-    record
-        .save(&state_path)
+    // Chunks found by reading the part file are recorded only once they are surely on disk.
+    let synced = if resuming.is_some() {
+        file.sync_data()
+    } else {
+        Ok(())
+    };
+    synced
+        .and_then(|()| record.save(&state_path))
         .map_err(|source| DownloadError::Io {
             path: state_path.clone(),
             source,
@@ -741,16 +756,11 @@ pub async fn download(
     });
     shared.report_progress();
 
-    let result = run_sources(
-        &shared,
-        &job,
-        conns,
-        &mut reports,
-        &record,
-        &part,
-        &state_path,
-    )
-    .await;
+    let files = PartFiles {
+        part: &part,
+        state: &state_path,
+    };
+    let result = run_sources(&shared, &job, conns, &mut reports, &record, files, banned).await;
     // Whatever happened, record what is on disk for the next attempt.
     let flushed = flush_record(&shared, &mut record, &state_path).await;
     result?;
@@ -769,6 +779,8 @@ pub async fn download(
     .await
     .map_err(part_err)?;
     if got != id {
+        // Every chunk was verified, so the disk changed under us. Start over next time.
+        let _ = fs::remove_file(&state_path);
         return Err(DownloadError::Verify { id, path: part });
     }
     let path = place(&part, &out_dir, &name).map_err(part_err)?;
@@ -823,11 +835,36 @@ async fn flush_record(shared: &Arc<Shared>, record: &mut Record, path: &Path) ->
     Ok(())
 }
 
+/// With no source at all: searches again with growing back-off if the job may wait, else
+/// fails at once.
+async fn first_sources(job: &Job) -> Result<Vec<SocketAddr>, DownloadError> {
+    if !job.wait_for_sources {
+        return Err(DownloadError::NoSources(job.id));
+    }
+    let started = Instant::now();
+    let mut backoff = Duration::from_secs(1);
+    loop {
+        if job
+            .give_up_after
+            .is_some_and(|limit| started.elapsed() >= limit)
+        {
+            return Err(DownloadError::NoSources(job.id));
+        }
+        smol::Timer::after(backoff).await;
+        let found = (job.find)().await;
+        if !found.is_empty() {
+            return Ok(found);
+        }
+        backoff = (backoff * 2).min(job.opts.max_backoff);
+    }
+}
+
 /// Asks up to [`MANIFEST_VOTES`] sources for the manifest and keeps the one most of them sent.
 async fn vote_manifest(
     job: &Job,
     conns: &mut Vec<SourceConn>,
     reports: &mut Vec<SourceReport>,
+    banned: &mut HashSet<SocketAddr>,
 ) -> Result<Manifest, DownloadError> {
     let mut votes: Vec<(Manifest, Vec<SocketAddr>)> = Vec::new();
     let mut i = 0;
@@ -848,6 +885,7 @@ async fn vote_manifest(
             Err(e) => {
                 log::warn!("source {} for {}: {e}", conns[i].addr, job.id.short());
                 let addr = conns.remove(i).addr;
+                banned.insert(addr);
                 reports.push(SourceReport::failed(addr, e));
             }
         }
@@ -863,6 +901,7 @@ async fn vote_manifest(
             );
             log::warn!("source {addr} for {}: {why}", job.id.short());
             conns.retain(|c| c.addr != *addr);
+            banned.insert(*addr);
             reports.push(SourceReport::failed(*addr, why));
         }
     }
@@ -875,6 +914,13 @@ async fn vote_manifest(
     }
 }
 
+/// A download's partial file and its record.
+#[derive(Clone, Copy)]
+struct PartFiles<'a> {
+    part: &'a Path,
+    state: &'a Path,
+}
+
 /// Runs source tasks until every chunk is done, finding and retrying sources as they come and
 /// go, and recording progress every second.
 async fn run_sources(
@@ -883,14 +929,15 @@ async fn run_sources(
     conns: Vec<SourceConn>,
     reports: &mut Vec<SourceReport>,
     record: &Record,
-    part: &Path,
-    state_path: &Path,
+    files: PartFiles<'_>,
+    mut banned: HashSet<SocketAddr>,
 ) -> Result<(), DownloadError> {
+    let (part, state_path) = (files.part, files.state);
     let mut record = record.clone();
     let (done_tx, done_rx) = channel::unbounded::<(SocketAddr, SourceReport, Option<Stop>)>();
     let mut next_source = 0usize;
     let mut active: HashMap<SocketAddr, smol::Task<()>> = HashMap::new();
-    let mut banned: HashSet<SocketAddr> = HashSet::new();
+
     let mut retry_at: HashMap<SocketAddr, (Instant, Duration)> = HashMap::new();
     let mut start = |addr: SocketAddr, conn: Option<SourceConn>, active: &mut HashMap<_, _>| {
         let (shared, tx) = (shared.clone(), done_tx.clone());
@@ -979,6 +1026,7 @@ async fn run_sources(
             if let Err(e) = flush_record(shared, &mut record, state_path).await {
                 disk_error = Some(e);
             }
+            shared.report_progress();
             next_record = Instant::now() + RECORD_EVERY;
         }
         if now >= next_query && disk_error.is_none() {
@@ -994,13 +1042,18 @@ async fn run_sources(
                 next_query = now + backoff;
                 backoff = (backoff * 2).min(job.opts.max_backoff);
             } else {
-                alone_since = None;
                 backoff = Duration::from_secs(1);
                 next_query = now + job.opts.requery_interval;
             }
         }
+        // Alone means no source connected, whatever is being tried.
+        if *shared.connected.lock().unwrap() > 0 {
+            alone_since = None;
+        } else {
+            alone_since.get_or_insert(now);
+        }
         if let (Some(since), Some(limit)) = (alone_since, job.give_up_after) {
-            if active.is_empty() && since.elapsed() >= limit {
+            if since.elapsed() >= limit {
                 let s = shared.sched.lock().unwrap();
                 return Err(DownloadError::SourcesFailed {
                     id: shared.id,
@@ -1108,6 +1161,7 @@ async fn run_source(
         }
     };
     *shared.connected.lock().unwrap() += 1;
+    shared.report_progress();
     let mut inflight: HashMap<u32, u64> = HashMap::new();
     let result = source_loop(&shared, me, &mut conn, &mut inflight, &mut report).await;
     {
@@ -1119,6 +1173,7 @@ async fn run_source(
     shared.queued.lock().unwrap().remove(&me);
     *shared.connected.lock().unwrap() -= 1;
     shared.changed.notify(usize::MAX);
+    shared.report_progress();
     let stop = match result {
         Ok(()) => None,
         Err(Stop::Hostile(reason)) => {
@@ -1156,14 +1211,12 @@ async fn source_loop(
     inflight: &mut HashMap<u32, u64>,
     report: &mut SourceReport,
 ) -> Result<(), Stop> {
-    let timeout = shared.opts.response_timeout;
+    // Request numbers count up from 1, so an answer to a number below `next_request` that is
+    // not in flight is a late answer to a cancelled (or queued) request: harmless. An answer
+    // to a number never used is a lie.
     let mut next_request: u32 = 1;
-    // Requests cancelled as endgame spares: their late answers are expected and ignored.
-    let mut cancelled: HashSet<u32> = HashSet::new();
     // While queued: when to ask again.
     let mut queued_until: Option<Instant> = None;
-    // The source must answer by this time; pings do not count.
-    let mut deadline = Instant::now() + timeout;
     loop {
         // Listen before looking, so a change between the look and the wait is not missed.
         let listener = shared.changed.listen();
@@ -1182,9 +1235,6 @@ async fn source_loop(
                 }
                 keep
             });
-            if inflight.is_empty() {
-                deadline = Instant::now() + timeout;
-            }
             let queued = queued_until.is_some_and(|t| Instant::now() < t);
             // A queued source probes with one request; others keep the pipeline full.
             let room = if queued_until.is_some() {
@@ -1199,11 +1249,10 @@ async fn source_loop(
                 };
                 inflight.insert(next_request, c);
                 new.push((next_request, c));
-                next_request = next_request.wrapping_add(1);
+                next_request = next_request.wrapping_add(1).max(1);
             }
         }
         for request in cancel {
-            cancelled.insert(request);
             conn.send(&Message::Cancel { request })
                 .await
                 .map_err(Stop::Failed)?;
@@ -1217,7 +1266,7 @@ async fn source_loop(
             .await
             .map_err(Stop::Failed)?;
         }
-        if inflight.is_empty() && cancelled.is_empty() {
+        if inflight.is_empty() {
             // Nothing to ask (or queued): wait for a change, the retry time, or a while.
             let until = queued_until.unwrap_or_else(|| Instant::now() + Duration::from_millis(500));
             smol::future::or(listener, async {
@@ -1226,8 +1275,10 @@ async fn source_loop(
             .await;
             continue;
         }
-        let left = deadline.saturating_duration_since(Instant::now());
-        let msg = smol::future::or(async { Some(conn.recv(left).await) }, async {
+        // A source that sends nothing at all for the response timeout has stalled; a slow one
+        // that keeps sending is waited for.
+        let timeout = shared.opts.response_timeout;
+        let msg = smol::future::or(async { Some(conn.recv(timeout).await) }, async {
             listener.await;
             None
         })
@@ -1235,13 +1286,13 @@ async fn source_loop(
         let Some(msg) = msg else {
             continue; // something changed elsewhere: maybe the file is complete
         };
-        let msg = msg.map_err(Stop::Failed)?;
-        match msg {
+        let issued = |r: u32| r != 0 && r < next_request;
+        match msg.map_err(Stop::Failed)? {
             Message::Chunk(chunk) => {
-                if cancelled.remove(&chunk.request) {
-                    continue;
-                }
                 let Some(&c) = inflight.get(&chunk.request) else {
+                    if issued(chunk.request) {
+                        continue; // a late answer to a cancelled request
+                    }
                     return Err(Stop::Hostile(format!(
                         "sent chunk {} for request {} that was never made",
                         chunk.index, chunk.request
@@ -1254,7 +1305,6 @@ async fn source_loop(
                         chunk.id.short()
                     )));
                 }
-                deadline = Instant::now() + timeout;
                 if queued_until.take().is_some() {
                     shared.queued.lock().unwrap().remove(&me);
                 }
@@ -1286,20 +1336,26 @@ async fn source_loop(
                 }
             }
             Message::Queued { request, position } => {
-                if cancelled.remove(&request) {
-                    continue;
-                }
-                let Some(c) = inflight.remove(&request) else {
+                if !inflight.contains_key(&request) {
+                    if issued(request) {
+                        continue;
+                    }
                     return Err(Stop::Hostile(format!(
                         "queued request {request}, never made"
                     )));
-                };
-                shared.sched.lock().unwrap().release(me, c);
+                }
+                // Queued: give every chunk back (their other answers will be Queued too, or
+                // late, and are ignored) and ask again shortly with one request.
+                {
+                    let mut sched = shared.sched.lock().unwrap();
+                    for (_, c) in inflight.drain() {
+                        sched.release(me, c);
+                    }
+                }
                 shared.changed.notify(usize::MAX);
                 report.queued_at.get_or_insert(position);
                 shared.queued.lock().unwrap().insert(me, position);
                 queued_until = Some(Instant::now() + shared.opts.queued_retry);
-                deadline = Instant::now() + timeout;
                 shared.report_progress();
             }
             Message::TransferError { kind, message, .. } => {

@@ -2,7 +2,9 @@
 //! verified chunks from every leaf that has a file, and serve chunks to others.
 //!
 //! # Layout
-//! - [`node`]: [`Node`], the long-running node (super-peer links, search, get, status).
+//! - [`node`]: [`Node`], the long-running node (shares, search, get, status).
+//! - `overlay`: the node's place in the overlay: attaching to super-peers, and the super-peer
+//!   role in-process when promoted.
 //! - [`share`]: scanning and hashing shared folders, the hash cache, the registry by id.
 //! - [`tags`]: reading audio tags with `lofty`.
 //! - [`upload`]: serving manifests and chunks by content id, with upload slots and a queue.
@@ -29,6 +31,7 @@
 pub mod control;
 pub mod download;
 pub mod node;
+mod overlay;
 pub mod rate;
 pub mod search;
 pub mod share;

@@ -48,6 +48,16 @@ struct Cli {
     /// Download cap for the node (same units as --upload-rate).
     #[arg(long, env = "CANOPY_DOWNLOAD_RATE", default_value = "0", value_parser = parse_rate, global = true)]
     download_rate: u64,
+    /// Never become a super-peer (a node that finds none, or is asked to, otherwise becomes one).
+    #[arg(long, env = "CANOPY_NO_PROMOTE", global = true)]
+    no_promote: bool,
+    /// Where to accept leaves if this node becomes a super-peer [default: the port of the first
+    /// --superpeer address, else 7700, on all interfaces].
+    #[arg(long, env = "CANOPY_SUPERPEER_LISTEN", global = true)]
+    superpeer_listen: Option<SocketAddr>,
+    /// Leaves accepted if this node becomes a super-peer.
+    #[arg(long, default_value_t = 300, global = true, value_parser = clap::value_parser!(u32).range(1..))]
+    leaf_slots: u32,
     /// Downloads that run at once (others wait their turn).
     #[arg(long, env = "CANOPY_MAX_DOWNLOADS", default_value_t = 3, global = true, value_parser = clap::value_parser!(u16).range(1..))]
     max_downloads: u16,
@@ -138,6 +148,9 @@ fn real_main() -> anyhow::Result<()> {
     config.upload_rate = cli.upload_rate;
     config.download_rate = cli.download_rate;
     config.max_downloads = cli.max_downloads as usize;
+    config.leaf_overlay.can_promote = !cli.no_promote;
+    config.superpeer_listen = cli.superpeer_listen;
+    config.superpeer_overlay.leaf_slots = cli.leaf_slots;
     smol::block_on(run(cli, config))
 }
 
@@ -263,7 +276,10 @@ async fn backend(config: &NodeConfig, req: Request) -> anyhow::Result<Receiver<R
     if let Some(stream) = control::connect(data_dir).await {
         return Ok(control::request(stream, req));
     }
-    let node = Node::start(config.clone())
+    // A node of its own for one command never becomes a super-peer.
+    let mut config = config.clone();
+    config.leaf_overlay.can_promote = false;
+    let node = Node::start(config)
         .await
         .context("starting a short-lived leaf node")?;
     if req != Request::Status && !node.wait_connected(Duration::from_secs(3)).await {

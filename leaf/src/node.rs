@@ -4,7 +4,7 @@
 //! [`Node::handle`] carries out one control [`Request`]; the control socket and the short-lived
 //! in-process node of a CLI command both go through it, so both behave the same.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -15,11 +15,8 @@ use std::time::{Duration, Instant};
 use smol::channel::{self, Receiver, Sender};
 use smol::net::{TcpListener, TcpStream};
 use smol::Task;
-use superpeer::net::{connect, write_message, FrameReader, ReadError};
-use wire::{
-    FileId, FileRecord, Filter, Hello, Hit, Message, NodeId, Query, QueryId, Role, Search, Terms,
-    PROTOCOL_VERSION,
-};
+
+use wire::{FileId, FileRecord, Filter, Hit, Message, NodeId, Query, QueryId, Search, Terms};
 
 use crate::control::{
     self, DownloadInfo, DownloadState, LinkStatus, Reply, Request, ShareSummary, StatusReport,
@@ -68,11 +65,21 @@ pub struct NodeConfig {
     /// How long a download with no source left keeps searching before it fails; `None`:
     /// until it is stopped (it resumes where it was whenever it runs again).
     pub give_up_after: Option<Duration>,
+    /// How the node attaches to super-peers and when it may become one.
+    pub leaf_overlay: topology::LeafConfig,
+    /// The super-peer role's settings, should the node be promoted (it may demote again).
+    pub superpeer_overlay: topology::Config,
+    /// Hysteresis of role changes.
+    pub role: topology::RoleConfig,
+    /// Where to accept leaves if promoted; by default the port of the first bootstrap address
+    /// (so that other nodes configured like this one find it), else 7700, else any.
+    pub superpeer_listen: Option<SocketAddr>,
 }
 
 impl NodeConfig {
     /// The defaults: no super-peer, not serving, no control socket, 4 upload slots, no caps,
-    /// 3 downloads at a time, and downloads that wait for sources indefinitely.
+    /// 3 downloads at a time, downloads that wait for sources indefinitely, two super-peers to
+    /// attach to, and promotion allowed.
     pub fn new(data_dir: impl Into<PathBuf>) -> Self {
         NodeConfig {
             data_dir: data_dir.into(),
@@ -85,6 +92,13 @@ impl NodeConfig {
             download_rate: 0,
             max_downloads: 3,
             give_up_after: None,
+            leaf_overlay: topology::LeafConfig::default(),
+            superpeer_overlay: topology::Config {
+                can_demote: true,
+                ..Default::default()
+            },
+            role: topology::RoleConfig::default(),
+            superpeer_listen: None,
         }
     }
 }
@@ -99,7 +113,9 @@ struct Pending {
 /// A download as the node tracks it: what status shows, and the last speed sample.
 struct Tracked {
     info: DownloadInfo,
-    sample: (Instant, u64),
+    /// The last speed sample: when, and how many bytes were done then (none yet: the first
+    /// report after a resume must not count the resumed bytes as speed).
+    sample: Option<(Instant, u64)>,
 }
 
 /// Why the node could not do something.
@@ -146,10 +162,24 @@ pub enum NodeError {
     AlreadyDownloading(FileId),
 }
 
-struct Link {
-    addr: SocketAddr,
-    out: Mutex<Option<Sender<Message>>>,
-    superpeer: Mutex<Option<NodeId>>,
+/// A link to a super-peer this node is attached to.
+pub(crate) struct Link {
+    pub(crate) addr: SocketAddr,
+    pub(crate) out: Sender<Message>,
+    pub(crate) superpeer: NodeId,
+}
+
+/// What the node is in the overlay, for status.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct RoleStatus {
+    /// "leaf" or "super-peer".
+    pub(crate) role: String,
+    /// Why it has that role.
+    pub(crate) why: String,
+    /// Super-peers in the host cache.
+    pub(crate) hosts: usize,
+    /// The in-process super-peer's figures, when promoted.
+    pub(crate) superpeer: Option<control::SuperPeerStatus>,
 }
 
 pub(crate) struct Inner {
@@ -158,9 +188,16 @@ pub(crate) struct Inner {
     pub(crate) shares: RwLock<Shares>,
     pub(crate) uploaded_chunks: AtomicU64,
     pub(crate) uploaded_bytes: AtomicU64,
-    data_dir: PathBuf,
-    links: Vec<Link>,
-    searches: Mutex<HashMap<QueryId, Sender<Vec<Hit>>>>,
+    pub(crate) data_dir: PathBuf,
+    /// Super-peers attached now, by connection.
+    pub(crate) links: Mutex<HashMap<u64, Link>>,
+    /// Bootstrap super-peer addresses.
+    pub(crate) seeds: Vec<SocketAddr>,
+    pub(crate) role: Mutex<RoleStatus>,
+    /// Recent overlay events (attachments, promotion, demotion), newest last.
+    pub(crate) events: Mutex<VecDeque<String>>,
+    pub(crate) started: Instant,
+    pub(crate) searches: Mutex<HashMap<QueryId, Sender<Vec<Hit>>>>,
     downloads: Mutex<Vec<Tracked>>,
     /// Whether this node owns the control socket.
     control: bool,
@@ -176,7 +213,7 @@ pub(crate) struct Inner {
     give_up_after: Option<Duration>,
     /// Held while a link's first registration or an announcement is queued, so a withdrawal
     /// never overtakes the registration it cancels.
-    announce_lock: Mutex<()>,
+    pub(crate) announce_lock: Mutex<()>,
     download_options: DownloadOptions,
     /// One scan at a time: scans of one folder must not interleave.
     scan_lock: smol::lock::Mutex<()>,
@@ -231,15 +268,15 @@ impl Node {
             uploaded_chunks: AtomicU64::new(0),
             uploaded_bytes: AtomicU64::new(0),
             data_dir: dir,
-            links: config
-                .superpeers
-                .iter()
-                .map(|&addr| Link {
-                    addr,
-                    out: Mutex::new(None),
-                    superpeer: Mutex::new(None),
-                })
-                .collect(),
+            links: Mutex::new(HashMap::new()),
+            seeds: config.superpeers.clone(),
+            role: Mutex::new(RoleStatus {
+                role: "leaf".into(),
+                why: "starting".into(),
+                ..Default::default()
+            }),
+            events: Mutex::new(VecDeque::new()),
+            started: Instant::now(),
             searches: Mutex::new(HashMap::new()),
             downloads: Mutex::new(Vec::new()),
             control: config.control,
@@ -257,13 +294,22 @@ impl Node {
             tasks: Mutex::new(Vec::new()),
         });
         let node = Node { inner };
+        let overlay = crate::overlay::Settings {
+            leaf: topology::LeafConfig {
+                // A node without a listen address cannot serve as a super-peer's leaf source,
+                // nor as a super-peer.
+                can_promote: config.leaf_overlay.can_promote && config.listen.is_some(),
+                ..config.leaf_overlay.clone()
+            },
+            superpeer: config.superpeer_overlay.clone(),
+            role: config.role,
+            superpeer_listen: config.superpeer_listen,
+        };
         let mut tasks = Vec::new();
         if let Some(l) = listener {
             tasks.push(smol::spawn(accept_uploads(node.inner.clone(), l)));
         }
-        for i in 0..node.inner.links.len() {
-            tasks.push(smol::spawn(link_loop(node.inner.clone(), i)));
-        }
+        tasks.push(smol::spawn(crate::overlay::run(node.clone(), overlay)));
         if let Some(l) = control_listener {
             tasks.push(smol::spawn(control::serve(node.clone(), l)));
         }
@@ -279,8 +325,19 @@ impl Node {
             for p in node.load_pending() {
                 let n = node.clone();
                 tasks.push(smol::spawn(async move {
+                    if !p.out.is_dir() {
+                        // An unmounted disk, say: keep it queued for a later start.
+                        log::warn!(
+                            "not resuming {}: its folder {} is gone; it stays queued",
+                            p.id,
+                            p.out.display()
+                        );
+                        return;
+                    }
                     log::info!("resuming the download of {}", p.id);
-                    if let Err(e) = n.get(p.id, &p.out, |_| {}).await {
+                    // Sources are searched for once a super-peer link is up.
+                    n.wait_connected(Duration::from_secs(30)).await;
+                    if let Err(e) = n.get_with(p.id, &p.out, true, |_| {}).await {
                         log::warn!("download of {} failed: {e}", p.id);
                     }
                 }));
@@ -296,15 +353,17 @@ impl Node {
         for t in tasks {
             t.cancel().await;
         }
-        for link in &self.inner.links {
-            link.out.lock().unwrap().take();
-        }
+        self.inner.links.lock().unwrap().clear();
         for (_, stream) in self.inner.upload_streams.lock().unwrap().drain() {
             let _ = stream.shutdown(std::net::Shutdown::Both);
         }
         if self.inner.control {
             let _ = std::fs::remove_file(control::socket_path(&self.inner.data_dir));
         }
+    }
+
+    pub(crate) fn inner(&self) -> &Arc<Inner> {
+        &self.inner
     }
 
     /// This node's id.
@@ -321,12 +380,7 @@ impl Node {
     pub async fn wait_connected(&self, limit: Duration) -> bool {
         let until = Instant::now() + limit;
         loop {
-            if self
-                .inner
-                .links
-                .iter()
-                .any(|l| l.out.lock().unwrap().is_some())
-            {
+            if !self.inner.links.lock().unwrap().is_empty() {
                 return true;
             }
             if Instant::now() >= until {
@@ -389,14 +443,12 @@ impl Node {
             return;
         }
         let _order = self.inner.announce_lock.lock().unwrap();
-        for link in &self.inner.links {
-            if let Some(tx) = link.out.lock().unwrap().as_ref() {
-                for files in register_batches(&diff.added) {
-                    let _ = tx.try_send(Message::Register { files });
-                }
-                for ids in diff.removed.chunks(WITHDRAW_BATCH) {
-                    let _ = tx.try_send(Message::Withdraw { ids: ids.to_vec() });
-                }
+        for link in self.inner.links.lock().unwrap().values() {
+            for files in register_batches(&diff.added) {
+                let _ = link.out.try_send(Message::Register { files });
+            }
+            for ids in diff.removed.chunks(WITHDRAW_BATCH) {
+                let _ = link.out.try_send(Message::Withdraw { ids: ids.to_vec() });
             }
         }
     }
@@ -418,11 +470,9 @@ impl Node {
             search,
         };
         let mut sent = 0;
-        for link in &self.inner.links {
-            if let Some(out) = link.out.lock().unwrap().as_ref() {
-                if out.try_send(Message::Query(query.clone())).is_ok() {
-                    sent += 1;
-                }
+        for link in self.inner.links.lock().unwrap().values() {
+            if link.out.try_send(Message::Query(query.clone())).is_ok() {
+                sent += 1;
             }
         }
         if sent == 0 {
@@ -440,16 +490,12 @@ impl Node {
     }
 
     fn tried(&self) -> String {
-        let list: Vec<String> = self
-            .inner
-            .links
-            .iter()
-            .map(|l| l.addr.to_string())
-            .collect();
-        if list.is_empty() {
-            "no super-peer address given".into()
-        } else {
-            list.join(", ")
+        let list: Vec<String> = self.inner.seeds.iter().map(|a| a.to_string()).collect();
+        let known = self.inner.role.lock().unwrap().hosts;
+        match (list.is_empty(), known) {
+            (true, 0) => "no super-peer address given".into(),
+            (true, n) => format!("{n} known from earlier runs"),
+            (false, _) => format!("{} and {known} known from earlier runs", list.join(", ")),
         }
     }
 
@@ -495,6 +541,18 @@ impl Node {
         out: &Path,
         progress: impl Fn(&DownloadInfo) + Send + Sync + 'static,
     ) -> Result<DownloadReport, NodeError> {
+        self.get_with(id, out, false, progress).await
+    }
+
+    /// [`Node::get`]; `wait_for_sources`: with no source at all, keep searching instead of
+    /// failing (as for a download resumed after a restart).
+    async fn get_with(
+        &self,
+        id: FileId,
+        out: &Path,
+        wait_for_sources: bool,
+        progress: impl Fn(&DownloadInfo) + Send + Sync + 'static,
+    ) -> Result<DownloadReport, NodeError> {
         {
             let mut d = self.inner.downloads.lock().unwrap();
             if d.iter()
@@ -524,7 +582,7 @@ impl Node {
                     out: out.to_path_buf(),
                     state: DownloadState::Queued,
                 },
-                sample: (Instant::now(), 0),
+                sample: None,
             });
         }
         self.change_pending(|list| {
@@ -538,7 +596,7 @@ impl Node {
         let result = {
             let _slot = self.inner.download_gate.acquire().await;
             self.update_download(id, |t| t.info.state = DownloadState::Searching);
-            self.get_inner(id, out, progress).await
+            self.get_inner(id, out, wait_for_sources, progress).await
         };
         // Finished either way: it is not resumed on the next start. (A crash leaves it queued.)
         self.change_pending(|list| list.retain(|p| p.id != id));
@@ -556,6 +614,7 @@ impl Node {
         &self,
         id: FileId,
         out: &Path,
+        wait_for_sources: bool,
         progress: impl Fn(&DownloadInfo) + Send + Sync + 'static,
     ) -> Result<DownloadReport, NodeError> {
         // No source at all is fine if an earlier attempt left the file's manifest on disk: the
@@ -582,17 +641,21 @@ impl Node {
         let on_progress = move |p: Progress| {
             let info = node.update_download(id, |t| {
                 let now = Instant::now();
-                let (then, bytes) = t.sample;
-                let dt = now.duration_since(then).as_secs_f64();
-                if dt >= 0.5 {
-                    let recent = p.done_bytes.saturating_sub(bytes) as f64 / dt;
-                    let speed = if t.info.speed == 0 {
-                        recent
-                    } else {
-                        0.7 * t.info.speed as f64 + 0.3 * recent
-                    };
-                    t.info.speed = speed as u64;
-                    t.sample = (now, p.done_bytes);
+                match t.sample {
+                    None => t.sample = Some((now, p.done_bytes)),
+                    Some((then, bytes)) => {
+                        let dt = now.duration_since(then).as_secs_f64();
+                        if dt >= 0.5 {
+                            let recent = p.done_bytes.saturating_sub(bytes) as f64 / dt;
+                            let speed = if t.info.speed == 0 {
+                                recent
+                            } else {
+                                0.7 * t.info.speed as f64 + 0.3 * recent
+                            };
+                            t.info.speed = speed as u64;
+                            t.sample = Some((now, p.done_bytes));
+                        }
+                    }
                 }
                 t.info.done_bytes = p.done_bytes;
                 t.info.size = p.size;
@@ -632,6 +695,7 @@ impl Node {
             sources,
             find,
             give_up_after: self.inner.give_up_after,
+            wait_for_sources,
             opts: self.inner.download_options.clone(),
             cap: self.inner.download_cap.clone(),
         };
@@ -689,21 +753,30 @@ impl Node {
 
     /// The node's state.
     pub fn status(&self) -> StatusReport {
+        let role = self.inner.role.lock().unwrap().clone();
+        let mut links: Vec<LinkStatus> = self
+            .inner
+            .links
+            .lock()
+            .unwrap()
+            .values()
+            .map(|l| LinkStatus {
+                addr: l.addr,
+                connected: true,
+                node: Some(l.superpeer),
+            })
+            .collect();
+        links.sort_by_key(|l| l.addr);
         let shares = self.inner.shares.read().unwrap();
         StatusReport {
             node: self.inner.node_id,
-            role: "leaf".into(),
+            role: role.role,
+            role_reason: role.why,
             listen: self.inner.listen,
-            superpeers: self
-                .inner
-                .links
-                .iter()
-                .map(|l| LinkStatus {
-                    addr: l.addr,
-                    connected: l.out.lock().unwrap().is_some(),
-                    node: *l.superpeer.lock().unwrap(),
-                })
-                .collect(),
+            superpeers: links,
+            hosts: role.hosts,
+            superpeer: role.superpeer,
+            events: self.inner.events.lock().unwrap().iter().cloned().collect(),
             folders: shares.folders().to_vec(),
             files: shares.len() as u64,
             bytes: shares.total_bytes(),
@@ -760,24 +833,35 @@ impl Node {
                 let _ = reply.send(r).await;
             }
             Request::Get { ids, out } => {
-                for id in ids {
-                    let tx = reply.clone();
-                    let last = Mutex::new(Instant::now() - Duration::from_secs(1));
-                    let progress = move |info: &DownloadInfo| {
-                        let mut last = last.lock().unwrap();
-                        if last.elapsed() >= Duration::from_millis(100) {
-                            *last = Instant::now();
-                            let _ = tx.try_send(Reply::GetProgress(info.clone()));
-                        }
-                    };
-                    let r = match self.get(id, &out, progress).await {
-                        Ok(report) => Reply::GetDone(report),
-                        Err(e) => Reply::GetFailed {
-                            id,
-                            error: e.to_string(),
-                        },
-                    };
-                    let _ = reply.send(r).await;
+                // All at once: each takes its place in the queue (and on disk) now, and the
+                // node's download limit decides how many run together.
+                let tasks: Vec<_> = ids
+                    .into_iter()
+                    .map(|id| {
+                        let (node, out, tx) = (self.clone(), out.clone(), reply.clone());
+                        smol::spawn(async move {
+                            let progress_tx = tx.clone();
+                            let last = Mutex::new(Instant::now() - Duration::from_secs(1));
+                            let progress = move |info: &DownloadInfo| {
+                                let mut last = last.lock().unwrap();
+                                if last.elapsed() >= Duration::from_millis(100) {
+                                    *last = Instant::now();
+                                    let _ = progress_tx.try_send(Reply::GetProgress(info.clone()));
+                                }
+                            };
+                            let r = match node.get(id, &out, progress).await {
+                                Ok(report) => Reply::GetDone(report),
+                                Err(e) => Reply::GetFailed {
+                                    id,
+                                    error: e.to_string(),
+                                },
+                            };
+                            let _ = tx.send(r).await;
+                        })
+                    })
+                    .collect();
+                for t in tasks {
+                    t.await;
                 }
             }
             Request::Status => {
@@ -828,7 +912,7 @@ async fn collect_hits(
 }
 
 /// Splits records into Register batches that stay well under the frame limit.
-fn register_batches(files: &[FileRecord]) -> Vec<Vec<FileRecord>> {
+pub(crate) fn register_batches(files: &[FileRecord]) -> Vec<Vec<FileRecord>> {
     let mut batches = Vec::new();
     let mut batch = Vec::new();
     let mut bytes = 0;
@@ -878,101 +962,4 @@ async fn accept_uploads(inner: Arc<Inner>, listener: TcpListener) {
             }
         }
     }
-}
-
-/// Keeps the link to one super-peer up, reconnecting with growing back-off.
-async fn link_loop(inner: Arc<Inner>, i: usize) {
-    let addr = inner.links[i].addr;
-    let mut backoff = Duration::from_millis(200);
-    loop {
-        match connect(addr, Duration::from_secs(3)).await {
-            Ok(stream) => {
-                let up = Instant::now();
-                let reason = run_link(&inner, i, stream).await;
-                inner.links[i].out.lock().unwrap().take();
-                log::info!("link to super-peer {addr} down: {reason}");
-                if up.elapsed() > Duration::from_secs(10) {
-                    backoff = Duration::from_millis(200);
-                }
-            }
-            Err(e) => log::debug!("cannot reach super-peer {addr}: {e}"),
-        }
-        smol::Timer::after(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(30));
-    }
-}
-
-async fn run_link(inner: &Arc<Inner>, i: usize, stream: TcpStream) -> String {
-    let link = &inner.links[i];
-    let mut writer = stream.clone();
-    let mut reader = FrameReader::new(stream.clone());
-    let mut scratch = Vec::new();
-    let hello = Message::Hello(Hello {
-        version: PROTOCOL_VERSION,
-        node: inner.node_id,
-        role: Role::Leaf,
-        listen: inner.listen,
-        agent: crate::AGENT.into(),
-    });
-    if let Err(e) = write_message(&mut writer, &hello, &mut scratch).await {
-        return e.to_string();
-    }
-    match reader.read_message_within(Duration::from_secs(5)).await {
-        Ok(Message::Hello(h)) if h.role == Role::SuperPeer && h.version == PROTOCOL_VERSION => {
-            *link.superpeer.lock().unwrap() = Some(h.node);
-        }
-        Ok(Message::Hello(h)) => return format!("peer is {:?} speaking v{}", h.role, h.version),
-        Ok(other) => return format!("peer answered Hello with {}", other.kind()),
-        Err(e) => return e.to_string(),
-    }
-    let (tx, rx) = channel::unbounded::<Message>();
-    let write_task = smol::spawn(async move {
-        let mut scratch = Vec::new();
-        while let Ok(msg) = rx.recv().await {
-            if write_message(&mut writer, &msg, &mut scratch)
-                .await
-                .is_err()
-            {
-                break;
-            }
-        }
-        let _ = writer.shutdown(std::net::Shutdown::Both);
-    });
-    // Publish the link and queue the full registration under the announce lock: an
-    // announcement goes wholly before it (and is covered by it) or wholly after it.
-    {
-        let _order = inner.announce_lock.lock().unwrap();
-        *link.out.lock().unwrap() = Some(tx.clone());
-        if inner.listen.is_some() {
-            let shares = inner.shares.read().unwrap();
-            let records: Vec<FileRecord> = shares.files().map(|f| f.record.clone()).collect();
-            for files in register_batches(&records) {
-                let _ = tx.try_send(Message::Register { files });
-            }
-        }
-    }
-    log::info!("attached to super-peer {}", link.addr);
-    let reason = loop {
-        match reader.read_message_within(Duration::from_secs(90)).await {
-            Ok(Message::QueryHits(h)) => {
-                let target = inner.searches.lock().unwrap().get(&h.query).cloned();
-                if let Some(t) = target {
-                    let _ = t.try_send(h.hits);
-                }
-            }
-            Ok(Message::Ping { nonce }) => {
-                let _ = tx.try_send(Message::Pong { nonce });
-            }
-            Ok(Message::Pong { .. }) => {}
-            Ok(Message::Goodbye { reason }) => break format!("super-peer said goodbye: {reason}"),
-            Ok(other) => log::debug!("ignoring {} from super-peer {}", other.kind(), link.addr),
-            Err(ReadError::Timeout(d)) => break format!("super-peer silent for {d:?}"),
-            Err(e) => break e.to_string(),
-        }
-    };
-    link.out.lock().unwrap().take();
-    drop(tx);
-    let _ = stream.shutdown(std::net::Shutdown::Both);
-    write_task.cancel().await;
-    reason
 }

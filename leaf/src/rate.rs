@@ -65,7 +65,8 @@ impl RateLimit {
         *state = (left, now);
         if left < 0.0 {
             // Sleep off the debt while holding the lock: later takers queue behind us.
-            smol::Timer::after(Duration::from_secs_f64(-left / b.rate)).await;
+            let debt = Duration::try_from_secs_f64(-left / b.rate).unwrap_or(Duration::MAX);
+            smol::Timer::after(debt).await;
         }
     }
 }

@@ -14,18 +14,23 @@ use std::collections::VecDeque;
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use smol::channel;
 use smol::net::TcpStream;
-use superpeer::net::{write_message, FrameReader, ReadError};
+use superpeer::net::{write_message, write_message_within, FrameReader};
 use wire::{ChunkMsg, Hello, ManifestMsg, Message, NodeId, Role, TransferErrorKind};
 
 use crate::node::Inner;
 
+/// A queued connection that has not asked again for this long loses its turn at the head.
+const STALE_IN_QUEUE: Duration = Duration::from_secs(5);
+/// A downloader that takes longer than this to accept one message is dropped.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a connecting downloader has to say Hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
-/// A transfer connection with no request for this long is closed (and frees its slot).
+/// A transfer connection with no manifest or chunk request for this long is closed (and frees
+/// its slot); pings do not count.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Requests a downloader may have waiting at once; more is a protocol violation.
 const MAX_PENDING: usize = 64;
@@ -44,8 +49,8 @@ pub struct UploadSlots {
 struct SlotState {
     /// Connections holding a slot.
     active: Vec<u64>,
-    /// Connections waiting, first come first.
-    queue: VecDeque<u64>,
+    /// Connections waiting, first come first, with when each last asked.
+    queue: VecDeque<(u64, Instant)>,
     /// Node ids in the order they were granted a slot (most recent last).
     granted: VecDeque<NodeId>,
 }
@@ -64,15 +69,30 @@ impl UploadSlots {
         self.next_conn.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// A slot for `conn`: `Ok` if it holds one (now or already), else its place in the queue.
-    fn acquire(&self, conn: u64, who: NodeId) -> Result<(), u32> {
+    /// A slot for `conn`, asking at `now`: `Ok` if it holds one (now or already), else its
+    /// place in the queue.
+    fn acquire(&self, conn: u64, who: NodeId, now: Instant) -> Result<(), u32> {
         let mut s = self.state.lock().unwrap();
         if s.active.contains(&conn) {
             return Ok(());
         }
-        let first_in_line = s.queue.front().is_none_or(|c| *c == conn);
+        if let Some(entry) = s.queue.iter_mut().find(|(c, _)| *c == conn) {
+            entry.1 = now;
+        }
+        // A head of the queue that stopped asking must not hold up everyone behind it.
+        for _ in 0..s.queue.len() {
+            match s.queue.front() {
+                Some(&(c, asked))
+                    if c != conn && now.saturating_duration_since(asked) > STALE_IN_QUEUE =>
+                {
+                    s.queue.rotate_left(1);
+                }
+                _ => break,
+            }
+        }
+        let first_in_line = s.queue.front().is_none_or(|(c, _)| *c == conn);
         if s.active.len() < self.max && first_in_line {
-            s.queue.retain(|c| *c != conn);
+            s.queue.retain(|(c, _)| *c != conn);
             s.active.push(conn);
             s.granted.push_back(who);
             if s.granted.len() > GRANTS_KEPT {
@@ -80,10 +100,10 @@ impl UploadSlots {
             }
             return Ok(());
         }
-        let place = match s.queue.iter().position(|c| *c == conn) {
+        let place = match s.queue.iter().position(|(c, _)| *c == conn) {
             Some(i) => i,
             None => {
-                s.queue.push_back(conn);
+                s.queue.push_back((conn, now));
                 s.queue.len() - 1
             }
         };
@@ -94,7 +114,7 @@ impl UploadSlots {
     fn release(&self, conn: u64) {
         let mut s = self.state.lock().unwrap();
         s.active.retain(|c| *c != conn);
-        s.queue.retain(|c| *c != conn);
+        s.queue.retain(|(c, _)| *c != conn);
     }
 
     /// How many slots there are.
@@ -147,13 +167,12 @@ async fn serve_inner(node: &Inner, stream: TcpStream) -> Result<(), String> {
         Message::Hello(h) => return Err(format!("protocol version {}", h.version)),
         other => return Err(format!("{} before Hello", other.kind())),
     };
-    let hello = Message::Hello(Hello {
-        version: wire::PROTOCOL_VERSION,
-        node: node.node_id,
-        role: Role::Leaf,
-        listen: node.listen,
-        agent: crate::AGENT.into(),
-    });
+    let hello = Message::Hello(Hello::new(
+        node.node_id,
+        Role::Leaf,
+        node.listen,
+        crate::AGENT,
+    ));
     write_message(&mut writer, &hello, &mut scratch)
         .await
         .map_err(|e| e.to_string())?;
@@ -164,9 +183,9 @@ async fn serve_inner(node: &Inner, stream: TcpStream) -> Result<(), String> {
     let (tx, rx) = channel::bounded::<Result<Message, String>>(MAX_PENDING);
     let read_ahead = smol::spawn(async move {
         loop {
-            let msg = match reader.read_message_within(IDLE_TIMEOUT).await {
-                Ok(m) => Ok(m),
-                Err(ReadError::Io(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => return,
+            let msg = match reader.read_message().await {
+                Ok(Some(m)) => Ok(m),
+                Ok(None) => return,
                 Err(e) => Err(e.to_string()),
             };
             let stop = msg.is_err();
@@ -180,15 +199,29 @@ async fn serve_inner(node: &Inner, stream: TcpStream) -> Result<(), String> {
         }
     });
     let mut pending: VecDeque<Message> = VecDeque::new();
+    let mut last_request = Instant::now();
     let result = loop {
         let msg = match pending.pop_front() {
             Some(m) => m,
-            None => match rx.recv().await {
-                Ok(Ok(m)) => m,
-                Ok(Err(e)) => break Err(e),
-                Err(_) => break Ok(()),
-            },
+            None => {
+                // Idle only counts while there is nothing to serve.
+                let until = last_request + IDLE_TIMEOUT;
+                let next = smol::future::or(async { Some(rx.recv().await) }, async {
+                    smol::Timer::at(until).await;
+                    None
+                })
+                .await;
+                match next {
+                    Some(Ok(Ok(m))) => m,
+                    Some(Ok(Err(e))) => break Err(e),
+                    Some(Err(_)) => break Ok(()),
+                    None => break Err(format!("no request for {IDLE_TIMEOUT:?}")),
+                }
+            }
         };
+        if matches!(msg, Message::GetChunk { .. } | Message::GetManifest { .. }) {
+            last_request = Instant::now();
+        }
         // Take in whatever else has arrived, applying cancels to requests not yet served.
         let mut failure = None;
         while let Ok(next) = rx.try_recv() {
@@ -220,10 +253,12 @@ async fn serve_inner(node: &Inner, stream: TcpStream) -> Result<(), String> {
                 }
                 None => not_shared(request, id),
             },
-            Message::GetChunk { request, id, index } => match node.slots.acquire(conn, who) {
-                Err(position) => Message::Queued { request, position },
-                Ok(()) => serve_chunk(node, request, id, index).await,
-            },
+            Message::GetChunk { request, id, index } => {
+                match node.slots.acquire(conn, who, Instant::now()) {
+                    Err(position) => Message::Queued { request, position },
+                    Ok(()) => serve_chunk(node, request, id, index).await,
+                }
+            }
             Message::Cancel { .. } | Message::Pong { .. } => continue,
             Message::Ping { nonce } => Message::Pong { nonce },
             Message::Goodbye { .. } => break Ok(()),
@@ -236,7 +271,8 @@ async fn serve_inner(node: &Inner, stream: TcpStream) -> Result<(), String> {
                 break Err(reason);
             }
         };
-        if let Err(e) = write_message(&mut writer, &reply, &mut scratch).await {
+        if let Err(e) = write_message_within(&mut writer, &reply, &mut scratch, WRITE_TIMEOUT).await
+        {
             break Err(e.to_string());
         }
     };
@@ -308,25 +344,41 @@ mod tests {
     fn slots_go_first_come_first_served() {
         let slots = UploadSlots::new(2);
         let who = |n: u8| NodeId([n; 32]);
-        assert_eq!(slots.acquire(1, who(1)), Ok(()));
-        assert_eq!(slots.acquire(2, who(2)), Ok(()));
-        assert_eq!(slots.acquire(3, who(3)), Err(1));
-        assert_eq!(slots.acquire(4, who(4)), Err(2));
+        let t = Instant::now();
+        assert_eq!(slots.acquire(1, who(1), t), Ok(()));
+        assert_eq!(slots.acquire(2, who(2), t), Ok(()));
+        assert_eq!(slots.acquire(3, who(3), t), Err(1));
+        assert_eq!(slots.acquire(4, who(4), t), Err(2));
         assert_eq!(
-            slots.acquire(3, who(3)),
+            slots.acquire(3, who(3), t),
             Err(1),
             "asking again keeps the place"
         );
         slots.release(1);
         assert_eq!(
-            slots.acquire(4, who(4)),
+            slots.acquire(4, who(4), t),
             Err(2),
             "only the first in line may take a slot"
         );
-        assert_eq!(slots.acquire(3, who(3)), Ok(()));
-        assert_eq!(slots.acquire(4, who(4)), Err(1));
+        assert_eq!(slots.acquire(3, who(3), t), Ok(()));
+        assert_eq!(slots.acquire(4, who(4), t), Err(1));
         slots.release(4);
         assert_eq!(slots.usage(), (2, 0));
         assert_eq!(slots.grants(), vec![who(1), who(2), who(3)]);
+    }
+
+    #[test]
+    fn a_queue_head_that_stops_asking_loses_its_turn() {
+        let slots = UploadSlots::new(1);
+        let who = |n: u8| NodeId([n; 32]);
+        let t = Instant::now();
+        assert_eq!(slots.acquire(1, who(1), t), Ok(()));
+        assert_eq!(slots.acquire(2, who(2), t), Err(1));
+        assert_eq!(slots.acquire(3, who(3), t), Err(2));
+        slots.release(1);
+        // 2 went quiet; 3 keeps asking and, once 2 is stale, goes ahead.
+        let later = t + STALE_IN_QUEUE + Duration::from_secs(1);
+        assert_eq!(slots.acquire(3, who(3), later), Ok(()));
+        assert_eq!(slots.acquire(2, who(2), later), Err(1));
     }
 }

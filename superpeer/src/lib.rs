@@ -11,14 +11,8 @@
 //! ```no_run
 //! # smol::block_on(async {
 //! use superpeer::{Config, SuperPeerNode};
-//! let node = SuperPeerNode::start(Config {
-//!     listen: "127.0.0.1:0".parse().unwrap(),
-//!     peers: vec![],
-//!     node: superpeer::identity::random_node_id(),
-//!     overlay: topology::Config::default(),
-//! })
-//! .await
-//! .unwrap();
+//! let id = superpeer::identity::random_node_id();
+//! let node = SuperPeerNode::start(Config::new(id, "127.0.0.1:0".parse().unwrap())).await.unwrap();
 //! println!("listening on {}", node.listen_addr());
 //! # })
 //! ```
@@ -27,7 +21,7 @@ pub mod identity;
 pub mod net;
 pub mod server;
 
-pub use server::{Config, StartError, Status, SuperPeerNode};
+pub use server::{Config, Demoted, StartError, Status, SuperPeerNode};
 
 /// The port a super-peer listens on by default, and where a leaf looks for one by default.
 pub const DEFAULT_PORT: u16 = 7700;

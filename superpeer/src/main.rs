@@ -14,9 +14,16 @@ struct Args {
     /// Address to accept leaves and neighbouring super-peers on.
     #[arg(long, env = "CANOPY_SUPERPEER_LISTEN", default_value_t = SocketAddr::from(([0, 0, 0, 0], superpeer::DEFAULT_PORT)))]
     listen: SocketAddr,
-    /// A neighbouring super-peer to connect to (repeatable).
+    /// A super-peer to join the mesh through (repeatable; later runs also remember the
+    /// super-peers they heard of).
     #[arg(long = "peer", value_name = "ADDR")]
     peers: Vec<SocketAddr>,
+    /// Leaves accepted at most; more are sent to other super-peers.
+    #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u32).range(1..))]
+    leaf_slots: u32,
+    /// Neighbouring super-peers to keep.
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..))]
+    neighbours: u16,
     /// Where the node keeps its identity [default: the platform's data directory].
     #[arg(long, env = "CANOPY_DATA_DIR")]
     data_dir: Option<PathBuf>,
@@ -48,14 +55,16 @@ fn real_main() -> anyhow::Result<()> {
         .with_context(|| format!("reading the node id in {}", data_dir.display()))?;
     let overlay = topology::Config {
         max_ttl: args.max_ttl,
+        leaf_slots: args.leaf_slots,
+        neighbour_target: args.neighbours as usize,
         ..Default::default()
     };
     smol::block_on(async {
         let sp = superpeer::SuperPeerNode::start(superpeer::Config {
-            listen: args.listen,
             peers: args.peers,
-            node,
             overlay,
+            data_dir: Some(data_dir.clone()),
+            ..superpeer::Config::new(node, args.listen)
         })
         .await
         .context("starting the super-peer")?;

@@ -60,6 +60,27 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         &mut self,
         decode: impl Fn(&[u8]) -> Result<Option<(T, usize)>, DecodeError>,
     ) -> Result<Option<T>, ReadError> {
+        self.read_with_idle(decode, None).await
+    }
+
+    /// The next protocol message. Gives up only when no byte at all arrives for `idle`: a
+    /// slow peer that keeps sending is waited for, a silent one is not.
+    pub async fn read_message_idle(&mut self, idle: Duration) -> Result<Message, ReadError> {
+        self.read_with_idle(wire::decode, Some(idle))
+            .await?
+            .ok_or_else(|| {
+                ReadError::Io(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "connection closed",
+                ))
+            })
+    }
+
+    async fn read_with_idle<T>(
+        &mut self,
+        decode: impl Fn(&[u8]) -> Result<Option<(T, usize)>, DecodeError>,
+        idle: Option<Duration>,
+    ) -> Result<Option<T>, ReadError> {
         loop {
             let pending = &self.buf[self.start..self.end];
             if let Some((value, used)) = decode(pending)? {
@@ -83,7 +104,17 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                     self.buf.resize(want, 0);
                 }
             }
-            let n = self.inner.read(&mut self.buf[self.end..]).await?;
+            let read = self.inner.read(&mut self.buf[self.end..]);
+            let n = match idle {
+                None => read.await?,
+                Some(limit) => {
+                    smol::future::or(async { read.await.map_err(ReadError::Io) }, async {
+                        smol::Timer::after(limit).await;
+                        Err(ReadError::Timeout(limit))
+                    })
+                    .await?
+                }
+            };
             if n == 0 {
                 return match have {
                     0 => Ok(None),
@@ -120,6 +151,24 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     pub fn get_mut(&mut self) -> &mut R {
         &mut self.inner
     }
+}
+
+/// Encodes `msg` into `scratch` and writes it, giving up after `limit` (a peer that does not
+/// read must not hold us forever).
+pub async fn write_message_within<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    msg: &Message,
+    scratch: &mut Vec<u8>,
+    limit: Duration,
+) -> io::Result<()> {
+    smol::future::or(write_message(w, msg, scratch), async {
+        smol::Timer::after(limit).await;
+        Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("peer not reading for {limit:?}"),
+        ))
+    })
+    .await
 }
 
 /// Encodes `msg` into `scratch` and writes it.

@@ -25,24 +25,30 @@
 //! # Example
 //! ```
 //! use std::time::Instant;
-//! use topology::{Config, Event, SuperPeer};
-//! use wire::{Hello, Message, NodeId, Role, PROTOCOL_VERSION};
+//! use topology::{Config, Event, NodeRole, RoleClock, RoleConfig, SuperPeer};
+//! use wire::{Hello, Message, NodeId, Role};
 //!
 //! let now = Instant::now();
-//! let mut sp = SuperPeer::new(NodeId([1; 32]), None, Config::default());
-//! sp.handle_connect(now, 7, "127.0.0.1:5000".parse().unwrap());
+//! let clock = RoleClock::new(now, NodeRole::SuperPeer, RoleConfig::default());
+//! let mut sp = SuperPeer::new(now, NodeId([1; 32]), None, Config::default(), clock);
+//! sp.handle_connect(now, 7, "127.0.0.1:5000".parse().unwrap(), false);
 //! // We greet first.
 //! assert!(matches!(sp.poll_transmit().unwrap().msg, Message::Hello(_)));
-//! let hello = Hello { version: PROTOCOL_VERSION, node: NodeId([2; 32]), role: Role::Leaf,
-//!                     listen: Some("0.0.0.0:6000".parse().unwrap()), agent: "doc".into() };
+//! let hello = Hello::new(NodeId([2; 32]), Role::Leaf, Some("0.0.0.0:6000".parse().unwrap()), "doc");
 //! sp.handle_message(now, 7, Message::Hello(hello));
 //! assert_eq!(sp.poll_event(), Some(Event::LeafJoined { conn: 7, node: NodeId([2; 32]) }));
 //! assert_eq!(sp.stats().leaves, 1);
 //! ```
 
+pub mod hostcache;
+pub mod leaf;
+pub mod role;
 pub mod seen;
 pub mod superpeer;
 
+pub use hostcache::HostCache;
+pub use leaf::{LeafConfig, LeafEvent, LeafOverlay};
+pub use role::{NodeRole, RoleClock, RoleConfig};
 pub use seen::SeenCache;
 pub use superpeer::{Config, Event, Stats, SuperPeer, Transmit};
 

@@ -5,15 +5,17 @@
 //! each query came by. It owns no socket and no index: the driver feeds it inputs and carries out
 //! its outputs (see the crate docs for the drain rule).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use wire::{
-    FileId, FileRecord, Hello, Hit, Message, NodeId, Query, QueryHits, QueryId, Role, Search,
-    Source, MAX_TTL, PROTOCOL_VERSION,
+    Capability, FileId, FileRecord, Hello, Hit, HostEntry, Load, Message, NodeId, Query, QueryHits,
+    QueryId, RedirectReason, Role, Search, Source, MAX_TTL, PROTOCOL_VERSION,
 };
 
+use crate::hostcache::HostCache;
+use crate::role::{NodeRole, RoleClock};
 use crate::seen::SeenCache;
 use crate::ConnId;
 
@@ -38,6 +40,27 @@ pub struct Config {
     pub hits_per_message: usize,
     /// Free text sent in Hello.
     pub agent: String,
+    /// Leaves accepted at most; more are redirected to other super-peers.
+    pub leaf_slots: u32,
+    /// Neighbouring super-peers to keep (dialled from the host cache when short).
+    pub neighbour_target: usize,
+    /// How often the super-peer tells neighbours and leaves which super-peers it knows, and
+    /// looks after its mesh and its role.
+    pub hosts_interval: Duration,
+    /// Entries the host cache holds at most.
+    pub host_cache_size: usize,
+    /// When this share of leaf slots is taken and no known super-peer has room, the most
+    /// capable leaf is asked to become a super-peer.
+    pub promote_at: f32,
+    /// A leaf must have been up this long to be asked.
+    pub min_leaf_uptime: Duration,
+    /// The least time between two such requests.
+    pub promote_cooldown: Duration,
+    /// Whether this super-peer may become a leaf again (a dedicated `superpeer` never does).
+    pub can_demote: bool,
+    /// It does when it has at most this share of its slots in use and its neighbours have room
+    /// for its leaves.
+    pub demote_at: f32,
 }
 
 impl Default for Config {
@@ -52,6 +75,17 @@ impl Default for Config {
             max_local_hits: 200,
             hits_per_message: 100,
             agent: concat!("canopy/", env!("CARGO_PKG_VERSION")).to_string(),
+            // Anchors: gtk-gnutella keeps 300 leaves and ~32 ultrapeer links, LimeWire 30 and
+            // 32; promotion came after about an hour of uptime in long-lived networks.
+            leaf_slots: 300,
+            neighbour_target: 32,
+            hosts_interval: Duration::from_secs(30),
+            host_cache_size: 1000,
+            promote_at: 0.9,
+            min_leaf_uptime: Duration::from_secs(3600),
+            promote_cooldown: Duration::from_secs(60),
+            can_demote: false,
+            demote_at: 0.1,
         }
     }
 }
@@ -113,6 +147,24 @@ pub enum Event {
         /// What to search for.
         search: Search,
     },
+    /// Connect to this super-peer, then call [`SuperPeer::handle_connect`] with `dialed`, or
+    /// [`SuperPeer::handle_dial_failed`].
+    Dial(SocketAddr),
+    /// Check that the leaf on `conn` accepts connections at `addr` (connect, say Hello, hang
+    /// up), then call [`SuperPeer::handle_reachable`].
+    CheckReachable {
+        /// The leaf's connection.
+        conn: ConnId,
+        /// Where it says it accepts connections.
+        addr: SocketAddr,
+    },
+    /// This super-peer has handed its leaves over and closed its connections: the node becomes
+    /// a leaf (its [`RoleClock`] has recorded the change; take it with
+    /// [`SuperPeer::into_clock`]).
+    Demote {
+        /// Why.
+        reason: String,
+    },
     /// Close this connection once the messages queued for it are sent.
     Close {
         /// The connection.
@@ -152,9 +204,16 @@ enum PeerState {
     Leaf {
         node: NodeId,
         source: Option<SocketAddr>,
+        capability: Capability,
+        /// Whether it accepted our connection back (None: not known yet).
+        reachable: Option<bool>,
+        joined: Instant,
     },
     /// A neighbouring super-peer.
-    SuperPeer { node: NodeId },
+    SuperPeer {
+        node: NodeId,
+        listen: Option<SocketAddr>,
+    },
 }
 
 #[derive(Debug)]
@@ -166,6 +225,8 @@ struct Conn {
     last_rx: Instant,
     next_ping: Instant,
     closing: bool,
+    /// We dialled this connection (to `remote`, a super-peer's listen address).
+    dialed: bool,
 }
 
 /// Where a query came from: hits for it go back there.
@@ -186,21 +247,102 @@ pub struct SuperPeer {
     events: VecDeque<Event>,
     stats: Stats,
     ping_nonce: u64,
+    hosts: HostCache,
+    /// Addresses being dialled.
+    dialing: HashSet<SocketAddr>,
+    clock: RoleClock,
+    next_tick: Instant,
+    last_promote: Option<Instant>,
+    demoting: bool,
 }
 
 impl SuperPeer {
-    /// A super-peer with id `node` that accepts connections at `listen`.
-    pub fn new(node: NodeId, listen: Option<SocketAddr>, config: Config) -> Self {
+    /// A super-peer with id `node` that accepts connections at `listen`, starting at `now`.
+    /// `clock` carries the node's role history (see [`RoleClock`]); it is set to super-peer.
+    pub fn new(
+        now: Instant,
+        node: NodeId,
+        listen: Option<SocketAddr>,
+        config: Config,
+        mut clock: RoleClock,
+    ) -> Self {
+        clock.changed(now, NodeRole::SuperPeer);
         SuperPeer {
             node,
             listen,
             seen: SeenCache::new(config.seen_capacity, config.seen_ttl),
+            hosts: HostCache::new(config.host_cache_size),
+            next_tick: now,
             config,
             conns: HashMap::new(),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             stats: Stats::default(),
             ping_nonce: 0,
+            dialing: HashSet::new(),
+            clock,
+            last_promote: None,
+            demoting: false,
+        }
+    }
+
+    /// Bootstrap addresses of other super-peers (configured, or saved from an earlier run).
+    pub fn add_seeds(&mut self, now: Instant, addrs: &[SocketAddr]) {
+        for a in addrs {
+            if Some(*a) != self.listen {
+                self.hosts.add_seed(now, *a);
+            }
+        }
+    }
+
+    /// Super-peers remembered from an earlier run (or handed over by a leaf that became this
+    /// super-peer).
+    pub fn import_hosts(&mut self, now: Instant, entries: &[HostEntry]) {
+        for e in entries {
+            if Some(e.addr) != self.listen {
+                self.hosts.add(now, *e);
+            }
+        }
+    }
+
+    /// The host cache (to save it on disk).
+    pub fn hosts(&self) -> &HostCache {
+        &self.hosts
+    }
+
+    /// The role history.
+    pub fn clock(&self) -> &RoleClock {
+        &self.clock
+    }
+
+    /// Ends this super-peer, handing over its role history.
+    pub fn into_clock(self) -> RoleClock {
+        self.clock
+    }
+
+    /// The load it announces.
+    pub fn load(&self) -> Load {
+        Load {
+            leaves: self.stats.leaves as u32,
+            leaf_slots: self.config.leaf_slots,
+            neighbours: self.stats.neighbours as u32,
+        }
+    }
+
+    /// A dial asked for by [`Event::Dial`] failed.
+    pub fn handle_dial_failed(&mut self, now: Instant, addr: SocketAddr) {
+        self.dialing.remove(&addr);
+        self.hosts.failed(now, addr);
+    }
+
+    /// The result of an [`Event::CheckReachable`].
+    pub fn handle_reachable(&mut self, _now: Instant, conn: ConnId, ok: bool) {
+        if let Some(Conn {
+            state: PeerState::Leaf { reachable, .. },
+            ..
+        }) = self.conns.get_mut(&conn)
+        {
+            *reachable = Some(ok);
         }
     }
 
@@ -214,8 +356,12 @@ impl SuperPeer {
         self.stats
     }
 
-    /// A connection opened (inbound or outbound): we greet first, whichever side dialled.
-    pub fn handle_connect(&mut self, now: Instant, conn: ConnId, remote: SocketAddr) {
+    /// A connection opened: inbound, or `dialed` by us after an [`Event::Dial`] (then `remote`
+    /// is the address dialled). We greet first, whichever side dialled.
+    pub fn handle_connect(&mut self, now: Instant, conn: ConnId, remote: SocketAddr, dialed: bool) {
+        if dialed {
+            self.dialing.remove(&remote);
+        }
         self.conns.insert(
             conn,
             Conn {
@@ -225,25 +371,22 @@ impl SuperPeer {
                 last_rx: now,
                 next_ping: now + self.config.keepalive_interval,
                 closing: false,
+                dialed,
             },
         );
-        self.send(
-            conn,
-            Message::Hello(Hello {
-                version: PROTOCOL_VERSION,
-                node: self.node,
-                role: Role::SuperPeer,
-                listen: self.listen,
-                agent: self.config.agent.clone(),
-            }),
-        );
+        let mut hello = Hello::new(self.node, Role::SuperPeer, self.listen, &self.config.agent);
+        hello.load = Some(self.load());
+        self.send(conn, Message::Hello(hello));
     }
 
     /// A connection is gone (closed by either side, or failed).
-    pub fn handle_disconnect(&mut self, _now: Instant, conn: ConnId) {
+    pub fn handle_disconnect(&mut self, now: Instant, conn: ConnId) {
         let Some(c) = self.conns.remove(&conn) else {
             return;
         };
+        if c.dialed && c.state == PeerState::AwaitingHello {
+            self.hosts.failed(now, c.remote);
+        }
         match c.state {
             PeerState::Leaf { .. } => {
                 self.stats.leaves -= 1;
@@ -274,7 +417,9 @@ impl SuperPeer {
         let state = c.state.clone();
         let remote = c.remote;
         match (state, msg) {
-            (PeerState::AwaitingHello, Message::Hello(hello)) => self.on_hello(conn, remote, hello),
+            (PeerState::AwaitingHello, Message::Hello(hello)) => {
+                self.on_hello(now, conn, remote, hello)
+            }
             (PeerState::AwaitingHello, other) => {
                 self.protocol_error(conn, format!("{} before Hello", other.kind()))
             }
@@ -303,6 +448,13 @@ impl SuperPeer {
             }
             (PeerState::SuperPeer { .. }, Message::Query(query)) => self.on_query(now, conn, query),
             (PeerState::SuperPeer { .. }, Message::QueryHits(hits)) => self.on_hits(now, hits),
+            (PeerState::SuperPeer { .. }, Message::Hosts { hosts }) => {
+                for h in hosts {
+                    if Some(h.addr) != self.listen {
+                        self.hosts.add(now, h);
+                    }
+                }
+            }
             (_, other) => self.protocol_error(
                 conn,
                 format!(
@@ -330,6 +482,7 @@ impl SuperPeer {
                 let PeerState::Leaf {
                     node,
                     source: Some(addr),
+                    ..
                 } = c.state
                 else {
                     return None;
@@ -377,6 +530,10 @@ impl SuperPeer {
             log::info!("closing {id}: {reason}");
             self.close(id, reason, true);
         }
+        if now >= self.next_tick {
+            self.next_tick = now + self.config.hosts_interval;
+            self.tick(now);
+        }
     }
 
     /// The next time [`SuperPeer::handle_timeout`] should be called.
@@ -395,10 +552,14 @@ impl SuperPeer {
                 }
             })
             .min();
-        match (conn_deadline, self.seen.next_expiry()) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [
+            conn_deadline,
+            self.seen.next_expiry(),
+            (!self.demoting).then_some(self.next_tick),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// The next message to send.
@@ -419,7 +580,7 @@ impl SuperPeer {
         }
     }
 
-    fn on_hello(&mut self, conn: ConnId, remote: SocketAddr, hello: Hello) {
+    fn on_hello(&mut self, now: Instant, conn: ConnId, remote: SocketAddr, hello: Hello) {
         if hello.version != PROTOCOL_VERSION {
             return self.protocol_error(
                 conn,
@@ -430,10 +591,21 @@ impl SuperPeer {
             );
         }
         if hello.node == self.node {
+            if let Some(c) = self.conns.get(&conn).filter(|c| c.dialed) {
+                // Our own address came back through the host cache: never dial it again.
+                let addr = c.remote;
+                self.hosts.remove(&addr);
+            }
             return self.close(conn, "connected to ourselves".into(), true);
         }
         let state = match hello.role {
             Role::Leaf => {
+                if self.demoting {
+                    return self.redirect(now, conn, RedirectReason::Demoting);
+                }
+                if self.stats.leaves >= self.config.leaf_slots as u64 {
+                    return self.redirect(now, conn, RedirectReason::Full);
+                }
                 // A leaf listening on an unspecified address is reachable where we see it.
                 let source = hello.listen.map(|l| {
                     if l.ip().is_unspecified() {
@@ -447,18 +619,39 @@ impl SuperPeer {
                     conn,
                     node: hello.node,
                 });
+                if let Some(addr) = source {
+                    self.events.push_back(Event::CheckReachable { conn, addr });
+                }
+                // Tell it which other super-peers there are, for its host cache.
+                let hosts = self.hosts_to_share(now);
+                self.send(conn, Message::Hosts { hosts });
                 PeerState::Leaf {
                     node: hello.node,
                     source,
+                    capability: hello.capability.unwrap_or_default(),
+                    reachable: None,
+                    joined: now,
                 }
             }
             Role::SuperPeer => {
+                if let Some(dup) = self.duplicate_of(conn, hello.node) {
+                    return self.close(dup, "duplicate connection".into(), true);
+                }
+                if let Some(listen) = hello.listen {
+                    let load = hello.load.unwrap_or_default();
+                    self.hosts.heard_from(now, listen, load);
+                }
                 self.stats.neighbours += 1;
                 self.events.push_back(Event::NeighbourJoined {
                     conn,
                     node: hello.node,
                 });
-                PeerState::SuperPeer { node: hello.node }
+                let hosts = self.hosts_to_share(now);
+                self.send(conn, Message::Hosts { hosts });
+                PeerState::SuperPeer {
+                    node: hello.node,
+                    listen: hello.listen,
+                }
             }
             Role::Transfer => {
                 return self.protocol_error(conn, "a super-peer serves no transfers".into())
@@ -472,6 +665,190 @@ impl SuperPeer {
         if let Some(c) = self.conns.get_mut(&conn) {
             c.state = state;
         }
+    }
+
+    /// If another connection already links us to super-peer `node`, the one of the two to
+    /// close. Both ends pick the same: the connection dialled by the smaller node id stays.
+    fn duplicate_of(&self, conn: ConnId, node: NodeId) -> Option<ConnId> {
+        let (&other, o) = self.conns.iter().find(|(&id, c)| {
+            id != conn && matches!(c.state, PeerState::SuperPeer { node: n, .. } if n == node)
+        })?;
+        let dialer = |c: &Conn| if c.dialed { self.node } else { node };
+        let this = self.conns.get(&conn)?;
+        let keep_other = (dialer(o), other) <= (dialer(this), conn) || dialer(o) == dialer(this);
+        Some(if keep_other { conn } else { other })
+    }
+
+    /// Sends a leaf elsewhere and closes its connection.
+    fn redirect(&mut self, now: Instant, conn: ConnId, reason: RedirectReason) {
+        let hosts: Vec<HostEntry> = self
+            .hosts
+            .entries(now, 20)
+            .into_iter()
+            .filter(|h| h.load.free() > 0)
+            .collect();
+        self.send(conn, Message::Redirect { reason, hosts });
+        self.close(conn, format!("redirected: {reason:?}"), false);
+    }
+
+    /// What we tell others: ourselves first, then the freshest super-peers we know.
+    fn hosts_to_share(&self, now: Instant) -> Vec<HostEntry> {
+        let mut out = Vec::new();
+        if let Some(addr) = self.listen.filter(|a| !a.ip().is_unspecified()) {
+            out.push(HostEntry {
+                addr,
+                load: self.load(),
+                age_s: 0,
+            });
+        }
+        out.extend(self.hosts.entries(now, 20));
+        out
+    }
+
+    /// The periodic part of [`SuperPeer::handle_timeout`]: share hosts, keep the mesh, and
+    /// consider promoting a leaf or demoting ourselves.
+    fn tick(&mut self, now: Instant) {
+        if self.demoting {
+            return;
+        }
+        let hosts = self.hosts_to_share(now);
+        let peers: Vec<ConnId> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| !c.closing && !matches!(c.state, PeerState::AwaitingHello))
+            .map(|(&id, _)| id)
+            .collect();
+        for id in peers {
+            self.send(
+                id,
+                Message::Hosts {
+                    hosts: hosts.clone(),
+                },
+            );
+        }
+        self.keep_mesh(now);
+        self.consider_promotion(now);
+        self.consider_demotion(now);
+    }
+
+    /// Dials super-peers from the host cache while short of the neighbour target.
+    fn keep_mesh(&mut self, now: Instant) {
+        let have = self.stats.neighbours as usize + self.dialing.len();
+        if have >= self.config.neighbour_target {
+            return;
+        }
+        let connected: HashSet<SocketAddr> = self
+            .conns
+            .values()
+            .filter_map(|c| match c.state {
+                PeerState::SuperPeer { listen, .. } => listen,
+                _ if c.dialed => Some(c.remote),
+                _ => None,
+            })
+            .collect();
+        let own = self.listen;
+        let skip =
+            |a: &SocketAddr| connected.contains(a) || self.dialing.contains(a) || Some(*a) == own;
+        // A few at a time: the rest follow on the next ticks.
+        let want = (self.config.neighbour_target - have).min(4);
+        for addr in self.hosts.candidates(now, want, &skip) {
+            self.dialing.insert(addr);
+            self.events.push_back(Event::Dial(addr));
+        }
+    }
+
+    /// Asks the most capable leaf to become a super-peer when our slots run out and no known
+    /// super-peer has room.
+    fn consider_promotion(&mut self, now: Instant) {
+        let slots = self.config.leaf_slots as f32;
+        if (self.stats.leaves as f32) < (slots * self.config.promote_at).ceil() {
+            return;
+        }
+        if self
+            .last_promote
+            .is_some_and(|t| now < t + self.config.promote_cooldown)
+        {
+            return;
+        }
+        let fresh = self.config.hosts_interval * 3;
+        let room_elsewhere = self.hosts.iter().any(|h| {
+            Some(h.addr) != self.listen
+                && h.failures == 0
+                && h.load.free() > 0
+                && now.saturating_duration_since(h.heard) <= fresh
+        });
+        if room_elsewhere {
+            return;
+        }
+        let best = self
+            .conns
+            .iter()
+            .filter_map(|(&id, c)| match &c.state {
+                PeerState::Leaf {
+                    capability,
+                    reachable: Some(true),
+                    joined,
+                    ..
+                } if capability.can_promote
+                    && !c.closing
+                    && Duration::from_secs(capability.uptime_s)
+                        .max(now.saturating_duration_since(*joined))
+                        >= self.config.min_leaf_uptime =>
+                {
+                    Some((capability.score(), id))
+                }
+                _ => None,
+            })
+            .max();
+        if let Some((_, conn)) = best {
+            log::info!("leaf slots running out: asking leaf {conn} to become a super-peer");
+            self.last_promote = Some(now);
+            self.send(conn, Message::Promote);
+        }
+    }
+
+    /// Becomes a leaf when we serve few leaves, our neighbours have room for them, and leaving
+    /// does not cut a neighbour off the mesh.
+    fn consider_demotion(&mut self, now: Instant) {
+        if !self.config.can_demote || !self.clock.may_change(now) {
+            return;
+        }
+        let slots = self.config.leaf_slots as f32;
+        if self.stats.leaves as f32 > (slots * self.config.demote_at).floor() {
+            return;
+        }
+        let neighbours: Vec<Load> = self
+            .conns
+            .values()
+            .filter_map(|c| match c.state {
+                PeerState::SuperPeer {
+                    listen: Some(l), ..
+                } if !c.closing => Some(self.hosts.get(&l).map(|h| h.load).unwrap_or_default()),
+                _ => None,
+            })
+            .collect();
+        let room: u64 = neighbours.iter().map(|l| l.free() as u64).sum();
+        let safe = !neighbours.is_empty() && neighbours.iter().all(|l| l.neighbours >= 2);
+        if !safe || room < self.stats.leaves * 2 {
+            return;
+        }
+        self.demoting = true;
+        let reason = format!(
+            "{} of {} leaf slots used while neighbours have {room} free",
+            self.stats.leaves, self.config.leaf_slots
+        );
+        log::info!("demoting to leaf: {reason}");
+        let ids: Vec<ConnId> = self.conns.keys().copied().collect();
+        for id in ids {
+            let is_leaf = matches!(self.conns[&id].state, PeerState::Leaf { .. });
+            if is_leaf {
+                self.redirect(now, id, RedirectReason::Demoting);
+            } else {
+                self.close(id, "becoming a leaf".into(), true);
+            }
+        }
+        self.clock.changed(now, NodeRole::Leaf);
+        self.events.push_back(Event::Demote { reason });
     }
 
     fn on_query(&mut self, now: Instant, from: ConnId, mut query: Query) {

@@ -6,10 +6,9 @@ use std::time::{Duration, Instant};
 
 use wire::{
     FileId, FileRecord, Filter, Hello, Message, NodeId, Query, QueryId, Role, Search, Tags, Terms,
-    PROTOCOL_VERSION,
 };
 
-use crate::{Config, ConnId, Event, SuperPeer};
+use crate::{Config, ConnId, Event, NodeRole, RoleClock, RoleConfig, SuperPeer};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 enum End {
@@ -51,7 +50,17 @@ impl Net {
         Net {
             now: Instant::now(),
             sps: (0..n)
-                .map(|i| SuperPeer::new(NodeId([i as u8 + 1; 32]), None, Config::default()))
+                .map(|i| {
+                    let now = Instant::now();
+                    let clock = RoleClock::new(now, NodeRole::SuperPeer, RoleConfig::default());
+                    SuperPeer::new(
+                        now,
+                        NodeId([i as u8 + 1; 32]),
+                        None,
+                        Config::default(),
+                        clock,
+                    )
+                })
                 .collect(),
             indexes: vec![Vec::new(); n],
             links: HashMap::new(),
@@ -72,8 +81,8 @@ impl Net {
         self.links.insert(End::Sp(a, ca), End::Sp(b, cb));
         self.links.insert(End::Sp(b, cb), End::Sp(a, ca));
         let addr = "127.0.0.1:1".parse().unwrap();
-        self.sps[a].handle_connect(self.now, ca, addr);
-        self.sps[b].handle_connect(self.now, cb, addr);
+        self.sps[a].handle_connect(self.now, ca, addr, true);
+        self.sps[b].handle_connect(self.now, cb, addr, false);
         self.run();
     }
 
@@ -84,14 +93,13 @@ impl Net {
         let c = self.conn();
         self.links.insert(End::Sp(sp, c), End::Leaf(leaf));
         self.links.insert(End::Leaf(leaf), End::Sp(sp, c));
-        self.sps[sp].handle_connect(self.now, c, "127.0.0.1:2".parse().unwrap());
-        let hello = Hello {
-            version: PROTOCOL_VERSION,
-            node: NodeId([100 + leaf as u8; 32]),
-            role: Role::Leaf,
-            listen: Some("0.0.0.0:9000".parse().unwrap()),
-            agent: "test".into(),
-        };
+        self.sps[sp].handle_connect(self.now, c, "127.0.0.1:2".parse().unwrap(), false);
+        let hello = Hello::new(
+            NodeId([100 + leaf as u8; 32]),
+            Role::Leaf,
+            Some("0.0.0.0:9000".parse().unwrap()),
+            "test",
+        );
         self.queue
             .push_back((End::Sp(sp, c), Message::Hello(hello)));
         self.queue
@@ -277,7 +285,7 @@ fn messages_before_hello_close_the_connection_with_a_reason() {
     let c = net.conn();
     net.inbox.push(Vec::new());
     net.links.insert(End::Sp(0, c), End::Leaf(0));
-    net.sps[0].handle_connect(net.now, c, "127.0.0.1:3".parse().unwrap());
+    net.sps[0].handle_connect(net.now, c, "127.0.0.1:3".parse().unwrap(), false);
     net.queue
         .push_back((End::Sp(0, c), Message::Register { files: vec![] }));
     net.run();

@@ -27,8 +27,9 @@ pub use content::{chunk_size_for, ChunkError, Manifest, ManifestBuilder, Manifes
 pub use frame::{decode, encode, DecodeError, MAX_BODY, MAX_PAYLOAD};
 pub use ids::{FileId, NodeId, ParseIdError, QueryId};
 pub use message::{
-    ChunkMsg, FileRecord, Filter, Hello, Hit, ManifestMsg, Message, Query, QueryHits, Role, Search,
-    Source, Tags, Terms, TransferErrorKind, DEFAULT_TTL, MAX_TTL, PROTOCOL_VERSION,
+    Capability, ChunkMsg, FileRecord, Filter, Hello, Hit, HostEntry, Load, ManifestMsg, Message,
+    Query, QueryHits, RedirectReason, Role, Search, Source, Tags, Terms, TransferErrorKind,
+    DEFAULT_TTL, MAX_TTL, PROTOCOL_VERSION,
 };
 
 #[cfg(test)]
@@ -113,9 +114,42 @@ mod tests {
                         node: NodeId(node),
                         role,
                         listen,
-                        agent
+                        agent,
+                        load: Some(Load {
+                            leaves: version as u32,
+                            leaf_slots: 30,
+                            neighbours: 3
+                        }),
+                        capability: None,
                     }
                 )),
+            (
+                prop::collection::vec((arb_addr(), any::<u32>(), any::<u32>(), any::<u32>()), 0..5),
+                any::<bool>()
+            )
+                .prop_map(|(hosts, full)| {
+                    let hosts: Vec<HostEntry> = hosts
+                        .into_iter()
+                        .map(|(addr, leaves, age_s, n)| HostEntry {
+                            addr,
+                            load: Load {
+                                leaves,
+                                leaf_slots: n,
+                                neighbours: n / 7,
+                            },
+                            age_s,
+                        })
+                        .collect();
+                    if full {
+                        Message::Redirect {
+                            reason: RedirectReason::Full,
+                            hosts,
+                        }
+                    } else {
+                        Message::Hosts { hosts }
+                    }
+                }),
+            Just(Message::Promote),
             prop::collection::vec(arb_record(), 0..5).prop_map(|files| Message::Register { files }),
             prop::collection::vec(arb_bytes::<32>(), 0..5).prop_map(|ids| Message::Withdraw {
                 ids: ids.into_iter().map(FileId).collect()

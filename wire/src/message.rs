@@ -31,6 +31,69 @@ pub enum Role {
     Transfer,
 }
 
+/// A super-peer's load, as it announces it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Load {
+    /// Leaves attached now.
+    pub leaves: u32,
+    /// Leaves it accepts at most.
+    pub leaf_slots: u32,
+    /// Neighbouring super-peers connected now.
+    pub neighbours: u32,
+}
+
+impl Load {
+    /// Leaf slots still free.
+    pub fn free(&self) -> u32 {
+        self.leaf_slots.saturating_sub(self.leaves)
+    }
+}
+
+/// What a leaf brings if it were asked to become a super-peer.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Capability {
+    /// Whether it may be promoted at all (`--no-promote` says no).
+    pub can_promote: bool,
+    /// Seconds it has been running.
+    pub uptime_s: u64,
+    /// Upload bandwidth in bytes per second (measured or configured).
+    pub upload_bps: u64,
+    /// File descriptors it could still open.
+    pub free_fds: u64,
+    /// Free memory in MiB.
+    pub free_mem_mb: u64,
+}
+
+impl Capability {
+    /// A single figure to rank leaves by: uptime first, then bandwidth and resources.
+    pub fn score(&self) -> u64 {
+        let uptime = self.uptime_s.min(24 * 3600);
+        let bandwidth = (self.upload_bps / 125_000).min(1000); // Mbit/s
+        let resources = (self.free_fds / 100).min(100) + (self.free_mem_mb / 100).min(100);
+        uptime * 4 + bandwidth * 60 + resources * 10
+    }
+}
+
+/// A super-peer somebody knows of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostEntry {
+    /// Where it accepts connections.
+    pub addr: SocketAddr,
+    /// Its load when last heard of.
+    pub load: Load,
+    /// Seconds since it was last heard of.
+    pub age_s: u32,
+}
+
+/// Why a super-peer sends a leaf elsewhere.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RedirectReason {
+    /// Its leaf slots are all taken.
+    Full,
+    /// It is becoming a leaf and hands its leaves over.
+    Demoting,
+}
+
 /// The first message on every connection, in both directions.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Hello {
@@ -45,6 +108,27 @@ pub struct Hello {
     pub listen: Option<SocketAddr>,
     /// Free text naming the software, for logs.
     pub agent: String,
+    /// A super-peer's load.
+    #[serde(default)]
+    pub load: Option<Load>,
+    /// A leaf's capability, should it be asked to become a super-peer.
+    #[serde(default)]
+    pub capability: Option<Capability>,
+}
+
+impl Hello {
+    /// A Hello of this protocol version, with no load or capability.
+    pub fn new(node: NodeId, role: Role, listen: Option<SocketAddr>, agent: &str) -> Self {
+        Hello {
+            version: PROTOCOL_VERSION,
+            node,
+            role,
+            listen,
+            agent: agent.to_string(),
+            load: None,
+            capability: None,
+        }
+    }
 }
 
 /// Tags read from a file (audio files mostly); every field is optional.
@@ -244,6 +328,21 @@ pub enum Message {
         /// The ping's nonce.
         nonce: u64,
     },
+    /// Super-peers the sender knows, with their load (exchanged between super-peers and given to
+    /// leaves, which keep them in their host caches).
+    Hosts {
+        /// The super-peers, the sender itself first when it is one.
+        hosts: Vec<HostEntry>,
+    },
+    /// A super-peer will not keep this leaf: try these instead. The connection closes after.
+    Redirect {
+        /// Why.
+        reason: RedirectReason,
+        /// Super-peers to try.
+        hosts: Vec<HostEntry>,
+    },
+    /// A super-peer asks this leaf to become a super-peer (its slots are running out).
+    Promote,
     /// The sender is closing the connection, and why.
     Goodbye {
         /// Human-readable reason.
@@ -307,6 +406,9 @@ impl Message {
             Message::Ping { .. } => "Ping",
             Message::Pong { .. } => "Pong",
             Message::Goodbye { .. } => "Goodbye",
+            Message::Hosts { .. } => "Hosts",
+            Message::Redirect { .. } => "Redirect",
+            Message::Promote => "Promote",
             Message::GetManifest { .. } => "GetManifest",
             Message::Manifest(_) => "Manifest",
             Message::GetChunk { .. } => "GetChunk",

@@ -1,0 +1,441 @@
+//! The node's place in the overlay: the driver of [`topology::LeafOverlay`], and of the
+//! super-peer role when the node is promoted.
+//!
+//! As a leaf, the machine decides which super-peers to dial; this driver connects, runs a reader
+//! and a writer task per link, routes query hits straight to the searches waiting for them, and
+//! registers the node's shares on every link that comes up. When the machine says `Promote`,
+//! the node starts a [`superpeer::SuperPeerNode`] in-process (listening where others configured
+//! like this node look for one) and keeps a single leaf link to it, so its own files stay
+//! searchable. When that super-peer demotes itself, the node becomes a plain leaf again with the
+//! role history and host cache the super-peer hands back.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use smol::channel::{self, Sender};
+use smol::net::TcpStream;
+use superpeer::net::{connect, write_message_within, FrameReader};
+use superpeer::server::{load_hosts, save_hosts, HOSTS_FILE};
+use superpeer::{Demoted, SuperPeerNode};
+use topology::{ConnId, LeafConfig, LeafEvent, LeafOverlay, NodeRole, RoleClock, RoleConfig};
+use wire::{Capability, FileRecord, Message};
+
+use crate::control::SuperPeerStatus;
+use crate::node::{register_batches, Inner, Link, Node};
+
+/// How the node behaves in the overlay.
+#[derive(Debug, Clone)]
+pub(crate) struct Settings {
+    pub(crate) leaf: LeafConfig,
+    pub(crate) superpeer: topology::Config,
+    pub(crate) role: RoleConfig,
+    pub(crate) superpeer_listen: Option<SocketAddr>,
+}
+
+enum Input {
+    Connected(ConnId, SocketAddr, TcpStream),
+    DialFailed(SocketAddr),
+    Message(ConnId, Message),
+    Closed(ConnId),
+}
+
+enum Wake {
+    Input(Input),
+    Demoted(Demoted),
+    Timer,
+}
+
+/// How often the capability and the status figures are refreshed, and the host cache saved.
+const REFRESH: Duration = Duration::from_secs(2);
+const SAVE_HOSTS: Duration = Duration::from_secs(30);
+/// Recent events kept for status.
+const EVENTS_KEPT: usize = 50;
+
+/// Runs the node's overlay role until the node shuts down.
+pub(crate) async fn run(node: Node, settings: Settings) {
+    let inner = node.inner().clone();
+    let (tx, rx) = channel::unbounded::<Input>();
+    let hosts_path = inner.data_dir.join(HOSTS_FILE);
+    let now = Instant::now();
+    let clock = RoleClock::new(now, NodeRole::Leaf, settings.role);
+    let mut leaf = LeafOverlay::new(
+        now,
+        inner.node_id,
+        inner.listen,
+        settings.leaf.clone(),
+        clock,
+    );
+    leaf.add_seeds(now, &inner.seeds);
+    leaf.import_hosts(now, &load_hosts(&hosts_path));
+    set_role(&inner, "leaf", "looking for super-peers");
+    let mut writers: HashMap<ConnId, Sender<Message>> = HashMap::new();
+    let mut next_conn: ConnId = 1;
+    let mut sp: Option<SuperPeerNode> = None;
+    let mut next_refresh = now;
+    let mut next_save = now + SAVE_HOSTS;
+    let mut last_upload = (now, 0u64);
+    let mut upload_bps = 0u64;
+    loop {
+        let deadline = leaf
+            .poll_timeout()
+            .unwrap_or(next_refresh)
+            .min(next_refresh);
+        let wake = smol::future::or(
+            async { rx.recv().await.map(Wake::Input).unwrap_or(Wake::Timer) },
+            smol::future::or(
+                async {
+                    match &sp {
+                        Some(s) => Wake::Demoted(s.demoted().await),
+                        None => smol::future::pending().await,
+                    }
+                },
+                async {
+                    smol::Timer::at(deadline).await;
+                    Wake::Timer
+                },
+            ),
+        )
+        .await;
+        let now = Instant::now();
+        match wake {
+            Wake::Input(Input::Connected(conn, addr, stream)) => {
+                writers.insert(conn, start_link(&inner, conn, stream, tx.clone()));
+                leaf.handle_connect(now, conn, addr);
+            }
+            Wake::Input(Input::DialFailed(addr)) => leaf.handle_dial_failed(now, addr),
+            Wake::Input(Input::Message(conn, msg)) => leaf.handle_message(now, conn, msg),
+            Wake::Input(Input::Closed(conn)) => {
+                writers.remove(&conn);
+                inner.links.lock().unwrap().remove(&conn);
+                leaf.handle_disconnect(now, conn);
+            }
+            Wake::Demoted(d) => {
+                // The super-peer closed its connections and stopped: a leaf again.
+                note(&inner, format!("became a leaf again: {}", d.reason));
+                sp = None;
+                writers.clear();
+                inner.links.lock().unwrap().clear();
+                let mut fresh = LeafOverlay::new(
+                    now,
+                    inner.node_id,
+                    inner.listen,
+                    settings.leaf.clone(),
+                    d.clock,
+                );
+                fresh.add_seeds(now, &inner.seeds);
+                fresh.import_hosts(now, &d.hosts);
+                leaf = fresh;
+                set_role(&inner, "leaf", &format!("demoted: {}", d.reason));
+            }
+            Wake::Timer => {}
+        }
+        leaf.handle_timeout(now);
+        if now >= next_refresh {
+            next_refresh = now + REFRESH;
+            // Measured upload rate (the best of recent windows), or the configured cap.
+            let sent = inner.uploaded_bytes.load(Ordering::Relaxed);
+            let secs = now.duration_since(last_upload.0).as_secs_f64().max(0.001);
+            upload_bps = upload_bps.max(((sent - last_upload.1) as f64 / secs) as u64);
+            last_upload = (now, sent);
+            leaf.set_capability(capability(&inner, upload_bps));
+            refresh_status(&inner, &leaf, sp.as_ref(), settings.superpeer.leaf_slots).await;
+        }
+        if sp.is_none() && now >= next_save {
+            next_save = now + SAVE_HOSTS;
+            save_hosts(&hosts_path, leaf.hosts(), now);
+        }
+        // The drain rule.
+        loop {
+            let mut progressed = false;
+            while let Some(t) = leaf.poll_transmit() {
+                progressed = true;
+                if let Some(w) = writers.get(&t.to) {
+                    let _ = w.try_send(t.msg);
+                }
+            }
+            while let Some(event) = leaf.poll_event() {
+                progressed = true;
+                match event {
+                    LeafEvent::Dial(addr) => {
+                        let conn = next_conn;
+                        next_conn += 1;
+                        let tx = tx.clone();
+                        smol::spawn(async move {
+                            let input = match connect(addr, Duration::from_secs(3)).await {
+                                Ok(stream) => Input::Connected(conn, addr, stream),
+                                Err(e) => {
+                                    log::debug!("cannot reach super-peer {addr}: {e}");
+                                    Input::DialFailed(addr)
+                                }
+                            };
+                            let _ = tx.send(input).await;
+                        })
+                        .detach();
+                    }
+                    LeafEvent::Attached { conn, addr, node } => {
+                        if let Some(out) = writers.get(&conn) {
+                            attach(
+                                &inner,
+                                conn,
+                                Link {
+                                    addr,
+                                    out: out.clone(),
+                                    superpeer: node,
+                                },
+                            );
+                        }
+                    }
+                    LeafEvent::Detached { conn, addr } => {
+                        inner.links.lock().unwrap().remove(&conn);
+                        note(&inner, format!("lost super-peer {addr}"));
+                    }
+                    LeafEvent::Close { conn, reason } => {
+                        log::debug!("closing link {conn}: {reason}");
+                        inner.links.lock().unwrap().remove(&conn);
+                        writers.remove(&conn);
+                    }
+                    LeafEvent::Promote { reason } => {
+                        let placeholder = LeafOverlay::new(
+                            now,
+                            inner.node_id,
+                            inner.listen,
+                            LeafConfig {
+                                can_promote: false,
+                                ..settings.leaf.clone()
+                            },
+                            RoleClock::new(now, NodeRole::Leaf, settings.role),
+                        );
+                        let old = std::mem::replace(&mut leaf, placeholder);
+                        match promote(&inner, &settings, old, &reason).await {
+                            Ok((node, local)) => {
+                                sp = Some(node);
+                                leaf = local;
+                                writers.clear();
+                                inner.links.lock().unwrap().clear();
+                            }
+                            Err(back) => leaf = back,
+                        }
+                    }
+                }
+            }
+            if !progressed {
+                break;
+            }
+        }
+    }
+}
+
+/// Starts the super-peer role in-process; returns it and the leaf machine for the node's own
+/// link to it. On failure, the old leaf machine comes back.
+async fn promote(
+    inner: &Arc<Inner>,
+    settings: &Settings,
+    leaf: LeafOverlay,
+    reason: &str,
+) -> Result<(SuperPeerNode, LeafOverlay), LeafOverlay> {
+    let now = Instant::now();
+    let hosts = leaf.hosts().export(now);
+    let clock = leaf.clock().clone();
+    let preferred = settings.superpeer_listen.unwrap_or_else(|| {
+        let port = inner
+            .seeds
+            .first()
+            .map_or(superpeer::DEFAULT_PORT, |s| s.port());
+        SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port)
+    });
+    let mut started = None;
+    for listen in [preferred, SocketAddr::new(preferred.ip(), 0)] {
+        let config = superpeer::Config {
+            overlay: settings.superpeer.clone(),
+            data_dir: Some(inner.data_dir.clone()),
+            clock: Some(clock.clone()),
+            hosts: hosts.clone(),
+            ..superpeer::Config::new(inner.node_id, listen)
+        };
+        match SuperPeerNode::start(config).await {
+            Ok(node) => {
+                started = Some(node);
+                break;
+            }
+            Err(e) => log::warn!("cannot start the super-peer role: {e}"),
+        }
+    }
+    let Some(node) = started else {
+        return Err(leaf);
+    };
+    let addr = node.listen_addr();
+    let local_addr = if addr.ip().is_unspecified() {
+        SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), addr.port())
+    } else {
+        addr
+    };
+    note(inner, format!("became a super-peer on {addr}: {reason}"));
+    set_role(inner, "super-peer", reason);
+    // The node's own files go into its own index through an ordinary leaf link.
+    let mut local = LeafOverlay::new(
+        now,
+        inner.node_id,
+        inner.listen,
+        LeafConfig {
+            target: 1,
+            can_promote: false,
+            ..settings.leaf.clone()
+        },
+        RoleClock::new(now, NodeRole::Leaf, settings.role),
+    );
+    local.add_seeds(now, &[local_addr]);
+    Ok((node, local))
+}
+
+/// Starts a link's writer and reader tasks; returns the writer's channel.
+fn start_link(
+    inner: &Arc<Inner>,
+    conn: ConnId,
+    stream: TcpStream,
+    inputs: Sender<Input>,
+) -> Sender<Message> {
+    let _ = stream.set_nodelay(true);
+    let (out, rx) = channel::unbounded::<Message>();
+    let mut writer = stream.clone();
+    smol::spawn(async move {
+        let mut scratch = Vec::new();
+        while let Ok(msg) = rx.recv().await {
+            let limit = Duration::from_secs(30);
+            if write_message_within(&mut writer, &msg, &mut scratch, limit)
+                .await
+                .is_err()
+            {
+                break;
+            }
+        }
+        let _ = writer.shutdown(std::net::Shutdown::Both);
+    })
+    .detach();
+    let inner = inner.clone();
+    smol::spawn(async move {
+        let mut reader = FrameReader::new(stream);
+        loop {
+            match reader.read_message().await {
+                Ok(Some(Message::QueryHits(h))) => {
+                    let target = inner.searches.lock().unwrap().get(&h.query).cloned();
+                    if let Some(t) = target {
+                        let _ = t.try_send(h.hits);
+                    }
+                }
+                Ok(Some(msg)) => {
+                    if inputs.send(Input::Message(conn, msg)).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    log::debug!("link {conn}: {e}");
+                    break;
+                }
+            }
+        }
+        let _ = inputs.send(Input::Closed(conn)).await;
+    })
+    .detach();
+    out
+}
+
+/// A link is up: publish it and register every shared file on it, under the announce lock so
+/// a later announcement cannot overtake the registration.
+fn attach(inner: &Arc<Inner>, conn: ConnId, link: Link) {
+    note(inner, format!("attached to super-peer {}", link.addr));
+    let _order = inner.announce_lock.lock().unwrap();
+    if inner.listen.is_some() {
+        let records: Vec<FileRecord> = inner
+            .shares
+            .read()
+            .unwrap()
+            .files()
+            .map(|f| f.record.clone())
+            .collect();
+        for files in register_batches(&records) {
+            let _ = link.out.try_send(Message::Register { files });
+        }
+    }
+    inner.links.lock().unwrap().insert(conn, link);
+}
+
+/// What this node offers as a super-peer: uptime, upload rate, free descriptors and memory.
+fn capability(inner: &Inner, upload_bps: u64) -> Capability {
+    let cap = inner.upload_cap.bytes_per_sec().unwrap_or(0);
+    Capability {
+        can_promote: true,
+        uptime_s: inner.started.elapsed().as_secs(),
+        upload_bps: if cap > 0 { cap } else { upload_bps },
+        free_fds: free_fds().unwrap_or(0),
+        free_mem_mb: free_mem_mb().unwrap_or(0),
+    }
+}
+
+fn free_fds() -> Option<u64> {
+    let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile).current?;
+    let open = std::fs::read_dir("/proc/self/fd").ok()?.count() as u64;
+    Some(limit.saturating_sub(open))
+}
+
+fn free_mem_mb() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024)
+}
+
+async fn refresh_status(
+    inner: &Arc<Inner>,
+    leaf: &LeafOverlay,
+    sp: Option<&SuperPeerNode>,
+    leaf_slots: u32,
+) {
+    let superpeer = match sp {
+        Some(node) => {
+            let s = node.status().await;
+            Some((
+                SuperPeerStatus {
+                    listen: s.listen,
+                    leaves: s.stats.leaves,
+                    leaf_slots,
+                    neighbours: s.stats.neighbours,
+                    records: s.records,
+                    queries: s.stats.queries_processed,
+                },
+                s.hosts,
+            ))
+        }
+        None => None,
+    };
+    let mut role = inner.role.lock().unwrap();
+    match superpeer {
+        Some((status, hosts)) => {
+            role.hosts = hosts;
+            role.superpeer = Some(status);
+        }
+        None => {
+            role.hosts = leaf.hosts().len();
+            role.superpeer = None;
+        }
+    }
+}
+
+fn set_role(inner: &Inner, role: &str, why: &str) {
+    let mut r = inner.role.lock().unwrap();
+    r.role = role.into();
+    r.why = why.into();
+}
+
+/// Logs an overlay event and keeps it for status.
+pub(crate) fn note(inner: &Inner, event: String) {
+    log::info!("{event}");
+    let mut events = inner.events.lock().unwrap();
+    events.push_back(event);
+    while events.len() > EVENTS_KEPT {
+        events.pop_front();
+    }
+}

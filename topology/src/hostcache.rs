@@ -1,0 +1,322 @@
+//! The host cache: super-peers a node knows of, with their load, how fresh the news is, and how
+//! often they failed to answer. Time is passed in.
+//!
+//! Entries come from configured bootstrap addresses (seeds, never evicted for age), from
+//! `Hosts` messages, and from direct contact. A failed dial backs the entry off (1 s, doubling,
+//! up to 5 min) and after [`MAX_FAILURES`] in a row drops it (seeds excepted). When full, the
+//! stalest non-seed entry goes. The driver saves [`HostCache::export`] on disk so a restart needs
+//! no bootstrap address.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use wire::{HostEntry, Load};
+
+/// Consecutive failures after which a (non-seed) entry is forgotten.
+pub const MAX_FAILURES: u32 = 6;
+
+/// One known super-peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Host {
+    /// Where it accepts connections.
+    pub addr: SocketAddr,
+    /// Its load when last heard of.
+    pub load: Load,
+    /// When it was last heard of (directly or through others).
+    pub heard: Instant,
+    /// Failed dials in a row.
+    pub failures: u32,
+    /// Not to be dialled before this time.
+    pub retry_at: Instant,
+    /// A configured bootstrap address: kept whatever happens.
+    pub seed: bool,
+}
+
+/// Known super-peers; see the module docs.
+#[derive(Debug, Clone)]
+pub struct HostCache {
+    hosts: HashMap<SocketAddr, Host>,
+    capacity: usize,
+}
+
+impl HostCache {
+    /// An empty cache of at most `capacity` entries.
+    pub fn new(capacity: usize) -> Self {
+        HostCache {
+            hosts: HashMap::new(),
+            capacity: capacity.max(1),
+        }
+    }
+
+    /// Adds a bootstrap address (kept even when it fails).
+    pub fn add_seed(&mut self, now: Instant, addr: SocketAddr) {
+        let h = self.hosts.entry(addr).or_insert_with(|| Host {
+            addr,
+            load: Load::default(),
+            heard: now,
+            failures: 0,
+            retry_at: now,
+            seed: true,
+        });
+        h.seed = true;
+    }
+
+    /// News of a super-peer from someone else; fresher news replaces older.
+    pub fn add(&mut self, now: Instant, entry: HostEntry) {
+        let heard = now
+            .checked_sub(Duration::from_secs(entry.age_s as u64))
+            .unwrap_or(now);
+        match self.hosts.get_mut(&entry.addr) {
+            Some(h) => {
+                if heard >= h.heard {
+                    h.heard = heard;
+                    h.load = entry.load;
+                }
+            }
+            None => {
+                self.hosts.insert(
+                    entry.addr,
+                    Host {
+                        addr: entry.addr,
+                        load: entry.load,
+                        heard,
+                        failures: 0,
+                        retry_at: now,
+                        seed: false,
+                    },
+                );
+                self.evict();
+            }
+        }
+    }
+
+    /// We talked to it: its load now, and no failures.
+    pub fn heard_from(&mut self, now: Instant, addr: SocketAddr, load: Load) {
+        let h = self.hosts.entry(addr).or_insert_with(|| Host {
+            addr,
+            load,
+            heard: now,
+            failures: 0,
+            retry_at: now,
+            seed: false,
+        });
+        h.load = load;
+        h.heard = now;
+        h.failures = 0;
+        h.retry_at = now;
+        self.evict();
+    }
+
+    /// A dial failed (or it refused us): back off, and forget it after repeated failures.
+    pub fn failed(&mut self, now: Instant, addr: SocketAddr) {
+        let Some(h) = self.hosts.get_mut(&addr) else {
+            return;
+        };
+        h.failures += 1;
+        let backoff = Duration::from_secs(1) * 2u32.saturating_pow(h.failures - 1);
+        h.retry_at = now + backoff.min(Duration::from_secs(300));
+        if h.failures >= MAX_FAILURES && !h.seed {
+            self.hosts.remove(&addr);
+        }
+    }
+
+    /// It said it is full: try it again only after `wait`.
+    pub fn full(&mut self, now: Instant, addr: SocketAddr, wait: Duration) {
+        if let Some(h) = self.hosts.get_mut(&addr) {
+            h.load.leaves = h.load.leaf_slots;
+            h.retry_at = now + wait;
+        }
+    }
+
+    /// Forgets an entry (a node that is no longer a super-peer). Seeds stay.
+    pub fn remove(&mut self, addr: &SocketAddr) {
+        if self.hosts.get(addr).is_some_and(|h| !h.seed) {
+            self.hosts.remove(addr);
+        }
+    }
+
+    /// Up to `n` addresses to dial now, best first: free slots first, then fewest failures,
+    /// then freshest news, then most free slots. `skip` excludes addresses already in use.
+    pub fn candidates(
+        &self,
+        now: Instant,
+        n: usize,
+        skip: &dyn Fn(&SocketAddr) -> bool,
+    ) -> Vec<SocketAddr> {
+        let mut ready: Vec<&Host> = self
+            .hosts
+            .values()
+            .filter(|h| h.retry_at <= now && !skip(&h.addr))
+            .collect();
+        ready.sort_by_key(|h| {
+            let unknown = h.load.leaf_slots == 0; // a seed never heard from: worth a try
+            let has_room = unknown || h.load.free() > 0;
+            (
+                std::cmp::Reverse(has_room),
+                h.failures,
+                std::cmp::Reverse(h.heard),
+                std::cmp::Reverse(h.load.free()),
+                h.addr,
+            )
+        });
+        ready.into_iter().take(n).map(|h| h.addr).collect()
+    }
+
+    /// Entries to tell others about: the freshest `limit`, with their age.
+    pub fn entries(&self, now: Instant, limit: usize) -> Vec<HostEntry> {
+        let mut all: Vec<&Host> = self
+            .hosts
+            .values()
+            .filter(|h| h.failures == 0 && h.load.leaf_slots > 0)
+            .collect();
+        all.sort_by_key(|h| (std::cmp::Reverse(h.heard), h.addr));
+        all.into_iter()
+            .take(limit)
+            .map(|h| HostEntry {
+                addr: h.addr,
+                load: h.load,
+                age_s: now
+                    .saturating_duration_since(h.heard)
+                    .as_secs()
+                    .min(u32::MAX as u64) as u32,
+            })
+            .collect()
+    }
+
+    /// Every entry, for saving (seeds included; ages relative to `now`).
+    pub fn export(&self, now: Instant) -> Vec<HostEntry> {
+        let mut all: Vec<HostEntry> = self
+            .hosts
+            .values()
+            .map(|h| HostEntry {
+                addr: h.addr,
+                load: h.load,
+                age_s: now
+                    .saturating_duration_since(h.heard)
+                    .as_secs()
+                    .min(u32::MAX as u64) as u32,
+            })
+            .collect();
+        all.sort_by_key(|e| (e.age_s, e.addr));
+        all
+    }
+
+    /// The entry for `addr`.
+    pub fn get(&self, addr: &SocketAddr) -> Option<&Host> {
+        self.hosts.get(addr)
+    }
+
+    /// Every entry.
+    pub fn iter(&self) -> impl Iterator<Item = &Host> {
+        self.hosts.values()
+    }
+
+    /// Entries held.
+    pub fn len(&self) -> usize {
+        self.hosts.len()
+    }
+
+    /// True when empty.
+    pub fn is_empty(&self) -> bool {
+        self.hosts.is_empty()
+    }
+
+    fn evict(&mut self) {
+        while self.hosts.len() > self.capacity {
+            let stalest = self
+                .hosts
+                .values()
+                .filter(|h| !h.seed)
+                .min_by_key(|h| (std::cmp::Reverse(h.failures), h.heard, h.addr))
+                .map(|h| h.addr);
+            match stalest {
+                Some(addr) => {
+                    self.hosts.remove(&addr);
+                }
+                None => return,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(n: u16) -> SocketAddr {
+        SocketAddr::from(([10, 0, 0, 1], n))
+    }
+
+    fn entry(n: u16, leaves: u32, age_s: u32) -> HostEntry {
+        HostEntry {
+            addr: addr(n),
+            load: Load {
+                leaves,
+                leaf_slots: 10,
+                neighbours: 2,
+            },
+            age_s,
+        }
+    }
+
+    #[test]
+    fn candidates_prefer_room_then_reliability_then_freshness() {
+        let t = Instant::now() + Duration::from_secs(1000);
+        let mut c = HostCache::new(10);
+        c.add(t, entry(1, 10, 5)); // full
+        c.add(t, entry(2, 3, 50)); // room, older news
+        c.add(t, entry(3, 3, 5)); // room, fresh
+        c.add(t, entry(4, 1, 1)); // room, fresh, but fails
+        c.failed(t, addr(4));
+        assert_eq!(
+            c.candidates(t, 10, &|_| false),
+            vec![addr(3), addr(2), addr(1)]
+        );
+        // After its back-off the failing one is tried again, after the reliable ones.
+        let later = t + Duration::from_secs(2);
+        assert_eq!(c.candidates(later, 10, &|_| false)[2], addr(4));
+        assert_eq!(c.candidates(later, 1, &|a| *a == addr(3)), vec![addr(2)]);
+    }
+
+    #[test]
+    fn repeated_failures_forget_all_but_seeds() {
+        let t = Instant::now();
+        let mut c = HostCache::new(10);
+        c.add(t, entry(1, 0, 0));
+        c.add_seed(t, addr(2));
+        for _ in 0..MAX_FAILURES {
+            c.failed(t, addr(1));
+            c.failed(t, addr(2));
+        }
+        assert!(c.get(&addr(1)).is_none());
+        assert!(c.get(&addr(2)).is_some());
+    }
+
+    #[test]
+    fn bounded_and_the_stalest_goes_first() {
+        let t = Instant::now() + Duration::from_secs(1000);
+        let mut c = HostCache::new(3);
+        c.add_seed(t, addr(9));
+        for n in 1..=5 {
+            c.add(t, entry(n, 0, 100 - n as u32));
+        }
+        assert_eq!(c.len(), 3);
+        assert!(c.get(&addr(9)).is_some(), "seeds are not evicted");
+        assert!(c.get(&addr(5)).is_some() && c.get(&addr(4)).is_some());
+    }
+
+    #[test]
+    fn fresher_news_wins_and_export_round_trips() {
+        let t = Instant::now() + Duration::from_secs(1000);
+        let mut c = HostCache::new(10);
+        c.add(t, entry(1, 1, 10));
+        c.add(t, entry(1, 7, 30)); // older news: ignored
+        assert_eq!(c.get(&addr(1)).unwrap().load.leaves, 1);
+        let mut d = HostCache::new(10);
+        for e in c.export(t) {
+            d.add(t, e);
+        }
+        assert_eq!(d.get(&addr(1)).unwrap().load.leaves, 1);
+    }
+}
