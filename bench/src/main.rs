@@ -350,17 +350,21 @@ Canopy runs as the release `leaf` and `superpeer` binaries unless said otherwise
    folder again, unchanged (only metadata is read), on a library of small tagged files in
    Artist/Album layout and on the real-size folder.
 4. **Search** (super-peers as processes on 127.0.0.1; the leaves live in the harness and speak
-   the wire protocol, registering the records a leaf would for its MP3s). Super-peers in a ring
-   with chords (diameter 3, the default TTL of 3 reaches all). Every album of the corpus is on at
-   least one leaf and popular albums on many (Zipf). Queries are drawn from the corpus (artist
-   and title words, title, artist or album words) and kept if the whole-corpus index finds
-   something; they are sent one at a time, from a searching leaf at each super-peer in turn.
-   The harness knows how many hits each super-peer returns (it indexes each super-peer's records
-   itself with the `index` crate), so \"last hit\" is exact. The floor is the `index` crate
-   searching the whole corpus in this process, on one thread (as a super-peer answers queries
-   on one thread), 200 hits at most (as a super-peer). Queries/s: one super-peer holding the
-   whole corpus once (20 leaves), four searching leaves keeping eight queries each in flight
-   (TTL 0); the harness shares the machine's cores with it.
+   the wire protocol, registering the records a leaf would for its MP3s). Every album of the
+   corpus is on at least one leaf and popular albums on many (Zipf). Two meshes, one after the
+   other: default settings, each super-peer joining through the first and the overlay left to
+   link them (measured once every super-peer reaches all others in one hop: ten super-peers
+   with a neighbour target of 32 end up fully linked), and `--neighbours 3` in a ring with
+   chords (diameter 3; the default TTL of 3 reaches all), as in a network too large for a full
+   mesh. Queries are drawn from the corpus (artist and title words, title, artist or album
+   words) and kept if the whole-corpus index finds something; they are sent one at a time, from
+   a searching leaf at each super-peer in turn. The harness knows how many hits each
+   super-peer returns (it indexes each super-peer's records itself with the `index` crate), so
+   \"last hit\" is exact. The floor is the `index` crate searching the whole corpus in this
+   process, on one thread (as a super-peer answers queries on one thread), 200 hits at most (as
+   a super-peer). Queries/s: one super-peer holding the whole corpus once (20 leaves), four
+   searching leaves keeping eight queries each in flight (TTL 0); the harness shares the
+   machine's cores with it, so the super-peer's CPU use is shown too.
 5. **Ingest and memory** (a `superpeer` process; leaves in the harness as in case 4, 1,000
    records each cut into Register batches as a leaf does). Ingest runs from the first
    registration sent to the moment every leaf has had an answer to a query for its last record

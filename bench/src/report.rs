@@ -121,7 +121,7 @@ pub fn percentile(ds: &[Duration], p: f64) -> Duration {
 }
 
 fn widths(rows: &[Row]) -> [usize; 7] {
-    let mut w = [4, 4, 6, 9, 5, 6, 7];
+    let mut w = HEADERS.map(|h| h.chars().count());
     for r in rows {
         for (i, cell) in cells(r).iter().enumerate() {
             w[i] = w[i].max(cell.chars().count());

@@ -4,24 +4,27 @@
 //!
 //! The search and ingest cases use them to put hundreds of leaves in front of the super-peers
 //! without hashing hundreds of folders: to a super-peer they are leaves like any other (the
-//! same messages a `leaf` sends). Their listen addresses are never connected to.
+//! same messages a `leaf` sends). A leaf that registers files listens on a port of its own
+//! on 127.0.0.1, where it accepts connections (a super-peer's reachability check) and closes
+//! them: it serves no chunks.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use smol::channel::{self, Receiver, Sender};
+use smol::net::TcpListener;
 use smol::Task;
 use superpeer::net::{connect, write_message, FrameReader};
-use wire::{
-    FileRecord, Hello, Message, NodeId, Query, QueryHits, QueryId, Role, Search, PROTOCOL_VERSION,
-};
+use wire::{FileRecord, Hello, Message, NodeId, Query, QueryHits, QueryId, Role, Search};
 
 /// Register messages are cut at about this many bytes, as a leaf does.
 const REGISTER_BATCH_BYTES: usize = 256 << 10;
 
 /// One connection to a super-peer, as a leaf.
 pub struct WireLeaf {
+    /// Where it claims to serve chunks (a listener that only accepts), if it registers files.
+    pub listen: Option<SocketAddr>,
     out: Sender<Message>,
     /// Hits as they arrive, with their arrival time.
     pub hits: Receiver<(Instant, QueryHits)>,
@@ -29,22 +32,39 @@ pub struct WireLeaf {
 }
 
 impl WireLeaf {
-    /// Connects to `sp` and completes the handshake. `listen` is where it claims to serve
-    /// chunks (required to register files; `None` for a leaf that only searches).
-    pub async fn connect(sp: SocketAddr, listen: Option<SocketAddr>) -> anyhow::Result<WireLeaf> {
+    /// Connects to `sp` and completes the handshake. A `serving` leaf listens (a super-peer
+    /// takes registrations only from a leaf that says where it serves); one that only
+    /// searches does not.
+    pub async fn connect(sp: SocketAddr, serving: bool) -> anyhow::Result<WireLeaf> {
+        let mut tasks = Vec::new();
+        let listen = if serving {
+            let l = TcpListener::bind("127.0.0.1:0")
+                .await
+                .context("listening on 127.0.0.1")?;
+            let addr = l.local_addr().context("reading a listener's address")?;
+            tasks.push(smol::spawn(async move {
+                loop {
+                    if l.accept().await.is_err() {
+                        smol::Timer::after(Duration::from_millis(100)).await;
+                    }
+                }
+            }));
+            Some(addr)
+        } else {
+            None
+        };
         let stream = connect(sp, Duration::from_secs(5))
             .await
             .with_context(|| format!("connecting to super-peer {sp}"))?;
         let mut writer = stream.clone();
         let mut reader = FrameReader::new(stream);
         let mut scratch = Vec::new();
-        let hello = Message::Hello(Hello {
-            version: PROTOCOL_VERSION,
-            node: NodeId(rand::random()),
-            role: Role::Leaf,
+        let hello = Message::Hello(Hello::new(
+            NodeId(rand::random()),
+            Role::Leaf,
             listen,
-            agent: "canopy-bench".into(),
-        });
+            "canopy-bench",
+        ));
         write_message(&mut writer, &hello, &mut scratch)
             .await
             .with_context(|| format!("greeting super-peer {sp}"))?;
@@ -86,10 +106,12 @@ impl WireLeaf {
                 }
             }
         });
+        tasks.extend([writer_task, reader_task]);
         Ok(WireLeaf {
+            listen,
             out,
             hits,
-            _tasks: vec![writer_task, reader_task],
+            _tasks: tasks,
         })
     }
 

@@ -52,16 +52,14 @@ pub fn run(ctx: &Ctx) -> anyhow::Result<Vec<Row>> {
         &ctx.bins,
         None,
         any,
-        &[],
         &scratch.dir("sp")?,
         &logs.join("superpeer.log"),
     )?;
     eprintln!("case {CASE}: {n_leaves} leaves register {total} records");
     let (elapsed, messages, before, after) = smol::block_on(async {
         let mut leaves = Vec::new();
-        for j in 0..n_leaves {
-            let listen = SocketAddr::from(([127, 0, 0, 1], 40_000 + j as u16));
-            leaves.push(WireLeaf::connect(addr, Some(listen)).await?);
+        for _ in 0..n_leaves {
+            leaves.push(WireLeaf::connect(addr, true).await?);
         }
         smol::Timer::after(Duration::from_millis(300)).await;
         let before = memory_of(sp.pid())?;

@@ -60,13 +60,26 @@ pub fn free_port() -> anyhow::Result<u16> {
     Ok(l.local_addr()?.port())
 }
 
-/// Starts `superpeer --listen LISTEN --data-dir DIR [--peer P]...`; returns it and the
-/// address it listens on.
+/// Starts `superpeer --listen LISTEN --data-dir DIR`; returns it and the address it listens
+/// on.
 pub fn superpeer(
     bins: &Bins,
     host: Option<&Host>,
     listen: SocketAddr,
+    dir: &Path,
+    log: &Path,
+) -> anyhow::Result<(Proc, SocketAddr)> {
+    superpeer_with(bins, host, listen, &[], &[], dir, log)
+}
+
+/// Starts `superpeer --listen LISTEN --data-dir DIR [--peer P]... [EXTRA]...`; returns it and
+/// the address it listens on.
+pub fn superpeer_with(
+    bins: &Bins,
+    host: Option<&Host>,
+    listen: SocketAddr,
     peers: &[SocketAddr],
+    extra: &[String],
     dir: &Path,
     log: &Path,
 ) -> anyhow::Result<(Proc, SocketAddr)> {
@@ -78,6 +91,7 @@ pub fn superpeer(
     for p in peers {
         cmd.arg("--peer").arg(p.to_string());
     }
+    cmd.args(extra);
     let mut p = Proc::spawn("superpeer", cmd, log)?;
     let line = p.wait_for("listening on", Duration::from_secs(20))?;
     let addr = line

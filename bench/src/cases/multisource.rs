@@ -46,7 +46,6 @@ pub fn run(ctx: &Ctx) -> anyhow::Result<Vec<Row>> {
         &ctx.bins,
         Some(&tb.superpeer),
         sp_listen,
-        &[],
         &scratch.dir("sp")?,
         &logs.join("superpeer.log"),
     )?;

@@ -39,7 +39,6 @@ pub fn run(ctx: &Ctx) -> anyhow::Result<Vec<Row>> {
         &ctx.bins,
         None,
         any,
-        &[],
         &scratch.dir("sp")?,
         &logs.join("superpeer.log"),
     )?;
