@@ -107,6 +107,7 @@ fn mp3_file(path: &Path, track: &Track, size: u64) -> anyhow::Result<()> {
 /// the files written.
 pub fn real_size_folder(root: &Path, tracks: &[Track], total: u64) -> anyhow::Result<Vec<PathBuf>> {
     let mut files = Vec::new();
+    let mut taken = HashSet::new();
     let mut bytes = 0u64;
     let music_budget = total / 8 * 7;
     for t in tracks {
@@ -116,6 +117,9 @@ pub fn real_size_folder(root: &Path, tracks: &[Track], total: u64) -> anyhow::Re
         let size = (t.duration_s as u64 * 40_000).clamp(1 << 20, 30 << 20);
         let size = size.min(music_budget - bytes).max(64 << 10);
         let path = root.join("Music").join(t.library_path());
+        if !taken.insert(path.clone()) {
+            continue; // two corpus tracks with the same path
+        }
         fs::create_dir_all(path.parent().expect("library paths have folders"))
             .with_context(|| format!("creating the folder of {}", path.display()))?;
         mp3_file(&path, t, size)?;
@@ -134,18 +138,24 @@ pub fn real_size_folder(root: &Path, tracks: &[Track], total: u64) -> anyhow::Re
 }
 
 /// A library of `n` small tagged MP3s in `Artist/Album/NN - Title.mp3` layout (tracks reused
-/// under other folders when `n` exceeds the corpus).
+/// under other folders when `n` exceeds the corpus; tracks whose path is taken are skipped).
 pub fn small_library(root: &Path, tracks: &[Track], n: usize) -> anyhow::Result<Vec<PathBuf>> {
     let mut files = Vec::with_capacity(n);
-    for i in 0..n {
+    let mut taken = HashSet::new();
+    let mut i = 0;
+    while files.len() < n {
         let t = &tracks[i % tracks.len()];
         let copy = i / tracks.len();
+        i += 1;
         let base = if copy == 0 {
             root.to_path_buf()
         } else {
             root.join(format!("copy {copy}"))
         };
         let path = base.join(t.library_path());
+        if !taken.insert(path.clone()) {
+            continue;
+        }
         fs::create_dir_all(path.parent().expect("library paths have folders"))
             .with_context(|| format!("creating the folder of {}", path.display()))?;
         mp3_file(&path, t, 16 << 10)?;

@@ -266,6 +266,17 @@ pub struct Timed {
     pub elapsed: Duration,
     /// Its standard output.
     pub stdout: String,
+    /// The CPU time (user and system) it used.
+    pub cpu: Duration,
+}
+
+/// CPU time used by the children this process has waited for, so far.
+fn children_cpu() -> Duration {
+    // SAFETY: getrusage fills the struct we pass.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut u) };
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(u.ru_utime) + tv(u.ru_stime)
 }
 
 /// Runs `cmd` to completion, timing it from spawn to exit; it is killed after `limit`.
@@ -285,6 +296,9 @@ pub fn run_timed(
     let err =
         File::create(&err_path).with_context(|| format!("creating {}", err_path.display()))?;
     cmd.stdin(Stdio::null()).stdout(out).stderr(err);
+    // Only this thread reaps children, and only this one while it runs: the growth of the
+    // children's CPU time is this command's.
+    let cpu_before = children_cpu();
     let started = Instant::now();
     let mut child = cmd
         .spawn()
@@ -301,6 +315,7 @@ pub fn run_timed(
     });
     let status = child.wait();
     let elapsed = started.elapsed();
+    let cpu = children_cpu().saturating_sub(cpu_before);
     let _ = done_tx.send(());
     let killed = watchdog.join().unwrap_or(false);
     registry().pids.retain(|&p| p != pid);
@@ -325,7 +340,11 @@ pub fn run_timed(
             tail(&stderr, 20)
         );
     }
-    Ok(Timed { elapsed, stdout })
+    Ok(Timed {
+        elapsed,
+        stdout,
+        cpu,
+    })
 }
 
 /// Runs a short command and returns its standard output; a failure quotes its error output.
@@ -390,4 +409,37 @@ pub fn cpu_time_of(pid: u32) -> anyhow::Result<Duration> {
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
     Ok(Duration::from_secs_f64(total as f64 / hz as f64))
+}
+
+/// CPU time used so far by process `pid` and every live process below it (nginx's workers).
+pub fn tree_cpu_time(pid: u32) -> anyhow::Result<Duration> {
+    let mut parent_of = Vec::new();
+    for e in fs::read_dir("/proc").context("listing /proc")?.flatten() {
+        let Some(p) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(stat) = fs::read_to_string(format!("/proc/{p}/stat")) else {
+            continue;
+        };
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, r)| r.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<u32>().ok());
+        if let Some(pp) = ppid {
+            parent_of.push((p, pp));
+        }
+    }
+    let mut tree = vec![pid];
+    let mut i = 0;
+    while i < tree.len() {
+        let p = tree[i];
+        tree.extend(parent_of.iter().filter(|(_, pp)| *pp == p).map(|(c, _)| *c));
+        i += 1;
+    }
+    let mut total = Duration::ZERO;
+    for p in tree {
+        // A process may end between the listing and the read.
+        total += cpu_time_of(p).unwrap_or(Duration::ZERO);
+    }
+    Ok(total)
 }

@@ -15,7 +15,7 @@ use super::{
     Ctx,
 };
 use crate::data;
-use crate::procs::{run_timed, Scratch};
+use crate::procs::{cpu_time_of, run_timed, tree_cpu_time, Scratch};
 use crate::report::{mbps, median, Row, Verdict};
 
 const CASE: &str = "2 raw transfer";
@@ -42,7 +42,7 @@ pub fn run(ctx: &Ctx) -> anyhow::Result<Vec<Row>> {
         &scratch.dir("sp")?,
         &logs.join("superpeer.log"),
     )?;
-    let _leaf = share_node(
+    let source = share_node(
         &ctx.bins,
         None,
         &scratch.dir("source")?,
@@ -53,7 +53,7 @@ pub fn run(ctx: &Ctx) -> anyhow::Result<Vec<Row>> {
     )?;
     wait_sources(&ctx.bins, None, sp, &words, &id, 1, &scratch.dir("probe")?)?;
     let web: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
-    let _nginx = nginx(
+    let server = nginx(
         &ctx.refs,
         None,
         web,
@@ -66,6 +66,11 @@ pub fn run(ctx: &Ctx) -> anyhow::Result<Vec<Row>> {
     let out = scratch.path().join("out");
     let target = out.join(&name);
     let (mut ours, mut reported, mut theirs, mut synced) = (vec![], vec![], vec![], vec![]);
+    // CPU time of each side: (downloader, server), summed over the runs.
+    let (mut cpu_ours, mut cpu_theirs) = (
+        (Duration::ZERO, Duration::ZERO),
+        (Duration::ZERO, Duration::ZERO),
+    );
     for r in 0..runs {
         fresh_dir(&out)?;
         let mut cmd = Command::new(&ctx.bins.leaf);
@@ -77,7 +82,10 @@ pub fn run(ctx: &Ctx) -> anyhow::Result<Vec<Row>> {
             .arg(id.to_hex())
             .arg("--out")
             .arg(&out);
+        let before = cpu_time_of(source.pid())?;
         let t = run_timed(&format!("leaf-get-r{r}"), cmd, &logs, limit)?;
+        cpu_ours.0 += t.cpu;
+        cpu_ours.1 += cpu_time_of(source.pid())?.saturating_sub(before);
         check_file(&target, size, &id).context("leaf get's file")?;
         ours.push(t.elapsed);
         if let Some(s) = reported_seconds(&t.stdout) {
@@ -89,7 +97,10 @@ pub fn run(ctx: &Ctx) -> anyhow::Result<Vec<Row>> {
         cmd.args(["-sS", "--fail", "-o"])
             .arg(&target)
             .arg(format!("http://{web}/{name}"));
+        let before = tree_cpu_time(server.pid())?;
         let t = run_timed(&format!("curl-r{r}"), cmd, &logs, limit)?;
+        cpu_theirs.0 += t.cpu;
+        cpu_theirs.1 += tree_cpu_time(server.pid())?.saturating_sub(before);
         let mut sync = Command::new("sync");
         sync.arg(&target);
         let s = run_timed(&format!("sync-r{r}"), sync, &logs, limit)?;
@@ -108,6 +119,12 @@ pub fn run(ctx: &Ctx) -> anyhow::Result<Vec<Row>> {
     } else {
         format!(" (transfer {:.0} MB/s)", mbps(size, median(&reported)))
     };
+    let per_gib = |d: Duration| {
+        format!(
+            "{:.2} s",
+            d.as_secs_f64() / runs as f64 / (size as f64 / (1u64 << 30) as f64)
+        )
+    };
     let what = format!(
         "{} MiB, 1 source, loopback, no cap: throughput, median of {runs}",
         size >> 20
@@ -122,6 +139,25 @@ pub fn run(ctx: &Ctx) -> anyhow::Result<Vec<Row>> {
             target: "≥0.80× curl".into(),
             verdict: Verdict::of(o / c >= 0.8),
         },
+        Row::info(
+            CASE,
+            "same, CPU time per GiB: downloader + server",
+            format!(
+                "leaf get {} + source leaf {}",
+                per_gib(cpu_ours.0),
+                per_gib(cpu_ours.1)
+            ),
+            format!(
+                "curl {} + nginx {}",
+                per_gib(cpu_theirs.0),
+                per_gib(cpu_theirs.1)
+            ),
+            format!(
+                "{:.1}× the CPU",
+                (cpu_ours.0 + cpu_ours.1).as_secs_f64()
+                    / (cpu_theirs.0 + cpu_theirs.1).as_secs_f64().max(1e-9)
+            ),
+        ),
         Row::info(
             CASE,
             "same, reference made durable too (curl, then sync FILE)",
