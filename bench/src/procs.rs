@@ -5,7 +5,8 @@
 //! so is every network namespace and scratch folder it creates. Normal ends (and errors, and
 //! panics) go through the `Drop` of [`Proc`], [`crate::testbed::Testbed`] and [`Scratch`];
 //! Ctrl-C, SIGTERM and SIGHUP go to a thread that tears down whatever the registry still holds
-//! ([`install_signal_handler`]). Processes are only ever ended by their own id.
+//! ([`install_signal_handler`]); and every child is told to end if the harness dies
+//! (`PR_SET_PDEATHSIG`). Processes are only ever ended by their own id.
 
 use std::fs::{self, File};
 use std::io::Read;
@@ -56,7 +57,7 @@ fn alive(pid: u32) -> bool {
 
 /// Blocks SIGINT, SIGTERM and SIGHUP in this thread (call before any other thread starts, so
 /// every thread inherits the mask) and starts a thread that waits for them, tears down what
-/// [`REGISTRY`] holds, and exits with 130. Children get a clean signal mask from `std`.
+/// [`REGISTRY`] holds, and exits with 130. Children start with a clean mask (`child_setup`).
 pub fn install_signal_handler() -> anyhow::Result<()> {
     // SAFETY: plain libc calls on a sigset_t we own.
     let set = unsafe {
@@ -127,6 +128,25 @@ pub(crate) fn forget_namespace(name: &str) {
     registry().namespaces.retain(|n| n != name);
 }
 
+/// Prepares a child: it starts with no signal blocked (the harness blocks SIGINT, SIGTERM
+/// and SIGHUP for its signal thread, and a mask is inherited), and it gets SIGTERM if the
+/// harness dies, even by SIGKILL, so no server outlives it. Children are spawned from the main
+/// thread only, which lives as long as the harness.
+fn child_setup(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: sigemptyset, sigprocmask and prctl are async-signal-safe and touch only the
+    // child's own state.
+    unsafe {
+        cmd.pre_exec(|| {
+            let mut none: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut none);
+            libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+            Ok(())
+        });
+    }
+}
+
 /// A scratch folder, deleted on drop (and on interruption).
 #[derive(Debug)]
 pub struct Scratch {
@@ -176,6 +196,7 @@ impl Proc {
     pub fn spawn(name: &str, mut cmd: Command, log: &Path) -> anyhow::Result<Proc> {
         let out = File::create(log).with_context(|| format!("creating {}", log.display()))?;
         let err = out.try_clone().context("duplicating a log file handle")?;
+        child_setup(&mut cmd);
         let child = cmd
             .stdin(Stdio::null())
             .stdout(out)
@@ -296,6 +317,7 @@ pub fn run_timed(
     let err =
         File::create(&err_path).with_context(|| format!("creating {}", err_path.display()))?;
     cmd.stdin(Stdio::null()).stdout(out).stderr(err);
+    child_setup(&mut cmd);
     // Only this thread reaps children, and only this one while it runs: the growth of the
     // children's CPU time is this command's.
     let cpu_before = children_cpu();
@@ -349,6 +371,7 @@ pub fn run_timed(
 
 /// Runs a short command and returns its standard output; a failure quotes its error output.
 pub fn output(cmd: &mut Command) -> anyhow::Result<String> {
+    child_setup(cmd);
     let out = cmd
         .stdin(Stdio::null())
         .output()
