@@ -138,6 +138,7 @@ fn real_main() -> anyhow::Result<bool> {
     };
 
     let mut rows: Vec<Row> = Vec::new();
+    let mut others: Vec<(&str, f64)> = Vec::new();
     let mut ok = true;
     for case in 1..=5u8 {
         if !args.cases.is_empty() && !args.cases.contains(&case) {
@@ -146,6 +147,7 @@ fn real_main() -> anyhow::Result<bool> {
         let name = NAMES[case as usize - 1];
         eprintln!("\n== case {name}");
         let t = Instant::now();
+        let cpu = procs::CpuSample::now();
         // What stops a case from running at all: a skip in a smoke test, a failure otherwise.
         let blocked = match (case, &netns) {
             (1, Err(why)) => Some(format!("network namespaces are not available here: {why}")),
@@ -175,7 +177,12 @@ fn real_main() -> anyhow::Result<bool> {
                 rows.push(Row::not_run(name, Verdict::Failed(format!("{e:#}"))));
             }
         }
-        eprintln!("case {name} took {:.0} s", t.elapsed().as_secs_f64());
+        let busy = procs::CpuSample::now().others_since(&cpu);
+        others.push((name, busy));
+        eprintln!(
+            "case {name} took {:.0} s; other programs kept {busy:.2} CPUs busy meanwhile",
+            t.elapsed().as_secs_f64()
+        );
     }
     drop(scratch);
 
@@ -189,7 +196,7 @@ fn real_main() -> anyhow::Result<bool> {
         workspace.join("BENCHMARKS.md")
     };
     fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
-    let text = markdown(&args, &rows, &machine, &ctx, &workspace, started);
+    let text = markdown(&args, &rows, &others, &machine, &ctx, &workspace, started);
     fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
     println!(
         "report written to {}; process logs in {}",
@@ -253,9 +260,11 @@ fn short_output(cmd: &mut Command) -> String {
         .unwrap_or_else(|_| "unknown".into())
 }
 
+#[allow(clippy::too_many_arguments)]
 fn markdown(
     args: &Args,
     rows: &[Row],
+    others: &[(&str, f64)],
     m: &setup::Machine,
     ctx: &Ctx,
     workspace: &Path,
@@ -303,7 +312,7 @@ fn markdown(
         ctx.refs.versions().join("; ")
     ));
     out.push_str(&format!(
-        "- **Run time:** {:.1} min{}\n\n",
+        "- **Run time:** {:.1} min{}\n",
         started.elapsed().as_secs_f64() / 60.0,
         if args.quick {
             " (--quick: small sizes, a smoke test; not figures to quote)"
@@ -311,6 +320,22 @@ fn markdown(
             ""
         }
     ));
+    let load: Vec<String> = others
+        .iter()
+        .map(|(case, busy)| format!("{busy:.2} in case {case}"))
+        .collect();
+    out.push_str(&format!(
+        "- **Other load:** CPUs kept busy by programs other than the benchmark, on average: {}\n",
+        load.join(", ")
+    ));
+    if let Some((case, busy)) = others.iter().find(|(_, b)| *b > 0.25) {
+        out.push_str(&format!(
+            "\n> **Warning:** other programs were using the machine during the run (on average \
+             {busy:.2} CPUs during case {case}); the figures of such cases are perturbed. Run \
+             again on an idle machine.\n"
+        ));
+    }
+    out.push('\n');
     out.push_str("## Results\n\n");
     out.push_str(&report::markdown_table(rows));
     out.push_str(

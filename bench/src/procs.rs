@@ -466,3 +466,54 @@ pub fn tree_cpu_time(pid: u32) -> anyhow::Result<Duration> {
     }
     Ok(total)
 }
+
+/// CPU time used by the whole machine (all CPUs, busy time only) and by this process with
+/// every child it has reaped, at one moment: the difference between two samples tells how
+/// much CPU other programs took meanwhile.
+#[derive(Debug, Clone, Copy)]
+pub struct CpuSample {
+    at: Instant,
+    machine: Duration,
+    ours: Duration,
+}
+
+impl CpuSample {
+    /// Takes a sample.
+    pub fn now() -> CpuSample {
+        let machine = fs::read_to_string("/proc/stat")
+            .ok()
+            .and_then(|s| {
+                let f: Vec<u64> = s
+                    .lines()
+                    .next()?
+                    .split_whitespace()
+                    .skip(1)
+                    .filter_map(|v| v.parse().ok())
+                    .collect();
+                // user nice system idle iowait irq softirq steal: busy = all but idle, iowait.
+                let busy = f.iter().take(8).sum::<u64>() - f.get(3)? - f.get(4)?;
+                // SAFETY: sysconf has no preconditions.
+                let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+                Some(Duration::from_secs_f64(busy as f64 / hz))
+            })
+            .unwrap_or_default();
+        // SAFETY: getrusage fills the struct we pass.
+        let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+        unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) };
+        let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+        CpuSample {
+            at: Instant::now(),
+            machine,
+            ours: tv(u.ru_utime) + tv(u.ru_stime) + children_cpu(),
+        }
+    }
+
+    /// The average number of CPUs other programs kept busy since `earlier` (servers still
+    /// running count as other programs until they are reaped).
+    pub fn others_since(&self, earlier: &CpuSample) -> f64 {
+        let wall = (self.at - earlier.at).as_secs_f64().max(1e-9);
+        let machine = self.machine.saturating_sub(earlier.machine);
+        let ours = self.ours.saturating_sub(earlier.ours);
+        machine.saturating_sub(ours).as_secs_f64() / wall
+    }
+}

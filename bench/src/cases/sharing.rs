@@ -30,7 +30,7 @@ pub fn run(ctx: &Ctx) -> anyhow::Result<Vec<Row>> {
     let b3sum = ctx.refs.get("b3sum")?;
     let total: u64 = if ctx.quick { 160 << 20 } else { 3 << 30 };
     let small_files = if ctx.quick { 2_000 } else { 10_000 };
-    let runs = if ctx.quick { 1 } else { 3 };
+    let runs = if ctx.quick { 1 } else { 5 };
     let scratch = Scratch::create(ctx.scratch.join("sharing"))?;
     let logs = ctx.log_dir("3-sharing")?;
     let tracks = corpus::load_tracks(usize::MAX).context("loading the corpus")?;
