@@ -47,7 +47,7 @@ use std::fs::{self, File};
 use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::process::{Command, ExitCode};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::Parser;
@@ -67,6 +67,10 @@ struct Args {
     /// Upload cap of every source host in case 1, in Mbit/s.
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     cap_mbit: u32,
+    /// Before each case, wait up to this many minutes for other programs to leave the CPUs
+    /// alone (under a quarter of a CPU); 0 to start at once. [default: 10, 0 with --quick]
+    #[arg(long, value_name = "MINUTES")]
+    wait_idle: Option<u64>,
     /// Run only this case (1 to 5; repeatable); the table goes to target/bench/partial.md.
     #[arg(long = "case", value_name = "N", value_parser = clap::value_parser!(u8).range(1..=5))]
     cases: Vec<u8>,
@@ -146,6 +150,8 @@ fn real_main() -> anyhow::Result<bool> {
         }
         let name = NAMES[case as usize - 1];
         eprintln!("\n== case {name}");
+        let patience = args.wait_idle.unwrap_or(if args.quick { 0 } else { 10 });
+        wait_idle(Duration::from_secs(patience * 60));
         let t = Instant::now();
         let cpu = procs::CpuSample::now();
         // What stops a case from running at all: a skip in a smoke test, a failure otherwise.
@@ -207,6 +213,34 @@ fn real_main() -> anyhow::Result<bool> {
         eprintln!("bench: at least one case failed (see the table)");
     }
     Ok(ok)
+}
+
+/// Waits until other programs use under a quarter of a CPU (sampled over two seconds), or
+/// `patience` passes.
+fn wait_idle(patience: Duration) {
+    if patience.is_zero() {
+        return;
+    }
+    let until = Instant::now() + patience;
+    let mut said = Instant::now() - Duration::from_secs(60);
+    loop {
+        let a = procs::CpuSample::now();
+        std::thread::sleep(Duration::from_secs(2));
+        let busy = procs::CpuSample::now().others_since(&a);
+        if busy < 0.25 {
+            return;
+        }
+        if Instant::now() > until {
+            eprintln!("bench: other programs still use {busy:.2} CPUs; going ahead anyway");
+            return;
+        }
+        if said.elapsed() >= Duration::from_secs(30) {
+            eprintln!(
+                "bench: waiting for the machine to be idle (other programs use {busy:.2} CPUs)"
+            );
+            said = Instant::now();
+        }
+    }
 }
 
 /// The scratch folders' prefix in the temporary folder.
@@ -351,7 +385,9 @@ const METHODS: &str = "## How each case is measured
 
 Times are wall-clock times of the command a user would type, from starting the process to its
 exit, with the median of the runs shown. Every download is checked afterwards (size and BLAKE3).
-Canopy runs as the release `leaf` and `superpeer` binaries unless said otherwise.
+Canopy runs as the release `leaf` and `superpeer` binaries unless said otherwise. Before
+each case the harness waits (up to `--wait-idle` minutes) until other programs use under a
+quarter of a CPU, and it reports how busy they kept the machine during each case (above).
 
 1. **Multi-source download** (processes in network namespaces). A bridge in one namespace, one
    veth pair per host; each source host's upload is capped with a `tbf` qdisc on its own end
