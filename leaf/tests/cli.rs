@@ -2,102 +2,11 @@
 //! with `--json`, download with `get`, report `status`, and refuse bad input clearly. Every
 //! child process is killed when the test ends, pass or fail.
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
-use std::time::Duration;
+mod common;
 
-const LEAF: &str = env!("CARGO_BIN_EXE_leaf");
+use std::process::Command;
 
-fn superpeer_bin() -> PathBuf {
-    let p = Path::new(LEAF).with_file_name("superpeer");
-    assert!(
-        p.exists(),
-        "{} is not built: run the workspace's tests (cargo test)",
-        p.display()
-    );
-    p
-}
-
-/// A child process that is killed when dropped, with its stdout read line by line.
-struct Proc {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-}
-
-impl Proc {
-    fn spawn(cmd: &mut Command) -> Proc {
-        let mut child = cmd
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Proc { child, lines }
-    }
-
-    /// Waits for a stdout line containing `needle`; returns it.
-    fn wait_for(&self, needle: &str) -> String {
-        loop {
-            match self.lines.recv_timeout(Duration::from_secs(30)) {
-                Ok(line) if line.contains(needle) => return line,
-                Ok(_) => {}
-                Err(e) => panic!("no line with {needle:?} from the process: {e}"),
-            }
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn leaf(data: &Path, sp: &str) -> Command {
-    let mut c = Command::new(LEAF);
-    c.arg("--data-dir")
-        .arg(data)
-        .args(["--superpeer", sp, "--listen", "127.0.0.1:0"]);
-    c.env_remove("CANOPY_DATA_DIR")
-        .env_remove("CANOPY_SUPERPEER");
-    c
-}
-
-/// Runs a short command with a time bound.
-fn run(cmd: &mut Command) -> Output {
-    let child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let (tx, rx) = mpsc::channel();
-    let pid = child.id();
-    std::thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    match rx.recv_timeout(Duration::from_secs(60)) {
-        Ok(out) => out.unwrap(),
-        Err(_) => {
-            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
-            panic!("command did not finish within 60 s: {cmd:?}");
-        }
-    }
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
+use common::*;
 
 #[test]
 fn share_search_get_and_status_through_the_binaries() {
@@ -214,29 +123,6 @@ fn bad_input_gets_a_clear_error() {
         err.contains("no super-peer answers at 127.0.0.1:9"),
         "{err}"
     );
-}
-
-/// `leaf status --json` of a data directory.
-fn status_json(data: &Path, sp: &str) -> serde_json::Value {
-    let out = run(leaf(data, sp).args(["status", "--json"]));
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
-fn uploaded(data: &Path, sp: &str) -> u64 {
-    status_json(data, sp)["uploaded_bytes"].as_u64().unwrap()
-}
-
-/// Polls `cond` every 100 ms for up to `secs` seconds.
-fn wait_until(what: &str, secs: u64, mut cond: impl FnMut() -> bool) {
-    let until = std::time::Instant::now() + Duration::from_secs(secs);
-    while !cond() {
-        assert!(
-            std::time::Instant::now() < until,
-            "timed out waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 #[test]

@@ -129,6 +129,16 @@ impl HostCache {
         }
     }
 
+    /// The node at `addr` answered, but not as a super-peer (it demoted, or never was one):
+    /// forgotten, or for a seed (which stays) backed off like a failure.
+    pub fn not_superpeer(&mut self, now: Instant, addr: SocketAddr) {
+        if self.hosts.get(&addr).is_some_and(|h| h.seed) {
+            self.failed(now, addr);
+        } else {
+            self.hosts.remove(&addr);
+        }
+    }
+
     /// Forgets an entry (a node that is no longer a super-peer). Seeds stay.
     pub fn remove(&mut self, addr: &SocketAddr) {
         if self.hosts.get(addr).is_some_and(|h| !h.seed) {
@@ -136,12 +146,15 @@ impl HostCache {
         }
     }
 
-    /// Up to `n` addresses to dial now, best first: free slots first, then fewest failures,
-    /// then freshest news, then most free slots. `skip` excludes addresses already in use.
+    /// Up to `n` addresses to dial now, best first. For a leaf looking for a super-peer
+    /// (`want_room`): free slots first, then fewest failures, freshest news, most free slots.
+    /// For a super-peer looking for neighbours: fewest failures, then freshest news. `skip`
+    /// excludes addresses already in use.
     pub fn candidates(
         &self,
         now: Instant,
         n: usize,
+        want_room: bool,
         skip: &dyn Fn(&SocketAddr) -> bool,
     ) -> Vec<SocketAddr> {
         let mut ready: Vec<&Host> = self
@@ -151,7 +164,7 @@ impl HostCache {
             .collect();
         ready.sort_by_key(|h| {
             let unknown = h.load.leaf_slots == 0; // a seed never heard from: worth a try
-            let has_room = unknown || h.load.free() > 0;
+            let has_room = want_room && (unknown || h.load.free() > 0);
             (
                 std::cmp::Reverse(has_room),
                 h.failures,
@@ -163,12 +176,24 @@ impl HostCache {
         ready.into_iter().take(n).map(|h| h.addr).collect()
     }
 
-    /// Entries to tell others about: the freshest `limit`, with their age.
-    pub fn entries(&self, now: Instant, limit: usize) -> Vec<HostEntry> {
+    /// Forgets (non-seed) entries not heard of for `max_age`: a super-peer that stopped
+    /// announcing itself has gone or demoted.
+    pub fn expire(&mut self, now: Instant, max_age: Duration) {
+        self.hosts
+            .retain(|_, h| h.seed || now.saturating_duration_since(h.heard) <= max_age);
+    }
+
+    /// Entries to tell others about: the freshest `limit` heard of within `max_age`, with
+    /// their age (stale news is not passed on).
+    pub fn entries(&self, now: Instant, limit: usize, max_age: Duration) -> Vec<HostEntry> {
         let mut all: Vec<&Host> = self
             .hosts
             .values()
-            .filter(|h| h.failures == 0 && h.load.leaf_slots > 0)
+            .filter(|h| {
+                h.failures == 0
+                    && h.load.leaf_slots > 0
+                    && now.saturating_duration_since(h.heard) <= max_age
+            })
             .collect();
         all.sort_by_key(|h| (std::cmp::Reverse(h.heard), h.addr));
         all.into_iter()
@@ -270,13 +295,16 @@ mod tests {
         c.add(t, entry(4, 1, 1)); // room, fresh, but fails
         c.failed(t, addr(4));
         assert_eq!(
-            c.candidates(t, 10, &|_| false),
+            c.candidates(t, 10, true, &|_| false),
             vec![addr(3), addr(2), addr(1)]
         );
         // After its back-off the failing one is tried again, after the reliable ones.
         let later = t + Duration::from_secs(2);
-        assert_eq!(c.candidates(later, 10, &|_| false)[2], addr(4));
-        assert_eq!(c.candidates(later, 1, &|a| *a == addr(3)), vec![addr(2)]);
+        assert_eq!(c.candidates(later, 10, true, &|_| false)[2], addr(4));
+        assert_eq!(
+            c.candidates(later, 1, true, &|a| *a == addr(3)),
+            vec![addr(2)]
+        );
     }
 
     #[test]
@@ -304,6 +332,33 @@ mod tests {
         assert_eq!(c.len(), 3);
         assert!(c.get(&addr(9)).is_some(), "seeds are not evicted");
         assert!(c.get(&addr(5)).is_some() && c.get(&addr(4)).is_some());
+    }
+
+    #[test]
+    fn stale_news_is_neither_shared_nor_kept() {
+        let t = Instant::now() + Duration::from_secs(1000);
+        let mut c = HostCache::new(10);
+        c.add_seed(t, addr(9));
+        c.add(t, entry(1, 1, 5));
+        c.add(t, entry(2, 1, 500));
+        let shared: Vec<_> = c
+            .entries(t, 10, Duration::from_secs(60))
+            .iter()
+            .map(|e| e.addr)
+            .collect();
+        assert_eq!(shared, vec![addr(1)]);
+        c.expire(t, Duration::from_secs(60));
+        assert!(c.get(&addr(2)).is_none());
+        assert!(c.get(&addr(9)).is_some(), "seeds stay");
+        // A super-peer looking for neighbours ranks freshness before room.
+        let mut d = HostCache::new(10);
+        d.add(t, entry(3, 10, 1)); // full, fresh
+        d.add(t, entry(4, 0, 90)); // empty, stale
+        assert_eq!(
+            d.candidates(t, 2, false, &|_| false),
+            vec![addr(3), addr(4)]
+        );
+        assert_eq!(d.candidates(t, 2, true, &|_| false), vec![addr(4), addr(3)]);
     }
 
     #[test]

@@ -19,6 +19,9 @@ use crate::role::RoleClock;
 use crate::superpeer::Transmit;
 use crate::ConnId;
 
+/// How soon a leaf with no super-peer at all asks a full one again.
+const ALONE_RETRY: Duration = Duration::from_secs(5);
+
 /// Settings of a leaf's overlay logic.
 #[derive(Debug, Clone)]
 pub struct LeafConfig {
@@ -32,7 +35,8 @@ pub struct LeafConfig {
     pub tick: Duration,
     /// A link silent for this long is closed (super-peers ping every 15 s).
     pub idle_timeout: Duration,
-    /// How long a super-peer that said it is full is left alone.
+    /// How long a super-peer that said it is full is left alone (by a leaf that has another
+    /// link; a leaf with none asks again after 5 s).
     pub full_backoff: Duration,
     /// Entries the host cache holds at most.
     pub host_cache_size: usize,
@@ -252,10 +256,8 @@ impl LeafOverlay {
         let addr = link.addr;
         match msg {
             Message::Hello(h) if h.role == Role::SuperPeer && link.node.is_none() => {
-                if h.node == self.node {
-                    self.hosts.remove(&addr);
-                    return self.close(conn, "that is ourselves".into());
-                }
+                // (A super-peer with our own id is this node's own super-peer role, which the
+                // node attaches to as a leaf once promoted.)
                 link.node = Some(h.node);
                 self.hosts.heard_from(now, addr, h.load.unwrap_or_default());
                 self.alone_since = None;
@@ -266,14 +268,26 @@ impl LeafOverlay {
                 });
             }
             Message::Hello(h) => {
-                self.hosts.remove(&addr);
+                self.hosts.not_superpeer(now, addr);
                 self.close(conn, format!("{addr} is not a super-peer ({:?})", h.role));
             }
             Message::Hosts { hosts } => self.import_hosts(now, &hosts),
             Message::Redirect { reason, hosts } => {
                 self.import_hosts(now, &hosts);
                 match reason {
-                    RedirectReason::Full => self.hosts.full(now, addr, self.config.full_backoff),
+                    RedirectReason::Full => {
+                        // A leaf with another link can wait; a leaf with none must keep trying.
+                        let others = self
+                            .links
+                            .iter()
+                            .any(|(&c, l)| c != conn && l.node.is_some());
+                        let wait = if others {
+                            self.config.full_backoff
+                        } else {
+                            ALONE_RETRY
+                        };
+                        self.hosts.full(now, addr, wait)
+                    }
                     RedirectReason::Demoting => self.hosts.remove(&addr),
                 }
                 self.close(conn, format!("redirected by {addr}: {reason:?}"));
@@ -300,12 +314,13 @@ impl LeafOverlay {
             return;
         }
         self.next_tick = now + self.config.tick;
-        let silent: Vec<ConnId> = self
+        let mut silent: Vec<ConnId> = self
             .links
             .iter()
             .filter(|(_, l)| !l.closing && now >= l.last_rx + self.config.idle_timeout)
             .map(|(&c, _)| c)
             .collect();
+        silent.sort();
         for c in silent {
             self.close(c, "super-peer silent".into());
         }
@@ -355,8 +370,21 @@ impl LeafOverlay {
             .chain(self.dialing.iter().copied())
             .collect();
         let own = self.listen;
-        let skip = |a: &SocketAddr| in_use.contains(a) || Some(*a) == own;
-        for addr in self.hosts.candidates(now, self.config.target - busy, &skip) {
+        // A leaf that has a link leaves a super-peer's last slots (a tenth) to leaves that
+        // have none, which would otherwise lose every race for a new super-peer's room.
+        let attached = self.links.values().any(|l| l.node.is_some() && !l.closing);
+        let hosts = &self.hosts;
+        let reserved = |a: &SocketAddr| {
+            attached
+                && hosts.get(a).is_some_and(|h| {
+                    h.load.leaf_slots > 0 && h.load.free() <= (h.load.leaf_slots / 10).max(1)
+                })
+        };
+        let skip = |a: &SocketAddr| in_use.contains(a) || Some(*a) == own || reserved(a);
+        for addr in self
+            .hosts
+            .candidates(now, self.config.target - busy, true, &skip)
+        {
             self.dialing.insert(addr);
             self.events.push_back(LeafEvent::Dial(addr));
         }
@@ -365,7 +393,8 @@ impl LeafOverlay {
     fn promote(&mut self, reason: String) {
         log::info!("becoming a super-peer: {reason}");
         self.promoted = true;
-        let ids: Vec<ConnId> = self.links.keys().copied().collect();
+        let mut ids: Vec<ConnId> = self.links.keys().copied().collect();
+        ids.sort();
         for id in ids {
             self.close(id, "becoming a super-peer".into());
         }

@@ -8,6 +8,10 @@
 //! # Layout
 //! - [`superpeer`]: [`SuperPeer`], its [`Config`], [`Event`]s, [`Transmit`]s and [`Stats`].
 //! - [`seen`]: [`SeenCache`], the bounded, time-limited duplicate filter.
+//! - [`leaf`]: [`LeafOverlay`], the leaf's attachment and promotion logic.
+//! - [`hostcache`]: [`HostCache`], known super-peers with load and back-off.
+//! - [`role`]: [`RoleClock`], role-change hysteresis.
+//! - [`sim`]: a deterministic discrete-event simulator running these machines.
 //!
 //! # The drain rule
 //! After **every** input (`handle_connect`, `handle_message`, `handle_invalid`,
@@ -44,6 +48,7 @@ pub mod hostcache;
 pub mod leaf;
 pub mod role;
 pub mod seen;
+pub mod sim;
 pub mod superpeer;
 
 pub use hostcache::HostCache;

@@ -320,6 +320,30 @@ impl SuperPeer {
         self.clock
     }
 
+    /// Connections to neighbouring super-peers.
+    pub fn neighbour_conns(&self) -> Vec<ConnId> {
+        let mut v: Vec<ConnId> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| !c.closing && matches!(c.state, PeerState::SuperPeer { .. }))
+            .map(|(&id, _)| id)
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Connections to attached leaves.
+    pub fn leaf_conns(&self) -> Vec<ConnId> {
+        let mut v: Vec<ConnId> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| !c.closing && matches!(c.state, PeerState::Leaf { .. }))
+            .map(|(&id, _)| id)
+            .collect();
+        v.sort();
+        v
+    }
+
     /// The load it announces.
     pub fn load(&self) -> Load {
         Load {
@@ -517,6 +541,9 @@ impl SuperPeer {
                 to_ping.push(id);
             }
         }
+        // Sorted: output order must not depend on hash order (simulations replay from a seed).
+        to_ping.sort();
+        to_close.sort();
         for id in to_ping {
             self.ping_nonce += 1;
             self.send(
@@ -590,13 +617,22 @@ impl SuperPeer {
                 ),
             );
         }
-        if hello.node == self.node {
+        // Our own node's leaf (a promoted node keeps one, for its own files) is welcome; a
+        // super-peer with our id, or an address we dialled, is ourselves by another path.
+        if hello.node == self.node && (hello.role != Role::Leaf || self.conns[&conn].dialed) {
             if let Some(c) = self.conns.get(&conn).filter(|c| c.dialed) {
                 // Our own address came back through the host cache: never dial it again.
                 let addr = c.remote;
                 self.hosts.remove(&addr);
             }
             return self.close(conn, "connected to ourselves".into(), true);
+        }
+        let dialed = self.conns.get(&conn).is_some_and(|c| c.dialed);
+        if dialed && hello.role != Role::SuperPeer {
+            // An old host-cache entry: that node is no super-peer (any more).
+            let addr = self.conns[&conn].remote;
+            self.hosts.not_superpeer(now, addr);
+            return self.close(conn, format!("{addr} is not a super-peer"), true);
         }
         let state = match hello.role {
             Role::Leaf => {
@@ -683,7 +719,7 @@ impl SuperPeer {
     fn redirect(&mut self, now: Instant, conn: ConnId, reason: RedirectReason) {
         let hosts: Vec<HostEntry> = self
             .hosts
-            .entries(now, 20)
+            .entries(now, 20, self.fresh_age())
             .into_iter()
             .filter(|h| h.load.free() > 0)
             .collect();
@@ -701,8 +737,14 @@ impl SuperPeer {
                 age_s: 0,
             });
         }
-        out.extend(self.hosts.entries(now, 20));
+        out.extend(self.hosts.entries(now, 20, self.fresh_age()));
         out
+    }
+
+    /// News of a super-peer older than this is not passed on (it announces itself every
+    /// `hosts_interval`, so live ones stay fresh).
+    fn fresh_age(&self) -> Duration {
+        self.config.hosts_interval * 4
     }
 
     /// The periodic part of [`SuperPeer::handle_timeout`]: share hosts, keep the mesh, and
@@ -711,13 +753,15 @@ impl SuperPeer {
         if self.demoting {
             return;
         }
+        self.hosts.expire(now, self.config.hosts_interval * 60);
         let hosts = self.hosts_to_share(now);
-        let peers: Vec<ConnId> = self
+        let mut peers: Vec<ConnId> = self
             .conns
             .iter()
             .filter(|(_, c)| !c.closing && !matches!(c.state, PeerState::AwaitingHello))
             .map(|(&id, _)| id)
             .collect();
+        peers.sort();
         for id in peers {
             self.send(
                 id,
@@ -751,7 +795,7 @@ impl SuperPeer {
             |a: &SocketAddr| connected.contains(a) || self.dialing.contains(a) || Some(*a) == own;
         // A few at a time: the rest follow on the next ticks.
         let want = (self.config.neighbour_target - have).min(4);
-        for addr in self.hosts.candidates(now, want, &skip) {
+        for addr in self.hosts.candidates(now, want, false, &skip) {
             self.dialing.insert(addr);
             self.events.push_back(Event::Dial(addr));
         }
@@ -838,7 +882,8 @@ impl SuperPeer {
             self.stats.leaves, self.config.leaf_slots
         );
         log::info!("demoting to leaf: {reason}");
-        let ids: Vec<ConnId> = self.conns.keys().copied().collect();
+        let mut ids: Vec<ConnId> = self.conns.keys().copied().collect();
+        ids.sort();
         for id in ids {
             let is_leaf = matches!(self.conns[&id].state, PeerState::Leaf { .. });
             if is_leaf {
@@ -880,7 +925,7 @@ impl SuperPeer {
             hops: query.hops + 1,
             ..query
         };
-        let neighbours: Vec<ConnId> = self
+        let mut neighbours: Vec<ConnId> = self
             .conns
             .iter()
             .filter(|(&id, c)| {
@@ -888,6 +933,7 @@ impl SuperPeer {
             })
             .map(|(&id, _)| id)
             .collect();
+        neighbours.sort();
         for id in neighbours {
             self.stats.queries_forwarded += 1;
             self.send(id, Message::Query(forward.clone()));

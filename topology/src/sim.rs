@@ -1,0 +1,714 @@
+//! A deterministic simulator of whole overlays in virtual time, running the real state machines
+//! ([`SuperPeer`], [`LeafOverlay`]) with no sockets and no clock.
+//!
+//! A discrete-event loop always takes the earliest event (message deliveries after a latency
+//! drawn per link, dial results, timers). Everything random (latencies, capabilities, churn)
+//! comes from one seed, so a failing run is repeated exactly by its seed. Role changes are
+//! carried out as a node would: a leaf that says `Promote` gets a super-peer machine with its
+//! role history and host cache; a super-peer that says `Demote` becomes a leaf again.
+//!
+//! Used by the overlay tests (`topology/tests/sim.rs`) and meant for larger studies.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use wire::{Capability, Hello, Message, NodeId, Role};
+
+use crate::leaf::{LeafConfig, LeafEvent, LeafOverlay};
+use crate::role::{NodeRole, RoleClock, RoleConfig};
+use crate::superpeer::{Config, Event, SuperPeer};
+use crate::ConnId;
+
+/// A small, fast, seedable generator (SplitMix64): enough for simulation, not for secrets.
+#[derive(Debug, Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    /// A generator from `seed`.
+    pub fn new(seed: u64) -> Self {
+        Rng(seed)
+    }
+
+    /// The next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// A number in `0..n` (n > 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n.max(1)
+    }
+
+    /// True with probability `p`.
+    pub fn chance(&mut self, p: f64) -> bool {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64 <= p
+    }
+}
+
+/// Settings of a simulation.
+#[derive(Debug, Clone)]
+pub struct SimConfig {
+    /// The seed everything random is drawn from.
+    pub seed: u64,
+    /// One-way message latency, drawn per link between these bounds.
+    pub latency: (Duration, Duration),
+    /// Leaves' settings.
+    pub leaf: LeafConfig,
+    /// Super-peers' settings (promoted ones may demote; dedicated ones never do).
+    pub superpeer: Config,
+    /// Role hysteresis.
+    pub role: RoleConfig,
+    /// Share of joining leaves that may be promoted.
+    pub capable_share: f64,
+}
+
+/// What a simulated node runs.
+#[derive(Debug)]
+pub enum Machine {
+    /// A leaf.
+    Leaf(Box<LeafOverlay>),
+    /// A super-peer.
+    SuperPeer(Box<SuperPeer>),
+    /// Crashed or gone.
+    Down,
+}
+
+/// One simulated node.
+#[derive(Debug)]
+pub struct SimNode {
+    /// Its address (where it would listen).
+    pub addr: SocketAddr,
+    /// A dedicated super-peer (never demotes).
+    pub dedicated: bool,
+    /// What it runs now.
+    pub machine: Machine,
+    /// Its role changes: when, and to what.
+    pub changes: Vec<(Instant, NodeRole)>,
+    /// When it joined.
+    pub joined: Instant,
+    upload_bps: u64,
+}
+
+impl SimNode {
+    /// True unless crashed.
+    pub fn alive(&self) -> bool {
+        !matches!(self.machine, Machine::Down)
+    }
+
+    /// Its role, if alive.
+    pub fn role(&self) -> Option<NodeRole> {
+        match self.machine {
+            Machine::Leaf(_) => Some(NodeRole::Leaf),
+            Machine::SuperPeer(_) => Some(NodeRole::SuperPeer),
+            Machine::Down => None,
+        }
+    }
+}
+
+#[derive(Debug)]
+enum Ev {
+    Deliver {
+        to: usize,
+        conn: ConnId,
+        msg: Message,
+    },
+    Connected {
+        from: usize,
+        conn: ConnId,
+        addr: SocketAddr,
+    },
+    DialFailed {
+        from: usize,
+        addr: SocketAddr,
+    },
+    Closed {
+        node: usize,
+        conn: ConnId,
+    },
+    Reachable {
+        node: usize,
+        conn: ConnId,
+        ok: bool,
+    },
+    Timer {
+        node: usize,
+        at: Instant,
+    },
+}
+
+/// The simulated network; see the module docs.
+pub struct Sim {
+    /// Settings.
+    pub config: SimConfig,
+    /// Every node ever added, by index.
+    pub nodes: Vec<SimNode>,
+    now: Instant,
+    start: Instant,
+    rng: Rng,
+    queue: BinaryHeap<Reverse<(Instant, u64)>>,
+    events: HashMap<u64, Ev>,
+    seq: u64,
+    addrs: HashMap<SocketAddr, usize>,
+    /// (node, conn) → (peer node, peer conn, one-way latency).
+    links: HashMap<(usize, ConnId), (usize, ConnId, Duration)>,
+    next_conn: ConnId,
+    /// Each node's one pending timer; earlier ones replace it, stale ones are skipped.
+    timers: Vec<Option<Instant>>,
+    /// Messages delivered so far.
+    pub delivered: u64,
+}
+
+impl Sim {
+    /// An empty network whose virtual clock starts at `start`.
+    pub fn new(config: SimConfig, start: Instant) -> Self {
+        Sim {
+            rng: Rng::new(config.seed),
+            config,
+            nodes: Vec::new(),
+            now: start,
+            start,
+            queue: BinaryHeap::new(),
+            events: HashMap::new(),
+            seq: 0,
+            addrs: HashMap::new(),
+            links: HashMap::new(),
+            next_conn: 1,
+            timers: Vec::new(),
+            delivered: 0,
+        }
+    }
+
+    /// The virtual time now.
+    pub fn now(&self) -> Instant {
+        self.now
+    }
+
+    /// Virtual time elapsed since the start.
+    pub fn elapsed(&self) -> Duration {
+        self.now - self.start
+    }
+
+    /// The random generator (for churn decisions in tests).
+    pub fn rng(&mut self) -> &mut Rng {
+        &mut self.rng
+    }
+
+    fn id(n: usize) -> NodeId {
+        let mut b = [0u8; 32];
+        b[..8].copy_from_slice(&(n as u64 + 1).to_be_bytes());
+        NodeId(b)
+    }
+
+    fn addr_of(n: usize) -> SocketAddr {
+        let n = n as u32 + 1;
+        SocketAddr::from(([10, (n >> 16) as u8, (n >> 8) as u8, n as u8], 7700))
+    }
+
+    /// Adds a dedicated super-peer that knows `seeds`; returns its index.
+    pub fn add_superpeer(&mut self, seeds: &[SocketAddr]) -> usize {
+        let n = self.nodes.len();
+        let addr = Self::addr_of(n);
+        let clock = RoleClock::new(self.now, NodeRole::SuperPeer, self.config.role);
+        let cfg = Config {
+            can_demote: false,
+            ..self.config.superpeer.clone()
+        };
+        let mut sp = SuperPeer::new(self.now, Self::id(n), Some(addr), cfg, clock);
+        sp.add_seeds(self.now, seeds);
+        self.push_node(
+            addr,
+            true,
+            Machine::SuperPeer(Box::new(sp)),
+            NodeRole::SuperPeer,
+        );
+        n
+    }
+
+    /// Adds a leaf that knows `seeds`; whether it may be promoted is drawn from the seed
+    /// (`capable_share`). Returns its index.
+    pub fn add_leaf(&mut self, seeds: &[SocketAddr]) -> usize {
+        let capable = self.rng.chance(self.config.capable_share);
+        self.add_leaf_with(seeds, capable)
+    }
+
+    /// Adds a leaf that knows `seeds` and may (or may not) be promoted.
+    pub fn add_leaf_with(&mut self, seeds: &[SocketAddr], capable: bool) -> usize {
+        let n = self.nodes.len();
+        let addr = Self::addr_of(n);
+        let clock = RoleClock::new(self.now, NodeRole::Leaf, self.config.role);
+        let cfg = LeafConfig {
+            can_promote: capable,
+            ..self.config.leaf.clone()
+        };
+        let mut leaf = LeafOverlay::new(self.now, Self::id(n), Some(addr), cfg, clock);
+        leaf.add_seeds(self.now, seeds);
+        self.push_node(addr, false, Machine::Leaf(Box::new(leaf)), NodeRole::Leaf);
+        self.nodes[n].upload_bps = 100_000 + self.rng.below(10_000_000);
+        n
+    }
+
+    fn push_node(&mut self, addr: SocketAddr, dedicated: bool, machine: Machine, role: NodeRole) {
+        let n = self.nodes.len();
+        self.nodes.push(SimNode {
+            addr,
+            dedicated,
+            machine,
+            changes: vec![(self.now, role)],
+            joined: self.now,
+            upload_bps: 0,
+        });
+        self.addrs.insert(addr, n);
+        self.timers.push(None);
+        self.after(n);
+    }
+
+    /// Crashes node `n`: its connections break (peers see them close after the latency).
+    pub fn crash(&mut self, n: usize) {
+        self.nodes[n].machine = Machine::Down;
+        let mut conns: Vec<(ConnId, (usize, ConnId, Duration))> = self
+            .links
+            .iter()
+            .filter(|((node, _), _)| *node == n)
+            .map(|((_, c), v)| (*c, *v))
+            .collect();
+        conns.sort_by_key(|(c, _)| *c);
+        for (c, (peer, pc, lat)) in conns {
+            self.links.remove(&(n, c));
+            self.schedule(
+                self.now + lat,
+                Ev::Closed {
+                    node: peer,
+                    conn: pc,
+                },
+            );
+        }
+    }
+
+    /// Addresses of live super-peers.
+    pub fn superpeer_addrs(&self) -> Vec<SocketAddr> {
+        self.nodes
+            .iter()
+            .filter(|n| n.role() == Some(NodeRole::SuperPeer))
+            .map(|n| n.addr)
+            .collect()
+    }
+
+    /// Runs every event up to `until`.
+    pub fn run_until(&mut self, until: Instant) {
+        while let Some(Reverse((t, seq))) = self.queue.peek().copied() {
+            if t > until {
+                break;
+            }
+            self.queue.pop();
+            let ev = self
+                .events
+                .remove(&seq)
+                .expect("every queued event is stored");
+            self.now = t;
+            self.apply(ev);
+        }
+        self.now = until;
+    }
+
+    /// Runs for `d` of virtual time.
+    pub fn run_for(&mut self, d: Duration) {
+        let until = self.now + d;
+        self.run_until(until);
+    }
+
+    fn schedule(&mut self, at: Instant, ev: Ev) {
+        self.seq += 1;
+        self.events.insert(self.seq, ev);
+        self.queue.push(Reverse((at, self.seq)));
+    }
+
+    fn latency(&mut self) -> Duration {
+        let (lo, hi) = self.config.latency;
+        let span = (hi - lo).as_micros() as u64;
+        lo + Duration::from_micros(self.rng.below(span + 1))
+    }
+
+    fn apply(&mut self, ev: Ev) {
+        let now = self.now;
+        let node = match ev {
+            Ev::Deliver { to, conn, msg } => {
+                self.delivered += 1;
+                match &mut self.nodes[to].machine {
+                    Machine::Leaf(l) => l.handle_message(now, conn, msg),
+                    Machine::SuperPeer(s) => s.handle_message(now, conn, msg),
+                    Machine::Down => {}
+                }
+                to
+            }
+            Ev::Connected { from, conn, addr } => {
+                if !self.nodes[from].alive() {
+                    return;
+                }
+                let target = self
+                    .addrs
+                    .get(&addr)
+                    .copied()
+                    .filter(|&t| self.nodes[t].alive());
+                let Some(target) = target else {
+                    return self.apply(Ev::DialFailed { from, addr });
+                };
+                let lat = self.latency();
+                let tconn = self.next_conn;
+                self.next_conn += 1;
+                self.links.insert((from, conn), (target, tconn, lat));
+                self.links.insert((target, tconn), (from, conn, lat));
+                let from_addr = self.nodes[from].addr;
+                match &mut self.nodes[from].machine {
+                    Machine::Leaf(l) => l.handle_connect(now, conn, addr),
+                    Machine::SuperPeer(s) => s.handle_connect(now, conn, addr, true),
+                    Machine::Down => {}
+                }
+                match &mut self.nodes[target].machine {
+                    Machine::SuperPeer(s) => s.handle_connect(now, tconn, from_addr, false),
+                    // A leaf's listen port serves transfers: it answers Hello as a leaf.
+                    _ => {
+                        let hello = Hello::new(Self::id(target), Role::Leaf, Some(addr), "sim");
+                        self.schedule(
+                            now + lat,
+                            Ev::Deliver {
+                                to: from,
+                                conn,
+                                msg: Message::Hello(hello),
+                            },
+                        );
+                    }
+                }
+                self.after(target);
+                from
+            }
+            Ev::DialFailed { from, addr } => {
+                match &mut self.nodes[from].machine {
+                    Machine::Leaf(l) => l.handle_dial_failed(now, addr),
+                    Machine::SuperPeer(s) => s.handle_dial_failed(now, addr),
+                    Machine::Down => {}
+                }
+                from
+            }
+            Ev::Closed { node, conn } => {
+                self.links.remove(&(node, conn));
+                match &mut self.nodes[node].machine {
+                    Machine::Leaf(l) => l.handle_disconnect(now, conn),
+                    Machine::SuperPeer(s) => s.handle_disconnect(now, conn),
+                    Machine::Down => {}
+                }
+                node
+            }
+            Ev::Reachable { node, conn, ok } => {
+                if let Machine::SuperPeer(s) = &mut self.nodes[node].machine {
+                    s.handle_reachable(now, conn, ok);
+                }
+                node
+            }
+            Ev::Timer { node, at } => {
+                if self.timers[node] != Some(at) {
+                    return; // replaced by an earlier timer
+                }
+                self.timers[node] = None;
+                match &mut self.nodes[node].machine {
+                    Machine::Leaf(l) => l.handle_timeout(now),
+                    Machine::SuperPeer(s) => s.handle_timeout(now),
+                    Machine::Down => {}
+                }
+                node
+            }
+        };
+        self.after(node);
+    }
+
+    /// The drain rule for node `n`, then its next timer.
+    fn after(&mut self, n: usize) {
+        let now = self.now;
+        let uptime = now.duration_since(self.nodes[n].joined).as_secs();
+        let upload_bps = self.nodes[n].upload_bps;
+        if let Machine::Leaf(l) = &mut self.nodes[n].machine {
+            l.set_capability(Capability {
+                can_promote: true,
+                uptime_s: uptime,
+                upload_bps,
+                free_fds: 10_000,
+                free_mem_mb: 4096,
+            });
+        }
+        enum Out {
+            Dial(SocketAddr),
+            Reach(ConnId),
+            Close(ConnId),
+            Search(wire::QueryId),
+            Role(NodeRole),
+        }
+        let mut role_change = None;
+        loop {
+            // Take everything the machine has to say, then act on it.
+            let mut outbox = VecDeque::new();
+            let mut todo = Vec::new();
+            match &mut self.nodes[n].machine {
+                Machine::Leaf(l) => {
+                    while let Some(t) = l.poll_transmit() {
+                        outbox.push_back((t.to, t.msg));
+                    }
+                    while let Some(e) = l.poll_event() {
+                        match e {
+                            LeafEvent::Dial(addr) => todo.push(Out::Dial(addr)),
+                            LeafEvent::Close { conn, .. } => todo.push(Out::Close(conn)),
+                            LeafEvent::Promote { .. } => todo.push(Out::Role(NodeRole::SuperPeer)),
+                            LeafEvent::Attached { .. } | LeafEvent::Detached { .. } => {}
+                        }
+                    }
+                }
+                Machine::SuperPeer(s) => {
+                    while let Some(t) = s.poll_transmit() {
+                        outbox.push_back((t.to, t.msg));
+                    }
+                    while let Some(e) = s.poll_event() {
+                        match e {
+                            Event::Dial(addr) => todo.push(Out::Dial(addr)),
+                            Event::CheckReachable { conn, .. } => todo.push(Out::Reach(conn)),
+                            Event::Close { conn, .. } => todo.push(Out::Close(conn)),
+                            Event::Demote { .. } => todo.push(Out::Role(NodeRole::Leaf)),
+                            Event::Search { query, .. } => todo.push(Out::Search(query)),
+                            _ => {}
+                        }
+                    }
+                }
+                Machine::Down => return,
+            }
+            if outbox.is_empty() && todo.is_empty() {
+                break;
+            }
+            // Messages go out in order; each link keeps its latency, so order is kept.
+            while let Some((conn, msg)) = outbox.pop_front() {
+                if let Some(&(peer, pconn, lat)) = self.links.get(&(n, conn)) {
+                    self.schedule(
+                        now + lat,
+                        Ev::Deliver {
+                            to: peer,
+                            conn: pconn,
+                            msg,
+                        },
+                    );
+                }
+            }
+            for out in todo {
+                match out {
+                    Out::Dial(addr) => {
+                        let conn = self.next_conn;
+                        self.next_conn += 1;
+                        let lat = self.latency();
+                        self.schedule(
+                            now + lat,
+                            Ev::Connected {
+                                from: n,
+                                conn,
+                                addr,
+                            },
+                        );
+                    }
+                    Out::Reach(conn) => {
+                        let lat = self.latency();
+                        self.schedule(
+                            now + lat * 2,
+                            Ev::Reachable {
+                                node: n,
+                                conn,
+                                ok: true,
+                            },
+                        );
+                    }
+                    Out::Close(conn) => self.close(n, conn),
+                    // No index here: queries find nothing.
+                    Out::Search(query) => {
+                        if let Machine::SuperPeer(s) = &mut self.nodes[n].machine {
+                            s.handle_local_hits(now, query, Vec::new());
+                        }
+                    }
+                    Out::Role(r) => role_change = Some(r),
+                }
+            }
+        }
+        if let Some(role) = role_change {
+            self.change_role(n, role);
+        }
+        let next = match &self.nodes[n].machine {
+            Machine::Leaf(l) => l.poll_timeout(),
+            Machine::SuperPeer(s) => s.poll_timeout(),
+            Machine::Down => None,
+        };
+        if let Some(t) = next {
+            let at = t.max(now + Duration::from_millis(1));
+            if self.timers[n].is_none_or(|pending| at < pending) {
+                self.timers[n] = Some(at);
+                self.schedule(at, Ev::Timer { node: n, at });
+            }
+        }
+    }
+
+    fn close(&mut self, n: usize, conn: ConnId) {
+        if let Some((peer, pconn, lat)) = self.links.remove(&(n, conn)) {
+            self.links.remove(&(peer, pconn));
+            // After the messages already on their way.
+            self.schedule(
+                self.now + lat,
+                Ev::Closed {
+                    node: peer,
+                    conn: pconn,
+                },
+            );
+        }
+        self.schedule(self.now, Ev::Closed { node: n, conn });
+    }
+
+    fn change_role(&mut self, n: usize, role: NodeRole) {
+        let now = self.now;
+        let addr = self.nodes[n].addr;
+        let machine = std::mem::replace(&mut self.nodes[n].machine, Machine::Down);
+        let machine = match (machine, role) {
+            (Machine::Leaf(l), NodeRole::SuperPeer) => {
+                let (clock, hosts) = l.into_parts();
+                let cfg = Config {
+                    can_demote: true,
+                    ..self.config.superpeer.clone()
+                };
+                let mut sp = SuperPeer::new(now, Self::id(n), Some(addr), cfg, clock);
+                sp.import_hosts(now, &hosts.export(now));
+                Machine::SuperPeer(Box::new(sp))
+            }
+            (Machine::SuperPeer(s), NodeRole::Leaf) => {
+                let hosts = s.hosts().export(now);
+                let clock = s.into_clock();
+                let mut leaf = LeafOverlay::new(
+                    now,
+                    Self::id(n),
+                    Some(addr),
+                    self.config.leaf.clone(),
+                    clock,
+                );
+                leaf.import_hosts(now, &hosts);
+                Machine::Leaf(Box::new(leaf))
+            }
+            (m, _) => m,
+        };
+        self.nodes[n].machine = machine;
+        self.nodes[n].changes.push((now, role));
+        // Connections of the old role are closing (their Closed events are queued); the new
+        // machine does not know them, so they are ignored when they arrive.
+    }
+
+    /// The live super-peers that node `n` is attached to (empty for a super-peer).
+    pub fn attachments(&self, n: usize) -> Vec<usize> {
+        let Machine::Leaf(l) = &self.nodes[n].machine else {
+            return Vec::new();
+        };
+        l.attached()
+            .into_iter()
+            .filter_map(|(conn, _)| self.links.get(&(n, conn)).map(|(p, _, _)| *p))
+            .filter(|&p| self.nodes[p].role() == Some(NodeRole::SuperPeer))
+            .collect()
+    }
+
+    /// The live super-peers neighbouring super-peer `n`.
+    pub fn neighbours(&self, n: usize) -> Vec<usize> {
+        let Machine::SuperPeer(s) = &self.nodes[n].machine else {
+            return Vec::new();
+        };
+        s.neighbour_conns()
+            .into_iter()
+            .filter_map(|conn| self.links.get(&(n, conn)).map(|(p, _, _)| *p))
+            .filter(|&p| self.nodes[p].role() == Some(NodeRole::SuperPeer))
+            .collect()
+    }
+
+    /// Checks the overlay's invariants; returns what is wrong (empty: all hold).
+    /// - every live leaf is attached to at least one live super-peer;
+    /// - the live super-peers form one connected mesh;
+    /// - no super-peer serves more leaves than its slots;
+    /// - every node kept each role at least as long as hysteresis demands.
+    pub fn check(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        let sps: Vec<usize> = (0..self.nodes.len())
+            .filter(|&n| self.nodes[n].role() == Some(NodeRole::SuperPeer))
+            .collect();
+        for n in 0..self.nodes.len() {
+            if self.nodes[n].role() == Some(NodeRole::Leaf) && self.attachments(n).is_empty() {
+                problems.push(format!("leaf {n} is attached to no live super-peer"));
+            }
+        }
+        if let Some(&first) = sps.first() {
+            let mut seen = vec![first];
+            let mut i = 0;
+            while i < seen.len() {
+                for p in self.neighbours(seen[i]) {
+                    if !seen.contains(&p) {
+                        seen.push(p);
+                    }
+                }
+                i += 1;
+            }
+            if seen.len() != sps.len() {
+                problems.push(format!(
+                    "the mesh is split: {} of {} super-peers reachable from {first}",
+                    seen.len(),
+                    sps.len()
+                ));
+            }
+        }
+        for &n in &sps {
+            if let Machine::SuperPeer(s) = &self.nodes[n].machine {
+                let leaves = s.leaf_conns().len() as u32;
+                if leaves > self.config.superpeer.leaf_slots {
+                    problems.push(format!(
+                        "super-peer {n} serves {leaves} leaves with {} slots",
+                        self.config.superpeer.leaf_slots
+                    ));
+                }
+            }
+        }
+        let role = self.config.role;
+        for (n, node) in self.nodes.iter().enumerate() {
+            for w in node.changes.windows(2) {
+                let ((t0, r0), (t1, _)) = (w[0], w[1]);
+                let stint = t1 - t0;
+                let first = t0 == node.joined;
+                // A super-peer stint lasts at least the minimum; a leaf stint after a demotion
+                // lasts at least the back-off. (A node's first leaf stint may end early: a
+                // leaf that finds no super-peer promotes itself.)
+                let need = match r0 {
+                    NodeRole::SuperPeer => role.min_role_time,
+                    NodeRole::Leaf if first => Duration::ZERO,
+                    NodeRole::Leaf => role.demotion_backoff,
+                };
+                if stint < need {
+                    problems.push(format!(
+                        "node {n} left role {r0:?} after {stint:?} (< {need:?})"
+                    ));
+                }
+            }
+        }
+        problems
+    }
+
+    /// Counts: (live leaves, live super-peers).
+    pub fn census(&self) -> (usize, usize) {
+        let leaves = self
+            .nodes
+            .iter()
+            .filter(|n| n.role() == Some(NodeRole::Leaf))
+            .count();
+        let sps = self
+            .nodes
+            .iter()
+            .filter(|n| n.role() == Some(NodeRole::SuperPeer))
+            .count();
+        (leaves, sps)
+    }
+}
