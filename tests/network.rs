@@ -360,3 +360,25 @@ fn malformed_frames_close_only_the_offending_connection() {
         assert_eq!(stats.leaves, 2);
     });
 }
+
+#[test]
+fn a_restarted_leaf_needs_no_bootstrap_address_and_a_bootstrap_file_works() {
+    run_bounded(LIMIT, async {
+        let tmp = tempfile::tempdir().unwrap();
+        let sp = net::superpeer(&[]).await;
+        let first = net::leaf(tmp.path(), "returning", &[sp.listen_addr()]).await;
+        first.shutdown().await;
+        // Same data directory, no address given: the host cache it saved is enough.
+        let again = net::leaf(tmp.path(), "returning", &[]).await;
+        assert_eq!(again.status().superpeers[0].addr, sp.listen_addr());
+        again.shutdown().await;
+
+        // A node whose only configuration is the bootstrap file in its data directory.
+        let dir = tmp.path().join("configured");
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = format!("# my super-peer\n{}\nnot an address\n", sp.listen_addr());
+        std::fs::write(dir.join(leaf::node::BOOTSTRAP_FILE), file).unwrap();
+        let configured = net::leaf(tmp.path(), "configured", &[]).await;
+        assert_eq!(configured.status().superpeers[0].addr, sp.listen_addr());
+    });
+}

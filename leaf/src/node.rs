@@ -37,6 +37,39 @@ const WITHDRAW_BATCH: usize = 8192;
 /// Finished downloads kept for status.
 const FINISHED_KEPT: usize = 100;
 
+/// A file in the data directory listing bootstrap super-peers, one address per line (`#`
+/// starts a comment), used beside `--superpeer` and the host cache.
+pub const BOOTSTRAP_FILE: &str = "superpeers";
+
+/// Reads the bootstrap file of a data directory; a missing file is no addresses, a bad line is
+/// reported and skipped.
+pub fn read_bootstrap(data_dir: &Path) -> Vec<SocketAddr> {
+    let path = data_dir.join(BOOTSTRAP_FILE);
+    let Ok(text) = std::fs::read_to_string(&path) else {
+        return Vec::new();
+    };
+    text.lines()
+        .enumerate()
+        .filter_map(|(i, line)| {
+            let line = line.split('#').next().unwrap_or("").trim();
+            if line.is_empty() {
+                return None;
+            }
+            match line.parse() {
+                Ok(addr) => Some(addr),
+                Err(_) => {
+                    log::warn!(
+                        "{}:{}: `{line}` is not an address like 192.0.2.7:7700",
+                        path.display(),
+                        i + 1
+                    );
+                    None
+                }
+            }
+        })
+        .collect()
+}
+
 /// The download queue's file in the data directory: downloads to resume after a restart.
 pub const DOWNLOADS_FILE: &str = "downloads.cbor";
 
@@ -261,6 +294,12 @@ impl Node {
         } else {
             None
         };
+        let mut seeds = config.superpeers.clone();
+        for a in read_bootstrap(&dir) {
+            if !seeds.contains(&a) {
+                seeds.push(a);
+            }
+        }
         let inner = Arc::new(Inner {
             node_id,
             listen,
@@ -269,7 +308,7 @@ impl Node {
             uploaded_bytes: AtomicU64::new(0),
             data_dir: dir,
             links: Mutex::new(HashMap::new()),
-            seeds: config.superpeers.clone(),
+            seeds,
             role: Mutex::new(RoleStatus {
                 role: "leaf".into(),
                 why: "starting".into(),

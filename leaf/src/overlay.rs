@@ -187,6 +187,10 @@ pub(crate) async fn run(node: Node, settings: Settings) {
                                 },
                             );
                         }
+                        // Keep what we know on disk now: a restart needs no bootstrap address.
+                        if sp.is_none() {
+                            save_hosts(&hosts_path, leaf.hosts(), now);
+                        }
                     }
                     LeafEvent::Detached { conn, addr } => {
                         inner.links.lock().unwrap().remove(&conn);
