@@ -68,7 +68,8 @@ struct Args {
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     cap_mbit: u32,
     /// Before each case, wait up to this many minutes for other programs to leave the CPUs
-    /// alone (under a quarter of a CPU); 0 to start at once. [default: 10, 0 with --quick]
+    /// alone (under a quarter of a CPU), and run a case they disturbed again (twice at most);
+    /// 0 to start at once and run each case once. [default: 10, 0 with --quick]
     #[arg(long, value_name = "MINUTES")]
     wait_idle: Option<u64>,
     /// Run only this case (1 to 5; repeatable); the table goes to target/bench/partial.md.
@@ -150,10 +151,6 @@ fn real_main() -> anyhow::Result<bool> {
         }
         let name = NAMES[case as usize - 1];
         eprintln!("\n== case {name}");
-        let patience = args.wait_idle.unwrap_or(if args.quick { 0 } else { 10 });
-        wait_idle(Duration::from_secs(patience * 60));
-        let t = Instant::now();
-        let cpu = procs::CpuSample::now();
         // What stops a case from running at all: a skip in a smoke test, a failure otherwise.
         let blocked = match (case, &netns) {
             (1, Err(why)) => Some(format!("network namespaces are not available here: {why}")),
@@ -161,20 +158,47 @@ fn real_main() -> anyhow::Result<bool> {
                 .iter()
                 .find_map(|p| ctx.refs.get(p).err().map(|e| format!("{e:#}"))),
         };
-        let result = match blocked {
-            Some(why) if args.quick => {
-                eprintln!("case {name} skipped: {why}");
-                Ok(vec![Row::not_run(name, Verdict::Skipped(why))])
+        let patience = args.wait_idle.unwrap_or(if args.quick { 0 } else { 10 });
+        // A case that other programs disturbed is run again (twice at most, not in a smoke
+        // test); the least disturbed attempt counts.
+        let attempts = if patience == 0 { 1 } else { 3 };
+        let mut best: Option<(f64, anyhow::Result<Vec<Row>>)> = None;
+        for attempt in 1..=attempts {
+            wait_idle(Duration::from_secs(patience * 60));
+            let t = Instant::now();
+            let cpu = procs::CpuSample::now();
+            let result = match &blocked {
+                Some(why) if args.quick => {
+                    eprintln!("case {name} skipped: {why}");
+                    Ok(vec![Row::not_run(name, Verdict::Skipped(why.clone()))])
+                }
+                Some(why) => Err(anyhow::anyhow!(why.clone())),
+                None => match case {
+                    1 => cases::multisource::run(&ctx),
+                    2 => cases::raw::run(&ctx),
+                    3 => cases::sharing::run(&ctx),
+                    4 => cases::search::run(&ctx),
+                    _ => cases::ingest::run(&ctx),
+                },
+            };
+            let busy = procs::CpuSample::now().others_since(&cpu);
+            eprintln!(
+                "case {name} took {:.0} s; other programs kept {busy:.2} CPUs busy meanwhile",
+                t.elapsed().as_secs_f64()
+            );
+            let failed = result.is_err();
+            if best.as_ref().is_none_or(|(b, _)| busy < *b) {
+                best = Some((busy, result));
             }
-            Some(why) => Err(anyhow::anyhow!(why)),
-            None => match case {
-                1 => cases::multisource::run(&ctx),
-                2 => cases::raw::run(&ctx),
-                3 => cases::sharing::run(&ctx),
-                4 => cases::search::run(&ctx),
-                _ => cases::ingest::run(&ctx),
-            },
-        };
+            if failed || busy <= 0.25 {
+                break;
+            }
+            if attempt < attempts {
+                eprintln!("case {name}: disturbed by other programs; running it again");
+            }
+        }
+        let (busy, result) = best.expect("at least one attempt");
+        others.push((name, busy));
         match result {
             Ok(r) => rows.extend(r),
             Err(e) => {
@@ -183,12 +207,6 @@ fn real_main() -> anyhow::Result<bool> {
                 rows.push(Row::not_run(name, Verdict::Failed(format!("{e:#}"))));
             }
         }
-        let busy = procs::CpuSample::now().others_since(&cpu);
-        others.push((name, busy));
-        eprintln!(
-            "case {name} took {:.0} s; other programs kept {busy:.2} CPUs busy meanwhile",
-            t.elapsed().as_secs_f64()
-        );
     }
     drop(scratch);
 
@@ -387,7 +405,8 @@ Times are wall-clock times of the command a user would type, from starting the p
 exit, with the median of the runs shown. Every download is checked afterwards (size and BLAKE3).
 Canopy runs as the release `leaf` and `superpeer` binaries unless said otherwise. Before
 each case the harness waits (up to `--wait-idle` minutes) until other programs use under a
-quarter of a CPU, and it reports how busy they kept the machine during each case (above).
+quarter of a CPU, runs a case again (twice at most) if they used more meanwhile, keeps the
+least disturbed attempt, and reports how busy they kept the machine during it (above).
 
 1. **Multi-source download** (processes in network namespaces). A bridge in one namespace, one
    veth pair per host; each source host's upload is capped with a `tbf` qdisc on its own end
