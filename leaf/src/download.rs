@@ -369,15 +369,7 @@ struct Record {
 
 impl Record {
     fn manifest(&self) -> Manifest {
-        Manifest {
-            size: self.size,
-            chunk_size: self.chunk_size,
-            cvs: self
-                .cvs
-                .chunks_exact(32)
-                .map(|c| c.try_into().expect("32 bytes"))
-                .collect(),
-        }
+        Manifest::from_flat(self.size, self.chunk_size, &self.cvs)
     }
 
     fn save(&self, path: &Path) -> io::Result<()> {

@@ -59,15 +59,7 @@ pub struct SharedFile {
 impl SharedFile {
     /// The file's manifest.
     pub fn manifest(&self) -> Manifest {
-        Manifest {
-            size: self.record.size,
-            chunk_size: self.chunk_size,
-            cvs: self
-                .cvs
-                .chunks_exact(32)
-                .map(|c| c.try_into().expect("32 bytes"))
-                .collect(),
-        }
+        Manifest::from_flat(self.record.size, self.chunk_size, &self.cvs)
     }
 
     /// True if the file on disk still has the size and mtime it was hashed with.

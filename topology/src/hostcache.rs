@@ -33,6 +33,18 @@ pub struct Host {
     pub seed: bool,
 }
 
+impl Host {
+    /// This host as news to pass on at `now`.
+    pub fn entry(&self, now: Instant) -> HostEntry {
+        let age = now.saturating_duration_since(self.heard).as_secs();
+        HostEntry {
+            addr: self.addr,
+            load: self.load,
+            age_s: age.min(u32::MAX as u64) as u32,
+        }
+    }
+}
+
 /// Known super-peers; see the module docs.
 #[derive(Debug, Clone)]
 pub struct HostCache {
@@ -196,33 +208,12 @@ impl HostCache {
             })
             .collect();
         all.sort_by_key(|h| (std::cmp::Reverse(h.heard), h.addr));
-        all.into_iter()
-            .take(limit)
-            .map(|h| HostEntry {
-                addr: h.addr,
-                load: h.load,
-                age_s: now
-                    .saturating_duration_since(h.heard)
-                    .as_secs()
-                    .min(u32::MAX as u64) as u32,
-            })
-            .collect()
+        all.into_iter().take(limit).map(|h| h.entry(now)).collect()
     }
 
     /// Every entry, for saving (seeds included; ages relative to `now`).
     pub fn export(&self, now: Instant) -> Vec<HostEntry> {
-        let mut all: Vec<HostEntry> = self
-            .hosts
-            .values()
-            .map(|h| HostEntry {
-                addr: h.addr,
-                load: h.load,
-                age_s: now
-                    .saturating_duration_since(h.heard)
-                    .as_secs()
-                    .min(u32::MAX as u64) as u32,
-            })
-            .collect();
+        let mut all: Vec<HostEntry> = self.hosts.values().map(|h| h.entry(now)).collect();
         all.sort_by_key(|e| (e.age_s, e.addr));
         all
     }

@@ -103,6 +103,20 @@ pub struct Manifest {
 }
 
 impl Manifest {
+    /// A manifest from chaining values stored back to back (32 bytes each), as they travel and
+    /// as they are kept on disk; a trailing partial value is ignored (check the count with
+    /// [`Manifest::verify`]).
+    pub fn from_flat(size: u64, chunk_size: u32, cvs: &[u8]) -> Manifest {
+        Manifest {
+            size,
+            chunk_size,
+            cvs: cvs
+                .chunks_exact(32)
+                .map(|c| c.try_into().expect("32 bytes"))
+                .collect(),
+        }
+    }
+
     /// Number of chunks.
     pub fn chunk_count(&self) -> u64 {
         chunk_count(self.size, self.chunk_size)

@@ -200,11 +200,8 @@ pub fn decode(buf: &[u8]) -> Result<Option<(Message, usize)>, DecodeError> {
                     len: frame.payload.len(),
                 });
             }
-            manifest.cvs = frame
-                .payload
-                .chunks_exact(32)
-                .map(|cv| cv.try_into().expect("32 bytes"))
-                .collect();
+            manifest.cvs =
+                crate::Manifest::from_flat(manifest.size, manifest.chunk_size, frame.payload).cvs;
         }
         other if !frame.payload.is_empty() => {
             return Err(DecodeError::UnexpectedPayload {
