@@ -55,6 +55,21 @@ pub enum Request {
     },
     /// Report the node's state.
     Status,
+    /// Search the network, answering with the growing grouped list as hits arrive: repeated
+    /// [`Reply::Results`], each the whole list so far, then [`Reply::End`] after `wait_ms`.
+    SearchStream {
+        /// What to look for.
+        search: Search,
+        /// Query TTL.
+        ttl: u8,
+        /// How long to collect hits, in milliseconds.
+        wait_ms: u64,
+    },
+    /// Stop a running download. Its partial file stays, so a later Get resumes it.
+    Cancel {
+        /// The file.
+        id: FileId,
+    },
 }
 
 /// A folder's share, done.

@@ -12,6 +12,7 @@
 //! - [`download`]: the multi-source downloader and its chunk [`download::Scheduler`].
 //! - [`search`]: grouping hits into one row per file.
 //! - [`control`]: the local control socket protocol between the CLI and the node.
+//! - [`tui`]: `leaf tui`, the terminal interface over the control socket.
 //!
 //! The `leaf` binary (`src/main.rs`) is the command line on top.
 //!
@@ -36,6 +37,7 @@ pub mod rate;
 pub mod search;
 pub mod share;
 pub mod tags;
+pub mod tui;
 pub mod upload;
 
 pub use node::{Node, NodeConfig, NodeError};

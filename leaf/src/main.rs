@@ -110,6 +110,13 @@ enum Command {
         #[arg(long, default_value = ".")]
         out: PathBuf,
     },
+    /// Full-screen terminal interface: search, downloads, shares and network. Attaches to the
+    /// running node (which keeps running on quit), or starts one until quit.
+    Tui {
+        /// Folder to save downloads into.
+        #[arg(long, default_value = ".")]
+        out: PathBuf,
+    },
     /// Show the node's role, super-peers, shares and transfers.
     Status {
         /// JSON instead of text.
@@ -151,6 +158,19 @@ fn real_main() -> anyhow::Result<()> {
     config.leaf_overlay.can_promote = !cli.no_promote;
     config.superpeer_listen = cli.superpeer_listen;
     config.superpeer_overlay.leaf_slots = cli.leaf_slots;
+    if let Command::Tui { out } = &cli.command {
+        let out = std::path::absolute(out)
+            .with_context(|| format!("bad output folder {}", out.display()))?;
+        if !out.is_dir() {
+            bail!("--out {}: no such folder", out.display());
+        }
+        let config = NodeConfig {
+            listen: Some(cli.listen),
+            control: true,
+            ..config
+        };
+        return leaf::tui::run(config, out);
+    }
     smol::block_on(run(cli, config))
 }
 
@@ -246,6 +266,7 @@ async fn run(cli: Cli, config: NodeConfig) -> anyhow::Result<()> {
             let replies = backend(&config, Request::Get { ids, out }).await?;
             print_get_replies(replies).await
         }
+        Command::Tui { .. } => unreachable!("handled before the runtime starts"),
         Command::Status { json } => {
             let replies = backend(&config, Request::Status).await?;
             while let Ok(reply) = replies.recv().await {

@@ -193,6 +193,12 @@ pub enum NodeError {
     /// The same file is being downloaded already.
     #[error("{0} is being downloaded already")]
     AlreadyDownloading(FileId),
+    /// The download was cancelled; its partial file stays for a later resume.
+    #[error("cancelled")]
+    Cancelled,
+    /// No download of that file is running.
+    #[error("{0} is not being downloaded")]
+    NotDownloading(FileId),
 }
 
 /// A link to a super-peer this node is attached to.
@@ -232,6 +238,8 @@ pub(crate) struct Inner {
     pub(crate) started: Instant,
     pub(crate) searches: Mutex<HashMap<QueryId, Sender<Vec<Hit>>>>,
     downloads: Mutex<Vec<Tracked>>,
+    /// How to stop each running download, by file.
+    cancels: Mutex<HashMap<FileId, Sender<()>>>,
     /// Whether this node owns the control socket.
     control: bool,
     /// Open upload connections, so shutdown can close them.
@@ -318,6 +326,7 @@ impl Node {
             started: Instant::now(),
             searches: Mutex::new(HashMap::new()),
             downloads: Mutex::new(Vec::new()),
+            cancels: Mutex::new(HashMap::new()),
             control: config.control,
             upload_streams: Mutex::new(HashMap::new()),
             upload_keys: AtomicU64::new(0),
@@ -632,11 +641,20 @@ impl Node {
                 });
             }
         });
-        let result = {
+        let (cancel_tx, cancel_rx) = channel::bounded(1);
+        self.inner.cancels.lock().unwrap().insert(id, cancel_tx);
+        let work = async {
             let _slot = self.inner.download_gate.acquire().await;
             self.update_download(id, |t| t.info.state = DownloadState::Searching);
             self.get_inner(id, out, wait_for_sources, progress).await
         };
+        // Cancelling drops the download where it is: the chunks written so far stay on disk.
+        let result = smol::future::or(work, async {
+            let _ = cancel_rx.recv().await;
+            Err(NodeError::Cancelled)
+        })
+        .await;
+        self.inner.cancels.lock().unwrap().remove(&id);
         // Finished either way: it is not resumed on the next start. (A crash leaves it queued.)
         self.change_pending(|list| list.retain(|p| p.id != id));
         self.update_download(id, |t| {
@@ -785,6 +803,51 @@ impl Node {
         }
     }
 
+    /// Stops the running download of `id`; the file stays partial, and a later get resumes it.
+    pub fn cancel(&self, id: FileId) -> Result<(), NodeError> {
+        match self.inner.cancels.lock().unwrap().get(&id) {
+            Some(tx) => {
+                let _ = tx.try_send(());
+                Ok(())
+            }
+            None => Err(NodeError::NotDownloading(id)),
+        }
+    }
+
+    /// Searches and sends the grouped results so far each time hits arrive, for `wait`.
+    async fn search_stream(
+        &self,
+        search: Search,
+        ttl: u8,
+        wait: Duration,
+        reply: &Sender<Reply>,
+    ) -> Result<(), NodeError> {
+        let (qid, rx) = self.start_search(search, ttl)?;
+        let deadline = Instant::now() + wait;
+        let mut hits = Vec::new();
+        // An empty list first, so the client knows the search is under way.
+        let mut open = reply.send(Reply::Results(Vec::new())).await.is_ok();
+        while open {
+            let got = smol::future::or(async { rx.recv().await.ok() }, async {
+                smol::Timer::at(deadline).await;
+                None
+            })
+            .await;
+            let Some(batch) = got else { break };
+            hits.extend(batch);
+            // Whatever else already arrived goes into the same update.
+            while let Ok(more) = rx.try_recv() {
+                hits.extend(more);
+            }
+            open = reply
+                .send(Reply::Results(group_hits(hits.iter().cloned())))
+                .await
+                .is_ok();
+        }
+        self.end_search(qid);
+        Ok(())
+    }
+
     /// The node ids this node granted an upload slot to, in order (the last 1000).
     pub fn upload_grants(&self) -> Vec<NodeId> {
         self.inner.slots.grants()
@@ -905,6 +968,21 @@ impl Node {
             }
             Request::Status => {
                 let _ = reply.send(Reply::Status(Box::new(self.status()))).await;
+            }
+            Request::SearchStream {
+                search,
+                ttl,
+                wait_ms,
+            } => {
+                let wait = Duration::from_millis(wait_ms.min(60_000));
+                if let Err(e) = self.search_stream(search, ttl, wait, &reply).await {
+                    let _ = reply.send(Reply::Error(e.to_string())).await;
+                }
+            }
+            Request::Cancel { id } => {
+                if let Err(e) = self.cancel(id) {
+                    let _ = reply.send(Reply::Error(e.to_string())).await;
+                }
             }
         }
         let _ = reply.send(Reply::End).await;

@@ -1,0 +1,409 @@
+//! The TUI's state and how keys and node updates change it. Nothing here touches the terminal
+//! or the network: keys become [`Action`]s that the run loop carries out.
+
+use std::path::PathBuf;
+
+use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
+use wire::FileId;
+
+use crate::control::{ShareSummary, StatusReport};
+use crate::search::SearchResult;
+use crate::share::ScanProgress;
+
+/// The screens, in tab order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tab {
+    /// Query box and results.
+    Search,
+    /// Transfers.
+    Downloads,
+    /// Shared folders and uploads.
+    Shares,
+    /// Role, super-peers, events.
+    Network,
+}
+
+impl Tab {
+    /// Every tab, in order.
+    pub const ALL: [Tab; 4] = [Tab::Search, Tab::Downloads, Tab::Shares, Tab::Network];
+
+    /// Its title.
+    pub fn title(self) -> &'static str {
+        match self {
+            Tab::Search => "Search",
+            Tab::Downloads => "Downloads",
+            Tab::Shares => "Shares",
+            Tab::Network => "Network",
+        }
+    }
+
+    fn index(self) -> usize {
+        Tab::ALL.iter().position(|t| *t == self).unwrap_or(0)
+    }
+}
+
+/// Which text box has the keyboard, if any.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Input {
+    /// None: keys are commands.
+    None,
+    /// The search query.
+    Query,
+    /// The results filter.
+    Filter,
+    /// A folder to share.
+    SharePath,
+}
+
+/// How results are ordered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sort {
+    /// Best score first (the node's order).
+    Relevance,
+    /// By name.
+    Name,
+    /// Largest first.
+    Size,
+    /// Most sources first.
+    Sources,
+}
+
+impl Sort {
+    /// Its label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Sort::Relevance => "relevance",
+            Sort::Name => "name",
+            Sort::Size => "size",
+            Sort::Sources => "sources",
+        }
+    }
+
+    fn next(self) -> Sort {
+        match self {
+            Sort::Relevance => Sort::Name,
+            Sort::Name => Sort::Size,
+            Sort::Size => Sort::Sources,
+            Sort::Sources => Sort::Relevance,
+        }
+    }
+}
+
+/// The link to the node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Connection {
+    /// Not asked yet.
+    Connecting,
+    /// The last status request was answered.
+    Up,
+    /// The last status request failed, with why; it is retried.
+    Lost(String),
+}
+
+/// What the run loop should do for a key.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// Start a search with these words.
+    Search(String),
+    /// Download this file into the output folder.
+    Get(FileId),
+    /// Stop this download (its partial file stays).
+    Cancel(FileId),
+    /// Share this folder.
+    Share(PathBuf),
+    /// Leave the TUI.
+    Quit,
+}
+
+/// What the node told us.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Update {
+    /// The node's state, or why it could not be had.
+    Status(Result<Box<StatusReport>, String>),
+    /// The results of search number `.0` so far.
+    Results(u64, Vec<SearchResult>),
+    /// Search number `.0` finished.
+    SearchEnd(u64),
+    /// Scan progress of a folder being shared.
+    ShareProgress(ScanProgress),
+    /// A folder is shared.
+    Shared(ShareSummary),
+    /// Something to tell the user (a failure, a confirmation).
+    Notice(String),
+}
+
+/// The whole state of the TUI.
+#[derive(Debug, Clone)]
+pub struct App {
+    /// The tab shown.
+    pub tab: Tab,
+    /// Which box has the keyboard.
+    pub input: Input,
+    /// The search box.
+    pub query: String,
+    /// The results filter (words matched against name, path, type and tags).
+    pub filter: String,
+    /// The add-folder box.
+    pub share_path: String,
+    /// Results of the last search, in the node's order.
+    pub results: Vec<SearchResult>,
+    /// Whether a search is collecting hits.
+    pub searching: bool,
+    /// The number of the current search (replies to older ones are ignored).
+    pub search_gen: u64,
+    /// Result order.
+    pub sort: Sort,
+    /// Selected row among the shown results.
+    pub selected: usize,
+    /// Selected download.
+    pub dl_selected: usize,
+    /// The node's last state.
+    pub status: Option<StatusReport>,
+    /// The link to the node.
+    pub connection: Connection,
+    /// The last notice.
+    pub notice: Option<String>,
+    /// The folder being scanned.
+    pub scan: Option<ScanProgress>,
+    /// Folders shared during this session, with their figures.
+    pub shared: Vec<ShareSummary>,
+    /// Whether the help screen is open.
+    pub help: bool,
+    /// Where downloads are saved.
+    pub out: PathBuf,
+    /// How the TUI reaches its node, for the header.
+    pub attached: String,
+    /// Set once the user quits.
+    pub quit: bool,
+}
+
+impl App {
+    /// A fresh state: the search tab, nothing found yet.
+    pub fn new(out: PathBuf, attached: impl Into<String>) -> App {
+        App {
+            tab: Tab::Search,
+            input: Input::None,
+            query: String::new(),
+            filter: String::new(),
+            share_path: String::new(),
+            results: Vec::new(),
+            searching: false,
+            search_gen: 0,
+            sort: Sort::Relevance,
+            selected: 0,
+            dl_selected: 0,
+            status: None,
+            connection: Connection::Connecting,
+            notice: None,
+            scan: None,
+            shared: Vec::new(),
+            help: false,
+            out,
+            attached: attached.into(),
+            quit: false,
+        }
+    }
+
+    /// The results as shown: filtered, then sorted.
+    pub fn shown_results(&self) -> Vec<&SearchResult> {
+        let words: Vec<String> = self
+            .filter
+            .split_whitespace()
+            .map(|w| w.to_lowercase())
+            .collect();
+        let mut rows: Vec<&SearchResult> = self
+            .results
+            .iter()
+            .filter(|r| {
+                let hay = format!(
+                    "{} {} {} {}",
+                    r.path,
+                    r.tags.artist.as_deref().unwrap_or(""),
+                    r.tags.title.as_deref().unwrap_or(""),
+                    r.tags.album.as_deref().unwrap_or("")
+                )
+                .to_lowercase();
+                words.iter().all(|w| hay.contains(w.as_str()))
+            })
+            .collect();
+        match self.sort {
+            Sort::Relevance => {}
+            Sort::Name => rows.sort_by_key(|r| r.name.to_lowercase()),
+            Sort::Size => rows.sort_by_key(|r| std::cmp::Reverse(r.size)),
+            Sort::Sources => rows.sort_by_key(|r| std::cmp::Reverse(r.sources.len())),
+        }
+        rows
+    }
+
+    fn downloads_len(&self) -> usize {
+        self.status.as_ref().map_or(0, |s| s.downloads.len())
+    }
+
+    /// Applies a node update.
+    pub fn on_update(&mut self, update: Update) {
+        match update {
+            Update::Status(Ok(s)) => {
+                self.connection = Connection::Up;
+                self.status = Some(*s);
+                self.dl_selected = self.dl_selected.min(self.downloads_len().saturating_sub(1));
+            }
+            Update::Status(Err(e)) => self.connection = Connection::Lost(e),
+            Update::Results(gen, _) | Update::SearchEnd(gen) if gen != self.search_gen => {}
+            Update::Results(_, r) => {
+                self.results = r;
+                let n = self.shown_results().len();
+                self.selected = self.selected.min(n.saturating_sub(1));
+            }
+            Update::SearchEnd(_) => {
+                self.searching = false;
+                if self.results.is_empty() {
+                    self.notice = Some(format!("no results for \"{}\"", self.query));
+                }
+            }
+            Update::ShareProgress(p) => self.scan = Some(p),
+            Update::Shared(s) => {
+                self.scan = None;
+                self.notice = Some(format!("shared {}: {} files", s.folder.display(), s.files));
+                self.shared.retain(|o| o.folder != s.folder);
+                self.shared.push(s);
+            }
+            Update::Notice(n) => {
+                self.notice = Some(n);
+            }
+        }
+    }
+
+    /// Applies a key; returns what the run loop should do.
+    pub fn on_key(&mut self, key: KeyEvent) -> Option<Action> {
+        if key.modifiers.contains(KeyModifiers::CONTROL) && key.code == KeyCode::Char('c') {
+            self.quit = true;
+            return Some(Action::Quit);
+        }
+        if self.input != Input::None {
+            return self.on_input_key(key);
+        }
+        if self.help {
+            // Any key closes the help screen; q still quits.
+            self.help = false;
+            if key.code != KeyCode::Char('q') {
+                return None;
+            }
+        }
+        match key.code {
+            KeyCode::Char('q') => {
+                self.quit = true;
+                return Some(Action::Quit);
+            }
+            KeyCode::Char('?') => self.help = true,
+            KeyCode::Tab | KeyCode::Right => {
+                self.tab = Tab::ALL[(self.tab.index() + 1) % Tab::ALL.len()]
+            }
+            KeyCode::BackTab | KeyCode::Left => {
+                self.tab = Tab::ALL[(self.tab.index() + Tab::ALL.len() - 1) % Tab::ALL.len()]
+            }
+            KeyCode::Char(c @ '1'..='4') => self.tab = Tab::ALL[c as usize - '1' as usize],
+            KeyCode::Char('/') => {
+                self.tab = Tab::Search;
+                self.input = Input::Query;
+            }
+            KeyCode::Up | KeyCode::Char('k') => self.move_selection(-1),
+            KeyCode::Down | KeyCode::Char('j') => self.move_selection(1),
+            _ => return self.on_tab_key(key),
+        }
+        None
+    }
+
+    fn on_tab_key(&mut self, key: KeyEvent) -> Option<Action> {
+        match (self.tab, key.code) {
+            (Tab::Search, KeyCode::Char('s')) => {
+                self.sort = self.sort.next();
+                self.selected = 0;
+            }
+            (Tab::Search, KeyCode::Char('f')) => self.input = Input::Filter,
+            (Tab::Search, KeyCode::Enter | KeyCode::Char('d')) => {
+                let id = self.shown_results().get(self.selected).map(|r| r.id)?;
+                self.notice = Some(format!("downloading into {}", self.out.display()));
+                return Some(Action::Get(id));
+            }
+            (Tab::Downloads, KeyCode::Char('c') | KeyCode::Char('p')) => {
+                let d = self.selected_download()?;
+                if d.1 {
+                    return Some(Action::Cancel(d.0));
+                }
+                self.notice = Some("that download is not running".into());
+            }
+            (Tab::Downloads, KeyCode::Char('r')) => {
+                let d = self.selected_download()?;
+                if !d.1 {
+                    return Some(Action::Get(d.0));
+                }
+                self.notice = Some("that download is running already".into());
+            }
+            (Tab::Shares, KeyCode::Char('a')) => self.input = Input::SharePath,
+            _ => {}
+        }
+        None
+    }
+
+    /// The selected download's id and whether it is active.
+    fn selected_download(&self) -> Option<(FileId, bool)> {
+        let d = self.status.as_ref()?.downloads.get(self.dl_selected)?;
+        Some((d.id, d.state.is_active()))
+    }
+
+    fn on_input_key(&mut self, key: KeyEvent) -> Option<Action> {
+        let input = self.input;
+        let text = match input {
+            Input::Query => &mut self.query,
+            Input::Filter => &mut self.filter,
+            Input::SharePath => &mut self.share_path,
+            Input::None => return None,
+        };
+        match key.code {
+            KeyCode::Esc => self.input = Input::None,
+            KeyCode::Backspace => {
+                text.pop();
+            }
+            KeyCode::Char(c) => text.push(c),
+            KeyCode::Enter => {
+                self.input = Input::None;
+                match input {
+                    Input::Query if !self.query.trim().is_empty() => {
+                        self.results.clear();
+                        self.selected = 0;
+                        self.searching = true;
+                        self.search_gen += 1;
+                        self.notice = None;
+                        return Some(Action::Search(self.query.trim().to_string()));
+                    }
+                    Input::SharePath if !self.share_path.trim().is_empty() => {
+                        let path = PathBuf::from(self.share_path.trim());
+                        self.share_path.clear();
+                        return Some(Action::Share(path));
+                    }
+                    _ => {}
+                }
+            }
+            _ => {}
+        }
+        if input == Input::Filter {
+            self.selected = 0;
+        }
+        None
+    }
+
+    fn move_selection(&mut self, by: isize) {
+        let (sel, len) = match self.tab {
+            Tab::Search => {
+                let len = self.shown_results().len();
+                (&mut self.selected, len)
+            }
+            Tab::Downloads => {
+                let len = self.downloads_len();
+                (&mut self.dl_selected, len)
+            }
+            _ => return,
+        };
+        *sel = (*sel as isize + by).clamp(0, len.saturating_sub(1) as isize) as usize;
+    }
+}

@@ -1,0 +1,333 @@
+//! Render tests: given a state, the screen shows what a person should see.
+
+use std::path::PathBuf;
+
+use ratatui::backend::TestBackend;
+use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
+use ratatui::Terminal;
+use wire::{FileId, NodeId, Source, Tags};
+
+use super::app::{Action, App, Connection, Input, Sort, Tab, Update};
+use super::ui;
+use crate::control::{DownloadInfo, DownloadState, LinkStatus, StatusReport, SuperPeerStatus};
+use crate::search::SearchResult;
+
+/// The screen as lines of text.
+fn screen(app: &App, w: u16, h: u16) -> Vec<String> {
+    let mut t = Terminal::new(TestBackend::new(w, h)).unwrap();
+    t.draw(|f| ui::render(app, f)).unwrap();
+    let buf = t.backend().buffer().clone();
+    (0..h)
+        .map(|y| (0..w).map(|x| buf[(x, y)].symbol()).collect::<String>())
+        .collect()
+}
+
+fn contains(lines: &[String], needle: &str) -> bool {
+    lines.iter().any(|l| l.contains(needle))
+}
+
+fn line_with<'a>(lines: &'a [String], needle: &str) -> &'a str {
+    lines
+        .iter()
+        .find(|l| l.contains(needle))
+        .unwrap_or_else(|| panic!("no line with {needle:?} in\n{}", lines.join("\n")))
+}
+
+fn result(n: u8, name: &str, size: u64, sources: usize, artist: Option<&str>) -> SearchResult {
+    SearchResult {
+        id: FileId([n; 32]),
+        name: name.into(),
+        path: format!("Music/{name}"),
+        size,
+        tags: Tags {
+            artist: artist.map(String::from),
+            title: artist.map(|_| "Saman".to_string()),
+            ..Tags::default()
+        },
+        sources: (0..sources)
+            .map(|i| Source {
+                node: NodeId([i as u8; 32]),
+                addr: ([127, 0, 0, 1], 9000 + i as u16).into(),
+            })
+            .collect(),
+        score: 10.0 - n as f32,
+    }
+}
+
+fn download(name: &str, size: u64, done: u64, state: DownloadState) -> DownloadInfo {
+    DownloadInfo {
+        id: FileId([7; 32]),
+        name: name.into(),
+        size,
+        done_bytes: done,
+        sources: 2,
+        speed: 1_500_000,
+        eta_s: Some(4),
+        queued_at: None,
+        resumed_chunks: 0,
+        out: PathBuf::from("/tmp/dl"),
+        state,
+    }
+}
+
+fn status() -> StatusReport {
+    StatusReport {
+        node: NodeId([1; 32]),
+        role: "leaf".into(),
+        role_reason: "attached to 1 super-peer".into(),
+        hosts: 3,
+        superpeer: None,
+        events: vec!["attached to 127.0.0.1:7700".into()],
+        listen: Some("127.0.0.1:4000".parse().unwrap()),
+        superpeers: vec![LinkStatus {
+            addr: "127.0.0.1:7700".parse().unwrap(),
+            connected: true,
+            node: None,
+        }],
+        folders: vec![PathBuf::from("/home/me/Music")],
+        files: 12,
+        bytes: 34_000_000,
+        downloads: Vec::new(),
+        uploaded_chunks: 5,
+        uploaded_bytes: 1_200_000,
+        upload_slots: (1, 4),
+        upload_queue: 2,
+        upload_rate: None,
+        download_rate: None,
+    }
+}
+
+fn app() -> App {
+    let mut app = App::new(PathBuf::from("/tmp/dl"), "test");
+    app.notice = None;
+    app.on_update(Update::Status(Ok(Box::new(status()))));
+    app
+}
+
+fn key(c: KeyCode) -> KeyEvent {
+    KeyEvent::new(c, KeyModifiers::NONE)
+}
+
+#[test]
+fn search_results_show_one_row_per_file_with_size_type_sources_and_tags() {
+    let mut app = app();
+    app.query = "saman".into();
+    app.search_gen = 1;
+    app.searching = true;
+    app.on_update(Update::Results(
+        1,
+        vec![
+            result(1, "saman.flac", 3_000_000, 2, Some("Ólafur Arnalds")),
+            result(2, "notes.txt", 1_200, 1, None),
+        ],
+    ));
+    let s = screen(&app, 100, 30);
+    assert!(contains(&s, "saman"), "the query box shows the query");
+    assert!(contains(&s, "2 files · sort: relevance · searching…"));
+    let row = line_with(&s, "saman.flac");
+    for cell in ["3.0 MB", "flac", " 2 ", "Ólafur Arnalds – Saman"] {
+        assert!(row.contains(cell), "{cell:?} in {row:?}");
+    }
+    let row = line_with(&s, "notes.txt");
+    assert!(row.contains("1.2 kB") && row.contains("txt"), "{row}");
+    // Sorting by size puts the big file first still; by name puts notes first.
+    app.on_key(key(KeyCode::Char('s')));
+    assert_eq!(app.sort, Sort::Name);
+    let s = screen(&app, 100, 30);
+    let first = s.iter().position(|l| l.contains("notes.txt")).unwrap();
+    let second = s.iter().position(|l| l.contains("saman.flac")).unwrap();
+    assert!(first < second, "sorted by name:\n{}", s.join("\n"));
+    // A filter hides what does not match.
+    app.on_key(key(KeyCode::Char('f')));
+    for c in "ARNALDS".chars() {
+        app.on_key(key(KeyCode::Char(c)));
+    }
+    assert_eq!(app.input, Input::Filter);
+    app.on_key(key(KeyCode::Enter));
+    // The filter matches tags too, in any case.
+    let s = screen(&app, 100, 30);
+    assert!(!contains(&s, "notes.txt"));
+    assert!(contains(&s, "saman.flac"));
+    assert!(contains(&s, "filter: ARNALDS"));
+}
+
+#[test]
+fn stale_results_of_an_older_search_are_ignored_and_enter_downloads() {
+    let mut app = app();
+    app.on_key(key(KeyCode::Char('/')));
+    for c in "abc".chars() {
+        app.on_key(key(KeyCode::Char(c)));
+    }
+    assert_eq!(
+        app.on_key(key(KeyCode::Enter)),
+        Some(Action::Search("abc".into()))
+    );
+    let gen = app.search_gen;
+    app.on_update(Update::Results(
+        gen - 1,
+        vec![result(9, "old.mp3", 1, 1, None)],
+    ));
+    assert!(app.results.is_empty());
+    app.on_update(Update::Results(gen, vec![result(3, "new.mp3", 1, 1, None)]));
+    assert_eq!(
+        app.on_key(key(KeyCode::Enter)),
+        Some(Action::Get(FileId([3; 32])))
+    );
+}
+
+#[test]
+fn downloads_show_a_bar_speed_eta_sources_and_failure_reason() {
+    let mut app = app();
+    let mut s = status();
+    s.downloads = vec![
+        download("big.flac", 10_000_000, 5_000_000, DownloadState::Running),
+        DownloadInfo {
+            id: FileId([8; 32]),
+            ..download(
+                "gone.mp3",
+                100,
+                0,
+                DownloadState::Failed("no source has it".into()),
+            )
+        },
+        DownloadInfo {
+            id: FileId([9; 32]),
+            ..download(
+                "fine.ogg",
+                100,
+                100,
+                DownloadState::Done("/tmp/dl/fine.ogg".into()),
+            )
+        },
+    ];
+    app.on_update(Update::Status(Ok(Box::new(s))));
+    app.on_key(key(KeyCode::Char('2')));
+    assert_eq!(app.tab, Tab::Downloads);
+    let screen = screen(&app, 100, 24);
+    let row = line_with(&screen, "big.flac");
+    assert!(row.contains("██████░░░░░░  50%"), "{row}");
+    assert!(row.contains("1.5 MB/s") && row.contains("4s") && row.contains("running"));
+    assert!(line_with(&screen, "gone.mp3").contains("failed: no source has it"));
+    assert!(line_with(&screen, "fine.ogg").contains("████████████ 100%"));
+    assert!(line_with(&screen, "fine.ogg").contains("done"));
+    // c on the running download cancels it; r on the failed one gets it again.
+    assert_eq!(
+        app.on_key(key(KeyCode::Char('c'))),
+        Some(Action::Cancel(FileId([7; 32])))
+    );
+    app.on_key(key(KeyCode::Down));
+    assert_eq!(
+        app.on_key(key(KeyCode::Char('r'))),
+        Some(Action::Get(FileId([8; 32])))
+    );
+}
+
+#[test]
+fn every_tab_fits_80_by_24_with_tabs_and_footer() {
+    let mut app = app();
+    let mut s = status();
+    s.downloads = vec![download(
+        "a very long file name that goes on and on.flac",
+        10,
+        5,
+        DownloadState::Waiting,
+    )];
+    s.superpeer = Some(SuperPeerStatus {
+        listen: "0.0.0.0:7700".parse().unwrap(),
+        leaves: 4,
+        leaf_slots: 300,
+        neighbours: 2,
+        records: 99,
+        queries: 7,
+    });
+    s.role = "super-peer".into();
+    app.on_update(Update::Status(Ok(Box::new(s))));
+    app.results = vec![result(
+        1,
+        "saman.flac",
+        3_000_000,
+        2,
+        Some("Ólafur Arnalds"),
+    )];
+    for (n, expect) in [
+        ('1', "saman.flac"),
+        ('2', "waiting for sources"),
+        ('3', "/home/me/Music"),
+        ('4', "4/300 leaves"),
+    ] {
+        app.on_key(key(KeyCode::Char(n)));
+        let s = screen(&app, 80, 24);
+        assert_eq!(s.len(), 24);
+        assert!(
+            s[0].contains("1 Search") && s[0].contains("4 Network"),
+            "{}",
+            s[0]
+        );
+        assert!(
+            s[23].contains("q") && s[23].contains("quit"),
+            "footer: {}",
+            s[23]
+        );
+        assert!(
+            contains(&s, expect),
+            "tab {n}: {expect:?} in\n{}",
+            s.join("\n")
+        );
+    }
+    let s = screen(&app, 80, 24);
+    assert!(contains(&s, "super-peer — attached to 1 super-peer"));
+    assert!(contains(&s, "3 super-peers known"));
+    assert!(contains(&s, "attached to 127.0.0.1:7700"));
+    app.on_key(key(KeyCode::Char('3')));
+    let s = screen(&app, 80, 24);
+    assert!(contains(&s, "12 files, 34.0 MB shared from 1 folder(s)"));
+    assert!(contains(&s, "slots 1/4 in use, 2 waiting"));
+}
+
+#[test]
+fn help_screen_lists_the_keys_and_any_key_closes_it() {
+    let mut app = app();
+    app.on_key(key(KeyCode::Char('?')));
+    let s = screen(&app, 80, 24);
+    assert!(contains(&s, "Keys (any key closes)"));
+    assert!(contains(&s, "download the selected result"));
+    assert!(contains(&s, "quit (the node keeps running)"));
+    app.on_key(key(KeyCode::Char('x')));
+    assert!(!app.help);
+    assert!(!contains(&screen(&app, 80, 24), "Keys (any key closes)"));
+    assert_eq!(app.on_key(key(KeyCode::Char('q'))), Some(Action::Quit));
+}
+
+#[test]
+fn a_lost_node_is_shown_and_the_last_state_kept() {
+    let mut app = app();
+    app.on_update(Update::Status(Err(
+        "no node answers on /x/control.sock".into()
+    )));
+    assert!(matches!(app.connection, Connection::Lost(_)));
+    app.on_key(key(KeyCode::Char('4')));
+    let s = screen(&app, 80, 24);
+    assert!(
+        contains(&s, "node unreachable, retrying"),
+        "{}",
+        s.join("\n")
+    );
+    assert!(s[0].contains("node unreachable"));
+    assert!(contains(&s, "127.0.0.1:7700"), "the last known state stays");
+    // Back again.
+    app.on_update(Update::Status(Ok(Box::new(status()))));
+    assert!(!contains(&screen(&app, 80, 24), "unreachable"));
+}
+
+#[test]
+fn tiny_terminals_do_not_panic() {
+    // Also print one screen, for a person running the tests with --nocapture.
+    println!("{}", screen(&app(), 80, 24).join("\n"));
+    let mut app = app();
+    for tab in ['1', '2', '3', '4', '?'] {
+        app.on_key(key(KeyCode::Char(tab)));
+        for (w, h) in [(1, 1), (10, 3), (20, 5), (80, 24), (200, 60)] {
+            screen(&app, w, h);
+        }
+    }
+}
