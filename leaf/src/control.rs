@@ -174,6 +174,17 @@ pub struct SuperPeerStatus {
     pub queries: u64,
 }
 
+/// A shared folder's figures.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FolderStats {
+    /// The folder.
+    pub folder: PathBuf,
+    /// Files shared from it.
+    pub files: u64,
+    /// Their bytes.
+    pub bytes: u64,
+}
+
 /// The node's state.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StatusReport {
@@ -195,6 +206,9 @@ pub struct StatusReport {
     pub superpeers: Vec<LinkStatus>,
     /// Shared folders.
     pub folders: Vec<PathBuf>,
+    /// Each shared folder's files and bytes.
+    #[serde(default)]
+    pub folder_stats: Vec<FolderStats>,
     /// Shared files.
     pub files: u64,
     /// Shared bytes.

@@ -608,6 +608,9 @@ impl Node {
             {
                 return Err(NodeError::AlreadyDownloading(id));
             }
+            // A finished or cancelled download of the same file is replaced by this one (a
+            // resume after a cancel shows as one row).
+            d.retain(|t| t.info.id != id);
             // Forget the oldest finished downloads beyond what status shows.
             while d.iter().filter(|t| !t.info.state.is_active()).count() >= FINISHED_KEPT {
                 let oldest = d
@@ -880,6 +883,21 @@ impl Node {
             superpeer: role.superpeer,
             events: self.inner.events.lock().unwrap().iter().cloned().collect(),
             folders: shares.folders().to_vec(),
+            folder_stats: shares
+                .folders()
+                .iter()
+                .map(|folder| {
+                    let (files, bytes) = shares
+                        .files()
+                        .filter(|f| f.local.starts_with(folder))
+                        .fold((0, 0), |(n, b), f| (n + 1, b + f.record.size));
+                    control::FolderStats {
+                        folder: folder.clone(),
+                        files,
+                        bytes,
+                    }
+                })
+                .collect(),
             files: shares.len() as u64,
             bytes: shares.total_bytes(),
             downloads: self

@@ -1,6 +1,7 @@
 //! `leaf tui` end to end, in tmux: against a `superpeer` process and a `leaf share` process, it
 //! types a query, sees the file on screen, downloads it with Enter, sees it reach done, and the
-//! file on disk is byte-identical. Needs `tmux` (`.ci/run` installs it).
+//! file on disk is byte-identical; attached to a running node, it cancels and resumes a download,
+//! and quitting leaves the node and its download running. Needs `tmux` (`.ci/run` installs it).
 
 mod common;
 
@@ -101,74 +102,127 @@ fn must(r: Result<String, String>, what: &str) -> String {
     r.unwrap_or_else(|screen| panic!("timed out waiting for {what}; the screen:\n{screen}"))
 }
 
+/// A super-peer and a leaf sharing one file; the TUI's user is carol.
+struct Net {
+    tmp: tempfile::TempDir,
+    sp_addr: String,
+    name: &'static str,
+    content: Vec<u8>,
+    _procs: Vec<Proc>,
+}
+
+impl Net {
+    /// `upload_rate`: the sharer's cap (to make a download slow enough to cancel).
+    fn start(upload_rate: &str) -> Net {
+        if Command::new("tmux").arg("-V").output().is_err() {
+            panic!("tmux is not installed (apt-get install tmux; .ci/run installs it)");
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let base = tmp.path();
+        let sp = Proc::spawn(
+            Command::new(superpeer_bin())
+                .args(["--listen", "127.0.0.1:0", "--data-dir"])
+                .arg(base.join("sp")),
+        );
+        let line = sp.wait_for("listening on");
+        let sp_addr = line.rsplit(' ').next().unwrap().trim().to_string();
+        let name = "Canopytui Test Song.flac";
+        let content: Vec<u8> = (0..2_500_000u32)
+            .map(|i| (i.wrapping_mul(2654435761) >> 11) as u8)
+            .collect();
+        let music = base.join("alice/Music");
+        std::fs::create_dir_all(&music).unwrap();
+        std::fs::write(music.join(name), &content).unwrap();
+        let sharer = Proc::spawn(
+            leaf(&base.join("alice-data"), &sp_addr)
+                .args(["--no-promote", "--upload-rate", upload_rate, "share"])
+                .arg(&music),
+        );
+        sharer.wait_for("sharing 1 files");
+        std::fs::create_dir_all(base.join("downloads")).unwrap();
+        Net {
+            tmp,
+            sp_addr,
+            name,
+            content,
+            _procs: vec![sp, sharer],
+        }
+    }
+
+    fn base(&self) -> &Path {
+        self.tmp.path()
+    }
+
+    /// `leaf tui` for carol in tmux, once it shows its super-peer link.
+    fn tui(&self) -> Tmux {
+        let mut tui = leaf(&self.base().join("carol-data"), &self.sp_addr);
+        tui.args(["--no-promote", "tui", "--out"])
+            .arg(self.base().join("downloads"));
+        let tmux = Tmux::start(&tui);
+        must(
+            tmux.wait_for("1 super-peer", 30),
+            "the link to the super-peer",
+        );
+        tmux
+    }
+
+    /// Searches in the TUI until the file shows (its registration may still be on its way).
+    fn search(&self, tmux: &Tmux) -> String {
+        let mut found = Err(String::new());
+        for _ in 0..4 {
+            tmux.keys("/", true);
+            tmux.keys("canopytui", true);
+            tmux.keys("Enter", false);
+            found = tmux.wait_for(self.name, 8);
+            if found.is_ok() {
+                break;
+            }
+            tmux.keys("/", true);
+            for _ in 0.."canopytui".len() {
+                tmux.keys("BSpace", false);
+            }
+            tmux.keys("Escape", false);
+        }
+        must(found, "the search result")
+    }
+
+    fn downloaded(&self) -> Option<Vec<u8>> {
+        std::fs::read(self.base().join("downloads").join(self.name)).ok()
+    }
+}
+
+fn row<'a>(screen: &'a str, needle: &str) -> &'a str {
+    screen
+        .lines()
+        .find(|l| l.contains(needle))
+        .unwrap_or_else(|| panic!("no row with {needle:?} in\n{screen}"))
+}
+
+/// The percentage a download row shows.
+fn percent(row: &str) -> u64 {
+    row.split_whitespace()
+        .find_map(|w| w.strip_suffix('%')?.parse().ok())
+        .unwrap_or(0)
+}
+
 #[test]
 fn search_download_and_done_in_the_tui_under_tmux() {
-    if Command::new("tmux").arg("-V").output().is_err() {
-        panic!("tmux is not installed (apt-get install tmux; .ci/run installs it)");
-    }
-    let tmp = tempfile::tempdir().unwrap();
-    let base = tmp.path();
-    let sp = Proc::spawn(
-        Command::new(superpeer_bin())
-            .args(["--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(base.join("sp")),
-    );
-    let line = sp.wait_for("listening on");
-    let sp_addr = line.rsplit(' ').next().unwrap().trim().to_string();
-
-    let name = "Canopytui Test Song.flac";
-    let content: Vec<u8> = (0..2_500_000u32)
-        .map(|i| (i.wrapping_mul(2654435761) >> 11) as u8)
-        .collect();
-    let music = base.join("alice/Music");
-    std::fs::create_dir_all(&music).unwrap();
-    std::fs::write(music.join(name), &content).unwrap();
-    let sharer = Proc::spawn(
-        leaf(&base.join("alice-data"), &sp_addr)
-            .args(["--no-promote", "share"])
-            .arg(&music),
-    );
-    sharer.wait_for("sharing 1 files");
-
-    let dl = base.join("downloads");
-    std::fs::create_dir_all(&dl).unwrap();
-    let mut tui = leaf(&base.join("carol-data"), &sp_addr);
-    tui.args(["--no-promote", "tui", "--out"]).arg(&dl);
-    let tmux = Tmux::start(&tui);
-    must(
-        tmux.wait_for("1 super-peer", 30),
-        "the link to the super-peer",
-    );
-
-    // Search; the sharer's registration may still be on its way, so try a few times.
-    let mut found = Err(String::new());
-    for _ in 0..4 {
-        tmux.keys("/", true);
-        tmux.keys("canopytui", true);
-        tmux.keys("Enter", false);
-        found = tmux.wait_for(name, 8);
-        if found.is_ok() {
-            break;
-        }
-        tmux.keys("/", true);
-        for _ in 0.."canopytui".len() {
-            tmux.keys("BSpace", false);
-        }
-        tmux.keys("Escape", false);
-    }
-    let screen = must(found, "the search result");
+    let net = Net::start("0");
+    let tmux = net.tui();
+    let screen = net.search(&tmux);
     println!("{screen}");
-    let row = screen.lines().find(|l| l.contains(name)).unwrap();
-    assert!(row.contains("2.5 MB") && row.contains("flac"), "{row}");
+    let r = row(&screen, net.name);
+    assert!(r.contains("2.5 MB") && r.contains("flac"), "{r}");
 
     tmux.keys("Enter", false);
     tmux.keys("2", true);
     let screen = must(tmux.wait_for("done", 60), "the download to finish");
     println!("{screen}");
-    let row = screen.lines().find(|l| l.contains(name)).unwrap();
-    assert!(row.contains("100%"), "{row}");
-    let got = std::fs::read(dl.join(name)).unwrap();
-    assert!(got == content, "the downloaded file differs");
+    assert!(row(&screen, net.name).contains("100%"));
+    assert!(
+        net.downloaded() == Some(net.content.clone()),
+        "the file differs"
+    );
 
     // q quits; the TUI's own node stops with it.
     tmux.keys("q", true);
@@ -177,5 +231,83 @@ fn search_download_and_done_in_the_tui_under_tmux() {
         assert!(Instant::now() < until, "leaf tui did not quit on q");
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert!(!Path::new(&base.join("carol-data/control.sock")).exists());
+    assert!(!net.base().join("carol-data/control.sock").exists());
+}
+
+#[test]
+fn attached_to_a_running_node_cancel_resume_and_quit_leave_the_download_running() {
+    // 2.5 MB at 400 kB/s: about six seconds, time enough to cancel.
+    let net = Net::start("400K");
+    let carol = net.base().join("carol-data");
+    let node = Proc::spawn(leaf(&carol, &net.sp_addr).args(["--no-promote", "share"]));
+    node.wait_for("sharing 0 files");
+    let tmux = net.tui();
+    must(
+        tmux.wait_for("attached to the node", 5),
+        "the attach notice",
+    );
+
+    net.search(&tmux);
+    tmux.keys("Enter", false);
+    tmux.keys("2", true);
+    // Cancel once a few chunks (256 KiB each) are on disk.
+    let until = Instant::now() + Duration::from_secs(30);
+    loop {
+        let screen = tmux.screen();
+        if screen.contains(net.name) && percent(row(&screen, net.name)) >= 30 {
+            break;
+        }
+        assert!(Instant::now() < until, "no progress:\n{screen}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    tmux.keys("c", true);
+    let screen = must(tmux.wait_for("cancelled (r resumes)", 10), "the cancel");
+    println!("{screen}");
+    assert!(
+        net.downloaded().is_none(),
+        "a cancelled download is not complete"
+    );
+    let parts = std::fs::read_dir(net.base().join("downloads"))
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .ends_with(".part")
+        })
+        .count();
+    assert_eq!(parts, 1, "the partial file stays for a resume");
+
+    tmux.keys("r", true);
+    must(tmux.wait_for("running", 20), "the resumed download");
+    // Quit while it runs: the node is not the TUI's, so it carries on.
+    tmux.keys("q", true);
+    let until = Instant::now() + Duration::from_secs(10);
+    while tmux.alive() {
+        assert!(Instant::now() < until, "leaf tui did not quit on q");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    wait_until("the download to finish in the node", 60, || {
+        net.downloaded().is_some()
+    });
+    assert!(
+        net.downloaded() == Some(net.content.clone()),
+        "the file differs"
+    );
+    let status = status_json(&carol, &net.sp_addr);
+    assert!(
+        status["listen"].is_string(),
+        "the node still runs: {status}"
+    );
+    let d = &status["downloads"][0];
+    assert!(
+        d["resumed_chunks"].as_u64().unwrap() > 0,
+        "resumed, not restarted: {d}"
+    );
+    assert_eq!(
+        status["downloads"].as_array().unwrap().len(),
+        1,
+        "one row per file"
+    );
 }

@@ -165,8 +165,6 @@ pub struct App {
     pub notice: Option<String>,
     /// The folder being scanned.
     pub scan: Option<ScanProgress>,
-    /// Folders shared during this session, with their figures.
-    pub shared: Vec<ShareSummary>,
     /// Whether the help screen is open.
     pub help: bool,
     /// Where downloads are saved.
@@ -196,7 +194,6 @@ impl App {
             connection: Connection::Connecting,
             notice: None,
             scan: None,
-            shared: Vec::new(),
             help: false,
             out,
             attached: attached.into(),
@@ -263,9 +260,17 @@ impl App {
             Update::ShareProgress(p) => self.scan = Some(p),
             Update::Shared(s) => {
                 self.scan = None;
-                self.notice = Some(format!("shared {}: {} files", s.folder.display(), s.files));
-                self.shared.retain(|o| o.folder != s.folder);
-                self.shared.push(s);
+                let skipped = match s.skipped.len() {
+                    0 => String::new(),
+                    n => format!(", {n} skipped"),
+                };
+                self.notice = Some(format!(
+                    "shared {}: {} files ({} hashed, {} unchanged{skipped})",
+                    s.folder.display(),
+                    s.files,
+                    s.hashed,
+                    s.reused
+                ));
             }
             Update::Notice(n) => {
                 self.notice = Some(n);

@@ -85,6 +85,11 @@ fn status() -> StatusReport {
             node: None,
         }],
         folders: vec![PathBuf::from("/home/me/Music")],
+        folder_stats: vec![crate::control::FolderStats {
+            folder: PathBuf::from("/home/me/Music"),
+            files: 12,
+            bytes: 34_000_000,
+        }],
         files: 12,
         bytes: 34_000_000,
         downloads: Vec::new(),
@@ -281,6 +286,7 @@ fn every_tab_fits_80_by_24_with_tabs_and_footer() {
     app.on_key(key(KeyCode::Char('3')));
     let s = screen(&app, 80, 24);
     assert!(contains(&s, "12 files, 34.0 MB shared from 1 folder(s)"));
+    assert!(line_with(&s, "/home/me/Music").contains("12 files, 34.0 MB"));
     assert!(contains(&s, "slots 1/4 in use, 2 waiting"));
 }
 

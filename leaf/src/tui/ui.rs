@@ -220,6 +220,9 @@ fn state_text(d: &DownloadInfo) -> (String, Color) {
         },
         DownloadState::Waiting => ("waiting for sources".into(), Color::Yellow),
         DownloadState::Done(_) => ("done".into(), Color::Green),
+        DownloadState::Failed(why) if *why == crate::NodeError::Cancelled.to_string() => {
+            ("cancelled (r resumes)".into(), Color::Yellow)
+        }
         DownloadState::Failed(why) => (format!("failed: {why}"), Color::Red),
     }
 }
@@ -325,11 +328,11 @@ fn render_shares(app: &App, f: &mut Frame, area: Rect) {
             s.folders.len()
         )));
         for folder in &s.folders {
-            let figures = app
-                .shared
+            let figures = s
+                .folder_stats
                 .iter()
                 .find(|x| &x.folder == folder)
-                .map(|x| format!("  ({} files, {})", x.files, bytes(x.bytes)))
+                .map(|x| format!("  {} files, {}", x.files, bytes(x.bytes)))
                 .unwrap_or_default();
             lines.push(Line::from(vec![
                 Span::styled(format!("  {}", folder.display()), ACCENT),
