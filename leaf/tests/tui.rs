@@ -311,3 +311,35 @@ fn attached_to_a_running_node_cancel_resume_and_quit_leave_the_download_running(
         "one row per file"
     );
 }
+
+#[test]
+fn a_lost_node_is_shown_retried_and_found_again() {
+    let net = Net::start("0");
+    let carol = net.base().join("carol-data");
+    let serve = || {
+        let node = Proc::spawn(leaf(&carol, &net.sp_addr).args(["--no-promote", "share"]));
+        node.wait_for("sharing 0 files");
+        node
+    };
+    let node = serve();
+    let tmux = net.tui();
+    tmux.keys("4", true);
+    drop(node);
+    let screen = must(
+        tmux.wait_for("node unreachable, retrying", 10),
+        "the lost node to show",
+    );
+    println!("{screen}");
+    let node = serve();
+    let until = Instant::now() + Duration::from_secs(15);
+    loop {
+        let screen = tmux.screen();
+        if !screen.contains("unreachable") && screen.contains("1 super-peer") {
+            break;
+        }
+        assert!(Instant::now() < until, "not found again:\n{screen}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(tmux.alive(), "the TUI survived");
+    drop(node);
+}

@@ -426,7 +426,11 @@ fn render_network(app: &App, f: &mut Frame, area: Rect) {
         ]),
         Line::from(vec![
             label("host cache"),
-            Span::raw(format!("{} super-peers known", s.hosts)),
+            Span::raw(format!(
+                "{} super-peer{} known",
+                s.hosts,
+                if s.hosts == 1 { "" } else { "s" }
+            )),
         ]),
     ];
     if let Some(sp) = &s.superpeer {
