@@ -224,6 +224,23 @@ fn search_download_and_done_in_the_tui_under_tmux() {
         "the file differs"
     );
 
+    // Share a folder from the Shares tab: type its path.
+    let mine = net.base().join("carol-music");
+    std::fs::create_dir_all(&mine).unwrap();
+    std::fs::write(mine.join("mine.ogg"), b"ogg ogg ogg").unwrap();
+    tmux.keys("3", true);
+    tmux.keys("a", true);
+    tmux.keys(mine.to_str().unwrap(), true);
+    tmux.keys("Enter", false);
+    let screen = must(
+        tmux.wait_for("1 files (1 hashed", 20),
+        "the share to finish",
+    );
+    println!("{screen}");
+    // The folder's own figures come with the next status poll.
+    let screen = must(tmux.wait_for("1 files, 11 B", 5), "the folder's figures");
+    assert!(row(&screen, "carol-music  ").contains("1 files, 11 B"));
+
     // q quits; the TUI's own node stops with it.
     tmux.keys("q", true);
     let until = Instant::now() + Duration::from_secs(10);
