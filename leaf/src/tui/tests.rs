@@ -42,6 +42,9 @@ fn result(n: u8, name: &str, size: u64, sources: usize, artist: Option<&str>) ->
         tags: Tags {
             artist: artist.map(String::from),
             title: artist.map(|_| "Saman".to_string()),
+            album: artist.map(|_| "Living Room Songs".to_string()),
+            year: artist.map(|_| 2011),
+            duration_s: artist.map(|_| 185),
             ..Tags::default()
         },
         sources: (0..sources)
@@ -133,6 +136,15 @@ fn search_results_show_one_row_per_file_with_size_type_sources_and_tags() {
     for cell in ["3.0 MB", "flac", " 2 ", "Ólafur Arnalds – Saman"] {
         assert!(row.contains(cell), "{cell:?} in {row:?}");
     }
+    // The selected file's details: its path, album, year, length and id.
+    assert!(
+        contains(
+            &s,
+            "Music/saman.flac · Living Room Songs · 2011 · 3:05 · 01010101"
+        ),
+        "{}",
+        s.join("\n")
+    );
     let row = line_with(&s, "notes.txt");
     assert!(row.contains("1.2 kB") && row.contains("txt"), "{row}");
     // Sorting by size puts the big file first still; by name puts notes first.

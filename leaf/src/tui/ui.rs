@@ -129,10 +129,11 @@ fn text_box<'a>(title: &'a str, text: &'a str, active: bool) -> Paragraph<'a> {
 }
 
 fn render_search(app: &App, f: &mut Frame, area: Rect) {
-    let [query, info, table] = Layout::vertical([
+    let [query, info, table, detail] = Layout::vertical([
         Constraint::Length(3),
         Constraint::Length(1),
         Constraint::Min(1),
+        Constraint::Length(1),
     ])
     .areas(area);
     f.render_widget(
@@ -197,6 +198,20 @@ fn render_search(app: &App, f: &mut Frame, area: Rect) {
     .block(Block::new().borders(Borders::TOP).border_style(DIM));
     let mut state = TableState::default().with_selected((!rows.is_empty()).then_some(app.selected));
     f.render_stateful_widget(t, table, &mut state);
+    if let Some(r) = rows.get(app.selected) {
+        let mut about = vec![r.path.clone()];
+        if let Some(album) = &r.tags.album {
+            about.push(album.clone());
+        }
+        if let Some(year) = r.tags.year {
+            about.push(year.to_string());
+        }
+        if let Some(d) = r.tags.duration_s {
+            about.push(format!("{}:{:02}", d / 60, d % 60));
+        }
+        about.push(r.id.short());
+        f.render_widget(Paragraph::new(Line::styled(about.join(" · "), DIM)), detail);
+    }
 }
 
 /// A progress bar `width` cells wide.
