@@ -190,6 +190,21 @@ fn stale_results_of_an_older_search_are_ignored_and_enter_downloads() {
         app.on_key(key(KeyCode::Enter)),
         Some(Action::Get(FileId([3; 32])))
     );
+    // Selection stays within the rows, however far it is moved.
+    app.on_update(Update::Results(
+        gen,
+        (1..=30).map(|n| result(n, "x.mp3", 1, 1, None)).collect(),
+    ));
+    app.on_key(key(KeyCode::End));
+    assert_eq!(app.selected, 29);
+    app.on_key(key(KeyCode::PageDown));
+    assert_eq!(app.selected, 29);
+    app.on_key(key(KeyCode::PageUp));
+    assert_eq!(app.selected, 19);
+    app.on_key(key(KeyCode::Home));
+    assert_eq!(app.selected, 0);
+    app.on_key(key(KeyCode::Up));
+    assert_eq!(app.selected, 0);
 }
 
 #[test]

@@ -485,7 +485,7 @@ pub const HELP: &[(&str, &str)] = &[
         "switch tab (Search, Downloads, Shares, Network)",
     ),
     ("/", "type a search; Enter runs it, Esc leaves the box"),
-    ("↑↓ j k", "select a row"),
+    ("↑↓ j k", "select a row (PgUp PgDn, Home End: jump)"),
     ("Enter, d", "download the selected result"),
     ("s", "sort results: relevance, name, size, sources"),
     ("f", "filter results by text"),
