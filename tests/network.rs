@@ -382,3 +382,26 @@ fn a_restarted_leaf_needs_no_bootstrap_address_and_a_bootstrap_file_works() {
         assert_eq!(configured.status().superpeers[0].addr, sp.listen_addr());
     });
 }
+
+#[test]
+fn an_unshared_folder_disappears_from_the_network() {
+    run_bounded(LIMIT, async {
+        let tmp = tempfile::tempdir().unwrap();
+        let sp = net::superpeer(&[]).await;
+        let tracks = corpus::load_tracks(6).unwrap();
+        let sharer = net::leaf(tmp.path(), "sharer", &[sp.listen_addr()]).await;
+        let music = tmp.path().join("music");
+        share_tracks(&sharer, &music, &tracks).await;
+        net::wait_records(&sp, 6).await;
+        assert_eq!(sharer.unshare(&music).await.unwrap(), 6);
+        wait_until(
+            "the super-peer to drop the files",
+            Duration::from_secs(10),
+            || async { sp.status().await.records == 0 },
+        )
+        .await;
+        assert!(sharer.status().folders.is_empty());
+        let err = sharer.unshare(&music).await.unwrap_err().to_string();
+        assert!(err.contains("is not shared"), "{err}");
+    });
+}

@@ -70,6 +70,11 @@ pub enum Request {
         /// The file.
         id: FileId,
     },
+    /// Stop sharing a folder: its files are withdrawn from the super-peers.
+    Unshare {
+        /// The folder, as it was shared (absolute).
+        path: PathBuf,
+    },
 }
 
 /// A folder's share, done.
@@ -98,6 +103,8 @@ pub enum DownloadState {
     Searching,
     /// Fetching chunks.
     Running,
+    /// Every chunk is in; the whole file is being checked against its id.
+    Verifying,
     /// No source is left: searching again with growing back-off.
     Waiting,
     /// Complete and verified, at this path.
@@ -114,6 +121,7 @@ impl DownloadState {
             DownloadState::Queued
                 | DownloadState::Searching
                 | DownloadState::Running
+                | DownloadState::Verifying
                 | DownloadState::Waiting
         )
     }
@@ -236,6 +244,13 @@ pub enum Reply {
     ShareProgress(ScanProgress),
     /// A folder is shared.
     Shared(ShareSummary),
+    /// A folder is no longer shared.
+    Unshared {
+        /// The folder.
+        folder: PathBuf,
+        /// How many files were shared from it.
+        files: u64,
+    },
     /// Search results, grouped by file.
     Results(Vec<SearchResult>),
     /// Download progress.

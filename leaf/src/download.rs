@@ -165,6 +165,8 @@ pub struct Progress {
     pub queued: Option<u32>,
     /// Chunks found on disk from an earlier attempt.
     pub resumed_chunks: u64,
+    /// Every chunk is in: the whole file is being hashed once more.
+    pub verifying: bool,
 }
 
 /// Why a download failed.
@@ -586,6 +588,10 @@ struct Shared {
 
 impl Shared {
     fn report_progress(&self) {
+        self.report(false)
+    }
+
+    fn report(&self, verifying: bool) {
         let done_bytes = self.sched.lock().unwrap().done_bytes;
         let queued = self.queued.lock().unwrap().values().min().copied();
         (self.progress)(Progress {
@@ -594,6 +600,7 @@ impl Shared {
             sources: *self.connected.lock().unwrap(),
             queued,
             resumed_chunks: self.resumed_chunks,
+            verifying,
         });
     }
 }
@@ -761,6 +768,7 @@ pub async fn download(
         source,
     })?;
 
+    shared.report(true);
     let file = shared.file.clone();
     let got = smol::unblock(move || -> io::Result<FileId> {
         file.sync_all()?;

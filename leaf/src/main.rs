@@ -117,6 +117,12 @@ enum Command {
         #[arg(long, default_value = ".")]
         out: PathBuf,
     },
+    /// Stop sharing folders: their files are withdrawn from the network.
+    Unshare {
+        /// Folders, as they were shared.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
     /// Show the node's role, super-peers, shares and transfers.
     Status {
         /// JSON instead of text.
@@ -267,6 +273,31 @@ async fn run(cli: Cli, config: NodeConfig) -> anyhow::Result<()> {
             print_get_replies(replies).await
         }
         Command::Tui { .. } => unreachable!("handled before the runtime starts"),
+        Command::Unshare { paths } => {
+            let mut failed = 0;
+            for path in paths {
+                let path = std::path::absolute(&path)
+                    .with_context(|| format!("bad path {}", path.display()))?;
+                let replies = backend(&config, Request::Unshare { path }).await?;
+                while let Ok(reply) = replies.recv().await {
+                    match reply {
+                        Reply::Unshared { folder, files } => {
+                            println!("stopped sharing {}: {files} files", folder.display())
+                        }
+                        Reply::Error(e) => {
+                            eprintln!("error: {e}");
+                            failed += 1;
+                        }
+                        Reply::End => break,
+                        _ => {}
+                    }
+                }
+            }
+            if failed > 0 {
+                bail!("{failed} folder(s) could not be unshared");
+            }
+            Ok(())
+        }
         Command::Status { json } => {
             let replies = backend(&config, Request::Status).await?;
             while let Ok(reply) = replies.recv().await {

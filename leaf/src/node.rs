@@ -190,6 +190,9 @@ pub enum NodeError {
     /// A download failed.
     #[error(transparent)]
     Download(#[from] download::DownloadError),
+    /// The folder is not one of the shared folders.
+    #[error("{} is not shared (see `leaf status` for the shared folders)", .0.display())]
+    NotShared(PathBuf),
     /// The same file is being downloaded already.
     #[error("{0} is being downloaded already")]
     AlreadyDownloading(FileId),
@@ -474,6 +477,26 @@ impl Node {
         Ok(summary)
     }
 
+    /// Stops sharing a folder: its files are withdrawn from the super-peers. Returns how many
+    /// files were shared from it.
+    pub async fn unshare(&self, folder: &Path) -> Result<u64, NodeError> {
+        let _guard = self.inner.scan_lock.lock().await;
+        let canon = std::fs::canonicalize(folder).unwrap_or_else(|_| folder.to_path_buf());
+        let (files, diff) = {
+            let mut shares = self.inner.shares.write().unwrap();
+            let before = shares.len();
+            let diff = shares
+                .remove_folder(&canon)
+                .or_else(|| shares.remove_folder(folder))
+                .ok_or_else(|| NodeError::NotShared(folder.to_path_buf()))?;
+            ((before - shares.len()) as u64, diff)
+        };
+        self.save_shares().await;
+        self.announce(diff);
+        crate::overlay::note(&self.inner, format!("stopped sharing {}", folder.display()));
+        Ok(files)
+    }
+
     async fn save_shares(&self) {
         let inner = self.inner.clone();
         smol::unblock(move || {
@@ -723,7 +746,9 @@ impl Node {
                 t.info.queued_at = p.queued;
                 t.info.resumed_chunks = p.resumed_chunks;
                 t.info.eta_s = (t.info.speed > 0).then(|| (p.size - p.done_bytes) / t.info.speed);
-                t.info.state = if p.sources == 0 {
+                t.info.state = if p.verifying {
+                    DownloadState::Verifying
+                } else if p.sources == 0 {
                     DownloadState::Waiting
                 } else {
                     DownloadState::Running
@@ -1001,6 +1026,16 @@ impl Node {
                 if let Err(e) = self.cancel(id) {
                     let _ = reply.send(Reply::Error(e.to_string())).await;
                 }
+            }
+            Request::Unshare { path } => {
+                let r = match self.unshare(&path).await {
+                    Ok(removed) => Reply::Unshared {
+                        folder: path,
+                        files: removed,
+                    },
+                    Err(e) => Reply::Error(e.to_string()),
+                };
+                let _ = reply.send(r).await;
             }
         }
         let _ = reply.send(Reply::End).await;

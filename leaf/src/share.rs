@@ -370,6 +370,27 @@ impl Shares {
         diff
     }
 
+    /// Stops sharing `folder`: forgets it and its files. `None` if it was not shared.
+    pub fn remove_folder(&mut self, folder: &Path) -> Option<ShareDiff> {
+        let at = self.folders.iter().position(|f| f == folder)?;
+        self.folders.remove(at);
+        let paths: Vec<PathBuf> = self
+            .by_path
+            .keys()
+            .filter(|p| p.starts_with(folder))
+            .cloned()
+            .collect();
+        let mut diff = ShareDiff::default();
+        for p in paths {
+            let gone = self.remove_path(&p).expect("listed");
+            if !self.by_id.contains_key(&gone.record.id) && !diff.removed.contains(&gone.record.id)
+            {
+                diff.removed.push(gone.record.id);
+            }
+        }
+        Some(diff)
+    }
+
     fn insert(&mut self, file: SharedFile) {
         let file = Arc::new(file);
         if let Some(old) = self.by_path.insert(file.local.clone(), file.clone()) {
@@ -525,6 +546,33 @@ mod tests {
         let mut want = vec![old_a, FileId::from(blake3::hash(b"two"))];
         want.sort();
         assert_eq!(removed, want);
+    }
+
+    #[test]
+    fn an_unshared_folder_withdraws_only_what_no_other_folder_holds() {
+        let tmp = tempfile::tempdir().unwrap();
+        let a = tmp.path().join("a");
+        let b = tmp.path().join("b");
+        fs::create_dir_all(&a).unwrap();
+        fs::create_dir_all(&b).unwrap();
+        fs::write(a.join("same.bin"), b"same bytes").unwrap();
+        fs::write(b.join("same copy.bin"), b"same bytes").unwrap();
+        fs::write(a.join("only here.bin"), b"only in a").unwrap();
+        let mut shares = Shares::default();
+        for dir in [&a, &b] {
+            let dir = fs::canonicalize(dir).unwrap();
+            let out = scan(&dir, &shares);
+            shares.apply_scan(&dir, out.files);
+        }
+        let diff = shares
+            .remove_folder(&fs::canonicalize(&a).unwrap())
+            .unwrap();
+        assert_eq!(diff.removed, vec![FileId::from(blake3::hash(b"only in a"))]);
+        assert_eq!(shares.len(), 1);
+        assert_eq!(shares.folders().len(), 1);
+        assert!(shares
+            .remove_folder(&fs::canonicalize(&a).unwrap())
+            .is_none());
     }
 
     #[test]

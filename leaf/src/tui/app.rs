@@ -1,6 +1,7 @@
 //! The TUI's state and how keys and node updates change it. Nothing here touches the terminal
 //! or the network: keys become [`Action`]s that the run loop carries out.
 
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 
 use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
@@ -89,6 +90,77 @@ impl Sort {
     }
 }
 
+/// Which kinds of files the results show.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Every file.
+    All,
+    /// Music and other sound.
+    Audio,
+    /// Films and clips.
+    Video,
+    /// Pictures.
+    Image,
+    /// Texts, books, documents.
+    Document,
+    /// Archives and disk images.
+    Archive,
+}
+
+impl Kind {
+    /// Its label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Kind::All => "all",
+            Kind::Audio => "audio",
+            Kind::Video => "video",
+            Kind::Image => "images",
+            Kind::Document => "documents",
+            Kind::Archive => "archives",
+        }
+    }
+
+    fn next(self) -> Kind {
+        match self {
+            Kind::All => Kind::Audio,
+            Kind::Audio => Kind::Video,
+            Kind::Video => Kind::Image,
+            Kind::Image => Kind::Document,
+            Kind::Document => Kind::Archive,
+            Kind::Archive => Kind::All,
+        }
+    }
+
+    /// Whether a file of this name is of this kind.
+    pub fn matches(self, name: &str) -> bool {
+        let ext = name
+            .rsplit_once('.')
+            .map(|(_, e)| e.to_lowercase())
+            .unwrap_or_default();
+        let of = |list: &[&str]| list.contains(&ext.as_str());
+        match self {
+            Kind::All => true,
+            Kind::Audio => of(&[
+                "mp3", "flac", "ogg", "oga", "opus", "m4a", "aac", "wav", "aif", "aiff", "wv",
+                "ape", "mpc",
+            ]),
+            Kind::Video => of(&[
+                "mkv", "mp4", "avi", "webm", "mov", "m4v", "mpg", "mpeg", "ts", "wmv",
+            ]),
+            Kind::Image => of(&[
+                "jpg", "jpeg", "png", "gif", "webp", "bmp", "tif", "tiff", "svg", "heic",
+            ]),
+            Kind::Document => of(&[
+                "txt", "pdf", "epub", "mobi", "djvu", "doc", "docx", "odt", "md", "rtf", "cbz",
+                "cbr",
+            ]),
+            Kind::Archive => of(&[
+                "zip", "7z", "rar", "tar", "gz", "xz", "bz2", "zst", "iso", "img",
+            ]),
+        }
+    }
+}
+
 /// The link to the node.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Connection {
@@ -107,6 +179,12 @@ pub enum Action {
     Search(String),
     /// Download this file into the output folder.
     Get(FileId),
+    /// Download these files into the output folder.
+    GetMany(Vec<FileId>),
+    /// Stop sharing this folder.
+    Unshare(PathBuf),
+    /// Open this folder in the desktop's file manager (or say where it is).
+    Open(PathBuf),
     /// Stop this download (its partial file stays).
     Cancel(FileId),
     /// Share this folder.
@@ -157,6 +235,12 @@ pub struct App {
     pub selected: usize,
     /// Selected download.
     pub dl_selected: usize,
+    /// Selected shared folder.
+    pub sh_selected: usize,
+    /// Results marked for download (space toggles).
+    pub marked: BTreeSet<FileId>,
+    /// Which kinds of files the results show.
+    pub kind: Kind,
     /// The node's last state.
     pub status: Option<StatusReport>,
     /// The link to the node.
@@ -190,6 +274,9 @@ impl App {
             sort: Sort::Relevance,
             selected: 0,
             dl_selected: 0,
+            sh_selected: 0,
+            marked: BTreeSet::new(),
+            kind: Kind::All,
             status: None,
             connection: Connection::Connecting,
             notice: None,
@@ -220,7 +307,7 @@ impl App {
                     r.tags.album.as_deref().unwrap_or("")
                 )
                 .to_lowercase();
-                words.iter().all(|w| hay.contains(w.as_str()))
+                self.kind.matches(&r.name) && words.iter().all(|w| hay.contains(w.as_str()))
             })
             .collect();
         match self.sort {
@@ -329,10 +416,59 @@ impl App {
                 self.selected = 0;
             }
             (Tab::Search, KeyCode::Char('f')) => self.input = Input::Filter,
+            (Tab::Search, KeyCode::Char('t')) => {
+                self.kind = self.kind.next();
+                self.selected = 0;
+            }
+            (Tab::Search, KeyCode::Char(' ')) => {
+                let id = self.shown_results().get(self.selected).map(|r| r.id)?;
+                if !self.marked.remove(&id) {
+                    self.marked.insert(id);
+                }
+                self.move_selection(1);
+            }
             (Tab::Search, KeyCode::Enter | KeyCode::Char('d')) => {
+                if !self.marked.is_empty() {
+                    // The marked files, in the order shown.
+                    let mut ids: Vec<FileId> = self
+                        .shown_results()
+                        .iter()
+                        .map(|r| r.id)
+                        .filter(|id| self.marked.contains(id))
+                        .collect();
+                    ids.extend(
+                        self.marked
+                            .iter()
+                            .filter(|id| !ids.contains(id))
+                            .copied()
+                            .collect::<Vec<_>>(),
+                    );
+                    self.marked.clear();
+                    self.notice = Some(format!(
+                        "downloading {} files into {}",
+                        ids.len(),
+                        self.out.display()
+                    ));
+                    return Some(Action::GetMany(ids));
+                }
                 let id = self.shown_results().get(self.selected).map(|r| r.id)?;
                 self.notice = Some(format!("downloading into {}", self.out.display()));
                 return Some(Action::Get(id));
+            }
+            (Tab::Downloads, KeyCode::Char('o')) => {
+                let d = self.status.as_ref()?.downloads.get(self.dl_selected)?;
+                let folder = match &d.state {
+                    crate::control::DownloadState::Done(path) => path
+                        .parent()
+                        .map(|p| p.to_path_buf())
+                        .unwrap_or_else(|| d.out.clone()),
+                    _ => d.out.clone(),
+                };
+                return Some(Action::Open(folder));
+            }
+            (Tab::Shares, KeyCode::Char('x') | KeyCode::Delete) => {
+                let folder = self.status.as_ref()?.folders.get(self.sh_selected)?.clone();
+                return Some(Action::Unshare(folder));
             }
             (Tab::Downloads, KeyCode::Char('c') | KeyCode::Char('p')) => {
                 let d = self.selected_download()?;
@@ -410,6 +546,10 @@ impl App {
             Tab::Downloads => {
                 let len = self.downloads_len();
                 (&mut self.dl_selected, len)
+            }
+            Tab::Shares => {
+                let len = self.status.as_ref().map_or(0, |s| s.folders.len());
+                (&mut self.sh_selected, len)
             }
             _ => return,
         };

@@ -151,6 +151,10 @@ pub fn send_request(data_dir: PathBuf, req: Request, search: u64, tx: Sender<Eve
                 Reply::Results(r) => Update::Results(search, r),
                 Reply::ShareProgress(p) => Update::ShareProgress(p),
                 Reply::Shared(s) => Update::Shared(s),
+                Reply::Unshared { folder, files } => Update::Notice(format!(
+                    "stopped sharing {}: {files} files withdrawn",
+                    folder.display()
+                )),
                 Reply::GetDone(r) => Update::Notice(format!("saved {}", r.path.display())),
                 Reply::GetFailed { error, .. } => Update::Notice(format!("download: {error}")),
                 Reply::Error(e) => Update::Notice(format!("{what}: {e}")),
@@ -177,5 +181,6 @@ fn request_name(req: &Request) -> &'static str {
         Request::Get { .. } => "download",
         Request::Status => "status",
         Request::Cancel { .. } => "cancel",
+        Request::Unshare { .. } => "unshare",
     }
 }

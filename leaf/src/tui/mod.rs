@@ -87,6 +87,18 @@ async fn event_loop(
         let Some(action) = action else { continue };
         let (req, gen) = match action {
             Action::Quit => return Ok(()),
+            Action::Open(folder) => {
+                app.notice = Some(open_folder(&folder));
+                continue;
+            }
+            Action::GetMany(ids) => (
+                Request::Get {
+                    ids,
+                    out: app.out.clone(),
+                },
+                0,
+            ),
+            Action::Unshare(path) => (Request::Unshare { path }, 0),
             Action::Search(words) => (
                 Request::SearchStream {
                     search: Search {
@@ -113,4 +125,23 @@ async fn event_loop(
         };
         send_request(data_dir.clone(), req, gen, events.sender());
     }
+}
+
+/// Opens a folder in the desktop's file manager when there is one (`xdg-open`); over SSH or in
+/// a bare terminal, says where the folder is instead.
+fn open_folder(folder: &std::path::Path) -> String {
+    let desktop =
+        std::env::var_os("DISPLAY").is_some() || std::env::var_os("WAYLAND_DISPLAY").is_some();
+    if desktop {
+        let opened = std::process::Command::new("xdg-open")
+            .arg(folder)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn();
+        if opened.is_ok() {
+            return format!("opened {}", folder.display());
+        }
+    }
+    format!("saved in {}", folder.display())
 }

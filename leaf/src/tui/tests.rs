@@ -364,3 +364,72 @@ fn tiny_terminals_do_not_panic() {
         }
     }
 }
+
+#[test]
+fn marked_results_download_together_and_the_type_filter_narrows_the_rows() {
+    let mut app = app();
+    app.on_update(Update::Results(
+        app.search_gen,
+        vec![
+            result(1, "song.flac", 30_000_000, 2, Some("Artist")),
+            result(2, "film.mkv", 700_000_000, 1, None),
+            result(3, "cover.jpg", 200_000, 3, None),
+        ],
+    ));
+    // Mark the first two (space marks and moves down), then download both.
+    assert_eq!(app.on_key(key(KeyCode::Char(' '))), None);
+    assert_eq!(app.on_key(key(KeyCode::Char(' '))), None);
+    let lines = screen(&app, 100, 20);
+    assert!(contains(&lines, "2 marked"), "{lines:#?}");
+    assert!(contains(&lines, "✓ song.flac"), "{lines:#?}");
+    assert_eq!(
+        app.on_key(key(KeyCode::Enter)),
+        Some(Action::GetMany(vec![FileId([1; 32]), FileId([2; 32])]))
+    );
+    assert!(app.marked.is_empty());
+    // t cycles the type: audio shows only the flac.
+    app.on_key(key(KeyCode::Char('t')));
+    let shown: Vec<&str> = app
+        .shown_results()
+        .iter()
+        .map(|r| r.name.as_str())
+        .collect();
+    assert_eq!(shown, ["song.flac"]);
+    assert!(contains(&screen(&app, 100, 20), "type: audio"));
+    app.on_key(key(KeyCode::Char('t')));
+    let shown: Vec<&str> = app
+        .shown_results()
+        .iter()
+        .map(|r| r.name.as_str())
+        .collect();
+    assert_eq!(shown, ["film.mkv"]);
+}
+
+#[test]
+fn a_shared_folder_can_be_removed_and_a_download_folder_opened() {
+    let mut app = app();
+    app.on_key(key(KeyCode::Char('3')));
+    let lines = screen(&app, 80, 24);
+    assert!(contains(&lines, "▸ /home/me/Music"), "{lines:#?}");
+    assert_eq!(
+        app.on_key(key(KeyCode::Char('x'))),
+        Some(Action::Unshare(PathBuf::from("/home/me/Music")))
+    );
+    let mut s = status();
+    s.downloads = vec![
+        download(
+            "done.ogg",
+            10,
+            10,
+            DownloadState::Done("/tmp/dl/sub/done.ogg".into()),
+        ),
+        download("check.ogg", 10, 10, DownloadState::Verifying),
+    ];
+    app.on_update(Update::Status(Ok(Box::new(s))));
+    app.on_key(key(KeyCode::Char('2')));
+    assert_eq!(
+        app.on_key(key(KeyCode::Char('o'))),
+        Some(Action::Open(PathBuf::from("/tmp/dl/sub")))
+    );
+    assert!(contains(&screen(&app, 100, 20), "verifying"));
+}

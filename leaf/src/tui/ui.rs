@@ -79,8 +79,8 @@ fn footer_keys(app: &App) -> Line<'static> {
             ("/", "search"),
             ("f", "filter"),
             ("s", "sort"),
-            ("⏎", "download"),
-            ("tab", "next"),
+            ("␣", "mark"),
+            ("⏎", "get"),
             ("?", "help"),
             ("q", "quit"),
         ],
@@ -88,12 +88,14 @@ fn footer_keys(app: &App) -> Line<'static> {
             ("↑↓", "select"),
             ("c", "cancel"),
             ("r", "resume"),
+            ("o", "open"),
             ("tab", "next"),
             ("?", "help"),
             ("q", "quit"),
         ],
         (Input::None, Tab::Shares) => &[
             ("a", "add folder"),
+            ("x", "remove"),
             ("tab", "next"),
             ("?", "help"),
             ("q", "quit"),
@@ -147,6 +149,18 @@ fn render_search(app: &App, f: &mut Frame, area: Rect) {
         if rows.len() == 1 { "" } else { "s" },
         app.sort.label()
     ))];
+    if app.kind != crate::tui::app::Kind::All {
+        line.push(Span::styled(
+            format!(" · type: {}", app.kind.label()),
+            Color::Yellow,
+        ));
+    }
+    if !app.marked.is_empty() {
+        line.push(Span::styled(
+            format!(" · {} marked", app.marked.len()),
+            Color::Cyan,
+        ));
+    }
     if app.input == Input::Filter || !app.filter.is_empty() {
         let cursor = if app.input == Input::Filter { "_" } else { "" };
         line.push(Span::styled(
@@ -172,8 +186,13 @@ fn render_search(app: &App, f: &mut Frame, area: Rect) {
                 .rsplit_once('.')
                 .map(|(_, e)| e.to_lowercase())
                 .unwrap_or_default();
+            let mark = if app.marked.contains(&r.id) {
+                "✓ "
+            } else {
+                ""
+            };
             Row::new(vec![
-                r.name.clone(),
+                format!("{mark}{}", r.name),
                 bytes(r.size),
                 ext,
                 r.sources.len().to_string(),
@@ -234,6 +253,7 @@ fn state_text(d: &DownloadInfo) -> (String, Color) {
             None => ("running".into(), Color::Green),
         },
         DownloadState::Waiting => ("waiting for sources".into(), Color::Yellow),
+        DownloadState::Verifying => ("verifying".into(), Color::Cyan),
         DownloadState::Done(_) => ("done".into(), Color::Green),
         DownloadState::Failed(why) if *why == crate::NodeError::Cancelled.to_string() => {
             ("cancelled (r resumes)".into(), Color::Yellow)
@@ -342,15 +362,20 @@ fn render_shares(app: &App, f: &mut Frame, area: Rect) {
             bytes(s.bytes),
             s.folders.len()
         )));
-        for folder in &s.folders {
+        for (i, folder) in s.folders.iter().enumerate() {
             let figures = s
                 .folder_stats
                 .iter()
                 .find(|x| &x.folder == folder)
                 .map(|x| format!("  {} files, {}", x.files, bytes(x.bytes)))
                 .unwrap_or_default();
+            let (pointer, style) = if i == app.sh_selected {
+                ("▸ ", Style::new().fg(Color::Black).bg(ACCENT))
+            } else {
+                ("  ", Style::new().fg(ACCENT))
+            };
             lines.push(Line::from(vec![
-                Span::styled(format!("  {}", folder.display()), ACCENT),
+                Span::styled(format!("{pointer}{}", folder.display()), style),
                 Span::raw(figures),
             ]));
         }
@@ -360,7 +385,7 @@ fn render_shares(app: &App, f: &mut Frame, area: Rect) {
             Block::new()
                 .borders(Borders::TOP)
                 .border_style(DIM)
-                .title(" Shared folders (a: add) "),
+                .title(" Shared folders (a: add, x: remove) "),
         ),
         folders,
     );
@@ -486,12 +511,18 @@ pub const HELP: &[(&str, &str)] = &[
     ),
     ("/", "type a search; Enter runs it, Esc leaves the box"),
     ("↑↓ j k", "select a row (PgUp PgDn, Home End: jump)"),
-    ("Enter, d", "download the selected result"),
+    (
+        "Enter, d",
+        "download the selected result (or the marked ones)",
+    ),
+    ("space", "mark or unmark a result"),
     ("s", "sort results: relevance, name, size, sources"),
     ("f", "filter results by text"),
+    ("t", "filter results by type: audio, video, images, ..."),
     ("c", "cancel (pause) the selected download"),
     ("r", "resume the selected download"),
-    ("a", "add a shared folder (on Shares)"),
+    ("o", "open the selected download's folder"),
+    ("a / x", "add a shared folder / remove the selected one"),
     ("?", "this help"),
     ("q", "quit (the node keeps running)"),
 ];
