@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::UNIX_EPOCH;
 
 use serde::{Deserialize, Serialize};
-use wire::{FileId, FileRecord, Manifest, ManifestBuilder};
+use wire::{FileId, FileRecord, Manifest, ManifestBuilder, Tags};
 
 use crate::tags;
 
@@ -212,14 +212,54 @@ pub fn scan_folder(
     }
     progress(&state);
 
-    let mut buf = vec![0u8; 1 << 20];
-    for (local, size, mtime, path) in todo {
-        match hash_file(&local, size, &mut buf, &mut |n| {
-            state.bytes_done += n;
+    // Files are hashed on every core at once (each file on one thread, results kept in the
+    // folder's order); progress reaches the caller from this thread only.
+    let workers = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(todo.len());
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let mut results: Vec<Option<io::Result<(FileId, Manifest, Tags)>>> =
+        (0..todo.len()).map(|_| None).collect();
+    enum Msg {
+        Bytes(u64),
+        Done(usize, io::Result<(FileId, Manifest, Tags)>),
+    }
+    std::thread::scope(|scope| {
+        let (tx, rx) = std::sync::mpsc::channel::<Msg>();
+        for _ in 0..workers {
+            let (tx, todo, next) = (tx.clone(), &todo, &next);
+            scope.spawn(move || {
+                let mut buf = vec![0u8; 1 << 20];
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some((local, size, _, _)) = todo.get(i) else {
+                        return;
+                    };
+                    let hashed = hash_file(local, *size, &mut buf, &mut |n| {
+                        let _ = tx.send(Msg::Bytes(n));
+                    })
+                    .map(|(id, manifest)| (id, manifest, tags::read_tags(local)));
+                    if tx.send(Msg::Done(i, hashed)).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+        drop(tx);
+        for msg in rx {
+            match msg {
+                Msg::Bytes(n) => state.bytes_done += n,
+                Msg::Done(i, r) => {
+                    results[i] = Some(r);
+                    state.files_done += 1;
+                }
+            }
             progress(&state);
-        }) {
-            Ok((id, manifest)) => {
-                let tags = tags::read_tags(&local);
+        }
+    });
+    for ((local, size, mtime, path), result) in todo.into_iter().zip(results) {
+        match result.expect("every file was hashed or failed") {
+            Ok((id, manifest, tags)) => {
                 outcome.files.push(SharedFile {
                     local,
                     mtime,
@@ -239,8 +279,6 @@ pub fn scan_folder(
                 outcome.skipped.push((local, e.to_string()));
             }
         }
-        state.files_done += 1;
-        progress(&state);
     }
     Ok(outcome)
 }
