@@ -120,6 +120,12 @@ fn real_main() -> anyhow::Result<bool> {
 
     let refs = setup::references();
     let bins = setup::build(&workspace)?;
+    // What was built: the figures belong to this, whatever is committed while the run goes on.
+    let run = RunInfo {
+        date: short_output(Command::new("date").args(["-u", "+%Y-%m-%d %H:%M UTC"])),
+        code: code_version(&workspace),
+        started,
+    };
     let scratch = Scratch::create(
         std::env::temp_dir().join(format!("{SCRATCH_PREFIX}{}", std::process::id())),
     )?;
@@ -220,7 +226,7 @@ fn real_main() -> anyhow::Result<bool> {
         workspace.join("BENCHMARKS.md")
     };
     fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
-    let text = markdown(&args, &rows, &others, &machine, &ctx, &workspace, started);
+    let text = markdown(&args, &rows, &others, &machine, &ctx, &run);
     fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
     println!(
         "report written to {}; process logs in {}",
@@ -312,28 +318,49 @@ fn short_output(cmd: &mut Command) -> String {
         .unwrap_or_else(|_| "unknown".into())
 }
 
-#[allow(clippy::too_many_arguments)]
+/// When the run began and what code it measures.
+struct RunInfo {
+    date: String,
+    code: String,
+    started: Instant,
+}
+
+/// The commit of the workspace, and the source files that differ from it (modified or new).
+fn code_version(workspace: &Path) -> String {
+    let git = |args: &[&str]| short_output(Command::new("git").arg("-C").arg(workspace).args(args));
+    let commit = git(&["rev-parse", "--short", "HEAD"]);
+    // Not trimmed: each line starts with two status columns and a space.
+    let status = procs::output(
+        Command::new("git")
+            .arg("-C")
+            .arg(workspace)
+            .args(["status", "--porcelain"]),
+    )
+    .unwrap_or_default();
+    let changed: Vec<&str> = status
+        .lines()
+        .filter_map(|l| l.get(3..))
+        .filter(|p| p.ends_with(".rs") || p.ends_with(".toml") || p.ends_with(".lock"))
+        .collect();
+    match changed.len() {
+        0 => format!("commit {commit}"),
+        n if n <= 8 => format!("commit {commit} with changes to {}", changed.join(", ")),
+        n => format!(
+            "commit {commit} with changes to {} and {} more files",
+            changed[..8].join(", "),
+            n - 8
+        ),
+    }
+}
+
 fn markdown(
     args: &Args,
     rows: &[Row],
     others: &[(&str, f64)],
     m: &setup::Machine,
     ctx: &Ctx,
-    workspace: &Path,
-    started: Instant,
+    run: &RunInfo,
 ) -> String {
-    let date = short_output(Command::new("date").args(["-u", "+%Y-%m-%d %H:%M UTC"]));
-    let commit = short_output(Command::new("git").arg("-C").arg(workspace).args([
-        "rev-parse",
-        "--short",
-        "HEAD",
-    ]));
-    let dirty = !short_output(Command::new("git").arg("-C").arg(workspace).args([
-        "status",
-        "--porcelain",
-        "--untracked-files=no",
-    ]))
-    .is_empty();
     let rustc = short_output(Command::new("rustc").arg("--version"));
     let mut out = String::new();
     out.push_str("# Benchmarks\n\n");
@@ -342,7 +369,7 @@ fn markdown(
          benchmark harness in `bench/`; run it again rather than editing the figures.\n\n",
     );
     out.push_str(&format!("- **Command:** `{}` (as root)\n", command_line()));
-    out.push_str(&format!("- **Date:** {date}\n"));
+    out.push_str(&format!("- **Date:** {} (start)\n", run.date));
     out.push_str(&format!(
         "- **Machine:** {}, {} logical CPUs (`nproc`), {:.1} GiB memory, Linux {}, scratch on {}\n",
         m.cpu,
@@ -352,12 +379,8 @@ fn markdown(
         m.disk
     ));
     out.push_str(&format!(
-        "- **Code:** commit {commit}{}, {rustc}, release build\n",
-        if dirty {
-            " with uncommitted changes"
-        } else {
-            ""
-        }
+        "- **Code:** {}, {rustc}, release build\n",
+        run.code
     ));
     out.push_str(&format!(
         "- **References:** {}\n",
@@ -365,7 +388,7 @@ fn markdown(
     ));
     out.push_str(&format!(
         "- **Run time:** {:.1} min{}\n",
-        started.elapsed().as_secs_f64() / 60.0,
+        run.started.elapsed().as_secs_f64() / 60.0,
         if args.quick {
             " (--quick: small sizes, a smoke test; not figures to quote)"
         } else {

@@ -25,7 +25,7 @@ pub fn run(ctx: &Ctx) -> anyhow::Result<Vec<Row>> {
     let curl = ctx.refs.get("curl")?;
     ctx.refs.get("nginx")?;
     let size: u64 = if ctx.quick { 64 << 20 } else { 1 << 30 };
-    let runs = if ctx.quick { 1 } else { 3 };
+    let runs = if ctx.quick { 1 } else { 5 };
     let scratch = Scratch::create(ctx.scratch.join("raw"))?;
     let logs = ctx.log_dir("2-raw")?;
     let share = scratch.dir("share")?;
