@@ -68,6 +68,8 @@ const MANIFEST_VOTES: usize = 3;
 pub const STATE_SUFFIX: &str = ".state";
 /// How often the record of done chunks is brought up to date (and progress reported).
 const RECORD_EVERY: Duration = Duration::from_secs(1);
+/// When a running download first asks the network again for more sources.
+const FIRST_REQUERY: Duration = Duration::from_secs(2);
 /// A source that does not take a request within this time is not reading: dropped.
 const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -958,11 +960,13 @@ async fn run_sources(
         }
     }
     let mut backoff = Duration::from_secs(1);
+    // The first search for more sources comes soon: the starting list was cut short so the
+    // download could begin.
     let mut next_query = Instant::now()
         + if active.is_empty() {
             Duration::ZERO
         } else {
-            job.opts.requery_interval
+            job.opts.requery_interval.min(FIRST_REQUERY)
         };
     let mut alone_since = active.is_empty().then(Instant::now);
     let mut next_record = Instant::now() + RECORD_EVERY;

@@ -591,7 +591,9 @@ impl Node {
         };
         let (qid, rx) = self.start_search(search, wire::DEFAULT_TTL)?;
         // Hits by id come back quickly or not at all: stop shortly after the first ones.
-        let hits = collect_hits(&rx, wait, Some(Duration::from_millis(400))).await;
+        // The download starts with these; sources whose hits come later are found by the
+        // downloader's own search a couple of seconds in.
+        let hits = collect_hits(&rx, wait, Some(Duration::from_millis(100))).await;
         self.end_search(qid);
         let mut seen = Vec::new();
         Ok(hits

@@ -55,6 +55,14 @@ impl<K: Hash + Eq + Clone, V> SeenCache<K, V> {
             .map(|(v, _)| v)
     }
 
+    /// The value recorded for `key`, to update, if it is present and not expired.
+    pub fn get_mut(&mut self, now: Instant, key: &K) -> Option<&mut V> {
+        self.map
+            .get_mut(key)
+            .filter(|(_, expiry)| *expiry > now)
+            .map(|(v, _)| v)
+    }
+
     /// Drops expired entries.
     pub fn expire(&mut self, now: Instant) {
         while let Some((expiry, _)) = self.order.front() {

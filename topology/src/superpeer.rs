@@ -235,6 +235,14 @@ enum Origin {
     Conn(ConnId),
 }
 
+/// What the seen-cache remembers of a query: where it came from (hits go back there) and the
+/// most TTL it has been forwarded with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Seen {
+    origin: Origin,
+    ttl: u8,
+}
+
 /// The super-peer's overlay logic. See the crate docs for the input/output discipline.
 #[derive(Debug)]
 pub struct SuperPeer {
@@ -242,7 +250,7 @@ pub struct SuperPeer {
     listen: Option<SocketAddr>,
     config: Config,
     conns: HashMap<ConnId, Conn>,
-    seen: SeenCache<QueryId, Origin>,
+    seen: SeenCache<QueryId, Seen>,
     transmits: VecDeque<Transmit>,
     events: VecDeque<Event>,
     stats: Stats,
@@ -908,15 +916,29 @@ impl SuperPeer {
         query.ttl = query
             .ttl
             .min(self.config.max_ttl.saturating_sub(query.hops));
-        if !self.seen.insert(now, query.id, Origin::Conn(from)) {
+        let seen = Seen {
+            origin: Origin::Conn(from),
+            ttl: query.ttl,
+        };
+        if !self.seen.insert(now, query.id, seen) {
             self.stats.duplicates_dropped += 1;
-            return;
+            // A copy that came the short way can carry more TTL than the one that arrived
+            // first the long way: forward it again (but answer only once), or super-peers
+            // within reach would be missed.
+            let Some(first) = self.seen.get_mut(now, &query.id) else {
+                return;
+            };
+            if query.ttl <= first.ttl {
+                return;
+            }
+            first.ttl = query.ttl;
+        } else {
+            self.stats.queries_processed += 1;
+            self.events.push_back(Event::Search {
+                query: query.id,
+                search: query.search.clone(),
+            });
         }
-        self.stats.queries_processed += 1;
-        self.events.push_back(Event::Search {
-            query: query.id,
-            search: query.search.clone(),
-        });
         if query.ttl == 0 {
             return;
         }
@@ -943,7 +965,10 @@ impl SuperPeer {
     fn on_hits(&mut self, now: Instant, hits: QueryHits) {
         let n = hits.hits.len() as u64;
         let to = match self.seen.get(now, &hits.query) {
-            Some(Origin::Conn(c)) if self.conns.get(c).is_some_and(|c| !c.closing) => *c,
+            Some(Seen {
+                origin: Origin::Conn(c),
+                ..
+            }) if self.conns.get(c).is_some_and(|c| !c.closing) => *c,
             _ => {
                 self.stats.hits_dropped += n;
                 return;

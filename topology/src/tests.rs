@@ -370,3 +370,42 @@ mod flood_props {
         }
     }
 }
+
+#[test]
+fn a_later_copy_with_more_ttl_is_forwarded_again_but_answered_once() {
+    // A–B, A–C, B–C, C–D: D is two hops from A.
+    let mut net = Net::new(4);
+    net.link_sps(0, 1);
+    net.link_sps(0, 2);
+    net.link_sps(1, 2);
+    net.link_sps(2, 3);
+    let conn_at = |net: &Net, at: usize, peer: usize| -> ConnId {
+        net.links
+            .iter()
+            .find_map(|(k, v)| match (k, v) {
+                (End::Sp(a, c), End::Sp(p, _)) if *a == at && *p == peer => Some(*c),
+                _ => None,
+            })
+            .expect("linked")
+    };
+    let (from_b, from_a) = (conn_at(&net, 2, 1), conn_at(&net, 2, 0));
+    let q = |ttl, hops| Query {
+        id: QueryId([42; 16]),
+        ttl,
+        hops,
+        search: words("x"),
+    };
+    // The long way round (A→B→C) arrives first, with no TTL left...
+    net.sps[2].handle_message(net.now, from_b, Message::Query(q(0, 2)));
+    net.run();
+    assert_eq!(net.sps[3].stats().queries_processed, 0);
+    // ...then the short way (A→C) with a hop to spare: C forwards it to D, and answers once.
+    net.sps[2].handle_message(net.now, from_a, Message::Query(q(1, 1)));
+    net.run();
+    assert_eq!(net.sps[3].stats().queries_processed, 1, "D is reached");
+    assert_eq!(net.sps[2].stats().queries_processed, 1, "C answered once");
+    // A third copy with no more TTL than the best so far goes nowhere.
+    net.sps[2].handle_message(net.now, from_b, Message::Query(q(1, 1)));
+    net.run();
+    assert_eq!(net.sps[3].stats().duplicates_dropped, 0);
+}

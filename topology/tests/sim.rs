@@ -70,7 +70,9 @@ fn churn_run(seed: u64) -> (usize, usize, u64) {
         sim.add_leaf(&seeds);
         sim.run_for(Duration::from_millis(200));
     }
-    sim.run_for(Duration::from_secs(120));
+    // The joins came faster than promotions can follow (a leaf must be up 20 s, and each
+    // full super-peer asks one leaf per 10 s): give the network time to catch up.
+    sim.run_for(Duration::from_secs(240));
     assert_settled(&sim, seed, "after the joins");
     for _ in 0..150 {
         let r = sim.rng().below(100);
@@ -135,7 +137,12 @@ fn the_same_seed_gives_the_same_run() {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 4, ..ProptestConfig::default() })]
+    // A fixed generator: CI checks the same seeds every run (sweep others with SIM_SEED).
+    #![proptest_config(ProptestConfig {
+        cases: 4,
+        rng_seed: proptest::test_runner::RngSeed::Fixed(20261121),
+        ..ProptestConfig::default()
+    })]
 
     #[test]
     fn any_seed_keeps_the_invariants(seed in any::<u64>()) {
