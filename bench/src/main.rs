@@ -226,7 +226,13 @@ fn real_main() -> anyhow::Result<bool> {
         workspace.join("BENCHMARKS.md")
     };
     fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
-    let text = markdown(&args, &rows, &others, &machine, &ctx, &run);
+    let mut text = markdown(&args, &rows, &others, &machine, &ctx, &run);
+    if path == workspace.join("BENCHMARKS.md") {
+        // Sections other programs write (between their BEGIN and END markers) are kept.
+        if let Ok(old) = fs::read_to_string(&path) {
+            text.push_str(&kept_sections(&old));
+        }
+    }
     fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
     println!(
         "report written to {}; process logs in {}",
@@ -474,3 +480,21 @@ least disturbed attempt, and reports how busy they kept the machine during it (a
    (a super-peer indexes a registration before it reads the leaf's next message). Memory is
    VmRSS from /proc before (leaves connected) and after; VmHWM is the peak.
 ";
+
+/// The sections of an earlier BENCHMARKS.md that other programs wrote, each between a
+/// `<!-- BEGIN ... -->` and an `<!-- END ... -->` line (e.g. examples/download_efficiency.rs).
+fn kept_sections(old: &str) -> String {
+    let mut out = String::new();
+    let mut rest = old;
+    while let Some(a) = rest.find("<!-- BEGIN ") {
+        let Some(b) = rest[a..].find("<!-- END ") else {
+            break;
+        };
+        let end = a + b + rest[a + b..].find("-->").map_or(0, |e| e + 3);
+        out.push('\n');
+        out.push_str(&rest[a..end]);
+        out.push('\n');
+        rest = &rest[end..];
+    }
+    out
+}
