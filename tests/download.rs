@@ -481,3 +481,55 @@ fn downloads_beyond_the_limit_wait_their_turn() {
             .all(|d| matches!(d.state, leaf::control::DownloadState::Done(_))));
     });
 }
+
+#[test]
+fn a_cancelled_download_leaves_no_partial_file() {
+    run_bounded(Duration::from_secs(60), async {
+        let tmp = tempfile::tempdir().unwrap();
+        let sp = net::superpeer(&[]).await;
+        let content = corpus::deterministic_bytes("discard", 8 << 20);
+        let id = FileId::from(blake3::hash(&content));
+        let dir = tmp.path().join("share");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("slow.bin"), &content).unwrap();
+        let seeder = net::leaf_with(tmp.path(), "seeder", &[sp.listen_addr()], |c| {
+            c.upload_rate = 1_000_000;
+        })
+        .await;
+        seeder.share(&dir, |_| {}).await.unwrap();
+        net::wait_records(&sp, 1).await;
+        let getter = net::leaf(tmp.path(), "getter", &[sp.listen_addr()]).await;
+        let out = tmp.path().join("out");
+        let running = {
+            let (g, out) = (getter.clone(), out.clone());
+            smol::spawn(async move { g.get(id, &out, |_| {}).await })
+        };
+        net::wait_until("some progress", Duration::from_secs(20), || async {
+            getter
+                .status()
+                .downloads
+                .first()
+                .is_some_and(|d| d.done_bytes > 0)
+        })
+        .await;
+        assert!(
+            std::fs::read_dir(&out).unwrap().count() >= 2,
+            "a .part file and its record"
+        );
+        assert_eq!(getter.discard(id).await.unwrap(), 2);
+        assert!(
+            running.await.is_err(),
+            "the download reports that it was cancelled"
+        );
+        assert_eq!(
+            std::fs::read_dir(&out).unwrap().count(),
+            0,
+            "nothing left behind"
+        );
+        let state = &getter.status().downloads[0].state;
+        assert_eq!(
+            *state,
+            leaf::control::DownloadState::Failed("cancelled; partial file deleted".into())
+        );
+    });
+}

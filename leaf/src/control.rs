@@ -70,6 +70,11 @@ pub enum Request {
         /// The file.
         id: FileId,
     },
+    /// Cancel a download for good: stop it if it runs, and delete its partial file and record.
+    Discard {
+        /// The file.
+        id: FileId,
+    },
     /// Stop sharing a folder: its files are withdrawn from the super-peers.
     Unshare {
         /// The folder, as it was shared (absolute).

@@ -431,6 +431,23 @@ fn find_earlier(out_dir: &Path, id: &FileId) -> Option<(PathBuf, PathBuf, Record
     None
 }
 
+/// Removes the partial file and record an attempt at `id` left in `out_dir`; returns how many
+/// files were removed.
+pub fn discard_partial(out_dir: &Path, id: &FileId) -> io::Result<usize> {
+    let part = format!(".{}{PART_SUFFIX}", id.short());
+    let state = format!("{part}{STATE_SUFFIX}");
+    let mut removed = 0;
+    for entry in fs::read_dir(out_dir)?.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.ends_with(&part) || name.ends_with(&state) {
+            fs::remove_file(entry.path())?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
 /// Free bytes in the file system holding `dir`.
 fn free_space(dir: &Path) -> io::Result<u64> {
     let st = rustix::fs::statvfs(dir).map_err(io::Error::from)?;

@@ -844,6 +844,38 @@ impl Node {
         }
     }
 
+    /// Cancels a download for good: stops it if it runs, then deletes its partial file and
+    /// record. Returns how many files were deleted.
+    pub async fn discard(&self, id: FileId) -> Result<usize, NodeError> {
+        let out = {
+            let d = self.inner.downloads.lock().unwrap();
+            let t = d.iter().rev().find(|t| t.info.id == id);
+            t.map(|t| t.info.out.clone())
+                .ok_or(NodeError::NotDownloading(id))?
+        };
+        if self.cancel(id).is_ok() {
+            // Wait for the download to let go of its files.
+            let until = Instant::now() + Duration::from_secs(10);
+            while self
+                .update_download(id, |_| {})
+                .is_some_and(|i| i.state.is_active())
+                && Instant::now() < until
+            {
+                smol::Timer::after(Duration::from_millis(20)).await;
+            }
+        }
+        self.change_pending(|list| list.retain(|p| p.id != id));
+        let removed =
+            download::discard_partial(&out, &id).map_err(|source| download::DownloadError::Io {
+                path: out.clone(),
+                source,
+            })?;
+        self.update_download(id, |t| {
+            t.info.state = DownloadState::Failed("cancelled; partial file deleted".into())
+        });
+        Ok(removed)
+    }
+
     /// Searches and sends the grouped results so far each time hits arrive, for `wait`.
     async fn search_stream(
         &self,
@@ -1026,6 +1058,11 @@ impl Node {
             }
             Request::Cancel { id } => {
                 if let Err(e) = self.cancel(id) {
+                    let _ = reply.send(Reply::Error(e.to_string())).await;
+                }
+            }
+            Request::Discard { id } => {
+                if let Err(e) = self.discard(id).await {
                     let _ = reply.send(Reply::Error(e.to_string())).await;
                 }
             }

@@ -181,6 +181,8 @@ pub enum Action {
     Get(FileId),
     /// Download these files into the output folder.
     GetMany(Vec<FileId>),
+    /// Cancel this download for good (its partial file is deleted).
+    Discard(FileId),
     /// Stop sharing this folder.
     Unshare(PathBuf),
     /// Open this folder in the desktop's file manager (or say where it is).
@@ -454,6 +456,14 @@ impl App {
                 let id = self.shown_results().get(self.selected).map(|r| r.id)?;
                 self.notice = Some(format!("downloading into {}", self.out.display()));
                 return Some(Action::Get(id));
+            }
+            (Tab::Downloads, KeyCode::Char('X')) => {
+                let d = self.status.as_ref()?.downloads.get(self.dl_selected)?;
+                if matches!(d.state, crate::control::DownloadState::Done(_)) {
+                    self.notice = Some("that download is complete".into());
+                    return None;
+                }
+                return Some(Action::Discard(d.id));
             }
             (Tab::Downloads, KeyCode::Char('o')) => {
                 let d = self.status.as_ref()?.downloads.get(self.dl_selected)?;

@@ -181,6 +181,7 @@ fn request_name(req: &Request) -> &'static str {
         Request::Get { .. } => "download",
         Request::Status => "status",
         Request::Cancel { .. } => "cancel",
+        Request::Discard { .. } => "cancel",
         Request::Unshare { .. } => "unshare",
     }
 }

@@ -118,6 +118,7 @@ async fn event_loop(
                 0,
             ),
             Action::Cancel(id) => (Request::Cancel { id }, 0),
+            Action::Discard(id) => (Request::Discard { id }, 0),
             Action::Share(path) => {
                 let path = std::path::absolute(&path).unwrap_or(path);
                 (Request::Share { paths: vec![path] }, 0)

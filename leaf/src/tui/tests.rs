@@ -433,3 +433,17 @@ fn a_shared_folder_can_be_removed_and_a_download_folder_opened() {
     );
     assert!(contains(&screen(&app, 100, 20), "verifying"));
 }
+
+#[test]
+fn shift_x_cancels_a_download_for_good() {
+    let mut app = app();
+    let mut s = status();
+    s.downloads = vec![download("big.iso", 100, 40, DownloadState::Running)];
+    app.on_update(Update::Status(Ok(Box::new(s))));
+    app.on_key(key(KeyCode::Char('2')));
+    let id = app.status.as_ref().unwrap().downloads[0].id;
+    assert_eq!(
+        app.on_key(key(KeyCode::Char('X'))),
+        Some(Action::Discard(id))
+    );
+}

@@ -519,7 +519,10 @@ pub const HELP: &[(&str, &str)] = &[
     ("s", "sort results: relevance, name, size, sources"),
     ("f", "filter results by text"),
     ("t", "filter results by type: audio, video, images, ..."),
-    ("c", "cancel (pause) the selected download"),
+    (
+        "c / X",
+        "pause the selected download (keeps the partial file) / cancel it",
+    ),
     ("r", "resume the selected download"),
     ("o", "open the selected download's folder"),
     ("a / x", "add a shared folder / remove the selected one"),
