@@ -18,9 +18,6 @@ use smol::Task;
 use superpeer::net::{connect, write_message, FrameReader};
 use wire::{FileRecord, Hello, Message, NodeId, Query, QueryHits, QueryId, Role, Search};
 
-/// Register messages are cut at about this many bytes, as a leaf does.
-const REGISTER_BATCH_BYTES: usize = 256 << 10;
-
 /// One connection to a super-peer, as a leaf.
 pub struct WireLeaf {
     /// Where it claims to serve chunks (a listener that only accepts), if it registers files.
@@ -117,7 +114,7 @@ impl WireLeaf {
 
     /// Registers `files`, in batches the way a leaf cuts them; returns the number of messages.
     pub fn register(&self, files: &[FileRecord]) -> anyhow::Result<usize> {
-        let batches = register_batches(files);
+        let batches = leaf::node::register_batches(files);
         let n = batches.len();
         for files in batches {
             self.send(Message::Register { files })?;
@@ -164,32 +161,6 @@ impl WireLeaf {
             }
         }
     }
-}
-
-/// Splits records into Register batches as a leaf does (estimated bytes per record).
-fn register_batches(files: &[FileRecord]) -> Vec<Vec<FileRecord>> {
-    let mut batches = Vec::new();
-    let mut batch = Vec::new();
-    let mut bytes = 0;
-    for f in files {
-        let t = &f.tags;
-        let size = 120
-            + f.path.len()
-            + [&t.artist, &t.album, &t.title, &t.genre]
-                .iter()
-                .map(|s| s.as_ref().map_or(0, |s| s.len()))
-                .sum::<usize>();
-        if bytes + size > REGISTER_BATCH_BYTES && !batch.is_empty() {
-            batches.push(std::mem::take(&mut batch));
-            bytes = 0;
-        }
-        bytes += size;
-        batch.push(f.clone());
-    }
-    if !batch.is_empty() {
-        batches.push(batch);
-    }
-    batches
 }
 
 /// Waits until super-peer(s) have indexed everything each leaf registered: each leaf asks for

@@ -1120,8 +1120,9 @@ async fn collect_hits(
     }
 }
 
-/// Splits records into Register batches that stay well under the frame limit.
-pub(crate) fn register_batches(files: &[FileRecord]) -> Vec<Vec<FileRecord>> {
+/// Splits records into Register batches that stay well under the frame limit (about 256 KiB
+/// of estimated CBOR each). Public so that load generators batch exactly as a leaf does.
+pub fn register_batches(files: &[FileRecord]) -> Vec<Vec<FileRecord>> {
     let mut batches = Vec::new();
     let mut batch = Vec::new();
     let mut bytes = 0;

@@ -4,21 +4,13 @@
 
 mod common;
 
-use std::process::Command;
-
 use common::*;
 
 #[test]
 fn share_search_get_and_status_through_the_binaries() {
     let tmp = tempfile::tempdir().unwrap();
     let base = tmp.path();
-    let sp = Proc::spawn(
-        Command::new(superpeer_bin())
-            .args(["--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(base.join("sp")),
-    );
-    let line = sp.wait_for("listening on");
-    let sp_addr = line.rsplit(' ').next().unwrap().trim().to_string();
+    let (sp, sp_addr) = start_superpeer(&base.join("sp"), &[]);
 
     // Two leaves share the same recording, so the download has two sources.
     let content: Vec<u8> = (0..3_000_000u32)
@@ -129,18 +121,7 @@ fn bad_input_gets_a_clear_error() {
 fn a_killed_downloading_node_resumes_without_fetching_chunks_again() {
     let tmp = tempfile::tempdir().unwrap();
     let base = tmp.path();
-    let sp = Proc::spawn(
-        Command::new(superpeer_bin())
-            .args(["--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(base.join("sp")),
-    );
-    let sp_addr = sp
-        .wait_for("listening on")
-        .rsplit(' ')
-        .next()
-        .unwrap()
-        .trim()
-        .to_string();
+    let (_sp, sp_addr) = start_superpeer(&base.join("sp"), &[]);
 
     // Two sources, each capped at 3 MB/s, so the 24 MiB download takes a few seconds.
     let size = 24usize << 20;

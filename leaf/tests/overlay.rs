@@ -85,23 +85,7 @@ fn with_nothing_configured_the_first_node_becomes_a_superpeer_and_the_next_finds
 fn leaves_reattach_and_are_found_again_within_ten_seconds_after_a_superpeer_is_killed() {
     let tmp = tempfile::tempdir().unwrap();
     let base = tmp.path();
-    let start_sp = |name: &str, peers: &[&str]| {
-        let mut cmd = Command::new(superpeer_bin());
-        cmd.args(["--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(base.join(name));
-        for p in peers {
-            cmd.args(["--peer", p]);
-        }
-        let p = Proc::spawn(&mut cmd);
-        let addr = p
-            .wait_for("listening on")
-            .rsplit(' ')
-            .next()
-            .unwrap()
-            .trim()
-            .to_string();
-        (p, addr)
-    };
+    let start_sp = |name: &str, peers: &[&str]| start_superpeer(&base.join(name), peers);
     let (_a, a) = start_sp("sp-a", &[]);
     let (_b, b) = start_sp("sp-b", &[&a]);
     let (c_proc, c) = start_sp("sp-c", &[&a]);

@@ -119,13 +119,7 @@ impl Net {
         }
         let tmp = tempfile::tempdir().unwrap();
         let base = tmp.path();
-        let sp = Proc::spawn(
-            Command::new(superpeer_bin())
-                .args(["--listen", "127.0.0.1:0", "--data-dir"])
-                .arg(base.join("sp")),
-        );
-        let line = sp.wait_for("listening on");
-        let sp_addr = line.rsplit(' ').next().unwrap().trim().to_string();
+        let (sp, sp_addr) = start_superpeer(&base.join("sp"), &[]);
         let name = "Canopytui Test Song.flac";
         let content: Vec<u8> = (0..2_500_000u32)
             .map(|i| (i.wrapping_mul(2654435761) >> 11) as u8)

@@ -121,3 +121,23 @@ pub fn wait_until(what: &str, secs: u64, mut cond: impl FnMut() -> bool) {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// Starts a `superpeer` process on 127.0.0.1 (any port) with its data in `data_dir`, joining
+/// `peers`; returns it and the address it printed.
+pub fn start_superpeer(data_dir: &Path, peers: &[&str]) -> (Proc, String) {
+    let mut cmd = Command::new(superpeer_bin());
+    cmd.args(["--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data_dir);
+    for p in peers {
+        cmd.args(["--peer", p]);
+    }
+    let p = Proc::spawn(&mut cmd);
+    let addr = p
+        .wait_for("listening on")
+        .rsplit(' ')
+        .next()
+        .unwrap()
+        .trim()
+        .to_string();
+    (p, addr)
+}
