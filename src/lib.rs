@@ -229,11 +229,15 @@ pub mod net {
     //! In-process networks on 127.0.0.1 for tests and the demo.
 
     use std::future::Future;
-    use std::net::SocketAddr;
+    use std::io;
+    use std::net::{IpAddr, SocketAddr};
     use std::path::Path;
     use std::time::{Duration, Instant};
 
     use leaf::{Node, NodeConfig};
+    use smol::net::TcpStream;
+    use superpeer::identity::Identity;
+    use superpeer::secure::SecureStream;
     use superpeer::SuperPeerNode;
 
     /// Runs `f` to completion on smol, panicking if it takes longer than `limit`: every
@@ -271,13 +275,56 @@ pub mod net {
         peers: &[SocketAddr],
         adjust: impl FnOnce(&mut topology::Config),
     ) -> SuperPeerNode {
-        let id = superpeer::identity::random_node_id();
+        let id = superpeer::identity::Identity::generate();
         let mut config = superpeer::Config::new(id, "127.0.0.1:0".parse().expect("valid address"));
         config.peers = peers.to_vec();
         adjust(&mut config.overlay);
         SuperPeerNode::start(config)
             .await
             .expect("a super-peer starts on an ephemeral port")
+    }
+
+    /// A super-peer on an ephemeral port with its whole configuration (limits included)
+    /// changed by `adjust`.
+    pub async fn superpeer_config(adjust: impl FnOnce(&mut superpeer::Config)) -> SuperPeerNode {
+        let id = superpeer::identity::Identity::generate();
+        let mut config = superpeer::Config::new(id, "127.0.0.1:0".parse().expect("valid address"));
+        adjust(&mut config);
+        SuperPeerNode::start(config)
+            .await
+            .expect("a super-peer starts on an ephemeral port")
+    }
+
+    /// A TCP connection to `addr` from the loopback address `from`. Tests of hostile peers
+    /// connect from 127.0.0.2 and up, so that the ban an offender earns does not fall on the
+    /// well-behaved peers at 127.0.0.1.
+    pub async fn dial_from(from: IpAddr, addr: SocketAddr) -> io::Result<TcpStream> {
+        let std = smol::unblock(move || {
+            let socket = socket2::Socket::new(
+                socket2::Domain::for_address(addr),
+                socket2::Type::STREAM,
+                Some(socket2::Protocol::TCP),
+            )?;
+            socket.bind(&SocketAddr::new(from, 0).into())?;
+            socket.connect_timeout(&addr.into(), Duration::from_secs(5))?;
+            socket.set_tcp_nodelay(true)?;
+            Ok::<_, io::Error>(std::net::TcpStream::from(socket))
+        })
+        .await?;
+        TcpStream::try_from(std)
+    }
+
+    /// [`dial_from`], then the encrypted handshake with a fresh identity.
+    pub async fn secure_from(
+        from: IpAddr,
+        addr: SocketAddr,
+    ) -> io::Result<(SecureStream<TcpStream>, Identity)> {
+        let identity = Identity::generate();
+        let stream = dial_from(from, addr).await?;
+        let secure = superpeer::secure::connect(stream, &identity, Duration::from_secs(5))
+            .await
+            .map_err(io::Error::other)?;
+        Ok((secure, identity))
     }
 
     /// A serving leaf with its data directory `base/name`, attached to `superpeers` and

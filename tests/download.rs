@@ -8,8 +8,9 @@ use canopy::corpus;
 use canopy::net::{self, run_bounded};
 use leaf::download::{self, DownloadOptions};
 use smol::net::TcpListener;
+use superpeer::identity::Identity;
 use superpeer::net::{write_message, FrameReader};
-use wire::{ChunkMsg, FileId, Hello, ManifestBuilder, ManifestMsg, Message, NodeId, Role};
+use wire::{ChunkMsg, FileId, Hello, ManifestBuilder, ManifestMsg, Message, Role};
 
 #[derive(Clone, Copy, PartialEq)]
 enum Fake {
@@ -36,11 +37,16 @@ async fn fake_source(kind: Fake, content: Vec<u8>) -> SocketAddr {
         while let Ok((stream, _)) = listener.accept().await {
             let manifest = manifest.clone();
             let content = content.clone();
-            let node = NodeId(rand::random());
+            let identity = Identity::generate();
+            let node = identity.node();
             let mut kind = kind;
             smol::spawn(async move {
-                let mut w = stream.clone();
-                let mut r = FrameReader::new(stream);
+                let limit = superpeer::secure::HANDSHAKE_TIMEOUT;
+                let Ok(secure) = superpeer::secure::accept(stream, &identity, limit).await else {
+                    return;
+                };
+                let mut w = secure.writer;
+                let mut r = FrameReader::new(secure.reader);
                 let mut scratch = Vec::new();
                 while let Ok(Some(msg)) = r.read_message().await {
                     let reply = match msg {
@@ -130,7 +136,7 @@ async fn honest_sources(
 /// A download of `id` from exactly `sources` (the network has no others to offer).
 fn job(id: FileId, sources: Vec<SocketAddr>, out: &std::path::Path) -> download::Job {
     download::Job {
-        me: NodeId([9; 32]),
+        me: std::sync::Arc::new(Identity::generate()),
         id,
         name: "set.flac".into(),
         expected_size: None,
@@ -283,10 +289,10 @@ fn ten_requesters_against_two_upload_slots_all_complete_in_order() {
         let mut tasks = Vec::new();
         let mut who = Vec::new();
         for i in 0..10u8 {
-            let me = NodeId([i + 1; 32]);
-            who.push(me);
+            let me = Identity::generate();
+            who.push(me.node());
             let mut j = job(id, vec![addr], &tmp.path().join(format!("out{i}")));
-            j.me = me;
+            j.me = std::sync::Arc::new(me);
             j.give_up_after = None;
             tasks.push(smol::spawn(download::download(j, Box::new(|_| {}))));
             // Requests arrive in this order.

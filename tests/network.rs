@@ -291,9 +291,14 @@ fn a_leaf_that_disconnects_disappears_from_results() {
 /// Sends `bytes` on a fresh connection to `addr` (after reading the super-peer's Hello) and
 /// returns the reason of the Goodbye that comes back, if any, once the connection closes.
 async fn send_raw(addr: std::net::SocketAddr, bytes: &[u8], close_after: bool) -> Option<String> {
-    let stream = smol::net::TcpStream::connect(addr).await.unwrap();
-    let mut writer = stream.clone();
-    let mut reader = FrameReader::new(stream);
+    // From another loopback address each time: an offender is banned, the other peers are not.
+    static NEXT: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(2);
+    let from = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let (stream, _) = net::secure_from([127, 0, 0, from].into(), addr)
+        .await
+        .unwrap();
+    let mut writer = stream.writer;
+    let mut reader = FrameReader::new(stream.reader);
     assert!(matches!(
         reader.read_message().await,
         Ok(Some(Message::Hello(_)))

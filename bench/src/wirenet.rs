@@ -15,8 +15,9 @@ use anyhow::{bail, Context};
 use smol::channel::{self, Receiver, Sender};
 use smol::net::TcpListener;
 use smol::Task;
-use superpeer::net::{connect, write_message, FrameReader};
-use wire::{FileRecord, Hello, Message, NodeId, Query, QueryHits, QueryId, Role, Search};
+use superpeer::identity::Identity;
+use superpeer::net::{connect_secure, write_message, FrameReader};
+use wire::{FileRecord, Hello, Message, Query, QueryHits, QueryId, Role, Search};
 
 /// One connection to a super-peer, as a leaf.
 pub struct WireLeaf {
@@ -50,14 +51,15 @@ impl WireLeaf {
         } else {
             None
         };
-        let stream = connect(sp, Duration::from_secs(5))
+        let identity = Identity::generate();
+        let stream = connect_secure(sp, &identity, Duration::from_secs(10))
             .await
             .with_context(|| format!("connecting to super-peer {sp}"))?;
-        let mut writer = stream.clone();
-        let mut reader = FrameReader::new(stream);
+        let mut writer = stream.writer;
+        let mut reader = FrameReader::new(stream.reader);
         let mut scratch = Vec::new();
         let hello = Message::Hello(Hello::new(
-            NodeId(rand::random()),
+            identity.node(),
             Role::Leaf,
             listen,
             "canopy-bench",

@@ -56,8 +56,10 @@ use event_listener::Event;
 use serde::{Deserialize, Serialize};
 use smol::channel;
 use smol::net::TcpStream;
-use superpeer::net::{connect, write_message_within, FrameReader};
-use wire::{FileId, Hello, Manifest, Message, NodeId, Role, PROTOCOL_VERSION};
+use superpeer::identity::Identity;
+use superpeer::net::{connect_secure, write_message_within, FrameReader};
+use superpeer::secure::{SecureReader, SecureWriter};
+use wire::{FileId, Hello, Manifest, Message, Role, PROTOCOL_VERSION};
 
 use crate::rate::RateLimit;
 use crate::share::PART_SUFFIX;
@@ -457,30 +459,36 @@ fn free_space(dir: &Path) -> io::Result<u64> {
 /// A source's connection.
 struct SourceConn {
     addr: SocketAddr,
-    reader: FrameReader<TcpStream>,
-    writer: TcpStream,
+    reader: FrameReader<SecureReader<TcpStream>>,
+    writer: SecureWriter<TcpStream>,
     scratch: Vec<u8>,
 }
 
 impl SourceConn {
-    async fn open(addr: SocketAddr, me: NodeId, opts: &DownloadOptions) -> Result<Self, String> {
-        let stream = connect(addr, opts.connect_timeout)
+    async fn open(addr: SocketAddr, me: &Identity, opts: &DownloadOptions) -> Result<Self, String> {
+        let stream = connect_secure(addr, me, opts.connect_timeout)
             .await
             .map_err(|e| e.to_string())?;
+        let peer = stream.peer;
         let mut conn = SourceConn {
             addr,
-            reader: FrameReader::new(stream.clone()),
-            writer: stream,
+            reader: FrameReader::new(stream.reader),
+            writer: stream.writer,
             scratch: Vec::new(),
         };
         conn.send(&Message::Hello(Hello::new(
-            me,
+            me.node(),
             Role::Transfer,
             None,
             crate::AGENT,
         )))
         .await?;
         match conn.recv(opts.connect_timeout).await? {
+            Message::Hello(h) if h.node != peer => Err(format!(
+                "Hello claims node {} but its key is that of {}",
+                h.node.short(),
+                peer.short()
+            )),
             Message::Hello(h) if h.version == PROTOCOL_VERSION => Ok(conn),
             Message::Hello(h) => Err(format!("speaks protocol version {}", h.version)),
             other => Err(format!("answered Hello with {}", other.kind())),
@@ -562,8 +570,8 @@ pub type FindSources =
 
 /// One download to run.
 pub struct Job {
-    /// This node (sent in Hello).
-    pub me: NodeId,
+    /// This node's key pair (its id is sent in Hello).
+    pub me: Arc<Identity>,
     /// The file.
     pub id: FileId,
     /// Its name, from the search (made safe before use).
@@ -589,7 +597,7 @@ pub struct Job {
 
 struct Shared {
     id: FileId,
-    me: NodeId,
+    me: Arc<Identity>,
     manifest: Manifest,
     file: Arc<File>,
     sched: Mutex<Scheduler>,
@@ -661,8 +669,8 @@ pub async fn download(
                 job.sources.clone()
             };
             let opened = spawn_all(sources.iter().map(|&a| {
-                let (me, opts) = (job.me, job.opts.clone());
-                async move { (a, SourceConn::open(a, me, &opts).await) }
+                let (me, opts) = (job.me.clone(), job.opts.clone());
+                async move { (a, SourceConn::open(a, &me, &opts).await) }
             }))
             .await;
             for (addr, r) in opened {
@@ -759,7 +767,7 @@ pub async fn download(
 
     let shared = Arc::new(Shared {
         id,
-        me: job.me,
+        me: job.me.clone(),
         file,
         sched: Mutex::new(sched),
         changed: Event::new(),
@@ -1161,7 +1169,7 @@ async fn run_source(
         Some(c) => c,
         None => {
             // Connecting gives way if the download ends meanwhile.
-            let open = async { Some(SourceConn::open(addr, shared.me, &shared.opts).await) };
+            let open = async { Some(SourceConn::open(addr, &shared.me, &shared.opts).await) };
             let ended = async {
                 loop {
                     let listener = shared.changed.listen();

@@ -61,6 +61,8 @@ struct Cli {
     /// Downloads that run at once (others wait their turn).
     #[arg(long, env = "CANOPY_MAX_DOWNLOADS", default_value_t = 3, global = true, value_parser = clap::value_parser!(u16).range(1..))]
     max_downloads: u16,
+    #[command(flatten)]
+    limits: superpeer::limits::LimitArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -164,6 +166,7 @@ fn real_main() -> anyhow::Result<()> {
     config.leaf_overlay.can_promote = !cli.no_promote;
     config.superpeer_listen = cli.superpeer_listen;
     config.superpeer_overlay.leaf_slots = cli.leaf_slots;
+    config.limits = cli.limits.limits();
     if let Command::Tui { out } = &cli.command {
         let out = std::path::absolute(out)
             .with_context(|| format!("bad output folder {}", out.display()))?;

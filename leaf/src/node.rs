@@ -107,6 +107,9 @@ pub struct NodeConfig {
     /// Where to accept leaves if promoted; by default the port of the first bootstrap address
     /// (so that other nodes configured like this one find it), else 7700, else any.
     pub superpeer_listen: Option<SocketAddr>,
+    /// What peers may send this node and make it hold (its chunk server, and its super-peer
+    /// role if promoted).
+    pub limits: superpeer::limits::Limits,
 }
 
 impl NodeConfig {
@@ -132,6 +135,7 @@ impl NodeConfig {
             },
             role: topology::RoleConfig::default(),
             superpeer_listen: None,
+            limits: superpeer::limits::Limits::default(),
         }
     }
 }
@@ -226,6 +230,11 @@ pub(crate) struct RoleStatus {
 
 pub(crate) struct Inner {
     pub(crate) node_id: NodeId,
+    /// The key pair the node id derives from.
+    pub(crate) identity: Arc<superpeer::identity::Identity>,
+    pub(crate) limits: superpeer::limits::Limits,
+    /// Connection counts and bans of the chunk server.
+    gate: Arc<superpeer::limits::Gate>,
     pub(crate) listen: Option<SocketAddr>,
     pub(crate) shares: RwLock<Shares>,
     pub(crate) uploaded_chunks: AtomicU64,
@@ -279,7 +288,8 @@ impl Node {
             source,
         };
         std::fs::create_dir_all(&dir).map_err(data_err)?;
-        let node_id = superpeer::identity::load_or_create_node_id(&dir).map_err(data_err)?;
+        let identity = superpeer::identity::Identity::load_or_create(&dir).map_err(data_err)?;
+        let node_id = identity.node();
         let shares = Shares::load(&dir.join(SHARES_FILE));
 
         let (listener, listen) = match config.listen {
@@ -313,6 +323,9 @@ impl Node {
         }
         let inner = Arc::new(Inner {
             node_id,
+            identity: Arc::new(identity),
+            gate: superpeer::limits::Gate::new(config.limits.clone()),
+            limits: config.limits.clone(),
             listen,
             shares: RwLock::new(shares),
             uploaded_chunks: AtomicU64::new(0),
@@ -774,7 +787,7 @@ impl Node {
             })
         });
         let job = download::Job {
-            me: self.inner.node_id,
+            me: self.inner.identity.clone(),
             id,
             name,
             expected_size: agreed,
@@ -1150,7 +1163,14 @@ pub fn register_batches(files: &[FileRecord]) -> Vec<Vec<FileRecord>> {
 async fn accept_uploads(inner: Arc<Inner>, listener: TcpListener) {
     loop {
         match listener.accept().await {
-            Ok((stream, _)) => {
+            Ok((stream, remote)) => {
+                let admitted = match inner.gate.admit(remote, Instant::now()) {
+                    Ok(admitted) => admitted,
+                    Err(trip) => {
+                        log::warn!("refusing a download connection from {remote}: {trip}");
+                        continue;
+                    }
+                };
                 let _ = stream.set_nodelay(true);
                 // Known to the node so that shutdown can close it.
                 let key = inner.upload_keys.fetch_add(1, Ordering::Relaxed);
@@ -1161,7 +1181,8 @@ async fn accept_uploads(inner: Arc<Inner>, listener: TcpListener) {
                     .insert(key, stream.clone());
                 let inner = inner.clone();
                 smol::spawn(async move {
-                    crate::upload::serve(inner.clone(), stream).await;
+                    crate::upload::serve(inner.clone(), stream, remote).await;
+                    drop(admitted);
                     inner.upload_streams.lock().unwrap().remove(&key);
                 })
                 .detach();

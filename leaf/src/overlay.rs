@@ -17,7 +17,8 @@ use std::time::{Duration, Instant};
 
 use smol::channel::{self, Sender};
 use smol::net::TcpStream;
-use superpeer::net::{connect, write_message_within, FrameReader};
+use superpeer::net::{connect_secure, write_message_within, FrameReader};
+use superpeer::secure::SecureStream;
 use superpeer::server::{load_hosts, save_hosts, HOSTS_FILE};
 use superpeer::{Demoted, SuperPeerNode};
 use topology::{ConnId, LeafConfig, LeafEvent, LeafOverlay, NodeRole, RoleClock, RoleConfig};
@@ -36,7 +37,7 @@ pub(crate) struct Settings {
 }
 
 enum Input {
-    Connected(ConnId, SocketAddr, TcpStream),
+    Connected(ConnId, SocketAddr, SecureStream<TcpStream>),
     DialFailed(SocketAddr),
     Message(ConnId, Message),
     Closed(ConnId),
@@ -162,9 +163,10 @@ pub(crate) async fn run(node: Node, settings: Settings) {
                     LeafEvent::Dial(addr) => {
                         let conn = next_conn;
                         next_conn += 1;
-                        let tx = tx.clone();
+                        let (tx, identity) = (tx.clone(), inner.identity.clone());
                         smol::spawn(async move {
-                            let input = match connect(addr, Duration::from_secs(3)).await {
+                            let limit = Duration::from_secs(3);
+                            let input = match connect_secure(addr, &identity, limit).await {
                                 Ok(stream) => Input::Connected(conn, addr, stream),
                                 Err(e) => {
                                     log::debug!("cannot reach super-peer {addr}: {e}");
@@ -257,7 +259,8 @@ async fn promote(
             data_dir: Some(inner.data_dir.clone()),
             clock: Some(clock.clone()),
             hosts: hosts.clone(),
-            ..superpeer::Config::new(inner.node_id, listen)
+            limits: inner.limits.clone(),
+            ..superpeer::Config::new((*inner.identity).clone(), listen)
         };
         match SuperPeerNode::start(config).await {
             Ok(node) => {
@@ -298,12 +301,12 @@ async fn promote(
 fn start_link(
     inner: &Arc<Inner>,
     conn: ConnId,
-    stream: TcpStream,
+    stream: SecureStream<TcpStream>,
     inputs: Sender<Input>,
 ) -> Sender<Message> {
-    let _ = stream.set_nodelay(true);
+    let _ = stream.writer.get_ref().set_nodelay(true);
     let (out, rx) = channel::unbounded::<Message>();
-    let mut writer = stream.clone();
+    let mut writer = stream.writer;
     smol::spawn(async move {
         let mut scratch = Vec::new();
         while let Ok(msg) = rx.recv().await {
@@ -315,14 +318,23 @@ fn start_link(
                 break;
             }
         }
-        let _ = writer.shutdown(std::net::Shutdown::Both);
+        let _ = writer.get_ref().shutdown(std::net::Shutdown::Both);
     })
     .detach();
     let inner = inner.clone();
+    let peer = stream.peer;
     smol::spawn(async move {
-        let mut reader = FrameReader::new(stream);
+        let mut reader = FrameReader::new(stream.reader);
         loop {
             match reader.read_message().await {
+                Ok(Some(Message::Hello(h))) if h.node != peer => {
+                    log::warn!(
+                        "link {conn}: Hello claims node {} but its key is that of {}",
+                        h.node.short(),
+                        peer.short()
+                    );
+                    break;
+                }
                 Ok(Some(Message::QueryHits(h))) => {
                     let target = inner.searches.lock().unwrap().get(&h.query).cloned();
                     if let Some(t) = target {

@@ -11,6 +11,7 @@
 //! need no slot. Every chunk sent takes its bytes from the node's upload cap first.
 
 use std::collections::VecDeque;
+use std::net::SocketAddr;
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -19,6 +20,7 @@ use std::time::{Duration, Instant};
 use smol::channel;
 use smol::net::TcpStream;
 use superpeer::net::{write_message, write_message_within, FrameReader};
+use superpeer::secure::SecureStream;
 use wire::{ChunkMsg, Hello, ManifestMsg, Message, NodeId, Role, TransferErrorKind};
 
 use crate::node::Inner;
@@ -144,25 +146,36 @@ impl Drop for SlotGuard<'_> {
 }
 
 /// Serves one downloader's connection until it closes or misbehaves.
-pub(crate) async fn serve(node: Arc<Inner>, stream: TcpStream) {
-    let peer = stream
-        .peer_addr()
-        .map(|a| a.to_string())
-        .unwrap_or_else(|_| "?".into());
-    if let Err(reason) = serve_inner(&node, stream).await {
+pub(crate) async fn serve(node: Arc<Inner>, stream: TcpStream, peer: SocketAddr) {
+    let limit = node.limits.handshake_timeout;
+    let secure = match superpeer::secure::accept(stream, &node.identity, limit).await {
+        Ok(secure) => secure,
+        Err(e) => {
+            log::warn!("download connection from {peer}: {e} (handshake_timeout {limit:?})");
+            return;
+        }
+    };
+    if let Err(reason) = serve_inner(&node, secure).await {
         log::info!("upload connection from {peer} closed: {reason}");
     }
 }
 
-async fn serve_inner(node: &Inner, stream: TcpStream) -> Result<(), String> {
-    let mut writer = stream.clone();
-    let mut reader = FrameReader::new(stream);
+async fn serve_inner(node: &Inner, stream: SecureStream<TcpStream>) -> Result<(), String> {
+    let mut writer = stream.writer;
+    let mut reader = FrameReader::new(stream.reader);
     let mut scratch = Vec::new();
     let who = match reader
         .read_message_within(HELLO_TIMEOUT)
         .await
         .map_err(|e| e.to_string())?
     {
+        Message::Hello(h) if h.node != stream.peer => {
+            return Err(format!(
+                "Hello claims node {} but its key is that of {}",
+                h.node.short(),
+                stream.peer.short()
+            ))
+        }
         Message::Hello(h) if h.version == wire::PROTOCOL_VERSION => h.node,
         Message::Hello(h) => return Err(format!("protocol version {}", h.version)),
         other => return Err(format!("{} before Hello", other.kind())),

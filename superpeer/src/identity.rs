@@ -1,4 +1,5 @@
-//! A node's persistent identity: a random node id kept in its data directory.
+//! A node's persistent identity: a static key pair kept in its data directory, and the node id
+//! derived from its public key.
 
 use std::fs;
 use std::io;
@@ -6,8 +7,10 @@ use std::path::Path;
 
 use wire::NodeId;
 
-/// The file in a data directory that holds the node id (hex).
-pub const NODE_ID_FILE: &str = "node-id";
+/// The file in a data directory that holds the node's static key pair (hex, owner-only).
+pub const NODE_KEY_FILE: &str = "node-key";
+/// The first line of [`NODE_KEY_FILE`].
+const KEY_FILE_HEADER: &str = "canopy node key v1";
 
 /// The platform's data directory for Canopy (`~/.local/share/canopy` on Linux), or `None`
 /// where there is no home directory. Leaves use it as it is; a dedicated super-peer uses its
@@ -16,27 +19,113 @@ pub fn default_data_dir() -> Option<std::path::PathBuf> {
     directories::ProjectDirs::from("", "", "canopy").map(|d| d.data_dir().to_path_buf())
 }
 
-/// A fresh random node id.
-pub fn random_node_id() -> NodeId {
-    NodeId(rand::random())
+/// A node's static X25519 key pair, the key of its Noise handshakes. Its node id is derived
+/// from the public key ([`node_id_of`]), so no other node can claim it.
+#[derive(Clone)]
+pub struct Identity {
+    private: [u8; 32],
+    public: [u8; 32],
 }
 
-/// Reads the node id from `dir`, creating the directory and a fresh id if there is none. A
-/// damaged file is replaced (logged), never a reason not to start.
-pub fn load_or_create_node_id(dir: &Path) -> io::Result<NodeId> {
-    fs::create_dir_all(dir)?;
-    let path = dir.join(NODE_ID_FILE);
-    match fs::read_to_string(&path) {
-        Ok(text) => match text.trim().parse() {
-            Ok(id) => return Ok(id),
-            Err(e) => log::warn!("{}: {e}; making a new node id", path.display()),
-        },
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e),
+impl std::fmt::Debug for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print the private key.
+        write!(f, "Identity({})", self.node().short())
     }
-    let id = random_node_id();
-    write_atomically(&path, format!("{id}\n").as_bytes())?;
-    Ok(id)
+}
+
+impl Identity {
+    /// A fresh random key pair.
+    pub fn generate() -> Self {
+        Self::from_private(rand::random())
+    }
+
+    /// The pair of a private key.
+    pub fn from_private(private: [u8; 32]) -> Self {
+        use snow::resolvers::{CryptoResolver, DefaultResolver};
+        let mut dh = DefaultResolver
+            .resolve_dh(&snow::params::DHChoice::Curve25519)
+            .expect("snow's default resolver has Curve25519");
+        dh.set(&private);
+        let mut public = [0; 32];
+        public.copy_from_slice(dh.pubkey());
+        Identity { private, public }
+    }
+
+    /// The private key (for the handshake).
+    pub fn private(&self) -> &[u8; 32] {
+        &self.private
+    }
+
+    /// The public key.
+    pub fn public(&self) -> &[u8; 32] {
+        &self.public
+    }
+
+    /// The node id: derived from the public key.
+    pub fn node(&self) -> NodeId {
+        node_id_of(&self.public)
+    }
+
+    /// Reads the key pair from `dir`, creating the directory and a fresh pair if there is none.
+    /// A damaged file (unreadable, or a public key that does not match the private one) is
+    /// reported and replaced by a fresh pair: a new identity, never a reason not to start.
+    pub fn load_or_create(dir: &Path) -> io::Result<Identity> {
+        fs::create_dir_all(dir)?;
+        let path = dir.join(NODE_KEY_FILE);
+        match fs::read_to_string(&path) {
+            Ok(text) => match Self::parse(&text) {
+                Ok(id) => return Ok(id),
+                Err(why) => {
+                    log::warn!("{}: damaged ({why}); making a new key pair", path.display())
+                }
+            },
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        let id = Identity::generate();
+        let text = format!(
+            "{KEY_FILE_HEADER}\nprivate {}\npublic {}\n",
+            hex::encode(id.private),
+            hex::encode(id.public)
+        );
+        write_atomically(&path, text.as_bytes())?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            fs::set_permissions(&path, fs::Permissions::from_mode(0o600))?;
+        }
+        Ok(id)
+    }
+
+    fn parse(text: &str) -> Result<Identity, &'static str> {
+        let mut lines = text.lines();
+        if lines.next() != Some(KEY_FILE_HEADER) {
+            return Err("not a Canopy key file");
+        }
+        let mut field = |name: &str| -> Result<[u8; 32], &'static str> {
+            let line = lines.next().ok_or("too short")?;
+            let value = line
+                .strip_prefix(name)
+                .and_then(|v| v.strip_prefix(' '))
+                .ok_or("unexpected line")?;
+            let mut key = [0; 32];
+            hex::decode_to_slice(value.trim(), &mut key).map_err(|_| "not a 32-byte hex key")?;
+            Ok(key)
+        };
+        let private = field("private")?;
+        let public = field("public")?;
+        let id = Identity::from_private(private);
+        if id.public != public {
+            return Err("the public key does not match the private key");
+        }
+        Ok(id)
+    }
+}
+
+/// The node id of a public key: its BLAKE3 hash.
+pub fn node_id_of(public: &[u8]) -> NodeId {
+    NodeId(*blake3::hash(public).as_bytes())
 }
 
 /// Writes `bytes` to `path` through a temporary file and a rename, so a crash leaves either the
@@ -61,13 +150,58 @@ mod tests {
     use super::*;
 
     #[test]
-    fn node_id_persists_and_damage_is_repaired() {
+    fn identity_persists_and_damage_is_repaired() {
         let dir = tempfile::tempdir().unwrap();
-        let a = load_or_create_node_id(dir.path()).unwrap();
-        assert_eq!(load_or_create_node_id(dir.path()).unwrap(), a);
-        fs::write(dir.path().join(NODE_ID_FILE), "garbage").unwrap();
-        let b = load_or_create_node_id(dir.path()).unwrap();
-        assert_ne!(a, b);
-        assert_eq!(load_or_create_node_id(dir.path()).unwrap(), b);
+        let a = Identity::load_or_create(dir.path()).unwrap();
+        assert_eq!(a.node(), node_id_of(a.public()));
+        let again = Identity::load_or_create(dir.path()).unwrap();
+        assert_eq!(again.node(), a.node());
+        assert_eq!(again.private(), a.private());
+        let path = dir.path().join(NODE_KEY_FILE);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(
+                mode & 0o077,
+                0,
+                "the key file is readable by others: {mode:o}"
+            );
+        }
+        // A flipped digit in the public key: detected, replaced.
+        let text = fs::read_to_string(&path).unwrap();
+        let public_line = text.lines().nth(2).unwrap().to_string();
+        let last = public_line.chars().last().unwrap();
+        let flipped = format!(
+            "{}{}",
+            &public_line[..public_line.len() - 1],
+            if last == '0' { '1' } else { '0' }
+        );
+        fs::write(&path, text.replace(&public_line, &flipped)).unwrap();
+        let b = Identity::load_or_create(dir.path()).unwrap();
+        assert_ne!(a.node(), b.node());
+        assert_eq!(
+            Identity::load_or_create(dir.path()).unwrap().node(),
+            b.node()
+        );
+        fs::write(&path, "garbage").unwrap();
+        let c = Identity::load_or_create(dir.path()).unwrap();
+        assert_ne!(c.node(), b.node());
+    }
+
+    #[test]
+    fn public_key_matches_a_known_x25519_vector() {
+        // RFC 7748, section 6.1: Alice's key pair.
+        let mut private = [0; 32];
+        hex::decode_to_slice(
+            "77076d0a7318a57d3c16c17251b26645df4c2f87ebc0992ab177fba51db92c2a",
+            &mut private,
+        )
+        .unwrap();
+        let id = Identity::from_private(private);
+        assert_eq!(
+            hex::encode(id.public()),
+            "8520f0098930a754748b7ddcb43ef75a0dbf3a0d26381af4eba4a98eaa9b4e6a"
+        );
     }
 }

@@ -30,6 +30,8 @@ struct Args {
     /// TTL cap applied to incoming queries.
     #[arg(long, default_value_t = wire::MAX_TTL, value_parser = clap::value_parser!(u8).range(0..=15))]
     max_ttl: u8,
+    #[command(flatten)]
+    limits: superpeer::limits::LimitArgs,
 }
 
 fn main() -> std::process::ExitCode {
@@ -51,8 +53,9 @@ fn real_main() -> anyhow::Result<()> {
             .context("no home directory to keep the super-peer's data in; pass --data-dir")?
             .join("superpeer"),
     };
-    let node = superpeer::identity::load_or_create_node_id(&data_dir)
-        .with_context(|| format!("reading the node id in {}", data_dir.display()))?;
+    let identity = superpeer::identity::Identity::load_or_create(&data_dir)
+        .with_context(|| format!("reading the node key in {}", data_dir.display()))?;
+    let node = identity.node();
     let overlay = topology::Config {
         max_ttl: args.max_ttl,
         leaf_slots: args.leaf_slots,
@@ -64,7 +67,8 @@ fn real_main() -> anyhow::Result<()> {
             peers: args.peers,
             overlay,
             data_dir: Some(data_dir.clone()),
-            ..superpeer::Config::new(node, args.listen)
+            limits: args.limits.limits(),
+            ..superpeer::Config::new(identity, args.listen)
         })
         .await
         .context("starting the super-peer")?;

@@ -179,7 +179,21 @@ pub async fn write_message<W: AsyncWrite + Unpin>(
 ) -> io::Result<()> {
     scratch.clear();
     wire::encode(msg, scratch);
-    w.write_all(scratch).await
+    w.write_all(scratch).await?;
+    // An encrypting writer may hold the last bytes until flushed.
+    w.flush().await
+}
+
+/// Connects to `addr` and runs the Noise handshake as its initiator, each step within `limit`.
+pub async fn connect_secure(
+    addr: SocketAddr,
+    identity: &crate::identity::Identity,
+    limit: Duration,
+) -> io::Result<crate::secure::SecureStream<TcpStream>> {
+    let stream = connect(addr, limit).await?;
+    crate::secure::connect(stream, identity, limit)
+        .await
+        .map_err(|e| io::Error::new(io::ErrorKind::ConnectionRefused, format!("{addr}: {e}")))
 }
 
 /// Connects to `addr`, giving up after `limit`.

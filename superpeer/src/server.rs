@@ -11,19 +11,23 @@
 //! directory) so a restart needs no bootstrap address.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{Shutdown, SocketAddr};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use smol::channel::{self, Receiver, Sender};
+use smol::io::AsyncWriteExt;
 use smol::net::{TcpListener, TcpStream};
 use smol::Task;
 use topology::{ConnId, Event, HostCache, NodeRole, RoleClock, RoleConfig, Stats, SuperPeer};
 use wire::{Hello, HostEntry, Message, NodeId, Role};
 
-use crate::net::{connect, write_message_within, FrameReader, ReadError};
+use crate::identity::Identity;
+use crate::limits::{Admitted, Gate, Limits, Tripped};
+use crate::net::{connect_secure, write_message_within, FrameReader, ReadError};
+use crate::secure::{SecureStream, SecureWriter};
 
 /// The host cache's file name in a data directory.
 pub const HOSTS_FILE: &str = "hosts.cbor";
@@ -39,8 +43,10 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Bootstrap super-peers (kept in the host cache and dialled as the mesh needs them).
     pub peers: Vec<SocketAddr>,
-    /// This node's id.
-    pub node: NodeId,
+    /// This node's key pair (its node id is derived from it).
+    pub identity: Identity,
+    /// What peers may send and make it hold.
+    pub limits: Limits,
     /// The overlay logic's settings.
     pub overlay: topology::Config,
     /// Where the host cache is kept between runs (none: not kept).
@@ -53,11 +59,12 @@ pub struct Config {
 
 impl Config {
     /// A dedicated super-peer listening at `listen`, with the default overlay settings.
-    pub fn new(node: NodeId, listen: SocketAddr) -> Self {
+    pub fn new(identity: Identity, listen: SocketAddr) -> Self {
         Config {
             listen,
             peers: Vec::new(),
-            node,
+            identity,
+            limits: Limits::default(),
             overlay: topology::Config::default(),
             data_dir: None,
             clock: None,
@@ -113,7 +120,7 @@ enum Input {
         conn: ConnId,
         remote: SocketAddr,
         dialed: bool,
-        writer: Sender<Message>,
+        writer: Outbox,
     },
     DialFailed(SocketAddr),
     Reachable(ConnId, bool),
@@ -151,7 +158,10 @@ impl SuperPeerNode {
         let clock = config
             .clock
             .unwrap_or_else(|| RoleClock::new(now, NodeRole::SuperPeer, RoleConfig::default()));
-        let mut state = SuperPeer::new(now, config.node, Some(listen), config.overlay, clock);
+        let node = config.identity.node();
+        let identity = Arc::new(config.identity);
+        let gate = Gate::new(config.limits);
+        let mut state = SuperPeer::new(now, node, Some(listen), config.overlay, clock);
         state.add_seeds(now, &config.peers);
         state.import_hosts(now, &config.hosts);
         let hosts_file = config.data_dir.map(|d| d.join(HOSTS_FILE));
@@ -169,12 +179,15 @@ impl SuperPeerNode {
             listen,
             hosts_file,
             demoted: demoted_tx,
+            identity: identity.clone(),
+            gate: gate.clone(),
+            registered: HashMap::new(),
         };
         let tasks = vec![
             smol::spawn(actor.run(rx)),
-            smol::spawn(accept_loop(listener, inputs.clone(), ids)),
+            smol::spawn(accept_loop(listener, inputs.clone(), ids, identity, gate)),
         ];
-        log::info!("super-peer {} listening on {listen}", config.node.short());
+        log::info!("super-peer {} listening on {listen}", node.short());
         Ok(SuperPeerNode {
             listen,
             inputs,
@@ -233,13 +246,43 @@ pub fn save_hosts(path: &std::path::Path, hosts: &HostCache, now: Instant) {
     }
 }
 
-async fn accept_loop(listener: TcpListener, inputs: Sender<Input>, ids: Arc<AtomicU64>) {
+async fn accept_loop(
+    listener: TcpListener,
+    inputs: Sender<Input>,
+    ids: Arc<AtomicU64>,
+    identity: Arc<Identity>,
+    gate: Arc<Gate>,
+) {
     loop {
         match listener.accept().await {
             Ok((stream, remote)) => {
+                let admitted = match gate.admit(remote, Instant::now()) {
+                    Ok(admitted) => admitted,
+                    Err(trip) => {
+                        log::warn!("refusing a connection from {remote}: {trip}");
+                        continue;
+                    }
+                };
                 let _ = stream.set_nodelay(true);
                 let conn = ids.fetch_add(1, Ordering::Relaxed);
-                smol::spawn(run_connection(conn, stream, remote, false, inputs.clone())).detach();
+                let (inputs, identity, gate) = (inputs.clone(), identity.clone(), gate.clone());
+                smol::spawn(async move {
+                    let limit = gate.limits().handshake_timeout;
+                    match crate::secure::accept(stream.clone(), &identity, limit).await {
+                        Ok(secure) => {
+                            let peer = Peer {
+                                conn,
+                                socket: stream,
+                                remote,
+                                dialed: false,
+                                _admitted: Some(admitted),
+                            };
+                            run_connection(peer, secure, inputs, gate).await
+                        }
+                        Err(e) => log::warn!("peer {remote}: {e} (handshake_timeout {limit:?})"),
+                    }
+                })
+                .detach();
             }
             Err(e) => {
                 // Out of descriptors and the like: back off instead of spinning.
@@ -250,35 +293,116 @@ async fn accept_loop(listener: TcpListener, inputs: Sender<Input>, ids: Arc<Atom
     }
 }
 
-/// Runs one connection until either side ends it.
-async fn run_connection(
+/// The actor's handle on a connection's writer: encoded messages go in, and the bytes not yet
+/// written are counted, so a peer that does not read is cut off at
+/// [`Limits::max_pending_bytes`] instead of making us buffer without bound.
+struct Outbox {
+    tx: Sender<Vec<u8>>,
+    pending: Arc<AtomicUsize>,
+    socket: TcpStream,
+    remote: SocketAddr,
+}
+
+impl Outbox {
+    /// Queues `msg`, or says the limit it would go past.
+    fn send(&self, msg: &Message, limits: &Limits) -> Result<(), Tripped> {
+        let mut bytes = Vec::new();
+        wire::encode(msg, &mut bytes);
+        let pending = self.pending.load(Ordering::Relaxed);
+        if pending + bytes.len() > limits.max_pending_bytes {
+            return Err(Tripped {
+                limit: "max_pending_bytes",
+                detail: format!("{pending} bytes not read yet"),
+                ban: false,
+            });
+        }
+        self.pending.fetch_add(bytes.len(), Ordering::Relaxed);
+        let _ = self.tx.try_send(bytes);
+        Ok(())
+    }
+
+    /// Ends the connection now, without flushing.
+    fn kill(&self) {
+        let _ = self.socket.shutdown(Shutdown::Both);
+    }
+}
+
+/// One connection, as the tasks that run it know it.
+struct Peer {
     conn: ConnId,
-    stream: TcpStream,
+    socket: TcpStream,
     remote: SocketAddr,
     dialed: bool,
+    _admitted: Option<Admitted>,
+}
+
+/// Runs one connection, after its handshake, until either side ends it.
+async fn run_connection(
+    peer: Peer,
+    secure: SecureStream<TcpStream>,
     inputs: Sender<Input>,
+    gate: Arc<Gate>,
 ) {
-    let (writer_tx, writer_rx) = channel::unbounded::<Message>();
+    let (conn, remote) = (peer.conn, peer.remote);
+    let (writer_tx, writer_rx) = channel::unbounded::<Vec<u8>>();
+    let pending = Arc::new(AtomicUsize::new(0));
     let connected = Input::Connected {
         conn,
         remote,
-        dialed,
-        writer: writer_tx,
+        dialed: peer.dialed,
+        writer: Outbox {
+            tx: writer_tx,
+            pending: pending.clone(),
+            socket: peer.socket.clone(),
+            remote,
+        },
     };
     if inputs.send(connected).await.is_err() {
         return;
     }
-    let writer = smol::spawn(write_loop(stream.clone(), writer_rx));
-    let mut reader = FrameReader::new(stream);
+    let writer = smol::spawn(write_loop(secure.writer, writer_rx, pending));
+    let mut reader = FrameReader::new(secure.reader);
+    let limits = gate.limits();
+    let mut bucket = None;
     loop {
         match reader.read_message().await {
             Ok(Some(msg)) => {
+                let now = Instant::now();
+                let verdict = match (&mut bucket, &msg) {
+                    (None, Message::Hello(hello)) if hello.node != secure.peer => {
+                        Err(Tripped::ban(
+                            "identity",
+                            format!(
+                                "Hello claims node {} but its key is that of {}",
+                                hello.node.short(),
+                                secure.peer.short()
+                            ),
+                        ))
+                    }
+                    (None, Message::Hello(hello)) => {
+                        bucket = Some(limits.bucket_for(hello.role, now));
+                        Ok(())
+                    }
+                    (Some(bucket), msg) => limits.check(msg, bucket, now),
+                    // Anything before Hello: the overlay logic closes the connection.
+                    (None, _) => Ok(()),
+                };
+                if let Err(trip) = verdict {
+                    gate.tripped(remote, &trip, now);
+                    peer.socket.shutdown(Shutdown::Both).ok();
+                    break;
+                }
                 if inputs.send(Input::Message(conn, msg)).await.is_err() {
                     break;
                 }
             }
             Ok(None) => break,
             Err(ReadError::Decode(e)) => {
+                let limit = match e {
+                    wire::DecodeError::TooLarge { .. } => "max_frame_bytes",
+                    _ => "protocol",
+                };
+                gate.tripped(remote, &Tripped::ban(limit, e.to_string()), Instant::now());
                 let _ = inputs.send(Input::Invalid(conn, e.to_string())).await;
                 break;
             }
@@ -296,57 +420,83 @@ async fn run_connection(
     .await;
 }
 
-async fn write_loop(mut stream: TcpStream, rx: Receiver<Message>) {
-    let mut scratch = Vec::new();
-    while let Ok(msg) = rx.recv().await {
-        let written = write_message_within(&mut stream, &msg, &mut scratch, WRITE_TIMEOUT).await;
+async fn write_loop(
+    mut stream: SecureWriter<TcpStream>,
+    rx: Receiver<Vec<u8>>,
+    pending: Arc<AtomicUsize>,
+) {
+    while let Ok(bytes) = rx.recv().await {
+        let write = async {
+            stream.write_all(&bytes).await?;
+            // Flush when nothing else is queued: messages that come together go together.
+            if rx.is_empty() {
+                stream.flush().await?;
+            }
+            Ok::<_, std::io::Error>(())
+        };
+        let written = smol::future::or(write, async {
+            smol::Timer::after(WRITE_TIMEOUT).await;
+            Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("peer not reading for {WRITE_TIMEOUT:?}"),
+            ))
+        })
+        .await;
+        pending.fetch_sub(bytes.len(), Ordering::Relaxed);
         if let Err(e) = written {
             log::info!("dropping a connection: write failed: {e}");
             break;
         }
     }
-    let _ = stream.shutdown(std::net::Shutdown::Both);
+    let _ = stream.flush().await;
+    let _ = stream.get_ref().shutdown(Shutdown::Both);
 }
 
 /// Connects to a leaf's listen address and exchanges Hellos: can others reach it?
-async fn check_reachable(addr: SocketAddr, node: NodeId) -> bool {
-    let Ok(mut stream) = connect(addr, Duration::from_secs(5)).await else {
+async fn check_reachable(addr: SocketAddr, identity: &Identity) -> bool {
+    let limit = Duration::from_secs(5);
+    let Ok(secure) = connect_secure(addr, identity, limit).await else {
         return false;
     };
+    let (mut writer, peer) = (secure.writer, secure.peer);
     let mut scratch = Vec::new();
     let hello = Message::Hello(Hello::new(
-        node,
+        identity.node(),
         Role::Transfer,
         None,
         "canopy-reachability",
     ));
-    if write_message_within(&mut stream, &hello, &mut scratch, Duration::from_secs(5))
+    if write_message_within(&mut writer, &hello, &mut scratch, limit)
         .await
         .is_err()
     {
         return false;
     }
-    let mut reader = FrameReader::new(stream.clone());
+    let mut reader = FrameReader::new(secure.reader);
     let ok = matches!(
-        reader.read_message_within(Duration::from_secs(5)).await,
-        Ok(Message::Hello(_))
+        reader.read_message_within(limit).await,
+        Ok(Message::Hello(h)) if h.node == peer
     );
     let bye = Message::Goodbye {
         reason: "reachability check done".into(),
     };
-    let _ = write_message_within(&mut stream, &bye, &mut scratch, Duration::from_secs(1)).await;
+    let _ = write_message_within(&mut writer, &bye, &mut scratch, Duration::from_secs(1)).await;
     ok
 }
 
 struct Actor {
     state: SuperPeer,
     index: index::Index,
-    writers: HashMap<ConnId, Sender<Message>>,
+    writers: HashMap<ConnId, Outbox>,
     inputs: Sender<Input>,
     ids: Arc<AtomicU64>,
     listen: SocketAddr,
     hosts_file: Option<PathBuf>,
     demoted: Sender<Demoted>,
+    identity: Arc<Identity>,
+    gate: Arc<Gate>,
+    /// Files and bytes of metadata each leaf has registered.
+    registered: HashMap<ConnId, (u64, u64)>,
 }
 
 impl Actor {
@@ -430,6 +580,41 @@ impl Actor {
         }
     }
 
+    /// Ends a connection that went past a limit, now, and tells the overlay logic.
+    fn cut_off(&mut self, conn: ConnId, trip: &Tripped) {
+        if let Some(w) = self.writers.remove(&conn) {
+            self.gate.tripped(w.remote, trip, Instant::now());
+            w.kill();
+        }
+        self.state.handle_disconnect(Instant::now(), conn);
+    }
+
+    /// Counts a leaf's new registrations against its limits.
+    fn count_registered(
+        &mut self,
+        conn: ConnId,
+        files: &[wire::FileRecord],
+    ) -> Result<(), Tripped> {
+        let limits = self.gate.limits();
+        let bytes: u64 = files.iter().map(record_bytes).sum();
+        let (have_files, have_bytes) = self.registered.entry(conn).or_default();
+        let (new_files, new_bytes) = (*have_files + files.len() as u64, *have_bytes + bytes);
+        if new_files > limits.max_files_per_leaf {
+            return Err(Tripped::ban(
+                "max_files_per_leaf",
+                format!("{new_files} files > {}", limits.max_files_per_leaf),
+            ));
+        }
+        if new_bytes > limits.max_metadata_per_leaf {
+            return Err(Tripped::ban(
+                "max_metadata_per_leaf",
+                format!("{new_bytes} bytes > {}", limits.max_metadata_per_leaf),
+            ));
+        }
+        (*have_files, *have_bytes) = (new_files, new_bytes);
+        Ok(())
+    }
+
     /// The drain rule: transmits first (so a Goodbye is queued before its connection's writer
     /// is dropped), then events, until both are empty. Returns the reason if the super-peer
     /// demoted itself.
@@ -438,7 +623,9 @@ impl Actor {
         loop {
             while let Some(t) = self.state.poll_transmit() {
                 if let Some(w) = self.writers.get(&t.to) {
-                    let _ = w.try_send(t.msg);
+                    if let Err(trip) = w.send(&t.msg, self.gate.limits()) {
+                        self.cut_off(t.to, &trip);
+                    }
                 }
             }
             let Some(event) = self.state.poll_event() else {
@@ -446,16 +633,27 @@ impl Actor {
             };
             match event {
                 Event::Register { conn, files } => {
+                    if let Err(trip) = self.count_registered(conn, &files) {
+                        self.cut_off(conn, &trip);
+                        continue;
+                    }
                     if let Err(e) = self.index.add_files(conn, &files) {
                         log::error!("indexing {} files of leaf {conn}: {e}", files.len());
                     }
                 }
                 Event::Withdraw { conn, ids } => {
+                    if let Some((files, bytes)) = self.registered.get_mut(&conn) {
+                        // Each withdrawn file gives back the average size of a record.
+                        let n = (ids.len() as u64).min(*files);
+                        *bytes -= (*bytes / (*files).max(1)) * n;
+                        *files -= n;
+                    }
                     if let Err(e) = self.index.remove_files(conn, &ids) {
                         log::error!("withdrawing {} files of leaf {conn}: {e}", ids.len());
                     }
                 }
                 Event::LeafGone { conn } => {
+                    self.registered.remove(&conn);
                     if let Err(e) = self.index.remove_leaf(conn) {
                         log::error!("dropping the files of leaf {conn}: {e}");
                     }
@@ -479,12 +677,32 @@ impl Actor {
                 }
                 Event::Dial(addr) => {
                     let (inputs, ids) = (self.inputs.clone(), self.ids.clone());
+                    let (identity, gate) = (self.identity.clone(), self.gate.clone());
                     smol::spawn(async move {
-                        match connect(addr, Duration::from_secs(5)).await {
+                        let limit = Duration::from_secs(5);
+                        match crate::net::connect(addr, limit).await {
                             Ok(stream) => {
+                                let secure =
+                                    match crate::secure::connect(stream.clone(), &identity, limit)
+                                        .await
+                                    {
+                                        Ok(secure) => secure,
+                                        Err(e) => {
+                                            log::info!("super-peer {addr}: {e}");
+                                            let _ = inputs.send(Input::DialFailed(addr)).await;
+                                            return;
+                                        }
+                                    };
                                 let conn = ids.fetch_add(1, Ordering::Relaxed);
                                 log::info!("connected to super-peer {addr}");
-                                run_connection(conn, stream, addr, true, inputs).await;
+                                let peer = Peer {
+                                    conn,
+                                    socket: stream,
+                                    remote: addr,
+                                    dialed: true,
+                                    _admitted: None,
+                                };
+                                run_connection(peer, secure, inputs, gate).await;
                             }
                             Err(e) => {
                                 log::debug!("cannot reach super-peer {addr}: {e}");
@@ -495,9 +713,9 @@ impl Actor {
                     .detach();
                 }
                 Event::CheckReachable { conn, addr } => {
-                    let (inputs, node) = (self.inputs.clone(), self.state.node_id());
+                    let (inputs, identity) = (self.inputs.clone(), self.identity.clone());
                     smol::spawn(async move {
-                        let ok = check_reachable(addr, node).await;
+                        let ok = check_reachable(addr, &identity).await;
                         let _ = inputs.send(Input::Reachable(conn, ok)).await;
                     })
                     .detach();
@@ -509,4 +727,14 @@ impl Actor {
             }
         }
     }
+}
+
+/// The bytes of metadata a record makes a super-peer hold: its text, and room for the rest.
+fn record_bytes(r: &wire::FileRecord) -> u64 {
+    let t = &r.tags;
+    let text = [&t.artist, &t.album, &t.title, &t.genre]
+        .iter()
+        .filter_map(|s| s.as_ref().map(|s| s.len()))
+        .sum::<usize>();
+    (r.path.len() + text + 64) as u64
 }

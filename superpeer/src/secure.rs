@@ -1,0 +1,428 @@
+//! Encrypted, authenticated connections: the Noise protocol (`Noise_XX_25519_ChaChaPoly_BLAKE2s`)
+//! between every two nodes, before any Canopy message.
+//!
+//! Both sides prove the static key of their [`Identity`] in the XX handshake; the peer's node id
+//! is the hash of the key it proved ([`crate::identity::node_id_of`]), so no node can speak under
+//! another's id. After the handshake the byte stream is cut into Noise transport messages, each
+//! a 2-byte big-endian length and at most 65,535 bytes of ciphertext (the last 16 the tag), as
+//! the Noise specification suggests for streams. Nonces count up on each side; a message that
+//! was altered, replayed, dropped or reordered fails to decrypt and ends the connection.
+//!
+//! [`SecureReader`] and [`SecureWriter`] are the two halves, each an ordinary
+//! [`AsyncRead`]/[`AsyncWrite`], so the framing code above them ([`crate::net::FrameReader`],
+//! [`crate::net::write_message`]) does not change. A writer may hold encrypted bytes until it is
+//! flushed: whoever writes a whole message flushes (as `write_message` does).
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use smol::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use snow::StatelessTransportState;
+use wire::NodeId;
+
+use crate::identity::{node_id_of, Identity};
+
+/// The Noise protocol name.
+pub const NOISE_PARAMS: &str = "Noise_XX_25519_ChaChaPoly_BLAKE2s";
+/// Bound into the handshake hash: a handshake for another protocol (or version) fails.
+const PROLOGUE: &[u8] = b"canopy/1";
+/// The largest Noise message.
+const MAX_MESSAGE: usize = 65535;
+/// The authentication tag at the end of each transport message.
+const TAG: usize = 16;
+/// The most plaintext in one transport message.
+const MAX_PLAIN: usize = MAX_MESSAGE - TAG;
+/// The writer encrypts at most this much per `poll_write`: big enough to keep the number of
+/// system calls down, small enough to keep the buffer modest.
+const WRITE_BATCH: usize = 4 * MAX_PLAIN;
+/// The default time a peer has to complete the handshake.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why a handshake failed.
+#[derive(Debug, thiserror::Error)]
+pub enum HandshakeError {
+    /// The stream failed or closed.
+    #[error("handshake failed: {0}")]
+    Io(#[from] io::Error),
+    /// The peer's messages are not a valid Noise handshake.
+    #[error("handshake failed: {0}")]
+    Noise(#[from] snow::Error),
+    /// The peer did not complete the handshake in time.
+    #[error("no handshake within {0:?}")]
+    Timeout(Duration),
+}
+
+/// An encrypted connection after the handshake: the two halves and who is at the other end.
+#[derive(Debug)]
+pub struct SecureStream<S> {
+    /// Decrypts what the peer sends.
+    pub reader: SecureReader<S>,
+    /// Encrypts what we send.
+    pub writer: SecureWriter<S>,
+    /// The peer's node id, proved by its static key.
+    pub peer: NodeId,
+}
+
+/// Runs the handshake as the side that opened the connection, within `limit`.
+pub async fn connect<S>(
+    stream: S,
+    identity: &Identity,
+    limit: Duration,
+) -> Result<SecureStream<S>, HandshakeError>
+where
+    S: AsyncRead + AsyncWrite + Clone + Unpin,
+{
+    within(limit, handshake(stream, identity, true)).await
+}
+
+/// Runs the handshake as the side that accepted the connection, within `limit`. A peer that
+/// sends nothing, or sends slowly, is refused when `limit` passes.
+pub async fn accept<S>(
+    stream: S,
+    identity: &Identity,
+    limit: Duration,
+) -> Result<SecureStream<S>, HandshakeError>
+where
+    S: AsyncRead + AsyncWrite + Clone + Unpin,
+{
+    within(limit, handshake(stream, identity, false)).await
+}
+
+async fn within<T>(
+    limit: Duration,
+    f: impl std::future::Future<Output = Result<T, HandshakeError>>,
+) -> Result<T, HandshakeError> {
+    smol::future::or(f, async {
+        smol::Timer::after(limit).await;
+        Err(HandshakeError::Timeout(limit))
+    })
+    .await
+}
+
+async fn handshake<S>(
+    mut stream: S,
+    identity: &Identity,
+    initiator: bool,
+) -> Result<SecureStream<S>, HandshakeError>
+where
+    S: AsyncRead + AsyncWrite + Clone + Unpin,
+{
+    let params = NOISE_PARAMS.parse().expect("a valid Noise protocol name");
+    let builder = snow::Builder::new(params)
+        .local_private_key(identity.private())?
+        .prologue(PROLOGUE)?;
+    let mut state = if initiator {
+        builder.build_initiator()?
+    } else {
+        builder.build_responder()?
+    };
+    let mut msg = vec![0; MAX_MESSAGE];
+    let mut payload = vec![0; MAX_MESSAGE];
+    // XX: -> e; <- e, ee, s, es; -> s, se. No payloads: the Hello follows, encrypted.
+    while !state.is_handshake_finished() {
+        if state.is_my_turn() {
+            let n = state.write_message(&[], &mut msg)?;
+            let mut out = Vec::with_capacity(n + 2);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+            out.extend_from_slice(&msg[..n]);
+            stream.write_all(&out).await?;
+            stream.flush().await?;
+        } else {
+            let mut len = [0; 2];
+            stream.read_exact(&mut len).await?;
+            let n = u16::from_be_bytes(len) as usize;
+            stream.read_exact(&mut msg[..n]).await?;
+            state.read_message(&msg[..n], &mut payload)?;
+        }
+    }
+    let peer = node_id_of(
+        state
+            .get_remote_static()
+            .expect("the XX pattern always transmits the peer's static key"),
+    );
+    let transport = Arc::new(state.into_stateless_transport_mode()?);
+    Ok(SecureStream {
+        reader: SecureReader {
+            inner: stream.clone(),
+            transport: transport.clone(),
+            nonce: 0,
+            cipher: vec![0; 2 * MAX_MESSAGE],
+            cipher_start: 0,
+            cipher_end: 0,
+            plain: vec![0; MAX_MESSAGE],
+            plain_start: 0,
+            plain_end: 0,
+        },
+        writer: SecureWriter {
+            inner: stream,
+            transport,
+            nonce: 0,
+            out: Vec::new(),
+            out_start: 0,
+        },
+        peer,
+    })
+}
+
+/// The reading half: decrypts transport messages into a byte stream.
+pub struct SecureReader<S> {
+    inner: S,
+    transport: Arc<StatelessTransportState>,
+    nonce: u64,
+    /// Ciphertext read but not yet decrypted, `cipher[cipher_start..cipher_end]`.
+    cipher: Vec<u8>,
+    cipher_start: usize,
+    cipher_end: usize,
+    /// Plaintext decrypted but not yet handed out, `plain[plain_start..plain_end]`.
+    plain: Vec<u8>,
+    plain_start: usize,
+    plain_end: usize,
+}
+
+impl<S> std::fmt::Debug for SecureReader<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SecureReader(nonce {})", self.nonce)
+    }
+}
+
+fn corrupt(what: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, what.to_string())
+}
+
+impl<S: AsyncRead + Unpin> SecureReader<S> {
+    /// Decrypts one whole message if one is buffered: `Some(plaintext length)`.
+    fn decrypt_buffered(&mut self) -> io::Result<Option<usize>> {
+        let held = &self.cipher[self.cipher_start..self.cipher_end];
+        if held.len() < 2 {
+            return Ok(None);
+        }
+        let n = u16::from_be_bytes([held[0], held[1]]) as usize;
+        if n < TAG {
+            return Err(corrupt("encrypted message shorter than its tag"));
+        }
+        if held.len() < 2 + n {
+            return Ok(None);
+        }
+        let plain = self
+            .transport
+            .read_message(self.nonce, &held[2..2 + n], &mut self.plain)
+            .map_err(|_| corrupt("a message failed to decrypt (altered, replayed or lost)"))?;
+        self.nonce += 1;
+        self.cipher_start += 2 + n;
+        (self.plain_start, self.plain_end) = (0, plain);
+        Ok(Some(plain))
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for SecureReader<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        out: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        loop {
+            if this.plain_start < this.plain_end {
+                let n = out.len().min(this.plain_end - this.plain_start);
+                out[..n].copy_from_slice(&this.plain[this.plain_start..this.plain_start + n]);
+                this.plain_start += n;
+                return Poll::Ready(Ok(n));
+            }
+            if this.decrypt_buffered()?.is_some() {
+                // An empty message is legal; loop either way.
+                continue;
+            }
+            // Make room: move what is held to the front (the buffer holds two whole messages).
+            if this.cipher_start > 0 {
+                this.cipher
+                    .copy_within(this.cipher_start..this.cipher_end, 0);
+                this.cipher_end -= this.cipher_start;
+                this.cipher_start = 0;
+            }
+            let end = this.cipher_end;
+            let n = ready!(Pin::new(&mut this.inner).poll_read(cx, &mut this.cipher[end..]))?;
+            if n == 0 {
+                return Poll::Ready(match this.cipher_end - this.cipher_start {
+                    0 => Ok(0),
+                    held => Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        format!("connection closed inside an encrypted message ({held} bytes)"),
+                    )),
+                });
+            }
+            this.cipher_end += n;
+        }
+    }
+}
+
+/// The writing half: encrypts a byte stream into transport messages.
+pub struct SecureWriter<S> {
+    inner: S,
+    transport: Arc<StatelessTransportState>,
+    nonce: u64,
+    /// Encrypted bytes not yet written, `out[out_start..]`.
+    out: Vec<u8>,
+    out_start: usize,
+}
+
+impl<S> std::fmt::Debug for SecureWriter<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SecureWriter(nonce {})", self.nonce)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> SecureWriter<S> {
+    /// Writes out what is encrypted and held.
+    fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while self.out_start < self.out.len() {
+            let n = ready!(Pin::new(&mut self.inner).poll_write(cx, &self.out[self.out_start..]))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.out_start += n;
+        }
+        self.out.clear();
+        self.out_start = 0;
+        Poll::Ready(Ok(()))
+    }
+
+    /// The wrapped stream (to shut it down).
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for SecureWriter<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        ready!(this.poll_drain(cx))?;
+        let take = buf.len().min(WRITE_BATCH);
+        for piece in buf[..take].chunks(MAX_PLAIN) {
+            let at = this.out.len();
+            this.out.resize(at + 2 + piece.len() + TAG, 0);
+            let n = this
+                .transport
+                .write_message(this.nonce, piece, &mut this.out[at + 2..])
+                .map_err(|e| io::Error::other(format!("encryption failed: {e}")))?;
+            this.nonce += 1;
+            this.out[at..at + 2].copy_from_slice(&(n as u16).to_be_bytes());
+        }
+        // Start sending now; what does not fit goes on the next write or flush.
+        if let Poll::Ready(Err(e)) = this.poll_drain(cx) {
+            return Poll::Ready(Err(e));
+        }
+        Poll::Ready(Ok(take))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        ready!(this.poll_drain(cx))?;
+        Pin::new(&mut this.inner).poll_flush(cx)
+    }
+
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        ready!(this.poll_drain(cx))?;
+        Pin::new(&mut this.inner).poll_close(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use smol::net::{TcpListener, TcpStream};
+
+    async fn pair(
+        a: &Identity,
+        b: &Identity,
+    ) -> (SecureStream<TcpStream>, SecureStream<TcpStream>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = async {
+            let (s, _) = listener.accept().await.unwrap();
+            accept(s, b, HANDSHAKE_TIMEOUT).await.unwrap()
+        };
+        let client = async {
+            let s = TcpStream::connect(addr).await.unwrap();
+            connect(s, a, HANDSHAKE_TIMEOUT).await.unwrap()
+        };
+        smol::future::zip(client, server).await
+    }
+
+    #[test]
+    fn peers_learn_each_others_ids_and_bytes_cross_intact() {
+        smol::block_on(async {
+            let (a, b) = (Identity::generate(), Identity::generate());
+            let (mut ca, mut cb) = pair(&a, &b).await;
+            assert_eq!(ca.peer, b.node());
+            assert_eq!(cb.peer, a.node());
+            // More than one batch, in both directions at once.
+            let data: Vec<u8> = (0..1_000_003u32).map(|i| (i * 7 % 251) as u8).collect();
+            let send = async {
+                ca.writer.write_all(&data).await.unwrap();
+                ca.writer.flush().await.unwrap();
+                ca.writer.close().await.unwrap();
+            };
+            let recv = async {
+                let mut got = Vec::new();
+                cb.reader.read_to_end(&mut got).await.unwrap();
+                got
+            };
+            let ((), got) = smol::future::zip(send, recv).await;
+            assert!(got == data, "{} bytes arrived of {}", got.len(), data.len());
+        })
+    }
+
+    #[test]
+    fn silent_or_garbage_peers_are_refused() {
+        smol::block_on(async {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let id = Identity::generate();
+            // Silent: connects and sends nothing.
+            let _silent = TcpStream::connect(addr).await.unwrap();
+            let (s, _) = listener.accept().await.unwrap();
+            let limit = Duration::from_millis(200);
+            assert!(matches!(
+                accept(s, &id, limit).await,
+                Err(HandshakeError::Timeout(_))
+            ));
+            // Garbage: a plaintext Canopy message instead of a handshake.
+            let mut plain = TcpStream::connect(addr).await.unwrap();
+            let (s, _) = listener.accept().await.unwrap();
+            let mut frame = Vec::new();
+            wire::encode(&wire::Message::Ping { nonce: 1 }, &mut frame);
+            plain.write_all(&frame).await.unwrap();
+            assert!(accept(s, &id, HANDSHAKE_TIMEOUT).await.is_err());
+        })
+    }
+
+    #[test]
+    fn altered_bytes_fail_to_decrypt() {
+        smol::block_on(async {
+            let (a, b) = (Identity::generate(), Identity::generate());
+            let (ca, mut cb) = pair(&a, &b).await;
+            // Encrypt a message by hand, flip one bit, and send it raw.
+            let mut msg = vec![0; 64];
+            let n = ca
+                .writer
+                .transport
+                .write_message(0, b"hello", &mut msg)
+                .unwrap();
+            msg[5] ^= 1;
+            let mut raw = ca.writer.inner.clone();
+            raw.write_all(&(n as u16).to_be_bytes()).await.unwrap();
+            raw.write_all(&msg[..n]).await.unwrap();
+            let mut buf = [0; 16];
+            let err = cb.reader.read(&mut buf).await.unwrap_err();
+            assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}");
+        })
+    }
+}
