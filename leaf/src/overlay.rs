@@ -37,7 +37,7 @@ pub(crate) struct Settings {
 }
 
 enum Input {
-    Connected(ConnId, SocketAddr, SecureStream<TcpStream>),
+    Connected(ConnId, SocketAddr, Box<SecureStream<TcpStream>>),
     DialFailed(SocketAddr),
     Message(ConnId, Message),
     Closed(ConnId),
@@ -103,7 +103,7 @@ pub(crate) async fn run(node: Node, settings: Settings) {
         let now = Instant::now();
         match wake {
             Wake::Input(Input::Connected(conn, addr, stream)) => {
-                writers.insert(conn, start_link(&inner, conn, stream, tx.clone()));
+                writers.insert(conn, start_link(&inner, conn, *stream, tx.clone()));
                 leaf.handle_connect(now, conn, addr);
             }
             Wake::Input(Input::DialFailed(addr)) => leaf.handle_dial_failed(now, addr),
@@ -167,7 +167,7 @@ pub(crate) async fn run(node: Node, settings: Settings) {
                         smol::spawn(async move {
                             let limit = Duration::from_secs(3);
                             let input = match connect_secure(addr, &identity, limit).await {
-                                Ok(stream) => Input::Connected(conn, addr, stream),
+                                Ok(stream) => Input::Connected(conn, addr, Box::new(stream)),
                                 Err(e) => {
                                     log::debug!("cannot reach super-peer {addr}: {e}");
                                     Input::DialFailed(addr)
