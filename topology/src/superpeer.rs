@@ -541,9 +541,18 @@ impl SuperPeer {
                 continue;
             }
             if c.state == PeerState::AwaitingHello && now >= c.opened + self.config.hello_timeout {
-                to_close.push((id, "no Hello within the handshake timeout".to_string()));
+                let why = format!(
+                    "{}: no Hello within {:?} (hello_timeout)",
+                    c.remote, self.config.hello_timeout
+                );
+                to_close.push((id, why));
             } else if now >= c.last_rx + self.config.idle_timeout {
-                to_close.push((id, format!("silent for {:?}", self.config.idle_timeout)));
+                // Also a slow-drip sender's fate: only whole messages count.
+                let why = format!(
+                    "{}: no whole message for {:?} (idle_timeout)",
+                    c.remote, self.config.idle_timeout
+                );
+                to_close.push((id, why));
             } else if now >= c.next_ping {
                 c.next_ping = now + self.config.keepalive_interval;
                 to_ping.push(id);
@@ -562,7 +571,7 @@ impl SuperPeer {
             );
         }
         for (id, reason) in to_close {
-            log::info!("closing {id}: {reason}");
+            log::warn!("closing connection {id} from {reason}");
             self.close(id, reason, true);
         }
         if now >= self.next_tick {

@@ -1,0 +1,418 @@
+//! Every limit of a super-peer, tripped by a hostile peer while a well-behaved one searches: the
+//! limit trips, the offender is cut off (and, where the limit calls for it, banned), and the
+//! node goes on serving the well-behaved leaves at the same time.
+//!
+//! Offenders connect from 127.0.0.2 and up (each test its own address), so a ban falls on them
+//! and not on the well-behaved leaves at 127.0.0.1.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use canopy::corpus::{self, Track};
+use canopy::net::{self, run_bounded};
+use leaf::Node;
+use smol::io::AsyncWriteExt;
+use smol::net::TcpStream;
+use superpeer::net::{write_message, FrameReader};
+use superpeer::secure::{SecureReader, SecureWriter};
+use superpeer::SuperPeerNode;
+use wire::{
+    FileId, FileRecord, Filter, Hello, Hit, Message, NodeId, Query, QueryHits, QueryId, Role,
+    Search, Source, Tags, Terms,
+};
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+/// A super-peer with a sharer and an asker attached, all well-behaved.
+struct World {
+    tmp: tempfile::TempDir,
+    sp: SuperPeerNode,
+    _sharer: Node,
+    asker: Node,
+    track: Track,
+}
+
+async fn world(adjust: impl FnOnce(&mut superpeer::Config)) -> World {
+    let _ = env_logger::builder().is_test(true).try_init();
+    let tmp = tempfile::tempdir().unwrap();
+    let sp = net::superpeer_config(adjust).await;
+    let tracks = corpus::load_tracks(5).unwrap();
+    let sharer = net::leaf(tmp.path(), "sharer", &[sp.listen_addr()]).await;
+    let dir = tmp.path().join("music");
+    corpus::write_share(&dir, &tracks).unwrap();
+    sharer.share(&dir, |_| {}).await.unwrap();
+    net::wait_records(&sp, 5).await;
+    let asker = net::leaf(tmp.path(), "asker", &[sp.listen_addr()]).await;
+    World {
+        tmp,
+        sp,
+        _sharer: sharer,
+        asker,
+        track: tracks[2].clone(),
+    }
+}
+
+fn words(text: &str) -> Search {
+    Search {
+        terms: Terms::Words(text.into()),
+        filter: Filter::default(),
+    }
+}
+
+impl World {
+    /// The asker finds the sharer's track: the node still serves well-behaved peers.
+    async fn still_serves(&self) {
+        let id = FileId::from(blake3::hash(&self.track.contents()));
+        let query = format!("{} {}", self.track.artist, self.track.title);
+        let found = self
+            .asker
+            .search(words(&query), 1, Duration::from_millis(800))
+            .await
+            .unwrap();
+        assert!(
+            found.iter().any(|r| r.id == id),
+            "the well-behaved asker no longer finds {query:?}"
+        );
+    }
+}
+
+/// A peer that speaks the protocol by hand, from 127.0.0.`from`.
+struct Raw {
+    writer: SecureWriter<TcpStream>,
+    reader: FrameReader<SecureReader<TcpStream>>,
+    scratch: Vec<u8>,
+}
+
+impl Raw {
+    /// Handshake, then Hello with `role` (a leaf that registers needs a `listen` address).
+    async fn connect(from: u8, sp: SocketAddr, role: Role, listen: Option<SocketAddr>) -> Raw {
+        Self::connect_as(from, sp, role, listen, None).await
+    }
+
+    /// [`Raw::connect`], claiming node id `claim` in Hello instead of its own.
+    async fn connect_as(
+        from: u8,
+        sp: SocketAddr,
+        role: Role,
+        listen: Option<SocketAddr>,
+        claim: Option<NodeId>,
+    ) -> Raw {
+        let (secure, identity) = net::secure_from([127, 0, 0, from].into(), sp)
+            .await
+            .expect("the handshake completes");
+        let mut raw = Raw {
+            writer: secure.writer,
+            reader: FrameReader::new(secure.reader),
+            scratch: Vec::new(),
+        };
+        let node = claim.unwrap_or(identity.node());
+        raw.send(&Message::Hello(Hello::new(node, role, listen, "raw")))
+            .await
+            .unwrap();
+        raw
+    }
+
+    async fn send(&mut self, msg: &Message) -> std::io::Result<()> {
+        write_message(&mut self.writer, msg, &mut self.scratch).await
+    }
+
+    /// Reads (and drops) whatever comes until the node closes the connection; false if it is
+    /// still open after `limit`.
+    async fn cut_off_within(&mut self, limit: Duration) -> bool {
+        let until = Instant::now() + limit;
+        loop {
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            match self.reader.read_message_within(left).await {
+                Ok(_) => continue,
+                Err(superpeer::net::ReadError::Timeout(_)) => return false,
+                Err(_) => return true,
+            }
+        }
+    }
+}
+
+/// Whether a new connection from 127.0.0.`from` is refused (banned or over a count).
+async fn refused(from: u8, sp: SocketAddr) -> bool {
+    net::secure_from([127, 0, 0, from].into(), sp)
+        .await
+        .is_err()
+}
+
+fn query(text: &str) -> Message {
+    Message::Query(Query {
+        id: QueryId(rand::random()),
+        ttl: 1,
+        hops: 0,
+        search: words(text),
+    })
+}
+
+fn record(i: u32, path: String) -> FileRecord {
+    FileRecord {
+        id: FileId(*blake3::hash(&i.to_be_bytes()).as_bytes()),
+        size: 1000 + i as u64,
+        path,
+        tags: Tags::default(),
+    }
+}
+
+const CUT: Duration = Duration::from_secs(5);
+const SOURCE: &str = "127.0.0.1:9";
+
+#[test]
+fn oversized_frames_cut_off_and_ban() {
+    run_bounded(LIMIT, async {
+        let w = world(|_| {}).await;
+        let addr = w.sp.listen_addr();
+        let mut raw = Raw::connect(2, addr, Role::Leaf, None).await;
+        // A header announcing a body one byte over the maximum.
+        let mut header = (wire::MAX_BODY + 1).to_be_bytes().to_vec();
+        header.extend_from_slice(&0u32.to_be_bytes());
+        raw.writer.write_all(&header).await.unwrap();
+        raw.writer.flush().await.unwrap();
+        assert!(raw.cut_off_within(CUT).await);
+        assert!(refused(2, addr).await, "the offender's address is not banned");
+        w.still_serves().await;
+        // Bans are per address: a newcomer from elsewhere is welcome.
+        let _fresh = Raw::connect(3, addr, Role::Leaf, None).await;
+        w.still_serves().await;
+    });
+}
+
+#[test]
+fn long_and_wordy_queries_cut_off() {
+    run_bounded(LIMIT, async {
+        let w = world(|c| {
+            c.limits.max_query_bytes = 40;
+            c.limits.max_query_words = 4;
+        })
+        .await;
+        let addr = w.sp.listen_addr();
+        let mut long = Raw::connect(4, addr, Role::Leaf, None).await;
+        long.send(&query(&"x".repeat(41))).await.unwrap();
+        assert!(long.cut_off_within(CUT).await, "max_query_bytes did not trip");
+        let mut wordy = Raw::connect(5, addr, Role::Leaf, None).await;
+        wordy.send(&query("a b c d e")).await.unwrap();
+        assert!(wordy.cut_off_within(CUT).await, "max_query_words did not trip");
+        // Four words is fine.
+        let mut fine = Raw::connect(6, addr, Role::Leaf, None).await;
+        fine.send(&query("a b c d")).await.unwrap();
+        assert!(!fine.cut_off_within(Duration::from_millis(500)).await);
+        w.still_serves().await;
+    });
+}
+
+#[test]
+fn query_floods_cut_off() {
+    run_bounded(LIMIT, async {
+        let w = world(|c| {
+            c.limits.leaf_queries_per_second = 2.0;
+            c.limits.query_burst_seconds = 2.0;
+        })
+        .await;
+        let addr = w.sp.listen_addr();
+        let mut flood = Raw::connect(7, addr, Role::Leaf, None).await;
+        for _ in 0..10 {
+            if flood.send(&query("anything")).await.is_err() {
+                break;
+            }
+        }
+        assert!(flood.cut_off_within(CUT).await, "queries_per_second did not trip");
+        assert!(refused(7, addr).await);
+        w.still_serves().await;
+    });
+}
+
+#[test]
+fn oversized_hit_messages_cut_off() {
+    run_bounded(LIMIT, async {
+        let w = world(|c| c.limits.max_hits_per_message = 10).await;
+        let addr = w.sp.listen_addr();
+        let listen: SocketAddr = "127.0.0.8:7700".parse().unwrap();
+        let mut peer = Raw::connect(8, addr, Role::SuperPeer, Some(listen)).await;
+        let hit = |i| Hit {
+            source: Source {
+                node: NodeId([7; 32]),
+                addr: SOURCE.parse().unwrap(),
+            },
+            file: record(i, format!("music/{i}.mp3")),
+            score: 1.0,
+        };
+        let hits = QueryHits {
+            query: QueryId(rand::random()),
+            hits: (0..11).map(hit).collect(),
+        };
+        peer.send(&Message::QueryHits(hits)).await.unwrap();
+        assert!(peer.cut_off_within(CUT).await, "max_hits_per_message did not trip");
+        w.still_serves().await;
+    });
+}
+
+#[test]
+fn registering_too_much_cuts_off() {
+    run_bounded(LIMIT, async {
+        let w = world(|c| {
+            c.limits.max_files_per_leaf = 20;
+            c.limits.max_metadata_per_leaf = 5_000;
+        })
+        .await;
+        let addr = w.sp.listen_addr();
+        let before = w.sp.status().await.records;
+        let source = Some(SOURCE.parse().unwrap());
+        let mut many = Raw::connect(9, addr, Role::Leaf, source).await;
+        let files = (0..21).map(|i| record(i, format!("m/{i}.mp3"))).collect();
+        many.send(&Message::Register { files }).await.unwrap();
+        assert!(many.cut_off_within(CUT).await, "max_files_per_leaf did not trip");
+        let mut wordy = Raw::connect(10, addr, Role::Leaf, source).await;
+        let files = (0..10).map(|i| record(i, "w/".repeat(300))).collect();
+        wordy.send(&Message::Register { files }).await.unwrap();
+        assert!(wordy.cut_off_within(CUT).await, "max_metadata_per_leaf did not trip");
+        // Nothing of theirs stays in the index.
+        assert_eq!(w.sp.status().await.records, before);
+        // Within the limits is fine.
+        let mut fine = Raw::connect(11, addr, Role::Leaf, source).await;
+        let files = (0..20).map(|i| record(i, format!("ok/{i}.mp3"))).collect();
+        fine.send(&Message::Register { files }).await.unwrap();
+        assert!(!fine.cut_off_within(Duration::from_millis(500)).await);
+        w.still_serves().await;
+    });
+}
+
+#[test]
+fn connection_counts_per_address_and_in_total() {
+    run_bounded(LIMIT, async {
+        // The sharer and the asker hold two connections of the five.
+        let w = world(|c| {
+            c.limits.max_per_address = 2;
+            c.limits.max_connections = 5;
+        })
+        .await;
+        let addr = w.sp.listen_addr();
+        let a = Raw::connect(12, addr, Role::Leaf, None).await;
+        let _b = Raw::connect(12, addr, Role::Leaf, None).await;
+        assert!(refused(12, addr).await, "max_per_address did not trip");
+        // Counts are given back when a connection ends.
+        drop(a);
+        smol::Timer::after(Duration::from_millis(300)).await;
+        let _c = Raw::connect(12, addr, Role::Leaf, None).await;
+        let _d = Raw::connect(13, addr, Role::Leaf, None).await;
+        assert!(refused(14, addr).await, "max_connections did not trip");
+        w.still_serves().await;
+    });
+}
+
+#[test]
+fn silent_and_slow_handshakes_cut_off() {
+    run_bounded(LIMIT, async {
+        let w = world(|c| c.limits.handshake_timeout = Duration::from_millis(300)).await;
+        let addr = w.sp.listen_addr();
+        // Silent.
+        let mut silent = net::dial_from([127, 0, 0, 15].into(), addr).await.unwrap();
+        // Slow drip: the first handshake message one byte at a time.
+        let mut drip = net::dial_from([127, 0, 0, 15].into(), addr).await.unwrap();
+        let started = Instant::now();
+        // A length that announces a whole first message, then its bytes one at a time.
+        drip.write_all(&[0, 32]).await.unwrap();
+        let mut closed = false;
+        for _ in 0..40 {
+            if drip.write_all(&[0]).await.is_err() {
+                closed = true;
+                break;
+            }
+            smol::Timer::after(Duration::from_millis(100)).await;
+        }
+        assert!(closed, "a slow-drip handshake was not cut off");
+        assert!(started.elapsed() < Duration::from_secs(3));
+        let mut buf = [0; 16];
+        let n = smol::io::AsyncReadExt::read(&mut silent, &mut buf).await;
+        assert!(matches!(n, Ok(0) | Err(_)), "a silent peer was not cut off");
+        w.still_serves().await;
+    });
+}
+
+#[test]
+fn slow_drip_messages_cut_off_at_the_idle_timeout() {
+    run_bounded(LIMIT, async {
+        let w = world(|c| {
+            c.overlay.idle_timeout = Duration::from_secs(1);
+            c.overlay.keepalive_interval = Duration::from_millis(300);
+        })
+        .await;
+        let addr = w.sp.listen_addr();
+        let mut raw = Raw::connect(16, addr, Role::Leaf, None).await;
+        let mut ping = Vec::new();
+        wire::encode(&query("drip"), &mut ping);
+        let started = Instant::now();
+        let mut closed = false;
+        // One byte every 100 ms: the message would take seconds to arrive.
+        for b in ping {
+            if raw.writer.write_all(&[b]).await.is_err() || raw.writer.flush().await.is_err() {
+                closed = true;
+                break;
+            }
+            smol::Timer::after(Duration::from_millis(100)).await;
+            if started.elapsed() > Duration::from_secs(6) {
+                break;
+            }
+        }
+        assert!(
+            closed || raw.cut_off_within(Duration::from_secs(1)).await,
+            "a slow-drip sender was not cut off"
+        );
+        w.still_serves().await;
+    });
+}
+
+#[test]
+fn a_peer_that_does_not_read_is_cut_off_at_the_pending_limit() {
+    run_bounded(LIMIT, async {
+        let w = world(|c| {
+            c.limits.max_pending_bytes = 256 << 10;
+            c.limits.leaf_queries_per_second = 10_000.0;
+        })
+        .await;
+        let addr = w.sp.listen_addr();
+        let source = Some(SOURCE.parse().unwrap());
+        let mut hog = Raw::connect(17, addr, Role::Leaf, source).await;
+        // 200 records that all match "flood", each hit about 600 bytes: 120 KB per query.
+        let files = (0..200)
+            .map(|i| record(i, format!("flood/{}/{i}.mp3", "long-folder-name-".repeat(30))))
+            .collect();
+        hog.send(&Message::Register { files }).await.unwrap();
+        net::wait_records(&w.sp, 205).await;
+        // Ask and never read: about 24 MB of hits, far past any socket buffers.
+        let mut cut = false;
+        for _ in 0..200 {
+            if hog.send(&query("flood")).await.is_err() {
+                cut = true;
+                break;
+            }
+            smol::Timer::after(Duration::from_millis(5)).await;
+        }
+        // What is in flight drains into the reader now; then the connection is gone.
+        assert!(
+            cut || hog.cut_off_within(CUT).await,
+            "max_pending_bytes did not trip"
+        );
+        // A slow reader is cut off, not banned.
+        assert!(!refused(17, addr).await);
+        w.still_serves().await;
+        drop(w.tmp);
+    });
+}
+
+#[test]
+fn a_hello_that_claims_another_nodes_id_is_refused() {
+    run_bounded(LIMIT, async {
+        let w = world(|_| {}).await;
+        let addr = w.sp.listen_addr();
+        let victim = w.asker.node_id();
+        let mut liar = Raw::connect_as(18, addr, Role::Leaf, None, Some(victim)).await;
+        assert!(liar.cut_off_within(CUT).await, "an impersonator was accepted");
+        assert!(refused(18, addr).await);
+        w.still_serves().await;
+    });
+}
