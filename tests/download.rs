@@ -349,6 +349,30 @@ impl Drop for SmallDisk {
 }
 
 #[test]
+fn a_damaged_record_is_rebuilt_from_the_part_file() {
+    run_bounded(Duration::from_secs(60), async {
+        let tmp = tempfile::tempdir().unwrap();
+        let content = corpus::deterministic_bytes("damaged record", 6 << 20);
+        let id = FileId::from(blake3::hash(&content));
+        let (_nodes, honest) = honest_sources(tmp.path(), &content).await;
+        // An earlier attempt left the first half on disk, and a record that is now garbage.
+        let out = tmp.path().join("out");
+        std::fs::create_dir_all(&out).unwrap();
+        let part = out.join(format!("set.flac.{}.part", id.short()));
+        let mut partial = content.clone();
+        partial[3 << 20..].fill(0);
+        std::fs::write(&part, &partial).unwrap();
+        std::fs::write(part.with_extension("part.state"), b"CNPY\x01 torn").unwrap();
+        let report = download::download(job(id, honest, &out), Box::new(|_| {}))
+            .await
+            .unwrap();
+        // 256 KiB chunks: the twelve of the first half were found good on disk.
+        assert_eq!(report.resumed_chunks, 12, "{report:?}");
+        assert!(std::fs::read(&report.path).unwrap() == content);
+    });
+}
+
+#[test]
 fn a_full_disk_stops_the_download_keeps_what_was_verified_and_it_resumes() {
     run_bounded(Duration::from_secs(60), async {
         let tmp = tempfile::tempdir().unwrap();

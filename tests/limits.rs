@@ -174,7 +174,10 @@ fn oversized_frames_cut_off_and_ban() {
         raw.writer.write_all(&header).await.unwrap();
         raw.writer.flush().await.unwrap();
         assert!(raw.cut_off_within(CUT).await);
-        assert!(refused(2, addr).await, "the offender's address is not banned");
+        assert!(
+            refused(2, addr).await,
+            "the offender's address is not banned"
+        );
         w.still_serves().await;
         // Bans are per address: a newcomer from elsewhere is welcome.
         let _fresh = Raw::connect(3, addr, Role::Leaf, None).await;
@@ -193,10 +196,16 @@ fn long_and_wordy_queries_cut_off() {
         let addr = w.sp.listen_addr();
         let mut long = Raw::connect(4, addr, Role::Leaf, None).await;
         long.send(&query(&"x".repeat(41))).await.unwrap();
-        assert!(long.cut_off_within(CUT).await, "max_query_bytes did not trip");
+        assert!(
+            long.cut_off_within(CUT).await,
+            "max_query_bytes did not trip"
+        );
         let mut wordy = Raw::connect(5, addr, Role::Leaf, None).await;
         wordy.send(&query("a b c d e")).await.unwrap();
-        assert!(wordy.cut_off_within(CUT).await, "max_query_words did not trip");
+        assert!(
+            wordy.cut_off_within(CUT).await,
+            "max_query_words did not trip"
+        );
         // Four words is fine.
         let mut fine = Raw::connect(6, addr, Role::Leaf, None).await;
         fine.send(&query("a b c d")).await.unwrap();
@@ -220,7 +229,10 @@ fn query_floods_cut_off() {
                 break;
             }
         }
-        assert!(flood.cut_off_within(CUT).await, "queries_per_second did not trip");
+        assert!(
+            flood.cut_off_within(CUT).await,
+            "queries_per_second did not trip"
+        );
         assert!(refused(7, addr).await);
         w.still_serves().await;
     });
@@ -246,7 +258,10 @@ fn oversized_hit_messages_cut_off() {
             hits: (0..11).map(hit).collect(),
         };
         peer.send(&Message::QueryHits(hits)).await.unwrap();
-        assert!(peer.cut_off_within(CUT).await, "max_hits_per_message did not trip");
+        assert!(
+            peer.cut_off_within(CUT).await,
+            "max_hits_per_message did not trip"
+        );
         w.still_serves().await;
     });
 }
@@ -265,11 +280,17 @@ fn registering_too_much_cuts_off() {
         let mut many = Raw::connect(9, addr, Role::Leaf, source).await;
         let files = (0..21).map(|i| record(i, format!("m/{i}.mp3"))).collect();
         many.send(&Message::Register { files }).await.unwrap();
-        assert!(many.cut_off_within(CUT).await, "max_files_per_leaf did not trip");
+        assert!(
+            many.cut_off_within(CUT).await,
+            "max_files_per_leaf did not trip"
+        );
         let mut wordy = Raw::connect(10, addr, Role::Leaf, source).await;
         let files = (0..10).map(|i| record(i, "w/".repeat(300))).collect();
         wordy.send(&Message::Register { files }).await.unwrap();
-        assert!(wordy.cut_off_within(CUT).await, "max_metadata_per_leaf did not trip");
+        assert!(
+            wordy.cut_off_within(CUT).await,
+            "max_metadata_per_leaf did not trip"
+        );
         // Nothing of theirs stays in the index.
         assert_eq!(w.sp.status().await.records, before);
         // Within the limits is fine.
@@ -379,7 +400,12 @@ fn a_peer_that_does_not_read_is_cut_off_at_the_pending_limit() {
         let mut hog = Raw::connect(17, addr, Role::Leaf, source).await;
         // 200 records that all match "flood", each hit about 600 bytes: 120 KB per query.
         let files = (0..200)
-            .map(|i| record(i, format!("flood/{}/{i}.mp3", "long-folder-name-".repeat(30))))
+            .map(|i| {
+                record(
+                    i,
+                    format!("flood/{}/{i}.mp3", "long-folder-name-".repeat(30)),
+                )
+            })
             .collect();
         hog.send(&Message::Register { files }).await.unwrap();
         net::wait_records(&w.sp, 205).await;
@@ -411,7 +437,10 @@ fn a_hello_that_claims_another_nodes_id_is_refused() {
         let addr = w.sp.listen_addr();
         let victim = w.asker.node_id();
         let mut liar = Raw::connect_as(18, addr, Role::Leaf, None, Some(victim)).await;
-        assert!(liar.cut_off_within(CUT).await, "an impersonator was accepted");
+        assert!(
+            liar.cut_off_within(CUT).await,
+            "an impersonator was accepted"
+        );
         assert!(refused(18, addr).await);
         w.still_serves().await;
     });

@@ -102,15 +102,30 @@ fn a_recorded_search_and_download_show_no_names_words_or_content() {
 
         let tape = tape.lock().unwrap().clone();
         // The whole file and the messages went through the proxies...
-        assert!(tape.len() > content.len(), "only {} bytes recorded", tape.len());
+        assert!(
+            tape.len() > content.len(),
+            "only {} bytes recorded",
+            tape.len()
+        );
         // ...and none of it in the clear.
-        for word in ["Midnight", "Serenade", "Lanterns", "serenade", "lanterns", ".flac"] {
-            assert!(!contains(&tape, word.as_bytes()), "{word:?} crossed in plain text");
+        for word in [
+            "Midnight", "Serenade", "Lanterns", "serenade", "lanterns", ".flac",
+        ] {
+            assert!(
+                !contains(&tape, word.as_bytes()),
+                "{word:?} crossed in plain text"
+            );
         }
-        assert!(!contains(&tape, b"THE-CONTENT"), "file content crossed in plain text");
+        assert!(
+            !contains(&tape, b"THE-CONTENT"),
+            "file content crossed in plain text"
+        );
         // The content id is no secret to a peer, but an eavesdropper learns nothing from it
         // either: it does not cross in the clear.
-        assert!(!contains(&tape, &id.0), "the content id crossed in plain text");
+        assert!(
+            !contains(&tape, &id.0),
+            "the content id crossed in plain text"
+        );
         // The check itself can fail: a plaintext frame of the same search holds the words.
         let mut plain = Vec::new();
         wire::encode(

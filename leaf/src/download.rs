@@ -379,9 +379,7 @@ impl Record {
     }
 
     fn save(&self, path: &Path) -> io::Result<()> {
-        let mut bytes = Vec::new();
-        ciborium::into_writer(self, &mut bytes).map_err(io::Error::other)?;
-        superpeer::identity::write_atomically(path, &bytes)
+        superpeer::store::save(path, self)
     }
 }
 
@@ -393,7 +391,7 @@ fn part_paths(out_dir: &Path, name: &str, id: &FileId) -> (PathBuf, PathBuf) {
 }
 
 /// An earlier attempt at `id` in `out_dir`: its part file, record path and record. A damaged
-/// record is reported and ignored (the download starts over).
+/// record is reported and skipped; the download then finds the part file and verifies it.
 fn find_earlier(out_dir: &Path, id: &FileId) -> Option<(PathBuf, PathBuf, Record)> {
     let suffix = format!(".{}{PART_SUFFIX}{STATE_SUFFIX}", id.short());
     for entry in fs::read_dir(out_dir).ok()?.flatten() {
@@ -405,13 +403,12 @@ fn find_earlier(out_dir: &Path, id: &FileId) -> Option<(PathBuf, PathBuf, Record
             continue;
         };
         let state = entry.path();
-        let record: Record = match fs::read(&state)
-            .map_err(|e| e.to_string())
-            .and_then(|b| ciborium::from_reader(&b[..]).map_err(|e| e.to_string()))
-        {
-            Ok(r) => r,
+        let record: Record = match superpeer::store::load(&state) {
+            Ok(Some(r)) => r,
+            Ok(None) => continue,
             Err(e) => {
-                log::warn!("ignoring the damaged record {}: {e}", state.display());
+                // The part file stays: the download verifies its chunks on disk instead.
+                log::warn!("{e}; rebuilding it from the part file");
                 continue;
             }
         };
@@ -682,7 +679,25 @@ pub async fn download(
             let manifest = vote_manifest(&job, &mut conns, &mut reports, &mut banned).await?;
             let name = safe_file_name(&job.name, &id);
             let (part, state) = part_paths(&out_dir, &name, &id);
-            (manifest, part, state, name, None)
+            // A part file of the right size whose record is gone or damaged: rebuild the
+            // record by verifying every chunk on disk, rather than fetch it all again.
+            let orphan = fs::metadata(&part).is_ok_and(|m| m.len() == manifest.size);
+            let rebuilt = orphan.then(|| {
+                log::warn!(
+                    "{}: no usable record; verifying its chunks on disk",
+                    part.display()
+                );
+                Record {
+                    version: 1,
+                    id,
+                    name: name.clone(),
+                    size: manifest.size,
+                    chunk_size: manifest.chunk_size,
+                    cvs: manifest.cvs.as_flattened().to_vec(),
+                    done: vec![0; manifest.chunk_count().div_ceil(8) as usize],
+                }
+            });
+            (manifest, part, state, name, rebuilt)
         }
     };
     let part_err = |source| DownloadError::Io {

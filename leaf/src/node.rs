@@ -816,20 +816,10 @@ impl Node {
 
     fn load_pending(&self) -> Vec<Pending> {
         let path = self.inner.data_dir.join(DOWNLOADS_FILE);
-        match std::fs::read(&path) {
-            Ok(bytes) => ciborium::from_reader(&bytes[..]).unwrap_or_else(|e| {
-                log::warn!(
-                    "the download queue {} is damaged ({e}); starting empty",
-                    path.display()
-                );
-                Vec::new()
-            }),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
-            Err(e) => {
-                log::warn!("cannot read the download queue {}: {e}", path.display());
-                Vec::new()
-            }
-        }
+        // Downloads in the queue also left records beside their part files: a later `get`
+        // of the same id resumes them.
+        superpeer::store::load_or_log(&path, "starting with an empty download queue")
+            .unwrap_or_default()
     }
 
     fn change_pending(&self, change: impl FnOnce(&mut Vec<Pending>)) {
@@ -837,11 +827,7 @@ impl Node {
         let mut list = self.load_pending();
         change(&mut list);
         let path = self.inner.data_dir.join(DOWNLOADS_FILE);
-        let mut bytes = Vec::new();
-        let saved = ciborium::into_writer(&list, &mut bytes)
-            .map_err(io::Error::other)
-            .and_then(|()| superpeer::identity::write_atomically(&path, &bytes));
-        if let Err(e) = saved {
+        if let Err(e) = superpeer::store::save(&path, &list) {
             log::warn!("cannot save the download queue {}: {e}", path.display());
         }
     }

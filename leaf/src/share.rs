@@ -452,34 +452,26 @@ impl Shares {
         }
     }
 
-    /// Saves the registry (the hash cache) to `path`, atomically.
+    /// Saves the registry (the hash cache) to `path`, checksummed and atomically, and the list
+    /// of shared folders beside it (see [`Shares::load`]).
     pub fn save(&self, path: &Path) -> io::Result<()> {
         let saved = SavedShares {
             version: 1,
             folders: self.folders.clone(),
             files: self.by_path.values().map(|f| (**f).clone()).collect(),
         };
-        let mut bytes = Vec::new();
-        ciborium::into_writer(&saved, &mut bytes).map_err(io::Error::other)?;
-        superpeer::identity::write_atomically(path, &bytes)
+        superpeer::store::save(&folders_path(path), &self.folders)?;
+        superpeer::store::save(path, &saved)
     }
 
-    /// Loads the registry from `path`. A missing file is an empty registry; a damaged one is
-    /// reported and treated as empty (the folders will be hashed again), never a crash.
+    /// Loads the registry from `path`. A missing file is an empty registry. A damaged one is
+    /// reported and rebuilt: the shared folders come from the small list saved beside it, and
+    /// their files are hashed again when the node starts, never a crash and never a folder
+    /// forgotten.
     pub fn load(path: &Path) -> Shares {
-        let bytes = match fs::read(path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Shares::default(),
-            Err(e) => {
-                log::warn!(
-                    "cannot read the share cache {}: {e}; starting empty",
-                    path.display()
-                );
-                return Shares::default();
-            }
-        };
-        match ciborium::from_reader::<SavedShares, _>(&bytes[..]) {
-            Ok(saved) if saved.version == 1 => {
+        let damaged = match superpeer::store::load::<SavedShares>(path) {
+            Ok(None) => return Shares::default(),
+            Ok(Some(saved)) if saved.version == 1 => {
                 let mut shares = Shares {
                     folders: saved.folders,
                     ..Default::default()
@@ -489,25 +481,33 @@ impl Shares {
                         shares.insert(f);
                     }
                 }
-                shares
+                return shares;
             }
-            Ok(saved) => {
-                log::warn!(
-                    "share cache {} has unknown version {}",
-                    path.display(),
-                    saved.version
-                );
-                Shares::default()
-            }
-            Err(e) => {
-                log::warn!(
-                    "share cache {} is damaged ({e}); it will be rebuilt",
-                    path.display()
-                );
-                Shares::default()
-            }
+            Ok(Some(saved)) => format!(
+                "share cache {} has unknown version {}",
+                path.display(),
+                saved.version
+            ),
+            Err(e) => e.to_string(),
+        };
+        let folders: Vec<PathBuf> =
+            superpeer::store::load_or_log(&folders_path(path), "no shared folders remembered")
+                .unwrap_or_default();
+        log::warn!(
+            "{damaged}; rebuilding it: {} shared folders will be hashed again",
+            folders.len()
+        );
+        Shares {
+            folders,
+            ..Default::default()
         }
     }
+}
+
+/// The list of shared folders, kept beside the share cache so that damage to the (large) cache
+/// never loses which folders were shared.
+fn folders_path(cache: &Path) -> PathBuf {
+    cache.with_extension("folders.cbor")
 }
 
 #[cfg(test)]
@@ -619,6 +619,23 @@ mod tests {
         let cache = tmp.path().join("shares.cbor");
         fs::write(&cache, b"\xff\x00 not cbor").unwrap();
         assert!(Shares::load(&cache).is_empty());
+        // A cache that decodes but was changed on disk: caught by its checksum, and the shared
+        // folders survive it, to be hashed again.
+        let music = tmp.path().join("music");
+        fs::create_dir_all(&music).unwrap();
+        fs::write(music.join("a.mp3"), b"abc").unwrap();
+        let mut shares = Shares::default();
+        let scanned = scan(&music, &shares);
+        shares.apply_scan(&fs::canonicalize(&music).unwrap(), scanned.files);
+        shares.save(&cache).unwrap();
+        assert_eq!(Shares::load(&cache).files().count(), 1);
+        let mut bytes = fs::read(&cache).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        fs::write(&cache, bytes).unwrap();
+        let rebuilt = Shares::load(&cache);
+        assert_eq!(rebuilt.files().count(), 0);
+        assert_eq!(rebuilt.folders(), shares.folders());
     }
 
     #[test]

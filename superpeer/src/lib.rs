@@ -6,6 +6,7 @@
 //!   ([`topology::SuperPeer`]) and the index ([`index::Index`]).
 //! - [`net`]: framed reading and writing over async streams, shared with the leaf.
 //! - [`secure`]: the Noise handshake and the encrypted halves every connection runs on.
+//! - [`store`]: checksummed data files written atomically.
 //! - [`identity`]: the node's key pair kept in a data directory (its node id is derived from the
 //!   public key), and atomic file writes.
 //!
@@ -24,6 +25,7 @@ pub mod limits;
 pub mod net;
 pub mod secure;
 pub mod server;
+pub mod store;
 
 pub use server::{Config, Demoted, StartError, Status, SuperPeerNode};
 

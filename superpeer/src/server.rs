@@ -223,25 +223,12 @@ impl SuperPeerNode {
 
 /// The host cache saved in `path`; a missing or damaged file is an empty cache.
 pub fn load_hosts(path: &std::path::Path) -> Vec<HostEntry> {
-    match std::fs::read(path) {
-        Ok(bytes) => ciborium::from_reader(&bytes[..]).unwrap_or_else(|e| {
-            log::warn!(
-                "host cache {} is damaged ({e}); starting without it",
-                path.display()
-            );
-            Vec::new()
-        }),
-        Err(_) => Vec::new(),
-    }
+    crate::store::load_or_log(path, "starting without the host cache").unwrap_or_default()
 }
 
 /// Saves a host cache to `path`, atomically.
 pub fn save_hosts(path: &std::path::Path, hosts: &HostCache, now: Instant) {
-    let mut bytes = Vec::new();
-    let saved = ciborium::into_writer(&hosts.export(now), &mut bytes)
-        .map_err(std::io::Error::other)
-        .and_then(|()| crate::identity::write_atomically(path, &bytes));
-    if let Err(e) = saved {
+    if let Err(e) = crate::store::save(path, &hosts.export(now)) {
         log::warn!("cannot save the host cache {}: {e}", path.display());
     }
 }
