@@ -19,6 +19,8 @@
 //! 4. [`cases::search`]: 10 super-peers and 200 leaves over the corpus: latency, and one
 //!    super-peer's queries per second, against a local tantivy index of the whole corpus.
 //! 5. [`cases::ingest`]: one super-peer registering 100,000 records from 100 leaves.
+//! 6. [`cases::load`]: one super-peer with 1,000 leaves of 100 records each, then 50
+//!    searchers for 30 s: errors, p99 time to first hit, memory over time.
 //!
 //! # Layout
 //! - [`setup`]: reference tools, the release build, the machine's description.
@@ -73,23 +75,25 @@ struct Args {
     #[arg(long, value_name = "MINUTES")]
     wait_idle: Option<u64>,
     /// Run only this case (1 to 5; repeatable); the table goes to target/bench/partial.md.
-    #[arg(long = "case", value_name = "N", value_parser = clap::value_parser!(u8).range(1..=5))]
+    #[arg(long = "case", value_name = "N", value_parser = clap::value_parser!(u8).range(1..=6))]
     cases: Vec<u8>,
 }
 
-const NAMES: [&str; 5] = [
+const NAMES: [&str; 6] = [
     "1 multi-source",
     "2 raw transfer",
     "3 sharing",
     "4 search",
     "5 ingest",
+    "6 load",
 ];
 
 /// The reference programs each case needs.
-const NEEDS: [&[&str]; 5] = [
+const NEEDS: [&[&str]; 6] = [
     &["aria2c", "nginx", "curl"],
     &["nginx", "curl"],
     &["b3sum"],
+    &[],
     &[],
     &[],
 ];
@@ -151,7 +155,7 @@ fn real_main() -> anyhow::Result<bool> {
     let mut rows: Vec<Row> = Vec::new();
     let mut others: Vec<(&str, f64)> = Vec::new();
     let mut ok = true;
-    for case in 1..=5u8 {
+    for case in 1..=NAMES.len() as u8 {
         if !args.cases.is_empty() && !args.cases.contains(&case) {
             continue;
         }
@@ -184,7 +188,8 @@ fn real_main() -> anyhow::Result<bool> {
                     2 => cases::raw::run(&ctx),
                     3 => cases::sharing::run(&ctx),
                     4 => cases::search::run(&ctx),
-                    _ => cases::ingest::run(&ctx),
+                    5 => cases::ingest::run(&ctx),
+                    _ => cases::load::run(&ctx),
                 },
             };
             let busy = procs::CpuSample::now().others_since(&cpu);
@@ -217,7 +222,7 @@ fn real_main() -> anyhow::Result<bool> {
     drop(scratch);
 
     println!("\n{}", report::text_table(&rows));
-    let all = args.cases.is_empty() || (1..=5).all(|c| args.cases.contains(&c));
+    let all = args.cases.is_empty() || (1..=NAMES.len() as u8).all(|c| args.cases.contains(&c));
     let path = if args.quick {
         out_dir.join("quick.md")
     } else if !all {
@@ -479,6 +484,14 @@ least disturbed attempt, and reports how busy they kept the machine during it (a
    registration sent to the moment every leaf has had an answer to a query for its last record
    (a super-peer indexes a registration before it reads the leaf's next message). Memory is
    VmRSS from /proc before (leaves connected) and after; VmHWM is the peak.
+6. **Load** (a `superpeer` process; 1,000 leaves in the harness, each with 100 records drawn at
+   random from the corpus, then 50 searchers that each send a query every 250 ms, under the
+   default limit of 5 a leaf, for 30 s). Every connection runs the Noise handshake; the
+   super-peer keeps its default limits except the connection counts (all leaves share one
+   address). Time to first hit per query; errors are queries unanswered within 5 s, closed
+   connections and limit trips in the super-peer's log; memory is VmRSS sampled every second.
+   Other cases' super-peers run with the per-address and per-leaf query limits lifted: they
+   play many hosts from one address and many users through few connections.
 ";
 
 /// The sections of an earlier BENCHMARKS.md that other programs wrote, each between a

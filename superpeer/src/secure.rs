@@ -38,6 +38,9 @@ const MAX_PLAIN: usize = MAX_MESSAGE - TAG;
 /// The writer encrypts at most this much per `poll_write`: big enough to keep the number of
 /// system calls down, small enough to keep the buffer modest.
 const WRITE_BATCH: usize = 4 * MAX_PLAIN;
+/// A reader's buffer starts this small (a super-peer holds a thousand mostly idle connections)
+/// and grows to two whole messages when bulk data arrives.
+const FIRST_BUFFER: usize = 4 << 10;
 /// The default time a peer has to complete the handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -149,10 +152,10 @@ where
             inner: stream.clone(),
             transport: transport.clone(),
             nonce: 0,
-            cipher: vec![0; 2 * MAX_MESSAGE],
+            cipher: vec![0; FIRST_BUFFER],
             cipher_start: 0,
             cipher_end: 0,
-            plain: vec![0; MAX_MESSAGE],
+            plain: Vec::new(),
             plain_start: 0,
             plain_end: 0,
         },
@@ -206,6 +209,9 @@ impl<S: AsyncRead + Unpin> SecureReader<S> {
         if held.len() < 2 + n {
             return Ok(None);
         }
+        if self.plain.len() < n - TAG {
+            self.plain.resize(n - TAG, 0);
+        }
         let plain = self
             .transport
             .read_message(self.nonce, &held[2..2 + n], &mut self.plain)
@@ -235,7 +241,19 @@ impl<S: AsyncRead + Unpin> AsyncRead for SecureReader<S> {
                 // An empty message is legal; loop either way.
                 continue;
             }
-            // Make room: move what is held to the front (the buffer holds two whole messages).
+            // Make room: move what is held to the front, and grow the buffer to hold the whole
+            // message being read (and one more, so a read can take in several).
+            let held = this.cipher_end - this.cipher_start;
+            if held >= 2 && this.cipher.len() < 2 * (2 + MAX_MESSAGE) {
+                let [a, b] = [
+                    this.cipher[this.cipher_start],
+                    this.cipher[this.cipher_start + 1],
+                ];
+                let n = 2 + u16::from_be_bytes([a, b]) as usize;
+                if this.cipher.len() < n {
+                    this.cipher.resize((2 * n).min(2 * (2 + MAX_MESSAGE)), 0);
+                }
+            }
             if this.cipher_start > 0 {
                 this.cipher
                     .copy_within(this.cipher_start..this.cipher_end, 0);
