@@ -445,3 +445,37 @@ fn a_hello_that_claims_another_nodes_id_is_refused() {
         w.still_serves().await;
     });
 }
+
+#[test]
+fn a_shared_file_swapped_for_a_link_is_not_served() {
+    run_bounded(LIMIT, async {
+        let w = world(|_| {}).await;
+        let dir = w.tmp.path().join("swapped");
+        std::fs::create_dir_all(&dir).unwrap();
+        let content = vec![7u8; 100_000];
+        std::fs::write(dir.join("song.mp3"), &content).unwrap();
+        let sharer = net::leaf(w.tmp.path(), "swapper", &[w.sp.listen_addr()]).await;
+        sharer.share(&dir, |_| {}).await.unwrap();
+        // After sharing, the file becomes a link to something never shared.
+        let secret = w.tmp.path().join("secret.txt");
+        std::fs::write(&secret, vec![b's'; 100_000]).unwrap();
+        std::fs::remove_file(dir.join("song.mp3")).unwrap();
+        std::os::unix::fs::symlink(&secret, dir.join("song.mp3")).unwrap();
+        let id = FileId::from(blake3::hash(&content));
+        let mut raw = Raw::connect(19, sharer.listen_addr().unwrap(), Role::Transfer, None).await;
+        let hello = raw.reader.read_message_within(CUT).await.unwrap();
+        assert!(matches!(hello, Message::Hello(_)), "{hello:?}");
+        raw.send(&Message::GetChunk {
+            request: 1,
+            id,
+            index: 0,
+        })
+        .await
+        .unwrap();
+        match raw.reader.read_message_within(CUT).await.unwrap() {
+            Message::TransferError { request: 1, .. } => {}
+            other => panic!("expected a TransferError, got {}", other.kind()),
+        }
+        w.still_serves().await;
+    });
+}

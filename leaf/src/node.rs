@@ -308,10 +308,17 @@ impl Node {
             let path = control::socket_path(&dir);
             // A socket file left by a node that died; the caller checked none answers.
             let _ = std::fs::remove_file(&path);
-            Some(
-                smol::net::unix::UnixListener::bind(&path)
-                    .map_err(|source| NodeError::Control { path, source })?,
-            )
+            let listener = smol::net::unix::UnixListener::bind(&path).map_err(|source| {
+                NodeError::Control {
+                    path: path.clone(),
+                    source,
+                }
+            })?;
+            // Only the owner may drive the node (whatever the umask).
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+                .map_err(|source| NodeError::Control { path, source })?;
+            Some(listener)
         } else {
             None
         };

@@ -12,7 +12,7 @@
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -309,7 +309,11 @@ async fn serve_chunk(node: &Inner, request: u32, id: wire::FileId, index: u32) -
     let range = m.chunk_range(index as u64);
     let path = f.local.clone();
     let read = smol::unblock(move || {
-        let file = std::fs::File::open(&path)?;
+        // A shared file swapped for a symbolic link since it was shared is not followed.
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+            .open(&path)?;
         let mut data = vec![0u8; (range.end - range.start) as usize];
         file.read_exact_at(&mut data, range.start)?;
         Ok::<_, std::io::Error>(data)
