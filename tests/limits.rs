@@ -479,3 +479,24 @@ fn a_shared_file_swapped_for_a_link_is_not_served() {
         w.still_serves().await;
     });
 }
+
+#[test]
+fn message_floods_of_any_kind_cut_off() {
+    run_bounded(LIMIT, async {
+        let w = world(|c| c.limits.leaf_messages_per_second = 20.0).await;
+        let addr = w.sp.listen_addr();
+        let mut flood = Raw::connect(20, addr, Role::Leaf, None).await;
+        // Burst of 10 s at 20 a second is 200: a thousand pings is a flood.
+        for nonce in 0..1000 {
+            if flood.send(&Message::Ping { nonce }).await.is_err() {
+                break;
+            }
+        }
+        assert!(
+            flood.cut_off_within(CUT).await,
+            "messages_per_second did not trip"
+        );
+        assert!(refused(20, addr).await);
+        w.still_serves().await;
+    });
+}

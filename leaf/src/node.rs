@@ -279,6 +279,9 @@ pub struct Node {
     inner: Arc<Inner>,
 }
 
+/// QueryHits messages held for a search that its reader has not taken yet.
+const SEARCH_BACKLOG: usize = 256;
+
 impl Node {
     /// Starts a node: identity, share cache, chunk server, super-peer links, control socket.
     pub async fn start(config: NodeConfig) -> Result<Node, NodeError> {
@@ -552,7 +555,9 @@ impl Node {
         ttl: u8,
     ) -> Result<(QueryId, Receiver<Vec<Hit>>), NodeError> {
         let id = QueryId(rand::random());
-        let (tx, rx) = channel::unbounded();
+        // Bounded: a super-peer that floods hits for a search fills this and the rest is
+        // dropped, whatever it sends (each message holds at most 256 hits).
+        let (tx, rx) = channel::bounded(SEARCH_BACKLOG);
         self.inner.searches.lock().unwrap().insert(id, tx);
         let query = Query {
             id,

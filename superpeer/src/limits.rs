@@ -29,6 +29,10 @@ pub struct Limits {
     pub peer_queries_per_second: f64,
     /// How many queries over the rate a connection may send in a burst (in seconds of rate).
     pub query_burst_seconds: f64,
+    /// Messages of any kind per second a leaf may send (sustained; bursts of 10 s).
+    pub leaf_messages_per_second: f64,
+    /// Messages of any kind per second a neighbouring super-peer may send.
+    pub peer_messages_per_second: f64,
     /// Bytes in a query's text.
     pub max_query_bytes: usize,
     /// Words in a query's text.
@@ -58,6 +62,9 @@ impl Default for Limits {
             // A neighbour forwards the queries of all its leaves and neighbours.
             peer_queries_per_second: 500.0,
             query_burst_seconds: 4.0,
+            // Registering 100,000 files takes a few hundred messages: a burst holds them.
+            leaf_messages_per_second: 200.0,
+            peer_messages_per_second: 5_000.0,
             max_query_bytes: 256,
             max_query_words: 16,
             max_hits_per_message: 256,
@@ -96,12 +103,13 @@ impl Tripped {
 impl Limits {
     /// Checks one message from a peer against the limits that apply to a single message, and
     /// the query rate (`bucket`).
-    pub fn check(
-        &self,
-        msg: &Message,
-        bucket: &mut TokenBucket,
-        now: Instant,
-    ) -> Result<(), Tripped> {
+    pub fn check(&self, msg: &Message, bucket: &mut Buckets, now: Instant) -> Result<(), Tripped> {
+        if !bucket.messages.take(now) {
+            return Err(Tripped::ban(
+                "messages_per_second",
+                format!("more than {:.0} messages/s", bucket.messages.rate),
+            ));
+        }
         match msg {
             Message::Query(q) => {
                 let text = match &q.search.terms {
@@ -126,10 +134,10 @@ impl Limits {
                         format!("{words} words > {}", self.max_query_words),
                     ));
                 }
-                if !bucket.take(now) {
+                if !bucket.queries.take(now) {
                     return Err(Tripped::ban(
                         "queries_per_second",
-                        format!("more than {:.0} queries/s", bucket.rate),
+                        format!("more than {:.0} queries/s", bucket.queries.rate),
                     ));
                 }
             }
@@ -144,14 +152,29 @@ impl Limits {
         Ok(())
     }
 
-    /// The query rate for a peer that said it has `role`.
-    pub fn bucket_for(&self, role: Role, now: Instant) -> TokenBucket {
-        let rate = match role {
-            Role::SuperPeer => self.peer_queries_per_second,
-            _ => self.leaf_queries_per_second,
+    /// The rates for a peer that said it has `role`.
+    pub fn buckets_for(&self, role: Role, now: Instant) -> Buckets {
+        let (queries, messages) = match role {
+            Role::SuperPeer => (self.peer_queries_per_second, self.peer_messages_per_second),
+            _ => (self.leaf_queries_per_second, self.leaf_messages_per_second),
         };
-        TokenBucket::new(rate, rate * self.query_burst_seconds, now)
+        Buckets {
+            queries: TokenBucket::new(queries, queries * self.query_burst_seconds, now),
+            messages: TokenBucket::new(messages, messages * MESSAGE_BURST_SECONDS, now),
+        }
     }
+}
+
+/// Seconds of message rate a connection may send at once.
+const MESSAGE_BURST_SECONDS: f64 = 10.0;
+
+/// A connection's rate limits.
+#[derive(Debug, Clone)]
+pub struct Buckets {
+    /// Queries.
+    pub queries: TokenBucket,
+    /// Messages of any kind.
+    pub messages: TokenBucket,
 }
 
 /// A token bucket: `rate` tokens a second, at most `burst` saved up.
@@ -318,6 +341,12 @@ pub struct LimitArgs {
     /// Queries per second a neighbouring super-peer may forward.
     #[arg(long, global = true, default_value_t = Limits::default().peer_queries_per_second)]
     pub peer_queries_per_second: f64,
+    /// Messages of any kind per second a leaf may send.
+    #[arg(long, global = true, default_value_t = Limits::default().leaf_messages_per_second)]
+    pub leaf_messages_per_second: f64,
+    /// Messages of any kind per second a neighbouring super-peer may send.
+    #[arg(long, global = true, default_value_t = Limits::default().peer_messages_per_second)]
+    pub peer_messages_per_second: f64,
     /// Bytes in a query's text.
     #[arg(long, global = true, default_value_t = Limits::default().max_query_bytes)]
     pub max_query_bytes: usize,
@@ -347,6 +376,8 @@ impl LimitArgs {
             handshake_timeout: Duration::from_secs_f64(self.handshake_timeout.max(0.001)),
             leaf_queries_per_second: self.leaf_queries_per_second,
             peer_queries_per_second: self.peer_queries_per_second,
+            leaf_messages_per_second: self.leaf_messages_per_second,
+            peer_messages_per_second: self.peer_messages_per_second,
             max_query_bytes: self.max_query_bytes,
             max_query_words: self.max_query_words,
             max_files_per_leaf: self.max_files_per_leaf,
@@ -396,7 +427,10 @@ mod tests {
             ..Limits::default()
         };
         let now = Instant::now();
-        let mut bucket = TokenBucket::new(1.0, 1.0, now);
+        let mut bucket = Buckets {
+            queries: TokenBucket::new(1.0, 1.0, now),
+            messages: TokenBucket::new(100.0, 100.0, now),
+        };
         let long = limits.check(&query("a very long query text indeed"), &mut bucket, now);
         assert_eq!(long.unwrap_err().limit, "max_query_bytes");
         let wordy = limits.check(&query("a b c d"), &mut bucket, now);
@@ -404,6 +438,11 @@ mod tests {
         assert!(limits.check(&query("a b c"), &mut bucket, now).is_ok());
         let fast = limits.check(&query("a b c"), &mut bucket, now);
         assert_eq!(fast.unwrap_err().limit, "queries_per_second");
+        bucket.messages = TokenBucket::new(1.0, 1.0, now);
+        let ping = Message::Ping { nonce: 1 };
+        assert!(limits.check(&ping, &mut bucket, now).is_ok());
+        let chatty = limits.check(&ping, &mut bucket, now);
+        assert_eq!(chatty.unwrap_err().limit, "messages_per_second");
     }
 
     #[test]

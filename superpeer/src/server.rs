@@ -33,6 +33,8 @@ use crate::secure::{SecureStream, SecureWriter};
 pub const HOSTS_FILE: &str = "hosts.cbor";
 /// A peer that takes longer than this to accept one message is dropped.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Inputs waiting for the actor before connection readers wait.
+const INPUT_BACKLOG: usize = 4096;
 /// How often the host cache is saved.
 const SAVE_HOSTS_EVERY: Duration = Duration::from_secs(30);
 
@@ -153,7 +155,8 @@ impl SuperPeerNode {
             source,
         })?;
         let index = index::Index::new()?;
-        let (inputs, rx) = channel::unbounded();
+        // Bounded: readers wait (and so do their peers, through TCP) when the actor is behind.
+        let (inputs, rx) = channel::bounded(INPUT_BACKLOG);
         let now = Instant::now();
         let clock = config
             .clock
@@ -367,7 +370,7 @@ async fn run_connection(
                         ))
                     }
                     (None, Message::Hello(hello)) => {
-                        bucket = Some(limits.bucket_for(hello.role, now));
+                        bucket = Some(limits.buckets_for(hello.role, now));
                         Ok(())
                     }
                     (Some(bucket), msg) => limits.check(msg, bucket, now),
