@@ -247,11 +247,15 @@ impl LeafOverlay {
     }
 
     /// An overlay message on a link (Hello, Hosts, Redirect, Promote, Ping, Pong, Goodbye);
-    /// anything else is the driver's, and ignored here.
+    /// anything else is the driver's, and ignored here, as is anything on a link being closed.
     pub fn handle_message(&mut self, now: Instant, conn: ConnId, msg: Message) {
         let Some(link) = self.links.get_mut(&conn) else {
             return;
         };
+        if link.closing {
+            // Already given up (silent, redirected, promoting): a late Hello must not attach it.
+            return;
+        }
         link.last_rx = now;
         let addr = link.addr;
         match msg {
@@ -408,5 +412,47 @@ impl LeafOverlay {
                 self.events.push_back(LeafEvent::Close { conn, reason });
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::NodeRole;
+    use crate::RoleConfig;
+
+    /// Found by the `overlay` fuzz target: a link closed for silence before its super-peer said
+    /// Hello was attached by that late Hello.
+    #[test]
+    fn a_hello_on_a_closing_link_does_not_attach_it() {
+        let t0 = Instant::now();
+        let clock = RoleClock::new(t0, NodeRole::Leaf, RoleConfig::default());
+        let config = LeafConfig {
+            can_promote: false,
+            ..LeafConfig::default()
+        };
+        let mut leaf = LeafOverlay::new(t0, NodeId([1; 32]), None, config, clock);
+        let sp: SocketAddr = "10.0.0.1:4000".parse().unwrap();
+        leaf.add_seeds(t0, &[sp]);
+        leaf.handle_timeout(t0);
+        assert_eq!(leaf.poll_event(), Some(LeafEvent::Dial(sp)));
+        leaf.handle_connect(t0, 7, sp);
+        assert!(matches!(
+            leaf.poll_transmit().unwrap().msg,
+            Message::Hello(_)
+        ));
+
+        let late = t0 + Duration::from_secs(61);
+        leaf.handle_timeout(late);
+        assert!(matches!(
+            leaf.poll_event(),
+            Some(LeafEvent::Close { conn: 7, .. })
+        ));
+        while leaf.poll_event().is_some() {}
+
+        let hello = Hello::new(NodeId([2; 32]), Role::SuperPeer, Some(sp), "test");
+        leaf.handle_message(late, 7, Message::Hello(hello));
+        assert_eq!(leaf.poll_event(), None);
+        assert!(leaf.attached().is_empty());
     }
 }

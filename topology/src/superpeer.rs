@@ -688,7 +688,11 @@ impl SuperPeer {
             }
             Role::SuperPeer => {
                 if let Some(dup) = self.duplicate_of(conn, hello.node) {
-                    return self.close(dup, "duplicate connection".into(), true);
+                    self.close(dup, "duplicate connection".into(), true);
+                    if dup == conn {
+                        return;
+                    }
+                    // The older link goes: this one is the neighbour from now on.
                 }
                 if let Some(listen) = hello.listen {
                     let load = hello.load.unwrap_or_default();

@@ -409,3 +409,45 @@ fn a_later_copy_with_more_ttl_is_forwarded_again_but_answered_once() {
     net.run();
     assert_eq!(net.sps[3].stats().duplicates_dropped, 0);
 }
+
+/// Found by the `overlay` fuzz target: when the link that stays was the second to say Hello, the
+/// older one was closed but the new one was never registered, and its next message was a
+/// protocol error (both links lost).
+#[test]
+fn the_link_kept_between_two_super_peers_becomes_the_neighbour() {
+    let now = Instant::now();
+    let clock = RoleClock::new(now, NodeRole::SuperPeer, RoleConfig::default());
+    let listen = "10.0.0.1:4000".parse().unwrap();
+    let mut sp = SuperPeer::new(now, NodeId([1; 32]), Some(listen), Config::default(), clock);
+    let other = "10.0.0.2:4000".parse().unwrap();
+    let hello = || {
+        Message::Hello(Hello::new(
+            NodeId([2; 32]),
+            Role::SuperPeer,
+            Some(other),
+            "test",
+        ))
+    };
+    // It dialled us; then we dialled it. The link dialled by the smaller id (ours) stays.
+    sp.handle_connect(now, 1, "10.0.0.2:50000".parse().unwrap(), false);
+    sp.handle_message(now, 1, hello());
+    sp.handle_connect(now, 2, other, true);
+    sp.handle_message(now, 2, hello());
+    let events: Vec<Event> = std::iter::from_fn(|| sp.poll_event()).collect();
+    assert!(events.contains(&Event::Close {
+        conn: 1,
+        reason: "duplicate connection".into()
+    }));
+    assert!(
+        events.contains(&Event::NeighbourJoined {
+            conn: 2,
+            node: NodeId([2; 32])
+        }),
+        "{events:?}"
+    );
+    assert_eq!(sp.neighbour_conns(), vec![2]);
+    sp.handle_disconnect(now, 1);
+    sp.handle_message(now, 2, Message::Hosts { hosts: vec![] });
+    assert_eq!(sp.stats().protocol_errors, 0);
+    assert_eq!(sp.stats().neighbours, 1);
+}
