@@ -1,5 +1,5 @@
 //! Helpers shared by Canopy's fuzz targets (`fuzz_targets/`) and the seed generator
-//! (`src/bin/gen_seeds.rs`).
+//! (`examples/gen_seeds.rs`).
 //!
 //! - [`seal_first_frame`]: repairs the CRC32 trailer of the first frame of a stream, so the
 //!   fuzzer reaches what lies behind the checksum.

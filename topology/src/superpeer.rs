@@ -906,6 +906,10 @@ impl SuperPeer {
         let mut ids: Vec<ConnId> = self.conns.keys().copied().collect();
         ids.sort();
         for id in ids {
+            if self.conns[&id].closing {
+                // Already told to close: nothing more goes out on it (STATE.md).
+                continue;
+            }
             let is_leaf = matches!(self.conns[&id].state, PeerState::Leaf { .. });
             if is_leaf {
                 self.redirect(now, id, RedirectReason::Demoting);

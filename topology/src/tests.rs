@@ -451,3 +451,59 @@ fn the_link_kept_between_two_super_peers_becomes_the_neighbour() {
     assert_eq!(sp.stats().protocol_errors, 0);
     assert_eq!(sp.stats().neighbours, 1);
 }
+
+/// STATE.md: a closing connection sends nothing more. A super-peer that demoted redirected
+/// every leaf, those it was already closing included.
+#[test]
+fn a_demoting_super_peer_sends_nothing_on_a_connection_it_is_closing() {
+    let t0 = Instant::now();
+    let role = RoleConfig {
+        min_role_time: Duration::ZERO,
+        ..RoleConfig::default()
+    };
+    let clock = RoleClock::new(t0, NodeRole::SuperPeer, role);
+    let config = Config {
+        can_demote: true,
+        demote_at: 1.0,
+        leaf_slots: 10,
+        ..Config::default()
+    };
+    let listen = "10.0.0.1:4000".parse().unwrap();
+    let mut sp = SuperPeer::new(t0, NodeId([1; 32]), Some(listen), config, clock);
+    // A neighbour with room for our leaves and other neighbours of its own.
+    sp.handle_connect(t0, 1, "10.0.0.2:50000".parse().unwrap(), false);
+    let mut hello = Hello::new(
+        NodeId([2; 32]),
+        Role::SuperPeer,
+        Some("10.0.0.2:4000".parse().unwrap()),
+        "test",
+    );
+    hello.load = Some(wire::Load {
+        leaves: 0,
+        leaf_slots: 100,
+        neighbours: 3,
+    });
+    sp.handle_message(t0, 1, Message::Hello(hello));
+    // A leaf that says goodbye: its connection is closing (its disconnect not yet reported).
+    sp.handle_connect(t0, 2, "10.0.0.3:50000".parse().unwrap(), false);
+    let leaf = Hello::new(NodeId([3; 32]), Role::Leaf, None, "test");
+    sp.handle_message(t0, 2, Message::Hello(leaf));
+    sp.handle_message(
+        t0,
+        2,
+        Message::Goodbye {
+            reason: "bye".into(),
+        },
+    );
+    while sp.poll_transmit().is_some() {}
+    while sp.poll_event().is_some() {}
+
+    sp.handle_timeout(t0 + Duration::from_secs(1));
+    let events: Vec<Event> = std::iter::from_fn(|| sp.poll_event()).collect();
+    assert!(
+        events.iter().any(|e| matches!(e, Event::Demote { .. })),
+        "{events:?}"
+    );
+    let sent: Vec<crate::Transmit> = std::iter::from_fn(|| sp.poll_transmit()).collect();
+    assert!(sent.iter().all(|t| t.to != 2), "{sent:?}");
+}

@@ -2,7 +2,7 @@
 //! message of every kind ([`canopy_fuzz::sample_messages`]), encoded by `wire`, in each target's
 //! input format (a mode byte first; see the targets' docs).
 //!
-//! Run from `fuzz/`: `cargo run --bin gen-seeds` (rewrites the files; they are deterministic).
+//! Run from `fuzz/`: `cargo run --example gen-seeds` (rewrites the files; they are deterministic).
 
 use std::fs;
 use std::path::Path;
