@@ -83,6 +83,8 @@ pub const STATE_SUFFIX: &str = ".state";
 const RECORD_EVERY: Duration = Duration::from_secs(1);
 /// When a running download first asks the network again for more sources.
 const FIRST_REQUERY: Duration = Duration::from_secs(2);
+/// How often at most a source is told which chunks we hold.
+const TELL_EVERY: Duration = Duration::from_millis(250);
 /// A source that does not take a request within this time is not reading: dropped.
 const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -1398,15 +1400,25 @@ async fn source_loop(
     conn.send(&Message::GetBitfield { id: shared.id })
         .await
         .map_err(Stop::Failed)?;
+    // What we have told it we hold (a source spreading a file among many downloaders shows
+    // each the chunks it lacks), and when.
+    let mut told_done = u64::MAX;
+    let mut told_at = Instant::now() - TELL_EVERY;
     loop {
         // Listen before looking, so a change between the look and the wait is not missed.
         let listener = shared.changed.listen();
         let mut new = Vec::new();
         let mut cancel = Vec::new();
+        let mut tell = None;
         {
             let mut sched = shared.sched.lock().unwrap();
             if sched.all_done() || shared.aborted.load(Ordering::SeqCst) {
                 return Ok(());
+            }
+            if sched.done_chunks != told_done && told_at.elapsed() >= TELL_EVERY {
+                told_done = sched.done_chunks;
+                told_at = Instant::now();
+                tell = Some(sched.done_bitmap());
             }
             // Endgame spares whose chunk another source delivered: cancel them.
             inflight.retain(|&r, &mut c| {
@@ -1432,6 +1444,14 @@ async fn source_loop(
                 new.push((next_request, c));
                 next_request = next_request.wrapping_add(1).max(1);
             }
+        }
+        if let Some(bits) = tell {
+            conn.send(&Message::Bitfield {
+                id: shared.id,
+                bits,
+            })
+            .await
+            .map_err(Stop::Failed)?;
         }
         for request in cancel {
             conn.send(&Message::Cancel { request })

@@ -25,7 +25,7 @@ use crate::download::{self, DownloadOptions, DownloadReport, Progress};
 use crate::rate::RateLimit;
 use crate::search::{group_hits, SearchResult};
 use crate::share::{self, ShareDiff, ShareError, Shares};
-use crate::swarm::{PartialFile, Partials, Seeding};
+use crate::swarm::{PartialFile, Partials, Seeding, Spread};
 use crate::upload::UploadSlots;
 
 /// The share cache's file name in the data directory.
@@ -257,6 +257,8 @@ pub(crate) struct Inner {
     pub(crate) slots: UploadSlots,
     /// Files being downloaded, or seeded after, served from their verified chunks.
     pub(crate) partials: Partials,
+    /// Whole files being fetched by several downloaders at once, shown a few chunks at a time.
+    pub(crate) spread: Spread,
     seeding: Seeding,
     pub(crate) upload_cap: RateLimit,
     download_cap: RateLimit,
@@ -343,6 +345,7 @@ impl Node {
             pending_lock: Mutex::new(()),
             slots: UploadSlots::new(config.upload_slots, Arc::default()),
             partials: Mutex::new(HashMap::new()),
+            spread: Spread::default(),
             seeding: config.seeding,
             upload_cap: RateLimit::new(config.upload_rate),
             download_cap: RateLimit::new(config.download_rate),

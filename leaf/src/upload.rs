@@ -32,7 +32,7 @@ use superpeer::net::{write_message, write_message_within, FrameReader};
 use wire::{ChunkMsg, Hello, ManifestMsg, Message, NodeId, Role, TransferErrorKind};
 
 use crate::node::Inner;
-use crate::swarm::{PartialFile, Reciprocity};
+use crate::swarm::{PartialFile, Reciprocity, ShownTo};
 
 /// A queued connection that has not asked again for this long loses its turn at the head; a
 /// slot holder that has not asked for this long gives its slot up.
@@ -344,9 +344,29 @@ async fn serve_inner(node: &Inner, stream: TcpStream) -> Result<(), String> {
     // Files still downloading that this downloader asked the bitfield of, with the bits it
     // has been told of: each chunk verified since is sent as a Have.
     let mut subscribed: Vec<(Arc<PartialFile>, Vec<u8>)> = Vec::new();
+    // A whole file several downloaders fetch at once: what this one has been shown.
+    let mut shown: Option<ShownTo> = None;
     let result = loop {
         if let Err(e) = send_haves(&mut writer, &mut scratch, &mut subscribed).await {
             break Err(e);
+        }
+        if let Some(view) = shown.as_mut() {
+            let mut failed = None;
+            for c in node.spread.pick(view.id, view) {
+                let have = Message::Have {
+                    id: view.id,
+                    index: c as u32,
+                };
+                if let Err(e) =
+                    write_message_within(&mut writer, &have, &mut scratch, WRITE_TIMEOUT).await
+                {
+                    failed = Some(e.to_string());
+                    break;
+                }
+            }
+            if let Some(e) = failed {
+                break Err(e);
+            }
         }
         let msg = match pending.pop_front() {
             Some(m) => m,
@@ -421,10 +441,29 @@ async fn serve_inner(node: &Inner, stream: TcpStream) -> Result<(), String> {
                 let shared = node.shares.read().unwrap().get(&id);
                 let partial = node.partials.lock().unwrap().get(&id).cloned();
                 match (shared, partial) {
-                    (Some(f), _) => Message::Bitfield {
-                        id,
-                        bits: crate::download::Scheduler::full_bits(f.manifest().chunk_count()),
-                    },
+                    (Some(f), _) => {
+                        let count = f.manifest().chunk_count();
+                        if shown.is_none() && node.spread.join(id, count) {
+                            // Others fetch it from here too: show it a few chunks at a time.
+                            shown = Some(ShownTo::new(id, count));
+                            Message::Bitfield {
+                                id,
+                                bits: vec![0; count.div_ceil(8) as usize],
+                            }
+                        } else {
+                            if shown.is_none() {
+                                // Counted as a downloader of it, shown everything.
+                                shown = Some(ShownTo::new(id, count));
+                                if let Some(v) = shown.as_mut() {
+                                    v.shown = crate::download::Scheduler::full_bits(count);
+                                }
+                            }
+                            Message::Bitfield {
+                                id,
+                                bits: crate::download::Scheduler::full_bits(count),
+                            }
+                        }
+                    }
                     (None, Some(p)) => {
                         let bits = p.bits();
                         subscribed.retain(|(q, _)| q.id != id);
@@ -435,12 +474,34 @@ async fn serve_inner(node: &Inner, stream: TcpStream) -> Result<(), String> {
                 }
             }
             Message::GetChunk { request, id, index } => {
+                if let Some(v) = shown.as_mut().filter(|v| v.id == id) {
+                    if (index as usize) < v.asked.len() * 8 {
+                        crate::swarm::set_bit(&mut v.asked, index as u64);
+                    }
+                }
                 match node.slots.acquire_as(conn, who, serves, Instant::now()) {
                     Err(position) => Message::Queued { request, position },
                     Ok(()) => serve_chunk(node, request, id, index).await,
                 }
             }
             Message::Cancel { .. } | Message::Pong { .. } => continue,
+            // The downloader tells what it has: shown chunks it got elsewhere are replaced.
+            Message::Bitfield { id, bits } => {
+                if let Some(v) = shown.as_mut().filter(|v| v.id == id) {
+                    if bits.len() == v.has.len() {
+                        v.has = bits;
+                    }
+                }
+                continue;
+            }
+            Message::Have { id, index } => {
+                if let Some(v) = shown.as_mut().filter(|v| v.id == id) {
+                    if (index as usize) < v.has.len() * 8 {
+                        crate::swarm::set_bit(&mut v.has, index as u64);
+                    }
+                }
+                continue;
+            }
             Message::Ping { nonce } => Message::Pong { nonce },
             Message::Goodbye { .. } => break Ok(()),
             other => {
@@ -458,6 +519,9 @@ async fn serve_inner(node: &Inner, stream: TcpStream) -> Result<(), String> {
         }
     };
     read_ahead.cancel().await;
+    if let Some(view) = &shown {
+        node.spread.leave(view.id);
+    }
     result
 }
 
@@ -578,6 +642,7 @@ async fn serve_chunk(node: &Inner, request: u32, id: wire::FileId, index: u32) -
             node.uploaded_chunks.fetch_add(1, Ordering::Relaxed);
             node.uploaded_bytes
                 .fetch_add(data.len() as u64, Ordering::Relaxed);
+            node.spread.sent(id, index as u64);
             Message::Chunk(ChunkMsg {
                 request,
                 id,
