@@ -19,6 +19,12 @@
 //! 4. [`cases::search`]: 10 super-peers and 200 leaves over the corpus: latency, and one
 //!    super-peer's queries per second, against a local tantivy index of the whole corpus.
 //! 5. [`cases::ingest`]: one super-peer registering 100,000 records from 100 leaves.
+//! 6. [`cases::swarm`] (issue 9): one seeder and N = 10 and 30 leechers on testbed hosts, every
+//!    upload capped at the same rate, all fetching a 100 MiB file at once: time until all have
+//!    it against size/R and N·size/R, beside BitTorrent (`aria2c` with `opentracker`, both
+//!    installed from Debian's packages when missing). Its figures also go to their own
+//!    section of `BENCHMARKS.md` (between `<!-- BEGIN swarm` and `<!-- END swarm -->`),
+//!    rewritten by any run of the case that is not `--quick`.
 //!
 //! # Layout
 //! - [`setup`]: reference tools, the release build, the machine's description.
@@ -72,26 +78,28 @@ struct Args {
     /// 0 to start at once and run each case once. [default: 10, 0 with --quick]
     #[arg(long, value_name = "MINUTES")]
     wait_idle: Option<u64>,
-    /// Run only this case (1 to 5; repeatable); the table goes to target/bench/partial.md.
-    #[arg(long = "case", value_name = "N", value_parser = clap::value_parser!(u8).range(1..=5))]
+    /// Run only this case (1 to 6; repeatable); the table goes to target/bench/partial.md.
+    #[arg(long = "case", value_name = "N", value_parser = clap::value_parser!(u8).range(1..=6))]
     cases: Vec<u8>,
 }
 
-const NAMES: [&str; 5] = [
+const NAMES: [&str; 6] = [
     "1 multi-source",
     "2 raw transfer",
     "3 sharing",
     "4 search",
     "5 ingest",
+    "6 swarm",
 ];
 
 /// The reference programs each case needs.
-const NEEDS: [&[&str]; 5] = [
+const NEEDS: [&[&str]; 6] = [
     &["aria2c", "nginx", "curl"],
     &["nginx", "curl"],
     &["b3sum"],
     &[],
     &[],
+    &["aria2c"],
 ];
 
 fn main() -> ExitCode {
@@ -151,7 +159,7 @@ fn real_main() -> anyhow::Result<bool> {
     let mut rows: Vec<Row> = Vec::new();
     let mut others: Vec<(&str, f64)> = Vec::new();
     let mut ok = true;
-    for case in 1..=5u8 {
+    for case in 1..=6u8 {
         if !args.cases.is_empty() && !args.cases.contains(&case) {
             continue;
         }
@@ -159,7 +167,7 @@ fn real_main() -> anyhow::Result<bool> {
         eprintln!("\n== case {name}");
         // What stops a case from running at all: a skip in a smoke test, a failure otherwise.
         let blocked = match (case, &netns) {
-            (1, Err(why)) => Some(format!("network namespaces are not available here: {why}")),
+            (1 | 6, Err(why)) => Some(format!("network namespaces are not available here: {why}")),
             _ => NEEDS[case as usize - 1]
                 .iter()
                 .find_map(|p| ctx.refs.get(p).err().map(|e| format!("{e:#}"))),
@@ -184,7 +192,8 @@ fn real_main() -> anyhow::Result<bool> {
                     2 => cases::raw::run(&ctx),
                     3 => cases::sharing::run(&ctx),
                     4 => cases::search::run(&ctx),
-                    _ => cases::ingest::run(&ctx),
+                    5 => cases::ingest::run(&ctx),
+                    _ => cases::swarm::run(&ctx),
                 },
             };
             let busy = procs::CpuSample::now().others_since(&cpu);
@@ -217,7 +226,7 @@ fn real_main() -> anyhow::Result<bool> {
     drop(scratch);
 
     println!("\n{}", report::text_table(&rows));
-    let all = args.cases.is_empty() || (1..=5).all(|c| args.cases.contains(&c));
+    let all = args.cases.is_empty() || (1..=6).all(|c| args.cases.contains(&c));
     let path = if args.quick {
         out_dir.join("quick.md")
     } else if !all {
@@ -234,6 +243,22 @@ fn real_main() -> anyhow::Result<bool> {
         }
     }
     fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+    let swarm_rows: Vec<Row> = rows
+        .iter()
+        .filter(|r| r.case == NAMES[5])
+        .cloned()
+        .collect();
+    let swarm_ran = swarm_rows
+        .iter()
+        .any(|r| !matches!(r.verdict, Verdict::Failed(_) | Verdict::Skipped(_)));
+    if !args.quick && swarm_ran {
+        let md = workspace.join("BENCHMARKS.md");
+        let old = fs::read_to_string(&md).unwrap_or_default();
+        let section = swarm_section(&swarm_rows, &others, &machine, &ctx, &run);
+        fs::write(&md, replace_section(&old, "swarm", &section))
+            .with_context(|| format!("writing {}", md.display()))?;
+        println!("swarm figures written to {}", md.display());
+    }
     println!(
         "report written to {}; process logs in {}",
         path.display(),
@@ -480,6 +505,91 @@ least disturbed attempt, and reports how busy they kept the machine during it (a
    (a super-peer indexes a registration before it reads the leaf's next message). Memory is
    VmRSS from /proc before (leaves connected) and after; VmHWM is the peak.
 ";
+
+/// Case 6's section of BENCHMARKS.md, with its own command, date, machine and method.
+fn swarm_section(
+    rows: &[Row],
+    others: &[(&str, f64)],
+    m: &setup::Machine,
+    ctx: &Ctx,
+    run: &RunInfo,
+) -> String {
+    let rustc = short_output(Command::new("rustc").arg("--version"));
+    let busy = others
+        .iter()
+        .find(|(c, _)| *c == NAMES[5])
+        .map_or(0.0, |(_, b)| *b);
+    let mut out = String::new();
+    out.push_str("<!-- BEGIN swarm (bench/src/cases/swarm.rs) -->\n");
+    out.push_str("## Swarm distribution (issue 9)\n\n");
+    out.push_str(&format!(
+        "- **Command:** `{}` (as root); **date:** {}\n",
+        command_line(),
+        run.date
+    ));
+    out.push_str(&format!(
+        "- **Machine:** {}, {} logical CPUs, {:.1} GiB memory, Linux {}; **code:** {}, {rustc}, \
+         release build\n",
+        m.cpu,
+        m.nproc,
+        m.memory as f64 / (1u64 << 30) as f64,
+        m.kernel,
+        run.code
+    ));
+    out.push_str(&format!(
+        "- **References:** {}; `opentracker` and `mktorrent` from Debian's packages\n",
+        ctx.refs
+            .versions()
+            .into_iter()
+            .filter(|v| v.starts_with("aria2c"))
+            .collect::<Vec<_>>()
+            .join("; ")
+    ));
+    out.push_str(&format!(
+        "- **Other load:** programs other than the benchmark kept {busy:.2} CPUs busy on \
+         average during the case\n\n"
+    ));
+    out.push_str(&report::markdown_table(rows));
+    out.push_str(
+        "\nOne seeder and N leechers, each on its own host of the namespace testbed (case 1), \
+         every host's upload capped by a `tbf` qdisc at R = 20 Mbit/s; the super-peer's (and \
+         tracker's) host is not capped. All leechers are asked for the 100 MiB file at the same \
+         moment; \"all done\" is when the last one has it (Canopy: the file appears under its \
+         final name, which happens only once it is verified whole; aria2c: its \
+         download-complete hook runs). size/R is the time the seeder alone needs to send the \
+         file once, the lower bound for everyone; N·size/R is the seeder serving each leecher \
+         alone. \"Seeder sent\" is the seeder's uploaded bytes over the file size. Canopy: \
+         `leaf share` nodes (the leechers share an empty folder, seed with `--seed-minutes \
+         none`) and `leaf get ID` to each; reference: `aria2c` with `opentracker` on the \
+         super-peer's host and a `mktorrent -l 18` torrent (256 KiB pieces, as Canopy's \
+         chunks), DHT and local peer discovery off, `--bt-tracker-interval=5`, \
+         `--seed-ratio=0.0`.\n",
+    );
+    out.push_str("<!-- END swarm -->\n");
+    out
+}
+
+/// `old` with its `<!-- BEGIN {key}` … `<!-- END {key} -->` section replaced by `section`
+/// (appended if it has none).
+fn replace_section(old: &str, key: &str, section: &str) -> String {
+    let begin = format!("<!-- BEGIN {key}");
+    let end = format!("<!-- END {key} -->");
+    match (old.find(&begin), old.find(&end)) {
+        (Some(a), Some(b)) if b > a => {
+            let mut b = b + end.len();
+            if old[b..].starts_with('\n') {
+                b += 1;
+            }
+            format!("{}{section}{}", &old[..a], &old[b..])
+        }
+        _ => {
+            let mut out = old.trim_end().to_string();
+            out.push_str("\n\n");
+            out.push_str(section);
+            out
+        }
+    }
+}
 
 /// The sections of an earlier BENCHMARKS.md that other programs wrote, each between a
 /// `<!-- BEGIN ... -->` and an `<!-- END ... -->` line (e.g. examples/download_efficiency.rs).

@@ -1,4 +1,4 @@
-//! The five cases of issue 6, and what they share: starting super-peers, sharing leaves and
+//! The five cases of issue 6 and the swarm case of issue 9, and what they share: starting super-peers, sharing leaves and
 //! nginx servers (on the host or on a testbed host), and asking the network for sources.
 
 pub mod ingest;
@@ -6,6 +6,7 @@ pub mod multisource;
 pub mod raw;
 pub mod search;
 pub mod sharing;
+pub mod swarm;
 
 use std::fs;
 use std::net::{SocketAddr, TcpListener};
