@@ -412,6 +412,15 @@ fn bittorrent_tools() -> anyhow::Result<(PathBuf, PathBuf)> {
         return Ok((t, m));
     }
     eprintln!("bench: installing opentracker, mktorrent with apt-get");
+    // As for the other references: the package lists of a fresh machine may be empty.
+    let updated = Command::new("apt-get")
+        .args(["update", "-q"])
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .status()
+        .context("running apt-get update")?;
+    if !updated.success() {
+        bail!("apt-get update failed ({updated})");
+    }
     let status = Command::new("apt-get")
         .args(["install", "-y", "-q", "opentracker", "mktorrent"])
         .env("DEBIAN_FRONTEND", "noninteractive")
