@@ -69,6 +69,10 @@ async fn fake_source(kind: Fake, content: Vec<u8>) -> SocketAddr {
                             chunk_size: manifest.chunk_size,
                             cvs: manifest.cvs.clone(),
                         }),
+                        Message::GetBitfield { id } => Message::Bitfield {
+                            id,
+                            bits: leaf::download::Scheduler::full_bits(manifest.chunk_count()),
+                        },
                         Message::GetChunk { .. } if kind == Fake::Stall => continue,
                         Message::GetChunk { request, index, .. } => {
                             let range = manifest.chunk_range(index as u64);
@@ -147,6 +151,7 @@ fn job(id: FileId, sources: Vec<SocketAddr>, out: &std::path::Path) -> download:
         wait_for_sources: false,
         opts: DownloadOptions::default(),
         cap: leaf::rate::RateLimit::unlimited(),
+        swarm: None,
     }
 }
 

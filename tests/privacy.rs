@@ -96,6 +96,7 @@ fn a_recorded_search_and_download_show_no_names_words_or_content() {
             wait_for_sources: false,
             opts: DownloadOptions::default(),
             cap: leaf::rate::RateLimit::unlimited(),
+            swarm: None,
         };
         let report = download::download(job, Box::new(|_| {})).await.unwrap();
         assert!(std::fs::read(&report.path).unwrap() == content);

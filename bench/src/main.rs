@@ -19,7 +19,13 @@
 //! 4. [`cases::search`]: 10 super-peers and 200 leaves over the corpus: latency, and one
 //!    super-peer's queries per second, against a local tantivy index of the whole corpus.
 //! 5. [`cases::ingest`]: one super-peer registering 100,000 records from 100 leaves.
-//! 6. [`cases::load`]: one super-peer with 1,000 leaves of 100 records each, then 50
+//! 6. [`cases::swarm`] (issue 9): one seeder and N = 10 and 30 leechers on testbed hosts, every
+//!    upload capped at the same rate, all fetching a 100 MiB file at once: time until all have
+//!    it against size/R and N·size/R, beside BitTorrent (`aria2c` with `opentracker`, both
+//!    installed from Debian's packages when missing). Its figures also go to their own
+//!    section of `BENCHMARKS.md` (between `<!-- BEGIN swarm` and `<!-- END swarm -->`),
+//!    rewritten by any run of the case that is not `--quick`.
+//! 7. [`cases::load`] (issue 7): one super-peer with 1,000 leaves of 100 records each, then 50
 //!    searchers for 30 s: errors, p99 time to first hit, memory over time.
 //!
 //! # Layout
@@ -74,27 +80,29 @@ struct Args {
     /// 0 to start at once and run each case once. [default: 10, 0 with --quick]
     #[arg(long, value_name = "MINUTES")]
     wait_idle: Option<u64>,
-    /// Run only this case (1 to 5; repeatable); the table goes to target/bench/partial.md.
-    #[arg(long = "case", value_name = "N", value_parser = clap::value_parser!(u8).range(1..=6))]
+    /// Run only this case (1 to 7; repeatable); the table goes to target/bench/partial.md.
+    #[arg(long = "case", value_name = "N", value_parser = clap::value_parser!(u8).range(1..=7))]
     cases: Vec<u8>,
 }
 
-const NAMES: [&str; 6] = [
+const NAMES: [&str; 7] = [
     "1 multi-source",
     "2 raw transfer",
     "3 sharing",
     "4 search",
     "5 ingest",
-    "6 load",
+    "6 swarm",
+    "7 load",
 ];
 
 /// The reference programs each case needs.
-const NEEDS: [&[&str]; 6] = [
+const NEEDS: [&[&str]; 7] = [
     &["aria2c", "nginx", "curl"],
     &["nginx", "curl"],
     &["b3sum"],
     &[],
     &[],
+    &["aria2c"],
     &[],
 ];
 
@@ -163,7 +171,7 @@ fn real_main() -> anyhow::Result<bool> {
         eprintln!("\n== case {name}");
         // What stops a case from running at all: a skip in a smoke test, a failure otherwise.
         let blocked = match (case, &netns) {
-            (1, Err(why)) => Some(format!("network namespaces are not available here: {why}")),
+            (1 | 6, Err(why)) => Some(format!("network namespaces are not available here: {why}")),
             _ => NEEDS[case as usize - 1]
                 .iter()
                 .find_map(|p| ctx.refs.get(p).err().map(|e| format!("{e:#}"))),
@@ -189,6 +197,7 @@ fn real_main() -> anyhow::Result<bool> {
                     3 => cases::sharing::run(&ctx),
                     4 => cases::search::run(&ctx),
                     5 => cases::ingest::run(&ctx),
+                    6 => cases::swarm::run(&ctx),
                     _ => cases::load::run(&ctx),
                 },
             };
@@ -239,6 +248,22 @@ fn real_main() -> anyhow::Result<bool> {
         }
     }
     fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+    // Cases 6 and 7 keep their own sections of BENCHMARKS.md, rewritten by any full run of
+    // the case (alone or with the others).
+    for (case, key) in [(NAMES[5], "swarm"), (NAMES[6], "load")] {
+        let case_rows: Vec<Row> = rows.iter().filter(|r| r.case == case).cloned().collect();
+        let ran = case_rows
+            .iter()
+            .any(|r| !matches!(r.verdict, Verdict::Failed(_) | Verdict::Skipped(_)));
+        if !args.quick && ran {
+            let md = workspace.join("BENCHMARKS.md");
+            let old = fs::read_to_string(&md).unwrap_or_default();
+            let section = case_section(case, key, &case_rows, &others, &machine, &ctx, &run);
+            fs::write(&md, replace_section(&old, key, &section))
+                .with_context(|| format!("writing {}", md.display()))?;
+            println!("case {case}: figures written to {}", md.display());
+        }
+    }
     println!(
         "report written to {}; process logs in {}",
         path.display(),
@@ -484,7 +509,7 @@ least disturbed attempt, and reports how busy they kept the machine during it (a
    registration sent to the moment every leaf has had an answer to a query for its last record
    (a super-peer indexes a registration before it reads the leaf's next message). Memory is
    VmRSS from /proc before (leaves connected) and after; VmHWM is the peak.
-6. **Load** (a `superpeer` process; 1,000 leaves in the harness, each with 100 records drawn at
+7. **Load** (a `superpeer` process; 1,000 leaves in the harness, each with 100 records drawn at
    random from the corpus, then 50 searchers that each send a query every 250 ms, under the
    default limit of 5 a leaf, for 30 s). Every connection runs the Noise handshake; the
    super-peer keeps its default limits except the connection counts (all leaves share one
@@ -493,6 +518,117 @@ least disturbed attempt, and reports how busy they kept the machine during it (a
    Other cases' super-peers run with the per-address and per-leaf query limits lifted: they
    play many hosts from one address and many users through few connections.
 ";
+
+/// The BENCHMARKS.md section of case 6 or 7 (`key` "swarm" or "load"), with its own command,
+/// date, machine and method.
+fn case_section(
+    case: &str,
+    key: &str,
+    rows: &[Row],
+    others: &[(&str, f64)],
+    m: &setup::Machine,
+    ctx: &Ctx,
+    run: &RunInfo,
+) -> String {
+    let rustc = short_output(Command::new("rustc").arg("--version"));
+    let busy = others
+        .iter()
+        .find(|(c, _)| *c == case)
+        .map_or(0.0, |(_, b)| *b);
+    let mut out = String::new();
+    let title = if key == "swarm" {
+        "Swarm distribution (issue 9)"
+    } else {
+        "Load on one super-peer (issue 7)"
+    };
+    out.push_str(&format!(
+        "<!-- BEGIN {key} (bench/src/cases/{key}.rs) -->\n## {title}\n\n"
+    ));
+    out.push_str(&format!(
+        "- **Command:** `{}` (as root); **date:** {}\n",
+        command_line(),
+        run.date
+    ));
+    out.push_str(&format!(
+        "- **Machine:** {}, {} logical CPUs, {:.1} GiB memory, Linux {}; **code:** {}, {rustc}, \
+         release build\n",
+        m.cpu,
+        m.nproc,
+        m.memory as f64 / (1u64 << 30) as f64,
+        m.kernel,
+        run.code
+    ));
+    if key == "swarm" {
+        out.push_str(&format!(
+            "- **References:** {}; `opentracker` and `mktorrent` from Debian's packages\n",
+            ctx.refs
+                .versions()
+                .into_iter()
+                .filter(|v| v.starts_with("aria2c"))
+                .collect::<Vec<_>>()
+                .join("; ")
+        ));
+    }
+    out.push_str(&format!(
+        "- **Other load:** programs other than the benchmark kept {busy:.2} CPUs busy on \
+         average during the case\n\n"
+    ));
+    out.push_str(&report::markdown_table(rows));
+    if key == "load" {
+        out.push_str(&format!("\n{LOAD_METHOD}"));
+    } else {
+        out.push_str(
+            "\nOne seeder and N leechers, each on its own host of the namespace testbed (case 1), \
+         every host's upload capped by a `tbf` qdisc at R = 20 Mbit/s; the super-peer's (and \
+         tracker's) host is not capped. All leechers are asked for the 100 MiB file at the same \
+         moment; \"all done\" is when the last one has it (Canopy: the file appears under its \
+         final name, which happens only once it is verified whole; aria2c: its \
+         download-complete hook runs). size/R is the time the seeder alone needs to send the \
+         file once, the lower bound for everyone; N·size/R is the seeder serving each leecher \
+         alone. \"Seeder sent\" is the seeder's uploaded bytes over the file size. Canopy: \
+         `leaf share` nodes (the leechers share an empty folder, seed with `--seed-minutes \
+         none`) and `leaf get ID` to each; reference: `aria2c` with `opentracker` on the \
+         super-peer's host and a `mktorrent -l 18` torrent (256 KiB pieces, as Canopy's \
+         chunks), DHT and local peer discovery off, `--bt-tracker-interval=5`, \
+         `--seed-ratio=0.0`.\n",
+        );
+    }
+    out.push_str(&format!("<!-- END {key} -->\n"));
+    out
+}
+
+/// How case 7 measures, for its section.
+const LOAD_METHOD: &str = "One `superpeer` process on 127.0.0.1; 1,000 leaves in the harness \
+(each a Noise-encrypted connection speaking the wire protocol, as in cases 4 and 5), each \
+registering 100 records drawn at random from the corpus, then 50 more leaves that each send a \
+query (artist and title of a registered track) every 250 ms for 30 s, under the default limit of \
+5 a leaf. The super-peer keeps its default limits except the connection counts (all leaves share \
+one address: `--max-per-address`, `--max-connections` and `--leaf-slots` are raised to fit). \
+Time to first hit per query; errors are queries unanswered within 5 s, closed connections and \
+limit trips in the super-peer's log; memory is the super-peer's VmRSS, sampled every second of \
+the searches. The harness and the super-peer share the machine's cores.\n";
+
+/// `old` with its `<!-- BEGIN {key}` … `<!-- END {key} -->` section replaced by `section`
+/// (appended if it has none).
+fn replace_section(old: &str, key: &str, section: &str) -> String {
+    let begin = format!("<!-- BEGIN {key}");
+    let end = format!("<!-- END {key} -->");
+    match (old.find(&begin), old.find(&end)) {
+        (Some(a), Some(b)) if b > a => {
+            let mut b = b + end.len();
+            if old[b..].starts_with('\n') {
+                b += 1;
+            }
+            format!("{}{section}{}", &old[..a], &old[b..])
+        }
+        _ => {
+            let mut out = old.trim_end().to_string();
+            out.push_str("\n\n");
+            out.push_str(section);
+            out
+        }
+    }
+}
 
 /// The sections of an earlier BENCHMARKS.md that other programs wrote, each between a
 /// `<!-- BEGIN ... -->` and an `<!-- END ... -->` line (e.g. examples/download_efficiency.rs).

@@ -30,17 +30,29 @@
 //!    its final name, which never replaces an existing file. A failure (a full disk, say) keeps
 //!    the `.part` file and its record for the next attempt.
 //!
+//! 7. **Swarm.** Each source is asked which chunks it holds (`GetBitfield`): a complete source
+//!    holds all, another downloader only what it has verified, and it tells of each chunk it
+//!    gains (`Have`). A source is asked only for chunks it holds, the rarest among the sources
+//!    known first. While it downloads, the file is itself a source ([`crate::swarm`]): a chunk
+//!    is offered to others only once it is verified and written.
+//!
 //! # Scheduler invariants
-//! - A chunk is in exactly one state: `Missing` (and then in the queue exactly once), `Active`
-//!   (requested by one or more sources, listed in its state, none of which has delivered it) or
-//!   `Done` (verified and written; never requested again).
-//! - `done_chunks`/`done_bytes` count exactly the `Done` chunks.
+//! - A chunk is in exactly one state: `Missing`, `Active` (requested by one or more sources,
+//!   listed in its state, none of which has delivered it) or `Done` (verified and written;
+//!   never requested again).
+//! - `missing` counts exactly the `Missing` chunks; `done_chunks`/`done_bytes` exactly the
+//!   `Done` ones.
+//! - `avail[c]` is the number of sources in `holds` whose bitmap has chunk `c`: only
+//!   [`Scheduler::set_holds`], [`Scheduler::add_hold`] and [`Scheduler::forget_source`]
+//!   change either.
+//! - A source is handed only chunks its bitmap has.
 //! - A source that stops, or is told it is queued, releases every chunk it had requested: a
-//!   chunk left with no requester goes back to `Missing` (front of the queue). Only
-//!   [`Scheduler::release`] does that, and only [`Scheduler::complete`] makes a chunk `Done`.
-//! - A source only duplicates another's chunk (endgame) when it has nothing in flight.
+//!   chunk left with no requester goes back to `Missing`. Only [`Scheduler::release`] does
+//!   that, and only [`Scheduler::complete`] makes a chunk `Done`.
+//! - A source only duplicates another's chunk (endgame) when no chunk is `Missing` and it has
+//!   nothing in flight.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::future::Future;
 use std::io;
@@ -59,10 +71,11 @@ use smol::net::TcpStream;
 use superpeer::identity::Identity;
 use superpeer::net::{connect_secure, write_message_within, FrameReader};
 use superpeer::secure::{SecureReader, SecureWriter};
-use wire::{FileId, Hello, Manifest, Message, Role, PROTOCOL_VERSION};
+use wire::{FileId, FileRecord, Hello, Manifest, Message, NodeId, Role, PROTOCOL_VERSION};
 
 use crate::rate::RateLimit;
 use crate::share::PART_SUFFIX;
+use crate::swarm::{PartialFile, Reciprocity};
 
 /// How many sources are asked for the manifest.
 const MANIFEST_VOTES: usize = 3;
@@ -72,6 +85,8 @@ pub const STATE_SUFFIX: &str = ".state";
 const RECORD_EVERY: Duration = Duration::from_secs(1);
 /// When a running download first asks the network again for more sources.
 const FIRST_REQUERY: Duration = Duration::from_secs(2);
+/// How often at most a source is told which chunks we hold.
+const TELL_EVERY: Duration = Duration::from_millis(250);
 /// A source that does not take a request within this time is not reading: dropped.
 const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -235,35 +250,116 @@ enum ChunkState {
     Done,
 }
 
-/// Which chunk is where; see the module docs for its invariants.
+/// Which chunk is where, and which source holds what; see the module docs for its invariants.
 #[derive(Debug)]
 pub struct Scheduler {
     chunks: Vec<ChunkState>,
-    queue: VecDeque<u64>,
+    /// How many chunks are `Missing`.
+    missing: u64,
     done_chunks: u64,
     done_bytes: u64,
+    /// The chunks each source holds (from its bitfield and haves), by source number. A source
+    /// not listed has not said yet and is asked for nothing.
+    holds: HashMap<usize, Vec<u8>>,
+    /// For each chunk, how many listed sources hold it.
+    avail: Vec<u32>,
 }
 
 impl Scheduler {
-    /// All chunks missing, in file order.
+    /// All chunks missing, no source known.
     pub fn new(count: u64) -> Self {
         Scheduler {
             chunks: vec![ChunkState::Missing; count as usize],
-            queue: (0..count).collect(),
+            missing: count,
             done_chunks: 0,
             done_bytes: 0,
+            holds: HashMap::new(),
+            avail: vec![0; count as usize],
         }
     }
 
-    /// A chunk for `source` to request: the next missing one, or, if `endgame` allows it (the
-    /// source has nothing in flight), the in-flight chunk with the fewest requesters that
-    /// `source` has not asked for yet.
-    pub fn next(&mut self, source: usize, endgame: bool) -> Option<u64> {
-        while let Some(c) = self.queue.pop_front() {
-            if self.chunks[c as usize] == ChunkState::Missing {
-                self.chunks[c as usize] = ChunkState::Active(vec![source]);
-                return Some(c);
+    /// A bitmap with every chunk of a file of `count` chunks set.
+    pub fn full_bits(count: u64) -> Vec<u8> {
+        let mut bits = vec![0u8; count.div_ceil(8) as usize];
+        for c in 0..count {
+            crate::swarm::set_bit(&mut bits, c);
+        }
+        bits
+    }
+
+    /// `source` holds the chunks set in `bits` (its bitfield; bits past the last chunk are
+    /// ignored). Replaces what it held before.
+    pub fn set_holds(&mut self, source: usize, bits: &[u8]) {
+        self.forget_source(source);
+        let count = self.chunks.len() as u64;
+        let mut mine = vec![0u8; count.div_ceil(8) as usize];
+        for c in 0..count {
+            if crate::swarm::bit(bits, c) {
+                crate::swarm::set_bit(&mut mine, c);
+                self.avail[c as usize] += 1;
             }
+        }
+        self.holds.insert(source, mine);
+    }
+
+    /// `source` has gained chunk `c` (a Have). Ignored for a source with no bitfield yet or a
+    /// chunk out of range.
+    pub fn add_hold(&mut self, source: usize, c: u64) {
+        if c >= self.chunks.len() as u64 {
+            return;
+        }
+        if let Some(bits) = self.holds.get_mut(&source) {
+            if crate::swarm::set_bit(bits, c) {
+                self.avail[c as usize] += 1;
+            }
+        }
+    }
+
+    /// `source` is gone: what it held no longer counts.
+    pub fn forget_source(&mut self, source: usize) {
+        if let Some(bits) = self.holds.remove(&source) {
+            for (c, n) in self.avail.iter_mut().enumerate() {
+                if crate::swarm::bit(&bits, c as u64) {
+                    *n -= 1;
+                }
+            }
+        }
+    }
+
+    fn holds(&self, source: usize, c: usize) -> bool {
+        self.holds
+            .get(&source)
+            .is_some_and(|b| crate::swarm::bit(b, c as u64))
+    }
+
+    /// A chunk for `source` to request, among those it holds: the missing chunk fewest known
+    /// sources hold (rarest first), ties broken from a random starting point so downloaders do
+    /// not all fetch the same chunk first. If no chunk of the whole file is missing and
+    /// `endgame` allows it (the source has nothing in flight): the in-flight chunk with the
+    /// fewest requesters that `source` holds and has not asked for yet.
+    pub fn next(&mut self, source: usize, endgame: bool) -> Option<u64> {
+        let n = self.chunks.len();
+        if n == 0 || !self.holds.contains_key(&source) {
+            return None;
+        }
+        if self.missing > 0 {
+            let start = rand::random::<u64>() as usize % n;
+            let mut best: Option<(u32, usize)> = None;
+            for k in 0..n {
+                let c = (start + k) % n;
+                if self.chunks[c] == ChunkState::Missing
+                    && self.holds(source, c)
+                    && best.is_none_or(|(a, _)| self.avail[c] < a)
+                {
+                    best = Some((self.avail[c], c));
+                }
+            }
+            if let Some((_, c)) = best {
+                self.chunks[c] = ChunkState::Active(vec![source]);
+                self.missing -= 1;
+                return Some(c as u64);
+            }
+            return None;
         }
         if !endgame {
             return None;
@@ -273,7 +369,9 @@ impl Scheduler {
             .iter()
             .enumerate()
             .filter_map(|(i, s)| match s {
-                ChunkState::Active(v) if !v.contains(&source) => Some((i, v.len())),
+                ChunkState::Active(v) if !v.contains(&source) && self.holds(source, i) => {
+                    Some((i, v.len()))
+                }
                 _ => None,
             })
             .min_by_key(|&(_, n)| n)?;
@@ -289,15 +387,17 @@ impl Scheduler {
             v.retain(|s| *s != source);
             if v.is_empty() {
                 self.chunks[c as usize] = ChunkState::Missing;
-                self.queue.push_front(c);
+                self.missing += 1;
             }
         }
     }
 
     /// Chunk `c` (of `len` bytes) is verified and written. False if it already was.
     pub fn complete(&mut self, c: u64, len: u64) -> bool {
-        if self.chunks[c as usize] == ChunkState::Done {
-            return false;
+        match self.chunks[c as usize] {
+            ChunkState::Done => return false,
+            ChunkState::Missing => self.missing -= 1,
+            ChunkState::Active(_) => {}
         }
         self.chunks[c as usize] = ChunkState::Done;
         self.done_chunks += 1;
@@ -456,19 +556,27 @@ fn free_space(dir: &Path) -> io::Result<u64> {
 /// A source's connection.
 struct SourceConn {
     addr: SocketAddr,
+    /// The source's node id, proved by its key.
+    node: NodeId,
     reader: FrameReader<SecureReader<TcpStream>>,
     writer: SecureWriter<TcpStream>,
     scratch: Vec<u8>,
 }
 
 impl SourceConn {
-    async fn open(addr: SocketAddr, me: &Identity, opts: &DownloadOptions) -> Result<Self, String> {
+    async fn open(
+        addr: SocketAddr,
+        me: &Identity,
+        listen: Option<SocketAddr>,
+        opts: &DownloadOptions,
+    ) -> Result<Self, String> {
         let stream = connect_secure(addr, me, opts.connect_timeout)
             .await
             .map_err(|e| e.to_string())?;
         let peer = stream.peer;
         let mut conn = SourceConn {
             addr,
+            node: peer,
             reader: FrameReader::new(stream.reader),
             writer: stream.writer,
             scratch: Vec::new(),
@@ -476,7 +584,7 @@ impl SourceConn {
         conn.send(&Message::Hello(Hello::new(
             me.node(),
             Role::Transfer,
-            None,
+            listen,
             crate::AGENT,
         )))
         .await?;
@@ -590,6 +698,20 @@ pub struct Job {
     pub opts: DownloadOptions,
     /// The node's download cap.
     pub cap: RateLimit,
+    /// Taking part in the swarm: serving the file while it downloads, and counting what each
+    /// source sends for tit-for-tat. `None`: a plain download.
+    pub swarm: Option<SwarmHooks>,
+}
+
+/// How a download takes part in the swarm (see [`crate::swarm`]).
+pub struct SwarmHooks {
+    /// Given the partial file once it exists (resumed chunks already marked), to serve it.
+    pub publish: Box<dyn Fn(Arc<PartialFile>) + Send + Sync>,
+    /// Where the bytes each source sends are counted.
+    pub reciprocity: Arc<Reciprocity>,
+    /// Where this node serves chunks, told to sources in Hello (they favour downloaders that
+    /// serve others); `None` for a node that serves nobody.
+    pub listen: Option<SocketAddr>,
 }
 
 struct Shared {
@@ -608,6 +730,11 @@ struct Shared {
     aborted: AtomicBool,
     resumed_chunks: u64,
     progress: Box<dyn Fn(Progress) + Send + Sync>,
+    /// The file as a source to others, when swarming.
+    partial: Option<Arc<PartialFile>>,
+    reciprocity: Option<Arc<Reciprocity>>,
+    /// This node's listen address, for Hello.
+    listen: Option<SocketAddr>,
 }
 
 impl Shared {
@@ -667,7 +794,8 @@ pub async fn download(
             };
             let opened = spawn_all(sources.iter().map(|&a| {
                 let (me, opts) = (job.me.clone(), job.opts.clone());
-                async move { (a, SourceConn::open(a, &me, &opts).await) }
+                let listen = job.swarm.as_ref().and_then(|h| h.listen);
+                async move { (a, SourceConn::open(a, &me, listen, &opts).await) }
             }))
             .await;
             for (addr, r) in opened {
@@ -780,9 +908,28 @@ pub async fn download(
             source,
         })?;
 
+    let partial = job.swarm.as_ref().map(|hooks| {
+        let record = FileRecord {
+            id,
+            size: manifest.size,
+            path: name.clone(),
+            tags: Default::default(),
+        };
+        let p = Arc::new(PartialFile::new(id, manifest.clone(), record, file.clone()));
+        for c in 0..count {
+            if sched.is_done(c) {
+                p.mark(c);
+            }
+        }
+        (hooks.publish)(p.clone());
+        p
+    });
     let shared = Arc::new(Shared {
         id,
         me: job.me.clone(),
+        partial,
+        reciprocity: job.swarm.as_ref().map(|h| h.reciprocity.clone()),
+        listen: job.swarm.as_ref().and_then(|h| h.listen),
         file,
         sched: Mutex::new(sched),
         changed: Event::new(),
@@ -1000,6 +1147,7 @@ async fn run_sources(
         }
     }
     let mut backoff = Duration::from_secs(1);
+    let mut requery_every = job.opts.requery_interval.min(FIRST_REQUERY);
     // The first search for more sources comes soon: the starting list was cut short so the
     // download could begin.
     let mut next_query = Instant::now()
@@ -1087,7 +1235,10 @@ async fn run_sources(
                 backoff = (backoff * 2).min(job.opts.max_backoff);
             } else {
                 backoff = Duration::from_secs(1);
-                next_query = now + job.opts.requery_interval;
+                // Soon at first (other downloaders of the file appear as they start), then
+                // every requery interval.
+                requery_every = (requery_every * 2).min(job.opts.requery_interval);
+                next_query = now + requery_every;
             }
         }
         // Alone means no source connected, whatever is being tried.
@@ -1184,7 +1335,9 @@ async fn run_source(
         Some(c) => c,
         None => {
             // Connecting gives way if the download ends meanwhile.
-            let open = async { Some(SourceConn::open(addr, &shared.me, &shared.opts).await) };
+            let open = async {
+                Some(SourceConn::open(addr, &shared.me, shared.listen, &shared.opts).await)
+            };
             let ended = async {
                 loop {
                     let listener = shared.changed.listen();
@@ -1213,6 +1366,7 @@ async fn run_source(
         for c in inflight.values() {
             sched.release(me, *c);
         }
+        sched.forget_source(me);
     }
     shared.queued.lock().unwrap().remove(&me);
     *shared.connected.lock().unwrap() -= 1;
@@ -1261,15 +1415,30 @@ async fn source_loop(
     let mut next_request: u32 = 1;
     // While queued: when to ask again.
     let mut queued_until: Option<Instant> = None;
+    let count = shared.manifest.chunk_count();
+    // Which chunks does it hold? Until it says, it is asked for nothing.
+    conn.send(&Message::GetBitfield { id: shared.id })
+        .await
+        .map_err(Stop::Failed)?;
+    // What we have told it we hold (a source spreading a file among many downloaders shows
+    // each the chunks it lacks), and when.
+    let mut told_done = u64::MAX;
+    let mut told_at = Instant::now() - TELL_EVERY;
     loop {
         // Listen before looking, so a change between the look and the wait is not missed.
         let listener = shared.changed.listen();
         let mut new = Vec::new();
         let mut cancel = Vec::new();
+        let mut tell = None;
         {
             let mut sched = shared.sched.lock().unwrap();
             if sched.all_done() || shared.aborted.load(Ordering::SeqCst) {
                 return Ok(());
+            }
+            if sched.done_chunks != told_done && told_at.elapsed() >= TELL_EVERY {
+                told_done = sched.done_chunks;
+                told_at = Instant::now();
+                tell = Some(sched.done_bitmap());
             }
             // Endgame spares whose chunk another source delivered: cancel them.
             inflight.retain(|&r, &mut c| {
@@ -1296,6 +1465,14 @@ async fn source_loop(
                 next_request = next_request.wrapping_add(1).max(1);
             }
         }
+        if let Some(bits) = tell {
+            conn.send(&Message::Bitfield {
+                id: shared.id,
+                bits,
+            })
+            .await
+            .map_err(Stop::Failed)?;
+        }
         for request in cancel {
             conn.send(&Message::Cancel { request })
                 .await
@@ -1310,20 +1487,29 @@ async fn source_loop(
             .await
             .map_err(Stop::Failed)?;
         }
-        if inflight.is_empty() {
-            // Nothing to ask (or queued): wait for a change, the retry time, or a while.
-            let until = queued_until.unwrap_or_else(|| Instant::now() + Duration::from_millis(500));
-            smol::future::or(listener, async {
-                smol::Timer::at(until).await;
-            })
-            .await;
-            continue;
-        }
-        // A source that sends nothing at all for the response timeout has stalled; a slow one
-        // that keeps sending is waited for.
-        let timeout = shared.opts.response_timeout;
-        let msg = smol::future::or(async { Some(conn.recv(timeout).await) }, async {
-            listener.await;
+        // With requests out, a source that sends nothing at all for the response timeout has
+        // stalled (a slow one that keeps sending is waited for). With none out (nothing it
+        // holds is needed, or queued), it may rightly stay silent: its Haves are read as they
+        // come, and the loop looks again on a change, at the retry time, or after a while.
+        let (idle, wake) = if inflight.is_empty() {
+            // (A queued source whose retry time has come but that holds nothing needed waits
+            // like any other: the retry time is no reason to wake again at once.)
+            let soon = Instant::now() + Duration::from_millis(500);
+            let until = queued_until.filter(|t| *t > Instant::now()).unwrap_or(soon);
+            (Duration::from_secs(24 * 3600), Some(until))
+        } else {
+            (shared.opts.response_timeout, None)
+        };
+        let msg = smol::future::or(async { Some(conn.recv(idle).await) }, async {
+            match wake {
+                Some(t) => {
+                    smol::future::or(listener, async {
+                        smol::Timer::at(t).await;
+                    })
+                    .await
+                }
+                None => listener.await,
+            }
             None
         })
         .await;
@@ -1352,6 +1538,9 @@ async fn source_loop(
                 if queued_until.take().is_some() {
                     shared.queued.lock().unwrap().remove(&me);
                 }
+                if let Some(r) = &shared.reciprocity {
+                    r.record(conn.node, chunk.data.len() as u64, Instant::now());
+                }
                 shared.cap.take(chunk.data.len() as u64).await;
                 if shared.sched.lock().unwrap().is_done(c) {
                     inflight.remove(&chunk.request);
@@ -1373,11 +1562,35 @@ async fn source_loop(
                 inflight.remove(&chunk.request);
                 let fresh = shared.sched.lock().unwrap().complete(c, len);
                 if fresh {
+                    // Verified and written: others may have it from us now.
+                    if let Some(p) = &shared.partial {
+                        p.mark(c);
+                    }
                     report.chunks += 1;
                     report.bytes += len;
                     shared.report_progress();
                     shared.changed.notify(usize::MAX);
                 }
+            }
+            Message::Bitfield { id, bits } => {
+                if id != shared.id || bits.len() as u64 != count.div_ceil(8) {
+                    return Err(Stop::Hostile(format!(
+                        "sent a bitfield of {} bytes for {}; {count} chunks need {}",
+                        bits.len(),
+                        id.short(),
+                        count.div_ceil(8)
+                    )));
+                }
+                shared.sched.lock().unwrap().set_holds(me, &bits);
+            }
+            Message::Have { id, index } => {
+                if id != shared.id || index as u64 >= count {
+                    return Err(Stop::Hostile(format!(
+                        "said it has chunk {index} of {}; the file has {count}",
+                        id.short()
+                    )));
+                }
+                shared.sched.lock().unwrap().add_hold(me, index as u64);
             }
             Message::Queued { request, position } => {
                 if !inflight.contains_key(&request) {
@@ -1431,21 +1644,66 @@ mod tests {
     #[test]
     fn scheduler_hands_out_each_chunk_once_then_endgame() {
         let mut s = Scheduler::new(3);
-        assert_eq!(s.next(0, true), Some(0));
-        assert_eq!(s.next(1, true), Some(1));
-        assert_eq!(s.next(0, true), Some(2));
+        assert_eq!(
+            s.next(0, true),
+            None,
+            "a source that has not said what it holds"
+        );
+        for src in 0..3 {
+            s.set_holds(src, &Scheduler::full_bits(3));
+        }
+        let mut given = vec![s.next(0, true).unwrap(), s.next(1, true).unwrap()];
+        given.push(s.next(0, true).unwrap());
+        given.sort();
+        assert_eq!(given, vec![0, 1, 2], "each chunk once");
         // Only a source with nothing in flight duplicates.
         assert_eq!(s.next(1, false), None);
-        // Endgame: source 1 duplicates a chunk it has not asked for, fewest requesters first.
-        let dup = s.next(1, true).unwrap();
-        assert_ne!(dup, 1);
+        // Endgame: source 2 duplicates a chunk, fewest requesters first.
+        let dup = s.next(2, true).unwrap();
         assert!(s.complete(dup, 10));
         assert!(!s.complete(dup, 10), "a second copy is not counted");
-        // A failing source's chunk goes back to the queue.
-        s.release(1, 1);
-        assert_eq!(s.next(2, false), Some(1));
+        // A failing source's chunk goes back: no longer endgame, anyone may take it.
+        let other = (0..3).find(|&c| c != dup).unwrap();
+        s.release(0, other);
+        s.release(1, other);
+        assert_eq!(s.next(2, false), Some(other));
         assert!(!s.all_done());
         assert_eq!(s.done_bitmap(), vec![1 << dup]);
+    }
+
+    #[test]
+    fn scheduler_asks_only_holders_and_the_rarest_first() {
+        let mut s = Scheduler::new(4);
+        // Source 0 holds everything; source 1 holds chunks 0 and 1; source 2 holds chunk 1.
+        s.set_holds(0, &Scheduler::full_bits(4));
+        s.set_holds(1, &[0b0011]);
+        s.set_holds(2, &[0b0000]);
+        s.add_hold(2, 1);
+        s.add_hold(2, 9); // out of range: ignored
+        assert_eq!(s.avail, vec![2, 3, 1, 1]);
+        // Source 1 gets its rarer chunk (0, held by two) before chunk 1 (held by three).
+        assert_eq!(s.next(1, false), Some(0));
+        assert_eq!(s.next(1, false), Some(1));
+        assert_eq!(
+            s.next(1, true),
+            None,
+            "nothing else it holds; no endgame yet"
+        );
+        // Source 0 gets what only it holds.
+        let mut rest = vec![s.next(0, false).unwrap(), s.next(0, false).unwrap()];
+        rest.sort();
+        assert_eq!(rest, vec![2, 3]);
+        s.forget_source(1);
+        assert_eq!(s.avail, vec![1, 2, 1, 1]);
+        // The random start spreads first picks among equally rare chunks.
+        let firsts: HashSet<u64> = (0..64)
+            .map(|_| {
+                let mut s = Scheduler::new(16);
+                s.set_holds(0, &Scheduler::full_bits(16));
+                s.next(0, false).unwrap()
+            })
+            .collect();
+        assert!(firsts.len() > 4, "first picks {firsts:?}");
     }
 
     #[test]

@@ -10,6 +10,8 @@
 //! - [`upload`]: serving manifests and chunks by content id, with upload slots and a queue.
 //! - [`rate`]: the token bucket behind the upload and download caps.
 //! - [`download`]: the multi-source downloader and its chunk [`download::Scheduler`].
+//! - [`swarm`]: files being downloaded served from their verified chunks, tit-for-tat
+//!   bookkeeping, and how long finished downloads are seeded.
 //! - [`search`]: grouping hits into one row per file.
 //! - [`control`]: the local control socket protocol between the CLI and the node.
 //! - [`tui`]: `leaf tui`, the terminal interface over the control socket.
@@ -36,6 +38,7 @@ mod overlay;
 pub mod rate;
 pub mod search;
 pub mod share;
+pub mod swarm;
 pub mod tags;
 pub mod tui;
 pub mod upload;

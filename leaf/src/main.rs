@@ -61,10 +61,41 @@ struct Cli {
     /// Downloads that run at once (others wait their turn).
     #[arg(long, env = "CANOPY_MAX_DOWNLOADS", default_value_t = 3, global = true, value_parser = clap::value_parser!(u16).range(1..))]
     max_downloads: u16,
+    /// Minutes a finished download goes on being served to others (0: stop at once; none:
+    /// as long as the node runs).
+    #[arg(long, env = "CANOPY_SEED_MINUTES", default_value = "60", value_parser = parse_seed_minutes, global = true)]
+    seed_minutes: SeedMinutes,
+    /// Stop seeding a finished download once this many times its size has been uploaded
+    /// (whichever of this and --seed-minutes comes first).
+    #[arg(long, env = "CANOPY_SEED_RATIO", global = true, value_parser = parse_ratio)]
+    seed_ratio: Option<f64>,
     #[command(flatten)]
     limits: superpeer::limits::LimitArgs,
     #[command(subcommand)]
     command: Command,
+}
+
+/// `--seed-minutes`: a number of minutes, or `none` for no time limit.
+#[derive(Debug, Clone, Copy)]
+struct SeedMinutes(Option<Duration>);
+
+fn parse_seed_minutes(text: &str) -> Result<SeedMinutes, String> {
+    if text.eq_ignore_ascii_case("none") {
+        return Ok(SeedMinutes(None));
+    }
+    match text.trim().parse::<f64>() {
+        Ok(m) if m >= 0.0 && m.is_finite() => {
+            Ok(SeedMinutes(Some(Duration::from_secs_f64(m * 60.0))))
+        }
+        _ => Err(format!("`{text}`: give minutes (0 or more) or `none`")),
+    }
+}
+
+fn parse_ratio(text: &str) -> Result<f64, String> {
+    match text.trim().parse::<f64>() {
+        Ok(r) if r >= 0.0 && r.is_finite() => Ok(r),
+        _ => Err(format!("`{text}`: give a ratio of 0 or more, e.g. 1.5")),
+    }
 }
 
 fn parse_rate(text: &str) -> Result<u64, String> {
@@ -167,6 +198,10 @@ fn real_main() -> anyhow::Result<()> {
     config.superpeer_listen = cli.superpeer_listen;
     config.superpeer_overlay.leaf_slots = cli.leaf_slots;
     config.limits = cli.limits.limits();
+    config.seeding = leaf::swarm::Seeding {
+        time: cli.seed_minutes.0,
+        ratio: cli.seed_ratio,
+    };
     if let Command::Tui { out } = &cli.command {
         let out = std::path::absolute(out)
             .with_context(|| format!("bad output folder {}", out.display()))?;

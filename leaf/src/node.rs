@@ -25,6 +25,7 @@ use crate::download::{self, DownloadOptions, DownloadReport, Progress};
 use crate::rate::RateLimit;
 use crate::search::{group_hits, SearchResult};
 use crate::share::{self, ShareDiff, ShareError, Shares};
+use crate::swarm::{PartialFile, Partials, Seeding, Spread};
 use crate::upload::UploadSlots;
 
 /// The share cache's file name in the data directory.
@@ -110,6 +111,8 @@ pub struct NodeConfig {
     /// What peers may send this node and make it hold (its chunk server, and its super-peer
     /// role if promoted).
     pub limits: superpeer::limits::Limits,
+    /// How long a finished download goes on being served to others.
+    pub seeding: Seeding,
 }
 
 impl NodeConfig {
@@ -136,6 +139,7 @@ impl NodeConfig {
             role: topology::RoleConfig::default(),
             superpeer_listen: None,
             limits: superpeer::limits::Limits::default(),
+            seeding: Seeding::default(),
         }
     }
 }
@@ -260,6 +264,11 @@ pub(crate) struct Inner {
     /// Serialises changes to the download queue file.
     pending_lock: Mutex<()>,
     pub(crate) slots: UploadSlots,
+    /// Files being downloaded, or seeded after, served from their verified chunks.
+    pub(crate) partials: Partials,
+    /// Whole files being fetched by several downloaders at once, shown a few chunks at a time.
+    pub(crate) spread: Spread,
+    seeding: Seeding,
     pub(crate) upload_cap: RateLimit,
     download_cap: RateLimit,
     download_gate: smol::lock::Semaphore,
@@ -357,7 +366,10 @@ impl Node {
             upload_streams: Mutex::new(HashMap::new()),
             upload_keys: AtomicU64::new(0),
             pending_lock: Mutex::new(()),
-            slots: UploadSlots::new(config.upload_slots),
+            slots: UploadSlots::new(config.upload_slots, Arc::default()),
+            partials: Mutex::new(HashMap::new()),
+            spread: Spread::default(),
+            seeding: config.seeding,
             upload_cap: RateLimit::new(config.upload_rate),
             download_cap: RateLimit::new(config.download_rate),
             download_gate: smol::lock::Semaphore::new(config.max_downloads.max(1)),
@@ -708,6 +720,11 @@ impl Node {
         })
         .await;
         self.inner.cancels.lock().unwrap().remove(&id);
+        // A finished download is seeded for a while; an unfinished one is no longer served.
+        match &result {
+            Ok(_) => self.seed(id),
+            Err(_) => self.unpublish(id),
+        }
         // Finished either way: it is not resumed on the next start. (A crash leaves it queued.)
         self.change_pending(|list| list.retain(|p| p.id != id));
         self.update_download(id, |t| {
@@ -810,8 +827,75 @@ impl Node {
             wait_for_sources,
             opts: self.inner.download_options.clone(),
             cap: self.inner.download_cap.clone(),
+            swarm: Some(download::SwarmHooks {
+                publish: {
+                    let node = self.clone();
+                    Box::new(move |p| node.publish(p))
+                },
+                reciprocity: self.inner.slots.reciprocity.clone(),
+                listen: self.inner.listen,
+            }),
         };
         Ok(download::download(job, Box::new(on_progress)).await?)
+    }
+
+    /// Serves a file being downloaded from its verified chunks, and registers it with the
+    /// super-peers so other downloaders find it.
+    fn publish(&self, p: Arc<PartialFile>) {
+        let record = p.record.clone();
+        self.inner.partials.lock().unwrap().insert(p.id, p);
+        if self.inner.listen.is_none()
+            || self.inner.shares.read().unwrap().get(&record.id).is_some()
+        {
+            return;
+        }
+        let _order = self.inner.announce_lock.lock().unwrap();
+        for link in self.inner.links.lock().unwrap().values() {
+            let _ = link.out.try_send(Message::Register {
+                files: vec![record.clone()],
+            });
+        }
+    }
+
+    /// Stops serving a file published by [`Node::publish`], withdrawing it from the
+    /// super-peers unless a shared folder holds it too.
+    fn unpublish(&self, id: FileId) {
+        if self.inner.partials.lock().unwrap().remove(&id).is_none() {
+            return;
+        }
+        if self.inner.listen.is_none() || self.inner.shares.read().unwrap().get(&id).is_some() {
+            return;
+        }
+        let _order = self.inner.announce_lock.lock().unwrap();
+        for link in self.inner.links.lock().unwrap().values() {
+            let _ = link.out.try_send(Message::Withdraw { ids: vec![id] });
+        }
+    }
+
+    /// Seeds a finished download as the seeding setting says, then stops serving it.
+    fn seed(&self, id: FileId) {
+        let Some(p) = self.inner.partials.lock().unwrap().get(&id).cloned() else {
+            return;
+        };
+        let node = self.clone();
+        let seeding = self.inner.seeding;
+        let task = smol::spawn(async move {
+            let finished = Instant::now();
+            while seeding.goes_on(
+                finished.elapsed(),
+                p.uploaded.load(Ordering::Relaxed),
+                p.manifest.size,
+            ) {
+                smol::Timer::after(Duration::from_millis(500)).await;
+            }
+            // A later download of the same file may have replaced this one.
+            let current = node.inner.partials.lock().unwrap().get(&id).cloned();
+            if current.is_some_and(|c| Arc::ptr_eq(&c, &p)) {
+                log::info!("done seeding {}", id.short());
+                node.unpublish(id);
+            }
+        });
+        self.inner.tasks.lock().unwrap().push(task);
     }
 
     /// Applies `change` to the running download of `id`; returns its new state.

@@ -1,16 +1,26 @@
-//! Serving chunks to other leaves: upload slots, a queue, cancels, and the upload cap.
+//! Serving chunks to other leaves: upload slots chosen tit-for-tat, a queue, cancels, the upload
+//! cap, and chunks of files still downloading.
 //!
 //! A downloader connects, says Hello, and sends manifest and chunk requests, several at a time.
-//! Requests name content ids only: the file is looked up among this node's shares, so nothing
-//! the network sends is ever used as a path, and a file that changed on disk since it was hashed
-//! is not served under its old id.
+//! Requests name content ids only: the file is looked up among this node's shares, or among
+//! the files it is downloading or seeding ([`crate::swarm::PartialFile`]), so nothing the
+//! network sends is ever used as a path, and a file that changed on disk since it was hashed
+//! is not served under its old id. Of a file still downloading, only chunks verified here are
+//! served; a request for any other is refused. `GetBitfield` is answered with the chunks held
+//! and then, while the connection lasts, a `Have` for each chunk verified.
 //!
-//! Chunks are served only to connections holding one of the node's upload slots. A connection
-//! that asks while every slot is taken joins a first-come-first-served queue and is answered
-//! `Queued { position }`; it keeps its place while it stays connected and asks again. Manifests
-//! need no slot. Every chunk sent takes its bytes from the node's upload cap first.
+//! Chunks are served only to connections holding one of the node's upload slots; others are
+//! answered `Queued { position }`, keep their place while they stay connected and ask again.
+//! Slots are handed out tit-for-tat ([`UploadSlots::acquire`]): a slot held for a round
+//! ([`ROUND`]) goes to a waiting peer that has uploaded more to this node lately
+//! ([`crate::swarm::Reciprocity`]), or, among peers that uploaded equally (nothing, say, to a
+//! seeder), to the one served least recently, so everyone gets turns. Once every
+//! [`OPTIMISTIC_EVERY`], the waiting peer served least recently takes a slot whatever it
+//! uploaded (the optimistic slot): a free rider is served, but after the others. Manifests
+//! and bitfields need no slot. Every chunk sent takes its bytes from the node's upload cap
+//! first.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -20,13 +30,19 @@ use std::time::{Duration, Instant};
 use smol::channel;
 use smol::net::TcpStream;
 use superpeer::net::{write_message, write_message_within, FrameReader};
-use superpeer::secure::SecureStream;
+use superpeer::secure::{SecureStream, SecureWriter};
 use wire::{ChunkMsg, Hello, ManifestMsg, Message, NodeId, Role, TransferErrorKind};
 
 use crate::node::Inner;
+use crate::swarm::{PartialFile, Reciprocity, ShownTo};
 
-/// A queued connection that has not asked again for this long loses its turn at the head.
+/// A queued connection that has not asked again for this long loses its turn at the head; a
+/// slot holder that has not asked for this long gives its slot up.
 const STALE_IN_QUEUE: Duration = Duration::from_secs(5);
+/// A slot is held at least this long before a waiting peer may take it.
+pub const ROUND: Duration = Duration::from_secs(3);
+/// How often the optimistic slot changes hands.
+pub const OPTIMISTIC_EVERY: Duration = Duration::from_secs(9);
 /// A downloader that takes longer than this to accept one message is dropped.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a connecting downloader has to say Hello.
@@ -45,25 +61,47 @@ pub struct UploadSlots {
     max: usize,
     next_conn: AtomicU64,
     state: Mutex<SlotState>,
+    /// What each peer uploaded to this node lately: the ranking of requesters.
+    pub reciprocity: Arc<Reciprocity>,
+}
+
+#[derive(Debug)]
+struct Holder {
+    conn: u64,
+    who: NodeId,
+    /// Whether it serves others (it gave a listen address).
+    serves: bool,
+    /// When it got the slot.
+    since: Instant,
+    /// When it last asked for a chunk.
+    asked: Instant,
 }
 
 #[derive(Debug, Default)]
 struct SlotState {
     /// Connections holding a slot.
-    active: Vec<u64>,
-    /// Connections waiting, first come first, with when each last asked.
-    queue: VecDeque<(u64, Instant)>,
+    active: Vec<Holder>,
+    /// Connections waiting, in the order they came, with who they are and when each last
+    /// asked.
+    queue: VecDeque<(u64, NodeId, bool, Instant)>,
     /// Node ids in the order they were granted a slot (most recent last).
     granted: VecDeque<NodeId>,
+    /// When each peer last held a slot (it was granted one, or gave one up).
+    last_served: HashMap<NodeId, Instant>,
+    /// When the optimistic slot last changed hands.
+    last_optimistic: Option<Instant>,
+    /// When the first peer asked (the optimistic clock starts there).
+    started: Option<Instant>,
 }
 
 impl UploadSlots {
-    /// `max` slots (at least one).
-    pub fn new(max: usize) -> Self {
+    /// `max` slots (at least one), ranking requesters by `reciprocity`.
+    pub fn new(max: usize, reciprocity: Arc<Reciprocity>) -> Self {
         UploadSlots {
             max: max.max(1),
             next_conn: AtomicU64::new(1),
             state: Mutex::new(SlotState::default()),
+            reciprocity,
         }
     }
 
@@ -71,52 +109,155 @@ impl UploadSlots {
         self.next_conn.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// A slot for `conn`, asking at `now`: `Ok` if it holds one (now or already), else its
-    /// place in the queue.
-    fn acquire(&self, conn: u64, who: NodeId, now: Instant) -> Result<(), u32> {
-        let mut s = self.state.lock().unwrap();
-        if s.active.contains(&conn) {
+    /// A slot for `conn` (peer `who`), asking at `now`: `Ok` if it holds one (now or
+    /// already), else its place in the queue.
+    ///
+    /// Waiting peers are ranked by what they uploaded to us lately, then by how long ago they
+    /// were last served (never: first), then by arrival. A free slot goes to the first in that
+    /// rank. A slot held for a [`ROUND`] goes to the first in rank if it ranks above the
+    /// holder (the holder counting as served now); and once every [`OPTIMISTIC_EVERY`] the
+    /// waiting peer served least recently takes the lowest-ranked slot held for a round.
+    pub fn acquire(&self, conn: u64, who: NodeId, now: Instant) -> Result<(), u32> {
+        self.acquire_as(conn, who, true, now)
+    }
+
+    /// [`UploadSlots::acquire`] for a peer that says whether it serves others (it gave a
+    /// listen address in its Hello). Between peers that uploaded equally to us, one that
+    /// serves ranks first: a peer that serves nobody is a free rider, served by the optimistic
+    /// slot and by slots nobody else wants.
+    pub fn acquire_as(
+        &self,
+        conn: u64,
+        who: NodeId,
+        serves: bool,
+        now: Instant,
+    ) -> Result<(), u32> {
+        let mut guard = self.state.lock().unwrap();
+        let s = &mut *guard;
+        let started = *s.started.get_or_insert(now);
+        if let Some(h) = s.active.iter_mut().find(|h| h.conn == conn) {
+            h.asked = now;
             return Ok(());
         }
-        if let Some(entry) = s.queue.iter_mut().find(|(c, _)| *c == conn) {
-            entry.1 = now;
+        match s.queue.iter_mut().find(|(c, _, _, _)| *c == conn) {
+            Some(entry) => entry.3 = now,
+            None => s.queue.push_back((conn, who, serves, now)),
         }
-        // A head of the queue that stopped asking must not hold up everyone behind it.
-        for _ in 0..s.queue.len() {
-            match s.queue.front() {
-                Some(&(c, asked))
-                    if c != conn && now.saturating_duration_since(asked) > STALE_IN_QUEUE =>
-                {
-                    s.queue.rotate_left(1);
-                }
-                _ => break,
+        // Holders that stopped asking (they need nothing more from us) give their slot up.
+        let idle: Vec<NodeId> = s
+            .active
+            .iter()
+            .filter(|h| now.saturating_duration_since(h.asked) > STALE_IN_QUEUE)
+            .map(|h| h.who)
+            .collect();
+        for w in idle {
+            s.last_served.insert(w, now);
+        }
+        s.active
+            .retain(|h| now.saturating_duration_since(h.asked) <= STALE_IN_QUEUE);
+        // Waiting peers that still ask, best first.
+        let score = |w: &NodeId| self.reciprocity.score(w, now);
+        let served = |s: &SlotState, w: &NodeId| s.last_served.get(w).copied();
+        let mut rank: Vec<(usize, (f64, bool), Option<Instant>)> = s
+            .queue
+            .iter()
+            .enumerate()
+            .filter(|(_, (c, _, _, asked))| {
+                *c == conn || now.saturating_duration_since(*asked) <= STALE_IN_QUEUE
+            })
+            .map(|(i, (_, w, serves, _))| (i, (score(w), *serves), served(s, w)))
+            .collect();
+        rank.sort_by(|a, b| {
+            b.1 .0
+                .total_cmp(&a.1 .0)
+                .then(b.1 .1.cmp(&a.1 .1)) // serving peers first
+                .then(a.2.cmp(&b.2)) // None (never served) first
+                .then(a.0.cmp(&b.0))
+        });
+        let place = rank
+            .iter()
+            .position(|(i, _, _)| s.queue[*i].0 == conn)
+            .expect("conn is in the queue");
+        let my_rank = rank[place].1;
+        let my_served = rank[place].2;
+        let grant = |s: &mut SlotState, replace: Option<usize>, optimistic: bool| {
+            if let Some(k) = replace {
+                let old = s.active.remove(k);
+                s.last_served.insert(old.who, now);
+                // The holder waits again, keeping its connection's place.
+                s.queue
+                    .push_back((old.conn, old.who, old.serves, old.asked));
             }
-        }
-        let first_in_line = s.queue.front().is_none_or(|(c, _)| *c == conn);
-        if s.active.len() < self.max && first_in_line {
-            s.queue.retain(|(c, _)| *c != conn);
-            s.active.push(conn);
+            s.queue.retain(|(c, _, _, _)| *c != conn);
+            s.active.push(Holder {
+                conn,
+                who,
+                serves,
+                since: now,
+                asked: now,
+            });
+            s.last_served.insert(who, now);
+            if optimistic {
+                s.last_optimistic = Some(now);
+            }
             s.granted.push_back(who);
             if s.granted.len() > GRANTS_KEPT {
                 s.granted.pop_front();
             }
+        };
+        if place == 0 && s.active.len() < self.max {
+            grant(s, None, false);
             return Ok(());
         }
-        let place = match s.queue.iter().position(|(c, _)| *c == conn) {
-            Some(i) => i,
-            None => {
-                s.queue.push_back((conn, now));
-                s.queue.len() - 1
+        // Holders whose round is over, lowest rank first (a holder counts as served now).
+        let mut expired: Vec<(usize, (f64, bool), Instant)> = s
+            .active
+            .iter()
+            .enumerate()
+            .filter(|(_, h)| now.saturating_duration_since(h.since) >= ROUND)
+            .map(|(k, h)| (k, (score(&h.who), h.serves), h.since))
+            .collect();
+        expired.sort_by(|a, b| {
+            a.1 .0
+                .total_cmp(&b.1 .0)
+                .then(a.1 .1.cmp(&b.1 .1))
+                .then(a.2.cmp(&b.2))
+        });
+        if let Some(&(k, holder_rank, _)) = expired.first() {
+            // Tit-for-tat: the best waiting peer takes the slot of a holder it outranks (or
+            // equals: the holder counts as served now).
+            let outranks = my_rank.0 > holder_rank.0
+                || (my_rank.0 == holder_rank.0 && my_rank.1 >= holder_rank.1);
+            if place == 0 && outranks {
+                grant(s, Some(k), false);
+                return Ok(());
             }
-        };
+            // Optimistic: the peer served least recently, whatever it uploaded.
+            let least_recent = rank
+                .iter()
+                .map(|(_, _, served)| *served)
+                .min()
+                .expect("conn is ranked");
+            let due = now.saturating_duration_since(s.last_optimistic.unwrap_or(started))
+                >= OPTIMISTIC_EVERY;
+            if due && my_served == least_recent {
+                grant(s, Some(k), true);
+                return Ok(());
+            }
+        }
         Err(place as u32 + 1)
     }
 
     /// `conn` is gone: free its slot or its place.
     fn release(&self, conn: u64) {
         let mut s = self.state.lock().unwrap();
-        s.active.retain(|c| *c != conn);
-        s.queue.retain(|(c, _)| *c != conn);
+        let now = Instant::now();
+        if let Some(h) = s.active.iter().find(|h| h.conn == conn) {
+            let who = h.who;
+            s.last_served.insert(who, now);
+        }
+        s.active.retain(|h| h.conn != conn);
+        s.queue.retain(|(c, _, _, _)| *c != conn);
     }
 
     /// How many slots there are.
@@ -164,7 +305,7 @@ async fn serve_inner(node: &Inner, stream: SecureStream<TcpStream>) -> Result<()
     let mut writer = stream.writer;
     let mut reader = FrameReader::new(stream.reader);
     let mut scratch = Vec::new();
-    let who = match reader
+    let (who, serves) = match reader
         .read_message_within(HELLO_TIMEOUT)
         .await
         .map_err(|e| e.to_string())?
@@ -176,7 +317,7 @@ async fn serve_inner(node: &Inner, stream: SecureStream<TcpStream>) -> Result<()
                 stream.peer.short()
             ))
         }
-        Message::Hello(h) if h.version == wire::PROTOCOL_VERSION => h.node,
+        Message::Hello(h) if h.version == wire::PROTOCOL_VERSION => (h.node, h.listen.is_some()),
         Message::Hello(h) => return Err(format!("protocol version {}", h.version)),
         other => return Err(format!("{} before Hello", other.kind())),
     };
@@ -213,21 +354,67 @@ async fn serve_inner(node: &Inner, stream: SecureStream<TcpStream>) -> Result<()
     });
     let mut pending: VecDeque<Message> = VecDeque::new();
     let mut last_request = Instant::now();
+    // Files still downloading that this downloader asked the bitfield of, with the bits it
+    // has been told of: each chunk verified since is sent as a Have.
+    let mut subscribed: Vec<(Arc<PartialFile>, Vec<u8>)> = Vec::new();
+    // A whole file several downloaders fetch at once: what this one has been shown.
+    let mut shown: Option<ShownTo> = None;
     let result = loop {
+        if let Err(e) = send_haves(&mut writer, &mut scratch, &mut subscribed).await {
+            break Err(e);
+        }
+        if let Some(view) = shown.as_mut() {
+            let mut failed = None;
+            for c in node.spread.pick(view.id, view) {
+                let have = Message::Have {
+                    id: view.id,
+                    index: c as u32,
+                };
+                if let Err(e) =
+                    write_message_within(&mut writer, &have, &mut scratch, WRITE_TIMEOUT).await
+                {
+                    failed = Some(e.to_string());
+                    break;
+                }
+            }
+            if let Some(e) = failed {
+                break Err(e);
+            }
+        }
         let msg = match pending.pop_front() {
             Some(m) => m,
             None => {
                 // Idle only counts while there is nothing to serve.
                 let until = last_request + IDLE_TIMEOUT;
-                let next = smol::future::or(async { Some(rx.recv().await) }, async {
-                    smol::Timer::at(until).await;
-                    None
+                let gained = subscribed.first().map(|(p, _)| p.changed.listen());
+                let next = smol::future::or(async { Some(Some(rx.recv().await)) }, async {
+                    match gained {
+                        // A chunk verified here: tell the downloader, then wait again.
+                        Some(l) => {
+                            smol::future::or(
+                                async {
+                                    l.await;
+                                    Some(None)
+                                },
+                                async {
+                                    smol::Timer::at(until).await;
+                                    None
+                                },
+                            )
+                            .await
+                        }
+                        None => {
+                            smol::Timer::at(until).await;
+                            None
+                        }
+                    }
                 })
                 .await;
                 match next {
-                    Some(Ok(Ok(m))) => m,
-                    Some(Ok(Err(e))) => break Err(e),
-                    Some(Err(_)) => break Ok(()),
+                    Some(Some(Ok(Ok(m)))) => m,
+                    Some(Some(Ok(Err(e)))) => break Err(e),
+                    Some(Some(Err(_))) => break Ok(()),
+                    Some(None) => continue,
                     None => break Err(format!("no request for {IDLE_TIMEOUT:?}")),
                 }
             }
@@ -253,26 +440,81 @@ async fn serve_inner(node: &Inner, stream: SecureStream<TcpStream>) -> Result<()
             break Err(format!("more than {MAX_PENDING} requests waiting"));
         }
         let reply = match msg {
-            Message::GetManifest { request, id } => match node.shares.read().unwrap().get(&id) {
-                Some(f) => {
-                    let m = f.manifest();
-                    Message::Manifest(ManifestMsg {
-                        request,
-                        id,
-                        size: m.size,
-                        chunk_size: m.chunk_size,
-                        cvs: m.cvs,
-                    })
-                }
+            Message::GetManifest { request, id } => match manifest_of(node, &id) {
+                Some(m) => Message::Manifest(ManifestMsg {
+                    request,
+                    id,
+                    size: m.size,
+                    chunk_size: m.chunk_size,
+                    cvs: m.cvs,
+                }),
                 None => not_shared(request, id),
             },
+            Message::GetBitfield { id } => {
+                let shared = node.shares.read().unwrap().get(&id);
+                let partial = node.partials.lock().unwrap().get(&id).cloned();
+                match (shared, partial) {
+                    (Some(f), _) => {
+                        let count = f.manifest().chunk_count();
+                        if shown.is_none() && node.spread.join(id, count) {
+                            // Others fetch it from here too: show it a few chunks at a time.
+                            shown = Some(ShownTo::new(id, count));
+                            Message::Bitfield {
+                                id,
+                                bits: vec![0; count.div_ceil(8) as usize],
+                            }
+                        } else {
+                            if shown.is_none() {
+                                // Counted as a downloader of it, shown everything.
+                                shown = Some(ShownTo::new(id, count));
+                                if let Some(v) = shown.as_mut() {
+                                    v.shown = crate::download::Scheduler::full_bits(count);
+                                }
+                            }
+                            Message::Bitfield {
+                                id,
+                                bits: crate::download::Scheduler::full_bits(count),
+                            }
+                        }
+                    }
+                    (None, Some(p)) => {
+                        let bits = p.bits();
+                        subscribed.retain(|(q, _)| q.id != id);
+                        subscribed.push((p, bits.clone()));
+                        Message::Bitfield { id, bits }
+                    }
+                    (None, None) => not_shared(0, id),
+                }
+            }
             Message::GetChunk { request, id, index } => {
-                match node.slots.acquire(conn, who, Instant::now()) {
+                if let Some(v) = shown.as_mut().filter(|v| v.id == id) {
+                    if (index as usize) < v.asked.len() * 8 {
+                        crate::swarm::set_bit(&mut v.asked, index as u64);
+                    }
+                }
+                match node.slots.acquire_as(conn, who, serves, Instant::now()) {
                     Err(position) => Message::Queued { request, position },
                     Ok(()) => serve_chunk(node, request, id, index).await,
                 }
             }
             Message::Cancel { .. } | Message::Pong { .. } => continue,
+            // The downloader tells what it has: shown chunks it got elsewhere are replaced.
+            Message::Bitfield { id, bits } => {
+                if let Some(v) = shown.as_mut().filter(|v| v.id == id) {
+                    if bits.len() == v.has.len() {
+                        v.has = bits;
+                    }
+                }
+                continue;
+            }
+            Message::Have { id, index } => {
+                if let Some(v) = shown.as_mut().filter(|v| v.id == id) {
+                    if (index as usize) < v.has.len() * 8 {
+                        crate::swarm::set_bit(&mut v.has, index as u64);
+                    }
+                }
+                continue;
+            }
             Message::Ping { nonce } => Message::Pong { nonce },
             Message::Goodbye { .. } => break Ok(()),
             other => {
@@ -290,12 +532,104 @@ async fn serve_inner(node: &Inner, stream: SecureStream<TcpStream>) -> Result<()
         }
     };
     read_ahead.cancel().await;
+    if let Some(view) = &shown {
+        node.spread.leave(view.id);
+    }
     result
 }
 
+/// Tells the downloader of every chunk verified since it was last told, for each file still
+/// downloading whose bitfield it asked for.
+async fn send_haves(
+    writer: &mut SecureWriter<TcpStream>,
+    scratch: &mut Vec<u8>,
+    subscribed: &mut [(Arc<PartialFile>, Vec<u8>)],
+) -> Result<(), String> {
+    for (p, told) in subscribed.iter_mut() {
+        if p.have_count() == told.iter().map(|b| b.count_ones() as u64).sum::<u64>() {
+            continue;
+        }
+        let now = p.bits();
+        for c in 0..p.manifest.chunk_count() {
+            if crate::swarm::bit(&now, c) && !crate::swarm::bit(told, c) {
+                let have = Message::Have {
+                    id: p.id,
+                    index: c as u32,
+                };
+                write_message_within(writer, &have, scratch, WRITE_TIMEOUT)
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+        }
+        *told = now;
+    }
+    Ok(())
+}
+
+/// The manifest of a shared file, or of one downloading or seeding here.
+fn manifest_of(node: &Inner, id: &wire::FileId) -> Option<wire::Manifest> {
+    if let Some(f) = node.shares.read().unwrap().get(id) {
+        return Some(f.manifest());
+    }
+    let partial = node.partials.lock().unwrap().get(id).cloned();
+    partial.map(|p| p.manifest.clone())
+}
+
+/// A chunk of a file downloading or seeding here: only if it is verified.
+async fn serve_partial(node: &Inner, p: Arc<PartialFile>, request: u32, index: u32) -> Message {
+    let id = p.id;
+    let count = p.manifest.chunk_count();
+    if index as u64 >= count {
+        return Message::TransferError {
+            request,
+            id,
+            kind: TransferErrorKind::BadIndex,
+            message: format!("chunk {index} of {count}"),
+        };
+    }
+    if !p.has(index as u64) {
+        return Message::TransferError {
+            request,
+            id,
+            kind: TransferErrorKind::Unavailable,
+            message: format!("chunk {index} is not verified here yet"),
+        };
+    }
+    let source = p.clone();
+    match smol::unblock(move || source.read_chunk(index as u64)).await {
+        Ok(data) => {
+            node.upload_cap.take(data.len() as u64).await;
+            node.uploaded_chunks.fetch_add(1, Ordering::Relaxed);
+            node.uploaded_bytes
+                .fetch_add(data.len() as u64, Ordering::Relaxed);
+            p.uploaded.fetch_add(data.len() as u64, Ordering::Relaxed);
+            Message::Chunk(ChunkMsg {
+                request,
+                id,
+                index,
+                data,
+            })
+        }
+        Err(e) => {
+            log::warn!("cannot read chunk {index} of {}: {e}", id.short());
+            Message::TransferError {
+                request,
+                id,
+                kind: TransferErrorKind::Unavailable,
+                message: "the file cannot be read".into(),
+            }
+        }
+    }
+}
+
 async fn serve_chunk(node: &Inner, request: u32, id: wire::FileId, index: u32) -> Message {
-    let Some(f) = node.shares.read().unwrap().get(&id) else {
-        return not_shared(request, id);
+    let shared = node.shares.read().unwrap().get(&id);
+    let Some(f) = shared else {
+        let partial = node.partials.lock().unwrap().get(&id).cloned();
+        return match partial {
+            Some(p) => serve_partial(node, p, request, index).await,
+            None => not_shared(request, id),
+        };
     };
     let m = f.manifest();
     if index as u64 >= m.chunk_count() {
@@ -325,6 +659,7 @@ async fn serve_chunk(node: &Inner, request: u32, id: wire::FileId, index: u32) -
             node.uploaded_chunks.fetch_add(1, Ordering::Relaxed);
             node.uploaded_bytes
                 .fetch_add(data.len() as u64, Ordering::Relaxed);
+            node.spread.sent(id, index as u64);
             Message::Chunk(ChunkMsg {
                 request,
                 id,
@@ -359,7 +694,7 @@ mod tests {
 
     #[test]
     fn slots_go_first_come_first_served() {
-        let slots = UploadSlots::new(2);
+        let slots = UploadSlots::new(2, Arc::default());
         let who = |n: u8| NodeId([n; 32]);
         let t = Instant::now();
         assert_eq!(slots.acquire(1, who(1), t), Ok(()));
@@ -386,7 +721,7 @@ mod tests {
 
     #[test]
     fn a_queue_head_that_stops_asking_loses_its_turn() {
-        let slots = UploadSlots::new(1);
+        let slots = UploadSlots::new(1, Arc::default());
         let who = |n: u8| NodeId([n; 32]);
         let t = Instant::now();
         assert_eq!(slots.acquire(1, who(1), t), Ok(()));
@@ -397,5 +732,87 @@ mod tests {
         let later = t + STALE_IN_QUEUE + Duration::from_secs(1);
         assert_eq!(slots.acquire(3, who(3), later), Ok(()));
         assert_eq!(slots.acquire(2, who(2), later), Err(1));
+    }
+
+    #[test]
+    fn peers_that_upload_back_take_expired_slots_and_free_riders_wait_their_optimistic_turn() {
+        let slots = UploadSlots::new(1, Arc::default());
+        let who = |n: u8| NodeId([n; 32]);
+        let t = Instant::now();
+        // Peer 2 has uploaded to us; peer 3 never has (a free rider).
+        slots.reciprocity.record(who(2), 1 << 20, t);
+        assert_eq!(
+            slots.acquire(3, who(3), t),
+            Ok(()),
+            "a free slot goes to whoever asks"
+        );
+        assert_eq!(slots.acquire(2, who(2), t), Err(1));
+        // Within the round the holder keeps its slot; after it, the uploader takes it.
+        let t1 = t + ROUND / 2;
+        assert_eq!(slots.acquire(3, who(3), t1), Ok(()));
+        assert_eq!(slots.acquire(2, who(2), t1), Err(1));
+        let t2 = t + ROUND;
+        assert_eq!(slots.acquire(2, who(2), t2), Ok(()));
+        assert_eq!(slots.acquire(3, who(3), t2), Err(1));
+        // The free rider does not outrank the uploader when the round is over again...
+        let t3 = t2 + ROUND;
+        slots.reciprocity.record(who(2), 1 << 20, t3);
+        assert_eq!(slots.acquire(2, who(2), t3), Ok(()));
+        assert_eq!(slots.acquire(3, who(3), t3), Err(1));
+        // ...until the optimistic slot is due: then it is served (least recently served).
+        let t4 = t + OPTIMISTIC_EVERY;
+        slots.reciprocity.record(who(2), 1 << 20, t4);
+        assert_eq!(slots.acquire(2, who(2), t4), Ok(()));
+        assert_eq!(slots.acquire(3, who(3), t4), Ok(()), "the optimistic turn");
+        assert_eq!(slots.acquire(2, who(2), t4), Err(1));
+        assert_eq!(slots.grants(), vec![who(3), who(2), who(3)]);
+    }
+
+    #[test]
+    fn equal_peers_take_turns_round_by_round() {
+        // A seeder: nobody uploads to it, so every slot rotates once its round is over.
+        let slots = UploadSlots::new(2, Arc::default());
+        let who = |n: u8| NodeId([n; 32]);
+        let t = Instant::now();
+        for n in 1..=4u8 {
+            let _ = slots.acquire(n as u64, who(n), t);
+        }
+        let t1 = t + ROUND;
+        // 1 and 2 still ask, but 3 and 4 have waited: they take the slots.
+        let _ = slots.acquire(1, who(1), t1);
+        let _ = slots.acquire(2, who(2), t1);
+        assert_eq!(slots.acquire(3, who(3), t1), Ok(()));
+        assert_eq!(slots.acquire(4, who(4), t1), Ok(()));
+        assert!(slots.acquire(1, who(1), t1).is_err());
+        assert!(slots.acquire(2, who(2), t1).is_err());
+        let mut grants = slots.grants();
+        grants.sort_by_key(|n| n.0[0]);
+        assert_eq!(grants, vec![who(1), who(2), who(3), who(4)]);
+    }
+
+    #[test]
+    fn a_peer_that_serves_nobody_ranks_after_equal_peers_that_do() {
+        // At a seeder nobody uploads back; a downloader that serves others still goes first.
+        let slots = UploadSlots::new(1, Arc::default());
+        let who = |n: u8| NodeId([n; 32]);
+        let t = Instant::now();
+        assert_eq!(slots.acquire_as(1, who(1), true, t), Ok(()));
+        assert_eq!(slots.acquire_as(9, who(9), false, t), Err(1));
+        assert_eq!(
+            slots.acquire_as(2, who(2), true, t),
+            Err(1),
+            "ahead of the free rider"
+        );
+        let t1 = t + ROUND;
+        assert_eq!(slots.acquire_as(9, who(9), false, t1), Err(2));
+        assert_eq!(
+            slots.acquire_as(2, who(2), true, t1),
+            Ok(()),
+            "the next serving peer"
+        );
+        // The free rider is served in its optimistic turn.
+        let t2 = t + OPTIMISTIC_EVERY;
+        assert_eq!(slots.acquire_as(9, who(9), false, t2), Ok(()));
+        assert_eq!(slots.acquire_as(1, who(1), true, t2), Err(1));
     }
 }

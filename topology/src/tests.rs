@@ -318,7 +318,10 @@ fn silent_connections_are_pinged_then_closed() {
     let later = net.now + cfg.idle_timeout + Duration::from_secs(1);
     net.sps[0].handle_timeout(later);
     net.drain(0);
-    assert!(net.closed.iter().any(|(_, _, r)| r.contains("silent")));
+    assert!(net
+        .closed
+        .iter()
+        .any(|(_, _, r)| r.contains("idle_timeout")));
     assert_eq!(net.sps[0].stats().leaves, 0);
 }
 

@@ -236,6 +236,19 @@ mod tests {
                     message,
                 }
             }),
+            arb_bytes::<32>().prop_map(|id| Message::GetBitfield { id: FileId(id) }),
+            (
+                arb_bytes::<32>(),
+                prop::collection::vec(any::<u8>(), 0..600)
+            )
+                .prop_map(|(id, bits)| Message::Bitfield {
+                    id: FileId(id),
+                    bits
+                }),
+            (arb_bytes::<32>(), any::<u32>()).prop_map(|(id, index)| Message::Have {
+                id: FileId(id),
+                index
+            }),
         ]
     }
 

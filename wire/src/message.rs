@@ -392,6 +392,28 @@ pub enum Message {
         /// Detail for logs.
         message: String,
     },
+    /// Ask a source which chunks of a file it holds verified. It answers [`Message::Bitfield`]
+    /// and from then on sends [`Message::Have`] for every chunk it verifies while the
+    /// connection lasts (a source still downloading the file gains chunks as it goes).
+    GetBitfield {
+        /// The file.
+        id: FileId,
+    },
+    /// The chunks of a file the sender holds verified: bit `c % 8` of byte `c / 8` for chunk
+    /// `c`, one bit per chunk of the manifest.
+    Bitfield {
+        /// The file.
+        id: FileId,
+        /// The bits.
+        bits: Vec<u8>,
+    },
+    /// The sender has verified one more chunk of a file (after a [`Message::Bitfield`]).
+    Have {
+        /// The file.
+        id: FileId,
+        /// The chunk.
+        index: u32,
+    },
 }
 
 impl Message {
@@ -416,6 +438,9 @@ impl Message {
             Message::Queued { .. } => "Queued",
             Message::Cancel { .. } => "Cancel",
             Message::TransferError { .. } => "TransferError",
+            Message::GetBitfield { .. } => "GetBitfield",
+            Message::Bitfield { .. } => "Bitfield",
+            Message::Have { .. } => "Have",
         }
     }
 }

@@ -1,4 +1,4 @@
-//! Case 6, load (issue 7): one `superpeer` process on 127.0.0.1 takes 1,000 leaf connections,
+//! Case 7, load (issue 7): one `superpeer` process on 127.0.0.1 takes 1,000 leaf connections,
 //! each registering 100 records drawn from the corpus, then 50 leaves search at once for 30 s.
 //!
 //! Every connection runs the Noise handshake, and the super-peer keeps its default limits but
@@ -27,7 +27,7 @@ use crate::procs::{cpu_time_of, memory_of, Scratch};
 use crate::report::{percentile, Row, Verdict};
 use crate::wirenet::{wait_indexed, WireLeaf};
 
-const CASE: &str = "6 load";
+const CASE: &str = "7 load";
 /// Time between two queries of one searcher.
 const PACE: Duration = Duration::from_millis(250);
 /// A query unanswered for this long is an error.
@@ -73,7 +73,7 @@ pub fn run(ctx: &Ctx) -> anyhow::Result<Vec<Row>> {
     let queries = Arc::new(queries);
 
     let scratch = Scratch::create(ctx.scratch.join("load"))?;
-    let logs = ctx.log_dir("6-load")?;
+    let logs = ctx.log_dir("7-load")?;
     let log = logs.join("superpeer.log");
     let any: SocketAddr = "127.0.0.1:0".parse().expect("valid address");
     let room = (n_leaves + n_searchers + 100).to_string();

@@ -1,4 +1,4 @@
-//! The five cases of issue 6, and what they share: starting super-peers, sharing leaves and
+//! The five cases of issue 6 and the swarm case of issue 9, and what they share: starting super-peers, sharing leaves and
 //! nginx servers (on the host or on a testbed host), and asking the network for sources.
 
 pub mod ingest;
@@ -7,6 +7,7 @@ pub mod multisource;
 pub mod raw;
 pub mod search;
 pub mod sharing;
+pub mod swarm;
 
 use std::fs;
 use std::net::{SocketAddr, TcpListener};
@@ -102,7 +103,7 @@ pub fn superpeer_with(
     cmd.args(extra);
     // The harness plays many hosts from one address, and its throughput probe many users
     // through a few connections: the limits against exactly that are lifted (unless the case
-    // sets them itself, as case 6 does).
+    // sets them itself, as case 7 does).
     for (flag, value) in BENCH_LIMITS {
         if !extra.iter().any(|e| e == flag) {
             cmd.arg(flag).arg(value);

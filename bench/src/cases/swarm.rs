@@ -1,0 +1,436 @@
+//! Case 6, swarm distribution (issue 9): one seeder and N = 10 and 30 leechers, every one of
+//! them on its own testbed host with its upload capped at the same rate R, all asking for the
+//! same file (100 MiB) at once. Reported: the time until every leecher has the file, against
+//! the single-source lower bound size/R and the naive N·size/R (the seeder serving everyone
+//! alone).
+//!
+//! Canopy: a `leaf share` node on every host (the seeder shares the file; each leecher shares
+//! an empty folder and seeds whatever it downloads), then `leaf get ID` to each leecher's
+//! running node at the same moment; a leecher is done when the file appears under its final
+//! name (it appears only once verified whole). Reference: BitTorrent with `aria2c` (Debian's
+//! package) on the same hosts and caps, with `opentracker` as the tracker on the super-peer's
+//! host and a torrent made by `mktorrent` with the same piece size as Canopy's chunks (256
+//! KiB); a leecher is done when aria2c runs its download-complete hook. Both sides keep
+//! seeding once done, and both find peers by asking again every few seconds (Canopy's
+//! re-query schedule; aria2c `--bt-tracker-interval=5`).
+
+use std::fs;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+
+use super::{check_file, command, fresh_dir, share_node, superpeer, Ctx};
+use crate::data;
+use crate::procs::{output, Proc, Scratch};
+use crate::report::{Row, Verdict};
+use crate::setup::find_program;
+use crate::testbed::{Host, Testbed};
+
+const CASE: &str = "6 swarm";
+/// Every host's upload cap, Mbit/s.
+const CAP_MBIT: u32 = 20;
+/// The issue's target for N = 30: all done within this many times size/R.
+const TARGET: f64 = 1.3;
+
+/// Finish times of one run, from the moment every `get` was started.
+struct Run {
+    done: Vec<Duration>,
+}
+
+impl Run {
+    fn last(&self) -> Duration {
+        self.done.iter().copied().max().unwrap_or_default()
+    }
+
+    fn first(&self) -> Duration {
+        self.done.iter().copied().min().unwrap_or_default()
+    }
+}
+
+/// Runs the case on a fresh testbed.
+pub fn run(ctx: &Ctx) -> anyhow::Result<Vec<Row>> {
+    let aria2c = ctx.refs.get("aria2c")?;
+    let (opentracker, mktorrent) = bittorrent_tools()?;
+    let size: u64 = if ctx.quick { 16 << 20 } else { 100 << 20 };
+    let counts: &[usize] = if ctx.quick { &[4, 8] } else { &[10, 30] };
+    let most = *counts.iter().max().expect("counts");
+    let cap_bytes = CAP_MBIT as f64 * 1e6 / 8.0;
+    let ideal = size as f64 / cap_bytes;
+
+    let scratch = Scratch::create(ctx.scratch.join("swarm"))?;
+    let logs = ctx.log_dir("6-swarm")?;
+    let share = scratch.dir("share")?;
+    let name = format!("canopy-swarm-{}MiB.bin", size >> 20);
+    eprintln!("case {CASE}: writing a {} MiB file", size >> 20);
+    let id = data::noise_file(&share.join(&name), size, "swarm file")?;
+    eprintln!(
+        "case {CASE}: testbed of {} hosts, each upload capped at {CAP_MBIT} Mbit/s",
+        most + 1
+    );
+    let tb = Testbed::create(most + 1, CAP_MBIT)?;
+    let seed_host = &tb.sources[0];
+    let leech_hosts = &tb.sources[1..];
+    let limit = Duration::from_secs_f64(6.0 * ideal + 120.0);
+
+    // Canopy.
+    let sp_listen = SocketAddr::new(tb.superpeer.ip.into(), 7700);
+    let (sp_proc, sp) = superpeer(
+        &ctx.bins,
+        Some(&tb.superpeer),
+        sp_listen,
+        &scratch.dir("sp")?,
+        &logs.join("superpeer.log"),
+    )?;
+    let seed_dir = scratch.dir("seeder")?;
+    let seeder = share_node(
+        &ctx.bins,
+        Some(seed_host),
+        &seed_dir,
+        sp,
+        SocketAddr::new(seed_host.ip.into(), 7000),
+        &[&share],
+        &logs.join("leaf-seeder.log"),
+    )?;
+    let mut ours = Vec::new();
+    for &n in counts {
+        eprintln!("case {CASE}: Canopy, {n} leechers");
+        let before = uploaded_bytes(&ctx.bins.leaf, &seed_dir)?;
+        let run = canopy_run(
+            ctx,
+            &scratch,
+            &logs,
+            sp,
+            &leech_hosts[..n],
+            &id,
+            &name,
+            size,
+            limit,
+        )?;
+        let after = uploaded_bytes(&ctx.bins.leaf, &seed_dir)?;
+        eprintln!(
+            "  all done in {:.1} s ({:.2}× size/R; first {:.1} s); the seeder sent {:.2}× the file",
+            run.last().as_secs_f64(),
+            run.last().as_secs_f64() / ideal,
+            run.first().as_secs_f64(),
+            after.saturating_sub(before) as f64 / size as f64
+        );
+        ours.push((n, run, after.saturating_sub(before)));
+    }
+    drop(seeder);
+    drop(sp_proc);
+
+    // BitTorrent: aria2c with opentracker (Debian builds it to serve only the torrents of
+    // its whitelist).
+    let torrent = scratch.path().join(format!("{name}.torrent"));
+    output(
+        Command::new(&mktorrent)
+            .args(["-l", "18", "-a"])
+            .arg(format!("http://{}:6969/announce", tb.superpeer.ip))
+            .arg("-o")
+            .arg(&torrent)
+            .arg(share.join(&name)),
+    )
+    .context("making the torrent")?;
+    let shown = output(Command::new(&aria2c).arg("-S").arg(&torrent))?;
+    let info_hash = shown
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Info Hash: "))
+        .context("aria2c -S shows no info hash")?
+        .trim()
+        .to_string();
+    let tracker_dir = scratch.dir("tracker")?;
+    fs::write(tracker_dir.join("whitelist"), format!("{info_hash}\n"))
+        .context("writing the tracker's whitelist")?;
+    let tracker = Proc::spawn(
+        "opentracker",
+        {
+            let mut c = tb.superpeer.command(&opentracker);
+            c.args([
+                "-i",
+                &tb.superpeer.ip.to_string(),
+                "-p",
+                "6969",
+                "-P",
+                "6969",
+            ])
+            .arg("-d")
+            .arg(&tracker_dir)
+            .args(["-w", "whitelist"]);
+            c
+        },
+        &logs.join("opentracker.log"),
+    )?;
+    std::thread::sleep(Duration::from_millis(500));
+    let hook = scratch.path().join("done-hook.sh");
+    fs::write(&hook, "#!/bin/sh\ntouch \"$3.done\"\n").context("writing the aria2c hook")?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(&hook, fs::Permissions::from_mode(0o755))?;
+    }
+    let mut bt_seed = aria2c_cmd(seed_host, &aria2c, &torrent, &share, &hook);
+    bt_seed.args(["--check-integrity=true", "--bt-seed-unverified=false"]);
+    let mut bt_seeder = Proc::spawn("aria2c seeder", bt_seed, &logs.join("aria2c-seeder.log"))?;
+    // The seeder checks its copy before it seeds.
+    std::thread::sleep(Duration::from_secs(if ctx.quick { 2 } else { 5 }));
+    bt_seeder.check_running()?;
+    let mut theirs = Vec::new();
+    for &n in counts {
+        eprintln!("case {CASE}: aria2c (BitTorrent), {n} leechers");
+        let mut leechers = Vec::new();
+        let mut outs = Vec::new();
+        let start = Instant::now();
+        for (i, h) in leech_hosts[..n].iter().enumerate() {
+            let out = scratch.path().join(format!("bt-n{n}-l{i}"));
+            fresh_dir(&out)?;
+            let cmd = aria2c_cmd(h, &aria2c, &torrent, &out, &hook);
+            leechers.push(Proc::spawn(
+                "aria2c leecher",
+                cmd,
+                &logs.join(format!("aria2c-n{n}-l{}.log", i + 1)),
+            )?);
+            outs.push(out.join(format!("{name}.done")));
+        }
+        let run = wait_all(&outs, start, limit, &mut leechers)?;
+        eprintln!(
+            "  all done in {:.1} s ({:.2}× size/R; first {:.1} s)",
+            run.last().as_secs_f64(),
+            run.last().as_secs_f64() / ideal,
+            run.first().as_secs_f64()
+        );
+        for i in 0..n {
+            check_file(
+                &scratch.path().join(format!("bt-n{n}-l{i}")).join(&name),
+                size,
+                &id,
+            )
+            .context("aria2c's file")?;
+        }
+        theirs.push(run);
+        drop(leechers);
+    }
+    drop(bt_seeder);
+    drop(tracker);
+
+    let mut rows = Vec::new();
+    for ((n, run, uploaded), bt) in ours.iter().zip(&theirs) {
+        let t = run.last().as_secs_f64();
+        let b = bt.last().as_secs_f64();
+        let naive = *n as f64 * ideal;
+        let met = t <= TARGET * ideal;
+        rows.push(Row {
+            case: CASE.into(),
+            what: format!(
+                "N={n}: 1 seeder + {n} leechers, {} MiB, every upload {CAP_MBIT} Mbit/s: all done \
+                 (size/R = {ideal:.1} s, N·size/R = {naive:.0} s)",
+                size >> 20
+            ),
+            ours: format!(
+                "{t:.1} s = {:.2}× size/R, {:.3}× N·size/R (first done {:.1} s; seeder sent \
+                 {:.2}× the file)",
+                t / ideal,
+                t / naive,
+                run.first().as_secs_f64(),
+                *uploaded as f64 / size as f64
+            ),
+            reference: format!(
+                "aria2c {b:.1} s = {:.2}× size/R (first done {:.1} s)",
+                b / ideal,
+                bt.first().as_secs_f64()
+            ),
+            ratio: format!("{:.2}× aria2c's speed", b / t),
+            target: if *n == 30 || ctx.quick {
+                format!("≤{TARGET:.1}× size/R")
+            } else {
+                "—".into()
+            },
+            verdict: if *n == 30 || ctx.quick {
+                Verdict::of(met)
+            } else {
+                Verdict::Info
+            },
+        });
+        eprintln!("  {}", rows.last().map(|r| r.ours.as_str()).unwrap_or(""));
+        eprintln!(
+            "  {}",
+            rows.last().map(|r| r.reference.as_str()).unwrap_or("")
+        );
+    }
+    drop(tb);
+    Ok(rows)
+}
+
+/// One Canopy run: fresh leecher nodes on `hosts`, all asked for the file at once.
+#[allow(clippy::too_many_arguments)]
+fn canopy_run(
+    ctx: &Ctx,
+    scratch: &Scratch,
+    logs: &Path,
+    sp: SocketAddr,
+    hosts: &[Host],
+    id: &wire::FileId,
+    name: &str,
+    size: u64,
+    limit: Duration,
+) -> anyhow::Result<Run> {
+    let n = hosts.len();
+    let empty = scratch.dir("empty")?;
+    let mut nodes = Vec::new();
+    let mut dirs = Vec::new();
+    for (i, h) in hosts.iter().enumerate() {
+        let dir = scratch.path().join(format!("leech-n{n}-l{i}"));
+        fresh_dir(&dir)?;
+        let mut cmd = command(Some(h), &ctx.bins.leaf);
+        cmd.arg("--data-dir")
+            .arg(&dir)
+            .arg("--superpeer")
+            .arg(sp.to_string())
+            .arg("--listen")
+            .arg(SocketAddr::new(h.ip.into(), 7000).to_string())
+            .args(["--seed-minutes", "none", "--no-promote", "share"])
+            .arg(&empty);
+        nodes.push(Proc::spawn(
+            "leaf share",
+            cmd,
+            &logs.join(format!("leaf-n{n}-l{}.log", i + 1)),
+        )?);
+        dirs.push(dir);
+    }
+    for p in &mut nodes {
+        p.wait_for("keeping the node running", Duration::from_secs(120))?;
+    }
+    let mut gets = Vec::new();
+    let mut outs = Vec::new();
+    let start = Instant::now();
+    for (i, (h, dir)) in hosts.iter().zip(&dirs).enumerate() {
+        let out = dir.join("out");
+        fs::create_dir_all(&out)?;
+        let mut cmd = command(Some(h), &ctx.bins.leaf);
+        cmd.arg("--data-dir")
+            .arg(dir)
+            .arg("get")
+            .arg(id.to_hex())
+            .arg("--out")
+            .arg(&out);
+        gets.push(Proc::spawn(
+            "leaf get",
+            cmd,
+            &logs.join(format!("get-n{n}-l{}.log", i + 1)),
+        )?);
+        outs.push(out.join(name));
+    }
+    let run = wait_all(&outs, start, limit, &mut nodes)?;
+    for o in &outs {
+        check_file(o, size, id).context("leaf get's file")?;
+    }
+    drop(gets);
+    drop(nodes);
+    Ok(run)
+}
+
+/// Waits until every path in `marks` exists; their times from `start`. Fails after `limit`
+/// or if one of `procs` exits.
+fn wait_all(
+    marks: &[PathBuf],
+    start: Instant,
+    limit: Duration,
+    procs: &mut [Proc],
+) -> anyhow::Result<Run> {
+    let mut done: Vec<Option<Duration>> = vec![None; marks.len()];
+    let mut next_check = Instant::now();
+    loop {
+        for (d, m) in done.iter_mut().zip(marks) {
+            if d.is_none() && m.exists() {
+                *d = Some(start.elapsed());
+            }
+        }
+        if done.iter().all(Option::is_some) {
+            return Ok(Run {
+                done: done.into_iter().flatten().collect(),
+            });
+        }
+        if start.elapsed() > limit {
+            let left = done.iter().filter(|d| d.is_none()).count();
+            bail!(
+                "{left} of {} leechers not done after {limit:?}",
+                marks.len()
+            );
+        }
+        if Instant::now() >= next_check {
+            for p in procs.iter_mut() {
+                p.check_running()?;
+            }
+            next_check = Instant::now() + Duration::from_secs(1);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// An aria2c that downloads (or seeds) `torrent` into `dir` and keeps seeding, on `host`.
+fn aria2c_cmd(host: &Host, aria2c: &Path, torrent: &Path, dir: &Path, hook: &Path) -> Command {
+    let mut c = host.command(aria2c);
+    c.arg("--dir")
+        .arg(dir)
+        .arg(format!("--on-bt-download-complete={}", hook.display()))
+        .args([
+            "--seed-ratio=0.0",
+            "--enable-dht=false",
+            "--enable-dht6=false",
+            "--bt-enable-lpd=false",
+            "--bt-tracker-interval=5",
+            "--file-allocation=none",
+            "--allow-overwrite=true",
+            "--summary-interval=0",
+            "--console-log-level=warn",
+            "--listen-port=6881",
+        ])
+        .arg(torrent);
+    c
+}
+
+/// What the node in `data_dir` has uploaded so far (`leaf status --json`).
+fn uploaded_bytes(leaf: &Path, data_dir: &Path) -> anyhow::Result<u64> {
+    let text = output(
+        Command::new(leaf)
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(["status", "--json"]),
+    )?;
+    let v: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("leaf status printed {text:?}"))?;
+    v["uploaded_bytes"]
+        .as_u64()
+        .context("leaf status has no uploaded_bytes")
+}
+
+/// `opentracker` and `mktorrent`, installed from Debian's packages if missing.
+fn bittorrent_tools() -> anyhow::Result<(PathBuf, PathBuf)> {
+    let find = || (find_program("opentracker"), find_program("mktorrent"));
+    if let (Some(t), Some(m)) = find() {
+        return Ok((t, m));
+    }
+    eprintln!("bench: installing opentracker, mktorrent with apt-get");
+    // As for the other references: the package lists of a fresh machine may be empty.
+    let updated = Command::new("apt-get")
+        .args(["update", "-q"])
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .status()
+        .context("running apt-get update")?;
+    if !updated.success() {
+        bail!("apt-get update failed ({updated})");
+    }
+    let status = Command::new("apt-get")
+        .args(["install", "-y", "-q", "opentracker", "mktorrent"])
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .status()
+        .context("running apt-get install opentracker mktorrent")?;
+    if !status.success() {
+        bail!("apt-get install opentracker mktorrent failed ({status})");
+    }
+    match find() {
+        (Some(t), Some(m)) => Ok((t, m)),
+        _ => bail!("opentracker or mktorrent still missing after apt-get install"),
+    }
+}

@@ -1,0 +1,282 @@
+//! Swarming (issue 9) with real nodes on 127.0.0.1: a leecher serves the chunks it has verified
+//! and refuses the others, advertising what it holds; a leecher that uploads nothing (a free
+//! rider) still completes, after the leechers that upload.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use canopy::corpus;
+use canopy::net::{self, run_bounded, wait_until};
+use superpeer::identity::Identity;
+use superpeer::net::{connect_secure, write_message, FrameReader};
+use superpeer::secure::{SecureReader, SecureWriter};
+use wire::{FileId, Hello, Manifest, Message, Role, TransferErrorKind};
+
+/// A raw transfer connection to a leaf, speaking the wire protocol as a downloader would.
+struct Client {
+    reader: FrameReader<SecureReader<smol::net::TcpStream>>,
+    writer: SecureWriter<smol::net::TcpStream>,
+    scratch: Vec<u8>,
+}
+
+impl Client {
+    async fn open(addr: SocketAddr) -> Client {
+        let identity = Identity::generate();
+        let stream = connect_secure(addr, &identity, Duration::from_secs(5))
+            .await
+            .unwrap();
+        let mut c = Client {
+            reader: FrameReader::new(stream.reader),
+            writer: stream.writer,
+            scratch: Vec::new(),
+        };
+        let hello = Hello::new(identity.node(), Role::Transfer, None, "test");
+        c.send(Message::Hello(hello)).await;
+        assert!(matches!(c.recv().await, Message::Hello(_)));
+        c
+    }
+
+    async fn send(&mut self, msg: Message) {
+        write_message(&mut self.writer, &msg, &mut self.scratch)
+            .await
+            .unwrap();
+    }
+
+    async fn recv(&mut self) -> Message {
+        self.reader
+            .read_message_within(Duration::from_secs(10))
+            .await
+            .unwrap()
+    }
+}
+
+fn share_file(base: &Path, name: &str, content: &[u8]) -> std::path::PathBuf {
+    let dir = base.join(format!("share-{name}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join(name), content).unwrap();
+    dir
+}
+
+#[test]
+fn a_leecher_serves_only_the_chunks_it_has_verified() {
+    run_bounded(Duration::from_secs(60), async {
+        let tmp = tempfile::tempdir().unwrap();
+        let sp = net::superpeer(&[]).await;
+        let spa = [sp.listen_addr()];
+        // 16 chunks of 256 KiB, sent slowly (about 2.5 chunks a second).
+        let content = corpus::deterministic_bytes("verified only", 4 << 20);
+        let id = FileId::from(blake3::hash(&content));
+        let seeder = net::leaf_with(tmp.path(), "seeder", &spa, |c| c.upload_rate = 600_000).await;
+        seeder
+            .share(&share_file(tmp.path(), "big.bin", &content), |_| {})
+            .await
+            .unwrap();
+        let leecher = net::leaf(tmp.path(), "leecher", &spa).await;
+        let out = tmp.path().join("out");
+        std::fs::create_dir_all(&out).unwrap();
+        let getter = leecher.clone();
+        let out2 = out.clone();
+        let download = smol::spawn(async move { getter.get(id, &out2, |_| {}).await });
+        // Once the leecher holds a few chunks, the only source goes: what it holds is frozen.
+        let addr = leecher.listen_addr().unwrap();
+        wait_until(
+            "the leecher to verify 3 chunks",
+            Duration::from_secs(30),
+            || async {
+                let mut c = Client::open(addr).await;
+                c.send(Message::GetBitfield { id }).await;
+                match c.recv().await {
+                    Message::Bitfield { bits, .. } => {
+                        bits.iter().map(|b| b.count_ones()).sum::<u32>() >= 3
+                    }
+                    _ => false,
+                }
+            },
+        )
+        .await;
+        seeder.shutdown().await;
+        smol::Timer::after(Duration::from_millis(500)).await;
+
+        let mut c = Client::open(addr).await;
+        c.send(Message::GetManifest { request: 1, id }).await;
+        let manifest = match c.recv().await {
+            Message::Manifest(m) => Manifest {
+                size: m.size,
+                chunk_size: m.chunk_size,
+                cvs: m.cvs,
+            },
+            other => panic!("a leecher answers the manifest; got {other:?}"),
+        };
+        manifest.verify(&id).unwrap();
+        c.send(Message::GetBitfield { id }).await;
+        let bits = match c.recv().await {
+            Message::Bitfield { bits, .. } => bits,
+            other => panic!("expected a bitfield, got {other:?}"),
+        };
+        let has = |i: u64| leaf::swarm::bit(&bits, i);
+        let count = manifest.chunk_count();
+        let held: Vec<u64> = (0..count).filter(|&i| has(i)).collect();
+        let missing: Vec<u64> = (0..count).filter(|&i| !has(i)).collect();
+        assert!(held.len() >= 3 && !missing.is_empty(), "held {held:?}");
+        // The part file on disk must not be served where it is not verified: ask for a chunk
+        // it does not hold.
+        c.send(Message::GetChunk {
+            request: 2,
+            id,
+            index: missing[0] as u32,
+        })
+        .await;
+        match c.recv().await {
+            Message::TransferError { request, kind, .. } => {
+                assert_eq!(request, 2);
+                assert_eq!(kind, TransferErrorKind::Unavailable);
+            }
+            other => panic!("an unverified chunk must be refused; got {other:?}"),
+        }
+        // What it holds it serves, and it verifies.
+        let mut c = Client::open(addr).await;
+        for (k, &i) in held.iter().enumerate() {
+            c.send(Message::GetChunk {
+                request: 10 + k as u32,
+                id,
+                index: i as u32,
+            })
+            .await;
+            match c.recv().await {
+                Message::Chunk(chunk) => {
+                    assert_eq!(chunk.index as u64, i);
+                    manifest.verify_chunk(i, &chunk.data).unwrap();
+                }
+                other => panic!("a verified chunk is served; got {other:?}"),
+            }
+        }
+        // The download is still waiting for a source; it is not done.
+        assert!(!download.is_finished());
+        drop(download);
+        leecher.shutdown().await;
+    });
+}
+
+#[test]
+fn a_leecher_tells_of_chunks_as_it_verifies_them() {
+    run_bounded(Duration::from_secs(60), async {
+        let tmp = tempfile::tempdir().unwrap();
+        let sp = net::superpeer(&[]).await;
+        let spa = [sp.listen_addr()];
+        let content = corpus::deterministic_bytes("haves", 3 << 20);
+        let id = FileId::from(blake3::hash(&content));
+        let seeder =
+            net::leaf_with(tmp.path(), "seeder", &spa, |c| c.upload_rate = 1_000_000).await;
+        seeder
+            .share(&share_file(tmp.path(), "f.bin", &content), |_| {})
+            .await
+            .unwrap();
+        let leecher = net::leaf(tmp.path(), "leecher", &spa).await;
+        let out = tmp.path().join("out");
+        std::fs::create_dir_all(&out).unwrap();
+        let getter = leecher.clone();
+        let download = smol::spawn(async move { getter.get(id, &out, |_| {}).await });
+        let addr = leecher.listen_addr().unwrap();
+        // Subscribe as soon as the leecher serves the file.
+        let (mut c, mut known) = loop {
+            let mut c = Client::open(addr).await;
+            c.send(Message::GetBitfield { id }).await;
+            if let Message::Bitfield { bits, .. } = c.recv().await {
+                break (c, bits);
+            }
+            smol::Timer::after(Duration::from_millis(20)).await;
+        };
+        // Every chunk it lacked is announced by a Have, each once.
+        let total =
+            (content.len() as u64).div_ceil(wire::chunk_size_for(content.len() as u64) as u64);
+        while (0..total).any(|i| !leaf::swarm::bit(&known, i)) {
+            match c.recv().await {
+                Message::Have { id: hid, index } => {
+                    assert_eq!(hid, id);
+                    assert!(
+                        leaf::swarm::set_bit(&mut known, index as u64),
+                        "chunk {index} announced twice"
+                    );
+                }
+                other => panic!("expected Have, got {other:?}"),
+            }
+        }
+        let report = download.await.unwrap();
+        assert_eq!(std::fs::read(&report.path).unwrap(), content);
+        leecher.shutdown().await;
+        seeder.shutdown().await;
+    });
+}
+
+#[test]
+fn a_free_rider_completes_after_the_leechers_that_upload() {
+    run_bounded(Duration::from_secs(120), async {
+        let tmp = tempfile::tempdir().unwrap();
+        let sp = net::superpeer(&[]).await;
+        let spa = [sp.listen_addr()];
+        // 24 chunks; every node uploads at most 1 MB/s, the seeder to two peers at a time.
+        let content = corpus::deterministic_bytes("free rider", 6 << 20);
+        let id = FileId::from(blake3::hash(&content));
+        let rate = 1_000_000;
+        let seeder = net::leaf_with(tmp.path(), "seeder", &spa, |c| {
+            c.upload_rate = rate;
+            c.upload_slots = 2;
+        })
+        .await;
+        seeder
+            .share(&share_file(tmp.path(), "f.bin", &content), |_| {})
+            .await
+            .unwrap();
+        let mut nodes = Vec::new();
+        for i in 0..3 {
+            nodes.push(
+                net::leaf_with(tmp.path(), &format!("leecher{i}"), &spa, |c| {
+                    c.upload_rate = rate;
+                    c.upload_slots = 2;
+                })
+                .await,
+            );
+        }
+        // The free rider serves nothing: no listen address, so it uploads to nobody.
+        nodes.push(net::leaf_with(tmp.path(), "freerider", &spa, |c| c.listen = None).await);
+        let start = Instant::now();
+        let finished = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let mut tasks = Vec::new();
+        for (i, n) in nodes.iter().enumerate() {
+            let (n, finished) = (n.clone(), finished.clone());
+            let out = tmp.path().join(format!("out{i}"));
+            std::fs::create_dir_all(&out).unwrap();
+            tasks.push(smol::spawn(async move {
+                let r = n
+                    .get(id, &out, |_| {})
+                    .await
+                    .expect("every leecher completes");
+                finished.lock().unwrap().push((i, start.elapsed()));
+                r
+            }));
+        }
+        for t in tasks {
+            let r = t.await;
+            assert_eq!(std::fs::read(&r.path).unwrap(), content);
+        }
+        let order = finished.lock().unwrap().clone();
+        let (last, _) = *order.iter().max_by_key(|(_, t)| *t).unwrap();
+        assert_eq!(
+            last, 3,
+            "the free rider (3) finishes last; finish times {order:?}"
+        );
+        // The leechers uploaded to one another: the seeder did not send everything to all.
+        let leecher_uploads: u64 = nodes[..3].iter().map(|n| n.status().uploaded_bytes).sum();
+        assert!(
+            leecher_uploads > 0,
+            "leechers uploaded {leecher_uploads} bytes"
+        );
+        assert_eq!(nodes[3].status().uploaded_bytes, 0);
+        for n in &nodes {
+            n.shutdown().await;
+        }
+        seeder.shutdown().await;
+    });
+}
