@@ -11,6 +11,7 @@
 //! - [`leaf`]: [`LeafOverlay`], the leaf's attachment and promotion logic.
 //! - [`hostcache`]: [`HostCache`], known super-peers with load and back-off.
 //! - [`role`]: [`RoleClock`], role-change hysteresis.
+//! - [`routing`]: QRP-style route tables ([`LocalTable`], [`RemoteTable`]) for keyword routing.
 //! - [`sim`]: a deterministic discrete-event simulator running these machines.
 //!
 //! # The drain rule
@@ -47,6 +48,7 @@
 pub mod hostcache;
 pub mod leaf;
 pub mod role;
+pub mod routing;
 pub mod seen;
 pub mod sim;
 pub mod superpeer;
@@ -54,8 +56,9 @@ pub mod superpeer;
 pub use hostcache::HostCache;
 pub use leaf::{LeafConfig, LeafEvent, LeafOverlay};
 pub use role::{NodeRole, RoleClock, RoleConfig};
+pub use routing::{Analyzer, LocalTable, RemoteTable, RouteError};
 pub use seen::SeenCache;
-pub use superpeer::{Config, Event, Stats, SuperPeer, Transmit};
+pub use superpeer::{Config, DynamicQuerying, Event, Stats, SuperPeer, Transmit};
 
 /// A connection, as the driver numbers them. Unique within one node for its lifetime.
 pub type ConnId = u64;
