@@ -27,6 +27,15 @@
 //! its super-peer, by that super-peer's neighbours (TTL 1 on arrival) and by theirs (TTL 0 on
 //! arrival, not forwarded further). TTLs above [`Config::max_ttl`] are clamped on receipt.
 //!
+//! # Keyword routing and dynamic querying
+//! Each super-peer keeps a QRP-style route table of the words its leaves' files hold
+//! ([`routing`]) and sends it to its neighbours (`RouteTable`, then `RoutePatch`es). A query's
+//! last hop goes only to neighbours whose table has every one of its words
+//! ([`Config::last_hop_routing`]). A leaf's query is searched dynamically
+//! ([`Config::dynamic`]): a probe to a few neighbours, the likeliest first, then wider steps,
+//! each sized from the results per super-peer reached so far, until the leaf has the target
+//! number of hits or every neighbour has had the query with its full TTL.
+//!
 //! # Example
 //! ```
 //! use std::time::Instant;

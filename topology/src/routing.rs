@@ -133,7 +133,7 @@ pub fn slot(hash: u64, bits: u8) -> u32 {
 
 /// The text of a file that the index cuts into words: its path (folders and name) and its
 /// tags. The extension is in the name; the year is a word.
-fn file_text(file: &FileRecord) -> String {
+pub fn file_text(file: &FileRecord) -> String {
     let t = &file.tags;
     let mut text = file.path.clone();
     for part in [&t.artist, &t.album, &t.title, &t.genre]
@@ -301,7 +301,8 @@ impl LocalTable {
 
     /// The slots that flipped since the last call, ascending; they count as sent.
     pub fn take_flips(&mut self) -> Vec<u32> {
-        let mut v: Vec<u32> = self.flips.drain().collect();
+        // Taken, not drained: an idle table keeps no spare capacity.
+        let mut v: Vec<u32> = std::mem::take(&mut self.flips).into_iter().collect();
         v.sort_unstable();
         v
     }
@@ -397,6 +398,14 @@ impl RemoteTable {
     /// The table's size in bits.
     pub fn bits(&self) -> u8 {
         self.bits
+    }
+
+    /// True when no slot is set.
+    pub fn is_empty(&self) -> bool {
+        match &self.slots {
+            SlotSet::Small(v) => v.is_empty(),
+            SlotSet::Large(v) => v.is_empty(),
+        }
     }
 }
 

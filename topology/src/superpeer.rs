@@ -461,6 +461,14 @@ impl SuperPeer {
         self.remote.get(&conn)
     }
 
+    /// Neighbours whose route table we hold and has at least one slot set.
+    pub fn neighbour_tables_with_words(&self) -> usize {
+        self.remote
+            .iter()
+            .filter(|(c, t)| !t.is_empty() && self.conns.get(c).is_some_and(|c| !c.closing))
+            .count()
+    }
+
     /// Leaves' queries still being searched dynamically.
     pub fn dynamic_in_progress(&self) -> usize {
         self.dynamic.len()
