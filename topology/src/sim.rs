@@ -106,6 +106,8 @@ pub struct QueryRecord {
     pub messages: u64,
     /// Their encoded size in bytes (frame included).
     pub bytes: u64,
+    /// Of the messages, query copies (the rest are hits).
+    pub query_messages: u64,
 }
 
 /// The search oracle: answers super-peer `node`'s search with (leaf connection, file, score).
@@ -300,6 +302,7 @@ impl Sim {
                 found: Vec::new(),
                 messages: 0,
                 bytes: 0,
+                query_messages: 0,
             },
         );
         let msg = Message::Query(query);
@@ -332,6 +335,7 @@ impl Sim {
             wire::encode(msg, &mut self.scratch);
             r.messages += 1;
             r.bytes += self.scratch.len() as u64;
+            r.query_messages += u64::from(matches!(msg, Message::Query(_)));
         }
     }
 
