@@ -755,7 +755,15 @@ fn main() -> anyhow::Result<()> {
     let tracks = load_corpus(&s.corpus)?;
     let mut rng = Rng::new(s.seed ^ 0xC0_FFEE);
     let catalog = Rc::new(Catalog::new(tracks, s.zipf, &mut rng));
-    let command: String = std::env::args().skip(1).collect::<Vec<_>>().join(" ");
+    // The command as a shell would take it back: arguments with spaces quoted.
+    let command: String = std::env::args()
+        .skip(1)
+        .map(|a| match a.contains(' ') {
+            true => format!("'{a}'"),
+            false => a,
+        })
+        .collect::<Vec<_>>()
+        .join(" ");
     let mut table = String::new();
     let mut notes = String::new();
     for &n in &s.sps {
