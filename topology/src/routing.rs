@@ -299,6 +299,12 @@ impl LocalTable {
         !self.flips.is_empty()
     }
 
+    /// Whether a slot was set since the last [`LocalTable::take_flips`] (a new word that
+    /// neighbours must learn of before they can route queries for it here).
+    pub fn has_new_slots(&self) -> bool {
+        self.flips.iter().any(|s| self.counts.contains_key(s))
+    }
+
     /// The slots that flipped since the last call, ascending; they count as sent.
     pub fn take_flips(&mut self) -> Vec<u32> {
         // Taken, not drained: an idle table keeps no spare capacity.

@@ -66,8 +66,8 @@ pub struct Config {
     pub dials_per_tick: usize,
     /// Route tables have `1 << route_bits` slots.
     pub route_bits: u8,
-    /// Changes to the route table are sent to neighbours at most this long after they happen
-    /// (batched into one patch).
+    /// Slots cleared in the route table (words gone with leaves) are sent to neighbours at
+    /// most this long after (batched into one patch); new words are sent at once.
     pub route_delay: Duration,
     /// Forward a query's last hop only to neighbours whose route table says it can match
     /// there. Tables are kept and exchanged either way.
@@ -132,7 +132,7 @@ impl Default for Config {
             demote_at: 0.1,
             dials_per_tick: 4,
             route_bits: routing::TABLE_BITS,
-            route_delay: Duration::from_secs(2),
+            route_delay: Duration::from_secs(5),
             last_hop_routing: true,
             analyzer: routing::simple_words,
             dynamic: Some(DynamicQuerying::default()),
@@ -1142,9 +1142,13 @@ impl SuperPeer {
         self.send(to, Message::Query(query.clone()));
     }
 
-    /// The route table changed: make sure the flips go out within `route_delay`.
+    /// The route table changed: new words go out at once (until neighbours know them, they
+    /// would hold queries for them back); cleared slots only cost false positives, so they are
+    /// batched for `route_delay`.
     fn route_changed(&mut self, now: Instant) {
-        if self.table.has_flips() && self.route_due.is_none() {
+        if self.table.has_new_slots() {
+            self.send_route_patch();
+        } else if self.table.has_flips() && self.route_due.is_none() {
             self.route_due = Some(now + self.config.route_delay);
         }
     }
