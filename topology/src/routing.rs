@@ -4,7 +4,8 @@
 //! `1 << bits` slots (the Gnutella Query Routing Protocol's idea): a word sets the slot its hash
 //! falls in; a file sets the slots of all its words and one slot for its content id. The table
 //! goes to every neighbour when the link is made ([`wire::Message::RouteTable`]), then only the
-//! slots that flipped as leaves came and went ([`wire::Message::RoutePatch`]), batched.
+//! slots that flipped as leaves came and went ([`wire::Message::RoutePatch`]): new words at
+//! once, cleared slots batched (they only cost false positives meanwhile).
 //!
 //! A query can match at a super-peer only if every one of its words is in some file there, so
 //! only if every word's slot is set: a clear slot proves there is no match (no false negatives,
