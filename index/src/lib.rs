@@ -59,5 +59,13 @@ pub use index::{Index, IndexHit};
 /// Which connected leaf registered a file (the super-peer's own key for the connection).
 pub type LeafKey = u64;
 
+/// The words of `text` exactly as the index cuts them, for files and queries alike (split on
+/// anything that is not a letter or digit, lower-cased, accents folded), each once. Keyword
+/// routing (`topology::routing`) cuts words with this, so its tables never rule out a query
+/// that the index would match.
+pub fn words(text: &str) -> Vec<String> {
+    schema::words(&mut schema::analyzer(), text)
+}
+
 /// The most distinct words a query may have.
 pub const MAX_QUERY_WORDS: usize = 32;

@@ -104,6 +104,8 @@ pub struct Status {
     pub records: u64,
     /// Super-peers in its host cache.
     pub hosts: usize,
+    /// Neighbours whose route table (with words in it) it holds.
+    pub route_tables: usize,
 }
 
 /// What a super-peer that demoted itself hands back to its node.
@@ -164,7 +166,12 @@ impl SuperPeerNode {
         let node = config.identity.node();
         let identity = Arc::new(config.identity);
         let gate = Gate::new(config.limits);
-        let mut state = SuperPeer::new(now, node, Some(listen), config.overlay, clock);
+        // Route tables must cut words exactly as the index does (no false negatives).
+        let overlay = topology::Config {
+            analyzer: index::words,
+            ..config.overlay
+        };
+        let mut state = SuperPeer::new(now, node, Some(listen), overlay, clock);
         state.add_seeds(now, &config.peers);
         state.import_hosts(now, &config.hosts);
         let hosts_file = config.data_dir.map(|d| d.join(HOSTS_FILE));
@@ -558,6 +565,7 @@ impl Actor {
                     stats: self.state.stats(),
                     records: self.index.len(),
                     hosts: self.state.hosts().len(),
+                    route_tables: self.state.neighbour_tables_with_words(),
                 };
                 let _ = tx.try_send(status);
             }

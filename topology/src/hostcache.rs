@@ -174,7 +174,7 @@ impl HostCache {
             .values()
             .filter(|h| h.retry_at <= now && !skip(&h.addr))
             .collect();
-        ready.sort_by_key(|h| {
+        let key = |h: &&Host| {
             let unknown = h.load.leaf_slots == 0; // a seed never heard from: worth a try
             let has_room = want_room && (unknown || h.load.free() > 0);
             (
@@ -184,8 +184,18 @@ impl HostCache {
                 std::cmp::Reverse(h.load.free()),
                 h.addr,
             )
-        });
-        ready.into_iter().take(n).map(|h| h.addr).collect()
+        };
+        // Only the best `n` need an order: select them in linear time, then sort those (the
+        // key ends in the address, so ties cannot make the choice depend on hash order).
+        if n == 0 {
+            return Vec::new();
+        }
+        if ready.len() > n {
+            ready.select_nth_unstable_by_key(n - 1, key);
+            ready.truncate(n);
+        }
+        ready.sort_by_key(key);
+        ready.into_iter().map(|h| h.addr).collect()
     }
 
     /// Forgets (non-seed) entries not heard of for `max_age`: a super-peer that stopped

@@ -11,6 +11,7 @@
 //! - [`leaf`]: [`LeafOverlay`], the leaf's attachment and promotion logic.
 //! - [`hostcache`]: [`HostCache`], known super-peers with load and back-off.
 //! - [`role`]: [`RoleClock`], role-change hysteresis.
+//! - [`routing`]: QRP-style route tables ([`LocalTable`], [`RemoteTable`]) for keyword routing.
 //! - [`sim`]: a deterministic discrete-event simulator running these machines.
 //!
 //! # The drain rule
@@ -25,6 +26,15 @@
 //! A query's TTL counts super-peer to super-peer hops. A leaf's query with TTL 2 is answered by
 //! its super-peer, by that super-peer's neighbours (TTL 1 on arrival) and by theirs (TTL 0 on
 //! arrival, not forwarded further). TTLs above [`Config::max_ttl`] are clamped on receipt.
+//!
+//! # Keyword routing and dynamic querying
+//! Each super-peer keeps a QRP-style route table of the words its leaves' files hold
+//! ([`routing`]) and sends it to its neighbours (`RouteTable`, then `RoutePatch`es). A query's
+//! last hop goes only to neighbours whose table has every one of its words
+//! ([`Config::last_hop_routing`]). A leaf's query is searched dynamically
+//! ([`Config::dynamic`]): a probe to a few neighbours, the likeliest first, then wider steps,
+//! each sized from the results per super-peer reached so far, until the leaf has the target
+//! number of hits or every neighbour has had the query with its full TTL.
 //!
 //! # Example
 //! ```
@@ -47,6 +57,7 @@
 pub mod hostcache;
 pub mod leaf;
 pub mod role;
+pub mod routing;
 pub mod seen;
 pub mod sim;
 pub mod superpeer;
@@ -54,8 +65,9 @@ pub mod superpeer;
 pub use hostcache::HostCache;
 pub use leaf::{LeafConfig, LeafEvent, LeafOverlay};
 pub use role::{NodeRole, RoleClock, RoleConfig};
+pub use routing::{Analyzer, LocalTable, RemoteTable, RouteError};
 pub use seen::SeenCache;
-pub use superpeer::{Config, Event, Stats, SuperPeer, Transmit};
+pub use superpeer::{Config, DynamicQuerying, Event, Stats, SuperPeer, Transmit};
 
 /// A connection, as the driver numbers them. Unique within one node for its lifetime.
 pub type ConnId = u64;

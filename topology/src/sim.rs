@@ -7,14 +7,22 @@
 //! carried out as a node would: a leaf that says `Promote` gets a super-peer machine with its
 //! role history and host cache; a super-peer that says `Demote` becomes a leaf again.
 //!
-//! Used by the overlay tests (`topology/tests/sim.rs`) and meant for larger studies.
+//! For search studies, a super-peer can be given *stub leaves*
+//! ([`Sim::attach_stub_leaf`]): a connection that says Hello as a leaf, registers files, answers
+//! pings, and records the hits of the queries it sends ([`Sim::stub_query`]) in
+//! [`Sim::queries`], with the query and hit messages (and their encoded bytes) each query
+//! caused. A search oracle ([`Sim::set_search`]) answers the super-peers' `Search` events from
+//! whatever index the study keeps. The super-peers themselves are the real machines.
+//!
+//! Used by the overlay tests (`topology/tests/sim.rs`), the search tests, and the scale study
+//! (`cargo run --release -p topology --example scale`).
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use wire::{Capability, Hello, Message, NodeId, Role};
+use wire::{Capability, FileId, FileRecord, Hello, Message, NodeId, Query, QueryId, Role, Search};
 
 use crate::leaf::{LeafConfig, LeafEvent, LeafOverlay};
 use crate::role::{NodeRole, RoleClock, RoleConfig};
@@ -75,9 +83,35 @@ pub enum Machine {
     Leaf(Box<LeafOverlay>),
     /// A super-peer.
     SuperPeer(Box<SuperPeer>),
+    /// A stub leaf on this connection of its super-peer-facing side (see the module docs).
+    Stub(ConnId),
     /// Crashed or gone.
     Down,
 }
+
+/// What happened to one query sent by a stub leaf.
+#[derive(Debug, Clone)]
+pub struct QueryRecord {
+    /// When the stub sent it.
+    pub start: Instant,
+    /// When its first hit arrived.
+    pub first: Option<Instant>,
+    /// When the stub had [`Sim::hit_target`] hits.
+    pub target_at: Option<Instant>,
+    /// Hits received.
+    pub hits: u64,
+    /// Each hit's (file, source node).
+    pub found: Vec<(FileId, NodeId)>,
+    /// Query and hit messages delivered for it, on every link.
+    pub messages: u64,
+    /// Their encoded size in bytes (frame included).
+    pub bytes: u64,
+    /// Of the messages, query copies (the rest are hits).
+    pub query_messages: u64,
+}
+
+/// The search oracle: answers super-peer `node`'s search with (leaf connection, file, score).
+pub type SearchFn = Box<dyn FnMut(usize, &Search) -> Vec<(ConnId, FileRecord, f32)>>;
 
 /// One simulated node.
 #[derive(Debug)]
@@ -106,7 +140,7 @@ impl SimNode {
         match self.machine {
             Machine::Leaf(_) => Some(NodeRole::Leaf),
             Machine::SuperPeer(_) => Some(NodeRole::SuperPeer),
-            Machine::Down => None,
+            Machine::Stub(_) | Machine::Down => None,
         }
     }
 }
@@ -162,6 +196,16 @@ pub struct Sim {
     timers: Vec<Option<Instant>>,
     /// Messages delivered so far.
     pub delivered: u64,
+    /// Each node's connections (keys of `links`).
+    conns_of: Vec<Vec<ConnId>>,
+    search: Option<SearchFn>,
+    /// Queries sent by stub leaves, and what came of them.
+    pub queries: HashMap<QueryId, QueryRecord>,
+    /// The hit count that sets [`QueryRecord::target_at`].
+    pub hit_target: u64,
+    /// Route messages (tables and patches) delivered, and their encoded bytes.
+    pub route_traffic: (u64, u64),
+    scratch: Vec<u8>,
 }
 
 impl Sim {
@@ -181,7 +225,179 @@ impl Sim {
             next_conn: 1,
             timers: Vec::new(),
             delivered: 0,
+            conns_of: Vec::new(),
+            search: None,
+            queries: HashMap::new(),
+            hit_target: 150,
+            route_traffic: (0, 0),
+            scratch: Vec::new(),
         }
+    }
+
+    /// Sets the search oracle (without one, searches find nothing).
+    pub fn set_search(&mut self, f: SearchFn) {
+        self.search = Some(f);
+    }
+
+    fn link(&mut self, a: usize, ca: ConnId, b: usize, cb: ConnId, lat: Duration) {
+        self.links.insert((a, ca), (b, cb, lat));
+        self.links.insert((b, cb), (a, ca, lat));
+        self.conns_of[a].push(ca);
+        self.conns_of[b].push(cb);
+    }
+
+    fn unlink(&mut self, n: usize, c: ConnId) -> Option<(usize, ConnId, Duration)> {
+        let v = self.links.remove(&(n, c))?;
+        if let Some(i) = self.conns_of[n].iter().position(|&x| x == c) {
+            self.conns_of[n].swap_remove(i);
+        }
+        Some(v)
+    }
+
+    /// Attaches a stub leaf sharing `files` to super-peer `sp` (see the module docs); returns
+    /// the stub's node index and its connection at the super-peer.
+    pub fn attach_stub_leaf(&mut self, sp: usize, files: Vec<FileRecord>) -> (usize, ConnId) {
+        let n = self.nodes.len();
+        let addr = Self::addr_of(n);
+        let (sc, tc) = (self.next_conn, self.next_conn + 1);
+        self.next_conn += 2;
+        self.push_node(addr, false, Machine::Stub(sc), NodeRole::Leaf);
+        let lat = self.latency();
+        self.link(n, sc, sp, tc, lat);
+        let now = self.now;
+        if let Machine::SuperPeer(s) = &mut self.nodes[sp].machine {
+            s.handle_connect(now, tc, addr, false);
+        }
+        let hello = Hello::new(Self::id(n), Role::Leaf, Some(addr), "sim-stub");
+        for msg in [Message::Hello(hello), Message::Register { files }] {
+            self.schedule(
+                now + lat,
+                Ev::Deliver {
+                    to: sp,
+                    conn: tc,
+                    msg,
+                },
+            );
+        }
+        self.after(sp);
+        (n, tc)
+    }
+
+    /// Stub leaf `n` sends `query` to its super-peer; what comes of it is kept in
+    /// [`Sim::queries`].
+    pub fn stub_query(&mut self, n: usize, query: Query) {
+        let Machine::Stub(sc) = self.nodes[n].machine else {
+            return;
+        };
+        let Some(&(peer, pconn, lat)) = self.links.get(&(n, sc)) else {
+            return;
+        };
+        self.queries.insert(
+            query.id,
+            QueryRecord {
+                start: self.now,
+                first: None,
+                target_at: None,
+                hits: 0,
+                found: Vec::new(),
+                messages: 0,
+                bytes: 0,
+                query_messages: 0,
+            },
+        );
+        let msg = Message::Query(query);
+        self.schedule(
+            self.now + lat,
+            Ev::Deliver {
+                to: peer,
+                conn: pconn,
+                msg,
+            },
+        );
+    }
+
+    /// Counts a delivered message against its query, or as route traffic.
+    fn account(&mut self, msg: &Message) {
+        let id = match msg {
+            Message::Query(q) => q.id,
+            Message::QueryHits(h) => h.query,
+            Message::RouteTable { .. } | Message::RoutePatch { .. } => {
+                self.scratch.clear();
+                wire::encode(msg, &mut self.scratch);
+                self.route_traffic.0 += 1;
+                self.route_traffic.1 += self.scratch.len() as u64;
+                return;
+            }
+            _ => return,
+        };
+        if let Some(r) = self.queries.get_mut(&id) {
+            self.scratch.clear();
+            wire::encode(msg, &mut self.scratch);
+            r.messages += 1;
+            r.bytes += self.scratch.len() as u64;
+            r.query_messages += u64::from(matches!(msg, Message::Query(_)));
+        }
+    }
+
+    /// A message for stub leaf `n`.
+    fn stub_message(&mut self, n: usize, conn: ConnId, msg: Message) {
+        match msg {
+            Message::Ping { nonce } => {
+                if let Some(&(peer, pconn, lat)) = self.links.get(&(n, conn)) {
+                    let msg = Message::Pong { nonce };
+                    self.schedule(
+                        self.now + lat,
+                        Ev::Deliver {
+                            to: peer,
+                            conn: pconn,
+                            msg,
+                        },
+                    );
+                }
+            }
+            Message::QueryHits(h) => {
+                let (now, target) = (self.now, self.hit_target);
+                if let Some(r) = self.queries.get_mut(&h.query) {
+                    r.first.get_or_insert(now);
+                    r.hits += h.hits.len() as u64;
+                    if r.hits >= target && r.target_at.is_none() {
+                        r.target_at = Some(now);
+                    }
+                    r.found
+                        .extend(h.hits.iter().map(|h| (h.file.id, h.source.node)));
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Checks that every super-peer holds, for each neighbour, exactly the route table that
+    /// neighbour has (after patches are out: call it with the network settled).
+    pub fn check_routes(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        for (a, node) in self.nodes.iter().enumerate() {
+            let Machine::SuperPeer(s) = &node.machine else {
+                continue;
+            };
+            for conn in s.neighbour_conns() {
+                let Some(&(b, _, _)) = self.links.get(&(a, conn)) else {
+                    continue;
+                };
+                let Machine::SuperPeer(peer) = &self.nodes[b].machine else {
+                    continue;
+                };
+                let held = s.neighbour_table(conn).map(|t| t.slots());
+                let has = peer.route_slots();
+                if held.as_ref() != Some(&has) {
+                    problems.push(format!(
+                        "super-peer {a} holds {:?} slots for neighbour {b}, which has {}",
+                        held.map(|h| h.len()),
+                        has.len()
+                    ));
+                }
+            }
+        }
+        problems
     }
 
     /// The virtual time now.
@@ -265,21 +481,19 @@ impl Sim {
         });
         self.addrs.insert(addr, n);
         self.timers.push(None);
+        self.conns_of.push(Vec::new());
         self.after(n);
     }
 
     /// Crashes node `n`: its connections break (peers see them close after the latency).
     pub fn crash(&mut self, n: usize) {
         self.nodes[n].machine = Machine::Down;
-        let mut conns: Vec<(ConnId, (usize, ConnId, Duration))> = self
-            .links
-            .iter()
-            .filter(|((node, _), _)| *node == n)
-            .map(|((_, c), v)| (*c, *v))
-            .collect();
-        conns.sort_by_key(|(c, _)| *c);
-        for (c, (peer, pc, lat)) in conns {
-            self.links.remove(&(n, c));
+        let mut conns = std::mem::take(&mut self.conns_of[n]);
+        conns.sort();
+        for c in conns {
+            let Some((peer, pc, lat)) = self.links.remove(&(n, c)) else {
+                continue;
+            };
             self.schedule(
                 self.now + lat,
                 Ev::Closed {
@@ -339,9 +553,11 @@ impl Sim {
         let node = match ev {
             Ev::Deliver { to, conn, msg } => {
                 self.delivered += 1;
+                self.account(&msg);
                 match &mut self.nodes[to].machine {
                     Machine::Leaf(l) => l.handle_message(now, conn, msg),
                     Machine::SuperPeer(s) => s.handle_message(now, conn, msg),
+                    Machine::Stub(_) => self.stub_message(to, conn, msg),
                     Machine::Down => {}
                 }
                 to
@@ -361,13 +577,12 @@ impl Sim {
                 let lat = self.latency();
                 let tconn = self.next_conn;
                 self.next_conn += 1;
-                self.links.insert((from, conn), (target, tconn, lat));
-                self.links.insert((target, tconn), (from, conn, lat));
+                self.link(from, conn, target, tconn, lat);
                 let from_addr = self.nodes[from].addr;
                 match &mut self.nodes[from].machine {
                     Machine::Leaf(l) => l.handle_connect(now, conn, addr),
                     Machine::SuperPeer(s) => s.handle_connect(now, conn, addr, true),
-                    Machine::Down => {}
+                    Machine::Stub(_) | Machine::Down => {}
                 }
                 match &mut self.nodes[target].machine {
                     Machine::SuperPeer(s) => s.handle_connect(now, tconn, from_addr, false),
@@ -391,16 +606,16 @@ impl Sim {
                 match &mut self.nodes[from].machine {
                     Machine::Leaf(l) => l.handle_dial_failed(now, addr),
                     Machine::SuperPeer(s) => s.handle_dial_failed(now, addr),
-                    Machine::Down => {}
+                    Machine::Stub(_) | Machine::Down => {}
                 }
                 from
             }
             Ev::Closed { node, conn } => {
-                self.links.remove(&(node, conn));
+                self.unlink(node, conn);
                 match &mut self.nodes[node].machine {
                     Machine::Leaf(l) => l.handle_disconnect(now, conn),
                     Machine::SuperPeer(s) => s.handle_disconnect(now, conn),
-                    Machine::Down => {}
+                    Machine::Stub(_) | Machine::Down => {}
                 }
                 node
             }
@@ -418,7 +633,7 @@ impl Sim {
                 match &mut self.nodes[node].machine {
                     Machine::Leaf(l) => l.handle_timeout(now),
                     Machine::SuperPeer(s) => s.handle_timeout(now),
-                    Machine::Down => {}
+                    Machine::Stub(_) | Machine::Down => {}
                 }
                 node
             }
@@ -444,7 +659,7 @@ impl Sim {
             Dial(SocketAddr),
             Reach(ConnId),
             Close(ConnId),
-            Search(wire::QueryId),
+            Search(wire::QueryId, Search),
             Role(NodeRole),
         }
         let mut role_change = None;
@@ -476,12 +691,14 @@ impl Sim {
                             Event::CheckReachable { conn, .. } => todo.push(Out::Reach(conn)),
                             Event::Close { conn, .. } => todo.push(Out::Close(conn)),
                             Event::Demote { .. } => todo.push(Out::Role(NodeRole::Leaf)),
-                            Event::Search { query, .. } => todo.push(Out::Search(query)),
+                            Event::Search { query, search } => {
+                                todo.push(Out::Search(query, search))
+                            }
                             _ => {}
                         }
                     }
                 }
-                Machine::Down => return,
+                Machine::Stub(_) | Machine::Down => return,
             }
             if outbox.is_empty() && todo.is_empty() {
                 break;
@@ -526,10 +743,14 @@ impl Sim {
                         );
                     }
                     Out::Close(conn) => self.close(n, conn),
-                    // No index here: queries find nothing.
-                    Out::Search(query) => {
+                    // Without an oracle there is no index: queries find nothing.
+                    Out::Search(query, search) => {
+                        let hits = match self.search.as_mut() {
+                            Some(f) => f(n, &search),
+                            None => Vec::new(),
+                        };
                         if let Machine::SuperPeer(s) = &mut self.nodes[n].machine {
-                            s.handle_local_hits(now, query, Vec::new());
+                            s.handle_local_hits(now, query, hits);
                         }
                     }
                     Out::Role(r) => role_change = Some(r),
@@ -542,7 +763,7 @@ impl Sim {
         let next = match &self.nodes[n].machine {
             Machine::Leaf(l) => l.poll_timeout(),
             Machine::SuperPeer(s) => s.poll_timeout(),
-            Machine::Down => None,
+            Machine::Stub(_) | Machine::Down => None,
         };
         if let Some(t) = next {
             let at = t.max(now + Duration::from_millis(1));
@@ -554,8 +775,8 @@ impl Sim {
     }
 
     fn close(&mut self, n: usize, conn: ConnId) {
-        if let Some((peer, pconn, lat)) = self.links.remove(&(n, conn)) {
-            self.links.remove(&(peer, pconn));
+        if let Some((peer, pconn, lat)) = self.unlink(n, conn) {
+            self.unlink(peer, pconn);
             // After the messages already on their way.
             self.schedule(
                 self.now + lat,

@@ -11,11 +11,12 @@ use std::time::{Duration, Instant};
 
 use wire::{
     Capability, FileId, FileRecord, Hello, Hit, HostEntry, Load, Message, NodeId, Query, QueryHits,
-    QueryId, RedirectReason, Role, Search, Source, MAX_TTL, PROTOCOL_VERSION,
+    QueryId, RedirectReason, Role, Search, Slots, Source, MAX_TTL, PROTOCOL_VERSION,
 };
 
 use crate::hostcache::HostCache;
 use crate::role::{NodeRole, RoleClock};
+use crate::routing::{self, Analyzer, LocalTable, RemoteTable};
 use crate::seen::SeenCache;
 use crate::ConnId;
 
@@ -61,6 +62,49 @@ pub struct Config {
     /// It does when it has at most this share of its slots in use and its neighbours have room
     /// for its leaves.
     pub demote_at: f32,
+    /// At most this many super-peers are dialled per tick while short of neighbours.
+    pub dials_per_tick: usize,
+    /// Route tables have `1 << route_bits` slots.
+    pub route_bits: u8,
+    /// Slots cleared in the route table (words gone with leaves) are sent to neighbours at
+    /// most this long after (batched into one patch); new words are sent at once.
+    pub route_delay: Duration,
+    /// Forward a query's last hop only to neighbours whose route table says it can match
+    /// there. Tables are kept and exchanged either way.
+    pub last_hop_routing: bool,
+    /// Cuts file text and queries into words for the route table: must cut exactly like the
+    /// index does (the super-peer driver passes the index's analyzer).
+    pub analyzer: Analyzer,
+    /// Dynamic querying of the leaves' queries (`None`: flood them at once).
+    pub dynamic: Option<DynamicQuerying>,
+}
+
+/// Settings of dynamic querying: the super-peer that a leaf's query starts at probes a few
+/// neighbours first, then widens step by step until the leaf has `target` results or every
+/// neighbour has been sent the query with the full TTL (the horizon).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DynamicQuerying {
+    /// Results wanted: no more neighbours are asked once the leaf has this many.
+    pub target: usize,
+    /// Neighbours the first probe goes to.
+    pub probe_width: usize,
+    /// TTL of the probe (hops beyond the neighbour), at most the query's TTL minus one.
+    pub probe_ttl: u8,
+    /// How long to wait for results per hop of the TTL last sent before the next step.
+    pub hop_wait: Duration,
+}
+
+impl Default for DynamicQuerying {
+    fn default() -> Self {
+        // LimeWire's dynamic querying aimed at 150 results, probed three connections first and
+        // waited about 2.4 s per TTL; a super-peer mesh on today's links answers faster.
+        DynamicQuerying {
+            target: 150,
+            probe_width: 3,
+            probe_ttl: 1,
+            hop_wait: Duration::from_millis(1200),
+        }
+    }
 }
 
 impl Default for Config {
@@ -86,6 +130,12 @@ impl Default for Config {
             promote_cooldown: Duration::from_secs(60),
             can_demote: false,
             demote_at: 0.1,
+            dials_per_tick: 4,
+            route_bits: routing::TABLE_BITS,
+            route_delay: Duration::from_secs(5),
+            last_hop_routing: true,
+            analyzer: routing::simple_words,
+            dynamic: Some(DynamicQuerying::default()),
         }
     }
 }
@@ -193,6 +243,10 @@ pub struct Stats {
     pub leaves: u64,
     /// Neighbouring super-peers connected now.
     pub neighbours: u64,
+    /// Query copies not sent to a neighbour because its route table rules out a match.
+    pub queries_filtered: u64,
+    /// Leaves' queries searched dynamically (probe first, then wider).
+    pub dynamic_queries: u64,
 }
 
 /// What a connection is, once its peer has said Hello.
@@ -243,6 +297,28 @@ struct Seen {
     ttl: u8,
 }
 
+/// A leaf's query being searched dynamically by this super-peer.
+#[derive(Debug)]
+struct Dynamic {
+    /// The leaf that asked.
+    leaf: ConnId,
+    /// The query as the leaf sent it (its TTL is the horizon).
+    query: Query,
+    hashes: Vec<u64>,
+    /// Results routed to the leaf so far (local ones included).
+    hits: usize,
+    /// Neighbours not yet sent the query, the likeliest first.
+    todo: Vec<ConnId>,
+    /// Neighbours sent it with less than the full TTL (asked again at the end).
+    shallow: Vec<ConnId>,
+    /// Super-peers reached so far, estimated.
+    reached: f64,
+    /// When to take the next step.
+    next: Instant,
+    /// Gives up after this (the seen-cache forgets the query then too).
+    until: Instant,
+}
+
 /// The super-peer's overlay logic. See the crate docs for the input/output discipline.
 #[derive(Debug)]
 pub struct SuperPeer {
@@ -262,6 +338,14 @@ pub struct SuperPeer {
     next_tick: Instant,
     last_promote: Option<Instant>,
     demoting: bool,
+    /// What our leaves' files hold, as sent to neighbours.
+    table: LocalTable,
+    /// When the table's flips are due to go out.
+    route_due: Option<Instant>,
+    /// Neighbours' route tables, by connection.
+    remote: HashMap<ConnId, RemoteTable>,
+    /// Leaves' queries being searched dynamically.
+    dynamic: HashMap<QueryId, Dynamic>,
 }
 
 impl SuperPeer {
@@ -275,6 +359,7 @@ impl SuperPeer {
         mut clock: RoleClock,
     ) -> Self {
         clock.changed(now, NodeRole::SuperPeer);
+        let table = LocalTable::new(config.route_bits);
         SuperPeer {
             node,
             listen,
@@ -291,6 +376,10 @@ impl SuperPeer {
             clock,
             last_promote: None,
             demoting: false,
+            table,
+            route_due: None,
+            remote: HashMap::new(),
+            dynamic: HashMap::new(),
         }
     }
 
@@ -350,6 +439,39 @@ impl SuperPeer {
             .collect();
         v.sort();
         v
+    }
+
+    /// The settings (a simulation switches search strategies between runs).
+    pub fn config_mut(&mut self) -> &mut Config {
+        &mut self.config
+    }
+
+    /// Our route table's set slots, ascending (what neighbours hold once patches are out).
+    pub fn route_slots(&self) -> Vec<u32> {
+        self.table.slots()
+    }
+
+    /// Whether route table changes are waiting to go out.
+    pub fn route_pending(&self) -> bool {
+        self.table.has_flips()
+    }
+
+    /// The route table the neighbour on `conn` sent us, if any.
+    pub fn neighbour_table(&self, conn: ConnId) -> Option<&RemoteTable> {
+        self.remote.get(&conn)
+    }
+
+    /// Neighbours whose route table we hold and has at least one slot set.
+    pub fn neighbour_tables_with_words(&self) -> usize {
+        self.remote
+            .iter()
+            .filter(|(c, t)| !t.is_empty() && self.conns.get(c).is_some_and(|c| !c.closing))
+            .count()
+    }
+
+    /// Leaves' queries still being searched dynamically.
+    pub fn dynamic_in_progress(&self) -> usize {
+        self.dynamic.len()
     }
 
     /// The load it announces.
@@ -423,10 +545,14 @@ impl SuperPeer {
             PeerState::Leaf { .. } => {
                 self.stats.leaves -= 1;
                 self.events.push_back(Event::LeafGone { conn });
+                self.table.remove_leaf(conn);
+                self.route_changed(now);
+                self.dynamic.retain(|_, d| d.leaf != conn);
             }
             PeerState::SuperPeer { .. } => {
                 self.stats.neighbours -= 1;
                 self.events.push_back(Event::NeighbourGone { conn });
+                self.remote.remove(&conn);
             }
             PeerState::AwaitingHello => {}
         }
@@ -468,9 +594,13 @@ impl SuperPeer {
                     "Register from a leaf that gave no listen address".into(),
                 ),
             (PeerState::Leaf { .. }, Message::Register { files }) => {
+                self.table.add_files(self.config.analyzer, conn, &files);
+                self.route_changed(now);
                 self.events.push_back(Event::Register { conn, files })
             }
             (PeerState::Leaf { .. }, Message::Withdraw { ids }) => {
+                self.table.withdraw(conn, &ids);
+                self.route_changed(now);
                 self.events.push_back(Event::Withdraw { conn, ids })
             }
             (PeerState::Leaf { .. }, Message::Query(mut query)) => {
@@ -480,6 +610,23 @@ impl SuperPeer {
             }
             (PeerState::SuperPeer { .. }, Message::Query(query)) => self.on_query(now, conn, query),
             (PeerState::SuperPeer { .. }, Message::QueryHits(hits)) => self.on_hits(now, hits),
+            (PeerState::SuperPeer { .. }, Message::RouteTable { bits, slots }) => {
+                match RemoteTable::new(bits, &slots.0) {
+                    Ok(t) => {
+                        self.remote.insert(conn, t);
+                    }
+                    Err(e) => self.protocol_error(conn, e.to_string()),
+                }
+            }
+            (PeerState::SuperPeer { .. }, Message::RoutePatch { flips }) => {
+                let applied = match self.remote.get_mut(&conn) {
+                    Some(t) => t.apply(&flips.0),
+                    None => Err(routing::RouteError::PatchFirst),
+                };
+                if let Err(e) = applied {
+                    self.protocol_error(conn, e.to_string());
+                }
+            }
             (PeerState::SuperPeer { .. }, Message::Hosts { hosts }) => {
                 for h in hosts {
                     if Some(h.addr) != self.listen {
@@ -534,6 +681,10 @@ impl SuperPeer {
     /// Time has passed: keep-alives, idle and handshake timeouts, seen-cache expiry.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.seen.expire(now);
+        if self.route_due.is_some_and(|t| now >= t) {
+            self.send_route_patch();
+        }
+        self.dynamic_steps(now);
         let mut to_close = Vec::new();
         let mut to_ping = Vec::new();
         for (&id, c) in &mut self.conns {
@@ -600,6 +751,8 @@ impl SuperPeer {
             conn_deadline,
             self.seen.next_expiry(),
             (!self.demoting).then_some(self.next_tick),
+            self.route_due,
+            self.dynamic.values().map(|d| d.next).min(),
         ]
         .into_iter()
         .flatten()
@@ -705,6 +858,12 @@ impl SuperPeer {
                 });
                 let hosts = self.hosts_to_share(now);
                 self.send(conn, Message::Hosts { hosts });
+                // Neighbours we have get what changed first, so the whole table we send the
+                // new one is the state everybody is at.
+                self.send_route_patch();
+                let slots = Slots(self.table.slots());
+                let bits = self.table.bits();
+                self.send(conn, Message::RouteTable { bits, slots });
                 PeerState::SuperPeer {
                     node: hello.node,
                     listen: hello.listen,
@@ -815,7 +974,7 @@ impl SuperPeer {
         let skip =
             |a: &SocketAddr| connected.contains(a) || self.dialing.contains(a) || Some(*a) == own;
         // A few at a time: the rest follow on the next ticks.
-        let want = (self.config.neighbour_target - have).min(4);
+        let want = (self.config.neighbour_target - have).min(self.config.dials_per_tick);
         for addr in self.hosts.candidates(now, want, false, &skip) {
             self.dialing.insert(addr);
             self.events.push_back(Event::Dial(addr));
@@ -959,24 +1118,186 @@ impl SuperPeer {
         if query.ttl == 0 {
             return;
         }
+        let from_leaf = matches!(
+            self.conns.get(&from).map(|c| &c.state),
+            Some(PeerState::Leaf { .. })
+        );
+        if from_leaf && !self.dynamic.contains_key(&query.id) {
+            if let Some(dq) = self.config.dynamic {
+                return self.start_dynamic(now, from, query, dq);
+            }
+        }
         let forward = Query {
             ttl: query.ttl - 1,
             hops: query.hops + 1,
             ..query
         };
-        let mut neighbours: Vec<ConnId> = self
-            .conns
+        // The words are needed only where the table decides: on the last hop.
+        let hashes = if forward.ttl == 0 && self.config.last_hop_routing {
+            routing::search_hashes(self.config.analyzer, &forward.search)
+        } else {
+            Vec::new()
+        };
+        for id in self.neighbour_conns() {
+            if id != from {
+                self.forward(id, &forward, &hashes);
+            }
+        }
+    }
+
+    /// Sends `query` to neighbour `to`, unless it is the query's last hop and the neighbour's
+    /// route table rules out a match for `hashes` (a neighbour with no table yet gets it).
+    fn forward(&mut self, to: ConnId, query: &Query, hashes: &[u64]) {
+        if query.ttl == 0
+            && self.config.last_hop_routing
+            && self.remote.get(&to).is_some_and(|t| !t.may_match(hashes))
+        {
+            self.stats.queries_filtered += 1;
+            return;
+        }
+        self.stats.queries_forwarded += 1;
+        self.send(to, Message::Query(query.clone()));
+    }
+
+    /// The route table changed: new words go out at once (until neighbours know them, they
+    /// would hold queries for them back); cleared slots only cost false positives, so they are
+    /// batched for `route_delay`.
+    fn route_changed(&mut self, now: Instant) {
+        if self.table.has_new_slots() {
+            self.send_route_patch();
+        } else if self.table.has_flips() && self.route_due.is_none() {
+            self.route_due = Some(now + self.config.route_delay);
+        }
+    }
+
+    /// Sends the route table's flips (if any) to every neighbour.
+    fn send_route_patch(&mut self) {
+        self.route_due = None;
+        if !self.table.has_flips() {
+            return;
+        }
+        let flips = Slots(self.table.take_flips());
+        for id in self.neighbour_conns() {
+            self.send(
+                id,
+                Message::RoutePatch {
+                    flips: flips.clone(),
+                },
+            );
+        }
+    }
+
+    /// Super-peers a query sent to one neighbour with `ttl` reaches, estimated from our own
+    /// degree (each reached super-peer passes it to all its neighbours but one).
+    fn reach(&self, ttl: u8) -> f64 {
+        let fan = (self.stats.neighbours.max(2) - 1) as f64;
+        (0..=ttl).map(|i| fan.powi(i32::from(i))).sum()
+    }
+
+    /// Starts searching a leaf's query dynamically: a probe with a short TTL to a few
+    /// neighbours, the ones whose tables match first; [`SuperPeer::dynamic_step`] widens.
+    fn start_dynamic(&mut self, now: Instant, leaf: ConnId, query: Query, dq: DynamicQuerying) {
+        self.stats.dynamic_queries += 1;
+        let hashes = routing::search_hashes(self.config.analyzer, &query.search);
+        let mut todo = self.neighbour_conns();
+        // Neighbours that can answer themselves first (a stable sort keeps the order of ids).
+        todo.sort_by_key(|c| !self.remote.get(c).is_none_or(|t| t.may_match(&hashes)));
+        let horizon = query.ttl - 1;
+        let ttl = dq.probe_ttl.min(horizon);
+        let probe: Vec<ConnId> = todo.drain(..dq.probe_width.min(todo.len())).collect();
+        let forward = Query {
+            ttl,
+            hops: query.hops + 1,
+            ..query.clone()
+        };
+        for &c in &probe {
+            self.forward(c, &forward, &hashes);
+        }
+        let reached = 1.0 + probe.len() as f64 * self.reach(ttl);
+        let shallow = if ttl < horizon { probe } else { Vec::new() };
+        let d = Dynamic {
+            leaf,
+            query,
+            hashes,
+            hits: 0,
+            todo,
+            shallow,
+            reached,
+            next: now + dq.hop_wait * (u32::from(ttl) + 1),
+            until: now + self.config.seen_ttl,
+        };
+        self.dynamic.insert(forward.id, d);
+    }
+
+    /// Takes the steps of dynamic queries that are due.
+    fn dynamic_steps(&mut self, now: Instant) {
+        let mut due: Vec<QueryId> = self
+            .dynamic
             .iter()
-            .filter(|(&id, c)| {
-                id != from && !c.closing && matches!(c.state, PeerState::SuperPeer { .. })
-            })
+            .filter(|(_, d)| d.next <= now)
             .map(|(&id, _)| id)
             .collect();
-        neighbours.sort();
-        for id in neighbours {
-            self.stats.queries_forwarded += 1;
-            self.send(id, Message::Query(forward.clone()));
+        due.sort();
+        for id in due {
+            self.dynamic_step(now, id);
         }
+    }
+
+    /// One step of a dynamic query: from the results per super-peer reached so far, estimate
+    /// how far the query must still go, and send it to the next neighbour(s) with the TTL that
+    /// should bring the rest, or (nothing found yet) to twice as many neighbours as before with
+    /// the full TTL. Ends when the leaf has the target or every neighbour had the full TTL.
+    fn dynamic_step(&mut self, now: Instant, id: QueryId) {
+        let Some(mut d) = self.dynamic.remove(&id) else {
+            return;
+        };
+        let Some(dq) = self.config.dynamic else {
+            return;
+        };
+        let leaf_here = self.conns.get(&d.leaf).is_some_and(|c| !c.closing);
+        if d.hits >= dq.target || now >= d.until || !leaf_here {
+            return;
+        }
+        let live = self.neighbour_conns();
+        d.todo.retain(|c| live.contains(c));
+        d.shallow.retain(|c| live.contains(c));
+        let horizon = d.query.ttl - 1;
+        let needed = (dq.target - d.hits) as f64;
+        let rate = d.hits as f64 / d.reached;
+        let (next, ttl): (Vec<ConnId>, u8) = if !d.todo.is_empty() {
+            if rate > 0.0 {
+                let k = (needed / (rate * self.reach(horizon))).ceil() as usize;
+                if k <= 1 {
+                    let ttl = (0..=horizon)
+                        .find(|&t| rate * self.reach(t) >= needed)
+                        .unwrap_or(horizon);
+                    (vec![d.todo.remove(0)], ttl)
+                } else {
+                    (d.todo.drain(..k.min(d.todo.len())).collect(), horizon)
+                }
+            } else {
+                let asked = (live.len() - d.todo.len()).max(1);
+                (d.todo.drain(..asked.min(d.todo.len())).collect(), horizon)
+            }
+        } else if !d.shallow.is_empty() {
+            (std::mem::take(&mut d.shallow), horizon)
+        } else {
+            return; // the horizon is reached
+        };
+        let forward = Query {
+            ttl,
+            hops: d.query.hops + 1,
+            ..d.query.clone()
+        };
+        for &c in &next {
+            self.forward(c, &forward, &d.hashes);
+        }
+        d.reached += next.len() as f64 * self.reach(ttl);
+        if ttl < horizon {
+            d.shallow.extend(next);
+        }
+        d.next = now + dq.hop_wait * (u32::from(ttl) + 1);
+        self.dynamic.insert(id, d);
     }
 
     fn on_hits(&mut self, now: Instant, hits: QueryHits) {
@@ -992,6 +1313,13 @@ impl SuperPeer {
             }
         };
         self.stats.hits_routed += n;
+        if let Some(d) = self.dynamic.get_mut(&hits.query) {
+            d.hits += n as usize;
+            if self.config.dynamic.is_none_or(|dq| d.hits >= dq.target) {
+                // The leaf has enough: ask nobody else.
+                self.dynamic.remove(&hits.query);
+            }
+        }
         let query = hits.query;
         let mut hits = hits.hits;
         while !hits.is_empty() {

@@ -45,21 +45,28 @@ fn words(text: &str) -> Search {
     }
 }
 
+/// Plain flooding: no last-hop routing, no dynamic querying.
+fn flooding() -> Config {
+    Config {
+        last_hop_routing: false,
+        dynamic: None,
+        ..Config::default()
+    }
+}
+
 impl Net {
     fn new(n: usize) -> Net {
+        Net::with_config(n, flooding())
+    }
+
+    fn with_config(n: usize, config: Config) -> Net {
         Net {
             now: Instant::now(),
             sps: (0..n)
                 .map(|i| {
                     let now = Instant::now();
                     let clock = RoleClock::new(now, NodeRole::SuperPeer, RoleConfig::default());
-                    SuperPeer::new(
-                        now,
-                        NodeId([i as u8 + 1; 32]),
-                        None,
-                        Config::default(),
-                        clock,
-                    )
+                    SuperPeer::new(now, NodeId([i as u8 + 1; 32]), None, config.clone(), clock)
                 })
                 .collect(),
             indexes: vec![Vec::new(); n],
@@ -131,6 +138,15 @@ impl Net {
             .collect();
         names.sort();
         names
+    }
+
+    /// Lets `d` pass: every super-peer's timers run, then the network settles.
+    fn advance(&mut self, d: Duration) {
+        self.now += d;
+        for i in 0..self.sps.len() {
+            self.sps[i].handle_timeout(self.now);
+        }
+        self.run();
     }
 
     /// Delivers everything until the network is idle, applying the drain rule to each node.
@@ -509,4 +525,172 @@ fn a_demoting_super_peer_sends_nothing_on_a_connection_it_is_closing() {
     );
     let sent: Vec<crate::Transmit> = std::iter::from_fn(|| sp.poll_transmit()).collect();
     assert!(sent.iter().all(|t| t.to != 2), "{sent:?}");
+}
+
+/// Last-hop routing on, dynamic querying off, patches sent as soon as timers run.
+fn last_hop() -> Config {
+    Config {
+        last_hop_routing: true,
+        dynamic: None,
+        route_delay: Duration::ZERO,
+        ..Config::default()
+    }
+}
+
+#[test]
+fn the_last_hop_goes_only_where_the_words_are() {
+    // A star: 0 in the middle; 1 has "alpha", 2 has "beta", 3 has nothing.
+    let mut net = Net::with_config(4, last_hop());
+    for sp in 1..4 {
+        net.link_sps(0, sp);
+    }
+    let (asker, _) = net.add_leaf(0, vec![]);
+    net.add_leaf(1, vec![record("alpha song.mp3", 1)]);
+    net.add_leaf(2, vec![record("beta song.mp3", 2)]);
+    net.advance(Duration::from_millis(1));
+    net.leaf_query(asker, 1, 1, "alpha");
+    assert_eq!(net.hits_at(asker), vec!["alpha song.mp3"]);
+    let processed: Vec<u64> = net
+        .sps
+        .iter()
+        .map(|s| s.stats().queries_processed)
+        .collect();
+    assert_eq!(processed, [1, 1, 0, 0]);
+    assert_eq!(net.sps[0].stats().queries_filtered, 2);
+    // A word both have goes to both; none goes to the empty one.
+    net.inbox[asker].clear();
+    net.leaf_query(asker, 2, 1, "song");
+    assert_eq!(net.hits_at(asker), ["alpha song.mp3", "beta song.mp3"]);
+    assert_eq!(net.sps[3].stats().queries_processed, 0);
+    // Earlier hops are flooded: with TTL 2, 1 passes nothing on (it has no other neighbour),
+    // but 0 sends the first hop everywhere.
+    net.leaf_query(asker, 3, 2, "nowhere");
+    assert_eq!(net.sps[3].stats().queries_processed, 1);
+}
+
+#[test]
+fn a_leaf_that_leaves_is_patched_out_of_its_neighbours_tables() {
+    let mut net = Net::with_config(2, last_hop());
+    net.link_sps(0, 1);
+    let (asker, _) = net.add_leaf(0, vec![]);
+    let (_, conn) = net.add_leaf(1, vec![record("gamma.mp3", 3)]);
+    net.advance(Duration::from_millis(1));
+    let conn_at_0 = net.sps[0].neighbour_conns()[0];
+    let table = |net: &Net| net.sps[0].neighbour_table(conn_at_0).unwrap().slots();
+    assert_eq!(table(&net), net.sps[1].route_slots());
+    assert!(!table(&net).is_empty());
+    net.sps[1].handle_disconnect(net.now, conn);
+    net.advance(Duration::from_millis(1));
+    assert_eq!(table(&net), Vec::<u32>::new());
+    net.leaf_query(asker, 4, 1, "gamma");
+    assert_eq!(net.sps[1].stats().queries_processed, 0);
+}
+
+#[test]
+fn a_patch_before_a_table_or_beyond_it_is_a_protocol_error() {
+    let mut net = Net::with_config(2, last_hop());
+    net.link_sps(0, 1);
+    let c = net.sps[0].neighbour_conns()[0];
+    net.sps[0].handle_message(
+        net.now,
+        c,
+        Message::RouteTable {
+            bits: 4,
+            slots: wire::Slots(vec![16]),
+        },
+    );
+    assert_eq!(net.sps[0].stats().protocol_errors, 1);
+}
+
+/// Dynamic querying with a small target, a probe of two, one second per hop.
+fn dynamic(target: usize) -> Config {
+    Config {
+        last_hop_routing: true,
+        route_delay: Duration::ZERO,
+        dynamic: Some(crate::DynamicQuerying {
+            target,
+            probe_width: 2,
+            probe_ttl: 1,
+            hop_wait: Duration::from_secs(1),
+        }),
+        ..Config::default()
+    }
+}
+
+/// A star of `arms` super-peers around 0; `holders` of them (the first ones) have a leaf
+/// sharing "gamma"; 0 has the asking leaf.
+fn star(arms: usize, holders: usize, config: Config) -> (Net, usize) {
+    let mut net = Net::with_config(arms + 1, config);
+    for sp in 1..=arms {
+        net.link_sps(0, sp);
+    }
+    let (asker, _) = net.add_leaf(0, vec![]);
+    for sp in 1..=holders {
+        net.add_leaf(sp, vec![record(&format!("gamma {sp}.mp3"), sp as u8)]);
+    }
+    net.advance(Duration::from_millis(1));
+    (net, asker)
+}
+
+#[test]
+fn dynamic_querying_stops_at_the_target() {
+    let (mut net, asker) = star(8, 8, dynamic(3));
+    net.leaf_query(asker, 7, 2, "gamma");
+    // The probe: the two likeliest neighbours, two hits.
+    assert_eq!(net.hits_at(asker).len(), 2);
+    for _ in 0..20 {
+        net.advance(Duration::from_secs(1));
+    }
+    let hits = net.hits_at(asker).len();
+    assert!((3..8).contains(&hits), "{hits} hits: stopped at the target");
+    let asked: u64 = net.sps[1..]
+        .iter()
+        .map(|s| s.stats().queries_processed)
+        .sum();
+    assert_eq!(
+        asked as usize, hits,
+        "nobody was asked after the target was met"
+    );
+    assert_eq!(net.sps[0].dynamic_in_progress(), 0);
+    assert_eq!(net.sps[0].stats().dynamic_queries, 1);
+}
+
+#[test]
+fn dynamic_querying_widens_to_the_horizon_when_results_are_few() {
+    // Only one arm has the file, and the tables cannot tell with TTL 2 (the first hop is not
+    // filtered): the query must still reach it, and every arm in the end.
+    let (mut net, asker) = star(8, 1, dynamic(150));
+    net.leaf_query(asker, 8, 2, "gamma");
+    for _ in 0..60 {
+        net.advance(Duration::from_secs(1));
+    }
+    assert_eq!(net.hits_at(asker), ["gamma 1.mp3"]);
+    for sp in &net.sps {
+        assert_eq!(sp.stats().queries_processed, 1);
+    }
+    assert_eq!(net.sps[0].dynamic_in_progress(), 0, "ended at the horizon");
+}
+
+#[test]
+fn dynamic_querying_asks_matching_neighbours_first() {
+    // Arms 1..=4 share nothing, 5 and 6 share "gamma": the probe goes to 5 and 6 (TTL 1).
+    let mut net = Net::with_config(7, dynamic(2));
+    for sp in 1..=6 {
+        net.link_sps(0, sp);
+    }
+    let (asker, _) = net.add_leaf(0, vec![]);
+    net.add_leaf(5, vec![record("gamma 5.mp3", 5)]);
+    net.add_leaf(6, vec![record("gamma 6.mp3", 6)]);
+    net.advance(Duration::from_millis(1));
+    net.leaf_query(asker, 9, 2, "gamma");
+    for _ in 0..20 {
+        net.advance(Duration::from_secs(1));
+    }
+    assert_eq!(net.hits_at(asker), ["gamma 5.mp3", "gamma 6.mp3"]);
+    let processed: Vec<u64> = net
+        .sps
+        .iter()
+        .map(|s| s.stats().queries_processed)
+        .collect();
+    assert_eq!(processed, [1, 0, 0, 0, 0, 1, 1]);
 }

@@ -28,7 +28,7 @@ pub use frame::{decode, encode, DecodeError, MAX_BODY, MAX_PAYLOAD};
 pub use ids::{FileId, NodeId, ParseIdError, QueryId};
 pub use message::{
     Capability, ChunkMsg, FileRecord, Filter, Hello, Hit, HostEntry, Load, ManifestMsg, Message,
-    Query, QueryHits, RedirectReason, Role, Search, Source, Tags, Terms, TransferErrorKind,
+    Query, QueryHits, RedirectReason, Role, Search, Slots, Source, Tags, Terms, TransferErrorKind,
     DEFAULT_TTL, MAX_TTL, PROTOCOL_VERSION,
 };
 

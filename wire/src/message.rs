@@ -414,6 +414,103 @@ pub enum Message {
         /// The chunk.
         index: u32,
     },
+    /// A super-peer's whole route table (QRP-style): the slots of a hashed word table that its
+    /// leaves' files set. Sent to a neighbour when the connection is made; replaces any table
+    /// the receiver held for this connection.
+    RouteTable {
+        /// The table has `1 << bits` slots.
+        bits: u8,
+        /// The slots that are set.
+        slots: Slots,
+    },
+    /// The slots of the sender's route table that flipped since its last `RouteTable` or
+    /// `RoutePatch` on this connection.
+    RoutePatch {
+        /// The slots that flip (set becomes clear, clear becomes set).
+        flips: Slots,
+    },
+}
+
+/// Slots of a route table, strictly ascending. They travel as one CBOR byte string of LEB128
+/// gaps (the first slot, then each slot minus the one before), about one or two bytes a slot.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Slots(pub Vec<u32>);
+
+impl Slots {
+    /// The gap encoding of the slots (which must be strictly ascending).
+    pub fn to_gaps(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.0.len() * 2);
+        let mut prev = 0u32;
+        for (i, &s) in self.0.iter().enumerate() {
+            let mut gap = if i == 0 { s } else { s.wrapping_sub(prev) };
+            prev = s;
+            loop {
+                let byte = (gap & 0x7f) as u8;
+                gap >>= 7;
+                if gap == 0 {
+                    out.push(byte);
+                    break;
+                }
+                out.push(byte | 0x80);
+            }
+        }
+        out
+    }
+
+    /// The slots of a gap encoding; `None` if it is cut short, overflows, or is not strictly
+    /// ascending.
+    pub fn from_gaps(bytes: &[u8]) -> Option<Slots> {
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < bytes.len() {
+            let mut gap: u64 = 0;
+            let mut shift = 0;
+            loop {
+                let b = *bytes.get(i)?;
+                i += 1;
+                if shift > 28 {
+                    return None;
+                }
+                gap |= u64::from(b & 0x7f) << shift;
+                shift += 7;
+                if b & 0x80 == 0 {
+                    break;
+                }
+            }
+            let slot = match out.last() {
+                None => gap,
+                Some(&prev) if gap > 0 => u64::from(prev) + gap,
+                Some(_) => return None,
+            };
+            out.push(u32::try_from(slot).ok()?);
+        }
+        Some(Slots(out))
+    }
+}
+
+impl Serialize for Slots {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(&self.to_gaps())
+    }
+}
+
+impl<'de> Deserialize<'de> for Slots {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct GapVisitor;
+        impl serde::de::Visitor<'_> for GapVisitor {
+            type Value = Slots;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a byte string of ascending LEB128 gaps")
+            }
+            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Slots, E> {
+                Slots::from_gaps(v).ok_or_else(|| E::custom("malformed route table slots"))
+            }
+            fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<Slots, E> {
+                self.visit_bytes(&v)
+            }
+        }
+        d.deserialize_bytes(GapVisitor)
+    }
 }
 
 impl Message {
@@ -441,6 +538,65 @@ impl Message {
             Message::GetBitfield { .. } => "GetBitfield",
             Message::Bitfield { .. } => "Bitfield",
             Message::Have { .. } => "Have",
+            Message::RouteTable { .. } => "RouteTable",
+            Message::RoutePatch { .. } => "RoutePatch",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{decode, encode};
+    use proptest::prelude::*;
+
+    fn round_trip(msg: &Message) -> Message {
+        let mut buf = Vec::new();
+        encode(msg, &mut buf);
+        let (back, used) = decode(&buf).unwrap().unwrap();
+        assert_eq!(used, buf.len());
+        back
+    }
+
+    fn ascending() -> impl Strategy<Value = Vec<u32>> {
+        prop::collection::btree_set(any::<u32>(), 0..300).prop_map(|s| s.into_iter().collect())
+    }
+
+    proptest! {
+        #[test]
+        fn route_messages_round_trip(bits in 1u8..=32, slots in ascending(), flips in ascending()) {
+            let table = Message::RouteTable { bits, slots: Slots(slots) };
+            prop_assert_eq!(round_trip(&table), table);
+            let patch = Message::RoutePatch { flips: Slots(flips) };
+            prop_assert_eq!(round_trip(&patch), patch);
+        }
+
+        #[test]
+        fn slot_gaps_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..64)) {
+            if let Some(s) = Slots::from_gaps(&bytes) {
+                prop_assert!(s.0.windows(2).all(|w| w[0] < w[1]));
+                prop_assert_eq!(Slots::from_gaps(&s.to_gaps()), Some(s));
+            }
+        }
+    }
+
+    #[test]
+    fn slots_are_a_compact_byte_string() {
+        let slots = Slots((0..1000).map(|i| i * 60).collect());
+        // 60 fits one LEB128 byte: one byte a slot, not a CBOR integer array.
+        assert_eq!(slots.to_gaps().len(), 1000);
+        let mut buf = Vec::new();
+        encode(&Message::RoutePatch { flips: slots }, &mut buf);
+        assert!(buf.len() < 1100, "{} bytes", buf.len());
+    }
+
+    #[test]
+    fn descending_or_repeated_slots_are_refused() {
+        // 5, then a gap of 0 (5 again).
+        assert_eq!(Slots::from_gaps(&[5, 0]), None);
+        // A varint cut short.
+        assert_eq!(Slots::from_gaps(&[0x80]), None);
+        // Beyond u32.
+        assert_eq!(Slots::from_gaps(&[0xff, 0xff, 0xff, 0xff, 0x7f]), None);
     }
 }

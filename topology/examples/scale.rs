@@ -1,0 +1,917 @@
+//! The search scale study: plain flooding, last-hop routing and dynamic querying over 1,000 to
+//! 100,000 super-peers, in virtual time, with the real `topology` machines.
+//!
+//! Every super-peer is a [`topology::SuperPeer`] in the simulator ([`topology::sim`]), dialling
+//! its neighbours, exchanging route tables and patches, and forwarding queries itself. Leaves are
+//! stub leaves (a Hello, a Register of their files, pongs), so a network of millions of leaves
+//! fits in memory. Files come from the corpus of real tracks (freemusi.cc, CC BY-SA 4.0), shared
+//! with Zipf popularity; leaves come and go, super-peers crash and join, latencies are drawn per
+//! link, everything from one seed. Super-peers answer searches from an oracle over the leaves'
+//! files, with words cut exactly as the route tables cut them.
+//!
+//! ```text
+//! cargo run --release -p topology --example scale -- --sps 1000,10000,100000 \
+//!     --corpus ../shared/corpus/freemusic-tracks.tsv --out docs/search-scale.md
+//! ```
+
+use std::cell::RefCell;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use topology::routing::{file_text, simple_words};
+use topology::sim::{Machine, Rng, Sim, SimConfig};
+use topology::{Config, ConnId, DynamicQuerying, LeafConfig, RoleConfig};
+use wire::{FileId, FileRecord, Filter, Query, QueryId, Search, Tags, Terms};
+
+/// Settings of the study (command-line flags of the same names).
+#[derive(Debug, Clone)]
+struct Settings {
+    sps: Vec<usize>,
+    seed: u64,
+    corpus: String,
+    out: Option<String>,
+    queries: usize,
+    degree: usize,
+    ttl: u8,
+    zipf: f64,
+    leaves: (u64, u64),
+    files: u64,
+    free_riders: f64,
+    leaf_session: Duration,
+    sp_session: Duration,
+    target: usize,
+    title: String,
+    append: bool,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            sps: vec![1000, 10_000, 100_000],
+            seed: 1,
+            corpus: "../shared/corpus/freemusic-tracks.tsv".into(),
+            out: None,
+            queries: 100,
+            degree: 32,
+            ttl: 3,
+            zipf: 1.0,
+            leaves: (10, 50),
+            files: 24,
+            free_riders: 0.25,
+            leaf_session: Duration::from_secs(30 * 60),
+            sp_session: Duration::from_secs(4 * 3600),
+            target: 150,
+            title: "Results".into(),
+            append: false,
+        }
+    }
+}
+
+fn parse_args() -> anyhow::Result<Settings> {
+    let mut s = Settings::default();
+    let mut args = std::env::args().skip(1);
+    while let Some(flag) = args.next() {
+        let mut value = || args.next().with_context(|| format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--sps" => {
+                s.sps = value()?
+                    .split(',')
+                    .map(|v| v.trim().parse())
+                    .collect::<Result<_, _>>()
+                    .context("--sps: comma-separated counts")?
+            }
+            "--seed" => s.seed = value()?.parse().context("--seed")?,
+            "--corpus" => s.corpus = value()?,
+            "--out" => s.out = Some(value()?),
+            "--queries" => s.queries = value()?.parse().context("--queries")?,
+            "--degree" => s.degree = value()?.parse().context("--degree")?,
+            "--ttl" => s.ttl = value()?.parse().context("--ttl")?,
+            "--target" => s.target = value()?.parse().context("--target")?,
+            "--title" => s.title = value()?,
+            "--append" => s.append = true,
+            "--files" => s.files = value()?.parse().context("--files")?,
+            "--leaves" => {
+                let v = value()?;
+                let (lo, hi) = v.split_once(',').context("--leaves lo,hi")?;
+                s.leaves = (lo.parse()?, hi.parse()?);
+            }
+            other => bail!("unknown flag {other}"),
+        }
+    }
+    Ok(s)
+}
+
+/// One track of the corpus.
+struct Track {
+    artist: String,
+    album: String,
+    number: u32,
+    title: String,
+    duration_s: u32,
+    year: u16,
+    genre: String,
+}
+
+fn load_corpus(path: &str) -> anyhow::Result<Vec<Track>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading the corpus {path}"))?;
+    let tracks: Vec<Track> = text
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split('\t').collect();
+            (f.len() >= 11 && !f[0].trim().is_empty() && !f[5].trim().is_empty()).then(|| Track {
+                artist: f[0].trim().into(),
+                album: f[1].trim().into(),
+                number: f[4].parse().unwrap_or(0),
+                title: f[5].trim().into(),
+                duration_s: f[6].parse().unwrap_or(0),
+                year: f[7].parse().unwrap_or(0),
+                genre: f[8].trim().into(),
+            })
+        })
+        .collect();
+    if tracks.is_empty() {
+        bail!("no tracks in {path}");
+    }
+    Ok(tracks)
+}
+
+fn safe(s: &str) -> String {
+    s.replace('/', "-")
+}
+
+/// The tracks, their words, and their popularity.
+struct Catalog {
+    tracks: Vec<Track>,
+    /// Word → tracks holding it (ascending).
+    postings: HashMap<String, Vec<u32>>,
+    /// Rank (0: most popular) → track.
+    by_rank: Vec<u32>,
+    /// Cumulative Zipf weight by rank.
+    cdf: Vec<f64>,
+}
+
+impl Catalog {
+    fn new(tracks: Vec<Track>, zipf: f64, rng: &mut Rng) -> Catalog {
+        let mut postings: HashMap<String, Vec<u32>> = HashMap::new();
+        for (i, t) in tracks.iter().enumerate() {
+            let mut words = simple_words(&file_text(&record(i as u32, t)));
+            words.sort();
+            words.dedup();
+            for w in words {
+                postings.entry(w).or_default().push(i as u32);
+            }
+        }
+        let mut by_rank: Vec<u32> = (0..tracks.len() as u32).collect();
+        for i in (1..by_rank.len()).rev() {
+            let j = rng.below(i as u64 + 1) as usize;
+            by_rank.swap(i, j);
+        }
+        let mut total = 0.0;
+        let cdf = (0..tracks.len())
+            .map(|r| {
+                total += 1.0 / ((r + 1) as f64).powf(zipf);
+                total
+            })
+            .collect();
+        Catalog {
+            tracks,
+            postings,
+            by_rank,
+            cdf,
+        }
+    }
+
+    /// A track drawn by popularity.
+    fn draw(&self, rng: &mut Rng) -> u32 {
+        let total = *self.cdf.last().expect("a corpus");
+        let u = (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64 * total;
+        let rank = self.cdf.partition_point(|&c| c < u).min(self.cdf.len() - 1);
+        self.by_rank[rank]
+    }
+
+    /// The tracks that hold every word of `text` (ascending).
+    fn matching(&self, text: &str) -> Vec<u32> {
+        let mut words = simple_words(text);
+        words.sort();
+        words.dedup();
+        let mut lists: Vec<&Vec<u32>> = Vec::new();
+        for w in &words {
+            match self.postings.get(w) {
+                Some(p) => lists.push(p),
+                None => return Vec::new(),
+            }
+        }
+        lists.sort_by_key(|l| l.len());
+        let Some((first, rest)) = lists.split_first() else {
+            return Vec::new();
+        };
+        first
+            .iter()
+            .copied()
+            .filter(|t| rest.iter().all(|l| l.binary_search(t).is_ok()))
+            .collect()
+    }
+}
+
+/// The file a leaf shares for track `i`: named the way libraries name files, with its tags.
+fn record(i: u32, t: &Track) -> FileRecord {
+    let mut id = [0x5a; 32];
+    id[..4].copy_from_slice(&i.to_be_bytes());
+    FileRecord {
+        id: FileId(id),
+        size: (u64::from(t.duration_s) * 16_000).max(100_000),
+        path: format!(
+            "{}/{}/{:02} - {}.mp3",
+            safe(&t.artist),
+            safe(&t.album),
+            t.number,
+            safe(&t.title)
+        ),
+        tags: Tags {
+            artist: Some(t.artist.clone()),
+            album: Some(t.album.clone()),
+            title: Some(t.title.clone()),
+            genre: Some(t.genre.clone()),
+            year: (t.year > 0).then_some(t.year),
+            duration_s: Some(t.duration_s),
+        },
+    }
+}
+
+/// What the leaves share, as the oracle and the ground truth see it.
+struct Shares {
+    catalog: Rc<Catalog>,
+    /// Per node (super-peers only): (track, leaf connection).
+    at: Vec<Vec<(u32, ConnId)>>,
+    /// Matching tracks per query text, cached.
+    cache: HashMap<String, Rc<Vec<u32>>>,
+}
+
+impl Shares {
+    fn matches(&mut self, text: &str) -> Rc<Vec<u32>> {
+        if let Some(m) = self.cache.get(text) {
+            return m.clone();
+        }
+        let m = Rc::new(self.catalog.matching(text));
+        self.cache.insert(text.to_string(), m.clone());
+        m
+    }
+
+    /// Super-peer `sp`'s hits for the tracks in `m`, at most `limit`.
+    fn hits_at<'a>(
+        &'a self,
+        sp: usize,
+        m: &'a [u32],
+        limit: usize,
+    ) -> impl Iterator<Item = &'a (u32, ConnId)> + 'a {
+        self.at
+            .get(sp)
+            .into_iter()
+            .flatten()
+            .filter(move |(t, _)| m.binary_search(t).is_ok())
+            .take(limit)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Strategy {
+    Flooding,
+    LastHop,
+    Dynamic,
+}
+
+impl Strategy {
+    fn name(self) -> &'static str {
+        match self {
+            Strategy::Flooding => "flooding",
+            Strategy::LastHop => "last-hop routing",
+            Strategy::Dynamic => "dynamic querying + last hop",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Class {
+    Popular,
+    Rare,
+}
+
+/// One query of the workload: who asks, what, and for which class.
+struct Planned {
+    asker: usize,
+    sp: usize,
+    text: String,
+    class: Class,
+}
+
+/// What one query came to.
+#[derive(Debug, Clone)]
+struct Outcome {
+    class: Class,
+    truth: u64,
+    found: u64,
+    messages: u64,
+    query_messages: u64,
+    bytes: u64,
+    first: Option<Duration>,
+    target: Option<Duration>,
+}
+
+struct Study {
+    s: Settings,
+    sim: Sim,
+    shares: Rc<RefCell<Shares>>,
+    /// Live stub leaves that come and go: (stub node, super-peer, its conn there).
+    stubs: Vec<(usize, usize, ConnId)>,
+    /// Stubs that ask (never churned), with their super-peers.
+    askers: Vec<(usize, usize)>,
+    protected: HashSet<usize>,
+    sp_count: usize,
+    route_setup: (u64, u64),
+}
+
+fn config(s: &Settings) -> SimConfig {
+    SimConfig {
+        seed: s.seed,
+        latency: (Duration::from_millis(10), Duration::from_millis(150)),
+        leaf: LeafConfig::default(),
+        superpeer: Config {
+            neighbour_target: s.degree,
+            dials_per_tick: s.degree / 2,
+            // Quiet background: the study counts query traffic; keep-alives and host news
+            // would only cost simulation time.
+            keepalive_interval: Duration::from_secs(900),
+            idle_timeout: Duration::from_secs(3600),
+            hosts_interval: Duration::from_secs(120),
+            host_cache_size: 64,
+            leaf_slots: 200,
+            route_delay: Duration::from_secs(5),
+            seen_capacity: 4096,
+            dynamic: Some(DynamicQuerying {
+                target: s.target,
+                ..DynamicQuerying::default()
+            }),
+            ..Config::default()
+        },
+        role: RoleConfig::default(),
+        capable_share: 0.0,
+    }
+}
+
+impl Study {
+    fn new(s: Settings, catalog: Rc<Catalog>, n: usize) -> Study {
+        let mut sim = Sim::new(config(&s), Instant::now());
+        let shares = Rc::new(RefCell::new(Shares {
+            catalog,
+            at: Vec::new(),
+            cache: HashMap::new(),
+        }));
+        let sh = shares.clone();
+        sim.set_search(Box::new(move |sp, search| {
+            let Terms::Words(text) = &search.terms else {
+                return Vec::new();
+            };
+            let mut sh = sh.borrow_mut();
+            let m = sh.matches(text);
+            let cat = sh.catalog.clone();
+            sh.hits_at(sp, &m, 200)
+                .map(|&(t, conn)| (conn, record(t, &cat.tracks[t as usize]), 1.0))
+                .collect()
+        }));
+        Study {
+            s,
+            sim,
+            shares,
+            stubs: Vec::new(),
+            askers: Vec::new(),
+            protected: HashSet::new(),
+            sp_count: n,
+            route_setup: (0, 0),
+        }
+    }
+
+    fn add_sp(&mut self, candidates: &[usize]) -> usize {
+        let seeds: Vec<SocketAddr> = (0..self.s.degree / 2)
+            .filter(|_| !candidates.is_empty())
+            .map(|_| {
+                let i = self.sim.rng().below(candidates.len() as u64) as usize;
+                self.sim.nodes[candidates[i]].addr
+            })
+            .collect();
+        self.sim.add_superpeer(&seeds)
+    }
+
+    fn live_sps(&self) -> Vec<usize> {
+        (0..self.sim.nodes.len())
+            .filter(|&n| matches!(self.sim.nodes[n].machine, Machine::SuperPeer(_)))
+            .collect()
+    }
+
+    /// A leaf joins super-peer `sp` with files drawn by popularity.
+    fn attach(&mut self, sp: usize) -> usize {
+        let count = if self.sim.rng().chance(self.s.free_riders) {
+            0
+        } else {
+            1 + self.sim.rng().below(self.s.files * 2 - 1)
+        };
+        let cat = self.shares.borrow().catalog.clone();
+        let mut tracks: Vec<u32> = (0..count).map(|_| cat.draw(self.sim.rng())).collect();
+        tracks.sort_unstable();
+        tracks.dedup();
+        let files = tracks
+            .iter()
+            .map(|&t| record(t, &cat.tracks[t as usize]))
+            .collect();
+        let (stub, conn) = self.sim.attach_stub_leaf(sp, files);
+        let mut sh = self.shares.borrow_mut();
+        if sh.at.len() <= sp {
+            sh.at.resize_with(sp + 1, Vec::new);
+        }
+        sh.at[sp].extend(tracks.into_iter().map(|t| (t, conn)));
+        self.stubs.push((stub, sp, conn));
+        stub
+    }
+
+    fn detach_random(&mut self) {
+        if self.stubs.is_empty() {
+            return;
+        }
+        let i = self.sim.rng().below(self.stubs.len() as u64) as usize;
+        let (stub, sp, conn) = self.stubs.swap_remove(i);
+        self.sim.crash(stub);
+        if let Some(v) = self.shares.borrow_mut().at.get_mut(sp) {
+            v.retain(|(_, c)| *c != conn);
+        }
+    }
+
+    /// Builds the network: super-peers meshing, then leaves joining.
+    fn build(&mut self) {
+        for _ in 0..self.sp_count {
+            self.sim.add_superpeer(&[]);
+        }
+        // Each super-peer is seeded with random others, as a host cache from an earlier run.
+        let now = self.sim.now();
+        for n in 0..self.sp_count {
+            let seeds: Vec<SocketAddr> = (0..self.s.degree / 2)
+                .map(|_| {
+                    let i = self.sim.rng().below(self.sp_count as u64) as usize;
+                    self.sim.nodes[i].addr
+                })
+                .collect();
+            if let Machine::SuperPeer(sp) = &mut self.sim.nodes[n].machine {
+                sp.add_seeds(now, &seeds);
+            }
+        }
+        self.sim.run_for(Duration::from_secs(5));
+        eprintln!("  meshed: RSS {} MiB", status_mib("VmRSS:"));
+        let (lo, hi) = self.s.leaves;
+        // Leaves join over time (a few hundred super-peers' worth per second), so the route
+        // patches that follow them are spread out too.
+        let batch = 500;
+        let mut pending = 0;
+        for sp in 0..self.sp_count {
+            let leaves = lo + self.sim.rng().below(hi - lo + 1);
+            for _ in 0..leaves {
+                self.attach(sp);
+            }
+            pending += 1;
+            if pending == batch {
+                pending = 0;
+                self.sim.run_for(Duration::from_secs(1));
+            }
+        }
+        eprintln!("  leaves attached: RSS {} MiB", status_mib("VmRSS:"));
+        self.sim.run_for(Duration::from_secs(60));
+        eprintln!("  settled: RSS {} MiB", status_mib("VmRSS:"));
+        self.route_setup = self.sim.route_traffic;
+    }
+
+    /// One second of churn: leaves leave and join, super-peers crash and join.
+    fn churn_second(&mut self) {
+        let leaves = self.stubs.len() as f64;
+        let go = leaves / self.s.leaf_session.as_secs_f64();
+        let n = go.floor() as u64 + u64::from(self.sim.rng().chance(go.fract()));
+        let live = self.live_sps();
+        for _ in 0..n {
+            self.detach_random();
+            let sp = live[self.sim.rng().below(live.len() as u64) as usize];
+            self.attach(sp);
+        }
+        let sp_go = live.len() as f64 / self.s.sp_session.as_secs_f64();
+        let n = sp_go.floor() as u64 + u64::from(self.sim.rng().chance(sp_go.fract()));
+        for _ in 0..n {
+            let sp = live[self.sim.rng().below(live.len() as u64) as usize];
+            if self.protected.contains(&sp) {
+                continue;
+            }
+            self.sim.crash(sp);
+            // Its leaves are cut off (the study does not re-attach them; they count as gone)
+            // and a fresh super-peer joins in its place.
+            if let Some(v) = self.shares.borrow_mut().at.get_mut(sp) {
+                v.clear();
+            }
+            let new = self.add_sp(&live);
+            for _ in 0..self.s.leaves.0 {
+                self.attach(new);
+            }
+        }
+    }
+
+    fn run_with_churn(&mut self, d: Duration) {
+        let steps = d.as_secs().max(1);
+        for _ in 0..steps {
+            self.churn_second();
+            self.sim.run_for(Duration::from_secs(1));
+        }
+    }
+
+    /// The workload: askers (leaves that never leave) and what they ask.
+    fn plan(&mut self) -> Vec<Planned> {
+        let cat = self.shares.borrow().catalog.clone();
+        let tracks = cat.tracks.len() as u64;
+        let mut out = Vec::new();
+        for i in 0..self.s.queries {
+            let class = if i % 2 == 0 {
+                Class::Popular
+            } else {
+                Class::Rare
+            };
+            let rank = match class {
+                Class::Popular => self.sim.rng().below(100),
+                Class::Rare => tracks / 2 + self.sim.rng().below(tracks / 2),
+            };
+            let t = &cat.tracks[cat.by_rank[rank as usize] as usize];
+            let live = self.live_sps();
+            let sp = live[self.sim.rng().below(live.len() as u64) as usize];
+            let asker = self.attach(sp);
+            // Askers stay.
+            self.stubs.pop();
+            self.protected.insert(sp);
+            self.askers.push((asker, sp));
+            out.push(Planned {
+                asker,
+                sp,
+                text: format!("{} {}", t.artist, t.title),
+                class,
+            });
+        }
+        out
+    }
+
+    /// Matches within `ttl` hops of `origin`, as the super-peers would return them (at most
+    /// 200 each).
+    fn truth(&mut self, origin: usize, text: &str) -> u64 {
+        let mut dist: HashMap<usize, u8> = HashMap::new();
+        dist.insert(origin, 0);
+        let mut queue = VecDeque::from([origin]);
+        while let Some(n) = queue.pop_front() {
+            let d = dist[&n];
+            if d == self.s.ttl {
+                continue;
+            }
+            for p in self.sim.neighbours(n) {
+                if let std::collections::hash_map::Entry::Vacant(e) = dist.entry(p) {
+                    e.insert(d + 1);
+                    queue.push_back(p);
+                }
+            }
+        }
+        let mut sh = self.shares.borrow_mut();
+        let m = sh.matches(text);
+        dist.keys()
+            .map(|&sp| sh.hits_at(sp, &m, 200).count() as u64)
+            .sum()
+    }
+
+    fn set_strategy(&mut self, st: Strategy) {
+        for n in self.live_sps() {
+            if let Machine::SuperPeer(s) = &mut self.sim.nodes[n].machine {
+                let c = s.config_mut();
+                c.last_hop_routing = st != Strategy::Flooding;
+                c.dynamic = (st == Strategy::Dynamic).then_some(DynamicQuerying {
+                    target: self.s.target,
+                    ..DynamicQuerying::default()
+                });
+            }
+        }
+        // Super-peers that join later take the settings from the simulation's config.
+        self.sim.config.superpeer.last_hop_routing = st != Strategy::Flooding;
+        self.sim.config.superpeer.dynamic = (st == Strategy::Dynamic).then_some(DynamicQuerying {
+            target: self.s.target,
+            ..DynamicQuerying::default()
+        });
+    }
+
+    fn run_queries(&mut self, st: Strategy, plan: &[Planned], round: u8) -> Vec<Outcome> {
+        self.set_strategy(st);
+        let mut started = Vec::new();
+        for (i, p) in plan.iter().enumerate() {
+            if !matches!(self.sim.nodes[p.sp].machine, Machine::SuperPeer(_)) {
+                continue;
+            }
+            let truth = self.truth(p.sp, &p.text);
+            let mut id = [0u8; 16];
+            id[0] = round;
+            id[1..9].copy_from_slice(&(i as u64).to_be_bytes());
+            let query = Query {
+                id: QueryId(id),
+                ttl: self.s.ttl,
+                hops: 0,
+                search: Search {
+                    terms: Terms::Words(p.text.clone()),
+                    filter: Filter::default(),
+                },
+            };
+            self.sim.stub_query(p.asker, query);
+            started.push((QueryId(id), p.class, truth));
+            // A query every half second, churn every second.
+            self.sim.run_for(Duration::from_millis(500));
+            if i % 2 == 1 {
+                self.churn_second();
+            }
+        }
+        // Dynamic queries take several steps: let all of them finish.
+        self.run_with_churn(Duration::from_secs(60));
+        started
+            .into_iter()
+            .map(|(id, class, truth)| {
+                let r = &self.sim.queries[&id];
+                let mut found = r.found.clone();
+                found.sort();
+                found.dedup();
+                Outcome {
+                    class,
+                    truth,
+                    found: found.len() as u64,
+                    messages: r.messages,
+                    query_messages: r.query_messages,
+                    bytes: r.bytes,
+                    first: r.first.map(|t| t - r.start),
+                    target: r.target_at.map(|t| t - r.start),
+                }
+            })
+            .collect()
+    }
+}
+
+fn peak_rss_mib() -> u64 {
+    status_mib("VmHWM:")
+}
+
+fn status_mib(key: &str) -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(key))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb / 1024)
+}
+
+fn mean(v: impl Iterator<Item = f64>) -> f64 {
+    let (mut sum, mut n) = (0.0, 0);
+    for x in v {
+        sum += x;
+        n += 1;
+    }
+    if n == 0 {
+        f64::NAN
+    } else {
+        sum / n as f64
+    }
+}
+
+fn median(mut v: Vec<Duration>) -> Option<Duration> {
+    v.sort();
+    v.get(v.len() / 2).copied()
+}
+
+fn fmt_ms(d: Option<Duration>) -> String {
+    d.map_or("–".into(), |d| format!("{:.2} s", d.as_secs_f64()))
+}
+
+/// The rows of one scale.
+fn rows(n: usize, results: &[(Strategy, Vec<Outcome>)], target: usize, out: &mut String) {
+    let flood_msgs: HashMap<&str, f64> = results
+        .iter()
+        .filter(|(st, _)| *st == Strategy::Flooding)
+        .flat_map(|(_, o)| {
+            [Class::Popular, Class::Rare].map(|c| {
+                (
+                    if c == Class::Popular { "p" } else { "r" },
+                    mean(o.iter().filter(|x| x.class == c).map(|x| x.messages as f64)),
+                )
+            })
+        })
+        .collect();
+    for (st, outcomes) in results {
+        for class in [Class::Popular, Class::Rare] {
+            let o: Vec<&Outcome> = outcomes.iter().filter(|x| x.class == class).collect();
+            let with: Vec<&&Outcome> = o.iter().filter(|x| x.truth > 0).collect();
+            let msgs = mean(o.iter().map(|x| x.messages as f64));
+            let key = if class == Class::Popular { "p" } else { "r" };
+            let ratio = flood_msgs.get(key).map_or(f64::NAN, |f| f / msgs);
+            let recall = mean(
+                with.iter()
+                    .map(|x| (x.found as f64 / x.truth as f64).min(1.0)),
+            );
+            let t = target as f64;
+            let recall_target = mean(
+                with.iter()
+                    .map(|x| ((x.found as f64).min(t) / (x.truth as f64).min(t)).min(1.0)),
+            );
+            let reached = o.iter().filter(|x| x.target.is_some()).count();
+            let _ = writeln!(
+                out,
+                "| {n} | {} | {} | {}/{} | {:.0} | {:.0} ({:.0}) | {:.1}× | {:.1} KiB | {:.0} | {:.3} | {:.3} | {} | {} ({reached}) |",
+                st.name(),
+                if class == Class::Popular { "popular" } else { "rare" },
+                with.len(),
+                o.len(),
+                mean(with.iter().map(|x| x.truth as f64)),
+                msgs,
+                mean(o.iter().map(|x| x.query_messages as f64)),
+                ratio,
+                mean(o.iter().map(|x| x.bytes as f64)) / 1024.0,
+                mean(o.iter().map(|x| x.found as f64)),
+                recall,
+                recall_target,
+                fmt_ms(median(o.iter().filter_map(|x| x.first).collect())),
+                fmt_ms(median(o.iter().filter_map(|x| x.target).collect())),
+            );
+        }
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let s = parse_args()?;
+    let tracks = load_corpus(&s.corpus)?;
+    let mut rng = Rng::new(s.seed ^ 0xC0_FFEE);
+    let catalog = Rc::new(Catalog::new(tracks, s.zipf, &mut rng));
+    // The command as a shell would take it back: arguments with spaces quoted.
+    let command: String = std::env::args()
+        .skip(1)
+        .map(|a| match a.contains(' ') {
+            true => format!("'{a}'"),
+            false => a,
+        })
+        .collect::<Vec<_>>()
+        .join(" ");
+    let mut table = String::new();
+    let mut notes = String::new();
+    for &n in &s.sps {
+        let wall = Instant::now();
+        let mut study = Study::new(s.clone(), catalog.clone(), n);
+        study.build();
+        let built = wall.elapsed();
+        let (leaves, files) = {
+            let sh = study.shares.borrow();
+            (
+                study.stubs.len(),
+                sh.at.iter().map(|v| v.len()).sum::<usize>(),
+            )
+        };
+        let degree = mean(
+            study
+                .live_sps()
+                .into_iter()
+                .map(|sp| study.sim.neighbours(sp).len() as f64),
+        );
+        let (rm, rb) = study.route_setup;
+        eprintln!(
+            "{n} super-peers: built in {built:?}: {leaves} leaves, {files} files, mean degree {degree:.1}, route setup {rm} messages {:.1} MiB, peak RSS {} MiB",
+            rb as f64 / (1 << 20) as f64,
+            peak_rss_mib()
+        );
+        let plan = study.plan();
+        study.sim.run_for(Duration::from_secs(10));
+        let route_before = study.sim.route_traffic;
+        let churn_start = study.sim.elapsed();
+        let mut results = Vec::new();
+        for (round, st) in [Strategy::Flooding, Strategy::LastHop, Strategy::Dynamic]
+            .into_iter()
+            .enumerate()
+        {
+            let t = Instant::now();
+            let o = study.run_queries(st, &plan, round as u8);
+            eprintln!("  {}: {} queries in {:?}", st.name(), o.len(), t.elapsed());
+            results.push((st, o));
+        }
+        let churn_time = (study.sim.elapsed() - churn_start).as_secs_f64();
+        let (pm, pb) = (
+            study.sim.route_traffic.0 - route_before.0,
+            study.sim.route_traffic.1 - route_before.1,
+        );
+        let sps_live = study.live_sps().len() as f64;
+        rows(n, &results, s.target, &mut table);
+        let _ = writeln!(
+            notes,
+            "| {n} | {leaves} | {files} | {degree:.1} | {:.1} MiB | {:.2} | {:.0} B | {:.0} s | {} MiB |",
+            rb as f64 / (1 << 20) as f64,
+            pm as f64 / sps_live / (churn_time / 60.0),
+            pb as f64 / sps_live / (churn_time / 60.0),
+            wall.elapsed().as_secs_f64(),
+            peak_rss_mib(),
+        );
+        eprintln!(
+            "  done in {:?}, peak RSS {} MiB",
+            wall.elapsed(),
+            peak_rss_mib()
+        );
+    }
+    let section = render(&s, &command, &table, &notes);
+    match &s.out {
+        Some(path) => {
+            // With --append, the section goes after what the file holds (an earlier run's).
+            let mut doc = match s.append {
+                true => std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?,
+                false => render_intro(&s),
+            };
+            doc.push_str(&section);
+            std::fs::write(path, doc).with_context(|| format!("writing {path}"))?
+        }
+        None => print!("{}{section}", render_intro(&s)),
+    }
+    Ok(())
+}
+
+/// The study's description and the meaning of the columns (once, at the top of the file).
+fn render_intro(s: &Settings) -> String {
+    format!(
+        "# Search at scale: flooding, last-hop routing, dynamic querying
+
+Generated by `topology/examples/scale.rs` (each section by the command above its tables); do not
+edit by hand.
+
+Every super-peer is the real `topology::SuperPeer` state machine in the deterministic simulator
+(`topology::sim`), in virtual time, from a seed: super-peers dial each other from their host
+caches (mean degree near {degree}), exchange QRP-style route tables ({bits}-bit, 65,536 slots)
+and patches, and forward queries themselves. Leaves are stub leaves (a Hello, a Register of their
+files, pongs), a quarter of them sharing nothing, the others 1–{fmax} tracks drawn with Zipf
+popularity (exponent {zipf}) from the 21,502 real tracks of the freemusi.cc corpus (CC BY-SA 4.0,
+see `../shared/corpus/README.md`). One-way latency 10–150 ms per link. Churn while the queries
+run: leaves leave and join (mean session {ls} min), super-peers crash and are replaced (mean
+session {ss} h). Queries are \"artist title\" of a track, TTL {ttl}: *popular* = one of the 100
+most popular tracks, *rare* = one in the less popular half. Each strategy runs the same queries
+from the same leaves on the same network, one after the other. Dynamic querying: target
+{target} hits, a probe to 3 neighbours with TTL 1, 1.2 s per hop between steps.
+
+- **with matches**: queries with at least one match within the horizon / queries.
+- **matches**: (file, source) pairs within the TTL horizon when the query starts, counting at
+  most 200 per super-peer as the super-peers return them; recall is over queries with matches.
+- **msgs/query**, **bytes/query**: query and hit messages delivered on super-peer links and to the
+  asking leaf (in brackets: of them, query copies), and their encoded frame sizes
+  (`wire::encode`).
+- **vs flood**: flooding's messages per query divided by this row's.
+- **recall**: distinct (file, source) found / matches (capped at 1). **recall@{target}**: found
+  capped at the target / matches capped at the target: what dynamic querying aims for.
+- **first** / **target**: median time from the query to its first hit / to {target} hits (in
+  brackets, how many queries got {target}).
+- Route messages count tables and patches on super-peer links. Setup: all of them while the
+  network is built. Under churn: per live super-peer per minute while the queries ran.
+
+",
+        degree = s.degree,
+        bits = topology::routing::TABLE_BITS,
+        fmax = s.files * 2 - 1,
+        zipf = s.zipf,
+        ls = s.leaf_session.as_secs() / 60,
+        ss = s.sp_session.as_secs() / 3600,
+        ttl = s.ttl,
+        target = s.target,
+    )
+}
+
+/// One run's tables.
+fn render(s: &Settings, command: &str, table: &str, notes: &str) -> String {
+    format!(
+        "## {title}
+
+```text
+cargo run --release -p topology --example scale -- {command}
+```
+
+Seed {seed}; {llo}–{lhi} leaves per super-peer; {q} queries per strategy.
+
+| super-peers | strategy | class | with matches | matches | msgs/query | vs flood | bytes/query | found | recall | recall@{target} | first | target |
+| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |
+{table}
+| super-peers | leaves | files shared | mean degree | route setup | route msgs /SP/min | route bytes /SP/min | wall time | peak RSS |
+| --- | --- | --- | --- | --- | --- | --- | --- | --- |
+{notes}
+",
+        title = s.title,
+        seed = s.seed,
+        llo = s.leaves.0,
+        lhi = s.leaves.1,
+        q = s.queries,
+        target = s.target,
+    )
+}

@@ -1,0 +1,562 @@
+//! Keyword routing: QRP-style route tables.
+//!
+//! A super-peer summarises the words its leaves' files hold as a hashed bit table of
+//! `1 << bits` slots (the Gnutella Query Routing Protocol's idea): a word sets the slot its hash
+//! falls in; a file sets the slots of all its words and one slot for its content id. The table
+//! goes to every neighbour when the link is made ([`wire::Message::RouteTable`]), then only the
+//! slots that flipped as leaves came and went ([`wire::Message::RoutePatch`]): new words at
+//! once, cleared slots batched (they only cost false positives meanwhile).
+//!
+//! A query can match at a super-peer only if every one of its words is in some file there, so
+//! only if every word's slot is set: a clear slot proves there is no match (no false negatives,
+//! as long as files and queries are cut into words by the same [`Analyzer`] as the index's). A
+//! set slot may be another word's (a false positive costs one message, nothing more).
+//!
+//! - [`LocalTable`]: this super-peer's own table, with per-slot counts so files and leaves can
+//!   be taken out again, and the flips not yet sent.
+//! - [`RemoteTable`]: a neighbour's table as received, patched in place.
+//! - [`file_hashes`] / [`search_hashes`]: the word (and id) hashes of a file and of a query.
+
+use std::collections::{HashMap, HashSet};
+
+use wire::{FileId, FileRecord, Search, Terms};
+
+use crate::ConnId;
+
+/// The default table size: `1 << 16` slots, as in QRP (8 KiB as a bitmap).
+pub const TABLE_BITS: u8 = 16;
+
+/// The largest table accepted from a neighbour: `1 << 24` slots.
+pub const MAX_TABLE_BITS: u8 = 24;
+
+/// Cuts text into normalised words. It must cut exactly like the index does (the super-peer
+/// driver passes the index's own analyzer); [`simple_words`] is the default.
+pub type Analyzer = fn(&str) -> Vec<String>;
+
+/// Why a neighbour's route message was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RouteError {
+    /// The table size is outside `1..=MAX_TABLE_BITS` bits.
+    #[error("route table of {0} bits (at most {MAX_TABLE_BITS})")]
+    Bits(u8),
+    /// A slot lies beyond the table.
+    #[error("route slot {slot} beyond a table of {bits} bits")]
+    Slot {
+        /// The slot.
+        slot: u32,
+        /// The table's size in bits.
+        bits: u8,
+    },
+    /// A patch came before any table.
+    #[error("route patch before any route table")]
+    PatchFirst,
+}
+
+/// The default analyzer: split on anything that is not a letter or digit, lower-case, and fold
+/// the common Latin accents to ASCII ("Motörhead" gives "motorhead", "Straße" "strasse"). The
+/// simulator uses it for files and queries alike; a real super-peer uses the index's analyzer.
+pub fn simple_words(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for token in text.split(|c: char| !c.is_alphanumeric()) {
+        if token.is_empty() {
+            continue;
+        }
+        let mut w = String::with_capacity(token.len());
+        for c in token.chars() {
+            if c.is_ascii() {
+                w.push(c.to_ascii_lowercase());
+            } else {
+                for l in c.to_lowercase() {
+                    match fold(l) {
+                        Some(f) => w.push_str(f),
+                        None => w.push(l),
+                    }
+                }
+            }
+        }
+        out.push(w);
+    }
+    out
+}
+
+/// ASCII for the common accented Latin letters (lower case).
+fn fold(c: char) -> Option<&'static str> {
+    Some(match c {
+        'à' | 'á' | 'â' | 'ã' | 'ä' | 'å' | 'ā' | 'ă' | 'ą' => "a",
+        'æ' => "ae",
+        'ç' | 'ć' | 'č' => "c",
+        'ď' | 'đ' | 'ð' => "d",
+        'è' | 'é' | 'ê' | 'ë' | 'ē' | 'ė' | 'ę' | 'ě' => "e",
+        'ì' | 'í' | 'î' | 'ï' | 'ī' | 'į' | 'ı' => "i",
+        'ł' | 'ľ' => "l",
+        'ñ' | 'ń' | 'ň' => "n",
+        'ò' | 'ó' | 'ô' | 'õ' | 'ö' | 'ø' | 'ō' | 'ő' => "o",
+        'œ' => "oe",
+        'ř' => "r",
+        'ś' | 'š' | 'ş' => "s",
+        'ß' => "ss",
+        'ť' | 'ţ' => "t",
+        'þ' => "th",
+        'ù' | 'ú' | 'û' | 'ü' | 'ū' | 'ů' | 'ű' => "u",
+        'ý' | 'ÿ' => "y",
+        'ź' | 'ż' | 'ž' => "z",
+        _ => return None,
+    })
+}
+
+/// A 64-bit hash of bytes (FNV-1a, then a SplitMix64 finish so the top bits are well mixed).
+/// Fixed by the protocol: every node must hash a word alike.
+fn hash64(domain: u8, bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325 ^ u64::from(domain);
+    for &b in bytes {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h = (h ^ (h >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    h = (h ^ (h >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    h ^ (h >> 31)
+}
+
+/// The hash of a (normalised) word.
+pub fn word_hash(word: &str) -> u64 {
+    hash64(0, word.as_bytes())
+}
+
+/// The hash of a content id (a query for an id routes like a one-word query).
+pub fn id_hash(id: &FileId) -> u64 {
+    hash64(1, id.as_bytes())
+}
+
+/// The slot a hash falls in, in a table of `1 << bits` slots.
+pub fn slot(hash: u64, bits: u8) -> u32 {
+    (hash >> (64 - u32::from(bits))) as u32
+}
+
+/// The text of a file that the index cuts into words: its path (folders and name) and its
+/// tags. The extension is in the name; the year is a word.
+pub fn file_text(file: &FileRecord) -> String {
+    let t = &file.tags;
+    let mut text = file.path.clone();
+    for part in [&t.artist, &t.album, &t.title, &t.genre]
+        .into_iter()
+        .flatten()
+    {
+        text.push(' ');
+        text.push_str(part);
+    }
+    if let Some(year) = t.year {
+        text.push(' ');
+        text.push_str(&year.to_string());
+    }
+    text
+}
+
+/// The hashes a file sets: each of its words, and its content id. Sorted, distinct.
+pub fn file_hashes(analyzer: Analyzer, file: &FileRecord) -> Vec<u64> {
+    let mut h: Vec<u64> = analyzer(&file_text(file))
+        .iter()
+        .map(|w| word_hash(w))
+        .collect();
+    h.push(id_hash(&file.id));
+    h.sort_unstable();
+    h.dedup();
+    h
+}
+
+/// The hashes a query needs, every one of them, to match anywhere. Empty when it has no words
+/// (such a query matches nothing in the index; it is routed as if it could match anything).
+pub fn search_hashes(analyzer: Analyzer, search: &Search) -> Vec<u64> {
+    let mut h: Vec<u64> = match &search.terms {
+        Terms::Words(text) => analyzer(text).iter().map(|w| word_hash(w)).collect(),
+        Terms::Id(id) => vec![id_hash(id)],
+    };
+    h.sort_unstable();
+    h.dedup();
+    h
+}
+
+/// This super-peer's route table: which slots its leaves' files set, counted, so a file or a
+/// leaf can be taken out, and which slots flipped since the table was last sent.
+///
+/// Invariant: a slot is set (`counts` holds it) exactly when at least one registered file sets
+/// it; `flips` holds exactly the slots whose set/clear state differs from what was last sent
+/// (taken by [`LocalTable::take_flips`]).
+#[derive(Debug)]
+pub struct LocalTable {
+    bits: u8,
+    counts: HashMap<u32, u32>,
+    /// Each leaf's files and the slots each sets.
+    files: HashMap<ConnId, HashMap<FileId, Box<[u32]>>>,
+    flips: HashSet<u32>,
+}
+
+impl LocalTable {
+    /// An empty table of `1 << bits` slots.
+    pub fn new(bits: u8) -> Self {
+        LocalTable {
+            bits: bits.clamp(1, MAX_TABLE_BITS),
+            counts: HashMap::new(),
+            files: HashMap::new(),
+            flips: HashSet::new(),
+        }
+    }
+
+    /// The table's size in bits.
+    pub fn bits(&self) -> u8 {
+        self.bits
+    }
+
+    fn inc(&mut self, s: u32) {
+        let c = self.counts.entry(s).or_insert(0);
+        *c += 1;
+        if *c == 1 && !self.flips.remove(&s) {
+            self.flips.insert(s);
+        }
+    }
+
+    fn dec(&mut self, s: u32) {
+        if let Some(c) = self.counts.get_mut(&s) {
+            *c -= 1;
+            if *c == 0 {
+                self.counts.remove(&s);
+                if !self.flips.remove(&s) {
+                    self.flips.insert(s);
+                }
+            }
+        }
+    }
+
+    /// Leaf `leaf` registered `files` (a file it registered before is replaced).
+    pub fn add_files(&mut self, analyzer: Analyzer, leaf: ConnId, files: &[FileRecord]) {
+        for f in files {
+            let bits = self.bits;
+            let slots: Box<[u32]> = {
+                let mut s: Vec<u32> = file_hashes(analyzer, f)
+                    .into_iter()
+                    .map(|h| slot(h, bits))
+                    .collect();
+                s.sort_unstable();
+                s.dedup();
+                s.into()
+            };
+            for &s in slots.iter() {
+                self.inc(s);
+            }
+            if let Some(old) = self.files.entry(leaf).or_default().insert(f.id, slots) {
+                for &s in old.iter() {
+                    self.dec(s);
+                }
+            }
+        }
+    }
+
+    /// Leaf `leaf` withdrew the files with these ids.
+    pub fn withdraw(&mut self, leaf: ConnId, ids: &[FileId]) {
+        for id in ids {
+            let old = self.files.get_mut(&leaf).and_then(|f| f.remove(id));
+            for &s in old.iter().flat_map(|o| o.iter()) {
+                self.dec(s);
+            }
+        }
+    }
+
+    /// Leaf `leaf` is gone, and its files with it.
+    pub fn remove_leaf(&mut self, leaf: ConnId) {
+        if let Some(files) = self.files.remove(&leaf) {
+            for slots in files.values() {
+                for &s in slots.iter() {
+                    self.dec(s);
+                }
+            }
+        }
+    }
+
+    /// Whether a query with these hashes could match here.
+    pub fn may_match(&self, hashes: &[u64]) -> bool {
+        hashes
+            .iter()
+            .all(|&h| self.counts.contains_key(&slot(h, self.bits)))
+    }
+
+    /// The set slots, ascending (a whole table to send).
+    pub fn slots(&self) -> Vec<u32> {
+        let mut v: Vec<u32> = self.counts.keys().copied().collect();
+        v.sort_unstable();
+        v
+    }
+
+    /// Set slots.
+    pub fn len(&self) -> usize {
+        self.counts.len()
+    }
+
+    /// True when no slot is set.
+    pub fn is_empty(&self) -> bool {
+        self.counts.is_empty()
+    }
+
+    /// Whether slots flipped since the last [`LocalTable::take_flips`].
+    pub fn has_flips(&self) -> bool {
+        !self.flips.is_empty()
+    }
+
+    /// Whether a slot was set since the last [`LocalTable::take_flips`] (a new word that
+    /// neighbours must learn of before they can route queries for it here).
+    pub fn has_new_slots(&self) -> bool {
+        self.flips.iter().any(|s| self.counts.contains_key(s))
+    }
+
+    /// The slots that flipped since the last call, ascending; they count as sent.
+    pub fn take_flips(&mut self) -> Vec<u32> {
+        // Taken, not drained: an idle table keeps no spare capacity.
+        let mut v: Vec<u32> = std::mem::take(&mut self.flips).into_iter().collect();
+        v.sort_unstable();
+        v
+    }
+}
+
+/// A neighbour's route table, as received and patched. Slots are kept as a sorted list (two
+/// bytes a slot up to 16 bits): most tables are sparse, and a super-peer holds one per
+/// neighbour.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteTable {
+    bits: u8,
+    slots: SlotSet,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum SlotSet {
+    Small(Vec<u16>),
+    Large(Vec<u32>),
+}
+
+/// The symmetric difference of two ascending lists.
+fn xor_sorted<T: Ord + Copy>(a: &[T], b: &[T]) -> Vec<T> {
+    let mut out = Vec::with_capacity(a.len() + b.len());
+    let (mut i, mut j) = (0, 0);
+    while i < a.len() && j < b.len() {
+        match a[i].cmp(&b[j]) {
+            std::cmp::Ordering::Less => {
+                out.push(a[i]);
+                i += 1;
+            }
+            std::cmp::Ordering::Greater => {
+                out.push(b[j]);
+                j += 1;
+            }
+            std::cmp::Ordering::Equal => {
+                i += 1;
+                j += 1;
+            }
+        }
+    }
+    out.extend_from_slice(&a[i..]);
+    out.extend_from_slice(&b[j..]);
+    out
+}
+
+impl RemoteTable {
+    /// A table of `1 << bits` slots with these set (ascending, as [`wire::Slots`] guarantees).
+    pub fn new(bits: u8, slots: &[u32]) -> Result<Self, RouteError> {
+        if bits == 0 || bits > MAX_TABLE_BITS {
+            return Err(RouteError::Bits(bits));
+        }
+        check(bits, slots)?;
+        let slots = if bits <= 16 {
+            SlotSet::Small(slots.iter().map(|&s| s as u16).collect())
+        } else {
+            SlotSet::Large(slots.to_vec())
+        };
+        Ok(RemoteTable { bits, slots })
+    }
+
+    /// Flips these slots (ascending).
+    pub fn apply(&mut self, flips: &[u32]) -> Result<(), RouteError> {
+        check(self.bits, flips)?;
+        self.slots = match &self.slots {
+            SlotSet::Small(v) => {
+                let f: Vec<u16> = flips.iter().map(|&s| s as u16).collect();
+                SlotSet::Small(xor_sorted(v, &f))
+            }
+            SlotSet::Large(v) => SlotSet::Large(xor_sorted(v, flips)),
+        };
+        Ok(())
+    }
+
+    /// Whether a query with these hashes could match at this neighbour.
+    pub fn may_match(&self, hashes: &[u64]) -> bool {
+        hashes.iter().all(|&h| {
+            let s = slot(h, self.bits);
+            match &self.slots {
+                SlotSet::Small(v) => v.binary_search(&(s as u16)).is_ok(),
+                SlotSet::Large(v) => v.binary_search(&s).is_ok(),
+            }
+        })
+    }
+
+    /// The set slots, ascending.
+    pub fn slots(&self) -> Vec<u32> {
+        match &self.slots {
+            SlotSet::Small(v) => v.iter().map(|&s| u32::from(s)).collect(),
+            SlotSet::Large(v) => v.clone(),
+        }
+    }
+
+    /// The table's size in bits.
+    pub fn bits(&self) -> u8 {
+        self.bits
+    }
+
+    /// True when no slot is set.
+    pub fn is_empty(&self) -> bool {
+        match &self.slots {
+            SlotSet::Small(v) => v.is_empty(),
+            SlotSet::Large(v) => v.is_empty(),
+        }
+    }
+}
+
+fn check(bits: u8, slots: &[u32]) -> Result<(), RouteError> {
+    match slots.iter().find(|&&s| u64::from(s) >= 1u64 << bits) {
+        Some(&slot) => Err(RouteError::Slot { slot, bits }),
+        None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use wire::{Filter, Tags};
+
+    fn file(n: u8, path: &str, tags: Tags) -> FileRecord {
+        FileRecord {
+            id: FileId([n; 32]),
+            size: 1000,
+            path: path.into(),
+            tags,
+        }
+    }
+
+    fn words(text: &str) -> Search {
+        Search {
+            terms: Terms::Words(text.into()),
+            filter: Filter::default(),
+        }
+    }
+
+    #[test]
+    fn simple_words_fold_case_and_accents() {
+        assert_eq!(
+            simple_words("Motörhead/Ace of Spades-Straße 1999.MP3"),
+            ["motorhead", "ace", "of", "spades", "strasse", "1999", "mp3"]
+        );
+    }
+
+    #[test]
+    fn a_table_answers_for_its_words_and_ids_and_forgets_a_gone_leaf() {
+        let mut t = LocalTable::new(TABLE_BITS);
+        let f = file(
+            1,
+            "Music/Björk/01 - Hyperballad.mp3",
+            Tags {
+                genre: Some("Electronic".into()),
+                year: Some(1996),
+                ..Tags::default()
+            },
+        );
+        t.add_files(simple_words, 7, std::slice::from_ref(&f));
+        for q in ["bjork hyperballad", "ELECTRONIC 1996", "music mp3", "01"] {
+            assert!(t.may_match(&search_hashes(simple_words, &words(q))), "{q}");
+        }
+        let by_id = Search {
+            terms: Terms::Id(f.id),
+            filter: Filter::default(),
+        };
+        assert!(t.may_match(&search_hashes(simple_words, &by_id)));
+        let flips = t.take_flips();
+        assert_eq!(flips, t.slots());
+        t.remove_leaf(7);
+        assert!(t.is_empty());
+        assert!(!t.may_match(&search_hashes(simple_words, &words("hyperballad"))));
+        // Every slot that was set flipped back.
+        assert_eq!(t.take_flips(), flips);
+    }
+
+    #[test]
+    fn withdrawing_one_of_two_files_keeps_the_shared_words() {
+        let mut t = LocalTable::new(TABLE_BITS);
+        let a = file(1, "x/alpha shared.mp3", Tags::default());
+        let b = file(2, "x/beta shared.mp3", Tags::default());
+        t.add_files(simple_words, 1, &[a.clone(), b]);
+        t.withdraw(1, &[a.id]);
+        assert!(t.may_match(&search_hashes(simple_words, &words("beta shared"))));
+        assert!(!t.may_match(&search_hashes(simple_words, &words("alpha"))));
+    }
+
+    #[test]
+    fn remote_tables_refuse_slots_beyond_their_size() {
+        assert_eq!(
+            RemoteTable::new(4, &[3, 16]),
+            Err(RouteError::Slot { slot: 16, bits: 4 })
+        );
+        assert_eq!(RemoteTable::new(0, &[]), Err(RouteError::Bits(0)));
+        let mut t = RemoteTable::new(4, &[1, 2]).unwrap();
+        assert!(t.apply(&[20]).is_err());
+        t.apply(&[2, 5]).unwrap();
+        assert_eq!(t.slots(), [1, 5]);
+    }
+
+    fn arb_text() -> impl Strategy<Value = String> {
+        // Words from a small alphabet (so queries often hit), accents and separators.
+        prop::collection::vec("[a-cA-CéÖß0-2]{1,4}", 1..6).prop_map(|w| w.join(" "))
+    }
+
+    proptest! {
+        /// Whatever leaves come and go, a neighbour that applied every patch holds the same
+        /// table as the sender, and the table is set exactly where some live file sets it.
+        #[test]
+        fn patches_keep_a_remote_copy_equal(ops in prop::collection::vec((0u64..4, any::<bool>(), prop::collection::vec((0u8..8, arb_text()), 0..4)), 1..30), bits in 3u8..=18, flush_every in 1usize..4) {
+            let mut local = LocalTable::new(bits);
+            local.take_flips();
+            let mut remote = RemoteTable::new(bits, &local.slots()).unwrap();
+            for (i, (leaf, leave, files)) in ops.into_iter().enumerate() {
+                if leave {
+                    local.remove_leaf(leaf);
+                } else {
+                    let files: Vec<FileRecord> = files
+                        .into_iter()
+                        .map(|(n, text)| file(n, &text, Tags::default()))
+                        .collect();
+                    local.add_files(simple_words, leaf, &files);
+                }
+                if i % flush_every == 0 {
+                    remote.apply(&local.take_flips()).unwrap();
+                    prop_assert_eq!(remote.slots(), local.slots());
+                }
+            }
+            remote.apply(&local.take_flips()).unwrap();
+            prop_assert_eq!(remote.slots(), local.slots());
+        }
+
+        /// No false negatives: a query whose every word is in some file of the table may match.
+        #[test]
+        fn a_query_that_matches_a_file_is_never_filtered(texts in prop::collection::vec(arb_text(), 1..20), pick in any::<prop::sample::Index>(), take in 1usize..4, bits in 1u8..=16) {
+            let files: Vec<FileRecord> = texts
+                .iter()
+                .enumerate()
+                .map(|(i, t)| file(i as u8, &format!("share/{t}.ogg"), Tags { artist: Some(t.to_uppercase()), ..Tags::default() }))
+                .collect();
+            let mut local = LocalTable::new(bits);
+            local.add_files(simple_words, 1, &files);
+            let remote = RemoteTable::new(bits, &local.slots()).unwrap();
+            // A query made of some words of one file, in other case.
+            let f = pick.get(&files);
+            let w = simple_words(&f.path);
+            let q: Vec<String> = w.iter().take(take).map(|w| w.to_uppercase()).collect();
+            let h = search_hashes(simple_words, &words(&q.join(" ")));
+            prop_assert!(local.may_match(&h));
+            prop_assert!(remote.may_match(&h));
+        }
+    }
+}
