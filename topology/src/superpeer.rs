@@ -39,6 +39,8 @@ pub struct Config {
     pub max_local_hits: usize,
     /// The most hits carried in one QueryHits message.
     pub hits_per_message: usize,
+    /// The most hits routed back for one query, from everyone; later ones are dropped.
+    pub max_hits_per_query: usize,
     /// Free text sent in Hello.
     pub agent: String,
     /// Leaves accepted at most; more are redirected to other super-peers.
@@ -117,6 +119,7 @@ impl Default for Config {
             idle_timeout: Duration::from_secs(60),
             hello_timeout: Duration::from_secs(10),
             max_local_hits: 200,
+            max_hits_per_query: 1000,
             hits_per_message: 100,
             agent: concat!("canopy/", env!("CARGO_PKG_VERSION")).to_string(),
             // Anchors: gtk-gnutella keeps 300 leaves and ~32 ultrapeer links, LimeWire 30 and
@@ -289,12 +292,15 @@ enum Origin {
     Conn(ConnId),
 }
 
-/// What the seen-cache remembers of a query: where it came from (hits go back there) and the
-/// most TTL it has been forwarded with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What the seen-cache remembers of a query: where it came from (hits go back there), the
+/// most TTL it has been forwarded with, which neighbours it was sent to (only their hits are
+/// routed: hits must come back along the query's path) and how many hits went back.
+#[derive(Debug, Clone, PartialEq, Eq)]
 struct Seen {
     origin: Origin,
     ttl: u8,
+    asked: Vec<ConnId>,
+    hits: usize,
 }
 
 /// A leaf's query being searched dynamically by this super-peer.
@@ -609,7 +615,9 @@ impl SuperPeer {
                 self.on_query(now, conn, query);
             }
             (PeerState::SuperPeer { .. }, Message::Query(query)) => self.on_query(now, conn, query),
-            (PeerState::SuperPeer { .. }, Message::QueryHits(hits)) => self.on_hits(now, hits),
+            (PeerState::SuperPeer { .. }, Message::QueryHits(hits)) => {
+                self.on_hits(now, Some(conn), hits)
+            }
             (PeerState::SuperPeer { .. }, Message::RouteTable { bits, slots }) => {
                 match RemoteTable::new(bits, &slots.0) {
                     Ok(t) => {
@@ -674,7 +682,7 @@ impl SuperPeer {
             })
             .collect();
         if !hits.is_empty() {
-            self.on_hits(now, QueryHits { query, hits });
+            self.on_hits(now, None, QueryHits { query, hits });
         }
     }
 
@@ -1095,6 +1103,8 @@ impl SuperPeer {
         let seen = Seen {
             origin: Origin::Conn(from),
             ttl: query.ttl,
+            asked: Vec::new(),
+            hits: 0,
         };
         if !self.seen.insert(now, query.id, seen) {
             self.stats.duplicates_dropped += 1;
@@ -1140,20 +1150,25 @@ impl SuperPeer {
         };
         for id in self.neighbour_conns() {
             if id != from {
-                self.forward(id, &forward, &hashes);
+                self.forward(now, id, &forward, &hashes);
             }
         }
     }
 
     /// Sends `query` to neighbour `to`, unless it is the query's last hop and the neighbour's
     /// route table rules out a match for `hashes` (a neighbour with no table yet gets it).
-    fn forward(&mut self, to: ConnId, query: &Query, hashes: &[u64]) {
+    fn forward(&mut self, now: Instant, to: ConnId, query: &Query, hashes: &[u64]) {
         if query.ttl == 0
             && self.config.last_hop_routing
             && self.remote.get(&to).is_some_and(|t| !t.may_match(hashes))
         {
             self.stats.queries_filtered += 1;
             return;
+        }
+        if let Some(seen) = self.seen.get_mut(now, &query.id) {
+            if !seen.asked.contains(&to) {
+                seen.asked.push(to);
+            }
         }
         self.stats.queries_forwarded += 1;
         self.send(to, Message::Query(query.clone()));
@@ -1211,7 +1226,7 @@ impl SuperPeer {
             ..query.clone()
         };
         for &c in &probe {
-            self.forward(c, &forward, &hashes);
+            self.forward(now, c, &forward, &hashes);
         }
         let reached = 1.0 + probe.len() as f64 * self.reach(ttl);
         let shallow = if ttl < horizon { probe } else { Vec::new() };
@@ -1290,7 +1305,7 @@ impl SuperPeer {
             ..d.query.clone()
         };
         for &c in &next {
-            self.forward(c, &forward, &d.hashes);
+            self.forward(now, c, &forward, &d.hashes);
         }
         d.reached += next.len() as f64 * self.reach(ttl);
         if ttl < horizon {
@@ -1300,28 +1315,48 @@ impl SuperPeer {
         self.dynamic.insert(id, d);
     }
 
-    fn on_hits(&mut self, now: Instant, hits: QueryHits) {
-        let n = hits.hits.len() as u64;
-        let to = match self.seen.get(now, &hits.query) {
-            Some(Seen {
-                origin: Origin::Conn(c),
-                ..
-            }) if self.conns.get(c).is_some_and(|c| !c.closing) => *c,
-            _ => {
-                self.stats.hits_dropped += n;
-                return;
-            }
+    /// Hits for a query, from neighbour `from` (or the local index): routed back the way the
+    /// query came, if they came from a neighbour it was sent to, up to
+    /// [`Config::max_hits_per_query`].
+    fn on_hits(&mut self, now: Instant, from: Option<ConnId>, hits: QueryHits) {
+        let QueryHits {
+            query,
+            hits: mut list,
+        } = hits;
+        let Some(seen) = self.seen.get_mut(now, &query) else {
+            self.stats.hits_dropped += list.len() as u64;
+            return;
         };
+        if let Some(f) = from.filter(|f| !seen.asked.contains(f)) {
+            log::debug!(
+                "dropping {} hits for query {} from {f}, which was not asked",
+                list.len(),
+                query.short()
+            );
+            self.stats.hits_dropped += list.len() as u64;
+            return;
+        }
+        let room = self.config.max_hits_per_query.saturating_sub(seen.hits);
+        if list.len() > room {
+            self.stats.hits_dropped += (list.len() - room) as u64;
+            list.truncate(room);
+        }
+        let Origin::Conn(to) = seen.origin;
+        if list.is_empty() || !self.conns.get(&to).is_some_and(|c| !c.closing) {
+            self.stats.hits_dropped += list.len() as u64;
+            return;
+        }
+        seen.hits += list.len();
+        let n = list.len() as u64;
         self.stats.hits_routed += n;
-        if let Some(d) = self.dynamic.get_mut(&hits.query) {
+        if let Some(d) = self.dynamic.get_mut(&query) {
             d.hits += n as usize;
             if self.config.dynamic.is_none_or(|dq| d.hits >= dq.target) {
                 // The leaf has enough: ask nobody else.
-                self.dynamic.remove(&hits.query);
+                self.dynamic.remove(&query);
             }
         }
-        let query = hits.query;
-        let mut hits = hits.hits;
+        let mut hits = list;
         while !hits.is_empty() {
             let rest = hits.split_off(hits.len().min(self.config.hits_per_message));
             self.send(to, Message::QueryHits(QueryHits { query, hits }));

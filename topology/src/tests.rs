@@ -694,3 +694,78 @@ fn dynamic_querying_asks_matching_neighbours_first() {
         .collect();
     assert_eq!(processed, [1, 0, 0, 0, 0, 1, 1]);
 }
+
+/// Hits must come back along the query's path (from a neighbour it was sent to), and no more
+/// than `max_hits_per_query` of them go back for one query.
+#[test]
+fn hits_off_the_querys_path_or_over_the_cap_are_dropped() {
+    let now = Instant::now();
+    let clock = RoleClock::new(now, NodeRole::SuperPeer, RoleConfig::default());
+    let config = Config {
+        max_hits_per_query: 5,
+        ..flooding()
+    };
+    let listen = "10.0.0.1:4000".parse().unwrap();
+    let mut sp = SuperPeer::new(now, NodeId([1; 32]), Some(listen), config, clock);
+    let neighbour = |sp: &mut SuperPeer, conn: ConnId, n: u8| {
+        let addr = format!("10.0.0.{n}:4000").parse().unwrap();
+        sp.handle_connect(now, conn, addr, false);
+        let hello = Hello::new(NodeId([n; 32]), Role::SuperPeer, Some(addr), "test");
+        sp.handle_message(now, conn, Message::Hello(hello));
+    };
+    sp.handle_connect(now, 1, "10.0.0.9:5000".parse().unwrap(), false);
+    let leaf = Hello::new(NodeId([9; 32]), Role::Leaf, None, "test");
+    sp.handle_message(now, 1, Message::Hello(leaf));
+    neighbour(&mut sp, 2, 2);
+    neighbour(&mut sp, 3, 3);
+    let id = QueryId([5; 16]);
+    let query = Query {
+        id,
+        ttl: 2,
+        hops: 0,
+        search: words("anything"),
+    };
+    sp.handle_message(now, 1, Message::Query(query));
+    // A neighbour that joins later was never asked.
+    neighbour(&mut sp, 4, 4);
+    while sp.poll_transmit().is_some() {}
+    let hits = |n: u8| wire::QueryHits {
+        query: id,
+        hits: (0..n)
+            .map(|i| wire::Hit {
+                source: wire::Source {
+                    node: NodeId([i; 32]),
+                    addr: "10.0.1.1:6000".parse().unwrap(),
+                },
+                file: record(&format!("{i}.mp3"), i),
+                score: 1.0,
+            })
+            .collect(),
+    };
+    let to_leaf = |sp: &mut SuperPeer| -> usize {
+        std::iter::from_fn(|| sp.poll_transmit())
+            .filter(|t| t.to == 1)
+            .map(|t| match t.msg {
+                Message::QueryHits(h) => h.hits.len(),
+                _ => 0,
+            })
+            .sum()
+    };
+    sp.handle_message(now, 4, Message::QueryHits(hits(1)));
+    assert_eq!(
+        to_leaf(&mut sp),
+        0,
+        "hits from a neighbour never asked went back"
+    );
+    sp.handle_message(now, 2, Message::QueryHits(hits(3)));
+    assert_eq!(to_leaf(&mut sp), 3);
+    sp.handle_message(now, 3, Message::QueryHits(hits(3)));
+    assert_eq!(
+        to_leaf(&mut sp),
+        2,
+        "more than max_hits_per_query went back"
+    );
+    assert_eq!(sp.stats().hits_routed, 5);
+    assert_eq!(sp.stats().hits_dropped, 2);
+    assert_eq!(sp.stats().protocol_errors, 0);
+}
