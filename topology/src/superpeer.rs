@@ -1342,7 +1342,7 @@ impl SuperPeer {
             list.truncate(room);
         }
         let Origin::Conn(to) = seen.origin;
-        if list.is_empty() || !self.conns.get(&to).is_some_and(|c| !c.closing) {
+        if list.is_empty() || self.conns.get(&to).is_none_or(|c| c.closing) {
             self.stats.hits_dropped += list.len() as u64;
             return;
         }
