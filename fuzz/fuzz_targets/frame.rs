@@ -84,8 +84,15 @@ fn check(buf: &[u8]) {
         assert_eq!(used, first.len());
         let mut second = Vec::new();
         encode_value(&back, &mut second);
+        // ciborium may normalise once (a bignum tag of a small number comes back as a plain
+        // integer), so the fixed point is reached by the second encoding.
+        let (again, _) = decode_value::<ciborium::Value>(&second)
+            .expect("a value we encoded decodes")
+            .expect("a whole frame");
+        let mut third = Vec::new();
+        encode_value(&again, &mut third);
         assert_eq!(
-            first, second,
+            second, third,
             "CBOR value is not a fixed point of encode/decode"
         );
     }

@@ -122,6 +122,13 @@ impl Setup {
             promote_cooldown: Duration::from_secs(60),
             can_demote: self.can_demote,
             demote_at: f32::from(self.demote_at_tenths % 11) / 10.0,
+            // Route tables, last-hop routing and dynamic querying (issue 8), switched by bits
+            // the older settings leave unused.
+            max_hits_per_query: usize::from(self.max_local_hits % 6) * 2,
+            last_hop_routing: self.max_ttl & 0x10 != 0,
+            dynamic: (self.max_ttl & 0x20 != 0).then(topology::DynamicQuerying::default),
+            route_delay: Duration::from_secs(u64::from(self.seen_ttl_s >> 6)),
+            ..Config::default()
         }
     }
 
