@@ -1,5 +1,10 @@
-//! Encrypted, authenticated connections: the Noise protocol (`Noise_XX_25519_ChaChaPoly_BLAKE2s`)
+//! Encrypted, authenticated connections: the Noise protocol (`Noise_XX_25519_AESGCM_BLAKE2s`)
 //! between every two nodes, before any Canopy message.
+//!
+//! The cipher is AES-256-GCM through `ring` (snow's `ring-accelerated` resolver): on this
+//! project's machines it encrypts and decrypts 3.6 GB/s on one thread against 1.0 GB/s for
+//! ChaCha20-Poly1305 (`cargo run --release -p superpeer --example noise_speed`), and bulk
+//! transfers spend their CPU on it. Both are constant-time in `ring`.
 //!
 //! Both sides prove the static key of their [`Identity`] in the XX handshake; the peer's node id
 //! is the hash of the key it proved ([`crate::identity::node_id_of`]), so no node can speak under
@@ -26,7 +31,7 @@ use wire::NodeId;
 use crate::identity::{node_id_of, Identity};
 
 /// The Noise protocol name.
-pub const NOISE_PARAMS: &str = "Noise_XX_25519_ChaChaPoly_BLAKE2s";
+pub const NOISE_PARAMS: &str = "Noise_XX_25519_AESGCM_BLAKE2s";
 /// Bound into the handshake hash: a handshake for another protocol (or version) fails.
 const PROLOGUE: &[u8] = b"canopy/1";
 /// The largest Noise message.
