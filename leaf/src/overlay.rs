@@ -365,13 +365,19 @@ fn attach(inner: &Arc<Inner>, conn: ConnId, link: Link) {
     note(inner, format!("attached to super-peer {}", link.addr));
     let _order = inner.announce_lock.lock().unwrap();
     if inner.listen.is_some() {
-        let records: Vec<FileRecord> = inner
-            .shares
-            .read()
-            .unwrap()
-            .files()
-            .map(|f| f.record.clone())
-            .collect();
+        let shares = inner.shares.read().unwrap();
+        let mut records: Vec<FileRecord> = shares.files().map(|f| f.record.clone()).collect();
+        // Files being downloaded (or seeded) are sources too, unless a share holds them.
+        records.extend(
+            inner
+                .partials
+                .lock()
+                .unwrap()
+                .values()
+                .filter(|p| shares.get(&p.record.id).is_none())
+                .map(|p| p.record.clone()),
+        );
+        drop(shares);
         for files in register_batches(&records) {
             let _ = link.out.try_send(Message::Register { files });
         }
