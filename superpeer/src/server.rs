@@ -5,6 +5,13 @@
 //! writer task (messages out, from a channel the actor feeds). Dropping the writer's channel
 //! makes it flush what is queued, shut the socket down, and so end the reader too.
 //!
+//! Every connection is admitted by the [`Gate`] (connection counts, bans), then runs the Noise
+//! handshake ([`crate::secure`]) before its reader starts. The reader checks each message
+//! against the [`Limits`] (and the first, Hello, against the peer's key) before the actor sees
+//! it; the actor encodes what it sends and counts the bytes a peer has not read yet. A trip
+//! logs the peer and the limit, cuts the connection off, and bans the address when the limit
+//! calls for it.
+//!
 //! The state machine decides which super-peers to dial ([`Event::Dial`]), which leaves to check
 //! for reachability ([`Event::CheckReachable`]) and when to demote ([`Event::Demote`]); the
 //! driver carries those out, and keeps the host cache on disk (`hosts.cbor` in the data
