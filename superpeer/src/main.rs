@@ -30,6 +30,9 @@ struct Args {
     /// TTL cap applied to incoming queries.
     #[arg(long, default_value_t = wire::MAX_TTL, value_parser = clap::value_parser!(u8).range(0..=15))]
     max_ttl: u8,
+    /// Hits routed back for one query at most (from every super-peer it reached).
+    #[arg(long, default_value_t = topology::Config::default().max_hits_per_query)]
+    max_hits_per_query: usize,
     #[command(flatten)]
     limits: superpeer::limits::LimitArgs,
 }
@@ -58,6 +61,7 @@ fn real_main() -> anyhow::Result<()> {
     let node = identity.node();
     let overlay = topology::Config {
         max_ttl: args.max_ttl,
+        max_hits_per_query: args.max_hits_per_query,
         leaf_slots: args.leaf_slots,
         neighbour_target: args.neighbours as usize,
         ..Default::default()
