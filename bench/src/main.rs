@@ -515,8 +515,9 @@ least disturbed attempt, and reports how busy they kept the machine during it (a
    super-peer keeps its default limits except the connection counts (all leaves share one
    address). Time to first hit per query; errors are queries unanswered within 5 s, closed
    connections and limit trips in the super-peer's log; memory is VmRSS sampled every second.
-   Other cases' super-peers run with the per-address, per-leaf query and hits-per-query limits lifted: they
-   play many hosts from one address and many users through few connections.
+   Other cases' super-peers run with the per-address, per-leaf query and message, and
+   hits-per-query limits lifted (they play many hosts from one address and many users through few connections), and
+   without dynamic querying (case 4 counts and times every hit; dynamic querying stops at 150).
 ";
 
 /// The BENCHMARKS.md section of case 6 or 7 (`key` "swarm" or "load"), with its own command,

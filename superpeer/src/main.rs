@@ -30,6 +30,10 @@ struct Args {
     /// TTL cap applied to incoming queries.
     #[arg(long, default_value_t = wire::MAX_TTL, value_parser = clap::value_parser!(u8).range(0..=15))]
     max_ttl: u8,
+    /// Results a leaf's query is searched for (dynamic querying: neighbours are asked step by
+    /// step until the leaf has this many); 0 sends every query to all neighbours at once.
+    #[arg(long, default_value_t = topology::DynamicQuerying::default().target)]
+    dynamic_target: usize,
     /// Hits routed back for one query at most (from every super-peer it reached).
     #[arg(long, default_value_t = topology::Config::default().max_hits_per_query)]
     max_hits_per_query: usize,
@@ -62,6 +66,10 @@ fn real_main() -> anyhow::Result<()> {
     let overlay = topology::Config {
         max_ttl: args.max_ttl,
         max_hits_per_query: args.max_hits_per_query,
+        dynamic: (args.dynamic_target > 0).then(|| topology::DynamicQuerying {
+            target: args.dynamic_target,
+            ..Default::default()
+        }),
         leaf_slots: args.leaf_slots,
         neighbour_target: args.neighbours as usize,
         ..Default::default()

@@ -63,12 +63,15 @@ pub fn free_port() -> anyhow::Result<u16> {
 }
 
 /// Limits a benchmark's super-peers run with, unless a case says otherwise.
-const BENCH_LIMITS: [(&str, &str); 4] = [
+const BENCH_LIMITS: [(&str, &str); 6] = [
     ("--max-per-address", "100000"),
     ("--max-connections", "100000"),
     ("--leaf-queries-per-second", "1000000"),
-    // Case 4 checks that every expected hit arrives, up to 2,000 for its probes.
+    ("--leaf-messages-per-second", "1000000"),
+    // Case 4 checks that every expected hit arrives (up to 2,000 for its probes) and times the
+    // last one: queries go to every neighbour at once, not dynamically up to 150 results.
     ("--max-hits-per-query", "100000"),
+    ("--dynamic-target", "0"),
 ];
 
 /// Starts `superpeer --listen LISTEN --data-dir DIR`; returns it and the address it listens
