@@ -474,6 +474,19 @@ struct Record {
 }
 
 impl Record {
+    /// The record of a download of `id` under `name`, with the `done` chunk bits.
+    fn new(id: FileId, name: &str, manifest: &Manifest, done: Vec<u8>) -> Record {
+        Record {
+            version: 1,
+            id,
+            name: name.to_string(),
+            size: manifest.size,
+            chunk_size: manifest.chunk_size,
+            cvs: manifest.cvs.as_flattened().to_vec(),
+            done,
+        }
+    }
+
     fn manifest(&self) -> Manifest {
         Manifest::from_flat(self.size, self.chunk_size, &self.cvs)
     }
@@ -815,15 +828,8 @@ pub async fn download(
                     "{}: no usable record; verifying its chunks on disk",
                     part.display()
                 );
-                Record {
-                    version: 1,
-                    id,
-                    name: name.clone(),
-                    size: manifest.size,
-                    chunk_size: manifest.chunk_size,
-                    cvs: manifest.cvs.as_flattened().to_vec(),
-                    done: vec![0; manifest.chunk_count().div_ceil(8) as usize],
-                }
+                let none = vec![0; manifest.chunk_count().div_ceil(8) as usize];
+                Record::new(id, &name, &manifest, none)
             });
             (manifest, part, state, name, rebuilt)
         }
@@ -886,15 +892,7 @@ pub async fn download(
             });
         }
     }
-    let mut record = Record {
-        version: 1,
-        id,
-        name: name.clone(),
-        size: manifest.size,
-        chunk_size: manifest.chunk_size,
-        cvs: manifest.cvs.as_flattened().to_vec(),
-        done: sched.done_bitmap(),
-    };
+    let mut record = Record::new(id, &name, &manifest, sched.done_bitmap());
     // Chunks found by reading the part file are recorded only once they are surely on disk.
     let synced = if resuming.is_some() {
         file.sync_data()

@@ -1222,13 +1222,7 @@ pub fn register_batches(files: &[FileRecord]) -> Vec<Vec<FileRecord>> {
     let mut batch = Vec::new();
     let mut bytes = 0;
     for f in files {
-        let t = &f.tags;
-        let size = 120
-            + f.path.len()
-            + [&t.artist, &t.album, &t.title, &t.genre]
-                .iter()
-                .map(|s| s.as_ref().map_or(0, |s| s.len()))
-                .sum::<usize>();
+        let size = 120 + f.text_len();
         if bytes + size > REGISTER_BATCH_BYTES && !batch.is_empty() {
             batches.push(std::mem::take(&mut batch));
             bytes = 0;

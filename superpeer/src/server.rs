@@ -601,7 +601,8 @@ impl Actor {
         files: &[wire::FileRecord],
     ) -> Result<(), Tripped> {
         let limits = self.gate.limits();
-        let bytes: u64 = files.iter().map(record_bytes).sum();
+        // Each record's text, and room for the rest.
+        let bytes: u64 = files.iter().map(|r| (r.text_len() + 64) as u64).sum();
         let (have_files, have_bytes) = self.registered.entry(conn).or_default();
         let (new_files, new_bytes) = (*have_files + files.len() as u64, *have_bytes + bytes);
         if new_files > limits.max_files_per_leaf {
@@ -732,14 +733,4 @@ impl Actor {
             }
         }
     }
-}
-
-/// The bytes of metadata a record makes a super-peer hold: its text, and room for the rest.
-fn record_bytes(r: &wire::FileRecord) -> u64 {
-    let t = &r.tags;
-    let text = [&t.artist, &t.album, &t.title, &t.genre]
-        .iter()
-        .filter_map(|s| s.as_ref().map(|s| s.len()))
-        .sum::<usize>();
-    (r.path.len() + text + 64) as u64
 }

@@ -170,6 +170,17 @@ pub struct FileRecord {
 }
 
 impl FileRecord {
+    /// Bytes of text the record carries: its path and its tags' strings (what it costs to
+    /// send and to index, before the fixed fields).
+    pub fn text_len(&self) -> usize {
+        let t = &self.tags;
+        self.path.len()
+            + [&t.artist, &t.album, &t.title, &t.genre]
+                .iter()
+                .map(|s| s.as_ref().map_or(0, |s| s.len()))
+                .sum::<usize>()
+    }
+
     /// The file name: the last component of [`FileRecord::path`].
     pub fn name(&self) -> &str {
         self.path.rsplit('/').next().unwrap_or(&self.path)

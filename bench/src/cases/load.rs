@@ -134,11 +134,10 @@ pub fn run(ctx: &Ctx) -> anyhow::Result<Vec<Row>> {
             seen.push(t.await);
         }
         let cpu = cpu_time_of(pid)? - cpu_before;
-        let still_up = leaves.len();
         drop(leaves);
-        Ok::<_, anyhow::Error>((connected, rss_start, rss, seen, cpu, still_up))
+        Ok::<_, anyhow::Error>((connected, rss_start, rss, seen, cpu))
     })?;
-    let (connected, rss_start, rss, seen, cpu, _) = out;
+    let (connected, rss_start, rss, seen, cpu) = out;
     let peak = memory_of(pid).map(|m| m.1).unwrap_or(0);
     drop(sp);
 
