@@ -519,9 +519,11 @@ impl Study {
             status_mib("VmRSS:"),
             live_mib()
         );
-        // Leaves join over time (a few hundred super-peers' worth per second), so the route
-        // patches that follow them are spread out too.
-        let batch = 500;
+        // Leaves join over time (a few hundred super-peers' worth per second, at least a
+        // twentieth of the network's), so the route patches that follow them are spread out
+        // too. At 100,000 super-peers a fixed 500 a second made 200 s of virtual time in which
+        // every super-peer also runs (quadratic: hours); up to 10,000 it is 500 as before.
+        let batch = (self.sp_count / 20).max(500);
         let mut pending = 0;
         for sp in 0..self.sp_count {
             let leaves = lo + self.sim.rng().below(hi - lo + 1);
