@@ -27,6 +27,40 @@ use topology::sim::{Machine, Rng, Sim, SimConfig};
 use topology::{Config, ConnId, DynamicQuerying, LeafConfig, RoleConfig};
 use wire::{FileId, FileRecord, Filter, Query, QueryId, Search, Tags, Terms};
 
+/// The system allocator, counting the bytes live on the heap, so the study can say where its
+/// memory goes (RSS alone also counts what the allocator keeps after frees).
+struct Counting;
+
+static LIVE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+// SAFETY: every call is passed on to the system allocator unchanged; only a counter is kept.
+unsafe impl std::alloc::GlobalAlloc for Counting {
+    unsafe fn alloc(&self, l: std::alloc::Layout) -> *mut u8 {
+        LIVE.fetch_add(l.size(), std::sync::atomic::Ordering::Relaxed);
+        // SAFETY: the caller's contract is the system allocator's.
+        unsafe { std::alloc::System.alloc(l) }
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: std::alloc::Layout) {
+        LIVE.fetch_sub(l.size(), std::sync::atomic::Ordering::Relaxed);
+        // SAFETY: as above.
+        unsafe { std::alloc::System.dealloc(p, l) }
+    }
+    unsafe fn realloc(&self, p: *mut u8, l: std::alloc::Layout, new: usize) -> *mut u8 {
+        LIVE.fetch_add(new, std::sync::atomic::Ordering::Relaxed);
+        LIVE.fetch_sub(l.size(), std::sync::atomic::Ordering::Relaxed);
+        // SAFETY: as above.
+        unsafe { std::alloc::System.realloc(p, l, new) }
+    }
+}
+
+#[global_allocator]
+static ALLOC: Counting = Counting;
+
+/// Bytes live on the heap, in MiB.
+fn live_mib() -> f64 {
+    LIVE.load(std::sync::atomic::Ordering::Relaxed) as f64 / (1 << 20) as f64
+}
+
 /// Settings of the study (command-line flags of the same names).
 #[derive(Debug, Clone)]
 struct Settings {
@@ -46,6 +80,8 @@ struct Settings {
     target: usize,
     title: String,
     append: bool,
+    /// Build the network, say where the memory goes, and stop (no queries, no output file).
+    measure: bool,
 }
 
 impl Default for Settings {
@@ -67,6 +103,7 @@ impl Default for Settings {
             target: 150,
             title: "Results".into(),
             append: false,
+            measure: false,
         }
     }
 }
@@ -93,6 +130,7 @@ fn parse_args() -> anyhow::Result<Settings> {
             "--target" => s.target = value()?.parse().context("--target")?,
             "--title" => s.title = value()?,
             "--append" => s.append = true,
+            "--measure" => s.measure = true,
             "--files" => s.files = value()?.parse().context("--files")?,
             "--leaves" => {
                 let v = value()?;
@@ -247,8 +285,9 @@ fn record(i: u32, t: &Track) -> FileRecord {
 /// What the leaves share, as the oracle and the ground truth see it.
 struct Shares {
     catalog: Rc<Catalog>,
-    /// Per node (super-peers only): (track, leaf connection).
-    at: Vec<Vec<(u32, ConnId)>>,
+    /// Per node (super-peers only): (track, leaf connection), in 8 bytes (the simulator's
+    /// connection numbers stay far below 2^32).
+    at: Vec<Vec<(u32, u32)>>,
     /// Matching tracks per query text, cached.
     cache: HashMap<String, Rc<Vec<u32>>>,
 }
@@ -269,7 +308,7 @@ impl Shares {
         sp: usize,
         m: &'a [u32],
         limit: usize,
-    ) -> impl Iterator<Item = &'a (u32, ConnId)> + 'a {
+    ) -> impl Iterator<Item = &'a (u32, u32)> + 'a {
         self.at
             .get(sp)
             .into_iter()
@@ -381,7 +420,7 @@ impl Study {
             let m = sh.matches(text);
             let cat = sh.catalog.clone();
             sh.hits_at(sp, &m, 200)
-                .map(|&(t, conn)| (conn, record(t, &cat.tracks[t as usize]), 1.0))
+                .map(|&(t, conn)| (ConnId::from(conn), record(t, &cat.tracks[t as usize]), 1.0))
                 .collect()
         }));
         Study {
@@ -433,7 +472,8 @@ impl Study {
         if sh.at.len() <= sp {
             sh.at.resize_with(sp + 1, Vec::new);
         }
-        sh.at[sp].extend(tracks.into_iter().map(|t| (t, conn)));
+        let conn32 = u32::try_from(conn).expect("connection numbers below 2^32");
+        sh.at[sp].extend(tracks.into_iter().map(|t| (t, conn32)));
         self.stubs.push((stub, sp, conn));
         stub
     }
@@ -446,12 +486,17 @@ impl Study {
         let (stub, sp, conn) = self.stubs.swap_remove(i);
         self.sim.crash(stub);
         if let Some(v) = self.shares.borrow_mut().at.get_mut(sp) {
-            v.retain(|(_, c)| *c != conn);
+            v.retain(|(_, c)| ConnId::from(*c) != conn);
         }
     }
 
     /// Builds the network: super-peers meshing, then leaves joining.
     fn build(&mut self) {
+        // Super-peers, their leaves, and the leaves that churn in while the queries run.
+        let (lo, hi) = self.s.leaves;
+        let mean = (lo + hi) as usize / 2;
+        self.sim
+            .reserve_nodes(self.sp_count + self.sp_count * mean * 8 / 5);
         for _ in 0..self.sp_count {
             self.sim.add_superpeer(&[]);
         }
@@ -469,11 +514,16 @@ impl Study {
             }
         }
         self.sim.run_for(Duration::from_secs(5));
-        eprintln!("  meshed: RSS {} MiB", status_mib("VmRSS:"));
-        let (lo, hi) = self.s.leaves;
-        // Leaves join over time (a few hundred super-peers' worth per second), so the route
-        // patches that follow them are spread out too.
-        let batch = 500;
+        eprintln!(
+            "  meshed: RSS {} MiB, live heap {:.1} MiB",
+            status_mib("VmRSS:"),
+            live_mib()
+        );
+        // Leaves join over time (a few hundred super-peers' worth per second, at least a
+        // twentieth of the network's), so the route patches that follow them are spread out
+        // too. At 100,000 super-peers a fixed 500 a second made 200 s of virtual time in which
+        // every super-peer also runs (quadratic: hours); up to 10,000 it is 500 as before.
+        let batch = (self.sp_count / 20).max(500);
         let mut pending = 0;
         for sp in 0..self.sp_count {
             let leaves = lo + self.sim.rng().below(hi - lo + 1);
@@ -486,10 +536,80 @@ impl Study {
                 self.sim.run_for(Duration::from_secs(1));
             }
         }
-        eprintln!("  leaves attached: RSS {} MiB", status_mib("VmRSS:"));
+        eprintln!(
+            "  leaves attached: RSS {} MiB, live heap {:.1} MiB",
+            status_mib("VmRSS:"),
+            live_mib()
+        );
         self.sim.run_for(Duration::from_secs(60));
-        eprintln!("  settled: RSS {} MiB", status_mib("VmRSS:"));
+        eprintln!(
+            "  settled: RSS {} MiB, live heap {:.1} MiB",
+            status_mib("VmRSS:"),
+            live_mib()
+        );
         self.route_setup = self.sim.route_traffic;
+    }
+
+    /// Where the memory of a built network goes: live heap bytes per super-peer, and what a
+    /// super-peer's own route table takes (rebuilt outside the simulation for a sample).
+    fn measure(&mut self) {
+        let sps = self.live_sps();
+        let n = sps.len() as f64;
+        let live = LIVE.load(std::sync::atomic::Ordering::Relaxed) as f64;
+        eprintln!("  live heap {:.0} B per super-peer", live / n);
+        let sh = self.shares.borrow();
+        let cat = sh.catalog.clone();
+        let sample: Vec<usize> = sps
+            .iter()
+            .copied()
+            .step_by((sps.len() / 200).max(1))
+            .collect();
+        let before = LIVE.load(std::sync::atomic::Ordering::Relaxed);
+        let mut tables = Vec::new();
+        let (mut slots, mut files) = (0usize, 0usize);
+        for &sp in &sample {
+            let mut t = topology::routing::LocalTable::new(16);
+            let mut by_leaf: HashMap<ConnId, Vec<FileRecord>> = HashMap::new();
+            for &(tr, conn) in sh.at.get(sp).into_iter().flatten() {
+                by_leaf
+                    .entry(ConnId::from(conn))
+                    .or_default()
+                    .push(record(tr, &cat.tracks[tr as usize]));
+                files += 1;
+            }
+            for (conn, f) in by_leaf {
+                t.add_files(simple_words, conn, &f);
+            }
+            t.take_flips();
+            slots += t.len();
+            tables.push(t);
+        }
+        let after = LIVE.load(std::sync::atomic::Ordering::Relaxed);
+        let k = sample.len() as f64;
+        eprintln!(
+            "  local route table: {:.0} B per super-peer ({:.0} files, {:.0} set slots; remote copies at 2 B a slot: {:.0} B per super-peer)",
+            (after - before) as f64 / k,
+            files as f64 / k,
+            slots as f64 / k,
+            slots as f64 / k * 2.0 * self.s.degree as f64,
+        );
+        drop(tables);
+        eprintln!("  {}", self.sim.memory_report());
+        eprintln!(
+            "  sizes: Message {} B, Transmit {} B, Event {} B, Host {} B, SuperPeer {} B",
+            std::mem::size_of::<wire::Message>(),
+            std::mem::size_of::<topology::Transmit>(),
+            std::mem::size_of::<topology::Event>(),
+            std::mem::size_of::<topology::hostcache::Host>(),
+            std::mem::size_of::<topology::SuperPeer>(),
+        );
+        eprintln!(
+            "  sim: {} nodes of {} B, {} stubs; oracle shares {:.0} B per super-peer",
+            self.sim.nodes.len(),
+            std::mem::size_of::<topology::sim::SimNode>(),
+            self.stubs.len(),
+            sh.at.iter().map(|v| v.capacity() * 8).sum::<usize>() as f64 / n,
+        );
     }
 
     /// One second of churn: leaves leave and join, super-peers crash and join.
@@ -790,6 +910,10 @@ fn main() -> anyhow::Result<()> {
             rb as f64 / (1 << 20) as f64,
             peak_rss_mib()
         );
+        if s.measure {
+            study.measure();
+            continue;
+        }
         let plan = study.plan();
         study.sim.run_for(Duration::from_secs(10));
         let route_before = study.sim.route_traffic;

@@ -18,6 +18,7 @@
 //! - [`file_hashes`] / [`search_hashes`]: the word (and id) hashes of a file and of a query.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use wire::{FileId, FileRecord, Search, Terms};
 
@@ -181,13 +182,76 @@ pub fn search_hashes(analyzer: Analyzer, search: &Search) -> Vec<u64> {
 /// Invariant: a slot is set (`counts` holds it) exactly when at least one registered file sets
 /// it; `flips` holds exactly the slots whose set/clear state differs from what was last sent
 /// (taken by [`LocalTable::take_flips`]).
+///
+/// Storage is flat, as a super-peer holds thousands of files: the counts are one sorted list,
+/// and each leaf's files are three lists (ids, where each file's slots end, the slots), with no
+/// allocation per file. Every change is a merge of sorted lists, linear in what the table or
+/// the leaf holds.
 #[derive(Debug)]
 pub struct LocalTable {
     bits: u8,
-    counts: HashMap<u32, u32>,
+    /// Set slots, ascending, with how many registered files set each (never 0).
+    counts: Vec<(u32, u32)>,
     /// Each leaf's files and the slots each sets.
-    files: HashMap<ConnId, HashMap<FileId, Box<[u32]>>>,
+    files: HashMap<ConnId, LeafFiles>,
     flips: HashSet<u32>,
+}
+
+/// One leaf's files and their slots, flat.
+#[derive(Debug, Default)]
+struct LeafFiles {
+    /// File ids, ascending, distinct.
+    ids: Vec<FileId>,
+    /// Where each file's slots end in `slots`: file `i`'s are `ends[i - 1]..ends[i]`.
+    ends: Vec<u32>,
+    /// Every file's slots (ascending, distinct per file), one after the other: one `u16` a
+    /// slot in tables of up to 16 bits, two (high, low) in larger ones.
+    slots: Vec<u16>,
+}
+
+/// A file's id and its slots.
+type FileSlots = (FileId, Vec<u32>);
+
+impl LeafFiles {
+    fn unpack(&self, wide: bool) -> Vec<FileSlots> {
+        let mut start = 0usize;
+        self.ids
+            .iter()
+            .zip(&self.ends)
+            .map(|(id, &end)| {
+                let raw = &self.slots[start..end as usize];
+                start = end as usize;
+                let slots = match wide {
+                    false => raw.iter().map(|&s| u32::from(s)).collect(),
+                    true => raw
+                        .chunks_exact(2)
+                        .map(|p| (u32::from(p[0]) << 16) | u32::from(p[1]))
+                        .collect(),
+                };
+                (*id, slots)
+            })
+            .collect()
+    }
+
+    fn pack(entries: &[FileSlots], wide: bool) -> LeafFiles {
+        let width = if wide { 2 } else { 1 };
+        let mut out = LeafFiles {
+            ids: Vec::with_capacity(entries.len()),
+            ends: Vec::with_capacity(entries.len()),
+            slots: Vec::with_capacity(entries.iter().map(|(_, s)| s.len() * width).sum()),
+        };
+        for (id, slots) in entries {
+            out.ids.push(*id);
+            for &s in slots {
+                match wide {
+                    false => out.slots.push(s as u16),
+                    true => out.slots.extend([(s >> 16) as u16, s as u16]),
+                }
+            }
+            out.ends.push(out.slots.len() as u32);
+        }
+        out
+    }
 }
 
 impl LocalTable {
@@ -195,7 +259,7 @@ impl LocalTable {
     pub fn new(bits: u8) -> Self {
         LocalTable {
             bits: bits.clamp(1, MAX_TABLE_BITS),
-            counts: HashMap::new(),
+            counts: Vec::new(),
             files: HashMap::new(),
             flips: HashSet::new(),
         }
@@ -206,68 +270,163 @@ impl LocalTable {
         self.bits
     }
 
-    fn inc(&mut self, s: u32) {
-        let c = self.counts.entry(s).or_insert(0);
-        *c += 1;
-        if *c == 1 && !self.flips.remove(&s) {
-            self.flips.insert(s);
-        }
+    fn wide(&self) -> bool {
+        self.bits > 16
     }
 
-    fn dec(&mut self, s: u32) {
-        if let Some(c) = self.counts.get_mut(&s) {
-            *c -= 1;
-            if *c == 0 {
-                self.counts.remove(&s);
-                if !self.flips.remove(&s) {
-                    self.flips.insert(s);
+    fn find(&self, s: u32) -> Result<usize, usize> {
+        self.counts.binary_search_by_key(&s, |&(slot, _)| slot)
+    }
+
+    /// Counts every slot in `adds` once more and every slot in `subs` once less; a slot whose
+    /// set/clear state changes flips.
+    fn adjust(&mut self, mut adds: Vec<u32>, mut subs: Vec<u32>) {
+        adds.sort_unstable();
+        subs.sort_unstable();
+        // Net change per slot, ascending.
+        let mut delta: Vec<(u32, i64)> = Vec::new();
+        let (mut i, mut j) = (0, 0);
+        while i < adds.len() || j < subs.len() {
+            let (s, d) = match (adds.get(i), subs.get(j)) {
+                (Some(&a), Some(&b)) if a == b => {
+                    i += 1;
+                    j += 1;
+                    (a, 0)
                 }
+                (Some(&a), Some(&b)) if a < b => {
+                    i += 1;
+                    (a, 1)
+                }
+                (Some(&a), None) => {
+                    i += 1;
+                    (a, 1)
+                }
+                (_, Some(&b)) => {
+                    j += 1;
+                    (b, -1)
+                }
+                (None, None) => unreachable!(),
+            };
+            match delta.last_mut() {
+                Some(last) if last.0 == s => last.1 += d,
+                _ => delta.push((s, d)),
             }
         }
+        if delta.iter().all(|&(_, d)| d == 0) {
+            return;
+        }
+        let old = std::mem::take(&mut self.counts);
+        let mut counts = Vec::with_capacity(old.len() + delta.len());
+        let (mut i, mut j) = (0, 0);
+        while i < old.len() || j < delta.len() {
+            let (s, before, d) = match (old.get(i), delta.get(j)) {
+                (Some(&(a, c)), Some(&(b, d))) if a == b => {
+                    i += 1;
+                    j += 1;
+                    (a, c, d)
+                }
+                (Some(&(a, c)), Some(&(b, _))) if a < b => {
+                    i += 1;
+                    (a, c, 0)
+                }
+                (Some(&(a, c)), None) => {
+                    i += 1;
+                    (a, c, 0)
+                }
+                (_, Some(&(b, d))) => {
+                    j += 1;
+                    (b, 0, d)
+                }
+                (None, None) => unreachable!(),
+            };
+            let after = i64::from(before) + d;
+            debug_assert!(after >= 0, "slot {s} counted below zero");
+            let after = after.max(0) as u32;
+            if (before == 0) != (after == 0) && !self.flips.remove(&s) {
+                self.flips.insert(s);
+            }
+            if after > 0 {
+                counts.push((s, after));
+            }
+        }
+        counts.shrink_to_fit();
+        self.counts = counts;
     }
 
     /// Leaf `leaf` registered `files` (a file it registered before is replaced).
     pub fn add_files(&mut self, analyzer: Analyzer, leaf: ConnId, files: &[FileRecord]) {
-        for f in files {
-            let bits = self.bits;
-            let slots: Box<[u32]> = {
+        let (bits, wide) = (self.bits, self.wide());
+        let mut new: Vec<FileSlots> = files
+            .iter()
+            .map(|f| {
                 let mut s: Vec<u32> = file_hashes(analyzer, f)
                     .into_iter()
                     .map(|h| slot(h, bits))
                     .collect();
                 s.sort_unstable();
                 s.dedup();
-                s.into()
-            };
-            for &s in slots.iter() {
-                self.inc(s);
+                (f.id, s)
+            })
+            .collect();
+        // The same id twice in one registration: the later one stands (as if sent one by one).
+        new.reverse();
+        new.sort_by_key(|(id, _)| *id);
+        new.dedup_by_key(|(id, _)| *id);
+        let adds: Vec<u32> = new.iter().flat_map(|(_, s)| s.iter().copied()).collect();
+        let mut subs = Vec::new();
+        let old = self.files.remove(&leaf).unwrap_or_default().unpack(wide);
+        let mut merged: Vec<FileSlots> = Vec::with_capacity(old.len() + new.len());
+        let mut new = new.into_iter().peekable();
+        for (id, slots) in old {
+            while let Some(n) = new.next_if(|(nid, _)| *nid < id) {
+                merged.push(n);
             }
-            if let Some(old) = self.files.entry(leaf).or_default().insert(f.id, slots) {
-                for &s in old.iter() {
-                    self.dec(s);
+            match new.next_if(|(nid, _)| *nid == id) {
+                Some(n) => {
+                    subs.extend(slots);
+                    merged.push(n);
                 }
+                None => merged.push((id, slots)),
             }
         }
+        merged.extend(new);
+        self.files.insert(leaf, LeafFiles::pack(&merged, wide));
+        self.adjust(adds, subs);
     }
 
     /// Leaf `leaf` withdrew the files with these ids.
     pub fn withdraw(&mut self, leaf: ConnId, ids: &[FileId]) {
-        for id in ids {
-            let old = self.files.get_mut(&leaf).and_then(|f| f.remove(id));
-            for &s in old.iter().flat_map(|o| o.iter()) {
-                self.dec(s);
-            }
-        }
+        let wide = self.wide();
+        let Some(files) = self.files.get_mut(&leaf) else {
+            return;
+        };
+        let mut gone: Vec<FileId> = ids.to_vec();
+        gone.sort_unstable();
+        let mut subs = Vec::new();
+        let kept: Vec<FileSlots> = files
+            .unpack(wide)
+            .into_iter()
+            .filter(|(id, slots)| match gone.binary_search(id) {
+                Ok(_) => {
+                    subs.extend_from_slice(slots);
+                    false
+                }
+                Err(_) => true,
+            })
+            .collect();
+        *files = LeafFiles::pack(&kept, wide);
+        self.adjust(Vec::new(), subs);
     }
 
     /// Leaf `leaf` is gone, and its files with it.
     pub fn remove_leaf(&mut self, leaf: ConnId) {
         if let Some(files) = self.files.remove(&leaf) {
-            for slots in files.values() {
-                for &s in slots.iter() {
-                    self.dec(s);
-                }
-            }
+            let subs = files
+                .unpack(self.wide())
+                .into_iter()
+                .flat_map(|(_, s)| s)
+                .collect();
+            self.adjust(Vec::new(), subs);
         }
     }
 
@@ -275,14 +434,12 @@ impl LocalTable {
     pub fn may_match(&self, hashes: &[u64]) -> bool {
         hashes
             .iter()
-            .all(|&h| self.counts.contains_key(&slot(h, self.bits)))
+            .all(|&h| self.find(slot(h, self.bits)).is_ok())
     }
 
     /// The set slots, ascending (a whole table to send).
     pub fn slots(&self) -> Vec<u32> {
-        let mut v: Vec<u32> = self.counts.keys().copied().collect();
-        v.sort_unstable();
-        v
+        self.counts.iter().map(|&(s, _)| s).collect()
     }
 
     /// Set slots.
@@ -303,7 +460,7 @@ impl LocalTable {
     /// Whether a slot was set since the last [`LocalTable::take_flips`] (a new word that
     /// neighbours must learn of before they can route queries for it here).
     pub fn has_new_slots(&self) -> bool {
-        self.flips.iter().any(|s| self.counts.contains_key(s))
+        self.flips.iter().any(|&s| self.find(s).is_ok())
     }
 
     /// The slots that flipped since the last call, ascending; they count as sent.
@@ -317,17 +474,62 @@ impl LocalTable {
 
 /// A neighbour's route table, as received and patched. Slots are kept as a sorted list (two
 /// bytes a slot up to 16 bits): most tables are sparse, and a super-peer holds one per
-/// neighbour.
+/// neighbour. The list is immutable and shared (a patch builds a new one), so a simulation
+/// that holds the same table at every neighbour can keep one copy ([`TablePool`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RemoteTable {
     bits: u8,
     slots: SlotSet,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum SlotSet {
-    Small(Vec<u16>),
-    Large(Vec<u32>),
+    Small(Arc<[u16]>),
+    Large(Arc<[u32]>),
+}
+
+/// Equal route tables held once: a simulation of many super-peers holds each super-peer's
+/// table at every one of its neighbours (32 copies of the same list at the default degree);
+/// [`RemoteTable::share`] swaps a copy for the pooled one when they are equal. A real
+/// super-peer has no use for it (its neighbours' tables differ).
+#[derive(Debug, Default)]
+pub struct TablePool {
+    lists: HashSet<SlotSet>,
+    /// Pool size after the last sweep of lists nobody else holds.
+    swept: usize,
+}
+
+impl TablePool {
+    /// An empty pool.
+    pub fn new() -> Self {
+        TablePool::default()
+    }
+
+    /// Distinct lists held.
+    pub fn len(&self) -> usize {
+        self.lists.len()
+    }
+
+    /// True when no list is held.
+    pub fn is_empty(&self) -> bool {
+        self.lists.is_empty()
+    }
+
+    fn intern(&mut self, s: &SlotSet) -> SlotSet {
+        if let Some(found) = self.lists.get(s) {
+            return found.clone();
+        }
+        self.lists.insert(s.clone());
+        // Forget lists that only the pool holds, once it has grown by half since the last sweep.
+        if self.lists.len() > self.swept + self.swept.max(1024) / 2 {
+            self.lists.retain(|l| match l {
+                SlotSet::Small(v) => Arc::strong_count(v) > 1,
+                SlotSet::Large(v) => Arc::strong_count(v) > 1,
+            });
+            self.swept = self.lists.len();
+        }
+        s.clone()
+    }
 }
 
 /// The symmetric difference of two ascending lists.
@@ -365,7 +567,7 @@ impl RemoteTable {
         let slots = if bits <= 16 {
             SlotSet::Small(slots.iter().map(|&s| s as u16).collect())
         } else {
-            SlotSet::Large(slots.to_vec())
+            SlotSet::Large(slots.into())
         };
         Ok(RemoteTable { bits, slots })
     }
@@ -376,11 +578,16 @@ impl RemoteTable {
         self.slots = match &self.slots {
             SlotSet::Small(v) => {
                 let f: Vec<u16> = flips.iter().map(|&s| s as u16).collect();
-                SlotSet::Small(xor_sorted(v, &f))
+                SlotSet::Small(xor_sorted(v, &f).into())
             }
-            SlotSet::Large(v) => SlotSet::Large(xor_sorted(v, flips)),
+            SlotSet::Large(v) => SlotSet::Large(xor_sorted(v, flips).into()),
         };
         Ok(())
+    }
+
+    /// Holds the slot list in `pool` once: an equal list already there replaces this one.
+    pub fn share(&mut self, pool: &mut TablePool) {
+        self.slots = pool.intern(&self.slots);
     }
 
     /// Whether a query with these hashes could match at this neighbour.
@@ -398,13 +605,22 @@ impl RemoteTable {
     pub fn slots(&self) -> Vec<u32> {
         match &self.slots {
             SlotSet::Small(v) => v.iter().map(|&s| u32::from(s)).collect(),
-            SlotSet::Large(v) => v.clone(),
+            SlotSet::Large(v) => v.to_vec(),
         }
     }
 
     /// The table's size in bits.
     pub fn bits(&self) -> u8 {
         self.bits
+    }
+
+    /// Bytes this table's slot list takes on the heap, divided among the tables that share it
+    /// (see [`TablePool`]).
+    pub fn heap_bytes(&self) -> usize {
+        match &self.slots {
+            SlotSet::Small(v) => (16 + v.len() * 2) / Arc::strong_count(v),
+            SlotSet::Large(v) => (16 + v.len() * 4) / Arc::strong_count(v),
+        }
     }
 
     /// True when no slot is set.

@@ -26,6 +26,7 @@ use wire::{Capability, FileId, FileRecord, Hello, Message, NodeId, Query, QueryI
 
 use crate::leaf::{LeafConfig, LeafEvent, LeafOverlay};
 use crate::role::{NodeRole, RoleClock, RoleConfig};
+use crate::routing::TablePool;
 use crate::superpeer::{Config, Event, SuperPeer};
 use crate::ConnId;
 
@@ -185,8 +186,8 @@ pub struct Sim {
     now: Instant,
     start: Instant,
     rng: Rng,
-    queue: BinaryHeap<Reverse<(Instant, u64)>>,
-    events: HashMap<u64, Ev>,
+    /// Pending events, earliest first (ties in the order they were scheduled).
+    queue: BinaryHeap<Reverse<Queued>>,
     seq: u64,
     addrs: HashMap<SocketAddr, usize>,
     /// (node, conn) → (peer node, peer conn, one-way latency).
@@ -206,6 +207,36 @@ pub struct Sim {
     /// Route messages (tables and patches) delivered, and their encoded bytes.
     pub route_traffic: (u64, u64),
     scratch: Vec<u8>,
+    /// Neighbours' route tables, each distinct one held once.
+    pool: TablePool,
+}
+
+/// An event in the queue, ordered by its time, then by when it was scheduled.
+#[derive(Debug)]
+struct Queued {
+    at: Instant,
+    seq: u64,
+    ev: Ev,
+}
+
+impl PartialEq for Queued {
+    fn eq(&self, other: &Self) -> bool {
+        (self.at, self.seq) == (other.at, other.seq)
+    }
+}
+
+impl Eq for Queued {}
+
+impl PartialOrd for Queued {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Queued {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.at, self.seq).cmp(&(other.at, other.seq))
+    }
 }
 
 impl Sim {
@@ -218,7 +249,7 @@ impl Sim {
             now: start,
             start,
             queue: BinaryHeap::new(),
-            events: HashMap::new(),
+            pool: TablePool::new(),
             seq: 0,
             addrs: HashMap::new(),
             links: HashMap::new(),
@@ -232,6 +263,54 @@ impl Sim {
             route_traffic: (0, 0),
             scratch: Vec::new(),
         }
+    }
+
+    /// What the simulator's own bookkeeping holds on the heap, roughly (capacities times entry
+    /// sizes, hash tables counted at one control byte per bucket), and what the super-peers'
+    /// copies of their neighbours' route tables take: a line to print.
+    pub fn memory_report(&self) -> String {
+        use std::mem::size_of;
+        let map = |cap: usize, entry: usize| cap * (entry + 1);
+        let queue = self.queue.capacity() * size_of::<Reverse<Queued>>();
+        let links = map(
+            self.links.capacity(),
+            size_of::<((usize, ConnId), (usize, ConnId, Duration))>(),
+        );
+        let addrs = map(self.addrs.capacity(), size_of::<(SocketAddr, usize)>());
+        let nodes = self.nodes.capacity() * size_of::<SimNode>();
+        let conns: usize = self.conns_of.iter().map(|c| c.capacity() * 8 + 24).sum();
+        let (mut remote, mut tables) = (0usize, 0usize);
+        for (n, node) in self.nodes.iter().enumerate() {
+            if let Machine::SuperPeer(s) = &node.machine {
+                for &c in &self.conns_of[n] {
+                    if let Some(t) = s.neighbour_table(c) {
+                        remote += t.heap_bytes();
+                        tables += 1;
+                    }
+                }
+            }
+        }
+        format!(
+            "sim queue {} KiB ({} in flight, capacity {}), links {} KiB, addrs {} KiB, nodes {} KiB, conn lists {} KiB; neighbour route tables {} KiB ({} tables, {} distinct lists)",
+            queue >> 10,
+            self.queue.len(),
+            self.queue.capacity(),
+            links >> 10,
+            addrs >> 10,
+            nodes >> 10,
+            conns >> 10,
+            remote >> 10,
+            tables,
+            self.pool.len()
+        )
+    }
+
+    /// Makes room for `more` nodes at once (a large simulation that knows its size spares the
+    /// doubling of its node lists).
+    pub fn reserve_nodes(&mut self, more: usize) {
+        self.nodes.reserve_exact(more);
+        self.timers.reserve_exact(more);
+        self.conns_of.reserve_exact(more);
     }
 
     /// Sets the search oracle (without one, searches find nothing).
@@ -515,17 +594,16 @@ impl Sim {
 
     /// Runs every event up to `until`.
     pub fn run_until(&mut self, until: Instant) {
-        while let Some(Reverse((t, seq))) = self.queue.peek().copied() {
-            if t > until {
+        while self.queue.peek().is_some_and(|Reverse(q)| q.at <= until) {
+            let Some(Reverse(Queued { at, ev, .. })) = self.queue.pop() else {
                 break;
-            }
-            self.queue.pop();
-            let ev = self
-                .events
-                .remove(&seq)
-                .expect("every queued event is stored");
-            self.now = t;
+            };
+            self.now = at;
             self.apply(ev);
+            // Give back what a burst took (a queue keeps its largest size otherwise).
+            if self.queue.capacity() > 4096 && self.queue.len() < self.queue.capacity() / 8 {
+                self.queue.shrink_to(self.queue.len() * 2);
+            }
         }
         self.now = until;
     }
@@ -538,8 +616,11 @@ impl Sim {
 
     fn schedule(&mut self, at: Instant, ev: Ev) {
         self.seq += 1;
-        self.events.insert(self.seq, ev);
-        self.queue.push(Reverse((at, self.seq)));
+        self.queue.push(Reverse(Queued {
+            at,
+            seq: self.seq,
+            ev,
+        }));
     }
 
     fn latency(&mut self) -> Duration {
@@ -554,9 +635,16 @@ impl Sim {
             Ev::Deliver { to, conn, msg } => {
                 self.delivered += 1;
                 self.account(&msg);
+                let route = matches!(msg, Message::RouteTable { .. } | Message::RoutePatch { .. });
                 match &mut self.nodes[to].machine {
                     Machine::Leaf(l) => l.handle_message(now, conn, msg),
-                    Machine::SuperPeer(s) => s.handle_message(now, conn, msg),
+                    Machine::SuperPeer(s) => {
+                        s.handle_message(now, conn, msg);
+                        // Every neighbour of a super-peer holds the same table: keep it once.
+                        if let Some(t) = s.neighbour_table_mut(conn).filter(|_| route) {
+                            t.share(&mut self.pool);
+                        }
+                    }
                     Machine::Stub(_) => self.stub_message(to, conn, msg),
                     Machine::Down => {}
                 }

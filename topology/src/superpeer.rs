@@ -467,6 +467,12 @@ impl SuperPeer {
         self.remote.get(&conn)
     }
 
+    /// Neighbour `conn`'s route table, to change how it is stored (a simulation shares equal
+    /// tables through [`routing::TablePool`]); its slots must stay as they are.
+    pub fn neighbour_table_mut(&mut self, conn: ConnId) -> Option<&mut RemoteTable> {
+        self.remote.get_mut(&conn)
+    }
+
     /// Neighbours whose route table we hold and has at least one slot set.
     pub fn neighbour_tables_with_words(&self) -> usize {
         self.remote
