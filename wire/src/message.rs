@@ -427,19 +427,32 @@ pub enum Message {
     },
     /// A super-peer's whole route table (QRP-style): the slots of a hashed word table that its
     /// leaves' files set. Sent to a neighbour when the connection is made; replaces any table
-    /// the receiver held for this connection.
+    /// of the same depth the receiver held for this connection.
     RouteTable {
         /// The table has `1 << bits` slots.
         bits: u8,
         /// The slots that are set.
         slots: Slots,
+        /// What the table covers: 0, the sender's own leaves (it routes a query's last hop);
+        /// 1, those and the depth-0 tables of the sender's neighbours (it routes the hop before
+        /// the last). A receiver ignores depths it does not know.
+        #[serde(default, skip_serializing_if = "is_zero")]
+        depth: u8,
     },
-    /// The slots of the sender's route table that flipped since its last `RouteTable` or
-    /// `RoutePatch` on this connection.
+    /// The slots of the sender's route table of this depth that flipped since its last
+    /// `RouteTable` or `RoutePatch` of that depth on this connection.
     RoutePatch {
         /// The slots that flip (set becomes clear, clear becomes set).
         flips: Slots,
+        /// The table's depth (see [`Message::RouteTable`]).
+        #[serde(default, skip_serializing_if = "is_zero")]
+        depth: u8,
     },
+}
+
+/// Serde's test for a field left out when it holds its default.
+fn is_zero(v: &u8) -> bool {
+    *v == 0
 }
 
 /// Slots of a route table, strictly ascending. They travel as one CBOR byte string of LEB128
@@ -576,9 +589,9 @@ mod tests {
     proptest! {
         #[test]
         fn route_messages_round_trip(bits in 1u8..=32, slots in ascending(), flips in ascending()) {
-            let table = Message::RouteTable { bits, slots: Slots(slots) };
+            let table = Message::RouteTable { bits, slots: Slots(slots), depth: bits % 2 };
             prop_assert_eq!(round_trip(&table), table);
-            let patch = Message::RoutePatch { flips: Slots(flips) };
+            let patch = Message::RoutePatch { flips: Slots(flips), depth: 1 };
             prop_assert_eq!(round_trip(&patch), patch);
         }
 
@@ -597,7 +610,13 @@ mod tests {
         // 60 fits one LEB128 byte: one byte a slot, not a CBOR integer array.
         assert_eq!(slots.to_gaps().len(), 1000);
         let mut buf = Vec::new();
-        encode(&Message::RoutePatch { flips: slots }, &mut buf);
+        encode(
+            &Message::RoutePatch {
+                flips: slots,
+                depth: 0,
+            },
+            &mut buf,
+        );
         assert!(buf.len() < 1100, "{} bytes", buf.len());
     }
 
