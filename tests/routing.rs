@@ -1,7 +1,8 @@
 //! Keyword routing on the real network and with the real index: super-peers on 127.0.0.1 send
 //! each other route tables and patches, and a super-peer whose leaves hold none of a query's
-//! words is not sent the query's last hop. And route tables cut with the index's own analyzer
-//! never rule out a query that the index matches.
+//! words is not sent the query's last hop, nor the hop before when none of its neighbours'
+//! leaves do either. And route tables cut with the index's own analyzer never rule out a query
+//! that the index matches.
 
 use std::time::Duration;
 
@@ -107,6 +108,70 @@ fn a_super_peer_with_no_matching_words_gets_no_last_hop_query() {
         .await;
         asker.shutdown().await;
         at_b.shutdown().await;
+    });
+}
+
+#[test]
+fn a_super_peer_whose_neighbours_have_no_matching_words_gets_no_query_with_ttl_1() {
+    run_bounded(LIMIT, async {
+        let tmp = tempfile::tempdir().unwrap();
+        // Two arms from X: X–A–B and X–D–E. Every super-peer but X dials one neighbour and
+        // stops; tables and depth-1 tables go out fast.
+        let quick = |c: &mut topology::Config| {
+            c.route_delay = Duration::from_millis(50);
+            c.aggregate_delay = Duration::from_millis(50);
+            c.neighbour_target = 1;
+        };
+        let x = net::superpeer_with(&[], quick).await;
+        let a = net::superpeer_with(&[x.listen_addr()], quick).await;
+        let d = net::superpeer_with(&[x.listen_addr()], quick).await;
+        net::wait_neighbours(&x, 2).await;
+        let b = net::superpeer_with(&[a.listen_addr()], quick).await;
+        let e = net::superpeer_with(&[d.listen_addr()], quick).await;
+        net::wait_neighbours(&a, 2).await;
+        net::wait_neighbours(&d, 2).await;
+
+        let tracks = corpus::load_tracks(10).unwrap();
+        let one = |c: &mut leaf::NodeConfig| c.leaf_overlay.target = 1;
+        let asker = net::leaf_with(tmp.path(), "asker", &[x.listen_addr()], one).await;
+        let at_b = net::leaf_with(tmp.path(), "at-b", &[b.listen_addr()], one).await;
+        let at_e = net::leaf_with(tmp.path(), "at-e", &[e.listen_addr()], one).await;
+        // Only B's leaf has "bravoshare"; E's leaf shares other words.
+        for (leaf, dir, part) in [(&at_b, "bravoshare", 0..5), (&at_e, "echoshare", 5..10)] {
+            corpus::write_share(&tmp.path().join(dir), &tracks[part]).unwrap();
+            leaf.share(&tmp.path().join(dir), |_| {}).await.unwrap();
+        }
+        net::wait_records(&b, 5).await;
+        net::wait_records(&e, 5).await;
+        // X holds both arms' depth-1 tables, with the words two hops away.
+        wait_until("depth-1 tables at X", Duration::from_secs(10), || async {
+            x.status().await.route_aggregates == 2
+        })
+        .await;
+
+        // TTL 2: X sends it with TTL 1 to A (B, beyond it, has the word), not to D.
+        let found = ids_found(&asker, "bravoshare", 2).await;
+        assert!(found.contains(&track_id(&tracks[0])), "B's files are found");
+        let processed = |s: superpeer::Status| s.stats.queries_processed;
+        assert_eq!(processed(a.status().await), 1);
+        assert_eq!(processed(b.status().await), 1);
+        assert_eq!(
+            processed(d.status().await),
+            0,
+            "D's side has no \"bravoshare\""
+        );
+        assert_eq!(processed(e.status().await), 0);
+        assert!(x.status().await.stats.queries_filtered_two_hop >= 1);
+
+        // And the other way round.
+        let found = ids_found(&asker, "echoshare", 2).await;
+        assert!(found.contains(&track_id(&tracks[5])));
+        assert_eq!(processed(a.status().await), 1);
+        assert_eq!(processed(d.status().await), 1);
+        assert_eq!(processed(e.status().await), 1);
+        for leaf in [asker, at_b, at_e] {
+            leaf.shutdown().await;
+        }
     });
 }
 

@@ -127,6 +127,9 @@ impl Setup {
             max_hits_per_query: usize::from(self.max_local_hits % 6) * 2,
             last_hop_routing: self.max_ttl & 0x10 != 0,
             dynamic: (self.max_ttl & 0x20 != 0).then(topology::DynamicQuerying::default),
+            route_aggregates: self.max_ttl & 0x40 != 0,
+            two_hop_routing: self.max_ttl & 0x80 != 0,
+            aggregate_delay: Duration::from_millis(u64::from(self.seen_ttl_s & 0x3f) * 100),
             route_delay: Duration::from_secs(u64::from(self.seen_ttl_s >> 6)),
             ..Config::default()
         }

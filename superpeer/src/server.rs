@@ -113,6 +113,8 @@ pub struct Status {
     pub hosts: usize,
     /// Neighbours whose route table (with words in it) it holds.
     pub route_tables: usize,
+    /// Neighbours whose depth-1 route table (with words in it) it holds.
+    pub route_aggregates: usize,
 }
 
 /// What a super-peer that demoted itself hands back to its node.
@@ -573,6 +575,7 @@ impl Actor {
                     records: self.index.len(),
                     hosts: self.state.hosts().len(),
                     route_tables: self.state.neighbour_tables_with_words(),
+                    route_aggregates: self.state.neighbour_aggregates_with_words(),
                 };
                 let _ = tx.try_send(status);
             }

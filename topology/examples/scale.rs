@@ -1,5 +1,6 @@
-//! The search scale study: plain flooding, last-hop routing and dynamic querying over 1,000 to
-//! 100,000 super-peers, in virtual time, with the real `topology` machines.
+//! The search scale study: plain flooding, last-hop routing, two-hop routing (depth-1 tables)
+//! and dynamic querying over 1,000 to 100,000 super-peers, in virtual time, with the real
+//! `topology` machines.
 //!
 //! Every super-peer is a [`topology::SuperPeer`] in the simulator ([`topology::sim`]), dialling
 //! its neighbours, exchanging route tables and patches, and forwarding queries itself. Leaves are
@@ -82,6 +83,8 @@ struct Settings {
     append: bool,
     /// Build the network, say where the memory goes, and stop (no queries, no output file).
     measure: bool,
+    /// Super-peers exchange depth-1 tables (aggregates), and the two-hop strategies run.
+    aggregates: bool,
 }
 
 impl Default for Settings {
@@ -104,6 +107,7 @@ impl Default for Settings {
             title: "Results".into(),
             append: false,
             measure: false,
+            aggregates: true,
         }
     }
 }
@@ -131,6 +135,7 @@ fn parse_args() -> anyhow::Result<Settings> {
             "--title" => s.title = value()?,
             "--append" => s.append = true,
             "--measure" => s.measure = true,
+            "--no-aggregates" => s.aggregates = false,
             "--files" => s.files = value()?.parse().context("--files")?,
             "--leaves" => {
                 let v = value()?;
@@ -323,6 +328,9 @@ enum Strategy {
     Flooding,
     LastHop,
     Dynamic,
+    /// Last-hop routing, and the hop before routed by neighbours' depth-1 tables.
+    TwoHop,
+    DynamicTwoHop,
 }
 
 impl Strategy {
@@ -331,7 +339,21 @@ impl Strategy {
             Strategy::Flooding => "flooding",
             Strategy::LastHop => "last-hop routing",
             Strategy::Dynamic => "dynamic querying + last hop",
+            Strategy::TwoHop => "two-hop routing",
+            Strategy::DynamicTwoHop => "dynamic querying + two hops",
         }
+    }
+
+    /// Applies the strategy to a super-peer's settings.
+    fn configure(self, c: &mut Config, target: usize) {
+        c.last_hop_routing = self != Strategy::Flooding;
+        c.two_hop_routing = matches!(self, Strategy::TwoHop | Strategy::DynamicTwoHop);
+        c.dynamic = matches!(self, Strategy::Dynamic | Strategy::DynamicTwoHop).then_some(
+            DynamicQuerying {
+                target,
+                ..DynamicQuerying::default()
+            },
+        );
     }
 }
 
@@ -373,6 +395,8 @@ struct Study {
     protected: HashSet<usize>,
     sp_count: usize,
     route_setup: (u64, u64),
+    /// Of the route setup, depth-1 tables and patches.
+    route_setup_aggregates: (u64, u64),
 }
 
 fn config(s: &Settings) -> SimConfig {
@@ -391,6 +415,9 @@ fn config(s: &Settings) -> SimConfig {
             host_cache_size: 64,
             leaf_slots: 200,
             route_delay: Duration::from_secs(5),
+            route_aggregates: s.aggregates,
+            // Recall is measured against every match within the horizon: no cap on hits.
+            max_hits_per_query: usize::MAX,
             seen_capacity: 4096,
             dynamic: Some(DynamicQuerying {
                 target: s.target,
@@ -432,6 +459,7 @@ impl Study {
             protected: HashSet::new(),
             sp_count: n,
             route_setup: (0, 0),
+            route_setup_aggregates: (0, 0),
         }
     }
 
@@ -548,6 +576,7 @@ impl Study {
             live_mib()
         );
         self.route_setup = self.sim.route_traffic;
+        self.route_setup_aggregates = self.sim.aggregate_traffic;
     }
 
     /// Where the memory of a built network goes: live heap bytes per super-peer, and what a
@@ -712,20 +741,11 @@ impl Study {
     fn set_strategy(&mut self, st: Strategy) {
         for n in self.live_sps() {
             if let Machine::SuperPeer(s) = &mut self.sim.nodes[n].machine {
-                let c = s.config_mut();
-                c.last_hop_routing = st != Strategy::Flooding;
-                c.dynamic = (st == Strategy::Dynamic).then_some(DynamicQuerying {
-                    target: self.s.target,
-                    ..DynamicQuerying::default()
-                });
+                st.configure(s.config_mut(), self.s.target);
             }
         }
         // Super-peers that join later take the settings from the simulation's config.
-        self.sim.config.superpeer.last_hop_routing = st != Strategy::Flooding;
-        self.sim.config.superpeer.dynamic = (st == Strategy::Dynamic).then_some(DynamicQuerying {
-            target: self.s.target,
-            ..DynamicQuerying::default()
-        });
+        st.configure(&mut self.sim.config.superpeer, self.s.target);
     }
 
     fn run_queries(&mut self, st: Strategy, plan: &[Planned], round: u8) -> Vec<Outcome> {
@@ -917,12 +937,14 @@ fn main() -> anyhow::Result<()> {
         let plan = study.plan();
         study.sim.run_for(Duration::from_secs(10));
         let route_before = study.sim.route_traffic;
+        let aggregate_before = study.sim.aggregate_traffic;
         let churn_start = study.sim.elapsed();
         let mut results = Vec::new();
-        for (round, st) in [Strategy::Flooding, Strategy::LastHop, Strategy::Dynamic]
-            .into_iter()
-            .enumerate()
-        {
+        let mut strategies = vec![Strategy::Flooding, Strategy::LastHop, Strategy::Dynamic];
+        if s.aggregates {
+            strategies.extend([Strategy::TwoHop, Strategy::DynamicTwoHop]);
+        }
+        for (round, st) in strategies.into_iter().enumerate() {
             let t = Instant::now();
             let o = study.run_queries(st, &plan, round as u8);
             eprintln!("  {}: {} queries in {:?}", st.name(), o.len(), t.elapsed());
@@ -933,14 +955,22 @@ fn main() -> anyhow::Result<()> {
             study.sim.route_traffic.0 - route_before.0,
             study.sim.route_traffic.1 - route_before.1,
         );
+        let (am, ab) = (
+            study.sim.aggregate_traffic.0 - aggregate_before.0,
+            study.sim.aggregate_traffic.1 - aggregate_before.1,
+        );
         let sps_live = study.live_sps().len() as f64;
+        let per_min = |x: u64| x as f64 / sps_live / (churn_time / 60.0);
         rows(n, &results, s.target, &mut table);
         let _ = writeln!(
             notes,
-            "| {n} | {leaves} | {files} | {degree:.1} | {:.1} MiB | {:.2} | {:.0} B | {:.0} s | {} MiB |",
+            "| {n} | {leaves} | {files} | {degree:.1} | {:.1} MiB ({:.1} MiB) | {:.2} ({:.2}) | {:.0} B ({:.0} B) | {:.0} s | {} MiB |",
             rb as f64 / (1 << 20) as f64,
-            pm as f64 / sps_live / (churn_time / 60.0),
-            pb as f64 / sps_live / (churn_time / 60.0),
+            study.route_setup_aggregates.1 as f64 / (1 << 20) as f64,
+            per_min(pm),
+            per_min(am),
+            per_min(pb),
+            per_min(ab),
             wall.elapsed().as_secs_f64(),
             peak_rss_mib(),
         );
@@ -969,7 +999,7 @@ fn main() -> anyhow::Result<()> {
 /// The study's description and the meaning of the columns (once, at the top of the file).
 fn render_intro(s: &Settings) -> String {
     format!(
-        "# Search at scale: flooding, last-hop routing, dynamic querying
+        "# Search at scale: flooding, last-hop routing, two-hop routing, dynamic querying
 
 Generated by `topology/examples/scale.rs` (each section by the command above its tables); do not
 edit by hand.
@@ -987,6 +1017,13 @@ most popular tracks, *rare* = one in the less popular half. Each strategy runs t
 from the same leaves on the same network, one after the other. Dynamic querying: target
 {target} hits, a probe to 3 neighbours with TTL 1, 1.2 s per hop between steps.
 
+*Two hops*: besides its own table, each super-peer sends its neighbours a depth-1 table, the
+union of its own and of the tables its neighbours sent it (batched: at most one patch in 5 s),
+and a query is sent with TTL 1 only to neighbours whose depth-1 table can match (the last hop
+as before, by their own tables). Unless the section says `--no-aggregates`, depth-1 tables are
+exchanged throughout the run (their traffic is in the route columns, in brackets), and only the
+two-hop strategies use them.
+
 - **with matches**: queries with at least one match within the horizon / queries.
 - **matches**: (file, source) pairs within the TTL horizon when the query starts, counting at
   most 200 per super-peer as the super-peers return them; recall is over queries with matches.
@@ -999,7 +1036,8 @@ from the same leaves on the same network, one after the other. Dynamic querying:
 - **first** / **target**: median time from the query to its first hit / to {target} hits (in
   brackets, how many queries got {target}).
 - Route messages count tables and patches on super-peer links. Setup: all of them while the
-  network is built. Under churn: per live super-peer per minute while the queries ran.
+  network is built. Under churn: per live super-peer per minute while the queries ran. In
+  brackets: of them, depth-1 tables and patches.
 
 ",
         degree = s.degree,

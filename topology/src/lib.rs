@@ -31,7 +31,10 @@
 //! Each super-peer keeps a QRP-style route table of the words its leaves' files hold
 //! ([`routing`]) and sends it to its neighbours (`RouteTable`, then `RoutePatch`es). A query's
 //! last hop goes only to neighbours whose table has every one of its words
-//! ([`Config::last_hop_routing`]). A leaf's query is searched dynamically
+//! ([`Config::last_hop_routing`]). Each super-peer also sends a depth-1 table, its own joined
+//! with its neighbours' ([`routing::aggregate`], [`Config::route_aggregates`]), and a query
+//! with TTL 1 goes only to neighbours whose depth-1 table has every word
+//! ([`Config::two_hop_routing`]). A leaf's query is searched dynamically
 //! ([`Config::dynamic`]): a probe to a few neighbours, the likeliest first, then wider steps,
 //! each sized from the results per super-peer reached so far, until the leaf has the target
 //! number of hits or every neighbour has had the query with its full TTL.

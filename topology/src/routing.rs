@@ -15,6 +15,9 @@
 //! - [`LocalTable`]: this super-peer's own table, with per-slot counts so files and leaves can
 //!   be taken out again, and the flips not yet sent.
 //! - [`RemoteTable`]: a neighbour's table as received, patched in place.
+//! - [`aggregate`]: a table of depth 1, a super-peer's own table joined with its neighbours'
+//!   (a neighbour's depth-1 table routes the hop before the last: sent there with TTL 1, a
+//!   query reaches that neighbour and, on its last hop, that neighbour's neighbours).
 //! - [`file_hashes`] / [`search_hashes`]: the word (and id) hashes of a file and of a query.
 
 use std::collections::{HashMap, HashSet};
@@ -442,6 +445,11 @@ impl LocalTable {
         self.counts.iter().map(|&(s, _)| s).collect()
     }
 
+    /// Whether slot `s` is set.
+    pub fn contains(&self, s: u32) -> bool {
+        self.find(s).is_ok()
+    }
+
     /// Set slots.
     pub fn len(&self) -> usize {
         self.counts.len()
@@ -474,8 +482,9 @@ impl LocalTable {
 
 /// A neighbour's route table, as received and patched. Slots are kept as a sorted list (two
 /// bytes a slot up to 16 bits): most tables are sparse, and a super-peer holds one per
-/// neighbour. The list is immutable and shared (a patch builds a new one), so a simulation
-/// that holds the same table at every neighbour can keep one copy ([`TablePool`]).
+/// neighbour; a table dense enough that a bitmap is smaller (an aggregate, say) is kept as a
+/// bitmap. The list is immutable and shared (a patch builds a new one), so a simulation that
+/// holds the same table at every neighbour can keep one copy ([`TablePool`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RemoteTable {
     bits: u8,
@@ -484,8 +493,82 @@ pub struct RemoteTable {
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum SlotSet {
+    /// Sorted slots of a table of up to 16 bits.
     Small(Arc<[u16]>),
+    /// Sorted slots of a larger table.
     Large(Arc<[u32]>),
+    /// One bit a slot (slot `s` is bit `s % 64` of word `s / 64`).
+    Dense(Arc<[u64]>),
+}
+
+impl SlotSet {
+    /// The smaller form for these slots (ascending) of a `bits` table.
+    fn build(bits: u8, slots: &[u32]) -> SlotSet {
+        let width = if bits <= 16 { 2 } else { 4 };
+        if slots.len() * width > bitmap_words(bits) * 8 {
+            let mut map = vec![0u64; bitmap_words(bits)];
+            for &s in slots {
+                map[(s / 64) as usize] |= 1 << (s % 64);
+            }
+            SlotSet::Dense(map.into())
+        } else if bits <= 16 {
+            SlotSet::Small(slots.iter().map(|&s| s as u16).collect())
+        } else {
+            SlotSet::Large(slots.into())
+        }
+    }
+
+    fn contains(&self, s: u32) -> bool {
+        self.any_in(s, s + 1)
+    }
+
+    /// Whether any slot in `lo..hi` is set.
+    fn any_in(&self, lo: u32, hi: u32) -> bool {
+        match self {
+            SlotSet::Small(v) => {
+                let i = v.partition_point(|&x| u32::from(x) < lo);
+                v.get(i).is_some_and(|&x| u32::from(x) < hi)
+            }
+            SlotSet::Large(v) => {
+                let i = v.partition_point(|&x| x < lo);
+                v.get(i).is_some_and(|&x| x < hi)
+            }
+            SlotSet::Dense(m) => (lo..hi).any(|s| {
+                m.get((s / 64) as usize)
+                    .is_some_and(|w| w & (1 << (s % 64)) != 0)
+            }),
+        }
+    }
+
+    /// Calls `f` with every set slot, ascending.
+    fn for_each(&self, mut f: impl FnMut(u32)) {
+        match self {
+            SlotSet::Small(v) => v.iter().for_each(|&s| f(u32::from(s))),
+            SlotSet::Large(v) => v.iter().for_each(|&s| f(s)),
+            SlotSet::Dense(m) => {
+                for (i, &w) in m.iter().enumerate() {
+                    let mut w = w;
+                    while w != 0 {
+                        f(i as u32 * 64 + w.trailing_zeros());
+                        w &= w - 1;
+                    }
+                }
+            }
+        }
+    }
+
+    fn shared(&self) -> bool {
+        match self {
+            SlotSet::Small(v) => Arc::strong_count(v) > 1,
+            SlotSet::Large(v) => Arc::strong_count(v) > 1,
+            SlotSet::Dense(v) => Arc::strong_count(v) > 1,
+        }
+    }
+}
+
+/// 64-bit words in a bitmap of a `bits` table.
+fn bitmap_words(bits: u8) -> usize {
+    (1usize << bits).div_ceil(64)
 }
 
 /// Equal route tables held once: a simulation of many super-peers holds each super-peer's
@@ -522,10 +605,7 @@ impl TablePool {
         self.lists.insert(s.clone());
         // Forget lists that only the pool holds, once it has grown by half since the last sweep.
         if self.lists.len() > self.swept + self.swept.max(1024) / 2 {
-            self.lists.retain(|l| match l {
-                SlotSet::Small(v) => Arc::strong_count(v) > 1,
-                SlotSet::Large(v) => Arc::strong_count(v) > 1,
-            });
+            self.lists.retain(SlotSet::shared);
             self.swept = self.lists.len();
         }
         s.clone()
@@ -564,12 +644,10 @@ impl RemoteTable {
             return Err(RouteError::Bits(bits));
         }
         check(bits, slots)?;
-        let slots = if bits <= 16 {
-            SlotSet::Small(slots.iter().map(|&s| s as u16).collect())
-        } else {
-            SlotSet::Large(slots.into())
-        };
-        Ok(RemoteTable { bits, slots })
+        Ok(RemoteTable {
+            bits,
+            slots: SlotSet::build(bits, slots),
+        })
     }
 
     /// Flips these slots (ascending).
@@ -578,9 +656,25 @@ impl RemoteTable {
         self.slots = match &self.slots {
             SlotSet::Small(v) => {
                 let f: Vec<u16> = flips.iter().map(|&s| s as u16).collect();
-                SlotSet::Small(xor_sorted(v, &f).into())
+                let new: Vec<u32> = xor_sorted(v, &f).into_iter().map(u32::from).collect();
+                SlotSet::build(self.bits, &new)
             }
-            SlotSet::Large(v) => SlotSet::Large(xor_sorted(v, flips).into()),
+            SlotSet::Large(v) => SlotSet::build(self.bits, &xor_sorted(v, flips)),
+            SlotSet::Dense(m) => {
+                let mut map = m.to_vec();
+                for &s in flips {
+                    map[(s / 64) as usize] ^= 1 << (s % 64);
+                }
+                let set: u32 = map.iter().map(|w| w.count_ones()).sum();
+                let width = if self.bits <= 16 { 2 } else { 4 };
+                if set as usize * width > map.len() * 8 {
+                    SlotSet::Dense(map.into())
+                } else {
+                    let mut slots = Vec::with_capacity(set as usize);
+                    SlotSet::Dense(map.into()).for_each(|s| slots.push(s));
+                    SlotSet::build(self.bits, &slots)
+                }
+            }
         };
         Ok(())
     }
@@ -592,26 +686,37 @@ impl RemoteTable {
 
     /// Whether a query with these hashes could match at this neighbour.
     pub fn may_match(&self, hashes: &[u64]) -> bool {
-        hashes.iter().all(|&h| {
-            let s = slot(h, self.bits);
-            match &self.slots {
-                SlotSet::Small(v) => v.binary_search(&(s as u16)).is_ok(),
-                SlotSet::Large(v) => v.binary_search(&s).is_ok(),
-            }
-        })
+        hashes
+            .iter()
+            .all(|&h| self.slots.contains(slot(h, self.bits)))
     }
 
     /// The set slots, ascending.
     pub fn slots(&self) -> Vec<u32> {
-        match &self.slots {
-            SlotSet::Small(v) => v.iter().map(|&s| u32::from(s)).collect(),
-            SlotSet::Large(v) => v.to_vec(),
-        }
+        let mut out = Vec::new();
+        self.slots.for_each(|s| out.push(s));
+        out
     }
 
     /// The table's size in bits.
     pub fn bits(&self) -> u8 {
         self.bits
+    }
+
+    /// Whether slot `s` of a table of `1 << bits` slots is set once this table is folded to
+    /// that size (as [`aggregate`] folds it).
+    pub fn covers(&self, bits: u8, s: u32) -> bool {
+        if self.bits >= bits {
+            let shift = self.bits - bits;
+            self.slots.any_in(s << shift, (s + 1) << shift)
+        } else {
+            self.slots.contains(s >> (bits - self.bits))
+        }
+    }
+
+    /// Calls `f` with every set slot, ascending.
+    pub fn for_each_slot(&self, f: impl FnMut(u32)) {
+        self.slots.for_each(f)
     }
 
     /// Bytes this table's slot list takes on the heap, divided among the tables that share it
@@ -620,6 +725,7 @@ impl RemoteTable {
         match &self.slots {
             SlotSet::Small(v) => (16 + v.len() * 2) / Arc::strong_count(v),
             SlotSet::Large(v) => (16 + v.len() * 4) / Arc::strong_count(v),
+            SlotSet::Dense(v) => (16 + v.len() * 8) / Arc::strong_count(v),
         }
     }
 
@@ -628,8 +734,48 @@ impl RemoteTable {
         match &self.slots {
             SlotSet::Small(v) => v.is_empty(),
             SlotSet::Large(v) => v.is_empty(),
+            SlotSet::Dense(v) => v.iter().all(|&w| w == 0),
         }
     }
+}
+
+/// A depth-1 table of `1 << bits` slots: the slots of our own table (`own`, a table of the same
+/// size) and of each neighbour's table in `tables`, ascending. A neighbour table of another
+/// size is folded in: a larger one's slot `s` is slot `s >> (its bits - bits)` here (a slot
+/// is the top bits of a hash), a smaller one's sets every slot it covers here. So whatever
+/// could match in any of them may match in the result (no false negatives).
+pub fn aggregate<'a>(
+    bits: u8,
+    own: &[u32],
+    tables: impl IntoIterator<Item = &'a RemoteTable>,
+) -> Vec<u32> {
+    let bits = bits.clamp(1, MAX_TABLE_BITS);
+    let mut map = vec![0u64; bitmap_words(bits)];
+    let mut set = |s: u32| map[(s / 64) as usize] |= 1 << (s % 64);
+    own.iter().for_each(|&s| set(s));
+    for t in tables {
+        t.slots.for_each(|s| fold_slot(t.bits, bits, s, &mut set));
+    }
+    let mut out = Vec::new();
+    SlotSet::Dense(map.into()).for_each(|s| out.push(s));
+    out
+}
+
+/// Calls `f` with the slots of a `to`-bit table that slot `s` of a `from`-bit table falls in:
+/// one when `from >= to` (a slot is the top bits of a hash), all it covers when smaller.
+pub fn fold_slot(from: u8, to: u8, s: u32, mut f: impl FnMut(u32)) {
+    if from >= to {
+        f(s >> (from - to));
+    } else {
+        let shift = to - from;
+        (s << shift..(s + 1) << shift).for_each(f);
+    }
+}
+
+/// The slots that differ between two ascending lists (what a patch from one to the other
+/// flips).
+pub fn flips_between(old: &[u32], new: &[u32]) -> Vec<u32> {
+    xor_sorted(old, new)
 }
 
 fn check(bits: u8, slots: &[u32]) -> Result<(), RouteError> {
@@ -753,6 +899,59 @@ mod tests {
             }
             remote.apply(&local.take_flips()).unwrap();
             prop_assert_eq!(remote.slots(), local.slots());
+        }
+
+        /// A table kept as a list or as a bitmap (whichever is smaller as it is patched)
+        /// holds exactly the slots set, as a plain set would.
+        #[test]
+        fn tables_dense_or_sparse_hold_their_slots(bits in 2u8..=18, start in prop::collection::btree_set(any::<u32>(), 0..400), patches in prop::collection::vec(prop::collection::btree_set(any::<u32>(), 0..300), 0..6)) {
+            let cap = 1u32 << bits;
+            let mut model: std::collections::BTreeSet<u32> = start.iter().map(|s| s % cap).collect();
+            let list: Vec<u32> = model.iter().copied().collect();
+            let mut t = RemoteTable::new(bits, &list).unwrap();
+            prop_assert_eq!(t.slots(), list);
+            for p in patches {
+                let flips: std::collections::BTreeSet<u32> = p.iter().map(|s| s % cap).collect();
+                let flips: Vec<u32> = flips.into_iter().collect();
+                t.apply(&flips).unwrap();
+                for f in &flips {
+                    if !model.remove(f) {
+                        model.insert(*f);
+                    }
+                }
+                prop_assert_eq!(t.slots(), model.iter().copied().collect::<Vec<_>>());
+                prop_assert_eq!(t.is_empty(), model.is_empty());
+            }
+        }
+
+        /// No false negatives through a depth-1 table: a query that could match in our own
+        /// table or in any neighbour's (whatever their sizes) may match in the aggregate.
+        #[test]
+        fn an_aggregate_never_filters_what_a_part_could_match(texts in prop::collection::vec(arb_text(), 1..12), sizes in prop::collection::vec(4u8..=20, 1..5), bits in 4u8..=18, pick in any::<prop::sample::Index>()) {
+            // Table 0 is our own (of `bits`), the others neighbours' of their own sizes; file
+            // `i` goes to table `i % tables`.
+            let tables = sizes.len() + 1;
+            let mut locals: Vec<LocalTable> = std::iter::once(bits)
+                .chain(sizes.iter().copied())
+                .map(LocalTable::new)
+                .collect();
+            let files: Vec<FileRecord> = texts
+                .iter()
+                .enumerate()
+                .map(|(i, t)| file(i as u8, &format!("{t}.ogg"), Tags::default()))
+                .collect();
+            for (i, f) in files.iter().enumerate() {
+                locals[i % tables].add_files(simple_words, i as u64, std::slice::from_ref(f));
+            }
+            let remotes: Vec<RemoteTable> = locals[1..]
+                .iter()
+                .map(|l| RemoteTable::new(l.bits(), &l.slots()).unwrap())
+                .collect();
+            let agg = aggregate(bits, &locals[0].slots(), &remotes);
+            let agg = RemoteTable::new(bits, &agg).unwrap();
+            let f = pick.get(&files);
+            let h = search_hashes(simple_words, &words(&simple_words(&f.path).join(" ")));
+            prop_assert!(agg.may_match(&h));
         }
 
         /// No false negatives: a query whose every word is in some file of the table may match.

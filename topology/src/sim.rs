@@ -204,8 +204,11 @@ pub struct Sim {
     pub queries: HashMap<QueryId, QueryRecord>,
     /// The hit count that sets [`QueryRecord::target_at`].
     pub hit_target: u64,
-    /// Route messages (tables and patches) delivered, and their encoded bytes.
+    /// Route messages (tables and patches) delivered, and their encoded bytes: of depth 0
+    /// (own tables) and of depth 1 (aggregates).
     pub route_traffic: (u64, u64),
+    /// Of them, those of depth 1.
+    pub aggregate_traffic: (u64, u64),
     scratch: Vec<u8>,
     /// Neighbours' route tables, each distinct one held once.
     pool: TablePool,
@@ -261,6 +264,7 @@ impl Sim {
             queries: HashMap::new(),
             hit_target: 150,
             route_traffic: (0, 0),
+            aggregate_traffic: (0, 0),
             scratch: Vec::new(),
         }
     }
@@ -400,11 +404,16 @@ impl Sim {
         let id = match msg {
             Message::Query(q) => q.id,
             Message::QueryHits(h) => h.query,
-            Message::RouteTable { .. } | Message::RoutePatch { .. } => {
+            Message::RouteTable { depth, .. } | Message::RoutePatch { depth, .. } => {
                 self.scratch.clear();
                 wire::encode(msg, &mut self.scratch);
+                let len = self.scratch.len() as u64;
                 self.route_traffic.0 += 1;
-                self.route_traffic.1 += self.scratch.len() as u64;
+                self.route_traffic.1 += len;
+                if *depth > 0 {
+                    self.aggregate_traffic.0 += 1;
+                    self.aggregate_traffic.1 += len;
+                }
                 return;
             }
             _ => return,
@@ -451,7 +460,9 @@ impl Sim {
     }
 
     /// Checks that every super-peer holds, for each neighbour, exactly the route table that
-    /// neighbour has (after patches are out: call it with the network settled).
+    /// neighbour has and the depth-1 table it last sent, and that every super-peer's depth-1
+    /// table as sent is its table joined with its neighbours' as they are now (after patches
+    /// are out: call it with the network settled).
     pub fn check_routes(&self) -> Vec<String> {
         let mut problems = Vec::new();
         for (a, node) in self.nodes.iter().enumerate() {
@@ -472,6 +483,28 @@ impl Sim {
                         "super-peer {a} holds {:?} slots for neighbour {b}, which has {}",
                         held.map(|h| h.len()),
                         has.len()
+                    ));
+                }
+                // Depth 1: the table the neighbour sent last.
+                if let Some(has) = peer.aggregate_slots() {
+                    let held = s.neighbour_aggregate(conn).map(|t| t.slots());
+                    if held.as_ref() != Some(&has) {
+                        problems.push(format!(
+                            "super-peer {a} holds {:?} depth-1 slots for neighbour {b}, which sent {}",
+                            held.map(|h| h.len()),
+                            has.len()
+                        ));
+                    }
+                }
+            }
+            // What it sent last is what it is made of now.
+            if let Some(sent) = s.aggregate_slots() {
+                let now = s.aggregate_now();
+                if sent != now {
+                    problems.push(format!(
+                        "super-peer {a} sent a depth-1 table of {} slots; it is now {}",
+                        sent.len(),
+                        now.len()
                     ));
                 }
             }
@@ -635,14 +668,19 @@ impl Sim {
             Ev::Deliver { to, conn, msg } => {
                 self.delivered += 1;
                 self.account(&msg);
-                let route = matches!(msg, Message::RouteTable { .. } | Message::RoutePatch { .. });
+                let route = match msg {
+                    Message::RouteTable { depth, .. } | Message::RoutePatch { depth, .. } => {
+                        Some(depth)
+                    }
+                    _ => None,
+                };
                 match &mut self.nodes[to].machine {
                     Machine::Leaf(l) => l.handle_message(now, conn, msg),
                     Machine::SuperPeer(s) => {
                         s.handle_message(now, conn, msg);
                         // Every neighbour of a super-peer holds the same table: keep it once.
-                        if let Some(t) = s.neighbour_table_mut(conn).filter(|_| route) {
-                            t.share(&mut self.pool);
+                        if let Some(depth) = route {
+                            s.share_table(conn, depth, &mut self.pool);
                         }
                     }
                     Machine::Stub(_) => self.stub_message(to, conn, msg),

@@ -74,6 +74,17 @@ pub struct Config {
     /// Forward a query's last hop only to neighbours whose route table says it can match
     /// there. Tables are kept and exchanged either way.
     pub last_hop_routing: bool,
+    /// Send neighbours a depth-1 route table too: ours joined with the tables our neighbours
+    /// sent us (see [`routing::aggregate`]).
+    pub route_aggregates: bool,
+    /// Changes to the depth-1 table go out at most this long after the change that caused
+    /// them, batched (a neighbour's patch changes it at every one of that neighbour's
+    /// neighbours: sending each at once would multiply route traffic by the degree).
+    pub aggregate_delay: Duration,
+    /// Forward a query with one hop left beyond the neighbour (TTL 1) only to neighbours whose
+    /// depth-1 table says it can match there or at one of their neighbours. A neighbour that
+    /// sent no depth-1 table gets every query.
+    pub two_hop_routing: bool,
     /// Cuts file text and queries into words for the route table: must cut exactly like the
     /// index does (the super-peer driver passes the index's analyzer).
     pub analyzer: Analyzer,
@@ -137,6 +148,9 @@ impl Default for Config {
             route_bits: routing::TABLE_BITS,
             route_delay: Duration::from_secs(5),
             last_hop_routing: true,
+            route_aggregates: true,
+            aggregate_delay: Duration::from_secs(5),
+            two_hop_routing: true,
             analyzer: routing::simple_words,
             dynamic: Some(DynamicQuerying::default()),
         }
@@ -248,6 +262,8 @@ pub struct Stats {
     pub neighbours: u64,
     /// Query copies not sent to a neighbour because its route table rules out a match.
     pub queries_filtered: u64,
+    /// Of them, copies with TTL 1 that a neighbour's depth-1 table ruled out.
+    pub queries_filtered_two_hop: u64,
     /// Leaves' queries searched dynamically (probe first, then wider).
     pub dynamic_queries: u64,
 }
@@ -350,6 +366,15 @@ pub struct SuperPeer {
     route_due: Option<Instant>,
     /// Neighbours' route tables, by connection.
     remote: HashMap<ConnId, RemoteTable>,
+    /// Neighbours' depth-1 route tables, by connection.
+    remote_aggregates: HashMap<ConnId, RemoteTable>,
+    /// Our depth-1 table as last sent to neighbours (`None` until first made).
+    aggregate: Option<RemoteTable>,
+    /// When the depth-1 table is due to be made again and its flips sent.
+    aggregate_due: Option<Instant>,
+    /// Slots of the depth-1 table that may have flipped since it was last sent (a part of it
+    /// changed there): only they are looked at again.
+    aggregate_dirty: Vec<u32>,
     /// Leaves' queries being searched dynamically.
     dynamic: HashMap<QueryId, Dynamic>,
 }
@@ -385,6 +410,10 @@ impl SuperPeer {
             table,
             route_due: None,
             remote: HashMap::new(),
+            remote_aggregates: HashMap::new(),
+            aggregate: None,
+            aggregate_due: None,
+            aggregate_dirty: Vec::new(),
             dynamic: HashMap::new(),
         }
     }
@@ -467,15 +496,52 @@ impl SuperPeer {
         self.remote.get(&conn)
     }
 
-    /// Neighbour `conn`'s route table, to change how it is stored (a simulation shares equal
-    /// tables through [`routing::TablePool`]); its slots must stay as they are.
-    pub fn neighbour_table_mut(&mut self, conn: ConnId) -> Option<&mut RemoteTable> {
-        self.remote.get_mut(&conn)
+    /// The depth-1 route table the neighbour on `conn` sent us, if any.
+    pub fn neighbour_aggregate(&self, conn: ConnId) -> Option<&RemoteTable> {
+        self.remote_aggregates.get(&conn)
+    }
+
+    /// Our depth-1 route table as last sent to neighbours, if one was made.
+    pub fn aggregate_slots(&self) -> Option<Vec<u32>> {
+        self.aggregate.as_ref().map(RemoteTable::slots)
+    }
+
+    /// Our depth-1 route table as it would be made now: our table joined with the tables our
+    /// neighbours sent us (see [`routing::aggregate`]).
+    pub fn aggregate_now(&self) -> Vec<u32> {
+        routing::aggregate(self.table.bits(), &self.table.slots(), self.remote.values())
+    }
+
+    /// Whether depth-1 table changes are waiting to go out.
+    pub fn aggregate_pending(&self) -> bool {
+        self.aggregate_due.is_some()
+    }
+
+    /// Holds neighbour `conn`'s route table of this depth in `pool`: a simulation of many
+    /// super-peers keeps each distinct table once (every neighbour of a super-peer holds the
+    /// same one).
+    pub fn share_table(&mut self, conn: ConnId, depth: u8, pool: &mut routing::TablePool) {
+        let table = match depth {
+            0 => self.remote.get_mut(&conn),
+            _ => self.remote_aggregates.get_mut(&conn),
+        };
+        if let Some(t) = table {
+            t.share(pool);
+        }
     }
 
     /// Neighbours whose route table we hold and has at least one slot set.
     pub fn neighbour_tables_with_words(&self) -> usize {
-        self.remote
+        self.live_with_words(&self.remote)
+    }
+
+    /// Neighbours whose depth-1 route table we hold and has at least one slot set.
+    pub fn neighbour_aggregates_with_words(&self) -> usize {
+        self.live_with_words(&self.remote_aggregates)
+    }
+
+    fn live_with_words(&self, tables: &HashMap<ConnId, RemoteTable>) -> usize {
+        tables
             .iter()
             .filter(|(c, t)| !t.is_empty() && self.conns.get(c).is_some_and(|c| !c.closing))
             .count()
@@ -564,7 +630,11 @@ impl SuperPeer {
             PeerState::SuperPeer { .. } => {
                 self.stats.neighbours -= 1;
                 self.events.push_back(Event::NeighbourGone { conn });
-                self.remote.remove(&conn);
+                if let Some(t) = self.remote.remove(&conn) {
+                    self.mark_table(&t);
+                    self.aggregate_changed(now);
+                }
+                self.remote_aggregates.remove(&conn);
             }
             PeerState::AwaitingHello => {}
         }
@@ -624,21 +694,41 @@ impl SuperPeer {
             (PeerState::SuperPeer { .. }, Message::QueryHits(hits)) => {
                 self.on_hits(now, Some(conn), hits)
             }
-            (PeerState::SuperPeer { .. }, Message::RouteTable { bits, slots }) => {
+            (PeerState::SuperPeer { .. }, Message::RouteTable { bits, slots, depth }) => {
                 match RemoteTable::new(bits, &slots.0) {
-                    Ok(t) => {
-                        self.remote.insert(conn, t);
-                    }
+                    Ok(t) => match depth {
+                        0 => {
+                            self.mark_table(&t);
+                            if let Some(old) = self.remote.insert(conn, t) {
+                                self.mark_table(&old);
+                            }
+                            self.aggregate_changed(now);
+                        }
+                        1 => {
+                            self.remote_aggregates.insert(conn, t);
+                        }
+                        _ => log::debug!("{conn}: route table of depth {depth} ignored"),
+                    },
                     Err(e) => self.protocol_error(conn, e.to_string()),
                 }
             }
-            (PeerState::SuperPeer { .. }, Message::RoutePatch { flips }) => {
-                let applied = match self.remote.get_mut(&conn) {
-                    Some(t) => t.apply(&flips.0),
+            (PeerState::SuperPeer { .. }, Message::RoutePatch { flips, depth }) => {
+                let table = match depth {
+                    0 => self.remote.get_mut(&conn),
+                    1 => self.remote_aggregates.get_mut(&conn),
+                    _ => return log::debug!("{conn}: route patch of depth {depth} ignored"),
+                };
+                let applied = match table {
+                    Some(t) => t.apply(&flips.0).map(|()| t.bits()),
                     None => Err(routing::RouteError::PatchFirst),
                 };
-                if let Err(e) = applied {
-                    self.protocol_error(conn, e.to_string());
+                match applied {
+                    Err(e) => self.protocol_error(conn, e.to_string()),
+                    Ok(bits) if depth == 0 && !flips.0.is_empty() => {
+                        self.mark_slots(bits, &flips.0);
+                        self.aggregate_changed(now);
+                    }
+                    Ok(_) => {}
                 }
             }
             (PeerState::SuperPeer { .. }, Message::Hosts { hosts }) => {
@@ -696,7 +786,10 @@ impl SuperPeer {
     pub fn handle_timeout(&mut self, now: Instant) {
         self.seen.expire(now);
         if self.route_due.is_some_and(|t| now >= t) {
-            self.send_route_patch();
+            self.send_route_patch(now);
+        }
+        if self.aggregate_due.is_some_and(|t| now >= t) {
+            self.send_aggregate_patch();
         }
         self.dynamic_steps(now);
         let mut to_close = Vec::new();
@@ -766,6 +859,7 @@ impl SuperPeer {
             self.seen.next_expiry(),
             (!self.demoting).then_some(self.next_tick),
             self.route_due,
+            self.aggregate_due,
             self.dynamic.values().map(|d| d.next).min(),
         ]
         .into_iter()
@@ -775,7 +869,13 @@ impl SuperPeer {
 
     /// The next message to send.
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
-        self.transmits.pop_front()
+        let t = self.transmits.pop_front();
+        // A burst (a query to every neighbour) leaves no spare capacity behind: a simulation
+        // holds many idle super-peers.
+        if self.transmits.is_empty() && self.transmits.capacity() > 64 {
+            self.transmits = VecDeque::new();
+        }
+        t
     }
 
     /// The next event to act on.
@@ -874,10 +974,29 @@ impl SuperPeer {
                 self.send(conn, Message::Hosts { hosts });
                 // Neighbours we have get what changed first, so the whole table we send the
                 // new one is the state everybody is at.
-                self.send_route_patch();
+                self.send_route_patch(now);
                 let slots = Slots(self.table.slots());
                 let bits = self.table.bits();
-                self.send(conn, Message::RouteTable { bits, slots });
+                self.send(
+                    conn,
+                    Message::RouteTable {
+                        bits,
+                        slots,
+                        depth: 0,
+                    },
+                );
+                // The depth-1 table as the others hold it: changes pending go to all at once.
+                if let Some(t) = &self.aggregate {
+                    let (bits, slots) = (t.bits(), Slots(t.slots()));
+                    self.send(
+                        conn,
+                        Message::RouteTable {
+                            bits,
+                            slots,
+                            depth: 1,
+                        },
+                    );
+                }
                 PeerState::SuperPeer {
                     node: hello.node,
                     listen: hello.listen,
@@ -1148,8 +1267,10 @@ impl SuperPeer {
             hops: query.hops + 1,
             ..query
         };
-        // The words are needed only where the table decides: on the last hop.
-        let hashes = if forward.ttl == 0 && self.config.last_hop_routing {
+        // The words are needed only where a table decides: on the last two hops.
+        let hashes = if (forward.ttl == 0 && self.config.last_hop_routing)
+            || (forward.ttl == 1 && self.config.two_hop_routing)
+        {
             routing::search_hashes(self.config.analyzer, &forward.search)
         } else {
             Vec::new()
@@ -1161,14 +1282,26 @@ impl SuperPeer {
         }
     }
 
-    /// Sends `query` to neighbour `to`, unless it is the query's last hop and the neighbour's
-    /// route table rules out a match for `hashes` (a neighbour with no table yet gets it).
+    /// Sends `query` to neighbour `to`, unless the neighbour's route table rules out a match
+    /// for `hashes`: its own table on the query's last hop, its depth-1 table on the hop before
+    /// (a neighbour with no such table yet gets it).
     fn forward(&mut self, now: Instant, to: ConnId, query: &Query, hashes: &[u64]) {
         if query.ttl == 0
             && self.config.last_hop_routing
             && self.remote.get(&to).is_some_and(|t| !t.may_match(hashes))
         {
             self.stats.queries_filtered += 1;
+            return;
+        }
+        if query.ttl == 1
+            && self.config.two_hop_routing
+            && self
+                .remote_aggregates
+                .get(&to)
+                .is_some_and(|t| !t.may_match(hashes))
+        {
+            self.stats.queries_filtered += 1;
+            self.stats.queries_filtered_two_hop += 1;
             return;
         }
         if let Some(seen) = self.seen.get_mut(now, &query.id) {
@@ -1185,24 +1318,102 @@ impl SuperPeer {
     /// batched for `route_delay`.
     fn route_changed(&mut self, now: Instant) {
         if self.table.has_new_slots() {
-            self.send_route_patch();
+            self.send_route_patch(now);
         } else if self.table.has_flips() && self.route_due.is_none() {
             self.route_due = Some(now + self.config.route_delay);
         }
     }
 
-    /// Sends the route table's flips (if any) to every neighbour.
-    fn send_route_patch(&mut self) {
+    /// Something the depth-1 table is made of changed: make it again and send what flipped
+    /// within `aggregate_delay`.
+    fn aggregate_changed(&mut self, now: Instant) {
+        if self.config.route_aggregates && self.aggregate_due.is_none() {
+            self.aggregate_due = Some(now + self.config.aggregate_delay);
+        }
+    }
+
+    /// Slots `slots` of a `bits` table (ours or a neighbour's) changed: the depth-1 slots they
+    /// fall in may flip. (Nothing to note before the first depth-1 table: it is made whole.)
+    fn mark_slots(&mut self, bits: u8, slots: &[u32]) {
+        if !self.config.route_aggregates || self.aggregate.is_none() {
+            return;
+        }
+        let to = self.table.bits();
+        for &s in slots {
+            routing::fold_slot(bits, to, s, |x| self.aggregate_dirty.push(x));
+        }
+    }
+
+    /// Every slot of a neighbour's table changed (it came, went or was replaced).
+    fn mark_table(&mut self, t: &RemoteTable) {
+        if !self.config.route_aggregates || self.aggregate.is_none() {
+            return;
+        }
+        let to = self.table.bits();
+        t.for_each_slot(|s| routing::fold_slot(t.bits(), to, s, |x| self.aggregate_dirty.push(x)));
+    }
+
+    /// Sends the flips of the depth-1 table since it was last sent to every neighbour: only the
+    /// slots noted as changed are looked at again (each against our table and every
+    /// neighbour's), so a patch costs what changed, not the table's size. The first time, the
+    /// whole table is made and sent.
+    fn send_aggregate_patch(&mut self) {
+        self.aggregate_due = None;
+        let bits = self.table.bits();
+        let mut dirty = std::mem::take(&mut self.aggregate_dirty);
+        let msg = match &mut self.aggregate {
+            Some(sent) if sent.bits() == bits => {
+                dirty.sort_unstable();
+                dirty.dedup();
+                let flips: Vec<u32> = dirty
+                    .into_iter()
+                    .filter(|&s| {
+                        let now = self.table.contains(s)
+                            || self.remote.values().any(|t| t.covers(bits, s));
+                        now != sent.covers(bits, s)
+                    })
+                    .collect();
+                if flips.is_empty() {
+                    return;
+                }
+                if sent.apply(&flips).is_err() {
+                    return; // cannot be: every slot is below 1 << bits
+                }
+                Message::RoutePatch {
+                    flips: Slots(flips),
+                    depth: 1,
+                }
+            }
+            _ => {
+                let new = self.aggregate_now();
+                self.aggregate = RemoteTable::new(bits, &new).ok();
+                Message::RouteTable {
+                    bits,
+                    slots: Slots(new),
+                    depth: 1,
+                }
+            }
+        };
+        for id in self.neighbour_conns() {
+            self.send(id, msg.clone());
+        }
+    }
+
+    /// Sends the route table's flips (if any) to every neighbour; the depth-1 table follows.
+    fn send_route_patch(&mut self, now: Instant) {
         self.route_due = None;
         if !self.table.has_flips() {
             return;
         }
         let flips = Slots(self.table.take_flips());
+        self.mark_slots(self.table.bits(), &flips.0);
+        self.aggregate_changed(now);
         for id in self.neighbour_conns() {
             self.send(
                 id,
                 Message::RoutePatch {
                     flips: flips.clone(),
+                    depth: 0,
                 },
             );
         }
@@ -1221,8 +1432,14 @@ impl SuperPeer {
         self.stats.dynamic_queries += 1;
         let hashes = routing::search_hashes(self.config.analyzer, &query.search);
         let mut todo = self.neighbour_conns();
-        // Neighbours that can answer themselves first (a stable sort keeps the order of ids).
-        todo.sort_by_key(|c| !self.remote.get(c).is_none_or(|t| t.may_match(&hashes)));
+        // Neighbours that can answer themselves first, then those with an answer one hop on
+        // (a stable sort keeps the order of ids).
+        todo.sort_by_key(|c| {
+            let here = self.remote.get(c).is_none_or(|t| t.may_match(&hashes));
+            let next = !self.config.two_hop_routing
+                || (self.remote_aggregates.get(c)).is_none_or(|t| t.may_match(&hashes));
+            (!here, !next)
+        });
         let horizon = query.ttl - 1;
         let ttl = dq.probe_ttl.min(horizon);
         let probe: Vec<ConnId> = todo.drain(..dq.probe_width.min(todo.len())).collect();

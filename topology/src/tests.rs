@@ -597,9 +597,126 @@ fn a_patch_before_a_table_or_beyond_it_is_a_protocol_error() {
         Message::RouteTable {
             bits: 4,
             slots: wire::Slots(vec![16]),
+            depth: 0,
         },
     );
     assert_eq!(net.sps[0].stats().protocol_errors, 1);
+}
+
+/// Last-hop and two-hop routing, no dynamic querying, tables and depth-1 tables sent as soon
+/// as timers run.
+fn two_hop() -> Config {
+    Config {
+        two_hop_routing: true,
+        aggregate_delay: Duration::ZERO,
+        ..last_hop()
+    }
+}
+
+/// Two arms from 0: 0–1–2 and 0–3–4; `files` go to a leaf at 2.
+fn two_arms(config: Config, files: Vec<FileRecord>) -> (Net, usize, ConnId) {
+    let mut net = Net::with_config(5, config);
+    for (a, b) in [(0, 1), (1, 2), (0, 3), (3, 4)] {
+        net.link_sps(a, b);
+    }
+    let (asker, _) = net.add_leaf(0, vec![]);
+    let (_, conn) = net.add_leaf(2, files);
+    net.advance(Duration::from_millis(1));
+    net.advance(Duration::from_millis(1));
+    (net, asker, conn)
+}
+
+#[test]
+fn the_hop_before_the_last_goes_only_where_words_are_one_hop_on() {
+    let (mut net, asker, _) = two_arms(two_hop(), vec![record("delta song.mp3", 4)]);
+    // TTL 2: 0 sends it with TTL 1 to 1 (whose neighbour 2 has "delta") but not to 3 (neither
+    // it nor 4 has it).
+    net.leaf_query(asker, 1, 2, "delta");
+    assert_eq!(net.hits_at(asker), vec!["delta song.mp3"]);
+    let processed: Vec<u64> = net
+        .sps
+        .iter()
+        .map(|s| s.stats().queries_processed)
+        .collect();
+    assert_eq!(processed, [1, 1, 1, 0, 0]);
+    assert_eq!(net.sps[0].stats().queries_filtered_two_hop, 1);
+    // Without depth-1 routing, 3 gets it (and holds back the last hop to 4, which has nothing).
+    for sp in &mut net.sps {
+        sp.config_mut().two_hop_routing = false;
+    }
+    net.inbox[asker].clear();
+    net.leaf_query(asker, 2, 2, "delta");
+    assert_eq!(net.hits_at(asker), vec!["delta song.mp3"]);
+    assert_eq!(net.sps[3].stats().queries_processed, 1);
+    assert_eq!(net.sps[4].stats().queries_processed, 0);
+}
+
+#[test]
+fn depth_one_tables_follow_a_leaf_two_hops_away() {
+    let (mut net, asker, conn) = two_arms(two_hop(), vec![record("epsilon.mp3", 5)]);
+    let at_0 = |net: &Net, sp: usize| {
+        // 0's link to 1 was made first, to 3 second.
+        let conns = net.sps[0].neighbour_conns();
+        let c = conns[usize::from(sp == 3)];
+        net.sps[0].neighbour_aggregate(c).unwrap().slots()
+    };
+    let held = at_0(&net, 1);
+    assert_eq!(Some(held.clone()), net.sps[1].aggregate_slots());
+    assert_eq!(
+        net.sps[1].aggregate_slots(),
+        Some(net.sps[1].aggregate_now())
+    );
+    let hashes = crate::routing::search_hashes(crate::routing::simple_words, &words("epsilon"));
+    let c1 = net.sps[0].neighbour_conns()[0];
+    assert!(net.sps[0]
+        .neighbour_aggregate(c1)
+        .unwrap()
+        .may_match(&hashes));
+    // The leaf at 2 goes: 2 patches its table to 1, 1 its depth-1 table to 0 and 2.
+    net.sps[2].handle_disconnect(net.now, conn);
+    net.advance(Duration::from_millis(1));
+    net.advance(Duration::from_millis(1));
+    assert!(!net.sps[0]
+        .neighbour_aggregate(c1)
+        .unwrap()
+        .may_match(&hashes));
+    assert_eq!(Some(at_0(&net, 1)), net.sps[1].aggregate_slots());
+    assert_eq!(Some(at_0(&net, 3)), net.sps[3].aggregate_slots());
+    assert_ne!(at_0(&net, 1), held);
+    net.leaf_query(asker, 3, 2, "epsilon");
+    assert!(net.hits_at(asker).is_empty());
+    assert_eq!(net.sps[1].stats().queries_processed, 0);
+    // It comes back at 4 this time: 3's depth-1 table learns of it.
+    net.add_leaf(4, vec![record("epsilon.mp3", 5)]);
+    net.advance(Duration::from_millis(1));
+    net.advance(Duration::from_millis(1));
+    net.leaf_query(asker, 4, 2, "epsilon");
+    assert_eq!(net.hits_at(asker), vec!["epsilon.mp3"]);
+    assert_eq!(net.sps[1].stats().queries_processed, 0);
+    assert_eq!(net.sps[3].stats().queries_processed, 1);
+}
+
+#[test]
+fn route_messages_of_an_unknown_depth_are_ignored() {
+    let mut net = Net::with_config(2, two_hop());
+    net.link_sps(0, 1);
+    let c = net.sps[0].neighbour_conns()[0];
+    let before = net.sps[0].neighbour_table(c).map(|t| t.slots());
+    for msg in [
+        Message::RouteTable {
+            bits: 8,
+            slots: wire::Slots(vec![1, 2]),
+            depth: 7,
+        },
+        Message::RoutePatch {
+            flips: wire::Slots(vec![3]),
+            depth: 7,
+        },
+    ] {
+        net.sps[0].handle_message(net.now, c, msg);
+    }
+    assert_eq!(net.sps[0].stats().protocol_errors, 0);
+    assert_eq!(net.sps[0].neighbour_table(c).map(|t| t.slots()), before);
 }
 
 /// Dynamic querying with a small target, a probe of two, one second per hop.
@@ -658,8 +775,13 @@ fn dynamic_querying_stops_at_the_target() {
 #[test]
 fn dynamic_querying_widens_to_the_horizon_when_results_are_few() {
     // Only one arm has the file, and the tables cannot tell with TTL 2 (the first hop is not
-    // filtered): the query must still reach it, and every arm in the end.
-    let (mut net, asker) = star(8, 1, dynamic(150));
+    // filtered without depth-1 tables): the query must still reach it, and every arm in the
+    // end.
+    let config = Config {
+        two_hop_routing: false,
+        ..dynamic(150)
+    };
+    let (mut net, asker) = star(8, 1, config);
     net.leaf_query(asker, 8, 2, "gamma");
     for _ in 0..60 {
         net.advance(Duration::from_secs(1));
