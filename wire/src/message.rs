@@ -533,7 +533,9 @@ impl<'de> Deserialize<'de> for Slots {
                 self.visit_bytes(&v)
             }
         }
-        d.deserialize_bytes(GapVisitor)
+        // `deserialize_byte_buf`, not `deserialize_bytes`: ciborium reads `bytes` only into its
+        // 4 KiB scratch buffer and refuses a longer string (a table of a few thousand slots).
+        d.deserialize_byte_buf(GapVisitor)
     }
 }
 
@@ -618,6 +620,24 @@ mod tests {
             &mut buf,
         );
         assert!(buf.len() < 1100, "{} bytes", buf.len());
+    }
+
+    #[test]
+    fn a_table_longer_than_the_decoders_scratch_buffer_round_trips() {
+        // 30,000 of 65,536 slots (a joined depth-1 table is about this full): ~30 KB of gaps,
+        // far beyond ciborium's 4 KiB scratch buffer.
+        let slots = Slots((0..30_000u32).map(|i| i * 2 + i % 2).collect());
+        assert!(slots.to_gaps().len() > 8 * 1024);
+        for depth in [0, 1] {
+            let table = Message::RouteTable {
+                bits: 16,
+                slots: slots.clone(),
+                depth,
+            };
+            assert_eq!(round_trip(&table), table);
+        }
+        let patch = Message::RoutePatch { flips: slots, depth: 1 };
+        assert_eq!(round_trip(&patch), patch);
     }
 
     #[test]
