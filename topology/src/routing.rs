@@ -504,8 +504,7 @@ enum SlotSet {
 impl SlotSet {
     /// The smaller form for these slots (ascending) of a `bits` table.
     fn build(bits: u8, slots: &[u32]) -> SlotSet {
-        let width = if bits <= 16 { 2 } else { 4 };
-        if slots.len() * width > bitmap_words(bits) * 8 {
+        if dense(bits, slots.len()) {
             let mut map = vec![0u64; bitmap_words(bits)];
             for &s in slots {
                 map[(s / 64) as usize] |= 1 << (s % 64);
@@ -569,6 +568,12 @@ impl SlotSet {
 /// 64-bit words in a bitmap of a `bits` table.
 fn bitmap_words(bits: u8) -> usize {
     (1usize << bits).div_ceil(64)
+}
+
+/// Whether `set` slots of a `bits` table take less room as a bitmap than as a sorted list.
+fn dense(bits: u8, set: usize) -> bool {
+    let width = if bits <= 16 { 2 } else { 4 };
+    set * width > bitmap_words(bits) * 8
 }
 
 /// Equal route tables held once: a simulation of many super-peers holds each super-peer's
@@ -666,8 +671,7 @@ impl RemoteTable {
                     map[(s / 64) as usize] ^= 1 << (s % 64);
                 }
                 let set: u32 = map.iter().map(|w| w.count_ones()).sum();
-                let width = if self.bits <= 16 { 2 } else { 4 };
-                if set as usize * width > map.len() * 8 {
+                if dense(self.bits, set as usize) {
                     SlotSet::Dense(map.into())
                 } else {
                     let mut slots = Vec::with_capacity(set as usize);
@@ -770,12 +774,6 @@ pub fn fold_slot(from: u8, to: u8, s: u32, mut f: impl FnMut(u32)) {
         let shift = to - from;
         (s << shift..(s + 1) << shift).for_each(f);
     }
-}
-
-/// The slots that differ between two ascending lists (what a patch from one to the other
-/// flips).
-pub fn flips_between(old: &[u32], new: &[u32]) -> Vec<u32> {
-    xor_sorted(old, new)
 }
 
 fn check(bits: u8, slots: &[u32]) -> Result<(), RouteError> {

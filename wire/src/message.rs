@@ -636,7 +636,10 @@ mod tests {
             };
             assert_eq!(round_trip(&table), table);
         }
-        let patch = Message::RoutePatch { flips: slots, depth: 1 };
+        let patch = Message::RoutePatch {
+            flips: slots,
+            depth: 1,
+        };
         assert_eq!(round_trip(&patch), patch);
     }
 
