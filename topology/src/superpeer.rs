@@ -512,11 +512,6 @@ impl SuperPeer {
         routing::aggregate(self.table.bits(), &self.table.slots(), self.remote.values())
     }
 
-    /// Whether depth-1 table changes are waiting to go out.
-    pub fn aggregate_pending(&self) -> bool {
-        self.aggregate_due.is_some()
-    }
-
     /// Holds neighbour `conn`'s route table of this depth in `pool`: a simulation of many
     /// super-peers keeps each distinct table once (every neighbour of a super-peer holds the
     /// same one).
