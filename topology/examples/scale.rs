@@ -62,90 +62,80 @@ fn live_mib() -> f64 {
     LIVE.load(std::sync::atomic::Ordering::Relaxed) as f64 / (1 << 20) as f64
 }
 
-/// Settings of the study (command-line flags of the same names).
-#[derive(Debug, Clone)]
+/// The search scale study: flooding, last-hop, two-hop and dynamic querying in the simulator.
+#[derive(Debug, Clone, clap::Parser)]
 struct Settings {
+    /// Network sizes to study, in super-peers (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "1000,10000,100000")]
     sps: Vec<usize>,
+    /// Seed of every random draw (network, files, churn, latencies, queries).
+    #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// The corpus of tracks (tab-separated, as in ../shared/corpus).
+    #[arg(long, default_value = "../shared/corpus/freemusic-tracks.tsv")]
     corpus: String,
+    /// Write the results (markdown) here instead of to standard output.
+    #[arg(long)]
     out: Option<String>,
+    /// Queries per strategy, half for popular files and half for rare ones.
+    #[arg(long, default_value_t = 100)]
     queries: usize,
+    /// Neighbours each super-peer keeps.
+    #[arg(long, default_value_t = 32)]
     degree: usize,
+    /// Query TTL (the horizon).
+    #[arg(long, default_value_t = 3)]
     ttl: u8,
+    /// Zipf exponent of file popularity.
+    #[arg(long, default_value_t = 1.0)]
     zipf: f64,
+    /// Leaves per super-peer, drawn uniformly from LO,HI.
+    #[arg(long, value_parser = parse_range, default_value = "10,50")]
     leaves: (u64, u64),
+    /// Mean files shared per sharing leaf.
+    #[arg(long, default_value_t = 24)]
     files: u64,
+    /// Share of leaves that share nothing.
+    #[arg(long, default_value_t = 0.25)]
     free_riders: f64,
+    /// Mean leaf session, in minutes.
+    #[arg(long = "leaf-session-min", value_parser = parse_minutes, default_value = "30")]
     leaf_session: Duration,
+    /// Mean super-peer session, in minutes.
+    #[arg(long = "sp-session-min", value_parser = parse_minutes, default_value = "240")]
     sp_session: Duration,
+    /// Results a dynamic query stops at.
+    #[arg(long, default_value_t = 150)]
     target: usize,
+    /// Heading of the section written.
+    #[arg(long, default_value = "Results")]
     title: String,
+    /// Add the section after what --out holds instead of writing a new file.
+    #[arg(long)]
     append: bool,
     /// Build the network, say where the memory goes, and stop (no queries, no output file).
+    #[arg(long)]
     measure: bool,
-    /// Super-peers exchange depth-1 tables (aggregates), and the two-hop strategies run.
+    /// Super-peers exchange no depth-1 tables (aggregates), and the two-hop strategies do not run.
+    #[arg(long = "no-aggregates", action = clap::ArgAction::SetFalse)]
     aggregates: bool,
 }
 
-impl Default for Settings {
-    fn default() -> Self {
-        Settings {
-            sps: vec![1000, 10_000, 100_000],
-            seed: 1,
-            corpus: "../shared/corpus/freemusic-tracks.tsv".into(),
-            out: None,
-            queries: 100,
-            degree: 32,
-            ttl: 3,
-            zipf: 1.0,
-            leaves: (10, 50),
-            files: 24,
-            free_riders: 0.25,
-            leaf_session: Duration::from_secs(30 * 60),
-            sp_session: Duration::from_secs(4 * 3600),
-            target: 150,
-            title: "Results".into(),
-            append: false,
-            measure: false,
-            aggregates: true,
-        }
+/// `LO,HI` as a pair of counts.
+fn parse_range(v: &str) -> Result<(u64, u64), String> {
+    let (lo, hi) = v.split_once(',').ok_or("expected LO,HI")?;
+    let lo: u64 = lo.trim().parse().map_err(|e| format!("{lo}: {e}"))?;
+    let hi: u64 = hi.trim().parse().map_err(|e| format!("{hi}: {e}"))?;
+    match lo <= hi {
+        true => Ok((lo, hi)),
+        false => Err(format!("{lo} is more than {hi}")),
     }
 }
 
-fn parse_args() -> anyhow::Result<Settings> {
-    let mut s = Settings::default();
-    let mut args = std::env::args().skip(1);
-    while let Some(flag) = args.next() {
-        let mut value = || args.next().with_context(|| format!("{flag} needs a value"));
-        match flag.as_str() {
-            "--sps" => {
-                s.sps = value()?
-                    .split(',')
-                    .map(|v| v.trim().parse())
-                    .collect::<Result<_, _>>()
-                    .context("--sps: comma-separated counts")?
-            }
-            "--seed" => s.seed = value()?.parse().context("--seed")?,
-            "--corpus" => s.corpus = value()?,
-            "--out" => s.out = Some(value()?),
-            "--queries" => s.queries = value()?.parse().context("--queries")?,
-            "--degree" => s.degree = value()?.parse().context("--degree")?,
-            "--ttl" => s.ttl = value()?.parse().context("--ttl")?,
-            "--target" => s.target = value()?.parse().context("--target")?,
-            "--title" => s.title = value()?,
-            "--append" => s.append = true,
-            "--measure" => s.measure = true,
-            "--no-aggregates" => s.aggregates = false,
-            "--files" => s.files = value()?.parse().context("--files")?,
-            "--leaves" => {
-                let v = value()?;
-                let (lo, hi) = v.split_once(',').context("--leaves lo,hi")?;
-                s.leaves = (lo.parse()?, hi.parse()?);
-            }
-            other => bail!("unknown flag {other}"),
-        }
-    }
-    Ok(s)
+/// Whole minutes as a duration.
+fn parse_minutes(v: &str) -> Result<Duration, String> {
+    let m: u64 = v.parse().map_err(|e| format!("{v}: {e}"))?;
+    Ok(Duration::from_secs(m * 60))
 }
 
 /// One track of the corpus.
@@ -891,7 +881,7 @@ fn rows(n: usize, results: &[(Strategy, Vec<Outcome>)], target: usize, out: &mut
 }
 
 fn main() -> anyhow::Result<()> {
-    let s = parse_args()?;
+    let s = <Settings as clap::Parser>::parse();
     let tracks = load_corpus(&s.corpus)?;
     let mut rng = Rng::new(s.seed ^ 0xC0_FFEE);
     let catalog = Rc::new(Catalog::new(tracks, s.zipf, &mut rng));
