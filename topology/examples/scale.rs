@@ -998,11 +998,11 @@ Every super-peer is the real `topology::SuperPeer` state machine in the determin
 (`topology::sim`), in virtual time, from a seed: super-peers dial each other from their host
 caches (mean degree near {degree}), exchange QRP-style route tables ({bits}-bit, 65,536 slots)
 and patches, and forward queries themselves. Leaves are stub leaves (a Hello, a Register of their
-files, pongs), a quarter of them sharing nothing, the others 1–{fmax} tracks drawn with Zipf
+files, pongs), {fr:.0}% of them sharing nothing, the others 1–{fmax} tracks drawn with Zipf
 popularity (exponent {zipf}) from the 21,502 real tracks of the freemusi.cc corpus (CC BY-SA 4.0,
 see `../shared/corpus/README.md`). One-way latency 10–150 ms per link. Churn while the queries
 run: leaves leave and join (mean session {ls} min), super-peers crash and are replaced (mean
-session {ss} h). Queries are \"artist title\" of a track, TTL {ttl}: *popular* = one of the 100
+session {ss} min). Queries are \"artist title\" of a track, TTL {ttl}: *popular* = one of the 100
 most popular tracks, *rare* = one in the less popular half. Each strategy runs the same queries
 from the same leaves on the same network, one after the other. Dynamic querying: target
 {target} hits, a probe to 3 neighbours with TTL 1, 1.2 s per hop between steps.
@@ -1035,7 +1035,8 @@ two-hop strategies use them.
         fmax = s.files * 2 - 1,
         zipf = s.zipf,
         ls = s.leaf_session.as_secs() / 60,
-        ss = s.sp_session.as_secs() / 3600,
+        ss = s.sp_session.as_secs() / 60,
+        fr = s.free_riders * 100.0,
         ttl = s.ttl,
         target = s.target,
     )
