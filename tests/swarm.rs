@@ -1,6 +1,7 @@
 //! Swarming (issue 9) with real nodes on 127.0.0.1: a leecher serves the chunks it has verified
-//! and refuses the others, advertising what it holds; a leecher that uploads nothing (a free
-//! rider) still completes, after the leechers that upload.
+//! and refuses the others, advertising what it holds, and registers it with a super-peer it
+//! attaches to later; a leecher that uploads nothing (a free rider) still completes, after the
+//! leechers that upload.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -155,6 +156,75 @@ fn a_leecher_serves_only_the_chunks_it_has_verified() {
         // The download is still waiting for a source; it is not done.
         assert!(!download.is_finished());
         drop(download);
+        leecher.shutdown().await;
+    });
+}
+
+#[test]
+fn a_leecher_registers_what_it_holds_with_a_super_peer_it_attaches_to_later() {
+    run_bounded(Duration::from_secs(90), async {
+        let tmp = tempfile::tempdir().unwrap();
+        let sp = net::superpeer(&[]).await;
+        let sp_addr = sp.listen_addr();
+        let spa = [sp_addr];
+        let content = corpus::deterministic_bytes("attach later", 4 << 20);
+        let id = FileId::from(blake3::hash(&content));
+        let seeder = net::leaf_with(tmp.path(), "seeder", &spa, |c| c.upload_rate = 600_000).await;
+        seeder
+            .share(&share_file(tmp.path(), "late.bin", &content), |_| {})
+            .await
+            .unwrap();
+        let leecher = net::leaf(tmp.path(), "leecher", &spa).await;
+        let out = tmp.path().join("out");
+        std::fs::create_dir_all(&out).unwrap();
+        let getter = leecher.clone();
+        let download = smol::spawn(async move { getter.get(id, &out, |_| {}).await });
+        let addr = leecher.listen_addr().unwrap();
+        wait_until(
+            "the leecher to verify a chunk",
+            Duration::from_secs(30),
+            || async {
+                let mut c = Client::open(addr).await;
+                c.send(Message::GetBitfield { id }).await;
+                matches!(c.recv().await, Message::Bitfield { bits, .. } if bits.iter().any(|b| *b != 0))
+            },
+        )
+        .await;
+        // The only seeder goes, and so does the super-peer that heard of the leecher's copy.
+        seeder.shutdown().await;
+        drop(sp);
+        wait_until(
+            "the leecher to lose its super-peer",
+            Duration::from_secs(10),
+            || async { leecher.status().superpeers.is_empty() },
+        )
+        .await;
+        // A new super-peer at the same address: it never saw the Register sent when the
+        // download started, so the leecher must register its partial file when it attaches.
+        let mut fresh = None;
+        let until = Instant::now() + Duration::from_secs(10);
+        while fresh.is_none() {
+            fresh = superpeer::SuperPeerNode::start(superpeer::Config::new(
+                Identity::generate(),
+                sp_addr,
+            ))
+            .await
+            .ok();
+            assert!(Instant::now() < until, "{sp_addr} could not be bound again");
+            smol::Timer::after(Duration::from_millis(50)).await;
+        }
+        let fresh = fresh.unwrap();
+        net::wait_records(&fresh, 1).await;
+        let asker = net::leaf(tmp.path(), "asker", &spa).await;
+        let sources = asker
+            .find_sources(id, Duration::from_secs(5))
+            .await
+            .unwrap();
+        let addrs: Vec<SocketAddr> = sources.iter().map(|h| h.source.addr).collect();
+        assert_eq!(addrs, vec![addr], "the leecher is the one source");
+        assert!(!download.is_finished());
+        drop(download);
+        asker.shutdown().await;
         leecher.shutdown().await;
     });
 }
