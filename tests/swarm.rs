@@ -60,43 +60,74 @@ fn share_file(base: &Path, name: &str, content: &[u8]) -> std::path::PathBuf {
     dir
 }
 
+/// A slow seeder (600 KB/s) sharing `content` as `name`, and a leecher downloading it from
+/// super-peer `sp`, returned once the leecher has verified `chunks` chunks (with the download
+/// still running).
+struct Leeching {
+    seeder: leaf::Node,
+    leecher: leaf::Node,
+    download: smol::Task<Result<leaf::download::DownloadReport, leaf::NodeError>>,
+    /// Where the leecher serves.
+    addr: SocketAddr,
+}
+
+async fn leech_until(
+    base: &Path,
+    sp: SocketAddr,
+    name: &str,
+    content: &[u8],
+    chunks: u32,
+) -> Leeching {
+    let id = FileId::from(blake3::hash(content));
+    let seeder = net::leaf_with(base, "seeder", &[sp], |c| c.upload_rate = 600_000).await;
+    seeder
+        .share(&share_file(base, name, content), |_| {})
+        .await
+        .unwrap();
+    let leecher = net::leaf(base, "leecher", &[sp]).await;
+    let out = base.join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    let getter = leecher.clone();
+    let download = smol::spawn(async move { getter.get(id, &out, |_| {}).await });
+    let addr = leecher.listen_addr().unwrap();
+    wait_until(
+        &format!("the leecher to verify {chunks} chunks"),
+        Duration::from_secs(30),
+        || async {
+            let mut c = Client::open(addr).await;
+            c.send(Message::GetBitfield { id }).await;
+            match c.recv().await {
+                Message::Bitfield { bits, .. } => {
+                    bits.iter().map(|b| b.count_ones()).sum::<u32>() >= chunks
+                }
+                _ => false,
+            }
+        },
+    )
+    .await;
+    Leeching {
+        seeder,
+        leecher,
+        download,
+        addr,
+    }
+}
+
 #[test]
 fn a_leecher_serves_only_the_chunks_it_has_verified() {
     run_bounded(Duration::from_secs(60), async {
         let tmp = tempfile::tempdir().unwrap();
         let sp = net::superpeer(&[]).await;
-        let spa = [sp.listen_addr()];
         // 16 chunks of 256 KiB, sent slowly (about 2.5 chunks a second).
         let content = corpus::deterministic_bytes("verified only", 4 << 20);
         let id = FileId::from(blake3::hash(&content));
-        let seeder = net::leaf_with(tmp.path(), "seeder", &spa, |c| c.upload_rate = 600_000).await;
-        seeder
-            .share(&share_file(tmp.path(), "big.bin", &content), |_| {})
-            .await
-            .unwrap();
-        let leecher = net::leaf(tmp.path(), "leecher", &spa).await;
-        let out = tmp.path().join("out");
-        std::fs::create_dir_all(&out).unwrap();
-        let getter = leecher.clone();
-        let out2 = out.clone();
-        let download = smol::spawn(async move { getter.get(id, &out2, |_| {}).await });
+        let Leeching {
+            seeder,
+            leecher,
+            download,
+            addr,
+        } = leech_until(tmp.path(), sp.listen_addr(), "big.bin", &content, 3).await;
         // Once the leecher holds a few chunks, the only source goes: what it holds is frozen.
-        let addr = leecher.listen_addr().unwrap();
-        wait_until(
-            "the leecher to verify 3 chunks",
-            Duration::from_secs(30),
-            || async {
-                let mut c = Client::open(addr).await;
-                c.send(Message::GetBitfield { id }).await;
-                match c.recv().await {
-                    Message::Bitfield { bits, .. } => {
-                        bits.iter().map(|b| b.count_ones()).sum::<u32>() >= 3
-                    }
-                    _ => false,
-                }
-            },
-        )
-        .await;
         seeder.shutdown().await;
         smol::Timer::after(Duration::from_millis(500)).await;
 
@@ -169,27 +200,12 @@ fn a_leecher_registers_what_it_holds_with_a_super_peer_it_attaches_to_later() {
         let spa = [sp_addr];
         let content = corpus::deterministic_bytes("attach later", 4 << 20);
         let id = FileId::from(blake3::hash(&content));
-        let seeder = net::leaf_with(tmp.path(), "seeder", &spa, |c| c.upload_rate = 600_000).await;
-        seeder
-            .share(&share_file(tmp.path(), "late.bin", &content), |_| {})
-            .await
-            .unwrap();
-        let leecher = net::leaf(tmp.path(), "leecher", &spa).await;
-        let out = tmp.path().join("out");
-        std::fs::create_dir_all(&out).unwrap();
-        let getter = leecher.clone();
-        let download = smol::spawn(async move { getter.get(id, &out, |_| {}).await });
-        let addr = leecher.listen_addr().unwrap();
-        wait_until(
-            "the leecher to verify a chunk",
-            Duration::from_secs(30),
-            || async {
-                let mut c = Client::open(addr).await;
-                c.send(Message::GetBitfield { id }).await;
-                matches!(c.recv().await, Message::Bitfield { bits, .. } if bits.iter().any(|b| *b != 0))
-            },
-        )
-        .await;
+        let Leeching {
+            seeder,
+            leecher,
+            download,
+            addr,
+        } = leech_until(tmp.path(), sp_addr, "late.bin", &content, 1).await;
         // The only seeder goes, and so does the super-peer that heard of the leecher's copy.
         seeder.shutdown().await;
         drop(sp);
