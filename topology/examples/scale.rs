@@ -93,10 +93,10 @@ struct Settings {
     #[arg(long, value_parser = parse_range, default_value = "10,50")]
     leaves: (u64, u64),
     /// Mean files shared per sharing leaf.
-    #[arg(long, default_value_t = 24)]
+    #[arg(long, default_value_t = 24, value_parser = clap::value_parser!(u64).range(1..))]
     files: u64,
-    /// Share of leaves that share nothing.
-    #[arg(long, default_value_t = 0.25)]
+    /// Share of leaves that share nothing (0 to 1).
+    #[arg(long, default_value_t = 0.25, value_parser = parse_share)]
     free_riders: f64,
     /// Mean leaf session, in minutes.
     #[arg(long = "leaf-session-min", value_parser = parse_minutes, default_value = "30")]
@@ -132,10 +132,21 @@ fn parse_range(v: &str) -> Result<(u64, u64), String> {
     }
 }
 
-/// Whole minutes as a duration.
+/// A fraction from 0 to 1.
+fn parse_share(v: &str) -> Result<f64, String> {
+    match v.parse::<f64>() {
+        Ok(f) if (0.0..=1.0).contains(&f) => Ok(f),
+        _ => Err(format!("{v}: a number from 0 to 1")),
+    }
+}
+
+/// Whole minutes (at least one) as a duration.
 fn parse_minutes(v: &str) -> Result<Duration, String> {
     let m: u64 = v.parse().map_err(|e| format!("{v}: {e}"))?;
-    Ok(Duration::from_secs(m * 60))
+    match m.checked_mul(60) {
+        Some(s) if m > 0 => Ok(Duration::from_secs(s)),
+        _ => Err(format!("{v}: minutes from 1 to {}", u64::MAX / 60)),
+    }
 }
 
 /// One track of the corpus.
