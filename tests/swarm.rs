@@ -60,9 +60,7 @@ fn share_file(base: &Path, name: &str, content: &[u8]) -> std::path::PathBuf {
     dir
 }
 
-/// A slow seeder (600 KB/s) sharing `content` as `name`, and a leecher downloading it from
-/// super-peer `sp`, returned once the leecher has verified `chunks` chunks (with the download
-/// still running).
+/// A seeder and a leecher downloading from it, as [`leech_until`] leaves them.
 struct Leeching {
     seeder: leaf::Node,
     leecher: leaf::Node,
@@ -71,6 +69,9 @@ struct Leeching {
     addr: SocketAddr,
 }
 
+/// Starts a slow seeder (600 KB/s) sharing `content` as `name` and a leecher downloading it,
+/// both attached to super-peer `sp`; returns once the leecher has verified `chunks` chunks (the
+/// download still running).
 async fn leech_until(
     base: &Path,
     sp: SocketAddr,
@@ -217,19 +218,15 @@ fn a_leecher_registers_what_it_holds_with_a_super_peer_it_attaches_to_later() {
         .await;
         // A new super-peer at the same address: it never saw the Register sent when the
         // download started, so the leecher must register its partial file when it attaches.
-        let mut fresh = None;
         let until = Instant::now() + Duration::from_secs(10);
-        while fresh.is_none() {
-            fresh = superpeer::SuperPeerNode::start(superpeer::Config::new(
-                Identity::generate(),
-                sp_addr,
-            ))
-            .await
-            .ok();
-            assert!(Instant::now() < until, "{sp_addr} could not be bound again");
+        let fresh = loop {
+            let config = superpeer::Config::new(Identity::generate(), sp_addr);
+            match superpeer::SuperPeerNode::start(config).await {
+                Ok(node) => break node,
+                Err(e) => assert!(Instant::now() < until, "binding {sp_addr} again: {e}"),
+            }
             smol::Timer::after(Duration::from_millis(50)).await;
-        }
-        let fresh = fresh.unwrap();
+        };
         net::wait_records(&fresh, 1).await;
         let asker = net::leaf(tmp.path(), "asker", &spa).await;
         let sources = asker
