@@ -130,6 +130,7 @@ impl Setup {
             route_aggregates: self.max_ttl & 0x40 != 0,
             two_hop_routing: self.max_ttl & 0x80 != 0,
             aggregate_delay: Duration::from_millis(u64::from(self.seen_ttl_s & 0x3f) * 100),
+            aggregate_add_interval: Duration::from_millis(u64::from(self.seen_ttl_s & 0x7) * 200),
             route_delay: Duration::from_secs(u64::from(self.seen_ttl_s >> 6)),
             ..Config::default()
         }

@@ -1019,9 +1019,10 @@ from the same leaves on the same network, one after the other. Dynamic querying:
 {target} hits, a probe to 3 neighbours with TTL 1, 1.2 s per hop between steps.
 
 *Two hops*: besides its own table, each super-peer sends its neighbours a depth-1 table, the
-union of its own and of the tables its neighbours sent it (batched: at most one patch in 5 s),
-and a query is sent with TTL 1 only to neighbours whose depth-1 table can match (the last hop
-as before, by their own tables). Unless the section says `--no-aggregates`, depth-1 tables are
+union of its own and of the tables its neighbours sent it (new slots at once, at most one patch
+of them a second; cleared slots batched, at most one patch in 5 s), and a query is sent with
+TTL 1 only to neighbours whose depth-1 table can match (the last hop as before, by their own
+tables). Unless the section says `--no-aggregates`, depth-1 tables are
 exchanged throughout the run (their traffic is in the route columns, in brackets), and only the
 two-hop strategies use them.
 

@@ -77,10 +77,15 @@ pub struct Config {
     /// Send neighbours a depth-1 route table too: ours joined with the tables our neighbours
     /// sent us (see [`routing::aggregate`]).
     pub route_aggregates: bool,
-    /// Changes to the depth-1 table go out at most this long after the change that caused
-    /// them, batched (a neighbour's patch changes it at every one of that neighbour's
-    /// neighbours: sending each at once would multiply route traffic by the degree).
+    /// Slots cleared in the depth-1 table go out at most this long after the change that
+    /// cleared them, batched (a neighbour's patch changes it at every one of that neighbour's
+    /// neighbours); the first depth-1 table waits this long too.
     pub aggregate_delay: Duration,
+    /// New slots of the depth-1 table go out at once (until they arrive, queries for a new file
+    /// stop one hop short of it), but at most one patch of them per this interval: in a burst
+    /// (a network starting, a super-peer's leaves moving at once) the rest wait for the
+    /// interval's end, batched.
+    pub aggregate_add_interval: Duration,
     /// Forward a query with one hop left beyond the neighbour (TTL 1) only to neighbours whose
     /// depth-1 table says it can match there or at one of their neighbours. A neighbour that
     /// sent no depth-1 table gets every query.
@@ -150,6 +155,7 @@ impl Default for Config {
             last_hop_routing: true,
             route_aggregates: true,
             aggregate_delay: Duration::from_secs(5),
+            aggregate_add_interval: Duration::from_secs(1),
             two_hop_routing: true,
             analyzer: routing::simple_words,
             dynamic: Some(DynamicQuerying::default()),
@@ -375,6 +381,10 @@ pub struct SuperPeer {
     /// Slots of the depth-1 table that may have flipped since it was last sent (a part of it
     /// changed there): only they are looked at again.
     aggregate_dirty: Vec<u32>,
+    /// When new slots of the depth-1 table last went out, and slots set since that wait for
+    /// `aggregate_add_interval` after it (see [`SuperPeer::send_aggregate_additions`]).
+    aggregate_added_at: Option<Instant>,
+    aggregate_added: Vec<u32>,
     /// Leaves' queries being searched dynamically.
     dynamic: HashMap<QueryId, Dynamic>,
 }
@@ -414,6 +424,8 @@ impl SuperPeer {
             aggregate: None,
             aggregate_due: None,
             aggregate_dirty: Vec::new(),
+            aggregate_added_at: None,
+            aggregate_added: Vec::new(),
             dynamic: HashMap::new(),
         }
     }
@@ -693,10 +705,14 @@ impl SuperPeer {
                 match RemoteTable::new(bits, &slots.0) {
                     Ok(t) => match depth {
                         0 => {
-                            self.mark_table(&t);
+                            // Its slots are additions (out at once); the slots of a table it
+                            // replaces may be removals (checked at `aggregate_delay`).
+                            let mut set = Vec::new();
+                            t.for_each_slot(|s| set.push(s));
                             if let Some(old) = self.remote.insert(conn, t) {
                                 self.mark_table(&old);
                             }
+                            self.send_aggregate_additions(now, bits, &set);
                             self.aggregate_changed(now);
                         }
                         1 => {
@@ -714,13 +730,19 @@ impl SuperPeer {
                     _ => return log::debug!("{conn}: route patch of depth {depth} ignored"),
                 };
                 let applied = match table {
-                    Some(t) => t.apply(&flips.0).map(|()| t.bits()),
+                    Some(t) => t.apply(&flips.0).map(|()| {
+                        let bits = t.bits();
+                        let (set, cleared): (Vec<u32>, Vec<u32>) =
+                            flips.0.iter().copied().partition(|&s| t.covers(bits, s));
+                        (bits, set, cleared)
+                    }),
                     None => Err(routing::RouteError::PatchFirst),
                 };
                 match applied {
                     Err(e) => self.protocol_error(conn, e.to_string()),
-                    Ok(bits) if depth == 0 && !flips.0.is_empty() => {
-                        self.mark_slots(bits, &flips.0);
+                    Ok((bits, set, cleared)) if depth == 0 => {
+                        self.mark_slots(bits, &cleared);
+                        self.send_aggregate_additions(now, bits, &set);
                         self.aggregate_changed(now);
                     }
                     Ok(_) => {}
@@ -785,6 +807,9 @@ impl SuperPeer {
         }
         if self.aggregate_due.is_some_and(|t| now >= t) {
             self.send_aggregate_patch();
+        }
+        if self.aggregate_additions_due().is_some_and(|t| now >= t) {
+            self.send_aggregate_additions(now, self.table.bits(), &[]);
         }
         self.dynamic_steps(now);
         let mut to_close = Vec::new();
@@ -855,6 +880,7 @@ impl SuperPeer {
             (!self.demoting).then_some(self.next_tick),
             self.route_due,
             self.aggregate_due,
+            self.aggregate_additions_due(),
             self.dynamic.values().map(|d| d.next).min(),
         ]
         .into_iter()
@@ -1319,12 +1345,63 @@ impl SuperPeer {
         }
     }
 
-    /// Something the depth-1 table is made of changed: make it again and send what flipped
-    /// within `aggregate_delay`.
+    /// Something the depth-1 table is made of changed: before the first depth-1 table, make it
+    /// within `aggregate_delay`; after, re-check the slots noted as maybe cleared within it.
     fn aggregate_changed(&mut self, now: Instant) {
-        if self.config.route_aggregates && self.aggregate_due.is_none() {
+        let pending = self.aggregate.is_none() || !self.aggregate_dirty.is_empty();
+        if self.config.route_aggregates && pending && self.aggregate_due.is_none() {
             self.aggregate_due = Some(now + self.config.aggregate_delay);
         }
+    }
+
+    /// Slots `set` of a `bits` table (ours or a neighbour's) are set now: the depth-1 slots
+    /// they fall in that the neighbours do not hold yet go out at once, as new depth-0 slots
+    /// do, unless new slots went out less than `aggregate_add_interval` ago: then they wait for
+    /// the interval's end (when this is called with `set` empty), with those that came since.
+    /// Until they arrive, a neighbour two hops from a new file holds queries for it back (a
+    /// stale 0 costs a match; a stale 1 only a message, so cleared slots wait longer).
+    fn send_aggregate_additions(&mut self, now: Instant, bits: u8, set: &[u32]) {
+        let to = self.table.bits();
+        let Some(sent) = self.aggregate.as_ref().filter(|t| t.bits() == to) else {
+            return; // the first table (or one of a new size) is made whole
+        };
+        for &s in set {
+            routing::fold_slot(bits, to, s, |x| {
+                if !sent.covers(to, x) {
+                    self.aggregate_added.push(x);
+                }
+            });
+        }
+        if self.aggregate_added.is_empty() || self.aggregate_additions_due() > Some(now) {
+            return;
+        }
+        let mut add = std::mem::take(&mut self.aggregate_added);
+        add.sort_unstable();
+        add.dedup();
+        // Some waited: they may have been cleared (or sent by `send_aggregate_patch`) since.
+        let Some(sent) = self.aggregate.as_ref() else {
+            return;
+        };
+        add.retain(|&x| !sent.covers(to, x) && self.aggregate_covers(x));
+        if !add.is_empty() {
+            self.aggregate_added_at = Some(now);
+            self.send_aggregate_flips(add);
+        }
+    }
+
+    /// When the depth-1 slots waiting in `aggregate_added` may go out.
+    fn aggregate_additions_due(&self) -> Option<Instant> {
+        if self.aggregate_added.is_empty() {
+            return None;
+        }
+        let at = self.aggregate_added_at?;
+        Some(at + self.config.aggregate_add_interval)
+    }
+
+    /// Whether depth-1 slot `s` is set now: in our table or, folded, in a neighbour's.
+    fn aggregate_covers(&self, s: u32) -> bool {
+        let bits = self.table.bits();
+        self.table.contains(s) || self.remote.values().any(|t| t.covers(bits, s))
     }
 
     /// Slots `slots` of a `bits` table (ours or a neighbour's) changed: the depth-1 slots they
@@ -1356,53 +1433,60 @@ impl SuperPeer {
         self.aggregate_due = None;
         let bits = self.table.bits();
         let mut dirty = std::mem::take(&mut self.aggregate_dirty);
-        let msg = match &mut self.aggregate {
+        match &self.aggregate {
             Some(sent) if sent.bits() == bits => {
                 dirty.sort_unstable();
                 dirty.dedup();
-                let flips: Vec<u32> = dirty
-                    .into_iter()
-                    .filter(|&s| {
-                        let now = self.table.contains(s)
-                            || self.remote.values().any(|t| t.covers(bits, s));
-                        now != sent.covers(bits, s)
-                    })
-                    .collect();
-                if flips.is_empty() {
-                    return;
-                }
-                if sent.apply(&flips).is_err() {
-                    return; // cannot be: every slot is below 1 << bits
-                }
-                Message::RoutePatch {
-                    flips: Slots(flips),
-                    depth: 1,
-                }
+                dirty.retain(|&s| self.aggregate_covers(s) != sent.covers(bits, s));
+                self.send_aggregate_flips(dirty);
             }
             _ => {
                 let new = self.aggregate_now();
                 self.aggregate = RemoteTable::new(bits, &new).ok();
-                Message::RouteTable {
+                let msg = Message::RouteTable {
                     bits,
                     slots: Slots(new),
                     depth: 1,
+                };
+                for id in self.neighbour_conns() {
+                    self.send(id, msg.clone());
                 }
             }
+        }
+    }
+
+    /// Applies `flips` (slots that differ from it) to the depth-1 table as sent and sends them
+    /// to every neighbour.
+    fn send_aggregate_flips(&mut self, flips: Vec<u32>) {
+        let Some(sent) = self.aggregate.as_mut() else {
+            return;
+        };
+        if flips.is_empty() || sent.apply(&flips).is_err() {
+            return; // (an error cannot be: every slot is below 1 << bits)
+        }
+        let msg = Message::RoutePatch {
+            flips: Slots(flips),
+            depth: 1,
         };
         for id in self.neighbour_conns() {
             self.send(id, msg.clone());
         }
     }
 
-    /// Sends the route table's flips (if any) to every neighbour; the depth-1 table follows.
+    /// Sends the route table's flips (if any) to every neighbour; what they add to the depth-1
+    /// table follows at once, what they clear within `aggregate_delay`.
     fn send_route_patch(&mut self, now: Instant) {
         self.route_due = None;
         if !self.table.has_flips() {
             return;
         }
         let flips = Slots(self.table.take_flips());
-        self.mark_slots(self.table.bits(), &flips.0);
-        self.aggregate_changed(now);
+        let bits = self.table.bits();
+        let (set, cleared): (Vec<u32>, Vec<u32>) = flips
+            .0
+            .iter()
+            .copied()
+            .partition(|&s| self.table.contains(s));
         for id in self.neighbour_conns() {
             self.send(
                 id,
@@ -1412,6 +1496,9 @@ impl SuperPeer {
                 },
             );
         }
+        self.mark_slots(bits, &cleared);
+        self.send_aggregate_additions(now, bits, &set);
+        self.aggregate_changed(now);
     }
 
     /// Super-peers a query sent to one neighbour with `ttl` reaches, estimated from our own

@@ -697,6 +697,69 @@ fn depth_one_tables_follow_a_leaf_two_hops_away() {
 }
 
 #[test]
+fn new_files_reach_depth_one_tables_at_once_gone_ones_after_the_delay() {
+    let delay = Duration::from_secs(3600);
+    let config = Config {
+        aggregate_delay: delay,
+        // Nothing here pings: keep the links up through the delay.
+        idle_timeout: delay * 3,
+        keepalive_interval: delay * 3,
+        ..two_hop()
+    };
+    let (mut net, asker, conn) = two_arms(config, vec![record("epsilon.mp3", 5)]);
+    // The first depth-1 tables are made whole after the delay.
+    assert_eq!(net.sps[1].aggregate_slots(), None);
+    net.advance(delay);
+    let hashes = crate::routing::search_hashes(crate::routing::simple_words, &words("zeta"));
+    let c3 = net.sps[0].neighbour_conns()[1];
+    assert!(!net.sps[0]
+        .neighbour_aggregate(c3)
+        .unwrap()
+        .may_match(&hashes));
+    // A file at 4 is in 3's depth-1 table at 0 as soon as the patches have travelled, long
+    // before the delay: a query for it from 0 goes through 3 to 4.
+    net.add_leaf(4, vec![record("zeta.mp3", 6)]);
+    net.advance(Duration::from_millis(1));
+    assert!(net.sps[0]
+        .neighbour_aggregate(c3)
+        .unwrap()
+        .may_match(&hashes));
+    assert_eq!(
+        net.sps[0].neighbour_aggregate(c3).unwrap().slots(),
+        net.sps[3].aggregate_now()
+    );
+    net.leaf_query(asker, 1, 2, "zeta");
+    assert_eq!(net.hits_at(asker), vec!["zeta.mp3"]);
+    assert_eq!(net.sps[1].stats().queries_processed, 0);
+    // Another within `aggregate_add_interval` of that patch waits for the interval's end.
+    let eta = crate::routing::search_hashes(crate::routing::simple_words, &words("eta"));
+    net.add_leaf(4, vec![record("eta.mp3", 7)]);
+    net.advance(Duration::from_millis(1));
+    assert!(!net.sps[0].neighbour_aggregate(c3).unwrap().may_match(&eta));
+    net.advance(Config::default().aggregate_add_interval);
+    assert!(net.sps[0].neighbour_aggregate(c3).unwrap().may_match(&eta));
+    // The leaf at 2 goes: 1's depth-1 table at 0 still holds its words (a query for them
+    // costs a message, finds nothing) until the delay has passed.
+    let c1 = net.sps[0].neighbour_conns()[0];
+    let epsilon = crate::routing::search_hashes(crate::routing::simple_words, &words("epsilon"));
+    net.sps[2].handle_disconnect(net.now, conn);
+    net.advance(Duration::from_millis(1));
+    assert!(net.sps[0]
+        .neighbour_aggregate(c1)
+        .unwrap()
+        .may_match(&epsilon));
+    net.advance(delay);
+    assert!(!net.sps[0]
+        .neighbour_aggregate(c1)
+        .unwrap()
+        .may_match(&epsilon));
+    assert_eq!(
+        net.sps[0].neighbour_aggregate(c1).unwrap().slots(),
+        net.sps[1].aggregate_now()
+    );
+}
+
+#[test]
 fn route_messages_of_an_unknown_depth_are_ignored() {
     let mut net = Net::with_config(2, two_hop());
     net.link_sps(0, 1);
