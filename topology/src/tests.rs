@@ -710,53 +710,46 @@ fn new_files_reach_depth_one_tables_at_once_gone_ones_after_the_delay() {
     // The first depth-1 tables are made whole after the delay.
     assert_eq!(net.sps[1].aggregate_slots(), None);
     net.advance(delay);
-    let hashes = crate::routing::search_hashes(crate::routing::simple_words, &words("zeta"));
-    let c3 = net.sps[0].neighbour_conns()[1];
-    assert!(!net.sps[0]
-        .neighbour_aggregate(c3)
-        .unwrap()
-        .may_match(&hashes));
+    // Whether the depth-1 table the neighbour on `c` sent 0 may match `word`; and whether it
+    // equals what that neighbour (`sp`) would send now.
+    let may_match = |net: &Net, c: ConnId, word: &str| {
+        let hashes = crate::routing::search_hashes(crate::routing::simple_words, &words(word));
+        net.sps[0]
+            .neighbour_aggregate(c)
+            .unwrap()
+            .may_match(&hashes)
+    };
+    let current = |net: &Net, c: ConnId, sp: usize| {
+        net.sps[0].neighbour_aggregate(c).unwrap().slots() == net.sps[sp].aggregate_now()
+    };
+    let (c1, c3) = (
+        net.sps[0].neighbour_conns()[0],
+        net.sps[0].neighbour_conns()[1],
+    );
+    assert!(!may_match(&net, c3, "zeta"));
     // A file at 4 is in 3's depth-1 table at 0 as soon as the patches have travelled, long
     // before the delay: a query for it from 0 goes through 3 to 4.
     net.add_leaf(4, vec![record("zeta.mp3", 6)]);
     net.advance(Duration::from_millis(1));
-    assert!(net.sps[0]
-        .neighbour_aggregate(c3)
-        .unwrap()
-        .may_match(&hashes));
-    assert_eq!(
-        net.sps[0].neighbour_aggregate(c3).unwrap().slots(),
-        net.sps[3].aggregate_now()
-    );
+    assert!(may_match(&net, c3, "zeta"));
+    assert!(current(&net, c3, 3));
     net.leaf_query(asker, 1, 2, "zeta");
     assert_eq!(net.hits_at(asker), vec!["zeta.mp3"]);
     assert_eq!(net.sps[1].stats().queries_processed, 0);
     // Another within `aggregate_add_interval` of that patch waits for the interval's end.
-    let eta = crate::routing::search_hashes(crate::routing::simple_words, &words("eta"));
     net.add_leaf(4, vec![record("eta.mp3", 7)]);
     net.advance(Duration::from_millis(1));
-    assert!(!net.sps[0].neighbour_aggregate(c3).unwrap().may_match(&eta));
+    assert!(!may_match(&net, c3, "eta"));
     net.advance(Config::default().aggregate_add_interval);
-    assert!(net.sps[0].neighbour_aggregate(c3).unwrap().may_match(&eta));
+    assert!(may_match(&net, c3, "eta"));
     // The leaf at 2 goes: 1's depth-1 table at 0 still holds its words (a query for them
     // costs a message, finds nothing) until the delay has passed.
-    let c1 = net.sps[0].neighbour_conns()[0];
-    let epsilon = crate::routing::search_hashes(crate::routing::simple_words, &words("epsilon"));
     net.sps[2].handle_disconnect(net.now, conn);
     net.advance(Duration::from_millis(1));
-    assert!(net.sps[0]
-        .neighbour_aggregate(c1)
-        .unwrap()
-        .may_match(&epsilon));
+    assert!(may_match(&net, c1, "epsilon"));
     net.advance(delay);
-    assert!(!net.sps[0]
-        .neighbour_aggregate(c1)
-        .unwrap()
-        .may_match(&epsilon));
-    assert_eq!(
-        net.sps[0].neighbour_aggregate(c1).unwrap().slots(),
-        net.sps[1].aggregate_now()
-    );
+    assert!(!may_match(&net, c1, "epsilon"));
+    assert!(current(&net, c1, 1));
 }
 
 #[test]
