@@ -1365,6 +1365,7 @@ impl SuperPeer {
         let Some(sent) = self.aggregate.as_ref().filter(|t| t.bits() == to) else {
             return; // the first table (or one of a new size) is made whole
         };
+        let waited = !self.aggregate_added.is_empty();
         for &s in set {
             routing::fold_slot(bits, to, s, |x| {
                 if !sent.covers(to, x) {
@@ -1378,11 +1379,15 @@ impl SuperPeer {
         let mut add = std::mem::take(&mut self.aggregate_added);
         add.sort_unstable();
         add.dedup();
-        // Some waited: they may have been cleared (or sent by `send_aggregate_patch`) since.
-        let Some(sent) = self.aggregate.as_ref() else {
-            return;
-        };
-        add.retain(|&x| !sent.covers(to, x) && self.aggregate_covers(x));
+        // Slots of `set` are set now and were not sent; some that waited may have been cleared
+        // (or sent by `send_aggregate_patch`) since: only then is each checked again, against
+        // every neighbour's table.
+        if waited {
+            let Some(sent) = self.aggregate.as_ref() else {
+                return;
+            };
+            add.retain(|&x| !sent.covers(to, x) && self.aggregate_covers(x));
+        }
         if !add.is_empty() {
             self.aggregate_added_at = Some(now);
             self.send_aggregate_flips(add);
