@@ -5,6 +5,7 @@
 //! each query came by. It owns no socket and no index: the driver feeds it inputs and carries out
 //! its outputs (see the crate docs for the drain rule).
 
+use std::cell::Cell;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -387,6 +388,11 @@ pub struct SuperPeer {
     aggregate_added: Vec<u32>,
     /// Leaves' queries being searched dynamically.
     dynamic: HashMap<QueryId, Dynamic>,
+    /// The earliest keep-alive, idle or handshake deadline of a connection, or earlier (a
+    /// lower bound: received messages only move deadlines later), so that
+    /// [`SuperPeer::poll_timeout`], asked after every event, need not look at every
+    /// connection; `None` until it is next worked out.
+    conn_deadline: Cell<Option<Instant>>,
 }
 
 impl SuperPeer {
@@ -427,6 +433,7 @@ impl SuperPeer {
             aggregate_added_at: None,
             aggregate_added: Vec::new(),
             dynamic: HashMap::new(),
+            conn_deadline: Cell::new(None),
         }
     }
 
@@ -490,6 +497,7 @@ impl SuperPeer {
 
     /// The settings (a simulation switches search strategies between runs).
     pub fn config_mut(&mut self) -> &mut Config {
+        self.conn_deadline.set(None); // timeouts may change
         &mut self.config
     }
 
@@ -601,18 +609,20 @@ impl SuperPeer {
         if dialed {
             self.dialing.remove(&remote);
         }
-        self.conns.insert(
-            conn,
-            Conn {
-                remote,
-                state: PeerState::AwaitingHello,
-                opened: now,
-                last_rx: now,
-                next_ping: now + self.config.keepalive_interval,
-                closing: false,
-                dialed,
-            },
-        );
+        let c = Conn {
+            remote,
+            state: PeerState::AwaitingHello,
+            opened: now,
+            last_rx: now,
+            next_ping: now + self.config.keepalive_interval,
+            closing: false,
+            dialed,
+        };
+        if let Some(d) = self.conn_deadline.get() {
+            self.conn_deadline
+                .set(Some(d.min(self.deadline_of(&c).unwrap_or(d))));
+        }
+        self.conns.insert(conn, c);
         let mut hello = Hello::new(self.node, Role::SuperPeer, self.listen, &self.config.agent);
         hello.load = Some(self.load());
         self.send(conn, Message::Hello(hello));
@@ -852,28 +862,25 @@ impl SuperPeer {
             log::warn!("closing connection {id} from {reason}");
             self.close(id, reason, true);
         }
+        self.conn_deadline.set(None);
         if now >= self.next_tick {
             self.next_tick = now + self.config.hosts_interval;
             self.tick(now);
         }
     }
 
-    /// The next time [`SuperPeer::handle_timeout`] should be called.
+    /// The next time [`SuperPeer::handle_timeout`] should be called: never late, now and then
+    /// early (after a connection's deadline moved on, nothing may be due yet).
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let conn_deadline = self
-            .conns
-            .values()
-            .filter(|c| !c.closing)
-            .map(|c| {
-                let idle = c.last_rx + self.config.idle_timeout;
-                let first = c.next_ping.min(idle);
-                if c.state == PeerState::AwaitingHello {
-                    first.min(c.opened + self.config.hello_timeout)
-                } else {
-                    first
-                }
-            })
-            .min();
+        let conn_deadline = self.conn_deadline.get().or_else(|| {
+            let d = self
+                .conns
+                .values()
+                .filter_map(|c| self.deadline_of(c))
+                .min();
+            self.conn_deadline.set(d);
+            d
+        });
         [
             conn_deadline,
             self.seen.next_expiry(),
@@ -886,6 +893,19 @@ impl SuperPeer {
         .into_iter()
         .flatten()
         .min()
+    }
+
+    /// When connection `c` next needs looking at: a keep-alive, or its idle or handshake
+    /// timeout (`None` once it is closing).
+    fn deadline_of(&self, c: &Conn) -> Option<Instant> {
+        if c.closing {
+            return None;
+        }
+        let first = c.next_ping.min(c.last_rx + self.config.idle_timeout);
+        Some(match c.state {
+            PeerState::AwaitingHello => first.min(c.opened + self.config.hello_timeout),
+            _ => first,
+        })
     }
 
     /// The next message to send.
@@ -1386,7 +1406,14 @@ impl SuperPeer {
             let Some(sent) = self.aggregate.as_ref() else {
                 return;
             };
-            add.retain(|&x| !sent.covers(to, x) && self.aggregate_covers(x));
+            add.retain(|&x| !sent.covers(to, x));
+            let set = self.aggregate_covered(&add);
+            add = add
+                .into_iter()
+                .zip(set)
+                .filter(|&(_, c)| c)
+                .map(|(x, _)| x)
+                .collect();
         }
         if !add.is_empty() {
             self.aggregate_added_at = Some(now);
@@ -1403,10 +1430,25 @@ impl SuperPeer {
         Some(at + self.config.aggregate_add_interval)
     }
 
-    /// Whether depth-1 slot `s` is set now: in our table or, folded, in a neighbour's.
-    fn aggregate_covers(&self, s: u32) -> bool {
+    /// Which of depth-1 slots `slots` are set now: in our table or, folded, in a neighbour's.
+    /// Each neighbour's table is looked at once for all of them (and not at all once every
+    /// slot is known set).
+    fn aggregate_covered(&self, slots: &[u32]) -> Vec<bool> {
         let bits = self.table.bits();
-        self.table.contains(s) || self.remote.values().any(|t| t.covers(bits, s))
+        let mut covered: Vec<bool> = slots.iter().map(|&s| self.table.contains(s)).collect();
+        let mut open = covered.iter().filter(|&&c| !c).count();
+        for t in self.remote.values() {
+            if open == 0 {
+                break;
+            }
+            for (c, &s) in covered.iter_mut().zip(slots) {
+                if !*c && t.covers(bits, s) {
+                    *c = true;
+                    open -= 1;
+                }
+            }
+        }
+        covered
     }
 
     /// Slots `slots` of a `bits` table (ours or a neighbour's) changed: the depth-1 slots they
@@ -1442,8 +1484,14 @@ impl SuperPeer {
             Some(sent) if sent.bits() == bits => {
                 dirty.sort_unstable();
                 dirty.dedup();
-                dirty.retain(|&s| self.aggregate_covers(s) != sent.covers(bits, s));
-                self.send_aggregate_flips(dirty);
+                let set = self.aggregate_covered(&dirty);
+                let flips = dirty
+                    .into_iter()
+                    .zip(set)
+                    .filter(|&(s, c)| c != sent.covers(bits, s))
+                    .map(|(s, _)| s)
+                    .collect();
+                self.send_aggregate_flips(flips);
             }
             _ => {
                 let new = self.aggregate_now();

@@ -342,6 +342,38 @@ fn silent_connections_are_pinged_then_closed() {
 }
 
 #[test]
+fn the_deadline_asked_for_counts_connections_opened_and_timeouts_changed_since() {
+    let mut net = Net::new(1);
+    let (_, leaf) = net.add_leaf(0, vec![]);
+    let cfg = Config::default();
+    let t0 = net.now;
+    // The first host tick (the super-peer was made a moment after `t0`): the next is far off.
+    net.sps[0].handle_timeout(t0 + Duration::from_millis(500));
+    // Worked out once: the leaf's keep-alive.
+    assert_eq!(net.sps[0].poll_timeout(), Some(t0 + cfg.keepalive_interval));
+    // A connection opened since that never greets is closed at its handshake timeout.
+    let t1 = t0 + Duration::from_secs(1);
+    net.sps[0].handle_connect(t1, 99, "127.0.0.1:3".parse().unwrap(), false);
+    assert_eq!(net.sps[0].poll_timeout(), Some(t1 + cfg.hello_timeout));
+    net.sps[0].handle_timeout(t1 + cfg.hello_timeout);
+    net.drain(0);
+    assert!(net
+        .closed
+        .iter()
+        .any(|(_, c, r)| *c == 99 && r.contains("hello_timeout")));
+    assert_eq!(net.sps[0].poll_timeout(), Some(t0 + cfg.keepalive_interval));
+    // A shorter idle timeout counts at once.
+    net.sps[0].config_mut().idle_timeout = Duration::from_secs(5);
+    assert_eq!(net.sps[0].poll_timeout(), Some(t0 + Duration::from_secs(5)));
+    net.sps[0].handle_timeout(t0 + Duration::from_secs(5));
+    net.drain(0);
+    assert!(net
+        .closed
+        .iter()
+        .any(|(_, c, r)| *c == leaf && r.contains("idle_timeout")));
+}
+
+#[test]
 fn hits_for_unknown_queries_are_dropped() {
     let mut net = Net::new(2);
     net.link_sps(0, 1);
