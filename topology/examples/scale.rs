@@ -119,6 +119,10 @@ struct Settings {
     /// Super-peers exchange no depth-1 tables (aggregates), and the two-hop strategies do not run.
     #[arg(long = "no-aggregates", action = clap::ArgAction::SetFalse)]
     aggregates: bool,
+    /// Strategies to run, in this order (comma-separated; flooding first gives the others their
+    /// ratio). Default: all five, the two-hop ones only with depth-1 tables.
+    #[arg(long, value_delimiter = ',', value_enum)]
+    strategies: Vec<Strategy>,
 }
 
 /// `LO,HI` as a pair of counts.
@@ -324,7 +328,7 @@ impl Shares {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum Strategy {
     Flooding,
     LastHop,
@@ -345,10 +349,15 @@ impl Strategy {
         }
     }
 
+    /// Whether the strategy routes by depth-1 tables.
+    fn two_hop(self) -> bool {
+        matches!(self, Strategy::TwoHop | Strategy::DynamicTwoHop)
+    }
+
     /// Applies the strategy to a super-peer's settings.
     fn configure(self, c: &mut Config, target: usize) {
         c.last_hop_routing = self != Strategy::Flooding;
-        c.two_hop_routing = matches!(self, Strategy::TwoHop | Strategy::DynamicTwoHop);
+        c.two_hop_routing = self.two_hop();
         c.dynamic = matches!(self, Strategy::Dynamic | Strategy::DynamicTwoHop).then_some(
             DynamicQuerying {
                 target,
@@ -777,8 +786,19 @@ impl Study {
                 self.churn_second();
             }
         }
-        // Dynamic queries take several steps: let all of them finish.
-        self.run_with_churn(Duration::from_secs(60));
+        // Dynamic queries take several steps: let all of them finish (at most a minute), then
+        // the hits of the last step come back (a hit crosses at most TTL links of ≤150 ms).
+        for _ in 0..60 {
+            let busy = plan.iter().any(|p| match &self.sim.nodes[p.sp].machine {
+                Machine::SuperPeer(s) => s.dynamic_in_progress() > 0,
+                _ => false,
+            });
+            if !busy {
+                break;
+            }
+            self.run_with_churn(Duration::from_secs(1));
+        }
+        self.run_with_churn(Duration::from_secs(3));
         started
             .into_iter()
             .map(|(id, class, truth)| {
@@ -941,9 +961,15 @@ fn main() -> anyhow::Result<()> {
         let aggregate_before = study.sim.aggregate_traffic;
         let churn_start = study.sim.elapsed();
         let mut results = Vec::new();
-        let mut strategies = vec![Strategy::Flooding, Strategy::LastHop, Strategy::Dynamic];
-        if s.aggregates {
-            strategies.extend([Strategy::TwoHop, Strategy::DynamicTwoHop]);
+        let mut strategies = s.strategies.clone();
+        if strategies.is_empty() {
+            strategies = vec![Strategy::Flooding, Strategy::LastHop, Strategy::Dynamic];
+            if s.aggregates {
+                strategies.extend([Strategy::TwoHop, Strategy::DynamicTwoHop]);
+            }
+        }
+        if !s.aggregates && strategies.iter().any(|st| st.two_hop()) {
+            bail!("two-hop strategies need depth-1 tables: drop --no-aggregates");
         }
         for (round, st) in strategies.into_iter().enumerate() {
             let t = Instant::now();
@@ -1015,7 +1041,10 @@ see `../shared/corpus/README.md`). One-way latency 10–150 ms per link. Churn w
 run: leaves leave and join (mean session {ls} min), super-peers crash and are replaced (mean
 session {ss} min). Queries are \"artist title\" of a track, TTL {ttl}: *popular* = one of the 100
 most popular tracks, *rare* = one in the less popular half. Each strategy runs the same queries
-from the same leaves on the same network, one after the other. Dynamic querying: target
+from the same leaves on the same network, one after the other: a query every half second, then
+the run goes on until no dynamic query is in progress (at most a minute) and 3 s more for the
+last hits (sections made before 2026-11-21 waited a fixed minute: only the churn between
+strategies differs). Dynamic querying: target
 {target} hits, a probe to 3 neighbours with TTL 1, 1.2 s per hop between steps.
 
 *Two hops*: besides its own table, each super-peer sends its neighbours a depth-1 table, the
