@@ -680,24 +680,32 @@ impl RemoteTable {
     /// Flips these slots (ascending).
     pub fn apply(&mut self, flips: &[u32]) -> Result<(), RouteError> {
         check(self.bits, flips)?;
+        // Every patch makes a new list (the old one may be shared, see `TablePool`), copied
+        // once: patches are what a simulation of many super-peers spends its time on.
         self.slots = match &self.slots {
             SlotSet::Small(v) => {
                 let f: Vec<u16> = flips.iter().map(|&s| s as u16).collect();
-                let new: Vec<u32> = xor_sorted(v, &f).into_iter().map(u32::from).collect();
-                SlotSet::build(self.bits, &new)
+                let new = xor_sorted(v, &f);
+                if dense(self.bits, new.len()) {
+                    let new: Vec<u32> = new.into_iter().map(u32::from).collect();
+                    SlotSet::build(self.bits, &new)
+                } else {
+                    SlotSet::Small(new.into())
+                }
             }
             SlotSet::Large(v) => SlotSet::build(self.bits, &xor_sorted(v, flips)),
             SlotSet::Dense(m) => {
-                let mut map = m.to_vec();
+                let mut arc: Arc<[u64]> = Arc::from(&m[..]);
+                let map = Arc::get_mut(&mut arc).expect("a list just made");
                 for &s in flips {
                     map[(s / 64) as usize] ^= 1 << (s % 64);
                 }
                 let set: u32 = map.iter().map(|w| w.count_ones()).sum();
                 if dense(self.bits, set as usize) {
-                    SlotSet::Dense(map.into())
+                    SlotSet::Dense(arc)
                 } else {
                     let mut slots = Vec::with_capacity(set as usize);
-                    SlotSet::Dense(map.into()).for_each(|s| slots.push(s));
+                    SlotSet::Dense(arc).for_each(|s| slots.push(s));
                     SlotSet::build(self.bits, &slots)
                 }
             }
