@@ -1016,7 +1016,7 @@ impl SuperPeer {
                 // Neighbours we have get what changed first, so the whole table we send the
                 // new one is the state everybody is at.
                 self.send_route_patch(now);
-                let slots = Slots(self.table.slots());
+                let slots = Slots::from(self.table.slots());
                 let bits = self.table.bits();
                 self.send(
                     conn,
@@ -1028,7 +1028,7 @@ impl SuperPeer {
                 );
                 // The depth-1 table as the others hold it: changes pending go to all at once.
                 if let Some(t) = &self.aggregate {
-                    let (bits, slots) = (t.bits(), Slots(t.slots()));
+                    let (bits, slots) = (t.bits(), Slots::from(t.slots()));
                     self.send(
                         conn,
                         Message::RouteTable {
@@ -1498,7 +1498,7 @@ impl SuperPeer {
                 self.aggregate = RemoteTable::new(bits, &new).ok();
                 let msg = Message::RouteTable {
                     bits,
-                    slots: Slots(new),
+                    slots: Slots::from(new),
                     depth: 1,
                 };
                 for id in self.neighbour_conns() {
@@ -1518,7 +1518,7 @@ impl SuperPeer {
             return; // (an error cannot be: every slot is below 1 << bits)
         }
         let msg = Message::RoutePatch {
-            flips: Slots(flips),
+            flips: Slots::from(flips),
             depth: 1,
         };
         for id in self.neighbour_conns() {
@@ -1533,7 +1533,7 @@ impl SuperPeer {
         if !self.table.has_flips() {
             return;
         }
-        let flips = Slots(self.table.take_flips());
+        let flips = Slots::from(self.table.take_flips());
         let bits = self.table.bits();
         let (set, cleared): (Vec<u32>, Vec<u32>) = flips
             .0

@@ -628,7 +628,7 @@ fn a_patch_before_a_table_or_beyond_it_is_a_protocol_error() {
         c,
         Message::RouteTable {
             bits: 4,
-            slots: wire::Slots(vec![16]),
+            slots: wire::Slots::from(vec![16]),
             depth: 0,
         },
     );
@@ -793,11 +793,11 @@ fn route_messages_of_an_unknown_depth_are_ignored() {
     for msg in [
         Message::RouteTable {
             bits: 8,
-            slots: wire::Slots(vec![1, 2]),
+            slots: wire::Slots::from(vec![1, 2]),
             depth: 7,
         },
         Message::RoutePatch {
-            flips: wire::Slots(vec![3]),
+            flips: wire::Slots::from(vec![3]),
             depth: 7,
         },
     ] {
