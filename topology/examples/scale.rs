@@ -1041,10 +1041,10 @@ see `../shared/corpus/README.md`). One-way latency 10–150 ms per link. Churn w
 run: leaves leave and join (mean session {ls} min), super-peers crash and are replaced (mean
 session {ss} min). Queries are \"artist title\" of a track, TTL {ttl}: *popular* = one of the 100
 most popular tracks, *rare* = one in the less popular half. Each strategy runs the same queries
-from the same leaves on the same network, one after the other: a query every half second, then
-the run goes on until no dynamic query is in progress (at most a minute) and 3 s more for the
-last hits (sections made before 2026-11-21 waited a fixed minute: only the churn between
-strategies differs). Dynamic querying: target
+from the same leaves on the same network, one after the other, a query every half second; after
+a strategy's last query the run goes on for a fixed minute, or, where a section says so, until
+no dynamic query is in progress (at most a minute) and 3 s more for the last hits (only the
+churn between strategies differs). Dynamic querying: target
 {target} hits, a probe to 3 neighbours with TTL 1, 1.2 s per hop between steps.
 
 *Two hops*: besides its own table, each super-peer sends its neighbours a depth-1 table, the
@@ -1092,7 +1092,8 @@ fn render(s: &Settings, command: &str, table: &str, notes: &str) -> String {
 cargo run --release -p topology --example scale -- {command}
 ```
 
-Seed {seed}; {llo}–{lhi} leaves per super-peer; {q} queries per strategy.
+Seed {seed}; {llo}–{lhi} leaves per super-peer; {q} queries per strategy; after each strategy,
+until its dynamic queries end.
 
 | super-peers | strategy | class | with matches | matches | msgs/query | vs flood | bytes/query | found | recall | recall@{target} | first | target |
 | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |
