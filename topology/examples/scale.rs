@@ -77,7 +77,7 @@ struct Settings {
     /// Write the results (markdown) here instead of to standard output.
     #[arg(long)]
     out: Option<String>,
-    /// Queries per strategy, half for popular files and half for rare ones.
+    /// Queries per strategy, taken in turn from the classes (half popular, half rare by default).
     #[arg(long, default_value_t = 100)]
     queries: usize,
     /// Neighbours each super-peer keeps.
@@ -119,6 +119,18 @@ struct Settings {
     /// Super-peers exchange no depth-1 tables (aggregates), and the two-hop strategies do not run.
     #[arg(long = "no-aggregates", action = clap::ArgAction::SetFalse)]
     aggregates: bool,
+    /// Classes of queries, taken in turn (comma-separated).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        value_enum,
+        default_value = "popular,rare"
+    )]
+    classes: Vec<Class>,
+    /// Route tables of `1 << BITS` slots (depth-1 tables too).
+    #[arg(long = "route-bits", default_value_t = topology::routing::TABLE_BITS,
+          value_parser = clap::value_parser!(u8).range(1..=i64::from(topology::routing::MAX_TABLE_BITS)))]
+    route_bits: u8,
     /// Strategies to run, in this order (comma-separated; flooding first gives the others their
     /// ratio). Default: all five, the two-hop ones only with depth-1 tables.
     #[arg(long, value_delimiter = ',', value_enum)]
@@ -367,9 +379,12 @@ impl Strategy {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What a query asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum Class {
+    /// A track among the 100 most popular.
     Popular,
+    /// A track in the less popular half.
     Rare,
 }
 
@@ -426,6 +441,7 @@ fn config(s: &Settings) -> SimConfig {
             leaf_slots: 200,
             route_delay: Duration::from_secs(5),
             route_aggregates: s.aggregates,
+            route_bits: s.route_bits,
             // Recall is measured against every match within the horizon: no cap on hits.
             max_hits_per_query: usize::MAX,
             seen_capacity: 4096,
@@ -696,11 +712,7 @@ impl Study {
         let tracks = cat.tracks.len() as u64;
         let mut out = Vec::new();
         for i in 0..self.s.queries {
-            let class = if i % 2 == 0 {
-                Class::Popular
-            } else {
-                Class::Rare
-            };
+            let class = self.s.classes[i % self.s.classes.len()];
             let rank = match class {
                 Class::Popular => self.sim.rng().below(100),
                 Class::Rare => tracks / 2 + self.sim.rng().below(tracks / 2),
@@ -875,6 +887,9 @@ fn rows(n: usize, results: &[(Strategy, Vec<Outcome>)], target: usize, out: &mut
     for (st, outcomes) in results {
         for class in [Class::Popular, Class::Rare] {
             let o: Vec<&Outcome> = outcomes.iter().filter(|x| x.class == class).collect();
+            if o.is_empty() {
+                continue;
+            }
             let with: Vec<&&Outcome> = o.iter().filter(|x| x.truth > 0).collect();
             let msgs = mean(o.iter().map(|x| x.messages as f64));
             let key = if class == Class::Popular { "p" } else { "r" };
@@ -1093,7 +1108,7 @@ cargo run --release -p topology --example scale -- {command}
 ```
 
 Seed {seed}; {llo}–{lhi} leaves per super-peer; {q} queries per strategy; after each strategy,
-until its dynamic queries end.
+until its dynamic queries end.{classes}{bits}
 
 | super-peers | strategy | class | with matches | matches | msgs/query | vs flood | bytes/query | found | recall | recall@{target} | first | target |
 | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |
@@ -1108,5 +1123,19 @@ until its dynamic queries end.
         lhi = s.leaves.1,
         q = s.queries,
         target = s.target,
+        classes = match s.classes.as_slice() {
+            [Class::Popular, Class::Rare] => String::new(),
+            c => format!(
+                " Queries: {}.",
+                c.iter()
+                    .map(|c| format!("{c:?}").to_lowercase())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        },
+        bits = match s.route_bits == topology::routing::TABLE_BITS {
+            true => String::new(),
+            false => format!(" Route tables of 2^{} slots.", s.route_bits),
+        },
     )
 }
