@@ -380,12 +380,22 @@ impl Strategy {
 }
 
 /// What a query asks for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum)]
 enum Class {
     /// A track among the 100 most popular.
     Popular,
     /// A track in the less popular half.
     Rare,
+}
+
+impl Class {
+    /// The name in tables and on the command line.
+    fn name(self) -> &'static str {
+        match self {
+            Class::Popular => "popular",
+            Class::Rare => "rare",
+        }
+    }
 }
 
 /// One query of the workload: who asks, what, and for which class.
@@ -872,13 +882,13 @@ fn fmt_ms(d: Option<Duration>) -> String {
 
 /// The rows of one scale.
 fn rows(n: usize, results: &[(Strategy, Vec<Outcome>)], target: usize, out: &mut String) {
-    let flood_msgs: HashMap<&str, f64> = results
+    let flood_msgs: HashMap<Class, f64> = results
         .iter()
         .filter(|(st, _)| *st == Strategy::Flooding)
         .flat_map(|(_, o)| {
             [Class::Popular, Class::Rare].map(|c| {
                 (
-                    if c == Class::Popular { "p" } else { "r" },
+                    c,
                     mean(o.iter().filter(|x| x.class == c).map(|x| x.messages as f64)),
                 )
             })
@@ -892,8 +902,7 @@ fn rows(n: usize, results: &[(Strategy, Vec<Outcome>)], target: usize, out: &mut
             }
             let with: Vec<&&Outcome> = o.iter().filter(|x| x.truth > 0).collect();
             let msgs = mean(o.iter().map(|x| x.messages as f64));
-            let key = if class == Class::Popular { "p" } else { "r" };
-            let ratio = flood_msgs.get(key).map_or(f64::NAN, |f| f / msgs);
+            let ratio = flood_msgs.get(&class).map_or(f64::NAN, |f| f / msgs);
             let recall = mean(
                 with.iter()
                     .map(|x| (x.found as f64 / x.truth as f64).min(1.0)),
@@ -908,7 +917,7 @@ fn rows(n: usize, results: &[(Strategy, Vec<Outcome>)], target: usize, out: &mut
                 out,
                 "| {n} | {} | {} | {}/{} | {:.0} | {:.0} ({:.0}) | {:.1}× | {:.1} KiB | {:.0} | {:.3} | {:.3} | {} | {} ({reached}) |",
                 st.name(),
-                if class == Class::Popular { "popular" } else { "rare" },
+                class.name(),
                 with.len(),
                 o.len(),
                 mean(with.iter().map(|x| x.truth as f64)),
@@ -1127,10 +1136,7 @@ until its dynamic queries end.{classes}{bits}
             [Class::Popular, Class::Rare] => String::new(),
             c => format!(
                 " Queries: {}.",
-                c.iter()
-                    .map(|c| format!("{c:?}").to_lowercase())
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                c.iter().map(|c| c.name()).collect::<Vec<_>>().join(", ")
             ),
         },
         bits = match s.route_bits == topology::routing::TABLE_BITS {
