@@ -5,6 +5,7 @@
 //! - [`message`]: [`Message`], every message of the protocol, and the records it carries.
 //! - [`frame`]: framing (length, CBOR body, raw payload, CRC32) with [`encode`] and [`decode`].
 //! - [`content`]: chunk layout and [`Manifest`] verification against a file id.
+//! - [`bitfield`]: [`Bitfield`], which chunks of a file a node holds.
 //!
 //! # Example
 //! ```
@@ -18,11 +19,13 @@
 //! assert_eq!((msg, used), (Message::Ping { nonce: 7 }, buf.len()));
 //! ```
 
+pub mod bitfield;
 pub mod content;
 pub mod frame;
 pub mod ids;
 pub mod message;
 
+pub use bitfield::{Bitfield, BitfieldLenError};
 pub use content::{chunk_size_for, ChunkError, Manifest, ManifestBuilder, ManifestError};
 pub use frame::{decode, encode, DecodeError, MAX_BODY, MAX_PAYLOAD};
 pub use ids::{FileId, NodeId, ParseIdError, QueryId};
