@@ -236,9 +236,9 @@ pub mod net {
 
     use leaf::{Node, NodeConfig};
     use smol::net::TcpStream;
-    use superpeer::identity::Identity;
-    use superpeer::secure::SecureStream;
     use superpeer::SuperPeerNode;
+    use transport::identity::Identity;
+    use transport::secure::SecureStream;
 
     /// Runs `f` to completion on smol, panicking if it takes longer than `limit`: every
     /// networked test is bounded in time.
@@ -275,7 +275,7 @@ pub mod net {
         peers: &[SocketAddr],
         adjust: impl FnOnce(&mut topology::Config),
     ) -> SuperPeerNode {
-        let id = superpeer::identity::Identity::generate();
+        let id = transport::identity::Identity::generate();
         let mut config = superpeer::Config::new(id, "127.0.0.1:0".parse().expect("valid address"));
         config.peers = peers.to_vec();
         adjust(&mut config.overlay);
@@ -287,7 +287,7 @@ pub mod net {
     /// A super-peer on an ephemeral port with its whole configuration (limits included)
     /// changed by `adjust`.
     pub async fn superpeer_config(adjust: impl FnOnce(&mut superpeer::Config)) -> SuperPeerNode {
-        let id = superpeer::identity::Identity::generate();
+        let id = transport::identity::Identity::generate();
         let mut config = superpeer::Config::new(id, "127.0.0.1:0".parse().expect("valid address"));
         adjust(&mut config);
         SuperPeerNode::start(config)
@@ -321,7 +321,7 @@ pub mod net {
     ) -> io::Result<(SecureStream<TcpStream>, Identity)> {
         let identity = Identity::generate();
         let stream = dial_from(from, addr).await?;
-        let secure = superpeer::secure::connect(stream, &identity, Duration::from_secs(5))
+        let secure = transport::secure::connect(stream, &identity, Duration::from_secs(5))
             .await
             .map_err(io::Error::other)?;
         Ok((secure, identity))

@@ -13,9 +13,9 @@ use canopy::net::{self, run_bounded};
 use leaf::Node;
 use smol::io::AsyncWriteExt;
 use smol::net::TcpStream;
-use superpeer::net::{write_message, FrameReader};
-use superpeer::secure::{SecureReader, SecureWriter};
 use superpeer::SuperPeerNode;
+use transport::net::{write_message, FrameReader};
+use transport::secure::{SecureReader, SecureWriter};
 use wire::{
     FileId, FileRecord, Filter, Hello, Hit, Message, NodeId, Query, QueryHits, QueryId, Role,
     Search, Source, Tags, Terms,
@@ -127,7 +127,7 @@ impl Raw {
             }
             match self.reader.read_message_within(left).await {
                 Ok(_) => continue,
-                Err(superpeer::net::ReadError::Timeout(_)) => return false,
+                Err(transport::net::ReadError::Timeout(_)) => return false,
                 Err(_) => return true,
             }
         }

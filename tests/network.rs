@@ -12,7 +12,7 @@ use canopy::corpus::{self, Track};
 use canopy::net::{self, run_bounded, wait_until};
 use leaf::Node;
 use smol::io::AsyncWriteExt;
-use superpeer::net::FrameReader;
+use transport::net::FrameReader;
 use wire::{FileId, Filter, Message, Search, Terms};
 
 const LIMIT: Duration = Duration::from_secs(60);

@@ -10,7 +10,7 @@ use canopy::net::{self, run_bounded};
 use leaf::download::{self, DownloadOptions};
 use smol::io::{AsyncReadExt, AsyncWriteExt};
 use smol::net::{TcpListener, TcpStream};
-use superpeer::identity::Identity;
+use transport::identity::Identity;
 use wire::{FileId, Filter, Search, Terms};
 
 /// Forwards connections to `upstream` and records the bytes of both directions.

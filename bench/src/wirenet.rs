@@ -15,8 +15,8 @@ use anyhow::{bail, Context};
 use smol::channel::{self, Receiver, Sender};
 use smol::net::TcpListener;
 use smol::Task;
-use superpeer::identity::Identity;
-use superpeer::net::{connect_secure, write_message, FrameReader};
+use transport::identity::Identity;
+use transport::net::{connect_secure, write_message, FrameReader};
 use wire::{FileRecord, Hello, Message, Query, QueryHits, QueryId, Role, Search};
 
 /// One connection to a super-peer, as a leaf.

@@ -4,28 +4,21 @@
 //! # Layout
 //! - [`server`]: [`SuperPeerNode`], the async driver around the overlay logic
 //!   ([`topology::SuperPeer`]) and the index ([`index::Index`]).
-//! - [`net`]: framed reading and writing over async streams, shared with the leaf.
-//! - [`secure`]: the Noise handshake and the encrypted halves every connection runs on.
-//! - [`store`]: checksummed data files written atomically.
-//! - [`identity`]: the node's key pair kept in a data directory (its node id is derived from the
-//!   public key), and atomic file writes.
+//!
+//! The connection layer it runs on (the Noise handshake, framing, limits, identity, data files)
+//! is the `transport` crate, shared with the leaf.
 //!
 //! # Example
 //! ```no_run
 //! # smol::block_on(async {
 //! use superpeer::{Config, SuperPeerNode};
-//! let id = superpeer::identity::Identity::generate();
+//! let id = transport::identity::Identity::generate();
 //! let node = SuperPeerNode::start(Config::new(id, "127.0.0.1:0".parse().unwrap())).await.unwrap();
 //! println!("listening on {}", node.listen_addr());
 //! # })
 //! ```
 
-pub mod identity;
-pub mod limits;
-pub mod net;
-pub mod secure;
 pub mod server;
-pub mod store;
 
 pub use server::{Config, Demoted, StartError, Status, SuperPeerNode};
 

@@ -38,7 +38,7 @@ struct Args {
     #[arg(long, default_value_t = topology::Config::default().max_hits_per_query)]
     max_hits_per_query: usize,
     #[command(flatten)]
-    limits: superpeer::limits::LimitArgs,
+    limits: transport::limits::LimitArgs,
 }
 
 fn main() -> std::process::ExitCode {
@@ -56,11 +56,11 @@ fn real_main() -> anyhow::Result<()> {
     let args = Args::parse();
     let data_dir = match args.data_dir {
         Some(d) => d,
-        None => superpeer::identity::default_data_dir()
+        None => transport::identity::default_data_dir()
             .context("no home directory to keep the super-peer's data in; pass --data-dir")?
             .join("superpeer"),
     };
-    let identity = superpeer::identity::Identity::load_or_create(&data_dir)
+    let identity = transport::identity::Identity::load_or_create(&data_dir)
         .with_context(|| format!("reading the node key in {}", data_dir.display()))?;
     let node = identity.node();
     let overlay = topology::Config {

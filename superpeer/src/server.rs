@@ -6,7 +6,7 @@
 //! makes it flush what is queued, shut the socket down, and so end the reader too.
 //!
 //! Every connection is admitted by the [`Gate`] (connection counts, bans), then runs the Noise
-//! handshake ([`crate::secure`]) before its reader starts. The reader checks each message
+//! handshake ([`transport::secure`]) before its reader starts. The reader checks each message
 //! against the [`Limits`] (and the first, Hello, against the peer's key) before the actor sees
 //! it; the actor encodes what it sends and counts the bytes a peer has not read yet. A trip
 //! logs the peer and the limit, cuts the connection off, and bans the address when the limit
@@ -31,10 +31,10 @@ use smol::Task;
 use topology::{ConnId, Event, HostCache, NodeRole, RoleClock, RoleConfig, Stats, SuperPeer};
 use wire::{Hello, HostEntry, Message, NodeId, Role};
 
-use crate::identity::Identity;
-use crate::limits::{Admitted, Gate, Limits, Tripped};
-use crate::net::{connect_secure, write_message_within, FrameReader, ReadError};
-use crate::secure::{SecureStream, SecureWriter};
+use transport::identity::Identity;
+use transport::limits::{Admitted, Gate, Limits, Tripped};
+use transport::net::{connect_secure, write_message_within, FrameReader, ReadError};
+use transport::secure::{SecureStream, SecureWriter};
 
 /// The host cache's file name in a data directory.
 pub const HOSTS_FILE: &str = "hosts.cbor";
@@ -242,12 +242,12 @@ impl SuperPeerNode {
 
 /// The host cache saved in `path`; a missing or damaged file is an empty cache.
 pub fn load_hosts(path: &std::path::Path) -> Vec<HostEntry> {
-    crate::store::load_or_log(path, "starting without the host cache").unwrap_or_default()
+    transport::store::load_or_log(path, "starting without the host cache").unwrap_or_default()
 }
 
 /// Saves a host cache to `path`, atomically.
 pub fn save_hosts(path: &std::path::Path, hosts: &HostCache, now: Instant) {
-    if let Err(e) = crate::store::save(path, &hosts.export(now)) {
+    if let Err(e) = transport::store::save(path, &hosts.export(now)) {
         log::warn!("cannot save the host cache {}: {e}", path.display());
     }
 }
@@ -274,7 +274,7 @@ async fn accept_loop(
                 let (inputs, identity, gate) = (inputs.clone(), identity.clone(), gate.clone());
                 smol::spawn(async move {
                     let limit = gate.limits().handshake_timeout;
-                    match crate::secure::accept(stream.clone(), &identity, limit).await {
+                    match transport::secure::accept(stream.clone(), &identity, limit).await {
                         Ok(secure) => {
                             let peer = Peer {
                                 conn,
@@ -375,19 +375,14 @@ async fn run_connection(
             Ok(Some(msg)) => {
                 let now = Instant::now();
                 let verdict = match (&mut bucket, &msg) {
-                    (None, Message::Hello(hello)) if hello.node != secure.peer => {
-                        Err(Tripped::ban(
-                            "identity",
-                            format!(
-                                "Hello claims node {} but its key is that of {}",
-                                hello.node.short(),
-                                secure.peer.short()
-                            ),
-                        ))
-                    }
                     (None, Message::Hello(hello)) => {
-                        bucket = Some(limits.buckets_for(hello.role, now));
-                        Ok(())
+                        match transport::hello::check_key(secure.peer, hello) {
+                            Err(e) => Err(Tripped::ban("identity", e.to_string())),
+                            Ok(()) => {
+                                bucket = Some(limits.buckets_for(hello.role, now));
+                                Ok(())
+                            }
+                        }
                     }
                     (Some(bucket), msg) => limits.check(msg, bucket, now),
                     // Anything before Hello: the overlay logic closes the connection.
@@ -689,19 +684,22 @@ impl Actor {
                     let (identity, gate) = (self.identity.clone(), self.gate.clone());
                     smol::spawn(async move {
                         let limit = Duration::from_secs(5);
-                        match crate::net::connect(addr, limit).await {
+                        match transport::net::connect(addr, limit).await {
                             Ok(stream) => {
-                                let secure =
-                                    match crate::secure::connect(stream.clone(), &identity, limit)
-                                        .await
-                                    {
-                                        Ok(secure) => secure,
-                                        Err(e) => {
-                                            log::info!("super-peer {addr}: {e}");
-                                            let _ = inputs.send(Input::DialFailed(addr)).await;
-                                            return;
-                                        }
-                                    };
+                                let secure = match transport::secure::connect(
+                                    stream.clone(),
+                                    &identity,
+                                    limit,
+                                )
+                                .await
+                                {
+                                    Ok(secure) => secure,
+                                    Err(e) => {
+                                        log::info!("super-peer {addr}: {e}");
+                                        let _ = inputs.send(Input::DialFailed(addr)).await;
+                                        return;
+                                    }
+                                };
                                 let conn = ids.fetch_add(1, Ordering::Relaxed);
                                 log::info!("connected to super-peer {addr}");
                                 let peer = Peer {

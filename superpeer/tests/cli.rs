@@ -29,7 +29,7 @@ fn starts_and_reports_its_address() {
     let line = line.expect("the super-peer prints its address");
     assert!(line.contains("listening on 127.0.0.1:"), "{line}");
     // The identity was kept for the next start.
-    assert!(dir.path().join(superpeer::identity::NODE_KEY_FILE).exists());
+    assert!(dir.path().join(transport::identity::NODE_KEY_FILE).exists());
 }
 
 #[test]

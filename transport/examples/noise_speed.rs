@@ -1,6 +1,6 @@
 //! How fast each Noise cipher suite Canopy could use encrypts and decrypts on this machine, in
-//! one thread: `cargo run --release -p superpeer --example noise_speed`. It picked the suite in
-//! `superpeer::secure::NOISE_PARAMS` (see that module's docs).
+//! one thread: `cargo run --release -p transport --example noise_speed`. It picked the suite in
+//! `transport::secure::NOISE_PARAMS` (see that module's docs).
 
 use std::time::Instant;
 

@@ -1,0 +1,22 @@
+//! `transport`: what every Canopy connection runs on, shared by both roles (`superpeer` and
+//! `leaf` depend on it; neither reaches into the other for it).
+//!
+//! # Layout
+//! - [`secure`]: the Noise XX handshake and the encrypted halves every connection runs on.
+//! - [`net`]: framed reading and writing over async streams, and dialling.
+//! - [`limits`]: the bounds a node keeps on what peers send, the connection [`limits::Gate`]
+//!   and token buckets.
+//! - [`hello`]: the check of a peer's `Hello` against the key it proved, done once here.
+//! - [`identity`]: the node's key pair kept in a data directory (its node id is derived from the
+//!   public key).
+//! - [`store`]: checksummed data files written atomically.
+//!
+//! Nothing here knows what a super-peer or a leaf does with a connection: roles, queries and
+//! transfers are the business of `topology`, `superpeer` and `leaf`.
+
+pub mod hello;
+pub mod identity;
+pub mod limits;
+pub mod net;
+pub mod secure;
+pub mod store;
