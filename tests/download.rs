@@ -8,8 +8,8 @@ use canopy::corpus;
 use canopy::net::{self, run_bounded};
 use leaf::download::{self, DownloadOptions};
 use smol::net::TcpListener;
-use superpeer::identity::Identity;
-use superpeer::net::{write_message, FrameReader};
+use transport::identity::Identity;
+use transport::net::{write_message, FrameReader};
 use wire::{ChunkMsg, FileId, Hello, ManifestBuilder, ManifestMsg, Message, Role};
 
 #[derive(Clone, Copy, PartialEq)]
@@ -41,8 +41,8 @@ async fn fake_source(kind: Fake, content: Vec<u8>) -> SocketAddr {
             let node = identity.node();
             let mut kind = kind;
             smol::spawn(async move {
-                let limit = superpeer::secure::HANDSHAKE_TIMEOUT;
-                let Ok(secure) = superpeer::secure::accept(stream, &identity, limit).await else {
+                let limit = transport::secure::HANDSHAKE_TIMEOUT;
+                let Ok(secure) = transport::secure::accept(stream, &identity, limit).await else {
                     return;
                 };
                 let mut w = secure.writer;
@@ -71,7 +71,7 @@ async fn fake_source(kind: Fake, content: Vec<u8>) -> SocketAddr {
                         }),
                         Message::GetBitfield { id } => Message::Bitfield {
                             id,
-                            bits: leaf::download::Scheduler::full_bits(manifest.chunk_count()),
+                            bits: wire::Bitfield::full(manifest.chunk_count()).into_bytes(),
                         },
                         Message::GetChunk { .. } if kind == Fake::Stall => continue,
                         Message::GetChunk { request, index, .. } => {

@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 
 use canopy::corpus;
 use canopy::net::{self, run_bounded, wait_until};
-use superpeer::identity::Identity;
-use superpeer::net::{connect_secure, write_message, FrameReader};
-use superpeer::secure::{SecureReader, SecureWriter};
+use transport::identity::Identity;
+use transport::net::{connect_secure, write_message, FrameReader};
+use transport::secure::{SecureReader, SecureWriter};
 use wire::{FileId, Hello, Manifest, Message, Role, TransferErrorKind};
 
 /// A raw transfer connection to a leaf, speaking the wire protocol as a downloader would.
@@ -148,8 +148,10 @@ fn a_leecher_serves_only_the_chunks_it_has_verified() {
             Message::Bitfield { bits, .. } => bits,
             other => panic!("expected a bitfield, got {other:?}"),
         };
-        let has = |i: u64| leaf::swarm::bit(&bits, i);
         let count = manifest.chunk_count();
+        let bits =
+            wire::Bitfield::from_bytes(bits, count).expect("a bitfield of the file's length");
+        let has = |i: u64| bits.get(i);
         let held: Vec<u64> = (0..count).filter(|&i| has(i)).collect();
         let missing: Vec<u64> = (0..count).filter(|&i| !has(i)).collect();
         assert!(held.len() >= 3 && !missing.is_empty(), "held {held:?}");
@@ -263,7 +265,7 @@ fn a_leecher_tells_of_chunks_as_it_verifies_them() {
         let download = smol::spawn(async move { getter.get(id, &out, |_| {}).await });
         let addr = leecher.listen_addr().unwrap();
         // Subscribe as soon as the leecher serves the file.
-        let (mut c, mut known) = loop {
+        let (mut c, known) = loop {
             let mut c = Client::open(addr).await;
             c.send(Message::GetBitfield { id }).await;
             if let Message::Bitfield { bits, .. } = c.recv().await {
@@ -274,14 +276,13 @@ fn a_leecher_tells_of_chunks_as_it_verifies_them() {
         // Every chunk it lacked is announced by a Have, each once.
         let total =
             (content.len() as u64).div_ceil(wire::chunk_size_for(content.len() as u64) as u64);
-        while (0..total).any(|i| !leaf::swarm::bit(&known, i)) {
+        let mut known =
+            wire::Bitfield::from_bytes(known, total).expect("a bitfield of the file's length");
+        while (0..total).any(|i| !known.get(i)) {
             match c.recv().await {
                 Message::Have { id: hid, index } => {
                     assert_eq!(hid, id);
-                    assert!(
-                        leaf::swarm::set_bit(&mut known, index as u64),
-                        "chunk {index} announced twice"
-                    );
+                    assert!(known.set(index as u64), "chunk {index} announced twice");
                 }
                 other => panic!("expected Have, got {other:?}"),
             }

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use smol::channel::{self, Receiver, Sender};
 use smol::io::AsyncWriteExt;
 use smol::net::unix::{UnixListener, UnixStream};
-use superpeer::net::FrameReader;
+use transport::net::FrameReader;
 use wire::{FileId, NodeId, Search};
 
 use crate::download::DownloadReport;

@@ -36,21 +36,13 @@
 //!    known first. While it downloads, the file is itself a source ([`crate::swarm`]): a chunk
 //!    is offered to others only once it is verified and written.
 //!
-//! # Scheduler invariants
-//! - A chunk is in exactly one state: `Missing`, `Active` (requested by one or more sources,
-//!   listed in its state, none of which has delivered it) or `Done` (verified and written;
-//!   never requested again).
-//! - `missing` counts exactly the `Missing` chunks; `done_chunks`/`done_bytes` exactly the
-//!   `Done` ones.
-//! - `avail[c]` is the number of sources in `holds` whose bitmap has chunk `c`: only
-//!   [`Scheduler::set_holds`], [`Scheduler::add_hold`] and [`Scheduler::forget_source`]
-//!   change either.
-//! - A source is handed only chunks its bitmap has.
-//! - A source that stops, or is told it is queued, releases every chunk it had requested: a
-//!   chunk left with no requester goes back to `Missing`. Only [`Scheduler::release`] does
-//!   that, and only [`Scheduler::complete`] makes a chunk `Done`.
-//! - A source only duplicates another's chunk (endgame) when no chunk is `Missing` and it has
-//!   nothing in flight.
+//! # Where the rules live
+//! Every rule of the exchange with one source (what to request, what to accept, what is
+//! hostile, the endgame, queue places, bitfields) is in [`transfer::SourceSession`], and
+//! who fetches which chunk in [`transfer::Scheduler`], both sans-IO; the manifest checks
+//! and vote are in [`transfer::manifest`]. This module drives them: it connects, moves
+//! messages, verifies and writes chunks off the executor, keeps the part file and its record,
+//! and finds sources.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
@@ -68,14 +60,16 @@ use event_listener::Event;
 use serde::{Deserialize, Serialize};
 use smol::channel;
 use smol::net::TcpStream;
-use superpeer::identity::Identity;
-use superpeer::net::{connect_secure, write_message_within, FrameReader};
-use superpeer::secure::{SecureReader, SecureWriter};
-use wire::{FileId, FileRecord, Hello, Manifest, Message, NodeId, Role, PROTOCOL_VERSION};
+use transport::identity::Identity;
+use transport::net::{connect_secure, write_message_within, FrameReader, ReadError};
+use transport::secure::{SecureReader, SecureWriter};
+use wire::{FileId, FileRecord, Hello, Manifest, Message, NodeId, Role};
 
 use crate::rate::RateLimit;
 use crate::share::PART_SUFFIX;
 use crate::swarm::{PartialFile, Reciprocity};
+use transfer::manifest::{check_answer, Vote};
+use transfer::{Checked, Scheduler, SourceEnd, SourceEvent, SourceOptions, SourceSession};
 
 /// How many sources are asked for the manifest.
 const MANIFEST_VOTES: usize = 3;
@@ -85,8 +79,8 @@ pub const STATE_SUFFIX: &str = ".state";
 const RECORD_EVERY: Duration = Duration::from_secs(1);
 /// When a running download first asks the network again for more sources.
 const FIRST_REQUERY: Duration = Duration::from_secs(2);
-/// How often at most a source is told which chunks we hold.
-const TELL_EVERY: Duration = Duration::from_millis(250);
+/// The read limit while a source may rightly stay silent.
+const FOREVER: Duration = Duration::from_secs(24 * 3600);
 /// A source that does not take a request within this time is not reading: dropped.
 const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -243,190 +237,6 @@ pub enum DownloadError {
     },
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum ChunkState {
-    Missing,
-    Active(Vec<usize>),
-    Done,
-}
-
-/// Which chunk is where, and which source holds what; see the module docs for its invariants.
-#[derive(Debug)]
-pub struct Scheduler {
-    chunks: Vec<ChunkState>,
-    /// How many chunks are `Missing`.
-    missing: u64,
-    done_chunks: u64,
-    done_bytes: u64,
-    /// The chunks each source holds (from its bitfield and haves), by source number. A source
-    /// not listed has not said yet and is asked for nothing.
-    holds: HashMap<usize, Vec<u8>>,
-    /// For each chunk, how many listed sources hold it.
-    avail: Vec<u32>,
-}
-
-impl Scheduler {
-    /// All chunks missing, no source known.
-    pub fn new(count: u64) -> Self {
-        Scheduler {
-            chunks: vec![ChunkState::Missing; count as usize],
-            missing: count,
-            done_chunks: 0,
-            done_bytes: 0,
-            holds: HashMap::new(),
-            avail: vec![0; count as usize],
-        }
-    }
-
-    /// A bitmap with every chunk of a file of `count` chunks set.
-    pub fn full_bits(count: u64) -> Vec<u8> {
-        let mut bits = vec![0u8; count.div_ceil(8) as usize];
-        for c in 0..count {
-            crate::swarm::set_bit(&mut bits, c);
-        }
-        bits
-    }
-
-    /// `source` holds the chunks set in `bits` (its bitfield; bits past the last chunk are
-    /// ignored). Replaces what it held before.
-    pub fn set_holds(&mut self, source: usize, bits: &[u8]) {
-        self.forget_source(source);
-        let count = self.chunks.len() as u64;
-        let mut mine = vec![0u8; count.div_ceil(8) as usize];
-        for c in 0..count {
-            if crate::swarm::bit(bits, c) {
-                crate::swarm::set_bit(&mut mine, c);
-                self.avail[c as usize] += 1;
-            }
-        }
-        self.holds.insert(source, mine);
-    }
-
-    /// `source` has gained chunk `c` (a Have). Ignored for a source with no bitfield yet or a
-    /// chunk out of range.
-    pub fn add_hold(&mut self, source: usize, c: u64) {
-        if c >= self.chunks.len() as u64 {
-            return;
-        }
-        if let Some(bits) = self.holds.get_mut(&source) {
-            if crate::swarm::set_bit(bits, c) {
-                self.avail[c as usize] += 1;
-            }
-        }
-    }
-
-    /// `source` is gone: what it held no longer counts.
-    pub fn forget_source(&mut self, source: usize) {
-        if let Some(bits) = self.holds.remove(&source) {
-            for (c, n) in self.avail.iter_mut().enumerate() {
-                if crate::swarm::bit(&bits, c as u64) {
-                    *n -= 1;
-                }
-            }
-        }
-    }
-
-    fn holds(&self, source: usize, c: usize) -> bool {
-        self.holds
-            .get(&source)
-            .is_some_and(|b| crate::swarm::bit(b, c as u64))
-    }
-
-    /// A chunk for `source` to request, among those it holds: the missing chunk fewest known
-    /// sources hold (rarest first), ties broken from a random starting point so downloaders do
-    /// not all fetch the same chunk first. If no chunk of the whole file is missing and
-    /// `endgame` allows it (the source has nothing in flight): the in-flight chunk with the
-    /// fewest requesters that `source` holds and has not asked for yet.
-    pub fn next(&mut self, source: usize, endgame: bool) -> Option<u64> {
-        let n = self.chunks.len();
-        if n == 0 || !self.holds.contains_key(&source) {
-            return None;
-        }
-        if self.missing > 0 {
-            let start = rand::random::<u64>() as usize % n;
-            let mut best: Option<(u32, usize)> = None;
-            for k in 0..n {
-                let c = (start + k) % n;
-                if self.chunks[c] == ChunkState::Missing
-                    && self.holds(source, c)
-                    && best.is_none_or(|(a, _)| self.avail[c] < a)
-                {
-                    best = Some((self.avail[c], c));
-                }
-            }
-            if let Some((_, c)) = best {
-                self.chunks[c] = ChunkState::Active(vec![source]);
-                self.missing -= 1;
-                return Some(c as u64);
-            }
-            return None;
-        }
-        if !endgame {
-            return None;
-        }
-        let (c, _) = self
-            .chunks
-            .iter()
-            .enumerate()
-            .filter_map(|(i, s)| match s {
-                ChunkState::Active(v) if !v.contains(&source) && self.holds(source, i) => {
-                    Some((i, v.len()))
-                }
-                _ => None,
-            })
-            .min_by_key(|&(_, n)| n)?;
-        if let ChunkState::Active(v) = &mut self.chunks[c] {
-            v.push(source);
-        }
-        Some(c as u64)
-    }
-
-    /// `source` no longer waits for chunk `c`.
-    pub fn release(&mut self, source: usize, c: u64) {
-        if let ChunkState::Active(v) = &mut self.chunks[c as usize] {
-            v.retain(|s| *s != source);
-            if v.is_empty() {
-                self.chunks[c as usize] = ChunkState::Missing;
-                self.missing += 1;
-            }
-        }
-    }
-
-    /// Chunk `c` (of `len` bytes) is verified and written. False if it already was.
-    pub fn complete(&mut self, c: u64, len: u64) -> bool {
-        match self.chunks[c as usize] {
-            ChunkState::Done => return false,
-            ChunkState::Missing => self.missing -= 1,
-            ChunkState::Active(_) => {}
-        }
-        self.chunks[c as usize] = ChunkState::Done;
-        self.done_chunks += 1;
-        self.done_bytes += len;
-        true
-    }
-
-    /// True once chunk `c` is done.
-    pub fn is_done(&self, c: u64) -> bool {
-        self.chunks[c as usize] == ChunkState::Done
-    }
-
-    /// True once every chunk is done.
-    pub fn all_done(&self) -> bool {
-        self.done_chunks == self.chunks.len() as u64
-    }
-
-    /// A bitmap of the done chunks (bit `c % 8` of byte `c / 8`).
-    fn done_bitmap(&self) -> Vec<u8> {
-        let mut bits = vec![0u8; self.chunks.len().div_ceil(8)];
-        for (c, s) in self.chunks.iter().enumerate() {
-            if *s == ChunkState::Done {
-                bits[c / 8] |= 1 << (c % 8);
-            }
-        }
-        bits
-    }
-}
-
 /// Makes a file name from the network safe to create: no separators, no leading dots, no
 /// control characters, not empty, at most 200 bytes.
 pub fn safe_file_name(name: &str, id: &FileId) -> String {
@@ -492,7 +302,7 @@ impl Record {
     }
 
     fn save(&self, path: &Path) -> io::Result<()> {
-        superpeer::store::save(path, self)
+        transport::store::save(path, self)
     }
 }
 
@@ -516,7 +326,7 @@ fn find_earlier(out_dir: &Path, id: &FileId) -> Option<(PathBuf, PathBuf, Record
             continue;
         };
         let state = entry.path();
-        let record: Record = match superpeer::store::load(&state) {
+        let record: Record = match transport::store::load(&state) {
             Ok(Some(r)) => r,
             Ok(None) => continue,
             Err(e) => {
@@ -602,13 +412,10 @@ impl SourceConn {
         )))
         .await?;
         match conn.recv(opts.connect_timeout).await? {
-            Message::Hello(h) if h.node != peer => Err(format!(
-                "Hello claims node {} but its key is that of {}",
-                h.node.short(),
-                peer.short()
-            )),
-            Message::Hello(h) if h.version == PROTOCOL_VERSION => Ok(conn),
-            Message::Hello(h) => Err(format!("speaks protocol version {}", h.version)),
+            Message::Hello(h) => match transport::hello::check(peer, &h) {
+                Ok(()) => Ok(conn),
+                Err(e) => Err(e.to_string()),
+            },
             other => Err(format!("answered Hello with {}", other.kind())),
         }
     }
@@ -624,11 +431,7 @@ impl SourceConn {
         self.reader
             .read_message_idle(idle)
             .await
-            .map_err(|e| match e {
-                superpeer::net::ReadError::Timeout(d) => format!("no answer within {d:?}"),
-                superpeer::net::ReadError::Decode(e) => format!("sent an invalid message: {e}"),
-                other => format!("connection lost: {other}"),
-            })
+            .map_err(read_failure)
     }
 
     async fn manifest(
@@ -638,36 +441,16 @@ impl SourceConn {
         limit: Duration,
     ) -> Result<Manifest, String> {
         self.send(&Message::GetManifest { request: 0, id }).await?;
-        match self.recv(limit).await? {
-            Message::Manifest(m) if m.id == id && m.request == 0 => {
-                let manifest = Manifest {
-                    size: m.size,
-                    chunk_size: m.chunk_size,
-                    cvs: m.cvs,
-                };
-                manifest
-                    .verify(&id)
-                    .map_err(|e| format!("sent a bad manifest: {e}"))?;
-                // The chunk layout follows from the size, so every honest source agrees on it.
-                if manifest.chunk_size != wire::chunk_size_for(manifest.size) {
-                    return Err(format!(
-                        "sent a manifest with chunk size {} for {} bytes",
-                        manifest.chunk_size, manifest.size
-                    ));
-                }
-                if let Some(want) = expected_size.filter(|w| *w != manifest.size) {
-                    return Err(format!(
-                        "sent a manifest for {} bytes; the search said {want}",
-                        manifest.size
-                    ));
-                }
-                Ok(manifest)
-            }
-            Message::TransferError { kind, message, .. } => {
-                Err(format!("refused the manifest: {kind:?} ({message})"))
-            }
-            other => Err(format!("answered a manifest request with {}", other.kind())),
-        }
+        check_answer(id, expected_size, self.recv(limit).await?)
+    }
+}
+
+/// Why reading from a source failed, as its report says.
+fn read_failure(e: ReadError) -> String {
+    match e {
+        ReadError::Timeout(d) => format!("no answer within {d:?}"),
+        ReadError::Decode(e) => format!("sent an invalid message: {e}"),
+        other => format!("connection lost: {other}"),
     }
 }
 
@@ -756,7 +539,7 @@ impl Shared {
     }
 
     fn report(&self, verifying: bool) {
-        let done_bytes = self.sched.lock().unwrap().done_bytes;
+        let done_bytes = self.sched.lock().unwrap().done_bytes();
         let queued = self.queued.lock().unwrap().values().min().copied();
         (self.progress)(Progress {
             done_bytes,
@@ -880,9 +663,9 @@ pub async fn download(
             Arc::new(file)
         }
     };
-    let resumed_chunks = sched.done_chunks;
+    let resumed_chunks = sched.done_chunks();
     if resuming.is_some() {
-        let need = manifest.size - sched.done_bytes;
+        let need = manifest.size - sched.done_bytes();
         let free = free_space(&out_dir).map_err(dir_err)?;
         if free < need {
             return Err(DownloadError::NoSpace {
@@ -892,7 +675,7 @@ pub async fn download(
             });
         }
     }
-    let mut record = Record::new(id, &name, &manifest, sched.done_bitmap());
+    let mut record = Record::new(id, &name, &manifest, sched.done().as_bytes().to_vec());
     // Chunks found by reading the part file are recorded only once they are surely on disk.
     let synced = if resuming.is_some() {
         file.sync_data()
@@ -1004,7 +787,7 @@ fn recover_chunks(file: &File, manifest: &Manifest, done: &[u8]) -> io::Result<V
 
 /// Flushes the part file, then records the chunks that were done before the flush.
 async fn flush_record(shared: &Arc<Shared>, record: &mut Record, path: &Path) -> io::Result<()> {
-    let bits = shared.sched.lock().unwrap().done_bitmap();
+    let bits = shared.sched.lock().unwrap().done().as_bytes().to_vec();
     if bits == record.done {
         return Ok(());
     }
@@ -1053,20 +836,15 @@ async fn vote_manifest(
     reports: &mut Vec<SourceReport>,
     banned: &mut HashSet<SocketAddr>,
 ) -> Result<Manifest, DownloadError> {
-    let mut votes: Vec<(Manifest, Vec<SocketAddr>)> = Vec::new();
+    let mut vote = Vote::default();
     let mut i = 0;
-    while i < conns.len() && votes.iter().map(|(_, who)| who.len()).sum::<usize>() < MANIFEST_VOTES
-    {
+    while i < conns.len() && vote.voters() < MANIFEST_VOTES {
         match conns[i]
             .manifest(job.id, job.expected_size, job.opts.response_timeout)
             .await
         {
             Ok(m) => {
-                let addr = conns[i].addr;
-                match votes.iter_mut().find(|(v, _)| *v == m) {
-                    Some((_, who)) => who.push(addr),
-                    None => votes.push((m, vec![addr])),
-                }
+                vote.add(conns[i].addr, m);
                 i += 1;
             }
             Err(e) => {
@@ -1077,28 +855,17 @@ async fn vote_manifest(
             }
         }
     }
-    votes.sort_by_key(|(m, who)| std::cmp::Reverse((who.len(), m.cvs.len())));
-    for (m, who) in votes.iter().skip(1) {
-        for addr in who {
-            let why = format!(
-                "its manifest ({} bytes in {} chunks) disagrees with the one {} other source(s) sent",
-                m.size,
-                m.cvs.len(),
-                votes[0].1.len()
-            );
-            log::warn!("source {addr} for {}: {why}", job.id.short());
-            conns.retain(|c| c.addr != *addr);
-            banned.insert(*addr);
-            reports.push(SourceReport::failed(*addr, why));
-        }
+    let (won, losers) = vote.result();
+    for (addr, why) in losers {
+        log::warn!("source {addr} for {}: {why}", job.id.short());
+        conns.retain(|c| c.addr != addr);
+        banned.insert(addr);
+        reports.push(SourceReport::failed(addr, why));
     }
-    match votes.into_iter().next() {
-        Some((m, _)) => Ok(m),
-        None => Err(DownloadError::NoManifest {
-            id: job.id,
-            reasons: reasons(reports),
-        }),
-    }
+    won.ok_or_else(|| DownloadError::NoManifest {
+        id: job.id,
+        reasons: reasons(reports),
+    })
 }
 
 /// A download's partial file and its record.
@@ -1250,8 +1017,8 @@ async fn run_sources(
                 let s = shared.sched.lock().unwrap();
                 return Err(DownloadError::SourcesFailed {
                     id: shared.id,
-                    done: s.done_chunks,
-                    total: s.chunks.len() as u64,
+                    done: s.done_chunks(),
+                    total: s.count(),
                     reasons: reasons(reports),
                 });
             }
@@ -1357,15 +1124,15 @@ async fn run_source(
     };
     *shared.connected.lock().unwrap() += 1;
     shared.report_progress();
-    let mut inflight: HashMap<u32, u64> = HashMap::new();
-    let result = source_loop(&shared, me, &mut conn, &mut inflight, &mut report).await;
-    {
-        let mut sched = shared.sched.lock().unwrap();
-        for c in inflight.values() {
-            sched.release(me, *c);
-        }
-        sched.forget_source(me);
-    }
+    let opts = SourceOptions {
+        inflight: shared.opts.inflight_per_source,
+        response_timeout: shared.opts.response_timeout,
+        queued_retry: shared.opts.queued_retry,
+    };
+    let count = shared.manifest.chunk_count();
+    let mut session = SourceSession::new(shared.id, count, me, opts);
+    let result = source_loop(&shared, me, &mut conn, &mut session, &mut report).await;
+    session.close(&mut shared.sched.lock().unwrap());
     shared.queued.lock().unwrap().remove(&me);
     *shared.connected.lock().unwrap() -= 1;
     shared.changed.notify(usize::MAX);
@@ -1389,320 +1156,143 @@ async fn run_source(
             Some(Stop::Disk(e))
         }
     };
-    let bye = Message::Goodbye {
-        reason: "done".into(),
-    };
-    let _ = smol::future::or(async { conn.send(&bye).await }, async {
-        smol::Timer::after(Duration::from_secs(1)).await;
-        Ok(())
-    })
+    // The parting Goodbye, given a second.
+    let _ = smol::future::or(
+        async {
+            while let Some(msg) = session.poll_transmit() {
+                conn.send(&msg).await?;
+            }
+            Ok::<(), String>(())
+        },
+        async {
+            smol::Timer::after(Duration::from_secs(1)).await;
+            Ok(())
+        },
+    )
     .await;
     (report, stop)
 }
 
+/// Drives one source's session until it ends, the download is over, or the disk fails.
 async fn source_loop(
     shared: &Arc<Shared>,
     me: usize,
     conn: &mut SourceConn,
-    inflight: &mut HashMap<u32, u64>,
+    session: &mut SourceSession,
     report: &mut SourceReport,
 ) -> Result<(), Stop> {
-    // Request numbers count up from 1, so an answer to a number below `next_request` that is
-    // not in flight is a late answer to a cancelled (or queued) request: harmless. An answer
-    // to a number never used is a lie.
-    let mut next_request: u32 = 1;
-    // While queued: when to ask again.
-    let mut queued_until: Option<Instant> = None;
-    let count = shared.manifest.chunk_count();
-    // Which chunks does it hold? Until it says, it is asked for nothing.
-    conn.send(&Message::GetBitfield { id: shared.id })
-        .await
-        .map_err(Stop::Failed)?;
-    // What we have told it we hold (a source spreading a file among many downloaders shows
-    // each the chunks it lacks), and when.
-    let mut told_done = u64::MAX;
-    let mut told_at = Instant::now() - TELL_EVERY;
+    session.handle_timeout(Instant::now(), &mut shared.sched.lock().unwrap());
     loop {
         // Listen before looking, so a change between the look and the wait is not missed.
         let listener = shared.changed.listen();
-        let mut new = Vec::new();
-        let mut cancel = Vec::new();
-        let mut tell = None;
-        {
-            let mut sched = shared.sched.lock().unwrap();
-            if sched.all_done() || shared.aborted.load(Ordering::SeqCst) {
-                return Ok(());
-            }
-            if sched.done_chunks != told_done && told_at.elapsed() >= TELL_EVERY {
-                told_done = sched.done_chunks;
-                told_at = Instant::now();
-                tell = Some(sched.done_bitmap());
-            }
-            // Endgame spares whose chunk another source delivered: cancel them.
-            inflight.retain(|&r, &mut c| {
-                let keep = !sched.is_done(c);
-                if !keep {
-                    cancel.push(r);
+        if shared.aborted.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        drain_session(shared, me, conn, session, report).await?;
+        match session.end() {
+            None => {}
+            Some(SourceEnd::Finished) => return Ok(()),
+            Some(SourceEnd::Failed(why)) => return Err(Stop::Failed(why.clone())),
+            Some(SourceEnd::Hostile(why)) => return Err(Stop::Hostile(why.clone())),
+        }
+        let idle = session.read_idle();
+        let wake = session.poll_timeout();
+        let msg = smol::future::or(
+            async { Some(conn.reader.read_message_idle(idle.unwrap_or(FOREVER)).await) },
+            async {
+                match wake {
+                    Some(t) => {
+                        smol::future::or(listener, async {
+                            smol::Timer::at(t).await;
+                        })
+                        .await
+                    }
+                    None => listener.await,
                 }
-                keep
-            });
-            let queued = queued_until.is_some_and(|t| Instant::now() < t);
-            // A queued source probes with one request; others keep the pipeline full.
-            let room = if queued_until.is_some() {
-                1
-            } else {
-                shared.opts.inflight_per_source
-            };
-            while !queued && inflight.len() < room {
-                // Duplicate another source's chunk only when this one has nothing to do.
-                let Some(c) = sched.next(me, inflight.is_empty()) else {
-                    break;
-                };
-                inflight.insert(next_request, c);
-                new.push((next_request, c));
-                next_request = next_request.wrapping_add(1).max(1);
-            }
-        }
-        if let Some(bits) = tell {
-            conn.send(&Message::Bitfield {
-                id: shared.id,
-                bits,
-            })
-            .await
-            .map_err(Stop::Failed)?;
-        }
-        for request in cancel {
-            conn.send(&Message::Cancel { request })
-                .await
-                .map_err(Stop::Failed)?;
-        }
-        for (request, c) in new {
-            conn.send(&Message::GetChunk {
-                request,
-                id: shared.id,
-                index: c as u32,
-            })
-            .await
-            .map_err(Stop::Failed)?;
-        }
-        // With requests out, a source that sends nothing at all for the response timeout has
-        // stalled (a slow one that keeps sending is waited for). With none out (nothing it
-        // holds is needed, or queued), it may rightly stay silent: its Haves are read as they
-        // come, and the loop looks again on a change, at the retry time, or after a while.
-        let (idle, wake) = if inflight.is_empty() {
-            // (A queued source whose retry time has come but that holds nothing needed waits
-            // like any other: the retry time is no reason to wake again at once.)
-            let soon = Instant::now() + Duration::from_millis(500);
-            let until = queued_until.filter(|t| *t > Instant::now()).unwrap_or(soon);
-            (Duration::from_secs(24 * 3600), Some(until))
-        } else {
-            (shared.opts.response_timeout, None)
-        };
-        let msg = smol::future::or(async { Some(conn.recv(idle).await) }, async {
-            match wake {
-                Some(t) => {
-                    smol::future::or(listener, async {
-                        smol::Timer::at(t).await;
-                    })
-                    .await
-                }
-                None => listener.await,
-            }
-            None
-        })
+                None
+            },
+        )
         .await;
-        let Some(msg) = msg else {
-            continue; // something changed elsewhere: maybe the file is complete
-        };
-        let issued = |r: u32| r != 0 && r < next_request;
-        match msg.map_err(Stop::Failed)? {
-            Message::Chunk(chunk) => {
-                let Some(&c) = inflight.get(&chunk.request) else {
-                    if issued(chunk.request) {
-                        continue; // a late answer to a cancelled request
-                    }
-                    return Err(Stop::Hostile(format!(
-                        "sent chunk {} for request {} that was never made",
-                        chunk.index, chunk.request
-                    )));
-                };
-                if chunk.id != shared.id || chunk.index as u64 != c {
-                    return Err(Stop::Hostile(format!(
-                        "answered a request for chunk {c} with chunk {} of {}",
-                        chunk.index,
-                        chunk.id.short()
-                    )));
-                }
-                if queued_until.take().is_some() {
-                    shared.queued.lock().unwrap().remove(&me);
-                }
+        let now = Instant::now();
+        let mut sched = shared.sched.lock().unwrap();
+        match msg {
+            None => session.handle_timeout(now, &mut sched),
+            Some(Ok(msg)) => session.handle_message(now, msg, &mut sched),
+            Some(Err(ReadError::Timeout(d))) => session.handle_stalled(d),
+            Some(Err(e)) => return Err(Stop::Failed(read_failure(e))),
+        }
+    }
+}
+
+/// Does what the session asks, then sends what it has to send.
+async fn drain_session(
+    shared: &Arc<Shared>,
+    me: usize,
+    conn: &mut SourceConn,
+    session: &mut SourceSession,
+    report: &mut SourceReport,
+) -> Result<(), Stop> {
+    // Events first (each may add more), so what was verified is counted even if sending then
+    // fails; sending makes no events.
+    while let Some(event) = session.poll_event() {
+        match event {
+            SourceEvent::Received { bytes } => {
                 if let Some(r) = &shared.reciprocity {
-                    r.record(conn.node, chunk.data.len() as u64, Instant::now());
+                    r.record(conn.node, bytes, Instant::now());
                 }
-                shared.cap.take(chunk.data.len() as u64).await;
-                if shared.sched.lock().unwrap().is_done(c) {
-                    inflight.remove(&chunk.request);
-                    continue; // an endgame spare that arrived before its cancel
-                }
-                let len = chunk.data.len() as u64;
+                shared.cap.take(bytes).await;
+            }
+            SourceEvent::Verify {
+                request,
+                chunk,
+                data,
+            } => {
+                let len = data.len() as u64;
                 let job = shared.clone();
-                // On failure the chunk stays in `inflight`, so it is released with the source.
-                smol::unblock(move || -> Result<(), Stop> {
-                    job.manifest
-                        .verify_chunk(c, &chunk.data)
-                        .map_err(|e| Stop::Hostile(format!("sent a bad chunk: {e}")))?;
-                    let offset = job.manifest.chunk_range(c).start;
-                    job.file
-                        .write_all_at(&chunk.data, offset)
-                        .map_err(Stop::Disk)
+                // Verified and written off the executor; a disk error stops the download.
+                let checked = smol::unblock(move || -> io::Result<Checked> {
+                    if let Err(e) = job.manifest.verify_chunk(chunk, &data) {
+                        return Ok(Checked::Bad(e.to_string()));
+                    }
+                    let offset = job.manifest.chunk_range(chunk).start;
+                    job.file.write_all_at(&data, offset)?;
+                    Ok(Checked::Kept)
                 })
-                .await?;
-                inflight.remove(&chunk.request);
-                let fresh = shared.sched.lock().unwrap().complete(c, len);
-                if fresh {
-                    // Verified and written: others may have it from us now.
-                    if let Some(p) = &shared.partial {
-                        p.mark(c);
-                    }
-                    report.chunks += 1;
-                    report.bytes += len;
-                    shared.report_progress();
-                    shared.changed.notify(usize::MAX);
-                }
+                .await
+                .map_err(Stop::Disk)?;
+                let mut sched = shared.sched.lock().unwrap();
+                session.handle_checked(Instant::now(), request, len, checked, &mut sched);
             }
-            Message::Bitfield { id, bits } => {
-                if id != shared.id || bits.len() as u64 != count.div_ceil(8) {
-                    return Err(Stop::Hostile(format!(
-                        "sent a bitfield of {} bytes for {}; {count} chunks need {}",
-                        bits.len(),
-                        id.short(),
-                        count.div_ceil(8)
-                    )));
+            SourceEvent::Completed { chunk, bytes } => {
+                // Verified and written: others may have it from us now.
+                if let Some(p) = &shared.partial {
+                    p.mark(chunk);
                 }
-                shared.sched.lock().unwrap().set_holds(me, &bits);
-            }
-            Message::Have { id, index } => {
-                if id != shared.id || index as u64 >= count {
-                    return Err(Stop::Hostile(format!(
-                        "said it has chunk {index} of {}; the file has {count}",
-                        id.short()
-                    )));
-                }
-                shared.sched.lock().unwrap().add_hold(me, index as u64);
-            }
-            Message::Queued { request, position } => {
-                if !inflight.contains_key(&request) {
-                    if issued(request) {
-                        continue;
-                    }
-                    return Err(Stop::Hostile(format!(
-                        "queued request {request}, never made"
-                    )));
-                }
-                // Queued: give every chunk back (their other answers will be Queued too, or
-                // late, and are ignored) and ask again shortly with one request.
-                {
-                    let mut sched = shared.sched.lock().unwrap();
-                    for (_, c) in inflight.drain() {
-                        sched.release(me, c);
-                    }
-                }
+                report.chunks += 1;
+                report.bytes += bytes;
+                shared.report_progress();
                 shared.changed.notify(usize::MAX);
+            }
+            SourceEvent::Queued { position } => {
                 report.queued_at.get_or_insert(position);
                 shared.queued.lock().unwrap().insert(me, position);
-                queued_until = Some(Instant::now() + shared.opts.queued_retry);
+                shared.changed.notify(usize::MAX);
                 shared.report_progress();
             }
-            Message::TransferError { kind, message, .. } => {
-                return Err(Stop::Failed(format!(
-                    "refused a chunk: {kind:?} ({message})"
-                )))
-            }
-            Message::Ping { nonce } => conn
-                .send(&Message::Pong { nonce })
-                .await
-                .map_err(Stop::Failed)?,
-            Message::Goodbye { reason } => {
-                return Err(Stop::Failed(format!("closed the connection: {reason}")))
-            }
-            other => {
-                return Err(Stop::Hostile(format!(
-                    "sent an unexpected {}",
-                    other.kind()
-                )))
+            SourceEvent::Unqueued => {
+                shared.queued.lock().unwrap().remove(&me);
             }
         }
     }
+    while let Some(msg) = session.poll_transmit() {
+        conn.send(&msg).await.map_err(Stop::Failed)?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn scheduler_hands_out_each_chunk_once_then_endgame() {
-        let mut s = Scheduler::new(3);
-        assert_eq!(
-            s.next(0, true),
-            None,
-            "a source that has not said what it holds"
-        );
-        for src in 0..3 {
-            s.set_holds(src, &Scheduler::full_bits(3));
-        }
-        let mut given = vec![s.next(0, true).unwrap(), s.next(1, true).unwrap()];
-        given.push(s.next(0, true).unwrap());
-        given.sort();
-        assert_eq!(given, vec![0, 1, 2], "each chunk once");
-        // Only a source with nothing in flight duplicates.
-        assert_eq!(s.next(1, false), None);
-        // Endgame: source 2 duplicates a chunk, fewest requesters first.
-        let dup = s.next(2, true).unwrap();
-        assert!(s.complete(dup, 10));
-        assert!(!s.complete(dup, 10), "a second copy is not counted");
-        // A failing source's chunk goes back: no longer endgame, anyone may take it.
-        let other = (0..3).find(|&c| c != dup).unwrap();
-        s.release(0, other);
-        s.release(1, other);
-        assert_eq!(s.next(2, false), Some(other));
-        assert!(!s.all_done());
-        assert_eq!(s.done_bitmap(), vec![1 << dup]);
-    }
-
-    #[test]
-    fn scheduler_asks_only_holders_and_the_rarest_first() {
-        let mut s = Scheduler::new(4);
-        // Source 0 holds everything; source 1 holds chunks 0 and 1; source 2 holds chunk 1.
-        s.set_holds(0, &Scheduler::full_bits(4));
-        s.set_holds(1, &[0b0011]);
-        s.set_holds(2, &[0b0000]);
-        s.add_hold(2, 1);
-        s.add_hold(2, 9); // out of range: ignored
-        assert_eq!(s.avail, vec![2, 3, 1, 1]);
-        // Source 1 gets its rarer chunk (0, held by two) before chunk 1 (held by three).
-        assert_eq!(s.next(1, false), Some(0));
-        assert_eq!(s.next(1, false), Some(1));
-        assert_eq!(
-            s.next(1, true),
-            None,
-            "nothing else it holds; no endgame yet"
-        );
-        // Source 0 gets what only it holds.
-        let mut rest = vec![s.next(0, false).unwrap(), s.next(0, false).unwrap()];
-        rest.sort();
-        assert_eq!(rest, vec![2, 3]);
-        s.forget_source(1);
-        assert_eq!(s.avail, vec![1, 2, 1, 1]);
-        // The random start spreads first picks among equally rare chunks.
-        let firsts: HashSet<u64> = (0..64)
-            .map(|_| {
-                let mut s = Scheduler::new(16);
-                s.set_holds(0, &Scheduler::full_bits(16));
-                s.next(0, false).unwrap()
-            })
-            .collect();
-        assert!(firsts.len() > 4, "first picks {firsts:?}");
-    }
 
     #[test]
     fn file_names_from_the_network_are_made_safe() {

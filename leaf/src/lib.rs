@@ -7,9 +7,11 @@
 //!   role in-process when promoted.
 //! - [`share`]: scanning and hashing shared folders, the hash cache, the registry by id.
 //! - [`tags`]: reading audio tags with `lofty`.
-//! - [`upload`]: serving manifests and chunks by content id, with upload slots and a queue.
+//! - [`upload`]: serving manifests and chunks by content id, with upload slots and a queue,
+//!   driving one `transfer::UploadSession` per downloader.
 //! - [`rate`]: the token bucket behind the upload and download caps.
-//! - [`download`]: the multi-source downloader and its chunk [`download::Scheduler`].
+//! - [`download`]: the multi-source downloader, driving one `transfer::SourceSession` per
+//!   source around a shared `transfer::Scheduler` (the rules live in the `transfer` crate).
 //! - [`swarm`]: files being downloaded served from their verified chunks, tit-for-tat
 //!   bookkeeping, and how long finished downloads are seeded.
 //! - [`search`]: grouping hits into one row per file.

@@ -70,7 +70,7 @@ struct Cli {
     #[arg(long, env = "CANOPY_SEED_RATIO", global = true, value_parser = parse_ratio)]
     seed_ratio: Option<f64>,
     #[command(flatten)]
-    limits: superpeer::limits::LimitArgs,
+    limits: transport::limits::LimitArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -180,7 +180,7 @@ fn real_main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let data_dir = match &cli.data_dir {
         Some(d) => d.clone(),
-        None => superpeer::identity::default_data_dir()
+        None => transport::identity::default_data_dir()
             .context("no home directory for the data directory; pass --data-dir")?,
     };
     let superpeers = if cli.superpeers.is_empty() {

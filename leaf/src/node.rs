@@ -110,7 +110,7 @@ pub struct NodeConfig {
     pub superpeer_listen: Option<SocketAddr>,
     /// What peers may send this node and make it hold (its chunk server, and its super-peer
     /// role if promoted).
-    pub limits: superpeer::limits::Limits,
+    pub limits: transport::limits::Limits,
     /// How long a finished download goes on being served to others.
     pub seeding: Seeding,
 }
@@ -138,7 +138,7 @@ impl NodeConfig {
             },
             role: topology::RoleConfig::default(),
             superpeer_listen: None,
-            limits: superpeer::limits::Limits::default(),
+            limits: transport::limits::Limits::default(),
             seeding: Seeding::default(),
         }
     }
@@ -235,10 +235,10 @@ pub(crate) struct RoleStatus {
 pub(crate) struct Inner {
     pub(crate) node_id: NodeId,
     /// The key pair the node id derives from.
-    pub(crate) identity: Arc<superpeer::identity::Identity>,
-    pub(crate) limits: superpeer::limits::Limits,
+    pub(crate) identity: Arc<transport::identity::Identity>,
+    pub(crate) limits: transport::limits::Limits,
     /// Connection counts and bans of the chunk server.
-    gate: Arc<superpeer::limits::Gate>,
+    gate: Arc<transport::limits::Gate>,
     pub(crate) listen: Option<SocketAddr>,
     pub(crate) shares: RwLock<Shares>,
     pub(crate) uploaded_chunks: AtomicU64,
@@ -300,7 +300,7 @@ impl Node {
             source,
         };
         std::fs::create_dir_all(&dir).map_err(data_err)?;
-        let identity = superpeer::identity::Identity::load_or_create(&dir).map_err(data_err)?;
+        let identity = transport::identity::Identity::load_or_create(&dir).map_err(data_err)?;
         let node_id = identity.node();
         let shares = Shares::load(&dir.join(SHARES_FILE));
 
@@ -343,7 +343,7 @@ impl Node {
         let inner = Arc::new(Inner {
             node_id,
             identity: Arc::new(identity),
-            gate: superpeer::limits::Gate::new(config.limits.clone()),
+            gate: transport::limits::Gate::new(config.limits.clone()),
             limits: config.limits.clone(),
             listen,
             shares: RwLock::new(shares),
@@ -914,7 +914,7 @@ impl Node {
         let path = self.inner.data_dir.join(DOWNLOADS_FILE);
         // Downloads in the queue also left records beside their part files: a later `get`
         // of the same id resumes them.
-        superpeer::store::load_or_log(&path, "starting with an empty download queue")
+        transport::store::load_or_log(&path, "starting with an empty download queue")
             .unwrap_or_default()
     }
 
@@ -923,7 +923,7 @@ impl Node {
         let mut list = self.load_pending();
         change(&mut list);
         let path = self.inner.data_dir.join(DOWNLOADS_FILE);
-        if let Err(e) = superpeer::store::save(&path, &list) {
+        if let Err(e) = transport::store::save(&path, &list) {
             log::warn!("cannot save the download queue {}: {e}", path.display());
         }
     }

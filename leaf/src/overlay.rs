@@ -17,11 +17,11 @@ use std::time::{Duration, Instant};
 
 use smol::channel::{self, Sender};
 use smol::net::TcpStream;
-use superpeer::net::{connect_secure, write_message_within, FrameReader};
-use superpeer::secure::SecureStream;
 use superpeer::server::{load_hosts, save_hosts, HOSTS_FILE};
 use superpeer::{Demoted, SuperPeerNode};
 use topology::{ConnId, LeafConfig, LeafEvent, LeafOverlay, NodeRole, RoleClock, RoleConfig};
+use transport::net::{connect_secure, write_message_within, FrameReader};
+use transport::secure::SecureStream;
 use wire::{Capability, FileRecord, Message};
 
 use crate::control::SuperPeerStatus;
@@ -327,14 +327,6 @@ fn start_link(
         let mut reader = FrameReader::new(stream.reader);
         loop {
             match reader.read_message().await {
-                Ok(Some(Message::Hello(h))) if h.node != peer => {
-                    log::warn!(
-                        "link {conn}: Hello claims node {} but its key is that of {}",
-                        h.node.short(),
-                        peer.short()
-                    );
-                    break;
-                }
                 Ok(Some(Message::QueryHits(h))) => {
                     let target = inner.searches.lock().unwrap().get(&h.query).cloned();
                     if let Some(t) = target {
@@ -342,6 +334,12 @@ fn start_link(
                     }
                 }
                 Ok(Some(msg)) => {
+                    if let Message::Hello(h) = &msg {
+                        if let Err(e) = transport::hello::check_key(peer, h) {
+                            log::warn!("link {conn}: {e}");
+                            break;
+                        }
+                    }
                     if inputs.send(Input::Message(conn, msg)).await.is_err() {
                         return;
                     }

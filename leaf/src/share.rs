@@ -460,8 +460,8 @@ impl Shares {
             folders: self.folders.clone(),
             files: self.by_path.values().map(|f| (**f).clone()).collect(),
         };
-        superpeer::store::save(&folders_path(path), &self.folders)?;
-        superpeer::store::save(path, &saved)
+        transport::store::save(&folders_path(path), &self.folders)?;
+        transport::store::save(path, &saved)
     }
 
     /// Loads the registry from `path`. A missing file is an empty registry. A damaged one is
@@ -469,7 +469,7 @@ impl Shares {
     /// their files are hashed again when the node starts, never a crash and never a folder
     /// forgotten.
     pub fn load(path: &Path) -> Shares {
-        let damaged = match superpeer::store::load::<SavedShares>(path) {
+        let damaged = match transport::store::load::<SavedShares>(path) {
             Ok(None) => return Shares::default(),
             Ok(Some(saved)) if saved.version == 1 => {
                 let mut shares = Shares {
@@ -491,7 +491,7 @@ impl Shares {
             Err(e) => e.to_string(),
         };
         let folders: Vec<PathBuf> =
-            superpeer::store::load_or_log(&folders_path(path), "no shared folders remembered")
+            transport::store::load_or_log(&folders_path(path), "no shared folders remembered")
                 .unwrap_or_default();
         log::warn!(
             "{damaged}; rebuilding it: {} shared folders will be hashed again",

@@ -9,14 +9,6 @@
 //! - [`Reciprocity`]: bytes received from each peer, decaying with a half-life of
 //!   [`HALF_LIFE`]; the upload slots rank requesters by it (tit-for-tat).
 //! - [`Seeding`]: how long, or up to what upload ratio, a finished download keeps being served.
-//!
-//! # Example
-//! ```
-//! use leaf::swarm::{bit, set_bit};
-//! let mut bits = vec![0u8; 2];
-//! set_bit(&mut bits, 9);
-//! assert!(bit(&bits, 9) && !bit(&bits, 8));
-//! ```
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -27,25 +19,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use event_listener::Event;
-use wire::{FileId, FileRecord, Manifest, NodeId};
+pub use transfer::ShownTo;
+use wire::{Bitfield, FileId, FileRecord, Manifest, NodeId};
 
 /// How fast the memory of a peer's uploads to us fades: its score halves every this long.
 pub const HALF_LIFE: Duration = Duration::from_secs(10);
-
-/// Bit `c` of a bitmap (bit `c % 8` of byte `c / 8`); false past the end.
-pub fn bit(bits: &[u8], c: u64) -> bool {
-    bits.get((c / 8) as usize)
-        .is_some_and(|b| b & (1 << (c % 8)) != 0)
-}
-
-/// Sets bit `c` of a bitmap; true if it was clear. Panics past the end.
-pub fn set_bit(bits: &mut [u8], c: u64) -> bool {
-    let byte = &mut bits[(c / 8) as usize];
-    let mask = 1u8 << (c % 8);
-    let fresh = *byte & mask == 0;
-    *byte |= mask;
-    fresh
-}
 
 /// A file this node is downloading (or has just downloaded and seeds), served from its
 /// verified chunks.
@@ -58,7 +36,7 @@ pub struct PartialFile {
     /// What is registered with super-peers for it.
     pub record: FileRecord,
     file: Arc<File>,
-    have: Mutex<Vec<u8>>,
+    have: Mutex<Bitfield>,
     have_count: AtomicU64,
     /// Notified whenever a chunk is marked.
     pub changed: Event,
@@ -69,13 +47,13 @@ pub struct PartialFile {
 impl PartialFile {
     /// A source of `file`'s chunks, none verified yet.
     pub fn new(id: FileId, manifest: Manifest, record: FileRecord, file: Arc<File>) -> Self {
-        let len = manifest.chunk_count().div_ceil(8) as usize;
+        let count = manifest.chunk_count();
         PartialFile {
             id,
             manifest,
             record,
             file,
-            have: Mutex::new(vec![0; len]),
+            have: Mutex::new(Bitfield::new(count)),
             have_count: AtomicU64::new(0),
             changed: Event::new(),
             uploaded: AtomicU64::new(0),
@@ -87,7 +65,7 @@ impl PartialFile {
         if c >= self.manifest.chunk_count() {
             return;
         }
-        if set_bit(&mut self.have.lock().unwrap(), c) {
+        if self.have.lock().unwrap().set(c) {
             self.have_count.fetch_add(1, Ordering::SeqCst);
             self.changed.notify(usize::MAX);
         }
@@ -95,11 +73,11 @@ impl PartialFile {
 
     /// True if chunk `c` is verified here.
     pub fn has(&self, c: u64) -> bool {
-        bit(&self.have.lock().unwrap(), c)
+        self.have.lock().unwrap().get(c)
     }
 
-    /// The verified chunks as a bitmap.
-    pub fn bits(&self) -> Vec<u8> {
+    /// The verified chunks.
+    pub fn bits(&self) -> Bitfield {
         self.have.lock().unwrap().clone()
     }
 
@@ -254,47 +232,21 @@ impl Spread {
         };
         let n = f.shown.len() as u64;
         let open = (0..n)
-            .filter(|&c| bit(&view.shown, c) && !bit(&view.has, c) && !bit(&view.asked, c))
+            .filter(|&c| view.shown.get(c) && !view.has.get(c) && !view.asked.get(c))
             .count();
         let mut out = Vec::new();
         for _ in open..SHOWN_AHEAD {
             let start = rand::random::<u64>() % n.max(1);
             let best = (0..n)
                 .map(|k| (start + k) % n)
-                .filter(|&c| !bit(&view.shown, c) && !bit(&view.has, c))
+                .filter(|&c| !view.shown.get(c) && !view.has.get(c))
                 .min_by_key(|&c| (f.sent[c as usize], f.shown[c as usize]));
             let Some(c) = best else { break };
             f.shown[c as usize] += 1;
-            set_bit(&mut view.shown, c);
+            view.shown.set(c);
             out.push(c);
         }
         out
-    }
-}
-
-/// What one downloader has been shown of a file, has asked for, and has.
-#[derive(Debug, Clone)]
-pub struct ShownTo {
-    /// The file.
-    pub id: FileId,
-    /// Chunks shown (sent as `Have`).
-    pub shown: Vec<u8>,
-    /// Chunks it asked for.
-    pub asked: Vec<u8>,
-    /// Chunks it has (its `Have`s).
-    pub has: Vec<u8>,
-}
-
-impl ShownTo {
-    /// Nothing shown, asked or had yet, for a file of `count` chunks.
-    pub fn new(id: FileId, count: u64) -> Self {
-        let len = count.div_ceil(8) as usize;
-        ShownTo {
-            id,
-            shown: vec![0; len],
-            asked: vec![0; len],
-            has: vec![0; len],
-        }
     }
 }
 
@@ -327,7 +279,7 @@ mod tests {
         p.mark(1);
         assert_eq!(p.have_count(), 1);
         assert_eq!(p.read_chunk(1).unwrap(), &data[1024..2048]);
-        assert_eq!(p.bits(), vec![0b10]);
+        assert_eq!(p.bits().as_bytes(), &[0b10]);
         p.mark(0);
         p.mark(2);
         assert!(p.is_complete());
@@ -379,12 +331,12 @@ mod tests {
         // Nothing more while the shown ones are neither asked for nor had.
         assert!(spread.pick(id, &mut a).is_empty());
         // One asked for, one had from elsewhere: two more, never one it has.
-        set_bit(&mut a.asked, first_a[0]);
-        set_bit(&mut a.has, first_a[1]);
+        a.asked.set(first_a[0]);
+        a.has.set(first_a[1]);
         let elsewhere = (0..20u64)
             .find(|c| !first_a.contains(c) && !first_b.contains(c))
             .unwrap();
-        set_bit(&mut a.has, elsewhere);
+        a.has.set(elsewhere);
         let more = spread.pick(id, &mut a);
         assert_eq!(more.len(), 2, "{more:?}");
         assert!(!more.contains(&elsewhere) && more.iter().all(|c| !first_a.contains(c)));

@@ -29,12 +29,16 @@ use std::time::{Duration, Instant};
 
 use smol::channel;
 use smol::net::TcpStream;
-use superpeer::net::{write_message, write_message_within, FrameReader};
-use superpeer::secure::{SecureStream, SecureWriter};
-use wire::{ChunkMsg, Hello, ManifestMsg, Message, NodeId, Role, TransferErrorKind};
+use transport::net::{write_message_within, FrameReader};
+use transport::secure::SecureStream;
+use wire::{
+    Bitfield, ChunkMsg, FileId, Hello, ManifestMsg, Message, NodeId, Role, TransferErrorKind,
+};
 
 use crate::node::Inner;
 use crate::swarm::{PartialFile, Reciprocity, ShownTo};
+use transfer::upload::{UploadEnd, MAX_PENDING};
+use transfer::{UploadEvent, UploadSession};
 
 /// A queued connection that has not asked again for this long loses its turn at the head; a
 /// slot holder that has not asked for this long gives its slot up.
@@ -45,13 +49,6 @@ pub const ROUND: Duration = Duration::from_secs(3);
 pub const OPTIMISTIC_EVERY: Duration = Duration::from_secs(9);
 /// A downloader that takes longer than this to accept one message is dropped.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long a connecting downloader has to say Hello.
-const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
-/// A transfer connection with no manifest or chunk request for this long is closed (and frees
-/// its slot); pings do not count.
-const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
-/// Requests a downloader may have waiting at once; more is a protocol violation.
-const MAX_PENDING: usize = 64;
 /// Grants remembered for status and tests.
 const GRANTS_KEPT: usize = 1000;
 
@@ -289,7 +286,7 @@ impl Drop for SlotGuard<'_> {
 /// Serves one downloader's connection until it closes or misbehaves.
 pub(crate) async fn serve(node: Arc<Inner>, stream: TcpStream, peer: SocketAddr) {
     let limit = node.limits.handshake_timeout;
-    let secure = match superpeer::secure::accept(stream, &node.identity, limit).await {
+    let secure = match transport::secure::accept(stream, &node.identity, limit).await {
         Ok(secure) => secure,
         Err(e) => {
             log::warn!("download connection from {peer}: {e} (handshake_timeout {limit:?})");
@@ -305,268 +302,189 @@ async fn serve_inner(node: &Inner, stream: SecureStream<TcpStream>) -> Result<()
     let mut writer = stream.writer;
     let mut reader = FrameReader::new(stream.reader);
     let mut scratch = Vec::new();
-    let (who, serves) = match reader
-        .read_message_within(HELLO_TIMEOUT)
-        .await
-        .map_err(|e| e.to_string())?
-    {
-        Message::Hello(h) if h.node != stream.peer => {
-            return Err(format!(
-                "Hello claims node {} but its key is that of {}",
-                h.node.short(),
-                stream.peer.short()
-            ))
-        }
-        Message::Hello(h) if h.version == wire::PROTOCOL_VERSION => (h.node, h.listen.is_some()),
-        Message::Hello(h) => return Err(format!("protocol version {}", h.version)),
-        other => return Err(format!("{} before Hello", other.kind())),
-    };
-    let hello = Message::Hello(Hello::new(
-        node.node_id,
-        Role::Leaf,
-        node.listen,
-        crate::AGENT,
-    ));
-    write_message(&mut writer, &hello, &mut scratch)
-        .await
-        .map_err(|e| e.to_string())?;
-
+    let mine = Hello::new(node.node_id, Role::Leaf, node.listen, crate::AGENT);
+    let mut session = UploadSession::new(Instant::now(), stream.peer, mine);
     let conn = node.slots.new_conn();
     let _slot = SlotGuard(&node.slots, conn);
-    // Requests are read ahead into `pending`, so a Cancel can remove a request not yet served.
-    let (tx, rx) = channel::bounded::<Result<Message, String>>(MAX_PENDING);
+    // Messages are read ahead, so a Cancel can remove a request not yet served; the session
+    // bounds how many wait.
+    let (tx, rx) = channel::bounded::<Result<Option<Message>, String>>(MAX_PENDING);
     let read_ahead = smol::spawn(async move {
         loop {
-            let msg = match reader.read_message().await {
-                Ok(Some(m)) => Ok(m),
-                Ok(None) => return,
-                Err(e) => Err(e.to_string()),
-            };
-            let stop = msg.is_err();
-            if tx.try_send(msg).is_err() {
-                let _ = tx.send(Err("too many requests waiting".into())).await;
-                return;
-            }
-            if stop {
+            let msg = reader.read_message().await.map_err(|e| e.to_string());
+            let stop = !matches!(msg, Ok(Some(_)));
+            if tx.send(msg).await.is_err() || stop {
                 return;
             }
         }
     });
-    let mut pending: VecDeque<Message> = VecDeque::new();
-    let mut last_request = Instant::now();
-    // Files still downloading that this downloader asked the bitfield of, with the bits it
-    // has been told of: each chunk verified since is sent as a Have.
-    let mut subscribed: Vec<(Arc<PartialFile>, Vec<u8>)> = Vec::new();
-    // A whole file several downloaders fetch at once: what this one has been shown.
-    let mut shown: Option<ShownTo> = None;
+    // Files still downloading that this downloader asked the bitfield of, with the chunks it
+    // was told of.
+    let mut subscribed: Vec<(Arc<PartialFile>, Bitfield)> = Vec::new();
+    let mut joined: Option<FileId> = None;
     let result = loop {
-        if let Err(e) = send_haves(&mut writer, &mut scratch, &mut subscribed).await {
-            break Err(e);
-        }
-        if let Some(view) = shown.as_mut() {
-            let mut failed = None;
-            for c in node.spread.pick(view.id, view) {
-                let have = Message::Have {
-                    id: view.id,
+        // Everything the session has to say, then the chunks gained and shown since.
+        let mut out: Vec<Message> = std::iter::from_fn(|| session.poll_transmit()).collect();
+        for (p, told) in subscribed.iter_mut() {
+            if p.have_count() != told.count_ones() {
+                let now = p.bits();
+                out.extend(now.ones_not_in(told).map(|c| Message::Have {
+                    id: p.id,
                     index: c as u32,
-                };
-                if let Err(e) =
-                    write_message_within(&mut writer, &have, &mut scratch, WRITE_TIMEOUT).await
-                {
-                    failed = Some(e.to_string());
-                    break;
-                }
-            }
-            if let Some(e) = failed {
-                break Err(e);
+                }));
+                *told = now;
             }
         }
-        let msg = match pending.pop_front() {
-            Some(m) => m,
-            None => {
-                // Idle only counts while there is nothing to serve.
-                let until = last_request + IDLE_TIMEOUT;
-                let gained = subscribed.first().map(|(p, _)| p.changed.listen());
-                let next = smol::future::or(async { Some(Some(rx.recv().await)) }, async {
-                    match gained {
-                        // A chunk verified here: tell the downloader, then wait again.
-                        Some(l) => {
-                            smol::future::or(
-                                async {
-                                    l.await;
-                                    Some(None)
-                                },
-                                async {
-                                    smol::Timer::at(until).await;
-                                    None
-                                },
-                            )
-                            .await
-                        }
-                        None => {
-                            smol::Timer::at(until).await;
-                            None
-                        }
-                    }
-                })
-                .await;
-                match next {
-                    Some(Some(Ok(Ok(m)))) => m,
-                    Some(Some(Ok(Err(e)))) => break Err(e),
-                    Some(Some(Err(_))) => break Ok(()),
-                    Some(None) => continue,
-                    None => break Err(format!("no request for {IDLE_TIMEOUT:?}")),
-                }
-            }
-        };
-        if matches!(msg, Message::GetChunk { .. } | Message::GetManifest { .. }) {
-            last_request = Instant::now();
+        if let Some(view) = session.view_mut() {
+            out.extend(
+                node.spread
+                    .pick(view.id, view)
+                    .into_iter()
+                    .map(|c| Message::Have {
+                        id: view.id,
+                        index: c as u32,
+                    }),
+            );
         }
-        // Take in whatever else has arrived, applying cancels to requests not yet served.
-        let mut failure = None;
-        while let Ok(next) = rx.try_recv() {
-            match next {
-                Ok(Message::Cancel { request }) => pending.retain(
-                    |m| !matches!(m, Message::GetChunk { request: r, .. } if *r == request),
-                ),
-                Ok(m) => pending.push_back(m),
-                Err(e) => failure = Some(e),
+        let mut failed = None;
+        for msg in &out {
+            if let Err(e) =
+                write_message_within(&mut writer, msg, &mut scratch, WRITE_TIMEOUT).await
+            {
+                failed = Some(e.to_string());
+                break;
             }
         }
-        if let Some(e) = failure {
+        if let Some(e) = failed {
             break Err(e);
         }
-        if pending.len() > MAX_PENDING {
-            break Err(format!("more than {MAX_PENDING} requests waiting"));
+        match session.end() {
+            Some(UploadEnd::Closed) => break Ok(()),
+            Some(UploadEnd::Failed(why)) => break Err(why.clone()),
+            None => {}
         }
-        let reply = match msg {
-            Message::GetManifest { request, id } => match manifest_of(node, &id) {
-                Some(m) => Message::Manifest(ManifestMsg {
-                    request,
-                    id,
-                    size: m.size,
-                    chunk_size: m.chunk_size,
-                    cvs: m.cvs,
-                }),
-                None => not_shared(request, id),
-            },
-            Message::GetBitfield { id } => {
-                let shared = node.shares.read().unwrap().get(&id);
-                let partial = node.partials.lock().unwrap().get(&id).cloned();
-                match (shared, partial) {
-                    (Some(f), _) => {
-                        let count = f.manifest().chunk_count();
-                        if shown.is_none() && node.spread.join(id, count) {
-                            // Others fetch it from here too: show it a few chunks at a time.
-                            shown = Some(ShownTo::new(id, count));
-                            Message::Bitfield {
-                                id,
-                                bits: vec![0; count.div_ceil(8) as usize],
-                            }
-                        } else {
-                            if shown.is_none() {
-                                // Counted as a downloader of it, shown everything.
-                                shown = Some(ShownTo::new(id, count));
-                                if let Some(v) = shown.as_mut() {
-                                    v.shown = crate::download::Scheduler::full_bits(count);
-                                }
-                            }
-                            Message::Bitfield {
-                                id,
-                                bits: crate::download::Scheduler::full_bits(count),
-                            }
-                        }
-                    }
-                    (None, Some(p)) => {
-                        let bits = p.bits();
-                        subscribed.retain(|(q, _)| q.id != id);
-                        subscribed.push((p, bits.clone()));
-                        Message::Bitfield { id, bits }
-                    }
-                    (None, None) => not_shared(0, id),
+        if let Some(request) = session.poll_request() {
+            let reply = match request {
+                UploadEvent::Manifest { request, id } => match manifest_of(node, &id) {
+                    Some(m) => Message::Manifest(ManifestMsg {
+                        request,
+                        id,
+                        size: m.size,
+                        chunk_size: m.chunk_size,
+                        cvs: m.cvs,
+                    }),
+                    None => not_shared(request, id),
+                },
+                UploadEvent::Bitfield { id } => {
+                    bitfield_of(node, id, &mut session, &mut subscribed, &mut joined)
                 }
+                UploadEvent::Chunk { request, id, index } => {
+                    let (who, serves) = (session.peer(), session.serves());
+                    match node.slots.acquire_as(conn, who, serves, Instant::now()) {
+                        Err(position) => Message::Queued { request, position },
+                        Ok(()) => serve_chunk(node, request, id, index).await,
+                    }
+                }
+            };
+            if let Err(e) =
+                write_message_within(&mut writer, &reply, &mut scratch, WRITE_TIMEOUT).await
+            {
+                break Err(e.to_string());
             }
-            Message::GetChunk { request, id, index } => {
-                if let Some(v) = shown.as_mut().filter(|v| v.id == id) {
-                    if (index as usize) < v.asked.len() * 8 {
-                        crate::swarm::set_bit(&mut v.asked, index as u64);
-                    }
-                }
-                match node.slots.acquire_as(conn, who, serves, Instant::now()) {
-                    Err(position) => Message::Queued { request, position },
-                    Ok(()) => serve_chunk(node, request, id, index).await,
-                }
+            // Read what came meanwhile before the next request, so its Cancels apply.
+            while let Ok(next) = rx.try_recv() {
+                feed(&mut session, next);
             }
-            Message::Cancel { .. } | Message::Pong { .. } => continue,
-            // The downloader tells what it has: shown chunks it got elsewhere are replaced.
-            Message::Bitfield { id, bits } => {
-                if let Some(v) = shown.as_mut().filter(|v| v.id == id) {
-                    if bits.len() == v.has.len() {
-                        v.has = bits;
-                    }
-                }
-                continue;
-            }
-            Message::Have { id, index } => {
-                if let Some(v) = shown.as_mut().filter(|v| v.id == id) {
-                    if (index as usize) < v.has.len() * 8 {
-                        crate::swarm::set_bit(&mut v.has, index as u64);
-                    }
-                }
-                continue;
-            }
-            Message::Ping { nonce } => Message::Pong { nonce },
-            Message::Goodbye { .. } => break Ok(()),
-            other => {
-                let reason = format!("unexpected {} on a transfer connection", other.kind());
-                let bye = Message::Goodbye {
-                    reason: reason.clone(),
+            continue;
+        }
+        // Nothing to serve: wait for a message, a chunk gained by a file we are fetching, or
+        // the session's timeout.
+        let until = session.poll_timeout();
+        let gained = subscribed.first().map(|(p, _)| p.changed.listen());
+        let next = smol::future::or(async { Some(rx.recv().await) }, async {
+            let timer = async {
+                match until {
+                    Some(t) => smol::Timer::at(t).await,
+                    None => std::future::pending().await,
                 };
-                let _ = write_message(&mut writer, &bye, &mut scratch).await;
-                break Err(reason);
+            };
+            match gained {
+                Some(l) => smol::future::or(l, timer).await,
+                None => timer.await,
             }
-        };
-        if let Err(e) = write_message_within(&mut writer, &reply, &mut scratch, WRITE_TIMEOUT).await
-        {
-            break Err(e.to_string());
+            None
+        })
+        .await;
+        match next {
+            Some(Ok(msg)) => feed(&mut session, msg),
+            Some(Err(_)) => session.handle_closed(None),
+            None => session.handle_timeout(Instant::now()),
         }
     };
     read_ahead.cancel().await;
-    if let Some(view) = &shown {
-        node.spread.leave(view.id);
+    if let Some(id) = joined {
+        node.spread.leave(id);
     }
     result
 }
 
-/// Tells the downloader of every chunk verified since it was last told, for each file still
-/// downloading whose bitfield it asked for.
-async fn send_haves(
-    writer: &mut SecureWriter<TcpStream>,
-    scratch: &mut Vec<u8>,
-    subscribed: &mut [(Arc<PartialFile>, Vec<u8>)],
-) -> Result<(), String> {
-    for (p, told) in subscribed.iter_mut() {
-        if p.have_count() == told.iter().map(|b| b.count_ones() as u64).sum::<u64>() {
-            continue;
-        }
-        let now = p.bits();
-        for c in 0..p.manifest.chunk_count() {
-            if crate::swarm::bit(&now, c) && !crate::swarm::bit(told, c) {
-                let have = Message::Have {
-                    id: p.id,
-                    index: c as u32,
-                };
-                write_message_within(writer, &have, scratch, WRITE_TIMEOUT)
-                    .await
-                    .map_err(|e| e.to_string())?;
-            }
-        }
-        *told = now;
+/// Hands what the read-ahead task read to the session.
+fn feed(session: &mut UploadSession, read: Result<Option<Message>, String>) {
+    match read {
+        Ok(Some(msg)) => session.handle_message(Instant::now(), msg),
+        Ok(None) => session.handle_closed(None),
+        Err(e) => session.handle_closed(Some(e)),
     }
-    Ok(())
 }
 
-/// The manifest of a shared file, or of one downloading or seeding here.
+/// The answer to `GetBitfield { id }`: a complete copy shows everything, or, while several
+/// downloaders fetch it from here, a few chunks at a time (each shown different ones); a file
+/// still downloading shows what is verified, and then each chunk as it is gained.
+fn bitfield_of(
+    node: &Inner,
+    id: FileId,
+    session: &mut UploadSession,
+    subscribed: &mut Vec<(Arc<PartialFile>, Bitfield)>,
+    joined: &mut Option<FileId>,
+) -> Message {
+    let shared = node.shares.read().unwrap().get(&id);
+    let partial = node.partials.lock().unwrap().get(&id).cloned();
+    match (shared, partial) {
+        (Some(f), _) => {
+            let count = f.manifest().chunk_count();
+            if joined.is_none() && session.view_mut().is_none() {
+                if node.spread.join(id, count) {
+                    *joined = Some(id);
+                    session.set_view(ShownTo::new(id, count));
+                    return Message::Bitfield {
+                        id,
+                        bits: Bitfield::new(count).into_bytes(),
+                    };
+                }
+                *joined = Some(id);
+                let mut view = ShownTo::new(id, count);
+                view.shown = Bitfield::full(count);
+                session.set_view(view);
+            }
+            Message::Bitfield {
+                id,
+                bits: Bitfield::full(count).into_bytes(),
+            }
+        }
+        (None, Some(p)) => {
+            let bits = p.bits();
+            subscribed.retain(|(q, _)| q.id != id);
+            let msg = Message::Bitfield {
+                id,
+                bits: bits.as_bytes().to_vec(),
+            };
+            subscribed.push((p, bits));
+            msg
+        }
+        (None, None) => not_shared(0, id),
+    }
+}
+
 fn manifest_of(node: &Inner, id: &wire::FileId) -> Option<wire::Manifest> {
     if let Some(f) = node.shares.read().unwrap().get(id) {
         return Some(f.manifest());

@@ -1,0 +1,30 @@
+//! `transfer`: the leaf-to-leaf transfer protocol as sans-IO sessions: every rule of it, with
+//! no socket, file, task or clock (the only I/O-free dependencies are `wire` and the Hello check
+//! of `transport`). `leaf::download` and `leaf::upload` drive these sessions: they only move
+//! bytes, verify and write chunks off the executor, and consult the node's shares and slots.
+//!
+//! # Layout
+//!
+//! - [`Scheduler`]: which chunk of a download is where and which source holds what (one per
+//!   download, shared by its source sessions).
+//! - [`SourceSession`]: the downloader's side of one connection to a source: what to request,
+//!   what to accept, what is hostile, the endgame, queue places, bitfields.
+//! - [`UploadSession`]: the uploader's side of one connection to a downloader: Hello, the
+//!   requests waiting and their cancels, what it has been told and has, idleness.
+//! - [`manifest`]: the checks a manifest from a source must pass, and the vote among sources.
+//! - [`view`]: [`ShownTo`], what one downloader was shown, asked for and has.
+//!
+//! Each module writes its invariants beside its code; each session has a fuzz target
+//! (`fuzz/fuzz_targets/source_session.rs`, `upload_session.rs`) that feeds it arbitrary
+//! message sequences and checks them.
+
+pub mod manifest;
+pub mod schedule;
+pub mod source;
+pub mod upload;
+pub mod view;
+
+pub use schedule::Scheduler;
+pub use source::{Checked, SourceEnd, SourceEvent, SourceOptions, SourceSession};
+pub use upload::{UploadEnd, UploadEvent, UploadSession};
+pub use view::ShownTo;

@@ -1,0 +1,163 @@
+//! The manifest a download starts from: the checks one source's manifest must pass, and the
+//! vote among several sources.
+//!
+//! # Rules
+//! - A manifest must verify against the id, and its chunk size must be the one its size
+//!   implies (every honest source agrees on the layout); when the search agreed on a size, it
+//!   must have that size. A source whose manifest fails is hostile.
+//! - Of the valid manifests, the one most sources sent wins, ties going to the one with more
+//!   chunks (a forged one-chunk claim verifies against any id, since the id cannot pin the size
+//!   of a one-chunk file). The sources of every other manifest are hostile.
+
+use std::net::SocketAddr;
+
+use wire::{FileId, Manifest, Message};
+
+/// What a source answered to `GetManifest { request: 0, id }`, checked: the manifest, or why
+/// the source is not to be trusted for this file.
+pub fn check_answer(
+    id: FileId,
+    expected_size: Option<u64>,
+    answer: Message,
+) -> Result<Manifest, String> {
+    match answer {
+        Message::Manifest(m) if m.id == id && m.request == 0 => {
+            let manifest = Manifest {
+                size: m.size,
+                chunk_size: m.chunk_size,
+                cvs: m.cvs,
+            };
+            manifest
+                .verify(&id)
+                .map_err(|e| format!("sent a bad manifest: {e}"))?;
+            if manifest.chunk_size != wire::chunk_size_for(manifest.size) {
+                return Err(format!(
+                    "sent a manifest with chunk size {} for {} bytes",
+                    manifest.chunk_size, manifest.size
+                ));
+            }
+            if let Some(want) = expected_size.filter(|w| *w != manifest.size) {
+                return Err(format!(
+                    "sent a manifest for {} bytes; the search said {want}",
+                    manifest.size
+                ));
+            }
+            Ok(manifest)
+        }
+        Message::TransferError { kind, message, .. } => {
+            Err(format!("refused the manifest: {kind:?} ({message})"))
+        }
+        other => Err(format!("answered a manifest request with {}", other.kind())),
+    }
+}
+
+/// The manifests sources sent, and who sent each.
+#[derive(Debug, Default)]
+pub struct Vote {
+    votes: Vec<(Manifest, Vec<SocketAddr>)>,
+}
+
+impl Vote {
+    /// `from` sent `manifest` (already checked with [`check_answer`]).
+    pub fn add(&mut self, from: SocketAddr, manifest: Manifest) {
+        match self.votes.iter_mut().find(|(v, _)| *v == manifest) {
+            Some((_, who)) => who.push(from),
+            None => self.votes.push((manifest, vec![from])),
+        }
+    }
+
+    /// How many sources have voted.
+    pub fn voters(&self) -> usize {
+        self.votes.iter().map(|(_, who)| who.len()).sum()
+    }
+
+    /// The winner (if anyone voted), and each source that sent another manifest with the
+    /// reason it is dropped.
+    pub fn result(mut self) -> (Option<Manifest>, Vec<(SocketAddr, String)>) {
+        self.votes
+            .sort_by_key(|(m, who)| std::cmp::Reverse((who.len(), m.cvs.len())));
+        let mut losers = Vec::new();
+        if let Some((_, winners)) = self.votes.first() {
+            let n = winners.len();
+            for (m, who) in self.votes.iter().skip(1) {
+                for addr in who {
+                    let why = format!(
+                        "its manifest ({} bytes in {} chunks) disagrees with the one {n} other source(s) sent",
+                        m.size,
+                        m.cvs.len(),
+                    );
+                    losers.push((*addr, why));
+                }
+            }
+        }
+        (self.votes.into_iter().next().map(|(m, _)| m), losers)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wire::{ManifestBuilder, ManifestMsg, TransferErrorKind};
+
+    fn manifest_of(data: &[u8]) -> (FileId, Manifest) {
+        let mut b = ManifestBuilder::new(data.len() as u64);
+        b.update(data);
+        b.finish().unwrap()
+    }
+
+    fn answer(id: FileId, m: &Manifest) -> Message {
+        Message::Manifest(ManifestMsg {
+            request: 0,
+            id,
+            size: m.size,
+            chunk_size: m.chunk_size,
+            cvs: m.cvs.clone(),
+        })
+    }
+
+    #[test]
+    fn a_forged_or_refused_manifest_is_named() {
+        let data = vec![7u8; 3 << 20];
+        let (id, m) = manifest_of(&data);
+        assert_eq!(check_answer(id, None, answer(id, &m)).unwrap(), m);
+        let mut forged = m.clone();
+        forged.cvs[0] = [0; 32];
+        let why = check_answer(id, None, answer(id, &forged)).unwrap_err();
+        assert!(why.starts_with("sent a bad manifest"), "{why}");
+        let why = check_answer(id, Some(5), answer(id, &m)).unwrap_err();
+        assert!(why.contains("the search said 5"), "{why}");
+        let refused = Message::TransferError {
+            request: 0,
+            id,
+            kind: TransferErrorKind::NotShared,
+            message: "no".into(),
+        };
+        assert!(check_answer(id, None, refused)
+            .unwrap_err()
+            .starts_with("refused"));
+        let why = check_answer(id, None, Message::Ping { nonce: 1 }).unwrap_err();
+        assert_eq!(why, "answered a manifest request with Ping");
+    }
+
+    #[test]
+    fn the_majority_wins_and_the_others_are_named() {
+        let (_, a) = manifest_of(&[1u8; 1000]);
+        let (_, b) = manifest_of(&[2u8; 1000]);
+        let addr = |n: u16| SocketAddr::from(([127, 0, 0, 1], n));
+        let mut vote = Vote::default();
+        vote.add(addr(1), b.clone());
+        vote.add(addr(2), a.clone());
+        vote.add(addr(3), a.clone());
+        assert_eq!(vote.voters(), 3);
+        let (won, losers) = vote.result();
+        assert_eq!(won, Some(a));
+        assert_eq!(losers.len(), 1);
+        assert_eq!(losers[0].0, addr(1));
+        assert!(
+            losers[0].1.contains("disagrees with the one 2 other"),
+            "{}",
+            losers[0].1
+        );
+        assert_eq!(Vote::default().result().0, None);
+    }
+}

@@ -1,0 +1,328 @@
+//! [`Scheduler`]: which chunk of a download is where, and which source holds what. Shared by
+//! every source session of one download (each [`super::SourceSession`] is handed it by
+//! `&mut`), so the rules of who fetches what live in one place.
+//!
+//! # Invariants
+//! - A chunk is in exactly one state: `Missing`, `Active` (requested by one or more sources,
+//!   listed in its state, none of which has delivered it) or `Done` (verified and written;
+//!   never requested again).
+//! - `missing` counts exactly the `Missing` chunks; `done`/`done_bytes` exactly the `Done`
+//!   ones.
+//! - `avail[c]` is the number of sources in `holds` whose bitfield has chunk `c`: only
+//!   [`Scheduler::set_holds`], [`Scheduler::add_hold`] and [`Scheduler::forget_source`]
+//!   change either.
+//! - A source is handed only chunks its bitfield has (when handed them: a later bitfield may
+//!   take one back while it is in flight).
+//! - A source that stops, or is told it is queued, releases every chunk it had requested: a
+//!   chunk left with no requester goes back to `Missing`. Only [`Scheduler::release`] does
+//!   that, and only [`Scheduler::complete`] makes a chunk `Done`.
+//! - A source only duplicates another's chunk (endgame) when no chunk is `Missing` and it has
+//!   nothing in flight.
+
+use std::collections::HashMap;
+
+use wire::Bitfield;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum ChunkState {
+    Missing,
+    Active(Vec<usize>),
+    Done,
+}
+
+/// Which chunk is where, and which source holds what; see the module docs for its invariants.
+#[derive(Debug)]
+pub struct Scheduler {
+    chunks: Vec<ChunkState>,
+    /// How many chunks are `Missing`.
+    missing: u64,
+    done: Bitfield,
+    done_bytes: u64,
+    /// The chunks each source holds (from its bitfield and haves), by source number. A source
+    /// not listed has not said yet and is asked for nothing.
+    holds: HashMap<usize, Bitfield>,
+    /// For each chunk, how many listed sources hold it.
+    avail: Vec<u32>,
+    /// Where the search for a rarest chunk starts (xorshift), so downloaders do not all fetch
+    /// the same chunk first.
+    rng: u64,
+}
+
+impl Scheduler {
+    /// All `count` chunks missing, no source known.
+    pub fn new(count: u64) -> Self {
+        Self::with_seed(count, rand::random())
+    }
+
+    /// [`Scheduler::new`] with a set seed for the random starting points (tests and fuzzing).
+    pub fn with_seed(count: u64, seed: u64) -> Self {
+        Scheduler {
+            chunks: vec![ChunkState::Missing; count as usize],
+            missing: count,
+            done: Bitfield::new(count),
+            done_bytes: 0,
+            holds: HashMap::new(),
+            avail: vec![0; count as usize],
+            rng: seed | 1,
+        }
+    }
+
+    /// How many chunks the file has.
+    pub fn count(&self) -> u64 {
+        self.chunks.len() as u64
+    }
+
+    /// `source` holds the chunks set in `bits`. Replaces what it held before.
+    pub fn set_holds(&mut self, source: usize, bits: Bitfield) {
+        debug_assert_eq!(bits.len(), self.count());
+        self.forget_source(source);
+        for c in bits.ones() {
+            self.avail[c as usize] += 1;
+        }
+        self.holds.insert(source, bits);
+    }
+
+    /// `source` has gained chunk `c` (a Have). Ignored for a source with no bitfield yet or a
+    /// chunk out of range.
+    pub fn add_hold(&mut self, source: usize, c: u64) {
+        if let Some(bits) = self.holds.get_mut(&source) {
+            if bits.set(c) {
+                self.avail[c as usize] += 1;
+            }
+        }
+    }
+
+    /// `source` is gone: what it held no longer counts.
+    pub fn forget_source(&mut self, source: usize) {
+        if let Some(bits) = self.holds.remove(&source) {
+            for c in bits.ones() {
+                self.avail[c as usize] -= 1;
+            }
+        }
+    }
+
+    fn holds(&self, source: usize, c: usize) -> bool {
+        self.holds.get(&source).is_some_and(|b| b.get(c as u64))
+    }
+
+    fn random(&mut self) -> u64 {
+        // xorshift64
+        let mut x = self.rng;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.rng = x;
+        x
+    }
+
+    /// A chunk for `source` to request, among those it holds: the missing chunk fewest known
+    /// sources hold (rarest first), ties broken from a random starting point so downloaders do
+    /// not all fetch the same chunk first. If no chunk of the whole file is missing and
+    /// `endgame` allows it (the source has nothing in flight): the in-flight chunk with the
+    /// fewest requesters that `source` holds and has not asked for yet.
+    pub fn next(&mut self, source: usize, endgame: bool) -> Option<u64> {
+        let n = self.chunks.len();
+        if n == 0 || !self.holds.contains_key(&source) {
+            return None;
+        }
+        if self.missing > 0 {
+            let start = self.random() as usize % n;
+            let mut best: Option<(u32, usize)> = None;
+            for k in 0..n {
+                let c = (start + k) % n;
+                if self.chunks[c] == ChunkState::Missing
+                    && self.holds(source, c)
+                    && best.is_none_or(|(a, _)| self.avail[c] < a)
+                {
+                    best = Some((self.avail[c], c));
+                }
+            }
+            if let Some((_, c)) = best {
+                self.chunks[c] = ChunkState::Active(vec![source]);
+                self.missing -= 1;
+                return Some(c as u64);
+            }
+            return None;
+        }
+        if !endgame {
+            return None;
+        }
+        let (c, _) = self
+            .chunks
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| match s {
+                ChunkState::Active(v) if !v.contains(&source) && self.holds(source, i) => {
+                    Some((i, v.len()))
+                }
+                _ => None,
+            })
+            .min_by_key(|&(_, n)| n)?;
+        if let ChunkState::Active(v) = &mut self.chunks[c] {
+            v.push(source);
+        }
+        Some(c as u64)
+    }
+
+    /// `source` no longer waits for chunk `c`.
+    pub fn release(&mut self, source: usize, c: u64) {
+        if let Some(ChunkState::Active(v)) = self.chunks.get_mut(c as usize) {
+            v.retain(|s| *s != source);
+            if v.is_empty() {
+                self.chunks[c as usize] = ChunkState::Missing;
+                self.missing += 1;
+            }
+        }
+    }
+
+    /// Chunk `c` (of `len` bytes) is verified and written. False if it already was.
+    pub fn complete(&mut self, c: u64, len: u64) -> bool {
+        match self.chunks[c as usize] {
+            ChunkState::Done => return false,
+            ChunkState::Missing => self.missing -= 1,
+            ChunkState::Active(_) => {}
+        }
+        self.chunks[c as usize] = ChunkState::Done;
+        self.done.set(c);
+        self.done_bytes += len;
+        true
+    }
+
+    /// True once chunk `c` is done.
+    pub fn is_done(&self, c: u64) -> bool {
+        self.done.get(c)
+    }
+
+    /// True if `source` has chunk `c` requested.
+    pub fn is_requested_by(&self, source: usize, c: u64) -> bool {
+        matches!(self.chunks.get(c as usize), Some(ChunkState::Active(v)) if v.contains(&source))
+    }
+
+    /// True once every chunk is done.
+    pub fn all_done(&self) -> bool {
+        self.done.is_full()
+    }
+
+    /// How many chunks are done.
+    pub fn done_chunks(&self) -> u64 {
+        self.done.count_ones()
+    }
+
+    /// Bytes of the done chunks.
+    pub fn done_bytes(&self) -> u64 {
+        self.done_bytes
+    }
+
+    /// The done chunks.
+    pub fn done(&self) -> &Bitfield {
+        &self.done
+    }
+
+    /// Checks every invariant of the module docs; panics with the broken one (tests and
+    /// fuzzing).
+    pub fn check_invariants(&self) {
+        let missing = self
+            .chunks
+            .iter()
+            .filter(|s| **s == ChunkState::Missing)
+            .count() as u64;
+        assert_eq!(missing, self.missing, "missing count");
+        for (c, s) in self.chunks.iter().enumerate() {
+            assert_eq!(
+                *s == ChunkState::Done,
+                self.done.get(c as u64),
+                "done bit {c}"
+            );
+            if let ChunkState::Active(v) = s {
+                assert!(!v.is_empty(), "chunk {c} active with no requester");
+            }
+            let avail = self.holds.values().filter(|b| b.get(c as u64)).count() as u32;
+            assert_eq!(avail, self.avail[c], "availability of chunk {c}");
+        }
+    }
+
+    #[cfg(test)]
+    fn avail(&self) -> &[u32] {
+        &self.avail
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    fn bits(count: u64, set: &[u64]) -> Bitfield {
+        let mut b = Bitfield::new(count);
+        for &c in set {
+            b.set(c);
+        }
+        b
+    }
+
+    #[test]
+    fn scheduler_hands_out_each_chunk_once_then_endgame() {
+        let mut s = Scheduler::new(3);
+        assert_eq!(
+            s.next(0, true),
+            None,
+            "a source that has not said what it holds"
+        );
+        for src in 0..3 {
+            s.set_holds(src, Bitfield::full(3));
+        }
+        let mut given = vec![s.next(0, true).unwrap(), s.next(1, true).unwrap()];
+        given.push(s.next(0, true).unwrap());
+        given.sort();
+        assert_eq!(given, vec![0, 1, 2], "each chunk once");
+        // Only a source with nothing in flight duplicates.
+        assert_eq!(s.next(1, false), None);
+        // Endgame: source 2 duplicates a chunk, fewest requesters first.
+        let dup = s.next(2, true).unwrap();
+        assert!(s.complete(dup, 10));
+        assert!(!s.complete(dup, 10), "a second copy is not counted");
+        // A failing source's chunk goes back: no longer endgame, anyone may take it.
+        let other = (0..3).find(|&c| c != dup).unwrap();
+        s.release(0, other);
+        s.release(1, other);
+        assert_eq!(s.next(2, false), Some(other));
+        assert!(!s.all_done());
+        assert_eq!(s.done().as_bytes(), &[1 << dup]);
+        s.check_invariants();
+    }
+
+    #[test]
+    fn scheduler_asks_only_holders_and_the_rarest_first() {
+        let mut s = Scheduler::new(4);
+        // Source 0 holds everything; source 1 holds chunks 0 and 1; source 2 holds chunk 1.
+        s.set_holds(0, Bitfield::full(4));
+        s.set_holds(1, bits(4, &[0, 1]));
+        s.set_holds(2, bits(4, &[]));
+        s.add_hold(2, 1);
+        s.add_hold(2, 9); // out of range: ignored
+        assert_eq!(s.avail(), &[2, 3, 1, 1]);
+        // Source 1 gets its rarer chunk (0, held by two) before chunk 1 (held by three).
+        assert_eq!(s.next(1, false), Some(0));
+        assert_eq!(s.next(1, false), Some(1));
+        assert_eq!(
+            s.next(1, true),
+            None,
+            "nothing else it holds; no endgame yet"
+        );
+        // Source 0 gets what only it holds.
+        let mut rest = vec![s.next(0, false).unwrap(), s.next(0, false).unwrap()];
+        rest.sort();
+        assert_eq!(rest, vec![2, 3]);
+        s.forget_source(1);
+        assert_eq!(s.avail(), &[1, 2, 1, 1]);
+        // The random start spreads first picks among equally rare chunks.
+        let firsts: HashSet<u64> = (0..64)
+            .map(|_| {
+                let mut s = Scheduler::new(16);
+                s.set_holds(0, Bitfield::full(16));
+                s.next(0, false).unwrap()
+            })
+            .collect();
+        assert!(firsts.len() > 4, "first picks {firsts:?}");
+    }
+}

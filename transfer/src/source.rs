@@ -1,0 +1,764 @@
+//! [`SourceSession`]: the downloader's side of one connection to one source, sans-IO.
+//!
+//! It decides what to request and when, what to accept, what is hostile, the endgame, what to
+//! do when queued, and which bitfields to tell. It never touches a socket, a file or the
+//! clock: the driver (`leaf::download`) passes messages and the time in, sends what
+//! [`SourceSession::poll_transmit`] gives, verifies and writes the chunks that
+//! [`SourceEvent::Verify`] hands out (the bytes are checked against the manifest off the
+//! executor) and reports back with [`SourceSession::handle_checked`].
+//!
+//! # Drain rule
+//! After every input (`handle_message`, `handle_checked`, `handle_timeout`), the driver drains
+//! `poll_event()` and `poll_transmit()` until `None`, then checks `end()`. It waits for the
+//! next message with the read limit [`SourceSession::read_idle`] (no byte for that long: the
+//! source stalled), for `poll_timeout()`, or for the shared [`Scheduler`] to change (another
+//! source delivered a chunk), and calls `handle_timeout` for the latter two. When it stops, for
+//! whatever reason, it calls [`SourceSession::close`], which gives every chunk in flight back.
+//!
+//! # Invariants
+//! - Request numbers count up from 1 and skip 0. An answer to a number below `next_request`
+//!   that is no longer in flight is a late answer to a cancelled or queued request: ignored. An
+//!   answer to a number never used is a lie.
+//! - `inflight` maps each open request to its chunk; every chunk in it is `Active` for this
+//!   source in the scheduler, until `close` releases them all.
+//! - At most `inflight_per_source` requests are out; while queued, at most one (the probe),
+//!   and none until the retry time.
+//! - A source is asked only for chunks it said it holds (its bitfield and haves).
+//! - Once `end()` is set, no input changes anything.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use wire::{Bitfield, ChunkMsg, FileId, Message};
+
+use crate::Scheduler;
+
+/// How often at most a source is told which chunks we hold.
+pub const TELL_EVERY: Duration = Duration::from_millis(250);
+/// How soon a session with nothing in flight looks again on its own.
+const IDLE_LOOK: Duration = Duration::from_millis(500);
+
+/// The rules' settings.
+#[derive(Debug, Clone)]
+pub struct SourceOptions {
+    /// Chunk requests kept in flight.
+    pub inflight: usize,
+    /// With requests out, a source that sends no byte for this long has stalled.
+    pub response_timeout: Duration,
+    /// How soon a queued request is asked again.
+    pub queued_retry: Duration,
+}
+
+/// What the driver must do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SourceEvent {
+    /// Chunk bytes arrived (counted for tit-for-tat and against the download cap, kept or not).
+    Received {
+        /// Their length.
+        bytes: u64,
+    },
+    /// Verify `data` as chunk `chunk` against the manifest, write it, and report with
+    /// [`SourceSession::handle_checked`].
+    Verify {
+        /// The request it answers.
+        request: u32,
+        /// The chunk.
+        chunk: u64,
+        /// Its bytes.
+        data: Vec<u8>,
+    },
+    /// A chunk this source delivered is verified and written, and nobody had before.
+    Completed {
+        /// The chunk.
+        chunk: u64,
+        /// Its length.
+        bytes: u64,
+    },
+    /// The source's upload slots are full; we hold this place in its queue.
+    Queued {
+        /// The place (1 is next).
+        position: u32,
+    },
+    /// The source serves us again.
+    Unqueued,
+}
+
+/// Why a session ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SourceEnd {
+    /// Every chunk of the file is done.
+    Finished,
+    /// The source failed (closed, refused, went silent): it may be tried again later.
+    Failed(String),
+    /// The source lied: banned for this download.
+    Hostile(String),
+}
+
+/// What the driver found when it checked a chunk that [`SourceEvent::Verify`] handed out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Checked {
+    /// It verified and is written.
+    Kept,
+    /// It does not match the manifest.
+    Bad(String),
+}
+
+/// One source of one download; see the module docs.
+#[derive(Debug)]
+pub struct SourceSession {
+    id: FileId,
+    count: u64,
+    /// This source's number in the scheduler.
+    me: usize,
+    opts: SourceOptions,
+    inflight: HashMap<u32, u64>,
+    next_request: u32,
+    /// Set once queued: when to ask again.
+    queued_until: Option<Instant>,
+    /// How many done chunks we last told it of, and when.
+    told_done: Option<u64>,
+    told_at: Option<Instant>,
+    wake_at: Option<Instant>,
+    transmit: VecDeque<Message>,
+    events: VecDeque<SourceEvent>,
+    end: Option<SourceEnd>,
+    closed: bool,
+}
+
+impl SourceSession {
+    /// A session with source number `me` for file `id` of `count` chunks, connected at `now`.
+    /// Its first message asks which chunks the source holds: until it says, it is asked for
+    /// nothing.
+    pub fn new(id: FileId, count: u64, me: usize, opts: SourceOptions) -> Self {
+        let mut s = SourceSession {
+            id,
+            count,
+            me,
+            opts,
+            inflight: HashMap::new(),
+            next_request: 1,
+            queued_until: None,
+            told_done: None,
+            told_at: None,
+            wake_at: None,
+            transmit: VecDeque::new(),
+            events: VecDeque::new(),
+            end: None,
+            closed: false,
+        };
+        s.transmit.push_back(Message::GetBitfield { id });
+        s
+    }
+
+    /// A message from the source.
+    pub fn handle_message(&mut self, now: Instant, msg: Message, sched: &mut Scheduler) {
+        if self.end.is_some() {
+            return;
+        }
+        if let Err(end) = self.on_message(now, msg, sched) {
+            self.end = Some(end);
+            return;
+        }
+        self.look(now, sched);
+    }
+
+    fn on_message(
+        &mut self,
+        now: Instant,
+        msg: Message,
+        sched: &mut Scheduler,
+    ) -> Result<(), SourceEnd> {
+        let next_request = self.next_request;
+        let issued = move |r: u32| r != 0 && r < next_request;
+        match msg {
+            Message::Chunk(chunk) => self.on_chunk(chunk, issued, sched),
+            Message::Bitfield { id, bits } => {
+                let want = Bitfield::byte_len(self.count);
+                if id != self.id || bits.len() != want {
+                    return Err(SourceEnd::Hostile(format!(
+                        "sent a bitfield of {} bytes for {}; {} chunks need {want}",
+                        bits.len(),
+                        id.short(),
+                        self.count,
+                    )));
+                }
+                let bits = Bitfield::from_bytes(bits, self.count).expect("length checked");
+                sched.set_holds(self.me, bits);
+                Ok(())
+            }
+            Message::Have { id, index } => {
+                if id != self.id || index as u64 >= self.count {
+                    return Err(SourceEnd::Hostile(format!(
+                        "said it has chunk {index} of {}; the file has {}",
+                        id.short(),
+                        self.count
+                    )));
+                }
+                sched.add_hold(self.me, index as u64);
+                Ok(())
+            }
+            Message::Queued { request, position } => {
+                if !self.inflight.contains_key(&request) {
+                    if issued(request) {
+                        return Ok(());
+                    }
+                    return Err(SourceEnd::Hostile(format!(
+                        "queued request {request}, never made"
+                    )));
+                }
+                // Queued: give every chunk back (their other answers will be Queued too, or
+                // late, and are ignored) and ask again shortly with one request.
+                for (_, c) in self.inflight.drain() {
+                    sched.release(self.me, c);
+                }
+                self.queued_until = Some(now + self.opts.queued_retry);
+                self.events.push_back(SourceEvent::Queued { position });
+                Ok(())
+            }
+            Message::TransferError { kind, message, .. } => Err(SourceEnd::Failed(format!(
+                "refused a chunk: {kind:?} ({message})"
+            ))),
+            Message::Ping { nonce } => {
+                self.transmit.push_back(Message::Pong { nonce });
+                Ok(())
+            }
+            Message::Goodbye { reason } => Err(SourceEnd::Failed(format!(
+                "closed the connection: {reason}"
+            ))),
+            other => Err(SourceEnd::Hostile(format!(
+                "sent an unexpected {}",
+                other.kind()
+            ))),
+        }
+    }
+
+    fn on_chunk(
+        &mut self,
+        chunk: ChunkMsg,
+        issued: impl Fn(u32) -> bool,
+        sched: &mut Scheduler,
+    ) -> Result<(), SourceEnd> {
+        let Some(&c) = self.inflight.get(&chunk.request) else {
+            if issued(chunk.request) {
+                return Ok(()); // a late answer to a cancelled request
+            }
+            return Err(SourceEnd::Hostile(format!(
+                "sent chunk {} for request {} that was never made",
+                chunk.index, chunk.request
+            )));
+        };
+        if chunk.id != self.id || chunk.index as u64 != c {
+            return Err(SourceEnd::Hostile(format!(
+                "answered a request for chunk {c} with chunk {} of {}",
+                chunk.index,
+                chunk.id.short()
+            )));
+        }
+        if self.queued_until.take().is_some() {
+            self.events.push_back(SourceEvent::Unqueued);
+        }
+        self.events.push_back(SourceEvent::Received {
+            bytes: chunk.data.len() as u64,
+        });
+        if sched.is_done(c) {
+            // An endgame spare that arrived before its cancel.
+            self.inflight.remove(&chunk.request);
+            return Ok(());
+        }
+        // The chunk stays in flight until it is checked: if the check fails, it is released
+        // with the source.
+        self.events.push_back(SourceEvent::Verify {
+            request: chunk.request,
+            chunk: c,
+            data: chunk.data,
+        });
+        Ok(())
+    }
+
+    /// The driver checked the chunk of `request` (of `len` bytes) as [`SourceEvent::Verify`]
+    /// asked.
+    pub fn handle_checked(
+        &mut self,
+        now: Instant,
+        request: u32,
+        len: u64,
+        checked: Checked,
+        sched: &mut Scheduler,
+    ) {
+        if self.end.is_some() {
+            return;
+        }
+        let Some(&c) = self.inflight.get(&request) else {
+            return;
+        };
+        match checked {
+            Checked::Bad(e) => {
+                self.end = Some(SourceEnd::Hostile(format!("sent a bad chunk: {e}")));
+                return;
+            }
+            Checked::Kept => {
+                self.inflight.remove(&request);
+                if sched.complete(c, len) {
+                    self.events.push_back(SourceEvent::Completed {
+                        chunk: c,
+                        bytes: len,
+                    });
+                }
+            }
+        }
+        self.look(now, sched);
+    }
+
+    /// Time passed, or the shared schedule changed: cancel spares others delivered, tell what
+    /// we hold, and keep the pipeline full.
+    pub fn handle_timeout(&mut self, now: Instant, sched: &mut Scheduler) {
+        if self.end.is_none() {
+            self.look(now, sched);
+        }
+    }
+
+    fn look(&mut self, now: Instant, sched: &mut Scheduler) {
+        if sched.all_done() {
+            self.end = Some(SourceEnd::Finished);
+            return;
+        }
+        // What we hold, for a source spreading a file among many downloaders (it shows each
+        // the chunks it lacks).
+        let done = sched.done_chunks();
+        if self.told_done != Some(done) && self.told_at.is_none_or(|t| now >= t + TELL_EVERY) {
+            self.told_done = Some(done);
+            self.told_at = Some(now);
+            self.transmit.push_back(Message::Bitfield {
+                id: self.id,
+                bits: sched.done().as_bytes().to_vec(),
+            });
+        }
+        // Endgame spares whose chunk another source delivered: cancel them.
+        let mut cancel: Vec<u32> = Vec::new();
+        self.inflight.retain(|&r, &mut c| {
+            let keep = !sched.is_done(c);
+            if !keep {
+                cancel.push(r);
+            }
+            keep
+        });
+        cancel.sort_unstable();
+        for request in cancel {
+            self.transmit.push_back(Message::Cancel { request });
+        }
+        let queued = self.queued_until.is_some_and(|t| now < t);
+        // A queued source probes with one request; others keep the pipeline full.
+        let room = if self.queued_until.is_some() {
+            1
+        } else {
+            self.opts.inflight
+        };
+        while !queued && self.inflight.len() < room {
+            // Duplicate another source's chunk only when this one has nothing to do.
+            let Some(c) = sched.next(self.me, self.inflight.is_empty()) else {
+                break;
+            };
+            let request = self.next_request;
+            self.next_request = self.next_request.wrapping_add(1).max(1);
+            self.inflight.insert(request, c);
+            self.transmit.push_back(Message::GetChunk {
+                request,
+                id: self.id,
+                index: c as u32,
+            });
+        }
+        // With nothing out (nothing it holds is needed, or queued), look again at the retry
+        // time or after a while; with requests out, their answers wake us.
+        self.wake_at = self.inflight.is_empty().then(|| {
+            self.queued_until
+                .filter(|t| *t > now)
+                .unwrap_or(now + IDLE_LOOK)
+        });
+    }
+
+    /// How long the driver may wait for the next byte from the source before it has stalled
+    /// ([`SourceEnd::Failed`]): the response timeout while requests are out. With none out the
+    /// source may rightly stay silent: `None`.
+    pub fn read_idle(&self) -> Option<Duration> {
+        (!self.inflight.is_empty()).then_some(self.opts.response_timeout)
+    }
+
+    /// The read limit passed with no byte from the source.
+    pub fn handle_stalled(&mut self, limit: Duration) {
+        if self.end.is_none() {
+            self.end = Some(SourceEnd::Failed(format!("no answer within {limit:?}")));
+        }
+    }
+
+    /// When to call [`SourceSession::handle_timeout`] if nothing else happens first.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        if self.end.is_some() {
+            None
+        } else {
+            self.wake_at
+        }
+    }
+
+    /// The next message to send to the source.
+    pub fn poll_transmit(&mut self) -> Option<Message> {
+        self.transmit.pop_front()
+    }
+
+    /// The next thing the driver must do or know.
+    pub fn poll_event(&mut self) -> Option<SourceEvent> {
+        self.events.pop_front()
+    }
+
+    /// Why the session ended, once it has.
+    pub fn end(&self) -> Option<&SourceEnd> {
+        self.end.as_ref()
+    }
+
+    /// The driver stops the session (it ended, the connection failed, or the download is
+    /// over): every chunk in flight goes back to the scheduler, what the source holds no
+    /// longer counts, and a parting `Goodbye` is queued. Idempotent.
+    pub fn close(&mut self, sched: &mut Scheduler) {
+        if self.closed {
+            return;
+        }
+        self.closed = true;
+        for (_, c) in self.inflight.drain() {
+            sched.release(self.me, c);
+        }
+        sched.forget_source(self.me);
+        self.wake_at = None;
+        if self.end.is_none() {
+            self.end = Some(SourceEnd::Failed("stopped".into()));
+        }
+        self.transmit.clear();
+        self.transmit.push_back(Message::Goodbye {
+            reason: "done".into(),
+        });
+    }
+
+    /// Requests in flight (for tests and invariant checks).
+    pub fn inflight(&self) -> usize {
+        self.inflight.len()
+    }
+
+    /// Checks the invariants of the module docs against `sched`; panics with the broken one.
+    pub fn check_invariants(&self, sched: &Scheduler) {
+        assert!(
+            self.inflight.len() <= self.opts.inflight.max(1),
+            "too many requests out"
+        );
+        if self.closed {
+            assert!(self.inflight.is_empty(), "closed with chunks in flight");
+        }
+        for (&r, &c) in &self.inflight {
+            assert!(r != 0 && r < self.next_request, "request {r} never issued");
+            assert!(
+                sched.is_done(c) || sched.is_requested_by(self.me, c),
+                "chunk {c} of request {r} is not active for source {}",
+                self.me
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The hostile-source rules, without sockets: each case feeds the session what a lying,
+    //! stalling or queueing source would send.
+    use super::*;
+    use wire::TransferErrorKind;
+
+    const ID: FileId = FileId([7; 32]);
+
+    fn opts() -> SourceOptions {
+        SourceOptions {
+            inflight: 4,
+            response_timeout: Duration::from_secs(30),
+            queued_retry: Duration::from_millis(500),
+        }
+    }
+
+    /// A session with source number `me` that has said it holds every chunk of 10.
+    fn ready(now: Instant, sched: &mut Scheduler, me: usize) -> SourceSession {
+        let mut s = SourceSession::new(ID, 10, me, opts());
+        assert_eq!(s.poll_transmit(), Some(Message::GetBitfield { id: ID }));
+        s.handle_timeout(now, sched);
+        assert!(
+            matches!(s.poll_transmit(), Some(Message::Bitfield { .. })),
+            "we tell what we hold"
+        );
+        assert_eq!(s.poll_transmit(), None, "nothing asked before its bitfield");
+        assert_eq!(s.read_idle(), None, "silence is fine with nothing asked");
+        s.handle_message(
+            now,
+            Message::Bitfield {
+                id: ID,
+                bits: Bitfield::full(10).into_bytes(),
+            },
+            sched,
+        );
+        s
+    }
+
+    /// The chunk requests sent since the last call: (request, chunk).
+    fn requests(s: &mut SourceSession) -> Vec<(u32, u64)> {
+        std::iter::from_fn(|| s.poll_transmit())
+            .filter_map(|m| match m {
+                Message::GetChunk { request, index, .. } => Some((request, index as u64)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn chunk(request: u32, index: u64) -> Message {
+        Message::Chunk(ChunkMsg {
+            request,
+            id: ID,
+            index: index as u32,
+            data: vec![1; 100],
+        })
+    }
+
+    fn hostile(s: &SourceSession) -> String {
+        match s.end() {
+            Some(SourceEnd::Hostile(why)) => why.clone(),
+            other => panic!("expected the source to be found hostile, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_pipeline_is_kept_full_and_a_kept_chunk_is_completed_once() {
+        let t = Instant::now();
+        let mut sched = Scheduler::with_seed(10, 1);
+        let mut s = ready(t, &mut sched, 0);
+        let out = requests(&mut s);
+        assert_eq!(out.len(), 4, "{out:?}");
+        assert_eq!(s.read_idle(), Some(Duration::from_secs(30)));
+        let (r, c) = out[0];
+        s.handle_message(t, chunk(r, c), &mut sched);
+        assert_eq!(s.poll_event(), Some(SourceEvent::Received { bytes: 100 }));
+        let Some(SourceEvent::Verify {
+            request,
+            chunk: got,
+            ..
+        }) = s.poll_event()
+        else {
+            panic!("the chunk is handed out to verify");
+        };
+        assert_eq!((request, got), (r, c));
+        assert!(
+            requests(&mut s).is_empty(),
+            "still four out until it is checked"
+        );
+        s.handle_checked(t, r, 100, Checked::Kept, &mut sched);
+        assert_eq!(
+            s.poll_event(),
+            Some(SourceEvent::Completed {
+                chunk: c,
+                bytes: 100
+            })
+        );
+        assert!(sched.is_done(c));
+        assert_eq!(requests(&mut s).len(), 1, "one more to keep four out");
+        s.check_invariants(&sched);
+        sched.check_invariants();
+    }
+
+    #[test]
+    fn a_chunk_for_a_request_never_made_is_a_lie_but_a_late_answer_is_not() {
+        let t = Instant::now();
+        let mut sched = Scheduler::with_seed(10, 2);
+        let mut s = ready(t, &mut sched, 0);
+        let out = requests(&mut s);
+        // Queued gives every request back; their late answers are harmless.
+        s.handle_message(
+            t,
+            Message::Queued {
+                request: out[0].0,
+                position: 3,
+            },
+            &mut sched,
+        );
+        assert_eq!(s.poll_event(), Some(SourceEvent::Queued { position: 3 }));
+        s.handle_message(t, chunk(out[1].0, out[1].1), &mut sched);
+        assert!(s.end().is_none(), "a late answer is ignored");
+        assert_eq!(s.poll_event(), None);
+        s.handle_message(t, chunk(99, 0), &mut sched);
+        assert!(hostile(&s).contains("never made"), "{}", hostile(&s));
+        s.close(&mut sched);
+        assert_eq!(
+            s.poll_transmit(),
+            Some(Message::Goodbye {
+                reason: "done".into()
+            })
+        );
+        s.check_invariants(&sched);
+        sched.check_invariants();
+    }
+
+    #[test]
+    fn a_wrong_chunk_a_bad_chunk_a_bad_bitfield_or_have_is_hostile() {
+        let t = Instant::now();
+        let mut sched = Scheduler::with_seed(10, 3);
+        let mut s = ready(t, &mut sched, 0);
+        let (r, c) = requests(&mut s)[0];
+        s.handle_message(t, chunk(r, (c + 1) % 10), &mut sched);
+        assert!(hostile(&s).starts_with("answered a request for chunk"));
+
+        let mut sched = Scheduler::with_seed(10, 3);
+        let mut s = ready(t, &mut sched, 0);
+        let (r, c) = requests(&mut s)[0];
+        s.handle_message(t, chunk(r, c), &mut sched);
+        s.handle_checked(
+            t,
+            r,
+            100,
+            Checked::Bad("chunk 1 does not match".into()),
+            &mut sched,
+        );
+        assert!(hostile(&s).contains("bad chunk"));
+        assert!(!sched.is_done(c));
+        s.close(&mut sched);
+        sched.check_invariants();
+        assert!(!sched.is_requested_by(0, c), "its chunks went back");
+
+        let mut sched = Scheduler::with_seed(10, 3);
+        let mut s = SourceSession::new(ID, 10, 0, opts());
+        s.handle_message(
+            t,
+            Message::Bitfield {
+                id: ID,
+                bits: vec![0xff; 5],
+            },
+            &mut sched,
+        );
+        assert!(hostile(&s).contains("10 chunks need 2"), "{}", hostile(&s));
+
+        let mut s = ready(t, &mut sched, 1);
+        s.handle_message(t, Message::Have { id: ID, index: 10 }, &mut sched);
+        assert!(hostile(&s).contains("the file has 10"));
+
+        let mut s = ready(t, &mut sched, 2);
+        s.handle_message(
+            t,
+            Message::GetChunk {
+                request: 1,
+                id: ID,
+                index: 0,
+            },
+            &mut sched,
+        );
+        assert_eq!(hostile(&s), "sent an unexpected GetChunk");
+        s.handle_message(t, Message::Ping { nonce: 1 }, &mut sched);
+        assert_eq!(
+            hostile(&s),
+            "sent an unexpected GetChunk",
+            "nothing changes once ended"
+        );
+    }
+
+    #[test]
+    fn refusals_goodbyes_and_silence_are_failures_not_lies() {
+        let t = Instant::now();
+        let mut sched = Scheduler::with_seed(10, 4);
+        let mut s = ready(t, &mut sched, 0);
+        s.handle_message(t, Message::Ping { nonce: 9 }, &mut sched);
+        assert!(std::iter::from_fn(|| s.poll_transmit()).any(|m| m == Message::Pong { nonce: 9 }));
+        s.handle_message(
+            t,
+            Message::TransferError {
+                request: 1,
+                id: ID,
+                kind: TransferErrorKind::Unavailable,
+                message: "gone".into(),
+            },
+            &mut sched,
+        );
+        assert!(matches!(s.end(), Some(SourceEnd::Failed(w)) if w.starts_with("refused a chunk")));
+
+        let mut s = ready(t, &mut sched, 1);
+        s.handle_message(
+            t,
+            Message::Goodbye {
+                reason: "bye".into(),
+            },
+            &mut sched,
+        );
+        assert_eq!(
+            s.end(),
+            Some(&SourceEnd::Failed("closed the connection: bye".into()))
+        );
+
+        let mut s = ready(t, &mut sched, 2);
+        let limit = s.read_idle().expect("requests are out");
+        s.handle_stalled(limit);
+        assert_eq!(
+            s.end(),
+            Some(&SourceEnd::Failed("no answer within 30s".into()))
+        );
+    }
+
+    #[test]
+    fn a_queued_source_probes_with_one_request_after_the_retry_time() {
+        let t = Instant::now();
+        let mut sched = Scheduler::with_seed(10, 5);
+        let mut s = ready(t, &mut sched, 0);
+        let out = requests(&mut s);
+        s.handle_message(
+            t,
+            Message::Queued {
+                request: out[2].0,
+                position: 1,
+            },
+            &mut sched,
+        );
+        assert_eq!(s.poll_event(), Some(SourceEvent::Queued { position: 1 }));
+        assert_eq!(s.inflight(), 0, "every chunk given back");
+        assert!(out.iter().all(|&(_, c)| !sched.is_requested_by(0, c)));
+        assert!(requests(&mut s).is_empty(), "nothing until the retry time");
+        assert_eq!(s.poll_timeout(), Some(t + Duration::from_millis(500)));
+        s.handle_timeout(t + Duration::from_millis(500), &mut sched);
+        let probe = requests(&mut s);
+        assert_eq!(probe.len(), 1, "one probe while queued");
+        s.handle_message(t, chunk(probe[0].0, probe[0].1), &mut sched);
+        assert_eq!(s.poll_event(), Some(SourceEvent::Unqueued));
+        s.check_invariants(&sched);
+    }
+
+    #[test]
+    fn in_the_endgame_a_spare_request_is_cancelled_once_another_source_delivers() {
+        let t = Instant::now();
+        let mut sched = Scheduler::with_seed(2, 6);
+        let mk = |me| SourceSession::new(ID, 2, me, opts());
+        let (mut a, mut b) = (mk(0), mk(1));
+        for s in [&mut a, &mut b] {
+            s.handle_message(
+                t,
+                Message::Bitfield {
+                    id: ID,
+                    bits: Bitfield::full(2).into_bytes(),
+                },
+                &mut sched,
+            );
+        }
+        let ra = requests(&mut a);
+        assert_eq!(ra.len(), 2, "a takes both chunks");
+        // b has nothing in flight and nothing is missing: it duplicates one of a's chunks.
+        let rb = requests(&mut b);
+        assert_eq!(rb.len(), 1, "{rb:?}");
+        let spare = rb[0].1;
+        let (ra_req, _) = *ra.iter().find(|(_, c)| *c == spare).unwrap();
+        a.handle_message(t, chunk(ra_req, spare), &mut sched);
+        while a.poll_event().is_some() {}
+        a.handle_checked(t, ra_req, 100, Checked::Kept, &mut sched);
+        b.handle_timeout(t + TELL_EVERY, &mut sched);
+        let sent: Vec<Message> = std::iter::from_fn(|| b.poll_transmit()).collect();
+        assert!(
+            sent.contains(&Message::Cancel { request: rb[0].0 }),
+            "{sent:?}"
+        );
+        a.check_invariants(&sched);
+        b.check_invariants(&sched);
+        sched.check_invariants();
+    }
+}
