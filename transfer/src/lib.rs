@@ -1,6 +1,5 @@
 //! `transfer`: the leaf-to-leaf transfer protocol as sans-IO sessions: every rule of it, with
-//! no socket, file, task or clock (the only I/O-free dependencies are `wire` and the Hello check
-//! of `transport`). `leaf::download` and `leaf::upload` drive these sessions: they only move
+//! no socket, file, task or clock (it depends on `wire` alone). `leaf::download` and `leaf::upload` drive these sessions: they only move
 //! bytes, verify and write chunks off the executor, and consult the node's shares and slots.
 //!
 //! # Layout

@@ -131,7 +131,7 @@ impl UploadSession {
         if self.serves.is_none() {
             return match msg {
                 Message::Hello(h) => {
-                    transport::hello::check(self.peer, &h)
+                    wire::hello::check(self.peer, &h)
                         .map_err(|e| UploadEnd::Failed(e.to_string()))?;
                     self.serves = Some(h.listen.is_some());
                     let mine = self.mine.take().expect("our Hello is sent once");

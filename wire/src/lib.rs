@@ -6,6 +6,7 @@
 //! - [`frame`]: framing (length, CBOR body, raw payload, CRC32) with [`encode`] and [`decode`].
 //! - [`content`]: chunk layout and [`Manifest`] verification against a file id.
 //! - [`bitfield`]: [`Bitfield`], which chunks of a file a node holds.
+//! - [`hello`]: the check of a peer's `Hello` against the key its handshake proved.
 //!
 //! # Example
 //! ```
@@ -22,6 +23,7 @@
 pub mod bitfield;
 pub mod content;
 pub mod frame;
+pub mod hello;
 pub mod ids;
 pub mod message;
 
