@@ -12,12 +12,11 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use smol::channel::{self, Receiver, Sender};
 use smol::io::AsyncWriteExt;
-use smol::net::unix::{UnixListener, UnixStream};
+use smol::net::unix::UnixStream;
 use transport::net::FrameReader;
 use wire::{FileId, NodeId, Search};
 
 use crate::download::DownloadReport;
-use crate::node::Node;
 use crate::search::SearchResult;
 use crate::share::ScanProgress;
 
@@ -275,46 +274,6 @@ pub enum Reply {
     Error(String),
     /// No more replies.
     End,
-}
-
-/// Accepts control connections until the listener fails.
-pub(crate) async fn serve(node: Node, listener: UnixListener) {
-    loop {
-        match listener.accept().await {
-            Ok((stream, _)) => smol::spawn(serve_one(node.clone(), stream)).detach(),
-            Err(e) => {
-                log::warn!("control socket accept failed: {e}");
-                smol::Timer::after(std::time::Duration::from_millis(100)).await;
-            }
-        }
-    }
-}
-
-async fn serve_one(node: Node, stream: UnixStream) {
-    let mut writer = stream.clone();
-    let mut reader = FrameReader::new(stream);
-    let req: Request = match reader.read_with(wire::frame::decode_value).await {
-        Ok(Some(r)) => r,
-        Ok(None) => return,
-        Err(e) => {
-            log::warn!("bad control request: {e}");
-            return;
-        }
-    };
-    let (tx, rx) = channel::unbounded();
-    // The work runs on its own: it carries on if the client goes away.
-    smol::spawn(async move { node.handle(req, tx).await }).detach();
-    let mut buf = Vec::new();
-    while let Ok(reply) = rx.recv().await {
-        buf.clear();
-        wire::frame::encode_value(&reply, &mut buf);
-        if writer.write_all(&buf).await.is_err() {
-            return;
-        }
-        if reply == Reply::End {
-            return;
-        }
-    }
 }
 
 /// Connects to the node running for `data_dir`, if one is.

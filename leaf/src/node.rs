@@ -13,8 +13,11 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use smol::channel::{self, Receiver, Sender};
+use smol::io::AsyncWriteExt;
+use smol::net::unix::{UnixListener, UnixStream};
 use smol::net::{TcpListener, TcpStream};
 use smol::Task;
+use transport::net::FrameReader;
 
 use wire::{FileId, FileRecord, Filter, Hit, Message, NodeId, Query, QueryId, Search, Terms};
 
@@ -397,7 +400,7 @@ impl Node {
         }
         tasks.push(smol::spawn(crate::overlay::run(node.clone(), overlay)));
         if let Some(l) = control_listener {
-            tasks.push(smol::spawn(control::serve(node.clone(), l)));
+            tasks.push(smol::spawn(serve_control(node.clone(), l)));
         }
         log::info!(
             "leaf {} up; serving on {}",
@@ -1217,6 +1220,46 @@ async fn collect_hits(
 
 /// Splits records into Register batches that stay well under the frame limit (about 256 KiB
 /// of estimated CBOR each). Public so that load generators batch exactly as a leaf does.
+/// Accepts control connections (see [`crate::control`]) until the listener fails.
+async fn serve_control(node: Node, listener: UnixListener) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => smol::spawn(serve_control_one(node.clone(), stream)).detach(),
+            Err(e) => {
+                log::warn!("control socket accept failed: {e}");
+                smol::Timer::after(std::time::Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+async fn serve_control_one(node: Node, stream: UnixStream) {
+    let mut writer = stream.clone();
+    let mut reader = FrameReader::new(stream);
+    let req: Request = match reader.read_with(wire::frame::decode_value).await {
+        Ok(Some(r)) => r,
+        Ok(None) => return,
+        Err(e) => {
+            log::warn!("bad control request: {e}");
+            return;
+        }
+    };
+    let (tx, rx) = channel::unbounded();
+    // The work runs on its own: it carries on if the client goes away.
+    smol::spawn(async move { node.handle(req, tx).await }).detach();
+    let mut buf = Vec::new();
+    while let Ok(reply) = rx.recv().await {
+        buf.clear();
+        wire::frame::encode_value(&reply, &mut buf);
+        if writer.write_all(&buf).await.is_err() {
+            return;
+        }
+        if reply == Reply::End {
+            return;
+        }
+    }
+}
+
 pub fn register_batches(files: &[FileRecord]) -> Vec<Vec<FileRecord>> {
     let mut batches = Vec::new();
     let mut batch = Vec::new();
