@@ -62,6 +62,7 @@ pub mod leaf;
 pub mod role;
 pub mod routing;
 pub mod seen;
+#[cfg(feature = "sim")]
 pub mod sim;
 pub mod superpeer;
 
