@@ -68,7 +68,7 @@ pub mod superpeer;
 
 pub use hostcache::HostCache;
 pub use leaf::{LeafConfig, LeafEvent, LeafOverlay};
-pub use role::{NodeRole, RoleClock, RoleConfig};
+pub use role::{Handover, NodeRole, Overlay, RoleClock, RoleConfig};
 pub use routing::{Analyzer, LocalTable, RemoteTable, RouteError};
 pub use seen::SeenCache;
 pub use superpeer::{Config, DynamicQuerying, Event, Stats, SuperPeer, Transmit};
