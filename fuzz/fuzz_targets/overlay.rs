@@ -986,9 +986,10 @@ impl Harness {
             NodeRole::Leaf => self
                 .machine
                 .demote(now, OWN, listen, self.setup.leaf(), &[]),
-            NodeRole::SuperPeer => self
-                .machine
-                .promote(now, OWN, listen, self.setup.superpeer()),
+            NodeRole::SuperPeer => {
+                self.machine
+                    .promote(now, OWN, listen, self.setup.superpeer(), &[])
+            }
         }
         self.gone.extend(std::mem::take(&mut self.open));
         self.closing.clear();

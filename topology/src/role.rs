@@ -145,15 +145,19 @@ impl Handover {
         }
     }
 
-    /// The super-peer node `node` becomes, accepting connections at `listen`.
+    /// The super-peer node `node` becomes, accepting connections at `listen`; `seeds` (its
+    /// configured bootstrap addresses, if any) go into the host cache before the hosts handed
+    /// over.
     pub fn into_superpeer(
         self,
         now: Instant,
         node: NodeId,
         listen: Option<SocketAddr>,
         config: Config,
+        seeds: &[SocketAddr],
     ) -> SuperPeer {
         let mut sp = SuperPeer::new(now, node, listen, config, self.clock);
+        sp.add_seeds(now, seeds);
         sp.import_hosts(now, &self.hosts);
         sp
     }
@@ -218,16 +222,18 @@ impl Overlay {
         }
     }
 
-    /// A leaf becomes super-peer `node` at `listen` (a super-peer stays as it is).
+    /// A leaf becomes super-peer `node` at `listen`, with `seeds` first in its host cache (a
+    /// super-peer stays as it is).
     pub fn promote(
         &mut self,
         now: Instant,
         node: NodeId,
         listen: Option<SocketAddr>,
         config: Config,
+        seeds: &[SocketAddr],
     ) {
         if let Overlay::Leaf(l) = self {
-            let sp = Handover::of_leaf(l, now).into_superpeer(now, node, listen, config);
+            let sp = Handover::of_leaf(l, now).into_superpeer(now, node, listen, config, seeds);
             *self = Overlay::SuperPeer(Box::new(sp));
         }
     }
@@ -302,5 +308,35 @@ mod tests {
         );
         assert!(c.may_promote_alone(t + Duration::from_secs(120)));
         assert_eq!(c.changes(), 4);
+    }
+
+    #[test]
+    fn the_overlay_hands_its_clock_and_hosts_over_both_ways() {
+        let t = Instant::now();
+        let node = NodeId([1; 32]);
+        let clock = RoleClock::new(t, NodeRole::Leaf, RoleConfig::default());
+        let mut leaf = LeafOverlay::new(t, node, None, LeafConfig::default(), clock);
+        let (seed, known): (SocketAddr, SocketAddr) = (
+            "10.0.0.1:5000".parse().unwrap(),
+            "10.0.0.2:5000".parse().unwrap(),
+        );
+        leaf.add_seeds(t, &[seed]);
+        let mut o = Overlay::Leaf(Box::new(leaf));
+        o.promote(t, node, None, Config::default(), &[known]);
+        assert_eq!(o.role(), NodeRole::SuperPeer);
+        assert_eq!(o.clock().role(), NodeRole::SuperPeer);
+        assert!(o.hosts().get(&seed).is_some() && o.hosts().get(&known).is_some());
+        // A super-peer is not promoted again: the same machine stays.
+        o.promote(t, node, None, Config::default(), &[]);
+        assert_eq!(o.clock().changes(), 1);
+        let later = t + Duration::from_secs(3600);
+        o.demote(later, node, None, LeafConfig::default(), &[]);
+        assert_eq!(o.role(), NodeRole::Leaf);
+        assert_eq!(
+            (o.clock().role(), o.clock().since()),
+            (NodeRole::Leaf, later)
+        );
+        assert_eq!(o.clock().changes(), 2);
+        assert_eq!(o.hosts().len(), 2);
     }
 }

@@ -15,7 +15,7 @@
 //! whatever index the study keeps. The super-peers themselves are the real machines.
 //!
 //! Used by the overlay tests (`topology/tests/sim.rs`), the search tests, and the scale study
-//! (`cargo run --release -p topology --example scale`).
+//! (`cargo run --release -p topology --features sim --example scale`).
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
@@ -874,8 +874,13 @@ impl Sim {
                     can_demote: true,
                     ..self.config.superpeer.clone()
                 };
-                let sp =
-                    Handover::of_leaf(&l, now).into_superpeer(now, Self::id(n), Some(addr), cfg);
+                let sp = Handover::of_leaf(&l, now).into_superpeer(
+                    now,
+                    Self::id(n),
+                    Some(addr),
+                    cfg,
+                    &[],
+                );
                 Machine::SuperPeer(Box::new(sp))
             }
             (Machine::SuperPeer(s), NodeRole::Leaf) => {
