@@ -8,8 +8,8 @@
 //! they meet: duplicates, self-connections, reverse paths), raw frames through `wire::decode`
 //! (garbage becomes `handle_invalid`), answers to searches and reachability checks, and time
 //! passing. The node starts as a super-peer or a leaf and changes role when the machine says
-//! so (`Event::Demote`, `LeafEvent::Promote`), handing its role clock and host cache over as
-//! the real driver does.
+//! so (`Event::Demote`, `LeafEvent::Promote`), through `topology::Overlay`, which hands the role
+//! clock and host cache over as every driver does.
 //!
 //! After every input the harness drains the outputs (the crate's drain rule) and checks:
 //! - nothing panics (arithmetic overflow included: fuzz builds keep debug assertions);
@@ -35,8 +35,8 @@ use std::time::{Duration, Instant};
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 use topology::{
-    Config, ConnId, Event, LeafConfig, LeafEvent, LeafOverlay, NodeRole, RoleClock, RoleConfig,
-    SuperPeer, Transmit,
+    Config, ConnId, Event, LeafConfig, LeafEvent, LeafOverlay, NodeRole, Overlay, RoleClock,
+    RoleConfig, SuperPeer, Transmit,
 };
 use wire::{
     Capability, ChunkMsg, FileId, FileRecord, Filter, Hello, Hit, HostEntry, Load, ManifestMsg,
@@ -414,16 +414,11 @@ struct Input {
     ops: Vec<Op>,
 }
 
-enum Machine {
-    SuperPeer(Box<SuperPeer>),
-    Leaf(Box<LeafOverlay>),
-}
-
 /// The driver, and what it has learnt from the machine's outputs.
 struct Harness {
     setup: Setup,
     now: Instant,
-    machine: Machine,
+    machine: Overlay,
     next_conn: ConnId,
     /// Connected and not yet disconnected (this role's connections).
     open: BTreeSet<ConnId>,
@@ -463,11 +458,11 @@ impl Harness {
         let machine = if setup.start_as_leaf {
             let mut l = LeafOverlay::new(now, OWN, setup.listen(), setup.leaf(), clock);
             l.add_seeds(now, &seeds);
-            Machine::Leaf(Box::new(l))
+            Overlay::Leaf(Box::new(l))
         } else {
             let mut s = SuperPeer::new(now, OWN, setup.listen(), setup.superpeer(), clock);
             s.add_seeds(now, &seeds);
-            Machine::SuperPeer(Box::new(s))
+            Overlay::SuperPeer(Box::new(s))
         };
         let seeds = seeds.iter().collect::<BTreeSet<_>>().len();
         Harness {
@@ -531,7 +526,7 @@ impl Harness {
         let mut timed_out = false;
         match op {
             Op::Connect { remote } => {
-                if let Machine::SuperPeer(s) = &mut self.machine {
+                if let Overlay::SuperPeer(s) = &mut self.machine {
                     let c = self.next_conn;
                     self.next_conn += 1;
                     self.open.insert(c);
@@ -545,8 +540,8 @@ impl Harness {
                 let a = self.dials.remove(usize::from(pick) % self.dials.len());
                 let c = self.new_conn();
                 match &mut self.machine {
-                    Machine::SuperPeer(s) => s.handle_connect(now, c, a, true),
-                    Machine::Leaf(l) => l.handle_connect(now, c, a),
+                    Overlay::SuperPeer(s) => s.handle_connect(now, c, a, true),
+                    Overlay::Leaf(l) => l.handle_connect(now, c, a),
                 }
             }
             Op::DialFailed { pick } => {
@@ -555,8 +550,8 @@ impl Harness {
                 }
                 let a = self.dials.remove(usize::from(pick) % self.dials.len());
                 match &mut self.machine {
-                    Machine::SuperPeer(s) => s.handle_dial_failed(now, a),
-                    Machine::Leaf(l) => l.handle_dial_failed(now, a),
+                    Overlay::SuperPeer(s) => s.handle_dial_failed(now, a),
+                    Overlay::Leaf(l) => l.handle_dial_failed(now, a),
                 }
             }
             Op::Disconnect { pick } => {
@@ -568,8 +563,8 @@ impl Harness {
                     self.just_gone = Some(c);
                 }
                 match &mut self.machine {
-                    Machine::SuperPeer(s) => s.handle_disconnect(now, c),
-                    Machine::Leaf(l) => l.handle_disconnect(now, c),
+                    Overlay::SuperPeer(s) => s.handle_disconnect(now, c),
+                    Overlay::Leaf(l) => l.handle_disconnect(now, c),
                 }
             }
             Op::Send { pick, msg } => {
@@ -589,7 +584,7 @@ impl Harness {
                     }
                     Ok(None) => {}
                     Err(e) => {
-                        if let Machine::SuperPeer(s) = &mut self.machine {
+                        if let Overlay::SuperPeer(s) = &mut self.machine {
                             s.handle_invalid(now, c, &e.to_string());
                             must_close = self.live(c).then_some(c);
                         }
@@ -598,7 +593,7 @@ impl Harness {
             }
             Op::Invalid { pick } => {
                 let c = self.pick(pick);
-                if let Machine::SuperPeer(s) = &mut self.machine {
+                if let Overlay::SuperPeer(s) = &mut self.machine {
                     s.handle_invalid(now, c, "fuzz: bad frame");
                     must_close = self.live(c).then_some(c);
                 }
@@ -615,7 +610,7 @@ impl Harness {
                     .take(16)
                     .map(|(p, f, score)| (self.pick(p), file(f), score))
                     .collect();
-                if let Machine::SuperPeer(s) = &mut self.machine {
+                if let Overlay::SuperPeer(s) = &mut self.machine {
                     s.handle_local_hits(now, query, hits);
                 }
             }
@@ -625,7 +620,7 @@ impl Harness {
                 } else {
                     self.reach.remove(usize::from(pick) % self.reach.len())
                 };
-                if let Machine::SuperPeer(s) = &mut self.machine {
+                if let Overlay::SuperPeer(s) = &mut self.machine {
                     s.handle_reachable(now, c, ok);
                 }
             }
@@ -634,10 +629,7 @@ impl Harness {
                 timed_out = true;
             }
             Op::Tick => {
-                let next = match &self.machine {
-                    Machine::SuperPeer(s) => s.poll_timeout(),
-                    Machine::Leaf(l) => l.poll_timeout(),
-                };
+                let next = self.machine.poll_timeout();
                 if let Some(t) = next {
                     self.now = self.now.max(t);
                 }
@@ -646,15 +638,15 @@ impl Harness {
             Op::ImportHosts(hosts) => {
                 let hosts: Vec<HostEntry> = hosts.into_iter().take(8).map(HostArb::entry).collect();
                 match &mut self.machine {
-                    Machine::SuperPeer(s) => s.import_hosts(now, &hosts),
-                    Machine::Leaf(l) => l.import_hosts(now, &hosts),
+                    Overlay::SuperPeer(s) => s.import_hosts(now, &hosts),
+                    Overlay::Leaf(l) => l.import_hosts(now, &hosts),
                 }
             }
             Op::Capability {
                 uptime_s,
                 upload_bps,
             } => {
-                if let Machine::Leaf(l) = &mut self.machine {
+                if let Overlay::Leaf(l) = &mut self.machine {
                     l.set_capability(Capability {
                         can_promote: true,
                         uptime_s: u64::from(uptime_s),
@@ -667,10 +659,7 @@ impl Harness {
         }
         if timed_out {
             let now = self.now;
-            match &mut self.machine {
-                Machine::SuperPeer(s) => s.handle_timeout(now),
-                Machine::Leaf(l) => l.handle_timeout(now),
-            }
+            self.machine.handle_timeout(now);
         }
         self.drain();
         if let Some(c) = must_close {
@@ -707,14 +696,14 @@ impl Harness {
             *must_settle = Some(c);
         }
         match &mut self.machine {
-            Machine::SuperPeer(s) => {
+            Overlay::SuperPeer(s) => {
                 // Anything before Hello, a second Hello, and a Goodbye close the connection.
                 if (awaiting && !hello) || (live && !awaiting && hello) || (live && goodbye) {
                     *must_close = Some(c);
                 }
                 s.handle_message(now, c, msg);
             }
-            Machine::Leaf(l) => {
+            Overlay::Leaf(l) => {
                 // A leaf closes on Goodbye; a second Hello is "not a super-peer".
                 if live && (goodbye || (hello && !awaiting)) {
                     *must_close = Some(c);
@@ -729,16 +718,13 @@ impl Harness {
         loop {
             let mut any = false;
             loop {
-                let t = match &mut self.machine {
-                    Machine::SuperPeer(s) => s.poll_transmit(),
-                    Machine::Leaf(l) => l.poll_transmit(),
-                };
+                let t = self.machine.poll_transmit();
                 let Some(t) = t else { break };
                 any = true;
                 self.on_transmit(t);
             }
             match &mut self.machine {
-                Machine::SuperPeer(s) => {
+                Overlay::SuperPeer(s) => {
                     let mut events = Vec::new();
                     while let Some(e) = s.poll_event() {
                         events.push(e);
@@ -748,7 +734,7 @@ impl Harness {
                         self.on_event(e);
                     }
                 }
-                Machine::Leaf(l) => {
+                Overlay::Leaf(l) => {
                     let mut events = Vec::new();
                     while let Some(e) = l.poll_event() {
                         events.push(e);
@@ -789,7 +775,7 @@ impl Harness {
             );
         }
         match (&self.machine, &t.msg) {
-            (Machine::SuperPeer(_), Message::Query(q)) => {
+            (Overlay::SuperPeer(_), Message::Query(q)) => {
                 let max = self.setup.superpeer().max_ttl;
                 assert!(
                     u16::from(q.ttl) + u16::from(q.hops) <= u16::from(max),
@@ -802,7 +788,7 @@ impl Harness {
                     "query sent to a non-neighbour"
                 );
             }
-            (Machine::SuperPeer(_), Message::QueryHits(h)) => {
+            (Overlay::SuperPeer(_), Message::QueryHits(h)) => {
                 let per = self.setup.superpeer().hits_per_message;
                 assert!(
                     !h.hits.is_empty() && h.hits.len() <= per,
@@ -810,10 +796,10 @@ impl Harness {
                     h.hits.len()
                 );
             }
-            (Machine::SuperPeer(_), Message::Hosts { hosts } | Message::Redirect { hosts, .. }) => {
+            (Overlay::SuperPeer(_), Message::Hosts { hosts } | Message::Redirect { hosts, .. }) => {
                 assert!(hosts.len() <= 21, "{} hosts in one message", hosts.len());
             }
-            (Machine::Leaf(_), m) => assert!(
+            (Overlay::Leaf(_), m) => assert!(
                 matches!(m, Message::Hello(_) | Message::Pong { .. }),
                 "a leaf's overlay sent {}",
                 m.kind()
@@ -924,7 +910,7 @@ impl Harness {
     /// Invariants that hold between inputs.
     fn check(&self, timed_out: bool) {
         match &self.machine {
-            Machine::SuperPeer(s) => {
+            Overlay::SuperPeer(s) => {
                 let cfg = self.setup.superpeer();
                 let stats = s.stats();
                 assert_eq!(stats.leaves, self.leaves.len() as u64, "leaf count");
@@ -965,7 +951,7 @@ impl Harness {
                     }
                 }
             }
-            Machine::Leaf(l) => {
+            Overlay::Leaf(l) => {
                 let cfg = self.setup.leaf();
                 let attached: Vec<ConnId> = l.attached().into_iter().map(|(c, _)| c).collect();
                 let live: Vec<ConnId> = self
@@ -995,36 +981,16 @@ impl Harness {
     /// forgotten; the new machine takes the role clock and the host cache.
     fn change_role(&mut self, role: NodeRole) {
         let now = self.now;
-        let placeholder = Machine::Leaf(Box::new(LeafOverlay::new(
-            now,
-            OWN,
-            None,
-            LeafConfig::default(),
-            RoleClock::new(now, NodeRole::Leaf, RoleConfig::default()),
-        )));
-        let old = std::mem::replace(&mut self.machine, placeholder);
-        self.machine = match (old, role) {
-            (Machine::SuperPeer(s), NodeRole::Leaf) => {
-                let hosts = s.hosts().export(now);
-                let mut l = LeafOverlay::new(
-                    now,
-                    OWN,
-                    self.setup.listen(),
-                    self.setup.leaf(),
-                    s.into_clock(),
-                );
-                l.import_hosts(now, &hosts);
-                Machine::Leaf(Box::new(l))
+        let listen = self.setup.listen();
+        match role {
+            NodeRole::Leaf => self
+                .machine
+                .demote(now, OWN, listen, self.setup.leaf(), &[]),
+            NodeRole::SuperPeer => {
+                self.machine
+                    .promote(now, OWN, listen, self.setup.superpeer(), &[])
             }
-            (Machine::Leaf(l), NodeRole::SuperPeer) => {
-                let (clock, hosts) = l.into_parts();
-                let mut s =
-                    SuperPeer::new(now, OWN, self.setup.listen(), self.setup.superpeer(), clock);
-                s.import_hosts(now, &hosts.export(now));
-                Machine::SuperPeer(Box::new(s))
-            }
-            (m, _) => m,
-        };
+        }
         self.gone.extend(std::mem::take(&mut self.open));
         self.closing.clear();
         self.dials.clear();

@@ -11,7 +11,7 @@
 //! files, with words cut exactly as the route tables cut them.
 //!
 //! ```text
-//! cargo run --release -p topology --example scale -- --sps 1000,10000,100000 \
+//! cargo run --release -p topology --features sim --example scale -- --sps 1000,10000,100000 \
 //!     --corpus ../shared/corpus/freemusic-tracks.tsv --out docs/search-scale.md
 //! ```
 
@@ -1113,7 +1113,7 @@ fn render(s: &Settings, command: &str, table: &str, notes: &str) -> String {
         "## {title}
 
 ```text
-cargo run --release -p topology --example scale -- {command}
+cargo run --release -p topology --features sim --example scale -- {command}
 ```
 
 Seed {seed}; {llo}–{lhi} leaves per super-peer; {q} queries per strategy; after each strategy,

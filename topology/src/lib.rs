@@ -6,14 +6,23 @@
 //! socket or spawns a task, so a test can run many nodes in virtual time in one process.
 //!
 //! # Layout
-//! - [`superpeer`]: [`SuperPeer`], its [`Config`], [`Event`]s, [`Transmit`]s and [`Stats`].
+//! - [`superpeer`]: [`SuperPeer`], its [`Config`], [`Event`]s, [`Transmit`]s and [`Stats`]. One
+//!   struct, its concerns split by file: `superpeer/mod.rs` (connections, handshake,
+//!   keep-alives, flooding, hits routed back), `config.rs`, `routes.rs` (keyword routing: a
+//!   `Routes` struct holding the route tables, `RouteTable`/`RoutePatch` handling, the depth-1
+//!   table), `dynamic.rs` (dynamic querying), `mesh.rs` (host cache, mesh upkeep, promotion and
+//!   demotion).
 //! - [`seen`]: [`SeenCache`], the bounded, time-limited duplicate filter.
 //! - [`leaf`]: [`LeafOverlay`], the leaf's attachment and promotion logic.
 //! - [`hostcache`]: [`HostCache`], known super-peers with load and back-off.
-//! - [`role`]: [`RoleClock`], role-change hysteresis.
+//! - [`role`]: [`RoleClock`], role-change hysteresis; [`Handover`] and [`Overlay`], the move from
+//!   one role's machine to the other's, written once for every driver.
 //! - [`routing`]: QRP-style route tables ([`LocalTable`], [`RemoteTable`]) for keyword routing.
-//! - [`sim`]: a deterministic discrete-event simulator running these machines.
-//!
+//! - `sim` (cargo feature `sim`, off by default): a deterministic discrete-event simulator
+//!   running these machines, with the accessors of [`SuperPeer`] only it and the tests read
+//!   (route tables held, dynamic searches in progress, `config_mut`). The tests, the scale study
+//!   and the root crate's tests turn it on; the binaries are built without it.
+
 //! # The drain rule
 //! After **every** input (`handle_connect`, `handle_message`, `handle_invalid`,
 //! `handle_disconnect`, `handle_local_hits`, `handle_timeout`), the driver drains the outputs:
@@ -62,12 +71,13 @@ pub mod leaf;
 pub mod role;
 pub mod routing;
 pub mod seen;
+#[cfg(feature = "sim")]
 pub mod sim;
 pub mod superpeer;
 
 pub use hostcache::HostCache;
 pub use leaf::{LeafConfig, LeafEvent, LeafOverlay};
-pub use role::{NodeRole, RoleClock, RoleConfig};
+pub use role::{Handover, NodeRole, Overlay, RoleClock, RoleConfig};
 pub use routing::{Analyzer, LocalTable, RemoteTable, RouteError};
 pub use seen::SeenCache;
 pub use superpeer::{Config, DynamicQuerying, Event, Stats, SuperPeer, Transmit};

@@ -15,7 +15,7 @@
 //! whatever index the study keeps. The super-peers themselves are the real machines.
 //!
 //! Used by the overlay tests (`topology/tests/sim.rs`), the search tests, and the scale study
-//! (`cargo run --release -p topology --example scale`).
+//! (`cargo run --release -p topology --features sim --example scale`).
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
@@ -25,10 +25,12 @@ use std::time::{Duration, Instant};
 use wire::{Capability, FileId, FileRecord, Hello, Message, NodeId, Query, QueryId, Role, Search};
 
 use crate::leaf::{LeafConfig, LeafEvent, LeafOverlay};
-use crate::role::{NodeRole, RoleClock, RoleConfig};
+use crate::role::{Handover, NodeRole, RoleClock, RoleConfig};
 use crate::routing::TablePool;
 use crate::superpeer::{Config, Event, SuperPeer};
 use crate::ConnId;
+
+mod check;
 
 /// A small, fast, seedable generator (SplitMix64): enough for simulation, not for secrets.
 #[derive(Debug, Clone)]
@@ -459,59 +461,6 @@ impl Sim {
         }
     }
 
-    /// Checks that every super-peer holds, for each neighbour, exactly the route table that
-    /// neighbour has and the depth-1 table it last sent, and that every super-peer's depth-1
-    /// table as sent is its table joined with its neighbours' as they are now (after patches
-    /// are out: call it with the network settled).
-    pub fn check_routes(&self) -> Vec<String> {
-        let mut problems = Vec::new();
-        for (a, node) in self.nodes.iter().enumerate() {
-            let Machine::SuperPeer(s) = &node.machine else {
-                continue;
-            };
-            for conn in s.neighbour_conns() {
-                let Some(&(b, _, _)) = self.links.get(&(a, conn)) else {
-                    continue;
-                };
-                let Machine::SuperPeer(peer) = &self.nodes[b].machine else {
-                    continue;
-                };
-                let held = s.neighbour_table(conn).map(|t| t.slots());
-                let has = peer.route_slots();
-                if held.as_ref() != Some(&has) {
-                    problems.push(format!(
-                        "super-peer {a} holds {:?} slots for neighbour {b}, which has {}",
-                        held.map(|h| h.len()),
-                        has.len()
-                    ));
-                }
-                // Depth 1: the table the neighbour sent last.
-                if let Some(has) = peer.aggregate_slots() {
-                    let held = s.neighbour_aggregate(conn).map(|t| t.slots());
-                    if held.as_ref() != Some(&has) {
-                        problems.push(format!(
-                            "super-peer {a} holds {:?} depth-1 slots for neighbour {b}, which sent {}",
-                            held.map(|h| h.len()),
-                            has.len()
-                        ));
-                    }
-                }
-            }
-            // What it sent last is what it is made of now.
-            if let Some(sent) = s.aggregate_slots() {
-                let now = s.aggregate_now();
-                if sent != now {
-                    problems.push(format!(
-                        "super-peer {a} sent a depth-1 table of {} slots; it is now {}",
-                        sent.len(),
-                        now.len()
-                    ));
-                }
-            }
-        }
-        problems
-    }
-
     /// The virtual time now.
     pub fn now(&self) -> Instant {
         self.now
@@ -921,26 +870,27 @@ impl Sim {
         let machine = std::mem::replace(&mut self.nodes[n].machine, Machine::Down);
         let machine = match (machine, role) {
             (Machine::Leaf(l), NodeRole::SuperPeer) => {
-                let (clock, hosts) = l.into_parts();
                 let cfg = Config {
                     can_demote: true,
                     ..self.config.superpeer.clone()
                 };
-                let mut sp = SuperPeer::new(now, Self::id(n), Some(addr), cfg, clock);
-                sp.import_hosts(now, &hosts.export(now));
+                let sp = Handover::of_leaf(&l, now).into_superpeer(
+                    now,
+                    Self::id(n),
+                    Some(addr),
+                    cfg,
+                    &[],
+                );
                 Machine::SuperPeer(Box::new(sp))
             }
             (Machine::SuperPeer(s), NodeRole::Leaf) => {
-                let hosts = s.hosts().export(now);
-                let clock = s.into_clock();
-                let mut leaf = LeafOverlay::new(
+                let leaf = Handover::of_superpeer(&s, now).into_leaf(
                     now,
                     Self::id(n),
                     Some(addr),
                     self.config.leaf.clone(),
-                    clock,
+                    &[],
                 );
-                leaf.import_hosts(now, &hosts);
                 Machine::Leaf(Box::new(leaf))
             }
             (m, _) => m,
@@ -949,113 +899,5 @@ impl Sim {
         self.nodes[n].changes.push((now, role));
         // Connections of the old role are closing (their Closed events are queued); the new
         // machine does not know them, so they are ignored when they arrive.
-    }
-
-    /// The live super-peers that node `n` is attached to (empty for a super-peer).
-    pub fn attachments(&self, n: usize) -> Vec<usize> {
-        let Machine::Leaf(l) = &self.nodes[n].machine else {
-            return Vec::new();
-        };
-        l.attached()
-            .into_iter()
-            .filter_map(|(conn, _)| self.links.get(&(n, conn)).map(|(p, _, _)| *p))
-            .filter(|&p| self.nodes[p].role() == Some(NodeRole::SuperPeer))
-            .collect()
-    }
-
-    /// The live super-peers neighbouring super-peer `n`.
-    pub fn neighbours(&self, n: usize) -> Vec<usize> {
-        let Machine::SuperPeer(s) = &self.nodes[n].machine else {
-            return Vec::new();
-        };
-        s.neighbour_conns()
-            .into_iter()
-            .filter_map(|conn| self.links.get(&(n, conn)).map(|(p, _, _)| *p))
-            .filter(|&p| self.nodes[p].role() == Some(NodeRole::SuperPeer))
-            .collect()
-    }
-
-    /// Checks the overlay's invariants; returns what is wrong (empty: all hold).
-    /// - every live leaf is attached to at least one live super-peer;
-    /// - the live super-peers form one connected mesh;
-    /// - no super-peer serves more leaves than its slots;
-    /// - every node kept each role at least as long as hysteresis demands.
-    pub fn check(&self) -> Vec<String> {
-        let mut problems = Vec::new();
-        let sps: Vec<usize> = (0..self.nodes.len())
-            .filter(|&n| self.nodes[n].role() == Some(NodeRole::SuperPeer))
-            .collect();
-        for n in 0..self.nodes.len() {
-            if self.nodes[n].role() == Some(NodeRole::Leaf) && self.attachments(n).is_empty() {
-                problems.push(format!("leaf {n} is attached to no live super-peer"));
-            }
-        }
-        if let Some(&first) = sps.first() {
-            let mut seen = vec![first];
-            let mut i = 0;
-            while i < seen.len() {
-                for p in self.neighbours(seen[i]) {
-                    if !seen.contains(&p) {
-                        seen.push(p);
-                    }
-                }
-                i += 1;
-            }
-            if seen.len() != sps.len() {
-                problems.push(format!(
-                    "the mesh is split: {} of {} super-peers reachable from {first}",
-                    seen.len(),
-                    sps.len()
-                ));
-            }
-        }
-        for &n in &sps {
-            if let Machine::SuperPeer(s) = &self.nodes[n].machine {
-                let leaves = s.leaf_conns().len() as u32;
-                if leaves > self.config.superpeer.leaf_slots {
-                    problems.push(format!(
-                        "super-peer {n} serves {leaves} leaves with {} slots",
-                        self.config.superpeer.leaf_slots
-                    ));
-                }
-            }
-        }
-        let role = self.config.role;
-        for (n, node) in self.nodes.iter().enumerate() {
-            for w in node.changes.windows(2) {
-                let ((t0, r0), (t1, _)) = (w[0], w[1]);
-                let stint = t1 - t0;
-                let first = t0 == node.joined;
-                // A super-peer stint lasts at least the minimum; a leaf stint after a demotion
-                // lasts at least the back-off. (A node's first leaf stint may end early: a
-                // leaf that finds no super-peer promotes itself.)
-                let need = match r0 {
-                    NodeRole::SuperPeer => role.min_role_time,
-                    NodeRole::Leaf if first => Duration::ZERO,
-                    NodeRole::Leaf => role.demotion_backoff,
-                };
-                if stint < need {
-                    problems.push(format!(
-                        "node {n} left role {r0:?} after {stint:?} (< {need:?})"
-                    ));
-                }
-            }
-        }
-        problems
-    }
-
-    /// Counts: (live leaves, live super-peers).
-    pub fn census(&self) -> (usize, usize) {
-        let leaves = self
-            .nodes
-            .iter()
-            .filter(|n| n.role() == Some(NodeRole::Leaf))
-            .count();
-        let sps = self
-            .nodes
-            .iter()
-            .filter(|n| n.role() == Some(NodeRole::SuperPeer))
-            .count();
-        (leaves, sps)
     }
 }

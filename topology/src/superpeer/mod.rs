@@ -1,0 +1,884 @@
+//! The super-peer's overlay state machine.
+//!
+//! It tracks its connections (leaves and neighbouring super-peers), turns leaf registrations into
+//! index events, floods queries with a TTL and a seen-cache, and routes hits back along the path
+//! each query came by. It owns no socket and no index: the driver feeds it inputs and carries out
+//! its outputs (see the crate docs for the drain rule).
+//!
+//! The struct is one, its concerns are split by file, as quinn-proto splits its `Connection`:
+//! - this file: the struct, its [`Event`]s, [`Transmit`]s and [`Stats`], connections and their
+//!   handshake, keep-alives, query flooding and the routing of hits back;
+//! - `config`: [`Config`] and [`DynamicQuerying`];
+//! - `routes`: keyword routing, a `Routes` struct (our route table, the neighbours' tables, the
+//!   depth-1 table) held as a field;
+//! - `dynamic`: dynamic querying of the leaves' queries;
+//! - `mesh`: the host cache, dials to keep the mesh, redirects, promotion and demotion.
+
+use std::cell::Cell;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use wire::{
+    Capability, FileId, FileRecord, Hello, Hit, Message, NodeId, Query, QueryHits, QueryId,
+    RedirectReason, Role, Search, Source, PROTOCOL_VERSION,
+};
+
+use crate::hostcache::HostCache;
+use crate::role::{NodeRole, RoleClock};
+use crate::routing;
+use crate::seen::SeenCache;
+use crate::ConnId;
+
+mod config;
+mod dynamic;
+mod mesh;
+mod routes;
+
+pub use config::{Config, DynamicQuerying};
+use dynamic::Dynamic;
+use routes::{Out, Routes};
+
+/// One message for the driver to send.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Transmit {
+    /// The connection to send it on.
+    pub to: ConnId,
+    /// The message.
+    pub msg: Message,
+}
+
+/// What the driver must act on, besides sending messages.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// A leaf completed its handshake.
+    LeafJoined {
+        /// Its connection.
+        conn: ConnId,
+        /// Its node id.
+        node: NodeId,
+    },
+    /// A neighbouring super-peer completed its handshake.
+    NeighbourJoined {
+        /// Its connection.
+        conn: ConnId,
+        /// Its node id.
+        node: NodeId,
+    },
+    /// A leaf registered files: add them to the index under `conn`.
+    Register {
+        /// The leaf's connection (the index's leaf key).
+        conn: ConnId,
+        /// The files.
+        files: Vec<FileRecord>,
+    },
+    /// A leaf withdrew files: remove them from the index.
+    Withdraw {
+        /// The leaf's connection.
+        conn: ConnId,
+        /// The content ids.
+        ids: Vec<FileId>,
+    },
+    /// A leaf is gone: remove all its files from the index.
+    LeafGone {
+        /// The leaf's connection.
+        conn: ConnId,
+    },
+    /// A neighbouring super-peer is gone.
+    NeighbourGone {
+        /// Its connection.
+        conn: ConnId,
+    },
+    /// Answer this query from the local index, then call [`SuperPeer::handle_local_hits`].
+    Search {
+        /// The query id to answer.
+        query: QueryId,
+        /// What to search for.
+        search: Search,
+    },
+    /// Connect to this super-peer, then call [`SuperPeer::handle_connect`] with `dialed`, or
+    /// [`SuperPeer::handle_dial_failed`].
+    Dial(SocketAddr),
+    /// Check that the leaf on `conn` accepts connections at `addr` (connect, say Hello, hang
+    /// up), then call [`SuperPeer::handle_reachable`].
+    CheckReachable {
+        /// The leaf's connection.
+        conn: ConnId,
+        /// Where it says it accepts connections.
+        addr: SocketAddr,
+    },
+    /// This super-peer has handed its leaves over and closed its connections: the node becomes
+    /// a leaf (its [`RoleClock`] has recorded the change; take it with
+    /// [`SuperPeer::into_clock`]).
+    Demote {
+        /// Why.
+        reason: String,
+    },
+    /// Close this connection once the messages queued for it are sent.
+    Close {
+        /// The connection.
+        conn: ConnId,
+        /// Why (already logged, and sent to the peer in a Goodbye).
+        reason: String,
+    },
+}
+
+/// Counters, for status displays and tests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Queries answered from the local index (once per query id).
+    pub queries_processed: u64,
+    /// Queries dropped because their id was already seen.
+    pub duplicates_dropped: u64,
+    /// Query copies forwarded to neighbours.
+    pub queries_forwarded: u64,
+    /// Hits sent back towards their origin (own and relayed).
+    pub hits_routed: u64,
+    /// Hits dropped because their query was unknown or its origin gone.
+    pub hits_dropped: u64,
+    /// Connections closed for breaking the protocol.
+    pub protocol_errors: u64,
+    /// Leaves connected now.
+    pub leaves: u64,
+    /// Neighbouring super-peers connected now.
+    pub neighbours: u64,
+    /// Query copies not sent to a neighbour because its route table rules out a match.
+    pub queries_filtered: u64,
+    /// Of them, copies with TTL 1 that a neighbour's depth-1 table ruled out.
+    pub queries_filtered_two_hop: u64,
+    /// Leaves' queries searched dynamically (probe first, then wider).
+    pub dynamic_queries: u64,
+}
+
+/// What a connection is, once its peer has said Hello.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum PeerState {
+    /// Connected, waiting for the peer's Hello.
+    AwaitingHello,
+    /// A leaf, serving chunks at `source` (None: it only searches).
+    Leaf {
+        node: NodeId,
+        source: Option<SocketAddr>,
+        capability: Capability,
+        /// Whether it accepted our connection back (None: not known yet).
+        reachable: Option<bool>,
+        joined: Instant,
+    },
+    /// A neighbouring super-peer.
+    SuperPeer {
+        node: NodeId,
+        listen: Option<SocketAddr>,
+    },
+}
+
+#[derive(Debug)]
+struct Conn {
+    /// The address the connection comes from, as the socket sees it.
+    remote: SocketAddr,
+    state: PeerState,
+    opened: Instant,
+    last_rx: Instant,
+    next_ping: Instant,
+    closing: bool,
+    /// We dialled this connection (to `remote`, a super-peer's listen address).
+    dialed: bool,
+}
+
+/// Where a query came from: hits for it go back there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Origin {
+    Conn(ConnId),
+}
+
+/// What the seen-cache remembers of a query: where it came from (hits go back there), the
+/// most TTL it has been forwarded with, which neighbours it was sent to (only their hits are
+/// routed: hits must come back along the query's path) and how many hits went back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Seen {
+    origin: Origin,
+    ttl: u8,
+    asked: Vec<ConnId>,
+    hits: usize,
+}
+
+/// The super-peer's overlay logic. See the crate docs for the input/output discipline.
+#[derive(Debug)]
+pub struct SuperPeer {
+    node: NodeId,
+    listen: Option<SocketAddr>,
+    config: Config,
+    conns: HashMap<ConnId, Conn>,
+    seen: SeenCache<QueryId, Seen>,
+    transmits: VecDeque<Transmit>,
+    events: VecDeque<Event>,
+    stats: Stats,
+    ping_nonce: u64,
+    hosts: HostCache,
+    /// Addresses being dialled.
+    dialing: HashSet<SocketAddr>,
+    clock: RoleClock,
+    next_tick: Instant,
+    last_promote: Option<Instant>,
+    demoting: bool,
+    /// Route tables: ours, our neighbours', the depth-1 table.
+    routes: Routes,
+    /// Leaves' queries being searched dynamically.
+    dynamic: HashMap<QueryId, Dynamic>,
+    /// The earliest keep-alive, idle or handshake deadline of a connection, or earlier (a
+    /// lower bound: received messages only move deadlines later), so that
+    /// [`SuperPeer::poll_timeout`], asked after every event, need not look at every
+    /// connection; `None` until it is next worked out.
+    conn_deadline: Cell<Option<Instant>>,
+}
+
+impl SuperPeer {
+    /// A super-peer with id `node` that accepts connections at `listen`, starting at `now`.
+    /// `clock` carries the node's role history (see [`RoleClock`]); it is set to super-peer.
+    pub fn new(
+        now: Instant,
+        node: NodeId,
+        listen: Option<SocketAddr>,
+        config: Config,
+        mut clock: RoleClock,
+    ) -> Self {
+        clock.changed(now, NodeRole::SuperPeer);
+        SuperPeer {
+            node,
+            listen,
+            seen: SeenCache::new(config.seen_capacity, config.seen_ttl),
+            hosts: HostCache::new(config.host_cache_size),
+            next_tick: now,
+            routes: Routes::new(config.route_bits),
+            config,
+            conns: HashMap::new(),
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+            stats: Stats::default(),
+            ping_nonce: 0,
+            dialing: HashSet::new(),
+            clock,
+            last_promote: None,
+            demoting: false,
+            dynamic: HashMap::new(),
+            conn_deadline: Cell::new(None),
+        }
+    }
+
+    /// Connections to neighbouring super-peers.
+    pub fn neighbour_conns(&self) -> Vec<ConnId> {
+        neighbour_conns(&self.conns)
+    }
+
+    /// Connections to attached leaves.
+    pub fn leaf_conns(&self) -> Vec<ConnId> {
+        let mut v: Vec<ConnId> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| !c.closing && matches!(c.state, PeerState::Leaf { .. }))
+            .map(|(&id, _)| id)
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// The settings (a simulation switches search strategies between runs).
+    #[cfg(any(test, feature = "sim"))]
+    pub fn config_mut(&mut self) -> &mut Config {
+        self.conn_deadline.set(None); // timeouts may change
+        &mut self.config
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> NodeId {
+        self.node
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> Stats {
+        self.stats
+    }
+
+    /// A connection opened: inbound, or `dialed` by us after an [`Event::Dial`] (then `remote`
+    /// is the address dialled). We greet first, whichever side dialled.
+    pub fn handle_connect(&mut self, now: Instant, conn: ConnId, remote: SocketAddr, dialed: bool) {
+        if dialed {
+            self.dialing.remove(&remote);
+        }
+        let c = Conn {
+            remote,
+            state: PeerState::AwaitingHello,
+            opened: now,
+            last_rx: now,
+            next_ping: now + self.config.keepalive_interval,
+            closing: false,
+            dialed,
+        };
+        if let Some(d) = self.conn_deadline.get() {
+            self.conn_deadline
+                .set(Some(d.min(self.deadline_of(&c).unwrap_or(d))));
+        }
+        self.conns.insert(conn, c);
+        let mut hello = Hello::new(self.node, Role::SuperPeer, self.listen, &self.config.agent);
+        hello.load = Some(self.load());
+        self.send(conn, Message::Hello(hello));
+    }
+
+    /// A connection is gone (closed by either side, or failed).
+    pub fn handle_disconnect(&mut self, now: Instant, conn: ConnId) {
+        let Some(c) = self.conns.remove(&conn) else {
+            return;
+        };
+        if c.dialed && c.state == PeerState::AwaitingHello {
+            self.hosts.failed(now, c.remote);
+        }
+        match c.state {
+            PeerState::Leaf { .. } => {
+                self.stats.leaves -= 1;
+                self.events.push_back(Event::LeafGone { conn });
+                let (routes, mut out) = self.split_routes();
+                routes.leaf_gone(now, &mut out, conn);
+                self.dynamic_leaf_gone(conn);
+            }
+            PeerState::SuperPeer { .. } => {
+                self.stats.neighbours -= 1;
+                self.events.push_back(Event::NeighbourGone { conn });
+                self.routes.neighbour_gone(now, &self.config, conn);
+            }
+            PeerState::AwaitingHello => {}
+        }
+    }
+
+    /// The peer on `conn` sent bytes that do not decode: close it with the reason.
+    pub fn handle_invalid(&mut self, _now: Instant, conn: ConnId, reason: &str) {
+        self.protocol_error(conn, format!("invalid frame: {reason}"));
+    }
+
+    /// A message arrived on `conn`.
+    pub fn handle_message(&mut self, now: Instant, conn: ConnId, msg: Message) {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        if c.closing {
+            return;
+        }
+        c.last_rx = now;
+        let state = c.state.clone();
+        let remote = c.remote;
+        match (state, msg) {
+            (PeerState::AwaitingHello, Message::Hello(hello)) => {
+                self.on_hello(now, conn, remote, hello)
+            }
+            (PeerState::AwaitingHello, other) => {
+                self.protocol_error(conn, format!("{} before Hello", other.kind()))
+            }
+            (_, Message::Hello(_)) => self.protocol_error(conn, "second Hello".into()),
+            (_, Message::Ping { nonce }) => self.send(conn, Message::Pong { nonce }),
+            (_, Message::Pong { .. }) => {}
+            (_, Message::Goodbye { reason }) => {
+                log::info!("peer {remote} ({conn}) says goodbye: {reason}");
+                self.close(conn, format!("peer said goodbye: {reason}"), false);
+            }
+            (PeerState::Leaf { source: None, .. }, Message::Register { .. }) => self
+                .protocol_error(
+                    conn,
+                    "Register from a leaf that gave no listen address".into(),
+                ),
+            (PeerState::Leaf { .. }, Message::Register { files }) => {
+                let (routes, mut out) = self.split_routes();
+                routes.add_files(now, &mut out, conn, &files);
+                self.events.push_back(Event::Register { conn, files })
+            }
+            (PeerState::Leaf { .. }, Message::Withdraw { ids }) => {
+                let (routes, mut out) = self.split_routes();
+                routes.withdraw(now, &mut out, conn, &ids);
+                self.events.push_back(Event::Withdraw { conn, ids })
+            }
+            (PeerState::Leaf { .. }, Message::Query(mut query)) => {
+                // A leaf's query starts its trip here: hops count super-peer links only.
+                query.hops = 0;
+                self.on_query(now, conn, query);
+            }
+            (PeerState::SuperPeer { .. }, Message::Query(query)) => self.on_query(now, conn, query),
+            (PeerState::SuperPeer { .. }, Message::QueryHits(hits)) => {
+                self.on_hits(now, Some(conn), hits)
+            }
+            (PeerState::SuperPeer { .. }, Message::RouteTable { bits, slots, depth }) => {
+                let (routes, mut out) = self.split_routes();
+                if let Err(e) = routes.handle_table(now, &mut out, conn, bits, &slots.0, depth) {
+                    self.protocol_error(conn, e.to_string());
+                }
+            }
+            (PeerState::SuperPeer { .. }, Message::RoutePatch { flips, depth }) => {
+                let (routes, mut out) = self.split_routes();
+                if let Err(e) = routes.handle_patch(now, &mut out, conn, &flips.0, depth) {
+                    self.protocol_error(conn, e.to_string());
+                }
+            }
+            (PeerState::SuperPeer { .. }, Message::Hosts { hosts }) => {
+                for h in hosts {
+                    if Some(h.addr) != self.listen {
+                        self.hosts.add(now, h);
+                    }
+                }
+            }
+            (_, other) => self.protocol_error(
+                conn,
+                format!(
+                    "unexpected {} on a {} connection",
+                    other.kind(),
+                    self.kind_of(conn)
+                ),
+            ),
+        }
+    }
+
+    /// The driver's answer to [`Event::Search`]: hits from the local index, as (leaf connection,
+    /// file, score). Hits of leaves that have gone meanwhile are dropped.
+    pub fn handle_local_hits(
+        &mut self,
+        now: Instant,
+        query: QueryId,
+        hits: Vec<(ConnId, FileRecord, f32)>,
+    ) {
+        let hits: Vec<Hit> = hits
+            .into_iter()
+            .take(self.config.max_local_hits)
+            .filter_map(|(leaf, file, score)| {
+                let c = self.conns.get(&leaf).filter(|c| !c.closing)?;
+                let PeerState::Leaf {
+                    node,
+                    source: Some(addr),
+                    ..
+                } = c.state
+                else {
+                    return None;
+                };
+                Some(Hit {
+                    source: Source { node, addr },
+                    file,
+                    score,
+                })
+            })
+            .collect();
+        if !hits.is_empty() {
+            self.on_hits(now, None, QueryHits { query, hits });
+        }
+    }
+
+    /// Time has passed: keep-alives, idle and handshake timeouts, seen-cache expiry.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.seen.expire(now);
+        let (routes, mut out) = self.split_routes();
+        routes.handle_timeout(now, &mut out);
+        self.dynamic_steps(now);
+        let mut to_close = Vec::new();
+        let mut to_ping = Vec::new();
+        for (&id, c) in &mut self.conns {
+            if c.closing {
+                continue;
+            }
+            if c.state == PeerState::AwaitingHello && now >= c.opened + self.config.hello_timeout {
+                let why = format!(
+                    "{}: no Hello within {:?} (hello_timeout)",
+                    c.remote, self.config.hello_timeout
+                );
+                to_close.push((id, why));
+            } else if now >= c.last_rx + self.config.idle_timeout {
+                // Also a slow-drip sender's fate: only whole messages count.
+                let why = format!(
+                    "{}: no whole message for {:?} (idle_timeout)",
+                    c.remote, self.config.idle_timeout
+                );
+                to_close.push((id, why));
+            } else if now >= c.next_ping {
+                c.next_ping = now + self.config.keepalive_interval;
+                to_ping.push(id);
+            }
+        }
+        // Sorted: output order must not depend on hash order (simulations replay from a seed).
+        to_ping.sort();
+        to_close.sort();
+        for id in to_ping {
+            self.ping_nonce += 1;
+            self.send(
+                id,
+                Message::Ping {
+                    nonce: self.ping_nonce,
+                },
+            );
+        }
+        for (id, reason) in to_close {
+            log::warn!("closing connection {id} from {reason}");
+            self.close(id, reason, true);
+        }
+        self.conn_deadline.set(None);
+        if now >= self.next_tick {
+            self.next_tick = now + self.config.hosts_interval;
+            self.tick(now);
+        }
+    }
+
+    /// The next time [`SuperPeer::handle_timeout`] should be called: never late, now and then
+    /// early (after a connection's deadline moved on, nothing may be due yet).
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let conn_deadline = self.conn_deadline.get().or_else(|| {
+            let d = self
+                .conns
+                .values()
+                .filter_map(|c| self.deadline_of(c))
+                .min();
+            self.conn_deadline.set(d);
+            d
+        });
+        [
+            conn_deadline,
+            self.seen.next_expiry(),
+            (!self.demoting).then_some(self.next_tick),
+            self.routes.poll_timeout(&self.config),
+            self.dynamic_due(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    /// When connection `c` next needs looking at: a keep-alive, or its idle or handshake
+    /// timeout (`None` once it is closing).
+    fn deadline_of(&self, c: &Conn) -> Option<Instant> {
+        if c.closing {
+            return None;
+        }
+        let first = c.next_ping.min(c.last_rx + self.config.idle_timeout);
+        Some(match c.state {
+            PeerState::AwaitingHello => first.min(c.opened + self.config.hello_timeout),
+            _ => first,
+        })
+    }
+
+    /// The next message to send.
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        let t = self.transmits.pop_front();
+        // A burst (a query to every neighbour) leaves no spare capacity behind: a simulation
+        // holds many idle super-peers.
+        if self.transmits.is_empty() && self.transmits.capacity() > 64 {
+            self.transmits = VecDeque::new();
+        }
+        t
+    }
+
+    /// The next event to act on.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    fn kind_of(&self, conn: ConnId) -> &'static str {
+        match self.conns.get(&conn).map(|c| &c.state) {
+            Some(PeerState::Leaf { .. }) => "leaf",
+            Some(PeerState::SuperPeer { .. }) => "super-peer",
+            _ => "new",
+        }
+    }
+
+    fn on_hello(&mut self, now: Instant, conn: ConnId, remote: SocketAddr, hello: Hello) {
+        if hello.version != PROTOCOL_VERSION {
+            return self.protocol_error(
+                conn,
+                format!(
+                    "protocol version {} (we speak {PROTOCOL_VERSION})",
+                    hello.version
+                ),
+            );
+        }
+        // Our own node's leaf (a promoted node keeps one, for its own files) is welcome; a
+        // super-peer with our id, or an address we dialled, is ourselves by another path.
+        if hello.node == self.node && (hello.role != Role::Leaf || self.conns[&conn].dialed) {
+            if let Some(c) = self.conns.get(&conn).filter(|c| c.dialed) {
+                // Our own address came back through the host cache: never dial it again.
+                let addr = c.remote;
+                self.hosts.remove(&addr);
+            }
+            return self.close(conn, "connected to ourselves".into(), true);
+        }
+        let dialed = self.conns.get(&conn).is_some_and(|c| c.dialed);
+        if dialed && hello.role != Role::SuperPeer {
+            // An old host-cache entry: that node is no super-peer (any more).
+            let addr = self.conns[&conn].remote;
+            self.hosts.not_superpeer(now, addr);
+            return self.close(conn, format!("{addr} is not a super-peer"), true);
+        }
+        let state = match hello.role {
+            Role::Leaf => {
+                if self.demoting {
+                    return self.redirect(now, conn, RedirectReason::Demoting);
+                }
+                if self.stats.leaves >= self.config.leaf_slots as u64 {
+                    return self.redirect(now, conn, RedirectReason::Full);
+                }
+                // A leaf listening on an unspecified address is reachable where we see it.
+                let source = hello.listen.map(|l| {
+                    if l.ip().is_unspecified() {
+                        SocketAddr::new(remote.ip(), l.port())
+                    } else {
+                        l
+                    }
+                });
+                self.stats.leaves += 1;
+                self.events.push_back(Event::LeafJoined {
+                    conn,
+                    node: hello.node,
+                });
+                if let Some(addr) = source {
+                    self.events.push_back(Event::CheckReachable { conn, addr });
+                }
+                // Tell it which other super-peers there are, for its host cache.
+                let hosts = self.hosts_to_share(now);
+                self.send(conn, Message::Hosts { hosts });
+                PeerState::Leaf {
+                    node: hello.node,
+                    source,
+                    capability: hello.capability.unwrap_or_default(),
+                    reachable: None,
+                    joined: now,
+                }
+            }
+            Role::SuperPeer => {
+                if let Some(dup) = self.duplicate_of(conn, hello.node) {
+                    self.close(dup, "duplicate connection".into(), true);
+                    if dup == conn {
+                        return;
+                    }
+                    // The older link goes: this one is the neighbour from now on.
+                }
+                if let Some(listen) = hello.listen {
+                    let load = hello.load.unwrap_or_default();
+                    self.hosts.heard_from(now, listen, load);
+                }
+                self.stats.neighbours += 1;
+                self.events.push_back(Event::NeighbourJoined {
+                    conn,
+                    node: hello.node,
+                });
+                let hosts = self.hosts_to_share(now);
+                self.send(conn, Message::Hosts { hosts });
+                let (routes, mut out) = self.split_routes();
+                routes.neighbour_joined(now, &mut out, conn);
+                PeerState::SuperPeer {
+                    node: hello.node,
+                    listen: hello.listen,
+                }
+            }
+            Role::Transfer => {
+                return self.protocol_error(conn, "a super-peer serves no transfers".into())
+            }
+        };
+        log::debug!(
+            "{conn} from {remote} is {:?} {}",
+            hello.role,
+            hello.node.short()
+        );
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.state = state;
+        }
+    }
+
+    /// If another connection already links us to super-peer `node`, the one of the two to
+    /// close. Both ends pick the same: the connection dialled by the smaller node id stays.
+    fn duplicate_of(&self, conn: ConnId, node: NodeId) -> Option<ConnId> {
+        let (&other, o) = self.conns.iter().find(|(&id, c)| {
+            id != conn && matches!(c.state, PeerState::SuperPeer { node: n, .. } if n == node)
+        })?;
+        let dialer = |c: &Conn| if c.dialed { self.node } else { node };
+        let this = self.conns.get(&conn)?;
+        let keep_other = (dialer(o), other) <= (dialer(this), conn) || dialer(o) == dialer(this);
+        Some(if keep_other { conn } else { other })
+    }
+
+    fn on_query(&mut self, now: Instant, from: ConnId, mut query: Query) {
+        if query.hops > self.config.max_ttl {
+            log::debug!(
+                "dropping query {} with {} hops",
+                query.id.short(),
+                query.hops
+            );
+            return;
+        }
+        query.ttl = query
+            .ttl
+            .min(self.config.max_ttl.saturating_sub(query.hops));
+        let seen = Seen {
+            origin: Origin::Conn(from),
+            ttl: query.ttl,
+            asked: Vec::new(),
+            hits: 0,
+        };
+        if !self.seen.insert(now, query.id, seen) {
+            self.stats.duplicates_dropped += 1;
+            // A copy that came the short way can carry more TTL than the one that arrived
+            // first the long way: forward it again (but answer only once), or super-peers
+            // within reach would be missed.
+            let Some(first) = self.seen.get_mut(now, &query.id) else {
+                return;
+            };
+            if query.ttl <= first.ttl {
+                return;
+            }
+            first.ttl = query.ttl;
+        } else {
+            self.stats.queries_processed += 1;
+            self.events.push_back(Event::Search {
+                query: query.id,
+                search: query.search.clone(),
+            });
+        }
+        if query.ttl == 0 {
+            return;
+        }
+        let from_leaf = matches!(
+            self.conns.get(&from).map(|c| &c.state),
+            Some(PeerState::Leaf { .. })
+        );
+        if from_leaf && !self.dynamic.contains_key(&query.id) {
+            if let Some(dq) = self.config.dynamic {
+                return self.start_dynamic(now, from, query, dq);
+            }
+        }
+        let forward = Query {
+            ttl: query.ttl - 1,
+            hops: query.hops + 1,
+            ..query
+        };
+        // The words are needed only where a table decides: on the last two hops.
+        let hashes = if (forward.ttl == 0 && self.config.last_hop_routing)
+            || (forward.ttl == 1 && self.config.two_hop_routing)
+        {
+            routing::search_hashes(self.config.analyzer, &forward.search)
+        } else {
+            Vec::new()
+        };
+        for id in self.neighbour_conns() {
+            if id != from {
+                self.forward(now, id, &forward, &hashes);
+            }
+        }
+    }
+
+    /// Sends `query` to neighbour `to`, unless the neighbour's route table rules out a match
+    /// for `hashes`: its own table on the query's last hop, its depth-1 table on the hop before
+    /// (a neighbour with no such table yet gets it).
+    fn forward(&mut self, now: Instant, to: ConnId, query: &Query, hashes: &[u64]) {
+        if let Some(depth) = self.routes.rules_out(&self.config, to, query.ttl, hashes) {
+            self.stats.queries_filtered += 1;
+            if depth == 1 {
+                self.stats.queries_filtered_two_hop += 1;
+            }
+            return;
+        }
+        if let Some(seen) = self.seen.get_mut(now, &query.id) {
+            if !seen.asked.contains(&to) {
+                seen.asked.push(to);
+            }
+        }
+        self.stats.queries_forwarded += 1;
+        self.send(to, Message::Query(query.clone()));
+    }
+
+    /// Hits for a query, from neighbour `from` (or the local index): routed back the way the
+    /// query came, if they came from a neighbour it was sent to, up to
+    /// [`Config::max_hits_per_query`].
+    fn on_hits(&mut self, now: Instant, from: Option<ConnId>, hits: QueryHits) {
+        let QueryHits {
+            query,
+            hits: mut list,
+        } = hits;
+        let Some(seen) = self.seen.get_mut(now, &query) else {
+            self.stats.hits_dropped += list.len() as u64;
+            return;
+        };
+        if let Some(f) = from.filter(|f| !seen.asked.contains(f)) {
+            log::debug!(
+                "dropping {} hits for query {} from {f}, which was not asked",
+                list.len(),
+                query.short()
+            );
+            self.stats.hits_dropped += list.len() as u64;
+            return;
+        }
+        let room = self.config.max_hits_per_query.saturating_sub(seen.hits);
+        if list.len() > room {
+            self.stats.hits_dropped += (list.len() - room) as u64;
+            list.truncate(room);
+        }
+        let Origin::Conn(to) = seen.origin;
+        if list.is_empty() || self.conns.get(&to).is_none_or(|c| c.closing) {
+            self.stats.hits_dropped += list.len() as u64;
+            return;
+        }
+        seen.hits += list.len();
+        let n = list.len() as u64;
+        self.stats.hits_routed += n;
+        self.dynamic_hits(query, n as usize);
+        let mut hits = list;
+        while !hits.is_empty() {
+            let rest = hits.split_off(hits.len().min(self.config.hits_per_message));
+            self.send(to, Message::QueryHits(QueryHits { query, hits }));
+            hits = rest;
+        }
+    }
+
+    fn send(&mut self, to: ConnId, msg: Message) {
+        self.transmits.push_back(Transmit { to, msg });
+    }
+
+    fn protocol_error(&mut self, conn: ConnId, reason: String) {
+        let remote = self
+            .conns
+            .get(&conn)
+            .map(|c| c.remote.to_string())
+            .unwrap_or_default();
+        log::warn!("closing connection {conn} from {remote}: {reason}");
+        self.stats.protocol_errors += 1;
+        self.close(conn, reason, true);
+    }
+
+    /// Marks `conn` closing: a Goodbye (if `say_goodbye`) then [`Event::Close`]. The connection's
+    /// state is dropped when the driver reports the disconnect.
+    fn close(&mut self, conn: ConnId, reason: String, say_goodbye: bool) {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        if c.closing {
+            return;
+        }
+        c.closing = true;
+        if say_goodbye {
+            self.send(
+                conn,
+                Message::Goodbye {
+                    reason: reason.clone(),
+                },
+            );
+        }
+        self.events.push_back(Event::Close { conn, reason });
+    }
+
+    /// The route tables, and what they need of the rest for one call.
+    fn split_routes(&mut self) -> (&mut Routes, Out<'_>) {
+        let out = Out {
+            config: &self.config,
+            conns: &self.conns,
+            transmits: &mut self.transmits,
+        };
+        (&mut self.routes, out)
+    }
+}
+
+/// Connections to neighbouring super-peers (not closing), ascending.
+fn neighbour_conns(conns: &HashMap<ConnId, Conn>) -> Vec<ConnId> {
+    let mut v: Vec<ConnId> = conns
+        .iter()
+        .filter(|(_, c)| !c.closing && matches!(c.state, PeerState::SuperPeer { .. }))
+        .map(|(&id, _)| id)
+        .collect();
+    v.sort();
+    v
+}
