@@ -19,7 +19,9 @@ use smol::channel::{self, Sender};
 use smol::net::TcpStream;
 use superpeer::server::{load_hosts, save_hosts, HOSTS_FILE};
 use superpeer::{Demoted, SuperPeerNode};
-use topology::{ConnId, LeafConfig, LeafEvent, LeafOverlay, NodeRole, RoleClock, RoleConfig};
+use topology::{
+    ConnId, Handover, LeafConfig, LeafEvent, LeafOverlay, NodeRole, RoleClock, RoleConfig,
+};
 use transport::net::{connect_secure, write_message_within, FrameReader};
 use transport::secure::SecureStream;
 use wire::{Capability, FileRecord, Message};
@@ -119,16 +121,17 @@ pub(crate) async fn run(node: Node, settings: Settings) {
                 sp = None;
                 writers.clear();
                 inner.links.lock().unwrap().clear();
-                let mut fresh = LeafOverlay::new(
+                let handover = Handover {
+                    clock: d.clock,
+                    hosts: d.hosts,
+                };
+                leaf = handover.into_leaf(
                     now,
                     inner.node_id,
                     inner.listen,
                     settings.leaf.clone(),
-                    d.clock,
+                    &inner.seeds,
                 );
-                fresh.add_seeds(now, &inner.seeds);
-                fresh.import_hosts(now, &d.hosts);
-                leaf = fresh;
                 set_role(&inner, "leaf", &format!("demoted: {}", d.reason));
             }
             Wake::Timer => {}
@@ -243,8 +246,7 @@ async fn promote(
     reason: &str,
 ) -> Result<(SuperPeerNode, LeafOverlay), LeafOverlay> {
     let now = Instant::now();
-    let hosts = leaf.hosts().export(now);
-    let clock = leaf.clock().clone();
+    let Handover { clock, hosts } = Handover::of_leaf(&leaf, now);
     let preferred = settings.superpeer_listen.unwrap_or_else(|| {
         let port = inner
             .seeds
