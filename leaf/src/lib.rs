@@ -12,6 +12,7 @@
 //! - [`rate`]: the token bucket behind the upload and download caps.
 //! - [`download`]: the multi-source downloader, driving one `transfer::SourceSession` per
 //!   source around a shared `transfer::Scheduler` (the rules live in the `transfer` crate).
+//! - `part`: a download's partial file and record, resuming, and the final name.
 //! - [`swarm`]: files being downloaded served from their verified chunks, tit-for-tat
 //!   bookkeeping, and how long finished downloads are seeded.
 //! - [`search`]: grouping hits into one row per file.
@@ -37,6 +38,7 @@ pub mod control;
 pub mod download;
 pub mod node;
 mod overlay;
+mod part;
 pub mod rate;
 pub mod search;
 pub mod share;

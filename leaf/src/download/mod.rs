@@ -49,7 +49,6 @@ use std::fs::{self, File, OpenOptions};
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -59,30 +58,25 @@ use std::time::{Duration, Instant};
 use event_listener::Event;
 use serde::{Deserialize, Serialize};
 use smol::channel;
-use smol::net::TcpStream;
 use transport::identity::Identity;
-use transport::net::{connect_secure, write_message_within, FrameReader, ReadError};
-use transport::secure::{SecureReader, SecureWriter};
-use wire::{FileId, FileRecord, Hello, Manifest, Message, NodeId, Role};
+use wire::{FileId, FileRecord, Manifest};
 
+pub use crate::part::{discard_partial, safe_file_name, STATE_SUFFIX};
+use crate::part::{find_earlier, free_space, part_paths, place, recover_chunks, Record};
 use crate::rate::RateLimit;
-use crate::share::PART_SUFFIX;
+use source::{run_source, SourceConn};
+
+mod source;
 use crate::swarm::{PartialFile, Reciprocity};
-use transfer::manifest::{check_answer, Vote};
-use transfer::{Checked, Scheduler, SourceEnd, SourceEvent, SourceOptions, SourceSession};
+use transfer::manifest::Vote;
+use transfer::Scheduler;
 
 /// How many sources are asked for the manifest.
 const MANIFEST_VOTES: usize = 3;
-/// The suffix of the record of done chunks beside a `.part` file.
-pub const STATE_SUFFIX: &str = ".state";
 /// How often the record of done chunks is brought up to date (and progress reported).
 const RECORD_EVERY: Duration = Duration::from_secs(1);
 /// When a running download first asks the network again for more sources.
 const FIRST_REQUERY: Duration = Duration::from_secs(2);
-/// The read limit while a source may rightly stay silent.
-const FOREVER: Duration = Duration::from_secs(24 * 3600);
-/// A source that does not take a request within this time is not reading: dropped.
-const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Settings of the downloader.
 #[derive(Debug, Clone)]
@@ -235,223 +229,6 @@ pub enum DownloadError {
         /// The partial file, kept for inspection.
         path: PathBuf,
     },
-}
-
-/// Makes a file name from the network safe to create: no separators, no leading dots, no
-/// control characters, not empty, at most 200 bytes.
-pub fn safe_file_name(name: &str, id: &FileId) -> String {
-    let last = name.rsplit(['/', '\\']).next().unwrap_or("");
-    let clean: String = last.chars().filter(|c| !c.is_control()).collect();
-    let clean = clean.trim().trim_start_matches('.').trim();
-    // At most 200 bytes, cut at a character boundary: room for the `.part` suffixes and a
-    // ` (n)` within the usual 255-byte limit of a file name.
-    let mut end = clean.len().min(200);
-    while !clean.is_char_boundary(end) {
-        end -= 1;
-    }
-    let clean = &clean[..end];
-    if clean.is_empty() {
-        id.to_hex()
-    } else {
-        clean.to_string()
-    }
-}
-
-/// `dir/name`, or `dir/stem (n).ext` for the first n that is free.
-fn free_name(dir: &Path, name: &str, n: u32) -> PathBuf {
-    if n == 0 {
-        return dir.join(name);
-    }
-    match name.rsplit_once('.') {
-        Some((stem, ext)) if !stem.is_empty() => dir.join(format!("{stem} ({n}).{ext}")),
-        _ => dir.join(format!("{name} ({n})")),
-    }
-}
-
-/// The record kept beside a `.part` file.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct Record {
-    version: u32,
-    id: FileId,
-    name: String,
-    size: u64,
-    chunk_size: u32,
-    #[serde(with = "serde_bytes")]
-    cvs: Vec<u8>,
-    /// Done chunks, one bit each; only chunks already flushed to disk.
-    #[serde(with = "serde_bytes")]
-    done: Vec<u8>,
-}
-
-impl Record {
-    /// The record of a download of `id` under `name`, with the `done` chunk bits.
-    fn new(id: FileId, name: &str, manifest: &Manifest, done: Vec<u8>) -> Record {
-        Record {
-            version: 1,
-            id,
-            name: name.to_string(),
-            size: manifest.size,
-            chunk_size: manifest.chunk_size,
-            cvs: manifest.cvs.as_flattened().to_vec(),
-            done,
-        }
-    }
-
-    fn manifest(&self) -> Manifest {
-        Manifest::from_flat(self.size, self.chunk_size, &self.cvs)
-    }
-
-    fn save(&self, path: &Path) -> io::Result<()> {
-        transport::store::save(path, self)
-    }
-}
-
-/// Paths of a download's partial file and record.
-fn part_paths(out_dir: &Path, name: &str, id: &FileId) -> (PathBuf, PathBuf) {
-    let part = out_dir.join(format!("{name}.{}{PART_SUFFIX}", id.short()));
-    let state = part.with_file_name(format!("{name}.{}{PART_SUFFIX}{STATE_SUFFIX}", id.short()));
-    (part, state)
-}
-
-/// An earlier attempt at `id` in `out_dir`: its part file, record path and record. A damaged
-/// record is reported and skipped; the download then finds the part file and verifies it.
-fn find_earlier(out_dir: &Path, id: &FileId) -> Option<(PathBuf, PathBuf, Record)> {
-    let suffix = format!(".{}{PART_SUFFIX}{STATE_SUFFIX}", id.short());
-    for entry in fs::read_dir(out_dir).ok()?.flatten() {
-        let file_name = entry.file_name();
-        let Some(name) = file_name.to_str() else {
-            continue;
-        };
-        let Some(base) = name.strip_suffix(&suffix) else {
-            continue;
-        };
-        let state = entry.path();
-        let record: Record = match transport::store::load(&state) {
-            Ok(Some(r)) => r,
-            Ok(None) => continue,
-            Err(e) => {
-                // The part file stays: the download verifies its chunks on disk instead.
-                log::warn!("{e}; rebuilding it from the part file");
-                continue;
-            }
-        };
-        let (part, _) = part_paths(out_dir, base, id);
-        let manifest = record.manifest();
-        let sane = record.version == 1
-            && record.id == *id
-            && manifest.verify(id).is_ok()
-            && record.done.len() as u64 == manifest.chunk_count().div_ceil(8)
-            && fs::metadata(&part).is_ok_and(|m| m.len() == record.size);
-        if sane {
-            return Some((part, state, record));
-        }
-        log::warn!(
-            "ignoring the record {}: it does not fit {id}",
-            state.display()
-        );
-    }
-    None
-}
-
-/// Removes the partial file and record an attempt at `id` left in `out_dir`; returns how many
-/// files were removed.
-pub fn discard_partial(out_dir: &Path, id: &FileId) -> io::Result<usize> {
-    let part = format!(".{}{PART_SUFFIX}", id.short());
-    let state = format!("{part}{STATE_SUFFIX}");
-    let mut removed = 0;
-    for entry in fs::read_dir(out_dir)?.flatten() {
-        let name = entry.file_name();
-        let name = name.to_string_lossy();
-        if name.ends_with(&part) || name.ends_with(&state) {
-            fs::remove_file(entry.path())?;
-            removed += 1;
-        }
-    }
-    Ok(removed)
-}
-
-/// Free bytes in the file system holding `dir`.
-fn free_space(dir: &Path) -> io::Result<u64> {
-    let st = rustix::fs::statvfs(dir).map_err(io::Error::from)?;
-    Ok(st.f_bavail.saturating_mul(st.f_frsize))
-}
-
-/// A source's connection.
-struct SourceConn {
-    addr: SocketAddr,
-    /// The source's node id, proved by its key.
-    node: NodeId,
-    reader: FrameReader<SecureReader<TcpStream>>,
-    writer: SecureWriter<TcpStream>,
-    scratch: Vec<u8>,
-}
-
-impl SourceConn {
-    async fn open(
-        addr: SocketAddr,
-        me: &Identity,
-        listen: Option<SocketAddr>,
-        opts: &DownloadOptions,
-    ) -> Result<Self, String> {
-        let stream = connect_secure(addr, me, opts.connect_timeout)
-            .await
-            .map_err(|e| e.to_string())?;
-        let peer = stream.peer;
-        let mut conn = SourceConn {
-            addr,
-            node: peer,
-            reader: FrameReader::new(stream.reader),
-            writer: stream.writer,
-            scratch: Vec::new(),
-        };
-        conn.send(&Message::Hello(Hello::new(
-            me.node(),
-            Role::Transfer,
-            listen,
-            crate::AGENT,
-        )))
-        .await?;
-        match conn.recv(opts.connect_timeout).await? {
-            Message::Hello(h) => match transport::hello::check(peer, &h) {
-                Ok(()) => Ok(conn),
-                Err(e) => Err(e.to_string()),
-            },
-            other => Err(format!("answered Hello with {}", other.kind())),
-        }
-    }
-
-    async fn send(&mut self, msg: &Message) -> Result<(), String> {
-        write_message_within(&mut self.writer, msg, &mut self.scratch, SEND_TIMEOUT)
-            .await
-            .map_err(|e| format!("connection lost: {e}"))
-    }
-
-    /// The next message; fails if no byte arrives for `idle`.
-    async fn recv(&mut self, idle: Duration) -> Result<Message, String> {
-        self.reader
-            .read_message_idle(idle)
-            .await
-            .map_err(read_failure)
-    }
-
-    async fn manifest(
-        &mut self,
-        id: FileId,
-        expected_size: Option<u64>,
-        limit: Duration,
-    ) -> Result<Manifest, String> {
-        self.send(&Message::GetManifest { request: 0, id }).await?;
-        check_answer(id, expected_size, self.recv(limit).await?)
-    }
-}
-
-/// Why reading from a source failed, as its report says.
-fn read_failure(e: ReadError) -> String {
-    match e {
-        ReadError::Timeout(d) => format!("no answer within {d:?}"),
-        ReadError::Decode(e) => format!("sent an invalid message: {e}"),
-        other => format!("connection lost: {other}"),
-    }
 }
 
 /// Why one source stopped.
@@ -765,26 +542,6 @@ pub async fn download(
     })
 }
 
-/// The chunks of an earlier attempt that are on disk: the recorded ones, and any other whose
-/// bytes verify (written after the last record).
-fn recover_chunks(file: &File, manifest: &Manifest, done: &[u8]) -> io::Result<Vec<u64>> {
-    let mut found = Vec::new();
-    let mut buf = Vec::new();
-    for c in 0..manifest.chunk_count() {
-        if done[(c / 8) as usize] & (1 << (c % 8)) != 0 {
-            found.push(c);
-            continue;
-        }
-        let r = manifest.chunk_range(c);
-        buf.resize((r.end - r.start) as usize, 0);
-        file.read_exact_at(&mut buf, r.start)?;
-        if manifest.verify_chunk(c, &buf).is_ok() {
-            found.push(c);
-        }
-    }
-    Ok(found)
-}
-
 /// Flushes the part file, then records the chunks that were done before the flush.
 async fn flush_record(shared: &Arc<Shared>, record: &mut Record, path: &Path) -> io::Result<()> {
     let bits = shared.sched.lock().unwrap().done().as_bytes().to_vec();
@@ -1043,25 +800,6 @@ async fn run_sources(
     Ok(())
 }
 
-/// Gives the verified `.part` file its final name without replacing any existing file.
-fn place(part: &Path, dir: &Path, name: &str) -> io::Result<PathBuf> {
-    for n in 0..1000 {
-        let target = free_name(dir, name, n);
-        match fs::hard_link(part, &target) {
-            Ok(()) => {
-                fs::remove_file(part)?;
-                return Ok(target);
-            }
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
-            Err(e) => return Err(e),
-        }
-    }
-    Err(io::Error::other(format!(
-        "no free name for {name} in {}",
-        dir.display()
-    )))
-}
-
 fn reasons(reports: &[SourceReport]) -> String {
     let list: Vec<String> = reports
         .iter()
@@ -1086,256 +824,4 @@ where
         out.push(t.await);
     }
     out
-}
-
-/// One source, from connecting (unless already connected) until it stops.
-async fn run_source(
-    shared: Arc<Shared>,
-    me: usize,
-    addr: SocketAddr,
-    conn: Option<SourceConn>,
-) -> (SourceReport, Option<Stop>) {
-    let mut report = SourceReport::new(addr);
-    let mut conn = match conn {
-        Some(c) => c,
-        None => {
-            // Connecting gives way if the download ends meanwhile.
-            let open = async {
-                Some(SourceConn::open(addr, &shared.me, shared.listen, &shared.opts).await)
-            };
-            let ended = async {
-                loop {
-                    let listener = shared.changed.listen();
-                    if shared.aborted.load(Ordering::SeqCst) {
-                        return None;
-                    }
-                    listener.await;
-                }
-            };
-            match smol::future::or(open, ended).await {
-                Some(Ok(c)) => c,
-                Some(Err(e)) => {
-                    report.error = Some(e.clone());
-                    return (report, Some(Stop::Failed(e)));
-                }
-                None => return (report, None),
-            }
-        }
-    };
-    *shared.connected.lock().unwrap() += 1;
-    shared.report_progress();
-    let opts = SourceOptions {
-        inflight: shared.opts.inflight_per_source,
-        response_timeout: shared.opts.response_timeout,
-        queued_retry: shared.opts.queued_retry,
-    };
-    let count = shared.manifest.chunk_count();
-    let mut session = SourceSession::new(shared.id, count, me, opts);
-    let result = source_loop(&shared, me, &mut conn, &mut session, &mut report).await;
-    session.close(&mut shared.sched.lock().unwrap());
-    shared.queued.lock().unwrap().remove(&me);
-    *shared.connected.lock().unwrap() -= 1;
-    shared.changed.notify(usize::MAX);
-    shared.report_progress();
-    let stop = match result {
-        Ok(()) => None,
-        Err(Stop::Hostile(reason)) => {
-            log::warn!("banning source {addr} for {}: {reason}", shared.id.short());
-            report.error = Some(reason.clone());
-            Some(Stop::Hostile(reason))
-        }
-        Err(Stop::Failed(reason)) => {
-            log::info!("dropping source {addr} for {}: {reason}", shared.id.short());
-            report.error = Some(reason.clone());
-            Some(Stop::Failed(reason))
-        }
-        Err(Stop::Disk(e)) => {
-            shared.aborted.store(true, Ordering::SeqCst);
-            shared.changed.notify(usize::MAX);
-            report.error = Some(format!("disk error: {e}"));
-            Some(Stop::Disk(e))
-        }
-    };
-    // The parting Goodbye, given a second.
-    let _ = smol::future::or(
-        async {
-            while let Some(msg) = session.poll_transmit() {
-                conn.send(&msg).await?;
-            }
-            Ok::<(), String>(())
-        },
-        async {
-            smol::Timer::after(Duration::from_secs(1)).await;
-            Ok(())
-        },
-    )
-    .await;
-    (report, stop)
-}
-
-/// Drives one source's session until it ends, the download is over, or the disk fails.
-async fn source_loop(
-    shared: &Arc<Shared>,
-    me: usize,
-    conn: &mut SourceConn,
-    session: &mut SourceSession,
-    report: &mut SourceReport,
-) -> Result<(), Stop> {
-    session.handle_timeout(Instant::now(), &mut shared.sched.lock().unwrap());
-    loop {
-        // Listen before looking, so a change between the look and the wait is not missed.
-        let listener = shared.changed.listen();
-        if shared.aborted.load(Ordering::SeqCst) {
-            return Ok(());
-        }
-        drain_session(shared, me, conn, session, report).await?;
-        match session.end() {
-            None => {}
-            Some(SourceEnd::Finished) => return Ok(()),
-            Some(SourceEnd::Failed(why)) => return Err(Stop::Failed(why.clone())),
-            Some(SourceEnd::Hostile(why)) => return Err(Stop::Hostile(why.clone())),
-        }
-        let idle = session.read_idle();
-        let wake = session.poll_timeout();
-        let msg = smol::future::or(
-            async { Some(conn.reader.read_message_idle(idle.unwrap_or(FOREVER)).await) },
-            async {
-                match wake {
-                    Some(t) => {
-                        smol::future::or(listener, async {
-                            smol::Timer::at(t).await;
-                        })
-                        .await
-                    }
-                    None => listener.await,
-                }
-                None
-            },
-        )
-        .await;
-        let now = Instant::now();
-        let mut sched = shared.sched.lock().unwrap();
-        match msg {
-            None => session.handle_timeout(now, &mut sched),
-            Some(Ok(msg)) => session.handle_message(now, msg, &mut sched),
-            Some(Err(ReadError::Timeout(d))) => session.handle_stalled(d),
-            Some(Err(e)) => return Err(Stop::Failed(read_failure(e))),
-        }
-    }
-}
-
-/// Does what the session asks, then sends what it has to send.
-async fn drain_session(
-    shared: &Arc<Shared>,
-    me: usize,
-    conn: &mut SourceConn,
-    session: &mut SourceSession,
-    report: &mut SourceReport,
-) -> Result<(), Stop> {
-    // Events first (each may add more), so what was verified is counted even if sending then
-    // fails; sending makes no events.
-    while let Some(event) = session.poll_event() {
-        match event {
-            SourceEvent::Received { bytes } => {
-                if let Some(r) = &shared.reciprocity {
-                    r.record(conn.node, bytes, Instant::now());
-                }
-                shared.cap.take(bytes).await;
-            }
-            SourceEvent::Verify {
-                request,
-                chunk,
-                data,
-            } => {
-                let len = data.len() as u64;
-                let job = shared.clone();
-                // Verified and written off the executor; a disk error stops the download.
-                let checked = smol::unblock(move || -> io::Result<Checked> {
-                    if let Err(e) = job.manifest.verify_chunk(chunk, &data) {
-                        return Ok(Checked::Bad(e.to_string()));
-                    }
-                    let offset = job.manifest.chunk_range(chunk).start;
-                    job.file.write_all_at(&data, offset)?;
-                    Ok(Checked::Kept)
-                })
-                .await
-                .map_err(Stop::Disk)?;
-                let mut sched = shared.sched.lock().unwrap();
-                session.handle_checked(Instant::now(), request, len, checked, &mut sched);
-            }
-            SourceEvent::Completed { chunk, bytes } => {
-                // Verified and written: others may have it from us now.
-                if let Some(p) = &shared.partial {
-                    p.mark(chunk);
-                }
-                report.chunks += 1;
-                report.bytes += bytes;
-                shared.report_progress();
-                shared.changed.notify(usize::MAX);
-            }
-            SourceEvent::Queued { position } => {
-                report.queued_at.get_or_insert(position);
-                shared.queued.lock().unwrap().insert(me, position);
-                shared.changed.notify(usize::MAX);
-                shared.report_progress();
-            }
-            SourceEvent::Unqueued => {
-                shared.queued.lock().unwrap().remove(&me);
-            }
-        }
-    }
-    while let Some(msg) = session.poll_transmit() {
-        conn.send(&msg).await.map_err(Stop::Failed)?;
-    }
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn file_names_from_the_network_are_made_safe() {
-        let id = FileId([0xab; 32]);
-        assert_eq!(safe_file_name("../../etc/passwd", &id), "passwd");
-        assert_eq!(safe_file_name("a\\b\\..\\c.mp3", &id), "c.mp3");
-        assert_eq!(safe_file_name("..", &id), id.to_hex());
-        assert_eq!(safe_file_name(".bashrc", &id), "bashrc");
-        assert_eq!(safe_file_name("ok\u{7}name.txt", &id), "okname.txt");
-        assert_eq!(
-            free_name(Path::new("/d"), "x.mp3", 2),
-            PathBuf::from("/d/x (2).mp3")
-        );
-        let long = "é".repeat(150);
-        let cut = safe_file_name(&long, &id);
-        assert!(
-            cut.len() <= 200 && cut.chars().all(|c| c == 'é'),
-            "{}",
-            cut.len()
-        );
-    }
-
-    #[test]
-    fn recovery_trusts_the_record_and_verifies_the_rest() {
-        let tmp = tempfile::tempdir().unwrap();
-        let data: Vec<u8> = (0..5000u32).map(|i| (i * 7) as u8).collect();
-        let mut b = wire::ManifestBuilder::with_chunk_size(5000, 1024);
-        b.update(&data);
-        let (_, m) = b.finish().unwrap();
-        let path = tmp.path().join("f.part");
-        let f = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&path)
-            .unwrap();
-        f.set_len(5000).unwrap();
-        // Chunk 1 recorded (and written); chunk 3 written after the last record; chunk 4 torn.
-        f.write_all_at(&data[1024..2048], 1024).unwrap();
-        f.write_all_at(&data[3072..4096], 3072).unwrap();
-        f.write_all_at(&data[4096..4500], 4096).unwrap();
-        let found = recover_chunks(&f, &m, &[0b0000_0010]).unwrap();
-        assert_eq!(found, vec![1, 3]);
-    }
 }

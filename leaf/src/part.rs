@@ -1,0 +1,250 @@
+//! A download's files in the output folder: the partial file (`NAME.ID8.part`), the record of
+//! its verified chunks beside it (`.part.state`, a checked data file), finding an earlier
+//! attempt to resume, and giving the finished file its final name without replacing anything.
+//! Names from the network are made safe here before anything is created.
+
+use std::fs::{self, File};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use wire::{FileId, Manifest};
+
+use crate::share::PART_SUFFIX;
+
+/// The suffix of the record of done chunks beside a `.part` file.
+pub const STATE_SUFFIX: &str = ".state";
+
+/// Makes a file name from the network safe to create: no separators, no leading dots, no
+/// control characters, not empty, at most 200 bytes.
+pub fn safe_file_name(name: &str, id: &FileId) -> String {
+    let last = name.rsplit(['/', '\\']).next().unwrap_or("");
+    let clean: String = last.chars().filter(|c| !c.is_control()).collect();
+    let clean = clean.trim().trim_start_matches('.').trim();
+    // At most 200 bytes, cut at a character boundary: room for the `.part` suffixes and a
+    // ` (n)` within the usual 255-byte limit of a file name.
+    let mut end = clean.len().min(200);
+    while !clean.is_char_boundary(end) {
+        end -= 1;
+    }
+    let clean = &clean[..end];
+    if clean.is_empty() {
+        id.to_hex()
+    } else {
+        clean.to_string()
+    }
+}
+
+/// `dir/name`, or `dir/stem (n).ext` for the first n that is free.
+pub(crate) fn free_name(dir: &Path, name: &str, n: u32) -> PathBuf {
+    if n == 0 {
+        return dir.join(name);
+    }
+    match name.rsplit_once('.') {
+        Some((stem, ext)) if !stem.is_empty() => dir.join(format!("{stem} ({n}).{ext}")),
+        _ => dir.join(format!("{name} ({n})")),
+    }
+}
+
+/// The record kept beside a `.part` file.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct Record {
+    version: u32,
+    id: FileId,
+    pub(crate) name: String,
+    size: u64,
+    chunk_size: u32,
+    #[serde(with = "serde_bytes")]
+    cvs: Vec<u8>,
+    /// Done chunks, one bit each; only chunks already flushed to disk.
+    #[serde(with = "serde_bytes")]
+    pub(crate) done: Vec<u8>,
+}
+
+impl Record {
+    /// The record of a download of `id` under `name`, with the `done` chunk bits.
+    pub(crate) fn new(id: FileId, name: &str, manifest: &Manifest, done: Vec<u8>) -> Record {
+        Record {
+            version: 1,
+            id,
+            name: name.to_string(),
+            size: manifest.size,
+            chunk_size: manifest.chunk_size,
+            cvs: manifest.cvs.as_flattened().to_vec(),
+            done,
+        }
+    }
+
+    pub(crate) fn manifest(&self) -> Manifest {
+        Manifest::from_flat(self.size, self.chunk_size, &self.cvs)
+    }
+
+    pub(crate) fn save(&self, path: &Path) -> io::Result<()> {
+        transport::store::save(path, self)
+    }
+}
+
+/// Paths of a download's partial file and record.
+pub(crate) fn part_paths(out_dir: &Path, name: &str, id: &FileId) -> (PathBuf, PathBuf) {
+    let part = out_dir.join(format!("{name}.{}{PART_SUFFIX}", id.short()));
+    let state = part.with_file_name(format!("{name}.{}{PART_SUFFIX}{STATE_SUFFIX}", id.short()));
+    (part, state)
+}
+
+/// An earlier attempt at `id` in `out_dir`: its part file, record path and record. A damaged
+/// record is reported and skipped; the download then finds the part file and verifies it.
+pub(crate) fn find_earlier(out_dir: &Path, id: &FileId) -> Option<(PathBuf, PathBuf, Record)> {
+    let suffix = format!(".{}{PART_SUFFIX}{STATE_SUFFIX}", id.short());
+    for entry in fs::read_dir(out_dir).ok()?.flatten() {
+        let file_name = entry.file_name();
+        let Some(name) = file_name.to_str() else {
+            continue;
+        };
+        let Some(base) = name.strip_suffix(&suffix) else {
+            continue;
+        };
+        let state = entry.path();
+        let record: Record = match transport::store::load(&state) {
+            Ok(Some(r)) => r,
+            Ok(None) => continue,
+            Err(e) => {
+                // The part file stays: the download verifies its chunks on disk instead.
+                log::warn!("{e}; rebuilding it from the part file");
+                continue;
+            }
+        };
+        let (part, _) = part_paths(out_dir, base, id);
+        let manifest = record.manifest();
+        let sane = record.version == 1
+            && record.id == *id
+            && manifest.verify(id).is_ok()
+            && record.done.len() as u64 == manifest.chunk_count().div_ceil(8)
+            && fs::metadata(&part).is_ok_and(|m| m.len() == record.size);
+        if sane {
+            return Some((part, state, record));
+        }
+        log::warn!(
+            "ignoring the record {}: it does not fit {id}",
+            state.display()
+        );
+    }
+    None
+}
+
+/// Removes the partial file and record an attempt at `id` left in `out_dir`; returns how many
+/// files were removed.
+pub fn discard_partial(out_dir: &Path, id: &FileId) -> io::Result<usize> {
+    let part = format!(".{}{PART_SUFFIX}", id.short());
+    let state = format!("{part}{STATE_SUFFIX}");
+    let mut removed = 0;
+    for entry in fs::read_dir(out_dir)?.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.ends_with(&part) || name.ends_with(&state) {
+            fs::remove_file(entry.path())?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
+/// Free bytes in the file system holding `dir`.
+pub(crate) fn free_space(dir: &Path) -> io::Result<u64> {
+    let st = rustix::fs::statvfs(dir).map_err(io::Error::from)?;
+    Ok(st.f_bavail.saturating_mul(st.f_frsize))
+}
+
+/// The chunks of an earlier attempt that are on disk: the recorded ones, and any other whose
+/// bytes verify (written after the last record).
+pub(crate) fn recover_chunks(
+    file: &File,
+    manifest: &Manifest,
+    done: &[u8],
+) -> io::Result<Vec<u64>> {
+    let mut found = Vec::new();
+    let mut buf = Vec::new();
+    for c in 0..manifest.chunk_count() {
+        if done[(c / 8) as usize] & (1 << (c % 8)) != 0 {
+            found.push(c);
+            continue;
+        }
+        let r = manifest.chunk_range(c);
+        buf.resize((r.end - r.start) as usize, 0);
+        file.read_exact_at(&mut buf, r.start)?;
+        if manifest.verify_chunk(c, &buf).is_ok() {
+            found.push(c);
+        }
+    }
+    Ok(found)
+}
+
+/// Gives the verified `.part` file its final name without replacing any existing file.
+pub(crate) fn place(part: &Path, dir: &Path, name: &str) -> io::Result<PathBuf> {
+    for n in 0..1000 {
+        let target = free_name(dir, name, n);
+        match fs::hard_link(part, &target) {
+            Ok(()) => {
+                fs::remove_file(part)?;
+                return Ok(target);
+            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(io::Error::other(format!(
+        "no free name for {name} in {}",
+        dir.display()
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs::OpenOptions;
+
+    #[test]
+    fn file_names_from_the_network_are_made_safe() {
+        let id = FileId([0xab; 32]);
+        assert_eq!(safe_file_name("../../etc/passwd", &id), "passwd");
+        assert_eq!(safe_file_name("a\\b\\..\\c.mp3", &id), "c.mp3");
+        assert_eq!(safe_file_name("..", &id), id.to_hex());
+        assert_eq!(safe_file_name(".bashrc", &id), "bashrc");
+        assert_eq!(safe_file_name("ok\u{7}name.txt", &id), "okname.txt");
+        assert_eq!(
+            free_name(Path::new("/d"), "x.mp3", 2),
+            PathBuf::from("/d/x (2).mp3")
+        );
+        let long = "é".repeat(150);
+        let cut = safe_file_name(&long, &id);
+        assert!(
+            cut.len() <= 200 && cut.chars().all(|c| c == 'é'),
+            "{}",
+            cut.len()
+        );
+    }
+
+    #[test]
+    fn recovery_trusts_the_record_and_verifies_the_rest() {
+        let tmp = tempfile::tempdir().unwrap();
+        let data: Vec<u8> = (0..5000u32).map(|i| (i * 7) as u8).collect();
+        let mut b = wire::ManifestBuilder::with_chunk_size(5000, 1024);
+        b.update(&data);
+        let (_, m) = b.finish().unwrap();
+        let path = tmp.path().join("f.part");
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .unwrap();
+        f.set_len(5000).unwrap();
+        // Chunk 1 recorded (and written); chunk 3 written after the last record; chunk 4 torn.
+        f.write_all_at(&data[1024..2048], 1024).unwrap();
+        f.write_all_at(&data[3072..4096], 3072).unwrap();
+        f.write_all_at(&data[4096..4500], 4096).unwrap();
+        let found = recover_chunks(&f, &m, &[0b0000_0010]).unwrap();
+        assert_eq!(found, vec![1, 3]);
+    }
+}
