@@ -900,6 +900,10 @@ impl Harness {
                 assert!(self.open.contains(&conn), "Close for {conn}, not open");
                 assert!(self.closing.insert(conn), "Close twice for {conn}");
             }
+            LeafEvent::Hits { query, .. } => {
+                // The target starts no query: hits must not get through.
+                panic!("hits passed on for query {query:?}, which was never started");
+            }
             LeafEvent::Promote { .. } => {
                 assert!(self.setup.can_promote, "a leaf that may not promote did");
                 self.switch_to = Some(NodeRole::SuperPeer);

@@ -19,7 +19,7 @@ use smol::net::{TcpListener, TcpStream};
 use smol::Task;
 use transport::net::FrameReader;
 
-use wire::{FileId, FileRecord, Filter, Hit, Message, NodeId, Query, QueryId, Search, Terms};
+use wire::{FileId, Filter, Hit, NodeId, Query, QueryId, Search, Terms};
 
 use crate::control::{
     self, DownloadInfo, DownloadState, LinkStatus, Reply, Request, ShareSummary, StatusReport,
@@ -34,10 +34,6 @@ use crate::upload::UploadSlots;
 /// The share cache's file name in the data directory.
 pub const SHARES_FILE: &str = "shares.cbor";
 
-/// Registrations are sent in batches of about this many bytes.
-const REGISTER_BATCH_BYTES: usize = 256 << 10;
-/// Withdrawals are sent in batches of this many ids (34 bytes each in CBOR).
-const WITHDRAW_BATCH: usize = 8192;
 /// Finished downloads kept for status.
 const FINISHED_KEPT: usize = 100;
 
@@ -216,12 +212,6 @@ pub enum NodeError {
 }
 
 /// A link to a super-peer this node is attached to.
-pub(crate) struct Link {
-    pub(crate) addr: SocketAddr,
-    pub(crate) out: Sender<Message>,
-    pub(crate) superpeer: NodeId,
-}
-
 /// What the node is in the overlay, for status.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct RoleStatus {
@@ -233,6 +223,10 @@ pub(crate) struct RoleStatus {
     pub(crate) hosts: usize,
     /// The in-process super-peer's figures, when promoted.
     pub(crate) superpeer: Option<control::SuperPeerStatus>,
+    /// Super-peers attached now, by address.
+    pub(crate) links: Vec<LinkStatus>,
+    /// Recent overlay events (attachments, promotion, demotion), newest last.
+    pub(crate) events: VecDeque<String>,
 }
 
 pub(crate) struct Inner {
@@ -247,15 +241,13 @@ pub(crate) struct Inner {
     pub(crate) uploaded_chunks: AtomicU64,
     pub(crate) uploaded_bytes: AtomicU64,
     pub(crate) data_dir: PathBuf,
-    /// Super-peers attached now, by connection.
-    pub(crate) links: Mutex<HashMap<u64, Link>>,
     /// Bootstrap super-peer addresses.
     pub(crate) seeds: Vec<SocketAddr>,
+    /// What the overlay actor publishes of itself for status; only it writes here.
     pub(crate) role: Mutex<RoleStatus>,
-    /// Recent overlay events (attachments, promotion, demotion), newest last.
-    pub(crate) events: Mutex<VecDeque<String>>,
     pub(crate) started: Instant,
-    pub(crate) searches: Mutex<HashMap<QueryId, Sender<Vec<Hit>>>>,
+    /// Commands to the overlay actor, which owns the super-peer links and searches.
+    overlay: Sender<crate::overlay::Command>,
     downloads: Mutex<Vec<Tracked>>,
     /// How to stop each running download, by file.
     cancels: Mutex<HashMap<FileId, Sender<()>>>,
@@ -276,9 +268,6 @@ pub(crate) struct Inner {
     download_cap: RateLimit,
     download_gate: smol::lock::Semaphore,
     give_up_after: Option<Duration>,
-    /// Held while a link's first registration or an announcement is queued, so a withdrawal
-    /// never overtakes the registration it cancels.
-    pub(crate) announce_lock: Mutex<()>,
     download_options: DownloadOptions,
     /// One scan at a time: scans of one folder must not interleave.
     scan_lock: smol::lock::Mutex<()>,
@@ -343,6 +332,7 @@ impl Node {
                 seeds.push(a);
             }
         }
+        let (overlay_tx, overlay_rx) = channel::unbounded();
         let inner = Arc::new(Inner {
             node_id,
             identity: Arc::new(identity),
@@ -353,16 +343,14 @@ impl Node {
             uploaded_chunks: AtomicU64::new(0),
             uploaded_bytes: AtomicU64::new(0),
             data_dir: dir,
-            links: Mutex::new(HashMap::new()),
             seeds,
             role: Mutex::new(RoleStatus {
                 role: "leaf".into(),
                 why: "starting".into(),
                 ..Default::default()
             }),
-            events: Mutex::new(VecDeque::new()),
             started: Instant::now(),
-            searches: Mutex::new(HashMap::new()),
+            overlay: overlay_tx,
             downloads: Mutex::new(Vec::new()),
             cancels: Mutex::new(HashMap::new()),
             control: config.control,
@@ -377,7 +365,6 @@ impl Node {
             download_cap: RateLimit::new(config.download_rate),
             download_gate: smol::lock::Semaphore::new(config.max_downloads.max(1)),
             give_up_after: config.give_up_after,
-            announce_lock: Mutex::new(()),
             download_options: config.download,
             scan_lock: smol::lock::Mutex::new(()),
             tasks: Mutex::new(Vec::new()),
@@ -398,7 +385,11 @@ impl Node {
         if let Some(l) = listener {
             tasks.push(smol::spawn(accept_uploads(node.inner.clone(), l)));
         }
-        tasks.push(smol::spawn(crate::overlay::run(node.clone(), overlay)));
+        tasks.push(smol::spawn(crate::overlay::run(
+            node.clone(),
+            overlay,
+            overlay_rx,
+        )));
         if let Some(l) = control_listener {
             tasks.push(smol::spawn(serve_control(node.clone(), l)));
         }
@@ -442,7 +433,6 @@ impl Node {
         for t in tasks {
             t.cancel().await;
         }
-        self.inner.links.lock().unwrap().clear();
         for (_, stream) in self.inner.upload_streams.lock().unwrap().drain() {
             let _ = stream.shutdown(std::net::Shutdown::Both);
         }
@@ -469,7 +459,7 @@ impl Node {
     pub async fn wait_connected(&self, limit: Duration) -> bool {
         let until = Instant::now() + limit;
         loop {
-            if !self.inner.links.lock().unwrap().is_empty() {
+            if !self.inner.role.lock().unwrap().links.is_empty() {
                 return true;
             }
             if Instant::now() >= until {
@@ -546,20 +536,13 @@ impl Node {
         .await
     }
 
-    /// Tells every connected super-peer about added and removed files.
+    /// Tells every attached super-peer about added and removed files (through the overlay
+    /// actor, which keeps them in order with each link's first registration).
     fn announce(&self, diff: ShareDiff) {
-        if self.inner.listen.is_none() {
-            return;
-        }
-        let _order = self.inner.announce_lock.lock().unwrap();
-        for link in self.inner.links.lock().unwrap().values() {
-            for files in register_batches(&diff.added) {
-                let _ = link.out.try_send(Message::Register { files });
-            }
-            for ids in diff.removed.chunks(WITHDRAW_BATCH) {
-                let _ = link.out.try_send(Message::Withdraw { ids: ids.to_vec() });
-            }
-        }
+        let _ = self.inner.overlay.try_send(crate::overlay::Command::Share {
+            added: diff.added,
+            removed: diff.removed,
+        });
     }
 
     /// Sends a query to every connected super-peer; hits arrive on the receiver until
@@ -569,35 +552,36 @@ impl Node {
         search: Search,
         ttl: u8,
     ) -> Result<(QueryId, Receiver<Vec<Hit>>), NodeError> {
+        if self.inner.role.lock().unwrap().links.is_empty() {
+            return Err(NodeError::NotConnected {
+                tried: self.tried(),
+            });
+        }
         let id = QueryId(rand::random());
         // Bounded: a super-peer that floods hits for a search fills this and the rest is
         // dropped, whatever it sends (each message holds at most 256 hits).
         let (tx, rx) = channel::bounded(SEARCH_BACKLOG);
-        self.inner.searches.lock().unwrap().insert(id, tx);
         let query = Query {
             id,
             ttl,
             hops: 0,
             search,
         };
-        let mut sent = 0;
-        for link in self.inner.links.lock().unwrap().values() {
-            if link.out.try_send(Message::Query(query.clone())).is_ok() {
-                sent += 1;
-            }
-        }
-        if sent == 0 {
-            self.end_search(id);
-            return Err(NodeError::NotConnected {
-                tried: self.tried(),
-            });
-        }
+        // (Should the last link drop before the actor sends it, the search sees no hit and
+        // its channel closes.)
+        let _ = self
+            .inner
+            .overlay
+            .try_send(crate::overlay::Command::Search { query, hits: tx });
         Ok((id, rx))
     }
 
     /// Stops routing hits of a search.
     pub fn end_search(&self, id: QueryId) {
-        self.inner.searches.lock().unwrap().remove(&id);
+        let _ = self
+            .inner
+            .overlay
+            .try_send(crate::overlay::Command::EndSearch(id));
     }
 
     fn tried(&self) -> String {
@@ -852,12 +836,10 @@ impl Node {
         {
             return;
         }
-        let _order = self.inner.announce_lock.lock().unwrap();
-        for link in self.inner.links.lock().unwrap().values() {
-            let _ = link.out.try_send(Message::Register {
-                files: vec![record.clone()],
-            });
-        }
+        let _ = self.inner.overlay.try_send(crate::overlay::Command::Share {
+            added: vec![record],
+            removed: Vec::new(),
+        });
     }
 
     /// Stops serving a file published by [`Node::publish`], withdrawing it from the
@@ -869,10 +851,10 @@ impl Node {
         if self.inner.listen.is_none() || self.inner.shares.read().unwrap().get(&id).is_some() {
             return;
         }
-        let _order = self.inner.announce_lock.lock().unwrap();
-        for link in self.inner.links.lock().unwrap().values() {
-            let _ = link.out.try_send(Message::Withdraw { ids: vec![id] });
-        }
+        let _ = self.inner.overlay.try_send(crate::overlay::Command::Share {
+            added: Vec::new(),
+            removed: vec![id],
+        });
     }
 
     /// Seeds a finished download as the seeding setting says, then stops serving it.
@@ -1016,29 +998,16 @@ impl Node {
     /// The node's state.
     pub fn status(&self) -> StatusReport {
         let role = self.inner.role.lock().unwrap().clone();
-        let mut links: Vec<LinkStatus> = self
-            .inner
-            .links
-            .lock()
-            .unwrap()
-            .values()
-            .map(|l| LinkStatus {
-                addr: l.addr,
-                connected: true,
-                node: Some(l.superpeer),
-            })
-            .collect();
-        links.sort_by_key(|l| l.addr);
         let shares = self.inner.shares.read().unwrap();
         StatusReport {
             node: self.inner.node_id,
             role: role.role,
             role_reason: role.why,
             listen: self.inner.listen,
-            superpeers: links,
+            superpeers: role.links,
             hosts: role.hosts,
             superpeer: role.superpeer,
-            events: self.inner.events.lock().unwrap().iter().cloned().collect(),
+            events: role.events.into_iter().collect(),
             folders: shares.folders().to_vec(),
             folder_stats: shares
                 .folders()
@@ -1218,8 +1187,6 @@ async fn collect_hits(
     }
 }
 
-/// Splits records into Register batches that stay well under the frame limit (about 256 KiB
-/// of estimated CBOR each). Public so that load generators batch exactly as a leaf does.
 /// Accepts control connections (see [`crate::control`]) until the listener fails.
 async fn serve_control(node: Node, listener: UnixListener) {
     loop {
@@ -1260,24 +1227,9 @@ async fn serve_control_one(node: Node, stream: UnixStream) {
     }
 }
 
-pub fn register_batches(files: &[FileRecord]) -> Vec<Vec<FileRecord>> {
-    let mut batches = Vec::new();
-    let mut batch = Vec::new();
-    let mut bytes = 0;
-    for f in files {
-        let size = 120 + f.text_len();
-        if bytes + size > REGISTER_BATCH_BYTES && !batch.is_empty() {
-            batches.push(std::mem::take(&mut batch));
-            bytes = 0;
-        }
-        bytes += size;
-        batch.push(f.clone());
-    }
-    if !batch.is_empty() {
-        batches.push(batch);
-    }
-    batches
-}
+/// Splits records into Register batches (public so that load generators batch exactly as a
+/// leaf does).
+pub use topology::leaf::register_batches;
 
 async fn accept_uploads(inner: Arc<Inner>, listener: TcpListener) {
     loop {

@@ -1,9 +1,12 @@
 //! The node's place in the overlay: the driver of [`topology::LeafOverlay`], and of the
 //! super-peer role when the node is promoted.
 //!
-//! As a leaf, the machine decides which super-peers to dial; this driver connects, runs a reader
-//! and a writer task per link, routes query hits straight to the searches waiting for them, and
-//! registers the node's shares on every link that comes up. When the machine says `Promote`,
+//! This task is the one owner of the node's super-peer links and of its searches: the rest of
+//! the node sends it [`Command`]s (share changes, searches) and reads what it publishes in
+//! `Inner::role`. As a leaf, the machine decides which super-peers to dial and orders every
+//! registration, withdrawal and query; this driver connects, runs a reader and a writer task per
+//! link, hands each link's first registration to the machine, and passes hits to the searches
+//! waiting for them. When the machine says `Promote`,
 //! the node starts a [`superpeer::SuperPeerNode`] in-process (listening where others configured
 //! like this node look for one) and keeps a single leaf link to it, so its own files stay
 //! searchable. When that super-peer demotes itself, the node becomes a plain leaf again with the
@@ -15,7 +18,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use smol::channel::{self, Sender};
+use smol::channel::{self, Receiver, Sender};
 use smol::net::TcpStream;
 use superpeer::server::{load_hosts, save_hosts, HOSTS_FILE};
 use superpeer::{Demoted, SuperPeerNode};
@@ -24,10 +27,30 @@ use topology::{
 };
 use transport::net::{connect_secure, write_message_within, FrameReader};
 use transport::secure::SecureStream;
-use wire::{Capability, FileRecord, Message};
+use wire::{Capability, FileId, FileRecord, Hit, Message, Query, QueryId};
 
-use crate::control::SuperPeerStatus;
-use crate::node::{register_batches, Inner, Link, Node};
+use crate::control::{LinkStatus, SuperPeerStatus};
+use crate::node::{Inner, Node};
+
+/// What the rest of the node asks of the overlay actor.
+pub(crate) enum Command {
+    /// Shared files were added or removed: register and withdraw them on every link.
+    Share {
+        /// Records to register.
+        added: Vec<FileRecord>,
+        /// Ids to withdraw.
+        removed: Vec<FileId>,
+    },
+    /// Send a query to every attached super-peer and pass its hits to `hits`.
+    Search {
+        /// The query.
+        query: Query,
+        /// Where its hits go (dropped, so the search ends, if no link is up).
+        hits: Sender<Vec<Hit>>,
+    },
+    /// Stop passing on the hits of a search.
+    EndSearch(QueryId),
+}
 
 /// How the node behaves in the overlay.
 #[derive(Debug, Clone)]
@@ -47,6 +70,7 @@ enum Input {
 
 enum Wake {
     Input(Input),
+    Command(Command),
     Demoted(Demoted),
     Timer,
 }
@@ -58,7 +82,7 @@ const SAVE_HOSTS: Duration = Duration::from_secs(30);
 const EVENTS_KEPT: usize = 50;
 
 /// Runs the node's overlay role until the node shuts down.
-pub(crate) async fn run(node: Node, settings: Settings) {
+pub(crate) async fn run(node: Node, settings: Settings, commands: Receiver<Command>) {
     let inner = node.inner().clone();
     let (tx, rx) = channel::unbounded::<Input>();
     let hosts_path = inner.data_dir.join(HOSTS_FILE);
@@ -75,6 +99,7 @@ pub(crate) async fn run(node: Node, settings: Settings) {
     leaf.import_hosts(now, &load_hosts(&hosts_path));
     set_role(&inner, "leaf", "looking for super-peers");
     let mut writers: HashMap<ConnId, Sender<Message>> = HashMap::new();
+    let mut searches: HashMap<QueryId, Sender<Vec<Hit>>> = HashMap::new();
     let mut next_conn: ConnId = 1;
     let mut sp: Option<SuperPeerNode> = None;
     let mut next_refresh = now;
@@ -90,37 +115,55 @@ pub(crate) async fn run(node: Node, settings: Settings) {
             async { rx.recv().await.map(Wake::Input).unwrap_or(Wake::Timer) },
             smol::future::or(
                 async {
-                    match &sp {
-                        Some(s) => Wake::Demoted(s.demoted().await),
-                        None => smol::future::pending().await,
+                    match commands.recv().await {
+                        Ok(c) => Wake::Command(c),
+                        // The node is gone: nothing more will be asked.
+                        Err(_) => smol::future::pending().await,
                     }
                 },
-                async {
-                    smol::Timer::at(deadline).await;
-                    Wake::Timer
-                },
+                smol::future::or(
+                    async {
+                        match &sp {
+                            Some(s) => Wake::Demoted(s.demoted().await),
+                            None => smol::future::pending().await,
+                        }
+                    },
+                    async {
+                        smol::Timer::at(deadline).await;
+                        Wake::Timer
+                    },
+                ),
             ),
         )
         .await;
         let now = Instant::now();
         match wake {
             Wake::Input(Input::Connected(conn, addr, stream)) => {
-                writers.insert(conn, start_link(&inner, conn, *stream, tx.clone()));
+                writers.insert(conn, start_link(conn, *stream, tx.clone()));
                 leaf.handle_connect(now, conn, addr);
             }
             Wake::Input(Input::DialFailed(addr)) => leaf.handle_dial_failed(now, addr),
             Wake::Input(Input::Message(conn, msg)) => leaf.handle_message(now, conn, msg),
             Wake::Input(Input::Closed(conn)) => {
                 writers.remove(&conn);
-                inner.links.lock().unwrap().remove(&conn);
                 leaf.handle_disconnect(now, conn);
+            }
+            Wake::Command(Command::Share { added, removed }) => leaf.handle_share(&added, &removed),
+            Wake::Command(Command::Search { query, hits }) => {
+                let id = query.id;
+                if leaf.start_query(query) > 0 {
+                    searches.insert(id, hits);
+                }
+            }
+            Wake::Command(Command::EndSearch(id)) => {
+                leaf.end_query(id);
+                searches.remove(&id);
             }
             Wake::Demoted(d) => {
                 // The super-peer closed its connections and stopped: a leaf again.
                 note(&inner, format!("became a leaf again: {}", d.reason));
                 sp = None;
                 writers.clear();
-                inner.links.lock().unwrap().clear();
                 let handover = Handover {
                     clock: d.clock,
                     hosts: d.hosts,
@@ -180,31 +223,26 @@ pub(crate) async fn run(node: Node, settings: Settings) {
                         })
                         .detach();
                     }
-                    LeafEvent::Attached { conn, addr, node } => {
-                        if let Some(out) = writers.get(&conn) {
-                            attach(
-                                &inner,
-                                conn,
-                                Link {
-                                    addr,
-                                    out: out.clone(),
-                                    superpeer: node,
-                                },
-                            );
-                        }
+                    LeafEvent::Attached { conn, addr, .. } => {
+                        note(&inner, format!("attached to super-peer {addr}"));
+                        leaf.register_all(conn, &shared_records(&inner));
                         // Keep what we know on disk now: a restart needs no bootstrap address.
                         if sp.is_none() {
                             save_hosts(&hosts_path, leaf.hosts(), now);
                         }
                     }
-                    LeafEvent::Detached { conn, addr } => {
-                        inner.links.lock().unwrap().remove(&conn);
+                    LeafEvent::Detached { addr, .. } => {
                         note(&inner, format!("lost super-peer {addr}"));
                     }
                     LeafEvent::Close { conn, reason } => {
                         log::debug!("closing link {conn}: {reason}");
-                        inner.links.lock().unwrap().remove(&conn);
                         writers.remove(&conn);
+                    }
+                    LeafEvent::Hits { query, hits } => {
+                        if let Some(t) = searches.get(&query) {
+                            // Full: the search's reader is behind; the rest is dropped.
+                            let _ = t.try_send(hits);
+                        }
                     }
                     LeafEvent::Promote { reason } => {
                         let placeholder = LeafOverlay::new(
@@ -223,7 +261,6 @@ pub(crate) async fn run(node: Node, settings: Settings) {
                                 sp = Some(node);
                                 leaf = local;
                                 writers.clear();
-                                inner.links.lock().unwrap().clear();
                             }
                             Err(back) => leaf = back,
                         }
@@ -234,6 +271,41 @@ pub(crate) async fn run(node: Node, settings: Settings) {
                 break;
             }
         }
+        publish_links(&inner, &leaf);
+    }
+}
+
+/// What the node registers on a link: its shared files, and the files it downloads or seeds
+/// that no share holds.
+fn shared_records(inner: &Inner) -> Vec<FileRecord> {
+    let shares = inner.shares.read().unwrap();
+    let mut records: Vec<FileRecord> = shares.files().map(|f| f.record.clone()).collect();
+    records.extend(
+        inner
+            .partials
+            .lock()
+            .unwrap()
+            .values()
+            .filter(|p| shares.get(&p.record.id).is_none())
+            .map(|p| p.record.clone()),
+    );
+    records
+}
+
+/// Publishes the attached super-peers for status (only this task writes them).
+fn publish_links(inner: &Inner, leaf: &LeafOverlay) {
+    let links: Vec<LinkStatus> = leaf
+        .superpeers()
+        .into_iter()
+        .map(|(addr, node)| LinkStatus {
+            addr,
+            connected: true,
+            node: Some(node),
+        })
+        .collect();
+    let mut role = inner.role.lock().unwrap();
+    if role.links != links {
+        role.links = links;
     }
 }
 
@@ -301,7 +373,6 @@ async fn promote(
 
 /// Starts a link's writer and reader tasks; returns the writer's channel.
 fn start_link(
-    inner: &Arc<Inner>,
     conn: ConnId,
     stream: SecureStream<TcpStream>,
     inputs: Sender<Input>,
@@ -323,18 +394,11 @@ fn start_link(
         let _ = writer.get_ref().shutdown(std::net::Shutdown::Both);
     })
     .detach();
-    let inner = inner.clone();
     let peer = stream.peer;
     smol::spawn(async move {
         let mut reader = FrameReader::new(stream.reader);
         loop {
             match reader.read_message().await {
-                Ok(Some(Message::QueryHits(h))) => {
-                    let target = inner.searches.lock().unwrap().get(&h.query).cloned();
-                    if let Some(t) = target {
-                        let _ = t.try_send(h.hits);
-                    }
-                }
                 Ok(Some(msg)) => {
                     if let Message::Hello(h) = &msg {
                         if let Err(e) = transport::hello::check_key(peer, h) {
@@ -357,32 +421,6 @@ fn start_link(
     })
     .detach();
     out
-}
-
-/// A link is up: publish it and register every shared file on it, under the announce lock so
-/// a later announcement cannot overtake the registration.
-fn attach(inner: &Arc<Inner>, conn: ConnId, link: Link) {
-    note(inner, format!("attached to super-peer {}", link.addr));
-    let _order = inner.announce_lock.lock().unwrap();
-    if inner.listen.is_some() {
-        let shares = inner.shares.read().unwrap();
-        let mut records: Vec<FileRecord> = shares.files().map(|f| f.record.clone()).collect();
-        // Files being downloaded (or seeded) are sources too, unless a share holds them.
-        records.extend(
-            inner
-                .partials
-                .lock()
-                .unwrap()
-                .values()
-                .filter(|p| shares.get(&p.record.id).is_none())
-                .map(|p| p.record.clone()),
-        );
-        drop(shares);
-        for files in register_batches(&records) {
-            let _ = link.out.try_send(Message::Register { files });
-        }
-    }
-    inner.links.lock().unwrap().insert(conn, link);
 }
 
 /// What this node offers as a super-peer: uptime, upload rate, free descriptors and memory.
@@ -455,7 +493,7 @@ fn set_role(inner: &Inner, role: &str, why: &str) {
 /// Logs an overlay event and keeps it for status.
 pub(crate) fn note(inner: &Inner, event: String) {
     log::info!("{event}");
-    let mut events = inner.events.lock().unwrap();
+    let events = &mut inner.role.lock().unwrap().events;
     events.push_back(event);
     while events.len() > EVENTS_KEPT {
         events.pop_front();

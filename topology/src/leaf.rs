@@ -5,19 +5,54 @@
 //! cache (configured bootstrap addresses, what super-peers tell it in `Hosts`, and what an
 //! earlier run saved). A super-peer that is full or demoting answers `Redirect` with others to
 //! try. A leaf that has found no super-peer at all for `promote_when_alone_after` promotes
-//! itself (if it may); a super-peer running out of slots may ask it to (`Promote`). The driver
-//! handles everything else that travels on the links (registration, queries, hits).
+//! itself (if it may); a super-peer running out of slots may ask it to (`Promote`).
+//!
+//! It also carries what the node says on its links, in order: the registration of every shared
+//! file on a link as it attaches ([`LeafOverlay::register_all`], which the driver calls on
+//! [`LeafEvent::Attached`] before any other input), later registrations and withdrawals on every
+//! attached link ([`LeafOverlay::handle_share`]), and queries ([`LeafOverlay::start_query`]),
+//! whose hits come back as [`LeafEvent::Hits`] until [`LeafOverlay::end_query`]. Since one
+//! machine queues them all, a withdrawal never overtakes the registration it cancels.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use wire::{Capability, Hello, HostEntry, Message, NodeId, RedirectReason, Role};
+use wire::{
+    Capability, FileId, FileRecord, Hello, Hit, HostEntry, Message, NodeId, Query, QueryId,
+    RedirectReason, Role,
+};
 
 use crate::hostcache::HostCache;
 use crate::role::RoleClock;
 use crate::superpeer::Transmit;
 use crate::ConnId;
+
+/// Registrations are sent in batches of about this many bytes.
+pub const REGISTER_BATCH_BYTES: usize = 256 << 10;
+/// Withdrawals are sent in batches of this many ids (34 bytes each in CBOR).
+pub const WITHDRAW_BATCH: usize = 8192;
+
+/// Splits records into Register batches that stay well under the frame limit (about 256 KiB
+/// each, whatever the length of the names and tags).
+pub fn register_batches(files: &[FileRecord]) -> Vec<Vec<FileRecord>> {
+    let mut batches = Vec::new();
+    let mut batch = Vec::new();
+    let mut bytes = 0;
+    for f in files {
+        let size = 120 + f.text_len();
+        if bytes + size > REGISTER_BATCH_BYTES && !batch.is_empty() {
+            batches.push(std::mem::take(&mut batch));
+            bytes = 0;
+        }
+        bytes += size;
+        batch.push(f.clone());
+    }
+    if !batch.is_empty() {
+        batches.push(batch);
+    }
+    batches
+}
 
 /// How soon a leaf with no super-peer at all asks a full one again.
 const ALONE_RETRY: Duration = Duration::from_secs(5);
@@ -60,12 +95,13 @@ impl Default for LeafConfig {
 }
 
 /// What the driver must act on, besides sending messages.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum LeafEvent {
     /// Connect to this super-peer; then call [`LeafOverlay::handle_connect`] or
     /// [`LeafOverlay::handle_dial_failed`].
     Dial(SocketAddr),
-    /// A link is up: register the shared files on it.
+    /// A link is up: call [`LeafOverlay::register_all`] with every shared file, before any
+    /// other input.
     Attached {
         /// The connection.
         conn: ConnId,
@@ -87,6 +123,13 @@ pub enum LeafEvent {
         conn: ConnId,
         /// Why.
         reason: String,
+    },
+    /// Hits for a query started with [`LeafOverlay::start_query`] and not ended.
+    Hits {
+        /// The query.
+        query: QueryId,
+        /// The hits.
+        hits: Vec<Hit>,
     },
     /// Become a super-peer (the [`RoleClock`] allowed it). The driver starts the super-peer
     /// role and passes [`LeafOverlay::into_parts`] on to it.
@@ -118,6 +161,8 @@ pub struct LeafOverlay {
     clock: RoleClock,
     next_tick: Instant,
     promoted: bool,
+    /// Queries whose hits are wanted.
+    searches: HashSet<QueryId>,
     transmits: VecDeque<Transmit>,
     events: VecDeque<LeafEvent>,
 }
@@ -148,6 +193,7 @@ impl LeafOverlay {
             clock,
             next_tick: now,
             promoted: false,
+            searches: HashSet::new(),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
         }
@@ -202,6 +248,80 @@ impl LeafOverlay {
         v
     }
 
+    /// Super-peers attached now: (address, node id), by address.
+    pub fn superpeers(&self) -> Vec<(SocketAddr, NodeId)> {
+        let mut v: Vec<_> = self
+            .links
+            .values()
+            .filter(|l| !l.closing)
+            .filter_map(|l| l.node.map(|n| (l.addr, n)))
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// A link attached ([`LeafEvent::Attached`]): registers `files`, every file the node
+    /// shares, on it. A node that serves nobody (no listen address) registers nothing.
+    pub fn register_all(&mut self, conn: ConnId, files: &[FileRecord]) {
+        let attached = self
+            .links
+            .get(&conn)
+            .is_some_and(|l| l.node.is_some() && !l.closing);
+        if !attached || self.listen.is_none() {
+            return;
+        }
+        for files in register_batches(files) {
+            self.transmits.push_back(Transmit {
+                to: conn,
+                msg: Message::Register { files },
+            });
+        }
+    }
+
+    /// The node's shared files changed: registers `added` and withdraws `removed` on every
+    /// attached link, after whatever was queued before.
+    pub fn handle_share(&mut self, added: &[FileRecord], removed: &[FileId]) {
+        if self.listen.is_none() {
+            return;
+        }
+        for (conn, _) in self.attached() {
+            for files in register_batches(added) {
+                self.transmits.push_back(Transmit {
+                    to: conn,
+                    msg: Message::Register { files },
+                });
+            }
+            for ids in removed.chunks(WITHDRAW_BATCH) {
+                self.transmits.push_back(Transmit {
+                    to: conn,
+                    msg: Message::Withdraw { ids: ids.to_vec() },
+                });
+            }
+        }
+    }
+
+    /// Sends `query` to every attached super-peer; its hits come back as [`LeafEvent::Hits`]
+    /// until [`LeafOverlay::end_query`]. Returns how many super-peers it went to (none: the
+    /// query is not kept).
+    pub fn start_query(&mut self, query: Query) -> usize {
+        let links = self.attached();
+        for (conn, _) in &links {
+            self.transmits.push_back(Transmit {
+                to: *conn,
+                msg: Message::Query(query.clone()),
+            });
+        }
+        if !links.is_empty() {
+            self.searches.insert(query.id);
+        }
+        links.len()
+    }
+
+    /// Hits of `query` are no longer wanted: later ones are dropped.
+    pub fn end_query(&mut self, query: QueryId) {
+        self.searches.remove(&query);
+    }
+
     /// A dial asked for by [`LeafEvent::Dial`] connected.
     pub fn handle_connect(&mut self, now: Instant, conn: ConnId, addr: SocketAddr) {
         self.dialing.remove(&addr);
@@ -246,8 +366,8 @@ impl LeafOverlay {
         }
     }
 
-    /// An overlay message on a link (Hello, Hosts, Redirect, Promote, Ping, Pong, Goodbye);
-    /// anything else is the driver's, and ignored here, as is anything on a link being closed.
+    /// A message on a link (Hello, Hosts, Redirect, Promote, Ping, Pong, Goodbye, QueryHits);
+    /// anything else is ignored, as is anything on a link being closed.
     pub fn handle_message(&mut self, now: Instant, conn: ConnId, msg: Message) {
         let Some(link) = self.links.get_mut(&conn) else {
             return;
@@ -308,6 +428,12 @@ impl LeafOverlay {
                 msg: Message::Pong { nonce },
             }),
             Message::Goodbye { reason } => self.close(conn, format!("{addr} said: {reason}")),
+            Message::QueryHits(h) if self.searches.contains(&h.query) => {
+                self.events.push_back(LeafEvent::Hits {
+                    query: h.query,
+                    hits: h.hits,
+                });
+            }
             _ => {}
         }
     }
@@ -454,5 +580,154 @@ mod tests {
         leaf.handle_message(late, 7, Message::Hello(hello));
         assert_eq!(leaf.poll_event(), None);
         assert!(leaf.attached().is_empty());
+    }
+
+    /// A leaf with `listen`, attached on link 7 to a super-peer.
+    fn attached_leaf(listen: Option<SocketAddr>) -> (LeafOverlay, Instant) {
+        let t0 = Instant::now();
+        let clock = RoleClock::new(t0, NodeRole::Leaf, RoleConfig::default());
+        let config = LeafConfig {
+            can_promote: false,
+            target: 1,
+            ..LeafConfig::default()
+        };
+        let mut leaf = LeafOverlay::new(t0, NodeId([1; 32]), listen, config, clock);
+        let sp: SocketAddr = "10.0.0.1:4000".parse().unwrap();
+        leaf.add_seeds(t0, &[sp]);
+        leaf.handle_timeout(t0);
+        assert_eq!(leaf.poll_event(), Some(LeafEvent::Dial(sp)));
+        leaf.handle_connect(t0, 7, sp);
+        let hello = Hello::new(NodeId([2; 32]), Role::SuperPeer, Some(sp), "test");
+        leaf.handle_message(t0, 7, Message::Hello(hello));
+        assert!(matches!(
+            leaf.poll_event(),
+            Some(LeafEvent::Attached { conn: 7, .. })
+        ));
+        assert_eq!(leaf.superpeers(), vec![(sp, NodeId([2; 32]))]);
+        while leaf.poll_transmit().is_some() {}
+        (leaf, t0)
+    }
+
+    fn record(n: u8) -> FileRecord {
+        FileRecord {
+            id: FileId([n; 32]),
+            size: 10,
+            path: format!("file {n}.mp3"),
+            tags: Default::default(),
+        }
+    }
+
+    fn sent(leaf: &mut LeafOverlay) -> Vec<(ConnId, Message)> {
+        std::iter::from_fn(|| leaf.poll_transmit())
+            .map(|t| (t.to, t.msg))
+            .collect()
+    }
+
+    #[test]
+    fn registrations_and_withdrawals_go_out_in_the_order_they_were_made() {
+        let (mut leaf, _) = attached_leaf(Some("10.0.0.9:6000".parse().unwrap()));
+        leaf.register_all(7, &[record(1), record(2)]);
+        leaf.handle_share(&[record(3)], &[FileId([1; 32])]);
+        leaf.handle_share(&[], &[FileId([3; 32])]);
+        let out = sent(&mut leaf);
+        assert_eq!(
+            out,
+            vec![
+                (
+                    7,
+                    Message::Register {
+                        files: vec![record(1), record(2)]
+                    }
+                ),
+                (
+                    7,
+                    Message::Register {
+                        files: vec![record(3)]
+                    }
+                ),
+                (
+                    7,
+                    Message::Withdraw {
+                        ids: vec![FileId([1; 32])]
+                    }
+                ),
+                (
+                    7,
+                    Message::Withdraw {
+                        ids: vec![FileId([3; 32])]
+                    }
+                ),
+            ]
+        );
+        // A link that is not attached gets nothing.
+        leaf.register_all(8, &[record(4)]);
+        assert!(sent(&mut leaf).is_empty());
+        // Many records are cut into batches under the frame limit.
+        let many: Vec<FileRecord> = (0..3000u32)
+            .map(|i| FileRecord {
+                path: "x".repeat(200) + &i.to_string(),
+                ..record(5)
+            })
+            .collect();
+        leaf.handle_share(&many, &[]);
+        let batches = sent(&mut leaf);
+        assert!(batches.len() > 1, "{} batch(es)", batches.len());
+        let total: usize = batches
+            .iter()
+            .map(|(_, m)| match m {
+                Message::Register { files } => files.len(),
+                other => panic!("{other:?}"),
+            })
+            .sum();
+        assert_eq!(total, 3000);
+    }
+
+    #[test]
+    fn a_leaf_that_serves_nobody_registers_nothing() {
+        let (mut leaf, _) = attached_leaf(None);
+        leaf.register_all(7, &[record(1)]);
+        leaf.handle_share(&[record(2)], &[FileId([2; 32])]);
+        assert!(sent(&mut leaf).is_empty());
+    }
+
+    #[test]
+    fn hits_are_passed_on_only_for_queries_started_and_not_ended() {
+        let (mut leaf, t0) = attached_leaf(None);
+        let query = Query {
+            id: QueryId([3; 16]),
+            ttl: 2,
+            hops: 0,
+            search: wire::Search {
+                terms: wire::Terms::Words("tune".into()),
+                filter: Default::default(),
+            },
+        };
+        let hits = |q: QueryId| {
+            Message::QueryHits(wire::QueryHits {
+                query: q,
+                hits: Vec::new(),
+            })
+        };
+        leaf.handle_message(t0, 7, hits(query.id));
+        assert_eq!(leaf.poll_event(), None, "no query of ours");
+        assert_eq!(leaf.start_query(query.clone()), 1);
+        assert_eq!(sent(&mut leaf), vec![(7, Message::Query(query.clone()))]);
+        leaf.handle_message(t0, 7, hits(query.id));
+        assert_eq!(
+            leaf.poll_event(),
+            Some(LeafEvent::Hits {
+                query: query.id,
+                hits: Vec::new()
+            })
+        );
+        leaf.handle_message(t0, 7, hits(QueryId([4; 16])));
+        assert_eq!(leaf.poll_event(), None, "another node's query");
+        leaf.end_query(query.id);
+        leaf.handle_message(t0, 7, hits(query.id));
+        assert_eq!(leaf.poll_event(), None, "ended");
+        // With no link, a query goes nowhere and is not kept.
+        leaf.handle_disconnect(t0, 7);
+        while leaf.poll_event().is_some() {}
+        assert_eq!(leaf.start_query(query), 0);
     }
 }

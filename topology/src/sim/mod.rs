@@ -752,7 +752,9 @@ impl Sim {
                             LeafEvent::Dial(addr) => todo.push(Out::Dial(addr)),
                             LeafEvent::Close { conn, .. } => todo.push(Out::Close(conn)),
                             LeafEvent::Promote { .. } => todo.push(Out::Role(NodeRole::SuperPeer)),
-                            LeafEvent::Attached { .. } | LeafEvent::Detached { .. } => {}
+                            LeafEvent::Attached { .. }
+                            | LeafEvent::Detached { .. }
+                            | LeafEvent::Hits { .. } => {}
                         }
                     }
                 }
