@@ -9,6 +9,8 @@
 //! - [`tags`]: reading audio tags with `lofty`.
 //! - [`upload`]: serving manifests and chunks by content id, with upload slots and a queue,
 //!   driving one `transfer::UploadSession` per downloader.
+//! - `state`: what the node, the overlay actor and the upload connections share.
+//! - [`slots`]: the upload slots, handed out tit-for-tat, and the queue for them.
 //! - [`rate`]: the token bucket behind the upload and download caps.
 //! - [`download`]: the multi-source downloader, driving one `transfer::SourceSession` per
 //!   source around a shared `transfer::Scheduler` (the rules live in the `transfer` crate).
@@ -42,6 +44,8 @@ mod part;
 pub mod rate;
 pub mod search;
 pub mod share;
+pub mod slots;
+mod state;
 pub mod swarm;
 pub mod tags;
 pub mod tui;

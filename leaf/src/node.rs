@@ -4,7 +4,7 @@
 //! [`Node::handle`] carries out one control [`Request`]; the control socket and the short-lived
 //! in-process node of a CLI command both go through it, so both behave the same.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -22,14 +22,15 @@ use transport::net::FrameReader;
 use wire::{FileId, Filter, Hit, NodeId, Query, QueryId, Search, Terms};
 
 use crate::control::{
-    self, DownloadInfo, DownloadState, LinkStatus, Reply, Request, ShareSummary, StatusReport,
+    self, DownloadInfo, DownloadState, Reply, Request, ShareSummary, StatusReport,
 };
 use crate::download::{self, DownloadOptions, DownloadReport, Progress};
 use crate::rate::RateLimit;
 use crate::search::{group_hits, SearchResult};
 use crate::share::{self, ShareDiff, ShareError, Shares};
-use crate::swarm::{PartialFile, Partials, Seeding, Spread};
-use crate::upload::UploadSlots;
+use crate::slots::UploadSlots;
+use crate::state::{NodeState, RoleStatus};
+use crate::swarm::{PartialFile, Seeding, Spread};
 
 /// The share cache's file name in the data directory.
 pub const SHARES_FILE: &str = "shares.cbor";
@@ -211,41 +212,11 @@ pub enum NodeError {
     NotDownloading(FileId),
 }
 
-/// A link to a super-peer this node is attached to.
-/// What the node is in the overlay, for status.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct RoleStatus {
-    /// "leaf" or "super-peer".
-    pub(crate) role: String,
-    /// Why it has that role.
-    pub(crate) why: String,
-    /// Super-peers in the host cache.
-    pub(crate) hosts: usize,
-    /// The in-process super-peer's figures, when promoted.
-    pub(crate) superpeer: Option<control::SuperPeerStatus>,
-    /// Super-peers attached now, by address.
-    pub(crate) links: Vec<LinkStatus>,
-    /// Recent overlay events (attachments, promotion, demotion), newest last.
-    pub(crate) events: VecDeque<String>,
-}
-
 pub(crate) struct Inner {
-    pub(crate) node_id: NodeId,
-    /// The key pair the node id derives from.
-    pub(crate) identity: Arc<transport::identity::Identity>,
-    pub(crate) limits: transport::limits::Limits,
+    /// What the overlay actor and the upload connections share with the node.
+    pub(crate) state: Arc<NodeState>,
     /// Connection counts and bans of the chunk server.
     gate: Arc<transport::limits::Gate>,
-    pub(crate) listen: Option<SocketAddr>,
-    pub(crate) shares: RwLock<Shares>,
-    pub(crate) uploaded_chunks: AtomicU64,
-    pub(crate) uploaded_bytes: AtomicU64,
-    pub(crate) data_dir: PathBuf,
-    /// Bootstrap super-peer addresses.
-    pub(crate) seeds: Vec<SocketAddr>,
-    /// What the overlay actor publishes of itself for status; only it writes here.
-    pub(crate) role: Mutex<RoleStatus>,
-    pub(crate) started: Instant,
     /// Commands to the overlay actor, which owns the super-peer links and searches.
     overlay: Sender<crate::overlay::Command>,
     downloads: Mutex<Vec<Tracked>>,
@@ -258,13 +229,7 @@ pub(crate) struct Inner {
     upload_keys: AtomicU64,
     /// Serialises changes to the download queue file.
     pending_lock: Mutex<()>,
-    pub(crate) slots: UploadSlots,
-    /// Files being downloaded, or seeded after, served from their verified chunks.
-    pub(crate) partials: Partials,
-    /// Whole files being fetched by several downloaders at once, shown a few chunks at a time.
-    pub(crate) spread: Spread,
     seeding: Seeding,
-    pub(crate) upload_cap: RateLimit,
     download_cap: RateLimit,
     download_gate: smol::lock::Semaphore,
     give_up_after: Option<Duration>,
@@ -333,10 +298,9 @@ impl Node {
             }
         }
         let (overlay_tx, overlay_rx) = channel::unbounded();
-        let inner = Arc::new(Inner {
+        let state = Arc::new(NodeState {
             node_id,
             identity: Arc::new(identity),
-            gate: transport::limits::Gate::new(config.limits.clone()),
             limits: config.limits.clone(),
             listen,
             shares: RwLock::new(shares),
@@ -350,6 +314,14 @@ impl Node {
                 ..Default::default()
             }),
             started: Instant::now(),
+            slots: UploadSlots::new(config.upload_slots, Arc::default()),
+            partials: Mutex::new(HashMap::new()),
+            spread: Spread::default(),
+            upload_cap: RateLimit::new(config.upload_rate),
+        });
+        let inner = Arc::new(Inner {
+            state,
+            gate: transport::limits::Gate::new(config.limits.clone()),
             overlay: overlay_tx,
             downloads: Mutex::new(Vec::new()),
             cancels: Mutex::new(HashMap::new()),
@@ -357,11 +329,7 @@ impl Node {
             upload_streams: Mutex::new(HashMap::new()),
             upload_keys: AtomicU64::new(0),
             pending_lock: Mutex::new(()),
-            slots: UploadSlots::new(config.upload_slots, Arc::default()),
-            partials: Mutex::new(HashMap::new()),
-            spread: Spread::default(),
             seeding: config.seeding,
-            upload_cap: RateLimit::new(config.upload_rate),
             download_cap: RateLimit::new(config.download_rate),
             download_gate: smol::lock::Semaphore::new(config.max_downloads.max(1)),
             give_up_after: config.give_up_after,
@@ -386,7 +354,7 @@ impl Node {
             tasks.push(smol::spawn(accept_uploads(node.inner.clone(), l)));
         }
         tasks.push(smol::spawn(crate::overlay::run(
-            node.clone(),
+            node.inner.state.clone(),
             overlay,
             overlay_rx,
         )));
@@ -437,29 +405,25 @@ impl Node {
             let _ = stream.shutdown(std::net::Shutdown::Both);
         }
         if self.inner.control {
-            let _ = std::fs::remove_file(control::socket_path(&self.inner.data_dir));
+            let _ = std::fs::remove_file(control::socket_path(&self.inner.state.data_dir));
         }
-    }
-
-    pub(crate) fn inner(&self) -> &Arc<Inner> {
-        &self.inner
     }
 
     /// This node's id.
     pub fn node_id(&self) -> NodeId {
-        self.inner.node_id
+        self.inner.state.node_id
     }
 
     /// Where it serves chunks.
     pub fn listen_addr(&self) -> Option<SocketAddr> {
-        self.inner.listen
+        self.inner.state.listen
     }
 
     /// Waits until at least one super-peer link is up; false if none came up within `limit`.
     pub async fn wait_connected(&self, limit: Duration) -> bool {
         let until = Instant::now() + limit;
         loop {
-            if !self.inner.role.lock().unwrap().links.is_empty() {
+            if !self.inner.state.role.lock().unwrap().links.is_empty() {
                 return true;
             }
             if Instant::now() >= until {
@@ -481,7 +445,7 @@ impl Node {
         let mut progress = progress;
         let (outcome, canon) = smol::unblock(move || {
             let canon = std::fs::canonicalize(&folder).unwrap_or_else(|_| folder.clone());
-            let shares = inner.shares.read().unwrap();
+            let shares = inner.state.shares.read().unwrap();
             let cached = |p: &Path| shares.cached(p);
             share::scan_folder(&folder, &cached, &mut progress).map(|o| (o, canon))
         })
@@ -496,6 +460,7 @@ impl Node {
         };
         let diff = self
             .inner
+            .state
             .shares
             .write()
             .unwrap()
@@ -511,7 +476,7 @@ impl Node {
         let _guard = self.inner.scan_lock.lock().await;
         let canon = std::fs::canonicalize(folder).unwrap_or_else(|_| folder.to_path_buf());
         let (files, diff) = {
-            let mut shares = self.inner.shares.write().unwrap();
+            let mut shares = self.inner.state.shares.write().unwrap();
             let before = shares.len();
             let diff = shares
                 .remove_folder(&canon)
@@ -521,15 +486,18 @@ impl Node {
         };
         self.save_shares().await;
         self.announce(diff);
-        crate::overlay::note(&self.inner, format!("stopped sharing {}", folder.display()));
+        crate::overlay::note(
+            &self.inner.state,
+            format!("stopped sharing {}", folder.display()),
+        );
         Ok(files)
     }
 
     async fn save_shares(&self) {
         let inner = self.inner.clone();
         smol::unblock(move || {
-            let path = inner.data_dir.join(SHARES_FILE);
-            if let Err(e) = inner.shares.read().unwrap().save(&path) {
+            let path = inner.state.data_dir.join(SHARES_FILE);
+            if let Err(e) = inner.state.shares.read().unwrap().save(&path) {
                 log::warn!("cannot save the share cache {}: {e}", path.display());
             }
         })
@@ -552,7 +520,7 @@ impl Node {
         search: Search,
         ttl: u8,
     ) -> Result<(QueryId, Receiver<Vec<Hit>>), NodeError> {
-        if self.inner.role.lock().unwrap().links.is_empty() {
+        if self.inner.state.role.lock().unwrap().links.is_empty() {
             return Err(NodeError::NotConnected {
                 tried: self.tried(),
             });
@@ -585,8 +553,14 @@ impl Node {
     }
 
     fn tried(&self) -> String {
-        let list: Vec<String> = self.inner.seeds.iter().map(|a| a.to_string()).collect();
-        let known = self.inner.role.lock().unwrap().hosts;
+        let list: Vec<String> = self
+            .inner
+            .state
+            .seeds
+            .iter()
+            .map(|a| a.to_string())
+            .collect();
+        let known = self.inner.state.role.lock().unwrap().hosts;
         match (list.is_empty(), known) {
             (true, 0) => "no super-peer address given".into(),
             (true, n) => format!("{n} known from earlier runs"),
@@ -622,7 +596,7 @@ impl Node {
         let mut seen = Vec::new();
         Ok(hits
             .into_iter()
-            .filter(|h| h.file.id == id && h.source.node != self.inner.node_id)
+            .filter(|h| h.file.id == id && h.source.node != self.inner.state.node_id)
             .filter(|h| {
                 let fresh = !seen.contains(&h.source.addr);
                 seen.push(h.source.addr);
@@ -803,7 +777,7 @@ impl Node {
             })
         });
         let job = download::Job {
-            me: self.inner.identity.clone(),
+            me: self.inner.state.identity.clone(),
             id,
             name,
             expected_size: agreed,
@@ -819,8 +793,8 @@ impl Node {
                     let node = self.clone();
                     Box::new(move |p| node.publish(p))
                 },
-                reciprocity: self.inner.slots.reciprocity.clone(),
-                listen: self.inner.listen,
+                reciprocity: self.inner.state.slots.reciprocity.clone(),
+                listen: self.inner.state.listen,
             }),
         };
         Ok(download::download(job, Box::new(on_progress)).await?)
@@ -830,9 +804,16 @@ impl Node {
     /// super-peers so other downloaders find it.
     fn publish(&self, p: Arc<PartialFile>) {
         let record = p.record.clone();
-        self.inner.partials.lock().unwrap().insert(p.id, p);
-        if self.inner.listen.is_none()
-            || self.inner.shares.read().unwrap().get(&record.id).is_some()
+        self.inner.state.partials.lock().unwrap().insert(p.id, p);
+        if self.inner.state.listen.is_none()
+            || self
+                .inner
+                .state
+                .shares
+                .read()
+                .unwrap()
+                .get(&record.id)
+                .is_some()
         {
             return;
         }
@@ -845,10 +826,20 @@ impl Node {
     /// Stops serving a file published by [`Node::publish`], withdrawing it from the
     /// super-peers unless a shared folder holds it too.
     fn unpublish(&self, id: FileId) {
-        if self.inner.partials.lock().unwrap().remove(&id).is_none() {
+        if self
+            .inner
+            .state
+            .partials
+            .lock()
+            .unwrap()
+            .remove(&id)
+            .is_none()
+        {
             return;
         }
-        if self.inner.listen.is_none() || self.inner.shares.read().unwrap().get(&id).is_some() {
+        if self.inner.state.listen.is_none()
+            || self.inner.state.shares.read().unwrap().get(&id).is_some()
+        {
             return;
         }
         let _ = self.inner.overlay.try_send(crate::overlay::Command::Share {
@@ -859,7 +850,7 @@ impl Node {
 
     /// Seeds a finished download as the seeding setting says, then stops serving it.
     fn seed(&self, id: FileId) {
-        let Some(p) = self.inner.partials.lock().unwrap().get(&id).cloned() else {
+        let Some(p) = self.inner.state.partials.lock().unwrap().get(&id).cloned() else {
             return;
         };
         let node = self.clone();
@@ -874,7 +865,7 @@ impl Node {
                 smol::Timer::after(Duration::from_millis(500)).await;
             }
             // A later download of the same file may have replaced this one.
-            let current = node.inner.partials.lock().unwrap().get(&id).cloned();
+            let current = node.inner.state.partials.lock().unwrap().get(&id).cloned();
             if current.is_some_and(|c| Arc::ptr_eq(&c, &p)) {
                 log::info!("done seeding {}", id.short());
                 node.unpublish(id);
@@ -896,7 +887,7 @@ impl Node {
     }
 
     fn load_pending(&self) -> Vec<Pending> {
-        let path = self.inner.data_dir.join(DOWNLOADS_FILE);
+        let path = self.inner.state.data_dir.join(DOWNLOADS_FILE);
         // Downloads in the queue also left records beside their part files: a later `get`
         // of the same id resumes them.
         transport::store::load_or_log(&path, "starting with an empty download queue")
@@ -907,7 +898,7 @@ impl Node {
         let _one_at_a_time = self.inner.pending_lock.lock().unwrap();
         let mut list = self.load_pending();
         change(&mut list);
-        let path = self.inner.data_dir.join(DOWNLOADS_FILE);
+        let path = self.inner.state.data_dir.join(DOWNLOADS_FILE);
         if let Err(e) = transport::store::save(&path, &list) {
             log::warn!("cannot save the download queue {}: {e}", path.display());
         }
@@ -992,18 +983,18 @@ impl Node {
 
     /// The node ids this node granted an upload slot to, in order (the last 1000).
     pub fn upload_grants(&self) -> Vec<NodeId> {
-        self.inner.slots.grants()
+        self.inner.state.slots.grants()
     }
 
     /// The node's state.
     pub fn status(&self) -> StatusReport {
-        let role = self.inner.role.lock().unwrap().clone();
-        let shares = self.inner.shares.read().unwrap();
+        let role = self.inner.state.role.lock().unwrap().clone();
+        let shares = self.inner.state.shares.read().unwrap();
         StatusReport {
-            node: self.inner.node_id,
+            node: self.inner.state.node_id,
             role: role.role,
             role_reason: role.why,
-            listen: self.inner.listen,
+            listen: self.inner.state.listen,
             superpeers: role.links,
             hosts: role.hosts,
             superpeer: role.superpeer,
@@ -1034,11 +1025,14 @@ impl Node {
                 .iter()
                 .map(|t| t.info.clone())
                 .collect(),
-            uploaded_chunks: self.inner.uploaded_chunks.load(Ordering::Relaxed),
-            uploaded_bytes: self.inner.uploaded_bytes.load(Ordering::Relaxed),
-            upload_slots: (self.inner.slots.usage().0, self.inner.slots.max()),
-            upload_queue: self.inner.slots.usage().1,
-            upload_rate: self.inner.upload_cap.bytes_per_sec(),
+            uploaded_chunks: self.inner.state.uploaded_chunks.load(Ordering::Relaxed),
+            uploaded_bytes: self.inner.state.uploaded_bytes.load(Ordering::Relaxed),
+            upload_slots: (
+                self.inner.state.slots.usage().0,
+                self.inner.state.slots.max(),
+            ),
+            upload_queue: self.inner.state.slots.usage().1,
+            upload_rate: self.inner.state.upload_cap.bytes_per_sec(),
             download_rate: self.inner.download_cap.bytes_per_sec(),
         }
     }
@@ -1149,7 +1143,7 @@ impl Node {
 
     /// Shares again every folder remembered in the share cache (after a restart).
     pub async fn reshare_remembered(&self) {
-        let folders = self.inner.shares.read().unwrap().folders().to_vec();
+        let folders = self.inner.state.shares.read().unwrap().folders().to_vec();
         for f in folders {
             match self.share(&f, |_| {}).await {
                 Ok(s) => log::info!("sharing {} again: {} files", s.folder.display(), s.files),
@@ -1252,7 +1246,7 @@ async fn accept_uploads(inner: Arc<Inner>, listener: TcpListener) {
                     .insert(key, stream.clone());
                 let inner = inner.clone();
                 smol::spawn(async move {
-                    crate::upload::serve(inner.clone(), stream, remote).await;
+                    crate::upload::serve(inner.state.clone(), stream, remote).await;
                     drop(admitted);
                     inner.upload_streams.lock().unwrap().remove(&key);
                 })

@@ -3,7 +3,7 @@
 //!
 //! This task is the one owner of the node's super-peer links and of its searches: the rest of
 //! the node sends it [`Command`]s (share changes, searches) and reads what it publishes in
-//! `Inner::role`. As a leaf, the machine decides which super-peers to dial and orders every
+//! `NodeState::role`. As a leaf, the machine decides which super-peers to dial and orders every
 //! registration, withdrawal and query; this driver connects, runs a reader and a writer task per
 //! link, hands each link's first registration to the machine, and passes hits to the searches
 //! waiting for them. When the machine says `Promote`,
@@ -30,7 +30,7 @@ use transport::secure::SecureStream;
 use wire::{Capability, FileId, FileRecord, Hit, Message, Query, QueryId};
 
 use crate::control::{LinkStatus, SuperPeerStatus};
-use crate::node::{Inner, Node};
+use crate::state::NodeState;
 
 /// What the rest of the node asks of the overlay actor.
 pub(crate) enum Command {
@@ -82,8 +82,7 @@ const SAVE_HOSTS: Duration = Duration::from_secs(30);
 const EVENTS_KEPT: usize = 50;
 
 /// Runs the node's overlay role until the node shuts down.
-pub(crate) async fn run(node: Node, settings: Settings, commands: Receiver<Command>) {
-    let inner = node.inner().clone();
+pub(crate) async fn run(inner: Arc<NodeState>, settings: Settings, commands: Receiver<Command>) {
     let (tx, rx) = channel::unbounded::<Input>();
     let hosts_path = inner.data_dir.join(HOSTS_FILE);
     let now = Instant::now();
@@ -277,7 +276,7 @@ pub(crate) async fn run(node: Node, settings: Settings, commands: Receiver<Comma
 
 /// What the node registers on a link: its shared files, and the files it downloads or seeds
 /// that no share holds.
-fn shared_records(inner: &Inner) -> Vec<FileRecord> {
+fn shared_records(inner: &NodeState) -> Vec<FileRecord> {
     let shares = inner.shares.read().unwrap();
     let mut records: Vec<FileRecord> = shares.files().map(|f| f.record.clone()).collect();
     records.extend(
@@ -293,7 +292,7 @@ fn shared_records(inner: &Inner) -> Vec<FileRecord> {
 }
 
 /// Publishes the attached super-peers for status (only this task writes them).
-fn publish_links(inner: &Inner, leaf: &LeafOverlay) {
+fn publish_links(inner: &NodeState, leaf: &LeafOverlay) {
     let links: Vec<LinkStatus> = leaf
         .superpeers()
         .into_iter()
@@ -312,7 +311,7 @@ fn publish_links(inner: &Inner, leaf: &LeafOverlay) {
 /// Starts the super-peer role in-process; returns it and the leaf machine for the node's own
 /// link to it. On failure, the old leaf machine comes back.
 async fn promote(
-    inner: &Arc<Inner>,
+    inner: &Arc<NodeState>,
     settings: &Settings,
     leaf: LeafOverlay,
     reason: &str,
@@ -424,7 +423,7 @@ fn start_link(
 }
 
 /// What this node offers as a super-peer: uptime, upload rate, free descriptors and memory.
-fn capability(inner: &Inner, upload_bps: u64) -> Capability {
+fn capability(inner: &NodeState, upload_bps: u64) -> Capability {
     let cap = inner.upload_cap.bytes_per_sec().unwrap_or(0);
     Capability {
         can_promote: true,
@@ -449,7 +448,7 @@ fn free_mem_mb() -> Option<u64> {
 }
 
 async fn refresh_status(
-    inner: &Arc<Inner>,
+    inner: &Arc<NodeState>,
     leaf: &LeafOverlay,
     sp: Option<&SuperPeerNode>,
     leaf_slots: u32,
@@ -484,14 +483,14 @@ async fn refresh_status(
     }
 }
 
-fn set_role(inner: &Inner, role: &str, why: &str) {
+fn set_role(inner: &NodeState, role: &str, why: &str) {
     let mut r = inner.role.lock().unwrap();
     r.role = role.into();
     r.why = why.into();
 }
 
 /// Logs an overlay event and keeps it for status.
-pub(crate) fn note(inner: &Inner, event: String) {
+pub(crate) fn note(inner: &NodeState, event: String) {
     log::info!("{event}");
     let events = &mut inner.role.lock().unwrap().events;
     events.push_back(event);

@@ -45,7 +45,7 @@
 //! and finds sources.
 
 use std::collections::{HashMap, HashSet};
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, OpenOptions};
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
@@ -56,7 +56,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use event_listener::Event;
-use serde::{Deserialize, Serialize};
 use smol::channel;
 use transport::identity::Identity;
 use wire::{FileId, FileRecord, Manifest};
@@ -64,9 +63,11 @@ use wire::{FileId, FileRecord, Manifest};
 pub use crate::part::{discard_partial, safe_file_name, STATE_SUFFIX};
 use crate::part::{find_earlier, free_space, part_paths, place, recover_chunks, Record};
 use crate::rate::RateLimit;
-use source::{run_source, SourceConn};
+use source::{run_source, Shared, SourceConn, Stop};
+pub use types::{DownloadError, DownloadOptions, DownloadReport, Progress, SourceReport};
 
 mod source;
+mod types;
 use crate::swarm::{PartialFile, Reciprocity};
 use transfer::manifest::Vote;
 use transfer::Scheduler;
@@ -77,169 +78,6 @@ const MANIFEST_VOTES: usize = 3;
 const RECORD_EVERY: Duration = Duration::from_secs(1);
 /// When a running download first asks the network again for more sources.
 const FIRST_REQUERY: Duration = Duration::from_secs(2);
-
-/// Settings of the downloader.
-#[derive(Debug, Clone)]
-pub struct DownloadOptions {
-    /// Chunk requests kept in flight per source.
-    pub inflight_per_source: usize,
-    /// A source that delivers no chunk for this long is dropped.
-    pub response_timeout: Duration,
-    /// How long to wait for a source to accept the connection.
-    pub connect_timeout: Duration,
-    /// How often the network is asked for more sources while a download runs.
-    pub requery_interval: Duration,
-    /// The longest wait between searches when no source is left.
-    pub max_backoff: Duration,
-    /// How soon a queued request is asked again.
-    pub queued_retry: Duration,
-}
-
-impl Default for DownloadOptions {
-    fn default() -> Self {
-        DownloadOptions {
-            inflight_per_source: 4,
-            response_timeout: Duration::from_secs(30),
-            connect_timeout: Duration::from_secs(5),
-            requery_interval: Duration::from_secs(30),
-            max_backoff: Duration::from_secs(120),
-            queued_retry: Duration::from_millis(500),
-        }
-    }
-}
-
-/// What one source contributed.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SourceReport {
-    /// The source.
-    pub addr: SocketAddr,
-    /// Chunks it delivered that were kept.
-    pub chunks: u64,
-    /// Bytes of those chunks.
-    pub bytes: u64,
-    /// Why it was dropped, if it was.
-    pub error: Option<String>,
-    /// The first queue position it gave us, if its slots were full.
-    pub queued_at: Option<u32>,
-}
-
-impl SourceReport {
-    fn new(addr: SocketAddr) -> Self {
-        SourceReport {
-            addr,
-            chunks: 0,
-            bytes: 0,
-            error: None,
-            queued_at: None,
-        }
-    }
-
-    fn failed(addr: SocketAddr, error: String) -> Self {
-        SourceReport {
-            error: Some(error),
-            ..Self::new(addr)
-        }
-    }
-}
-
-/// A finished download.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DownloadReport {
-    /// The file's id.
-    pub id: FileId,
-    /// Where it was written.
-    pub path: PathBuf,
-    /// Its size.
-    pub size: u64,
-    /// How long it took, in milliseconds.
-    pub elapsed_ms: u64,
-    /// Chunks found verified on disk from an earlier attempt.
-    pub resumed_chunks: u64,
-    /// Each source's part (one entry per connection to a source).
-    pub sources: Vec<SourceReport>,
-}
-
-/// Progress of a running download.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Progress {
-    /// Verified bytes written.
-    pub done_bytes: u64,
-    /// File size.
-    pub size: u64,
-    /// Sources connected now.
-    pub sources: usize,
-    /// The best queue position among sources that queued us.
-    pub queued: Option<u32>,
-    /// Chunks found on disk from an earlier attempt.
-    pub resumed_chunks: u64,
-    /// Every chunk is in: the whole file is being hashed once more.
-    pub verifying: bool,
-}
-
-/// Why a download failed.
-#[derive(Debug, thiserror::Error)]
-pub enum DownloadError {
-    /// Nobody has the file.
-    #[error("no source found for {0}")]
-    NoSources(FileId),
-    /// No source gave a manifest that matches the id.
-    #[error("no source gave a valid manifest for {id}: {reasons}")]
-    NoManifest {
-        /// The file.
-        id: FileId,
-        /// What went wrong with each source.
-        reasons: String,
-    },
-    /// No source could be found for longer than the download may wait.
-    #[error("download of {id} stopped at chunk {done} of {total}: no source left ({reasons}); run the same command again to resume")]
-    SourcesFailed {
-        /// The file.
-        id: FileId,
-        /// Chunks verified and kept.
-        done: u64,
-        /// Chunks in the file.
-        total: u64,
-        /// What went wrong with each source.
-        reasons: String,
-    },
-    /// The output folder has too little free space.
-    #[error("not enough space in {}: {need} more bytes needed, {free} free", dir.display())]
-    NoSpace {
-        /// The output folder.
-        dir: PathBuf,
-        /// Bytes still to write.
-        need: u64,
-        /// Bytes free.
-        free: u64,
-    },
-    /// Reading or writing our own files failed (a full disk, a permission error).
-    #[error("cannot write {}: {source}; verified chunks are kept, run the same command again to resume", path.display())]
-    Io {
-        /// The file or folder.
-        path: PathBuf,
-        /// The cause.
-        source: io::Error,
-    },
-    /// The assembled file does not hash to its id (every chunk was verified, so a disk error is
-    /// the likely cause).
-    #[error("the assembled file {} does not hash to {id}", path.display())]
-    Verify {
-        /// The file.
-        id: FileId,
-        /// The partial file, kept for inspection.
-        path: PathBuf,
-    },
-}
-
-/// Why one source stopped.
-enum Stop {
-    /// The source failed (closed, refused, went silent): it may be tried again later.
-    Failed(String),
-    /// The source lied: banned for this download.
-    Hostile(String),
-    /// Our disk failed: the whole download stops.
-    Disk(io::Error),
-}
 
 /// Finds sources for the file: called when the download starts, every
 /// [`DownloadOptions::requery_interval`], and with back-off while no source is left.
@@ -285,48 +123,6 @@ pub struct SwarmHooks {
     /// Where this node serves chunks, told to sources in Hello (they favour downloaders that
     /// serve others); `None` for a node that serves nobody.
     pub listen: Option<SocketAddr>,
-}
-
-struct Shared {
-    id: FileId,
-    me: Arc<Identity>,
-    manifest: Manifest,
-    file: Arc<File>,
-    sched: Mutex<Scheduler>,
-    changed: Event,
-    opts: DownloadOptions,
-    cap: RateLimit,
-    /// Queue positions of the sources that are queued, by source number.
-    queued: Mutex<HashMap<usize, u32>>,
-    connected: Mutex<usize>,
-    /// Set on a disk error: every source stops.
-    aborted: AtomicBool,
-    resumed_chunks: u64,
-    progress: Box<dyn Fn(Progress) + Send + Sync>,
-    /// The file as a source to others, when swarming.
-    partial: Option<Arc<PartialFile>>,
-    reciprocity: Option<Arc<Reciprocity>>,
-    /// This node's listen address, for Hello.
-    listen: Option<SocketAddr>,
-}
-
-impl Shared {
-    fn report_progress(&self) {
-        self.report(false)
-    }
-
-    fn report(&self, verifying: bool) {
-        let done_bytes = self.sched.lock().unwrap().done_bytes();
-        let queued = self.queued.lock().unwrap().values().min().copied();
-        (self.progress)(Progress {
-            done_bytes,
-            size: self.manifest.size,
-            sources: *self.connected.lock().unwrap(),
-            queued,
-            resumed_chunks: self.resumed_chunks,
-            verifying,
-        });
-    }
 }
 
 /// Downloads a file; see the module docs for the steps.

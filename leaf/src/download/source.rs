@@ -3,27 +3,85 @@
 //! The session decides; this code moves messages, verifies and writes chunks off the executor,
 //! and reports to the download's shared state.
 
+use std::collections::HashMap;
+use std::fs::File;
 use std::io;
 use std::net::SocketAddr;
 use std::os::unix::fs::FileExt;
-use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use event_listener::Event;
 use smol::net::TcpStream;
-use transfer::{Checked, SourceEnd, SourceEvent, SourceOptions, SourceSession};
+use transfer::{Checked, Scheduler, SourceEnd, SourceEvent, SourceOptions, SourceSession};
 use transport::identity::Identity;
 use transport::net::{connect_secure, write_message_within, FrameReader, ReadError};
 use transport::secure::{SecureReader, SecureWriter};
 use wire::{FileId, Hello, Manifest, Message, NodeId, Role};
 
-use super::{DownloadOptions, Shared, SourceReport, Stop};
+use super::types::{DownloadOptions, Progress, SourceReport};
+use crate::rate::RateLimit;
+use crate::swarm::{PartialFile, Reciprocity};
 use transfer::manifest::check_answer;
 
 /// The read limit while a source may rightly stay silent.
 const FOREVER: Duration = Duration::from_secs(24 * 3600);
 /// A source that does not take a request within this time is not reading: dropped.
 const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why one source stopped.
+pub(super) enum Stop {
+    /// The source failed (closed, refused, went silent): it may be tried again later.
+    Failed(String),
+    /// The source lied: banned for this download.
+    Hostile(String),
+    /// Our disk failed: the whole download stops.
+    Disk(io::Error),
+}
+
+/// What the tasks of one download share.
+pub(super) struct Shared {
+    pub(super) id: FileId,
+    pub(super) me: Arc<Identity>,
+    pub(super) manifest: Manifest,
+    pub(super) file: Arc<File>,
+    pub(super) sched: Mutex<Scheduler>,
+    pub(super) changed: Event,
+    pub(super) opts: DownloadOptions,
+    pub(super) cap: RateLimit,
+    /// Queue positions of the sources that are queued, by source number.
+    pub(super) queued: Mutex<HashMap<usize, u32>>,
+    pub(super) connected: Mutex<usize>,
+    /// Set on a disk error: every source stops.
+    pub(super) aborted: AtomicBool,
+    pub(super) resumed_chunks: u64,
+    pub(super) progress: Box<dyn Fn(Progress) + Send + Sync>,
+    /// The file as a source to others, when swarming.
+    pub(super) partial: Option<Arc<PartialFile>>,
+    pub(super) reciprocity: Option<Arc<Reciprocity>>,
+    /// This node's listen address, for Hello.
+    pub(super) listen: Option<SocketAddr>,
+}
+
+impl Shared {
+    pub(super) fn report_progress(&self) {
+        self.report(false)
+    }
+
+    pub(super) fn report(&self, verifying: bool) {
+        let done_bytes = self.sched.lock().unwrap().done_bytes();
+        let queued = self.queued.lock().unwrap().values().min().copied();
+        (self.progress)(Progress {
+            done_bytes,
+            size: self.manifest.size,
+            sources: *self.connected.lock().unwrap(),
+            queued,
+            resumed_chunks: self.resumed_chunks,
+            verifying,
+        });
+    }
+}
 
 /// A source's connection.
 pub(super) struct SourceConn {

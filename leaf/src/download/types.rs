@@ -1,0 +1,162 @@
+//! What a download is told and tells: its settings, its progress, its report, and why it failed.
+
+use std::io;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use wire::FileId;
+
+/// Settings of the downloader.
+#[derive(Debug, Clone)]
+pub struct DownloadOptions {
+    /// Chunk requests kept in flight per source.
+    pub inflight_per_source: usize,
+    /// A source that delivers no chunk for this long is dropped.
+    pub response_timeout: Duration,
+    /// How long to wait for a source to accept the connection.
+    pub connect_timeout: Duration,
+    /// How often the network is asked for more sources while a download runs.
+    pub requery_interval: Duration,
+    /// The longest wait between searches when no source is left.
+    pub max_backoff: Duration,
+    /// How soon a queued request is asked again.
+    pub queued_retry: Duration,
+}
+
+impl Default for DownloadOptions {
+    fn default() -> Self {
+        DownloadOptions {
+            inflight_per_source: 4,
+            response_timeout: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(5),
+            requery_interval: Duration::from_secs(30),
+            max_backoff: Duration::from_secs(120),
+            queued_retry: Duration::from_millis(500),
+        }
+    }
+}
+
+/// What one source contributed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceReport {
+    /// The source.
+    pub addr: SocketAddr,
+    /// Chunks it delivered that were kept.
+    pub chunks: u64,
+    /// Bytes of those chunks.
+    pub bytes: u64,
+    /// Why it was dropped, if it was.
+    pub error: Option<String>,
+    /// The first queue position it gave us, if its slots were full.
+    pub queued_at: Option<u32>,
+}
+
+impl SourceReport {
+    pub(super) fn new(addr: SocketAddr) -> Self {
+        SourceReport {
+            addr,
+            chunks: 0,
+            bytes: 0,
+            error: None,
+            queued_at: None,
+        }
+    }
+
+    pub(super) fn failed(addr: SocketAddr, error: String) -> Self {
+        SourceReport {
+            error: Some(error),
+            ..Self::new(addr)
+        }
+    }
+}
+
+/// A finished download.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DownloadReport {
+    /// The file's id.
+    pub id: FileId,
+    /// Where it was written.
+    pub path: PathBuf,
+    /// Its size.
+    pub size: u64,
+    /// How long it took, in milliseconds.
+    pub elapsed_ms: u64,
+    /// Chunks found verified on disk from an earlier attempt.
+    pub resumed_chunks: u64,
+    /// Each source's part (one entry per connection to a source).
+    pub sources: Vec<SourceReport>,
+}
+
+/// Progress of a running download.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Progress {
+    /// Verified bytes written.
+    pub done_bytes: u64,
+    /// File size.
+    pub size: u64,
+    /// Sources connected now.
+    pub sources: usize,
+    /// The best queue position among sources that queued us.
+    pub queued: Option<u32>,
+    /// Chunks found on disk from an earlier attempt.
+    pub resumed_chunks: u64,
+    /// Every chunk is in: the whole file is being hashed once more.
+    pub verifying: bool,
+}
+
+/// Why a download failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DownloadError {
+    /// Nobody has the file.
+    #[error("no source found for {0}")]
+    NoSources(FileId),
+    /// No source gave a manifest that matches the id.
+    #[error("no source gave a valid manifest for {id}: {reasons}")]
+    NoManifest {
+        /// The file.
+        id: FileId,
+        /// What went wrong with each source.
+        reasons: String,
+    },
+    /// No source could be found for longer than the download may wait.
+    #[error("download of {id} stopped at chunk {done} of {total}: no source left ({reasons}); run the same command again to resume")]
+    SourcesFailed {
+        /// The file.
+        id: FileId,
+        /// Chunks verified and kept.
+        done: u64,
+        /// Chunks in the file.
+        total: u64,
+        /// What went wrong with each source.
+        reasons: String,
+    },
+    /// The output folder has too little free space.
+    #[error("not enough space in {}: {need} more bytes needed, {free} free", dir.display())]
+    NoSpace {
+        /// The output folder.
+        dir: PathBuf,
+        /// Bytes still to write.
+        need: u64,
+        /// Bytes free.
+        free: u64,
+    },
+    /// Reading or writing our own files failed (a full disk, a permission error).
+    #[error("cannot write {}: {source}; verified chunks are kept, run the same command again to resume", path.display())]
+    Io {
+        /// The file or folder.
+        path: PathBuf,
+        /// The cause.
+        source: io::Error,
+    },
+    /// The assembled file does not hash to its id (every chunk was verified, so a disk error is
+    /// the likely cause).
+    #[error("the assembled file {} does not hash to {id}", path.display())]
+    Verify {
+        /// The file.
+        id: FileId,
+        /// The partial file, kept for inspection.
+        path: PathBuf,
+    },
+}

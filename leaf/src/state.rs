@@ -1,0 +1,64 @@
+//! What the node's parts share: its identity and settings, its shares and the files it serves,
+//! its upload slots and counters, and what the overlay actor publishes about the overlay. The
+//! node ([`crate::node`]), the overlay actor (`crate::overlay`) and the upload connections
+//! ([`crate::upload`]) each hold an `Arc` of it, so none of them needs the others.
+//!
+//! One writer for each piece: `shares` is changed by the node's share and unshare, `partials` by
+//! its downloads, `role` by the overlay actor; the counters by the upload connections.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Instant;
+
+use wire::NodeId;
+
+use crate::control::{self, LinkStatus};
+use crate::rate::RateLimit;
+use crate::share::Shares;
+use crate::slots::UploadSlots;
+use crate::swarm::{Partials, Spread};
+
+/// What the node is in the overlay, for status.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct RoleStatus {
+    /// "leaf" or "super-peer".
+    pub(crate) role: String,
+    /// Why it has that role.
+    pub(crate) why: String,
+    /// Super-peers in the host cache.
+    pub(crate) hosts: usize,
+    /// The in-process super-peer's figures, when promoted.
+    pub(crate) superpeer: Option<control::SuperPeerStatus>,
+    /// Super-peers attached now, by address.
+    pub(crate) links: Vec<LinkStatus>,
+    /// Recent overlay events (attachments, promotion, demotion), newest last.
+    pub(crate) events: VecDeque<String>,
+}
+
+/// See the module docs.
+pub(crate) struct NodeState {
+    pub(crate) node_id: NodeId,
+    /// The key pair the node id derives from.
+    pub(crate) identity: Arc<transport::identity::Identity>,
+    pub(crate) limits: transport::limits::Limits,
+    /// Where chunks are served.
+    pub(crate) listen: Option<SocketAddr>,
+    pub(crate) shares: RwLock<Shares>,
+    pub(crate) uploaded_chunks: AtomicU64,
+    pub(crate) uploaded_bytes: AtomicU64,
+    pub(crate) data_dir: PathBuf,
+    /// Bootstrap super-peer addresses.
+    pub(crate) seeds: Vec<SocketAddr>,
+    /// What the overlay actor publishes of itself for status; only it writes here.
+    pub(crate) role: Mutex<RoleStatus>,
+    pub(crate) started: Instant,
+    pub(crate) slots: UploadSlots,
+    /// Files being downloaded, or seeded after, served from their verified chunks.
+    pub(crate) partials: Partials,
+    /// Whole files being fetched by several downloaders at once, shown a few chunks at a time.
+    pub(crate) spread: Spread,
+    pub(crate) upload_cap: RateLimit,
+}
