@@ -1,0 +1,219 @@
+//! What the node serves: the control socket (one [`Request`] per connection, its replies
+//! streamed back) and the chunk server's accept loop.
+
+use super::*;
+
+impl Node {
+    /// Searches and sends the grouped results so far each time hits arrive, for `wait`.
+    pub(super) async fn search_stream(
+        &self,
+        search: Search,
+        ttl: u8,
+        wait: Duration,
+        reply: &Sender<Reply>,
+    ) -> Result<(), NodeError> {
+        let (qid, rx) = self.start_search(search, ttl)?;
+        let deadline = Instant::now() + wait;
+        let mut hits = Vec::new();
+        // An empty list first, so the client knows the search is under way.
+        let mut open = reply.send(Reply::Results(Vec::new())).await.is_ok();
+        while open {
+            let got = smol::future::or(async { rx.recv().await.ok() }, async {
+                smol::Timer::at(deadline).await;
+                None
+            })
+            .await;
+            let Some(batch) = got else { break };
+            hits.extend(batch);
+            // Whatever else already arrived goes into the same update.
+            while let Ok(more) = rx.try_recv() {
+                hits.extend(more);
+            }
+            open = reply
+                .send(Reply::Results(group_hits(hits.iter().cloned())))
+                .await
+                .is_ok();
+        }
+        self.end_search(qid);
+        Ok(())
+    }
+
+    /// Carries out one control request, sending replies (ending with [`Reply::End`]).
+    pub async fn handle(&self, req: Request, reply: Sender<Reply>) {
+        match req {
+            Request::Share { paths } => {
+                for path in paths {
+                    let tx = reply.clone();
+                    let mut last = Instant::now() - Duration::from_secs(1);
+                    let progress = move |p: &share::ScanProgress| {
+                        let finished = p.files_done == p.files_total;
+                        if finished || last.elapsed() >= Duration::from_millis(100) {
+                            last = Instant::now();
+                            let _ = tx.try_send(Reply::ShareProgress(p.clone()));
+                        }
+                    };
+                    let r = match self.share(&path, progress).await {
+                        Ok(summary) => Reply::Shared(summary),
+                        Err(e) => Reply::Error(e.to_string()),
+                    };
+                    let _ = reply.send(r).await;
+                }
+            }
+            Request::Search {
+                search,
+                ttl,
+                wait_ms,
+            } => {
+                let r = match self
+                    .search(search, ttl, Duration::from_millis(wait_ms))
+                    .await
+                {
+                    Ok(results) => Reply::Results(results),
+                    Err(e) => Reply::Error(e.to_string()),
+                };
+                let _ = reply.send(r).await;
+            }
+            Request::Get { ids, out } => {
+                // All at once: each takes its place in the queue (and on disk) now, and the
+                // node's download limit decides how many run together.
+                let tasks: Vec<_> = ids
+                    .into_iter()
+                    .map(|id| {
+                        let (node, out, tx) = (self.clone(), out.clone(), reply.clone());
+                        smol::spawn(async move {
+                            let progress_tx = tx.clone();
+                            let last = Mutex::new(Instant::now() - Duration::from_secs(1));
+                            let progress = move |info: &DownloadInfo| {
+                                let mut last = last.lock().unwrap();
+                                if last.elapsed() >= Duration::from_millis(100) {
+                                    *last = Instant::now();
+                                    let _ = progress_tx.try_send(Reply::GetProgress(info.clone()));
+                                }
+                            };
+                            let r = match node.get(id, &out, progress).await {
+                                Ok(report) => Reply::GetDone(report),
+                                Err(e) => Reply::GetFailed {
+                                    id,
+                                    error: e.to_string(),
+                                },
+                            };
+                            let _ = tx.send(r).await;
+                        })
+                    })
+                    .collect();
+                for t in tasks {
+                    t.await;
+                }
+            }
+            Request::Status => {
+                let _ = reply.send(Reply::Status(Box::new(self.status()))).await;
+            }
+            Request::SearchStream {
+                search,
+                ttl,
+                wait_ms,
+            } => {
+                let wait = Duration::from_millis(wait_ms.min(60_000));
+                if let Err(e) = self.search_stream(search, ttl, wait, &reply).await {
+                    let _ = reply.send(Reply::Error(e.to_string())).await;
+                }
+            }
+            Request::Cancel { id } => {
+                if let Err(e) = self.cancel(id) {
+                    let _ = reply.send(Reply::Error(e.to_string())).await;
+                }
+            }
+            Request::Discard { id } => {
+                if let Err(e) = self.discard(id).await {
+                    let _ = reply.send(Reply::Error(e.to_string())).await;
+                }
+            }
+            Request::Unshare { path } => {
+                let r = match self.unshare(&path).await {
+                    Ok(removed) => Reply::Unshared {
+                        folder: path,
+                        files: removed,
+                    },
+                    Err(e) => Reply::Error(e.to_string()),
+                };
+                let _ = reply.send(r).await;
+            }
+        }
+        let _ = reply.send(Reply::End).await;
+    }
+}
+
+/// Accepts control connections (see [`crate::control`]) until the listener fails.
+pub(super) async fn serve_control(node: Node, listener: UnixListener) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => smol::spawn(serve_control_one(node.clone(), stream)).detach(),
+            Err(e) => {
+                log::warn!("control socket accept failed: {e}");
+                smol::Timer::after(std::time::Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+async fn serve_control_one(node: Node, stream: UnixStream) {
+    let mut writer = stream.clone();
+    let mut reader = FrameReader::new(stream);
+    let req: Request = match reader.read_with(wire::frame::decode_value).await {
+        Ok(Some(r)) => r,
+        Ok(None) => return,
+        Err(e) => {
+            log::warn!("bad control request: {e}");
+            return;
+        }
+    };
+    let (tx, rx) = channel::unbounded();
+    // The work runs on its own: it carries on if the client goes away.
+    smol::spawn(async move { node.handle(req, tx).await }).detach();
+    let mut buf = Vec::new();
+    while let Ok(reply) = rx.recv().await {
+        buf.clear();
+        wire::frame::encode_value(&reply, &mut buf);
+        if writer.write_all(&buf).await.is_err() {
+            return;
+        }
+        if reply == Reply::End {
+            return;
+        }
+    }
+}
+
+pub(super) async fn accept_uploads(inner: Arc<Inner>, listener: TcpListener) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, remote)) => {
+                let admitted = match inner.gate.admit(remote, Instant::now()) {
+                    Ok(admitted) => admitted,
+                    Err(trip) => {
+                        log::warn!("refusing a download connection from {remote}: {trip}");
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                // Known to the node so that shutdown can close it.
+                let key = inner.upload_keys.fetch_add(1, Ordering::Relaxed);
+                inner
+                    .upload_streams
+                    .lock()
+                    .unwrap()
+                    .insert(key, stream.clone());
+                let inner = inner.clone();
+                smol::spawn(async move {
+                    crate::upload::serve(inner.state.clone(), stream, remote).await;
+                    drop(admitted);
+                    inner.upload_streams.lock().unwrap().remove(&key);
+                })
+                .detach();
+            }
+            Err(e) => {
+                log::warn!("accepting a download connection failed: {e}");
+                smol::Timer::after(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
