@@ -8,13 +8,16 @@
 //! executor) and reports back with [`SourceSession::handle_checked`].
 //!
 //! # Drain rule
-//! After every input (`handle_message`, `handle_checked`, `handle_timeout`), the driver drains
-//! `poll_event()` and `poll_transmit()` until `None`, then checks `end()`. It waits for the
-//! next message with the read limit [`SourceSession::read_idle`] (no byte for that long: the
-//! source stalled), for `poll_timeout()`, or for the shared [`Scheduler`] to change (another
-//! source delivered a chunk), and calls `handle_timeout` for the latter two. When it stops, for
-//! whatever reason, it calls [`SourceSession::close`], which gives every chunk in flight back.
-//!
+//! After every input (`handle_message`, `handle_checked`, `handle_timeout`, `handle_stalled`,
+//! `handle_closed`), the driver drains `poll_event()` and `poll_transmit()` until `None`, then
+//! checks `end()`. It calls `handle_timeout` at `poll_timeout()`, and whenever the shared
+//! [`Scheduler`] changed (another source delivered a chunk or gave chunks back); and
+//! `handle_stalled` once no byte has arrived for [`SourceSession::read_idle`] since the later of
+//! the last byte and the moment requests went out. When it stops the session, for whatever
+//! reason, it calls [`SourceSession::close`], which gives every chunk in flight back. The
+//! driver in `leaf::download` is one actor per download that owns the scheduler and every
+//! session, so none of this needs a lock.
+
 //! # Invariants
 //! - Request numbers count up from 1 and skip 0. An answer to a number below `next_request`
 //!   that is no longer in flight is a late answer to a cancelled or queued request: ignored. An
@@ -387,6 +390,13 @@ impl SourceSession {
     pub fn handle_stalled(&mut self, limit: Duration) {
         if self.end.is_none() {
             self.end = Some(SourceEnd::Failed(format!("no answer within {limit:?}")));
+        }
+    }
+
+    /// The connection failed or closed under the driver (`why` says how).
+    pub fn handle_closed(&mut self, why: String) {
+        if self.end.is_none() {
+            self.end = Some(SourceEnd::Failed(why));
         }
     }
 

@@ -44,28 +44,26 @@
 //! messages, verifies and writes chunks off the executor, keeps the part file and its record,
 //! and finds sources.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::fs::{self, OpenOptions};
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use event_listener::Event;
-use smol::channel;
 use transport::identity::Identity;
 use wire::{FileId, FileRecord, Manifest};
 
 pub use crate::part::{discard_partial, safe_file_name, STATE_SUFFIX};
 use crate::part::{find_earlier, free_space, part_paths, place, recover_chunks, Record};
 use crate::rate::RateLimit;
-use source::{run_source, Shared, SourceConn, Stop};
+use source::SourceConn;
 pub use types::{DownloadError, DownloadOptions, DownloadReport, Progress, SourceReport};
 
+mod run;
 mod source;
 mod types;
 use crate::swarm::{PartialFile, Reciprocity};
@@ -74,10 +72,6 @@ use transfer::Scheduler;
 
 /// How many sources are asked for the manifest.
 const MANIFEST_VOTES: usize = 3;
-/// How often the record of done chunks is brought up to date (and progress reported).
-const RECORD_EVERY: Duration = Duration::from_secs(1);
-/// When a running download first asks the network again for more sources.
-const FIRST_REQUERY: Duration = Duration::from_secs(2);
 
 /// Finds sources for the file: called when the download starts, every
 /// [`DownloadOptions::requery_interval`], and with back-off while no source is left.
@@ -161,10 +155,11 @@ pub async fn download(
             } else {
                 job.sources.clone()
             };
+            let opened_at = started;
             let opened = spawn_all(sources.iter().map(|&a| {
                 let (me, opts) = (job.me.clone(), job.opts.clone());
                 let listen = job.swarm.as_ref().and_then(|h| h.listen);
-                async move { (a, SourceConn::open(a, &me, listen, &opts).await) }
+                async move { (a, SourceConn::open(a, &me, listen, &opts, opened_at).await) }
             }))
             .await;
             for (addr, r) in opened {
@@ -248,7 +243,7 @@ pub async fn download(
             });
         }
     }
-    let mut record = Record::new(id, &name, &manifest, sched.done().as_bytes().to_vec());
+    let record = Record::new(id, &name, &manifest, sched.done().as_bytes().to_vec());
     // Chunks found by reading the part file are recorded only once they are surely on disk.
     let synced = if resuming.is_some() {
         file.sync_data()
@@ -278,41 +273,40 @@ pub async fn download(
         (hooks.publish)(p.clone());
         p
     });
-    let shared = Arc::new(Shared {
-        id,
-        me: job.me.clone(),
+    (progress)(Progress {
+        done_bytes: sched.done_bytes(),
+        size: manifest.size,
+        sources: 0,
+        queued: None,
+        resumed_chunks,
+        verifying: false,
+    });
+    let size = manifest.size;
+    let setup = run::Setup {
+        job: &job,
+        manifest,
+        file: file.clone(),
+        sched,
         partial,
         reciprocity: job.swarm.as_ref().map(|h| h.reciprocity.clone()),
         listen: job.swarm.as_ref().and_then(|h| h.listen),
-        file,
-        sched: Mutex::new(sched),
-        changed: Event::new(),
-        opts: job.opts.clone(),
-        cap: job.cap.clone(),
-        queued: Mutex::new(HashMap::new()),
-        connected: Mutex::new(0),
-        aborted: AtomicBool::new(false),
         resumed_chunks,
-        manifest,
         progress,
-    });
-    shared.report_progress();
-
-    let files = PartFiles {
         part: &part,
-        state: &state_path,
+        state_path: &state_path,
+        record,
+        conns,
+        banned,
+        // The byte stamps of the sources count from the start.
+        epoch: started,
     };
-    let result = run_sources(&shared, &job, conns, &mut reports, &record, files, banned).await;
-    // Whatever happened, record what is on disk for the next attempt.
-    let flushed = flush_record(&shared, &mut record, &state_path).await;
+    let (result, flushed, reports) = run::run(setup, reports).await;
     result?;
     flushed.map_err(|source| DownloadError::Io {
         path: state_path.clone(),
         source,
     })?;
 
-    shared.report(true);
-    let file = shared.file.clone();
     let got = smol::unblock(move || -> io::Result<FileId> {
         file.sync_all()?;
         let mut hasher = blake3::Hasher::new();
@@ -331,31 +325,11 @@ pub async fn download(
     Ok(DownloadReport {
         id,
         path,
-        size: shared.manifest.size,
+        size,
         elapsed_ms: started.elapsed().as_millis() as u64,
         resumed_chunks,
         sources: reports,
     })
-}
-
-/// Flushes the part file, then records the chunks that were done before the flush.
-async fn flush_record(shared: &Arc<Shared>, record: &mut Record, path: &Path) -> io::Result<()> {
-    let bits = shared.sched.lock().unwrap().done().as_bytes().to_vec();
-    if bits == record.done {
-        return Ok(());
-    }
-    let file = shared.file.clone();
-    let mut next = record.clone();
-    next.done = bits;
-    let path = path.to_path_buf();
-    let saved = smol::unblock(move || -> io::Result<Record> {
-        file.sync_data()?;
-        next.save(&path)?;
-        Ok(next)
-    })
-    .await?;
-    *record = saved;
-    Ok(())
 }
 
 /// With no source at all: searches again with growing back-off if the job may wait, else
@@ -421,181 +395,7 @@ async fn vote_manifest(
     })
 }
 
-/// A download's partial file and its record.
-#[derive(Clone, Copy)]
-struct PartFiles<'a> {
-    part: &'a Path,
-    state: &'a Path,
-}
-
-/// Runs source tasks until every chunk is done, finding and retrying sources as they come and
-/// go, and recording progress every second.
-async fn run_sources(
-    shared: &Arc<Shared>,
-    job: &Job,
-    conns: Vec<SourceConn>,
-    reports: &mut Vec<SourceReport>,
-    record: &Record,
-    files: PartFiles<'_>,
-    mut banned: HashSet<SocketAddr>,
-) -> Result<(), DownloadError> {
-    let (part, state_path) = (files.part, files.state);
-    let mut record = record.clone();
-    let (done_tx, done_rx) = channel::unbounded::<(SocketAddr, SourceReport, Option<Stop>)>();
-    let mut next_source = 0usize;
-    let mut active: HashMap<SocketAddr, smol::Task<()>> = HashMap::new();
-
-    let mut retry_at: HashMap<SocketAddr, (Instant, Duration)> = HashMap::new();
-    let mut start = |addr: SocketAddr, conn: Option<SourceConn>, active: &mut HashMap<_, _>| {
-        let (shared, tx) = (shared.clone(), done_tx.clone());
-        let n = next_source;
-        next_source += 1;
-        let task = smol::spawn(async move {
-            let (report, stop) = run_source(shared, n, addr, conn).await;
-            let _ = tx.send((addr, report, stop)).await;
-        });
-        active.insert(addr, task);
-    };
-    for c in conns {
-        start(c.addr, Some(c), &mut active);
-    }
-    for &addr in &job.sources {
-        if !active.contains_key(&addr) && !reports.iter().any(|r| r.addr == addr) {
-            start(addr, None, &mut active);
-        }
-    }
-    let mut backoff = Duration::from_secs(1);
-    let mut requery_every = job.opts.requery_interval.min(FIRST_REQUERY);
-    // The first search for more sources comes soon: the starting list was cut short so the
-    // download could begin.
-    let mut next_query = Instant::now()
-        + if active.is_empty() {
-            Duration::ZERO
-        } else {
-            job.opts.requery_interval.min(FIRST_REQUERY)
-        };
-    let mut alone_since = active.is_empty().then(Instant::now);
-    let mut next_record = Instant::now() + RECORD_EVERY;
-    enum Wake {
-        SourceDone((SocketAddr, SourceReport, Option<Stop>)),
-        Changed,
-        Timer,
-    }
-    let mut disk_error = None;
-    loop {
-        let listener = shared.changed.listen();
-        if shared.sched.lock().unwrap().all_done() || disk_error.is_some() {
-            break;
-        }
-        let wake_at = next_query.min(next_record);
-        let wake = smol::future::or(
-            async {
-                done_rx
-                    .recv()
-                    .await
-                    .map(Wake::SourceDone)
-                    .unwrap_or(Wake::Timer)
-            },
-            smol::future::or(
-                async {
-                    listener.await;
-                    Wake::Changed
-                },
-                async {
-                    smol::Timer::at(wake_at).await;
-                    Wake::Timer
-                },
-            ),
-        )
-        .await;
-        let now = Instant::now();
-        match wake {
-            Wake::SourceDone((addr, report, stop)) => {
-                active.remove(&addr);
-                match stop {
-                    Some(Stop::Hostile(_)) => {
-                        banned.insert(addr);
-                    }
-                    Some(Stop::Disk(e)) => disk_error = Some(e),
-                    Some(Stop::Failed(_)) | None => {
-                        let wait = retry_at.get(&addr).map_or(backoff, |(_, d)| *d * 2);
-                        let wait = wait.min(job.opts.max_backoff);
-                        retry_at.insert(addr, (now + wait, wait));
-                    }
-                }
-                reports.push(report);
-                if active.is_empty() {
-                    alone_since.get_or_insert(now);
-                    next_query = next_query.min(now + backoff);
-                }
-            }
-            Wake::Changed => {}
-            Wake::Timer => {}
-        }
-        if now >= next_record {
-            if let Err(e) = flush_record(shared, &mut record, state_path).await {
-                disk_error = Some(e);
-            }
-            shared.report_progress();
-            next_record = Instant::now() + RECORD_EVERY;
-        }
-        if now >= next_query && disk_error.is_none() {
-            let found = (job.find)().await;
-            let now = Instant::now();
-            for addr in found {
-                let ready = retry_at.get(&addr).is_none_or(|(t, _)| *t <= now);
-                if ready && !active.contains_key(&addr) && !banned.contains(&addr) {
-                    start(addr, None, &mut active);
-                }
-            }
-            if active.is_empty() {
-                next_query = now + backoff;
-                backoff = (backoff * 2).min(job.opts.max_backoff);
-            } else {
-                backoff = Duration::from_secs(1);
-                // Soon at first (other downloaders of the file appear as they start), then
-                // every requery interval.
-                requery_every = (requery_every * 2).min(job.opts.requery_interval);
-                next_query = now + requery_every;
-            }
-        }
-        // Alone means no source connected, whatever is being tried.
-        if *shared.connected.lock().unwrap() > 0 {
-            alone_since = None;
-        } else {
-            alone_since.get_or_insert(now);
-        }
-        if let (Some(since), Some(limit)) = (alone_since, job.give_up_after) {
-            if since.elapsed() >= limit {
-                let s = shared.sched.lock().unwrap();
-                return Err(DownloadError::SourcesFailed {
-                    id: shared.id,
-                    done: s.done_chunks(),
-                    total: s.count(),
-                    reasons: reasons(reports),
-                });
-            }
-        }
-    }
-    // Every chunk is done (or the disk failed): stop the sources and collect their reports.
-    shared.aborted.store(true, Ordering::SeqCst);
-    shared.changed.notify(usize::MAX);
-    drop(done_tx);
-    while let Ok((_, report, stop)) = done_rx.recv().await {
-        if let Some(Stop::Disk(e)) = stop {
-            disk_error.get_or_insert(e);
-        }
-        reports.push(report);
-    }
-    if let Some(source) = disk_error {
-        return Err(DownloadError::Io {
-            path: part.to_path_buf(),
-            source,
-        });
-    }
-    Ok(())
-}
-
+/// Why each source failed, for an error message.
 fn reasons(reports: &[SourceReport]) -> String {
     let list: Vec<String> = reports
         .iter()

@@ -1,0 +1,567 @@
+//! The download's actor: the one owner of its [`Scheduler`] and of every source's
+//! [`SourceSession`]. Source connections only move bytes ([`super::source`]); chunks are
+//! verified and written on the blocking pool and the result comes back here. The actor finds and
+//! retries sources as they come and go, records progress every second, and stops when every
+//! chunk is done, the disk fails, or no source is left for longer than the job may wait.
+//!
+//! After every input the affected session is drained (its events acted on, its messages
+//! queued to its writer); when the shared schedule changed (a chunk done, chunks given back by
+//! a queued source), every other session is given `handle_timeout` and drained too, as
+//! `topology`'s drivers do.
+
+use std::collections::{HashMap, HashSet};
+use std::fs::File;
+use std::io;
+use std::net::SocketAddr;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use smol::channel::{self, Receiver, Sender};
+use transfer::{Checked, Scheduler, SourceEnd, SourceEvent, SourceOptions, SourceSession};
+use wire::{Manifest, Message, NodeId};
+
+use super::source::SourceConn;
+use super::types::{DownloadError, Progress, SourceReport};
+use super::{reasons, Job};
+use crate::part::Record;
+use crate::swarm::{PartialFile, Reciprocity};
+
+/// How often the record of done chunks is brought up to date (and progress reported).
+const RECORD_EVERY: Duration = Duration::from_secs(1);
+/// When a running download first asks the network again for more sources.
+const FIRST_REQUERY: Duration = Duration::from_secs(2);
+
+/// What the download runs on, set up by [`super::download`].
+pub(super) struct Setup<'a> {
+    pub(super) job: &'a Job,
+    pub(super) manifest: Manifest,
+    pub(super) file: Arc<File>,
+    pub(super) sched: Scheduler,
+    pub(super) partial: Option<Arc<PartialFile>>,
+    pub(super) reciprocity: Option<Arc<Reciprocity>>,
+    /// This node's listen address, for Hello.
+    pub(super) listen: Option<SocketAddr>,
+    pub(super) resumed_chunks: u64,
+    pub(super) progress: Box<dyn Fn(Progress) + Send + Sync>,
+    pub(super) part: &'a Path,
+    pub(super) state_path: &'a Path,
+    pub(super) record: Record,
+    /// Connections opened for the manifest, taken over as sources.
+    pub(super) conns: Vec<SourceConn>,
+    /// Sources that lied already: not asked again.
+    pub(super) banned: HashSet<SocketAddr>,
+    /// When the download began (the byte stamps count from here).
+    pub(super) epoch: Instant,
+}
+
+enum Input {
+    Connected(usize, Result<Box<SourceConn>, String>),
+    Read(usize, Result<Message, String>),
+    Checked(usize, u32, u64, io::Result<Checked>),
+}
+
+/// One source, connecting or connected.
+struct Source {
+    addr: SocketAddr,
+    node: Option<NodeId>,
+    session: Option<SourceSession>,
+    out: Option<Sender<Message>>,
+    last_byte: Arc<AtomicU64>,
+    /// Since when requests are out with nothing heard (the stall clock starts at the later of
+    /// this and the last byte).
+    waiting_since: Option<Instant>,
+    report: SourceReport,
+    /// The connect task, then the reader task: dropped to stop them.
+    _task: Option<smol::Task<()>>,
+}
+
+/// The actor's state; see the module docs.
+struct Run<'a> {
+    s: Setup<'a>,
+    sources: HashMap<usize, Source>,
+    next_source: usize,
+    inputs: Sender<Input>,
+    /// Queue positions of the sources that are queued, by source number.
+    queued: HashMap<usize, u32>,
+    reports: Vec<SourceReport>,
+    retry_at: HashMap<SocketAddr, (Instant, Duration)>,
+    backoff: Duration,
+    disk_error: Option<io::Error>,
+    /// Set when the shared schedule changed: every session looks again.
+    changed: bool,
+}
+
+/// Runs the download until every chunk is done. Whatever happens, the record of verified
+/// chunks is brought up to date at the end. Returns the outcome (the record as saved), the
+/// outcome of that last save, and every source's report after `reports` (the sources dropped
+/// while the manifest was chosen).
+pub(super) async fn run(
+    setup: Setup<'_>,
+    reports: Vec<SourceReport>,
+) -> (Result<(), DownloadError>, io::Result<()>, Vec<SourceReport>) {
+    let (inputs, rx) = channel::unbounded::<Input>();
+    let mut record = setup.record.clone();
+    let mut run = Run {
+        sources: HashMap::new(),
+        next_source: 0,
+        inputs,
+        queued: HashMap::new(),
+        reports,
+        retry_at: HashMap::new(),
+        backoff: Duration::from_secs(1),
+        disk_error: None,
+        changed: false,
+        s: setup,
+    };
+    let result = run.main(&rx, &mut record).await;
+    run.stop();
+    // Whatever happened, record what is on disk for the next attempt.
+    let flushed = flush_record(&run.s, &mut record).await;
+    if result.is_ok() && flushed.is_ok() {
+        run.report(true);
+    }
+    (result, flushed, run.reports)
+}
+
+impl Run<'_> {
+    async fn main(
+        &mut self,
+        rx: &Receiver<Input>,
+        record: &mut Record,
+    ) -> Result<(), DownloadError> {
+        for c in std::mem::take(&mut self.s.conns) {
+            let n = self.add(c.addr, None);
+            self.connected(n, c);
+        }
+        let job = self.s.job;
+        let initial: Vec<SocketAddr> = job.sources.clone();
+        for addr in initial {
+            let known = self.sources.values().any(|s| s.addr == addr)
+                || self.reports.iter().any(|r| r.addr == addr)
+                || self.s.banned.contains(&addr);
+            if !known {
+                self.dial(addr);
+            }
+        }
+        self.settle(Instant::now());
+        let mut requery_every = job.opts.requery_interval.min(FIRST_REQUERY);
+        // The first search for more sources comes soon: the starting list was cut short so the
+        // download could begin.
+        let mut next_query = Instant::now()
+            + if self.sources.is_empty() {
+                Duration::ZERO
+            } else {
+                job.opts.requery_interval.min(FIRST_REQUERY)
+            };
+        let mut alone_since = self.sources.is_empty().then(Instant::now);
+        let mut next_record = Instant::now() + RECORD_EVERY;
+        loop {
+            if self.s.sched.all_done() || self.disk_error.is_some() {
+                break;
+            }
+            let wake_at = self.wake_at().map_or(next_query.min(next_record), |t| {
+                t.min(next_query).min(next_record)
+            });
+            let input = smol::future::or(async { rx.recv().await.ok() }, async {
+                smol::Timer::at(wake_at).await;
+                None
+            })
+            .await;
+            let now = Instant::now();
+            match input {
+                Some(input) => self.handle(now, input),
+                None => self.tick(now),
+            }
+            self.settle(now);
+            if now >= next_record {
+                if let Err(e) = flush_record(&self.s, record).await {
+                    self.disk_error.get_or_insert(e);
+                }
+                self.report(false);
+                next_record = Instant::now() + RECORD_EVERY;
+            }
+            if self.sources.is_empty() {
+                next_query = next_query.min(now + self.backoff);
+            }
+            if now >= next_query && self.disk_error.is_none() {
+                let found = (job.find)().await;
+                let now = Instant::now();
+                for addr in found {
+                    let ready = self.retry_at.get(&addr).is_none_or(|(t, _)| *t <= now);
+                    let busy = self.sources.values().any(|s| s.addr == addr);
+                    if ready && !busy && !self.s.banned.contains(&addr) {
+                        self.dial(addr);
+                    }
+                }
+                if self.sources.is_empty() {
+                    next_query = now + self.backoff;
+                    self.backoff = (self.backoff * 2).min(job.opts.max_backoff);
+                } else {
+                    self.backoff = Duration::from_secs(1);
+                    // Soon at first (other downloaders of the file appear as they start), then
+                    // every requery interval.
+                    requery_every = (requery_every * 2).min(job.opts.requery_interval);
+                    next_query = now + requery_every;
+                }
+            }
+            // Alone means no source connected, whatever is being tried.
+            if self.connected_count() > 0 {
+                alone_since = None;
+            } else {
+                alone_since.get_or_insert(now);
+            }
+            if let (Some(since), Some(limit)) = (alone_since, job.give_up_after) {
+                if since.elapsed() >= limit {
+                    return Err(DownloadError::SourcesFailed {
+                        id: job.id,
+                        done: self.s.sched.done_chunks(),
+                        total: self.s.sched.count(),
+                        reasons: reasons(&self.reports),
+                    });
+                }
+            }
+        }
+        if let Some(source) = self.disk_error.take() {
+            return Err(DownloadError::Io {
+                path: self.s.part.to_path_buf(),
+                source,
+            });
+        }
+        Ok(())
+    }
+
+    /// A new source at `addr` (connecting unless `task` says otherwise); returns its number.
+    fn add(&mut self, addr: SocketAddr, task: Option<smol::Task<()>>) -> usize {
+        let n = self.next_source;
+        self.next_source += 1;
+        self.sources.insert(
+            n,
+            Source {
+                addr,
+                node: None,
+                session: None,
+                out: None,
+                last_byte: Arc::default(),
+                waiting_since: None,
+                report: SourceReport::new(addr),
+                _task: task,
+            },
+        );
+        n
+    }
+
+    /// Connects to `addr` as a new source.
+    fn dial(&mut self, addr: SocketAddr) {
+        let n = self.next_source;
+        let (me, listen, opts, epoch) = (
+            self.s.job.me.clone(),
+            self.s.listen,
+            self.s.job.opts.clone(),
+            self.s.epoch,
+        );
+        let inputs = self.inputs.clone();
+        let task = smol::spawn(async move {
+            let conn = SourceConn::open(addr, &me, listen, &opts, epoch).await;
+            let _ = inputs.send(Input::Connected(n, conn.map(Box::new))).await;
+        });
+        let got = self.add(addr, Some(task));
+        debug_assert_eq!(got, n);
+    }
+
+    /// Source `n`'s connection is up: start its tasks and its session.
+    fn connected(&mut self, n: usize, conn: SourceConn) {
+        let opts = SourceOptions {
+            inflight: self.s.job.opts.inflight_per_source,
+            response_timeout: self.s.job.opts.response_timeout,
+            queued_retry: self.s.job.opts.queued_retry,
+        };
+        let count = self.s.manifest.chunk_count();
+        let Some(src) = self.sources.get_mut(&n) else {
+            return;
+        };
+        src.node = Some(conn.node);
+        src.last_byte = conn.last_byte.clone();
+        let (out, reader) = conn.start(self.s.job.cap.clone(), self.inputs.clone(), move |r| {
+            Input::Read(n, r)
+        });
+        src.out = Some(out);
+        src._task = Some(reader);
+        let mut session = SourceSession::new(self.s.job.id, count, n, opts);
+        session.handle_timeout(Instant::now(), &mut self.s.sched);
+        src.session = Some(session);
+        self.report(false);
+    }
+
+    fn handle(&mut self, now: Instant, input: Input) {
+        match input {
+            Input::Connected(n, Ok(conn)) => self.connected(n, *conn),
+            Input::Connected(n, Err(why)) => {
+                if let Some(src) = self.sources.get_mut(&n) {
+                    src.report.error = Some(why.clone());
+                }
+                self.end(n, now, SourceEnd::Failed(why));
+            }
+            Input::Read(n, Ok(msg)) => {
+                if let Some(session) = self.sources.get_mut(&n).and_then(|s| s.session.as_mut()) {
+                    session.handle_message(now, msg, &mut self.s.sched);
+                }
+            }
+            Input::Read(n, Err(why)) => {
+                if let Some(session) = self.sources.get_mut(&n).and_then(|s| s.session.as_mut()) {
+                    session.handle_closed(why);
+                }
+            }
+            Input::Checked(n, request, len, Ok(checked)) => {
+                if let Some(session) = self.sources.get_mut(&n).and_then(|s| s.session.as_mut()) {
+                    session.handle_checked(now, request, len, checked, &mut self.s.sched);
+                }
+            }
+            Input::Checked(n, _, _, Err(e)) => {
+                // Our disk failed: the whole download stops.
+                if let Some(src) = self.sources.get_mut(&n) {
+                    src.report.error = Some(format!("disk error: {e}"));
+                }
+                self.disk_error.get_or_insert(e);
+            }
+        }
+    }
+
+    /// Time passed: every session looks again, and those that stalled are told.
+    fn tick(&mut self, now: Instant) {
+        for n in self.sources.keys().copied().collect::<Vec<_>>() {
+            let stall = self.sources.get(&n).and_then(|src| self.stall_at(src));
+            let Some(session) = self.sources.get_mut(&n).and_then(|s| s.session.as_mut()) else {
+                continue;
+            };
+            if stall.is_some_and(|t| now >= t) {
+                let limit = session.read_idle().expect("a stall needs a read limit");
+                session.handle_stalled(limit);
+            } else if session.poll_timeout().is_some_and(|t| now >= t) {
+                session.handle_timeout(now, &mut self.s.sched);
+            }
+        }
+    }
+
+    /// Drains every session and ends those that ended; while the schedule keeps changing,
+    /// every session looks again.
+    fn settle(&mut self, now: Instant) {
+        loop {
+            let ns: Vec<usize> = self.sources.keys().copied().collect();
+            for &n in &ns {
+                self.drain(n);
+            }
+            let ended: Vec<(usize, SourceEnd)> = self
+                .sources
+                .iter()
+                .filter_map(|(&n, s)| s.session.as_ref()?.end().cloned().map(|e| (n, e)))
+                .collect();
+            for (n, end) in ended {
+                self.end(n, now, end);
+            }
+            if !std::mem::take(&mut self.changed) {
+                break;
+            }
+            for n in self.sources.keys().copied().collect::<Vec<_>>() {
+                if let Some(session) = self.sources.get_mut(&n).and_then(|s| s.session.as_mut()) {
+                    session.handle_timeout(now, &mut self.s.sched);
+                }
+            }
+        }
+    }
+
+    /// Acts on what source `n`'s session asks, then queues its messages.
+    fn drain(&mut self, n: usize) {
+        let Some(src) = self.sources.get_mut(&n) else {
+            return;
+        };
+        let Some(session) = src.session.as_mut() else {
+            return;
+        };
+        while let Some(event) = session.poll_event() {
+            match event {
+                SourceEvent::Received { bytes } => {
+                    if let (Some(r), Some(node)) = (&self.s.reciprocity, src.node) {
+                        r.record(node, bytes, Instant::now());
+                    }
+                }
+                SourceEvent::Verify {
+                    request,
+                    chunk,
+                    data,
+                } => {
+                    let len = data.len() as u64;
+                    let (file, manifest, inputs) = (
+                        self.s.file.clone(),
+                        self.s.manifest.clone(),
+                        self.inputs.clone(),
+                    );
+                    // Verified and written off the executor; the answer comes back as an input.
+                    smol::spawn(async move {
+                        let checked = smol::unblock(move || -> io::Result<Checked> {
+                            if let Err(e) = manifest.verify_chunk(chunk, &data) {
+                                return Ok(Checked::Bad(e.to_string()));
+                            }
+                            let offset = manifest.chunk_range(chunk).start;
+                            file.write_all_at(&data, offset)?;
+                            Ok(Checked::Kept)
+                        })
+                        .await;
+                        let _ = inputs.send(Input::Checked(n, request, len, checked)).await;
+                    })
+                    .detach();
+                }
+                SourceEvent::Completed { chunk, bytes } => {
+                    // Verified and written: others may have it from us now.
+                    if let Some(p) = &self.s.partial {
+                        p.mark(chunk);
+                    }
+                    src.report.chunks += 1;
+                    src.report.bytes += bytes;
+                    self.changed = true;
+                }
+                SourceEvent::Queued { position } => {
+                    src.report.queued_at.get_or_insert(position);
+                    self.queued.insert(n, position);
+                    self.changed = true;
+                }
+                SourceEvent::Unqueued => {
+                    self.queued.remove(&n);
+                }
+            }
+        }
+        if let Some(out) = &src.out {
+            while let Some(msg) = session.poll_transmit() {
+                let _ = out.try_send(msg);
+            }
+        }
+        match session.read_idle() {
+            Some(_) => {
+                src.waiting_since.get_or_insert_with(Instant::now);
+            }
+            None => src.waiting_since = None,
+        }
+        if self.changed {
+            self.report(false);
+        }
+    }
+
+    /// Source `n` is done with: its chunks go back, it says Goodbye, and whether and when it is
+    /// tried again follows from why it ended.
+    fn end(&mut self, n: usize, now: Instant, end: SourceEnd) {
+        let Some(mut src) = self.sources.remove(&n) else {
+            return;
+        };
+        if let Some(mut session) = src.session.take() {
+            session.close(&mut self.s.sched);
+            if let Some(out) = &src.out {
+                while let Some(msg) = session.poll_transmit() {
+                    let _ = out.try_send(msg);
+                }
+            }
+            self.changed = true;
+        }
+        self.queued.remove(&n);
+        let addr = src.addr;
+        match &end {
+            SourceEnd::Finished => {}
+            SourceEnd::Hostile(reason) => {
+                log::warn!(
+                    "banning source {addr} for {}: {reason}",
+                    self.s.job.id.short()
+                );
+                src.report.error = Some(reason.clone());
+                self.s.banned.insert(addr);
+            }
+            SourceEnd::Failed(reason) => {
+                log::info!(
+                    "dropping source {addr} for {}: {reason}",
+                    self.s.job.id.short()
+                );
+                src.report.error = Some(reason.clone());
+                let wait = self
+                    .retry_at
+                    .get(&addr)
+                    .map_or(self.backoff, |(_, d)| *d * 2)
+                    .min(self.s.job.opts.max_backoff);
+                self.retry_at.insert(addr, (now + wait, wait));
+            }
+        }
+        self.reports.push(src.report);
+        // Dropping `out` lets the writer send the Goodbye and close; dropping the task stops the
+        // reader (or the dial).
+        self.report(false);
+    }
+
+    /// Stops every source (the download is over).
+    fn stop(&mut self) {
+        let now = Instant::now();
+        for n in self.sources.keys().copied().collect::<Vec<_>>() {
+            self.end(n, now, SourceEnd::Finished);
+        }
+    }
+
+    fn wake_at(&self) -> Option<Instant> {
+        self.sources
+            .values()
+            .filter_map(|src| {
+                let session = src.session.as_ref()?;
+                let stall = self.stall_at(src);
+                match (session.poll_timeout(), stall) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                }
+            })
+            .min()
+    }
+
+    /// When source `src` counts as stalled if nothing arrives: the session's read limit after
+    /// the later of its last byte and the moment its requests went out.
+    fn stall_at(&self, src: &Source) -> Option<Instant> {
+        let limit = src.session.as_ref()?.read_idle()?;
+        let last = self.s.epoch + Duration::from_millis(src.last_byte.load(Ordering::Relaxed));
+        let since = src.waiting_since.map_or(last, |w| w.max(last));
+        Some(since + limit)
+    }
+
+    fn connected_count(&self) -> usize {
+        self.sources
+            .values()
+            .filter(|s| s.session.is_some())
+            .count()
+    }
+
+    /// Tells the caller how the download stands.
+    fn report(&self, verifying: bool) {
+        (self.s.progress)(Progress {
+            done_bytes: self.s.sched.done_bytes(),
+            size: self.s.manifest.size,
+            sources: self.connected_count(),
+            queued: self.queued.values().min().copied(),
+            resumed_chunks: self.s.resumed_chunks,
+            verifying,
+        });
+    }
+}
+
+/// Flushes the part file, then records the chunks that were done before the flush.
+async fn flush_record(s: &Setup<'_>, record: &mut Record) -> io::Result<()> {
+    let bits = s.sched.done().as_bytes().to_vec();
+    if bits == record.done {
+        return Ok(());
+    }
+    let file = s.file.clone();
+    let mut next = record.clone();
+    next.done = bits;
+    let path = s.state_path.to_path_buf();
+    let saved = smol::unblock(move || -> io::Result<Record> {
+        file.sync_data()?;
+        next.save(&path)?;
+        Ok(next)
+    })
+    .await?;
+    *record = saved;
+    Ok(())
+}
