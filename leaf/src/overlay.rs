@@ -25,7 +25,8 @@ use superpeer::{Demoted, SuperPeerNode};
 use topology::{
     ConnId, Handover, LeafConfig, LeafEvent, LeafOverlay, NodeRole, RoleClock, RoleConfig,
 };
-use transport::net::{connect_secure, write_message_within, FrameReader};
+use transport::link::Outbox;
+use transport::net::{connect_secure, FrameReader};
 use transport::secure::SecureStream;
 use wire::{Capability, FileId, FileRecord, Hit, Message, Query, QueryId};
 
@@ -75,6 +76,8 @@ enum Wake {
     Timer,
 }
 
+/// A super-peer that takes longer than this to accept one message is dropped.
+const LINK_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often the capability and the status figures are refreshed, and the host cache saved.
 const REFRESH: Duration = Duration::from_secs(2);
 const SAVE_HOSTS: Duration = Duration::from_secs(30);
@@ -97,7 +100,7 @@ pub(crate) async fn run(inner: Arc<NodeState>, settings: Settings, commands: Rec
     leaf.add_seeds(now, &inner.seeds);
     leaf.import_hosts(now, &load_hosts(&hosts_path));
     set_role(&inner, "leaf", "looking for super-peers");
-    let mut writers: HashMap<ConnId, Sender<Message>> = HashMap::new();
+    let mut writers: HashMap<ConnId, Outbox> = HashMap::new();
     let mut searches: HashMap<QueryId, Sender<Vec<Hit>>> = HashMap::new();
     let mut next_conn: ConnId = 1;
     let mut sp: Option<SuperPeerNode> = None;
@@ -138,7 +141,10 @@ pub(crate) async fn run(inner: Arc<NodeState>, settings: Settings, commands: Rec
         let now = Instant::now();
         match wake {
             Wake::Input(Input::Connected(conn, addr, stream)) => {
-                writers.insert(conn, start_link(conn, *stream, tx.clone()));
+                writers.insert(
+                    conn,
+                    start_link(conn, *stream, tx.clone(), inner.limits.max_pending_bytes),
+                );
                 leaf.handle_connect(now, conn, addr);
             }
             Wake::Input(Input::DialFailed(addr)) => leaf.handle_dial_failed(now, addr),
@@ -199,7 +205,11 @@ pub(crate) async fn run(inner: Arc<NodeState>, settings: Settings, commands: Rec
             while let Some(t) = leaf.poll_transmit() {
                 progressed = true;
                 if let Some(w) = writers.get(&t.to) {
-                    let _ = w.try_send(t.msg);
+                    if let Err(full) = w.send(&t.msg) {
+                        // A super-peer that does not read: let the link go.
+                        log::info!("dropping link {}: {full}", t.to);
+                        writers.remove(&t.to);
+                    }
                 }
             }
             while let Some(event) = leaf.poll_event() {
@@ -370,27 +380,21 @@ async fn promote(
     Ok((node, local))
 }
 
-/// Starts a link's writer and reader tasks; returns the writer's channel.
+/// Starts a link's writer and reader tasks; returns the writer's queue (its unread bytes capped
+/// at `max_pending` bytes).
 fn start_link(
     conn: ConnId,
     stream: SecureStream<TcpStream>,
     inputs: Sender<Input>,
-) -> Sender<Message> {
+    max_pending: usize,
+) -> Outbox {
     let _ = stream.writer.get_ref().set_nodelay(true);
-    let (out, rx) = channel::unbounded::<Message>();
-    let mut writer = stream.writer;
+    let (out, writer) =
+        transport::link::spawn_writer(stream.writer, max_pending, LINK_WRITE_TIMEOUT);
     smol::spawn(async move {
-        let mut scratch = Vec::new();
-        while let Ok(msg) = rx.recv().await {
-            let limit = Duration::from_secs(30);
-            if write_message_within(&mut writer, &msg, &mut scratch, limit)
-                .await
-                .is_err()
-            {
-                break;
-            }
+        if let Some(e) = writer.await {
+            log::debug!("link {conn}: {e}");
         }
-        let _ = writer.get_ref().shutdown(std::net::Shutdown::Both);
     })
     .detach();
     let peer = stream.peer;

@@ -20,12 +20,11 @@
 use std::collections::HashMap;
 use std::net::{Shutdown, SocketAddr};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use smol::channel::{self, Receiver, Sender};
-use smol::io::AsyncWriteExt;
 use smol::net::{TcpListener, TcpStream};
 use smol::Task;
 use topology::{ConnId, Event, HostCache, NodeRole, RoleClock, RoleConfig, Stats, SuperPeer};
@@ -34,7 +33,7 @@ use wire::{Hello, HostEntry, Message, NodeId, Role};
 use transport::identity::Identity;
 use transport::limits::{Admitted, Gate, Limits, Tripped};
 use transport::net::{connect_secure, write_message_within, FrameReader, ReadError};
-use transport::secure::{SecureStream, SecureWriter};
+use transport::secure::SecureStream;
 
 /// The host cache's file name in a data directory.
 pub const HOSTS_FILE: &str = "hosts.cbor";
@@ -259,72 +258,46 @@ async fn accept_loop(
     identity: Arc<Identity>,
     gate: Arc<Gate>,
 ) {
-    loop {
-        match listener.accept().await {
-            Ok((stream, remote)) => {
-                let admitted = match gate.admit(remote, Instant::now()) {
-                    Ok(admitted) => admitted,
-                    Err(trip) => {
-                        log::warn!("refusing a connection from {remote}: {trip}");
-                        continue;
-                    }
-                };
-                let _ = stream.set_nodelay(true);
-                let conn = ids.fetch_add(1, Ordering::Relaxed);
-                let (inputs, identity, gate) = (inputs.clone(), identity.clone(), gate.clone());
-                smol::spawn(async move {
-                    let limit = gate.limits().handshake_timeout;
-                    match transport::secure::accept(stream.clone(), &identity, limit).await {
-                        Ok(secure) => {
-                            let peer = Peer {
-                                conn,
-                                socket: stream,
-                                remote,
-                                dialed: false,
-                                _admitted: Some(admitted),
-                            };
-                            run_connection(peer, secure, inputs, gate).await
-                        }
-                        Err(e) => log::warn!("peer {remote}: {e} (handshake_timeout {limit:?})"),
-                    }
-                })
-                .detach();
-            }
-            Err(e) => {
-                // Out of descriptors and the like: back off instead of spinning.
-                log::warn!("accept failed: {e}");
-                smol::Timer::after(Duration::from_millis(100)).await;
+    let admit = gate.clone();
+    let handle = move |stream: TcpStream, remote: SocketAddr, admitted: Admitted| {
+        let conn = ids.fetch_add(1, Ordering::Relaxed);
+        let (inputs, identity, gate) = (inputs.clone(), identity.clone(), gate.clone());
+        async move {
+            let limit = gate.limits().handshake_timeout;
+            match transport::secure::accept(stream.clone(), &identity, limit).await {
+                Ok(secure) => {
+                    let peer = Peer {
+                        conn,
+                        socket: stream,
+                        remote,
+                        dialed: false,
+                        _admitted: Some(admitted),
+                    };
+                    run_connection(peer, secure, inputs, gate).await
+                }
+                Err(e) => log::warn!("peer {remote}: {e} (handshake_timeout {limit:?})"),
             }
         }
-    }
+    };
+    transport::link::accept_loop(listener, admit, "a connection", handle).await
 }
 
-/// The actor's handle on a connection's writer: encoded messages go in, and the bytes not yet
-/// written are counted, so a peer that does not read is cut off at
-/// [`Limits::max_pending_bytes`] instead of making us buffer without bound.
+/// The actor's handle on a connection's writer ([`transport::link::Outbox`], whose queued bytes
+/// are capped at [`Limits::max_pending_bytes`]), and its socket, to end it at once.
 struct Outbox {
-    tx: Sender<Vec<u8>>,
-    pending: Arc<AtomicUsize>,
+    out: transport::link::Outbox,
     socket: TcpStream,
     remote: SocketAddr,
 }
 
 impl Outbox {
     /// Queues `msg`, or says the limit it would go past.
-    fn send(&self, msg: &Message, limits: &Limits) -> Result<(), Tripped> {
-        let mut bytes = Vec::new();
-        wire::encode(msg, &mut bytes);
-        let pending = self.pending.load(Ordering::Relaxed);
-        if pending + bytes.len() > limits.max_pending_bytes {
-            return Err(Tripped {
-                limit: "max_pending_bytes",
-                detail: format!("{pending} bytes not read yet"),
-                ban: false,
-            });
-        }
-        self.pending.fetch_add(bytes.len(), Ordering::Relaxed);
-        let _ = self.tx.try_send(bytes);
-        Ok(())
+    fn send(&self, msg: &Message) -> Result<(), Tripped> {
+        self.out.send(msg).map_err(|full| Tripped {
+            limit: "max_pending_bytes",
+            detail: format!("{} bytes not read yet", full.pending),
+            ban: false,
+        })
     }
 
     /// Ends the connection now, without flushing.
@@ -350,15 +323,15 @@ async fn run_connection(
     gate: Arc<Gate>,
 ) {
     let (conn, remote) = (peer.conn, peer.remote);
-    let (writer_tx, writer_rx) = channel::unbounded::<Vec<u8>>();
-    let pending = Arc::new(AtomicUsize::new(0));
+    let limits = gate.limits();
+    let (out, writer) =
+        transport::link::spawn_writer(secure.writer, limits.max_pending_bytes, WRITE_TIMEOUT);
     let connected = Input::Connected {
         conn,
         remote,
         dialed: peer.dialed,
         writer: Outbox {
-            tx: writer_tx,
-            pending: pending.clone(),
+            out,
             socket: peer.socket.clone(),
             remote,
         },
@@ -366,9 +339,7 @@ async fn run_connection(
     if inputs.send(connected).await.is_err() {
         return;
     }
-    let writer = smol::spawn(write_loop(secure.writer, writer_rx, pending));
     let mut reader = FrameReader::new(secure.reader);
-    let limits = gate.limits();
     let mut bucket = None;
     loop {
         match reader.read_message().await {
@@ -415,42 +386,14 @@ async fn run_connection(
     }
     let _ = inputs.send(Input::Disconnected(conn)).await;
     // Let the writer flush (a Goodbye, say) before the socket goes.
-    smol::future::or(writer, async {
+    let failed = smol::future::or(writer, async {
         smol::Timer::after(Duration::from_secs(5)).await;
+        None
     })
     .await;
-}
-
-async fn write_loop(
-    mut stream: SecureWriter<TcpStream>,
-    rx: Receiver<Vec<u8>>,
-    pending: Arc<AtomicUsize>,
-) {
-    while let Ok(bytes) = rx.recv().await {
-        let write = async {
-            stream.write_all(&bytes).await?;
-            // Flush when nothing else is queued: messages that come together go together.
-            if rx.is_empty() {
-                stream.flush().await?;
-            }
-            Ok::<_, std::io::Error>(())
-        };
-        let written = smol::future::or(write, async {
-            smol::Timer::after(WRITE_TIMEOUT).await;
-            Err(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                format!("peer not reading for {WRITE_TIMEOUT:?}"),
-            ))
-        })
-        .await;
-        pending.fetch_sub(bytes.len(), Ordering::Relaxed);
-        if let Err(e) = written {
-            log::info!("dropping a connection: write failed: {e}");
-            break;
-        }
+    if let Some(e) = failed {
+        log::info!("dropping connection {conn} from {remote}: {e}");
     }
-    let _ = stream.flush().await;
-    let _ = stream.get_ref().shutdown(Shutdown::Both);
 }
 
 /// Connects to a leaf's listen address and exchanges Hellos: can others reach it?
@@ -627,7 +570,7 @@ impl Actor {
         loop {
             while let Some(t) = self.state.poll_transmit() {
                 if let Some(w) = self.writers.get(&t.to) {
-                    if let Err(trip) = w.send(&t.msg, self.gate.limits()) {
+                    if let Err(trip) = w.send(&t.msg) {
                         self.cut_off(t.to, &trip);
                     }
                 }

@@ -4,6 +4,8 @@
 //! # Layout
 //! - [`secure`]: the Noise XX handshake and the encrypted halves every connection runs on.
 //! - [`net`]: framed reading and writing over async streams, and dialling.
+//! - [`link`]: a connection's writer task with its bytes in flight capped ([`link::Outbox`]),
+//!   and the accept loop that admits connections through the gate.
 //! - [`limits`]: the bounds a node keeps on what peers send, the connection [`limits::Gate`]
 //!   and token buckets.
 //! - [`hello`]: the check of a peer's `Hello` against the key it proved, done once here.
@@ -17,6 +19,7 @@
 pub mod hello;
 pub mod identity;
 pub mod limits;
+pub mod link;
 pub mod net;
 pub mod secure;
 pub mod store;

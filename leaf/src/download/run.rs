@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use smol::channel::{self, Receiver, Sender};
 use transfer::{Checked, Scheduler, SourceEnd, SourceEvent, SourceOptions, SourceSession};
+use transport::link::Outbox;
 use wire::{Manifest, Message, NodeId};
 
 use super::source::SourceConn;
@@ -68,7 +69,7 @@ struct Source {
     addr: SocketAddr,
     node: Option<NodeId>,
     session: Option<SourceSession>,
-    out: Option<Sender<Message>>,
+    out: Option<Outbox>,
     last_byte: Arc<AtomicU64>,
     /// Since when requests are out with nothing heard (the stall clock starts at the later of
     /// this and the last byte).
@@ -434,7 +435,10 @@ impl Run<'_> {
         }
         if let Some(out) = &src.out {
             while let Some(msg) = session.poll_transmit() {
-                let _ = out.try_send(msg);
+                if let Err(full) = out.send(&msg) {
+                    session.handle_closed(format!("not reading what we send: {full}"));
+                    break;
+                }
             }
         }
         match session.read_idle() {
@@ -458,7 +462,7 @@ impl Run<'_> {
             session.close(&mut self.s.sched);
             if let Some(out) = &src.out {
                 while let Some(msg) = session.poll_transmit() {
-                    let _ = out.try_send(msg);
+                    let _ = out.send(&msg);
                 }
             }
             self.changed = true;

@@ -16,6 +16,7 @@ use smol::io::AsyncRead;
 use smol::net::TcpStream;
 use transfer::manifest::check_answer;
 use transport::identity::Identity;
+use transport::link::Outbox;
 use transport::net::{connect_secure, write_message_within, FrameReader, ReadError};
 use transport::secure::{SecureReader, SecureWriter};
 use wire::{FileId, Hello, Manifest, Message, NodeId, Role};
@@ -25,6 +26,9 @@ use crate::rate::RateLimit;
 
 /// A source that does not take a message within this time is not reading: dropped.
 const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+/// Bytes we may have queued for a source and not yet written (requests, bitfields and haves
+/// are small; a source that lets this much pile up is not reading).
+const MAX_QUEUED: usize = 1 << 20;
 
 /// A reader that notes when its last byte arrived, as milliseconds after `epoch`.
 pub(super) struct Stamped<R> {
@@ -135,29 +139,22 @@ impl SourceConn {
     /// Starts the connection's reader and writer. Every message read goes to `inputs` as
     /// `into(Ok(msg))`, and the first failure as `into(Err(why))`, after which the reader stops.
     /// Returns the writer's queue (the writer sends until it is dropped, then shuts the
-    /// connection) and the reader task (dropping it stops reading).
+    /// connection; see [`transport::link::spawn_writer`]) and the reader task (dropping it stops
+    /// reading).
     pub(super) fn start<I: Send + 'static>(
         self,
         cap: RateLimit,
         inputs: Sender<I>,
         into: impl Fn(Result<Message, String>) -> I + Send + 'static,
-    ) -> (Sender<Message>, smol::Task<()>) {
-        let (out, queued) = channel::unbounded::<Message>();
-        let mut writer = self.writer;
-        let mut scratch = self.scratch;
+    ) -> (Outbox, smol::Task<()>) {
+        let (out, writer) = transport::link::spawn_writer(self.writer, MAX_QUEUED, SEND_TIMEOUT);
         let failed = inputs.clone();
         // A write failure ends the reader too, which reports it.
         let (werr_tx, werr_rx) = channel::bounded::<String>(1);
         smol::spawn(async move {
-            while let Ok(msg) = queued.recv().await {
-                if let Err(e) =
-                    write_message_within(&mut writer, &msg, &mut scratch, SEND_TIMEOUT).await
-                {
-                    let _ = werr_tx.try_send(format!("connection lost: {e}"));
-                    break;
-                }
+            if let Some(e) = writer.await {
+                let _ = werr_tx.try_send(format!("connection lost: {e}"));
             }
-            let _ = writer.get_ref().shutdown(std::net::Shutdown::Both);
         })
         .detach();
         let mut reader = self.reader;

@@ -184,36 +184,21 @@ async fn serve_control_one(node: Node, stream: UnixStream) {
 }
 
 pub(super) async fn accept_uploads(inner: Arc<Inner>, listener: TcpListener) {
-    loop {
-        match listener.accept().await {
-            Ok((stream, remote)) => {
-                let admitted = match inner.gate.admit(remote, Instant::now()) {
-                    Ok(admitted) => admitted,
-                    Err(trip) => {
-                        log::warn!("refusing a download connection from {remote}: {trip}");
-                        continue;
-                    }
-                };
-                let _ = stream.set_nodelay(true);
-                // Known to the node so that shutdown can close it.
-                let key = inner.upload_keys.fetch_add(1, Ordering::Relaxed);
-                inner
-                    .upload_streams
-                    .lock()
-                    .unwrap()
-                    .insert(key, stream.clone());
-                let inner = inner.clone();
-                smol::spawn(async move {
-                    crate::upload::serve(inner.state.clone(), stream, remote).await;
-                    drop(admitted);
-                    inner.upload_streams.lock().unwrap().remove(&key);
-                })
-                .detach();
-            }
-            Err(e) => {
-                log::warn!("accepting a download connection failed: {e}");
-                smol::Timer::after(Duration::from_millis(100)).await;
-            }
+    let gate = inner.gate.clone();
+    let handle = move |stream: TcpStream, remote: SocketAddr, admitted| {
+        // Known to the node so that shutdown can close it.
+        let key = inner.upload_keys.fetch_add(1, Ordering::Relaxed);
+        inner
+            .upload_streams
+            .lock()
+            .unwrap()
+            .insert(key, stream.clone());
+        let inner = inner.clone();
+        async move {
+            crate::upload::serve(inner.state.clone(), stream, remote).await;
+            drop(admitted);
+            inner.upload_streams.lock().unwrap().remove(&key);
         }
-    }
+    };
+    transport::link::accept_loop(listener, gate, "a download connection", handle).await
 }
