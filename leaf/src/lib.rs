@@ -2,21 +2,23 @@
 //! verified chunks from every leaf that has a file, and serve chunks to others.
 //!
 //! # Layout
-//! - [`node`]: [`Node`], the long-running node (shares, search, get, status).
-//! - `overlay`: the node's place in the overlay: attaching to super-peers, and the super-peer
-//!   role in-process when promoted.
-//! - [`share`]: scanning and hashing shared folders, the hash cache, the registry by id.
-//! - [`tags`]: reading audio tags with `lofty`.
-//! - [`upload`]: serving manifests and chunks by content id, with upload slots and a queue,
-//!   driving one `transfer::UploadSession` per downloader.
+//! The rules of the protocol are not here: the overlay's are in `topology`, the transfers' in
+//! `transfer` (both sans-IO). This crate drives them and does the I/O. Its modules form a DAG:
+//! `node` uses the others, and nothing but the TUI uses `node`.
+//! - [`node`]: [`Node`], the handle on the running node (start, share, search, get, status);
+//!   its downloads' bookkeeping and the control socket and chunk server's accept loops.
+//! - `overlay`: the overlay actor, the one owner of the super-peer links and searches: it drives
+//!   `topology::LeafOverlay`, and the super-peer role in-process when promoted.
 //! - `state`: what the node, the overlay actor and the upload connections share.
-//! - [`slots`]: the upload slots, handed out tit-for-tat, and the queue for them.
-//! - [`rate`]: the token bucket behind the upload and download caps.
-//! - [`download`]: the multi-source downloader, driving one `transfer::SourceSession` per
-//!   source around a shared `transfer::Scheduler` (the rules live in the `transfer` crate).
-//! - `part`: a download's partial file and record, resuming, and the final name.
+//! - [`download`]: one actor per download that owns its `transfer::Scheduler` and one
+//!   `transfer::SourceSession` per source; `part`: its partial file and record.
+//! - [`upload`]: serving manifests and chunks by content id, one `transfer::UploadSession` per
+//!   downloader; [`slots`]: the upload slots, handed out tit-for-tat, and their queue.
 //! - [`swarm`]: files being downloaded served from their verified chunks, tit-for-tat
 //!   bookkeeping, and how long finished downloads are seeded.
+//! - [`share`]: scanning and hashing shared folders, the hash cache, the registry by id;
+//!   [`tags`]: reading audio tags with `lofty`.
+//! - [`rate`]: the token bucket behind the upload and download caps.
 //! - [`search`]: grouping hits into one row per file.
 //! - [`control`]: the local control socket protocol between the CLI and the node.
 //! - [`tui`]: `leaf tui`, the terminal interface over the control socket.

@@ -19,7 +19,23 @@ pub(super) struct Tracked {
     pub(super) sample: Option<(Instant, u64)>,
 }
 
+/// The node's downloads, kept by one owner: what status shows of each, and how to stop the
+/// running ones. The queue file on disk (downloads to resume after a restart) is changed only
+/// while this is held.
+#[derive(Default)]
+pub(super) struct Transfers {
+    /// Every download status shows, oldest first.
+    pub(super) tracked: Vec<Tracked>,
+    /// How to stop each running download, by file.
+    pub(super) cancels: HashMap<FileId, Sender<()>>,
+}
+
 impl Node {
+    /// The node's downloads.
+    pub(super) fn transfers(&self) -> std::sync::MutexGuard<'_, Transfers> {
+        self.inner.transfers.lock().unwrap()
+    }
+
     /// Finds sources for `id` and downloads it into `out`.
     pub async fn get(
         &self,
@@ -40,7 +56,7 @@ impl Node {
         progress: impl Fn(&DownloadInfo) + Send + Sync + 'static,
     ) -> Result<DownloadReport, NodeError> {
         {
-            let mut d = self.inner.downloads.lock().unwrap();
+            let d = &mut self.transfers().tracked;
             if d.iter()
                 .any(|t| t.info.id == id && t.info.state.is_active())
             {
@@ -83,7 +99,7 @@ impl Node {
             }
         });
         let (cancel_tx, cancel_rx) = channel::bounded(1);
-        self.inner.cancels.lock().unwrap().insert(id, cancel_tx);
+        self.transfers().cancels.insert(id, cancel_tx);
         let work = async {
             let _slot = self.inner.download_gate.acquire().await;
             self.update_download(id, |t| t.info.state = DownloadState::Searching);
@@ -95,7 +111,7 @@ impl Node {
             Err(NodeError::Cancelled)
         })
         .await;
-        self.inner.cancels.lock().unwrap().remove(&id);
+        self.transfers().cancels.remove(&id);
         // A finished download is seeded for a while; an unfinished one is no longer served.
         match &result {
             Ok(_) => self.seed(id),
@@ -295,8 +311,12 @@ impl Node {
         id: FileId,
         change: impl FnOnce(&mut Tracked),
     ) -> Option<DownloadInfo> {
-        let mut d = self.inner.downloads.lock().unwrap();
-        let t = d.iter_mut().rev().find(|t| t.info.id == id)?;
+        let mut transfers = self.transfers();
+        let t = transfers
+            .tracked
+            .iter_mut()
+            .rev()
+            .find(|t| t.info.id == id)?;
         change(t);
         Some(t.info.clone())
     }
@@ -310,7 +330,7 @@ impl Node {
     }
 
     pub(super) fn change_pending(&self, change: impl FnOnce(&mut Vec<Pending>)) {
-        let _one_at_a_time = self.inner.pending_lock.lock().unwrap();
+        let _one_at_a_time = self.transfers();
         let mut list = self.load_pending();
         change(&mut list);
         let path = self.inner.state.data_dir.join(DOWNLOADS_FILE);
@@ -321,7 +341,7 @@ impl Node {
 
     /// Stops the running download of `id`; the file stays partial, and a later get resumes it.
     pub fn cancel(&self, id: FileId) -> Result<(), NodeError> {
-        match self.inner.cancels.lock().unwrap().get(&id) {
+        match self.transfers().cancels.get(&id) {
             Some(tx) => {
                 let _ = tx.try_send(());
                 Ok(())
@@ -334,8 +354,8 @@ impl Node {
     /// record. Returns how many files were deleted.
     pub async fn discard(&self, id: FileId) -> Result<usize, NodeError> {
         let out = {
-            let d = self.inner.downloads.lock().unwrap();
-            let t = d.iter().rev().find(|t| t.info.id == id);
+            let transfers = self.transfers();
+            let t = transfers.tracked.iter().rev().find(|t| t.info.id == id);
             t.map(|t| t.info.out.clone())
                 .ok_or(NodeError::NotDownloading(id))?
         };

@@ -41,7 +41,7 @@ use crate::swarm::{PartialFile, Seeding, Spread};
 mod downloads;
 mod serve;
 
-use downloads::Tracked;
+use downloads::Transfers;
 use serve::{accept_uploads, serve_control};
 
 /// The share cache's file name in the data directory.
@@ -216,16 +216,13 @@ pub(crate) struct Inner {
     gate: Arc<transport::limits::Gate>,
     /// Commands to the overlay actor, which owns the super-peer links and searches.
     overlay: Sender<crate::overlay::Command>,
-    downloads: Mutex<Vec<Tracked>>,
-    /// How to stop each running download, by file.
-    cancels: Mutex<HashMap<FileId, Sender<()>>>,
+    /// The node's downloads: what status shows and how to stop each.
+    transfers: Mutex<Transfers>,
     /// Whether this node owns the control socket.
     control: bool,
     /// Open upload connections, so shutdown can close them.
     upload_streams: Mutex<HashMap<u64, TcpStream>>,
     upload_keys: AtomicU64,
-    /// Serialises changes to the download queue file.
-    pending_lock: Mutex<()>,
     seeding: Seeding,
     download_cap: RateLimit,
     download_gate: smol::lock::Semaphore,
@@ -320,12 +317,10 @@ impl Node {
             state,
             gate: transport::limits::Gate::new(config.limits.clone()),
             overlay: overlay_tx,
-            downloads: Mutex::new(Vec::new()),
-            cancels: Mutex::new(HashMap::new()),
+            transfers: Mutex::default(),
             control: config.control,
             upload_streams: Mutex::new(HashMap::new()),
             upload_keys: AtomicU64::new(0),
-            pending_lock: Mutex::new(()),
             seeding: config.seeding,
             download_cap: RateLimit::new(config.download_rate),
             download_gate: smol::lock::Semaphore::new(config.max_downloads.max(1)),
@@ -639,10 +634,8 @@ impl Node {
             files: shares.len() as u64,
             bytes: shares.total_bytes(),
             downloads: self
-                .inner
-                .downloads
-                .lock()
-                .unwrap()
+                .transfers()
+                .tracked
                 .iter()
                 .map(|t| t.info.clone())
                 .collect(),
