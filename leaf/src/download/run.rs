@@ -70,6 +70,10 @@ struct Source {
     node: Option<NodeId>,
     session: Option<SourceSession>,
     out: Option<Outbox>,
+    /// Lets the reader read on after a chunk.
+    ack: Option<Sender<()>>,
+    /// A chunk of this source is being verified and written: its reader waits for the ack.
+    checking: bool,
     last_byte: Arc<AtomicU64>,
     /// Since when requests are out with nothing heard (the stall clock starts at the later of
     /// this and the last byte).
@@ -245,6 +249,8 @@ impl Run<'_> {
                 node: None,
                 session: None,
                 out: None,
+                ack: None,
+                checking: false,
                 last_byte: Arc::default(),
                 waiting_since: None,
                 report: SourceReport::new(addr),
@@ -285,10 +291,12 @@ impl Run<'_> {
         };
         src.node = Some(conn.node);
         src.last_byte = conn.last_byte.clone();
-        let (out, reader) = conn.start(self.s.job.cap.clone(), self.inputs.clone(), move |r| {
-            Input::Read(n, r)
-        });
+        let (out, ack, reader) =
+            conn.start(self.s.job.cap.clone(), self.inputs.clone(), move |r| {
+                Input::Read(n, r)
+            });
         src.out = Some(out);
+        src.ack = Some(ack);
         src._task = Some(reader);
         let mut session = SourceSession::new(self.s.job.id, count, n, opts);
         session.handle_timeout(Instant::now(), &mut self.s.sched);
@@ -306,8 +314,15 @@ impl Run<'_> {
                 self.end(n, now, SourceEnd::Failed(why));
             }
             Input::Read(n, Ok(msg)) => {
+                let chunk = matches!(msg, Message::Chunk(_));
                 if let Some(session) = self.sources.get_mut(&n).and_then(|s| s.session.as_mut()) {
                     session.handle_message(now, msg, &mut self.s.sched);
+                }
+                if chunk {
+                    // A chunk that goes to be checked is acked when it has been; any other
+                    // (late, a spare, a lie) at once.
+                    self.drain(n);
+                    self.ack_unless_checking(n);
                 }
             }
             Input::Read(n, Err(why)) => {
@@ -316,9 +331,13 @@ impl Run<'_> {
                 }
             }
             Input::Checked(n, request, len, Ok(checked)) => {
+                if let Some(src) = self.sources.get_mut(&n) {
+                    src.checking = false;
+                }
                 if let Some(session) = self.sources.get_mut(&n).and_then(|s| s.session.as_mut()) {
                     session.handle_checked(now, request, len, checked, &mut self.s.sched);
                 }
+                self.ack_unless_checking(n);
             }
             Input::Checked(n, _, _, Err(e)) => {
                 // Our disk failed: the whole download stops.
@@ -393,6 +412,7 @@ impl Run<'_> {
                     chunk,
                     data,
                 } => {
+                    src.checking = true;
                     let len = data.len() as u64;
                     let (file, manifest, inputs) = (
                         self.s.file.clone(),
@@ -449,6 +469,15 @@ impl Run<'_> {
         }
         if self.changed {
             self.report(false);
+        }
+    }
+
+    /// Lets source `n`'s reader read on, unless one of its chunks is being checked.
+    fn ack_unless_checking(&mut self, n: usize) {
+        if let Some(src) = self.sources.get(&n) {
+            if let (false, Some(ack)) = (src.checking, &src.ack) {
+                let _ = ack.try_send(());
+            }
         }
     }
 

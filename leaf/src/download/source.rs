@@ -138,16 +138,18 @@ impl SourceConn {
 
     /// Starts the connection's reader and writer. Every message read goes to `inputs` as
     /// `into(Ok(msg))`, and the first failure as `into(Err(why))`, after which the reader stops.
-    /// Returns the writer's queue (the writer sends until it is dropped, then shuts the
-    /// connection; see [`transport::link::spawn_writer`]) and the reader task (dropping it stops
+    /// After a chunk, the reader waits for an ack before it reads on. Returns the writer's queue
+    /// (the writer sends until it is dropped, then shuts the connection; see
+    /// [`transport::link::spawn_writer`]), the acks, and the reader task (dropping it stops
     /// reading).
     pub(super) fn start<I: Send + 'static>(
         self,
         cap: RateLimit,
         inputs: Sender<I>,
         into: impl Fn(Result<Message, String>) -> I + Send + 'static,
-    ) -> (Outbox, smol::Task<()>) {
+    ) -> (Outbox, Sender<()>, smol::Task<()>) {
         let (out, writer) = transport::link::spawn_writer(self.writer, MAX_QUEUED, SEND_TIMEOUT);
+        let (acks, acks_rx) = channel::bounded::<()>(1);
         let failed = inputs.clone();
         // A write failure ends the reader too, which reports it.
         let (werr_tx, werr_rx) = channel::bounded::<String>(1);
@@ -180,15 +182,22 @@ impl SourceConn {
                     // The writer is gone without an error: the download let it go.
                     None => return,
                 };
+                let chunk = matches!(msg, Message::Chunk(_));
                 if let Message::Chunk(c) = &msg {
                     cap.take(c.data.len() as u64).await;
                 }
                 if inputs.send(into(Ok(msg))).await.is_err() {
                     return;
                 }
+                // The next message is read once this chunk is dealt with (verified and written,
+                // or set aside): the socket, not our memory, holds what the source sends ahead,
+                // and reads come in large batches.
+                if chunk && acks_rx.recv().await.is_err() {
+                    return;
+                }
             }
         });
-        (out, reader_task)
+        (out, acks, reader_task)
     }
 }
 
