@@ -384,6 +384,8 @@ impl Run<'_> {
             if !std::mem::take(&mut self.changed) {
                 break;
             }
+            // Once per change, not once per session drained.
+            self.report(false);
             for n in self.sources.keys().copied().collect::<Vec<_>>() {
                 if let Some(session) = self.sources.get_mut(&n).and_then(|s| s.session.as_mut()) {
                     session.handle_timeout(now, &mut self.s.sched);
@@ -466,9 +468,6 @@ impl Run<'_> {
                 src.waiting_since.get_or_insert_with(Instant::now);
             }
             None => src.waiting_since = None,
-        }
-        if self.changed {
-            self.report(false);
         }
     }
 
