@@ -32,6 +32,8 @@ use crate::swarm::{PartialFile, Reciprocity};
 
 /// How often the record of done chunks is brought up to date (and progress reported).
 const RECORD_EVERY: Duration = Duration::from_secs(1);
+/// A time that does not come (a search under way sets the next one when it answers).
+const FOREVER: Duration = Duration::from_secs(24 * 3600);
 /// When a running download first asks the network again for more sources.
 const FIRST_REQUERY: Duration = Duration::from_secs(2);
 
@@ -62,6 +64,8 @@ enum Input {
     Connected(usize, Result<Box<SourceConn>, String>),
     Read(usize, Result<Message, String>),
     Checked(usize, u32, u64, io::Result<Checked>),
+    /// What a search for more sources found.
+    Found(Vec<SocketAddr>),
 }
 
 /// One source, connecting or connected.
@@ -97,6 +101,9 @@ struct Run<'a> {
     disk_error: Option<io::Error>,
     /// Set when the shared schedule changed: every session looks again.
     changed: bool,
+    /// A search for more sources under way (the network is asked on the side, so the sources
+    /// keep being served meanwhile).
+    searching: Option<smol::Task<()>>,
 }
 
 /// Runs the download until every chunk is done. Whatever happens, the record of verified
@@ -119,6 +126,7 @@ pub(super) async fn run(
         backoff: Duration::from_secs(1),
         disk_error: None,
         changed: false,
+        searching: None,
         s: setup,
     };
     let result = run.main(&rx, &mut record).await;
@@ -177,6 +185,26 @@ impl Run<'_> {
             .await;
             let now = Instant::now();
             match input {
+                Some(Input::Found(found)) => {
+                    self.searching = None;
+                    for addr in found {
+                        let ready = self.retry_at.get(&addr).is_none_or(|(t, _)| *t <= now);
+                        let busy = self.sources.values().any(|s| s.addr == addr);
+                        if ready && !busy && !self.s.banned.contains(&addr) {
+                            self.dial(addr);
+                        }
+                    }
+                    if self.sources.is_empty() {
+                        next_query = now + self.backoff;
+                        self.backoff = (self.backoff * 2).min(job.opts.max_backoff);
+                    } else {
+                        self.backoff = Duration::from_secs(1);
+                        // Soon at first (other downloaders of the file appear as they start),
+                        // then every requery interval.
+                        requery_every = (requery_every * 2).min(job.opts.requery_interval);
+                        next_query = now + requery_every;
+                    }
+                }
                 Some(input) => self.handle(now, input),
                 None => self.tick(now),
             }
@@ -188,28 +216,18 @@ impl Run<'_> {
                 self.report(false);
                 next_record = Instant::now() + RECORD_EVERY;
             }
-            if self.sources.is_empty() {
-                next_query = next_query.min(now + self.backoff);
-            }
-            if now >= next_query && self.disk_error.is_none() {
-                let found = (job.find)().await;
-                let now = Instant::now();
-                for addr in found {
-                    let ready = self.retry_at.get(&addr).is_none_or(|(t, _)| *t <= now);
-                    let busy = self.sources.values().any(|s| s.addr == addr);
-                    if ready && !busy && !self.s.banned.contains(&addr) {
-                        self.dial(addr);
-                    }
-                }
+            if self.searching.is_none() {
                 if self.sources.is_empty() {
-                    next_query = now + self.backoff;
-                    self.backoff = (self.backoff * 2).min(job.opts.max_backoff);
-                } else {
-                    self.backoff = Duration::from_secs(1);
-                    // Soon at first (other downloaders of the file appear as they start), then
-                    // every requery interval.
-                    requery_every = (requery_every * 2).min(job.opts.requery_interval);
-                    next_query = now + requery_every;
+                    next_query = next_query.min(now + self.backoff);
+                }
+                if now >= next_query && self.disk_error.is_none() {
+                    let (find, inputs) = (job.find.clone(), self.inputs.clone());
+                    self.searching = Some(smol::spawn(async move {
+                        let found = find().await;
+                        let _ = inputs.send(Input::Found(found)).await;
+                    }));
+                    // Until it answers.
+                    next_query = now + FOREVER;
                 }
             }
             // Alone means no source connected, whatever is being tried.
@@ -339,6 +357,8 @@ impl Run<'_> {
                 }
                 self.ack_unless_checking(n);
             }
+            // Handled by the main loop, which owns the search timing.
+            Input::Found(_) => {}
             Input::Checked(n, _, _, Err(e)) => {
                 // Our disk failed: the whole download stops.
                 if let Some(src) = self.sources.get_mut(&n) {
