@@ -71,7 +71,6 @@ async fn serve_inner(node: &NodeState, stream: SecureStream<TcpStream>) -> Resul
     // Files still downloading that this downloader asked the bitfield of, with the chunks it
     // was told of.
     let mut subscribed: Vec<(Arc<PartialFile>, Bitfield)> = Vec::new();
-    let mut joined: Option<FileId> = None;
     let result = loop {
         // Everything the session has to say, then the chunks gained and shown since.
         let mut out: Vec<Message> = std::iter::from_fn(|| session.poll_transmit()).collect();
@@ -126,7 +125,7 @@ async fn serve_inner(node: &NodeState, stream: SecureStream<TcpStream>) -> Resul
                     None => not_shared(request, id),
                 },
                 UploadEvent::Bitfield { id } => {
-                    bitfield_of(node, id, &mut session, &mut subscribed, &mut joined)
+                    bitfield_of(node, id, &mut session, &mut subscribed)
                 }
                 UploadEvent::Chunk { request, id, index } => {
                     let (who, serves) = (session.peer(), session.serves());
@@ -172,8 +171,9 @@ async fn serve_inner(node: &NodeState, stream: SecureStream<TcpStream>) -> Resul
         }
     };
     read_ahead.cancel().await;
-    if let Some(id) = joined {
-        node.spread.leave(id);
+    // A view is set exactly when this connection joined the file's spread.
+    if let Some(view) = session.view_mut() {
+        node.spread.leave(view.id);
     }
     result
 }
@@ -195,23 +195,20 @@ fn bitfield_of(
     id: FileId,
     session: &mut UploadSession,
     subscribed: &mut Vec<(Arc<PartialFile>, Bitfield)>,
-    joined: &mut Option<FileId>,
 ) -> Message {
     let shared = node.shares.read().unwrap().get(&id);
     let partial = node.partials.lock().unwrap().get(&id).cloned();
     match (shared, partial) {
         (Some(f), _) => {
             let count = f.manifest().chunk_count();
-            if joined.is_none() && session.view_mut().is_none() {
+            if session.view_mut().is_none() {
                 if node.spread.join(id, count) {
-                    *joined = Some(id);
                     session.set_view(ShownTo::new(id, count));
                     return Message::Bitfield {
                         id,
                         bits: Bitfield::new(count).into_bytes(),
                     };
                 }
-                *joined = Some(id);
                 let mut view = ShownTo::new(id, count);
                 view.shown = Bitfield::full(count);
                 session.set_view(view);

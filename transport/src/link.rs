@@ -149,7 +149,7 @@ mod tests {
     use crate::net::FrameReader;
 
     #[test]
-    fn a_peer_that_does_not_read_is_cut_off_at_the_cap_and_one_that_reads_gets_everything() {
+    fn a_queue_at_its_cap_refuses_more_and_a_reading_peer_gets_everything_in_order() {
         smol::block_on(async {
             let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
             let addr = listener.local_addr().unwrap();
@@ -178,8 +178,8 @@ mod tests {
             let mut one = Vec::new();
             wire::encode(&ping, &mut one);
             let (out, writer) = spawn_writer(secure.writer, 3 * one.len(), Duration::from_secs(5));
-            // Nothing is read yet, but the writer drains into the socket buffers, so fill the
-            // queue faster than it can: check the rule on a queue the writer has not touched.
+            // A live writer drains into the socket buffers faster than a test can fill them, so
+            // the cap is checked on a queue no writer drains (the peer that never reads).
             let parked = Outbox {
                 tx: channel::unbounded().0,
                 pending: Arc::new(AtomicUsize::new(0)),

@@ -146,7 +146,7 @@ impl Run<'_> {
         record: &mut Record,
     ) -> Result<(), DownloadError> {
         for c in std::mem::take(&mut self.s.conns) {
-            let n = self.add(c.addr, None);
+            let n = self.add(c.addr);
             self.connected(n, c);
         }
         let job = self.s.job;
@@ -256,8 +256,8 @@ impl Run<'_> {
         Ok(())
     }
 
-    /// A new source at `addr` (connecting unless `task` says otherwise); returns its number.
-    fn add(&mut self, addr: SocketAddr, task: Option<smol::Task<()>>) -> usize {
+    /// A new source at `addr`, not connected yet; returns its number.
+    fn add(&mut self, addr: SocketAddr) -> usize {
         let n = self.next_source;
         self.next_source += 1;
         self.sources.insert(
@@ -272,7 +272,7 @@ impl Run<'_> {
                 last_byte: Arc::default(),
                 waiting_since: None,
                 report: SourceReport::new(addr),
-                _task: task,
+                _task: None,
             },
         );
         n
@@ -280,7 +280,7 @@ impl Run<'_> {
 
     /// Connects to `addr` as a new source.
     fn dial(&mut self, addr: SocketAddr) {
-        let n = self.next_source;
+        let n = self.add(addr);
         let (me, listen, opts, epoch) = (
             self.s.job.me.clone(),
             self.s.listen,
@@ -292,8 +292,9 @@ impl Run<'_> {
             let conn = SourceConn::open(addr, &me, listen, &opts, epoch).await;
             let _ = inputs.send(Input::Connected(n, conn.map(Box::new))).await;
         });
-        let got = self.add(addr, Some(task));
-        debug_assert_eq!(got, n);
+        if let Some(src) = self.sources.get_mut(&n) {
+            src._task = Some(task);
+        }
     }
 
     /// Source `n`'s connection is up: start its tasks and its session.

@@ -20,8 +20,8 @@ pub(super) struct Tracked {
 }
 
 /// The node's downloads, kept by one owner: what status shows of each, and how to stop the
-/// running ones. The queue file on disk (downloads to resume after a restart) is changed only
-/// while this is held.
+/// running ones. (The queue file on disk, of downloads to resume after a restart, has a lock of
+/// its own, `Inner::pending_lock`: no disk I/O is done while this is held.)
 #[derive(Default)]
 pub(super) struct Transfers {
     /// Every download status shows, oldest first.
@@ -330,7 +330,9 @@ impl Node {
     }
 
     pub(super) fn change_pending(&self, change: impl FnOnce(&mut Vec<Pending>)) {
-        let _one_at_a_time = self.transfers();
+        // Its own lock, not `Transfers`': the file is read and synced while it is held, and
+        // every download's progress goes through `Transfers`.
+        let _one_at_a_time = self.inner.pending_lock.lock().unwrap();
         let mut list = self.load_pending();
         change(&mut list);
         let path = self.inner.state.data_dir.join(DOWNLOADS_FILE);

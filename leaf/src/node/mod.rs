@@ -218,6 +218,8 @@ pub(crate) struct Inner {
     overlay: Sender<crate::overlay::Command>,
     /// The node's downloads: what status shows and how to stop each.
     transfers: Mutex<Transfers>,
+    /// Serialises changes to the download queue file.
+    pending_lock: Mutex<()>,
     /// Whether this node owns the control socket.
     control: bool,
     /// Open upload connections, so shutdown can close them.
@@ -318,6 +320,7 @@ impl Node {
             gate: transport::limits::Gate::new(config.limits.clone()),
             overlay: overlay_tx,
             transfers: Mutex::default(),
+            pending_lock: Mutex::new(()),
             control: config.control,
             upload_streams: Mutex::new(HashMap::new()),
             upload_keys: AtomicU64::new(0),
