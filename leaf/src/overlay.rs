@@ -31,7 +31,7 @@ use transport::secure::SecureStream;
 use wire::{Capability, FileId, FileRecord, Hit, Message, Query, QueryId};
 
 use crate::control::{LinkStatus, SuperPeerStatus};
-use crate::state::NodeState;
+use crate::state::{NodeState, RoleStatus};
 
 /// What the rest of the node asks of the overlay actor.
 pub(crate) enum Command {
@@ -51,6 +51,8 @@ pub(crate) enum Command {
     },
     /// Stop passing on the hits of a search.
     EndSearch(QueryId),
+    /// Log an event of the node's and keep it with the overlay's for status.
+    Note(String),
 }
 
 /// How the node behaves in the overlay.
@@ -99,7 +101,9 @@ pub(crate) async fn run(inner: Arc<NodeState>, settings: Settings, commands: Rec
     );
     leaf.add_seeds(now, &inner.seeds);
     leaf.import_hosts(now, &load_hosts(&hosts_path));
-    set_role(&inner, "leaf", "looking for super-peers");
+    // Only this actor changes the status; it publishes each change whole.
+    let mut status = RoleStatus::default();
+    set_role(&mut status, "leaf", "looking for super-peers");
     let mut writers: HashMap<ConnId, Outbox> = HashMap::new();
     let mut searches: HashMap<QueryId, Sender<Vec<Hit>>> = HashMap::new();
     let mut next_conn: ConnId = 1;
@@ -166,7 +170,7 @@ pub(crate) async fn run(inner: Arc<NodeState>, settings: Settings, commands: Rec
             }
             Wake::Demoted(d) => {
                 // The super-peer closed its connections and stopped: a leaf again.
-                note(&inner, format!("became a leaf again: {}", d.reason));
+                note(&mut status, format!("became a leaf again: {}", d.reason));
                 sp = None;
                 writers.clear();
                 let handover = Handover {
@@ -180,8 +184,9 @@ pub(crate) async fn run(inner: Arc<NodeState>, settings: Settings, commands: Rec
                     settings.leaf.clone(),
                     &inner.seeds,
                 );
-                set_role(&inner, "leaf", &format!("demoted: {}", d.reason));
+                set_role(&mut status, "leaf", &format!("demoted: {}", d.reason));
             }
+            Wake::Command(Command::Note(event)) => note(&mut status, event),
             Wake::Timer => {}
         }
         leaf.handle_timeout(now);
@@ -193,7 +198,13 @@ pub(crate) async fn run(inner: Arc<NodeState>, settings: Settings, commands: Rec
             upload_bps = upload_bps.max(((sent - last_upload.1) as f64 / secs) as u64);
             last_upload = (now, sent);
             leaf.set_capability(capability(&inner, upload_bps));
-            refresh_status(&inner, &leaf, sp.as_ref(), settings.superpeer.leaf_slots).await;
+            refresh_status(
+                &mut status,
+                &leaf,
+                sp.as_ref(),
+                settings.superpeer.leaf_slots,
+            )
+            .await;
         }
         if sp.is_none() && now >= next_save {
             next_save = now + SAVE_HOSTS;
@@ -233,7 +244,7 @@ pub(crate) async fn run(inner: Arc<NodeState>, settings: Settings, commands: Rec
                         .detach();
                     }
                     LeafEvent::Attached { conn, addr, .. } => {
-                        note(&inner, format!("attached to super-peer {addr}"));
+                        note(&mut status, format!("attached to super-peer {addr}"));
                         leaf.register_all(conn, &shared_records(&inner));
                         // Keep what we know on disk now: a restart needs no bootstrap address.
                         if sp.is_none() {
@@ -241,7 +252,7 @@ pub(crate) async fn run(inner: Arc<NodeState>, settings: Settings, commands: Rec
                         }
                     }
                     LeafEvent::Detached { addr, .. } => {
-                        note(&inner, format!("lost super-peer {addr}"));
+                        note(&mut status, format!("lost super-peer {addr}"));
                     }
                     LeafEvent::Close { conn, reason } => {
                         log::debug!("closing link {conn}: {reason}");
@@ -265,7 +276,7 @@ pub(crate) async fn run(inner: Arc<NodeState>, settings: Settings, commands: Rec
                             RoleClock::new(now, NodeRole::Leaf, settings.role),
                         );
                         let old = std::mem::replace(&mut leaf, placeholder);
-                        match promote(&inner, &settings, old, &reason).await {
+                        match promote(&inner, &settings, old, &reason, &mut status).await {
                             Ok((node, local)) => {
                                 sp = Some(node);
                                 leaf = local;
@@ -280,7 +291,10 @@ pub(crate) async fn run(inner: Arc<NodeState>, settings: Settings, commands: Rec
                 break;
             }
         }
-        publish_links(&inner, &leaf);
+        status.links = links(&leaf);
+        if **inner.role.load() != status {
+            inner.role.store(Arc::new(status.clone()));
+        }
     }
 }
 
@@ -292,30 +306,24 @@ fn shared_records(inner: &NodeState) -> Vec<FileRecord> {
     records.extend(
         inner
             .partials
-            .lock()
-            .unwrap()
-            .values()
+            .all()
+            .into_iter()
             .filter(|p| shares.get(&p.record.id).is_none())
             .map(|p| p.record.clone()),
     );
     records
 }
 
-/// Publishes the attached super-peers for status (only this task writes them).
-fn publish_links(inner: &NodeState, leaf: &LeafOverlay) {
-    let links: Vec<LinkStatus> = leaf
-        .superpeers()
+/// The attached super-peers, for status.
+fn links(leaf: &LeafOverlay) -> Vec<LinkStatus> {
+    leaf.superpeers()
         .into_iter()
         .map(|(addr, node)| LinkStatus {
             addr,
             connected: true,
             node: Some(node),
         })
-        .collect();
-    let mut role = inner.role.lock().unwrap();
-    if role.links != links {
-        role.links = links;
-    }
+        .collect()
 }
 
 /// Starts the super-peer role in-process; returns it and the leaf machine for the node's own
@@ -325,6 +333,7 @@ async fn promote(
     settings: &Settings,
     leaf: LeafOverlay,
     reason: &str,
+    status: &mut RoleStatus,
 ) -> Result<(SuperPeerNode, LeafOverlay), LeafOverlay> {
     let now = Instant::now();
     let Handover { clock, hosts } = Handover::of_leaf(&leaf, now);
@@ -362,8 +371,8 @@ async fn promote(
     } else {
         addr
     };
-    note(inner, format!("became a super-peer on {addr}: {reason}"));
-    set_role(inner, "super-peer", reason);
+    note(status, format!("became a super-peer on {addr}: {reason}"));
+    set_role(status, "super-peer", reason);
     // The node's own files go into its own index through an ordinary leaf link.
     let mut local = LeafOverlay::new(
         now,
@@ -452,7 +461,7 @@ fn free_mem_mb() -> Option<u64> {
 }
 
 async fn refresh_status(
-    inner: &Arc<NodeState>,
+    role: &mut RoleStatus,
     leaf: &LeafOverlay,
     sp: Option<&SuperPeerNode>,
     leaf_slots: u32,
@@ -474,7 +483,6 @@ async fn refresh_status(
         }
         None => None,
     };
-    let mut role = inner.role.lock().unwrap();
     match superpeer {
         Some((status, hosts)) => {
             role.hosts = hosts;
@@ -487,16 +495,15 @@ async fn refresh_status(
     }
 }
 
-fn set_role(inner: &NodeState, role: &str, why: &str) {
-    let mut r = inner.role.lock().unwrap();
+fn set_role(r: &mut RoleStatus, role: &str, why: &str) {
     r.role = role.into();
     r.why = why.into();
 }
 
 /// Logs an overlay event and keeps it for status.
-pub(crate) fn note(inner: &NodeState, event: String) {
+fn note(status: &mut RoleStatus, event: String) {
     log::info!("{event}");
-    let events = &mut inner.role.lock().unwrap().events;
+    let events = &mut status.events;
     events.push_back(event);
     while events.len() > EVENTS_KEPT {
         events.pop_front();

@@ -10,7 +10,9 @@ use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
+
+use arc_swap::ArcSwap;
 use std::time::Instant;
 
 use wire::NodeId;
@@ -22,7 +24,7 @@ use crate::slots::UploadSlots;
 use crate::swarm::{Partials, Spread};
 
 /// What the node is in the overlay, for status.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub(crate) struct RoleStatus {
     /// "leaf" or "super-peer".
     pub(crate) role: String,
@@ -52,8 +54,9 @@ pub(crate) struct NodeState {
     pub(crate) data_dir: PathBuf,
     /// Bootstrap super-peer addresses.
     pub(crate) seeds: Vec<SocketAddr>,
-    /// What the overlay actor publishes of itself for status; only it writes here.
-    pub(crate) role: Mutex<RoleStatus>,
+    /// What the overlay actor publishes of itself for status: it alone stores here, a whole
+    /// new status at a time; readers never wait on it.
+    pub(crate) role: ArcSwap<RoleStatus>,
     pub(crate) started: Instant,
     pub(crate) slots: UploadSlots,
     /// Files being downloaded, or seeded after, served from their verified chunks.

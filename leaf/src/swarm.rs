@@ -14,10 +14,11 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use event_listener::Event;
 pub use transfer::ShownTo;
 use wire::{Bitfield, FileId, FileRecord, Manifest, NodeId};
@@ -36,7 +37,9 @@ pub struct PartialFile {
     /// What is registered with super-peers for it.
     pub record: FileRecord,
     file: Arc<File>,
-    have: Mutex<Bitfield>,
+    /// The verified chunks, in [`Bitfield`]'s layout: set by the download, read by every
+    /// upload connection, neither waiting on the other.
+    have: Box<[AtomicU8]>,
     have_count: AtomicU64,
     /// Notified whenever a chunk is marked.
     pub changed: Event,
@@ -53,7 +56,9 @@ impl PartialFile {
             manifest,
             record,
             file,
-            have: Mutex::new(Bitfield::new(count)),
+            have: (0..Bitfield::byte_len(count))
+                .map(|_| AtomicU8::new(0))
+                .collect(),
             have_count: AtomicU64::new(0),
             changed: Event::new(),
             uploaded: AtomicU64::new(0),
@@ -65,7 +70,8 @@ impl PartialFile {
         if c >= self.manifest.chunk_count() {
             return;
         }
-        if self.have.lock().unwrap().set(c) {
+        let mask = 1u8 << (c % 8);
+        if self.have[(c / 8) as usize].fetch_or(mask, Ordering::SeqCst) & mask == 0 {
             self.have_count.fetch_add(1, Ordering::SeqCst);
             self.changed.notify(usize::MAX);
         }
@@ -73,12 +79,15 @@ impl PartialFile {
 
     /// True if chunk `c` is verified here.
     pub fn has(&self, c: u64) -> bool {
-        self.have.lock().unwrap().get(c)
+        c < self.manifest.chunk_count()
+            && self.have[(c / 8) as usize].load(Ordering::SeqCst) & (1u8 << (c % 8)) != 0
     }
 
     /// The verified chunks.
     pub fn bits(&self) -> Bitfield {
-        self.have.lock().unwrap().clone()
+        let bytes = self.have.iter().map(|b| b.load(Ordering::SeqCst)).collect();
+        Bitfield::from_bytes(bytes, self.manifest.chunk_count())
+            .expect("the bytes are as many as the chunks need")
     }
 
     /// How many chunks are verified.
@@ -165,94 +174,69 @@ impl Seeding {
     }
 }
 
-/// How a source of a whole file spreads it among several downloaders at once (super-seeding):
-/// instead of its whole bitfield, each downloader is shown a few chunks at a time, those
-/// shown or sent least so far, and more as it gets them (from anyone: downloaders send `Have`
-/// to their sources). So the source sends each chunk about once, and the downloaders trade
-/// the rest among themselves.
+/// How a source of a whole file spreads it among several downloaders at once: the rules are
+/// [`transfer::view::Spread`]'s; this holds the one copy the upload connections share.
 #[derive(Debug, Default)]
 pub struct Spread {
-    files: Mutex<HashMap<FileId, SpreadFile>>,
+    book: Mutex<transfer::view::Spread>,
 }
-
-#[derive(Debug, Default)]
-struct SpreadFile {
-    /// Connections that asked for this file's bitfield and are still open.
-    conns: usize,
-    /// How many times each chunk was shown to a downloader.
-    shown: Vec<u32>,
-    /// How many times each chunk was sent.
-    sent: Vec<u32>,
-}
-
-/// Chunks shown to one downloader and not yet asked for or had: kept at least this many.
-pub const SHOWN_AHEAD: usize = 6;
 
 impl Spread {
-    /// A connection asks for the bitfield of `id` (`count` chunks): true if others are
-    /// fetching it from here already, so this one should be shown chunks a few at a time.
-    pub fn join(&self, id: FileId, count: u64) -> bool {
-        let mut files = self.files.lock().unwrap();
-        let f = files.entry(id).or_default();
-        if f.shown.len() as u64 != count {
-            f.shown = vec![0; count as usize];
-            f.sent = vec![0; count as usize];
-        }
-        f.conns += 1;
-        f.conns > 1
-    }
-
-    /// The connection that joined `id` is gone.
-    pub fn leave(&self, id: FileId) {
-        let mut files = self.files.lock().unwrap();
-        if let Some(f) = files.get_mut(&id) {
-            f.conns -= 1;
-            if f.conns == 0 {
-                files.remove(&id);
-            }
-        }
-    }
-
-    /// Chunk `c` of `id` was sent to a downloader.
-    pub fn sent(&self, id: FileId, c: u64) {
-        if let Some(f) = self.files.lock().unwrap().get_mut(&id) {
-            if let Some(n) = f.sent.get_mut(c as usize) {
-                *n += 1;
-            }
-        }
-    }
-
-    /// The next chunks to show a downloader: enough that at least [`SHOWN_AHEAD`] are shown
-    /// and neither asked for nor had, picked among those not shown to it and not had by it,
-    /// least sent first, then least shown (ties from a random start). Marks them shown.
-    pub fn pick(&self, id: FileId, view: &mut ShownTo) -> Vec<u64> {
-        let mut files = self.files.lock().unwrap();
-        let Some(f) = files.get_mut(&id) else {
-            return Vec::new();
-        };
-        let n = f.shown.len() as u64;
-        let open = (0..n)
-            .filter(|&c| view.shown.get(c) && !view.has.get(c) && !view.asked.get(c))
-            .count();
-        let mut out = Vec::new();
-        for _ in open..SHOWN_AHEAD {
-            let start = rand::random::<u64>() % n.max(1);
-            let best = (0..n)
-                .map(|k| (start + k) % n)
-                .filter(|&c| !view.shown.get(c) && !view.has.get(c))
-                .min_by_key(|&c| (f.sent[c as usize], f.shown[c as usize]));
-            let Some(c) = best else { break };
-            f.shown[c as usize] += 1;
-            view.shown.set(c);
-            out.push(c);
-        }
-        out
+    /// Runs `f` on the shared book (briefly: every upload connection of the node waits).
+    pub fn with<R>(&self, f: impl FnOnce(&mut transfer::view::Spread) -> R) -> R {
+        f(&mut self.book.lock().unwrap())
     }
 }
 
-/// A file being downloaded, or seeded, by its id: what the upload side consults besides the
+/// The files being downloaded, or seeded, by id: what the upload side consults besides the
 /// shared folders.
-pub type Partials = Mutex<HashMap<FileId, Arc<PartialFile>>>;
+///
+/// The node's downloads are its only writer; every upload connection reads it for each
+/// request. Readers never wait: a writer swaps in a new map whole, and a reader keeps the one
+/// it loaded.
+#[derive(Debug, Default)]
+pub struct Partials {
+    map: ArcSwap<HashMap<FileId, Arc<PartialFile>>>,
+}
+
+impl Partials {
+    /// The file `id`, if it is being downloaded or seeded here.
+    pub fn get(&self, id: &FileId) -> Option<Arc<PartialFile>> {
+        self.map.load().get(id).cloned()
+    }
+
+    /// Every such file.
+    pub fn all(&self) -> Vec<Arc<PartialFile>> {
+        self.map.load().values().cloned().collect()
+    }
+
+    /// Serves `p` from now on, in place of any earlier file of its id.
+    pub fn insert(&self, p: Arc<PartialFile>) {
+        self.map.rcu(|m| {
+            let mut m = HashMap::clone(m);
+            m.insert(p.id, p.clone());
+            m
+        });
+    }
+
+    /// Stops serving `id` if `only` is `None` or the file served for it is `only` (a later
+    /// download of the same file may have replaced it). True if a file was removed.
+    pub fn remove(&self, id: &FileId, only: Option<&Arc<PartialFile>>) -> bool {
+        let mut removed = false;
+        self.map.rcu(|m| {
+            removed = false;
+            let mut m = HashMap::clone(m);
+            if m.get(id)
+                .is_some_and(|c| only.is_none_or(|o| Arc::ptr_eq(c, o)))
+            {
+                m.remove(id);
+                removed = true;
+            }
+            m
+        });
+        removed
+    }
+}
 
 #[cfg(test)]
 mod tests {
@@ -311,45 +295,5 @@ mod tests {
             ratio: None,
         };
         assert!(forever.goes_on(Duration::from_secs(1 << 30), u64::MAX, 1));
-    }
-
-    #[test]
-    fn several_downloaders_are_shown_different_chunks_least_sent_first() {
-        let spread = Spread::default();
-        let id = FileId([5; 32]);
-        assert!(!spread.join(id, 20), "a single downloader sees everything");
-        assert!(spread.join(id, 20));
-        let mut a = ShownTo::new(id, 20);
-        let mut b = ShownTo::new(id, 20);
-        let first_a = spread.pick(id, &mut a);
-        let first_b = spread.pick(id, &mut b);
-        assert_eq!(first_a.len(), SHOWN_AHEAD);
-        assert!(
-            first_a.iter().all(|c| !first_b.contains(c)),
-            "{first_a:?} {first_b:?}"
-        );
-        // Nothing more while the shown ones are neither asked for nor had.
-        assert!(spread.pick(id, &mut a).is_empty());
-        // One asked for, one had from elsewhere: two more, never one it has.
-        a.asked.set(first_a[0]);
-        a.has.set(first_a[1]);
-        let elsewhere = (0..20u64)
-            .find(|c| !first_a.contains(c) && !first_b.contains(c))
-            .unwrap();
-        a.has.set(elsewhere);
-        let more = spread.pick(id, &mut a);
-        assert_eq!(more.len(), 2, "{more:?}");
-        assert!(!more.contains(&elsewhere) && more.iter().all(|c| !first_a.contains(c)));
-        // Once every chunk was shown, a chunk already sent is shown last.
-        for c in 0..20 {
-            if c != 3 {
-                spread.sent(id, c);
-            }
-        }
-        let mut fresh = ShownTo::new(id, 20);
-        assert_eq!(spread.pick(id, &mut fresh)[0], 3);
-        spread.leave(id);
-        spread.leave(id);
-        assert!(spread.files.lock().unwrap().is_empty());
     }
 }

@@ -87,7 +87,7 @@ async fn serve_inner(node: &NodeState, stream: SecureStream<TcpStream>) -> Resul
         if let Some(view) = session.view_mut() {
             out.extend(
                 node.spread
-                    .pick(view.id, view)
+                    .with(|s| s.pick(view.id, view))
                     .into_iter()
                     .map(|c| Message::Have {
                         id: view.id,
@@ -173,7 +173,7 @@ async fn serve_inner(node: &NodeState, stream: SecureStream<TcpStream>) -> Resul
     read_ahead.cancel().await;
     // A view is set exactly when this connection joined the file's spread.
     if let Some(view) = session.view_mut() {
-        node.spread.leave(view.id);
+        node.spread.with(|s| s.leave(view.id));
     }
     result
 }
@@ -197,12 +197,12 @@ fn bitfield_of(
     subscribed: &mut Vec<(Arc<PartialFile>, Bitfield)>,
 ) -> Message {
     let shared = node.shares.read().unwrap().get(&id);
-    let partial = node.partials.lock().unwrap().get(&id).cloned();
+    let partial = node.partials.get(&id);
     match (shared, partial) {
         (Some(f), _) => {
             let count = f.manifest().chunk_count();
             if session.view_mut().is_none() {
-                if node.spread.join(id, count) {
+                if node.spread.with(|s| s.join(id, count)) {
                     session.set_view(ShownTo::new(id, count));
                     return Message::Bitfield {
                         id,
@@ -236,7 +236,7 @@ fn manifest_of(node: &NodeState, id: &wire::FileId) -> Option<wire::Manifest> {
     if let Some(f) = node.shares.read().unwrap().get(id) {
         return Some(f.manifest());
     }
-    let partial = node.partials.lock().unwrap().get(id).cloned();
+    let partial = node.partials.get(id);
     partial.map(|p| p.manifest.clone())
 }
 
@@ -290,7 +290,7 @@ async fn serve_partial(node: &NodeState, p: Arc<PartialFile>, request: u32, inde
 async fn serve_chunk(node: &NodeState, request: u32, id: wire::FileId, index: u32) -> Message {
     let shared = node.shares.read().unwrap().get(&id);
     let Some(f) = shared else {
-        let partial = node.partials.lock().unwrap().get(&id).cloned();
+        let partial = node.partials.get(&id);
         return match partial {
             Some(p) => serve_partial(node, p, request, index).await,
             None => not_shared(request, id),
@@ -324,7 +324,7 @@ async fn serve_chunk(node: &NodeState, request: u32, id: wire::FileId, index: u3
             node.uploaded_chunks.fetch_add(1, Ordering::Relaxed);
             node.uploaded_bytes
                 .fetch_add(data.len() as u64, Ordering::Relaxed);
-            node.spread.sent(id, index as u64);
+            node.spread.with(|s| s.sent(id, index as u64));
             Message::Chunk(ChunkMsg {
                 request,
                 id,

@@ -11,7 +11,8 @@
 //! - [`UploadSession`]: the uploader's side of one connection to a downloader: Hello, the
 //!   requests waiting and their cancels, what it has been told and has, idleness.
 //! - [`manifest`]: the checks a manifest from a source must pass, and the vote among sources.
-//! - [`view`]: [`ShownTo`], what one downloader was shown, asked for and has.
+//! - [`view`]: super-seeding: [`ShownTo`], what one downloader was shown, asked for and has,
+//!   and [`Spread`], what to show each next.
 //!
 //! Each module writes its invariants beside its code; each session has a fuzz target
 //! (`fuzz/fuzz_targets/source_session.rs`, `upload_session.rs`) that feeds it arbitrary
@@ -26,4 +27,4 @@ pub mod view;
 pub use schedule::Scheduler;
 pub use source::{Checked, SourceEnd, SourceEvent, SourceOptions, SourceSession};
 pub use upload::{UploadEnd, UploadEvent, UploadSession};
-pub use view::ShownTo;
+pub use view::{ShownTo, Spread};

@@ -1,7 +1,17 @@
-//! [`ShownTo`]: what an uploader spreading a complete copy among several downloaders has shown
-//! one of them, what that one asked for, and what it has. The upload session keeps it up to
-//! date from the downloader's messages; the node's `Spread` (in `leaf::swarm`) picks what to
-//! show next from it.
+//! Super-seeding: how an uploader of a complete copy spreads it among several downloaders at
+//! once.
+//!
+//! - [`ShownTo`]: what the uploader has shown one downloader, what that one asked for, and
+//!   what it has. The upload session keeps it up to date from the downloader's messages.
+//! - [`Spread`]: the node's book of every file being spread and how often each chunk was shown
+//!   and sent; it picks what to show each downloader next. The node keeps one, shared by its
+//!   upload connections.
+//!
+//! Invariants: a downloader is never shown a chunk it has or was shown; at least
+//! [`SHOWN_AHEAD`] shown chunks are open (neither asked for nor had) after a pick, unless every
+//! chunk was shown; a file's entry lives exactly while a connection is joined to it.
+
+use std::collections::HashMap;
 
 use wire::{Bitfield, FileId};
 
@@ -27,5 +37,140 @@ impl ShownTo {
             asked: Bitfield::new(count),
             has: Bitfield::new(count),
         }
+    }
+}
+
+/// How a source of a whole file spreads it among several downloaders at once (super-seeding):
+/// instead of its whole bitfield, each downloader is shown a few chunks at a time, those
+/// shown or sent least so far, and more as it gets them (from anyone: downloaders send `Have`
+/// to their sources). So the source sends each chunk about once, and the downloaders trade
+/// the rest among themselves.
+#[derive(Debug, Default)]
+pub struct Spread {
+    files: HashMap<FileId, SpreadFile>,
+}
+
+#[derive(Debug, Default)]
+struct SpreadFile {
+    /// Connections that asked for this file's bitfield and are still open.
+    conns: usize,
+    /// How many times each chunk was shown to a downloader.
+    shown: Vec<u32>,
+    /// How many times each chunk was sent.
+    sent: Vec<u32>,
+}
+
+/// Chunks shown to one downloader and not yet asked for or had: kept at least this many.
+pub const SHOWN_AHEAD: usize = 6;
+
+impl Spread {
+    /// A connection asks for the bitfield of `id` (`count` chunks): true if others are
+    /// fetching it from here already, so this one should be shown chunks a few at a time.
+    pub fn join(&mut self, id: FileId, count: u64) -> bool {
+        let files = &mut self.files;
+        let f = files.entry(id).or_default();
+        if f.shown.len() as u64 != count {
+            f.shown = vec![0; count as usize];
+            f.sent = vec![0; count as usize];
+        }
+        f.conns += 1;
+        f.conns > 1
+    }
+
+    /// The connection that joined `id` is gone.
+    pub fn leave(&mut self, id: FileId) {
+        let files = &mut self.files;
+        if let Some(f) = files.get_mut(&id) {
+            f.conns -= 1;
+            if f.conns == 0 {
+                files.remove(&id);
+            }
+        }
+    }
+
+    /// Chunk `c` of `id` was sent to a downloader.
+    pub fn sent(&mut self, id: FileId, c: u64) {
+        if let Some(f) = self.files.get_mut(&id) {
+            if let Some(n) = f.sent.get_mut(c as usize) {
+                *n += 1;
+            }
+        }
+    }
+
+    /// The next chunks to show a downloader: enough that at least [`SHOWN_AHEAD`] are shown
+    /// and neither asked for nor had, picked among those not shown to it and not had by it,
+    /// least sent first, then least shown (ties from a random start). Marks them shown.
+    pub fn pick(&mut self, id: FileId, view: &mut ShownTo) -> Vec<u64> {
+        let files = &mut self.files;
+        let Some(f) = files.get_mut(&id) else {
+            return Vec::new();
+        };
+        let n = f.shown.len() as u64;
+        let open = (0..n)
+            .filter(|&c| view.shown.get(c) && !view.has.get(c) && !view.asked.get(c))
+            .count();
+        let mut out = Vec::new();
+        for _ in open..SHOWN_AHEAD {
+            let start = rand::random::<u64>() % n.max(1);
+            let best = (0..n)
+                .map(|k| (start + k) % n)
+                .filter(|&c| !view.shown.get(c) && !view.has.get(c))
+                .min_by_key(|&c| (f.sent[c as usize], f.shown[c as usize]));
+            let Some(c) = best else { break };
+            f.shown[c as usize] += 1;
+            view.shown.set(c);
+            out.push(c);
+        }
+        out
+    }
+
+    /// True when no connection is in any file's spread.
+    pub fn is_empty(&self) -> bool {
+        self.files.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn several_downloaders_are_shown_different_chunks_least_sent_first() {
+        let mut spread = Spread::default();
+        let id = FileId([5; 32]);
+        assert!(!spread.join(id, 20), "a single downloader sees everything");
+        assert!(spread.join(id, 20));
+        let mut a = ShownTo::new(id, 20);
+        let mut b = ShownTo::new(id, 20);
+        let first_a = spread.pick(id, &mut a);
+        let first_b = spread.pick(id, &mut b);
+        assert_eq!(first_a.len(), SHOWN_AHEAD);
+        assert!(
+            first_a.iter().all(|c| !first_b.contains(c)),
+            "{first_a:?} {first_b:?}"
+        );
+        // Nothing more while the shown ones are neither asked for nor had.
+        assert!(spread.pick(id, &mut a).is_empty());
+        // One asked for, one had from elsewhere: two more, never one it has.
+        a.asked.set(first_a[0]);
+        a.has.set(first_a[1]);
+        let elsewhere = (0..20u64)
+            .find(|c| !first_a.contains(c) && !first_b.contains(c))
+            .unwrap();
+        a.has.set(elsewhere);
+        let more = spread.pick(id, &mut a);
+        assert_eq!(more.len(), 2, "{more:?}");
+        assert!(!more.contains(&elsewhere) && more.iter().all(|c| !first_a.contains(c)));
+        // Once every chunk was shown, a chunk already sent is shown last.
+        for c in 0..20 {
+            if c != 3 {
+                spread.sent(id, c);
+            }
+        }
+        let mut fresh = ShownTo::new(id, 20);
+        assert_eq!(spread.pick(id, &mut fresh)[0], 3);
+        spread.leave(id);
+        spread.leave(id);
+        assert!(spread.is_empty());
     }
 }

@@ -235,7 +235,7 @@ impl Node {
     /// super-peers so other downloaders find it.
     pub(super) fn publish(&self, p: Arc<PartialFile>) {
         let record = p.record.clone();
-        self.inner.state.partials.lock().unwrap().insert(p.id, p);
+        self.inner.state.partials.insert(p);
         if self.inner.state.listen.is_none()
             || self
                 .inner
@@ -257,15 +257,13 @@ impl Node {
     /// Stops serving a file published by [`Node::publish`], withdrawing it from the
     /// super-peers unless a shared folder holds it too.
     pub(super) fn unpublish(&self, id: FileId) {
-        if self
-            .inner
-            .state
-            .partials
-            .lock()
-            .unwrap()
-            .remove(&id)
-            .is_none()
-        {
+        self.unpublish_if(id, None);
+    }
+
+    /// [`Node::unpublish`], if the file served for `id` is `only` (or whichever it is, for
+    /// `None`).
+    fn unpublish_if(&self, id: FileId, only: Option<&Arc<PartialFile>>) {
+        if !self.inner.state.partials.remove(&id, only) {
             return;
         }
         if self.inner.state.listen.is_none()
@@ -281,7 +279,7 @@ impl Node {
 
     /// Seeds a finished download as the seeding setting says, then stops serving it.
     pub(super) fn seed(&self, id: FileId) {
-        let Some(p) = self.inner.state.partials.lock().unwrap().get(&id).cloned() else {
+        let Some(p) = self.inner.state.partials.get(&id) else {
             return;
         };
         let node = self.clone();
@@ -296,11 +294,8 @@ impl Node {
                 smol::Timer::after(Duration::from_millis(500)).await;
             }
             // A later download of the same file may have replaced this one.
-            let current = node.inner.state.partials.lock().unwrap().get(&id).cloned();
-            if current.is_some_and(|c| Arc::ptr_eq(&c, &p)) {
-                log::info!("done seeding {}", id.short());
-                node.unpublish(id);
-            }
+            log::info!("done seeding {}", id.short());
+            node.unpublish_if(id, Some(&p));
         });
         self.inner.tasks.lock().unwrap().push(task);
     }

@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use smol::channel::{self, Receiver, Sender};
 use smol::io::AsyncWriteExt;
 use smol::net::unix::{UnixListener, UnixStream};
@@ -36,7 +37,7 @@ use crate::search::{group_hits, SearchResult};
 use crate::share::{self, ShareDiff, ShareError, Shares};
 use crate::slots::UploadSlots;
 use crate::state::{NodeState, RoleStatus};
-use crate::swarm::{PartialFile, Seeding, Spread};
+use crate::swarm::{PartialFile, Partials, Seeding, Spread};
 
 mod downloads;
 mod serve;
@@ -304,14 +305,14 @@ impl Node {
             uploaded_bytes: AtomicU64::new(0),
             data_dir: dir,
             seeds,
-            role: Mutex::new(RoleStatus {
+            role: ArcSwap::from_pointee(RoleStatus {
                 role: "leaf".into(),
                 why: "starting".into(),
                 ..Default::default()
             }),
             started: Instant::now(),
             slots: UploadSlots::new(config.upload_slots, Arc::default()),
-            partials: Mutex::new(HashMap::new()),
+            partials: Partials::default(),
             spread: Spread::default(),
             upload_cap: RateLimit::new(config.upload_rate),
         });
@@ -418,7 +419,7 @@ impl Node {
     pub async fn wait_connected(&self, limit: Duration) -> bool {
         let until = Instant::now() + limit;
         loop {
-            if !self.inner.state.role.lock().unwrap().links.is_empty() {
+            if !self.inner.state.role.load().links.is_empty() {
                 return true;
             }
             if Instant::now() >= until {
@@ -481,10 +482,13 @@ impl Node {
         };
         self.save_shares().await;
         self.announce(diff);
-        crate::overlay::note(
-            &self.inner.state,
-            format!("stopped sharing {}", folder.display()),
-        );
+        let _ = self
+            .inner
+            .overlay
+            .try_send(crate::overlay::Command::Note(format!(
+                "stopped sharing {}",
+                folder.display()
+            )));
         Ok(files)
     }
 
@@ -515,7 +519,7 @@ impl Node {
         search: Search,
         ttl: u8,
     ) -> Result<(QueryId, Receiver<Vec<Hit>>), NodeError> {
-        if self.inner.state.role.lock().unwrap().links.is_empty() {
+        if self.inner.state.role.load().links.is_empty() {
             return Err(NodeError::NotConnected {
                 tried: self.tried(),
             });
@@ -555,7 +559,7 @@ impl Node {
             .iter()
             .map(|a| a.to_string())
             .collect();
-        let known = self.inner.state.role.lock().unwrap().hosts;
+        let known = self.inner.state.role.load().hosts;
         match (list.is_empty(), known) {
             (true, 0) => "no super-peer address given".into(),
             (true, n) => format!("{n} known from earlier runs"),
@@ -607,7 +611,7 @@ impl Node {
 
     /// The node's state.
     pub fn status(&self) -> StatusReport {
-        let role = self.inner.state.role.lock().unwrap().clone();
+        let role = RoleStatus::clone(&self.inner.state.role.load());
         let shares = self.inner.state.shares.read().unwrap();
         StatusReport {
             node: self.inner.state.node_id,
