@@ -73,7 +73,7 @@ impl Identity {
     pub fn load_or_create(dir: &Path) -> io::Result<Identity> {
         fs::create_dir_all(dir)?;
         let path = dir.join(NODE_KEY_FILE);
-        match fs::read_to_string(&path) {
+        match read_private(&path) {
             Ok(text) => match Self::parse(&text) {
                 Ok(id) => return Ok(id),
                 Err(why) => {
@@ -89,12 +89,8 @@ impl Identity {
             hex::encode(id.private),
             hex::encode(id.public)
         );
+        // Created 0600: the key is never readable by others, not even for a moment.
         write_atomically(&path, text.as_bytes())?;
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            fs::set_permissions(&path, fs::Permissions::from_mode(0o600))?;
-        }
         Ok(id)
     }
 
@@ -123,6 +119,26 @@ impl Identity {
     }
 }
 
+/// Reads the key file, refusing one that others may read or write (as ssh does): its key may
+/// have been copied, or replaced by someone else's.
+fn read_private(path: &Path) -> io::Result<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let file = fs::File::open(path)?;
+    let mode = file.metadata()?.permissions().mode();
+    if mode & 0o077 != 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "{} is open to other users (mode {:o}); if the key is still yours, \
+                 `chmod 600` it, or remove it to make a new identity",
+                path.display(),
+                mode & 0o777
+            ),
+        ));
+    }
+    io::read_to_string(file)
+}
+
 /// The node id of a public key: its BLAKE3 hash.
 pub fn node_id_of(public: &[u8]) -> NodeId {
     NodeId(*blake3::hash(public).as_bytes())
@@ -130,11 +146,15 @@ pub fn node_id_of(public: &[u8]) -> NodeId {
 
 /// Writes `bytes` to `path` through a temporary file and a rename, so a crash leaves either the
 /// old content or the new, never a torn file.
+///
+/// The file is private to the user (mode 0600) from its creation. The temporary file is
+/// created afresh under a random name, never through a link: in a folder others can write to,
+/// a planted symlink or file of that name makes the write fail rather than land elsewhere.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
-    let tmp = path.with_file_name(format!(".{name}.tmp{}", std::process::id()));
+    let tmp = path.with_file_name(format!(".{name}.tmp{:016x}", rand::random::<u64>()));
+    let mut f = create_private(&tmp)?;
     let result = (|| {
-        let mut f = fs::File::create(&tmp)?;
         io::Write::write_all(&mut f, bytes)?;
         f.sync_all()?;
         fs::rename(&tmp, path)
@@ -143,6 +163,18 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
         let _ = fs::remove_file(&tmp);
     }
     result
+}
+
+/// Creates `path`, which must not exist (not even as a dangling symlink), readable and
+/// writable by the user alone.
+pub fn create_private(path: &Path) -> io::Result<fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+        .open(path)
 }
 
 #[cfg(test)]
@@ -187,6 +219,43 @@ mod tests {
         fs::write(&path, "garbage").unwrap();
         let c = Identity::load_or_create(dir.path()).unwrap();
         assert_ne!(c.node(), b.node());
+    }
+
+    #[test]
+    fn a_key_file_open_to_others_is_refused_and_files_are_never_written_through_links() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let a = Identity::load_or_create(dir.path()).unwrap();
+        let path = dir.path().join(NODE_KEY_FILE);
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+        let e = Identity::load_or_create(dir.path()).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::PermissionDenied);
+        assert!(e.to_string().contains("node-key"), "{e}");
+        assert!(e.to_string().contains("644"), "{e}");
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(
+            Identity::load_or_create(dir.path()).unwrap().node(),
+            a.node()
+        );
+
+        // A planted link where a file is to be created: refused, the target untouched.
+        let victim = dir.path().join("victim");
+        fs::write(&victim, b"mine").unwrap();
+        let link = dir.path().join("new");
+        std::os::unix::fs::symlink(&victim, &link).unwrap();
+        assert!(create_private(&link).is_err());
+        assert_eq!(fs::read(&victim).unwrap(), b"mine");
+        // A dangling one too: nothing is created at its target.
+        let dangling = dir.path().join("dangling");
+        std::os::unix::fs::symlink(dir.path().join("elsewhere"), &dangling).unwrap();
+        assert!(create_private(&dangling).is_err());
+        assert!(!dir.path().join("elsewhere").exists());
+        // write_atomically replaces the link itself, never writes through it.
+        write_atomically(&link, b"data").unwrap();
+        assert_eq!(fs::read(&victim).unwrap(), b"mine");
+        assert_eq!(fs::read(&link).unwrap(), b"data");
+        let mode = fs::metadata(&link).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "{mode:o}");
     }
 
     #[test]
