@@ -5,7 +5,7 @@
 
 use std::fs::{self, File};
 use std::io;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -116,11 +116,15 @@ pub(crate) fn find_earlier(out_dir: &Path, id: &FileId) -> Option<(PathBuf, Path
         };
         let (part, _) = part_paths(out_dir, base, id);
         let manifest = record.manifest();
+        // The name must be the one the files carry, and a safe one: a record names the file
+        // the download is given at the end, so a planted record must not name a path.
         let sane = record.version == 1
             && record.id == *id
+            && record.name == base
+            && safe_file_name(&record.name, id) == record.name
             && manifest.verify(id).is_ok()
             && record.done.len() as u64 == manifest.chunk_count().div_ceil(8)
-            && fs::metadata(&part).is_ok_and(|m| m.len() == record.size);
+            && is_part_of_size(&part, record.size);
         if sane {
             return Some((part, state, record));
         }
@@ -179,23 +183,110 @@ pub(crate) fn recover_chunks(
     Ok(found)
 }
 
-/// Gives the verified `.part` file its final name without replacing any existing file.
+/// Gives the verified `.part` file its final name without replacing any existing file (nor
+/// following a link planted under that name).
+///
+/// The rename is atomic and refuses an existing name (`renameat2` with `RENAME_NOREPLACE`).
+/// File systems that cannot do that (some FUSE and network mounts) get [`place_reserving`].
 pub(crate) fn place(part: &Path, dir: &Path, name: &str) -> io::Result<PathBuf> {
+    use rustix::fs::{renameat_with, RenameFlags, CWD};
+    use rustix::io::Errno;
     for n in 0..1000 {
         let target = free_name(dir, name, n);
-        match fs::hard_link(part, &target) {
-            Ok(()) => {
-                fs::remove_file(part)?;
-                return Ok(target);
+        match renameat_with(CWD, part, CWD, &target, RenameFlags::NOREPLACE) {
+            Ok(()) => return Ok(target),
+            Err(Errno::EXIST) => continue,
+            Err(Errno::INVAL | Errno::NOSYS | Errno::NOTSUP) => {
+                return place_reserving(part, dir, name)
             }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(no_free_name(dir, name))
+}
+
+/// [`place`] where the file system cannot refuse a rename over an existing name: the name is
+/// first taken by creating an empty file there (`O_EXCL`, which every file system honours, and
+/// not through a link), then the part file is renamed over that placeholder.
+pub(crate) fn place_reserving(part: &Path, dir: &Path, name: &str) -> io::Result<PathBuf> {
+    for n in 0..1000 {
+        let target = free_name(dir, name, n);
+        match transport::identity::create_private(&target) {
+            Ok(_) => {}
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
             Err(e) => return Err(e),
         }
+        return match fs::rename(part, &target) {
+            Ok(()) => Ok(target),
+            Err(e) => {
+                let _ = fs::remove_file(&target);
+                Err(e)
+            }
+        };
     }
-    Err(io::Error::other(format!(
-        "no free name for {name} in {}",
-        dir.display()
-    )))
+    Err(no_free_name(dir, name))
+}
+
+fn no_free_name(dir: &Path, name: &str) -> io::Error {
+    io::Error::other(format!("no free name for {name} in {}", dir.display()))
+}
+
+/// Opens an earlier attempt's part file to go on with it: never through a link, and only a
+/// regular file.
+pub(crate) fn open_part(part: &Path) -> io::Result<File> {
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+        .open(part)
+        .map_err(not_a_file)?;
+    if !file.metadata()?.is_file() {
+        return Err(io::Error::other("not a regular file"));
+    }
+    Ok(file)
+}
+
+/// Creates a new part file of `size` bytes. Something already there is removed first if it is
+/// a regular file (a part file whose record is gone and whose size is wrong); anything else (a
+/// link, a folder) is an error, and the file is created afresh (`O_EXCL`), never through a
+/// link planted meanwhile.
+pub(crate) fn create_part(part: &Path, size: u64) -> io::Result<File> {
+    match fs::symlink_metadata(part) {
+        Ok(m) if m.is_file() => fs::remove_file(part)?,
+        Ok(_) => {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                "something other than a part file is there; remove it",
+            ))
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+        .open(part)
+        .map_err(not_a_file)?;
+    file.set_len(size)?;
+    Ok(file)
+}
+
+/// True if `part` is a regular file (not a link) of `size` bytes.
+pub(crate) fn is_part_of_size(part: &Path, size: u64) -> bool {
+    fs::symlink_metadata(part).is_ok_and(|m| m.is_file() && m.len() == size)
+}
+
+/// The error for a part file that is not one; the caller names the path.
+fn not_a_file(e: io::Error) -> io::Error {
+    if e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) {
+        return io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            "it is a symbolic link, which a download never writes through; remove it",
+        );
+    }
+    e
 }
 
 #[cfg(test)]
@@ -246,5 +337,84 @@ mod tests {
         f.write_all_at(&data[4096..4500], 4096).unwrap();
         let found = recover_chunks(&f, &m, &[0b0000_0010]).unwrap();
         assert_eq!(found, vec![1, 3]);
+    }
+
+    fn manifest_of(data: &[u8]) -> (FileId, Manifest) {
+        let mut b = wire::ManifestBuilder::with_chunk_size(data.len() as u64, 1024);
+        b.update(data);
+        b.finish().unwrap()
+    }
+
+    #[test]
+    fn a_planted_link_is_never_written_through() {
+        let tmp = tempfile::tempdir().unwrap();
+        let victim = tmp.path().join("victim.txt");
+        fs::write(&victim, b"the user's own file").unwrap();
+        let id = FileId([7; 32]);
+        let (part, _) = part_paths(tmp.path(), "song.mp3", &id);
+        std::os::unix::fs::symlink(&victim, &part).unwrap();
+
+        let e = create_part(&part, 100).unwrap_err();
+        assert!(e.to_string().contains("remove it"), "{e}");
+        let e = open_part(&part).unwrap_err();
+        assert!(e.to_string().contains("symbolic link"), "{e}");
+        assert!(!is_part_of_size(&part, 19), "a link is no part file");
+        assert_eq!(fs::read(&victim).unwrap(), b"the user's own file");
+
+        // A stale part file of the wrong size is replaced by a fresh one.
+        fs::remove_file(&part).unwrap();
+        fs::write(&part, b"stale").unwrap();
+        let f = create_part(&part, 100).unwrap();
+        assert_eq!(f.metadata().unwrap().len(), 100);
+        assert!(is_part_of_size(&part, 100));
+    }
+
+    #[test]
+    fn placing_never_replaces_a_file_or_follows_a_link() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let victim = tmp.path().join("victim.txt");
+        fs::write(&victim, b"mine").unwrap();
+        fs::write(dir.join("a.mp3"), b"existing").unwrap();
+        std::os::unix::fs::symlink(&victim, dir.join("a (1).mp3")).unwrap();
+        std::os::unix::fs::symlink(dir.join("nowhere"), dir.join("a (2).mp3")).unwrap();
+        for (n, place_fn) in [place, place_reserving].into_iter().enumerate() {
+            let part = dir.join(format!("p{n}.part"));
+            fs::write(&part, format!("new {n}")).unwrap();
+            let placed = place_fn(&part, dir, "a.mp3").unwrap();
+            assert_eq!(placed, dir.join(format!("a ({}).mp3", 3 + n)));
+            assert_eq!(fs::read(&placed).unwrap(), format!("new {n}").as_bytes());
+            assert!(!part.exists());
+        }
+        assert_eq!(fs::read(dir.join("a.mp3")).unwrap(), b"existing");
+        assert_eq!(fs::read(&victim).unwrap(), b"mine");
+        assert!(!dir.join("nowhere").exists());
+    }
+
+    #[test]
+    fn a_planted_record_cannot_name_a_path() {
+        let tmp = tempfile::tempdir().unwrap();
+        let data: Vec<u8> = (0..3000u32).map(|i| i as u8).collect();
+        let (id, m) = manifest_of(&data);
+        let none = vec![0u8; 1];
+        // A record that fits, for the control.
+        let (part, state) = part_paths(tmp.path(), "ok.bin", &id);
+        fs::write(&part, &data).unwrap();
+        Record::new(id, "ok.bin", &m, none.clone())
+            .save(&state)
+            .unwrap();
+        assert!(find_earlier(tmp.path(), &id).is_some());
+        for bad in [
+            "../../escaped.bin",
+            "/tmp/escaped.bin",
+            ".hidden",
+            "other.bin",
+        ] {
+            Record::new(id, bad, &m, none.clone()).save(&state).unwrap();
+            assert!(
+                find_earlier(tmp.path(), &id).is_none(),
+                "a record naming {bad} was trusted"
+            );
+        }
     }
 }

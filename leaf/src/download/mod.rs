@@ -45,7 +45,7 @@
 //! and finds sources.
 
 use std::collections::HashSet;
-use std::fs::{self, OpenOptions};
+use std::fs;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
@@ -57,8 +57,11 @@ use std::time::{Duration, Instant};
 use transport::identity::Identity;
 use wire::{FileId, FileRecord, Manifest};
 
+use crate::part::{
+    create_part, find_earlier, free_space, is_part_of_size, open_part, part_paths, place,
+    recover_chunks, Record,
+};
 pub use crate::part::{discard_partial, safe_file_name, STATE_SUFFIX};
-use crate::part::{find_earlier, free_space, part_paths, place, recover_chunks, Record};
 use crate::rate::RateLimit;
 use source::SourceConn;
 pub use types::{DownloadError, DownloadOptions, DownloadReport, Progress, SourceReport};
@@ -173,7 +176,7 @@ pub async fn download(
             let (part, state) = part_paths(&out_dir, &name, &id);
             // A part file of the right size whose record is gone or damaged: rebuild the
             // record by verifying every chunk on disk, rather than fetch it all again.
-            let orphan = fs::metadata(&part).is_ok_and(|m| m.len() == manifest.size);
+            let orphan = is_part_of_size(&part, manifest.size);
             let rebuilt = orphan.then(|| {
                 log::warn!(
                     "{}: no usable record; verifying its chunks on disk",
@@ -194,12 +197,7 @@ pub async fn download(
     let mut sched = Scheduler::new(count);
     let file = match &resuming {
         Some(record) => {
-            let file = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open(&part)
-                .map_err(part_err)?;
-            let file = Arc::new(file);
+            let file = Arc::new(open_part(&part).map_err(part_err)?);
             // Recorded chunks are on disk; others may have been written after the last record.
             let (f, m, done) = (file.clone(), manifest.clone(), record.done.clone());
             let found = smol::unblock(move || recover_chunks(&f, &m, &done)).await;
@@ -220,15 +218,7 @@ pub async fn download(
                     free,
                 });
             }
-            let file = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .open(&part)
-                .map_err(part_err)?;
-            file.set_len(manifest.size).map_err(part_err)?;
-            Arc::new(file)
+            Arc::new(create_part(&part, manifest.size).map_err(part_err)?)
         }
     };
     let resumed_chunks = sched.done_chunks();
