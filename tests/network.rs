@@ -376,6 +376,15 @@ fn a_restarted_leaf_needs_no_bootstrap_address_and_a_bootstrap_file_works() {
         // Same data directory, no address given: the host cache it saved is enough.
         let again = net::leaf(tmp.path(), "returning", &[]).await;
         assert_eq!(again.status().superpeers[0].addr, sp.listen_addr());
+        // A second node on the same data directory is refused while this one runs.
+        let mut twin = leaf::node::NodeConfig::new(tmp.path().join("returning"));
+        twin.listen = Some("127.0.0.1:0".parse().unwrap());
+        let err = leaf::node::Node::start(twin)
+            .await
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("another node is running"), "{err}");
         again.shutdown().await;
 
         // A node whose only configuration is the bootstrap file in its data directory.

@@ -20,6 +20,8 @@ use crate::tags;
 
 /// The suffix of files being downloaded; they are never shared.
 pub const PART_SUFFIX: &str = ".part";
+/// The suffix of a partial download's record.
+const PART_STATE_SUFFIX: &str = ".part.state";
 
 /// Why a folder could not be shared.
 #[derive(Debug, thiserror::Error)]
@@ -173,7 +175,8 @@ pub fn scan_folder(
             continue;
         }
         let name = entry.file_name().to_string_lossy();
-        if name.ends_with(PART_SUFFIX) {
+        // A download's partial file and its record, when a download folder is shared.
+        if name.ends_with(PART_SUFFIX) || name.ends_with(PART_STATE_SUFFIX) {
             continue;
         }
         let meta = match entry.metadata() {
@@ -527,6 +530,7 @@ mod tests {
         fs::write(music.join("notes.txt"), b"hello").unwrap();
         fs::write(music.join(".hidden"), b"secret").unwrap();
         fs::write(music.join("film.mkv.part"), b"partial").unwrap();
+        fs::write(music.join("film.mkv.abcd1234.part.state"), b"record").unwrap();
         std::os::unix::fs::symlink("/etc/passwd", music.join("passwd")).unwrap();
 
         let mut shares = Shares::default();

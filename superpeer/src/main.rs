@@ -60,6 +60,10 @@ fn real_main() -> anyhow::Result<()> {
             .context("no home directory to keep the super-peer's data in; pass --data-dir")?
             .join("superpeer"),
     };
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("creating the data directory {}", data_dir.display()))?;
+    let _dir_lock = transport::store::lock_dir(&data_dir)
+        .with_context(|| format!("using the data directory {}", data_dir.display()))?;
     let identity = transport::identity::Identity::load_or_create(&data_dir)
         .with_context(|| format!("reading the node key in {}", data_dir.display()))?;
     let node = identity.node();

@@ -17,6 +17,9 @@ use serde::Serialize;
 
 pub use crate::identity::write_atomically;
 
+/// The file in a data directory that a running node holds locked.
+pub const LOCK_FILE: &str = "lock";
+
 const MAGIC: &[u8; 4] = b"CNPY";
 const FORMAT: u8 = 1;
 const HEADER: usize = MAGIC.len() + 1 + 32;
@@ -40,6 +43,40 @@ pub enum LoadError {
         /// What is wrong.
         why: String,
     },
+}
+
+/// A data directory held by this process, so no second node runs on it (their data files would
+/// overwrite each other's). Released when dropped, or when the process ends however it ends.
+#[derive(Debug)]
+pub struct DirLock {
+    _file: fs::File,
+}
+
+/// Takes `dir` for this process; fails with a message naming it if another process holds it.
+pub fn lock_dir(dir: &Path) -> io::Result<DirLock> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = dir.join(LOCK_FILE);
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+        .open(&path)?;
+    match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(DirLock { _file: file }),
+        Err(rustix::io::Errno::WOULDBLOCK) => Err(io::Error::new(
+            io::ErrorKind::WouldBlock,
+            format!(
+                "another node is running on {} (it holds {}); stop it, or give this one its \
+                 own data directory",
+                dir.display(),
+                path.display()
+            ),
+        )),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Saves `value` to `path`: checksummed, atomically.
@@ -133,5 +170,16 @@ mod tests {
         save(&path, &vec!["three".to_string()]).unwrap();
         let names: Vec<_> = fs::read_dir(dir.path()).unwrap().flatten().collect();
         assert_eq!(names.len(), 1);
+    }
+
+    #[test]
+    fn a_data_directory_is_held_by_one_process_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let held = lock_dir(dir.path()).unwrap();
+        let e = lock_dir(dir.path()).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::WouldBlock);
+        assert!(e.to_string().contains("another node"), "{e}");
+        drop(held);
+        lock_dir(dir.path()).unwrap();
     }
 }

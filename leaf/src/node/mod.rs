@@ -223,6 +223,8 @@ pub(crate) struct Inner {
     pending_lock: Mutex<()>,
     /// Whether this node owns the control socket.
     control: bool,
+    /// Keeps other nodes off the data directory until this one shuts down.
+    dir_lock: Mutex<Option<transport::store::DirLock>>,
     /// Open upload connections, so shutdown can close them.
     upload_streams: Mutex<HashMap<u64, TcpStream>>,
     upload_keys: AtomicU64,
@@ -254,6 +256,7 @@ impl Node {
             source,
         };
         std::fs::create_dir_all(&dir).map_err(data_err)?;
+        let dir_lock = transport::store::lock_dir(&dir).map_err(data_err)?;
         let identity = transport::identity::Identity::load_or_create(&dir).map_err(data_err)?;
         let node_id = identity.node();
         let shares = Shares::load(&dir.join(SHARES_FILE));
@@ -323,6 +326,7 @@ impl Node {
             transfers: Mutex::default(),
             pending_lock: Mutex::new(()),
             control: config.control,
+            dir_lock: Mutex::new(Some(dir_lock)),
             upload_streams: Mutex::new(HashMap::new()),
             upload_keys: AtomicU64::new(0),
             seeding: config.seeding,
@@ -403,6 +407,8 @@ impl Node {
         if self.inner.control {
             let _ = std::fs::remove_file(control::socket_path(&self.inner.state.data_dir));
         }
+        // Stopped: another node may use the data directory now.
+        self.inner.dir_lock.lock().unwrap().take();
     }
 
     /// This node's id.
