@@ -10,6 +10,7 @@ use indicatif::{HumanBytes, ProgressBar, ProgressStyle};
 use leaf::control::{self, Reply, Request};
 use leaf::{Node, NodeConfig};
 use smol::channel::Receiver;
+use wire::text::{json_terminal_safe, terminal_safe};
 use wire::{FileId, Filter, Search, Terms};
 
 /// Canopy leaf: share your files, find what others share, and download it in parallel verified
@@ -164,19 +165,33 @@ enum Command {
     },
 }
 
+/// `println!` for everything but JSON: text from peers (names, paths, reasons) is shown with
+/// [`terminal_safe`], never raw. (`serde_json` escapes control characters itself.)
+macro_rules! say {
+    ($($arg:tt)*) => {
+        println!("{}", terminal_safe(&format!($($arg)*)))
+    };
+}
+
+/// [`say!`] on standard error.
+macro_rules! say_err {
+    ($($arg:tt)*) => {
+        eprintln!("{}", terminal_safe(&format!($($arg)*)))
+    };
+}
+
 fn main() -> std::process::ExitCode {
     match real_main() {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            say_err!("error: {e:#}");
             std::process::ExitCode::FAILURE
         }
     }
 }
 
 fn real_main() -> anyhow::Result<()> {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn,lofty=error"))
-        .init();
+    transport::logging::init("warn,lofty=error");
     let cli = Cli::parse();
     let data_dir = match &cli.data_dir {
         Some(d) => d.clone(),
@@ -245,7 +260,7 @@ async fn run(cli: Cli, config: NodeConfig) -> anyhow::Result<()> {
             })
             .await
             .context("starting the leaf node")?;
-            println!(
+            say!(
                 "leaf {} serving on {} (data in {})",
                 node.node_id(),
                 node.listen_addr().expect("a serving node listens"),
@@ -254,13 +269,13 @@ async fn run(cli: Cli, config: NodeConfig) -> anyhow::Result<()> {
             node.reshare_remembered().await;
             print_share_replies(local(&node, Request::Share { paths })).await?;
             if !node.wait_connected(Duration::from_secs(3)).await {
-                eprintln!(
+                say_err!(
                     "warning: no super-peer reachable at {} yet; will keep trying",
                     list(&superpeers)
                 );
             }
             let s = node.status();
-            println!(
+            say!(
                 "sharing {} files ({}); keeping the node running, Ctrl-C to stop",
                 s.files,
                 HumanBytes(s.bytes)
@@ -320,10 +335,10 @@ async fn run(cli: Cli, config: NodeConfig) -> anyhow::Result<()> {
                 while let Ok(reply) = replies.recv().await {
                     match reply {
                         Reply::Unshared { folder, files } => {
-                            println!("stopped sharing {}: {files} files", folder.display())
+                            say!("stopped sharing {}: {files} files", folder.display())
                         }
                         Reply::Error(e) => {
-                            eprintln!("error: {e}");
+                            say_err!("error: {e}");
                             failed += 1;
                         }
                         Reply::End => break,
@@ -340,7 +355,9 @@ async fn run(cli: Cli, config: NodeConfig) -> anyhow::Result<()> {
             let replies = backend(&config, Request::Status).await?;
             while let Ok(reply) = replies.recv().await {
                 match reply {
-                    Reply::Status(s) if json => println!("{}", serde_json::to_string_pretty(&s)?),
+                    Reply::Status(s) if json => {
+                        println!("{}", json_terminal_safe(&serde_json::to_string_pretty(&s)?))
+                    }
                     Reply::Status(s) => print_status(&s),
                     Reply::Error(e) => bail!("{e}"),
                     Reply::End => break,
@@ -419,7 +436,7 @@ async fn print_share_replies(replies: Receiver<Reply>) -> anyhow::Result<()> {
                 if let Some(b) = pb.take() {
                     b.finish_and_clear();
                 }
-                println!(
+                say!(
                     "shared {}: {} files, {} ({} hashed, {} unchanged)",
                     s.folder.display(),
                     s.files,
@@ -428,14 +445,14 @@ async fn print_share_replies(replies: Receiver<Reply>) -> anyhow::Result<()> {
                     s.reused
                 );
                 for (path, why) in &s.skipped {
-                    eprintln!("  skipped {}: {why}", path.display());
+                    say_err!("  skipped {}: {why}", path.display());
                 }
             }
             Reply::Error(e) => {
                 if let Some(b) = pb.take() {
                     b.finish_and_clear();
                 }
-                eprintln!("error: {e}");
+                say_err!("error: {e}");
                 failed.push(e);
             }
             Reply::End => break,
@@ -465,17 +482,17 @@ fn print_results(results: &[leaf::search::SearchResult], json: bool) -> anyhow::
                 "duration_s": r.tags.duration_s,
                 "score": r.score,
             });
-            println!("{line}");
+            println!("{}", json_terminal_safe(&line.to_string()));
         }
         return Ok(());
     }
     if results.is_empty() {
-        println!("no results");
+        say!("no results");
         return Ok(());
     }
-    println!("{:>10}  {:>3}  {:<64}  PATH", "SIZE", "SRC", "ID");
+    say!("{:>10}  {:>3}  {:<64}  PATH", "SIZE", "SRC", "ID");
     for r in results {
-        println!(
+        say!(
             "{:>10}  {:>3}  {}  {}",
             HumanBytes(r.size).to_string(),
             r.sources.len(),
@@ -483,7 +500,7 @@ fn print_results(results: &[leaf::search::SearchResult], json: bool) -> anyhow::
             r.path
         );
     }
-    println!("{} files", results.len());
+    say!("{} files", results.len());
     Ok(())
 }
 
@@ -493,7 +510,8 @@ async fn print_get_replies(replies: Receiver<Reply>) -> anyhow::Result<()> {
     while let Ok(reply) = replies.recv().await {
         match reply {
             Reply::GetProgress(info) => {
-                let b = pb.get_or_insert_with(|| bar(info.size, info.name.clone()));
+                let b = pb
+                    .get_or_insert_with(|| bar(info.size, terminal_safe(&info.name).into_owned()));
                 b.set_length(info.size);
                 b.set_position(info.done_bytes);
                 let note = match (&info.state, info.queued_at) {
@@ -501,14 +519,14 @@ async fn print_get_replies(replies: Receiver<Reply>) -> anyhow::Result<()> {
                     (_, Some(place)) => format!(" (queued, place {place})"),
                     _ => String::new(),
                 };
-                b.set_message(format!("{}{note}", info.name));
+                b.set_message(format!("{}{note}", terminal_safe(&info.name)));
             }
             Reply::GetDone(r) => {
                 if let Some(b) = pb.take() {
                     b.finish_and_clear();
                 }
                 let used = r.sources.iter().filter(|s| s.chunks > 0).count();
-                println!(
+                say!(
                     "saved {} ({}, {} from {} source(s) in {:.1} s)",
                     r.path.display(),
                     r.id,
@@ -517,7 +535,7 @@ async fn print_get_replies(replies: Receiver<Reply>) -> anyhow::Result<()> {
                     r.elapsed_ms as f64 / 1000.0
                 );
                 for s in r.sources.iter().filter(|s| s.error.is_some()) {
-                    eprintln!(
+                    say_err!(
                         "  dropped source {}: {}",
                         s.addr,
                         s.error.as_deref().unwrap_or("")
@@ -528,11 +546,11 @@ async fn print_get_replies(replies: Receiver<Reply>) -> anyhow::Result<()> {
                 if let Some(b) = pb.take() {
                     b.finish_and_clear();
                 }
-                eprintln!("error: cannot download {id}: {error}");
+                say_err!("error: cannot download {id}: {error}");
                 failed += 1;
             }
             Reply::Error(e) => {
-                eprintln!("error: {e}");
+                say_err!("error: {e}");
                 failed += 1;
             }
             Reply::End => break,
@@ -546,11 +564,11 @@ async fn print_get_replies(replies: Receiver<Reply>) -> anyhow::Result<()> {
 }
 
 fn print_status(s: &control::StatusReport) {
-    println!("node      {}", s.node);
-    println!("role      {}", s.role);
+    say!("node      {}", s.node);
+    say!("role      {}", s.role);
     match s.listen {
-        Some(a) => println!("serving   {a}"),
-        None => println!("serving   nothing (no node runs for this data directory)"),
+        Some(a) => say!("serving   {a}"),
+        None => say!("serving   nothing (no node runs for this data directory)"),
     }
     for l in &s.superpeers {
         let state = if l.connected {
@@ -558,13 +576,13 @@ fn print_status(s: &control::StatusReport) {
         } else {
             "not connected"
         };
-        println!("superpeer {} {state}", l.addr);
+        say!("superpeer {} {state}", l.addr);
     }
-    println!("shares    {} files, {}", s.files, HumanBytes(s.bytes));
+    say!("shares    {} files, {}", s.files, HumanBytes(s.bytes));
     for f in &s.folders {
-        println!("          {}", f.display());
+        say!("          {}", f.display());
     }
-    println!(
+    say!(
         "uploads   {} chunks, {}; slots {}/{} in use, {} waiting; cap {}",
         s.uploaded_chunks,
         HumanBytes(s.uploaded_bytes),
@@ -575,12 +593,12 @@ fn print_status(s: &control::StatusReport) {
             .map_or("none".into(), |r| format!("{}/s", HumanBytes(r)))
     );
     if s.downloads.is_empty() {
-        println!("downloads none");
+        say!("downloads none");
     }
     for d in &s.downloads {
         let pct = (d.done_bytes * 100).checked_div(d.size).unwrap_or(0);
         let eta = d.eta_s.map_or(String::new(), |e| format!(", eta {e} s"));
-        println!(
+        say!(
             "download  {} {} {pct}% of {} from {} source(s) at {}/s{eta}: {:?}",
             d.id.short(),
             d.name,

@@ -192,3 +192,58 @@ fn a_killed_downloading_node_resumes_without_fetching_chunks_again() {
         .collect();
     assert_eq!(leftovers.len(), 1, "no .part or record left: {leftovers:?}");
 }
+
+#[test]
+fn escape_sequences_from_peers_never_reach_the_terminal() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = tmp.path();
+    let (_sp, sp_addr) = start_superpeer(&base.join("sp"), &[]);
+    // Clear the screen, then write to the clipboard (OSC 52), then a C1 CSI.
+    let name = "canopy evil \u{1b}[2J\u{1b}]52;c;ZXZpbA==\u{7} \u{9b}31m tune.mp3";
+    let music = base.join("mallory/Music");
+    std::fs::create_dir_all(&music).unwrap();
+    std::fs::write(music.join(name), b"not really a tune").unwrap();
+    let _sharer = Proc::spawn(
+        leaf(&base.join("mallory-data"), &sp_addr)
+            .arg("share")
+            .arg(&music),
+    );
+    _sharer.wait_for("sharing 1 files");
+    let raw = |b: &[u8]| b.contains(&0x1b) || b.contains(&0x07) || text(b).contains('\u{9b}');
+
+    let carol = base.join("carol-data");
+    let out = run(leaf(&carol, &sp_addr).args(["search", "canopy", "evil", "--wait", "1"]));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        !raw(&out.stdout) && !raw(&out.stderr),
+        "{:?}",
+        text(&out.stdout)
+    );
+    assert!(
+        text(&out.stdout).contains("canopy evil \\u{1b}[2J\\u{1b}]52;c;ZXZpbA==\\u{7} \\u{9b}31m"),
+        "{}",
+        text(&out.stdout)
+    );
+
+    // JSON keeps the name as it is, escaped as JSON.
+    let out =
+        run(leaf(&carol, &sp_addr).args(["search", "canopy", "evil", "--json", "--wait", "1"]));
+    assert!(!raw(&out.stdout), "{:?}", text(&out.stdout));
+    let row: serde_json::Value = serde_json::from_str(text(&out.stdout).trim()).unwrap();
+    assert_eq!(row["name"], name);
+    let id = row["id"].as_str().unwrap().to_string();
+
+    let dl = base.join("downloads");
+    let out = run(leaf(&carol, &sp_addr).args(["get", &id, "--out"]).arg(&dl));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        !raw(&out.stdout) && !raw(&out.stderr),
+        "{:?}",
+        text(&out.stdout)
+    );
+    // The file saved has no control characters in its name.
+    let saved: Vec<_> = std::fs::read_dir(&dl).unwrap().flatten().collect();
+    assert_eq!(saved.len(), 1);
+    let saved_name = saved[0].file_name().to_string_lossy().into_owned();
+    assert!(!saved_name.chars().any(char::is_control), "{saved_name:?}");
+}

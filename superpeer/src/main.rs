@@ -52,7 +52,7 @@ fn main() -> std::process::ExitCode {
 }
 
 fn real_main() -> anyhow::Result<()> {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    transport::logging::init("info");
     let args = Args::parse();
     let data_dir = match args.data_dir {
         Some(d) => d,

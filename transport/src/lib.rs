@@ -11,7 +11,8 @@
 //! - [`hello`]: the check of a peer's `Hello` against the key it proved, done once here.
 //! - [`identity`]: the node's key pair kept in a data directory (its node id is derived from the
 //!   public key).
-//! - [`store`]: checksummed data files written atomically.
+//! - [`store`]: checksummed data files written atomically, and the data directory's lock.
+//! - [`logging`]: the log on standard error, with text from peers made safe for a terminal.
 //!
 //! Nothing here knows what a super-peer or a leaf does with a connection: roles, queries and
 //! transfers are the business of `topology`, `superpeer` and `leaf`.
@@ -20,6 +21,7 @@ pub mod hello;
 pub mod identity;
 pub mod limits;
 pub mod link;
+pub mod logging;
 pub mod net;
 pub mod secure;
 pub mod store;

@@ -7,6 +7,7 @@
 //! - [`content`]: chunk layout and [`Manifest`] verification against a file id.
 //! - [`bitfield`]: [`Bitfield`], which chunks of a file a node holds.
 //! - [`hello`]: the check of a peer's `Hello` against the key its handshake proved.
+//! - [`text`]: [`text::terminal_safe`], how text from peers is shown on a terminal.
 //!
 //! # Example
 //! ```
@@ -26,6 +27,7 @@ pub mod frame;
 pub mod hello;
 pub mod ids;
 pub mod message;
+pub mod text;
 
 pub use bitfield::{Bitfield, BitfieldLenError};
 pub use content::{chunk_size_for, ChunkError, Manifest, ManifestBuilder, ManifestError};
