@@ -303,6 +303,55 @@ fn registering_too_much_cuts_off() {
 }
 
 #[test]
+fn the_per_leaf_limits_count_what_is_held() {
+    run_bounded(LIMIT, async {
+        let w = world(|c| c.limits.max_files_per_leaf = 20).await;
+        let addr = w.sp.listen_addr();
+        let before = w.sp.status().await.records;
+        let source = Some(SOURCE.parse().unwrap());
+        // The same files registered again and again are held once.
+        let mut again = Raw::connect(15, addr, Role::Leaf, source).await;
+        for _ in 0..3 {
+            let files = (0..15).map(|i| record(i, format!("a/{i}.mp3"))).collect();
+            again.send(&Message::Register { files }).await.unwrap();
+        }
+        assert!(!again.cut_off_within(Duration::from_millis(500)).await);
+        assert_eq!(w.sp.status().await.records, before + 15);
+        // Withdrawing ids never registered gives nothing back: 15 held, 15 more is over 20.
+        let mut cheat = Raw::connect(16, addr, Role::Leaf, source).await;
+        let files = (100..115)
+            .map(|i| record(i, format!("c/{i}.mp3")))
+            .collect();
+        cheat.send(&Message::Register { files }).await.unwrap();
+        let ids = (0..1000).map(|_| FileId(rand::random())).collect();
+        cheat.send(&Message::Withdraw { ids }).await.unwrap();
+        let files = (200..215)
+            .map(|i| record(i, format!("c/{i}.mp3")))
+            .collect();
+        cheat.send(&Message::Register { files }).await.unwrap();
+        assert!(
+            cheat.cut_off_within(CUT).await,
+            "withdrawing unknown ids made room"
+        );
+        // Withdrawing what it holds does make room.
+        let mut honest = Raw::connect(17, addr, Role::Leaf, source).await;
+        let files: Vec<FileRecord> = (300..315)
+            .map(|i| record(i, format!("h/{i}.mp3")))
+            .collect();
+        let ids = files.iter().map(|f| f.id).collect();
+        honest.send(&Message::Register { files }).await.unwrap();
+        honest.send(&Message::Withdraw { ids }).await.unwrap();
+        let files = (400..415)
+            .map(|i| record(i, format!("h/{i}.mp3")))
+            .collect();
+        honest.send(&Message::Register { files }).await.unwrap();
+        assert!(!honest.cut_off_within(Duration::from_millis(500)).await);
+        assert_eq!(w.sp.status().await.records, before + 30);
+        w.still_serves().await;
+    });
+}
+
+#[test]
 fn connection_counts_per_address_and_in_total() {
     run_bounded(LIMIT, async {
         // The sharer and the asker hold two connections of the five.

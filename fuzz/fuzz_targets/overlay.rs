@@ -837,6 +837,10 @@ impl Harness {
             Event::Register { conn, .. } | Event::Withdraw { conn, .. } => {
                 assert!(self.leaves.contains(&conn) && self.open.contains(&conn));
             }
+            Event::OverLimit { conn, .. } => {
+                // The leaf is closed at once: its Close follows.
+                assert!(self.leaves.contains(&conn) && self.open.contains(&conn));
+            }
             Event::LeafGone { conn } => {
                 assert_eq!(self.just_gone, Some(conn), "LeafGone for {conn}");
                 assert!(self.leaves.remove(&conn), "LeafGone for {conn}, not a leaf");

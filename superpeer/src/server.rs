@@ -173,12 +173,16 @@ impl SuperPeerNode {
             .unwrap_or_else(|| RoleClock::new(now, NodeRole::SuperPeer, RoleConfig::default()));
         let node = config.identity.node();
         let identity = Arc::new(config.identity);
-        let gate = Gate::new(config.limits);
-        // Route tables must cut words exactly as the index does (no false negatives).
+        // Route tables must cut words exactly as the index does (no false negatives). The
+        // limits on what one leaf holds are counted by the overlay logic, which knows what
+        // each leaf really holds.
         let overlay = topology::Config {
             analyzer: index::words,
+            max_files_per_leaf: config.limits.max_files_per_leaf,
+            max_record_bytes_per_leaf: config.limits.max_metadata_per_leaf,
             ..config.overlay
         };
+        let gate = Gate::new(config.limits);
         let mut state = SuperPeer::new(now, node, Some(listen), overlay, clock);
         state.add_seeds(now, &config.peers);
         state.import_hosts(now, &config.hosts);
@@ -199,7 +203,6 @@ impl SuperPeerNode {
             demoted: demoted_tx,
             identity: identity.clone(),
             gate: gate.clone(),
-            registered: HashMap::new(),
         };
         let tasks = vec![
             smol::spawn(actor.run(rx)),
@@ -439,8 +442,6 @@ struct Actor {
     demoted: Sender<Demoted>,
     identity: Arc<Identity>,
     gate: Arc<Gate>,
-    /// Files and bytes of metadata each leaf has registered.
-    registered: HashMap<ConnId, (u64, u64)>,
 }
 
 impl Actor {
@@ -535,33 +536,6 @@ impl Actor {
         self.state.handle_disconnect(Instant::now(), conn);
     }
 
-    /// Counts a leaf's new registrations against its limits.
-    fn count_registered(
-        &mut self,
-        conn: ConnId,
-        files: &[wire::FileRecord],
-    ) -> Result<(), Tripped> {
-        let limits = self.gate.limits();
-        // Each record's text, and room for the rest.
-        let bytes: u64 = files.iter().map(|r| (r.text_len() + 64) as u64).sum();
-        let (have_files, have_bytes) = self.registered.entry(conn).or_default();
-        let (new_files, new_bytes) = (*have_files + files.len() as u64, *have_bytes + bytes);
-        if new_files > limits.max_files_per_leaf {
-            return Err(Tripped::ban(
-                "max_files_per_leaf",
-                format!("{new_files} files > {}", limits.max_files_per_leaf),
-            ));
-        }
-        if new_bytes > limits.max_metadata_per_leaf {
-            return Err(Tripped::ban(
-                "max_metadata_per_leaf",
-                format!("{new_bytes} bytes > {}", limits.max_metadata_per_leaf),
-            ));
-        }
-        (*have_files, *have_bytes) = (new_files, new_bytes);
-        Ok(())
-    }
-
     /// The drain rule: transmits first (so a Goodbye is queued before its connection's writer
     /// is dropped), then events, until both are empty. Returns the reason if the super-peer
     /// demoted itself.
@@ -580,27 +554,27 @@ impl Actor {
             };
             match event {
                 Event::Register { conn, files } => {
-                    if let Err(trip) = self.count_registered(conn, &files) {
-                        self.cut_off(conn, &trip);
-                        continue;
-                    }
                     if let Err(e) = self.index.add_files(conn, &files) {
                         log::error!("indexing {} files of leaf {conn}: {e}", files.len());
                     }
                 }
-                Event::Withdraw { conn, ids } => {
-                    if let Some((files, bytes)) = self.registered.get_mut(&conn) {
-                        // Each withdrawn file gives back the average size of a record.
-                        let n = (ids.len() as u64).min(*files);
-                        *bytes -= (*bytes / (*files).max(1)) * n;
-                        *files -= n;
+                Event::OverLimit {
+                    conn,
+                    limit,
+                    detail,
+                } => {
+                    // The overlay logic closes the leaf; its address is banned for a while.
+                    if let Some(w) = self.writers.get(&conn) {
+                        self.gate
+                            .tripped(w.remote, &Tripped::ban(limit, detail), Instant::now());
                     }
+                }
+                Event::Withdraw { conn, ids } => {
                     if let Err(e) = self.index.remove_files(conn, &ids) {
                         log::error!("withdrawing {} files of leaf {conn}: {e}", ids.len());
                     }
                 }
                 Event::LeafGone { conn } => {
-                    self.registered.remove(&conn);
                     if let Err(e) = self.index.remove_leaf(conn) {
                         log::error!("dropping the files of leaf {conn}: {e}");
                     }

@@ -205,6 +205,10 @@ pub struct LocalTable {
 struct LeafFiles {
     /// File ids, ascending, distinct.
     ids: Vec<FileId>,
+    /// What each file's record costs to hold ([`record_cost`]).
+    costs: Vec<u32>,
+    /// Their sum.
+    cost: u64,
     /// Where each file's slots end in `slots`: file `i`'s are `ends[i - 1]..ends[i]`.
     ends: Vec<u32>,
     /// Every file's slots (ascending, distinct per file), one after the other: one `u16` a
@@ -212,16 +216,23 @@ struct LeafFiles {
     slots: Vec<u16>,
 }
 
-/// A file's id and its slots.
-type FileSlots = (FileId, Vec<u32>);
+/// A file's id, its record's cost and its slots.
+type FileSlots = (FileId, u32, Vec<u32>);
+
+/// What holding a leaf's record of a file costs a super-peer, in bytes: its text (path and
+/// tags) and room for the rest. The per-leaf metadata limit counts this.
+pub fn record_cost(file: &FileRecord) -> u32 {
+    (file.text_len() as u32).saturating_add(64)
+}
 
 impl LeafFiles {
     fn unpack(&self, wide: bool) -> Vec<FileSlots> {
         let mut start = 0usize;
         self.ids
             .iter()
+            .zip(&self.costs)
             .zip(&self.ends)
-            .map(|(id, &end)| {
+            .map(|((id, &cost), &end)| {
                 let raw = &self.slots[start..end as usize];
                 start = end as usize;
                 let slots = match wide {
@@ -231,7 +242,7 @@ impl LeafFiles {
                         .map(|p| (u32::from(p[0]) << 16) | u32::from(p[1]))
                         .collect(),
                 };
-                (*id, slots)
+                (*id, cost, slots)
             })
             .collect()
     }
@@ -240,11 +251,15 @@ impl LeafFiles {
         let width = if wide { 2 } else { 1 };
         let mut out = LeafFiles {
             ids: Vec::with_capacity(entries.len()),
+            costs: Vec::with_capacity(entries.len()),
+            cost: 0,
             ends: Vec::with_capacity(entries.len()),
-            slots: Vec::with_capacity(entries.iter().map(|(_, s)| s.len() * width).sum()),
+            slots: Vec::with_capacity(entries.iter().map(|(_, _, s)| s.len() * width).sum()),
         };
-        for (id, slots) in entries {
+        for (id, cost, slots) in entries {
             out.ids.push(*id);
+            out.costs.push(*cost);
+            out.cost += u64::from(*cost);
             for &s in slots {
                 match wide {
                     false => out.slots.push(s as u16),
@@ -368,28 +383,28 @@ impl LocalTable {
                     .collect();
                 s.sort_unstable();
                 s.dedup();
-                (f.id, s)
+                (f.id, record_cost(f), s)
             })
             .collect();
         // The same id twice in one registration: the later one stands (as if sent one by one).
         new.reverse();
-        new.sort_by_key(|(id, _)| *id);
-        new.dedup_by_key(|(id, _)| *id);
-        let adds: Vec<u32> = new.iter().flat_map(|(_, s)| s.iter().copied()).collect();
+        new.sort_by_key(|(id, _, _)| *id);
+        new.dedup_by_key(|(id, _, _)| *id);
+        let adds: Vec<u32> = new.iter().flat_map(|(_, _, s)| s.iter().copied()).collect();
         let mut subs = Vec::new();
         let old = self.files.remove(&leaf).unwrap_or_default().unpack(wide);
         let mut merged: Vec<FileSlots> = Vec::with_capacity(old.len() + new.len());
         let mut new = new.into_iter().peekable();
-        for (id, slots) in old {
-            while let Some(n) = new.next_if(|(nid, _)| *nid < id) {
+        for (id, cost, slots) in old {
+            while let Some(n) = new.next_if(|(nid, _, _)| *nid < id) {
                 merged.push(n);
             }
-            match new.next_if(|(nid, _)| *nid == id) {
+            match new.next_if(|(nid, _, _)| *nid == id) {
                 Some(n) => {
                     subs.extend(slots);
                     merged.push(n);
                 }
-                None => merged.push((id, slots)),
+                None => merged.push((id, cost, slots)),
             }
         }
         merged.extend(new);
@@ -397,19 +412,28 @@ impl LocalTable {
         self.adjust(adds, subs);
     }
 
-    /// Leaf `leaf` withdrew the files with these ids.
-    pub fn withdraw(&mut self, leaf: ConnId, ids: &[FileId]) {
+    /// Leaf `leaf` withdrew the files with these ids; returns those it held (ids it never
+    /// registered change nothing, and cost nothing but the look-up).
+    pub fn withdraw(&mut self, leaf: ConnId, ids: &[FileId]) -> Vec<FileId> {
         let wide = self.wide();
         let Some(files) = self.files.get_mut(&leaf) else {
-            return;
+            return Vec::new();
         };
-        let mut gone: Vec<FileId> = ids.to_vec();
+        let mut gone: Vec<FileId> = ids
+            .iter()
+            .filter(|id| files.ids.binary_search(id).is_ok())
+            .copied()
+            .collect();
         gone.sort_unstable();
+        gone.dedup();
+        if gone.is_empty() {
+            return gone;
+        }
         let mut subs = Vec::new();
         let kept: Vec<FileSlots> = files
             .unpack(wide)
             .into_iter()
-            .filter(|(id, slots)| match gone.binary_search(id) {
+            .filter(|(id, _, slots)| match gone.binary_search(id) {
                 Ok(_) => {
                     subs.extend_from_slice(slots);
                     false
@@ -419,6 +443,15 @@ impl LocalTable {
             .collect();
         *files = LeafFiles::pack(&kept, wide);
         self.adjust(Vec::new(), subs);
+        gone
+    }
+
+    /// What leaf `leaf` holds here: its files, and their records' cost in bytes
+    /// ([`record_cost`]).
+    pub fn held(&self, leaf: ConnId) -> (u64, u64) {
+        self.files
+            .get(&leaf)
+            .map_or((0, 0), |f| (f.ids.len() as u64, f.cost))
     }
 
     /// Leaf `leaf` is gone, and its files with it.
@@ -427,7 +460,7 @@ impl LocalTable {
             let subs = files
                 .unpack(self.wide())
                 .into_iter()
-                .flat_map(|(_, s)| s)
+                .flat_map(|(_, _, s)| s)
                 .collect();
             self.adjust(Vec::new(), subs);
         }
@@ -858,6 +891,26 @@ mod tests {
             terms: Terms::Words(text.into()),
             filter: Filter::default(),
         }
+    }
+
+    #[test]
+    fn a_leaf_holds_what_it_registered_once_and_withdrew_not() {
+        let mut t = LocalTable::new(TABLE_BITS);
+        let a = file(1, "a/one.mp3", Tags::default());
+        let b = file(2, "a/two.mp3", Tags::default());
+        t.add_files(simple_words, 7, &[a.clone(), b.clone()]);
+        t.add_files(simple_words, 7, std::slice::from_ref(&a));
+        let cost = u64::from(record_cost(&a) + record_cost(&b));
+        assert_eq!(t.held(7), (2, cost));
+        // Unknown ids: nothing withdrawn, nothing given back.
+        assert!(t.withdraw(7, &[FileId([9; 32]), FileId([8; 32])]).is_empty());
+        assert_eq!(t.held(7), (2, cost));
+        assert_eq!(t.withdraw(7, &[a.id, a.id, FileId([9; 32])]), vec![a.id]);
+        assert_eq!(t.held(7), (1, u64::from(record_cost(&b))));
+        assert_eq!(t.held(8), (0, 0));
+        t.remove_leaf(7);
+        assert_eq!(t.held(7), (0, 0));
+        assert!(t.is_empty());
     }
 
     #[test]

@@ -81,6 +81,12 @@ pub struct Config {
     pub analyzer: Analyzer,
     /// Dynamic querying of the leaves' queries (`None`: flood them at once).
     pub dynamic: Option<DynamicQuerying>,
+    /// Files one leaf may hold registered here at once, counted as held: a re-registered
+    /// file counts once, and withdrawing a file never registered gives nothing back.
+    pub max_files_per_leaf: u64,
+    /// Bytes of records one leaf may hold registered here at once
+    /// ([`crate::routing::record_cost`] of each).
+    pub max_record_bytes_per_leaf: u64,
 }
 
 /// Settings of dynamic querying: the super-peer that a leaf's query starts at probes a few
@@ -115,6 +121,8 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             max_ttl: MAX_TTL,
+            max_files_per_leaf: 100_000,
+            max_record_bytes_per_leaf: 32 << 20,
             seen_capacity: 65_536,
             seen_ttl: Duration::from_secs(120),
             keepalive_interval: Duration::from_secs(15),

@@ -72,7 +72,18 @@ pub enum Event {
         /// The files.
         files: Vec<FileRecord>,
     },
-    /// A leaf withdrew files: remove them from the index.
+    /// A leaf's registration took it past a limit on what one leaf may hold here
+    /// ([`Config::max_files_per_leaf`], [`Config::max_record_bytes_per_leaf`]): it is closed
+    /// (its files go with it), and the driver may ban its address.
+    OverLimit {
+        /// The leaf's connection.
+        conn: ConnId,
+        /// The limit's name.
+        limit: &'static str,
+        /// What went past it.
+        detail: String,
+    },
+    /// A leaf withdrew files it held: remove them from the index.
     Withdraw {
         /// The leaf's connection.
         conn: ConnId,
@@ -386,12 +397,46 @@ impl SuperPeer {
             (PeerState::Leaf { .. }, Message::Register { files }) => {
                 let (routes, mut out) = self.split_routes();
                 routes.add_files(now, &mut out, conn, &files);
-                self.events.push_back(Event::Register { conn, files })
+                let (held, bytes) = self.routes.held(conn);
+                let over = if held > self.config.max_files_per_leaf {
+                    Some((
+                        "max_files_per_leaf",
+                        format!(
+                            "{held} files registered > {}",
+                            self.config.max_files_per_leaf
+                        ),
+                    ))
+                } else if bytes > self.config.max_record_bytes_per_leaf {
+                    Some((
+                        "max_metadata_per_leaf",
+                        format!(
+                            "{bytes} bytes of records > {}",
+                            self.config.max_record_bytes_per_leaf
+                        ),
+                    ))
+                } else {
+                    None
+                };
+                match over {
+                    // The leaf goes, and everything it registered with it.
+                    Some((limit, detail)) => {
+                        self.events.push_back(Event::OverLimit {
+                            conn,
+                            limit,
+                            detail: detail.clone(),
+                        });
+                        self.close(conn, format!("{limit}: {detail}"), true);
+                    }
+                    None => self.events.push_back(Event::Register { conn, files }),
+                }
             }
             (PeerState::Leaf { .. }, Message::Withdraw { ids }) => {
                 let (routes, mut out) = self.split_routes();
-                routes.withdraw(now, &mut out, conn, &ids);
-                self.events.push_back(Event::Withdraw { conn, ids })
+                let ids = routes.withdraw(now, &mut out, conn, &ids);
+                // Only what the leaf held is withdrawn; ids it never registered cost no work.
+                if !ids.is_empty() {
+                    self.events.push_back(Event::Withdraw { conn, ids })
+                }
             }
             (PeerState::Leaf { .. }, Message::Query(mut query)) => {
                 // A leaf's query starts its trip here: hops count super-peer links only.

@@ -86,16 +86,24 @@ impl Routes {
         self.route_changed(now, out);
     }
 
-    /// Leaf `conn` withdrew the files `ids`.
+    /// Leaf `conn` withdrew the files `ids`; returns those it held.
     pub(super) fn withdraw(
         &mut self,
         now: Instant,
         out: &mut Out<'_>,
         conn: ConnId,
         ids: &[FileId],
-    ) {
-        self.table.withdraw(conn, ids);
-        self.route_changed(now, out);
+    ) -> Vec<FileId> {
+        let gone = self.table.withdraw(conn, ids);
+        if !gone.is_empty() {
+            self.route_changed(now, out);
+        }
+        gone
+    }
+
+    /// What leaf `conn` holds registered: files, and their records' cost in bytes.
+    pub(super) fn held(&self, conn: ConnId) -> (u64, u64) {
+        self.table.held(conn)
     }
 
     /// Leaf `conn` is gone, and its words with it.
