@@ -903,7 +903,9 @@ mod tests {
         let cost = u64::from(record_cost(&a) + record_cost(&b));
         assert_eq!(t.held(7), (2, cost));
         // Unknown ids: nothing withdrawn, nothing given back.
-        assert!(t.withdraw(7, &[FileId([9; 32]), FileId([8; 32])]).is_empty());
+        assert!(t
+            .withdraw(7, &[FileId([9; 32]), FileId([8; 32])])
+            .is_empty());
         assert_eq!(t.held(7), (2, cost));
         assert_eq!(t.withdraw(7, &[a.id, a.id, FileId([9; 32])]), vec![a.id]);
         assert_eq!(t.held(7), (1, u64::from(record_cost(&b))));

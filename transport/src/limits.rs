@@ -39,6 +39,10 @@ pub struct Limits {
     pub max_query_words: usize,
     /// Hits in one QueryHits message.
     pub max_hits_per_message: usize,
+    /// Register and Withdraw messages per second a leaf may send, sustained, after a burst
+    /// of [`SHARE_UPDATE_BURST`]. Each costs the super-peer work in proportion to what the
+    /// leaf holds (its route-table entry is rebuilt, the index committed).
+    pub leaf_share_updates_per_second: f64,
     /// Files one leaf may register.
     pub max_files_per_leaf: u64,
     /// Bytes of metadata (names, folders, tags) one leaf may register.
@@ -68,6 +72,9 @@ impl Default for Limits {
             max_query_bytes: 256,
             max_query_words: 16,
             max_hits_per_message: 256,
+            // A share of 100,000 files registers in a few hundred messages (the burst); then a
+            // change now and then: a download done, a folder added.
+            leaf_share_updates_per_second: 5.0,
             // Large Soulseek shares run to tens of thousands of files.
             max_files_per_leaf: 100_000,
             max_metadata_per_leaf: 32 << 20,
@@ -141,6 +148,17 @@ impl Limits {
                     ));
                 }
             }
+            Message::Register { .. } | Message::Withdraw { .. }
+                if !bucket.share_updates.take(now) =>
+            {
+                return Err(Tripped::ban(
+                    "leaf_share_updates_per_second",
+                    format!(
+                        "more than {:.0} Register or Withdraw messages/s",
+                        bucket.share_updates.rate
+                    ),
+                ));
+            }
             Message::QueryHits(h) if h.hits.len() > self.max_hits_per_message => {
                 return Err(Tripped::ban(
                     "max_hits_per_message",
@@ -161,9 +179,18 @@ impl Limits {
         Buckets {
             queries: TokenBucket::new(queries, queries * self.query_burst_seconds, now),
             messages: TokenBucket::new(messages, messages * MESSAGE_BURST_SECONDS, now),
+            share_updates: TokenBucket::new(
+                self.leaf_share_updates_per_second,
+                SHARE_UPDATE_BURST,
+                now,
+            ),
         }
     }
 }
+
+/// Register and Withdraw messages a leaf may send at once: enough to register a share at the
+/// file limit several times over (a batch holds hundreds of records).
+pub const SHARE_UPDATE_BURST: f64 = 2000.0;
 
 /// Seconds of message rate a connection may send at once.
 const MESSAGE_BURST_SECONDS: f64 = 10.0;
@@ -175,6 +202,8 @@ pub struct Buckets {
     pub queries: TokenBucket,
     /// Messages of any kind.
     pub messages: TokenBucket,
+    /// Register and Withdraw messages.
+    pub share_updates: TokenBucket,
 }
 
 /// A token bucket: `rate` tokens a second, at most `burst` saved up.
@@ -353,6 +382,9 @@ pub struct LimitArgs {
     /// Words in a query's text.
     #[arg(long, global = true, default_value_t = Limits::default().max_query_words)]
     pub max_query_words: usize,
+    /// Register and Withdraw messages per second a leaf may send, after a burst.
+    #[arg(long, global = true, default_value_t = Limits::default().leaf_share_updates_per_second)]
+    pub leaf_share_updates_per_second: f64,
     /// Files one leaf may register.
     #[arg(long, global = true, default_value_t = Limits::default().max_files_per_leaf)]
     pub max_files_per_leaf: u64,
@@ -380,6 +412,7 @@ impl LimitArgs {
             peer_messages_per_second: self.peer_messages_per_second,
             max_query_bytes: self.max_query_bytes,
             max_query_words: self.max_query_words,
+            leaf_share_updates_per_second: self.leaf_share_updates_per_second,
             max_files_per_leaf: self.max_files_per_leaf,
             max_metadata_per_leaf: self.max_metadata_per_leaf,
             max_pending_bytes: self.max_pending_bytes,
@@ -430,6 +463,7 @@ mod tests {
         let mut bucket = Buckets {
             queries: TokenBucket::new(1.0, 1.0, now),
             messages: TokenBucket::new(100.0, 100.0, now),
+            share_updates: TokenBucket::new(1.0, 2.0, now),
         };
         let long = limits.check(&query("a very long query text indeed"), &mut bucket, now);
         assert_eq!(long.unwrap_err().limit, "max_query_bytes");
@@ -443,6 +477,14 @@ mod tests {
         assert!(limits.check(&ping, &mut bucket, now).is_ok());
         let chatty = limits.check(&ping, &mut bucket, now);
         assert_eq!(chatty.unwrap_err().limit, "messages_per_second");
+        bucket.messages = TokenBucket::new(100.0, 100.0, now);
+        let withdraw = Message::Withdraw { ids: Vec::new() };
+        assert!(limits.check(&withdraw, &mut bucket, now).is_ok());
+        assert!(limits.check(&withdraw, &mut bucket, now).is_ok());
+        let churn = limits.check(&withdraw, &mut bucket, now);
+        assert_eq!(churn.unwrap_err().limit, "leaf_share_updates_per_second");
+        let later = now + Duration::from_secs(1);
+        assert!(limits.check(&withdraw, &mut bucket, later).is_ok());
     }
 
     #[test]
