@@ -27,7 +27,7 @@ const LIMIT: Duration = Duration::from_secs(60);
 struct World {
     tmp: tempfile::TempDir,
     sp: SuperPeerNode,
-    _sharer: Node,
+    sharer: Node,
     asker: Node,
     track: Track,
 }
@@ -46,7 +46,7 @@ async fn world(adjust: impl FnOnce(&mut superpeer::Config)) -> World {
     World {
         tmp,
         sp,
-        _sharer: sharer,
+        sharer,
         asker,
         track: tracks[2].clone(),
     }
@@ -181,6 +181,35 @@ fn oversized_frames_cut_off_and_ban() {
         w.still_serves().await;
         // Bans are per address: a newcomer from elsewhere is welcome.
         let _fresh = Raw::connect(3, addr, Role::Leaf, None).await;
+        w.still_serves().await;
+    });
+}
+
+#[test]
+fn payloads_are_refused_where_none_belongs() {
+    run_bounded(LIMIT, async {
+        let w = world(|_| {}).await;
+        // Before Hello and after: a super-peer never buffers a payload (16 MiB each, were it
+        // taken), and a leaf's chunk server takes none from a downloader either.
+        let targets = [w.sp.listen_addr(), w.sharer.listen_addr().unwrap()];
+        for (i, addr) in targets.into_iter().enumerate() {
+            let (mut secure, _) = net::secure_from([127, 0, 0, 40 + i as u8].into(), addr)
+                .await
+                .expect("the handshake completes");
+            let mut header = 16u32.to_be_bytes().to_vec();
+            header.extend_from_slice(&(1u32 << 20).to_be_bytes());
+            secure.writer.write_all(&header).await.unwrap();
+            secure.writer.flush().await.unwrap();
+            let mut reader = FrameReader::new(secure.reader);
+            let closed = loop {
+                match reader.read_message_within(CUT).await {
+                    Ok(_) => continue,
+                    Err(transport::net::ReadError::Timeout(_)) => break false,
+                    Err(_) => break true,
+                }
+            };
+            assert!(closed, "{addr} waited for a 1 MiB payload");
+        }
         w.still_serves().await;
     });
 }

@@ -408,7 +408,8 @@ fn start_link(
     .detach();
     let peer = stream.peer;
     smol::spawn(async move {
-        let mut reader = FrameReader::new(stream.reader);
+        // Overlay messages never carry a payload (only chunks and manifests do).
+        let mut reader = FrameReader::new(stream.reader).limited(wire::MAX_BODY, 0);
         loop {
             match reader.read_message().await {
                 Ok(Some(msg)) => {

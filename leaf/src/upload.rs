@@ -50,7 +50,7 @@ pub(crate) async fn serve(node: Arc<NodeState>, stream: TcpStream, peer: SocketA
 
 async fn serve_inner(node: &NodeState, stream: SecureStream<TcpStream>) -> Result<(), String> {
     let mut writer = stream.writer;
-    let mut reader = FrameReader::new(stream.reader);
+    let mut reader = FrameReader::new(stream.reader).limited(transfer::upload::MAX_REQUEST_BODY, 0);
     let mut scratch = Vec::new();
     let mine = Hello::new(node.node_id, Role::Leaf, node.listen, crate::AGENT);
     let mut session = UploadSession::new(Instant::now(), stream.peer, mine);

@@ -342,7 +342,8 @@ async fn run_connection(
     if inputs.send(connected).await.is_err() {
         return;
     }
-    let mut reader = FrameReader::new(secure.reader);
+    // Overlay messages never carry a payload (only chunks and manifests do).
+    let mut reader = FrameReader::new(secure.reader).limited(wire::MAX_BODY, 0);
     let mut bucket = None;
     loop {
         match reader.read_message().await {
@@ -419,7 +420,8 @@ async fn check_reachable(addr: SocketAddr, identity: &Identity) -> bool {
     {
         return false;
     }
-    let mut reader = FrameReader::new(secure.reader);
+    // Overlay messages never carry a payload (only chunks and manifests do).
+    let mut reader = FrameReader::new(secure.reader).limited(wire::MAX_BODY, 0);
     let ok = matches!(
         reader.read_message_within(limit).await,
         Ok(Message::Hello(h)) if h.node == peer

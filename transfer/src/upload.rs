@@ -37,6 +37,12 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Requests a downloader may have waiting at once; more is a protocol violation.
 pub const MAX_PENDING: usize = 64;
 
+/// The largest message body a downloader has reason to send an uploader: its bitfield of a
+/// file of a million chunks (16 TiB at the largest chunk size) fits with room to spare. With
+/// no payload ever (downloaders send no chunks), this bounds what one connection's read-ahead
+/// holds to [`MAX_PENDING`] such messages.
+pub const MAX_REQUEST_BODY: u32 = 256 << 10;
+
 /// A request for the driver to answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum UploadEvent {

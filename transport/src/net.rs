@@ -42,6 +42,8 @@ pub struct FrameReader<R> {
     buf: Vec<u8>,
     start: usize,
     end: usize,
+    /// The largest body and payload taken from this stream.
+    max: (u32, u32),
 }
 
 impl<R: AsyncRead + Unpin> FrameReader<R> {
@@ -52,7 +54,16 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             buf: vec![0; READ_SIZE],
             start: 0,
             end: 0,
+            max: (wire::MAX_BODY, wire::MAX_PAYLOAD),
         }
+    }
+
+    /// Takes frames of at most `max_body` and `max_payload` bytes only: a larger one is an
+    /// error as soon as its header arrives, before any of it is buffered. So what a
+    /// connection may make this node hold is bounded by what its kind of connection carries.
+    pub fn limited(mut self, max_body: u32, max_payload: u32) -> Self {
+        self.max = (max_body, max_payload);
+        self
     }
 
     /// The next value that `decode` finds, `Ok(None)` at a clean end of stream.
@@ -83,6 +94,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     ) -> Result<Option<T>, ReadError> {
         loop {
             let pending = &self.buf[self.start..self.end];
+            let frame = wire::frame::frame_len_within(pending, self.max.0, self.max.1)?;
             if let Some((value, used)) = decode(pending)? {
                 self.start += used;
                 if self.start == self.end && self.buf.len() > KEEP_BUFFER {
@@ -95,8 +107,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             // Room for the whole frame if its header is here (`wire` has checked its length
             // against the maximum), and at least one read's worth of free space.
             let have = self.end - self.start;
-            let frame = wire::frame::frame_len(pending)?.unwrap_or(0);
-            let want = frame.max(have + READ_SIZE);
+            let want = frame.unwrap_or(0).max(have + READ_SIZE);
             if self.buf.len() - self.start < want {
                 self.buf.copy_within(self.start..self.end, 0);
                 (self.start, self.end) = (0, have);

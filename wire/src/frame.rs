@@ -79,23 +79,35 @@ pub struct Frame<'a> {
 ///
 /// `Ok(None)`: fewer than [`HEADER_LEN`] bytes. `Err`: the header announces too much.
 pub fn frame_len(buf: &[u8]) -> Result<Option<usize>, DecodeError> {
+    frame_len_within(buf, MAX_BODY, MAX_PAYLOAD)
+}
+
+/// [`frame_len`] against tighter bounds than the protocol's: a connection that never carries
+/// chunks takes no payload, and one that carries only small requests no large body. Bounds
+/// above [`MAX_BODY`] and [`MAX_PAYLOAD`] are held to those.
+pub fn frame_len_within(
+    buf: &[u8],
+    max_body: u32,
+    max_payload: u32,
+) -> Result<Option<usize>, DecodeError> {
     if buf.len() < HEADER_LEN {
         return Ok(None);
     }
+    let (max_body, max_payload) = (max_body.min(MAX_BODY), max_payload.min(MAX_PAYLOAD));
     let body = u32::from_be_bytes(buf[0..4].try_into().expect("4 bytes"));
     let payload = u32::from_be_bytes(buf[4..8].try_into().expect("4 bytes"));
-    if body > MAX_BODY {
+    if body > max_body {
         return Err(DecodeError::TooLarge {
             part: "body",
             len: body,
-            max: MAX_BODY,
+            max: max_body,
         });
     }
-    if payload > MAX_PAYLOAD {
+    if payload > max_payload {
         return Err(DecodeError::TooLarge {
             part: "payload",
             len: payload,
-            max: MAX_PAYLOAD,
+            max: max_payload,
         });
     }
     Ok(Some(
