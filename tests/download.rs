@@ -24,6 +24,9 @@ enum Fake {
     Liar,
     /// Serves this many chunks honestly, then hangs up and accepts no more connections.
     DiesAfter(u32),
+    /// A manifest one byte longer than the file, with the true chaining values (it verifies
+    /// against the id); honest chunks.
+    LongManifest,
 }
 
 /// Starts a scripted source for `content`; returns its address.
@@ -65,7 +68,7 @@ async fn fake_source(kind: Fake, content: Vec<u8>) -> SocketAddr {
                         Message::GetManifest { request, .. } => Message::Manifest(ManifestMsg {
                             request,
                             id,
-                            size: manifest.size,
+                            size: manifest.size + u64::from(kind == Fake::LongManifest),
                             chunk_size: manifest.chunk_size,
                             cvs: manifest.cvs.clone(),
                         }),
@@ -205,6 +208,49 @@ fn a_forged_manifest_is_refused_and_another_source_used() {
         let why = f.error.as_deref().unwrap_or_default();
         assert!(why.contains("manifest"), "{why}");
         assert_eq!(report.size, 6 << 20);
+    });
+}
+
+#[test]
+fn a_manifest_that_lies_about_the_size_is_proven_wrong_by_the_last_chunk() {
+    run_bounded(Duration::from_secs(60), async {
+        let tmp = tempfile::tempdir().unwrap();
+        // Not a whole number of chunks: the last one is short, and the lie makes it longer.
+        let content = corpus::deterministic_bytes("poisoned manifest", (3 << 20) + 1000);
+        let id = FileId::from(blake3::hash(&content));
+        let (_nodes, sources) = honest_sources(tmp.path(), &content).await;
+        let fake = fake_source(Fake::LongManifest, content.clone()).await;
+        // One liar and one honest source: the vote is a tie, and the liar's (first) wins it.
+        let started = Instant::now();
+        let out = tmp.path().join("out");
+        let report = download::download(job(id, vec![fake, sources[0]], &out), Box::new(|_| {}))
+            .await
+            .unwrap();
+        assert!(std::fs::read(&report.path).unwrap() == content);
+        assert_eq!(report.size, content.len() as u64);
+        assert!(
+            report.sources.iter().all(|s| s.addr != fake),
+            "the liar was asked again: {:?}",
+            report.sources
+        );
+        let honest = report
+            .sources
+            .iter()
+            .find(|s| s.addr == sources[0])
+            .unwrap();
+        assert_eq!(honest.error, None, "the honest source was blamed");
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "{:?}",
+            started.elapsed()
+        );
+        // Nothing of the first attempt is left behind.
+        let left: Vec<_> = std::fs::read_dir(&out)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(left.len(), 1, "{left:?}");
     });
 }
 

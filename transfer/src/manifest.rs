@@ -8,6 +8,10 @@
 //! - Of the valid manifests, the one most sources sent wins, ties going to the one with more
 //!   chunks (a forged one-chunk claim verifies against any id, since the id cannot pin the size
 //!   of a one-chunk file). The sources of every other manifest are hostile.
+//! - Neither the id nor the vote pins the size within the last chunk's range: the download
+//!   fetches the last chunk first, and bytes that hash to its chaining value at another length
+//!   prove the winning manifest's size wrong (`wire::Manifest::size_proven_by_last_chunk`).
+//!   Its senders are then hostile, and the download starts over with the proven size.
 
 use std::net::SocketAddr;
 
@@ -71,9 +75,15 @@ impl Vote {
         self.votes.iter().map(|(_, who)| who.len()).sum()
     }
 
-    /// The winner (if anyone voted), and each source that sent another manifest with the
-    /// reason it is dropped.
-    pub fn result(mut self) -> (Option<Manifest>, Vec<(SocketAddr, String)>) {
+    /// The winner and the sources that sent it (if anyone voted), and each source that sent
+    /// another manifest with the reason it is dropped.
+    #[allow(clippy::type_complexity)]
+    pub fn result(
+        mut self,
+    ) -> (
+        Option<(Manifest, Vec<SocketAddr>)>,
+        Vec<(SocketAddr, String)>,
+    ) {
         self.votes
             .sort_by_key(|(m, who)| std::cmp::Reverse((who.len(), m.cvs.len())));
         let mut losers = Vec::new();
@@ -90,7 +100,7 @@ impl Vote {
                 }
             }
         }
-        (self.votes.into_iter().next().map(|(m, _)| m), losers)
+        (self.votes.into_iter().next(), losers)
     }
 }
 
@@ -150,7 +160,7 @@ mod tests {
         vote.add(addr(3), a.clone());
         assert_eq!(vote.voters(), 3);
         let (won, losers) = vote.result();
-        assert_eq!(won, Some(a));
+        assert_eq!(won, Some((a, vec![addr(2), addr(3)])));
         assert_eq!(losers.len(), 1);
         assert_eq!(losers[0].0, addr(1));
         assert!(

@@ -46,6 +46,8 @@ pub struct Scheduler {
     /// Where the search for a rarest chunk starts (xorshift), so downloaders do not all fetch
     /// the same chunk first.
     rng: u64,
+    /// A chunk asked for before any other, by the first source that holds it.
+    first: Option<u64>,
 }
 
 impl Scheduler {
@@ -64,7 +66,16 @@ impl Scheduler {
             holds: HashMap::new(),
             avail: vec![0; count as usize],
             rng: seed | 1,
+            first: None,
         }
+    }
+
+    /// Has chunk `c` asked for before any other (once, by the first source that holds it):
+    /// the last chunk, whose bytes prove the file's size (see
+    /// `wire::Manifest::size_proven_by_last_chunk`), so a manifest that lies about it is found
+    /// out at the start, not after the whole file.
+    pub fn fetch_first(&mut self, c: u64) {
+        self.first = (c < self.count()).then_some(c);
     }
 
     /// How many chunks the file has.
@@ -126,6 +137,17 @@ impl Scheduler {
             return None;
         }
         if self.missing > 0 {
+            if let Some(c) = self.first {
+                let c = c as usize;
+                if self.chunks[c] != ChunkState::Missing {
+                    self.first = None;
+                } else if self.holds(source, c) {
+                    self.first = None;
+                    self.chunks[c] = ChunkState::Active(vec![source]);
+                    self.missing -= 1;
+                    return Some(c as u64);
+                }
+            }
             let start = self.random() as usize % n;
             let mut best: Option<(u32, usize)> = None;
             for k in 0..n {
@@ -250,6 +272,20 @@ impl Scheduler {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_chunk_asked_first_goes_to_the_first_source_holding_it() {
+        let mut s = Scheduler::with_seed(10, 7);
+        s.fetch_first(9);
+        let mut some = Bitfield::new(10);
+        some.set(0);
+        s.set_holds(0, some);
+        s.set_holds(1, Bitfield::full(10));
+        assert_eq!(s.next(0, false), Some(0), "source 0 lacks chunk 9");
+        assert_eq!(s.next(1, false), Some(9));
+        assert_ne!(s.next(1, false), Some(9));
+        s.check_invariants();
+    }
     use std::collections::HashSet;
 
     fn bits(count: u64, set: &[u64]) -> Bitfield {

@@ -173,6 +173,34 @@ impl Manifest {
     }
 }
 
+impl Manifest {
+    /// The file's size as the bytes of its last chunk prove it, if they hash to the last
+    /// chaining value at a length other than the one this manifest's size gives.
+    ///
+    /// A file id pins every chunk's chaining value but not the manifest's `size`: the last
+    /// chunk's length within its range is bound only by its chaining value. So a manifest of
+    /// `size + 1` with the true values verifies, and every honest source's last chunk then
+    /// looks one byte short. BLAKE3 binds a chunk's length into its chaining value, so bytes
+    /// that hash to it are the proof: `Some(true size)` means this manifest lied.
+    pub fn size_proven_by_last_chunk(&self, data: &[u8]) -> Option<u64> {
+        let count = self.chunk_count();
+        let last = count - 1;
+        let start = self.chunk_range(last).start;
+        let true_size = start + data.len() as u64;
+        if true_size == self.size
+            || data.is_empty()
+            || data.len() as u64 > u64::from(self.chunk_size)
+        {
+            return None;
+        }
+        let cv = match count {
+            1 => *blake3::hash(data).as_bytes(),
+            _ => chunk_cv(data, start, false),
+        };
+        (cv == self.cvs[last as usize]).then_some(true_size)
+    }
+}
+
 /// The chaining value of one chunk starting at byte `offset`; for the only chunk of a file
 /// (`whole_file`), the root hash.
 pub fn chunk_cv(data: &[u8], offset: u64, whole_file: bool) -> ChainingValue {
@@ -341,6 +369,32 @@ mod tests {
                 manifest.verify_chunk(index, &bytes[r.start as usize..r.end as usize]),
                 Err(ChunkError::HashMismatch { index })
             );
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn the_last_chunk_proves_a_lying_size(len in 1usize..6000, delta in -500i64..500) {
+            let bytes = data(len, 9);
+            let mut b = ManifestBuilder::with_chunk_size(len as u64, 1024);
+            b.update(&bytes);
+            let (id, honest) = b.finish().unwrap();
+            let last = honest.chunk_count() - 1;
+            let r = honest.chunk_range(last);
+            let tail = &bytes[r.start as usize..];
+            prop_assert_eq!(honest.size_proven_by_last_chunk(tail), None);
+            let size = (len as i64 + delta).max(1) as u64;
+            let liar = Manifest { size, ..honest.clone() };
+            if size == len as u64 || liar.verify(&id).is_err() {
+                return Ok(()); // the same, or caught by verify
+            }
+            // The lie verifies against the id; the honest last chunk proves it.
+            prop_assert!(liar.verify_chunk(last, tail).is_err());
+            prop_assert_eq!(liar.size_proven_by_last_chunk(tail), Some(len as u64));
+            // Other bytes prove nothing.
+            let mut forged = tail.to_vec();
+            forged[0] ^= 1;
+            prop_assert_eq!(liar.size_proven_by_last_chunk(&forged), None);
         }
     }
 

@@ -124,8 +124,54 @@ pub struct SwarmHooks {
 
 /// Downloads a file; see the module docs for the steps.
 pub async fn download(
-    job: Job,
+    mut job: Job,
     progress: Box<dyn Fn(Progress) + Send + Sync>,
+) -> Result<DownloadReport, DownloadError> {
+    let progress: Progress_ = Arc::from(progress);
+    // Sources that lied (about the manifest) are not asked again for this file.
+    let mut banned = HashSet::new();
+    let mut retries = 0;
+    loop {
+        let banned_before = banned.clone();
+        match attempt(&job, progress.clone(), &mut banned).await {
+            Err(DownloadError::ManifestSize {
+                id,
+                claimed,
+                proven,
+                liars,
+            }) if retries < SIZE_RETRIES => {
+                // Proven, not suspected: what was fetched against the lie goes, and so do
+                // those who told it.
+                log::warn!(
+                    "the manifest of {id} from {liars:?} lies about its size ({claimed} bytes, \
+                     {proven} proven); starting over"
+                );
+                discard_partial(&job.out_dir, &id).map_err(|source| DownloadError::Io {
+                    path: job.out_dir.clone(),
+                    source,
+                })?;
+                // Those who disagreed with the lie were dropped for it: they are asked again.
+                banned = banned_before;
+                banned.extend(liars);
+                job.expected_size = Some(proven);
+                retries += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// How many times a download starts over after its manifest was proven to lie about the size.
+const SIZE_RETRIES: usize = 2;
+
+/// The progress callback, shared by a download's attempts.
+type Progress_ = Arc<dyn Fn(Progress) + Send + Sync>;
+
+/// One attempt at `job`, which ends early if the manifest it starts from is proven wrong.
+async fn attempt(
+    job: &Job,
+    progress: Progress_,
+    banned: &mut HashSet<SocketAddr>,
 ) -> Result<DownloadReport, DownloadError> {
     let started = Instant::now();
     let id = job.id;
@@ -137,10 +183,10 @@ pub async fn download(
     fs::create_dir_all(&out_dir).map_err(dir_err)?;
     let mut reports = Vec::new();
     let mut conns = Vec::new();
-    // Sources that lied (here: about the manifest) are not asked again for this file.
-    let mut banned = HashSet::new();
 
     let earlier = find_earlier(&out_dir, &id);
+    // Who sent the manifest the download starts from (nobody, when resuming from a record).
+    let mut senders = Vec::new();
     let (manifest, part, state_path, name, resuming) = match earlier {
         Some((part, state, record)) => {
             log::info!("resuming {} from {}", id.short(), part.display());
@@ -153,11 +199,12 @@ pub async fn download(
             )
         }
         None => {
-            let sources = if job.sources.is_empty() {
-                first_sources(&job).await?
+            let mut sources = if job.sources.is_empty() {
+                first_sources(job).await?
             } else {
                 job.sources.clone()
             };
+            sources.retain(|a| !banned.contains(a));
             let opened_at = started;
             let opened = spawn_all(sources.iter().map(|&a| {
                 let (me, opts) = (job.me.clone(), job.opts.clone());
@@ -171,7 +218,8 @@ pub async fn download(
                     Err(e) => reports.push(SourceReport::failed(addr, e)),
                 }
             }
-            let manifest = vote_manifest(&job, &mut conns, &mut reports, &mut banned).await?;
+            let (manifest, voters) = vote_manifest(job, &mut conns, &mut reports, banned).await?;
+            senders = voters;
             let name = safe_file_name(&job.name, &id);
             let (part, state) = part_paths(&out_dir, &name, &id);
             // A part file of the right size whose record is gone or damaged: rebuild the
@@ -195,6 +243,8 @@ pub async fn download(
 
     let count = manifest.chunk_count();
     let mut sched = Scheduler::new(count);
+    // The last chunk's bytes prove the size the manifest claims, or that it lies.
+    sched.fetch_first(count - 1);
     let file = match &resuming {
         Some(record) => {
             let file = Arc::new(open_part(&part).map_err(part_err)?);
@@ -273,7 +323,7 @@ pub async fn download(
     });
     let size = manifest.size;
     let setup = run::Setup {
-        job: &job,
+        job,
         manifest,
         file: file.clone(),
         sched,
@@ -286,12 +336,25 @@ pub async fn download(
         state_path: &state_path,
         record,
         conns,
-        banned,
+        banned: banned.clone(),
         // The byte stamps of the sources count from the start.
         epoch: started,
     };
     let (result, flushed, reports) = run::run(setup, reports).await;
-    result?;
+    result.map_err(|e| match e {
+        DownloadError::ManifestSize {
+            id,
+            claimed,
+            proven,
+            ..
+        } => DownloadError::ManifestSize {
+            id,
+            claimed,
+            proven,
+            liars: senders,
+        },
+        e => e,
+    })?;
     flushed.map_err(|source| DownloadError::Io {
         path: state_path.clone(),
         source,
@@ -352,7 +415,7 @@ async fn vote_manifest(
     conns: &mut Vec<SourceConn>,
     reports: &mut Vec<SourceReport>,
     banned: &mut HashSet<SocketAddr>,
-) -> Result<Manifest, DownloadError> {
+) -> Result<(Manifest, Vec<SocketAddr>), DownloadError> {
     let mut vote = Vote::default();
     let mut i = 0;
     while i < conns.len() && vote.voters() < MANIFEST_VOTES {

@@ -48,7 +48,7 @@ pub(super) struct Setup<'a> {
     /// This node's listen address, for Hello.
     pub(super) listen: Option<SocketAddr>,
     pub(super) resumed_chunks: u64,
-    pub(super) progress: Box<dyn Fn(Progress) + Send + Sync>,
+    pub(super) progress: Arc<dyn Fn(Progress) + Send + Sync>,
     pub(super) part: &'a Path,
     pub(super) state_path: &'a Path,
     pub(super) record: Record,
@@ -64,6 +64,8 @@ enum Input {
     Connected(usize, Result<Box<SourceConn>, String>),
     Read(usize, Result<Message, String>),
     Checked(usize, u32, u64, io::Result<Checked>),
+    /// The last chunk from this source proves the manifest's size wrong: this size is right.
+    SizeProven(usize, u64),
     /// What a search for more sources found.
     Found(Vec<SocketAddr>),
 }
@@ -99,6 +101,8 @@ struct Run<'a> {
     retry_at: HashMap<SocketAddr, (Instant, Duration)>,
     backoff: Duration,
     disk_error: Option<io::Error>,
+    /// The file's size, when the last chunk proved the manifest's wrong.
+    size_proven: Option<u64>,
     /// Set when the shared schedule changed: every session looks again.
     changed: bool,
     /// A search for more sources under way (the network is asked on the side, so the sources
@@ -125,6 +129,7 @@ pub(super) async fn run(
         retry_at: HashMap::new(),
         backoff: Duration::from_secs(1),
         disk_error: None,
+        size_proven: None,
         changed: false,
         searching: None,
         s: setup,
@@ -172,6 +177,14 @@ impl Run<'_> {
         let mut alone_since = self.sources.is_empty().then(Instant::now);
         let mut next_record = Instant::now() + RECORD_EVERY;
         loop {
+            if let Some(proven) = self.size_proven {
+                return Err(DownloadError::ManifestSize {
+                    id: job.id,
+                    claimed: self.s.manifest.size,
+                    proven,
+                    liars: Vec::new(),
+                });
+            }
             if self.s.sched.all_done() || self.disk_error.is_some() {
                 break;
             }
@@ -358,6 +371,12 @@ impl Run<'_> {
                 }
                 self.ack_unless_checking(n);
             }
+            Input::SizeProven(n, size) => {
+                if let Some(src) = self.sources.get_mut(&n) {
+                    src.checking = false;
+                }
+                self.size_proven = Some(size);
+            }
             // Handled by the main loop, which owns the search timing.
             Input::Found(_) => {}
             Input::Checked(n, _, _, Err(e)) => {
@@ -444,16 +463,29 @@ impl Run<'_> {
                     );
                     // Verified and written off the executor; the answer comes back as an input.
                     smol::spawn(async move {
-                        let checked = smol::unblock(move || -> io::Result<Checked> {
-                            if let Err(e) = manifest.verify_chunk(chunk, &data) {
-                                return Ok(Checked::Bad(e.to_string()));
-                            }
-                            let offset = manifest.chunk_range(chunk).start;
-                            file.write_all_at(&data, offset)?;
-                            Ok(Checked::Kept)
-                        })
-                        .await;
-                        let _ = inputs.send(Input::Checked(n, request, len, checked)).await;
+                        let input =
+                            smol::unblock(move || match manifest.verify_chunk(chunk, &data) {
+                                Ok(()) => {
+                                    let offset = manifest.chunk_range(chunk).start;
+                                    let written = file.write_all_at(&data, offset);
+                                    Input::Checked(n, request, len, written.map(|()| Checked::Kept))
+                                }
+                                // The last chunk's bytes may prove the manifest wrong instead.
+                                Err(e) => match (chunk + 1 == manifest.chunk_count())
+                                    .then(|| manifest.size_proven_by_last_chunk(&data))
+                                    .flatten()
+                                {
+                                    Some(size) => Input::SizeProven(n, size),
+                                    None => Input::Checked(
+                                        n,
+                                        request,
+                                        len,
+                                        Ok(Checked::Bad(e.to_string())),
+                                    ),
+                                },
+                            })
+                            .await;
+                        let _ = inputs.send(input).await;
                     })
                     .detach();
                 }

@@ -120,6 +120,19 @@ pub enum DownloadError {
         /// What went wrong with each source.
         reasons: String,
     },
+    /// The last chunk's bytes proved the manifest's size wrong, more than once.
+    #[error("the manifests sources gave for {id} lie about its size ({claimed} bytes; its last chunk proves {proven})")]
+    ManifestSize {
+        /// The file.
+        id: FileId,
+        /// The size the manifest gave.
+        claimed: u64,
+        /// The size the last chunk proves.
+        proven: u64,
+        /// The sources that sent that manifest (none for a manifest from an earlier attempt's
+        /// record).
+        liars: Vec<SocketAddr>,
+    },
     /// No source could be found for longer than the download may wait.
     #[error("download of {id} stopped at chunk {done} of {total}: no source left ({reasons}); run the same command again to resume")]
     SourcesFailed {
