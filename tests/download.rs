@@ -2,6 +2,8 @@
 //! never made, or hand out a forged manifest. The file must complete, correct, and promptly.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use canopy::corpus;
@@ -31,6 +33,18 @@ enum Fake {
 
 /// Starts a scripted source for `content`; returns its address.
 async fn fake_source(kind: Fake, content: Vec<u8>) -> SocketAddr {
+    fake_source_counted(kind, content, Arc::default()).await
+}
+
+/// Connections a set of fake sources hold open now, and the most ever at once.
+#[derive(Default)]
+struct Crowd {
+    now: AtomicUsize,
+    peak: AtomicUsize,
+}
+
+/// [`fake_source`], counting its open connections in `crowd`.
+async fn fake_source_counted(kind: Fake, content: Vec<u8>, crowd: Arc<Crowd>) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let mut b = ManifestBuilder::new(content.len() as u64);
@@ -43,7 +57,17 @@ async fn fake_source(kind: Fake, content: Vec<u8>) -> SocketAddr {
             let identity = Identity::generate();
             let node = identity.node();
             let mut kind = kind;
+            let crowd = crowd.clone();
+            let open = crowd.now.fetch_add(1, Ordering::SeqCst) + 1;
+            crowd.peak.fetch_max(open, Ordering::SeqCst);
             smol::spawn(async move {
+                struct Leave(Arc<Crowd>);
+                impl Drop for Leave {
+                    fn drop(&mut self) {
+                        self.0.now.fetch_sub(1, Ordering::SeqCst);
+                    }
+                }
+                let _leave = Leave(crowd);
                 let limit = transport::secure::HANDSHAKE_TIMEOUT;
                 let Ok(secure) = transport::secure::accept(stream, &identity, limit).await else {
                     return;
@@ -251,6 +275,34 @@ fn a_manifest_that_lies_about_the_size_is_proven_wrong_by_the_last_chunk() {
             .map(|e| e.file_name())
             .collect();
         assert_eq!(left.len(), 1, "{left:?}");
+    });
+}
+
+#[test]
+fn a_download_holds_at_most_max_sources_connections() {
+    run_bounded(Duration::from_secs(60), async {
+        let tmp = tempfile::tempdir().unwrap();
+        let content = corpus::deterministic_bytes("crowd", 1 << 20);
+        let id = FileId::from(blake3::hash(&content));
+        let (_nodes, honest) = honest_sources(tmp.path(), &content).await;
+        let crowd = Arc::new(Crowd::default());
+        let mut sources = Vec::new();
+        for _ in 0..8 {
+            sources.push(fake_source_counted(Fake::Stall, content.clone(), crowd.clone()).await);
+        }
+        // The one source that delivers comes last: it waits for a place.
+        sources.push(honest[0]);
+        let mut job = job(id, sources, &tmp.path().join("out"));
+        job.opts.max_sources = 3;
+        job.opts.response_timeout = Duration::from_millis(500);
+        let report = download::download(job, Box::new(|_| {})).await.unwrap();
+        assert!(std::fs::read(&report.path).unwrap() == content);
+        let peak = crowd.peak.load(Ordering::SeqCst);
+        assert!(
+            peak <= 3,
+            "{peak} connections at once to the stalling sources"
+        );
+        assert!(peak >= 2, "the stalling sources were not tried ({peak})");
     });
 }
 

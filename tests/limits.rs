@@ -381,6 +381,33 @@ fn the_per_leaf_limits_count_what_is_held() {
 }
 
 #[test]
+fn hits_carry_the_address_a_leaf_is_seen_at_not_the_one_it_claims() {
+    run_bounded(LIMIT, async {
+        let w = world(|_| {}).await;
+        let addr = w.sp.listen_addr();
+        // A leaf at 127.0.0.50 says it serves at a victim's address.
+        let victim: SocketAddr = "127.0.0.99:4444".parse().unwrap();
+        let mut bait = Raw::connect(50, addr, Role::Leaf, Some(victim)).await;
+        let files = vec![record(7, "bait/victim magnet.mp3".into())];
+        bait.send(&Message::Register { files }).await.unwrap();
+        let mut found = Vec::new();
+        for _ in 0..20 {
+            found = w
+                .asker
+                .search(words("victim magnet"), 1, Duration::from_millis(300))
+                .await
+                .unwrap();
+            if !found.is_empty() {
+                break;
+            }
+        }
+        assert_eq!(found.len(), 1, "{found:?}");
+        let seen: Vec<SocketAddr> = found[0].sources.iter().map(|s| s.addr).collect();
+        assert_eq!(seen, vec!["127.0.0.50:4444".parse::<SocketAddr>().unwrap()]);
+    });
+}
+
+#[test]
 fn connection_counts_per_address_and_in_total() {
     run_bounded(LIMIT, async {
         // The sharer and the asker hold two connections of the five.

@@ -205,6 +205,8 @@ async fn attempt(
                 job.sources.clone()
             };
             sources.retain(|a| !banned.contains(a));
+            // The rest are dialled as places free up, once the download runs.
+            sources.truncate(job.opts.max_sources.max(1));
             let opened_at = started;
             let opened = spawn_all(sources.iter().map(|&a| {
                 let (me, opts) = (job.me.clone(), job.opts.clone());

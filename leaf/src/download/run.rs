@@ -9,7 +9,7 @@
 //! a queued source), every other session is given `handle_timeout` and drained too, as
 //! `topology`'s drivers do.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::fs::File;
 use std::io;
 use std::net::SocketAddr;
@@ -33,6 +33,9 @@ use crate::swarm::{PartialFile, Reciprocity};
 /// How often the record of done chunks is brought up to date (and progress reported).
 const RECORD_EVERY: Duration = Duration::from_secs(1);
 /// A time that does not come (a search under way sets the next one when it answers).
+/// Sources kept waiting for a place, at most.
+const MAX_CANDIDATES: usize = 1000;
+
 const FOREVER: Duration = Duration::from_secs(24 * 3600);
 /// When a running download first asks the network again for more sources.
 const FIRST_REQUERY: Duration = Duration::from_secs(2);
@@ -99,6 +102,9 @@ struct Run<'a> {
     queued: HashMap<usize, u32>,
     reports: Vec<SourceReport>,
     retry_at: HashMap<SocketAddr, (Instant, Duration)>,
+    /// Sources found and not tried yet, while [`DownloadOptions::max_sources`] are in use;
+    /// oldest first, at most [`MAX_CANDIDATES`].
+    candidates: VecDeque<SocketAddr>,
     backoff: Duration,
     disk_error: Option<io::Error>,
     /// The file's size, when the last chunk proved the manifest's wrong.
@@ -127,6 +133,7 @@ pub(super) async fn run(
         queued: HashMap::new(),
         reports,
         retry_at: HashMap::new(),
+        candidates: VecDeque::new(),
         backoff: Duration::from_secs(1),
         disk_error: None,
         size_proven: None,
@@ -157,11 +164,8 @@ impl Run<'_> {
         let job = self.s.job;
         let initial: Vec<SocketAddr> = job.sources.clone();
         for addr in initial {
-            let known = self.sources.values().any(|s| s.addr == addr)
-                || self.reports.iter().any(|r| r.addr == addr)
-                || self.s.banned.contains(&addr);
-            if !known {
-                self.dial(addr);
+            if !self.reports.iter().any(|r| r.addr == addr) {
+                self.offer(addr, Instant::now());
             }
         }
         self.settle(Instant::now());
@@ -201,11 +205,7 @@ impl Run<'_> {
                 Some(Input::Found(found)) => {
                     self.searching = None;
                     for addr in found {
-                        let ready = self.retry_at.get(&addr).is_none_or(|(t, _)| *t <= now);
-                        let busy = self.sources.values().any(|s| s.addr == addr);
-                        if ready && !busy && !self.s.banned.contains(&addr) {
-                            self.dial(addr);
-                        }
+                        self.offer(addr, now);
                     }
                     if self.sources.is_empty() {
                         next_query = now + self.backoff;
@@ -267,6 +267,31 @@ impl Run<'_> {
             });
         }
         Ok(())
+    }
+
+    /// A source found at `addr`: dialled now if it may be and a place is free, kept for later
+    /// if it may be but none is.
+    fn offer(&mut self, addr: SocketAddr, now: Instant) {
+        let ready = self.retry_at.get(&addr).is_none_or(|(t, _)| *t <= now);
+        let busy = self.sources.values().any(|s| s.addr == addr);
+        if !ready || busy || self.s.banned.contains(&addr) {
+            return;
+        }
+        if self.sources.len() < self.s.job.opts.max_sources.max(1) {
+            self.dial(addr);
+        } else if self.candidates.len() < MAX_CANDIDATES && !self.candidates.contains(&addr) {
+            self.candidates.push_back(addr);
+        }
+    }
+
+    /// Dials waiting candidates while places are free.
+    fn fill_places(&mut self, now: Instant) {
+        while self.sources.len() < self.s.job.opts.max_sources.max(1) {
+            let Some(addr) = self.candidates.pop_front() else {
+                return;
+            };
+            self.offer(addr, now);
+        }
     }
 
     /// A new source at `addr`, not connected yet; returns its number.
@@ -421,6 +446,7 @@ impl Run<'_> {
             for (n, end) in ended {
                 self.end(n, now, end);
             }
+            self.fill_places(now);
             if !std::mem::take(&mut self.changed) {
                 break;
             }

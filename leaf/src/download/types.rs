@@ -23,6 +23,10 @@ pub struct DownloadOptions {
     pub max_backoff: Duration,
     /// How soon a queued request is asked again.
     pub queued_retry: Duration,
+    /// Sources connected or being connected to at once; others found wait their turn. Keeps
+    /// a popular file from costing a file descriptor per source, and a flood of made-up
+    /// sources from turning downloaders into a crowd at one address.
+    pub max_sources: usize,
 }
 
 impl Default for DownloadOptions {
@@ -34,6 +38,8 @@ impl Default for DownloadOptions {
             requery_interval: Duration::from_secs(30),
             max_backoff: Duration::from_secs(120),
             queued_retry: Duration::from_millis(500),
+            // BitTorrent clients keep about 50 peers a torrent.
+            max_sources: 40,
         }
     }
 }

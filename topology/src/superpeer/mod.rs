@@ -659,14 +659,10 @@ impl SuperPeer {
                 if self.stats.leaves >= self.config.leaf_slots as u64 {
                     return self.redirect(now, conn, RedirectReason::Full);
                 }
-                // A leaf listening on an unspecified address is reachable where we see it.
-                let source = hello.listen.map(|l| {
-                    if l.ip().is_unspecified() {
-                        SocketAddr::new(remote.ip(), l.port())
-                    } else {
-                        l
-                    }
-                });
+                // A leaf serves chunks at the address we see it at, on the port it names:
+                // never at an address it claims, or any leaf could send every downloader of a
+                // popular name to a victim's address.
+                let source = hello.listen.map(|l| SocketAddr::new(remote.ip(), l.port()));
                 self.stats.leaves += 1;
                 self.events.push_back(Event::LeafJoined {
                     conn,
