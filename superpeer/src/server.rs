@@ -180,6 +180,12 @@ impl SuperPeerNode {
             analyzer: index::words,
             max_files_per_leaf: config.limits.max_files_per_leaf,
             max_record_bytes_per_leaf: config.limits.max_metadata_per_leaf,
+            // Below what a neighbour accepts (assumed to run the same limits), so relaying
+            // never gets this node cut off and banned.
+            neighbour_query_rate: config.limits.peer_queries_per_second * 0.9,
+            neighbour_query_burst: config.limits.peer_queries_per_second
+                * config.limits.query_burst_seconds
+                * 0.9,
             ..config.overlay
         };
         let gate = Gate::new(config.limits);

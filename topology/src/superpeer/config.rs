@@ -81,6 +81,15 @@ pub struct Config {
     pub analyzer: Analyzer,
     /// Dynamic querying of the leaves' queries (`None`: flood them at once).
     pub dynamic: Option<DynamicQuerying>,
+    /// Neighbours this super-peer accepts links from beyond those it dialled: past it, a new
+    /// inbound neighbour is redirected. Anyone can claim to be a super-peer; this bounds how
+    /// many such claims get a neighbour's rates.
+    pub max_neighbours: usize,
+    /// Queries per second this super-peer sends one neighbour at most (below what a neighbour
+    /// accepts: `transport::limits::Limits::peer_queries_per_second`).
+    pub neighbour_query_rate: f64,
+    /// Queries it may send one neighbour at once, above the rate.
+    pub neighbour_query_burst: f64,
     /// Files one leaf may hold registered here at once, counted as held: a re-registered
     /// file counts once, and withdrawing a file never registered gives nothing back.
     pub max_files_per_leaf: u64,
@@ -122,6 +131,10 @@ impl Default for Config {
         Config {
             max_ttl: MAX_TTL,
             max_files_per_leaf: 100_000,
+            max_neighbours: 48,
+            // 90% of the 500 queries/s (burst of 4 s) a neighbour accepts by default.
+            neighbour_query_rate: 450.0,
+            neighbour_query_burst: 1800.0,
             max_record_bytes_per_leaf: 32 << 20,
             seen_capacity: 65_536,
             seen_ttl: Duration::from_secs(120),

@@ -34,6 +34,7 @@ mod config;
 mod dynamic;
 mod mesh;
 mod routes;
+mod shaping;
 
 pub use config::{Config, DynamicQuerying};
 use dynamic::Dynamic;
@@ -139,6 +140,8 @@ pub enum Event {
 pub struct Stats {
     /// Queries answered from the local index (once per query id).
     pub queries_processed: u64,
+    /// Queries not sent to a neighbour because its budget was spent (see `shaping`).
+    pub queries_shaped: u64,
     /// Queries dropped because their id was already seen.
     pub duplicates_dropped: u64,
     /// Query copies forwarded to neighbours.
@@ -193,6 +196,8 @@ struct Conn {
     closing: bool,
     /// We dialled this connection (to `remote`, a super-peer's listen address).
     dialed: bool,
+    /// The queries we may still send it (used once it is a neighbour).
+    budget: shaping::QueryBudget,
 }
 
 /// Where a query came from: hits for it go back there.
@@ -219,7 +224,9 @@ pub struct SuperPeer {
     listen: Option<SocketAddr>,
     config: Config,
     conns: HashMap<ConnId, Conn>,
-    seen: SeenCache<QueryId, Seen>,
+    /// Queries seen, each owned by the connection it came from: a connection that floods
+    /// fresh ids evicts its own entries, not the reverse paths of others' queries.
+    seen: SeenCache<QueryId, Seen, ConnId>,
     transmits: VecDeque<Transmit>,
     events: VecDeque<Event>,
     stats: Stats,
@@ -323,6 +330,7 @@ impl SuperPeer {
             next_ping: now + self.config.keepalive_interval,
             closing: false,
             dialed,
+            budget: shaping::QueryBudget::new(now, &self.config),
         };
         if let Some(d) = self.conn_deadline.get() {
             self.conn_deadline
@@ -683,6 +691,9 @@ impl SuperPeer {
                 }
             }
             Role::SuperPeer => {
+                if !dialed && self.stats.neighbours >= self.config.max_neighbours as u64 {
+                    return self.redirect(now, conn, RedirectReason::Full);
+                }
                 if let Some(dup) = self.duplicate_of(conn, hello.node) {
                     self.close(dup, "duplicate connection".into(), true);
                     if dup == conn {
@@ -752,7 +763,7 @@ impl SuperPeer {
             asked: Vec::new(),
             hits: 0,
         };
-        if !self.seen.insert(now, query.id, seen) {
+        if !self.seen.insert(now, query.id, seen, from) {
             self.stats.duplicates_dropped += 1;
             // A copy that came the short way can carry more TTL than the one that arrived
             // first the long way: forward it again (but answer only once), or super-peers
@@ -812,6 +823,22 @@ impl SuperPeer {
             if depth == 1 {
                 self.stats.queries_filtered_two_hop += 1;
             }
+            return;
+        }
+        // A query of one of our own leaves, or relayed from a neighbour.
+        let local = self.seen.get(now, &query.id).is_some_and(|s| {
+            let Origin::Conn(c) = s.origin;
+            self.conns
+                .get(&c)
+                .is_some_and(|c| matches!(c.state, PeerState::Leaf { .. }))
+        });
+        let config = &self.config;
+        if !self
+            .conns
+            .get_mut(&to)
+            .is_some_and(|c| c.budget.take(now, config, local))
+        {
+            self.stats.queries_shaped += 1;
             return;
         }
         if let Some(seen) = self.seen.get_mut(now, &query.id) {
