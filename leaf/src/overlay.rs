@@ -83,12 +83,16 @@ const LINK_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often the capability and the status figures are refreshed, and the host cache saved.
 const REFRESH: Duration = Duration::from_secs(2);
 const SAVE_HOSTS: Duration = Duration::from_secs(30);
+/// Inputs from the links and dials waiting for the actor, at most.
+const INPUT_BACKLOG: usize = 1024;
 /// Recent events kept for status.
 const EVENTS_KEPT: usize = 50;
 
 /// Runs the node's overlay role until the node shuts down.
 pub(crate) async fn run(inner: Arc<NodeState>, settings: Settings, commands: Receiver<Command>) {
-    let (tx, rx) = channel::unbounded::<Input>();
+    // Bounded: a link whose messages come faster than the actor takes them waits in its
+    // reader (and the super-peer's writes back up), instead of growing the queue.
+    let (tx, rx) = channel::bounded::<Input>(INPUT_BACKLOG);
     let hosts_path = inner.data_dir.join(HOSTS_FILE);
     let now = Instant::now();
     let clock = RoleClock::new(now, NodeRole::Leaf, settings.role);

@@ -2,13 +2,21 @@
 //! often they failed to answer. Time is passed in.
 //!
 //! Entries come from configured bootstrap addresses (seeds, never evicted for age), from
-//! `Hosts` messages, and from direct contact. A failed dial backs the entry off (1 s, doubling,
+//! `Hosts` messages, and from direct contact.
+//!
+//! Entries are trusted in proportion to their source. What a peer tells us ([`HostCache::add_from`])
+//! is hearsay: it never changes the load of a super-peer we talked to ourselves, it is evicted
+//! before anything we heard first-hand, one peer's hearsay holds at most
+//! [`HostCache::share`] of the cache (its own oldest goes first), and first-hand entries are
+//! offered to dial and passed on before any hearsay. So a hostile peer can add addresses, but
+//! not push out the super-peers this node knows, nor get its own tried or spread before them
+//! by calling them fresh. A failed dial backs the entry off (1 s, doubling,
 //! up to 5 min) and after [`MAX_FAILURES`] in a row drops it (seeds excepted). When full, the
 //! stalest non-seed entry goes. The driver saves [`HostCache::export`] on disk so a restart needs
 //! no bootstrap address.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use wire::{HostEntry, Load};
@@ -31,6 +39,10 @@ pub struct Host {
     pub retry_at: Instant,
     /// A configured bootstrap address: kept whatever happens.
     pub seed: bool,
+    /// We talked to it ourselves (not only heard of it).
+    pub direct: bool,
+    /// Who told us of it, for hearsay (`None`: ourselves, or a file we saved).
+    pub source: Option<IpAddr>,
 }
 
 impl Host {
@@ -70,12 +82,45 @@ impl HostCache {
             failures: 0,
             retry_at: now,
             seed: true,
+            direct: false,
+            source: None,
         });
         h.seed = true;
     }
 
-    /// News of a super-peer from someone else; fresher news replaces older.
+    /// News of a super-peer from a file we saved; fresher news replaces older.
     pub fn add(&mut self, now: Instant, entry: HostEntry) {
+        self.add_entry(now, entry, None);
+    }
+
+    /// News of a super-peer from the peer at `from` (hearsay; see the module docs).
+    pub fn add_from(&mut self, now: Instant, entry: HostEntry, from: IpAddr) {
+        if !self.hosts.contains_key(&entry.addr) {
+            // At its share: the teller's own oldest hearsay makes room.
+            let told: Vec<&Host> = self
+                .hosts
+                .values()
+                .filter(|h| !h.direct && !h.seed && h.source == Some(from))
+                .collect();
+            if told.len() >= self.share() {
+                let oldest = told
+                    .iter()
+                    .min_by_key(|h| (h.heard, h.addr))
+                    .map(|h| h.addr)
+                    .expect("at least one");
+                self.hosts.remove(&oldest);
+            }
+        }
+        self.add_entry(now, entry, Some(from));
+    }
+
+    /// How many hearsay entries one peer may hold: a tenth of the cache, and at least a whole
+    /// `Hosts` message.
+    pub fn share(&self) -> usize {
+        (self.capacity / 10).max(crate::superpeer::HOSTS_SHARED)
+    }
+
+    fn add_entry(&mut self, now: Instant, entry: HostEntry, from: Option<IpAddr>) {
         let heard = now
             .checked_sub(Duration::from_secs(entry.age_s as u64))
             .unwrap_or(now);
@@ -83,7 +128,10 @@ impl HostCache {
             Some(h) => {
                 if heard >= h.heard {
                     h.heard = heard;
-                    h.load = entry.load;
+                    // What we saw ourselves is not overwritten by what others say.
+                    if !h.direct {
+                        h.load = entry.load;
+                    }
                 }
             }
             None => {
@@ -96,6 +144,8 @@ impl HostCache {
                         failures: 0,
                         retry_at: now,
                         seed: false,
+                        direct: false,
+                        source: from,
                     },
                 );
                 self.evict();
@@ -112,7 +162,11 @@ impl HostCache {
             failures: 0,
             retry_at: now,
             seed: false,
+            direct: true,
+            source: None,
         });
+        h.direct = true;
+        h.source = None;
         h.load = load;
         h.heard = now;
         h.failures = 0;
@@ -179,6 +233,7 @@ impl HostCache {
             let has_room = want_room && (unknown || h.load.free() > 0);
             (
                 std::cmp::Reverse(has_room),
+                std::cmp::Reverse(h.direct || h.seed),
                 h.failures,
                 std::cmp::Reverse(h.heard),
                 std::cmp::Reverse(h.load.free()),
@@ -217,7 +272,13 @@ impl HostCache {
                     && now.saturating_duration_since(h.heard) <= max_age
             })
             .collect();
-        all.sort_by_key(|h| (std::cmp::Reverse(h.heard), h.addr));
+        all.sort_by_key(|h| {
+            (
+                std::cmp::Reverse(h.direct),
+                std::cmp::Reverse(h.heard),
+                h.addr,
+            )
+        });
         all.into_iter().take(limit).map(|h| h.entry(now)).collect()
     }
 
@@ -254,7 +315,7 @@ impl HostCache {
                 .hosts
                 .values()
                 .filter(|h| !h.seed)
-                .min_by_key(|h| (std::cmp::Reverse(h.failures), h.heard, h.addr))
+                .min_by_key(|h| (h.direct, std::cmp::Reverse(h.failures), h.heard, h.addr))
                 .map(|h| h.addr);
             match stalest {
                 Some(addr) => {
@@ -374,5 +435,68 @@ mod tests {
             d.add(t, e);
         }
         assert_eq!(d.get(&addr(1)).unwrap().load.leaves, 1);
+    }
+
+    fn at(addr: SocketAddr) -> HostEntry {
+        HostEntry {
+            addr,
+            load: Load::default(),
+            age_s: 0,
+        }
+    }
+
+    #[test]
+    fn hearsay_cannot_push_out_what_we_know_or_look_fresher() {
+        let t0 = Instant::now();
+        let now = t0 + Duration::from_secs(3600);
+        let mut c = HostCache::new(300);
+        let mine: Vec<SocketAddr> = (0..50)
+            .map(|i| SocketAddr::from(([10, 0, 0, i], 7000)))
+            .collect();
+        for &a in &mine {
+            c.heard_from(t0, a, Load::default());
+        }
+        let liar = IpAddr::from([6, 6, 6, 6]);
+        let honest = IpAddr::from([10, 0, 0, 1]);
+        c.add_from(now, at(SocketAddr::from(([10, 1, 0, 1], 7000))), honest);
+        // A thousand fresh entries from one peer.
+        for i in 0..1000u32 {
+            let addr = SocketAddr::from(([66, (i >> 8) as u8, i as u8, 1], 7000));
+            c.add_from(now, at(addr), liar);
+        }
+        let told = c.iter().filter(|h| h.source == Some(liar)).count();
+        assert_eq!(
+            told,
+            c.share(),
+            "one peer's hearsay holds at most its share"
+        );
+        assert!(
+            mine.iter().all(|a| c.get(a).is_some()),
+            "first-hand entries were pushed out"
+        );
+        assert!(c.get(&SocketAddr::from(([10, 1, 0, 1], 7000))).is_some());
+        // Fresh hearsay is neither dialled nor passed on before what we know first-hand.
+        let first = c.candidates(now, 50, false, &|_| false);
+        assert!(first.iter().all(|a| mine.contains(a)), "{first:?}");
+        let passed = c.entries(now, 50, Duration::from_secs(7200));
+        assert!(passed.iter().all(|e| mine.contains(&e.addr)));
+        // A peer cannot rewrite the load we saw.
+        let full = Load {
+            leaves: 300,
+            leaf_slots: 300,
+            ..Load::default()
+        };
+        c.heard_from(now, mine[0], full);
+        let lie = HostEntry {
+            addr: mine[0],
+            load: Load {
+                leaves: 0,
+                leaf_slots: 300,
+                ..Load::default()
+            },
+            age_s: 0,
+        };
+        c.add_from(now + Duration::from_secs(120), lie, liar);
+        assert_eq!(c.get(&mine[0]).unwrap().load, full);
     }
 }

@@ -395,7 +395,16 @@ impl LeafOverlay {
                 self.hosts.not_superpeer(now, addr);
                 self.close(conn, format!("{addr} is not a super-peer ({:?})", h.role));
             }
-            Message::Hosts { hosts } => self.import_hosts(now, &hosts),
+            Message::Hosts { hosts } => {
+                for h in hosts.into_iter().take(crate::superpeer::HOSTS_SHARED) {
+                    if h.addr == addr {
+                        // What our super-peer says of itself is first-hand.
+                        self.hosts.heard_from(now, h.addr, h.load);
+                    } else {
+                        self.hosts.add_from(now, h, addr.ip());
+                    }
+                }
+            }
             Message::Redirect { reason, hosts } => {
                 self.import_hosts(now, &hosts);
                 match reason {
@@ -418,8 +427,14 @@ impl LeafOverlay {
                 // Fill the gap now rather than at the next tick.
                 self.fill(now);
             }
+            // Asked by the super-peer we are attached to through this link, when we may and
+            // only as often as the role clock allows; a node that is no candidate (it may not
+            // promote, or serves nobody: no reachable listener) ignores it.
             Message::Promote
-                if self.config.can_promote && self.clock.may_change(now) && !self.promoted =>
+                if self.config.can_promote
+                    && self.listen.is_some()
+                    && self.clock.may_change(now)
+                    && !self.promoted =>
             {
                 self.promote(format!("asked by super-peer {addr}, whose slots run out"));
             }

@@ -9,12 +9,16 @@ use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use wire::{HostEntry, Load, Message, RedirectReason};
+use wire::{Capability, HostEntry, Load, Message, RedirectReason};
 
 use super::{Conn, Event, PeerState, SuperPeer};
 use crate::hostcache::HostCache;
 use crate::role::{NodeRole, RoleClock};
 use crate::ConnId;
+
+/// Host entries a super-peer sends in one `Hosts` message (itself and the freshest others),
+/// and the most taken from one.
+pub const HOSTS_SHARED: usize = 21;
 
 impl SuperPeer {
     /// Bootstrap addresses of other super-peers (configured, or saved from an earlier run).
@@ -99,7 +103,7 @@ impl SuperPeer {
                 age_s: 0,
             });
         }
-        out.extend(self.hosts.entries(now, 20, self.fresh_age()));
+        out.extend(self.hosts.entries(now, HOSTS_SHARED - 1, self.fresh_age()));
         out
     }
 
@@ -186,6 +190,8 @@ impl SuperPeer {
         if room_elsewhere {
             return;
         }
+        // Uptime counts as seen here, never as claimed: a leaf that says it has run for a day
+        // would otherwise win every election the moment it attaches.
         let best = self
             .conns
             .iter()
@@ -195,13 +201,13 @@ impl SuperPeer {
                     reachable: Some(true),
                     joined,
                     ..
-                } if capability.can_promote
-                    && !c.closing
-                    && Duration::from_secs(capability.uptime_s)
-                        .max(now.saturating_duration_since(*joined))
-                        >= self.config.min_leaf_uptime =>
-                {
-                    Some((capability.score(), id))
+                } if capability.can_promote && !c.closing => {
+                    let seen = now.saturating_duration_since(*joined);
+                    let ranked = Capability {
+                        uptime_s: capability.uptime_s.min(seen.as_secs()),
+                        ..*capability
+                    };
+                    (seen >= self.config.min_leaf_uptime).then(|| (ranked.score(), id))
                 }
                 _ => None,
             })

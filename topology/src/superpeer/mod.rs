@@ -36,6 +36,8 @@ mod mesh;
 mod routes;
 mod shaping;
 
+pub use mesh::HOSTS_SHARED;
+
 pub use config::{Config, DynamicQuerying};
 use dynamic::Dynamic;
 use routes::{Out, Routes};
@@ -467,10 +469,17 @@ impl SuperPeer {
                     self.protocol_error(conn, e.to_string());
                 }
             }
-            (PeerState::SuperPeer { .. }, Message::Hosts { hosts }) => {
-                for h in hosts {
-                    if Some(h.addr) != self.listen {
-                        self.hosts.add(now, h);
+            (PeerState::SuperPeer { listen, .. }, Message::Hosts { hosts }) => {
+                // As many as we send: more from one message is not news but a push.
+                for h in hosts.into_iter().take(HOSTS_SHARED) {
+                    if Some(h.addr) == self.listen {
+                        continue;
+                    }
+                    if Some(h.addr) == listen {
+                        // What a neighbour says of itself is first-hand.
+                        self.hosts.heard_from(now, h.addr, h.load);
+                    } else {
+                        self.hosts.add_from(now, h, remote.ip());
                     }
                 }
             }
