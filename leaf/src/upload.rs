@@ -114,18 +114,27 @@ async fn serve_inner(node: &NodeState, stream: SecureStream<TcpStream>) -> Resul
         }
         if let Some(request) = session.poll_request() {
             let reply = match request {
+                // Manifests and bitfields need no slot (a downloader asks for them before it
+                // may queue), but their bytes count against the upload cap like chunks'.
                 UploadEvent::Manifest { request, id } => match manifest_of(node, &id) {
-                    Some(m) => Message::Manifest(ManifestMsg {
-                        request,
-                        id,
-                        size: m.size,
-                        chunk_size: m.chunk_size,
-                        cvs: m.cvs,
-                    }),
+                    Some(m) => {
+                        node.upload_cap.take(m.cvs.len() as u64 * 32).await;
+                        Message::Manifest(ManifestMsg {
+                            request,
+                            id,
+                            size: m.size,
+                            chunk_size: m.chunk_size,
+                            cvs: m.cvs,
+                        })
+                    }
                     None => not_shared(request, id),
                 },
                 UploadEvent::Bitfield { id } => {
-                    bitfield_of(node, id, &mut session, &mut subscribed)
+                    let reply = bitfield_of(node, id, &mut session, &mut subscribed);
+                    if let Message::Bitfield { bits, .. } = &reply {
+                        node.upload_cap.take(bits.len() as u64).await;
+                    }
+                    reply
                 }
                 UploadEvent::Chunk { request, id, index } => {
                     let (who, serves) = (session.peer(), session.serves());

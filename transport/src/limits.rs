@@ -291,7 +291,7 @@ impl Gate {
 
     /// Counts an accepted connection from `remote`, or says which limit refuses it.
     pub fn admit(self: &Arc<Self>, remote: SocketAddr, now: Instant) -> Result<Admitted, Tripped> {
-        let ip = remote.ip();
+        let ip = network_of(remote.ip());
         let mut s = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(&until) = s.banned.get(&ip) {
             if until > now {
@@ -338,7 +338,8 @@ impl Gate {
             if s.banned.len() >= 1024 {
                 s.banned.retain(|_, until| *until > now);
             }
-            s.banned.insert(peer.ip(), now + self.limits.ban_duration);
+            s.banned
+                .insert(network_of(peer.ip()), now + self.limits.ban_duration);
         } else {
             log::warn!("peer {peer} went past {trip}: disconnected");
         }
@@ -347,7 +348,22 @@ impl Gate {
     /// Whether `ip` is banned now.
     pub fn is_banned(&self, ip: IpAddr, now: Instant) -> bool {
         let s = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        s.banned.get(&ip).is_some_and(|&until| until > now)
+        s.banned
+            .get(&network_of(ip))
+            .is_some_and(|&until| until > now)
+    }
+}
+
+/// The network an address stands for, as counts and bans see it: an IPv4 address itself, an
+/// IPv6 address its /64 (one site's subnet: a host there picks any of its 2^64 addresses at
+/// will, so a ban on one address alone would be no ban).
+pub fn network_of(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => {
+            let bits = u128::from(v6) & !((1u128 << 64) - 1);
+            IpAddr::V6(bits.into())
+        }
+        v4 => v4,
     }
 }
 
@@ -485,6 +501,24 @@ mod tests {
         assert_eq!(churn.unwrap_err().limit, "leaf_share_updates_per_second");
         let later = now + Duration::from_secs(1);
         assert!(limits.check(&withdraw, &mut bucket, later).is_ok());
+    }
+
+    #[test]
+    fn an_ipv6_ban_covers_the_whole_64() {
+        let gate = Gate::new(Limits::default());
+        let now = Instant::now();
+        let a: SocketAddr = "[2001:db8:1:2:aaaa::1]:7000".parse().unwrap();
+        let same_site: SocketAddr = "[2001:db8:1:2:ffff:1:2:3]:7001".parse().unwrap();
+        let elsewhere: SocketAddr = "[2001:db8:1:3::1]:7000".parse().unwrap();
+        gate.tripped(a, &Tripped::ban("test", String::new()), now);
+        assert_eq!(gate.admit(same_site, now).unwrap_err().limit, "banned");
+        assert!(gate.admit(elsewhere, now).is_ok());
+        // An IPv4 address written as IPv6 is that IPv4 address.
+        let v4: SocketAddr = "192.0.2.7:1".parse().unwrap();
+        gate.tripped(v4, &Tripped::ban("test", String::new()), now);
+        let mapped: SocketAddr = "[::ffff:192.0.2.7]:2".parse().unwrap();
+        assert_eq!(gate.admit(mapped, now).unwrap_err().limit, "banned");
+        assert!(gate.admit("192.0.2.8:1".parse().unwrap(), now).is_ok());
     }
 
     #[test]

@@ -470,11 +470,9 @@ impl Run<'_> {
         };
         while let Some(event) = session.poll_event() {
             match event {
-                SourceEvent::Received { bytes } => {
-                    if let (Some(r), Some(node)) = (&self.s.reciprocity, src.node) {
-                        r.record(node, bytes, Instant::now());
-                    }
-                }
+                // Bytes in are not credit: only a chunk verified and kept earns the source
+                // tit-for-tat standing (below), so garbage buys no upload slot.
+                SourceEvent::Received { .. } => {}
                 SourceEvent::Verify {
                     request,
                     chunk,
@@ -516,6 +514,9 @@ impl Run<'_> {
                     .detach();
                 }
                 SourceEvent::Completed { chunk, bytes } => {
+                    if let (Some(r), Some(node)) = (&self.s.reciprocity, src.node) {
+                        r.record(node, bytes, Instant::now());
+                    }
                     // Verified and written: others may have it from us now.
                     if let Some(p) = &self.s.partial {
                         p.mark(chunk);
