@@ -238,7 +238,9 @@ pub mod net {
     use smol::net::TcpStream;
     use superpeer::SuperPeerNode;
     use transport::identity::Identity;
-    use transport::secure::SecureStream;
+    use transport::net::{write_message, FrameReader};
+    use transport::secure::{SecureReader, SecureStream, SecureWriter};
+    use wire::{Hello, Message, NodeId, Role};
 
     /// Runs `f` to completion on smol, panicking if it takes longer than `limit`: every
     /// networked test is bounded in time.
@@ -325,6 +327,72 @@ pub mod net {
             .await
             .map_err(io::Error::other)?;
         Ok((secure, identity))
+    }
+
+    /// A peer that speaks the protocol by hand, from 127.0.0.`from`.
+    pub struct Raw {
+        /// Where messages go.
+        pub writer: SecureWriter<TcpStream>,
+        /// Where they come from.
+        pub reader: FrameReader<SecureReader<TcpStream>>,
+        scratch: Vec<u8>,
+    }
+
+    impl Raw {
+        /// Handshake, then Hello with `role` (a leaf that registers needs a `listen` address).
+        pub async fn connect(
+            from: u8,
+            sp: SocketAddr,
+            role: Role,
+            listen: Option<SocketAddr>,
+        ) -> Raw {
+            Self::connect_as(from, sp, role, listen, None).await
+        }
+
+        /// [`Raw::connect`], claiming node id `claim` in Hello instead of its own.
+        pub async fn connect_as(
+            from: u8,
+            sp: SocketAddr,
+            role: Role,
+            listen: Option<SocketAddr>,
+            claim: Option<NodeId>,
+        ) -> Raw {
+            let (secure, identity) = secure_from([127, 0, 0, from].into(), sp)
+                .await
+                .expect("the handshake completes");
+            let mut raw = Raw {
+                writer: secure.writer,
+                reader: FrameReader::new(secure.reader),
+                scratch: Vec::new(),
+            };
+            let node = claim.unwrap_or(identity.node());
+            raw.send(&Message::Hello(Hello::new(node, role, listen, "raw")))
+                .await
+                .unwrap();
+            raw
+        }
+
+        /// Sends one message.
+        pub async fn send(&mut self, msg: &Message) -> std::io::Result<()> {
+            write_message(&mut self.writer, msg, &mut self.scratch).await
+        }
+
+        /// Reads (and drops) whatever comes until the node closes the connection; false if it is
+        /// still open after `limit`.
+        pub async fn cut_off_within(&mut self, limit: Duration) -> bool {
+            let until = Instant::now() + limit;
+            loop {
+                let left = until.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return false;
+                }
+                match self.reader.read_message_within(left).await {
+                    Ok(_) => continue,
+                    Err(transport::net::ReadError::Timeout(_)) => return false,
+                    Err(_) => return true,
+                }
+            }
+        }
     }
 
     /// A serving leaf with its data directory `base/name`, attached to `superpeers` and

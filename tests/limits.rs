@@ -9,16 +9,14 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use canopy::corpus::{self, Track};
-use canopy::net::{self, run_bounded};
+use canopy::net::{self, run_bounded, Raw};
 use leaf::Node;
 use smol::io::AsyncWriteExt;
-use smol::net::TcpStream;
 use superpeer::SuperPeerNode;
-use transport::net::{write_message, FrameReader};
-use transport::secure::{SecureReader, SecureWriter};
+use transport::net::FrameReader;
 use wire::{
-    FileId, FileRecord, Filter, Hello, Hit, Message, NodeId, Query, QueryHits, QueryId, Role,
-    Search, Source, Tags, Terms,
+    FileId, FileRecord, Filter, Hit, Message, NodeId, Query, QueryHits, QueryId, Role, Search,
+    Source, Tags, Terms,
 };
 
 const LIMIT: Duration = Duration::from_secs(60);
@@ -73,64 +71,6 @@ impl World {
             found.iter().any(|r| r.id == id),
             "the well-behaved asker no longer finds {query:?}"
         );
-    }
-}
-
-/// A peer that speaks the protocol by hand, from 127.0.0.`from`.
-struct Raw {
-    writer: SecureWriter<TcpStream>,
-    reader: FrameReader<SecureReader<TcpStream>>,
-    scratch: Vec<u8>,
-}
-
-impl Raw {
-    /// Handshake, then Hello with `role` (a leaf that registers needs a `listen` address).
-    async fn connect(from: u8, sp: SocketAddr, role: Role, listen: Option<SocketAddr>) -> Raw {
-        Self::connect_as(from, sp, role, listen, None).await
-    }
-
-    /// [`Raw::connect`], claiming node id `claim` in Hello instead of its own.
-    async fn connect_as(
-        from: u8,
-        sp: SocketAddr,
-        role: Role,
-        listen: Option<SocketAddr>,
-        claim: Option<NodeId>,
-    ) -> Raw {
-        let (secure, identity) = net::secure_from([127, 0, 0, from].into(), sp)
-            .await
-            .expect("the handshake completes");
-        let mut raw = Raw {
-            writer: secure.writer,
-            reader: FrameReader::new(secure.reader),
-            scratch: Vec::new(),
-        };
-        let node = claim.unwrap_or(identity.node());
-        raw.send(&Message::Hello(Hello::new(node, role, listen, "raw")))
-            .await
-            .unwrap();
-        raw
-    }
-
-    async fn send(&mut self, msg: &Message) -> std::io::Result<()> {
-        write_message(&mut self.writer, msg, &mut self.scratch).await
-    }
-
-    /// Reads (and drops) whatever comes until the node closes the connection; false if it is
-    /// still open after `limit`.
-    async fn cut_off_within(&mut self, limit: Duration) -> bool {
-        let until = Instant::now() + limit;
-        loop {
-            let left = until.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return false;
-            }
-            match self.reader.read_message_within(left).await {
-                Ok(_) => continue,
-                Err(transport::net::ReadError::Timeout(_)) => return false,
-                Err(_) => return true,
-            }
-        }
     }
 }
 

@@ -25,6 +25,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use smol::channel::{self, Receiver, Sender};
+use smol::lock::{Semaphore, SemaphoreGuardArc};
 use smol::net::{TcpListener, TcpStream};
 use smol::Task;
 use topology::{ConnId, Event, HostCache, NodeRole, RoleClock, RoleConfig, Stats, SuperPeer};
@@ -41,6 +42,8 @@ pub const HOSTS_FILE: &str = "hosts.cbor";
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Inputs waiting for the actor before connection readers wait.
 const INPUT_BACKLOG: usize = 4096;
+/// Messages of one connection waiting in the actor's queue, at most.
+const QUEUED_PER_CONNECTION: usize = 16;
 /// How often the host cache is saved.
 const SAVE_HOSTS_EVERY: Duration = Duration::from_secs(30);
 
@@ -136,7 +139,8 @@ enum Input {
     },
     DialFailed(SocketAddr),
     Reachable(ConnId, bool),
-    Message(ConnId, Message),
+    /// A message, holding one of its connection's places in the queue until it is handled.
+    Message(ConnId, Message, SemaphoreGuardArc),
     Invalid(ConnId, String),
     Disconnected(ConnId),
     Status(Sender<Status>),
@@ -147,6 +151,7 @@ pub struct SuperPeerNode {
     listen: SocketAddr,
     inputs: Sender<Input>,
     demoted: Receiver<Demoted>,
+    gate: Arc<Gate>,
     _tasks: Vec<Task<()>>,
 }
 
@@ -212,13 +217,20 @@ impl SuperPeerNode {
         };
         let tasks = vec![
             smol::spawn(actor.run(rx)),
-            smol::spawn(accept_loop(listener, inputs.clone(), ids, identity, gate)),
+            smol::spawn(accept_loop(
+                listener,
+                inputs.clone(),
+                ids,
+                identity,
+                gate.clone(),
+            )),
         ];
         log::info!("super-peer {} listening on {listen}", node.short());
         Ok(SuperPeerNode {
             listen,
             inputs,
             demoted,
+            gate,
             _tasks: tasks,
         })
     }
@@ -226,6 +238,11 @@ impl SuperPeerNode {
     /// Where it accepts connections.
     pub fn listen_addr(&self) -> SocketAddr {
         self.listen
+    }
+
+    /// Whether connections from `ip` are refused now for an offence.
+    pub fn is_banned(&self, ip: std::net::IpAddr) -> bool {
+        self.gate.is_banned(ip, Instant::now())
     }
 
     /// Counters and index size.
@@ -351,6 +368,10 @@ async fn run_connection(
     // Overlay messages never carry a payload (only chunks and manifests do).
     let mut reader = FrameReader::new(secure.reader).limited(wire::MAX_BODY, 0);
     let mut bucket = None;
+    // Fair queueing: one connection holds at most this many messages in the actor's queue, so
+    // a peer that sends as fast as it may delays the others' messages by that many at most,
+    // not by the whole queue.
+    let places = Arc::new(Semaphore::new(QUEUED_PER_CONNECTION));
     loop {
         match reader.read_message().await {
             Ok(Some(msg)) => {
@@ -374,7 +395,8 @@ async fn run_connection(
                     peer.socket.shutdown(Shutdown::Both).ok();
                     break;
                 }
-                if inputs.send(Input::Message(conn, msg)).await.is_err() {
+                let place = places.acquire_arc().await;
+                if inputs.send(Input::Message(conn, msg, place)).await.is_err() {
                     break;
                 }
             }
@@ -508,7 +530,7 @@ impl Actor {
             }
             Input::DialFailed(addr) => self.state.handle_dial_failed(now, addr),
             Input::Reachable(conn, ok) => self.state.handle_reachable(now, conn, ok),
-            Input::Message(conn, msg) => self.state.handle_message(now, conn, msg),
+            Input::Message(conn, msg, _place) => self.state.handle_message(now, conn, msg),
             Input::Invalid(conn, reason) => self.state.handle_invalid(now, conn, &reason),
             Input::Disconnected(conn) => {
                 self.writers.remove(&conn);
