@@ -5,7 +5,8 @@
 //! the checksum to what follows it); otherwise the bytes go in as they are.
 //!
 //! Checked on every input:
-//! - `frame_len`, `decode_frame` and `decode_value` never panic;
+//! - `frame_len`, `frame_len_within`, `decode_frame` and `decode_value` never panic, and
+//!   `frame_len_within` refuses exactly the headers over its bounds;
 //! - "incomplete" (`Ok(None)`) exactly when fewer bytes are here than the header announces, and
 //!   `TooLarge` exactly when the header announces more than `MAX_BODY` / `MAX_PAYLOAD`;
 //! - a decoded frame used exactly the bytes its header announced, and encoding its body and
@@ -18,8 +19,8 @@
 
 use libfuzzer_sys::fuzz_target;
 use wire::frame::{
-    decode_frame, decode_value, encode_frame, encode_value, frame_len, DecodeError, HEADER_LEN,
-    TRAILER_LEN,
+    decode_frame, decode_value, encode_frame, encode_value, frame_len, frame_len_within,
+    DecodeError, HEADER_LEN, TRAILER_LEN,
 };
 use wire::{MAX_BODY, MAX_PAYLOAD};
 
@@ -48,6 +49,19 @@ fn check(buf: &[u8]) {
         Ok(Some(n)) => assert_eq!(Some(n), total.filter(|_| !too_large)),
         Err(DecodeError::TooLarge { .. }) => assert!(too_large),
         Err(e) => panic!("frame_len gave {e:?}"),
+    }
+
+    // Tighter bounds (a connection that takes no payload, or small bodies only): TooLarge
+    // exactly when the header passes them, the same length otherwise.
+    for (max_body, max_payload) in [(MAX_BODY, 0), (256 << 10, 0), (16, 16)] {
+        let over = header
+            .is_some_and(|(b, p)| b > max_body.min(MAX_BODY) || p > max_payload.min(MAX_PAYLOAD));
+        match frame_len_within(buf, max_body, max_payload) {
+            Ok(None) => assert!(header.is_none()),
+            Ok(Some(n)) => assert_eq!(Some(n), total.filter(|_| !over)),
+            Err(DecodeError::TooLarge { .. }) => assert!(over),
+            Err(e) => panic!("frame_len_within gave {e:?}"),
+        }
     }
 
     match decode_frame(buf) {
