@@ -29,6 +29,8 @@ enum Fake {
     /// A manifest one byte longer than the file, with the true chaining values (it verifies
     /// against the id); honest chunks.
     LongManifest,
+    /// The same lie, and the last chunk (which would prove it) never sent.
+    LongManifestNoTail,
 }
 
 /// Starts a scripted source for `content`; returns its address.
@@ -92,7 +94,11 @@ async fn fake_source_counted(kind: Fake, content: Vec<u8>, crowd: Arc<Crowd>) ->
                         Message::GetManifest { request, .. } => Message::Manifest(ManifestMsg {
                             request,
                             id,
-                            size: manifest.size + u64::from(kind == Fake::LongManifest),
+                            size: manifest.size
+                                + u64::from(matches!(
+                                    kind,
+                                    Fake::LongManifest | Fake::LongManifestNoTail
+                                )),
                             chunk_size: manifest.chunk_size,
                             cvs: manifest.cvs.clone(),
                         }),
@@ -101,6 +107,12 @@ async fn fake_source_counted(kind: Fake, content: Vec<u8>, crowd: Arc<Crowd>) ->
                             bits: wire::Bitfield::full(manifest.chunk_count()).into_bytes(),
                         },
                         Message::GetChunk { .. } if kind == Fake::Stall => continue,
+                        Message::GetChunk { index, .. }
+                            if kind == Fake::LongManifestNoTail
+                                && u64::from(index) + 1 == manifest.chunk_count() =>
+                        {
+                            continue
+                        }
                         Message::GetChunk { request, index, .. } => {
                             let range = manifest.chunk_range(index as u64);
                             let mut data =
@@ -279,6 +291,23 @@ fn a_manifest_that_lies_about_the_size_is_proven_wrong_by_the_last_chunk() {
 }
 
 #[test]
+fn liars_that_outvote_the_honest_source_and_withhold_the_last_chunk_are_still_found_out() {
+    run_bounded(Duration::from_secs(60), async {
+        let tmp = tempfile::tempdir().unwrap();
+        let content = corpus::deterministic_bytes("outvoted", (2 << 20) + 77);
+        let id = FileId::from(blake3::hash(&content));
+        let (_nodes, sources) = honest_sources(tmp.path(), &content).await;
+        let a = fake_source(Fake::LongManifestNoTail, content.clone()).await;
+        let b = fake_source(Fake::LongManifestNoTail, content.clone()).await;
+        let mut job = job(id, vec![a, b, sources[0]], &tmp.path().join("out"));
+        job.opts.response_timeout = Duration::from_millis(500);
+        let report = download::download(job, Box::new(|_| {})).await.unwrap();
+        assert!(std::fs::read(&report.path).unwrap() == content);
+        assert_eq!(report.size, content.len() as u64);
+    });
+}
+
+#[test]
 fn a_download_holds_at_most_max_sources_connections() {
     run_bounded(Duration::from_secs(60), async {
         let tmp = tempfile::tempdir().unwrap();
@@ -303,6 +332,40 @@ fn a_download_holds_at_most_max_sources_connections() {
             "{peak} connections at once to the stalling sources"
         );
         assert!(peak >= 2, "the stalling sources were not tried ({peak})");
+    });
+}
+
+#[test]
+fn only_verified_chunks_earn_credit() {
+    run_bounded(Duration::from_secs(60), async {
+        let tmp = tempfile::tempdir().unwrap();
+        let content = corpus::deterministic_bytes("credit", 3 << 20);
+        let id = FileId::from(blake3::hash(&content));
+        let (nodes, honest) = honest_sources(tmp.path(), &content).await;
+        let liar = fake_source(Fake::Liar, content.clone()).await;
+        let reciprocity = Arc::new(leaf::swarm::Reciprocity::default());
+        let mut job = job(id, vec![liar, honest[0]], &tmp.path().join("out"));
+        job.swarm = Some(download::SwarmHooks {
+            publish: Box::new(|_| {}),
+            unpublish: Box::new(|_| {}),
+            reciprocity: reciprocity.clone(),
+            listen: None,
+        });
+        let report = download::download(job, Box::new(|_| {})).await.unwrap();
+        let liar_report = report.sources.iter().find(|s| s.addr == liar).unwrap();
+        assert!(
+            liar_report.error.is_some(),
+            "the liar sent something: {report:?}"
+        );
+        let now = Instant::now();
+        let total = reciprocity.total(now);
+        let earned = reciprocity.score(&nodes[0].node_id(), now);
+        // All the credit is the honest source's: the liar's bad chunk earned none.
+        assert!(earned > 0.0);
+        assert!(
+            (total - earned).abs() < 1.0,
+            "total {total}, honest {earned}"
+        );
     });
 }
 

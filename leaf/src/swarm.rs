@@ -127,6 +127,16 @@ impl Reciprocity {
         e.1 = now;
     }
 
+    /// How much all peers together sent us lately (bytes, fading with [`HALF_LIFE`]).
+    pub fn total(&self, now: Instant) -> f64 {
+        self.scores
+            .lock()
+            .unwrap()
+            .values()
+            .map(|(v, t)| decay(*v, now.saturating_duration_since(*t)))
+            .sum()
+    }
+
     /// How much `peer` sent us lately (bytes, fading with [`HALF_LIFE`]).
     pub fn score(&self, peer: &NodeId, now: Instant) -> f64 {
         self.scores
