@@ -267,6 +267,7 @@ fn the_mesh_survives_a_query_flood_and_share_churn() {
             sent.load(Ordering::Relaxed) as f64 / elapsed > 500.0,
             "the flood did not run"
         );
+        assert!(rss > 0, "no resident memory figure from /proc/self/status");
         assert!(rss < RSS_BOUND_MB, "{rss} MB resident");
     });
 }

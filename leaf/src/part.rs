@@ -5,7 +5,7 @@
 
 use std::fs::{self, File};
 use std::io;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -20,7 +20,12 @@ pub const STATE_SUFFIX: &str = ".state";
 /// control characters, not empty, at most 200 bytes.
 pub fn safe_file_name(name: &str, id: &FileId) -> String {
     let last = name.rsplit(['/', '\\']).next().unwrap_or("");
-    let clean: String = last.chars().filter(|c| !c.is_control()).collect();
+    // No control characters, and none that reorder or hide text (`evil\u{202e}3pm.exe` would
+    // show as `evilexe.mp3` in a file manager).
+    let clean: String = last
+        .chars()
+        .filter(|&c| !wire::text::is_unsafe(c))
+        .collect();
     let clean = clean.trim().trim_start_matches('.').trim();
     // At most 200 bytes, cut at a character boundary: room for the `.part` suffixes and a
     // ` (n)` within the usual 255-byte limit of a file name.
@@ -240,8 +245,16 @@ pub(crate) fn open_part(part: &Path) -> io::Result<File> {
         .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
         .open(part)
         .map_err(not_a_file)?;
-    if !file.metadata()?.is_file() {
+    let meta = file.metadata()?;
+    if !meta.is_file() {
         return Err(io::Error::other("not a regular file"));
+    }
+    if meta.nlink() != 1 {
+        // A hard link planted under the part file's name would have the download written
+        // into whatever file it shares its data with.
+        return Err(io::Error::other(
+            "it has other names (hard links), so it is not a download's own file; remove it",
+        ));
     }
     Ok(file)
 }
@@ -273,9 +286,10 @@ pub(crate) fn create_part(part: &Path, size: u64) -> io::Result<File> {
     Ok(file)
 }
 
-/// True if `part` is a regular file (not a link) of `size` bytes.
+/// True if `part` is a regular file of `size` bytes with no other name (not a link of either
+/// kind).
 pub(crate) fn is_part_of_size(part: &Path, size: u64) -> bool {
-    fs::symlink_metadata(part).is_ok_and(|m| m.is_file() && m.len() == size)
+    fs::symlink_metadata(part).is_ok_and(|m| m.is_file() && m.nlink() == 1 && m.len() == size)
 }
 
 /// The error for a part file that is not one; the caller names the path.
@@ -302,6 +316,7 @@ mod tests {
         assert_eq!(safe_file_name("..", &id), id.to_hex());
         assert_eq!(safe_file_name(".bashrc", &id), "bashrc");
         assert_eq!(safe_file_name("ok\u{7}name.txt", &id), "okname.txt");
+        assert_eq!(safe_file_name("evil\u{202e}3pm.exe", &id), "evil3pm.exe");
         assert_eq!(
             free_name(Path::new("/d"), "x.mp3", 2),
             PathBuf::from("/d/x (2).mp3")
@@ -359,6 +374,14 @@ mod tests {
         let e = open_part(&part).unwrap_err();
         assert!(e.to_string().contains("symbolic link"), "{e}");
         assert!(!is_part_of_size(&part, 19), "a link is no part file");
+        assert_eq!(fs::read(&victim).unwrap(), b"the user's own file");
+
+        // A hard link to the user's file is no part file either.
+        fs::remove_file(&part).unwrap();
+        fs::hard_link(&victim, &part).unwrap();
+        assert!(!is_part_of_size(&part, 19));
+        let e = open_part(&part).unwrap_err();
+        assert!(e.to_string().contains("hard links"), "{e}");
         assert_eq!(fs::read(&victim).unwrap(), b"the user's own file");
 
         // A stale part file of the wrong size is replaced by a fresh one.

@@ -95,6 +95,8 @@ impl HostCache {
 
     /// News of a super-peer from the peer at `from` (hearsay; see the module docs).
     pub fn add_from(&mut self, now: Instant, entry: HostEntry, from: IpAddr) {
+        // One teller per network (an IPv6 /64), as bans count them.
+        let from = wire::network_of(from);
         if !self.hosts.contains_key(&entry.addr) {
             // At its share: the teller's own oldest hearsay makes room.
             let told: Vec<&Host> = self

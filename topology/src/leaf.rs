@@ -406,7 +406,9 @@ impl LeafOverlay {
                 }
             }
             Message::Redirect { reason, hosts } => {
-                self.import_hosts(now, &hosts);
+                for h in hosts.into_iter().take(crate::superpeer::HOSTS_SHARED) {
+                    self.hosts.add_from(now, h, addr.ip());
+                }
                 match reason {
                     RedirectReason::Full => {
                         // A leaf with another link can wait; a leaf with none must keep trying.

@@ -11,7 +11,9 @@
 //! - Neither the id nor the vote pins the size within the last chunk's range: the download
 //!   fetches the last chunk first, and bytes that hash to its chaining value at another length
 //!   prove the winning manifest's size wrong (`wire::Manifest::size_proven_by_last_chunk`).
-//!   Its senders are then hostile, and the download starts over with the proven size.
+//!   Its senders are then hostile, and the download starts over with the proven size. Sources
+//!   whose manifest differs from the winner's in size alone are therefore not dropped by the
+//!   vote: their last chunk may be the proof.
 
 use std::net::SocketAddr;
 
@@ -87,9 +89,14 @@ impl Vote {
         self.votes
             .sort_by_key(|(m, who)| std::cmp::Reverse((who.len(), m.cvs.len())));
         let mut losers = Vec::new();
-        if let Some((_, winners)) = self.votes.first() {
+        if let Some((won, winners)) = self.votes.first() {
             let n = winners.len();
             for (m, who) in self.votes.iter().skip(1) {
+                if m.cvs == won.cvs && m.chunk_size == won.chunk_size {
+                    // Only the size differs, which the id does not pin: not a lie until the
+                    // last chunk shows whose size is true, so they stay sources.
+                    continue;
+                }
                 for addr in who {
                     let why = format!(
                         "its manifest ({} bytes in {} chunks) disagrees with the one {n} other source(s) sent",

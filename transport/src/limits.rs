@@ -9,8 +9,10 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+pub use wire::network_of;
 
 use wire::{Message, Role, Terms};
 
@@ -351,19 +353,6 @@ impl Gate {
         s.banned
             .get(&network_of(ip))
             .is_some_and(|&until| until > now)
-    }
-}
-
-/// The network an address stands for, as counts and bans see it: an IPv4 address itself, an
-/// IPv6 address its /64 (one site's subnet: a host there picks any of its 2^64 addresses at
-/// will, so a ban on one address alone would be no ban).
-pub fn network_of(ip: IpAddr) -> IpAddr {
-    match ip.to_canonical() {
-        IpAddr::V6(v6) => {
-            let bits = u128::from(v6) & !((1u128 << 64) - 1);
-            IpAddr::V6(bits.into())
-        }
-        v4 => v4,
     }
 }
 

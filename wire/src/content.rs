@@ -187,8 +187,9 @@ impl Manifest {
         let last = count - 1;
         let start = self.chunk_range(last).start;
         let true_size = start + data.len() as u64;
+        // Only the one chunk of a one-chunk file may be empty (an empty file).
         if true_size == self.size
-            || data.is_empty()
+            || (data.is_empty() && count > 1)
             || data.len() as u64 > u64::from(self.chunk_size)
         {
             return None;

@@ -126,3 +126,16 @@ impl From<blake3::Hash> for FileId {
         FileId(*h.as_bytes())
     }
 }
+
+/// The network an address stands for, as counts and bans see it: an IPv4 address itself, an
+/// IPv6 address its /64 (one site's subnet: a host there picks any of its 2^64 addresses at
+/// will, so a ban on one address alone would be no ban).
+pub fn network_of(ip: std::net::IpAddr) -> std::net::IpAddr {
+    match ip.to_canonical() {
+        std::net::IpAddr::V6(v6) => {
+            let bits = u128::from(v6) & !((1u128 << 64) - 1);
+            std::net::IpAddr::V6(bits.into())
+        }
+        v4 => v4,
+    }
+}

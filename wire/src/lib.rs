@@ -32,7 +32,7 @@ pub mod text;
 pub use bitfield::{Bitfield, BitfieldLenError};
 pub use content::{chunk_size_for, ChunkError, Manifest, ManifestBuilder, ManifestError};
 pub use frame::{decode, encode, DecodeError, MAX_BODY, MAX_PAYLOAD};
-pub use ids::{FileId, NodeId, ParseIdError, QueryId};
+pub use ids::{network_of, FileId, NodeId, ParseIdError, QueryId};
 pub use message::{
     Capability, ChunkMsg, FileRecord, Filter, Hello, Hit, HostEntry, Load, ManifestMsg, Message,
     Query, QueryHits, RedirectReason, Role, Search, Slots, Source, Tags, Terms, TransferErrorKind,

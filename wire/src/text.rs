@@ -10,13 +10,15 @@ use std::fmt::Write;
 
 /// True for the characters a terminal may act on rather than show: C0 and C1 controls, DEL,
 /// and the Unicode format characters that reorder or hide text.
-fn is_unsafe(c: char) -> bool {
+pub fn is_unsafe(c: char) -> bool {
     c.is_control()
         || matches!(c,
-            '\u{200b}'..='\u{200f}' // zero-width characters, LRM, RLM
+            '\u{061c}' // Arabic letter mark (bidi)
+            | '\u{200b}'..='\u{200f}' // zero-width characters, LRM, RLM
             | '\u{2028}'..='\u{202e}' // line and paragraph separators, bidi embeddings and overrides
             | '\u{2060}'..='\u{2069}' // word joiner, invisible operators, bidi isolates
             | '\u{feff}' // zero-width no-break space
+            | '\u{e0000}'..='\u{e007f}' // invisible tag characters
         )
 }
 
@@ -46,15 +48,19 @@ pub fn terminal_safe(text: &str) -> Cow<'_, str> {
 /// value, safe to print. `serde_json` escapes C0 controls itself; the line breaks and tabs
 /// between values are left alone.
 pub fn json_terminal_safe(json: &str) -> Cow<'_, str> {
-    let unsafe_here = |c: char| !c.is_ascii() && is_unsafe(c);
+    // serde_json escapes the C0 controls, not DEL.
+    let unsafe_here = |c: char| (!c.is_ascii() || c == '\u{7f}') && is_unsafe(c);
     if !json.chars().any(unsafe_here) {
         return Cow::Borrowed(json);
     }
     let mut out = String::with_capacity(json.len() + 8);
     for c in json.chars() {
         if unsafe_here(c) {
-            // Every such character is in the Basic Multilingual Plane: one escape.
-            let _ = write!(out, "\\u{:04x}", c as u32);
+            // As UTF-16, as JSON escapes are: a surrogate pair outside the BMP.
+            let mut units = [0u16; 2];
+            for u in c.encode_utf16(&mut units) {
+                let _ = write!(out, "\\u{:04x}", u);
+            }
         } else {
             out.push(c);
         }
@@ -81,6 +87,10 @@ mod tests {
         assert_eq!(terminal_safe("evil\u{202e}3pm.exe"), "evil\\u{202e}3pm.exe");
         assert_eq!(terminal_safe("two\nlines\r\t"), "two\\nlines\\r\\t");
         assert_eq!(terminal_safe("del\u{7f}"), "del\\u{7f}");
+        assert_eq!(
+            terminal_safe("a\u{61c}b\u{e0041}c"),
+            "a\\u{61c}b\\u{e0041}c"
+        );
     }
 
     #[test]
@@ -92,6 +102,11 @@ mod tests {
             json_terminal_safe("{\"a\": \"é\"}\n"),
             Cow::Borrowed(_)
         ));
+        // DEL, which serde_json leaves raw, and a character outside the BMP (two escapes).
+        assert_eq!(
+            json_terminal_safe("\"\u{7f}\u{e0041}\""),
+            "\"\\u007f\\udb40\\udc41\""
+        );
     }
 
     proptest! {

@@ -111,10 +111,16 @@ pub struct Job {
     pub swarm: Option<SwarmHooks>,
 }
 
+/// Stops serving a partial file (see [`SwarmHooks::unpublish`]).
+pub type Unpublish = Box<dyn Fn(&Arc<PartialFile>) + Send + Sync>;
+
 /// How a download takes part in the swarm (see [`crate::swarm`]).
 pub struct SwarmHooks {
     /// Given the partial file once it exists (resumed chunks already marked), to serve it.
     pub publish: Box<dyn Fn(Arc<PartialFile>) + Send + Sync>,
+    /// Stops serving a partial file given to `publish` (one whose manifest was proven wrong),
+    /// unless another has replaced it.
+    pub unpublish: Unpublish,
     /// Where the bytes each source sends are counted.
     pub reciprocity: Arc<Reciprocity>,
     /// Where this node serves chunks, told to sources in Hello (they favour downloaders that
@@ -324,6 +330,7 @@ async fn attempt(
         verifying: false,
     });
     let size = manifest.size;
+    let published = partial.clone();
     let setup = run::Setup {
         job,
         manifest,
@@ -349,12 +356,18 @@ async fn attempt(
             claimed,
             proven,
             ..
-        } => DownloadError::ManifestSize {
-            id,
-            claimed,
-            proven,
-            liars: senders,
-        },
+        } => {
+            // Nobody is to be served from the lie meanwhile.
+            if let (Some(hooks), Some(p)) = (&job.swarm, &published) {
+                (hooks.unpublish)(p);
+            }
+            DownloadError::ManifestSize {
+                id,
+                claimed,
+                proven,
+                liars: senders,
+            }
+        }
         e => e,
     })?;
     flushed.map_err(|source| DownloadError::Io {

@@ -224,6 +224,10 @@ impl Node {
                     let node = self.clone();
                     Box::new(move |p| node.publish(p))
                 },
+                unpublish: {
+                    let node = self.clone();
+                    Box::new(move |p| node.unpublish_if(p.id, Some(p)))
+                },
                 reciprocity: self.inner.state.slots.reciprocity.clone(),
                 listen: self.inner.state.listen,
             }),

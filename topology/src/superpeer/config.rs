@@ -81,9 +81,9 @@ pub struct Config {
     pub analyzer: Analyzer,
     /// Dynamic querying of the leaves' queries (`None`: flood them at once).
     pub dynamic: Option<DynamicQuerying>,
-    /// Neighbours this super-peer accepts links from beyond those it dialled: past it, a new
-    /// inbound neighbour is redirected. Anyone can claim to be a super-peer; this bounds how
-    /// many such claims get a neighbour's rates.
+    /// Neighbours (dialled and inbound together) past which a new inbound neighbour is
+    /// redirected. Anyone can claim to be a super-peer; this bounds how many such claims get a
+    /// neighbour's rates.
     pub max_neighbours: usize,
     /// Queries per second this super-peer sends one neighbour at most (below what a neighbour
     /// accepts: `transport::limits::Limits::peer_queries_per_second`).

@@ -20,8 +20,8 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use wire::{
-    Capability, FileId, FileRecord, Hello, Hit, Message, NodeId, Query, QueryHits, QueryId,
-    RedirectReason, Role, Search, Source, PROTOCOL_VERSION,
+    Capability, FileId, FileRecord, Hello, Hit, HostEntry, Message, NodeId, Query, QueryHits,
+    QueryId, RedirectReason, Role, Search, Source, PROTOCOL_VERSION,
 };
 
 use crate::hostcache::HostCache;
@@ -475,8 +475,8 @@ impl SuperPeer {
                     if Some(h.addr) == self.listen {
                         continue;
                     }
-                    if Some(h.addr) == listen {
-                        // What a neighbour says of itself is first-hand.
+                    if Some(h.addr) == listen && h.addr.ip() == remote.ip() {
+                        // What a neighbour at the address we see says of itself is first-hand.
                         self.hosts.heard_from(now, h.addr, h.load);
                     } else {
                         self.hosts.add_from(now, h, remote.ip());
@@ -679,7 +679,12 @@ impl SuperPeer {
                 // A leaf serves chunks at the address we see it at, on the port it names:
                 // never at an address it claims, or any leaf could send every downloader of a
                 // popular name to a victim's address.
-                let source = hello.listen.map(|l| SocketAddr::new(remote.ip(), l.port()));
+                // (This node's own leaf link, after a promotion, comes over loopback: its
+                // files are served where its leaf side listens.)
+                let source = hello.listen.map(|l| match hello.node == self.node {
+                    true if !l.ip().is_unspecified() => l,
+                    _ => SocketAddr::new(remote.ip(), l.port()),
+                });
                 self.stats.leaves += 1;
                 self.events.push_back(Event::LeafJoined {
                     conn,
@@ -712,7 +717,18 @@ impl SuperPeer {
                 }
                 if let Some(listen) = hello.listen {
                     let load = hello.load.unwrap_or_default();
-                    self.hosts.heard_from(now, listen, load);
+                    // First-hand only at the address we see it at; any other address it names
+                    // for itself is its word, not ours.
+                    if listen.ip() == remote.ip() {
+                        self.hosts.heard_from(now, listen, load);
+                    } else {
+                        let entry = HostEntry {
+                            addr: listen,
+                            load,
+                            age_s: 0,
+                        };
+                        self.hosts.add_from(now, entry, remote.ip());
+                    }
                 }
                 self.stats.neighbours += 1;
                 self.events.push_back(Event::NeighbourJoined {
