@@ -979,3 +979,31 @@ fn hits_off_the_querys_path_or_over_the_cap_are_dropped() {
     assert_eq!(sp.stats().hits_dropped, 2);
     assert_eq!(sp.stats().protocol_errors, 0);
 }
+
+#[test]
+fn inbound_neighbours_past_the_cap_are_redirected() {
+    let now = Instant::now();
+    let clock = RoleClock::new(now, NodeRole::SuperPeer, RoleConfig::default());
+    let config = Config {
+        max_neighbours: 2,
+        ..flooding()
+    };
+    let mut sp = SuperPeer::new(now, NodeId([1; 32]), None, config, clock);
+    for c in 1..=3u64 {
+        let remote = format!("127.0.0.{}:7000", c + 1).parse().unwrap();
+        sp.handle_connect(now, c, remote, false);
+        let hello = Hello::new(
+            NodeId([c as u8 + 10; 32]),
+            Role::SuperPeer,
+            Some(remote),
+            "t",
+        );
+        sp.handle_message(now, c, Message::Hello(hello));
+    }
+    assert_eq!(sp.stats().neighbours, 2);
+    let redirected: Vec<ConnId> = std::iter::from_fn(|| sp.poll_transmit())
+        .filter(|t| matches!(t.msg, Message::Redirect { .. }))
+        .map(|t| t.to)
+        .collect();
+    assert_eq!(redirected, vec![3]);
+}
