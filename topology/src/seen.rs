@@ -21,6 +21,9 @@ pub struct SeenCache<K, V, O> {
     owners: HashMap<O, VecDeque<(Instant, K)>>,
     capacity: usize,
     ttl: Duration,
+    /// No entry expires before this (a lower bound: an eviction may leave it early), so
+    /// `expire` scans the owners only when something may be due, not on every insert.
+    due: Option<Instant>,
 }
 
 impl<K: Hash + Eq + Clone, V, O: Hash + Eq + Clone> SeenCache<K, V, O> {
@@ -30,6 +33,7 @@ impl<K: Hash + Eq + Clone, V, O: Hash + Eq + Clone> SeenCache<K, V, O> {
         SeenCache {
             map: HashMap::new(),
             owners: HashMap::new(),
+            due: None,
             capacity,
             ttl,
         }
@@ -45,6 +49,7 @@ impl<K: Hash + Eq + Clone, V, O: Hash + Eq + Clone> SeenCache<K, V, O> {
             self.evict_from_largest(&owner);
         }
         let expiry = now + self.ttl;
+        self.due = Some(self.due.map_or(expiry, |t| t.min(expiry)));
         self.map.insert(key.clone(), (value, expiry));
         self.owners
             .entry(owner)
@@ -92,6 +97,9 @@ impl<K: Hash + Eq + Clone, V, O: Hash + Eq + Clone> SeenCache<K, V, O> {
 
     /// Drops expired entries.
     pub fn expire(&mut self, now: Instant) {
+        if self.due.is_none_or(|t| t > now) {
+            return;
+        }
         let map = &mut self.map;
         self.owners.retain(|_, keys| {
             while let Some((expiry, _)) = keys.front() {
@@ -103,6 +111,7 @@ impl<K: Hash + Eq + Clone, V, O: Hash + Eq + Clone> SeenCache<K, V, O> {
             }
             !keys.is_empty()
         });
+        self.due = self.next_expiry();
     }
 
     /// Entries held (expired ones may still count until the next call that expires).
