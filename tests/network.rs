@@ -304,6 +304,8 @@ async fn send_raw(addr: std::net::SocketAddr, bytes: &[u8], close_after: bool) -
         Ok(Some(Message::Hello(_)))
     ));
     writer.write_all(bytes).await.unwrap();
+    // An encrypting writer holds a short write until flushed.
+    writer.flush().await.unwrap();
     if close_after {
         writer.close().await.unwrap();
     }

@@ -15,6 +15,9 @@ use wire::{DecodeError, Message};
 
 /// The smallest free space offered to a read.
 const READ_SIZE: usize = 64 << 10;
+/// A message payload shorter than this is copied behind its header and written at once; a
+/// longer one (a chunk) is written from where it is.
+const COPY_BELOW: usize = 16 << 10;
 /// A buffer larger than this is given back once drained.
 const KEEP_BUFFER: usize = 2 << 20;
 
@@ -182,15 +185,25 @@ pub async fn write_message_within<W: AsyncWrite + Unpin>(
     .await
 }
 
-/// Encodes `msg` into `scratch` and writes it.
+/// Encodes `msg` and writes it: its header and body from `scratch`, then a chunk's bytes from
+/// the message itself (not copied into a frame buffer), then the trailer.
 pub async fn write_message<W: AsyncWrite + Unpin>(
     w: &mut W,
     msg: &Message,
     scratch: &mut Vec<u8>,
 ) -> io::Result<()> {
     scratch.clear();
-    wire::encode(msg, scratch);
-    w.write_all(scratch).await?;
+    let (payload, trailer) = wire::frame::encode_parts(msg, scratch);
+    if payload.len() < COPY_BELOW {
+        // Small: one write (a plain stream would otherwise send three segments).
+        scratch.extend_from_slice(payload);
+        scratch.extend_from_slice(&trailer);
+        w.write_all(scratch).await?;
+    } else {
+        w.write_all(scratch).await?;
+        w.write_all(payload).await?;
+        w.write_all(&trailer).await?;
+    }
     // An encrypting writer may hold the last bytes until flushed.
     w.flush().await
 }

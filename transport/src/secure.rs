@@ -15,8 +15,9 @@
 //!
 //! [`SecureReader`] and [`SecureWriter`] are the two halves, each an ordinary
 //! [`AsyncRead`]/[`AsyncWrite`], so the framing code above them ([`crate::net::FrameReader`],
-//! [`crate::net::write_message`]) does not change. A writer may hold encrypted bytes until it is
-//! flushed: whoever writes a whole message flushes (as `write_message` does).
+//! [`crate::net::write_message`]) does not change. A writer may hold bytes (encrypted, or plaintext
+//! short of one transport message) until it is flushed: whoever writes a whole message flushes
+//! (as `write_message` does).
 
 use std::io;
 use std::pin::Pin;
@@ -170,6 +171,7 @@ where
             nonce: 0,
             out: Vec::new(),
             out_start: 0,
+            plain: Vec::new(),
         },
         peer,
     })
@@ -201,8 +203,10 @@ fn corrupt(what: &str) -> io::Error {
 }
 
 impl<S: AsyncRead + Unpin> SecureReader<S> {
-    /// Decrypts one whole message if one is buffered: `Some(plaintext length)`.
-    fn decrypt_buffered(&mut self) -> io::Result<Option<usize>> {
+    /// Decrypts the next whole message held, if any: straight into `out` when it has room for
+    /// the ciphertext (as a framing reader's buffer has for bulk data, so no copy in between),
+    /// else into the reader's own buffer.
+    fn decrypt_buffered(&mut self, out: &mut [u8]) -> io::Result<Option<Decrypted>> {
         let held = &self.cipher[self.cipher_start..self.cipher_end];
         if held.len() < 2 {
             return Ok(None);
@@ -214,18 +218,33 @@ impl<S: AsyncRead + Unpin> SecureReader<S> {
         if held.len() < 2 + n {
             return Ok(None);
         }
-        if self.plain.len() < n - TAG {
-            self.plain.resize(n - TAG, 0);
+        // The cipher decrypts in place in a buffer of the ciphertext's length (tag included);
+        // a smaller one would cost an allocation and another copy.
+        let direct = out.len() >= n;
+        if !direct && self.plain.len() < n {
+            self.plain.resize(n, 0);
         }
+        let into = if direct { out } else { &mut self.plain[..] };
         let plain = self
             .transport
-            .read_message(self.nonce, &held[2..2 + n], &mut self.plain)
+            .read_message(self.nonce, &held[2..2 + n], into)
             .map_err(|_| corrupt("a message failed to decrypt (altered, replayed or lost)"))?;
         self.nonce += 1;
         self.cipher_start += 2 + n;
+        if direct {
+            return Ok(Some(Decrypted::Out(plain)));
+        }
         (self.plain_start, self.plain_end) = (0, plain);
-        Ok(Some(plain))
+        Ok(Some(Decrypted::Held))
     }
+}
+
+/// Where [`SecureReader::decrypt_buffered`] put a message.
+enum Decrypted {
+    /// This many bytes, into the caller's buffer.
+    Out(usize),
+    /// Into the reader's own buffer.
+    Held,
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for SecureReader<S> {
@@ -242,9 +261,11 @@ impl<S: AsyncRead + Unpin> AsyncRead for SecureReader<S> {
                 this.plain_start += n;
                 return Poll::Ready(Ok(n));
             }
-            if this.decrypt_buffered()?.is_some() {
-                // An empty message is legal; loop either way.
-                continue;
+            match this.decrypt_buffered(out)? {
+                // An empty message is legal: read on.
+                Some(Decrypted::Out(0) | Decrypted::Held) => continue,
+                Some(Decrypted::Out(n)) => return Poll::Ready(Ok(n)),
+                None => {}
             }
             // Make room: move what is held to the front, and grow the buffer to hold the whole
             // message being read (and one more, so a read can take in several).
@@ -289,6 +310,10 @@ pub struct SecureWriter<S> {
     /// Encrypted bytes not yet written, `out[out_start..]`.
     out: Vec<u8>,
     out_start: usize,
+    /// Plaintext shorter than one transport message, held for the next write or the flush:
+    /// a frame's header, chunk and trailer written in turn make whole messages, not a tiny
+    /// one each.
+    plain: Vec<u8>,
 }
 
 impl<S> std::fmt::Debug for SecureWriter<S> {
@@ -312,6 +337,32 @@ impl<S: AsyncWrite + Unpin> SecureWriter<S> {
         Poll::Ready(Ok(()))
     }
 
+    /// Encrypts `piece` (at most one message's plaintext) as the next transport message, to
+    /// be written after what is held.
+    fn seal(&mut self, piece: &[u8]) -> io::Result<()> {
+        let at = self.out.len();
+        self.out.resize(at + 2 + piece.len() + TAG, 0);
+        let n = self
+            .transport
+            .write_message(self.nonce, piece, &mut self.out[at + 2..])
+            .map_err(|e| io::Error::other(format!("encryption failed: {e}")))?;
+        self.nonce += 1;
+        self.out[at..at + 2].copy_from_slice(&(n as u16).to_be_bytes());
+        Ok(())
+    }
+
+    /// Encrypts the plaintext held, if any.
+    fn seal_held(&mut self) -> io::Result<()> {
+        if self.plain.is_empty() {
+            return Ok(());
+        }
+        let plain = std::mem::take(&mut self.plain);
+        let sealed = self.seal(&plain);
+        self.plain = plain;
+        self.plain.clear();
+        sealed
+    }
+
     /// The wrapped stream (to shut it down).
     pub fn get_ref(&self) -> &S {
         &self.inner
@@ -319,6 +370,9 @@ impl<S: AsyncWrite + Unpin> SecureWriter<S> {
 }
 
 impl<S: AsyncWrite + Unpin> AsyncWrite for SecureWriter<S> {
+    /// Encrypts what it takes of `buf` into whole transport messages, straight from `buf`
+    /// (the cipher's only copy), up to a batch per call; less than a message is held as
+    /// plaintext until more comes or the writer is flushed.
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -326,32 +380,39 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for SecureWriter<S> {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         ready!(this.poll_drain(cx))?;
-        let take = buf.len().min(WRITE_BATCH);
-        for piece in buf[..take].chunks(MAX_PLAIN) {
-            let at = this.out.len();
-            this.out.resize(at + 2 + piece.len() + TAG, 0);
-            let n = this
-                .transport
-                .write_message(this.nonce, piece, &mut this.out[at + 2..])
-                .map_err(|e| io::Error::other(format!("encryption failed: {e}")))?;
-            this.nonce += 1;
-            this.out[at..at + 2].copy_from_slice(&(n as u16).to_be_bytes());
+        let mut taken = 0;
+        if !this.plain.is_empty() || buf.len() < MAX_PLAIN {
+            taken = (MAX_PLAIN - this.plain.len()).min(buf.len());
+            this.plain.extend_from_slice(&buf[..taken]);
+            if this.plain.len() == MAX_PLAIN {
+                this.seal_held()?;
+            }
+        }
+        while buf.len() - taken >= MAX_PLAIN && this.out.len() < WRITE_BATCH {
+            this.seal(&buf[taken..taken + MAX_PLAIN])?;
+            taken += MAX_PLAIN;
+        }
+        if this.plain.is_empty() && buf.len() - taken < MAX_PLAIN {
+            this.plain.extend_from_slice(&buf[taken..]);
+            taken = buf.len();
         }
         // Start sending now; what does not fit goes on the next write or flush.
         if let Poll::Ready(Err(e)) = this.poll_drain(cx) {
             return Poll::Ready(Err(e));
         }
-        Poll::Ready(Ok(take))
+        Poll::Ready(Ok(taken))
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        this.seal_held()?;
         ready!(this.poll_drain(cx))?;
         Pin::new(&mut this.inner).poll_flush(cx)
     }
 
     fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        this.seal_held()?;
         ready!(this.poll_drain(cx))?;
         Pin::new(&mut this.inner).poll_close(cx)
     }
@@ -400,6 +461,34 @@ mod tests {
             };
             let ((), got) = smol::future::zip(send, recv).await;
             assert!(got == data, "{} bytes arrived of {}", got.len(), data.len());
+        })
+    }
+
+    #[test]
+    fn pieces_written_in_turn_go_out_as_whole_messages_once_flushed() {
+        smol::block_on(async {
+            let (a, b) = (Identity::generate(), Identity::generate());
+            let (mut ca, mut cb) = pair(&a, &b).await;
+            let head = [1u8; 10];
+            let body: Vec<u8> = (0..100_000u32).map(|i| (i % 253) as u8).collect();
+            let tail = [2u8; 4];
+            ca.writer.write_all(&head).await.unwrap();
+            ca.writer.write_all(&body).await.unwrap();
+            ca.writer.write_all(&tail).await.unwrap();
+            assert_eq!(
+                ca.writer.nonce, 1,
+                "one whole message sealed, the rest held"
+            );
+            ca.writer.flush().await.unwrap();
+            assert_eq!(
+                ca.writer.nonce, 2,
+                "10 + 100,000 + 4 bytes make two messages"
+            );
+            let mut got = vec![0; head.len() + body.len() + tail.len()];
+            cb.reader.read_exact(&mut got).await.unwrap();
+            assert_eq!(&got[..10], &head);
+            assert!(got[10..100_010] == body[..]);
+            assert_eq!(&got[100_010..], &tail);
         })
     }
 

@@ -140,6 +140,18 @@ pub fn decode_frame(buf: &[u8]) -> Result<Option<(Frame<'_>, usize)>, DecodeErro
 /// # Panics
 /// If `body` or `payload` exceeds its maximum: that is a bug in the sender, not bad input.
 pub fn encode_frame(body: &[u8], payload: &[u8], out: &mut Vec<u8>) {
+    let trailer = frame_head(body, payload, out);
+    out.extend_from_slice(payload);
+    out.extend_from_slice(&trailer);
+}
+
+/// Appends a frame's header and `body` to `out`, and returns its trailer: the frame is these
+/// bytes, then `payload`, then the trailer. A sender writes the three in turn, so a chunk's
+/// bytes are not copied into a frame buffer first.
+///
+/// # Panics
+/// As [`encode_frame`].
+fn frame_head(body: &[u8], payload: &[u8], out: &mut Vec<u8>) -> [u8; TRAILER_LEN] {
     assert!(
         body.len() <= MAX_BODY as usize,
         "frame body of {} bytes too large",
@@ -154,11 +166,10 @@ pub fn encode_frame(body: &[u8], payload: &[u8], out: &mut Vec<u8>) {
     out.extend_from_slice(&(body.len() as u32).to_be_bytes());
     out.extend_from_slice(&(payload.len() as u32).to_be_bytes());
     out.extend_from_slice(body);
-    out.extend_from_slice(payload);
     let mut crc = crc32fast::Hasher::new();
     crc.update(body);
     crc.update(payload);
-    out.extend_from_slice(&crc.finalize().to_be_bytes());
+    crc.finalize().to_be_bytes()
 }
 
 /// Serializes any serde value as one frame with no payload (used by the local control
@@ -187,13 +198,23 @@ pub fn decode_value<T: DeserializeOwned>(buf: &[u8]) -> Result<Option<(T, usize)
 /// Appends `msg` as one frame to `out`. Chunk data and manifest chaining values go into the raw
 /// payload, not the CBOR body.
 pub fn encode(msg: &Message, out: &mut Vec<u8>) {
+    let (payload, trailer) = encode_parts(msg, out);
+    out.extend_from_slice(payload);
+    out.extend_from_slice(&trailer);
+}
+
+/// `msg` as one frame in three parts, for a writer that sends them in turn without copying a
+/// chunk: appends the header and body to `head`, and returns the payload (the message's own
+/// bytes) and the trailer to write after it. [`encode`] gives the same bytes in one buffer.
+pub fn encode_parts<'a>(msg: &'a Message, head: &mut Vec<u8>) -> (&'a [u8], [u8; TRAILER_LEN]) {
     let mut body = Vec::new();
     ciborium::into_writer(msg, &mut body).expect("CBOR encoding into a Vec cannot fail");
-    match msg {
-        Message::Chunk(ChunkMsg { data, .. }) => encode_frame(&body, data, out),
-        Message::Manifest(ManifestMsg { cvs, .. }) => encode_frame(&body, cvs.as_flattened(), out),
-        _ => encode_frame(&body, &[], out),
-    }
+    let payload: &[u8] = match msg {
+        Message::Chunk(ChunkMsg { data, .. }) => data,
+        Message::Manifest(ManifestMsg { cvs, .. }) => cvs.as_flattened(),
+        _ => &[],
+    };
+    (payload, frame_head(&body, payload, head))
 }
 
 /// Decodes the message at the start of `buf`: `Ok(None)` if it is not all here yet, otherwise
