@@ -99,6 +99,7 @@ fuzz_target!(|input: Input| {
     let n = 1 + input.sources as usize % 4;
     let opts = SourceOptions {
         inflight: 1 + input.inflight as usize % 6,
+        max_inflight: 1 + input.inflight as usize % 12,
         response_timeout: Duration::from_secs(30),
         queued_retry: Duration::from_millis(500),
     };

@@ -149,14 +149,19 @@ impl Scheduler {
                 }
             }
             let start = self.random() as usize % n;
+            let held = &self.holds[&source];
             let mut best: Option<(u32, usize)> = None;
             for k in 0..n {
                 let c = (start + k) % n;
                 if self.chunks[c] == ChunkState::Missing
-                    && self.holds(source, c)
+                    && held.get(c as u64)
                     && best.is_none_or(|(a, _)| self.avail[c] < a)
                 {
                     best = Some((self.avail[c], c));
+                    if self.avail[c] <= 1 {
+                        // Only this source holds it: none is rarer.
+                        break;
+                    }
                 }
             }
             if let Some((_, c)) = best {

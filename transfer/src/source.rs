@@ -24,12 +24,16 @@
 //!   answer to a number never used is a lie.
 //! - `inflight` maps each open request to its chunk; every chunk in it is `Active` for this
 //!   source in the scheduler, until `close` releases them all.
-//! - At most `inflight_per_source` requests are out; while queued, at most one (the probe),
-//!   and none until the retry time.
+//! - `checking` holds the requests whose chunk arrived and is being verified and written: a
+//!   subset of `inflight`. Such a chunk stays in flight (if its check fails, it goes back with
+//!   the source) but no longer counts against the window, so the source is asked for more while
+//!   the driver checks what came; how many chunks wait to be checked is the driver's bound.
+//! - At most `inflight_per_source` requests are out at the source (in flight and not arrived);
+//!   while queued, at most one (the probe), and none until the retry time.
 //! - A source is asked only for chunks it said it holds (its bitfield and haves).
 //! - Once `end()` is set, no input changes anything.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use wire::{Bitfield, ChunkMsg, FileId, Message};
@@ -40,12 +44,21 @@ use crate::Scheduler;
 pub const TELL_EVERY: Duration = Duration::from_millis(250);
 /// How soon a session with nothing in flight looks again on its own.
 const IDLE_LOOK: Duration = Duration::from_millis(500);
+/// A source's window holds what it delivers in this long (at least [`SourceOptions::inflight`]
+/// requests, at most [`SourceOptions::max_inflight`]): a fast source is kept busy through the
+/// time a request takes to be answered, a slow one is not handed chunks it will sit on.
+pub const QUEUE_TIME: Duration = Duration::from_millis(50);
+/// The delivery rate is measured over periods this long.
+const RATE_PERIOD: Duration = Duration::from_millis(100);
 
 /// The rules' settings.
 #[derive(Debug, Clone)]
 pub struct SourceOptions {
-    /// Chunk requests kept in flight.
+    /// Chunk requests kept in flight at least (the window of a source not yet measured, or
+    /// slow).
     pub inflight: usize,
+    /// Chunk requests kept in flight at most, however fast the source delivers.
+    pub max_inflight: usize,
     /// With requests out, a source that sends no byte for this long has stalled.
     pub response_timeout: Duration,
     /// How soon a queued request is asked again.
@@ -115,6 +128,10 @@ pub struct SourceSession {
     me: usize,
     opts: SourceOptions,
     inflight: HashMap<u32, u64>,
+    /// Requests whose chunk arrived and is being checked (a subset of `inflight`).
+    checking: HashSet<u32>,
+    /// How fast the source delivers, which sizes its window.
+    pace: Pace,
     next_request: u32,
     /// Set once queued: when to ask again.
     queued_until: Option<Instant>,
@@ -139,6 +156,8 @@ impl SourceSession {
             me,
             opts,
             inflight: HashMap::new(),
+            checking: HashSet::new(),
+            pace: Pace::default(),
             next_request: 1,
             queued_until: None,
             told_done: None,
@@ -174,7 +193,7 @@ impl SourceSession {
         let next_request = self.next_request;
         let issued = move |r: u32| r != 0 && r < next_request;
         match msg {
-            Message::Chunk(chunk) => self.on_chunk(chunk, issued, sched),
+            Message::Chunk(chunk) => self.on_chunk(now, chunk, issued, sched),
             Message::Bitfield { id, bits } => {
                 let want = Bitfield::byte_len(self.count);
                 if id != self.id || bits.len() != want {
@@ -209,11 +228,16 @@ impl SourceSession {
                         "queued request {request}, never made"
                     )));
                 }
-                // Queued: give every chunk back (their other answers will be Queued too, or
-                // late, and are ignored) and ask again shortly with one request.
-                for (_, c) in self.inflight.drain() {
-                    sched.release(self.me, c);
-                }
+                // Queued: give every chunk not yet arrived back (their other answers will be
+                // Queued too, or late, and are ignored) and ask again shortly with one request.
+                let (me, checking) = (self.me, &self.checking);
+                self.inflight.retain(|r, &mut c| {
+                    let keep = checking.contains(r);
+                    if !keep {
+                        sched.release(me, c);
+                    }
+                    keep
+                });
                 self.queued_until = Some(now + self.opts.queued_retry);
                 self.events.push_back(SourceEvent::Queued { position });
                 Ok(())
@@ -237,6 +261,7 @@ impl SourceSession {
 
     fn on_chunk(
         &mut self,
+        now: Instant,
         chunk: ChunkMsg,
         issued: impl Fn(u32) -> bool,
         sched: &mut Scheduler,
@@ -263,6 +288,7 @@ impl SourceSession {
         self.events.push_back(SourceEvent::Received {
             bytes: chunk.data.len() as u64,
         });
+        self.pace.arrived(now, chunk.data.len() as u64);
         if sched.is_done(c) {
             // An endgame spare that arrived before its cancel.
             self.inflight.remove(&chunk.request);
@@ -270,6 +296,7 @@ impl SourceSession {
         }
         // The chunk stays in flight until it is checked: if the check fails, it is released
         // with the source.
+        self.checking.insert(chunk.request);
         self.events.push_back(SourceEvent::Verify {
             request: chunk.request,
             chunk: c,
@@ -291,6 +318,7 @@ impl SourceSession {
         if self.end.is_some() {
             return;
         }
+        self.checking.remove(&request);
         let Some(&c) = self.inflight.get(&request) else {
             return;
         };
@@ -338,9 +366,11 @@ impl SourceSession {
         }
         // Endgame spares whose chunk another source delivered: cancel them.
         let mut cancel: Vec<u32> = Vec::new();
+        let checking = &mut self.checking;
         self.inflight.retain(|&r, &mut c| {
             let keep = !sched.is_done(c);
-            if !keep {
+            // A chunk that arrived is answered: nothing to cancel.
+            if !keep && !checking.remove(&r) {
                 cancel.push(r);
             }
             keep
@@ -354,11 +384,11 @@ impl SourceSession {
         let room = if self.queued_until.is_some() {
             1
         } else {
-            self.opts.inflight
+            self.window()
         };
-        while !queued && self.inflight.len() < room {
+        while !queued && self.outstanding() < room {
             // Duplicate another source's chunk only when this one has nothing to do.
-            let Some(c) = sched.next(self.me, self.inflight.is_empty()) else {
+            let Some(c) = sched.next(self.me, self.outstanding() == 0) else {
                 break;
             };
             let request = self.next_request;
@@ -383,7 +413,18 @@ impl SourceSession {
     /// ([`SourceEnd::Failed`]): the response timeout while requests are out. With none out the
     /// source may rightly stay silent: `None`.
     pub fn read_idle(&self) -> Option<Duration> {
-        (!self.inflight.is_empty()).then_some(self.opts.response_timeout)
+        (self.outstanding() > 0).then_some(self.opts.response_timeout)
+    }
+
+    /// How many requests the source is to have out: what it delivers in [`QUEUE_TIME`],
+    /// within the options' bounds.
+    pub fn window(&self) -> usize {
+        self.pace.window(self.opts.inflight, self.opts.max_inflight)
+    }
+
+    /// Requests the source has not answered yet.
+    fn outstanding(&self) -> usize {
+        self.inflight.len() - self.checking.len()
     }
 
     /// The read limit passed with no byte from the source.
@@ -435,6 +476,7 @@ impl SourceSession {
         for (_, c) in self.inflight.drain() {
             sched.release(self.me, c);
         }
+        self.checking.clear();
         sched.forget_source(self.me);
         self.wake_at = None;
         if self.end.is_none() {
@@ -454,8 +496,12 @@ impl SourceSession {
     /// Checks the invariants of the module docs against `sched`; panics with the broken one.
     pub fn check_invariants(&self, sched: &Scheduler) {
         assert!(
-            self.inflight.len() <= self.opts.inflight.max(1),
+            self.outstanding() <= self.opts.inflight.max(self.opts.max_inflight).max(1),
             "too many requests out"
+        );
+        assert!(
+            self.checking.iter().all(|r| self.inflight.contains_key(r)),
+            "a chunk being checked is no longer in flight"
         );
         if self.closed {
             assert!(self.inflight.is_empty(), "closed with chunks in flight");
@@ -471,6 +517,43 @@ impl SourceSession {
     }
 }
 
+/// A source's delivery rate, measured over periods of [`RATE_PERIOD`] (each new measure
+/// averaged with the last), and the size of its chunks.
+#[derive(Debug, Default)]
+struct Pace {
+    since: Option<Instant>,
+    bytes: u64,
+    /// Bytes a second; 0 until measured.
+    rate: f64,
+    chunk: u64,
+}
+
+impl Pace {
+    fn arrived(&mut self, now: Instant, bytes: u64) {
+        self.chunk = self.chunk.max(bytes);
+        let since = *self.since.get_or_insert(now);
+        self.bytes += bytes;
+        let took = now.saturating_duration_since(since);
+        if took >= RATE_PERIOD {
+            let rate = self.bytes as f64 / took.as_secs_f64();
+            self.rate = if self.rate == 0.0 {
+                rate
+            } else {
+                (self.rate + rate) / 2.0
+            };
+            (self.since, self.bytes) = (Some(now), 0);
+        }
+    }
+
+    fn window(&self, min: usize, max: usize) -> usize {
+        if self.chunk == 0 {
+            return min;
+        }
+        let w = (self.rate * QUEUE_TIME.as_secs_f64() / self.chunk as f64).ceil();
+        (w.min(max as f64) as usize).clamp(min, max.max(min))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     //! The hostile-source rules, without sockets: each case feeds the session what a lying,
@@ -483,6 +566,7 @@ mod tests {
     fn opts() -> SourceOptions {
         SourceOptions {
             inflight: 4,
+            max_inflight: 16,
             response_timeout: Duration::from_secs(30),
             queued_retry: Duration::from_millis(500),
         }
@@ -556,10 +640,13 @@ mod tests {
             panic!("the chunk is handed out to verify");
         };
         assert_eq!((request, got), (r, c));
-        assert!(
-            requests(&mut s).is_empty(),
-            "still four out until it is checked"
+        assert_eq!(
+            requests(&mut s).len(),
+            1,
+            "an answered chunk no longer counts against the window while it is checked"
         );
+        assert_eq!(s.inflight(), 5, "it stays in flight until checked");
+        s.check_invariants(&sched);
         s.handle_checked(t, r, 100, Checked::Kept, &mut sched);
         assert_eq!(
             s.poll_event(),
@@ -569,9 +656,108 @@ mod tests {
             })
         );
         assert!(sched.is_done(c));
-        assert_eq!(requests(&mut s).len(), 1, "one more to keep four out");
+        assert!(requests(&mut s).is_empty(), "still four out at the source");
+        assert_eq!(s.inflight(), 4);
         s.check_invariants(&sched);
         sched.check_invariants();
+    }
+
+    /// Feeds `s` chunks of 100 bytes, one every `gap`, answering its requests in order and
+    /// keeping each, for `chunks` chunks; returns the largest number it had out at once.
+    fn deliver(
+        s: &mut SourceSession,
+        sched: &mut Scheduler,
+        t: &mut Instant,
+        gap: Duration,
+        chunks: usize,
+    ) -> usize {
+        let mut out = std::collections::VecDeque::from(requests(s));
+        let mut most = out.len();
+        for _ in 0..chunks {
+            let Some((r, c)) = out.pop_front() else { break };
+            *t += gap;
+            s.handle_message(*t, chunk(r, c), sched);
+            while s.poll_event().is_some() {}
+            s.handle_checked(*t, r, 100, Checked::Kept, sched);
+            while s.poll_event().is_some() {}
+            out.extend(requests(s));
+            most = most.max(out.len());
+            s.check_invariants(sched);
+        }
+        most
+    }
+
+    #[test]
+    fn the_window_grows_with_what_a_source_delivers_within_its_bounds() {
+        let count = 2000;
+        let full = |s: &mut SourceSession, sched: &mut Scheduler, t: Instant| {
+            assert_eq!(s.poll_transmit(), Some(Message::GetBitfield { id: ID }));
+            s.handle_message(
+                t,
+                Message::Bitfield {
+                    id: ID,
+                    bits: Bitfield::full(count).into_bytes(),
+                },
+                sched,
+            );
+        };
+        // Fast: 100 bytes a millisecond is 100 kB/s, 5 kB (50 chunks) in QUEUE_TIME: the
+        // window reaches its maximum of 16.
+        let mut t = Instant::now();
+        let mut sched = Scheduler::with_seed(count, 1);
+        let mut fast = SourceSession::new(ID, count, 0, opts());
+        full(&mut fast, &mut sched, t);
+        assert_eq!(fast.window(), 4, "unmeasured: the least");
+        let most = deliver(&mut fast, &mut sched, &mut t, Duration::from_millis(1), 400);
+        assert_eq!(fast.window(), 16);
+        assert_eq!(most, 16, "never more out than the maximum");
+        // Slow: a chunk every 100 ms is 1 kB/s, under one chunk in QUEUE_TIME: the least.
+        let mut t = Instant::now();
+        let mut sched = Scheduler::with_seed(count, 1);
+        let mut slow = SourceSession::new(ID, count, 0, opts());
+        full(&mut slow, &mut sched, t);
+        let most = deliver(
+            &mut slow,
+            &mut sched,
+            &mut t,
+            Duration::from_millis(100),
+            40,
+        );
+        assert_eq!((slow.window(), most), (4, 4));
+    }
+
+    #[test]
+    fn queued_while_a_chunk_is_checked_keeps_that_chunk_and_gives_back_the_rest() {
+        let t = Instant::now();
+        let mut sched = Scheduler::with_seed(10, 1);
+        let mut s = ready(t, &mut sched, 0);
+        let out = requests(&mut s);
+        let (r, c) = out[0];
+        s.handle_message(t, chunk(r, c), &mut sched);
+        while s.poll_event().is_some() {}
+        let more = requests(&mut s);
+        s.handle_message(
+            t,
+            Message::Queued {
+                request: out[1].0,
+                position: 3,
+            },
+            &mut sched,
+        );
+        assert_eq!(
+            s.inflight(),
+            1,
+            "only the chunk being checked stays: {more:?}"
+        );
+        s.check_invariants(&sched);
+        sched.check_invariants();
+        s.handle_checked(t, r, 100, Checked::Kept, &mut sched);
+        assert!(
+            sched.is_done(c),
+            "the checked chunk is kept though the source queued us"
+        );
+        assert_eq!(s.inflight(), 0);
+        s.check_invariants(&sched);
     }
 
     #[test]
