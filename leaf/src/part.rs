@@ -164,28 +164,33 @@ pub(crate) fn free_space(dir: &Path) -> io::Result<u64> {
     Ok(st.f_bavail.saturating_mul(st.f_frsize))
 }
 
-/// The chunks of an earlier attempt that are on disk: the recorded ones, and any other whose
-/// bytes verify (written after the last record).
+/// The chunks of an earlier attempt that are on disk and verify against the manifest: every
+/// chunk is read back and checked, recorded or not. The record says which chunks were synced
+/// before it was written; bytes that sat on disk across a restart were verified by nobody in
+/// this run, so they are checked here, and a recorded chunk that no longer verifies (the part
+/// file was altered between runs) is fetched again instead of failing the download at the end.
+/// Returns the chunks found, and how many recorded chunks failed.
 pub(crate) fn recover_chunks(
     file: &File,
     manifest: &Manifest,
-    done: &[u8],
-) -> io::Result<Vec<u64>> {
-    let mut found = Vec::new();
+    recorded: &[u8],
+) -> io::Result<(Vec<u64>, u64)> {
+    let (mut found, mut damaged) = (Vec::new(), 0);
     let mut buf = Vec::new();
     for c in 0..manifest.chunk_count() {
-        if done[(c / 8) as usize] & (1 << (c % 8)) != 0 {
-            found.push(c);
-            continue;
-        }
         let r = manifest.chunk_range(c);
         buf.resize((r.end - r.start) as usize, 0);
         file.read_exact_at(&mut buf, r.start)?;
         if manifest.verify_chunk(c, &buf).is_ok() {
             found.push(c);
+        } else if recorded
+            .get((c / 8) as usize)
+            .is_some_and(|b| b & (1 << (c % 8)) != 0)
+        {
+            damaged += 1;
         }
     }
-    Ok(found)
+    Ok((found, damaged))
 }
 
 /// Gives the verified `.part` file its final name without replacing any existing file (nor
@@ -331,7 +336,7 @@ mod tests {
     }
 
     #[test]
-    fn recovery_trusts_the_record_and_verifies_the_rest() {
+    fn recovery_verifies_every_chunk_recorded_or_not() {
         let tmp = tempfile::tempdir().unwrap();
         let data: Vec<u8> = (0..5000u32).map(|i| (i * 7) as u8).collect();
         let mut b = wire::ManifestBuilder::with_chunk_size(5000, 1024);
@@ -346,12 +351,15 @@ mod tests {
             .open(&path)
             .unwrap();
         f.set_len(5000).unwrap();
-        // Chunk 1 recorded (and written); chunk 3 written after the last record; chunk 4 torn.
+        // Chunk 1 recorded (and written); chunk 3 written after the last record; chunk 4 torn;
+        // chunk 0 recorded but altered on disk since.
         f.write_all_at(&data[1024..2048], 1024).unwrap();
         f.write_all_at(&data[3072..4096], 3072).unwrap();
         f.write_all_at(&data[4096..4500], 4096).unwrap();
-        let found = recover_chunks(&f, &m, &[0b0000_0010]).unwrap();
+        f.write_all_at(&[1; 1024], 0).unwrap();
+        let (found, damaged) = recover_chunks(&f, &m, &[0b0000_0011]).unwrap();
         assert_eq!(found, vec![1, 3]);
+        assert_eq!(damaged, 1, "chunk 0 was recorded and fails");
     }
 
     fn manifest_of(data: &[u8]) -> (FileId, Manifest) {

@@ -33,6 +33,9 @@ use transfer::{UploadEvent, UploadSession};
 
 /// A downloader that takes longer than this to accept one message is dropped.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Answers queued for a connection's writer: the next chunk is read from disk while the last
+/// is encrypted and sent.
+const SEND_AHEAD: usize = 2;
 /// Serves one downloader's connection until it closes or misbehaves.
 pub(crate) async fn serve(node: Arc<NodeState>, stream: TcpStream, peer: SocketAddr) {
     let limit = node.limits.handshake_timeout;
@@ -49,9 +52,21 @@ pub(crate) async fn serve(node: Arc<NodeState>, stream: TcpStream, peer: SocketA
 }
 
 async fn serve_inner(node: &NodeState, stream: SecureStream<TcpStream>) -> Result<(), String> {
-    let mut writer = stream.writer;
     let mut reader = FrameReader::new(stream.reader).limited(transfer::upload::MAX_REQUEST_BODY, 0);
-    let mut scratch = Vec::new();
+    // Everything sent goes through the writer task, in order; a failed write ends it, and the
+    // next send here finds its queue closed.
+    let (out, out_rx) = channel::bounded::<Message>(SEND_AHEAD);
+    let mut writer = stream.writer;
+    let write_task = smol::spawn(async move {
+        let mut scratch = Vec::new();
+        while let Ok(msg) = out_rx.recv().await {
+            write_message_within(&mut writer, &msg, &mut scratch, WRITE_TIMEOUT)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        Ok::<(), String>(())
+    });
+    let mut open = OpenShare::default();
     let mine = Hello::new(node.node_id, Role::Leaf, node.listen, crate::AGENT);
     let mut session = UploadSession::new(Instant::now(), stream.peer, mine);
     let conn = node.slots.new_conn();
@@ -73,11 +88,11 @@ async fn serve_inner(node: &NodeState, stream: SecureStream<TcpStream>) -> Resul
     let mut subscribed: Vec<(Arc<PartialFile>, Bitfield)> = Vec::new();
     let result = loop {
         // Everything the session has to say, then the chunks gained and shown since.
-        let mut out: Vec<Message> = std::iter::from_fn(|| session.poll_transmit()).collect();
+        let mut replies: Vec<Message> = std::iter::from_fn(|| session.poll_transmit()).collect();
         for (p, told) in subscribed.iter_mut() {
             if p.have_count() != told.count_ones() {
                 let now = p.bits();
-                out.extend(now.ones_not_in(told).map(|c| Message::Have {
+                replies.extend(now.ones_not_in(told).map(|c| Message::Have {
                     id: p.id,
                     index: c as u32,
                 }));
@@ -85,7 +100,7 @@ async fn serve_inner(node: &NodeState, stream: SecureStream<TcpStream>) -> Resul
             }
         }
         if let Some(view) = session.view_mut() {
-            out.extend(
+            replies.extend(
                 node.spread
                     .with(|s| s.pick(view.id, view))
                     .into_iter()
@@ -95,17 +110,15 @@ async fn serve_inner(node: &NodeState, stream: SecureStream<TcpStream>) -> Resul
                     }),
             );
         }
-        let mut failed = None;
-        for msg in &out {
-            if let Err(e) =
-                write_message_within(&mut writer, msg, &mut scratch, WRITE_TIMEOUT).await
-            {
-                failed = Some(e.to_string());
+        let mut failed = false;
+        for msg in replies {
+            if out.send(msg).await.is_err() {
+                failed = true;
                 break;
             }
         }
-        if let Some(e) = failed {
-            break Err(e);
+        if failed {
+            break Err(WRITER_FAILED.into());
         }
         match session.end() {
             Some(UploadEnd::Closed) => break Ok(()),
@@ -140,14 +153,12 @@ async fn serve_inner(node: &NodeState, stream: SecureStream<TcpStream>) -> Resul
                     let (who, serves) = (session.peer(), session.serves());
                     match node.slots.acquire_as(conn, who, serves, Instant::now()) {
                         Err(position) => Message::Queued { request, position },
-                        Ok(()) => serve_chunk(node, request, id, index).await,
+                        Ok(()) => serve_chunk(node, &mut open, request, id, index).await,
                     }
                 }
             };
-            if let Err(e) =
-                write_message_within(&mut writer, &reply, &mut scratch, WRITE_TIMEOUT).await
-            {
-                break Err(e.to_string());
+            if out.send(reply).await.is_err() {
+                break Err(WRITER_FAILED.into());
             }
             // Read what came meanwhile before the next request, so its Cancels apply.
             while let Ok(next) = rx.try_recv() {
@@ -180,12 +191,29 @@ async fn serve_inner(node: &NodeState, stream: SecureStream<TcpStream>) -> Resul
         }
     };
     read_ahead.cancel().await;
+    // What is queued is still sent (within the write timeout each); a write that failed is
+    // the reason the connection ended.
+    drop(out);
+    let written = write_task.await;
+    let result = match (result, written) {
+        (Err(why), Err(e)) if why == WRITER_FAILED => Err(e),
+        (Ok(()), Err(e)) => Err(e),
+        (result, _) => result,
+    };
     // A view is set exactly when this connection joined the file's spread.
     if let Some(view) = session.view_mut() {
         node.spread.with(|s| s.leave(view.id));
     }
     result
 }
+
+/// The loop's reason when the writer task has stopped: its own error replaces it.
+const WRITER_FAILED: &str = "the writer stopped";
+
+/// The shared file a connection last read, kept open while it asks for chunks of it: one open
+/// per file rather than one per chunk.
+#[derive(Default)]
+struct OpenShare(Option<(std::path::PathBuf, Arc<std::fs::File>)>);
 
 /// Hands what the read-ahead task read to the session.
 fn feed(session: &mut UploadSession, read: Result<Option<Message>, String>) {
@@ -296,7 +324,13 @@ async fn serve_partial(node: &NodeState, p: Arc<PartialFile>, request: u32, inde
     }
 }
 
-async fn serve_chunk(node: &NodeState, request: u32, id: wire::FileId, index: u32) -> Message {
+async fn serve_chunk(
+    node: &NodeState,
+    open: &mut OpenShare,
+    request: u32,
+    id: wire::FileId,
+    index: u32,
+) -> Message {
     let shared = node.shares.read().unwrap().get(&id);
     let Some(f) = shared else {
         let partial = node.partials.get(&id);
@@ -315,20 +349,27 @@ async fn serve_chunk(node: &NodeState, request: u32, id: wire::FileId, index: u3
         };
     }
     let range = m.chunk_range(index as u64);
+    let held = open.0.take().filter(|(path, _)| *path == f.local);
     let path = f.local.clone();
     let read = smol::unblock(move || {
-        // A shared file swapped for a symbolic link since it was shared is not followed.
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
-            .open(&path)?;
+        let file = match held {
+            Some((_, file)) => file,
+            // A shared file swapped for a symbolic link since it was shared is not followed.
+            None => Arc::new(
+                std::fs::OpenOptions::new()
+                    .read(true)
+                    .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+                    .open(&path)?,
+            ),
+        };
         let mut data = vec![0u8; (range.end - range.start) as usize];
         file.read_exact_at(&mut data, range.start)?;
-        Ok::<_, std::io::Error>(data)
+        Ok::<_, std::io::Error>((path, file, data))
     })
     .await;
     match read {
-        Ok(data) => {
+        Ok((path, file, data)) => {
+            open.0 = Some((path, file));
             node.upload_cap.take(data.len() as u64).await;
             node.uploaded_chunks.fetch_add(1, Ordering::Relaxed);
             node.uploaded_bytes

@@ -24,11 +24,13 @@
 //!    answers `Queued`; the downloader keeps its place and asks again.
 //! 5. **Record.** Every second the `.part` file is flushed to disk and *then* the record of
 //!    done chunks is rewritten (atomically), so a crash never records a chunk that is not on
-//!    disk. On resume, recorded chunks are trusted and every other chunk is verified on disk, so
-//!    chunks written after the last record are not fetched again.
-//! 6. **Finish.** The whole file is hashed again and must give the id; only then is it linked to
-//!    its final name, which never replaces an existing file. A failure (a full disk, say) keeps
-//!    the `.part` file and its record for the next attempt.
+//!    disk. On resume every chunk on disk is read back and verified, recorded or not: chunks
+//!    written after the last record are not fetched again, and a recorded chunk altered
+//!    between runs is fetched again.
+//! 6. **Finish.** Every chunk was verified before it was kept (in memory as it arrived, or on
+//!    disk on resume), so the file is not hashed again: it is synced, then linked to its final
+//!    name, which never replaces an existing file. A failure (a full disk, say) keeps the
+//!    `.part` file and its record for the next attempt.
 //!
 //! 7. **Swarm.** Each source is asked which chunks it holds (`GetBitfield`): a complete source
 //!    holds all, another downloader only what it has verified, and it tells of each chunk it
@@ -47,7 +49,6 @@
 use std::collections::HashSet;
 use std::fs;
 use std::future::Future;
-use std::io;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::pin::Pin;
@@ -259,7 +260,14 @@ async fn attempt(
             // Recorded chunks are on disk; others may have been written after the last record.
             let (f, m, done) = (file.clone(), manifest.clone(), record.done.clone());
             let found = smol::unblock(move || recover_chunks(&f, &m, &done)).await;
-            for c in found.map_err(part_err)? {
+            let (found, damaged) = found.map_err(part_err)?;
+            if damaged > 0 {
+                log::warn!(
+                    "{}: {damaged} recorded chunks no longer verify on disk; fetching them again",
+                    part.display()
+                );
+            }
+            for c in found {
                 sched.complete(
                     c,
                     manifest.chunk_range(c).end - manifest.chunk_range(c).start,
@@ -375,19 +383,11 @@ async fn attempt(
         source,
     })?;
 
-    let got = smol::unblock(move || -> io::Result<FileId> {
-        file.sync_all()?;
-        let mut hasher = blake3::Hasher::new();
-        hasher.update_reader(&*file)?;
-        Ok(hasher.finalize().into())
-    })
-    .await
-    .map_err(part_err)?;
-    if got != id {
-        // Every chunk was verified, so the disk changed under us. Start over next time.
-        let _ = fs::remove_file(&state_path);
-        return Err(DownloadError::Verify { id, path: part });
-    }
+    // Every chunk was verified before it was written: in memory as it arrived, or read back
+    // from disk on resume. So the file is not hashed again; it is made durable, then named.
+    smol::unblock(move || file.sync_all())
+        .await
+        .map_err(part_err)?;
     let path = place(&part, &out_dir, &name).map_err(part_err)?;
     let _ = fs::remove_file(&state_path);
     Ok(DownloadReport {

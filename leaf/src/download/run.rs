@@ -79,10 +79,11 @@ struct Source {
     node: Option<NodeId>,
     session: Option<SourceSession>,
     out: Option<Outbox>,
-    /// Lets the reader read on after a chunk.
+    /// Gives the reader back one chunk of its read-ahead: sent once for every chunk it handed
+    /// in, when that chunk is dealt with (verified and written, or set aside).
     ack: Option<Sender<()>>,
-    /// A chunk of this source is being verified and written: its reader waits for the ack.
-    checking: bool,
+    /// This source's chunks being verified and written now.
+    checking: usize,
     last_byte: Arc<AtomicU64>,
     /// Since when requests are out with nothing heard (the stall clock starts at the later of
     /// this and the last byte).
@@ -306,7 +307,7 @@ impl Run<'_> {
                 session: None,
                 out: None,
                 ack: None,
-                checking: false,
+                checking: 0,
                 last_byte: Arc::default(),
                 waiting_since: None,
                 report: SourceReport::new(addr),
@@ -339,6 +340,7 @@ impl Run<'_> {
     fn connected(&mut self, n: usize, conn: SourceConn) {
         let opts = SourceOptions {
             inflight: self.s.job.opts.inflight_per_source,
+            max_inflight: self.s.job.opts.max_inflight_per_source,
             response_timeout: self.s.job.opts.response_timeout,
             queued_retry: self.s.job.opts.queued_retry,
         };
@@ -378,8 +380,11 @@ impl Run<'_> {
                 if chunk {
                     // A chunk that goes to be checked is acked when it has been; any other
                     // (late, a spare, a lie) at once.
+                    let before = self.sources.get(&n).map(|s| s.checking);
                     self.drain(n);
-                    self.ack_unless_checking(n);
+                    if self.sources.get(&n).map(|s| s.checking) == before {
+                        self.ack(n);
+                    }
                 }
             }
             Input::Read(n, Err(why)) => {
@@ -389,16 +394,16 @@ impl Run<'_> {
             }
             Input::Checked(n, request, len, Ok(checked)) => {
                 if let Some(src) = self.sources.get_mut(&n) {
-                    src.checking = false;
+                    src.checking = src.checking.saturating_sub(1);
                 }
                 if let Some(session) = self.sources.get_mut(&n).and_then(|s| s.session.as_mut()) {
                     session.handle_checked(now, request, len, checked, &mut self.s.sched);
                 }
-                self.ack_unless_checking(n);
+                self.ack(n);
             }
             Input::SizeProven(n, size) => {
                 if let Some(src) = self.sources.get_mut(&n) {
-                    src.checking = false;
+                    src.checking = src.checking.saturating_sub(1);
                 }
                 self.size_proven = Some(size);
             }
@@ -478,7 +483,7 @@ impl Run<'_> {
                     chunk,
                     data,
                 } => {
-                    src.checking = true;
+                    src.checking += 1;
                     let len = data.len() as u64;
                     let (file, manifest, inputs) = (
                         self.s.file.clone(),
@@ -551,12 +556,10 @@ impl Run<'_> {
         }
     }
 
-    /// Lets source `n`'s reader read on, unless one of its chunks is being checked.
-    fn ack_unless_checking(&mut self, n: usize) {
-        if let Some(src) = self.sources.get(&n) {
-            if let (false, Some(ack)) = (src.checking, &src.ack) {
-                let _ = ack.try_send(());
-            }
+    /// Gives source `n`'s reader back the read-ahead of one chunk it handed in.
+    fn ack(&mut self, n: usize) {
+        if let Some(ack) = self.sources.get(&n).and_then(|s| s.ack.as_ref()) {
+            let _ = ack.try_send(());
         }
     }
 

@@ -29,6 +29,11 @@ const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 /// Bytes we may have queued for a source and not yet written (requests, bitfields and haves
 /// are small; a source that lets this much pile up is not reading).
 const MAX_QUEUED: usize = 1 << 20;
+/// Chunks a source's reader hands in before the first of them is dealt with (verified and
+/// written, or set aside): the next chunk is decrypted while the last ones are hashed and
+/// written. It bounds the chunks of one source held in memory, about this many times the chunk
+/// size; what the source sends beyond waits in the socket.
+pub(super) const READ_AHEAD: usize = 3;
 
 /// A reader that notes when its last byte arrived, as milliseconds after `epoch`.
 pub(super) struct Stamped<R> {
@@ -138,7 +143,8 @@ impl SourceConn {
 
     /// Starts the connection's reader and writer. Every message read goes to `inputs` as
     /// `into(Ok(msg))`, and the first failure as `into(Err(why))`, after which the reader stops.
-    /// After a chunk, the reader waits for an ack before it reads on. Returns the writer's queue
+    /// With [`READ_AHEAD`] chunks handed in and not acked, the reader waits for an ack before
+    /// it reads on. Returns the writer's queue
     /// (the writer sends until it is dropped, then shuts the connection; see
     /// [`transport::link::spawn_writer`]), the acks, and the reader task (dropping it stops
     /// reading).
@@ -149,7 +155,7 @@ impl SourceConn {
         into: impl Fn(Result<Message, String>) -> I + Send + 'static,
     ) -> (Outbox, Sender<()>, smol::Task<()>) {
         let (out, writer) = transport::link::spawn_writer(self.writer, MAX_QUEUED, SEND_TIMEOUT);
-        let (acks, acks_rx) = channel::bounded::<()>(1);
+        let (acks, acks_rx) = channel::bounded::<()>(READ_AHEAD);
         let failed = inputs.clone();
         // A write failure ends the reader too, which reports it.
         let (werr_tx, werr_rx) = channel::bounded::<String>(1);
@@ -161,6 +167,7 @@ impl SourceConn {
         .detach();
         let mut reader = self.reader;
         let reader_task = smol::spawn(async move {
+            let mut unacked = 0usize;
             loop {
                 let read = smol::future::or(async { Some(reader.read_message().await) }, async {
                     let why = werr_rx.recv().await.ok()?;
@@ -189,11 +196,19 @@ impl SourceConn {
                 if inputs.send(into(Ok(msg))).await.is_err() {
                     return;
                 }
-                // The next message is read once this chunk is dealt with (verified and written,
-                // or set aside): the socket, not our memory, holds what the source sends ahead,
-                // and reads come in large batches.
-                if chunk && acks_rx.recv().await.is_err() {
-                    return;
+                // With READ_AHEAD chunks not yet dealt with, the next message is read once the
+                // first is: the socket, not our memory, holds what the source sends beyond.
+                if chunk {
+                    unacked += 1;
+                    while acks_rx.try_recv().is_ok() {
+                        unacked = unacked.saturating_sub(1);
+                    }
+                    while unacked >= READ_AHEAD {
+                        if acks_rx.recv().await.is_err() {
+                            return;
+                        }
+                        unacked -= 1;
+                    }
                 }
             }
         });

@@ -11,8 +11,12 @@ use wire::FileId;
 /// Settings of the downloader.
 #[derive(Debug, Clone)]
 pub struct DownloadOptions {
-    /// Chunk requests kept in flight per source.
+    /// Chunk requests kept in flight per source, at least: a source's window holds what it
+    /// delivers in [`transfer::source::QUEUE_TIME`], within these bounds.
     pub inflight_per_source: usize,
+    /// Chunk requests kept in flight per source, at most (the uploader takes up to
+    /// [`transfer::upload::MAX_PENDING`] waiting).
+    pub max_inflight_per_source: usize,
     /// A source that delivers no chunk for this long is dropped.
     pub response_timeout: Duration,
     /// How long to wait for a source to accept the connection.
@@ -33,6 +37,7 @@ impl Default for DownloadOptions {
     fn default() -> Self {
         DownloadOptions {
             inflight_per_source: 4,
+            max_inflight_per_source: 32,
             response_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(5),
             requery_interval: Duration::from_secs(30),
@@ -168,14 +173,5 @@ pub enum DownloadError {
         path: PathBuf,
         /// The cause.
         source: io::Error,
-    },
-    /// The assembled file does not hash to its id (every chunk was verified, so a disk error is
-    /// the likely cause).
-    #[error("the assembled file {} does not hash to {id}", path.display())]
-    Verify {
-        /// The file.
-        id: FileId,
-        /// The partial file, kept for inspection.
-        path: PathBuf,
     },
 }
