@@ -89,10 +89,10 @@ async fn write_loop(
     while let Ok(bytes) = rx.recv().await {
         let write = async {
             stream.write_all(&bytes).await?;
-            // Flush when nothing else is queued: messages that come together go together.
-            if rx.is_empty() {
-                stream.flush().await?;
-            }
+            // Every message is flushed: the encrypting writer holds less than a transport
+            // message of plaintext until then, and under a steady stream (a query flood) the
+            // queue may never be empty, which held honest messages back for seconds.
+            stream.flush().await?;
             Ok::<_, std::io::Error>(())
         };
         let written = smol::future::or(write, async {
