@@ -43,9 +43,12 @@ pub struct Scheduler {
     holds: HashMap<usize, Bitfield>,
     /// For each chunk, how many listed sources hold it.
     avail: Vec<u32>,
-    /// Where the search for a rarest chunk starts (xorshift), so downloaders do not all fetch
-    /// the same chunk first.
+    /// Where the search for a rarest chunk starts: after the chunk last handed out, from a
+    /// random point at first (xorshift). So downloaders do not all fetch the same chunks
+    /// first, and of chunks equally rare one download takes them in order: its writes go to
+    /// the file one after another, not scattered (which costs the file system dearly).
     rng: u64,
+    cursor: Option<usize>,
     /// A chunk asked for before any other, by the first source that holds it.
     first: Option<u64>,
 }
@@ -66,6 +69,7 @@ impl Scheduler {
             holds: HashMap::new(),
             avail: vec![0; count as usize],
             rng: seed | 1,
+            cursor: None,
             first: None,
         }
     }
@@ -148,7 +152,10 @@ impl Scheduler {
                     return Some(c as u64);
                 }
             }
-            let start = self.random() as usize % n;
+            let start = match self.cursor {
+                Some(c) => c % n,
+                None => self.random() as usize % n,
+            };
             let held = &self.holds[&source];
             let mut best: Option<(u32, usize)> = None;
             for k in 0..n {
@@ -167,6 +174,7 @@ impl Scheduler {
             if let Some((_, c)) = best {
                 self.chunks[c] = ChunkState::Active(vec![source]);
                 self.missing -= 1;
+                self.cursor = Some(c + 1);
                 return Some(c as u64);
             }
             return None;
