@@ -608,6 +608,54 @@ fn a_full_disk_stops_the_download_keeps_what_was_verified_and_it_resumes() {
 }
 
 #[test]
+fn recorded_chunks_altered_between_runs_are_fetched_again_on_resume() {
+    run_bounded(Duration::from_secs(60), async {
+        let tmp = tempfile::tempdir().unwrap();
+        let content = corpus::deterministic_bytes("altered part", 6 << 20);
+        let id = FileId::from(blake3::hash(&content));
+        let (_nodes, honest) = honest_sources(tmp.path(), &content).await;
+        // A first attempt stops on a full disk, leaving verified chunks and their record.
+        let disk = SmallDisk::mount(&tmp.path().join("disk"), "8m");
+        let filler = disk.0.join("filler");
+        let fill = std::sync::Mutex::new(Some(filler.clone()));
+        let progress = Box::new(move |p: download::Progress| {
+            if p.done_bytes >= 1 << 20 {
+                if let Some(path) = fill.lock().unwrap().take() {
+                    let _ = std::fs::write(&path, vec![1u8; 7 << 20]);
+                }
+            }
+        });
+        download::download(job(id, honest.clone(), &disk.0), progress)
+            .await
+            .unwrap_err();
+        std::fs::remove_file(&filler).unwrap();
+        // Between the runs every byte written to the part file changes (in place: its holes
+        // stay holes, so the small disk keeps its room): the record still lists the chunks,
+        // none of which is what it was.
+        let part = disk.0.join(format!("set.flac.{}.part", id.short()));
+        let bytes = std::fs::read(&part).unwrap();
+        let file = std::fs::OpenOptions::new().write(true).open(&part).unwrap();
+        let mut altered = 0;
+        for (i, block) in bytes.chunks(64 << 10).enumerate() {
+            if block.iter().any(|&b| b != 0) {
+                let flipped: Vec<u8> = block.iter().map(|b| b ^ 0x5a).collect();
+                std::os::unix::fs::FileExt::write_all_at(&file, &flipped, (i << 16) as u64)
+                    .unwrap();
+                altered += 1;
+            }
+        }
+        assert!(altered > 0, "chunks were written");
+        drop(file);
+        // The resume trusts none of them and completes with the right bytes.
+        let report = download::download(job(id, honest, &disk.0), Box::new(|_| {}))
+            .await
+            .unwrap();
+        assert_eq!(report.resumed_chunks, 0, "{report:?}");
+        assert!(std::fs::read(&report.path).unwrap() == content);
+    });
+}
+
+#[test]
 fn an_output_folder_that_cannot_be_made_is_named() {
     run_bounded(Duration::from_secs(30), async {
         let tmp = tempfile::tempdir().unwrap();

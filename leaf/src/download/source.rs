@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use smol::channel::{self, Sender};
 use smol::io::AsyncRead;
+use smol::lock::Semaphore;
 use smol::net::TcpStream;
 use transfer::manifest::check_answer;
 use transport::identity::Identity;
@@ -29,11 +30,13 @@ const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 /// Bytes we may have queued for a source and not yet written (requests, bitfields and haves
 /// are small; a source that lets this much pile up is not reading).
 const MAX_QUEUED: usize = 1 << 20;
-/// Chunks a source's reader hands in before the first of them is dealt with (verified and
-/// written, or set aside): the next chunk is decrypted while the last ones are hashed and
-/// written. It bounds the chunks of one source held in memory, about this many times the chunk
-/// size; what the source sends beyond waits in the socket.
-pub(super) const READ_AHEAD: usize = 3;
+/// Chunks of one download held in memory between their reader and their check (read and not
+/// yet verified and written): the next chunks are decrypted while the last are hashed and
+/// written, whatever the number of sources. What sources send beyond waits in their sockets.
+pub(super) const READ_AHEAD: usize = 4;
+
+/// Room for one chunk in memory, of the download's [`READ_AHEAD`]; given back when dropped.
+pub(super) type Room = smol::lock::SemaphoreGuardArc;
 
 /// A reader that notes when its last byte arrived, as milliseconds after `epoch`.
 pub(super) struct Stamped<R> {
@@ -142,20 +145,20 @@ impl SourceConn {
     }
 
     /// Starts the connection's reader and writer. Every message read goes to `inputs` as
-    /// `into(Ok(msg))`, and the first failure as `into(Err(why))`, after which the reader stops.
-    /// With [`READ_AHEAD`] chunks handed in and not acked, the reader waits for an ack before
-    /// it reads on. Returns the writer's queue
-    /// (the writer sends until it is dropped, then shuts the connection; see
-    /// [`transport::link::spawn_writer`]), the acks, and the reader task (dropping it stops
-    /// reading).
+    /// `into(Ok(msg), room)`, and the first failure as `into(Err(why), None)`, after which the
+    /// reader stops. Before it reads a message, the reader waits for room for a chunk in
+    /// `budget` (one per download, of [`READ_AHEAD`]); a chunk is handed in with its room,
+    /// which whoever deals with the chunk keeps until it is verified and written. Returns the
+    /// writer's queue (the writer sends until it is dropped, then shuts the connection; see
+    /// [`transport::link::spawn_writer`]) and the reader task (dropping it stops reading).
     pub(super) fn start<I: Send + 'static>(
         self,
         cap: RateLimit,
+        budget: Arc<Semaphore>,
         inputs: Sender<I>,
-        into: impl Fn(Result<Message, String>) -> I + Send + 'static,
-    ) -> (Outbox, Sender<()>, smol::Task<()>) {
+        into: impl Fn(Result<Message, String>, Option<Room>) -> I + Send + 'static,
+    ) -> (Outbox, smol::Task<()>) {
         let (out, writer) = transport::link::spawn_writer(self.writer, MAX_QUEUED, SEND_TIMEOUT);
-        let (acks, acks_rx) = channel::bounded::<()>(READ_AHEAD);
         let failed = inputs.clone();
         // A write failure ends the reader too, which reports it.
         let (werr_tx, werr_rx) = channel::bounded::<String>(1);
@@ -167,8 +170,8 @@ impl SourceConn {
         .detach();
         let mut reader = self.reader;
         let reader_task = smol::spawn(async move {
-            let mut unacked = 0usize;
             loop {
+                let room = budget.acquire_arc().await;
                 let read = smol::future::or(async { Some(reader.read_message().await) }, async {
                     let why = werr_rx.recv().await.ok()?;
                     Some(Err(ReadError::Io(std::io::Error::other(why))))
@@ -177,42 +180,30 @@ impl SourceConn {
                 let msg = match read {
                     Some(Ok(Some(msg))) => msg,
                     Some(Ok(None)) => {
-                        let _ = failed
-                            .send(into(Err("connection lost: the source closed it".into())))
-                            .await;
+                        let why = "connection lost: the source closed it".to_string();
+                        let _ = failed.send(into(Err(why), None)).await;
                         return;
                     }
                     Some(Err(e)) => {
-                        let _ = failed.send(into(Err(read_failure(e)))).await;
+                        let _ = failed.send(into(Err(read_failure(e)), None)).await;
                         return;
                     }
                     // The writer is gone without an error: the download let it go.
                     None => return,
                 };
-                let chunk = matches!(msg, Message::Chunk(_));
-                if let Message::Chunk(c) = &msg {
-                    cap.take(c.data.len() as u64).await;
-                }
-                if inputs.send(into(Ok(msg))).await.is_err() {
+                let room = match &msg {
+                    Message::Chunk(c) => {
+                        cap.take(c.data.len() as u64).await;
+                        Some(room)
+                    }
+                    _ => None,
+                };
+                if inputs.send(into(Ok(msg), room)).await.is_err() {
                     return;
-                }
-                // With READ_AHEAD chunks not yet dealt with, the next message is read once the
-                // first is: the socket, not our memory, holds what the source sends beyond.
-                if chunk {
-                    unacked += 1;
-                    while acks_rx.try_recv().is_ok() {
-                        unacked = unacked.saturating_sub(1);
-                    }
-                    while unacked >= READ_AHEAD {
-                        if acks_rx.recv().await.is_err() {
-                            return;
-                        }
-                        unacked -= 1;
-                    }
                 }
             }
         });
-        (out, acks, reader_task)
+        (out, reader_task)
     }
 }
 
