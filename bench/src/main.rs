@@ -12,7 +12,7 @@
 //!
 //! # Cases
 //! 1. [`cases::multisource`]: `leaf get` against `aria2c` from N nginx mirrors, N = 1, 2, 4, 8
-//!    hosts in network namespaces, each host's upload capped ([`testbed`]).
+//!    and 16 hosts in network namespaces, each host's upload capped ([`testbed`]).
 //! 2. [`cases::raw`]: one source, loopback, no cap, 1 GiB: `leaf get` against `curl` + nginx.
 //! 3. [`cases::sharing`]: hashing a few GB of real-size files, `leaf share` against `b3sum`;
 //!    re-sharing an unchanged folder.

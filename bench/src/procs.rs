@@ -289,6 +289,8 @@ pub struct Timed {
     pub stdout: String,
     /// The CPU time (user and system) it used.
     pub cpu: Duration,
+    /// Its peak resident memory, in bytes.
+    pub peak_rss: u64,
 }
 
 /// CPU time used by the children this process has waited for, so far.
@@ -322,7 +324,7 @@ pub fn run_timed(
     // children's CPU time is this command's.
     let cpu_before = children_cpu();
     let started = Instant::now();
-    let mut child = cmd
+    let child = cmd
         .spawn()
         .with_context(|| format!("starting {name}: {cmd:?}"))?;
     let pid = child.id();
@@ -335,13 +337,14 @@ pub fn run_timed(
         }
         false
     });
-    let status = child.wait();
+    let waited = wait_with_usage(pid);
     let elapsed = started.elapsed();
     let cpu = children_cpu().saturating_sub(cpu_before);
     let _ = done_tx.send(());
     let killed = watchdog.join().unwrap_or(false);
     registry().pids.retain(|&p| p != pid);
-    let status: ExitStatus = status.with_context(|| format!("waiting for {name}"))?;
+    let (status, peak_rss) = waited.with_context(|| format!("waiting for {name}"))?;
+    drop(child);
     let read = |p: &Path| {
         let mut s = String::new();
         let _ = File::open(p).and_then(|mut f| f.read_to_string(&mut s));
@@ -366,7 +369,29 @@ pub fn run_timed(
         elapsed,
         stdout,
         cpu,
+        peak_rss,
     })
+}
+
+/// Waits for child `pid` to exit: its status and its own peak resident memory in bytes
+/// (`wait4`, where `getrusage` would give the largest of all children reaped so far).
+fn wait_with_usage(pid: u32) -> std::io::Result<(ExitStatus, u64)> {
+    use std::os::unix::process::ExitStatusExt;
+    let mut status = 0;
+    // SAFETY: wait4 fills the status and the struct we pass.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    loop {
+        // SAFETY: as above; pid is our own child, not yet reaped.
+        let r = unsafe { libc::wait4(pid as libc::pid_t, &mut status, 0, &mut usage) };
+        if r == pid as libc::pid_t {
+            // ru_maxrss is in kilobytes on Linux.
+            return Ok((ExitStatus::from_raw(status), usage.ru_maxrss as u64 * 1024));
+        }
+        let e = std::io::Error::last_os_error();
+        if e.kind() != std::io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
 }
 
 /// Runs a short command and returns its standard output; a failure quotes its error output.

@@ -1,4 +1,4 @@
-//! Case 1, multi-source download: one file held by N = 1, 2, 4, 8 hosts of the testbed, each
+//! Case 1, multi-source download: one file held by N = 1, 2, 4, 8, 16 hosts of the testbed, each
 //! with its upload capped at the same rate. Canopy: a leaf on each host shares the file, and
 //! `leaf get ID` runs on the client host (a fresh node each time, as a user would run it).
 //! Reference: nginx on the same hosts, and `aria2c` fetching the same file from the N mirrors.
@@ -24,7 +24,8 @@ pub fn run(ctx: &Ctx) -> anyhow::Result<Vec<Row>> {
     let aria2c = ctx.refs.get("aria2c")?;
     ctx.refs.get("nginx")?;
     let size: u64 = if ctx.quick { 16 << 20 } else { 200 << 20 };
-    let counts = [1usize, 2, 4, 8];
+    let counts = [1usize, 2, 4, 8, 16];
+    let hosts = counts[counts.len() - 1];
     let runs = if ctx.quick { 1 } else { 3 };
     let cap_bytes = ctx.cap_mbit as f64 * 1e6 / 8.0;
 
@@ -38,9 +39,9 @@ pub fn run(ctx: &Ctx) -> anyhow::Result<Vec<Row>> {
 
     eprintln!(
         "case {CASE}: testbed of {} hosts capped at {} Mbit/s",
-        counts[3], ctx.cap_mbit
+        hosts, ctx.cap_mbit
     );
-    let tb = Testbed::create(counts[3], ctx.cap_mbit)?;
+    let tb = Testbed::create(hosts, ctx.cap_mbit)?;
     let sp_listen = SocketAddr::new(tb.superpeer.ip.into(), 7700);
     let (_sp, sp) = superpeer(
         &ctx.bins,

@@ -2,7 +2,9 @@
 //! to disk. Canopy: a leaf shares the file and `leaf get ID` fetches it (source search, every
 //! chunk verified, whole-file check, fsync, rename). Reference: `curl` from nginx. `leaf get`
 //! makes the file durable (fsync) before naming it and curl does not, so a second reference,
-//! curl followed by `sync FILE`, shows the like-for-like figure.
+//! curl followed by `sync FILE`, shows the like-for-like figure. Last, one `leaf get` of a file
+//! four times larger (4 GiB) shows that a download's peak resident memory does not grow with
+//! the file.
 
 use std::net::SocketAddr;
 use std::process::Command;
@@ -33,6 +35,11 @@ pub fn run(ctx: &Ctx) -> anyhow::Result<Vec<Row>> {
     let words = format!("canopy bench raw {}MiB", size >> 20);
     eprintln!("case {CASE}: writing a {} MiB file", size >> 20);
     let id = data::noise_file(&share.join(&name), size, "raw transfer file")?;
+    let big_size = 4 * size;
+    let big_name = format!("canopy-bench-raw-{}MiB.bin", big_size >> 20);
+    let big_words = format!("canopy bench raw {}MiB", big_size >> 20);
+    eprintln!("case {CASE}: writing a {} MiB file", big_size >> 20);
+    let big_id = data::noise_file(&share.join(&big_name), big_size, "raw transfer big file")?;
 
     let any: SocketAddr = "127.0.0.1:0".parse().expect("valid address");
     let (_sp, sp) = superpeer(
@@ -52,6 +59,16 @@ pub fn run(ctx: &Ctx) -> anyhow::Result<Vec<Row>> {
         &logs.join("leaf-source.log"),
     )?;
     wait_sources(&ctx.bins, None, sp, &words, &id, 1, &scratch.dir("probe")?)?;
+    // Both files shared (hashed) before anything is timed.
+    wait_sources(
+        &ctx.bins,
+        None,
+        sp,
+        &big_words,
+        &big_id,
+        1,
+        &scratch.dir("probe")?,
+    )?;
     let web: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
     let server = nginx(
         &ctx.refs,
@@ -66,6 +83,7 @@ pub fn run(ctx: &Ctx) -> anyhow::Result<Vec<Row>> {
     let out = scratch.path().join("out");
     let target = out.join(&name);
     let (mut ours, mut reported, mut theirs, mut synced) = (vec![], vec![], vec![], vec![]);
+    let mut peak_rss = 0u64;
     // CPU time of each side: (downloader, server), summed over the runs.
     let (mut cpu_ours, mut cpu_theirs) = (
         (Duration::ZERO, Duration::ZERO),
@@ -86,6 +104,7 @@ pub fn run(ctx: &Ctx) -> anyhow::Result<Vec<Row>> {
         let t = run_timed(&format!("leaf-get-r{r}"), cmd, &logs, limit)?;
         cpu_ours.0 += t.cpu;
         cpu_ours.1 += cpu_time_of(source.pid())?.saturating_sub(before);
+        peak_rss = peak_rss.max(t.peak_rss);
         check_file(&target, size, &id).context("leaf get's file")?;
         ours.push(t.elapsed);
         if let Some(s) = reported_seconds(&t.stdout) {
@@ -108,7 +127,21 @@ pub fn run(ctx: &Ctx) -> anyhow::Result<Vec<Row>> {
         theirs.push(t.elapsed);
         synced.push(t.elapsed + s.elapsed);
     }
+    // The same download, of a file four times larger: its peak memory.
     fresh_dir(&out)?;
+    let mut cmd = Command::new(&ctx.bins.leaf);
+    cmd.arg("--data-dir")
+        .arg(scratch.path().join("client-big"))
+        .arg("--superpeer")
+        .arg(sp.to_string())
+        .arg("get")
+        .arg(big_id.to_hex())
+        .arg("--out")
+        .arg(&out);
+    let big = run_timed("leaf-get-big", cmd, &logs, 4 * limit)?;
+    check_file(&out.join(&big_name), big_size, &big_id).context("leaf get's large file")?;
+    fresh_dir(&out)?;
+    let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
     let (o, c, cs) = (
         mbps(size, median(&ours)),
         mbps(size, median(&theirs)),
@@ -158,6 +191,25 @@ pub fn run(ctx: &Ctx) -> anyhow::Result<Vec<Row>> {
                     / (cpu_theirs.0 + cpu_theirs.1).as_secs_f64().max(1e-9)
             ),
         ),
+        Row {
+            case: CASE.into(),
+            what: format!(
+                "peak resident memory of leaf get: {} MiB file (largest of {runs}), then {} MiB",
+                size >> 20,
+                big_size >> 20
+            ),
+            ours: format!(
+                "{:.1} MiB, then {:.1} MiB",
+                mib(peak_rss),
+                mib(big.peak_rss)
+            ),
+            reference: "—".into(),
+            ratio: format!("{:.2}× for 4× the file", mib(big.peak_rss) / mib(peak_rss)),
+            // Buffers hold a few chunks, and a larger file has larger chunks (256 KiB to
+            // 1 MiB here, at most 16 MiB): the bound allows for that, not for the file.
+            target: "≤ first + 16 MiB".into(),
+            verdict: Verdict::of(big.peak_rss <= peak_rss + (16 << 20)),
+        },
         Row::info(
             CASE,
             "same, reference made durable too (curl, then sync FILE)",
