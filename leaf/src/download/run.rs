@@ -616,6 +616,9 @@ impl Run<'_> {
         let Some(mut src) = self.sources.remove(&n) else {
             return;
         };
+        // Its chunks not checked yet are dropped with their room: its session, which would
+        // take the answers, is gone.
+        self.to_check.retain(|c| c.source != n);
         if let Some(mut session) = src.session.take() {
             session.close(&mut self.s.sched);
             if let Some(out) = &src.out {

@@ -30,9 +30,10 @@ const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 /// Bytes we may have queued for a source and not yet written (requests, bitfields and haves
 /// are small; a source that lets this much pile up is not reading).
 const MAX_QUEUED: usize = 1 << 20;
-/// Chunks of one download held in memory between their reader and their check (read and not
-/// yet verified and written): the next chunks are decrypted while the last are hashed and
-/// written, whatever the number of sources. What sources send beyond waits in their sockets.
+/// Chunks of one download handed in and not yet verified and written: the next chunks are
+/// decrypted while the last are hashed and written. Each source's reader holds at most one
+/// more, waiting for room; what sources send beyond waits in their sockets. So a download
+/// holds at most this many chunks plus one per source.
 pub(super) const READ_AHEAD: usize = 4;
 
 /// Room for one chunk in memory, of the download's [`READ_AHEAD`]; given back when dropped.
@@ -146,9 +147,9 @@ impl SourceConn {
 
     /// Starts the connection's reader and writer. Every message read goes to `inputs` as
     /// `into(Ok(msg), room)`, and the first failure as `into(Err(why), None)`, after which the
-    /// reader stops. Before it reads a message, the reader waits for room for a chunk in
-    /// `budget` (one per download, of [`READ_AHEAD`]); a chunk is handed in with its room,
-    /// which whoever deals with the chunk keeps until it is verified and written. Returns the
+    /// reader stops. A chunk read waits for room in `budget` (one per download, of
+    /// [`READ_AHEAD`]) before it is handed in, with its room, which whoever deals with the
+    /// chunk keeps until it is verified and written; the reader reads on once it is handed in. Returns the
     /// writer's queue (the writer sends until it is dropped, then shuts the connection; see
     /// [`transport::link::spawn_writer`]) and the reader task (dropping it stops reading).
     pub(super) fn start<I: Send + 'static>(
@@ -171,7 +172,6 @@ impl SourceConn {
         let mut reader = self.reader;
         let reader_task = smol::spawn(async move {
             loop {
-                let room = budget.acquire_arc().await;
                 let read = smol::future::or(async { Some(reader.read_message().await) }, async {
                     let why = werr_rx.recv().await.ok()?;
                     Some(Err(ReadError::Io(std::io::Error::other(why))))
@@ -191,10 +191,13 @@ impl SourceConn {
                     // The writer is gone without an error: the download let it go.
                     None => return,
                 };
+                // A chunk waits here for room: the next message is not read meanwhile, so what
+                // the source sends beyond waits in the socket. (Taken before reading, room
+                // would be held by sources with nothing to send, and starve the others.)
                 let room = match &msg {
                     Message::Chunk(c) => {
                         cap.take(c.data.len() as u64).await;
-                        Some(room)
+                        Some(budget.acquire_arc().await)
                     }
                     _ => None,
                 };
