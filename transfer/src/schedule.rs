@@ -17,7 +17,8 @@
 //!   chunk left with no requester goes back to `Missing`. Only [`Scheduler::release`] does
 //!   that, and only [`Scheduler::complete`] makes a chunk `Done`.
 //! - A source only duplicates another's chunk (endgame) when no chunk is `Missing` and it has
-//!   nothing in flight.
+//!   nothing outstanding (no request its source has not answered; see
+//!   [`super::SourceSession`]).
 
 use std::collections::HashMap;
 
@@ -43,12 +44,9 @@ pub struct Scheduler {
     holds: HashMap<usize, Bitfield>,
     /// For each chunk, how many listed sources hold it.
     avail: Vec<u32>,
-    /// Where the search for a rarest chunk starts: after the chunk last handed out, from a
-    /// random point at first (xorshift). So downloaders do not all fetch the same chunks
-    /// first, and of chunks equally rare one download takes them in order: its writes go to
-    /// the file one after another, not scattered (which costs the file system dearly).
+    /// Where the search for a rarest chunk starts (xorshift), so downloaders do not all fetch
+    /// the same chunk first.
     rng: u64,
-    cursor: Option<usize>,
     /// A chunk asked for before any other, by the first source that holds it.
     first: Option<u64>,
 }
@@ -69,7 +67,6 @@ impl Scheduler {
             holds: HashMap::new(),
             avail: vec![0; count as usize],
             rng: seed | 1,
-            cursor: None,
             first: None,
         }
     }
@@ -133,7 +130,7 @@ impl Scheduler {
     /// A chunk for `source` to request, among those it holds: the missing chunk fewest known
     /// sources hold (rarest first), ties broken from a random starting point so downloaders do
     /// not all fetch the same chunk first. If no chunk of the whole file is missing and
-    /// `endgame` allows it (the source has nothing in flight): the in-flight chunk with the
+    /// `endgame` allows it (the source has nothing outstanding): the in-flight chunk with the
     /// fewest requesters that `source` holds and has not asked for yet.
     pub fn next(&mut self, source: usize, endgame: bool) -> Option<u64> {
         let n = self.chunks.len();
@@ -152,10 +149,7 @@ impl Scheduler {
                     return Some(c as u64);
                 }
             }
-            let start = match self.cursor {
-                Some(c) => c % n,
-                None => self.random() as usize % n,
-            };
+            let start = self.random() as usize % n;
             let held = &self.holds[&source];
             let mut best: Option<(u32, usize)> = None;
             for k in 0..n {
@@ -174,7 +168,6 @@ impl Scheduler {
             if let Some((_, c)) = best {
                 self.chunks[c] = ChunkState::Active(vec![source]);
                 self.missing -= 1;
-                self.cursor = Some(c + 1);
                 return Some(c as u64);
             }
             return None;
@@ -373,5 +366,22 @@ mod tests {
             })
             .collect();
         assert!(firsts.len() > 4, "first picks {firsts:?}");
+    }
+
+    #[test]
+    fn a_chunk_only_the_asking_source_holds_is_rarest() {
+        let mut s = Scheduler::with_seed(100, 7);
+        s.set_holds(0, Bitfield::full(100));
+        // A second source holds all but one chunk: that one is taken first, wherever the
+        // search starts (the search stops there: none can be rarer).
+        let rare = 42;
+        let mut bits = Bitfield::new(100);
+        for c in (0..100).filter(|&c| c != rare) {
+            bits.set(c);
+        }
+        s.set_holds(1, bits);
+        assert_eq!(s.next(0, false), Some(rare));
+        assert_ne!(s.next(0, false), Some(rare), "handed out once");
+        s.check_invariants();
     }
 }

@@ -28,8 +28,10 @@
 //!   subset of `inflight`. Such a chunk stays in flight (if its check fails, it goes back with
 //!   the source) but no longer counts against the window, so the source is asked for more while
 //!   the driver checks what came; how many chunks wait to be checked is the driver's bound.
-//! - At most `inflight_per_source` requests are out at the source (in flight and not arrived);
-//!   while queued, at most one (the probe), and none until the retry time.
+//! - At most [`SourceSession::window`] requests are out at the source (in flight and not
+//!   arrived), which is between `SourceOptions::inflight` and `max_inflight`; while queued, at
+//!   most one (the probe), and none until the retry time. A second answer to a request whose
+//!   chunk is being checked is a lie.
 //! - A source is asked only for chunks it said it holds (its bitfield and haves).
 //! - Once `end()` is set, no input changes anything.
 
@@ -280,6 +282,12 @@ impl SourceSession {
                 "answered a request for chunk {c} with chunk {} of {}",
                 chunk.index,
                 chunk.id.short()
+            )));
+        }
+        if self.checking.contains(&chunk.request) {
+            return Err(SourceEnd::Hostile(format!(
+                "answered request {} (chunk {c}) twice",
+                chunk.request
             )));
         }
         if self.queued_until.take().is_some() {
@@ -724,6 +732,26 @@ mod tests {
             40,
         );
         assert_eq!((slow.window(), most), (4, 4));
+    }
+
+    #[test]
+    fn a_second_answer_to_a_request_being_checked_is_a_lie() {
+        let t = Instant::now();
+        let mut sched = Scheduler::with_seed(10, 1);
+        let mut s = ready(t, &mut sched, 0);
+        let out = requests(&mut s);
+        let (r, c) = out[0];
+        s.handle_message(t, chunk(r, c), &mut sched);
+        while s.poll_event().is_some() {}
+        s.handle_message(t, chunk(r, c), &mut sched);
+        assert!(hostile(&s).contains("twice"), "{}", hostile(&s));
+        assert!(
+            std::iter::from_fn(|| s.poll_event()).all(|e| !matches!(e, SourceEvent::Verify { .. })),
+            "it is not checked again"
+        );
+        s.close(&mut sched);
+        s.check_invariants(&sched);
+        sched.check_invariants();
     }
 
     #[test]
