@@ -66,9 +66,13 @@ impl SharedFile {
 
     /// True if the file on disk still has the size and mtime it was hashed with.
     pub fn unchanged_on_disk(&self) -> bool {
-        fs::metadata(&self.local)
-            .map(|m| m.len() == self.record.size && mtime_of(&m) == self.mtime)
-            .unwrap_or(false)
+        fs::metadata(&self.local).is_ok_and(|m| self.matches(&m))
+    }
+
+    /// True if `m` (of a file opened at this path, say) has the size and mtime it was hashed
+    /// with.
+    pub fn matches(&self, m: &fs::Metadata) -> bool {
+        m.len() == self.record.size && mtime_of(m) == self.mtime
     }
 }
 

@@ -53,16 +53,20 @@ pub(crate) async fn serve(node: Arc<NodeState>, stream: TcpStream, peer: SocketA
 
 async fn serve_inner(node: &NodeState, stream: SecureStream<TcpStream>) -> Result<(), String> {
     let mut reader = FrameReader::new(stream.reader).limited(transfer::upload::MAX_REQUEST_BODY, 0);
-    // Everything sent goes through the writer task, in order; a failed write ends it, and the
-    // next send here finds its queue closed.
+    // Everything sent goes through the writer task, in order. A failed write ends it and shuts
+    // the connection, so the reading side below ends too (the next send here would also find
+    // the queue closed); its error is the connection's.
     let (out, out_rx) = channel::bounded::<Message>(SEND_AHEAD);
     let mut writer = stream.writer;
     let write_task = smol::spawn(async move {
         let mut scratch = Vec::new();
         while let Ok(msg) = out_rx.recv().await {
-            write_message_within(&mut writer, &msg, &mut scratch, WRITE_TIMEOUT)
-                .await
-                .map_err(|e| e.to_string())?;
+            if let Err(e) =
+                write_message_within(&mut writer, &msg, &mut scratch, WRITE_TIMEOUT).await
+            {
+                let _ = writer.get_ref().shutdown(std::net::Shutdown::Both);
+                return Err(e.to_string());
+            }
         }
         Ok::<(), String>(())
     });
@@ -70,7 +74,7 @@ async fn serve_inner(node: &NodeState, stream: SecureStream<TcpStream>) -> Resul
     let mine = Hello::new(node.node_id, Role::Leaf, node.listen, crate::AGENT);
     let mut session = UploadSession::new(Instant::now(), stream.peer, mine);
     let conn = node.slots.new_conn();
-    let _slot = SlotGuard(&node.slots, conn);
+    let slot = SlotGuard(&node.slots, conn);
     // Messages are read ahead, so a Cancel can remove a request not yet served; the session
     // bounds how many wait.
     let (tx, rx) = channel::bounded::<Result<Option<Message>, String>>(MAX_PENDING);
@@ -191,14 +195,18 @@ async fn serve_inner(node: &NodeState, stream: SecureStream<TcpStream>) -> Resul
         }
     };
     read_ahead.cancel().await;
-    // What is queued is still sent (within the write timeout each); a write that failed is
-    // the reason the connection ended.
+    // The slot is free for others at once. A connection that ended well still gets what is
+    // queued (within the write timeout each); one that failed does not. A write that failed
+    // is the reason the connection ended.
+    drop(slot);
     drop(out);
-    let written = write_task.await;
+    let written = match result {
+        Ok(()) => write_task.await,
+        Err(_) => write_task.cancel().await.unwrap_or(Ok(())),
+    };
     let result = match (result, written) {
-        (Err(why), Err(e)) if why == WRITER_FAILED => Err(e),
-        (Ok(()), Err(e)) => Err(e),
-        (result, _) => result,
+        (_, Err(e)) => Err(e),
+        (result, Ok(())) => result,
     };
     // A view is set exactly when this connection joined the file's spread.
     if let Some(view) = session.view_mut() {
@@ -207,13 +215,14 @@ async fn serve_inner(node: &NodeState, stream: SecureStream<TcpStream>) -> Resul
     result
 }
 
-/// The loop's reason when the writer task has stopped: its own error replaces it.
+/// The loop's reason when the writer task has stopped: the writer's own error replaces it.
 const WRITER_FAILED: &str = "the writer stopped";
 
-/// The shared file a connection last read, kept open while it asks for chunks of it: one open
-/// per file rather than one per chunk.
+/// The shared file a connection last read, kept open while it asks for chunks of the same
+/// content id at the same path: one open per file rather than one per chunk. A file found
+/// changed when opened (size or mtime not those it was hashed with) is not served.
 #[derive(Default)]
-struct OpenShare(Option<(std::path::PathBuf, Arc<std::fs::File>)>);
+struct OpenShare(Option<(FileId, std::path::PathBuf, Arc<std::fs::File>)>);
 
 /// Hands what the read-ahead task read to the session.
 fn feed(session: &mut UploadSession, read: Result<Option<Message>, String>) {
@@ -349,27 +358,35 @@ async fn serve_chunk(
         };
     }
     let range = m.chunk_range(index as u64);
-    let held = open.0.take().filter(|(path, _)| *path == f.local);
-    let path = f.local.clone();
+    let held = open
+        .0
+        .take()
+        .filter(|(held_id, path, _)| *held_id == id && *path == f.local);
+    let shared = f.clone();
     let read = smol::unblock(move || {
         let file = match held {
-            Some((_, file)) => file,
-            // A shared file swapped for a symbolic link since it was shared is not followed.
-            None => Arc::new(
-                std::fs::OpenOptions::new()
+            Some((_, _, file)) => file,
+            None => {
+                // A shared file swapped for a symbolic link since it was shared is not
+                // followed, and one replaced or changed since it was hashed is not served.
+                let file = std::fs::OpenOptions::new()
                     .read(true)
                     .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
-                    .open(&path)?,
-            ),
+                    .open(&shared.local)?;
+                if !shared.matches(&file.metadata()?) {
+                    return Err(std::io::Error::other("changed since it was shared"));
+                }
+                Arc::new(file)
+            }
         };
         let mut data = vec![0u8; (range.end - range.start) as usize];
         file.read_exact_at(&mut data, range.start)?;
-        Ok::<_, std::io::Error>((path, file, data))
+        Ok::<_, std::io::Error>((shared.local.clone(), file, data))
     })
     .await;
     match read {
         Ok((path, file, data)) => {
-            open.0 = Some((path, file));
+            open.0 = Some((id, path, file));
             node.upload_cap.take(data.len() as u64).await;
             node.uploaded_chunks.fetch_add(1, Ordering::Relaxed);
             node.uploaded_bytes
