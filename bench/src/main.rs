@@ -13,7 +13,8 @@
 //! # Cases
 //! 1. [`cases::multisource`]: `leaf get` against `aria2c` from N nginx mirrors, N = 1, 2, 4, 8
 //!    and 16 hosts in network namespaces, each host's upload capped ([`testbed`]).
-//! 2. [`cases::raw`]: one source, loopback, no cap, 1 GiB: `leaf get` against `curl` + nginx.
+//! 2. [`cases::raw`]: one source, loopback, no cap, 1 GiB: `leaf get` against `curl` + nginx;
+//!    and `leaf get`'s peak memory for that file and for one four times larger.
 //! 3. [`cases::sharing`]: hashing a few GB of real-size files, `leaf share` against `b3sum`;
 //!    re-sharing an unchanged folder.
 //! 4. [`cases::search`]: 10 super-peers and 200 leaves over the corpus: latency, and one
@@ -583,7 +584,7 @@ fn case_section(
          every host's upload capped by a `tbf` qdisc at R = 20 Mbit/s; the super-peer's (and \
          tracker's) host is not capped. All leechers are asked for the 100 MiB file at the same \
          moment; \"all done\" is when the last one has it (Canopy: the file appears under its \
-         final name, which happens only once it is verified whole; aria2c: its \
+         final name, which happens only once every chunk is verified; aria2c: its \
          download-complete hook runs). size/R is the time the seeder alone needs to send the \
          file once, the lower bound for everyone; N·size/R is the seeder serving each leecher \
          alone. \"Seeder sent\" is the seeder's uploaded bytes over the file size. Canopy: \

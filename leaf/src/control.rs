@@ -107,7 +107,7 @@ pub enum DownloadState {
     Searching,
     /// Fetching chunks.
     Running,
-    /// Every chunk is in; the whole file is being checked against its id.
+    /// Every chunk is in and verified; the file is being synced to disk and given its name.
     Verifying,
     /// No source is left: searching again with growing back-off.
     Waiting,

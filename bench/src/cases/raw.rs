@@ -1,7 +1,7 @@
 //! Case 2, raw transfer: one source, no cap, loopback (127.0.0.1, no namespaces), a 1 GiB file
 //! to disk. Canopy: a leaf shares the file and `leaf get ID` fetches it (source search, every
-//! chunk verified, whole-file check, fsync, rename). Reference: `curl` from nginx. `leaf get`
-//! makes the file durable (fsync) before naming it and curl does not, so a second reference,
+//! chunk verified, fsync, rename). Reference: `curl` from nginx. `leaf get` makes the file
+//! durable (fsync) before naming it and curl does not, so a second reference,
 //! curl followed by `sync FILE`, shows the like-for-like figure. Last, one `leaf get` of a file
 //! four times larger (4 GiB) shows that a download's peak resident memory does not grow with
 //! the file.

@@ -7,7 +7,7 @@
 //! Canopy: a `leaf share` node on every host (the seeder shares the file; each leecher shares
 //! an empty folder and seeds whatever it downloads), then `leaf get ID` to each leecher's
 //! running node at the same moment; a leecher is done when the file appears under its final
-//! name (it appears only once verified whole). Reference: BitTorrent with `aria2c` (Debian's
+//! name (it appears only once every chunk is verified). Reference: BitTorrent with `aria2c` (Debian's
 //! package) on the same hosts and caps, with `opentracker` as the tracker on the super-peer's
 //! host and a torrent made by `mktorrent` with the same piece size as Canopy's chunks (256
 //! KiB); a leecher is done when aria2c runs its download-complete hook. Both sides keep

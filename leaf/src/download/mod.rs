@@ -257,7 +257,8 @@ async fn attempt(
     let file = match &resuming {
         Some(record) => {
             let file = Arc::new(open_part(&part).map_err(part_err)?);
-            // Recorded chunks are on disk; others may have been written after the last record.
+            // Every chunk on disk is verified: recorded ones (which may have been altered since)
+            // and others written after the last record.
             let (f, m, done) = (file.clone(), manifest.clone(), record.done.clone());
             let found = smol::unblock(move || recover_chunks(&f, &m, &done)).await;
             let (found, damaged) = found.map_err(part_err)?;

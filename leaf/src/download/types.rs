@@ -113,7 +113,7 @@ pub struct Progress {
     pub queued: Option<u32>,
     /// Chunks found on disk from an earlier attempt.
     pub resumed_chunks: u64,
-    /// Every chunk is in: the whole file is being hashed once more.
+    /// Every chunk is in and verified: the file is being synced to disk and given its name.
     pub verifying: bool,
 }
 

@@ -431,7 +431,7 @@ fn a_shared_folder_can_be_removed_and_a_download_folder_opened() {
         app.on_key(key(KeyCode::Char('o'))),
         Some(Action::Open(PathBuf::from("/tmp/dl/sub")))
     );
-    assert!(contains(&screen(&app, 100, 20), "verifying"));
+    assert!(contains(&screen(&app, 100, 20), "finishing"));
 }
 
 #[test]

@@ -253,7 +253,7 @@ fn state_text(d: &DownloadInfo) -> (String, Color) {
             None => ("running".into(), Color::Green),
         },
         DownloadState::Waiting => ("waiting for sources".into(), Color::Yellow),
-        DownloadState::Verifying => ("verifying".into(), Color::Cyan),
+        DownloadState::Verifying => ("finishing".into(), Color::Cyan),
         DownloadState::Done(_) => ("done".into(), Color::Green),
         DownloadState::Failed(why) if *why == crate::NodeError::Cancelled.to_string() => {
             ("cancelled (r resumes)".into(), Color::Yellow)
