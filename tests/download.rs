@@ -514,6 +514,26 @@ impl Drop for SmallDisk {
     }
 }
 
+/// A progress callback that, once 1 MiB is done, fills the 8 MiB disk at `dir` with someone
+/// else's 7 MiB file; and that file's path.
+fn fill_after_1_mib(
+    dir: &std::path::Path,
+) -> (
+    std::path::PathBuf,
+    Box<dyn Fn(download::Progress) + Send + Sync>,
+) {
+    let filler = dir.join("someone else's file");
+    let fill = std::sync::Mutex::new(Some(filler.clone()));
+    let progress = Box::new(move |p: download::Progress| {
+        if p.done_bytes >= 1 << 20 {
+            if let Some(path) = fill.lock().unwrap().take() {
+                let _ = std::fs::write(&path, vec![1u8; 7 << 20]);
+            }
+        }
+    });
+    (filler, progress)
+}
+
 #[test]
 fn a_damaged_record_is_rebuilt_from_the_part_file() {
     run_bounded(Duration::from_secs(60), async {
@@ -564,15 +584,7 @@ fn a_full_disk_stops_the_download_keeps_what_was_verified_and_it_resumes() {
 
         // Room at the start, then something else fills the disk mid-way.
         let disk = SmallDisk::mount(&tmp.path().join("disk"), "8m");
-        let filler = disk.0.join("someone else's file");
-        let fill = std::sync::Mutex::new(Some(filler.clone()));
-        let progress = Box::new(move |p: download::Progress| {
-            if p.done_bytes >= 1 << 20 {
-                if let Some(path) = fill.lock().unwrap().take() {
-                    let _ = std::fs::write(&path, vec![1u8; 7 << 20]);
-                }
-            }
-        });
+        let (filler, progress) = fill_after_1_mib(&disk.0);
         let err = download::download(job(id, honest.clone(), &disk.0), progress)
             .await
             .unwrap_err();
@@ -616,15 +628,7 @@ fn recorded_chunks_altered_between_runs_are_fetched_again_on_resume() {
         let (_nodes, honest) = honest_sources(tmp.path(), &content).await;
         // A first attempt stops on a full disk, leaving verified chunks and their record.
         let disk = SmallDisk::mount(&tmp.path().join("disk"), "8m");
-        let filler = disk.0.join("filler");
-        let fill = std::sync::Mutex::new(Some(filler.clone()));
-        let progress = Box::new(move |p: download::Progress| {
-            if p.done_bytes >= 1 << 20 {
-                if let Some(path) = fill.lock().unwrap().take() {
-                    let _ = std::fs::write(&path, vec![1u8; 7 << 20]);
-                }
-            }
-        });
+        let (filler, progress) = fill_after_1_mib(&disk.0);
         download::download(job(id, honest.clone(), &disk.0), progress)
             .await
             .unwrap_err();

@@ -670,6 +670,17 @@ mod tests {
         sched.check_invariants();
     }
 
+    /// A ready session whose first request has been answered (its chunk handed out to be
+    /// checked, events drained); and the requests it had sent.
+    fn first_chunk_arrived(t: Instant, sched: &mut Scheduler) -> (SourceSession, Vec<(u32, u64)>) {
+        let mut s = ready(t, sched, 0);
+        let out = requests(&mut s);
+        let (r, c) = out[0];
+        s.handle_message(t, chunk(r, c), sched);
+        while s.poll_event().is_some() {}
+        (s, out)
+    }
+
     /// Feeds `s` chunks of 100 bytes, one every `gap`, answering its requests in order and
     /// keeping each, for `chunks` chunks; returns the largest number it had out at once.
     fn deliver(
@@ -697,52 +708,33 @@ mod tests {
 
     #[test]
     fn the_window_grows_with_what_a_source_delivers_within_its_bounds() {
-        let count = 2000;
-        let full = |s: &mut SourceSession, sched: &mut Scheduler, t: Instant| {
+        // A source of 2000 chunks that has said it holds them all, fed a chunk every `gap`:
+        // its window before it is measured, after, and the most it had out.
+        let run = |gap: Duration, chunks: usize| {
+            let count = 2000;
+            let mut t = Instant::now();
+            let mut sched = Scheduler::with_seed(count, 1);
+            let mut s = SourceSession::new(ID, count, 0, opts());
             assert_eq!(s.poll_transmit(), Some(Message::GetBitfield { id: ID }));
-            s.handle_message(
-                t,
-                Message::Bitfield {
-                    id: ID,
-                    bits: Bitfield::full(count).into_bytes(),
-                },
-                sched,
-            );
+            let bits = Bitfield::full(count).into_bytes();
+            s.handle_message(t, Message::Bitfield { id: ID, bits }, &mut sched);
+            let before = s.window();
+            let most = deliver(&mut s, &mut sched, &mut t, gap, chunks);
+            (before, s.window(), most)
         };
         // Fast: 100 bytes a millisecond is 100 kB/s, 5 kB (50 chunks) in QUEUE_TIME: the
-        // window reaches its maximum of 16.
-        let mut t = Instant::now();
-        let mut sched = Scheduler::with_seed(count, 1);
-        let mut fast = SourceSession::new(ID, count, 0, opts());
-        full(&mut fast, &mut sched, t);
-        assert_eq!(fast.window(), 4, "unmeasured: the least");
-        let most = deliver(&mut fast, &mut sched, &mut t, Duration::from_millis(1), 400);
-        assert_eq!(fast.window(), 16);
-        assert_eq!(most, 16, "never more out than the maximum");
+        // window reaches its maximum of 16, and never more is out.
+        assert_eq!(run(Duration::from_millis(1), 400), (4, 16, 16));
         // Slow: a chunk every 100 ms is 1 kB/s, under one chunk in QUEUE_TIME: the least.
-        let mut t = Instant::now();
-        let mut sched = Scheduler::with_seed(count, 1);
-        let mut slow = SourceSession::new(ID, count, 0, opts());
-        full(&mut slow, &mut sched, t);
-        let most = deliver(
-            &mut slow,
-            &mut sched,
-            &mut t,
-            Duration::from_millis(100),
-            40,
-        );
-        assert_eq!((slow.window(), most), (4, 4));
+        assert_eq!(run(Duration::from_millis(100), 40), (4, 4, 4));
     }
 
     #[test]
     fn a_second_answer_to_a_request_being_checked_is_a_lie() {
         let t = Instant::now();
         let mut sched = Scheduler::with_seed(10, 1);
-        let mut s = ready(t, &mut sched, 0);
-        let out = requests(&mut s);
+        let (mut s, out) = first_chunk_arrived(t, &mut sched);
         let (r, c) = out[0];
-        s.handle_message(t, chunk(r, c), &mut sched);
-        while s.poll_event().is_some() {}
         s.handle_message(t, chunk(r, c), &mut sched);
         assert!(hostile(&s).contains("twice"), "{}", hostile(&s));
         assert!(
@@ -758,11 +750,8 @@ mod tests {
     fn queued_while_a_chunk_is_checked_keeps_that_chunk_and_gives_back_the_rest() {
         let t = Instant::now();
         let mut sched = Scheduler::with_seed(10, 1);
-        let mut s = ready(t, &mut sched, 0);
-        let out = requests(&mut s);
+        let (mut s, out) = first_chunk_arrived(t, &mut sched);
         let (r, c) = out[0];
-        s.handle_message(t, chunk(r, c), &mut sched);
-        while s.poll_event().is_some() {}
         let more = requests(&mut s);
         s.handle_message(
             t,
