@@ -56,6 +56,28 @@ pub fn command(host: Option<&Host>, program: &Path) -> Command {
     }
 }
 
+/// `leaf --data-dir DATA_DIR --superpeer SUPERPEER get ID --out OUT`, on `host` if given: a
+/// fresh node fetching one file, as a user would run it.
+pub fn leaf_get(
+    bins: &Bins,
+    host: Option<&Host>,
+    data_dir: &Path,
+    superpeer: SocketAddr,
+    id: &FileId,
+    out: &Path,
+) -> Command {
+    let mut cmd = command(host, &bins.leaf);
+    cmd.arg("--data-dir")
+        .arg(data_dir)
+        .arg("--superpeer")
+        .arg(superpeer.to_string())
+        .arg("get")
+        .arg(id.to_hex())
+        .arg("--out")
+        .arg(out);
+    cmd
+}
+
 /// A free TCP port on 127.0.0.1 (for servers that cannot report the port they bound).
 pub fn free_port() -> anyhow::Result<u16> {
     let l = TcpListener::bind("127.0.0.1:0").context("finding a free port")?;

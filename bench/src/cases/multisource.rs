@@ -10,7 +10,8 @@ use std::time::Duration;
 use anyhow::Context;
 
 use super::{
-    check_file, fresh_dir, nginx, reported_seconds, share_node, superpeer, wait_sources, Ctx,
+    check_file, fresh_dir, leaf_get, nginx, reported_seconds, share_node, superpeer, wait_sources,
+    Ctx,
 };
 use crate::data;
 use crate::procs::{run_timed, Scratch};
@@ -93,15 +94,8 @@ pub fn run(ctx: &Ctx) -> anyhow::Result<Vec<Row>> {
                 let out = scratch.path().join("out");
                 fresh_dir(&out)?;
                 if tool == 0 {
-                    let mut cmd = tb.client.command(&ctx.bins.leaf);
-                    cmd.arg("--data-dir")
-                        .arg(scratch.path().join(format!("client-n{n}-r{r}")))
-                        .arg("--superpeer")
-                        .arg(sp.to_string())
-                        .arg("get")
-                        .arg(id.to_hex())
-                        .arg("--out")
-                        .arg(&out);
+                    let client = scratch.path().join(format!("client-n{n}-r{r}"));
+                    let cmd = leaf_get(&ctx.bins, Some(&tb.client), &client, sp, &id, &out);
                     let t = run_timed(&format!("leaf-get-n{n}-r{r}"), cmd, &logs, limit)?;
                     check_file(&out.join(&name), size, &id).context("leaf get's file")?;
                     ours.push(t.elapsed);

@@ -13,8 +13,8 @@ use std::time::Duration;
 use anyhow::Context;
 
 use super::{
-    check_file, free_port, fresh_dir, nginx, reported_seconds, share_node, superpeer, wait_sources,
-    Ctx,
+    check_file, free_port, fresh_dir, leaf_get, nginx, reported_seconds, share_node, superpeer,
+    wait_sources, Ctx,
 };
 use crate::data;
 use crate::procs::{cpu_time_of, run_timed, tree_cpu_time, Scratch};
@@ -91,15 +91,8 @@ pub fn run(ctx: &Ctx) -> anyhow::Result<Vec<Row>> {
     );
     for r in 0..runs {
         fresh_dir(&out)?;
-        let mut cmd = Command::new(&ctx.bins.leaf);
-        cmd.arg("--data-dir")
-            .arg(scratch.path().join(format!("client-{r}")))
-            .arg("--superpeer")
-            .arg(sp.to_string())
-            .arg("get")
-            .arg(id.to_hex())
-            .arg("--out")
-            .arg(&out);
+        let client = scratch.path().join(format!("client-{r}"));
+        let cmd = leaf_get(&ctx.bins, None, &client, sp, &id, &out);
         let before = cpu_time_of(source.pid())?;
         let t = run_timed(&format!("leaf-get-r{r}"), cmd, &logs, limit)?;
         cpu_ours.0 += t.cpu;
@@ -129,15 +122,8 @@ pub fn run(ctx: &Ctx) -> anyhow::Result<Vec<Row>> {
     }
     // The same download, of a file four times larger: its peak memory.
     fresh_dir(&out)?;
-    let mut cmd = Command::new(&ctx.bins.leaf);
-    cmd.arg("--data-dir")
-        .arg(scratch.path().join("client-big"))
-        .arg("--superpeer")
-        .arg(sp.to_string())
-        .arg("get")
-        .arg(big_id.to_hex())
-        .arg("--out")
-        .arg(&out);
+    let client = scratch.path().join("client-big");
+    let cmd = leaf_get(&ctx.bins, None, &client, sp, &big_id, &out);
     let big = run_timed("leaf-get-big", cmd, &logs, 4 * limit)?;
     check_file(&out.join(&big_name), big_size, &big_id).context("leaf get's large file")?;
     fresh_dir(&out)?;
