@@ -136,10 +136,11 @@ struct ToCheck {
 /// its lock in the kernel (`rwsem_spin_on_owner` took 17 % of a download's CPU in `perf` with
 /// one writer per chunk), and one keeps up with the fastest single source measured.
 const CHECKERS: usize = 1;
-/// A chunk is written in pieces this large (curl's write size). Whole 256 KiB writes made the
-/// page cache take large folios, and on this project's virtual machines copying into them
-/// cost a download 1.5 times the CPU: `leaf get` of 1 GiB over loopback used 3.3 s against
-/// 2.2 s with 16 KiB pieces (median of 5, side by side), 64 KiB and 4 KiB both between.
+/// A chunk is written in pieces this large (curl's write size). With whole 256 KiB writes,
+/// `leaf get` of 1 GiB over loopback used 3.3 s of CPU against 2.2 s with 16 KiB pieces
+/// (median of 5, side by side, `bench/scripts/ab-get.sh` on this project's virtual machines);
+/// 64 KiB pieces came between, 4 KiB ones did worse than either. In `perf`, the copy into the
+/// page cache dominated the slow runs (larger writes likely get larger, colder folios).
 const WRITE_PIECE: usize = 16 << 10;
 
 /// Runs the download until every chunk is done. Whatever happens, the record of verified
