@@ -251,6 +251,19 @@ fn the_mesh_survives_a_query_flood_and_share_churn() {
                 s.records
             );
         }
+        if !misses.is_empty() {
+            // What the honest leaves saw of the overlay, for whoever reads a failure.
+            for (n, leaf) in leaves.iter().enumerate() {
+                let s = leaf.status();
+                println!(
+                    "  leaf {n}: {} ({}), links {:?}",
+                    s.role, s.role_reason, s.superpeers
+                );
+                for e in s.events.iter().rev().take(12).rev() {
+                    println!("    {e}");
+                }
+            }
+        }
         assert!(
             misses.is_empty(),
             "honest searches missed matches: {misses:?}"

@@ -17,7 +17,8 @@ pub enum IndexError {
         /// What tantivy reported.
         error: TantivyError,
     },
-    /// Handing a file's document to the indexing thread failed; nothing of the batch was kept.
+    /// Handing a file's document to the indexing thread failed; nothing since the last commit
+    /// was kept.
     #[error("could not index the files of leaf {leaf}: {error}")]
     Add {
         /// The leaf whose files were being added.
@@ -25,13 +26,11 @@ pub enum IndexError {
         /// What tantivy reported.
         error: TantivyError,
     },
-    /// Committing a change failed; the change was rolled back.
-    #[error("could not commit after {action} of leaf {leaf}: {error}")]
+    /// Committing failed; the changes since the last commit were rolled back.
+    #[error("could not commit {changes} changes to the index (they were dropped): {error}")]
     Commit {
-        /// The leaf whose files were being changed.
-        leaf: LeafKey,
-        /// What was being committed ("adding files", "removing files", "removing all files").
-        action: &'static str,
+        /// How many changes (adds, removals) the commit held.
+        changes: usize,
         /// What tantivy reported.
         error: TantivyError,
     },

@@ -1,17 +1,23 @@
 //! [`Index`]: the files of a super-peer's leaves, in a tantivy index in RAM.
 //!
-//! Invariant: at most one document per (leaf, file id). [`Index::add_files`] deletes the record's
-//! key ([`Fields::leaf_file_term`]) before adding it, in the same commit; tantivy applies a
-//! delete to the documents added before it only, so the new document survives and the old one
-//! goes. Every method that changes the index commits and reloads the reader before it returns,
-//! so the next search sees the change.
+//! Invariant: at most one document per (leaf, file id). Adding a file deletes the record's key
+//! ([`Fields::leaf_file_term`]) before adding it, in the same commit; tantivy applies a delete
+//! to the documents added before it only, so the new document survives and the old one goes.
+//!
+//! One thread owns the tantivy writer and applies changes in the order they were made. It
+//! commits (and reloads the reader) whenever no more changes are waiting: a change on a quiet
+//! index is searchable at once, and changes that come faster than commits are committed
+//! together (group commit) instead of one commit each. A commit builds a segment and can take
+//! tens of milliseconds; the caller of [`Index::queue_add`] and its kind never waits for one.
 
 use std::fmt;
+use std::sync::mpsc;
+use std::thread::JoinHandle;
 
 use tantivy::collector::TopDocs;
 use tantivy::schema::TantivyDocument;
 use tantivy::tokenizer::TextAnalyzer;
-use tantivy::{IndexReader, IndexWriter, ReloadPolicy, Term};
+use tantivy::{IndexReader, IndexWriter, ReloadPolicy, TantivyError, Term};
 use wire::{FileId, FileRecord, Search};
 
 use crate::query;
@@ -20,6 +26,11 @@ use crate::{IndexError, LeafKey};
 
 /// The writer's memory budget. Segments are flushed when it fills; tantivy's minimum is 15 MB.
 const WRITER_MEMORY: usize = 20_000_000;
+
+/// Changes waiting for the writer thread at most. One change holds at most one Register
+/// message's files (`topology::leaf::REGISTER_BATCH_BYTES`, 256 KiB), so this bounds the queue
+/// at 16 MiB; a caller that finds it full waits (back-pressure: the index is behind).
+const CHANGES_QUEUED: usize = 64;
 
 /// One search result.
 #[derive(Debug, Clone, PartialEq)]
@@ -32,10 +43,21 @@ pub struct IndexHit {
     pub score: f32,
 }
 
+/// A change for the writer thread.
+enum Change {
+    Add(LeafKey, Vec<FileRecord>),
+    Remove(LeafKey, Vec<FileId>),
+    RemoveLeaf(LeafKey),
+    /// Commit what came before, and say how it went.
+    Commit(mpsc::SyncSender<Result<(), IndexError>>),
+}
+
 /// The files registered by a super-peer's leaves, searchable by words and by content id.
 pub struct Index {
     fields: Fields,
-    writer: IndexWriter<TantivyDocument>,
+    /// To the writer thread; `None` only while dropping.
+    changes: Option<mpsc::SyncSender<Change>>,
+    writer: Option<JoinHandle<()>>,
     reader: IndexReader,
     /// The same analyzer the word fields use, for tokenising queries.
     analyzer: TextAnalyzer,
@@ -49,8 +71,18 @@ impl fmt::Debug for Index {
     }
 }
 
+impl Drop for Index {
+    fn drop(&mut self) {
+        // Closing the queue ends the writer thread once it has applied what is queued.
+        self.changes = None;
+        if let Some(thread) = self.writer.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
 impl Index {
-    /// An empty index in RAM, with one indexing thread.
+    /// An empty index in RAM, with its writer thread and one indexing thread.
     pub fn new() -> Result<Index, IndexError> {
         let (schema, fields) = Fields::schema();
         let index = tantivy::Index::create_in_ram(schema);
@@ -64,9 +96,24 @@ impl Index {
             .reload_policy(ReloadPolicy::Manual)
             .try_into()
             .map_err(create)?;
+        let (tx, rx) = mpsc::sync_channel(CHANGES_QUEUED);
+        let thread = Writer {
+            writer,
+            reader: IndexReader::clone(&reader),
+            fields: fields.clone(),
+            staged: 0,
+            failed: None,
+        };
+        let thread = std::thread::Builder::new()
+            .name("index-writer".into())
+            .spawn(move || thread.run(&rx))
+            .map_err(|e| IndexError::Create {
+                error: TantivyError::SystemError(format!("starting the writer thread: {e}")),
+            })?;
         Ok(Index {
             fields,
-            writer,
+            changes: Some(tx),
+            writer: Some(thread),
             reader,
             analyzer: schema::analyzer(),
         })
@@ -78,41 +125,64 @@ impl Index {
         if files.is_empty() {
             return Ok(());
         }
-        for file in files {
-            self.writer
-                .delete_term(self.fields.leaf_file_term(leaf, &file.id));
-            if let Err(error) = self.writer.add_document(self.fields.document(leaf, file)) {
-                self.roll_back();
-                return Err(IndexError::Add { leaf, error });
-            }
-        }
-        self.commit(leaf, "adding files")?;
+        self.queue_add(leaf, files.to_vec());
+        self.commit()?;
         log::debug!("indexed {} files of leaf {leaf}", files.len());
         Ok(())
     }
 
     /// Removes the files with these ids that `leaf` registered (the same ids registered by other
-    /// leaves stay). Ids it never registered are ignored.
+    /// leaves stay). Ids it never registered are ignored. Searches no longer see them when this
+    /// returns.
     pub fn remove_files(&mut self, leaf: LeafKey, ids: &[FileId]) -> Result<(), IndexError> {
         if ids.is_empty() {
             return Ok(());
         }
-        for id in ids {
-            self.writer
-                .delete_term(self.fields.leaf_file_term(leaf, id));
-        }
-        self.commit(leaf, "removing files")?;
-        log::debug!("removed {} files of leaf {leaf}", ids.len());
-        Ok(())
+        self.queue_remove(leaf, ids.to_vec());
+        self.commit()
     }
 
     /// Removes every file `leaf` registered (when it disconnects).
     pub fn remove_leaf(&mut self, leaf: LeafKey) -> Result<(), IndexError> {
-        self.writer
-            .delete_term(Term::from_field_u64(self.fields.leaf, leaf));
-        self.commit(leaf, "removing all files")?;
-        log::debug!("removed all files of leaf {leaf}");
-        Ok(())
+        self.queue_remove_leaf(leaf);
+        self.commit()
+    }
+
+    /// As [`Index::add_files`], without waiting: searches see the files once the writer thread
+    /// has committed them (at once on a quiet index). A failure is logged, and that commit's
+    /// changes are dropped.
+    pub fn queue_add(&mut self, leaf: LeafKey, files: Vec<FileRecord>) {
+        if !files.is_empty() {
+            self.send(Change::Add(leaf, files));
+        }
+    }
+
+    /// As [`Index::remove_files`], without waiting (see [`Index::queue_add`]).
+    pub fn queue_remove(&mut self, leaf: LeafKey, ids: Vec<FileId>) {
+        if !ids.is_empty() {
+            self.send(Change::Remove(leaf, ids));
+        }
+    }
+
+    /// As [`Index::remove_leaf`], without waiting (see [`Index::queue_add`]).
+    pub fn queue_remove_leaf(&mut self, leaf: LeafKey) {
+        self.send(Change::RemoveLeaf(leaf));
+    }
+
+    /// Waits until every change made so far is committed and searchable; the error of the
+    /// first change since the last commit that failed (that commit's changes were dropped).
+    pub fn commit(&mut self) -> Result<(), IndexError> {
+        let (tx, rx) = mpsc::sync_channel(1);
+        self.send(Change::Commit(tx));
+        rx.recv().unwrap_or_else(|_| Err(writer_gone()))
+    }
+
+    fn send(&self, change: Change) {
+        let sent = self.changes.as_ref().map(|c| c.send(change));
+        if !matches!(sent, Some(Ok(()))) {
+            // Only if the writer thread panicked; `commit` reports it.
+            log::error!("index: {}", writer_gone());
+        }
     }
 
     /// At most `limit` hits for `search`, best first.
@@ -155,27 +225,99 @@ impl Index {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
 
-    /// Commits what was queued and makes it visible to searches; on failure, drops it.
-    fn commit(&mut self, leaf: LeafKey, action: &'static str) -> Result<(), IndexError> {
+fn writer_gone() -> IndexError {
+    IndexError::Create {
+        error: TantivyError::SystemError("the index writer thread is gone".into()),
+    }
+}
+
+/// The writer thread's state: the only owner of the tantivy writer.
+struct Writer {
+    writer: IndexWriter<TantivyDocument>,
+    reader: IndexReader,
+    fields: Fields,
+    /// Changes applied since the last commit.
+    staged: usize,
+    /// The first change since the last commit that failed (everything since was rolled back).
+    failed: Option<IndexError>,
+}
+
+impl Writer {
+    /// Applies changes in order until the queue closes, committing whenever none are waiting.
+    fn run(mut self, changes: &mpsc::Receiver<Change>) {
+        while let Ok(first) = changes.recv() {
+            let mut next = Some(first);
+            while let Some(change) = next {
+                self.apply(change);
+                next = changes.try_recv().ok();
+            }
+            if self.staged > 0 {
+                if let Err(e) = self.commit() {
+                    log::error!("index: {e}");
+                }
+            }
+        }
+        if self.staged > 0 {
+            let _ = self.commit();
+        }
+    }
+
+    fn apply(&mut self, change: Change) {
+        match change {
+            Change::Add(leaf, files) => {
+                for file in &files {
+                    self.writer
+                        .delete_term(self.fields.leaf_file_term(leaf, &file.id));
+                    if let Err(error) = self.writer.add_document(self.fields.document(leaf, file)) {
+                        self.roll_back(IndexError::Add { leaf, error });
+                        return;
+                    }
+                }
+                log::debug!("indexing {} files of leaf {leaf}", files.len());
+            }
+            Change::Remove(leaf, ids) => {
+                for id in &ids {
+                    self.writer
+                        .delete_term(self.fields.leaf_file_term(leaf, id));
+                }
+            }
+            Change::RemoveLeaf(leaf) => {
+                self.writer
+                    .delete_term(Term::from_field_u64(self.fields.leaf, leaf));
+            }
+            Change::Commit(reply) => {
+                let _ = reply.send(self.commit());
+                return;
+            }
+        }
+        self.staged += 1;
+    }
+
+    /// Commits the changes applied since the last commit and makes them searchable; the first
+    /// error among them, if any (a failed commit rolls them all back).
+    fn commit(&mut self) -> Result<(), IndexError> {
+        let changes = std::mem::take(&mut self.staged);
+        if let Some(failed) = self.failed.take() {
+            return Err(failed);
+        }
         if let Err(error) = self.writer.commit() {
-            self.roll_back();
-            return Err(IndexError::Commit {
-                leaf,
-                action,
-                error,
-            });
+            self.roll_back(IndexError::Commit { changes, error });
+            return Err(self.failed.take().expect("just set"));
         }
         self.reader
             .reload()
             .map_err(|error| IndexError::Reload { error })
     }
 
-    /// Drops what was queued since the last commit, so a failed change is not committed later
-    /// with the next one.
-    fn roll_back(&mut self) {
+    /// Drops what was applied since the last commit, so a failed change is not committed later
+    /// with the next one, and keeps `error` for the next commit to report.
+    fn roll_back(&mut self, error: IndexError) {
+        log::error!("index: {error}; the changes since the last commit are dropped");
         if let Err(error) = self.writer.rollback() {
             log::error!("index: rolling back a failed change also failed: {error}");
         }
+        self.failed.get_or_insert(error);
     }
 }

@@ -3,8 +3,10 @@
 //! A leaf registers its files ([`wire::FileRecord`]: content id, size, path, tags) with its
 //! super-peer, which adds them under the leaf's [`LeafKey`] and answers [`wire::Search`]es from
 //! them. Nothing is written to disk: when a leaf goes its records go ([`Index::remove_leaf`]), and
-//! it registers again when it comes back. The library is synchronous; every change is committed
-//! before the call returns, so the next search sees it.
+//! it registers again when it comes back. [`Index::add_files`] and the other changes are committed
+//! before they return, so the next search sees them; [`Index::queue_add`] and its kind return at
+//! once, and a writer thread commits whatever has queued up together (group commit), so a
+//! caller that must not block (the super-peer's actor) never waits for a commit.
 //!
 //! Searching by words: the words of the query are tokenised like the indexed text (split on
 //! anything that is not a letter or digit, lower-cased, accents folded: "beyonce" finds

@@ -327,6 +327,42 @@ fn remove_files_removes_only_those_of_that_leaf() {
 }
 
 #[test]
+fn queued_changes_apply_in_order_and_a_commit_waits_for_all_of_them() {
+    let mut index = Index::new().unwrap();
+    // Many small changes queued at once are committed together, in the order made.
+    for n in 0..200u8 {
+        index.queue_add(1, vec![rec(n, 1, &format!("q/tune {n}.mp3"))]);
+    }
+    index.queue_add(2, vec![rec(7, 1, "other/tune seven.mp3")]);
+    index.queue_remove(1, (0..100u8).map(|n| FileId([n; 32])).collect());
+    index.queue_add(1, vec![rec(5, 1, "q/tune 5 again.mp3")]);
+    index.queue_remove_leaf(2);
+    index.commit().unwrap();
+    assert_eq!(index.len(), 101, "100 left of leaf 1's 200, one added back");
+    let mut store = Vec::new();
+    assert_eq!(find(&index, "again", &mut store), ["q/tune 5 again.mp3"]);
+    assert!(find(&index, "seven", &mut store).is_empty(), "leaf 2 went");
+    assert!(find(&index, "tune 50", &mut store).is_empty());
+    assert_eq!(find(&index, "tune 150", &mut store), ["q/tune 150.mp3"]);
+}
+
+#[test]
+fn a_queued_change_becomes_searchable_without_anyone_waiting_for_it() {
+    let mut index = Index::new().unwrap();
+    index.queue_add(3, vec![rec(1, 1, "x/quiet song.mp3")]);
+    let started = Instant::now();
+    while index.is_empty() {
+        assert!(
+            started.elapsed().as_secs() < 10,
+            "the writer thread never committed"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let mut store = Vec::new();
+    assert_eq!(find(&index, "quiet", &mut store), ["x/quiet song.mp3"]);
+}
+
+#[test]
 fn adding_again_replaces_instead_of_duplicating() {
     let mut index = Index::new().unwrap();
     let first = rec(1, 1, "s/old name.mp3");

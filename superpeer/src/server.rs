@@ -583,11 +583,10 @@ impl Actor {
                 return demoted;
             };
             match event {
-                Event::Register { conn, files } => {
-                    if let Err(e) = self.index.add_files(conn, &files) {
-                        log::error!("indexing {} files of leaf {conn}: {e}", files.len());
-                    }
-                }
+                // The index's writer thread commits these (together, when they come fast):
+                // the actor never waits for a commit, so one leaf's registration does not hold
+                // up every other connection's messages.
+                Event::Register { conn, files } => self.index.queue_add(conn, files),
                 Event::OverLimit {
                     conn,
                     limit,
@@ -599,16 +598,8 @@ impl Actor {
                             .tripped(w.remote, &Tripped::ban(limit, detail), Instant::now());
                     }
                 }
-                Event::Withdraw { conn, ids } => {
-                    if let Err(e) = self.index.remove_files(conn, &ids) {
-                        log::error!("withdrawing {} files of leaf {conn}: {e}", ids.len());
-                    }
-                }
-                Event::LeafGone { conn } => {
-                    if let Err(e) = self.index.remove_leaf(conn) {
-                        log::error!("dropping the files of leaf {conn}: {e}");
-                    }
-                }
+                Event::Withdraw { conn, ids } => self.index.queue_remove(conn, ids),
+                Event::LeafGone { conn } => self.index.queue_remove_leaf(conn),
                 Event::Search { query, search } => {
                     let hits = match self.index.search(&search, 200) {
                         Ok(hits) => hits
