@@ -184,6 +184,7 @@ pub fn record(t: &Track) -> FileRecord {
             genre: opt(&t.genre),
             year: u16::try_from(t.year).ok().filter(|y| *y > 0),
             duration_s: Some(t.duration_s).filter(|d| *d > 0),
+            bitrate_kbps: None,
         },
     }
 }

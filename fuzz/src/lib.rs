@@ -63,6 +63,7 @@ pub fn sample_messages() -> Vec<Message> {
             genre: None,
             year: Some(1999),
             duration_s: Some(215),
+            bitrate_kbps: None,
         },
     };
     let host = HostEntry {

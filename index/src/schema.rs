@@ -89,6 +89,8 @@ pub(crate) struct Fields {
     pub year: Field,
     /// Duration tag in seconds, stored.
     pub duration: Field,
+    /// Audio bitrate in kbit/s, stored.
+    pub bitrate: Field,
 }
 
 impl Fields {
@@ -117,6 +119,7 @@ impl Fields {
             year_word: b.add_text_field("year_word", words),
             year: b.add_u64_field("year", STORED),
             duration: b.add_u64_field("duration", STORED),
+            bitrate: b.add_u64_field("bitrate", STORED),
         };
         (b.build(), fields)
     }
@@ -174,6 +177,9 @@ impl Fields {
         if let Some(duration) = tags.duration_s {
             doc.add_u64(self.duration, duration.into());
         }
+        if let Some(bitrate) = tags.bitrate_kbps {
+            doc.add_u64(self.bitrate, bitrate.into());
+        }
         doc
     }
 
@@ -207,10 +213,12 @@ impl Fields {
             Some(y) => Some(u16::try_from(y).map_err(|_| corrupt("year"))?),
             None => None,
         };
-        let duration_s = match doc.get_first(self.duration).and_then(|v| v.as_u64()) {
-            Some(d) => Some(u32::try_from(d).map_err(|_| corrupt("duration"))?),
-            None => None,
+        let small = |field, name| match doc.get_first(field).and_then(|v| v.as_u64()) {
+            Some(n) => u32::try_from(n).map(Some).map_err(|_| corrupt(name)),
+            None => Ok(None),
         };
+        let duration_s = small(self.duration, "duration")?;
+        let bitrate_kbps = small(self.bitrate, "bitrate")?;
         let tags = Tags {
             artist: text(self.artist),
             album: text(self.album),
@@ -218,6 +226,7 @@ impl Fields {
             genre: text(self.genre),
             year,
             duration_s,
+            bitrate_kbps,
         };
         let file = FileRecord {
             id: FileId(id),
@@ -263,6 +272,7 @@ mod tests {
                 genre: Some("Electronic".into()),
                 year: Some(2001),
                 duration_s: Some(220),
+                bitrate_kbps: Some(320),
             },
         };
         let (leaf, record) = fields.record(&fields.document(42, &file)).unwrap();

@@ -147,6 +147,7 @@ fn tags_match_where_the_name_does_not() {
         genre: Some("Jazz".into()),
         year: Some(1965),
         duration_s: Some(622),
+        bitrate_kbps: None,
     };
     let index = index_with(7, &[file.clone(), rec(2, 1, "share/track02.mp3")]);
     for query in [
@@ -611,6 +612,7 @@ fn corpus_artist_and_title_find_the_track() {
                     genre: non_empty(&t.genre),
                     year: t.year,
                     duration_s: t.duration_s,
+                    bitrate_kbps: None,
                 },
             }
         })

@@ -34,6 +34,7 @@ pub fn read_tags(path: &Path) -> Tags {
     let duration = file.properties().duration().as_secs();
     let mut tags = Tags {
         duration_s: (duration > 0).then_some(duration.min(u32::MAX as u64) as u32),
+        bitrate_kbps: file.properties().audio_bitrate().filter(|&b| b > 0),
         ..Tags::default()
     };
     if let Some(tag) = file.primary_tag().or_else(|| file.first_tag()) {

@@ -300,6 +300,7 @@ fn record(i: u32, t: &Track) -> FileRecord {
             genre: Some(t.genre.clone()),
             year: (t.year > 0).then_some(t.year),
             duration_s: Some(t.duration_s),
+            bitrate_kbps: None,
         },
     }
 }

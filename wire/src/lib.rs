@@ -61,15 +61,19 @@ mod tests {
             prop::option::of(".{0,10}"),
             prop::option::of(any::<u16>()),
             prop::option::of(any::<u32>()),
+            prop::option::of(any::<u32>()),
         )
-            .prop_map(|(artist, album, title, genre, year, duration_s)| Tags {
-                artist,
-                album,
-                title,
-                genre,
-                year,
-                duration_s,
-            })
+            .prop_map(
+                |(artist, album, title, genre, year, duration_s, bitrate_kbps)| Tags {
+                    artist,
+                    album,
+                    title,
+                    genre,
+                    year,
+                    duration_s,
+                    bitrate_kbps,
+                },
+            )
     }
 
     fn arb_record() -> impl Strategy<Value = FileRecord> {

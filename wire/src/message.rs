@@ -146,6 +146,10 @@ pub struct Tags {
     pub year: Option<u16>,
     /// Duration in whole seconds.
     pub duration_s: Option<u32>,
+    /// Audio bitrate in kbit/s. Absent in records from nodes before it was added (and in their
+    /// share caches), so a reader takes it as optional.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bitrate_kbps: Option<u32>,
 }
 
 impl Tags {
