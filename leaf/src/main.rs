@@ -8,6 +8,7 @@ use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use indicatif::{HumanBytes, ProgressBar, ProgressStyle};
 use leaf::control::{self, Reply, Request};
+use leaf::search::{sort_results, ResultFilter, SortBy};
 use leaf::{Node, NodeConfig};
 use smol::channel::Receiver;
 use wire::text::{json_terminal_safe, terminal_safe};
@@ -15,8 +16,11 @@ use wire::{FileId, Filter, Search, Terms};
 
 /// Canopy leaf: share your files, find what others share, and download it in parallel verified
 /// chunks from every peer that has it.
+///
+/// Each command's own options come first in its help; the node's settings (which apply to the
+/// node a command starts, or is handed to) follow under their own headings.
 #[derive(Debug, Parser)]
-#[command(version)]
+#[command(version, next_help_heading = "Node settings")]
 struct Cli {
     /// The node's data directory (identity, share cache, control socket).
     /// [default: the platform's data directory for canopy]
@@ -103,6 +107,14 @@ fn parse_rate(text: &str) -> Result<u64, String> {
     leaf::rate::parse_rate(text)
 }
 
+fn parse_size(text: &str) -> Result<u64, String> {
+    leaf::rate::parse_size(text)
+}
+
+fn parse_seconds(text: &str) -> Result<u32, String> {
+    leaf::rate::parse_seconds(text)
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Share folders. Starts the node in the foreground if none runs for this data directory
@@ -128,12 +140,28 @@ enum Command {
         /// Only files with this extension (e.g. mp3).
         #[arg(long)]
         ext: Option<String>,
-        /// Only files at least this many bytes.
-        #[arg(long)]
+        /// Only files at least this large, e.g. 5MB or 700MiB (units as for --upload-rate).
+        #[arg(long, value_parser = parse_size)]
         min_size: Option<u64>,
-        /// Only files at most this many bytes.
-        #[arg(long)]
+        /// Only files at most this large (same units).
+        #[arg(long, value_parser = parse_size)]
         max_size: Option<u64>,
+        /// Only audio at least this long, e.g. 90s, 3m or 3:30 (files without a duration
+        /// are left out).
+        #[arg(long, value_parser = parse_seconds)]
+        min_duration: Option<u32>,
+        /// Only audio at most this long.
+        #[arg(long, value_parser = parse_seconds)]
+        max_duration: Option<u32>,
+        /// Only audio of at least this bitrate, in kbit/s (files without one are left out).
+        #[arg(long)]
+        min_bitrate: Option<u32>,
+        /// Only audio of at most this bitrate, in kbit/s.
+        #[arg(long)]
+        max_bitrate: Option<u32>,
+        /// The order of the results.
+        #[arg(long, value_enum, default_value_t = SortBy::Relevance)]
+        sort: SortBy,
     },
     /// Download files by content id (as `leaf search` prints it) from every leaf that has them.
     Get {
@@ -291,10 +319,40 @@ async fn run(cli: Cli, config: NodeConfig) -> anyhow::Result<()> {
             ext,
             min_size,
             max_size,
+            min_duration,
+            max_duration,
+            min_bitrate,
+            max_bitrate,
+            sort,
         } => {
             if !(0.0..=60.0).contains(&wait) {
                 bail!("--wait {wait}: give between 0 and 60 seconds");
             }
+            for (what, min, max) in [
+                ("size", min_size, max_size),
+                (
+                    "duration",
+                    min_duration.map(u64::from),
+                    max_duration.map(u64::from),
+                ),
+                (
+                    "bitrate",
+                    min_bitrate.map(u64::from),
+                    max_bitrate.map(u64::from),
+                ),
+            ] {
+                if let (Some(min), Some(max)) = (min, max) {
+                    if min > max {
+                        bail!("--min-{what} is above --max-{what}: no file can match");
+                    }
+                }
+            }
+            let local = ResultFilter {
+                min_duration_s: min_duration,
+                max_duration_s: max_duration,
+                min_bitrate_kbps: min_bitrate,
+                max_bitrate_kbps: max_bitrate,
+            };
             let search = Search {
                 terms: Terms::Words(words.join(" ")),
                 filter: Filter {
@@ -311,7 +369,11 @@ async fn run(cli: Cli, config: NodeConfig) -> anyhow::Result<()> {
             let replies = backend(&config, req).await?;
             while let Ok(reply) = replies.recv().await {
                 match reply {
-                    Reply::Results(results) => print_results(&results, json)?,
+                    Reply::Results(mut results) => {
+                        results.retain(|r| local.keeps(r));
+                        sort_results(&mut results, sort);
+                        print_results(&results, json)?
+                    }
                     Reply::Error(e) => bail!("search failed: {e}"),
                     Reply::End => break,
                     _ => {}
@@ -480,6 +542,7 @@ fn print_results(results: &[leaf::search::SearchResult], json: bool) -> anyhow::
                 "title": r.tags.title,
                 "year": r.tags.year,
                 "duration_s": r.tags.duration_s,
+                "bitrate_kbps": r.tags.bitrate_kbps,
                 "score": r.score,
             });
             println!("{}", json_terminal_safe(&line.to_string()));

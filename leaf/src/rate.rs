@@ -1,4 +1,5 @@
-//! Bandwidth caps: an async token bucket shared by every transfer of a node.
+//! Bandwidth caps: an async token bucket shared by every transfer of a node; and the parsers of
+//! rates, sizes and lengths of time as people type them (`2MB/s`, `700MiB`, `3:30`).
 //!
 //! Each transfer takes tokens (bytes) before it sends (uploads) or after it receives
 //! (downloads) a chunk. Waiters queue on an async lock that is fair (first come, first served)
@@ -72,10 +73,21 @@ impl RateLimit {
 }
 
 /// Parses a rate such as `500K`, `2MB`, `1.5MiB/s` or `800000` into bytes per second
-/// (K, M, G are powers of 1000; Ki, Mi, Gi powers of 1024; `0` means no cap).
+/// (K, M, G, T are powers of 1000; Ki, Mi, Gi, Ti powers of 1024; `0` means no cap).
 pub fn parse_rate(text: &str) -> Result<u64, String> {
     let t = text.trim();
     let t = t.strip_suffix("/s").unwrap_or(t);
+    parse_amount(text, t, "a rate such as 500K, 2MB or 1MiB/s")
+}
+
+/// Parses a size such as `10MB`, `700MiB`, `1.5G` or `800000` into bytes, in the units of
+/// [`parse_rate`] (so `--min-size` reads like `--upload-rate`).
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    parse_amount(text, text.trim(), "a size such as 10MB, 700MiB or 1.5G")
+}
+
+/// `t` (taken from `text`, which errors quote) as a number of bytes with an optional unit.
+fn parse_amount(text: &str, t: &str, example: &str) -> Result<u64, String> {
     let t = t.strip_suffix(['B', 'b']).unwrap_or(t);
     let (num, mult) = match t.char_indices().find(|(_, c)| c.is_ascii_alphabetic()) {
         None => (t, 1.0),
@@ -84,12 +96,14 @@ pub fn parse_rate(text: &str) -> Result<u64, String> {
                 "k" => 1e3,
                 "m" => 1e6,
                 "g" => 1e9,
+                "t" => 1e12,
                 "ki" => 1024.0,
                 "mi" => 1024.0 * 1024.0,
                 "gi" => 1024.0 * 1024.0 * 1024.0,
+                "ti" => 1024.0 * 1024.0 * 1024.0 * 1024.0,
                 _ => {
                     return Err(format!(
-                        "`{text}`: unknown unit (use K, M, G, KiB, MiB or GiB)"
+                        "`{text}`: unknown unit (use K, M, G, T, KiB, MiB, GiB or TiB)"
                     ))
                 }
             };
@@ -99,11 +113,38 @@ pub fn parse_rate(text: &str) -> Result<u64, String> {
     let value: f64 = num
         .trim()
         .parse()
-        .map_err(|_| format!("`{text}` is not a rate such as 500K, 2MB or 1MiB/s"))?;
+        .map_err(|_| format!("`{text}` is not {example}"))?;
     if !(value >= 0.0 && value.is_finite()) {
-        return Err(format!("`{text}`: a rate must be zero or more"));
+        return Err(format!("`{text}`: give zero or more"));
     }
     Ok((value * mult) as u64)
+}
+
+/// Parses a length of time such as `90`, `90s`, `3m`, `3:30` or `1h` into whole seconds.
+pub fn parse_seconds(text: &str) -> Result<u32, String> {
+    let t = text.trim().to_ascii_lowercase();
+    let bad = || format!("`{text}` is not a duration such as 90, 90s, 3m, 3:30 or 1h");
+    let secs: f64 = if let Some((m, s)) = t.split_once(':') {
+        let (m, s): (u32, u32) = (m.parse().map_err(|_| bad())?, s.parse().map_err(|_| bad())?);
+        if s >= 60 {
+            return Err(bad());
+        }
+        f64::from(m) * 60.0 + f64::from(s)
+    } else {
+        let (num, mult) = match t.strip_suffix('h') {
+            Some(n) => (n, 3600.0),
+            None => match t.strip_suffix('m') {
+                Some(n) => (n, 60.0),
+                None => (t.strip_suffix('s').unwrap_or(&t), 1.0),
+            },
+        };
+        let v: f64 = num.trim().parse().map_err(|_| bad())?;
+        v * mult
+    };
+    if !(secs >= 0.0 && secs <= f64::from(u32::MAX)) {
+        return Err(bad());
+    }
+    Ok(secs.round() as u32)
 }
 
 #[cfg(test)]
@@ -121,6 +162,32 @@ mod tests {
         assert!(parse_rate("fast").is_err());
         assert!(parse_rate("-3M").is_err());
         assert!(parse_rate("3X").unwrap_err().contains("unknown unit"));
+    }
+
+    #[test]
+    fn sizes_parse_in_the_units_of_rates() {
+        assert_eq!(parse_size("10MB"), Ok(10_000_000));
+        assert_eq!(parse_size("700MiB"), Ok(700 << 20));
+        assert_eq!(parse_size("1.5G"), Ok(1_500_000_000));
+        assert_eq!(parse_size("2TiB"), Ok(2 << 40));
+        assert_eq!(parse_size(" 4096 "), Ok(4096));
+        assert!(parse_size("10MB/s").is_err(), "a rate is not a size");
+        assert!(parse_size("big").unwrap_err().contains("unknown unit"));
+        assert!(parse_size("1.2.3M").unwrap_err().contains("is not a size"));
+        assert!(parse_size("-1K").is_err());
+    }
+
+    #[test]
+    fn lengths_of_time_parse_as_people_write_them() {
+        assert_eq!(parse_seconds("90"), Ok(90));
+        assert_eq!(parse_seconds("90s"), Ok(90));
+        assert_eq!(parse_seconds("3m"), Ok(180));
+        assert_eq!(parse_seconds("2.5m"), Ok(150));
+        assert_eq!(parse_seconds("3:30"), Ok(210));
+        assert_eq!(parse_seconds("1H"), Ok(3600));
+        for bad in ["", "3:75", "-5", "ten", "1:2:3", "1e20"] {
+            assert!(parse_seconds(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

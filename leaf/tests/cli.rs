@@ -5,6 +5,7 @@
 mod common;
 
 use common::*;
+use std::process::Command;
 
 #[test]
 fn share_search_get_and_status_through_the_binaries() {
@@ -81,6 +82,20 @@ fn share_search_get_and_status_through_the_binaries() {
         "{}",
         text(&out.stdout)
     );
+
+    // Filters read like the rest: sizes in the units of --upload-rate, bounds inclusive; a
+    // duration bound leaves out files without a duration (the flac here is not real audio).
+    let rows = |args: &[&str]| -> usize {
+        let out = run(leaf(&carol, &sp_addr)
+            .args(["search", "olafur", "jordin", "--json", "--wait", "1"])
+            .args(args));
+        assert!(out.status.success(), "{args:?}: {}", text(&out.stderr));
+        text(&out.stdout).lines().count()
+    };
+    assert_eq!(rows(&["--min-size", "2MB", "--max-size", "3MB"]), 1);
+    assert_eq!(rows(&["--min-size", "2.9MiB"]), 0, "3,000,000 B < 2.9 MiB");
+    assert_eq!(rows(&["--min-duration", "1s"]), 0);
+    assert_eq!(rows(&["--sort", "size"]), 1);
     drop(sharers);
     drop(sp);
 }
@@ -105,6 +120,28 @@ fn bad_input_gets_a_clear_error() {
     assert!(
         err.contains("missing") && err.contains("no such folder"),
         "{err}"
+    );
+
+    let out = run(leaf(&data, "127.0.0.1:9").args(["search", "x", "--min-size", "10XB"]));
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("unknown unit"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = run(leaf(&data, "127.0.0.1:9").args([
+        "search",
+        "x",
+        "--min-size",
+        "5MB",
+        "--max-size",
+        "1MB",
+    ]));
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("--min-size is above --max-size"),
+        "{}",
+        text(&out.stderr)
     );
 
     // No node and no super-peer: say so, and how to fix it.
@@ -246,4 +283,29 @@ fn escape_sequences_from_peers_never_reach_the_terminal() {
     assert_eq!(saved.len(), 1);
     let saved_name = saved[0].file_name().to_string_lossy().into_owned();
     assert!(!saved_name.chars().any(char::is_control), "{saved_name:?}");
+}
+
+#[test]
+fn a_command_shows_its_own_options_before_the_node_settings() {
+    let out = run(Command::new(env!("CARGO_BIN_EXE_leaf")).args(["search", "--help"]));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let help = text(&out.stdout);
+    let at = |what: &str| {
+        help.find(what)
+            .unwrap_or_else(|| panic!("no {what} in:\n{help}"))
+    };
+    let settings = at("Node settings:");
+    for own in ["--min-size", "--sort", "--min-duration", "--json"] {
+        assert!(
+            at(own) < settings,
+            "{own} comes after the node settings:\n{help}"
+        );
+    }
+    for node in ["--upload-slots", "--data-dir", "--max-downloads"] {
+        assert!(
+            at(node) > settings,
+            "{node} is not under the node settings:\n{help}"
+        );
+    }
+    assert!(at("Limits on what peers may send:") > settings, "{help}");
 }
