@@ -1,4 +1,5 @@
-//! Tags flow from files into search: `lofty` reads the corpus stand-ins' ID3v2 tags, and a file
+//! Tags flow from files into search: `lofty` reads the corpus stand-ins' ID3v2 tags (and their
+//! duration and bitrate from the MPEG frames), and a file
 //! whose name says nothing is still found by its artist and title.
 
 use std::time::Duration;
@@ -31,6 +32,8 @@ fn lofty_reads_the_tags_of_corpus_files() {
                 "{d} s for a {} s track",
                 t.duration_s
             );
+            // The stand-ins are 8 kbit/s MPEG frames (see `corpus`).
+            assert_eq!(tags.bitrate_kbps, Some(8), "{}", p.display());
             checked += 1;
         }
     }
