@@ -1,10 +1,15 @@
-//! The `superpeer` binary: a dedicated super-peer.
+//! The `superpeer` binary: a dedicated super-peer. SIGTERM or SIGINT stops it cleanly: its
+//! neighbours and leaves are told, and its host cache is saved.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
+
+/// How long a stopping super-peer gives its connections to send their Goodbye.
+const GOODBYE_GRACE: Duration = Duration::from_millis(250);
 
 /// Run a dedicated Canopy super-peer: index the files of the leaves that attach to it, answer
 /// their searches, and flood them to neighbouring super-peers.
@@ -78,6 +83,8 @@ fn real_main() -> anyhow::Result<()> {
         neighbour_target: args.neighbours as usize,
         ..Default::default()
     };
+    let mut stop = transport::signals::StopSignals::catch()
+        .context("catching SIGTERM and SIGINT (to stop cleanly)")?;
     smol::block_on(async {
         let sp = superpeer::SuperPeerNode::start(superpeer::Config {
             peers: args.peers,
@@ -90,7 +97,13 @@ fn real_main() -> anyhow::Result<()> {
         .context("starting the super-peer")?;
         // Tests and scripts read this line to learn the port when listening on port 0.
         println!("superpeer {} listening on {}", node, sp.listen_addr());
-        smol::future::pending::<()>().await;
+        let signal = stop.next().await;
+        println!("{signal}: stopping");
+        sp.shutdown(&format!("super-peer stopping ({signal})"))
+            .await;
+        // The connections' writers send their Goodbye as the process goes on for a moment.
+        smol::Timer::after(GOODBYE_GRACE).await;
+        println!("stopped");
         Ok(())
     })
 }

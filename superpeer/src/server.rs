@@ -144,6 +144,8 @@ enum Input {
     Invalid(ConnId, String),
     Disconnected(ConnId),
     Status(Sender<Status>),
+    /// Stop: say goodbye (with this reason) to everyone, save the host cache, and answer.
+    Stop(String, Sender<()>),
 }
 
 /// A running super-peer. Dropping it stops the node and closes its connections.
@@ -253,6 +255,21 @@ impl SuperPeerNode {
             .await
             .expect("super-peer actor is running");
         rx.recv().await.expect("super-peer actor answers")
+    }
+
+    /// Stops the node: every neighbour and leaf is told `reason` in a Goodbye, the host cache is
+    /// saved, and the connections close once their Goodbye is written. Returns once the node
+    /// has stopped (at once if it had already).
+    pub async fn shutdown(&self, reason: &str) {
+        let (tx, rx) = channel::bounded(1);
+        if self
+            .inputs
+            .send(Input::Stop(reason.into(), tx))
+            .await
+            .is_ok()
+        {
+            let _ = rx.recv().await;
+        }
     }
 
     /// Waits until this super-peer demotes itself (only one whose overlay settings allow it
@@ -491,6 +508,17 @@ impl Actor {
             match next {
                 None => self.state.handle_timeout(now),
                 Some(Err(_)) => return,
+                Some(Ok(Input::Stop(reason, done))) => {
+                    self.state.handle_shutdown(&reason);
+                    // The drain queues every Goodbye; dropping the writers lets each one send
+                    // what is queued, then close.
+                    let _ = self.drain();
+                    self.save_hosts(Instant::now());
+                    self.writers.clear();
+                    log::info!("stopped: {reason}");
+                    let _ = done.try_send(());
+                    return;
+                }
                 Some(Ok(input)) => self.input(now, input),
             }
             // A steady stream of inputs must not starve the timers (keep-alives, timeouts).
@@ -548,6 +576,8 @@ impl Actor {
                 };
                 let _ = tx.try_send(status);
             }
+            // `run` takes it (the actor ends there).
+            Input::Stop(..) => {}
         }
     }
 

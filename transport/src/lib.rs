@@ -13,6 +13,7 @@
 //!   public key).
 //! - [`store`]: checksummed data files written atomically, and the data directory's lock.
 //! - [`logging`]: the log on standard error, with text from peers made safe for a terminal.
+//! - [`signals`]: waiting for SIGTERM or SIGINT, so a node stops cleanly.
 //!
 //! Nothing here knows what a super-peer or a leaf does with a connection: roles, queries and
 //! transfers are the business of `topology`, `superpeer` and `leaf`.
@@ -24,4 +25,5 @@ pub mod link;
 pub mod logging;
 pub mod net;
 pub mod secure;
+pub mod signals;
 pub mod store;

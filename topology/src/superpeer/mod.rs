@@ -344,6 +344,16 @@ impl SuperPeer {
         self.send(conn, Message::Hello(hello));
     }
 
+    /// The node is stopping (SIGTERM, say): every connection is told `reason` in a Goodbye and
+    /// closed, so neighbours and leaves move on at once instead of waiting for a timeout.
+    pub fn handle_shutdown(&mut self, reason: &str) {
+        let mut conns: Vec<ConnId> = self.conns.keys().copied().collect();
+        conns.sort_unstable();
+        for conn in conns {
+            self.close(conn, reason.to_string(), true);
+        }
+    }
+
     /// A connection is gone (closed by either side, or failed).
     pub fn handle_disconnect(&mut self, now: Instant, conn: ConnId) {
         let Some(c) = self.conns.remove(&conn) else {

@@ -326,6 +326,32 @@ fn messages_before_hello_close_the_connection_with_a_reason() {
 }
 
 #[test]
+fn a_stopping_super_peer_says_goodbye_to_every_neighbour_and_leaf() {
+    let mut net = Net::new(3);
+    net.link_sps(0, 1);
+    net.link_sps(0, 2);
+    let (leaf, _) = net.add_leaf(0, vec![record("kept.mp3", 1)]);
+    assert_eq!(net.sps[1].stats().neighbours, 1);
+    net.sps[0].handle_shutdown("stopping (SIGTERM)");
+    net.run();
+    let told = net.inbox[leaf]
+        .iter()
+        .any(|m| matches!(m, Message::Goodbye { reason } if reason.contains("SIGTERM")));
+    assert!(told, "the leaf is told why: {:?}", net.inbox[leaf]);
+    let closed_at_0 = net.closed.iter().filter(|(i, _, _)| *i == 0).count();
+    assert_eq!(
+        closed_at_0, 3,
+        "two neighbours and a leaf: {:?}",
+        net.closed
+    );
+    assert_eq!(net.sps[0].stats().neighbours, 0);
+    assert_eq!(net.sps[0].stats().leaves, 0);
+    for i in [1, 2] {
+        assert_eq!(net.sps[i].stats().neighbours, 0, "super-peer {i} saw it go");
+    }
+}
+
+#[test]
 fn silent_connections_are_pinged_then_closed() {
     let mut net = Net::new(1);
     let (leaf, _) = net.add_leaf(0, vec![]);
