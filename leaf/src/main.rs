@@ -1,4 +1,5 @@
-//! The `leaf` command: share folders, search, download, and inspect the running node.
+//! The `leaf` command: share folders, search, download, and inspect the running node. A node
+//! started by `leaf share` stops cleanly on SIGTERM or SIGINT (see [`STOP_LIMIT`]).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -13,6 +14,9 @@ use leaf::{Node, NodeConfig};
 use smol::channel::Receiver;
 use wire::text::{json_terminal_safe, terminal_safe};
 use wire::{FileId, Filter, Search, Terms};
+
+/// How long a node asked to stop (SIGTERM, Ctrl-C) may take to close its links and tasks.
+const STOP_LIMIT: Duration = Duration::from_secs(10);
 
 /// Canopy leaf: share your files, find what others share, and download it in parallel verified
 /// chunks from every peer that has it.
@@ -281,6 +285,8 @@ async fn run(cli: Cli, config: NodeConfig) -> anyhow::Result<()> {
                     bail!("cannot share {}: no such folder", p.display());
                 }
             }
+            let mut stop = transport::signals::StopSignals::catch()
+                .context("catching SIGTERM and SIGINT (to stop cleanly)")?;
             let node = Node::start(NodeConfig {
                 listen: Some(cli.listen),
                 control: true,
@@ -294,22 +300,51 @@ async fn run(cli: Cli, config: NodeConfig) -> anyhow::Result<()> {
                 node.listen_addr().expect("a serving node listens"),
                 data_dir.display()
             );
-            node.reshare_remembered().await;
-            print_share_replies(local(&node, Request::Share { paths })).await?;
-            if !node.wait_connected(Duration::from_secs(3)).await {
-                say_err!(
-                    "warning: no super-peer reachable at {} yet; will keep trying",
-                    list(&superpeers)
+            let serve = async {
+                node.reshare_remembered().await;
+                print_share_replies(local(&node, Request::Share { paths })).await?;
+                if !node.wait_connected(Duration::from_secs(3)).await {
+                    say_err!(
+                        "warning: no super-peer reachable at {} yet; will keep trying",
+                        list(&superpeers)
+                    );
+                }
+                let s = node.status();
+                say!(
+                    "sharing {} files ({}); keeping the node running, Ctrl-C to stop",
+                    s.files,
+                    HumanBytes(s.bytes)
                 );
+                smol::future::pending::<()>().await;
+                anyhow::Ok(())
+            };
+            // Until a stop is asked for (or sharing fails); either way the node then stops
+            // cleanly. Unfinished downloads keep every verified chunk, and resume when the node
+            // starts again.
+            let ended = smol::future::or(async { serve.await.map(|()| None) }, async {
+                Ok(Some(stop.next().await))
+            })
+            .await;
+            if let Ok(Some(signal)) = ended {
+                say!("{signal}: stopping the node");
             }
-            let s = node.status();
-            say!(
-                "sharing {} files ({}); keeping the node running, Ctrl-C to stop",
-                s.files,
-                HumanBytes(s.bytes)
-            );
-            smol::future::pending::<()>().await;
-            Ok(())
+            let stopped = smol::future::or(
+                async {
+                    node.shutdown().await;
+                    true
+                },
+                async {
+                    smol::Timer::after(STOP_LIMIT).await;
+                    false
+                },
+            )
+            .await;
+            if stopped {
+                say!("stopped");
+            } else {
+                say_err!("the node did not stop within {STOP_LIMIT:?}; exiting anyway");
+            }
+            ended.map(|_| ())
         }
         Command::Search {
             words,

@@ -6,6 +6,7 @@ mod common;
 
 use common::*;
 use std::process::Command;
+use std::time::Duration;
 
 #[test]
 fn share_search_get_and_status_through_the_binaries() {
@@ -156,6 +157,24 @@ fn bad_input_gets_a_clear_error() {
 
 #[test]
 fn a_killed_downloading_node_resumes_without_fetching_chunks_again() {
+    stop_mid_download_and_resume(Stop::Kill);
+}
+
+#[test]
+fn a_node_stopped_by_sigterm_mid_download_exits_at_once_and_resumes() {
+    stop_mid_download_and_resume(Stop::Term);
+}
+
+/// How a node is stopped in the middle of a download.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Stop {
+    /// kill -9: nothing runs after.
+    Kill,
+    /// SIGTERM (what systemd sends): the node stops itself, in a bounded time.
+    Term,
+}
+
+fn stop_mid_download_and_resume(stop: Stop) {
     let tmp = tempfile::tempdir().unwrap();
     let base = tmp.path();
     let (_sp, sp_addr) = start_superpeer(&base.join("sp"), &[]);
@@ -191,8 +210,24 @@ fn a_killed_downloading_node_resumes_without_fetching_chunks_again() {
         done_bytes(&status_json(&carol, &sp_addr)) >= (size / 4) as u64
     });
 
-    // kill -9 the node in the middle of the file.
-    drop(node);
+    // Stop the node in the middle of the file.
+    let mut node = node;
+    match stop {
+        Stop::Kill => drop(node),
+        Stop::Term => {
+            let (status, lines) = node.terminate(Duration::from_secs(15));
+            assert!(status.success(), "{status}: {lines:?}");
+            assert!(
+                lines.iter().any(|l| l.contains("SIGTERM: stopping"))
+                    && lines.last().is_some_and(|l| l == "stopped"),
+                "{lines:?}"
+            );
+            assert!(
+                !carol.join("control.sock").exists(),
+                "the control socket is removed"
+            );
+        }
+    }
     let before: u64 = sources.iter().map(|(_, d)| uploaded(d, &sp_addr)).sum();
     let _node = Proc::spawn(leaf(&carol, &sp_addr).arg("share"));
     let target = dl.join("big.mkv");
@@ -214,7 +249,7 @@ fn a_killed_downloading_node_resumes_without_fetching_chunks_again() {
     );
     let fetched_again = after - before;
     eprintln!(
-        "resume: {resumed} of {total} chunks kept across kill -9; {fetched_again} bytes \
+        "resume: {resumed} of {total} chunks kept across {stop:?}; {fetched_again} bytes \
          ({:.1} chunks) fetched after the restart",
         fetched_again as f64 / chunk as f64
     );
@@ -308,4 +343,32 @@ fn a_command_shows_its_own_options_before_the_node_settings() {
         );
     }
     assert!(at("Limits on what peers may send:") > settings, "{help}");
+}
+
+#[test]
+fn a_superpeer_stopped_by_sigterm_says_so_saves_its_hosts_and_exits() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("sp");
+    let (mut sp, sp_addr) = start_superpeer(&data, &[]);
+    let alice = tmp.path().join("alice-data");
+    let music = tmp.path().join("music");
+    std::fs::create_dir_all(&music).unwrap();
+    std::fs::write(music.join("song.mp3"), b"la la la").unwrap();
+    let leaf_node = Proc::spawn(
+        leaf(&alice, &sp_addr)
+            .args(["--no-promote", "share"])
+            .arg(&music),
+    );
+    leaf_node.wait_for("sharing 1 files");
+    let attached = || {
+        let status = status_json(&alice, &sp_addr);
+        let links = status["superpeers"].as_array().cloned().unwrap_or_default();
+        links.iter().any(|l| l["addr"] == sp_addr.as_str())
+    };
+    wait_until("the leaf attached", 30, attached);
+    let (status, lines) = sp.terminate(Duration::from_secs(10));
+    assert!(status.success(), "{status}: {lines:?}");
+    assert_eq!(lines, ["SIGTERM: stopping", "stopped"]);
+    assert!(data.join("hosts.cbor").exists(), "the host cache is saved");
+    wait_until("the leaf to see its super-peer go", 10, || !attached());
 }

@@ -4,7 +4,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -43,6 +43,33 @@ impl Proc {
             }
         });
         Proc { child, lines }
+    }
+
+    /// Sends SIGTERM and waits up to `within` for the process to exit; its exit status and the
+    /// stdout lines not read yet. Panics (and the drop kills it) if it is still running then.
+    pub fn terminate(&mut self, within: Duration) -> (ExitStatus, Vec<String>) {
+        let sent = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success(), "kill -TERM failed");
+        let until = std::time::Instant::now() + within;
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(
+                std::time::Instant::now() < until,
+                "still running {within:?} after SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        // The reader thread ends at end of file.
+        let mut lines = Vec::new();
+        while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(5)) {
+            lines.push(line);
+        }
+        (status, lines)
     }
 
     /// Waits for a stdout line containing `needle`; returns it.
