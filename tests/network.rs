@@ -199,10 +199,40 @@ fn a_file_held_by_three_leaves_downloads_from_all_three() {
         assert!(got == content, "downloaded bytes differ");
         assert!(!out.join("Concert Recording.flac.part").exists());
 
-        // A second download of the same file keeps the first: a new name, never a replacement.
-        let again = getter.get(id, &out, |_| {}).await.unwrap();
+        // Asked for again, the node says where it has the file and fetches nothing; searches
+        // mark it too, as they mark what a node shares.
+        let had = getter.get(id, &out, |_| {}).await.unwrap();
+        assert!(had.already_had && had.sources.is_empty(), "{had:?}");
+        assert_eq!(had.path, report.path);
+        let found = getter
+            .search(words("concert recording"), 3, Duration::from_secs(1))
+            .await
+            .unwrap();
+        assert_eq!(found[0].have.as_ref(), Some(&report.path));
+        let at_source = sources[0]
+            .search(words("concert recording"), 3, Duration::from_secs(1))
+            .await
+            .unwrap();
+        assert_eq!(
+            at_source[0].have.as_ref(),
+            Some(&tmp.path().join("share0/Concert Recording.flac")),
+            "a source has its shared copy"
+        );
+        // Another copy only when asked for: a new name, never a replacement.
+        let again = getter.get_again(id, &out, |_| {}).await.unwrap();
+        assert!(!again.already_had);
         assert_eq!(again.path, out.join("Concert Recording (1).flac"));
         assert_eq!(fs::read(&report.path).unwrap().len(), content.len());
+
+        // The record of finished downloads outlives the node; a file changed since is no
+        // longer taken for the download.
+        getter.shutdown().await;
+        let getter = net::leaf(tmp.path(), "getter", &[sp.listen_addr()]).await;
+        assert_eq!(getter.already_have(id), Some(again.path.clone()));
+        fs::write(&again.path, b"changed").unwrap();
+        assert_eq!(getter.already_have(id), Some(report.path.clone()));
+        fs::remove_file(&report.path).unwrap();
+        assert_eq!(getter.already_have(id), None);
     });
 }
 

@@ -51,6 +51,9 @@ pub enum Request {
         ids: Vec<FileId>,
         /// Output folder, absolute.
         out: PathBuf,
+        /// Fetch a file even if the node already has it (else its path is reported).
+        #[serde(default)]
+        again: bool,
     },
     /// Report the node's state.
     Status,

@@ -175,6 +175,10 @@ enum Command {
         /// Folder to save into.
         #[arg(long, default_value = ".")]
         out: PathBuf,
+        /// Fetch a file even if this node already has it (shared or downloaded before); else
+        /// its path is printed and nothing is fetched.
+        #[arg(long)]
+        again: bool,
     },
     /// Full-screen terminal interface: search, downloads, shares and network. Attaches to the
     /// running node (which keeps running on quit), or starts one until quit.
@@ -416,10 +420,10 @@ async fn run(cli: Cli, config: NodeConfig) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Get { ids, out } => {
+        Command::Get { ids, out, again } => {
             let out = std::path::absolute(&out)
                 .with_context(|| format!("bad output folder {}", out.display()))?;
-            let replies = backend(&config, Request::Get { ids, out }).await?;
+            let replies = backend(&config, Request::Get { ids, out, again }).await?;
             print_get_replies(replies).await
         }
         Command::Tui { .. } => unreachable!("handled before the runtime starts"),
@@ -579,6 +583,7 @@ fn print_results(results: &[leaf::search::SearchResult], json: bool) -> anyhow::
                 "duration_s": r.tags.duration_s,
                 "bitrate_kbps": r.tags.bitrate_kbps,
                 "score": r.score,
+                "have": r.have,
             });
             println!("{}", json_terminal_safe(&line.to_string()));
         }
@@ -591,11 +596,13 @@ fn print_results(results: &[leaf::search::SearchResult], json: bool) -> anyhow::
     say!("{:>10}  {:>3}  {:<64}  PATH", "SIZE", "SRC", "ID");
     for r in results {
         say!(
-            "{:>10}  {:>3}  {}  {}",
+            "{:>10}  {:>3}  {}  {}{}",
             HumanBytes(r.size).to_string(),
             r.sources.len(),
             r.id,
-            r.path
+            r.path,
+            // What this node has already (shared or downloaded) is marked.
+            if r.have.is_some() { "  (have)" } else { "" }
         );
     }
     say!("{} files", results.len());
@@ -618,6 +625,16 @@ async fn print_get_replies(replies: Receiver<Reply>) -> anyhow::Result<()> {
                     _ => String::new(),
                 };
                 b.set_message(format!("{}{note}", terminal_safe(&info.name)));
+            }
+            Reply::GetDone(r) if r.already_had => {
+                if let Some(b) = pb.take() {
+                    b.finish_and_clear();
+                }
+                say!(
+                    "already have {} at {} (--again fetches another copy)",
+                    r.id,
+                    r.path.display()
+                );
             }
             Reply::GetDone(r) => {
                 if let Some(b) = pb.take() {

@@ -2,6 +2,7 @@
 
 use std::cmp::Reverse;
 use std::collections::HashMap;
+use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 use wire::{FileId, Hit, Source, Tags};
@@ -23,6 +24,9 @@ pub struct SearchResult {
     pub sources: Vec<Source>,
     /// The best relevance score among its hits.
     pub score: f32,
+    /// Where this node already has the file (shared, or downloaded before), if it does.
+    #[serde(default)]
+    pub have: Option<PathBuf>,
 }
 
 /// Groups hits by content id: best score first, then most sources, then name.
@@ -37,6 +41,7 @@ pub fn group_hits(hits: impl IntoIterator<Item = Hit>) -> Vec<SearchResult> {
             tags: hit.file.tags.clone(),
             sources: Vec::new(),
             score: hit.score,
+            have: None,
         });
         if hit.score > r.score {
             r.score = hit.score;

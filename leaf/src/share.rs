@@ -104,7 +104,9 @@ pub struct ScanOutcome {
     pub skipped: Vec<(PathBuf, String)>,
 }
 
-fn mtime_of(meta: &fs::Metadata) -> (i64, u32) {
+/// A file's modification time as (seconds, nanoseconds) since the epoch (negative seconds
+/// before it).
+pub(crate) fn mtime_of(meta: &fs::Metadata) -> (i64, u32) {
     match meta.modified().map(|t| t.duration_since(UNIX_EPOCH)) {
         Ok(Ok(d)) => (d.as_secs() as i64, d.subsec_nanos()),
         Ok(Err(e)) => (

@@ -58,6 +58,24 @@ fn share_search_get_and_status_through_the_binaries() {
     );
     assert!(std::fs::read(dl.join("03 - Þú ert jörðin.flac")).unwrap() == content);
 
+    // Carol has it now: searches mark it, and a second get says where it is and fetches nothing.
+    let out =
+        run(leaf(&carol, &sp_addr).args(["search", "olafur", "jordin", "--json", "--wait", "1"]));
+    let row: serde_json::Value =
+        serde_json::from_str(text(&out.stdout).lines().next().unwrap()).unwrap();
+    assert_eq!(
+        row["have"].as_str().map(std::path::PathBuf::from),
+        Some(dl.join("03 - Þú ert jörðin.flac"))
+    );
+    let out = run(leaf(&carol, &sp_addr).args(["get", &id, "--out"]).arg(&dl));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("already have"),
+        "{}",
+        text(&out.stdout)
+    );
+    assert!(!dl.join("03 - Þú ert jörðin (1).flac").exists());
+
     // The running node answers over its control socket, and takes more folders.
     let alice = base.join("alice-data");
     let out = run(leaf(&alice, &sp_addr).arg("status"));

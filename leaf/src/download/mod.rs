@@ -398,6 +398,7 @@ async fn attempt(
         elapsed_ms: started.elapsed().as_millis() as u64,
         resumed_chunks,
         sources: reports,
+        already_had: false,
     })
 }
 

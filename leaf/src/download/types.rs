@@ -98,6 +98,9 @@ pub struct DownloadReport {
     pub resumed_chunks: u64,
     /// Each source's part (one entry per connection to a source).
     pub sources: Vec<SourceReport>,
+    /// Nothing was fetched: the node already had the file, at `path`.
+    #[serde(default)]
+    pub already_had: bool,
 }
 
 /// Progress of a running download.

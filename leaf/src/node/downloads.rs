@@ -36,25 +36,51 @@ impl Node {
         self.inner.transfers.lock().unwrap()
     }
 
-    /// Finds sources for `id` and downloads it into `out`.
+    /// Finds sources for `id` and downloads it into `out`; or, if this node already has it
+    /// (see [`Node::already_have`]), fetches nothing and reports where it is
+    /// ([`DownloadReport::already_had`]).
     pub async fn get(
         &self,
         id: FileId,
         out: &Path,
         progress: impl Fn(&DownloadInfo) + Send + Sync + 'static,
     ) -> Result<DownloadReport, NodeError> {
-        self.get_with(id, out, false, progress).await
+        self.get_with(id, out, false, false, progress).await
+    }
+
+    /// [`Node::get`], even if this node already has the file: another copy.
+    pub async fn get_again(
+        &self,
+        id: FileId,
+        out: &Path,
+        progress: impl Fn(&DownloadInfo) + Send + Sync + 'static,
+    ) -> Result<DownloadReport, NodeError> {
+        self.get_with(id, out, false, true, progress).await
     }
 
     /// [`Node::get`]; `wait_for_sources`: with no source at all, keep searching instead of
-    /// failing (as for a download resumed after a restart).
+    /// failing (as for a download resumed after a restart); `again`: fetch it even if this node
+    /// already has it.
     pub(super) async fn get_with(
         &self,
         id: FileId,
         out: &Path,
         wait_for_sources: bool,
+        again: bool,
         progress: impl Fn(&DownloadInfo) + Send + Sync + 'static,
     ) -> Result<DownloadReport, NodeError> {
+        if let Some(path) = self.already_have(id).filter(|_| !again) {
+            let size = std::fs::metadata(&path).map_or(0, |m| m.len());
+            return Ok(DownloadReport {
+                id,
+                path,
+                size,
+                elapsed_ms: 0,
+                resumed_chunks: 0,
+                sources: Vec::new(),
+                already_had: true,
+            });
+        }
         {
             let d = &mut self.transfers().tracked;
             if d.iter()
@@ -114,7 +140,10 @@ impl Node {
         self.transfers().cancels.remove(&id);
         // A finished download is seeded for a while; an unfinished one is no longer served.
         match &result {
-            Ok(_) => self.seed(id),
+            Ok(report) => {
+                self.remember_download(report);
+                self.seed(id)
+            }
             Err(_) => self.unpublish(id),
         }
         // Finished either way: it is not resumed on the next start. (A crash leaves it queued.)

@@ -40,6 +40,7 @@ use crate::state::{NodeState, RoleStatus};
 use crate::swarm::{PartialFile, Partials, Seeding, Spread};
 
 mod downloads;
+mod have;
 mod serve;
 
 use downloads::Transfers;
@@ -221,6 +222,8 @@ pub(crate) struct Inner {
     transfers: Mutex<Transfers>,
     /// Serialises changes to the download queue file.
     pending_lock: Mutex<()>,
+    /// Finished downloads (see [`Node::already_have`]), saved in the data directory.
+    downloaded: Mutex<Vec<have::Downloaded>>,
     /// Whether this node owns the control socket.
     control: bool,
     /// Keeps other nodes off the data directory until this one shuts down.
@@ -258,6 +261,7 @@ impl Node {
         std::fs::create_dir_all(&dir).map_err(data_err)?;
         let dir_lock = transport::store::lock_dir(&dir).map_err(data_err)?;
         let identity = transport::identity::Identity::load_or_create(&dir).map_err(data_err)?;
+        let downloaded = have::load_downloaded(&dir);
         let node_id = identity.node();
         let shares = Shares::load(&dir.join(SHARES_FILE));
 
@@ -325,6 +329,7 @@ impl Node {
             overlay: overlay_tx,
             transfers: Mutex::default(),
             pending_lock: Mutex::new(()),
+            downloaded: Mutex::new(downloaded),
             control: config.control,
             dir_lock: Mutex::new(Some(dir_lock)),
             upload_streams: Mutex::new(HashMap::new()),
@@ -385,7 +390,8 @@ impl Node {
                     log::info!("resuming the download of {}", p.id);
                     // Sources are searched for once a super-peer link is up.
                     n.wait_connected(Duration::from_secs(30)).await;
-                    if let Err(e) = n.get_with(p.id, &p.out, true, |_| {}).await {
+                    // Asked for before the restart: carried on whatever is here now.
+                    if let Err(e) = n.get_with(p.id, &p.out, true, true, |_| {}).await {
                         log::warn!("download of {} failed: {e}", p.id);
                     }
                 }));
@@ -583,7 +589,9 @@ impl Node {
         let (id, rx) = self.start_search(search, ttl)?;
         let hits = collect_hits(&rx, wait, None).await;
         self.end_search(id);
-        Ok(group_hits(hits))
+        let mut results = group_hits(hits);
+        self.mark_have(&mut results);
+        Ok(results)
     }
 
     /// Finds the leaves that hold `id` (other than this one).

@@ -29,10 +29,9 @@ impl Node {
             while let Ok(more) = rx.try_recv() {
                 hits.extend(more);
             }
-            open = reply
-                .send(Reply::Results(group_hits(hits.iter().cloned())))
-                .await
-                .is_ok();
+            let mut results = group_hits(hits.iter().cloned());
+            self.mark_have(&mut results);
+            open = reply.send(Reply::Results(results)).await.is_ok();
         }
         self.end_search(qid);
         Ok(())
@@ -73,7 +72,7 @@ impl Node {
                 };
                 let _ = reply.send(r).await;
             }
-            Request::Get { ids, out } => {
+            Request::Get { ids, out, again } => {
                 // All at once: each takes its place in the queue (and on disk) now, and the
                 // node's download limit decides how many run together.
                 let tasks: Vec<_> = ids
@@ -90,7 +89,12 @@ impl Node {
                                     let _ = progress_tx.try_send(Reply::GetProgress(info.clone()));
                                 }
                             };
-                            let r = match node.get(id, &out, progress).await {
+                            let got = if again {
+                                node.get_again(id, &out, progress).await
+                            } else {
+                                node.get(id, &out, progress).await
+                            };
+                            let r = match got {
                                 Ok(report) => Reply::GetDone(report),
                                 Err(e) => Reply::GetFailed {
                                     id,

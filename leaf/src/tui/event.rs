@@ -155,6 +155,9 @@ pub fn send_request(data_dir: PathBuf, req: Request, search: u64, tx: Sender<Eve
                     "stopped sharing {}: {files} files withdrawn",
                     folder.display()
                 )),
+                Reply::GetDone(r) if r.already_had => {
+                    Update::Notice(format!("already here: {}", r.path.display()))
+                }
                 Reply::GetDone(r) => Update::Notice(format!("saved {}", r.path.display())),
                 Reply::GetFailed { error, .. } => Update::Notice(format!("download: {error}")),
                 Reply::Error(e) => Update::Notice(format!("{what}: {e}")),

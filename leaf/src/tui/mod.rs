@@ -95,6 +95,7 @@ async fn event_loop(
                 Request::Get {
                     ids,
                     out: app.out.clone(),
+                    again: false,
                 },
                 0,
             ),
@@ -114,6 +115,7 @@ async fn event_loop(
                 Request::Get {
                     ids: vec![id],
                     out: app.out.clone(),
+                    again: false,
                 },
                 0,
             ),

@@ -54,6 +54,7 @@ fn result(n: u8, name: &str, size: u64, sources: usize, artist: Option<&str>) ->
             })
             .collect(),
         score: 10.0 - n as f32,
+        have: None,
     }
 }
 
@@ -166,6 +167,31 @@ fn search_results_show_one_row_per_file_with_size_type_sources_and_tags() {
     assert!(!contains(&s, "notes.txt"));
     assert!(contains(&s, "saman.flac"));
     assert!(contains(&s, "filter: ARNALDS"));
+}
+
+#[test]
+fn results_this_node_already_has_say_so_and_where() {
+    let mut app = app();
+    app.search_gen = 1;
+    let mut had = result(1, "kept.flac", 3_000_000, 2, None);
+    had.have = Some("/home/me/Music/kept.flac".into());
+    app.on_update(Update::Results(
+        1,
+        vec![had, result(2, "new.flac", 3_000_000, 1, None)],
+    ));
+    let s = screen(&app, 100, 30);
+    assert!(
+        line_with(&s, "kept.flac").contains("(have)"),
+        "{}",
+        s.join("\n")
+    );
+    assert!(!line_with(&s, "new.flac").contains("(have)"));
+    // The selected one (the first) says where.
+    assert!(
+        contains(&s, "you have it: /home/me/Music/kept.flac"),
+        "{}",
+        s.join("\n")
+    );
 }
 
 #[test]

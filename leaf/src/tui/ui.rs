@@ -191,8 +191,10 @@ fn render_search(app: &App, f: &mut Frame, area: Rect) {
             } else {
                 ""
             };
+            // A file this node already has (shared or downloaded) says so after its name.
+            let have = if r.have.is_some() { "  (have)" } else { "" };
             Row::new(vec![
-                format!("{mark}{}", r.name),
+                format!("{mark}{}{have}", r.name),
                 bytes(r.size),
                 ext,
                 r.sources.len().to_string(),
@@ -229,6 +231,9 @@ fn render_search(app: &App, f: &mut Frame, area: Rect) {
             about.push(format!("{}:{:02}", d / 60, d % 60));
         }
         about.push(r.id.short());
+        if let Some(have) = &r.have {
+            about.push(format!("you have it: {}", have.display()));
+        }
         f.render_widget(Paragraph::new(Line::styled(about.join(" · "), DIM)), detail);
     }
 }
