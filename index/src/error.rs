@@ -17,8 +17,7 @@ pub enum IndexError {
         /// What tantivy reported.
         error: TantivyError,
     },
-    /// Handing a file's document to the indexing thread failed; nothing since the last commit
-    /// was kept.
+    /// Handing a file's document to the indexing thread failed; its batch was dropped.
     #[error("could not index the files of leaf {leaf}: {error}")]
     Add {
         /// The leaf whose files were being added.
@@ -26,7 +25,7 @@ pub enum IndexError {
         /// What tantivy reported.
         error: TantivyError,
     },
-    /// Committing failed; the changes since the last commit were rolled back.
+    /// Committing failed; the batch was rolled back.
     #[error("could not commit {changes} changes to the index (they were dropped): {error}")]
     Commit {
         /// How many changes (adds, removals) the commit held.
@@ -34,6 +33,9 @@ pub enum IndexError {
         /// What tantivy reported.
         error: TantivyError,
     },
+    /// The writer thread is gone (it panicked): the index no longer changes.
+    #[error("the index's writer thread is gone; the index no longer changes")]
+    WriterGone,
     /// Reloading the reader after a commit failed; searches may not see the change yet.
     #[error("could not reload the index reader after a commit: {error}")]
     Reload {

@@ -5,14 +5,21 @@
 //! to the documents added before it only, so the new document survives and the old one goes.
 //!
 //! One thread owns the tantivy writer and applies changes in the order they were made. It
-//! commits (and reloads the reader) whenever no more changes are waiting: a change on a quiet
-//! index is searchable at once, and changes that come faster than commits are committed
-//! together (group commit) instead of one commit each. A commit builds a segment and can take
-//! tens of milliseconds; the caller of [`Index::queue_add`] and its kind never waits for one.
+//! commits (and reloads the reader) whenever no more changes are waiting, or [`BATCH_TIME`]
+//! after the first change of a batch: a change on a quiet index is searchable at once, and
+//! changes that come faster than commits are committed together (group commit) instead of one
+//! commit each. A commit builds a segment and can take tens of milliseconds; the caller of
+//! [`Index::queue_add`] and its kind does not wait for one, unless [`CHANGES_QUEUED`] changes
+//! are already waiting (back-pressure: the index is behind).
+//!
+//! A failure (tantivy's indexing thread gone, a commit that fails: neither happens short of a
+//! bug or no memory) drops the whole batch it is in, and is logged, and returned to whoever
+//! waits on that batch's commit.
 
 use std::fmt;
-use std::sync::mpsc;
-use std::thread::JoinHandle;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
 
 use tantivy::collector::TopDocs;
 use tantivy::schema::TantivyDocument;
@@ -27,10 +34,14 @@ use crate::{IndexError, LeafKey};
 /// The writer's memory budget. Segments are flushed when it fills; tantivy's minimum is 15 MB.
 const WRITER_MEMORY: usize = 20_000_000;
 
-/// Changes waiting for the writer thread at most. One change holds at most one Register
-/// message's files (`topology::leaf::REGISTER_BATCH_BYTES`, 256 KiB), so this bounds the queue
-/// at 16 MiB; a caller that finds it full waits (back-pressure: the index is behind).
-const CHANGES_QUEUED: usize = 64;
+/// Changes waiting for the writer thread at most; a caller that finds the queue full waits.
+/// One change holds one Register or Withdraw message's records (at most `wire::MAX_BODY`,
+/// 1 MiB, on the wire), so the queue holds some tens of MiB at worst.
+pub const CHANGES_QUEUED: usize = 64;
+
+/// A batch is committed this long after its first change at the latest, even while more keep
+/// coming: changes become searchable within about this (plus the commit) under any load.
+pub const BATCH_TIME: Duration = Duration::from_millis(100);
 
 /// One search result.
 #[derive(Debug, Clone, PartialEq)]
@@ -55,9 +66,10 @@ enum Change {
 /// The files registered by a super-peer's leaves, searchable by words and by content id.
 pub struct Index {
     fields: Fields,
-    /// To the writer thread; `None` only while dropping.
-    changes: Option<mpsc::SyncSender<Change>>,
-    writer: Option<JoinHandle<()>>,
+    /// To the writer thread.
+    changes: mpsc::SyncSender<Change>,
+    /// Set when the index is dropped: the writer thread stops without applying what is left.
+    abandoned: Arc<AtomicBool>,
     reader: IndexReader,
     /// The same analyzer the word fields use, for tokenising queries.
     analyzer: TextAnalyzer,
@@ -73,11 +85,10 @@ impl fmt::Debug for Index {
 
 impl Drop for Index {
     fn drop(&mut self) {
-        // Closing the queue ends the writer thread once it has applied what is queued.
-        self.changes = None;
-        if let Some(thread) = self.writer.take() {
-            let _ = thread.join();
-        }
+        // The writer thread ends at its next change or when the queue closes (now), without
+        // the work of changes nobody will search; dropping must not wait for it (a super-peer
+        // stopping drops its index on the thread its Goodbyes are written from).
+        self.abandoned.store(true, Ordering::Relaxed);
     }
 }
 
@@ -97,14 +108,16 @@ impl Index {
             .try_into()
             .map_err(create)?;
         let (tx, rx) = mpsc::sync_channel(CHANGES_QUEUED);
+        let abandoned = Arc::new(AtomicBool::new(false));
         let thread = Writer {
             writer,
             reader: IndexReader::clone(&reader),
             fields: fields.clone(),
             staged: 0,
             failed: None,
+            abandoned: abandoned.clone(),
         };
-        let thread = std::thread::Builder::new()
+        std::thread::Builder::new()
             .name("index-writer".into())
             .spawn(move || thread.run(&rx))
             .map_err(|e| IndexError::Create {
@@ -112,8 +125,8 @@ impl Index {
             })?;
         Ok(Index {
             fields,
-            changes: Some(tx),
-            writer: Some(thread),
+            changes: tx,
+            abandoned,
             reader,
             analyzer: schema::analyzer(),
         })
@@ -149,8 +162,8 @@ impl Index {
     }
 
     /// As [`Index::add_files`], without waiting: searches see the files once the writer thread
-    /// has committed them (at once on a quiet index). A failure is logged, and that commit's
-    /// changes are dropped.
+    /// has committed them (at once on a quiet index, within about [`BATCH_TIME`] under load).
+    /// A failure is logged, and drops the batch it is in.
     pub fn queue_add(&mut self, leaf: LeafKey, files: Vec<FileRecord>) {
         if !files.is_empty() {
             self.send(Change::Add(leaf, files));
@@ -178,8 +191,7 @@ impl Index {
     }
 
     fn send(&self, change: Change) {
-        let sent = self.changes.as_ref().map(|c| c.send(change));
-        if !matches!(sent, Some(Ok(()))) {
+        if self.changes.send(change).is_err() {
             // Only if the writer thread panicked; `commit` reports it.
             log::error!("index: {}", writer_gone());
         }
@@ -228,9 +240,7 @@ impl Index {
 }
 
 fn writer_gone() -> IndexError {
-    IndexError::Create {
-        error: TantivyError::SystemError("the index writer thread is gone".into()),
-    }
+    IndexError::WriterGone
 }
 
 /// The writer thread's state: the only owner of the tantivy writer.
@@ -240,31 +250,40 @@ struct Writer {
     fields: Fields,
     /// Changes applied since the last commit.
     staged: usize,
-    /// The first change since the last commit that failed (everything since was rolled back).
+    /// Why the batch being applied failed: it was rolled back, and its other changes are
+    /// skipped; the batch's commit reports it.
     failed: Option<IndexError>,
+    abandoned: Arc<AtomicBool>,
 }
 
 impl Writer {
-    /// Applies changes in order until the queue closes, committing whenever none are waiting.
+    /// Applies changes in order until the queue closes or the index is dropped, committing
+    /// whenever none are waiting or the batch is [`BATCH_TIME`] old.
     fn run(mut self, changes: &mpsc::Receiver<Change>) {
         while let Ok(first) = changes.recv() {
+            let started = Instant::now();
             let mut next = Some(first);
             while let Some(change) = next {
-                self.apply(change);
-                next = changes.try_recv().ok();
-            }
-            if self.staged > 0 {
-                if let Err(e) = self.commit() {
-                    log::error!("index: {e}");
+                if self.abandoned.load(Ordering::Relaxed) {
+                    return;
                 }
+                self.apply(change);
+                next = (started.elapsed() < BATCH_TIME)
+                    .then(|| changes.try_recv().ok())
+                    .flatten();
             }
-        }
-        if self.staged > 0 {
-            let _ = self.commit();
+            if self.staged > 0 || self.failed.is_some() {
+                // Logged where it failed.
+                let _ = self.commit();
+            }
         }
     }
 
     fn apply(&mut self, change: Change) {
+        if self.failed.is_some() && !matches!(change, Change::Commit(_)) {
+            // Part of a batch that failed: dropped with it.
+            return;
+        }
         match change {
             Change::Add(leaf, files) => {
                 for file in &files {
@@ -295,8 +314,8 @@ impl Writer {
         self.staged += 1;
     }
 
-    /// Commits the changes applied since the last commit and makes them searchable; the first
-    /// error among them, if any (a failed commit rolls them all back).
+    /// Commits the batch applied since the last commit and makes it searchable; or, if it
+    /// failed, says why (it was rolled back).
     fn commit(&mut self) -> Result<(), IndexError> {
         let changes = std::mem::take(&mut self.staged);
         if let Some(failed) = self.failed.take() {
@@ -311,8 +330,8 @@ impl Writer {
             .map_err(|error| IndexError::Reload { error })
     }
 
-    /// Drops what was applied since the last commit, so a failed change is not committed later
-    /// with the next one, and keeps `error` for the next commit to report.
+    /// Drops the batch applied so far, so a failed change is not committed later with the next
+    /// one, and keeps `error` for the batch's commit to report.
     fn roll_back(&mut self, error: IndexError) {
         log::error!("index: {error}; the changes since the last commit are dropped");
         if let Err(error) = self.writer.rollback() {

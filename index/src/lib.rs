@@ -6,7 +6,8 @@
 //! it registers again when it comes back. [`Index::add_files`] and the other changes are committed
 //! before they return, so the next search sees them; [`Index::queue_add`] and its kind return at
 //! once, and a writer thread commits whatever has queued up together (group commit), so a
-//! caller that must not block (the super-peer's actor) never waits for a commit.
+//! caller that must not block (the super-peer's actor) does not wait for commits (only for room,
+//! should [`CHANGES_QUEUED`] changes be waiting).
 //!
 //! Searching by words: the words of the query are tokenised like the indexed text (split on
 //! anything that is not a letter or digit, lower-cased, accents folded: "beyonce" finds
@@ -56,7 +57,7 @@ mod schema;
 mod tests;
 
 pub use error::IndexError;
-pub use index::{Index, IndexHit};
+pub use index::{Index, IndexHit, BATCH_TIME, CHANGES_QUEUED};
 
 /// Which connected leaf registered a file (the super-peer's own key for the connection).
 pub type LeafKey = u64;

@@ -565,6 +565,11 @@ impl Actor {
                 self.state.handle_disconnect(now, conn);
             }
             Input::Status(tx) => {
+                // The records counted are those registered so far: wait for their commit
+                // (status is asked for rarely).
+                if let Err(e) = self.index.commit() {
+                    log::error!("index: {e}");
+                }
                 let status = Status {
                     node: self.state.node_id(),
                     listen: self.listen,
@@ -614,7 +619,7 @@ impl Actor {
             };
             match event {
                 // The index's writer thread commits these (together, when they come fast):
-                // the actor never waits for a commit, so one leaf's registration does not hold
+                // the actor does not wait for commits, so one leaf's registrations do not hold
                 // up every other connection's messages.
                 Event::Register { conn, files } => self.index.queue_add(conn, files),
                 Event::OverLimit {
