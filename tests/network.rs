@@ -451,3 +451,65 @@ fn an_unshared_folder_disappears_from_the_network() {
         assert!(err.contains("is not shared"), "{err}");
     });
 }
+
+#[test]
+fn a_wish_finds_a_file_shared_after_it_was_made_and_downloads_it() {
+    run_bounded(LIMIT, async {
+        let tmp = tempfile::tempdir().unwrap();
+        let sp = net::superpeer(&[]).await;
+        let wishing = |c: &mut leaf::NodeConfig| {
+            c.control = true;
+            c.wish_interval = Duration::from_secs(3);
+        };
+        let wisher = net::leaf_with(tmp.path(), "wisher", &[sp.listen_addr()], wishing).await;
+        let out = tmp.path().join("wished");
+        fs::create_dir_all(&out).unwrap();
+        let flac_only = wire::Filter {
+            ext: Some("flac".into()),
+            ..wire::Filter::default()
+        };
+        wisher
+            .wish_add("aurora borealis", flac_only, true, out.clone())
+            .unwrap();
+        // Nothing has it yet: the first search finds nothing.
+        wait_until(
+            "the wish's first search",
+            Duration::from_secs(15),
+            || async { wisher.wishes()[0].last_run.is_some() },
+        )
+        .await;
+        assert!(wisher.wishes()[0].matches.is_empty());
+
+        // Then a leaf shares it, and an mp3 of the same words that the wish's filter leaves out.
+        let sharer = net::leaf(tmp.path(), "sharer", &[sp.listen_addr()]).await;
+        let music = tmp.path().join("music");
+        let (_, flac) = big_file(&music, "Aurora Borealis.flac", 3 << 20);
+        fs::write(music.join("Aurora Borealis (radio).mp3"), b"an mp3").unwrap();
+        sharer.share(&music, |_| {}).await.unwrap();
+        net::wait_records(&sp, 2).await;
+        let target = out.join("Aurora Borealis.flac");
+        wait_until(
+            "the wish to find and fetch it",
+            Duration::from_secs(30),
+            || async { fs::read(&target).is_ok_and(|b| b == flac) },
+        )
+        .await;
+        let wish = &wisher.status().wishes[0];
+        assert_eq!(wish.matches.len(), 1, "{wish:?}");
+        assert_eq!(wish.matches[0].name, "Aurora Borealis.flac");
+
+        // Wishes outlive the node, with what they found: it is not found (or fetched) again.
+        wisher.shutdown().await;
+        let wisher = net::leaf_with(tmp.path(), "wisher", &[sp.listen_addr()], wishing).await;
+        let before = wisher.wishes()[0].last_run;
+        wait_until(
+            "a search after the restart",
+            Duration::from_secs(15),
+            || async { wisher.wishes()[0].last_run != before },
+        )
+        .await;
+        assert_eq!(wisher.wishes()[0].matches.len(), 1);
+        let files = fs::read_dir(&out).unwrap().count();
+        assert_eq!(files, 1, "nothing fetched again");
+    });
+}

@@ -57,6 +57,24 @@ pub enum Request {
     },
     /// Report the node's state.
     Status,
+    /// Add a wish; answered with the wishlist.
+    WishAdd {
+        /// Words every match has.
+        words: String,
+        /// Extension and size bounds.
+        filter: wire::Filter,
+        /// Download new matches.
+        auto: bool,
+        /// Where, absolute.
+        out: PathBuf,
+    },
+    /// Remove a wish by its number; answered with the wishlist.
+    WishRemove {
+        /// The wish's number.
+        id: u32,
+    },
+    /// The wishlist.
+    Wishes,
     /// Search the network, answering with the growing grouped list as hits arrive: repeated
     /// [`Reply::Results`], each the whole list so far, then [`Reply::End`] after `wait_ms`.
     SearchStream {
@@ -230,6 +248,9 @@ pub struct StatusReport {
     pub bytes: u64,
     /// Downloads of this run.
     pub downloads: Vec<DownloadInfo>,
+    /// The wishlist, with what each wish found.
+    #[serde(default)]
+    pub wishes: Vec<crate::wish::Wish>,
     /// Chunks served to others.
     pub uploaded_chunks: u64,
     /// Bytes served to others.
@@ -273,6 +294,8 @@ pub enum Reply {
     },
     /// The node's state.
     Status(Box<StatusReport>),
+    /// The wishlist, oldest first.
+    Wishes(Vec<crate::wish::Wish>),
     /// A request (or part of it) failed.
     Error(String),
     /// No more replies.

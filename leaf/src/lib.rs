@@ -52,6 +52,7 @@ pub mod swarm;
 pub mod tags;
 pub mod tui;
 pub mod upload;
+pub mod wish;
 
 pub use node::{Node, NodeConfig, NodeError};
 

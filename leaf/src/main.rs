@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
-use indicatif::{HumanBytes, ProgressBar, ProgressStyle};
+use indicatif::{DecimalBytes, HumanBytes, ProgressBar, ProgressStyle};
 use leaf::control::{self, Reply, Request};
 use leaf::search::{sort_results, ResultFilter, SortBy};
 use leaf::{Node, NodeConfig};
@@ -78,6 +78,9 @@ struct Cli {
     /// (whichever of this and --seed-minutes comes first).
     #[arg(long, env = "CANOPY_SEED_RATIO", global = true, value_parser = parse_ratio)]
     seed_ratio: Option<f64>,
+    /// Minutes between two searches for the same wish (± 20 %; see `leaf wish`).
+    #[arg(long, env = "CANOPY_WISH_MINUTES", default_value = "15", value_parser = parse_wish_minutes, global = true)]
+    wish_minutes: Duration,
     #[command(flatten)]
     limits: transport::limits::LimitArgs,
     #[command(subcommand)]
@@ -97,6 +100,14 @@ fn parse_seed_minutes(text: &str) -> Result<SeedMinutes, String> {
             Ok(SeedMinutes(Some(Duration::from_secs_f64(m * 60.0))))
         }
         _ => Err(format!("`{text}`: give minutes (0 or more) or `none`")),
+    }
+}
+
+fn parse_wish_minutes(text: &str) -> Result<Duration, String> {
+    match text.trim().parse::<f64>() {
+        // At least 3 s (tests run wishes that often); a day at most.
+        Ok(m) if (0.05..=1440.0).contains(&m) => Ok(Duration::from_secs_f64(m * 60.0)),
+        _ => Err(format!("`{text}`: give minutes between 0.05 and 1440")),
     }
 }
 
@@ -187,6 +198,12 @@ enum Command {
         #[arg(long, default_value = ".")]
         out: PathBuf,
     },
+    /// The wishlist: searches the node runs again every --wish-minutes; new matches show in
+    /// `leaf status` and the log, and are downloaded for wishes made with --auto.
+    Wish {
+        #[command(subcommand)]
+        action: WishAction,
+    },
     /// Stop sharing folders: their files are withdrawn from the network.
     Unshare {
         /// Folders, as they were shared.
@@ -198,6 +215,42 @@ enum Command {
         /// JSON instead of text.
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum WishAction {
+    /// Add a wish (it is first searched for a second later).
+    Add {
+        /// Words that must all match, as for `leaf search`.
+        #[arg(required = true)]
+        words: Vec<String>,
+        /// Only files with this extension (e.g. flac).
+        #[arg(long)]
+        ext: Option<String>,
+        /// Only files at least this large, e.g. 5MB.
+        #[arg(long, value_parser = parse_size)]
+        min_size: Option<u64>,
+        /// Only files at most this large.
+        #[arg(long, value_parser = parse_size)]
+        max_size: Option<u64>,
+        /// Download new matches.
+        #[arg(long)]
+        auto: bool,
+        /// Folder to download them into.
+        #[arg(long, default_value = ".")]
+        out: PathBuf,
+    },
+    /// List the wishes and what they found.
+    List {
+        /// One JSON object per wish instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a wish by its number (as `leaf wish list` shows it).
+    Remove {
+        /// The wish's number.
+        id: u32,
     },
 }
 
@@ -253,6 +306,7 @@ fn real_main() -> anyhow::Result<()> {
         time: cli.seed_minutes.0,
         ratio: cli.seed_ratio,
     };
+    config.wish_interval = cli.wish_minutes;
     if let Command::Tui { out } = &cli.command {
         let out = std::path::absolute(out)
             .with_context(|| format!("bad output folder {}", out.display()))?;
@@ -335,18 +389,29 @@ async fn run(cli: Cli, config: NodeConfig) -> anyhow::Result<()> {
             let stopped = smol::future::or(
                 async {
                     node.shutdown().await;
-                    true
+                    Ok(())
                 },
                 async {
-                    smol::Timer::after(STOP_LIMIT).await;
-                    false
+                    let why = smol::future::or(
+                        async {
+                            smol::Timer::after(STOP_LIMIT).await;
+                            format!("the node did not stop within {STOP_LIMIT:?}")
+                        },
+                        // Asked twice: no more waiting.
+                        async { format!("{} again", stop.next().await) },
+                    )
+                    .await;
+                    Err(why)
                 },
             )
             .await;
-            if stopped {
-                say!("stopped");
-            } else {
-                say_err!("the node did not stop within {STOP_LIMIT:?}; exiting anyway");
+            match stopped {
+                Ok(()) => say!("stopped"),
+                Err(why) => {
+                    say_err!("{why}: exiting now (verified chunks are kept)");
+                    ended?;
+                    bail!("stopped before the node had closed");
+                }
             }
             ended.map(|_| ())
         }
@@ -452,6 +517,53 @@ async fn run(cli: Cli, config: NodeConfig) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Wish { action } => {
+            let json = matches!(action, WishAction::List { json: true });
+            let req = match action {
+                WishAction::Add {
+                    words,
+                    ext,
+                    min_size,
+                    max_size,
+                    auto,
+                    out,
+                } => {
+                    let out = std::path::absolute(&out)
+                        .with_context(|| format!("bad output folder {}", out.display()))?;
+                    if auto && !out.is_dir() {
+                        bail!("--out {}: no such folder", out.display());
+                    }
+                    Request::WishAdd {
+                        words: words.join(" "),
+                        filter: Filter {
+                            ext: ext.map(|e| e.trim_start_matches('.').to_lowercase()),
+                            min_size,
+                            max_size,
+                        },
+                        auto,
+                        out,
+                    }
+                }
+                WishAction::List { .. } => Request::Wishes,
+                WishAction::Remove { id } => Request::WishRemove { id },
+            };
+            let replies = backend(&config, req).await?;
+            while let Ok(reply) = replies.recv().await {
+                match reply {
+                    Reply::Wishes(wishes) if json => {
+                        for w in &wishes {
+                            println!("{}", json_terminal_safe(&serde_json::to_string(w)?));
+                        }
+                    }
+                    Reply::Wishes(wishes) if wishes.is_empty() => say!("no wishes"),
+                    Reply::Wishes(wishes) => print_wishes(&wishes, "wish"),
+                    Reply::Error(e) => bail!("{e}"),
+                    Reply::End => break,
+                    _ => {}
+                }
+            }
+            Ok(())
+        }
         Command::Status { json } => {
             let replies = backend(&config, Request::Status).await?;
             while let Ok(reply) = replies.recv().await {
@@ -490,7 +602,12 @@ async fn backend(config: &NodeConfig, req: Request) -> anyhow::Result<Receiver<R
     let node = Node::start(config)
         .await
         .context("starting a short-lived leaf node")?;
-    if req != Request::Status && !node.wait_connected(Duration::from_secs(3)).await {
+    // The status and the wishlist are the node's own: no super-peer needed.
+    let offline = matches!(
+        req,
+        Request::Status | Request::Wishes | Request::WishAdd { .. } | Request::WishRemove { .. }
+    );
+    if !offline && !node.wait_connected(Duration::from_secs(3)).await {
         bail!(
             "no node runs for {} and no super-peer answers at {}; start one with `superpeer` \
              or pass --superpeer ADDR",
@@ -722,5 +839,50 @@ fn print_status(s: &control::StatusReport) {
             HumanBytes(d.speed),
             d.state
         );
+    }
+    print_wishes(&s.wishes, "wish     ");
+}
+
+/// Each wish on a line (`lead` first), with its newest matches under it.
+fn print_wishes(wishes: &[leaf::wish::Wish], lead: &str) {
+    for w in wishes {
+        let mut bounds = Vec::new();
+        if let Some(ext) = &w.filter.ext {
+            bounds.push(format!(".{ext}"));
+        }
+        if let Some(min) = w.filter.min_size {
+            // In the units the bound was most likely typed in (`5MB`).
+            bounds.push(format!(">= {}", DecimalBytes(min)));
+        }
+        if let Some(max) = w.filter.max_size {
+            bounds.push(format!("<= {}", DecimalBytes(max)));
+        }
+        if w.auto {
+            bounds.push(format!("auto into {}", w.out.display()));
+        }
+        let bounds = if bounds.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", bounds.join(", "))
+        };
+        let run = if w.last_run.is_some() {
+            "searched"
+        } else {
+            "not searched yet"
+        };
+        say!(
+            "{lead} {}: \"{}\"{bounds}; {run}, {} found",
+            w.id,
+            w.words,
+            w.matches.len()
+        );
+        for m in w.matches.iter().rev().take(5) {
+            say!(
+                "{lead}    {} {} ({})",
+                m.id.short(),
+                m.name,
+                HumanBytes(m.size)
+            );
+        }
     }
 }

@@ -259,7 +259,8 @@ pub(crate) async fn run(inner: Arc<NodeState>, settings: Settings, commands: Rec
                         note(&mut status, format!("lost super-peer {addr}"));
                     }
                     LeafEvent::Close { conn, reason } => {
-                        log::debug!("closing link {conn}: {reason}");
+                        // Why a link went (a super-peer's Goodbye, a timeout) is worth seeing.
+                        note(&mut status, format!("link closed: {reason}"));
                         writers.remove(&conn);
                     }
                     LeafEvent::Hits { query, hits } => {

@@ -209,6 +209,13 @@ pub fn scan_folder(
             Some(hit) if hit.record.size == meta.len() && hit.mtime == mtime => {
                 let mut file = (*hit).clone();
                 file.record.path = path;
+                // Audio hashed before tags carried the bitrate: read its tags again (not its
+                // hash), so bitrate filters find it. (One whose bitrate cannot be read is read
+                // again on each scan: a tag read, not a hash.)
+                if file.record.tags.duration_s.is_some() && file.record.tags.bitrate_kbps.is_none()
+                {
+                    file.record.tags = crate::tags::read_tags(entry.path());
+                }
                 outcome.files.push(file);
                 outcome.reused += 1;
                 state.files_done += 1;

@@ -389,4 +389,62 @@ fn a_superpeer_stopped_by_sigterm_says_so_saves_its_hosts_and_exits() {
     assert_eq!(lines, ["SIGTERM: stopping", "stopped"]);
     assert!(data.join("hosts.cbor").exists(), "the host cache is saved");
     wait_until("the leaf to see its super-peer go", 10, || !attached());
+    // It was told why (a Goodbye), not just cut off.
+    let events = status_json(&alice, &sp_addr)["events"].to_string();
+    assert!(events.contains("super-peer stopping (SIGTERM)"), "{events}");
+}
+
+#[test]
+fn wishes_are_added_listed_and_removed_with_no_node_running() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let wish = |args: &[&str]| run(leaf(&data, "127.0.0.1:9").arg("wish").args(args));
+    let out = wish(&[
+        "add",
+        "boards",
+        "of",
+        "canada",
+        "--ext",
+        ".FLAC",
+        "--min-size",
+        "5MB",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout)
+            .contains("1: \"boards of canada\" (.flac, >= 5.00 MB); not searched yet, 0 found"),
+        "{}",
+        text(&out.stdout)
+    );
+    let out = wish(&["list", "--json"]);
+    let rows: Vec<serde_json::Value> = text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0]["words"], "boards of canada");
+    assert_eq!(rows[0]["filter"]["min_size"], 5_000_000);
+    let out = wish(&["remove", "1"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("no wishes"),
+        "{}",
+        text(&out.stdout)
+    );
+    let out = wish(&["remove", "1"]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("no wish 1"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = run(leaf(&data, "127.0.0.1:9")
+        .args(["wish", "add", "x", "--auto", "--out"])
+        .arg(tmp.path().join("missing")));
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("no such folder"),
+        "{}",
+        text(&out.stderr)
+    );
 }

@@ -9,6 +9,9 @@ use super::*;
 pub(super) struct Pending {
     pub(super) id: FileId,
     pub(super) out: PathBuf,
+    /// Asked for with `again` (see [`Node::get_again`]).
+    #[serde(default)]
+    pub(super) again: bool,
 }
 
 /// A download as the node tracks it: what status shows, and the last speed sample.
@@ -121,6 +124,7 @@ impl Node {
                 list.push(Pending {
                     id,
                     out: out.to_path_buf(),
+                    again,
                 });
             }
         });

@@ -42,6 +42,7 @@ use crate::swarm::{PartialFile, Partials, Seeding, Spread};
 mod downloads;
 mod have;
 mod serve;
+mod wishes;
 
 use downloads::Transfers;
 use serve::{accept_uploads, serve_control};
@@ -127,6 +128,8 @@ pub struct NodeConfig {
     pub limits: transport::limits::Limits,
     /// How long a finished download goes on being served to others.
     pub seeding: Seeding,
+    /// How often each wish of the wishlist is searched for (± 20 %).
+    pub wish_interval: Duration,
 }
 
 impl NodeConfig {
@@ -154,6 +157,7 @@ impl NodeConfig {
             superpeer_listen: None,
             limits: transport::limits::Limits::default(),
             seeding: Seeding::default(),
+            wish_interval: DEFAULT_WISH_INTERVAL,
         }
     }
 }
@@ -224,6 +228,10 @@ pub(crate) struct Inner {
     pending_lock: Mutex<()>,
     /// Finished downloads (see [`Node::already_have`]), saved in the data directory.
     downloaded: Mutex<Vec<have::Downloaded>>,
+    /// The wishlist, saved in the data directory.
+    wishes: Mutex<crate::wish::Wishlist>,
+    /// Wakes the wish loop when a wish is added.
+    wish_wake: Sender<()>,
     /// Whether this node owns the control socket.
     control: bool,
     /// Keeps other nodes off the data directory until this one shuts down.
@@ -247,6 +255,10 @@ pub struct Node {
     inner: Arc<Inner>,
 }
 
+/// How often each wish is searched for by default: minutes apart, as Soulseek clients do, well
+/// inside a super-peer's query limits.
+pub const DEFAULT_WISH_INTERVAL: Duration = Duration::from_secs(15 * 60);
+
 /// QueryHits messages held for a search that its reader has not taken yet.
 const SEARCH_BACKLOG: usize = 256;
 
@@ -262,6 +274,8 @@ impl Node {
         let dir_lock = transport::store::lock_dir(&dir).map_err(data_err)?;
         let identity = transport::identity::Identity::load_or_create(&dir).map_err(data_err)?;
         let downloaded = have::load_downloaded(&dir);
+        let wishlist = wishes::load_wishes(&dir, config.wish_interval);
+        let (wish_wake, wish_woken) = channel::bounded(1);
         let node_id = identity.node();
         let shares = Shares::load(&dir.join(SHARES_FILE));
 
@@ -330,6 +344,8 @@ impl Node {
             transfers: Mutex::default(),
             pending_lock: Mutex::new(()),
             downloaded: Mutex::new(downloaded),
+            wishes: Mutex::new(wishlist),
+            wish_wake,
             control: config.control,
             dir_lock: Mutex::new(Some(dir_lock)),
             upload_streams: Mutex::new(HashMap::new()),
@@ -374,6 +390,8 @@ impl Node {
                 .unwrap_or_else(|| "nothing".into())
         );
         if config.control {
+            // The long-running node runs the wishes.
+            tasks.push(smol::spawn(node.clone().run_wishes(wish_woken)));
             // Downloads an earlier run accepted and did not finish carry on.
             for p in node.load_pending() {
                 let n = node.clone();
@@ -390,8 +408,9 @@ impl Node {
                     log::info!("resuming the download of {}", p.id);
                     // Sources are searched for once a super-peer link is up.
                     n.wait_connected(Duration::from_secs(30)).await;
-                    // Asked for before the restart: carried on whatever is here now.
-                    if let Err(e) = n.get_with(p.id, &p.out, true, true, |_| {}).await {
+                    // A file that got here meanwhile (or finished just before a crash) is not
+                    // fetched again, unless another copy was asked for.
+                    if let Err(e) = n.get_with(p.id, &p.out, true, p.again, |_| {}).await {
                         log::warn!("download of {} failed: {e}", p.id);
                     }
                 }));
@@ -660,6 +679,7 @@ impl Node {
                 .iter()
                 .map(|t| t.info.clone())
                 .collect(),
+            wishes: self.wishes(),
             uploaded_chunks: self.inner.state.uploaded_chunks.load(Ordering::Relaxed),
             uploaded_bytes: self.inner.state.uploaded_bytes.load(Ordering::Relaxed),
             upload_slots: (

@@ -112,6 +112,28 @@ impl Node {
             Request::Status => {
                 let _ = reply.send(Reply::Status(Box::new(self.status()))).await;
             }
+            Request::WishAdd {
+                words,
+                filter,
+                auto,
+                out,
+            } => {
+                let r = match self.wish_add(&words, filter, auto, out) {
+                    Ok(_) => Reply::Wishes(self.wishes()),
+                    Err(e) => Reply::Error(e.to_string()),
+                };
+                let _ = reply.send(r).await;
+            }
+            Request::WishRemove { id } => {
+                let r = match self.wish_remove(id) {
+                    Ok(_) => Reply::Wishes(self.wishes()),
+                    Err(e) => Reply::Error(e.to_string()),
+                };
+                let _ = reply.send(r).await;
+            }
+            Request::Wishes => {
+                let _ = reply.send(Reply::Wishes(self.wishes())).await;
+            }
             Request::SearchStream {
                 search,
                 ttl,

@@ -167,7 +167,8 @@ pub fn send_request(data_dir: PathBuf, req: Request, search: u64, tx: Sender<Eve
                     }
                     return;
                 }
-                Reply::GetProgress(_) | Reply::Status(_) => continue,
+                // The wishlist view reads the wishes from the status.
+                Reply::GetProgress(_) | Reply::Status(_) | Reply::Wishes(_) => continue,
             };
             if tx.send(Event::Update(update)).await.is_err() {
                 return;
@@ -186,5 +187,6 @@ fn request_name(req: &Request) -> &'static str {
         Request::Cancel { .. } => "cancel",
         Request::Discard { .. } => "cancel",
         Request::Unshare { .. } => "unshare",
+        Request::WishAdd { .. } | Request::WishRemove { .. } | Request::Wishes => "wishlist",
     }
 }

@@ -97,6 +97,7 @@ fn status() -> StatusReport {
         files: 12,
         bytes: 34_000_000,
         downloads: Vec::new(),
+        wishes: Vec::new(),
         uploaded_chunks: 5,
         uploaded_bytes: 1_200_000,
         upload_slots: (1, 4),
