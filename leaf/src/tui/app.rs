@@ -22,11 +22,19 @@ pub enum Tab {
     Shares,
     /// Role, super-peers, events.
     Network,
+    /// The wishlist and what it found.
+    Wishes,
 }
 
 impl Tab {
     /// Every tab, in order.
-    pub const ALL: [Tab; 4] = [Tab::Search, Tab::Downloads, Tab::Shares, Tab::Network];
+    pub const ALL: [Tab; 5] = [
+        Tab::Search,
+        Tab::Downloads,
+        Tab::Shares,
+        Tab::Network,
+        Tab::Wishes,
+    ];
 
     /// Its title.
     pub fn title(self) -> &'static str {
@@ -35,6 +43,7 @@ impl Tab {
             Tab::Downloads => "Downloads",
             Tab::Shares => "Shares",
             Tab::Network => "Network",
+            Tab::Wishes => "Wishes",
         }
     }
 
@@ -191,6 +200,10 @@ pub enum Action {
     Cancel(FileId),
     /// Share this folder.
     Share(PathBuf),
+    /// Add a wish for these words (searched for again and again by the node).
+    Wish(String),
+    /// Remove this wish.
+    Unwish(u32),
     /// Leave the TUI.
     Quit,
 }
@@ -239,6 +252,8 @@ pub struct App {
     pub dl_selected: usize,
     /// Selected shared folder.
     pub sh_selected: usize,
+    /// The selected wish.
+    pub wish_selected: usize,
     /// Results marked for download (space toggles).
     pub marked: BTreeSet<FileId>,
     /// Which kinds of files the results show.
@@ -277,6 +292,7 @@ impl App {
             selected: 0,
             dl_selected: 0,
             sh_selected: 0,
+            wish_selected: 0,
             marked: BTreeSet::new(),
             kind: Kind::All,
             status: None,
@@ -395,7 +411,7 @@ impl App {
             KeyCode::BackTab | KeyCode::Left => {
                 self.tab = Tab::ALL[(self.tab.index() + Tab::ALL.len() - 1) % Tab::ALL.len()]
             }
-            KeyCode::Char(c @ '1'..='4') => self.tab = Tab::ALL[c as usize - '1' as usize],
+            KeyCode::Char(c @ '1'..='5') => self.tab = Tab::ALL[c as usize - '1' as usize],
             KeyCode::Char('/') => {
                 self.tab = Tab::Search;
                 self.input = Input::Query;
@@ -495,6 +511,13 @@ impl App {
                 self.notice = Some("that download is running already".into());
             }
             (Tab::Shares, KeyCode::Char('a')) => self.input = Input::SharePath,
+            (Tab::Search, KeyCode::Char('w')) if !self.query.trim().is_empty() => {
+                return Some(Action::Wish(self.query.clone()));
+            }
+            (Tab::Wishes, KeyCode::Char('x') | KeyCode::Delete) => {
+                let wish = self.status.as_ref()?.wishes.get(self.wish_selected)?;
+                return Some(Action::Unwish(wish.id));
+            }
             _ => {}
         }
         None
@@ -560,6 +583,10 @@ impl App {
             Tab::Shares => {
                 let len = self.status.as_ref().map_or(0, |s| s.folders.len());
                 (&mut self.sh_selected, len)
+            }
+            Tab::Wishes => {
+                let len = self.status.as_ref().map_or(0, |s| s.wishes.len());
+                (&mut self.wish_selected, len)
             }
             _ => return,
         };

@@ -167,8 +167,9 @@ pub fn send_request(data_dir: PathBuf, req: Request, search: u64, tx: Sender<Eve
                     }
                     return;
                 }
-                // The wishlist view reads the wishes from the status.
-                Reply::GetProgress(_) | Reply::Status(_) | Reply::Wishes(_) => continue,
+                // The Wishes tab shows them from the status.
+                Reply::Wishes(w) => Update::Notice(format!("wishlist: {} wish(es)", w.len())),
+                Reply::GetProgress(_) | Reply::Status(_) => continue,
             };
             if tx.send(Event::Update(update)).await.is_err() {
                 return;

@@ -100,6 +100,16 @@ async fn event_loop(
                 0,
             ),
             Action::Unshare(path) => (Request::Unshare { path }, 0),
+            Action::Wish(words) => (
+                Request::WishAdd {
+                    words,
+                    filter: Filter::default(),
+                    auto: false,
+                    out: app.out.clone(),
+                },
+                0,
+            ),
+            Action::Unwish(id) => (Request::WishRemove { id }, 0),
             Action::Search(words) => (
                 Request::SearchStream {
                     search: Search {

@@ -196,6 +196,47 @@ fn results_this_node_already_has_say_so_and_where() {
 }
 
 #[test]
+fn the_wishes_tab_lists_wishes_with_what_they_found_and_w_and_x_add_and_remove() {
+    let mut app = app();
+    app.query = "saman".into();
+    assert_eq!(
+        app.on_key(key(KeyCode::Char('w'))),
+        Some(Action::Wish("saman".into()))
+    );
+    let mut s = status();
+    let mut list = crate::wish::Wishlist::new(
+        Default::default(),
+        std::time::Duration::from_secs(60),
+        std::time::Instant::now(),
+        1,
+    );
+    let now = std::time::Instant::now();
+    list.add(now, "living room", Default::default(), true, "/dl".into())
+        .unwrap();
+    list.add(now, "never found", Default::default(), false, "/dl".into())
+        .unwrap();
+    list.handle_results(
+        1,
+        &[result(4, "living room songs.flac", 9_000_000, 1, None)],
+        5,
+    );
+    s.wishes = list.wishes().to_vec();
+    app.on_update(Update::Status(Ok(Box::new(s))));
+    app.on_key(key(KeyCode::Char('5')));
+    assert_eq!(app.tab, Tab::Wishes);
+    let screen = screen(&app, 80, 24);
+    assert!(line_with(&screen, "1: living room").contains("1 found · auto"));
+    assert!(
+        contains(&screen, "living room songs.flac  9.0 MB"),
+        "{}",
+        screen.join("\n")
+    );
+    assert!(line_with(&screen, "2: never found").contains("not searched yet"));
+    app.on_key(key(KeyCode::Down));
+    assert_eq!(app.on_key(key(KeyCode::Char('x'))), Some(Action::Unwish(2)));
+}
+
+#[test]
 fn stale_results_of_an_older_search_are_ignored_and_enter_downloads() {
     let mut app = app();
     app.on_key(key(KeyCode::Char('/')));

@@ -28,6 +28,7 @@ pub fn render(app: &App, f: &mut Frame) {
         Tab::Downloads => render_downloads(app, f, body),
         Tab::Shares => render_shares(app, f, body),
         Tab::Network => render_network(app, f, body),
+        Tab::Wishes => render_wishes(app, f, body),
     }
     let note = match &app.connection {
         Connection::Lost(why) => Line::styled(
@@ -101,6 +102,13 @@ fn footer_keys(app: &App) -> Line<'static> {
             ("q", "quit"),
         ],
         (Input::None, Tab::Network) => &[("tab", "next"), ("?", "help"), ("q", "quit")],
+        (Input::None, Tab::Wishes) => &[
+            ("↑↓", "select"),
+            ("x", "remove"),
+            ("tab", "next"),
+            ("?", "help"),
+            ("q", "quit"),
+        ],
         (_, _) => &[("⏎", "done"), ("esc", "cancel"), ("⌫", "erase")],
     };
     let mut spans = Vec::new();
@@ -508,11 +516,51 @@ fn render_network(app: &App, f: &mut Frame, area: Rect) {
     f.render_widget(Paragraph::new(lines).wrap(Wrap { trim: false }), area);
 }
 
+fn render_wishes(app: &App, f: &mut Frame, area: Rect) {
+    let mut lines = Vec::new();
+    let wishes = app.status.as_ref().map_or(&[][..], |s| &s.wishes[..]);
+    if wishes.is_empty() {
+        lines.push(Line::styled(
+            "No wishes. On Search, w wishes for the search's words; or: leaf wish add WORDS",
+            DIM,
+        ));
+    }
+    for (i, w) in wishes.iter().enumerate() {
+        let (pointer, style) = if i == app.wish_selected {
+            ("▸ ", Style::new().fg(Color::Black).bg(ACCENT))
+        } else {
+            ("  ", Style::new().fg(ACCENT))
+        };
+        let run = if w.last_run.is_some() {
+            format!("{} found", w.matches.len())
+        } else {
+            "not searched yet".into()
+        };
+        let auto = if w.auto { " · auto" } else { "" };
+        lines.push(Line::from(vec![
+            Span::styled(format!("{pointer}{}: {}", w.id, w.words), style),
+            Span::styled(format!("  {run}{auto}"), DIM),
+        ]));
+        for m in w.matches.iter().rev().take(3) {
+            lines.push(Line::from(format!("      {}  {}", m.name, bytes(m.size))));
+        }
+    }
+    f.render_widget(
+        Paragraph::new(lines).block(
+            Block::new()
+                .borders(Borders::TOP)
+                .border_style(DIM)
+                .title(" Wishes (x: remove; w on Search adds one) "),
+        ),
+        area,
+    );
+}
+
 /// The keys, all of them.
 pub const HELP: &[(&str, &str)] = &[
     (
-        "1-4, tab",
-        "switch tab (Search, Downloads, Shares, Network)",
+        "1-5, tab",
+        "switch tab (Search, Downloads, Shares, Network, Wishes)",
     ),
     ("/", "type a search; Enter runs it, Esc leaves the box"),
     ("↑↓ j k", "select a row (PgUp PgDn, Home End: jump)"),
@@ -531,6 +579,11 @@ pub const HELP: &[(&str, &str)] = &[
     ("r", "resume the selected download"),
     ("o", "open the selected download's folder"),
     ("a / x", "add a shared folder / remove the selected one"),
+    (
+        "w",
+        "wish for the search's words (searched for again and again)",
+    ),
+    ("x", "on Wishes: remove the selected wish"),
     ("?", "this help"),
     ("q", "quit (the node keeps running)"),
 ];
