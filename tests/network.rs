@@ -513,3 +513,65 @@ fn a_wish_finds_a_file_shared_after_it_was_made_and_downloads_it() {
         assert_eq!(files, 1, "nothing fetched again");
     });
 }
+
+#[test]
+fn a_leaf_is_browsed_and_a_folder_of_it_fetched_with_its_layout_and_names_made_safe() {
+    run_bounded(LIMIT, async {
+        let tmp = tempfile::tempdir().unwrap();
+        let sp = net::superpeer(&[]).await;
+        let sharer = net::leaf(tmp.path(), "sharer", &[sp.listen_addr()]).await;
+        let music = tmp.path().join("music");
+        let album = music.join("Album");
+        let (_, one) = big_file(&album.join("CD 1"), "01 - Opening.flac", 1 << 20);
+        // A folder whose name would reorder text in a file manager.
+        let sneaky = album.join("Bonus\u{202e}3pm.exe");
+        fs::create_dir_all(&sneaky).unwrap();
+        fs::write(sneaky.join("02 - Coda.flac"), b"a short coda").unwrap();
+        fs::write(music.join("elsewhere.mp3"), b"not in the album").unwrap();
+        sharer.share(&music, |_| {}).await.unwrap();
+        net::wait_records(&sp, 3).await;
+
+        let browser = net::leaf(tmp.path(), "browser", &[sp.listen_addr()]).await;
+        let addr = sharer.listen_addr().unwrap();
+        let listing = browser.browse(addr).await.unwrap();
+        let mut paths: Vec<&str> = listing.files.iter().map(|f| f.path.as_str()).collect();
+        paths.sort_unstable();
+        assert_eq!(
+            paths,
+            [
+                "music/Album/Bonus\u{202e}3pm.exe/02 - Coda.flac",
+                "music/Album/CD 1/01 - Opening.flac",
+                "music/elsewhere.mp3",
+            ]
+        );
+        assert_eq!(listing.total, 3);
+
+        let out = tmp.path().join("got");
+        let done = browser
+            .get_folder(addr, "music/Album", &out, false, |_, r| {
+                assert!(r.is_ok(), "{r:?}");
+            })
+            .await
+            .unwrap();
+        assert_eq!(done, 2);
+        assert!(fs::read(out.join("Album/CD 1/01 - Opening.flac")).unwrap() == one);
+        assert_eq!(
+            fs::read(out.join("Album/Bonus3pm.exe/02 - Coda.flac")).unwrap(),
+            b"a short coda"
+        );
+        assert!(!out.join("elsewhere.mp3").exists());
+        let missing = browser.get_folder(addr, "music/Nope", &out, false, |_, _| {});
+        assert!(missing.await.unwrap_err().to_string().contains("no folder"));
+
+        // A leaf that does not allow browsing says so.
+        let private = net::leaf_with(tmp.path(), "private", &[sp.listen_addr()], |c| {
+            c.browsable = false
+        })
+        .await;
+        let err = browser
+            .browse(private.listen_addr().unwrap())
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("does not allow browsing"), "{err}");
+    });
+}

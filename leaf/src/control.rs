@@ -75,6 +75,22 @@ pub enum Request {
     },
     /// The wishlist.
     Wishes,
+    /// List what the leaf at `addr` shares.
+    Browse {
+        /// Where it serves chunks.
+        addr: std::net::SocketAddr,
+    },
+    /// Download a folder of the leaf at `addr`: one `GetDone`/`GetFailed` per file.
+    GetFolder {
+        /// Where it serves chunks.
+        addr: std::net::SocketAddr,
+        /// The folder, as its listing gives it.
+        folder: String,
+        /// Where to save it, absolute (the folder is made inside).
+        out: PathBuf,
+        /// Fetch files the node already has too.
+        again: bool,
+    },
     /// Search the network, answering with the growing grouped list as hits arrive: repeated
     /// [`Reply::Results`], each the whole list so far, then [`Reply::End`] after `wait_ms`.
     SearchStream {
@@ -296,6 +312,8 @@ pub enum Reply {
     Status(Box<StatusReport>),
     /// The wishlist, oldest first.
     Wishes(Vec<crate::wish::Wish>),
+    /// What a leaf shares.
+    Listing(crate::browse::Listing),
     /// A request (or part of it) failed.
     Error(String),
     /// No more replies.

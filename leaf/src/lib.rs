@@ -18,8 +18,11 @@
 //!   bookkeeping, and how long finished downloads are seeded.
 //! - [`share`]: scanning and hashing shared folders, the hash cache, the registry by id;
 //!   [`tags`]: reading audio tags with `lofty`.
-//! - [`rate`]: the token bucket behind the upload and download caps.
-//! - [`search`]: grouping hits into one row per file.
+//! - [`rate`]: the token bucket behind the upload and download caps, and the parsers of
+//!   rates, sizes and lengths of time.
+//! - [`search`]: grouping hits into one row per file, and the filters and orders of results.
+//! - [`browse`]: listing another leaf's shares (`transfer::BrowseSession`), and a folder of it.
+//! - [`wish`]: the wishlist's rules (sans IO); the node runs them.
 //! - [`control`]: the local control socket protocol between the CLI and the node.
 //! - [`tui`]: `leaf tui`, the terminal interface over the control socket.
 //!
@@ -38,6 +41,7 @@
 //! # })
 //! ```
 
+pub mod browse;
 pub mod control;
 pub mod download;
 pub mod node;

@@ -78,6 +78,9 @@ struct Cli {
     /// (whichever of this and --seed-minutes comes first).
     #[arg(long, env = "CANOPY_SEED_RATIO", global = true, value_parser = parse_ratio)]
     seed_ratio: Option<f64>,
+    /// Do not let others list what this node shares (`leaf browse`); they are told so.
+    #[arg(long, env = "CANOPY_NO_BROWSE", global = true)]
+    no_browse: bool,
     /// Minutes between two searches for the same wish (± 20 %; see `leaf wish`).
     #[arg(long, env = "CANOPY_WISH_MINUTES", default_value = "15", value_parser = parse_wish_minutes, global = true)]
     wish_minutes: Duration,
@@ -188,6 +191,28 @@ enum Command {
         out: PathBuf,
         /// Fetch a file even if this node already has it (shared or downloaded before); else
         /// its path is printed and nothing is fetched.
+        #[arg(long)]
+        again: bool,
+    },
+    /// List everything a leaf shares, as a folder tree with sizes and ids.
+    Browse {
+        /// The leaf's address, as `leaf search --json` prints it (`source_addrs`).
+        source: SocketAddr,
+        /// One JSON object per file instead of a tree.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Download a folder of a leaf, with its subfolders, into --out/FOLDER/ (its layout kept;
+    /// each file from every leaf that has it).
+    GetFolder {
+        /// The leaf's address, as `leaf search --json` prints it.
+        source: SocketAddr,
+        /// The folder, as `leaf browse` shows it (e.g. `music/Boards of Canada/Geogaddi`).
+        folder: String,
+        /// Folder to save into.
+        #[arg(long, default_value = ".")]
+        out: PathBuf,
+        /// Fetch files this node already has too.
         #[arg(long)]
         again: bool,
     },
@@ -307,6 +332,7 @@ fn real_main() -> anyhow::Result<()> {
         ratio: cli.seed_ratio,
     };
     config.wish_interval = cli.wish_minutes;
+    config.browsable = !cli.no_browse;
     if let Command::Tui { out } = &cli.command {
         let out = std::path::absolute(out)
             .with_context(|| format!("bad output folder {}", out.display()))?;
@@ -492,6 +518,49 @@ async fn run(cli: Cli, config: NodeConfig) -> anyhow::Result<()> {
             print_get_replies(replies).await
         }
         Command::Tui { .. } => unreachable!("handled before the runtime starts"),
+        Command::Browse { source, json } => {
+            let replies = backend(&config, Request::Browse { addr: source }).await?;
+            while let Ok(reply) = replies.recv().await {
+                match reply {
+                    Reply::Listing(l) if json => {
+                        for f in &l.files {
+                            let line = serde_json::json!({
+                                "id": f.id.to_hex(),
+                                "path": f.path,
+                                "size": f.size,
+                                "artist": f.tags.artist,
+                                "album": f.tags.album,
+                                "title": f.tags.title,
+                                "duration_s": f.tags.duration_s,
+                                "bitrate_kbps": f.tags.bitrate_kbps,
+                            });
+                            println!("{}", json_terminal_safe(&line.to_string()));
+                        }
+                    }
+                    Reply::Listing(l) => print_tree(&l),
+                    Reply::Error(e) => bail!("{e}"),
+                    Reply::End => break,
+                    _ => {}
+                }
+            }
+            Ok(())
+        }
+        Command::GetFolder {
+            source,
+            folder,
+            out,
+            again,
+        } => {
+            let out = std::path::absolute(&out)
+                .with_context(|| format!("bad output folder {}", out.display()))?;
+            let req = Request::GetFolder {
+                addr: source,
+                folder,
+                out,
+                again,
+            };
+            print_get_replies(backend(&config, req).await?).await
+        }
         Command::Unshare { paths } => {
             let mut failed = 0;
             for path in paths {
@@ -605,7 +674,11 @@ async fn backend(config: &NodeConfig, req: Request) -> anyhow::Result<Receiver<R
     // The status and the wishlist are the node's own: no super-peer needed.
     let offline = matches!(
         req,
-        Request::Status | Request::Wishes | Request::WishAdd { .. } | Request::WishRemove { .. }
+        Request::Status
+            | Request::Wishes
+            | Request::WishAdd { .. }
+            | Request::WishRemove { .. }
+            | Request::Browse { .. }
     );
     if !offline && !node.wait_connected(Duration::from_secs(3)).await {
         bail!(
@@ -841,6 +914,41 @@ fn print_status(s: &control::StatusReport) {
         );
     }
     print_wishes(&s.wishes, "wish     ");
+}
+
+/// A listing as a folder tree: each folder once, its files under it with size and id.
+fn print_tree(l: &leaf::browse::Listing) {
+    let mut files: Vec<&wire::FileRecord> = l.files.iter().collect();
+    files.sort_by(|a, b| a.path.cmp(&b.path));
+    let mut open: Vec<&str> = Vec::new();
+    for f in &files {
+        let parts: Vec<&str> = f.path.split('/').collect();
+        let (dirs, name) = parts.split_at(parts.len() - 1);
+        let common = open.iter().zip(dirs).take_while(|(a, b)| *a == *b).count();
+        open.truncate(common);
+        for d in &dirs[common..] {
+            say!("{}{d}/", "  ".repeat(open.len()));
+            open.push(d);
+        }
+        say!(
+            "{}{}  {}  {}",
+            "  ".repeat(open.len()),
+            name[0],
+            HumanBytes(f.size),
+            f.id
+        );
+    }
+    let bytes: u64 = l.files.iter().map(|f| f.size).sum();
+    if l.total as usize > l.files.len() {
+        say!(
+            "{} files ({}) listed, of {} shared",
+            l.files.len(),
+            HumanBytes(bytes),
+            l.total
+        );
+    } else {
+        say!("{} files, {}", l.files.len(), HumanBytes(bytes));
+    }
 }
 
 /// Each wish on a line (`lead` first), with its newest matches under it.

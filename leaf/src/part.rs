@@ -20,6 +20,19 @@ pub const STATE_SUFFIX: &str = ".state";
 /// control characters, not empty, at most 200 bytes.
 pub fn safe_file_name(name: &str, id: &FileId) -> String {
     let last = name.rsplit(['/', '\\']).next().unwrap_or("");
+    clean_name(last).unwrap_or_else(|| id.to_hex())
+}
+
+/// A folder path from the network (`/`-separated) as folders safe to create below a folder
+/// the user chose: each part cleaned as [`safe_file_name`] cleans a name, and parts that clean
+/// to nothing (`..`, `.`, empty, hidden dots only) dropped, so nothing lands outside it.
+pub fn safe_folder_path(path: &str) -> PathBuf {
+    path.split(['/', '\\']).filter_map(clean_name).collect()
+}
+
+/// `name` (one part of a path) without control or reordering characters, leading dots and
+/// surrounding spaces, at most 200 bytes; `None` if nothing is left.
+fn clean_name(last: &str) -> Option<String> {
     // No control characters, and none that reorder or hide text (`evil\u{202e}3pm.exe` would
     // show as `evilexe.mp3` in a file manager).
     let clean: String = last
@@ -34,11 +47,7 @@ pub fn safe_file_name(name: &str, id: &FileId) -> String {
         end -= 1;
     }
     let clean = &clean[..end];
-    if clean.is_empty() {
-        id.to_hex()
-    } else {
-        clean.to_string()
-    }
+    (!clean.is_empty()).then(|| clean.to_string())
 }
 
 /// `dir/name`, or `dir/stem (n).ext` for the first n that is free.
@@ -312,6 +321,23 @@ fn not_a_file(e: io::Error) -> io::Error {
 mod tests {
     use super::*;
     use std::fs::OpenOptions;
+
+    #[test]
+    fn folder_paths_from_the_network_stay_below_the_chosen_folder() {
+        let p = |s: &str| safe_folder_path(s);
+        assert_eq!(p("music/../../etc"), PathBuf::from("music/etc"));
+        assert_eq!(p("/abs/olute"), PathBuf::from("abs/olute"));
+        assert_eq!(p("a/./b\\c//d"), PathBuf::from("a/b/c/d"));
+        assert_eq!(p(".hidden/ x "), PathBuf::from("hidden/x"));
+        assert_eq!(
+            p("evil\u{202e}3pm/\u{7}bell"),
+            PathBuf::from("evil3pm/bell")
+        );
+        assert_eq!(p("../.."), PathBuf::new());
+        for part in p("x/../../y/..../z").components() {
+            assert!(matches!(part, std::path::Component::Normal(_)), "{part:?}");
+        }
+    }
 
     #[test]
     fn file_names_from_the_network_are_made_safe() {

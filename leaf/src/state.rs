@@ -64,4 +64,6 @@ pub(crate) struct NodeState {
     /// Whole files being fetched by several downloaders at once, shown a few chunks at a time.
     pub(crate) spread: Spread,
     pub(crate) upload_cap: RateLimit,
+    /// Whether others may list what this node shares (`--no-browse` turns it off).
+    pub(crate) browsable: bool,
 }

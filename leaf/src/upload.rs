@@ -153,6 +153,14 @@ async fn serve_inner(node: &NodeState, stream: SecureStream<TcpStream>) -> Resul
                     }
                     reply
                 }
+                UploadEvent::Browse { request, offset } => {
+                    let reply = listing(node, request, offset);
+                    if let Message::Listing { files, .. } = &reply {
+                        let bytes: usize = files.iter().map(listed_bytes).sum();
+                        node.upload_cap.take(bytes as u64).await;
+                    }
+                    reply
+                }
                 UploadEvent::Chunk { request, id, index } => {
                     let (who, serves) = (session.peer(), session.serves());
                     match node.slots.acquire_as(conn, who, serves, Instant::now()) {
@@ -213,6 +221,47 @@ async fn serve_inner(node: &NodeState, stream: SecureStream<TcpStream>) -> Resul
         node.spread.with(|s| s.leave(view.id));
     }
     result
+}
+
+/// Files in one page of a listing at most (within [`transfer::browse::MAX_PAGE`]).
+const LISTING_PAGE: usize = 500;
+/// Bytes of records in one page at most (an estimate: well inside a frame's body).
+const LISTING_BYTES: usize = 256 << 10;
+
+/// A page of what this node shares, in path order from `offset`; or a refusal.
+fn listing(node: &NodeState, request: u32, offset: u32) -> Message {
+    if !node.browsable {
+        return Message::BrowseRefused {
+            request,
+            reason: "this node does not let others browse its shares".into(),
+        };
+    }
+    let shares = node.shares.read().unwrap();
+    let mut files = Vec::new();
+    let mut bytes = 0;
+    for f in shares.files().skip(offset as usize).take(LISTING_PAGE) {
+        bytes += listed_bytes(&f.record);
+        if bytes > LISTING_BYTES && !files.is_empty() {
+            break;
+        }
+        files.push(f.record.clone());
+    }
+    Message::Listing {
+        request,
+        offset,
+        total: shares.len().min(u32::MAX as usize) as u32,
+        files,
+    }
+}
+
+/// A record's size in a listing, roughly (its CBOR is a little less).
+fn listed_bytes(r: &wire::FileRecord) -> usize {
+    let t = &r.tags;
+    let text = [&t.artist, &t.album, &t.title, &t.genre]
+        .iter()
+        .map(|s| s.as_ref().map_or(0, String::len))
+        .sum::<usize>();
+    r.path.len() + text + 120
 }
 
 /// The loop's reason when the writer task has stopped: the writer's own error replaces it.

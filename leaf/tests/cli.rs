@@ -76,6 +76,36 @@ fn share_search_get_and_status_through_the_binaries() {
     );
     assert!(!dl.join("03 - Þú ert jörðin (1).flac").exists());
 
+    // Browse alice: her shares as a tree; then fetch one of her folders, layout kept.
+    let alice_addr = status_json(&base.join("alice-data"), &sp_addr)["listen"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let out = run(leaf(&carol, &sp_addr).args(["browse", &alice_addr]));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let tree = text(&out.stdout);
+    for line in [
+        "Music/",
+        "  Ólafur Arnalds/",
+        "    Live/",
+        "      cover.jpg  5 B  ",
+        "2 files, 2.86 MiB",
+    ] {
+        assert!(
+            tree.lines().any(|l| l.starts_with(line)),
+            "{line:?} in\n{tree}"
+        );
+    }
+    let albums = base.join("albums");
+    let out = run(leaf(&carol, &sp_addr)
+        .args(["get-folder", &alice_addr, "Music/Ólafur Arnalds", "--out"])
+        .arg(&albums));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        std::fs::read(albums.join("Ólafur Arnalds/Live/cover.jpg")).unwrap(),
+        b"alice"
+    );
+
     // The running node answers over its control socket, and takes more folders.
     let alice = base.join("alice-data");
     let out = run(leaf(&alice, &sp_addr).arg("status"));

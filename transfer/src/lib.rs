@@ -10,6 +10,7 @@
 //!   what to accept, what is hostile, the endgame, queue places, bitfields.
 //! - [`UploadSession`]: the uploader's side of one connection to a downloader: Hello, the
 //!   requests waiting and their cancels, what it has been told and has, idleness.
+//! - [`BrowseSession`]: one browse of a leaf's shares, page by page, with what a page must be.
 //! - [`manifest`]: the checks a manifest from a source must pass, and the vote among sources.
 //! - [`view`]: super-seeding: [`ShownTo`], what one downloader was shown, asked for and has,
 //!   and [`Spread`], what to show each next.
@@ -18,12 +19,14 @@
 //! (`fuzz/fuzz_targets/source_session.rs`, `upload_session.rs`) that feeds it arbitrary
 //! message sequences and checks them.
 
+pub mod browse;
 pub mod manifest;
 pub mod schedule;
 pub mod source;
 pub mod upload;
 pub mod view;
 
+pub use browse::{BrowseEnd, BrowseSession};
 pub use schedule::Scheduler;
 pub use source::{Checked, SourceEnd, SourceEvent, SourceOptions, SourceSession};
 pub use upload::{UploadEnd, UploadEvent, UploadSession};

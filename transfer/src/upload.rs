@@ -58,6 +58,13 @@ pub enum UploadEvent {
         /// The file.
         id: FileId,
     },
+    /// A page of the list of what this node shares (or a refusal), from file `offset`.
+    Browse {
+        /// The request number to answer with.
+        request: u32,
+        /// The first file wanted.
+        offset: u32,
+    },
     /// A chunk, if the downloader holds an upload slot.
     Chunk {
         /// The request number to answer with.
@@ -160,6 +167,10 @@ impl UploadSession {
                 self.push(UploadEvent::Chunk { request, id, index })
             }
             Message::GetBitfield { id } => self.push(UploadEvent::Bitfield { id }),
+            Message::Browse { request, offset } => {
+                self.last_request = now;
+                self.push(UploadEvent::Browse { request, offset })
+            }
             Message::Cancel { request } => {
                 self.pending.retain(
                     |r| !matches!(r, UploadEvent::Chunk { request: q, .. } if *q == request),

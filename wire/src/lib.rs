@@ -197,6 +197,22 @@ mod tests {
             any::<u64>().prop_map(|nonce| Message::Ping { nonce }),
             any::<u64>().prop_map(|nonce| Message::Pong { nonce }),
             ".{0,40}".prop_map(|reason| Message::Goodbye { reason }),
+            (any::<u32>(), any::<u32>())
+                .prop_map(|(request, offset)| Message::Browse { request, offset }),
+            (
+                any::<u32>(),
+                any::<u32>(),
+                any::<u32>(),
+                prop::collection::vec(arb_record(), 0..4)
+            )
+                .prop_map(|(request, offset, total, files)| Message::Listing {
+                    request,
+                    offset,
+                    total,
+                    files
+                }),
+            (any::<u32>(), ".{0,40}")
+                .prop_map(|(request, reason)| Message::BrowseRefused { request, reason }),
             (any::<u32>(), arb_bytes::<32>()).prop_map(|(request, id)| Message::GetManifest {
                 request,
                 id: FileId(id)

@@ -407,6 +407,32 @@ pub enum Message {
         /// Detail for logs.
         message: String,
     },
+    /// Ask a leaf for the list of what it shares, in path order, from the `offset`th file.
+    /// Answered with [`Message::Listing`] or [`Message::BrowseRefused`].
+    Browse {
+        /// Request number, echoed in the answer.
+        request: u32,
+        /// The first file wanted.
+        offset: u32,
+    },
+    /// A page of a leaf's shares: files `offset..offset + files.len()` of `total`.
+    Listing {
+        /// The request this answers.
+        request: u32,
+        /// The first file's place in the list.
+        offset: u32,
+        /// Files shared in all.
+        total: u32,
+        /// The files, as registered with super-peers (paths below the shared folders).
+        files: Vec<FileRecord>,
+    },
+    /// The leaf does not let others browse its shares.
+    BrowseRefused {
+        /// The request this answers.
+        request: u32,
+        /// Why, for the person browsing.
+        reason: String,
+    },
     /// Ask a source which chunks of a file it holds verified. It answers [`Message::Bitfield`]
     /// and from then on sends [`Message::Have`] for every chunk it verifies while the
     /// connection lasts (a source still downloading the file gains chunks as it goes).
@@ -574,6 +600,9 @@ impl Message {
             Message::Cancel { .. } => "Cancel",
             Message::TransferError { .. } => "TransferError",
             Message::GetBitfield { .. } => "GetBitfield",
+            Message::Browse { .. } => "Browse",
+            Message::Listing { .. } => "Listing",
+            Message::BrowseRefused { .. } => "BrowseRefused",
             Message::Bitfield { .. } => "Bitfield",
             Message::Have { .. } => "Have",
             Message::RouteTable { .. } => "RouteTable",

@@ -39,6 +39,7 @@ use crate::slots::UploadSlots;
 use crate::state::{NodeState, RoleStatus};
 use crate::swarm::{PartialFile, Partials, Seeding, Spread};
 
+mod browsing;
 mod downloads;
 mod have;
 mod serve;
@@ -130,6 +131,8 @@ pub struct NodeConfig {
     pub seeding: Seeding,
     /// How often each wish of the wishlist is searched for (± 20 %).
     pub wish_interval: Duration,
+    /// Whether others may list what this node shares (as `leaf browse` does).
+    pub browsable: bool,
 }
 
 impl NodeConfig {
@@ -158,6 +161,7 @@ impl NodeConfig {
             limits: transport::limits::Limits::default(),
             seeding: Seeding::default(),
             wish_interval: DEFAULT_WISH_INTERVAL,
+            browsable: true,
         }
     }
 }
@@ -165,6 +169,9 @@ impl NodeConfig {
 /// Why the node could not do something.
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
+    /// Browsing another leaf, or fetching one of its folders, failed.
+    #[error("{0}")]
+    Browse(String),
     /// The data directory cannot be used.
     #[error("cannot use the data directory {}: {source}", path.display())]
     DataDir {
@@ -336,6 +343,7 @@ impl Node {
             partials: Partials::default(),
             spread: Spread::default(),
             upload_cap: RateLimit::new(config.upload_rate),
+            browsable: config.browsable,
         });
         let inner = Arc::new(Inner {
             state,

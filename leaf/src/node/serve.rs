@@ -134,6 +134,34 @@ impl Node {
             Request::Wishes => {
                 let _ = reply.send(Reply::Wishes(self.wishes())).await;
             }
+            Request::Browse { addr } => {
+                let r = match self.browse(addr).await {
+                    Ok(listing) => Reply::Listing(listing),
+                    Err(e) => Reply::Error(e.to_string()),
+                };
+                let _ = reply.send(r).await;
+            }
+            Request::GetFolder {
+                addr,
+                folder,
+                out,
+                again,
+            } => {
+                let tx = reply.clone();
+                let each = move |id, got: &Result<DownloadReport, NodeError>| {
+                    let r = match got {
+                        Ok(report) => Reply::GetDone(report.clone()),
+                        Err(e) => Reply::GetFailed {
+                            id,
+                            error: e.to_string(),
+                        },
+                    };
+                    let _ = tx.try_send(r);
+                };
+                if let Err(e) = self.get_folder(addr, &folder, &out, again, each).await {
+                    let _ = reply.send(Reply::Error(e.to_string())).await;
+                }
+            }
             Request::SearchStream {
                 search,
                 ttl,

@@ -169,7 +169,7 @@ pub fn send_request(data_dir: PathBuf, req: Request, search: u64, tx: Sender<Eve
                 }
                 // The Wishes tab shows them from the status.
                 Reply::Wishes(w) => Update::Notice(format!("wishlist: {} wish(es)", w.len())),
-                Reply::GetProgress(_) | Reply::Status(_) => continue,
+                Reply::GetProgress(_) | Reply::Status(_) | Reply::Listing(_) => continue,
             };
             if tx.send(Event::Update(update)).await.is_err() {
                 return;
@@ -189,5 +189,7 @@ fn request_name(req: &Request) -> &'static str {
         Request::Discard { .. } => "cancel",
         Request::Unshare { .. } => "unshare",
         Request::WishAdd { .. } | Request::WishRemove { .. } | Request::Wishes => "wishlist",
+        Request::Browse { .. } => "browse",
+        Request::GetFolder { .. } => "folder download",
     }
 }

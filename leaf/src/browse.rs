@@ -1,0 +1,194 @@
+//! Browsing another leaf: the list of everything it shares, fetched over a transfer connection
+//! (encrypted as chunks are) and checked by [`transfer::BrowseSession`]; and the files of one
+//! of its folders, each downloaded from all of its sources into the same layout here.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use transport::net::{connect_secure, write_message_within, FrameReader, ReadError};
+use wire::{FileRecord, Hello, Role};
+
+use crate::state::NodeState;
+use transfer::{BrowseEnd, BrowseSession};
+
+/// A browse, whole, takes at most this long.
+const BROWSE_LIMIT: Duration = Duration::from_secs(60);
+/// Dialling and the handshake take at most this long.
+const CONNECT_LIMIT: Duration = Duration::from_secs(10);
+/// One message takes at most this long to send.
+const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What a browse found.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Listing {
+    /// Where the peer was reached.
+    pub addr: SocketAddr,
+    /// Its files, in its path order (at most [`transfer::browse::MAX_FILES`]).
+    pub files: Vec<FileRecord>,
+    /// Files it shares in all.
+    pub total: u32,
+}
+
+/// Why a browse gave no list.
+#[derive(Debug, thiserror::Error)]
+pub enum BrowseError {
+    /// The peer could not be reached (or the handshake failed).
+    #[error("cannot reach {addr}: {source}")]
+    Connect {
+        /// The peer.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The peer does not let others browse it.
+    #[error("{addr} does not allow browsing: {reason}")]
+    Refused {
+        /// The peer.
+        addr: SocketAddr,
+        /// What it said.
+        reason: String,
+    },
+    /// The peer broke the browsing rules, or the connection failed midway.
+    #[error("browsing {addr} failed: {why}")]
+    Failed {
+        /// The peer.
+        addr: SocketAddr,
+        /// What went wrong.
+        why: String,
+    },
+    /// It took longer than [`BROWSE_LIMIT`].
+    #[error("browsing {addr} took longer than {BROWSE_LIMIT:?}")]
+    TimedOut {
+        /// The peer.
+        addr: SocketAddr,
+    },
+}
+
+/// Lists what the leaf serving at `addr` shares.
+pub(crate) async fn browse(state: &NodeState, addr: SocketAddr) -> Result<Listing, BrowseError> {
+    let run = async {
+        let secure = connect_secure(addr, &state.identity, CONNECT_LIMIT)
+            .await
+            .map_err(|source| BrowseError::Connect { addr, source })?;
+        let mine = Hello::new(state.node_id, Role::Leaf, state.listen, crate::AGENT);
+        let mut session = BrowseSession::new(secure.peer, mine);
+        let mut writer = secure.writer;
+        let mut reader = FrameReader::new(secure.reader);
+        let mut scratch = Vec::new();
+        loop {
+            while let Some(msg) = session.poll_transmit() {
+                if let Err(e) =
+                    write_message_within(&mut writer, &msg, &mut scratch, SEND_TIMEOUT).await
+                {
+                    session.handle_closed(&e.to_string());
+                    break;
+                }
+            }
+            if let Some(end) = session.end() {
+                return match end.clone() {
+                    BrowseEnd::Done { files, total } => Ok(Listing { addr, files, total }),
+                    BrowseEnd::Refused(reason) => Err(BrowseError::Refused { addr, reason }),
+                    BrowseEnd::Failed(why) => Err(BrowseError::Failed { addr, why }),
+                };
+            }
+            match reader.read_message().await {
+                Ok(Some(msg)) => session.handle_message(msg),
+                Ok(None) => session.handle_closed("closed by the peer"),
+                Err(ReadError::Decode(e)) => session.handle_closed(&format!("bad frame: {e}")),
+                Err(e) => session.handle_closed(&e.to_string()),
+            }
+        }
+    };
+    smol::future::or(run, async {
+        smol::Timer::after(BROWSE_LIMIT).await;
+        Err(BrowseError::TimedOut { addr })
+    })
+    .await
+}
+
+/// The files of `listing` in `folder` (a path as the listing gives it, `/`-separated) or below,
+/// each with the folder to save it in below `out`: `out/FOLDER/...` as the peer lays it out,
+/// every part made safe ([`crate::part::safe_folder_path`]).
+pub fn folder_files<'a>(
+    listing: &'a Listing,
+    folder: &str,
+    out: &std::path::Path,
+) -> Vec<(&'a FileRecord, std::path::PathBuf)> {
+    let folder = folder.trim_matches('/');
+    // The folder itself keeps its name: `get-folder ADDR music/Album` saves into out/Album/.
+    let parent = folder.rsplit_once('/').map_or("", |(p, _)| p);
+    listing
+        .files
+        .iter()
+        .filter(|f| {
+            f.path
+                .strip_prefix(folder)
+                .is_some_and(|rest| rest.starts_with('/'))
+                || folder.is_empty()
+        })
+        .map(|f| {
+            let below = f.path[parent.len()..].trim_start_matches('/');
+            let dir = below.rsplit_once('/').map_or("", |(d, _)| d);
+            (f, out.join(crate::part::safe_folder_path(dir)))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wire::{FileId, Tags};
+
+    fn listing(paths: &[&str]) -> Listing {
+        Listing {
+            addr: "127.0.0.1:1".parse().unwrap(),
+            files: paths
+                .iter()
+                .enumerate()
+                .map(|(i, p)| FileRecord {
+                    id: FileId([i as u8; 32]),
+                    size: 1,
+                    path: p.to_string(),
+                    tags: Tags::default(),
+                })
+                .collect(),
+            total: paths.len() as u32,
+        }
+    }
+
+    #[test]
+    fn a_folder_keeps_its_name_and_layout_and_nothing_else_comes() {
+        let l = listing(&[
+            "music/Album/01.flac",
+            "music/Album/CD2/02.flac",
+            "music/Album B/03.flac",
+            "music/Albumen.flac",
+            "music/top.mp3",
+        ]);
+        let out = std::path::Path::new("/dl");
+        let got: Vec<(String, std::path::PathBuf)> = folder_files(&l, "music/Album/", out)
+            .into_iter()
+            .map(|(f, d)| (f.path.clone(), d))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("music/Album/01.flac".into(), "/dl/Album".into()),
+                ("music/Album/CD2/02.flac".into(), "/dl/Album/CD2".into()),
+            ]
+        );
+        assert_eq!(folder_files(&l, "", out).len(), 5, "everything");
+        assert!(folder_files(&l, "music/Alb", out).is_empty());
+    }
+
+    #[test]
+    fn hostile_folder_names_land_below_the_chosen_folder() {
+        let l = listing(&["share/../../../etc/cron.d/x", "share/..\\../y/z"]);
+        for (_, dir) in folder_files(&l, "share", std::path::Path::new("/dl")) {
+            assert!(dir.starts_with("/dl/share"), "{}", dir.display());
+            assert!(!dir
+                .components()
+                .any(|c| c == std::path::Component::ParentDir));
+        }
+    }
+}
