@@ -24,16 +24,19 @@ pub enum Tab {
     Network,
     /// The wishlist and what it found.
     Wishes,
+    /// Another leaf's shares, as a folder tree.
+    Browse,
 }
 
 impl Tab {
     /// Every tab, in order.
-    pub const ALL: [Tab; 5] = [
+    pub const ALL: [Tab; 6] = [
         Tab::Search,
         Tab::Downloads,
         Tab::Shares,
         Tab::Network,
         Tab::Wishes,
+        Tab::Browse,
     ];
 
     /// Its title.
@@ -44,6 +47,7 @@ impl Tab {
             Tab::Shares => "Shares",
             Tab::Network => "Network",
             Tab::Wishes => "Wishes",
+            Tab::Browse => "Browse",
         }
     }
 
@@ -204,6 +208,10 @@ pub enum Action {
     Wish(String),
     /// Remove this wish.
     Unwish(u32),
+    /// List what the leaf at this address shares.
+    Browse(std::net::SocketAddr),
+    /// Download these folders and files of the leaf at this address.
+    FetchBrowsed(std::net::SocketAddr, crate::tui::browse::Fetch),
     /// Leave the TUI.
     Quit,
 }
@@ -223,6 +231,8 @@ pub enum Update {
     Shared(ShareSummary),
     /// Something to tell the user (a failure, a confirmation).
     Notice(String),
+    /// What a browsed leaf shares.
+    Listing(crate::browse::Listing),
 }
 
 /// The whole state of the TUI.
@@ -254,6 +264,8 @@ pub struct App {
     pub sh_selected: usize,
     /// The selected wish.
     pub wish_selected: usize,
+    /// The leaf browsed last.
+    pub browse: Option<crate::tui::browse::BrowseView>,
     /// Results marked for download (space toggles).
     pub marked: BTreeSet<FileId>,
     /// Which kinds of files the results show.
@@ -293,6 +305,7 @@ impl App {
             dl_selected: 0,
             sh_selected: 0,
             wish_selected: 0,
+            browse: None,
             marked: BTreeSet::new(),
             kind: Kind::All,
             status: None,
@@ -380,6 +393,14 @@ impl App {
             Update::Notice(n) => {
                 self.notice = Some(n);
             }
+            Update::Listing(l) => {
+                self.notice = Some(format!(
+                    "{}: {} files (space: fold/unfold, m: mark, enter: download)",
+                    l.addr, l.total
+                ));
+                self.browse = Some(crate::tui::browse::BrowseView::new(l));
+                self.tab = Tab::Browse;
+            }
         }
     }
 
@@ -411,7 +432,7 @@ impl App {
             KeyCode::BackTab | KeyCode::Left => {
                 self.tab = Tab::ALL[(self.tab.index() + Tab::ALL.len() - 1) % Tab::ALL.len()]
             }
-            KeyCode::Char(c @ '1'..='5') => self.tab = Tab::ALL[c as usize - '1' as usize],
+            KeyCode::Char(c @ '1'..='6') => self.tab = Tab::ALL[c as usize - '1' as usize],
             KeyCode::Char('/') => {
                 self.tab = Tab::Search;
                 self.input = Input::Query;
@@ -511,6 +532,29 @@ impl App {
                 self.notice = Some("that download is running already".into());
             }
             (Tab::Shares, KeyCode::Char('a')) => self.input = Input::SharePath,
+            (Tab::Search, KeyCode::Char('b')) => {
+                let r = self.shown_results().get(self.selected).copied()?;
+                let Some(addr) = r.sources.first().map(|s| s.addr) else {
+                    self.notice = Some("no source to browse".into());
+                    return None;
+                };
+                self.notice = Some(format!("browsing {addr}…"));
+                return Some(Action::Browse(addr));
+            }
+            (Tab::Browse, KeyCode::Char(' ')) => self.browse.as_mut()?.toggle_open(),
+            (Tab::Browse, KeyCode::Char('m')) => {
+                let view = self.browse.as_mut()?;
+                view.toggle_mark();
+                view.move_selection(1);
+            }
+            (Tab::Browse, KeyCode::Enter | KeyCode::Char('d')) => {
+                let view = self.browse.as_ref()?;
+                let fetch = view.fetch();
+                if fetch == crate::tui::browse::Fetch::default() {
+                    return None;
+                }
+                return Some(Action::FetchBrowsed(view.listing.addr, fetch));
+            }
             (Tab::Search, KeyCode::Char('w')) if !self.query.trim().is_empty() => {
                 return Some(Action::Wish(self.query.clone()));
             }
@@ -587,6 +631,12 @@ impl App {
             Tab::Wishes => {
                 let len = self.status.as_ref().map_or(0, |s| s.wishes.len());
                 (&mut self.wish_selected, len)
+            }
+            Tab::Browse => {
+                if let Some(view) = self.browse.as_mut() {
+                    view.move_selection(by);
+                }
+                return;
             }
             _ => return,
         };

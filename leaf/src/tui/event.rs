@@ -169,7 +169,8 @@ pub fn send_request(data_dir: PathBuf, req: Request, search: u64, tx: Sender<Eve
                 }
                 // The Wishes tab shows them from the status.
                 Reply::Wishes(w) => Update::Notice(format!("wishlist: {} wish(es)", w.len())),
-                Reply::GetProgress(_) | Reply::Status(_) | Reply::Listing(_) => continue,
+                Reply::Listing(l) => Update::Listing(l),
+                Reply::GetProgress(_) | Reply::Status(_) => continue,
             };
             if tx.send(Event::Update(update)).await.is_err() {
                 return;

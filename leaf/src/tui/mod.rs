@@ -10,6 +10,7 @@
 //! transfers, when the TUI quits.
 
 pub mod app;
+pub mod browse;
 pub mod event;
 pub mod ui;
 
@@ -110,6 +111,31 @@ async fn event_loop(
                 0,
             ),
             Action::Unwish(id) => (Request::WishRemove { id }, 0),
+            Action::Browse(addr) => (Request::Browse { addr }, 0),
+            Action::FetchBrowsed(addr, fetch) => {
+                // One request per folder, and one for the single files.
+                for folder in fetch.folders {
+                    let req = Request::GetFolder {
+                        addr,
+                        folder,
+                        out: app.out.clone(),
+                        again: false,
+                    };
+                    send_request(data_dir.clone(), req, 0, events.sender());
+                }
+                if fetch.files.is_empty() {
+                    continue;
+                }
+                let ids = fetch.files;
+                (
+                    Request::Get {
+                        ids,
+                        out: app.out.clone(),
+                        again: false,
+                    },
+                    0,
+                )
+            }
             Action::Search(words) => (
                 Request::SearchStream {
                     search: Search {

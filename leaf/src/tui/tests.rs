@@ -237,6 +237,68 @@ fn the_wishes_tab_lists_wishes_with_what_they_found_and_w_and_x_add_and_remove()
 }
 
 #[test]
+fn b_browses_the_selected_results_leaf_whose_folders_fold_mark_and_download() {
+    let mut app = app();
+    app.search_gen = 1;
+    app.on_update(Update::Results(
+        1,
+        vec![result(1, "saman.flac", 3, 1, None)],
+    ));
+    let addr = app.results[0].sources[0].addr;
+    assert_eq!(
+        app.on_key(key(KeyCode::Char('b'))),
+        Some(Action::Browse(addr))
+    );
+    let file = |n: u8, path: &str| wire::FileRecord {
+        id: FileId([n; 32]),
+        size: 2_000_000,
+        path: path.into(),
+        tags: Tags::default(),
+    };
+    app.on_update(Update::Listing(crate::browse::Listing {
+        addr,
+        files: vec![
+            file(1, "Music/Album/01.flac"),
+            file(2, "Music/Album/CD2/02.flac"),
+            file(3, "Music/loose.mp3"),
+        ],
+        total: 3,
+    }));
+    assert_eq!(app.tab, Tab::Browse, "the tree opens at once");
+    let s = screen(&app, 80, 24);
+    assert!(
+        line_with(&s, "▸ Music/").contains("3 files, 6.0 MB"),
+        "{}",
+        s.join("\n")
+    );
+    assert!(!contains(&s, "Album"), "folded");
+    app.on_key(key(KeyCode::Char(' ')));
+    app.on_key(key(KeyCode::Down));
+    app.on_key(key(KeyCode::Char(' ')));
+    let s = screen(&app, 80, 24);
+    for row in ["▾ Music/", "▾ Album/", "01.flac", "▸ CD2/", "loose.mp3"] {
+        assert!(contains(&s, row), "{row} in\n{}", s.join("\n"));
+    }
+    // Enter on a folder fetches it whole.
+    let Some(Action::FetchBrowsed(to, fetch)) = app.on_key(key(KeyCode::Enter)) else {
+        panic!("no download");
+    };
+    assert_eq!(to, addr);
+    assert_eq!(fetch.folders, ["Music/Album"]);
+    // Marked rows go together: a folder and a file.
+    app.on_key(key(KeyCode::Char('m'))); // Album, then the selection moves to 01.flac
+    app.on_key(key(KeyCode::Down)); // CD2
+    app.on_key(key(KeyCode::Down)); // loose.mp3
+    app.on_key(key(KeyCode::Char('m')));
+    assert!(line_with(&screen(&app, 80, 24), "loose.mp3").contains("✓"));
+    let Some(Action::FetchBrowsed(_, fetch)) = app.on_key(key(KeyCode::Char('d'))) else {
+        panic!("no download");
+    };
+    assert_eq!(fetch.folders, ["Music/Album"]);
+    assert_eq!(fetch.files, [FileId([3; 32])]);
+}
+
+#[test]
 fn stale_results_of_an_older_search_are_ignored_and_enter_downloads() {
     let mut app = app();
     app.on_key(key(KeyCode::Char('/')));

@@ -8,6 +8,7 @@ use ratatui::widgets::{Block, Borders, Clear, Gauge, Paragraph, Row, Table, Tabl
 use ratatui::Frame;
 
 use super::app::{App, Connection, Input, Tab};
+use super::browse::Row as BrowseRow;
 use crate::control::{DownloadInfo, DownloadState};
 
 const ACCENT: Color = Color::Cyan;
@@ -29,6 +30,7 @@ pub fn render(app: &App, f: &mut Frame) {
         Tab::Shares => render_shares(app, f, body),
         Tab::Network => render_network(app, f, body),
         Tab::Wishes => render_wishes(app, f, body),
+        Tab::Browse => render_browse(app, f, body),
     }
     let note = match &app.connection {
         Connection::Lost(why) => Line::styled(
@@ -52,7 +54,8 @@ fn render_header(app: &App, f: &mut Frame, area: Rect) {
         } else {
             Style::new().fg(Color::White)
         };
-        spans.push(Span::styled(format!(" {} {} ", i + 1, t.title()), style));
+        // Six tabs and the node's state fit on 80 columns.
+        spans.push(Span::styled(format!("{} {}", i + 1, t.title()), style));
         spans.push(Span::raw(" "));
     }
     let state = match (&app.connection, &app.status) {
@@ -102,6 +105,14 @@ fn footer_keys(app: &App) -> Line<'static> {
             ("q", "quit"),
         ],
         (Input::None, Tab::Network) => &[("tab", "next"), ("?", "help"), ("q", "quit")],
+        (Input::None, Tab::Browse) => &[
+            ("␣", "fold"),
+            ("m", "mark"),
+            ("⏎", "get"),
+            ("tab", "next"),
+            ("?", "help"),
+            ("q", "quit"),
+        ],
         (Input::None, Tab::Wishes) => &[
             ("↑↓", "select"),
             ("x", "remove"),
@@ -516,6 +527,71 @@ fn render_network(app: &App, f: &mut Frame, area: Rect) {
     f.render_widget(Paragraph::new(lines).wrap(Wrap { trim: false }), area);
 }
 
+fn render_browse(app: &App, f: &mut Frame, area: Rect) {
+    let Some(view) = &app.browse else {
+        f.render_widget(
+            Paragraph::new(Line::styled(
+                "Nothing browsed yet: b on a search result lists everything that leaf shares.",
+                DIM,
+            ))
+            .block(Block::new().borders(Borders::TOP).border_style(DIM)),
+            area,
+        );
+        return;
+    };
+    let rows: Vec<Row> = view
+        .rows()
+        .iter()
+        .map(|row| {
+            let mark = if view.marked.contains(row.path()) {
+                "✓ "
+            } else {
+                "  "
+            };
+            match row {
+                BrowseRow::Folder {
+                    name,
+                    depth,
+                    open,
+                    files,
+                    bytes: size,
+                    ..
+                } => Row::new(vec![
+                    format!(
+                        "{mark}{}{} {name}/",
+                        "  ".repeat(*depth),
+                        if *open { "▾" } else { "▸" }
+                    ),
+                    format!("{files} files, {}", bytes(*size)),
+                ]),
+                BrowseRow::File {
+                    name, depth, size, ..
+                } => Row::new(vec![
+                    format!("{mark}{}  {name}", "  ".repeat(*depth)),
+                    bytes(*size),
+                ]),
+            }
+        })
+        .collect();
+    let total: u64 = view.listing.files.iter().map(|f| f.size).sum();
+    let title = format!(
+        " {}: {} files, {} (space: fold, m: mark, enter: download) ",
+        view.listing.addr,
+        view.listing.total,
+        bytes(total)
+    );
+    let t = Table::new(rows, [Constraint::Fill(1), Constraint::Length(22)])
+        .row_highlight_style(Style::new().fg(Color::Black).bg(ACCENT))
+        .block(
+            Block::new()
+                .borders(Borders::TOP)
+                .border_style(DIM)
+                .title(title),
+        );
+    let mut state = TableState::default().with_selected(Some(view.selected));
+    f.render_stateful_widget(t, area, &mut state);
+}
+
 fn render_wishes(app: &App, f: &mut Frame, area: Rect) {
     let mut lines = Vec::new();
     let wishes = app.status.as_ref().map_or(&[][..], |s| &s.wishes[..]);
@@ -559,8 +635,16 @@ fn render_wishes(app: &App, f: &mut Frame, area: Rect) {
 /// The keys, all of them.
 pub const HELP: &[(&str, &str)] = &[
     (
-        "1-5, tab",
-        "switch tab (Search, Downloads, Shares, Network, Wishes)",
+        "1-6, tab",
+        "switch tab (Search, Downloads, Shares, Network, Wishes, Browse)",
+    ),
+    (
+        "b",
+        "browse the selected result's leaf: its shares as a tree",
+    ),
+    (
+        "space / m / Enter",
+        "on Browse: fold or unfold / mark / download (marked, or selected)",
     ),
     ("/", "type a search; Enter runs it, Esc leaves the box"),
     ("↑↓ j k", "select a row (PgUp PgDn, Home End: jump)"),
