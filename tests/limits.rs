@@ -244,7 +244,7 @@ fn registering_too_much_cuts_off() {
         })
         .await;
         let addr = w.sp.listen_addr();
-        let before = w.sp.status().await.records;
+        let before = w.sp.status_committed().await.records;
         let source = Some(SOURCE.parse().unwrap());
         let mut many = Raw::connect(9, addr, Role::Leaf, source).await;
         let files = (0..21).map(|i| record(i, format!("m/{i}.mp3"))).collect();
@@ -261,7 +261,7 @@ fn registering_too_much_cuts_off() {
             "max_metadata_per_leaf did not trip"
         );
         // Nothing of theirs stays in the index.
-        assert_eq!(w.sp.status().await.records, before);
+        assert_eq!(w.sp.status_committed().await.records, before);
         // Within the limits is fine.
         let mut fine = Raw::connect(11, addr, Role::Leaf, source).await;
         let files = (0..20).map(|i| record(i, format!("ok/{i}.mp3"))).collect();
@@ -276,7 +276,7 @@ fn the_per_leaf_limits_count_what_is_held() {
     run_bounded(LIMIT, async {
         let w = world(|c| c.limits.max_files_per_leaf = 20).await;
         let addr = w.sp.listen_addr();
-        let before = w.sp.status().await.records;
+        let before = w.sp.status_committed().await.records;
         let source = Some(SOURCE.parse().unwrap());
         // The same files registered again and again are held once.
         let mut again = Raw::connect(15, addr, Role::Leaf, source).await;
@@ -285,7 +285,7 @@ fn the_per_leaf_limits_count_what_is_held() {
             again.send(&Message::Register { files }).await.unwrap();
         }
         assert!(!again.cut_off_within(Duration::from_millis(500)).await);
-        assert_eq!(w.sp.status().await.records, before + 15);
+        assert_eq!(w.sp.status_committed().await.records, before + 15);
         // Withdrawing ids never registered gives nothing back: 15 held, 15 more is over 20.
         let mut cheat = Raw::connect(16, addr, Role::Leaf, source).await;
         let files = (100..115)
@@ -315,7 +315,7 @@ fn the_per_leaf_limits_count_what_is_held() {
             .collect();
         honest.send(&Message::Register { files }).await.unwrap();
         assert!(!honest.cut_off_within(Duration::from_millis(500)).await);
-        assert_eq!(w.sp.status().await.records, before + 30);
+        assert_eq!(w.sp.status_committed().await.records, before + 30);
         w.still_serves().await;
     });
 }

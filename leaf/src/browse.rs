@@ -106,6 +106,54 @@ pub(crate) async fn browse(state: &NodeState, addr: SocketAddr) -> Result<Listin
     .await
 }
 
+/// Bytes of records in one control-socket part of a listing at most (an estimate; a frame
+/// holds 1 MiB).
+const PART_BYTES: usize = 512 << 10;
+
+/// A record's size once encoded, roughly (its CBOR is a little less).
+pub(crate) fn listed_bytes(r: &FileRecord) -> usize {
+    let t = &r.tags;
+    let text = [&t.artist, &t.album, &t.title, &t.genre]
+        .iter()
+        .map(|s| s.as_ref().map_or(0, String::len))
+        .sum::<usize>();
+    r.path.len() + text + 120
+}
+
+/// `listing` cut into parts of at most [`PART_BYTES`] of records each (at least one part):
+/// what the control socket sends, one frame each.
+pub fn in_parts(listing: Listing) -> Vec<Listing> {
+    let mut parts = Vec::new();
+    let mut files = Vec::new();
+    let mut bytes = 0;
+    for f in listing.files {
+        let b = listed_bytes(&f);
+        if bytes + b > PART_BYTES && !files.is_empty() {
+            parts.push(std::mem::take(&mut files));
+            bytes = 0;
+        }
+        bytes += b;
+        files.push(f);
+    }
+    parts.push(files);
+    parts
+        .into_iter()
+        .map(|files| Listing {
+            addr: listing.addr,
+            files,
+            total: listing.total,
+        })
+        .collect()
+}
+
+/// Puts parts of a listing back together (the counterpart of [`in_parts`]).
+pub fn join_part(whole: &mut Option<Listing>, part: Listing) {
+    match whole {
+        Some(w) => w.files.extend(part.files),
+        None => *whole = Some(part),
+    }
+}
+
 /// The files of `listing` in `folder` (a path as the listing gives it, `/`-separated) or below,
 /// each with the folder to save it in below `out`: `out/FOLDER/...` as the peer lays it out,
 /// every part made safe ([`crate::part::safe_folder_path`]).
@@ -126,10 +174,16 @@ pub fn folder_files<'a>(
                 .is_some_and(|rest| rest.starts_with('/'))
                 || folder.is_empty()
         })
-        .map(|f| {
+        .filter_map(|f| {
             let below = f.path[parent.len()..].trim_start_matches('/');
             let dir = below.rsplit_once('/').map_or("", |(d, _)| d);
-            (f, out.join(crate::part::safe_folder_path(dir)))
+            let safe = crate::part::safe_folder_path(dir);
+            // Made of plain names only (as `safe_folder_path` makes it): checked again, as
+            // nothing from a peer may pick where a file lands.
+            let plain = safe
+                .components()
+                .all(|c| matches!(c, std::path::Component::Normal(_)));
+            plain.then(|| (f, out.join(safe)))
         })
         .collect()
 }
@@ -182,13 +236,52 @@ mod tests {
     }
 
     #[test]
+    fn a_listing_goes_in_parts_that_fit_a_frame_and_comes_back_whole() {
+        let big: Vec<String> = (0..20_000)
+            .map(|i| format!("music/{i:05} {}", "x".repeat(40)))
+            .collect();
+        let paths: Vec<&str> = big.iter().map(String::as_str).collect();
+        let l = listing(&paths);
+        let parts = in_parts(l.clone());
+        assert!(parts.len() > 1, "{} parts", parts.len());
+        let mut whole = None;
+        for part in parts {
+            let mut frame = Vec::new();
+            wire::frame::try_encode_value(&part, &mut frame).expect("each part fits a frame");
+            join_part(&mut whole, part);
+        }
+        assert_eq!(whole, Some(l));
+        assert_eq!(
+            in_parts(listing(&[])).len(),
+            1,
+            "an empty share is one empty part"
+        );
+    }
+
+    #[test]
     fn hostile_folder_names_land_below_the_chosen_folder() {
-        let l = listing(&["share/../../../etc/cron.d/x", "share/..\\../y/z"]);
-        for (_, dir) in folder_files(&l, "share", std::path::Path::new("/dl")) {
-            assert!(dir.starts_with("/dl/share"), "{}", dir.display());
-            assert!(!dir
-                .components()
-                .any(|c| c == std::path::Component::ParentDir));
+        let l = listing(&[
+            "share/../../../etc/cron.d/x",
+            "share/..\\../y/z",
+            "share/. ../. ../. ../w",
+            "share/ . .ssh/authorized_keys",
+        ]);
+        let got = folder_files(&l, "share", std::path::Path::new("/dl"));
+        assert_eq!(got.len(), 4);
+        for (_, dir) in got {
+            let below = dir
+                .strip_prefix("/dl/share")
+                .expect("below the chosen folder");
+            for part in below.components() {
+                let std::path::Component::Normal(name) = part else {
+                    panic!("{part:?} in {}", dir.display());
+                };
+                assert!(
+                    !name.to_string_lossy().starts_with('.'),
+                    "{}",
+                    dir.display()
+                );
+            }
         }
     }
 }

@@ -520,27 +520,32 @@ async fn run(cli: Cli, config: NodeConfig) -> anyhow::Result<()> {
         Command::Tui { .. } => unreachable!("handled before the runtime starts"),
         Command::Browse { source, json } => {
             let replies = backend(&config, Request::Browse { addr: source }).await?;
+            let mut whole = None;
             while let Ok(reply) = replies.recv().await {
                 match reply {
-                    Reply::Listing(l) if json => {
-                        for f in &l.files {
-                            let line = serde_json::json!({
-                                "id": f.id.to_hex(),
-                                "path": f.path,
-                                "size": f.size,
-                                "artist": f.tags.artist,
-                                "album": f.tags.album,
-                                "title": f.tags.title,
-                                "duration_s": f.tags.duration_s,
-                                "bitrate_kbps": f.tags.bitrate_kbps,
-                            });
-                            println!("{}", json_terminal_safe(&line.to_string()));
-                        }
-                    }
-                    Reply::Listing(l) => print_tree(&l),
+                    Reply::Listing(part) => leaf::browse::join_part(&mut whole, part),
                     Reply::Error(e) => bail!("{e}"),
                     Reply::End => break,
                     _ => {}
+                }
+            }
+            if let Some(l) = whole {
+                if json {
+                    for f in &l.files {
+                        let line = serde_json::json!({
+                            "id": f.id.to_hex(),
+                            "path": f.path,
+                            "size": f.size,
+                            "artist": f.tags.artist,
+                            "album": f.tags.album,
+                            "title": f.tags.title,
+                            "duration_s": f.tags.duration_s,
+                            "bitrate_kbps": f.tags.bitrate_kbps,
+                        });
+                        println!("{}", json_terminal_safe(&line.to_string()));
+                    }
+                } else {
+                    print_tree(&l);
                 }
             }
             Ok(())

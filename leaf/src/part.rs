@@ -39,7 +39,11 @@ fn clean_name(last: &str) -> Option<String> {
         .chars()
         .filter(|&c| !wire::text::is_unsafe(c))
         .collect();
-    let clean = clean.trim().trim_start_matches('.').trim();
+    // Dots and spaces together, until neither leads: `. ..` must not become `..`, nor
+    // `. .bashrc` a hidden `.bashrc`.
+    let clean = clean
+        .trim_start_matches(|c: char| c == '.' || c.is_whitespace())
+        .trim_end();
     // At most 200 bytes, cut at a character boundary: room for the `.part` suffixes and a
     // ` (n)` within the usual 255-byte limit of a file name.
     let mut end = clean.len().min(200);
@@ -334,6 +338,8 @@ mod tests {
             PathBuf::from("evil3pm/bell")
         );
         assert_eq!(p("../.."), PathBuf::new());
+        assert_eq!(p("share/. ../. ../x"), PathBuf::from("share/x"));
+        assert_eq!(p(" . .ssh/. .."), PathBuf::from("ssh"));
         for part in p("x/../../y/..../z").components() {
             assert!(matches!(part, std::path::Component::Normal(_)), "{part:?}");
         }
@@ -345,6 +351,9 @@ mod tests {
         assert_eq!(safe_file_name("../../etc/passwd", &id), "passwd");
         assert_eq!(safe_file_name("a\\b\\..\\c.mp3", &id), "c.mp3");
         assert_eq!(safe_file_name("..", &id), id.to_hex());
+        assert_eq!(safe_file_name(". ..", &id), id.to_hex());
+        assert_eq!(safe_file_name(". .bash_profile", &id), "bash_profile");
+        assert_eq!(safe_file_name(" .. . x.mp3", &id), "x.mp3");
         assert_eq!(safe_file_name(".bashrc", &id), "bashrc");
         assert_eq!(safe_file_name("ok\u{7}name.txt", &id), "okname.txt");
         assert_eq!(safe_file_name("evil\u{202e}3pm.exe", &id), "evil3pm.exe");

@@ -90,6 +90,8 @@ async fn serve_inner(node: &NodeState, stream: SecureStream<TcpStream>) -> Resul
     // Files still downloading that this downloader asked the bitfield of, with the chunks it
     // was told of.
     let mut subscribed: Vec<(Arc<PartialFile>, Bitfield)> = Vec::new();
+    // Listing pages asked for on this connection.
+    let mut browses = 0;
     let result = loop {
         // Everything the session has to say, then the chunks gained and shown since.
         let mut replies: Vec<Message> = std::iter::from_fn(|| session.poll_transmit()).collect();
@@ -155,9 +157,19 @@ async fn serve_inner(node: &NodeState, stream: SecureStream<TcpStream>) -> Resul
                 }
                 UploadEvent::Browse { request, offset } => {
                     let reply = listing(node, request, offset);
+                    browses += 1;
+                    let reply = if browses > MAX_BROWSE_PAGES {
+                        Message::BrowseRefused {
+                            request,
+                            reason: format!("more than {MAX_BROWSE_PAGES} pages on one connection"),
+                        }
+                    } else {
+                        reply
+                    };
                     if let Message::Listing { files, .. } = &reply {
-                        let bytes: usize = files.iter().map(listed_bytes).sum();
-                        node.upload_cap.take(bytes as u64).await;
+                        let bytes: usize = files.iter().map(crate::browse::listed_bytes).sum();
+                        // Every page costs something, empty or not.
+                        node.upload_cap.take(bytes.max(4096) as u64).await;
                     }
                     reply
                 }
@@ -225,6 +237,9 @@ async fn serve_inner(node: &NodeState, stream: SecureStream<TcpStream>) -> Resul
 
 /// Files in one page of a listing at most (within [`transfer::browse::MAX_PAGE`]).
 const LISTING_PAGE: usize = 500;
+/// Listing pages one connection may ask for: a whole list of the most a browser takes
+/// ([`transfer::browse::MAX_FILES`]), and a few more.
+const MAX_BROWSE_PAGES: u32 = transfer::browse::MAX_FILES / LISTING_PAGE as u32 + 8;
 /// Bytes of records in one page at most (an estimate: well inside a frame's body).
 const LISTING_BYTES: usize = 256 << 10;
 
@@ -239,8 +254,13 @@ fn listing(node: &NodeState, request: u32, offset: u32) -> Message {
     let shares = node.shares.read().unwrap();
     let mut files = Vec::new();
     let mut bytes = 0;
-    for f in shares.files().skip(offset as usize).take(LISTING_PAGE) {
-        bytes += listed_bytes(&f.record);
+    let past_the_end = offset as usize >= shares.len();
+    for f in shares
+        .files()
+        .skip(offset as usize)
+        .take(if past_the_end { 0 } else { LISTING_PAGE })
+    {
+        bytes += crate::browse::listed_bytes(&f.record);
         if bytes > LISTING_BYTES && !files.is_empty() {
             break;
         }
@@ -252,16 +272,6 @@ fn listing(node: &NodeState, request: u32, offset: u32) -> Message {
         total: shares.len().min(u32::MAX as usize) as u32,
         files,
     }
-}
-
-/// A record's size in a listing, roughly (its CBOR is a little less).
-fn listed_bytes(r: &wire::FileRecord) -> usize {
-    let t = &r.tags;
-    let text = [&t.artist, &t.album, &t.title, &t.genre]
-        .iter()
-        .map(|s| s.as_ref().map_or(0, String::len))
-        .sum::<usize>();
-    r.path.len() + text + 120
 }
 
 /// The loop's reason when the writer task has stopped: the writer's own error replaces it.

@@ -58,6 +58,17 @@ pub struct Wish {
     seen: Vec<FileId>,
 }
 
+impl Wish {
+    /// The wish as status and the control socket show it: without the ids it remembers having
+    /// reported (up to 2,000 of them), which only the wishlist itself needs.
+    pub fn shown(&self) -> Wish {
+        Wish {
+            seen: Vec::new(),
+            ..self.clone()
+        }
+    }
+}
+
 /// A file a wish found.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WishMatch {

@@ -1,7 +1,8 @@
 //! `leaf tui` end to end, in tmux: against a `superpeer` process and a `leaf share` process, it
 //! types a query, sees the file on screen, downloads it with Enter, sees it reach done, and the
 //! file on disk is byte-identical; attached to a running node, it cancels and resumes a download,
-//! and quitting leaves the node and its download running. Needs `tmux` (`.ci/run` installs it).
+//! and quitting leaves the node and its download running; it browses the sharer, marks its
+//! folder and downloads it. Needs `tmux` (`.ci/run` installs it).
 
 mod common;
 
@@ -243,6 +244,26 @@ fn search_download_and_done_in_the_tui_under_tmux() {
         std::thread::sleep(Duration::from_millis(100));
     }
     assert!(!net.base().join("carol-data/control.sock").exists());
+}
+
+#[test]
+fn browse_a_leaf_mark_its_folder_and_download_it_in_the_tui() {
+    let net = Net::start("0");
+    let tmux = net.tui();
+    net.search(&tmux);
+    // b on the result: the sharer's shares, as a tree.
+    tmux.keys("b", true);
+    let screen = must(tmux.wait_for("▸ Music/", 20), "the browsed tree");
+    println!("{screen}");
+    assert!(row(&screen, "▸ Music/").contains("1 files, 2.5 MB"));
+    // Mark the folder and download it: it lands in downloads/Music/, as the sharer has it.
+    tmux.keys("m", true);
+    must(tmux.wait_for("✓", 5), "the mark");
+    tmux.keys("Enter", false);
+    let target = net.base().join("downloads/Music").join(net.name);
+    wait_until("the folder's file", 60, || {
+        std::fs::read(&target).is_ok_and(|b| b == net.content)
+    });
 }
 
 #[test]

@@ -14,6 +14,9 @@ use wire::{FileRecord, Hello, Message, NodeId};
 pub const MAX_FILES: u32 = 200_000;
 /// The most files a page may hold.
 pub const MAX_PAGE: u32 = 1000;
+/// The most text (paths and tags) one browse takes in: a list past it is refused, so a peer
+/// cannot make a browser hold more than this, whatever its records hold.
+pub const MAX_TEXT_BYTES: usize = 64 << 20;
 
 /// How a browse ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,6 +43,8 @@ pub struct BrowseSession {
     files: Vec<FileRecord>,
     total: Option<u32>,
     request: u32,
+    /// Text taken in so far.
+    text: usize,
     end: Option<BrowseEnd>,
 }
 
@@ -54,6 +59,7 @@ impl BrowseSession {
             files: Vec::new(),
             total: None,
             request: 0,
+            text: 0,
             end: None,
         }
     }
@@ -128,6 +134,13 @@ impl BrowseSession {
                     return Err(format!("an empty page at {have} of {total}"));
                 }
                 self.total = Some(total);
+                self.text += files.iter().map(text_of).sum::<usize>();
+                if self.text > MAX_TEXT_BYTES {
+                    return Err(format!(
+                        "a list of more than {} MiB of names and tags",
+                        MAX_TEXT_BYTES >> 20
+                    ));
+                }
                 let room = (MAX_FILES.min(total) - have.min(total)) as usize;
                 self.files.extend(files.into_iter().take(room));
                 let have = self.files.len() as u32;
@@ -165,6 +178,16 @@ impl BrowseSession {
             offset: self.files.len() as u32,
         });
     }
+}
+
+/// The text of a record: its path and tags.
+fn text_of(f: &FileRecord) -> usize {
+    let t = &f.tags;
+    f.path.len()
+        + [&t.artist, &t.album, &t.title, &t.genre]
+            .iter()
+            .map(|s| s.as_ref().map_or(0, String::len))
+            .sum::<usize>()
 }
 
 #[cfg(test)]
@@ -352,6 +375,35 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn a_list_of_too_much_text_is_refused() {
+        let mut s = BrowseSession::new(peer(), hello());
+        s.handle_message(theirs());
+        let long = "x".repeat(200_000);
+        let mut offset = 0;
+        while s.end().is_none() {
+            let page: Vec<FileRecord> = (0..100)
+                .map(|i| FileRecord {
+                    path: format!("{long}/{i}"),
+                    ..file(i)
+                })
+                .collect();
+            s.handle_message(Message::Listing {
+                request: offset / 100 + 1,
+                offset,
+                total: 10_000,
+                files: page,
+            });
+            offset += 100;
+        }
+        assert!(
+            matches!(s.end(), Some(BrowseEnd::Failed(why)) if why.contains("MiB")),
+            "{:?}",
+            s.end()
+        );
+        assert!(offset <= 4000, "stopped at about 64 MiB");
     }
 
     #[test]

@@ -180,6 +180,17 @@ pub fn encode_value<T: Serialize>(value: &T, out: &mut Vec<u8>) {
     encode_frame(&body, &[], out);
 }
 
+/// [`encode_value`], or the size of the body if it is over [`MAX_BODY`] (nothing is written).
+pub fn try_encode_value<T: Serialize>(value: &T, out: &mut Vec<u8>) -> Result<(), usize> {
+    let mut body = Vec::new();
+    ciborium::into_writer(value, &mut body).expect("CBOR encoding into a Vec cannot fail");
+    if body.len() > MAX_BODY as usize {
+        return Err(body.len());
+    }
+    encode_frame(&body, &[], out);
+    Ok(())
+}
+
 /// Decodes one frame holding a serde value (the counterpart of [`encode_value`]).
 pub fn decode_value<T: DeserializeOwned>(buf: &[u8]) -> Result<Option<(T, usize)>, DecodeError> {
     let Some((frame, used)) = decode_frame(buf)? else {

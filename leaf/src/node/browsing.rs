@@ -30,27 +30,67 @@ impl Node {
                 "{addr} shares no folder {folder:?} (leaf browse {addr} lists what it shares)"
             )));
         }
-        let tasks: Vec<_> = files
+        let n = files.len();
+        // The same content in several places of the folder (a cover in each CD's folder) is
+        // fetched once and copied to the others.
+        let mut groups: Vec<(FileId, Vec<PathBuf>)> = Vec::new();
+        let mut at: HashMap<FileId, usize> = HashMap::new();
+        for (f, dir) in files {
+            match at.get(&f.id) {
+                Some(&i) => groups[i].1.push(dir),
+                None => {
+                    at.insert(f.id, groups.len());
+                    groups.push((f.id, vec![dir]));
+                }
+            }
+        }
+        let tasks: Vec<_> = groups
             .into_iter()
-            .map(|(f, dir)| {
-                let (node, id, each) = (self.clone(), f.id, each.clone());
+            .map(|(id, dirs)| {
+                let (node, each) = (self.clone(), each.clone());
                 smol::spawn(async move {
-                    let got = match std::fs::create_dir_all(&dir) {
+                    let dir = &dirs[0];
+                    let got = match std::fs::create_dir_all(dir) {
                         Err(e) => Err(NodeError::Browse(format!(
                             "cannot make the folder {}: {e}",
                             dir.display()
                         ))),
-                        Ok(()) if again => node.get_again(id, &dir, |_| {}).await,
-                        Ok(()) => node.get(id, &dir, |_| {}).await,
+                        Ok(()) if again => node.get_again(id, dir, |_| {}).await,
+                        Ok(()) => node.get(id, dir, |_| {}).await,
                     };
+                    if let Some(report) = got.as_ref().ok().filter(|r| !r.already_had) {
+                        for other in &dirs[1..] {
+                            if let Err(e) = copy_into(&report.path, other) {
+                                log::warn!("{e}");
+                            }
+                        }
+                    }
                     each(id, &got);
                 })
             })
             .collect();
-        let n = tasks.len();
         for t in tasks {
             t.await;
         }
         Ok(n)
     }
+}
+
+/// Copies the finished file `from` into folder `dir` under its name, unless a file of that
+/// name is there.
+fn copy_into(from: &Path, dir: &Path) -> Result<(), String> {
+    let name = from.file_name().ok_or("a download with no file name")?;
+    let to = dir.join(name);
+    if to.exists() {
+        return Ok(());
+    }
+    // Under a temporary name, then renamed: never a half-copied file under the final name.
+    let tmp = dir.join(format!(".{}.copying", name.to_string_lossy()));
+    std::fs::create_dir_all(dir)
+        .and_then(|()| std::fs::copy(from, &tmp))
+        .and_then(|_| std::fs::rename(&tmp, &to))
+        .map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            format!("cannot copy {} to {}: {e}", from.display(), to.display())
+        })
 }

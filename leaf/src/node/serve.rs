@@ -134,13 +134,19 @@ impl Node {
             Request::Wishes => {
                 let _ = reply.send(Reply::Wishes(self.wishes())).await;
             }
-            Request::Browse { addr } => {
-                let r = match self.browse(addr).await {
-                    Ok(listing) => Reply::Listing(listing),
-                    Err(e) => Reply::Error(e.to_string()),
-                };
-                let _ = reply.send(r).await;
-            }
+            Request::Browse { addr } => match self.browse(addr).await {
+                // In parts that each fit a control frame; the client puts them together.
+                Ok(listing) => {
+                    for part in crate::browse::in_parts(listing) {
+                        if reply.send(Reply::Listing(part)).await.is_err() {
+                            break;
+                        }
+                    }
+                }
+                Err(e) => {
+                    let _ = reply.send(Reply::Error(e.to_string())).await;
+                }
+            },
             Request::GetFolder {
                 addr,
                 folder,
@@ -227,7 +233,13 @@ async fn serve_control_one(node: Node, stream: UnixStream) {
     let mut buf = Vec::new();
     while let Ok(reply) = rx.recv().await {
         buf.clear();
-        wire::frame::encode_value(&reply, &mut buf);
+        if let Err(size) = wire::frame::try_encode_value(&reply, &mut buf) {
+            // A bug (replies are kept well under a frame), not a reason to drop the node.
+            log::error!("a control reply of {size} bytes is too large to send");
+            let error = Reply::Error(format!("the reply was too large ({size} bytes)"));
+            buf.clear();
+            wire::frame::encode_value(&error, &mut buf);
+        }
         if writer.write_all(&buf).await.is_err() {
             return;
         }

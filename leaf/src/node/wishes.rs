@@ -29,7 +29,8 @@ fn unix_now() -> u64 {
 impl Node {
     /// The wishes, oldest first.
     pub fn wishes(&self) -> Vec<Wish> {
-        self.inner.wishes.lock().unwrap().wishes().to_vec()
+        let list = self.inner.wishes.lock().unwrap();
+        list.wishes().iter().map(Wish::shown).collect()
     }
 
     /// Adds a wish: `words` (and `filter`) searched for again and again; with `auto`, new
@@ -118,7 +119,9 @@ impl Node {
                             Err(e) => log::warn!("wish {id}: download of {} failed: {e}", m.id),
                         }
                     });
-                    self.inner.tasks.lock().unwrap().push(task);
+                    let mut tasks = self.inner.tasks.lock().unwrap();
+                    tasks.retain(|t| !t.is_finished());
+                    tasks.push(task);
                 }
             }
         }

@@ -361,6 +361,8 @@ impl App {
                 self.connection = Connection::Up;
                 self.status = Some(*s);
                 self.dl_selected = self.dl_selected.min(self.downloads_len().saturating_sub(1));
+                let wishes = self.status.as_ref().map_or(0, |s| s.wishes.len());
+                self.wish_selected = self.wish_selected.min(wishes.saturating_sub(1));
             }
             Update::Status(Err(e)) => self.connection = Connection::Lost(e),
             Update::Results(gen, _) | Update::SearchEnd(gen) if gen != self.search_gen => {}

@@ -146,6 +146,8 @@ pub fn send_request(data_dir: PathBuf, req: Request, search: u64, tx: Sender<Eve
             return;
         };
         let replies = control::request(stream, req);
+        // A listing comes in parts; the tab gets it whole.
+        let mut listing = None;
         while let Ok(reply) = replies.recv().await {
             let update = match reply {
                 Reply::Results(r) => Update::Results(search, r),
@@ -165,11 +167,17 @@ pub fn send_request(data_dir: PathBuf, req: Request, search: u64, tx: Sender<Eve
                     if searching {
                         let _ = tx.send(Event::Update(Update::SearchEnd(search))).await;
                     }
+                    if let Some(l) = listing.take() {
+                        let _ = tx.send(Event::Update(Update::Listing(l))).await;
+                    }
                     return;
                 }
                 // The Wishes tab shows them from the status.
                 Reply::Wishes(w) => Update::Notice(format!("wishlist: {} wish(es)", w.len())),
-                Reply::Listing(l) => Update::Listing(l),
+                Reply::Listing(part) => {
+                    crate::browse::join_part(&mut listing, part);
+                    continue;
+                }
                 Reply::GetProgress(_) | Reply::Status(_) => continue,
             };
             if tx.send(Event::Update(update)).await.is_err() {
