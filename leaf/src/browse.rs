@@ -188,26 +188,31 @@ pub fn folder_files<'a>(
         .collect()
 }
 
+/// A listing of files at `paths`, file `i` with id `[i; 32]` and `size` bytes (for tests).
+#[cfg(test)]
+pub(crate) fn test_listing(paths: &[&str], size: u64) -> Listing {
+    Listing {
+        addr: "127.0.0.1:1".parse().unwrap(),
+        files: paths
+            .iter()
+            .enumerate()
+            .map(|(i, p)| FileRecord {
+                id: wire::FileId([i as u8; 32]),
+                size,
+                path: p.to_string(),
+                tags: wire::Tags::default(),
+            })
+            .collect(),
+        total: paths.len() as u32,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use wire::{FileId, Tags};
 
     fn listing(paths: &[&str]) -> Listing {
-        Listing {
-            addr: "127.0.0.1:1".parse().unwrap(),
-            files: paths
-                .iter()
-                .enumerate()
-                .map(|(i, p)| FileRecord {
-                    id: FileId([i as u8; 32]),
-                    size: 1,
-                    path: p.to_string(),
-                    tags: Tags::default(),
-                })
-                .collect(),
-            total: paths.len() as u32,
-        }
+        test_listing(paths, 1)
     }
 
     #[test]

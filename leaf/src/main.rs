@@ -155,15 +155,8 @@ enum Command {
         /// Seconds to collect results.
         #[arg(long, default_value_t = 2.0)]
         wait: f64,
-        /// Only files with this extension (e.g. mp3).
-        #[arg(long)]
-        ext: Option<String>,
-        /// Only files at least this large, e.g. 5MB or 700MiB (units as for --upload-rate).
-        #[arg(long, value_parser = parse_size)]
-        min_size: Option<u64>,
-        /// Only files at most this large (same units).
-        #[arg(long, value_parser = parse_size)]
-        max_size: Option<u64>,
+        #[command(flatten)]
+        filter: FilterArgs,
         /// Only audio at least this long, e.g. 90s, 3m or 3:30 (files without a duration
         /// are left out).
         #[arg(long, value_parser = parse_seconds)]
@@ -243,6 +236,36 @@ enum Command {
     },
 }
 
+/// The filters super-peers apply, as `leaf search` and `leaf wish add` take them.
+#[derive(Debug, Clone, clap::Args)]
+struct FilterArgs {
+    /// Only files with this extension (e.g. flac).
+    #[arg(long)]
+    ext: Option<String>,
+    /// Only files at least this large, e.g. 5MB or 700MiB (units as for --upload-rate).
+    #[arg(long, value_parser = parse_size)]
+    min_size: Option<u64>,
+    /// Only files at most this large (same units).
+    #[arg(long, value_parser = parse_size)]
+    max_size: Option<u64>,
+}
+
+impl FilterArgs {
+    /// As the wire carries it; an error if no file can match.
+    fn filter(self) -> anyhow::Result<Filter> {
+        if let (Some(min), Some(max)) = (self.min_size, self.max_size) {
+            if min > max {
+                bail!("--min-size is above --max-size: no file can match");
+            }
+        }
+        Ok(Filter {
+            ext: self.ext.map(|e| e.trim_start_matches('.').to_lowercase()),
+            min_size: self.min_size,
+            max_size: self.max_size,
+        })
+    }
+}
+
 #[derive(Debug, Subcommand)]
 enum WishAction {
     /// Add a wish (it is first searched for a second later).
@@ -250,15 +273,8 @@ enum WishAction {
         /// Words that must all match, as for `leaf search`.
         #[arg(required = true)]
         words: Vec<String>,
-        /// Only files with this extension (e.g. flac).
-        #[arg(long)]
-        ext: Option<String>,
-        /// Only files at least this large, e.g. 5MB.
-        #[arg(long, value_parser = parse_size)]
-        min_size: Option<u64>,
-        /// Only files at most this large.
-        #[arg(long, value_parser = parse_size)]
-        max_size: Option<u64>,
+        #[command(flatten)]
+        filter: FilterArgs,
         /// Download new matches.
         #[arg(long)]
         auto: bool,
@@ -446,9 +462,7 @@ async fn run(cli: Cli, config: NodeConfig) -> anyhow::Result<()> {
             json,
             ttl,
             wait,
-            ext,
-            min_size,
-            max_size,
+            filter,
             min_duration,
             max_duration,
             min_bitrate,
@@ -458,8 +472,8 @@ async fn run(cli: Cli, config: NodeConfig) -> anyhow::Result<()> {
             if !(0.0..=60.0).contains(&wait) {
                 bail!("--wait {wait}: give between 0 and 60 seconds");
             }
+            let filter = filter.filter()?;
             for (what, min, max) in [
-                ("size", min_size, max_size),
                 (
                     "duration",
                     min_duration.map(u64::from),
@@ -485,11 +499,7 @@ async fn run(cli: Cli, config: NodeConfig) -> anyhow::Result<()> {
             };
             let search = Search {
                 terms: Terms::Words(words.join(" ")),
-                filter: Filter {
-                    ext: ext.map(|e| e.trim_start_matches('.').to_lowercase()),
-                    min_size,
-                    max_size,
-                },
+                filter,
             };
             let req = Request::Search {
                 search,
@@ -596,9 +606,7 @@ async fn run(cli: Cli, config: NodeConfig) -> anyhow::Result<()> {
             let req = match action {
                 WishAction::Add {
                     words,
-                    ext,
-                    min_size,
-                    max_size,
+                    filter,
                     auto,
                     out,
                 } => {
@@ -609,11 +617,7 @@ async fn run(cli: Cli, config: NodeConfig) -> anyhow::Result<()> {
                     }
                     Request::WishAdd {
                         words: words.join(" "),
-                        filter: Filter {
-                            ext: ext.map(|e| e.trim_start_matches('.').to_lowercase()),
-                            min_size,
-                            max_size,
-                        },
+                        filter: filter.filter()?,
                         auto,
                         out,
                     }

@@ -194,23 +194,9 @@ fn folders_of(path: &str) -> impl Iterator<Item = &str> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use wire::Tags;
 
     fn view(paths: &[&str]) -> BrowseView {
-        BrowseView::new(Listing {
-            addr: "127.0.0.1:1".parse().unwrap(),
-            files: paths
-                .iter()
-                .enumerate()
-                .map(|(i, p)| FileRecord {
-                    id: FileId([i as u8; 32]),
-                    size: 10,
-                    path: p.to_string(),
-                    tags: Tags::default(),
-                })
-                .collect(),
-            total: paths.len() as u32,
-        })
+        BrowseView::new(crate::browse::test_listing(paths, 10))
     }
 
     fn shown(v: &BrowseView) -> Vec<String> {
