@@ -165,26 +165,39 @@ impl WireLeaf {
     }
 }
 
+/// How long one ask of [`wait_indexed`] waits for its answer before asking again.
+const ASK_EVERY: Duration = Duration::from_millis(50);
+
 /// Waits until super-peer(s) have indexed everything each leaf registered: each leaf asks for
-/// the id of its last record (TTL 0). A super-peer handles one connection's messages in order
-/// and indexes a registration before it reads the next message, so the answer proves the
-/// leaf's registrations are searchable. Returns when the last leaf has its answer.
+/// the id of its last record (TTL 0) until it is found. A super-peer queues a registration for
+/// its index's writer thread, which commits what has queued up together (within about
+/// `index::BATCH_TIME`), so a leaf's last record is searchable soon after its registration, not
+/// by its next message; the answer proves everything the leaf registered before it is. Returns
+/// when the last leaf has its answer (to within [`ASK_EVERY`]).
 pub async fn wait_indexed(
     leaves: &[(&WireLeaf, &FileRecord)],
     limit: Duration,
 ) -> anyhow::Result<Instant> {
-    let mut waits = Vec::new();
+    let until = Instant::now() + limit;
+    let mut done: Option<Instant> = None;
     for (leaf, last) in leaves {
         let search = Search {
             terms: wire::Terms::Id(last.id),
             filter: Default::default(),
         };
-        let id = leaf.query(search, 0)?;
-        waits.push((leaf, id));
-    }
-    let mut done: Option<Instant> = None;
-    for (leaf, id) in waits {
-        let (at, _) = leaf.first_hits(id, limit).await?;
+        let at = loop {
+            let id = leaf.query(search.clone(), 0)?;
+            match leaf.first_hits(id, ASK_EVERY).await {
+                Ok((at, _)) => break at,
+                Err(e) if Instant::now() >= until => {
+                    bail!(
+                        "record {} never indexed within {limit:?}: {e}",
+                        last.id.short()
+                    )
+                }
+                Err(_) => {}
+            }
+        };
         done = Some(done.map_or(at, |d| d.max(at)));
     }
     Ok(done.unwrap_or_else(Instant::now))

@@ -196,7 +196,7 @@ enum Command {
         json: bool,
     },
     /// Download a folder of a leaf, with its subfolders, into --out/FOLDER/ (its layout kept;
-    /// each file from every leaf that has it).
+    /// each file from every source the network finds for it).
     GetFolder {
         /// The leaf's address, as `leaf search --json` prints it.
         source: SocketAddr,
