@@ -26,7 +26,7 @@
 //! - [`control`]: the local control socket protocol between the CLI and the node.
 //! - [`tui`]: `leaf tui`, the terminal interface over the control socket.
 //!
-//! The `leaf` binary (`src/main.rs`) is the command line on top.
+//! The `leaf` binary (`src/bin/leaf/`: `args`, `print` and `main`) is the command line on top.
 //!
 //! # Example
 //! ```no_run
