@@ -174,6 +174,9 @@ pub(super) async fn run(
     };
     let result = run.main(&rx, &mut record).await;
     run.stop();
+    // Checks still verifying or writing finish before the download returns: nothing writes to
+    // the part file after that, and the record below sees every chunk they kept.
+    run.drain_checks(&rx).await;
     // Whatever happened, record what is on disk for the next attempt.
     let flushed = flush_record(&run.s, &mut record).await;
     if result.is_ok() && flushed.is_ok() {
@@ -666,6 +669,22 @@ impl Run<'_> {
         let now = Instant::now();
         for n in self.sources.keys().copied().collect::<Vec<_>>() {
             self.end(n, now, SourceEnd::Finished);
+        }
+        self.to_check.clear();
+    }
+
+    /// Waits for the checks running off the executor to answer. Chunks they kept are on disk
+    /// but their sessions are gone, so they are not counted here; a resume verifies them.
+    async fn drain_checks(&mut self, rx: &Receiver<Input>) {
+        while self.checks_running > 0 {
+            match rx.recv().await {
+                Ok(Input::Checked(..) | Input::SizeProven(_)) => {
+                    self.checks_running -= 1;
+                }
+                Ok(_) => {}
+                // Every check holds a sender, and so does `self.inputs`: never closed here.
+                Err(_) => return,
+            }
         }
     }
 
