@@ -186,6 +186,7 @@ fn job(id: FileId, sources: Vec<SocketAddr>, out: &std::path::Path) -> download:
         out_dir: out.to_path_buf(),
         sources,
         find: std::sync::Arc::new(|| Box::pin(async { Vec::new() })),
+        connect_back: None,
         give_up_after: Some(Duration::from_secs(5)),
         wait_for_sources: false,
         opts: DownloadOptions::default(),

@@ -218,6 +218,8 @@ fn oversized_hit_messages_cut_off() {
             source: Source {
                 node: NodeId([7; 32]),
                 addr: SOURCE.parse().unwrap(),
+                reachable: None,
+                via: None,
             },
             file: record(i, format!("music/{i}.mp3")),
             score: 1.0,

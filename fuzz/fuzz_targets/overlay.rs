@@ -311,6 +311,8 @@ impl Msg {
                         source: Source {
                             node: node(n),
                             addr: addr(a),
+                            reachable: (a % 3 != 0).then_some(a % 2 == 0),
+                            via: (a % 2 == 0).then(|| addr(a / 2)),
                         },
                         file: file(f),
                         score,
@@ -336,7 +338,7 @@ impl Msg {
             },
             Msg::Transfer(k) => {
                 let id = file(k).id;
-                match k % 6 {
+                match k % 11 {
                     0 => Message::GetManifest { request: 1, id },
                     1 => Message::Manifest(ManifestMsg {
                         request: 1,
@@ -357,6 +359,27 @@ impl Msg {
                         data: vec![k; 10],
                     }),
                     4 => Message::Cancel { request: 2 },
+                    // Connections back: asked of a super-peer, passed to a leaf, named, told.
+                    6 => Message::ConnectToMe {
+                        node: node(k / 11),
+                        token: u64::from(k),
+                    },
+                    7 => Message::ConnectAsked {
+                        token: u64::from(k),
+                        error: None,
+                    },
+                    8 => Message::ConnectBack {
+                        node: node(k / 11),
+                        addr: addr(k),
+                        token: u64::from(k),
+                    },
+                    9 => Message::Reversed {
+                        token: u64::from(k),
+                    },
+                    10 => Message::Reachability {
+                        observed: addr(k),
+                        reachable: k % 2 == 0,
+                    },
                     _ => Message::TransferError {
                         request: 2,
                         id,
@@ -907,6 +930,12 @@ impl Harness {
             LeafEvent::Hits { query, .. } => {
                 // The target starts no query: hits must not get through.
                 panic!("hits passed on for query {query:?}, which was never started");
+            }
+            LeafEvent::ConnectBack { via, .. } => {
+                assert!(
+                    self.setup.listen().is_some(),
+                    "asked to connect back (through {via}) by a leaf that serves nobody"
+                );
             }
             LeafEvent::Promote { .. } => {
                 assert!(self.setup.can_promote, "a leaf that may not promote did");

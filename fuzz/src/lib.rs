@@ -132,6 +132,8 @@ pub fn sample_messages() -> Vec<Message> {
                 source: Source {
                     node: NodeId([1; 32]),
                     addr: "10.0.0.9:6000".parse().expect("address"),
+                    reachable: Some(false),
+                    via: Some("10.0.0.1:7700".parse().expect("address")),
                 },
                 file,
                 score: 1.5,
@@ -180,6 +182,24 @@ pub fn sample_messages() -> Vec<Message> {
             id: FileId([7; 32]),
             kind: TransferErrorKind::NotShared,
             message: "not shared".into(),
+        },
+        Message::ConnectToMe {
+            node: NodeId([1; 32]),
+            token: 77,
+        },
+        Message::ConnectAsked {
+            token: 77,
+            error: Some("not attached".into()),
+        },
+        Message::ConnectBack {
+            node: NodeId([2; 32]),
+            addr: "10.0.0.8:7001".parse().expect("address"),
+            token: 77,
+        },
+        Message::Reversed { token: 77 },
+        Message::Reachability {
+            observed: "10.0.0.9:6000".parse().expect("address"),
+            reachable: false,
         },
     ]
 }

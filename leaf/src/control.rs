@@ -234,6 +234,15 @@ pub struct FolderStats {
     pub bytes: u64,
 }
 
+/// Whether others can connect to a node: what a super-peer found when it connected back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reach {
+    /// The node's listen address as the super-peer sees it (behind a NAT: the router's).
+    pub observed: SocketAddr,
+    /// Whether the super-peer's connection to it got through.
+    pub reachable: bool,
+}
+
 /// The node's state.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StatusReport {
@@ -253,6 +262,9 @@ pub struct StatusReport {
     pub listen: Option<SocketAddr>,
     /// Its super-peers.
     pub superpeers: Vec<LinkStatus>,
+    /// Whether others can connect to it, as its super-peers found (None: not known yet).
+    #[serde(default)]
+    pub reach: Option<Reach>,
     /// Shared folders.
     pub folders: Vec<PathBuf>,
     /// Each shared folder's files and bytes.

@@ -48,6 +48,7 @@ pub mod node;
 mod overlay;
 mod part;
 pub mod rate;
+pub mod reverse;
 pub mod search;
 pub mod share;
 pub mod slots;

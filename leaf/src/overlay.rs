@@ -28,7 +28,7 @@ use topology::{
 use transport::link::Outbox;
 use transport::net::{connect_secure, FrameReader};
 use transport::secure::SecureStream;
-use wire::{Capability, FileId, FileRecord, Hit, Message, Query, QueryId};
+use wire::{Capability, FileId, FileRecord, Hit, Message, NodeId, Query, QueryId};
 
 use crate::control::{LinkStatus, SuperPeerStatus};
 use crate::state::{NodeState, RoleStatus};
@@ -269,6 +269,12 @@ pub(crate) async fn run(inner: Arc<NodeState>, settings: Settings, commands: Rec
                             let _ = t.try_send(hits);
                         }
                     }
+                    LeafEvent::ConnectBack {
+                        node,
+                        addr,
+                        token,
+                        via,
+                    } => connect_back(&inner, node, addr, token, via),
                     LeafEvent::Promote { reason } => {
                         let placeholder = LeafOverlay::new(
                             now,
@@ -297,10 +303,40 @@ pub(crate) async fn run(inner: Arc<NodeState>, settings: Settings, commands: Rec
             }
         }
         status.links = links(&leaf);
+        status.reach = leaf.reach().map(|r| crate::control::Reach {
+            observed: r.observed,
+            reachable: r.reachable,
+        });
         if **inner.role.load() != status {
             inner.role.store(Arc::new(status.clone()));
         }
     }
+}
+
+/// Connects to `addr` as super-peer `via` passed on, and serves it there, unless as many
+/// connections back as allowed are being made already.
+fn connect_back(
+    inner: &Arc<NodeState>,
+    node: NodeId,
+    addr: SocketAddr,
+    token: u64,
+    via: SocketAddr,
+) {
+    let inner = inner.clone();
+    smol::spawn(async move {
+        let Some(_place) = inner.reverse.start_connect_back() else {
+            log::info!(
+                "not connecting back to {addr} (asked through {via}): {} connections back already",
+                crate::reverse::MAX_CONNECT_BACKS
+            );
+            return;
+        };
+        log::info!("connecting back to {addr}, asked through super-peer {via}");
+        if let Err(e) = crate::upload::serve_connect_back(inner.clone(), node, addr, token).await {
+            log::info!("connection back to {addr}: {e}");
+        }
+    })
+    .detach();
 }
 
 /// What the node registers on a link: its shared files, and the files it downloads or seeds

@@ -132,6 +132,8 @@ mod tests {
             source: Source {
                 node: NodeId([port as u8; 32]),
                 addr: ([127, 0, 0, 1], port).into(),
+                reachable: None,
+                via: None,
             },
             file: FileRecord {
                 id: FileId([id; 32]),

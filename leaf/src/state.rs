@@ -36,6 +36,8 @@ pub(crate) struct RoleStatus {
     pub(crate) superpeer: Option<control::SuperPeerStatus>,
     /// Super-peers attached now, by address.
     pub(crate) links: Vec<LinkStatus>,
+    /// Whether others can connect to this node, as its super-peers found.
+    pub(crate) reach: Option<control::Reach>,
     /// Recent overlay events (attachments, promotion, demotion), newest last.
     pub(crate) events: VecDeque<String>,
 }
@@ -66,4 +68,6 @@ pub(crate) struct NodeState {
     pub(crate) upload_cap: RateLimit,
     /// Whether others may list what this node shares (`--no-browse` turns it off).
     pub(crate) browsable: bool,
+    /// Routes to sources that may not be reachable, and the connections back awaited.
+    pub(crate) reverse: crate::reverse::Reverse,
 }

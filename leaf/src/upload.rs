@@ -22,8 +22,10 @@ use std::time::{Duration, Instant};
 use smol::channel;
 use smol::net::TcpStream;
 use transport::net::{write_message_within, FrameReader};
-use transport::secure::SecureStream;
-use wire::{Bitfield, ChunkMsg, FileId, Hello, ManifestMsg, Message, Role, TransferErrorKind};
+use transport::secure::{SecureReader, SecureWriter};
+use wire::{
+    Bitfield, ChunkMsg, FileId, Hello, ManifestMsg, Message, NodeId, Role, TransferErrorKind,
+};
 
 use crate::slots::SlotGuard;
 use crate::state::NodeState;
@@ -37,6 +39,9 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// is encrypted and sent.
 const SEND_AHEAD: usize = 2;
 /// Serves one downloader's connection until it closes or misbehaves.
+///
+/// A connection whose first message is [`Message::Reversed`] is a source connecting back as
+/// this node asked ([`crate::reverse`]): it goes to the download waiting for it instead.
 pub(crate) async fn serve(node: Arc<NodeState>, stream: TcpStream, peer: SocketAddr) {
     let limit = node.limits.handshake_timeout;
     let secure = match transport::secure::accept(stream, &node.identity, limit).await {
@@ -46,13 +51,86 @@ pub(crate) async fn serve(node: Arc<NodeState>, stream: TcpStream, peer: SocketA
             return;
         }
     };
-    if let Err(reason) = serve_inner(&node, secure).await {
+    let mut reader = FrameReader::new(secure.reader).limited(transfer::upload::MAX_REQUEST_BODY, 0);
+    let first = match reader.read_message_within(limit).await {
+        Ok(first) => first,
+        Err(e) => {
+            log::info!("download connection from {peer}: {e}");
+            return;
+        }
+    };
+    if let Message::Reversed { token } = first {
+        let accepted = crate::reverse::Accepted {
+            reader,
+            writer: secure.writer,
+            peer: secure.peer,
+            remote: peer,
+        };
+        if let Err(why) = node.reverse.arrived(token, accepted) {
+            log::info!("connection from {peer}: {why}");
+        }
+        return;
+    }
+    let stream = Served {
+        reader,
+        writer: secure.writer,
+        peer: secure.peer,
+    };
+    if let Err(reason) = serve_inner(&node, stream, Some(first)).await {
         log::info!("upload connection from {peer} closed: {reason}");
     }
 }
 
-async fn serve_inner(node: &NodeState, stream: SecureStream<TcpStream>) -> Result<(), String> {
-    let mut reader = FrameReader::new(stream.reader).limited(transfer::upload::MAX_REQUEST_BODY, 0);
+/// Connects to `addr` as its node asked through our super-peer, names `token`, and serves it
+/// as if it had connected to us.
+pub(crate) async fn serve_connect_back(
+    node: Arc<NodeState>,
+    want: NodeId,
+    addr: SocketAddr,
+    token: u64,
+) -> Result<(), String> {
+    let limit = node.limits.handshake_timeout;
+    let secure = transport::net::connect_secure(addr, &node.identity, limit)
+        .await
+        .map_err(|e| format!("cannot connect back to {addr}: {e}"))?;
+    if secure.peer != want {
+        return Err(format!(
+            "{addr} is node {}, not {} who asked",
+            secure.peer.short(),
+            want.short()
+        ));
+    }
+    let mut writer = secure.writer;
+    let mut scratch = Vec::new();
+    write_message_within(
+        &mut writer,
+        &Message::Reversed { token },
+        &mut scratch,
+        limit,
+    )
+    .await
+    .map_err(|e| format!("{addr}: {e}"))?;
+    let stream = Served {
+        reader: FrameReader::new(secure.reader).limited(transfer::upload::MAX_REQUEST_BODY, 0),
+        writer,
+        peer: secure.peer,
+    };
+    serve_inner(&node, stream, None).await
+}
+
+/// A downloader's connection, whichever side opened it.
+struct Served {
+    reader: FrameReader<SecureReader<TcpStream>>,
+    writer: SecureWriter<TcpStream>,
+    peer: NodeId,
+}
+
+async fn serve_inner(
+    node: &NodeState,
+    stream: Served,
+    first: Option<Message>,
+) -> Result<(), String> {
+    let mut reader = stream.reader;
     // Everything sent goes through the writer task, in order. A failed write ends it and shuts
     // the connection, so the reading side below ends too (the next send here would also find
     // the queue closed); its error is the connection's.
@@ -78,6 +156,9 @@ async fn serve_inner(node: &NodeState, stream: SecureStream<TcpStream>) -> Resul
     // Messages are read ahead, so a Cancel can remove a request not yet served; the session
     // bounds how many wait.
     let (tx, rx) = channel::bounded::<Result<Option<Message>, String>>(MAX_PENDING);
+    if let Some(first) = first {
+        let _ = tx.try_send(Ok(Some(first)));
+    }
     let read_ahead = smol::spawn(async move {
         loop {
             let msg = reader.read_message().await.map_err(|e| e.to_string());

@@ -131,6 +131,19 @@ pub enum LeafEvent {
         /// The hits.
         hits: Vec<Hit>,
     },
+    /// A super-peer we are attached to asks us to connect to `addr` (whose key must be that of
+    /// `node`), send [`Message::Reversed`] with `token`, and serve it chunks: it cannot reach
+    /// us. The driver bounds how many it makes at once.
+    ConnectBack {
+        /// Who asked.
+        node: NodeId,
+        /// Where it is, as the super-peer saw it.
+        addr: SocketAddr,
+        /// Names the connection.
+        token: u64,
+        /// The super-peer that passed the request on.
+        via: SocketAddr,
+    },
     /// Become a super-peer (the [`RoleClock`] allowed it). The driver starts the super-peer
     /// role and passes [`LeafOverlay::into_parts`] on to it.
     Promote {
@@ -145,6 +158,18 @@ struct Link {
     node: Option<NodeId>,
     last_rx: Instant,
     closing: bool,
+    /// What the super-peer found when it connected back: our address as it sees it, and
+    /// whether the connection got through.
+    reach: Option<(SocketAddr, bool)>,
+}
+
+/// Whether others can connect to this leaf, as its super-peers found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reach {
+    /// Our listen address as a super-peer sees it.
+    pub observed: SocketAddr,
+    /// Whether some super-peer's connection to it got through.
+    pub reachable: bool,
 }
 
 /// The leaf's overlay state machine; see the module docs.
@@ -260,6 +285,28 @@ impl LeafOverlay {
         v
     }
 
+    /// Whether others can reach us, as the super-peers attached now found: reachable if any
+    /// of them got through (its observed address first), else the first one's finding.
+    pub fn reach(&self) -> Option<Reach> {
+        let mut found: Vec<(SocketAddr, Reach)> = self
+            .links
+            .values()
+            .filter(|l| l.node.is_some() && !l.closing)
+            .filter_map(|l| {
+                let (observed, reachable) = l.reach?;
+                Some((
+                    l.addr,
+                    Reach {
+                        observed,
+                        reachable,
+                    },
+                ))
+            })
+            .collect();
+        found.sort_by_key(|(sp, r)| (!r.reachable, *sp));
+        found.first().map(|(_, r)| *r)
+    }
+
     /// A link attached ([`LeafEvent::Attached`]): registers `files`, every file the node
     /// shares, on it. A node that serves nobody (no listen address) registers nothing.
     pub fn register_all(&mut self, conn: ConnId, files: &[FileRecord]) {
@@ -332,6 +379,7 @@ impl LeafOverlay {
                 node: None,
                 last_rx: now,
                 closing: false,
+                reach: None,
             },
         );
         let mut hello = Hello::new(self.node, Role::Leaf, self.listen, &self.config.agent);
@@ -445,10 +493,28 @@ impl LeafOverlay {
                 msg: Message::Pong { nonce },
             }),
             Message::Goodbye { reason } => self.close(conn, format!("{addr} said: {reason}")),
-            Message::QueryHits(h) if self.searches.contains(&h.query) => {
+            Message::QueryHits(mut h) if self.searches.contains(&h.query) => {
+                for hit in &mut h.hits {
+                    hit.source.via = hit.source.via.map(|v| crate::superpeer::seen_at(v, addr));
+                }
                 self.events.push_back(LeafEvent::Hits {
                     query: h.query,
                     hits: h.hits,
+                });
+            }
+            Message::Reachability {
+                observed,
+                reachable,
+            } if link.node.is_some() => link.reach = Some((observed, reachable)),
+            // Only from a super-peer we attached to, and only if we serve at all.
+            Message::ConnectBack { node, addr, token }
+                if link.node.is_some() && self.listen.is_some() =>
+            {
+                self.events.push_back(LeafEvent::ConnectBack {
+                    node,
+                    addr,
+                    token,
+                    via: link.addr,
                 });
             }
             _ => {}
@@ -697,6 +763,85 @@ mod tests {
             })
             .sum();
         assert_eq!(total, 3000);
+    }
+
+    #[test]
+    fn a_super_peer_tells_the_leaf_its_reach_and_asks_it_to_connect_back() {
+        let (mut leaf, t0) = attached_leaf(Some("0.0.0.0:6000".parse().unwrap()));
+        assert_eq!(leaf.reach(), None, "not known before a super-peer says");
+        let observed: SocketAddr = "198.51.100.7:6000".parse().unwrap();
+        let said = Message::Reachability {
+            observed,
+            reachable: false,
+        };
+        leaf.handle_message(t0, 7, said);
+        assert_eq!(
+            leaf.reach(),
+            Some(Reach {
+                observed,
+                reachable: false
+            })
+        );
+        let back = |token| Message::ConnectBack {
+            node: NodeId([5; 32]),
+            addr: "203.0.113.5:7001".parse().unwrap(),
+            token,
+        };
+        leaf.handle_message(t0, 7, back(9));
+        assert_eq!(
+            leaf.poll_event(),
+            Some(LeafEvent::ConnectBack {
+                node: NodeId([5; 32]),
+                addr: "203.0.113.5:7001".parse().unwrap(),
+                token: 9,
+                via: "10.0.0.1:4000".parse().unwrap(),
+            })
+        );
+        // A link not attached (no super-peer Hello yet) is not listened to.
+        leaf.handle_message(t0, 99, back(10));
+        assert_eq!(leaf.poll_event(), None);
+        // A hit's super-peer listening on every interface is where its hits came from.
+        let query = Query {
+            id: QueryId([4; 16]),
+            ttl: 2,
+            hops: 0,
+            search: wire::Search {
+                terms: wire::Terms::Words("tune".into()),
+                filter: Default::default(),
+            },
+        };
+        leaf.start_query(query.clone());
+        let hit = |via: &str| wire::Hit {
+            source: wire::Source {
+                node: NodeId([6; 32]),
+                addr: "203.0.113.6:7001".parse().unwrap(),
+                reachable: Some(false),
+                via: Some(via.parse().unwrap()),
+            },
+            file: record(1),
+            score: 1.0,
+        };
+        let hits = vec![hit("0.0.0.0:7700"), hit("198.51.100.2:7700")];
+        leaf.handle_message(
+            t0,
+            7,
+            Message::QueryHits(wire::QueryHits {
+                query: query.id,
+                hits,
+            }),
+        );
+        let Some(LeafEvent::Hits { hits, .. }) = leaf.poll_event() else {
+            panic!("hits expected");
+        };
+        let via: Vec<String> = hits
+            .iter()
+            .map(|h| h.source.via.unwrap().to_string())
+            .collect();
+        assert_eq!(via, ["10.0.0.1:7700", "198.51.100.2:7700"]);
+        // A leaf that serves nobody has nothing to connect back with.
+        let (mut quiet, t0) = attached_leaf(None);
+        quiet.handle_message(t0, 7, back(11));
+        assert_eq!(quiet.poll_event(), None);
     }
 
     #[test]

@@ -69,6 +69,18 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         self
     }
 
+    /// The same reader over `f(inner)`, keeping what is buffered and the limits: to wrap the
+    /// stream once its first frame has said what the connection is for.
+    pub fn map_inner<S>(self, f: impl FnOnce(R) -> S) -> FrameReader<S> {
+        FrameReader {
+            inner: f(self.inner),
+            buf: self.buf,
+            start: self.start,
+            end: self.end,
+            max: self.max,
+        }
+    }
+
     /// The next value that `decode` finds, `Ok(None)` at a clean end of stream.
     pub async fn read_with<T>(
         &mut self,

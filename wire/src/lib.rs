@@ -176,7 +176,14 @@ mod tests {
             (
                 arb_bytes::<16>(),
                 prop::collection::vec(
-                    (arb_bytes::<32>(), arb_addr(), arb_record(), -1e6f32..1e6),
+                    (
+                        arb_bytes::<32>(),
+                        arb_addr(),
+                        arb_record(),
+                        -1e6f32..1e6,
+                        any::<Option<bool>>(),
+                        prop::option::of(arb_addr())
+                    ),
                     0..4
                 )
             )
@@ -184,10 +191,12 @@ mod tests {
                     query: QueryId(q),
                     hits: hits
                         .into_iter()
-                        .map(|(node, addr, file, score)| Hit {
+                        .map(|(node, addr, file, score, reachable, via)| Hit {
                             source: Source {
                                 node: NodeId(node),
-                                addr
+                                addr,
+                                reachable,
+                                via
                             },
                             file,
                             score
@@ -213,6 +222,24 @@ mod tests {
                 }),
             (any::<u32>(), ".{0,40}")
                 .prop_map(|(request, reason)| Message::BrowseRefused { request, reason }),
+            (arb_bytes::<32>(), any::<u64>()).prop_map(|(node, token)| Message::ConnectToMe {
+                node: NodeId(node),
+                token
+            }),
+            (any::<u64>(), prop::option::of(".{0,40}"))
+                .prop_map(|(token, error)| Message::ConnectAsked { token, error }),
+            (arb_bytes::<32>(), arb_addr(), any::<u64>()).prop_map(|(node, addr, token)| {
+                Message::ConnectBack {
+                    node: NodeId(node),
+                    addr,
+                    token,
+                }
+            }),
+            any::<u64>().prop_map(|token| Message::Reversed { token }),
+            (arb_addr(), any::<bool>()).prop_map(|(observed, reachable)| Message::Reachability {
+                observed,
+                reachable
+            }),
             (any::<u32>(), arb_bytes::<32>()).prop_map(|(request, id)| Message::GetManifest {
                 request,
                 id: FileId(id)

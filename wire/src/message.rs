@@ -245,8 +245,17 @@ pub struct Query {
 pub struct Source {
     /// The leaf's node id.
     pub node: NodeId,
-    /// Where the leaf serves chunks.
+    /// Where the leaf serves chunks: the address its super-peer sees it at, on the port it
+    /// names.
     pub addr: SocketAddr,
+    /// Whether its super-peer could connect to that address (None: not known yet). A leaf
+    /// that cannot be reached is asked to connect out instead ([`Message::ConnectToMe`]).
+    #[serde(default)]
+    pub reachable: Option<bool>,
+    /// The listen address of the super-peer that holds the leaf, which relays requests for a
+    /// connection back.
+    #[serde(default)]
+    pub via: Option<SocketAddr>,
 }
 
 /// One file found by a query.
@@ -414,6 +423,46 @@ pub enum Message {
         request: u32,
         /// The first file wanted.
         offset: u32,
+    },
+    /// To a super-peer, on a connection with [`Role::Transfer`]: ask its leaf `node` to
+    /// connect to the sender (at the address the super-peer sees it at, on the port of its
+    /// Hello's `listen`), naming `token`. Answered with [`Message::ConnectAsked`].
+    ConnectToMe {
+        /// The leaf asked to connect.
+        node: NodeId,
+        /// Names the connection when it arrives ([`Message::Reversed`]).
+        token: u64,
+    },
+    /// The super-peer's answer to [`Message::ConnectToMe`]: the leaf was asked, or why not.
+    ConnectAsked {
+        /// The request's token.
+        token: u64,
+        /// Why the leaf was not asked (None: it was).
+        error: Option<String>,
+    },
+    /// From a super-peer to its leaf: connect to `addr`, whose key is that of `node`, and
+    /// serve it as if it had connected, naming `token` first.
+    ConnectBack {
+        /// Who asked (its key is checked by the handshake).
+        node: NodeId,
+        /// Where it is, as the super-peer sees it.
+        addr: SocketAddr,
+        /// Sent back in [`Message::Reversed`].
+        token: u64,
+    },
+    /// The first message on a connection made because of [`Message::ConnectBack`]: the
+    /// connecting node serves chunks on it, and the other side asks.
+    Reversed {
+        /// The token of the request.
+        token: u64,
+    },
+    /// From a super-peer to a leaf: the address it sees the leaf's listen port at, and whether
+    /// a connection to it got through.
+    Reachability {
+        /// The leaf's listen address as others should reach it.
+        observed: SocketAddr,
+        /// Whether the super-peer's connection to it was accepted.
+        reachable: bool,
     },
     /// A page of a leaf's shares: files `offset..offset + files.len()` of `total`.
     Listing {
@@ -602,6 +651,11 @@ impl Message {
             Message::GetBitfield { .. } => "GetBitfield",
             Message::Browse { .. } => "Browse",
             Message::Listing { .. } => "Listing",
+            Message::ConnectToMe { .. } => "ConnectToMe",
+            Message::ConnectAsked { .. } => "ConnectAsked",
+            Message::ConnectBack { .. } => "ConnectBack",
+            Message::Reversed { .. } => "Reversed",
+            Message::Reachability { .. } => "Reachability",
             Message::BrowseRefused { .. } => "BrowseRefused",
             Message::Bitfield { .. } => "Bitfield",
             Message::Have { .. } => "Have",

@@ -64,6 +64,7 @@ use crate::part::{
 };
 pub use crate::part::{discard_partial, safe_file_name, STATE_SUFFIX};
 use crate::rate::RateLimit;
+use crate::reverse::Accepted;
 use source::SourceConn;
 pub use types::{DownloadError, DownloadOptions, DownloadReport, Progress, SourceReport};
 
@@ -82,6 +83,13 @@ const MANIFEST_VOTES: usize = 3;
 pub type FindSources =
     Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Vec<SocketAddr>> + Send>> + Send + Sync>;
 
+/// For a source that may not accept connections: a connection it opens to us, asked for
+/// through its super-peer ([`crate::reverse`]). `None` when the source is dialled only.
+pub type ConnectBack = Arc<dyn Fn(SocketAddr) -> Option<BackFuture> + Send + Sync>;
+
+/// A connection back being asked for and awaited.
+pub type BackFuture = Pin<Box<dyn Future<Output = Result<Accepted, String>> + Send>>;
+
 /// One download to run.
 pub struct Job {
     /// This node's key pair (its id is sent in Hello).
@@ -98,6 +106,9 @@ pub struct Job {
     pub sources: Vec<SocketAddr>,
     /// Where to look for more.
     pub find: FindSources,
+    /// How to have a source that cannot be reached connect to us instead (tried beside
+    /// dialling it); `None`: sources are only dialled.
+    pub connect_back: Option<ConnectBack>,
     /// How long to go on with no source at all before giving up; `None`: wait indefinitely.
     pub give_up_after: Option<Duration>,
     /// With no source at the start and nothing of the file on disk: keep searching (as for a
@@ -218,7 +229,11 @@ async fn attempt(
             let opened = spawn_all(sources.iter().map(|&a| {
                 let (me, opts) = (job.me.clone(), job.opts.clone());
                 let listen = job.swarm.as_ref().and_then(|h| h.listen);
-                async move { (a, SourceConn::open(a, &me, listen, &opts, opened_at).await) }
+                let back = job.connect_back.as_ref().and_then(|ask| ask(a));
+                async move {
+                    let conn = SourceConn::connect(a, &me, listen, &opts, opened_at, back).await;
+                    (a, conn)
+                }
             }))
             .await;
             for (addr, r) in opened {

@@ -358,8 +358,11 @@ impl Run<'_> {
             self.s.epoch,
         );
         let inputs = self.inputs.clone();
+        // A source that may not accept connections is also asked to connect to us: the first
+        // connection made is the one used (Soulseek's order: direct and indirect at once).
+        let back = self.s.job.connect_back.as_ref().and_then(|ask| ask(addr));
         let task = smol::spawn(async move {
-            let conn = SourceConn::open(addr, &me, listen, &opts, epoch).await;
+            let conn = SourceConn::connect(addr, &me, listen, &opts, epoch, back).await;
             let _ = inputs.send(Input::Connected(n, conn.map(Box::new))).await;
         });
         if let Some(src) = self.sources.get_mut(&n) {

@@ -23,7 +23,10 @@ use transport::secure::{SecureReader, SecureWriter};
 use wire::{FileId, Hello, Manifest, Message, NodeId, Role};
 
 use super::types::DownloadOptions;
+use super::BackFuture;
 use crate::rate::RateLimit;
+use crate::reverse::Accepted;
+use std::future::Future;
 
 /// A source that does not take a message within this time is not reading: dropped.
 const SEND_TIMEOUT: Duration = Duration::from_secs(10);
@@ -89,18 +92,91 @@ impl SourceConn {
         let stream = connect_secure(addr, me, opts.connect_timeout)
             .await
             .map_err(|e| e.to_string())?;
-        let peer = stream.peer;
+        let reader = FrameReader::new(stream.reader);
+        Self::hello(
+            addr,
+            stream.peer,
+            reader,
+            stream.writer,
+            me,
+            listen,
+            opts,
+            epoch,
+        )
+        .await
+    }
+
+    /// Dials `addr`; with `back` (a source that may not accept connections), also waits for
+    /// the source to connect to us, and takes whichever connection comes first (Soulseek's
+    /// order: direct and indirect at once).
+    pub(super) async fn connect(
+        addr: SocketAddr,
+        me: &Identity,
+        listen: Option<SocketAddr>,
+        opts: &DownloadOptions,
+        epoch: Instant,
+        back: Option<BackFuture>,
+    ) -> Result<Self, String> {
+        let direct = Self::open(addr, me, listen, opts, epoch);
+        match back {
+            None => direct.await,
+            Some(back) => {
+                let reverse = async {
+                    let conn = back.await?;
+                    Self::accepted(addr, conn, me, listen, opts, epoch).await
+                };
+                first_ok(direct, reverse).await
+            }
+        }
+    }
+
+    /// A connection the source at `addr` opened to us, as asked ([`crate::reverse`]): the
+    /// Hellos are exchanged as if we had dialled.
+    pub(super) async fn accepted(
+        addr: SocketAddr,
+        conn: Accepted,
+        me: &Identity,
+        listen: Option<SocketAddr>,
+        opts: &DownloadOptions,
+        epoch: Instant,
+    ) -> Result<Self, String> {
+        // It carries chunks from now on: the full frame limits.
+        let reader = conn.reader.limited(wire::MAX_BODY, wire::MAX_PAYLOAD);
+        Self::hello(
+            addr,
+            conn.peer,
+            reader,
+            conn.writer,
+            me,
+            listen,
+            opts,
+            epoch,
+        )
+        .await
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn hello(
+        addr: SocketAddr,
+        peer: NodeId,
+        reader: FrameReader<SecureReader<TcpStream>>,
+        writer: SecureWriter<TcpStream>,
+        me: &Identity,
+        listen: Option<SocketAddr>,
+        opts: &DownloadOptions,
+        epoch: Instant,
+    ) -> Result<Self, String> {
         let last_byte = Arc::new(AtomicU64::new(epoch.elapsed().as_millis() as u64));
         let mut conn = SourceConn {
             addr,
             node: peer,
-            reader: FrameReader::new(Stamped {
-                inner: stream.reader,
+            reader: reader.map_inner(|inner| Stamped {
+                inner,
                 epoch,
                 last: last_byte.clone(),
             }),
             last_byte,
-            writer: stream.writer,
+            writer,
             scratch: Vec::new(),
         };
         conn.send(&Message::Hello(Hello::new(
@@ -217,4 +293,43 @@ fn read_failure(e: ReadError) -> String {
         ReadError::Decode(e) => format!("sent an invalid message: {e}"),
         other => format!("connection lost: {other}"),
     }
+}
+
+/// The first of `a` and `b` to succeed; if both fail, both reasons.
+async fn first_ok<T>(
+    a: impl Future<Output = Result<T, String>>,
+    b: impl Future<Output = Result<T, String>>,
+) -> Result<T, String> {
+    let (mut a, mut b) = (Box::pin(a), Box::pin(b));
+    let (mut a_err, mut b_err): (Option<String>, Option<String>) = (None, None);
+    loop {
+        let next = smol::future::or(
+            async {
+                match a_err {
+                    None => Either::A(a.as_mut().await),
+                    Some(_) => std::future::pending().await,
+                }
+            },
+            async {
+                match b_err {
+                    None => Either::B(b.as_mut().await),
+                    Some(_) => std::future::pending().await,
+                }
+            },
+        )
+        .await;
+        match next {
+            Either::A(Ok(t)) | Either::B(Ok(t)) => return Ok(t),
+            Either::A(Err(e)) => a_err = Some(e),
+            Either::B(Err(e)) => b_err = Some(e),
+        }
+        if let (Some(a), Some(b)) = (&a_err, &b_err) {
+            return Err(format!("{a}; connecting back: {b}"));
+        }
+    }
+}
+
+enum Either<T> {
+    A(T),
+    B(T),
 }

@@ -248,6 +248,7 @@ impl Node {
             out_dir: out.to_path_buf(),
             sources,
             find,
+            connect_back: Some(self.connect_back()),
             give_up_after: self.inner.give_up_after,
             wait_for_sources,
             opts: self.inner.download_options.clone(),

@@ -268,6 +268,8 @@ pub const DEFAULT_WISH_INTERVAL: Duration = Duration::from_secs(15 * 60);
 
 /// QueryHits messages held for a search that its reader has not taken yet.
 const SEARCH_BACKLOG: usize = 256;
+/// How long a download waits for a source it asked to connect back.
+const CONNECT_BACK_WAIT: Duration = Duration::from_secs(10);
 
 impl Node {
     /// Starts a node: identity, share cache, chunk server, super-peer links, control socket.
@@ -344,6 +346,7 @@ impl Node {
             spread: Spread::default(),
             upload_cap: RateLimit::new(config.upload_rate),
             browsable: config.browsable,
+            reverse: Default::default(),
         });
         let inner = Arc::new(Inner {
             state,
@@ -634,6 +637,9 @@ impl Node {
         let hits = collect_hits(&rx, wait, Some(Duration::from_millis(100))).await;
         self.end_search(qid);
         let mut seen = Vec::new();
+        for h in &hits {
+            self.inner.state.reverse.note(&h.source);
+        }
         Ok(hits
             .into_iter()
             .filter(|h| h.file.id == id && h.source.node != self.inner.state.node_id)
@@ -643,6 +649,28 @@ impl Node {
                 fresh
             })
             .collect())
+    }
+
+    /// For the downloads: a connection back from a source that may not be reachable, through
+    /// the super-peer its hit named.
+    pub(super) fn connect_back(&self) -> download::ConnectBack {
+        let state = self.inner.state.clone();
+        Arc::new(move |addr| {
+            let route = state.reverse.route(addr)?;
+            let state = state.clone();
+            Some(Box::pin(async move {
+                let reach = state.role.load().reach.map(|r| r.reachable);
+                crate::reverse::connect_via(
+                    &state.reverse,
+                    &state.identity,
+                    state.listen,
+                    reach,
+                    route,
+                    CONNECT_BACK_WAIT,
+                )
+                .await
+            }))
+        })
     }
 
     /// The node ids this node granted an upload slot to, in order (the last 1000).
@@ -660,6 +688,7 @@ impl Node {
             role_reason: role.why,
             listen: self.inner.state.listen,
             superpeers: role.links,
+            reach: role.reach,
             hosts: role.hosts,
             superpeer: role.superpeer,
             events: role.events.into_iter().collect(),

@@ -51,6 +51,8 @@ fn result(n: u8, name: &str, size: u64, sources: usize, artist: Option<&str>) ->
             .map(|i| Source {
                 node: NodeId([i as u8; 32]),
                 addr: ([127, 0, 0, 1], 9000 + i as u16).into(),
+                reachable: Some(true),
+                via: None,
             })
             .collect(),
         score: 10.0 - n as f32,
@@ -88,6 +90,10 @@ fn status() -> StatusReport {
             connected: true,
             node: None,
         }],
+        reach: Some(crate::control::Reach {
+            observed: "203.0.113.4:4000".parse().unwrap(),
+            reachable: true,
+        }),
         folders: vec![PathBuf::from("/home/me/Music")],
         folder_stats: vec![crate::control::FolderStats {
             folder: PathBuf::from("/home/me/Music"),
@@ -439,6 +445,7 @@ fn every_tab_fits_80_by_24_with_tabs_and_footer() {
     let s = screen(&app, 80, 24);
     assert!(contains(&s, "super-peer — attached to 1 super-peer"));
     assert!(contains(&s, "3 super-peers known"));
+    assert!(contains(&s, "yes, at 203.0.113.4:4000"));
     assert!(contains(&s, "attached to 127.0.0.1:7700"));
     app.on_key(key(KeyCode::Char('3')));
     let s = screen(&app, 80, 24);

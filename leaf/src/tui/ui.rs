@@ -477,6 +477,21 @@ fn render_network(app: &App, f: &mut Frame, area: Rect) {
             Span::raw(s.listen.map_or("nothing".into(), |a| a.to_string())),
         ]),
         Line::from(vec![
+            label("reachable"),
+            match s.reach {
+                Some(r) if r.reachable => Span::raw(format!("yes, at {}", r.observed)),
+                Some(r) => Span::styled(
+                    format!(
+                        "no (a super-peer could not connect to {}): downloaders ask this \
+                         node to connect to them",
+                        r.observed
+                    ),
+                    Color::Yellow,
+                ),
+                None => Span::raw("not known yet"),
+            },
+        ]),
+        Line::from(vec![
             label("super-peers"),
             Span::raw(if s.superpeers.is_empty() {
                 "none attached".to_string()

@@ -754,7 +754,9 @@ impl Sim {
                             LeafEvent::Promote { .. } => todo.push(Out::Role(NodeRole::SuperPeer)),
                             LeafEvent::Attached { .. }
                             | LeafEvent::Detached { .. }
-                            | LeafEvent::Hits { .. } => {}
+                            | LeafEvent::Hits { .. }
+                            // The simulation moves no chunks.
+                            | LeafEvent::ConnectBack { .. } => {}
                         }
                     }
                 }

@@ -23,6 +23,9 @@ pub struct Config {
     pub hello_timeout: Duration,
     /// The most hits one super-peer returns for one query from its own index.
     pub max_local_hits: usize,
+    /// Requests for a connection back ([`wire::Message::ConnectToMe`]) one requester connection
+    /// may make before it is dropped.
+    pub max_connect_requests: u32,
     /// The most hits carried in one QueryHits message.
     pub hits_per_message: usize,
     /// The most hits routed back for one query, from everyone; later ones are dropped.
@@ -142,6 +145,7 @@ impl Default for Config {
             idle_timeout: Duration::from_secs(60),
             hello_timeout: Duration::from_secs(10),
             max_local_hits: 200,
+            max_connect_requests: 64,
             max_hits_per_query: 1000,
             hits_per_message: 100,
             agent: concat!("canopy/", env!("CARGO_PKG_VERSION")).to_string(),

@@ -71,13 +71,25 @@ impl SuperPeer {
     }
 
     /// The result of an [`Event::CheckReachable`].
+    /// The leaf is told what we found, and at which address.
     pub fn handle_reachable(&mut self, _now: Instant, conn: ConnId, ok: bool) {
         if let Some(Conn {
-            state: PeerState::Leaf { reachable, .. },
+            state: PeerState::Leaf {
+                reachable, source, ..
+            },
             ..
         }) = self.conns.get_mut(&conn)
         {
             *reachable = Some(ok);
+            if let Some(observed) = *source {
+                self.send(
+                    conn,
+                    Message::Reachability {
+                        observed,
+                        reachable: ok,
+                    },
+                );
+            }
         }
     }
 

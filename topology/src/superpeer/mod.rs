@@ -166,6 +166,16 @@ pub struct Stats {
     pub dynamic_queries: u64,
 }
 
+/// A super-peer's address `via` as a hit names it, passed on by `from`: an unspecified IP
+/// (a super-peer listening on every interface names itself so) means `from`'s.
+pub fn seen_at(via: SocketAddr, from: SocketAddr) -> SocketAddr {
+    if via.ip().is_unspecified() {
+        SocketAddr::new(from.ip(), via.port())
+    } else {
+        via
+    }
+}
+
 /// What a connection is, once its peer has said Hello.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum PeerState {
@@ -184,6 +194,13 @@ enum PeerState {
     SuperPeer {
         node: NodeId,
         listen: Option<SocketAddr>,
+    },
+    /// A node (Hello role Transfer) asking for connections back from our leaves
+    /// ([`Message::ConnectToMe`]); it is reached at `back` (None: it named no port).
+    Requester {
+        node: NodeId,
+        back: Option<SocketAddr>,
+        asked: u32,
     },
 }
 
@@ -375,7 +392,7 @@ impl SuperPeer {
                 self.events.push_back(Event::NeighbourGone { conn });
                 self.routes.neighbour_gone(now, &self.config, conn);
             }
-            PeerState::AwaitingHello => {}
+            PeerState::AwaitingHello | PeerState::Requester { .. } => {}
         }
     }
 
@@ -464,7 +481,10 @@ impl SuperPeer {
                 self.on_query(now, conn, query);
             }
             (PeerState::SuperPeer { .. }, Message::Query(query)) => self.on_query(now, conn, query),
-            (PeerState::SuperPeer { .. }, Message::QueryHits(hits)) => {
+            (PeerState::SuperPeer { .. }, Message::QueryHits(mut hits)) => {
+                for h in &mut hits.hits {
+                    h.source.via = h.source.via.map(|v| seen_at(v, remote));
+                }
                 self.on_hits(now, Some(conn), hits)
             }
             (PeerState::SuperPeer { .. }, Message::RouteTable { bits, slots, depth }) => {
@@ -478,6 +498,9 @@ impl SuperPeer {
                 if let Err(e) = routes.handle_patch(now, &mut out, conn, &flips.0, depth) {
                     self.protocol_error(conn, e.to_string());
                 }
+            }
+            (PeerState::Requester { .. }, Message::ConnectToMe { node, token }) => {
+                self.on_connect_to_me(conn, node, token)
             }
             (PeerState::SuperPeer { listen, .. }, Message::Hosts { hosts }) => {
                 // As many as we send: more from one message is not news but a push.
@@ -520,13 +543,19 @@ impl SuperPeer {
                 let PeerState::Leaf {
                     node,
                     source: Some(addr),
+                    reachable,
                     ..
                 } = c.state
                 else {
                     return None;
                 };
                 Some(Hit {
-                    source: Source { node, addr },
+                    source: Source {
+                        node,
+                        addr,
+                        reachable,
+                        via: self.listen,
+                    },
                     file,
                     score,
                 })
@@ -647,6 +676,7 @@ impl SuperPeer {
         match self.conns.get(&conn).map(|c| &c.state) {
             Some(PeerState::Leaf { .. }) => "leaf",
             Some(PeerState::SuperPeer { .. }) => "super-peer",
+            Some(PeerState::Requester { .. }) => "requester",
             _ => "new",
         }
     }
@@ -754,9 +784,12 @@ impl SuperPeer {
                     listen: hello.listen,
                 }
             }
-            Role::Transfer => {
-                return self.protocol_error(conn, "a super-peer serves no transfers".into())
-            }
+            // It may only ask for connections back, to the address we see it at.
+            Role::Transfer => PeerState::Requester {
+                node: hello.node,
+                back: hello.listen.map(|l| SocketAddr::new(remote.ip(), l.port())),
+                asked: 0,
+            },
         };
         log::debug!(
             "{conn} from {remote} is {:?} {}",
@@ -766,6 +799,49 @@ impl SuperPeer {
         if let Some(c) = self.conns.get_mut(&conn) {
             c.state = state;
         }
+    }
+
+    /// A requester asks that our leaf `node` connect to it: passed on with the address we see
+    /// the requester at, and answered either way. A requester asking too often is dropped.
+    fn on_connect_to_me(&mut self, conn: ConnId, target: NodeId, token: u64) {
+        let Some(Conn {
+            state:
+                PeerState::Requester {
+                    node: requester,
+                    back,
+                    asked,
+                },
+            ..
+        }) = self.conns.get_mut(&conn)
+        else {
+            return;
+        };
+        *asked += 1;
+        if *asked > self.config.max_connect_requests {
+            let limit = self.config.max_connect_requests;
+            return self.protocol_error(conn, format!("more than {limit} ConnectToMe"));
+        }
+        let (back, requester) = (*back, *requester);
+        let leaf = self.conns.iter().find_map(|(&c, l)| match l.state {
+            PeerState::Leaf { node, .. } if node == target && !l.closing => Some(c),
+            _ => None,
+        });
+        let error = match (back, leaf) {
+            (None, _) => Some("no listen port to connect back to".to_string()),
+            (_, None) => Some(format!("leaf {} is not attached here", target.short())),
+            (Some(addr), Some(leaf)) => {
+                self.send(
+                    leaf,
+                    Message::ConnectBack {
+                        node: requester,
+                        addr,
+                        token,
+                    },
+                );
+                None
+            }
+        };
+        self.send(conn, Message::ConnectAsked { token, error });
     }
 
     /// If another connection already links us to super-peer `node`, the one of the two to

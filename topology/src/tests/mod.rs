@@ -633,6 +633,8 @@ fn hits_off_the_querys_path_or_over_the_cap_are_dropped() {
                 source: wire::Source {
                     node: NodeId([i; 32]),
                     addr: "10.0.1.1:6000".parse().unwrap(),
+                    reachable: None,
+                    via: None,
                 },
                 file: record(&format!("{i}.mp3"), i),
                 score: 1.0,
@@ -693,4 +695,141 @@ fn inbound_neighbours_past_the_cap_are_redirected() {
         .map(|t| t.to)
         .collect();
     assert_eq!(redirected, vec![3]);
+}
+
+#[test]
+fn a_leaf_that_cannot_be_reached_is_asked_to_connect_back_to_the_address_seen() {
+    let mut net = Net::new(1);
+    let listen: std::net::SocketAddr = "198.51.100.1:7700".parse().unwrap();
+    let clock = RoleClock::new(net.now, NodeRole::SuperPeer, RoleConfig::default());
+    net.sps[0] = SuperPeer::new(net.now, NodeId([1; 32]), Some(listen), flooding(), clock);
+    let (asker, _) = net.add_leaf(0, vec![]);
+    let (behind, conn) = net.add_leaf(0, vec![record("behind nat.flac", 7)]);
+    let behind_node = NodeId([100 + behind as u8; 32]);
+    // The dial-back failed: the leaf hears so, with the address it was tried at.
+    net.sps[0].handle_reachable(net.now, conn, false);
+    net.run();
+    let told = net.inbox[behind].iter().any(|m| {
+        *m == Message::Reachability {
+            observed: "127.0.0.1:9000".parse().unwrap(),
+            reachable: false,
+        }
+    });
+    assert!(told, "{:?}", net.inbox[behind]);
+    // Its hits say so, and name the super-peer that holds it.
+    net.leaf_query(asker, 1, 2, "behind");
+    let source = net.inbox[asker]
+        .iter()
+        .find_map(|m| match m {
+            Message::QueryHits(h) => Some(h.hits[0].source.clone()),
+            _ => None,
+        })
+        .expect("a hit");
+    assert_eq!(source.reachable, Some(false));
+    assert_eq!(source.via, Some(listen));
+
+    // A requester (Hello role Transfer) asks for a connection back; the leaf is told where
+    // the requester is as the super-peer sees it, on the port it named.
+    let requester = |net: &mut Net, listen: Option<&str>| {
+        let r = net.inbox.len();
+        net.inbox.push(Vec::new());
+        let c = net.conn();
+        net.links.insert(End::Sp(0, c), End::Leaf(r));
+        net.links.insert(End::Leaf(r), End::Sp(0, c));
+        net.sps[0].handle_connect(net.now, c, "203.0.113.9:40000".parse().unwrap(), false);
+        let hello = Hello::new(
+            NodeId([50; 32]),
+            Role::Transfer,
+            listen.map(|l| l.parse().unwrap()),
+            "test",
+        );
+        net.queue.push_back((End::Sp(0, c), Message::Hello(hello)));
+        net.run();
+        // Our Hello answers its own.
+        assert!(matches!(net.inbox[r].pop(), Some(Message::Hello(_))));
+        (r, c)
+    };
+    let (r, rc) = requester(&mut net, Some("0.0.0.0:7001"));
+    let ask = |net: &mut Net, c: ConnId, node: NodeId, token: u64| {
+        net.queue
+            .push_back((End::Sp(0, c), Message::ConnectToMe { node, token }));
+        net.run();
+    };
+    ask(&mut net, rc, behind_node, 77);
+    assert!(net.inbox[behind].contains(&Message::ConnectBack {
+        node: NodeId([50; 32]),
+        addr: "203.0.113.9:7001".parse().unwrap(),
+        token: 77,
+    }));
+    assert_eq!(
+        net.inbox[r],
+        vec![Message::ConnectAsked {
+            token: 77,
+            error: None
+        }]
+    );
+    // A leaf not attached here: a clear answer, not silence.
+    ask(&mut net, rc, NodeId([222; 32]), 78);
+    assert!(matches!(
+        &net.inbox[r][1],
+        Message::ConnectAsked { token: 78, error: Some(e) } if e.contains("not attached here")
+    ));
+    // A requester with no port to connect back to is told so, and the leaf hears nothing.
+    let before = net.inbox[behind].len();
+    let (r2, rc2) = requester(&mut net, None);
+    ask(&mut net, rc2, behind_node, 79);
+    assert!(matches!(
+        &net.inbox[r2][0],
+        Message::ConnectAsked { token: 79, error: Some(e) } if e.contains("no listen port")
+    ));
+    assert_eq!(net.inbox[behind].len(), before);
+    // A requester may not search, and one that asks without end is dropped.
+    let (_, rc3) = requester(&mut net, Some("0.0.0.0:7002"));
+    for token in 0..=u64::from(flooding().max_connect_requests) {
+        ask(&mut net, rc3, behind_node, token);
+    }
+    assert!(
+        net.closed
+            .iter()
+            .any(|(_, c, why)| *c == rc3 && why.contains("ConnectToMe")),
+        "{:?}",
+        net.closed
+    );
+    net.queue.push_back((
+        End::Sp(0, rc),
+        Message::Query(Query {
+            id: QueryId([9; 16]),
+            ttl: 2,
+            hops: 0,
+            search: words("behind"),
+        }),
+    ));
+    net.run();
+    assert!(net
+        .closed
+        .iter()
+        .any(|(_, c, why)| *c == rc && why.contains("unexpected Query on a requester")));
+}
+
+#[test]
+fn a_hit_names_its_super_peer_at_the_address_the_next_hop_sees_it_at() {
+    let mut net = Net::new(2);
+    // The super-peer holding the source listens on every interface, as most do.
+    let clock = RoleClock::new(net.now, NodeRole::SuperPeer, RoleConfig::default());
+    let any: std::net::SocketAddr = "0.0.0.0:7700".parse().unwrap();
+    net.sps[1] = SuperPeer::new(net.now, NodeId([2; 32]), Some(any), flooding(), clock);
+    net.link_sps(0, 1);
+    let (asker, _) = net.add_leaf(0, vec![]);
+    net.add_leaf(1, vec![record("far away.ogg", 3)]);
+    net.leaf_query(asker, 1, 2, "far");
+    let via: Vec<_> = net.inbox[asker]
+        .iter()
+        .filter_map(|m| match m {
+            Message::QueryHits(h) => Some(h.hits.iter().map(|h| h.source.via)),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    // Net links every pair of super-peers from 127.0.0.1.
+    assert_eq!(via, vec![Some("127.0.0.1:7700".parse().unwrap())]);
 }

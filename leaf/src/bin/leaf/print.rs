@@ -188,6 +188,16 @@ pub(crate) fn print_status(s: &control::StatusReport) {
         Some(a) => say!("serving   {a}"),
         None => say!("serving   nothing (no node runs for this data directory)"),
     }
+    match s.reach {
+        Some(r) if r.reachable => say!("reachable at {}", r.observed),
+        Some(r) => say!(
+            "reachable no: a super-peer could not connect to {} (behind NAT or a firewall?); \
+             downloaders ask it to connect to them instead",
+            r.observed
+        ),
+        None if s.listen.is_some() => say!("reachable not known yet"),
+        None => {}
+    }
     for l in &s.superpeers {
         let state = if l.connected {
             "connected"

@@ -1,0 +1,399 @@
+//! Connections the other way round, for sources that cannot be reached (behind a NAT or a
+//! firewall that drops what comes in).
+//!
+//! Soulseek's indirect connections and Gnutella's PUSH, over Canopy's super-peers:
+//! - A hit names the super-peer that holds its leaf (`via`) and whether that super-peer could
+//!   connect to the leaf ([`wire::Source::reachable`]). [`Reverse::note`] keeps these routes.
+//! - To fetch from such a source, the downloader opens a short connection to `via` (Hello role
+//!   Transfer, naming its own listen port) and sends [`Message::ConnectToMe`] with a random
+//!   token ([`connect_via`]). The super-peer passes it on to its leaf as
+//!   [`Message::ConnectBack`], with the downloader's address as the super-peer sees it, never
+//!   as the downloader claims it.
+//! - The source connects out, proves its key in the Noise handshake, and sends
+//!   [`Message::Reversed`] with the token first ([`crate::upload::serve_connect_back`]). The
+//!   downloader's listener hands that connection to the download waiting for the token
+//!   ([`Reverse::arrived`]) only if the key is the source's; the same encrypted session then
+//!   serves chunks as if the downloader had dialled.
+//!
+//! Where the downloader cannot accept connections either, this cannot work (that needs hole
+//! punching or a relay): [`connect_via`] says so at once instead of timing out.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use smol::channel::{self, Receiver, Sender};
+use smol::net::TcpStream;
+use transport::identity::Identity;
+use transport::net::{connect_secure, write_message_within, FrameReader};
+use transport::secure::{SecureReader, SecureWriter};
+use wire::{Hello, Message, NodeId, Role};
+
+/// Routes kept (the most recent sources seen in hits).
+const ROUTES_KEPT: usize = 4096;
+/// Connections back this node makes at once, when asked; more requests are dropped.
+pub(crate) const MAX_CONNECT_BACKS: usize = 16;
+
+/// A connection a source opened to us because we asked, past its [`Message::Reversed`].
+pub struct Accepted {
+    /// Reads what the source sends (its first frame taken).
+    pub reader: FrameReader<SecureReader<TcpStream>>,
+    /// Writes to it.
+    pub writer: SecureWriter<TcpStream>,
+    /// Its node id, proved by its key.
+    pub peer: NodeId,
+    /// Where it came from.
+    pub remote: SocketAddr,
+}
+
+/// How to reach a source that may not accept connections, as a hit told it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Route {
+    /// The source's node id.
+    pub(crate) node: NodeId,
+    /// The super-peer holding it.
+    pub(crate) via: SocketAddr,
+    /// Whether that super-peer could connect to it.
+    pub(crate) reachable: Option<bool>,
+}
+
+/// The node's routes to sources and the connections back it waits for.
+#[derive(Default)]
+pub(crate) struct Reverse {
+    routes: Mutex<Routes>,
+    waiting: Mutex<HashMap<u64, (NodeId, Sender<Accepted>)>>,
+    /// Connections back being made now (the source side).
+    connecting: AtomicUsize,
+}
+
+#[derive(Default)]
+struct Routes {
+    by_addr: HashMap<SocketAddr, Route>,
+    order: VecDeque<SocketAddr>,
+}
+
+impl Reverse {
+    /// Keeps the route a hit gives to its source (the newest [`ROUTES_KEPT`]).
+    pub(crate) fn note(&self, source: &wire::Source) {
+        let Some(via) = source.via else { return };
+        let route = Route {
+            node: source.node,
+            via,
+            reachable: source.reachable,
+        };
+        let mut routes = self.routes.lock().unwrap();
+        if routes.by_addr.insert(source.addr, route).is_none() {
+            routes.order.push_back(source.addr);
+            while routes.order.len() > ROUTES_KEPT {
+                if let Some(old) = routes.order.pop_front() {
+                    routes.by_addr.remove(&old);
+                }
+            }
+        }
+    }
+
+    /// The route to the source at `addr`, when one is known and the source might not be
+    /// reachable directly.
+    pub(crate) fn route(&self, addr: SocketAddr) -> Option<Route> {
+        let routes = self.routes.lock().unwrap();
+        routes
+            .by_addr
+            .get(&addr)
+            .copied()
+            .filter(|r| r.reachable != Some(true))
+    }
+
+    /// Waits for a connection back from `node`: its token, and where it will arrive.
+    fn expect(&self, node: NodeId) -> (u64, Receiver<Accepted>) {
+        let (tx, rx) = channel::bounded(1);
+        let mut waiting = self.waiting.lock().unwrap();
+        let token = loop {
+            let t: u64 = rand::random();
+            if !waiting.contains_key(&t) {
+                break t;
+            }
+        };
+        waiting.insert(token, (node, tx));
+        (token, rx)
+    }
+
+    fn forget(&self, token: u64) {
+        self.waiting.lock().unwrap().remove(&token);
+    }
+
+    /// A connection named `token` arrived: it goes to the download waiting for it, if its key
+    /// is that of the source asked. Otherwise it is refused (and dropped).
+    pub(crate) fn arrived(&self, token: u64, conn: Accepted) -> Result<(), String> {
+        let mut waiting = self.waiting.lock().unwrap();
+        match waiting.get(&token) {
+            None => Err(format!(
+                "token {token:016x} was never asked for (or is gone)"
+            )),
+            Some((node, _)) if *node != conn.peer => Err(format!(
+                "token {token:016x} was for node {}, not {}",
+                node.short(),
+                conn.peer.short()
+            )),
+            Some(_) => {
+                let (_, tx) = waiting.remove(&token).expect("just found");
+                tx.try_send(conn)
+                    .map_err(|_| "the download waiting for it is gone".to_string())
+            }
+        }
+    }
+
+    /// Takes a place for one connection back, if fewer than [`MAX_CONNECT_BACKS`] are being
+    /// made; the place is given back when the guard drops.
+    pub(crate) fn start_connect_back(&self) -> Option<ConnectBackGuard<'_>> {
+        let n = self.connecting.fetch_add(1, Ordering::AcqRel);
+        if n >= MAX_CONNECT_BACKS {
+            self.connecting.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(ConnectBackGuard(&self.connecting))
+    }
+}
+
+/// A place among the connections back being made.
+pub(crate) struct ConnectBackGuard<'a>(&'a AtomicUsize);
+
+impl Drop for ConnectBackGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Asks the super-peer holding `route.node` that it connect to us, and waits up to `limit`
+/// for the connection. `listen` is where we accept connections; `we_are_reachable` is what
+/// our super-peers found (None: not known).
+pub(crate) async fn connect_via(
+    reverse: &Reverse,
+    me: &Identity,
+    listen: Option<SocketAddr>,
+    we_are_reachable: Option<bool>,
+    route: Route,
+    limit: Duration,
+) -> Result<Accepted, String> {
+    let Some(listen) = listen else {
+        return Err("it cannot be reached, and this node accepts no connections".into());
+    };
+    if we_are_reachable == Some(false) {
+        return Err(
+            "it cannot be reached, and neither can this node (both behind NAT): no way to connect"
+                .into(),
+        );
+    }
+    let (token, rx) = reverse.expect(route.node);
+    let result = async {
+        ask(me, listen, route, token, limit).await?;
+        let arrived = smol::future::or(async { rx.recv().await.ok() }, async {
+            smol::Timer::after(limit).await;
+            None
+        })
+        .await;
+        arrived.ok_or_else(|| {
+            format!(
+                "asked through super-peer {} to connect back, but it did not within {limit:?}",
+                route.via
+            )
+        })
+    }
+    .await;
+    reverse.forget(token);
+    result
+}
+
+/// One request to the super-peer at `route.via`, answered with [`Message::ConnectAsked`].
+async fn ask(
+    me: &Identity,
+    listen: SocketAddr,
+    route: Route,
+    token: u64,
+    limit: Duration,
+) -> Result<(), String> {
+    let via = route.via;
+    let secure = connect_secure(via, me, limit)
+        .await
+        .map_err(|e| format!("super-peer {via}: {e}"))?;
+    let mut writer = secure.writer;
+    let mut scratch = Vec::new();
+    let hello = Hello::new(me.node(), Role::Transfer, Some(listen), crate::AGENT);
+    for msg in [
+        Message::Hello(hello),
+        Message::ConnectToMe {
+            node: route.node,
+            token,
+        },
+    ] {
+        write_message_within(&mut writer, &msg, &mut scratch, limit)
+            .await
+            .map_err(|e| format!("super-peer {via}: {e}"))?;
+    }
+    let mut reader = FrameReader::new(secure.reader).limited(wire::MAX_BODY, 0);
+    let answer = loop {
+        match reader.read_message_within(limit).await {
+            Ok(Message::Hello(h)) if h.role == Role::SuperPeer => {}
+            Ok(Message::ConnectAsked { token: t, error }) if t == token => break error,
+            Ok(Message::Goodbye { reason }) => {
+                return Err(format!("super-peer {via} said: {reason}"));
+            }
+            Ok(other) => {
+                return Err(format!(
+                    "super-peer {via} answered ConnectToMe with {}",
+                    other.kind()
+                ))
+            }
+            Err(e) => return Err(format!("super-peer {via}: {e}")),
+        }
+    };
+    let bye = Message::Goodbye {
+        reason: "asked".into(),
+    };
+    let _ = write_message_within(&mut writer, &bye, &mut scratch, Duration::from_secs(1)).await;
+    match answer {
+        None => Ok(()),
+        Some(e) => Err(format!(
+            "super-peer {via}: {}",
+            wire::text::terminal_safe(&e)
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn source(n: u8, reachable: Option<bool>) -> wire::Source {
+        wire::Source {
+            node: NodeId([n; 32]),
+            addr: SocketAddr::from(([10, 0, 0, n], 7001)),
+            reachable,
+            via: Some("198.51.100.1:7700".parse().unwrap()),
+        }
+    }
+
+    #[test]
+    fn routes_are_kept_for_sources_that_may_not_be_reachable_only() {
+        let r = Reverse::default();
+        r.note(&source(1, Some(false)));
+        r.note(&source(2, Some(true)));
+        r.note(&source(3, None));
+        r.note(&wire::Source {
+            via: None,
+            ..source(4, Some(false))
+        });
+        assert_eq!(
+            r.route(source(1, None).addr).map(|r| r.node),
+            Some(NodeId([1; 32]))
+        );
+        assert_eq!(r.route(source(2, None).addr), None, "reachable: dial it");
+        assert!(r.route(source(3, None).addr).is_some(), "unknown: try both");
+        assert_eq!(r.route(source(4, None).addr), None, "no super-peer named");
+        // Bounded.
+        for i in 0..ROUTES_KEPT + 10 {
+            r.note(&wire::Source {
+                addr: SocketAddr::from(([10, 1, (i >> 8) as u8, i as u8], 1)),
+                ..source(9, Some(false))
+            });
+        }
+        assert_eq!(r.routes.lock().unwrap().by_addr.len(), ROUTES_KEPT);
+        assert_eq!(r.route(source(1, None).addr), None, "the oldest went first");
+    }
+
+    #[test]
+    fn with_neither_side_reachable_the_reason_comes_at_once() {
+        let r = Reverse::default();
+        let me = Identity::generate();
+        let route = Route {
+            node: NodeId([1; 32]),
+            // Nothing listens there: any attempt to ask would fail differently, or hang.
+            via: "192.0.2.1:7700".parse().unwrap(),
+            reachable: Some(false),
+        };
+        let listen = Some("0.0.0.0:7002".parse().unwrap());
+        let limit = Duration::from_secs(30);
+        let started = std::time::Instant::now();
+        let err = smol::block_on(connect_via(&r, &me, listen, Some(false), route, limit))
+            .err()
+            .expect("refused");
+        assert!(err.contains("both behind NAT"), "{err}");
+        let err = smol::block_on(connect_via(&r, &me, None, None, route, limit))
+            .err()
+            .expect("refused");
+        assert!(err.contains("accepts no connections"), "{err}");
+        assert!(started.elapsed() < Duration::from_secs(5));
+        assert!(r.waiting.lock().unwrap().is_empty(), "no token left behind");
+    }
+
+    /// A real encrypted connection from `from` over loopback, as the downloader accepts it.
+    async fn accepted_from(from: &Identity, me: &Identity) -> Accepted {
+        let listener = smol::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let limit = Duration::from_secs(5);
+        let (dialled, accepted) = smol::future::zip(
+            async {
+                let s = TcpStream::connect(addr).await.unwrap();
+                transport::secure::connect(s, from, limit).await.unwrap()
+            },
+            async {
+                let (s, remote) = listener.accept().await.unwrap();
+                (
+                    transport::secure::accept(s, me, limit).await.unwrap(),
+                    remote,
+                )
+            },
+        )
+        .await;
+        drop(dialled);
+        let (secure, remote) = accepted;
+        Accepted {
+            reader: FrameReader::new(secure.reader),
+            writer: secure.writer,
+            peer: secure.peer,
+            remote,
+        }
+    }
+
+    #[test]
+    fn a_connection_back_goes_only_to_the_download_that_asked_the_source_it_came_from() {
+        smol::block_on(async {
+            let (me, source, stranger) = (
+                Identity::generate(),
+                Identity::generate(),
+                Identity::generate(),
+            );
+            let r = Reverse::default();
+            let (token, rx) = r.expect(source.node());
+            // Another node naming the token (it saw it, or guessed it) is refused.
+            let err = r
+                .arrived(token, accepted_from(&stranger, &me).await)
+                .unwrap_err();
+            assert!(err.contains("was for node"), "{err}");
+            // So is a token never asked for.
+            let err = r
+                .arrived(token ^ 1, accepted_from(&source, &me).await)
+                .unwrap_err();
+            assert!(err.contains("never asked for"), "{err}");
+            // The source itself gets through, once.
+            r.arrived(token, accepted_from(&source, &me).await).unwrap();
+            assert_eq!(rx.try_recv().unwrap().peer, source.node());
+            let err = r
+                .arrived(token, accepted_from(&source, &me).await)
+                .unwrap_err();
+            assert!(err.contains("never asked for"), "{err}");
+        });
+    }
+
+    #[test]
+    fn connections_back_are_bounded() {
+        let r = Reverse::default();
+        let held: Vec<_> = (0..MAX_CONNECT_BACKS)
+            .map(|_| r.start_connect_back().expect("a place"))
+            .collect();
+        assert!(r.start_connect_back().is_none());
+        drop(held);
+        assert!(r.start_connect_back().is_some());
+    }
+}
