@@ -234,6 +234,16 @@ pub struct FolderStats {
     pub bytes: u64,
 }
 
+/// The port a node asks others to connect to, and where it comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortMapping {
+    /// The external port (None: none held; the listen port is announced).
+    pub port: Option<u16>,
+    /// Where it comes from (UPnP and the router's address, a flag, a file), or why there is
+    /// none.
+    pub how: String,
+}
+
 /// Whether others can connect to a node: what a super-peer found when it connected back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Reach {
@@ -265,6 +275,9 @@ pub struct StatusReport {
     /// Whether others can connect to it, as its super-peers found (None: not known yet).
     #[serde(default)]
     pub reach: Option<Reach>,
+    /// The port others are told to connect to, when one is set or mapped on the router.
+    #[serde(default)]
+    pub port_mapping: Option<PortMapping>,
     /// Shared folders.
     pub folders: Vec<PathBuf>,
     /// Each shared folder's files and bytes.

@@ -47,6 +47,7 @@ pub mod download;
 pub mod node;
 mod overlay;
 mod part;
+pub mod portmap;
 pub mod rate;
 pub mod reverse;
 pub mod search;

@@ -53,6 +53,8 @@ pub(crate) enum Command {
     EndSearch(QueryId),
     /// Log an event of the node's and keep it with the overlay's for status.
     Note(String),
+    /// Where others should connect to us changed (a port mapping came or went).
+    Advertise(Option<SocketAddr>),
 }
 
 /// How the node behaves in the overlay.
@@ -99,7 +101,7 @@ pub(crate) async fn run(inner: Arc<NodeState>, settings: Settings, commands: Rec
     let mut leaf = LeafOverlay::new(
         now,
         inner.node_id,
-        inner.listen,
+        inner.advertised(),
         settings.leaf.clone(),
         clock,
     );
@@ -184,13 +186,18 @@ pub(crate) async fn run(inner: Arc<NodeState>, settings: Settings, commands: Rec
                 leaf = handover.into_leaf(
                     now,
                     inner.node_id,
-                    inner.listen,
+                    inner.advertised(),
                     settings.leaf.clone(),
                     &inner.seeds,
                 );
                 set_role(&mut status, "leaf", &format!("demoted: {}", d.reason));
             }
             Wake::Command(Command::Note(event)) => note(&mut status, event),
+            // A promoted node's own leaf link is local: it keeps the listen address.
+            Wake::Command(Command::Advertise(listen)) if sp.is_none() => {
+                leaf.set_listen(now, listen)
+            }
+            Wake::Command(Command::Advertise(_)) => {}
             Wake::Timer => {}
         }
         leaf.handle_timeout(now);
@@ -279,7 +286,7 @@ pub(crate) async fn run(inner: Arc<NodeState>, settings: Settings, commands: Rec
                         let placeholder = LeafOverlay::new(
                             now,
                             inner.node_id,
-                            inner.listen,
+                            inner.advertised(),
                             LeafConfig {
                                 can_promote: false,
                                 ..settings.leaf.clone()

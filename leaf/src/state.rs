@@ -70,4 +70,19 @@ pub(crate) struct NodeState {
     pub(crate) browsable: bool,
     /// Routes to sources that may not be reachable, and the connections back awaited.
     pub(crate) reverse: crate::reverse::Reverse,
+    /// The port others should connect to when it is not the listen port (a UPnP mapping, a
+    /// forwarded port); 0: the listen port. Written by the node's external-port task only.
+    pub(crate) external_port: std::sync::atomic::AtomicU16,
+}
+
+impl NodeState {
+    /// Where others should connect to us, as Hello says it: the listen address, with the
+    /// external port if there is one.
+    pub(crate) fn advertised(&self) -> Option<SocketAddr> {
+        let port = self
+            .external_port
+            .load(std::sync::atomic::Ordering::Acquire);
+        self.listen
+            .map(|l| SocketAddr::new(l.ip(), if port == 0 { l.port() } else { port }))
+    }
 }

@@ -3,20 +3,29 @@
 //! router does.
 //!
 //! ```text
-//!   home (192.168.77.2) ── nat router (192.168.77.1 | 10.77.1.2) ── inet (10.77.1.1, 10.77.2.1) ── pub (10.77.2.2)
-//!   source leaf              masquerade, inbound new dropped          super-peer :7700              downloading leaf
+//!   home (192.168.77.2) ── router (192.168.77.1 | 80.77.1.2) ── inet (80.77.1.1, 80.77.2.1) ── pub (80.77.2.2)
+//!   the leaf behind NAT      masquerade, new inbound dropped      super-peer :7700              a public leaf
 //! ```
 //!
-//! The source is found, is known not to be reachable (its super-peer's connection back failed,
-//! and the leaf is told so with the router's address), and the download still completes: the
-//! downloader asks through the super-peer, and the source connects out to it. Needs root,
-//! `ip` (iproute2) and `nft` (nftables); `.ci/run` installs them.
+//! The "internet" addresses look public because miniupnpd refuses to forward to a private
+//! external address; they exist only inside these namespaces.
+//!
+//! - With nothing forwarded, the leaf learns it cannot be reached (with the router's address),
+//!   and a download from it still completes: the downloader asks through the super-peer, and
+//!   the leaf connects out to it.
+//! - With miniupnpd on the router, the leaf maps its port (UPnP IGD), is found reachable, and
+//!   removes the mapping when it stops.
+//! - With a port forwarded by hand (`--external-port`), the leaf announces that port.
+//!
+//! Needs root, `ip` (iproute2), `nft` (nftables) and `miniupnpd` (miniupnpd-nftables);
+//! `.ci/run` installs them.
 
 mod common;
 
 use common::*;
 use std::path::Path;
 use std::process::Command;
+use std::time::Duration;
 
 /// Network namespaces named with this process's id, deleted on drop.
 struct Namespaces {
@@ -62,9 +71,10 @@ fn sh(args: &[&str]) {
     );
 }
 
-/// The namespaces of the picture above, with the router's rules loaded.
-fn home_behind_nat() -> Namespaces {
-    let prefix = format!("cnat{}", std::process::id());
+/// The namespaces of the picture above, with the router's rules loaded; `tag` tells the
+/// tests' namespaces apart.
+fn home_behind_nat(tag: &str) -> Namespaces {
+    let prefix = format!("cn{}{tag}", std::process::id());
     let mut ns = Namespaces {
         prefix,
         names: Vec::new(),
@@ -92,12 +102,12 @@ fn home_behind_nat() -> Namespaces {
         ]);
     }
     let addrs = [
-        (&inet, "i-nat", "10.77.1.1/24"),
-        (&inet, "i-pub", "10.77.2.1/24"),
-        (&nat, "wan", "10.77.1.2/24"),
+        (&inet, "i-nat", "80.77.1.1/24"),
+        (&inet, "i-pub", "80.77.2.1/24"),
+        (&nat, "wan", "80.77.1.2/24"),
         (&nat, "lan", "192.168.77.1/24"),
         (&home, "eth", "192.168.77.2/24"),
-        (&public, "eth", "10.77.2.2/24"),
+        (&public, "eth", "80.77.2.2/24"),
     ];
     for (n, dev, addr) in addrs {
         sh(&["ip", "-n", n, "addr", "add", addr, "dev", dev]);
@@ -107,9 +117,9 @@ fn home_behind_nat() -> Namespaces {
         sh(&["ip", "-n", n, "link", "set", "lo", "up"]);
     }
     for (n, gw) in [
-        (&nat, "10.77.1.1"),
+        (&nat, "80.77.1.1"),
         (&home, "192.168.77.1"),
-        (&public, "10.77.2.1"),
+        (&public, "80.77.2.1"),
     ] {
         sh(&["ip", "-n", n, "route", "add", "default", "via", gw]);
     }
@@ -124,14 +134,9 @@ fn home_behind_nat() -> Namespaces {
             "net.ipv4.ip_forward=1",
         ]);
     }
-    // A home router: the LAN leaves through the router's address; nothing new comes in.
+    // A home router: the LAN leaves through the router's address; nothing new comes in but
+    // what miniupnpd (when it runs) or a test forwards, in the chains named for it.
     let rules = r#"
-table ip nat {
-    chain postrouting {
-        type nat hook postrouting priority srcnat; policy accept;
-        oifname "wan" masquerade
-    }
-}
 table inet filter {
     chain input {
         type filter hook input priority filter; policy accept;
@@ -141,6 +146,24 @@ table inet filter {
         type filter hook forward priority filter; policy drop;
         ct state established,related accept
         iifname "lan" accept
+        jump miniupnpd
+    }
+    chain miniupnpd {
+    }
+}
+table inet nat {
+    chain prerouting {
+        type nat hook prerouting priority dstnat; policy accept;
+        jump prerouting_miniupnpd
+    }
+    chain postrouting {
+        type nat hook postrouting priority srcnat; policy accept;
+        jump postrouting_miniupnpd
+        oifname "wan" masquerade
+    }
+    chain prerouting_miniupnpd {
+    }
+    chain postrouting_miniupnpd {
     }
 }
 "#;
@@ -165,24 +188,55 @@ fn leaf_in(ns: &Namespaces, where_: &str, data: &Path, sp: &str, listen: &str) -
         .arg(data)
         .args(["--superpeer", sp, "--listen", listen]);
     c.env_remove("CANOPY_DATA_DIR")
-        .env_remove("CANOPY_SUPERPEER");
+        .env_remove("CANOPY_SUPERPEER")
+        .env_remove("CANOPY_EXTERNAL_PORT")
+        .env_remove("CANOPY_EXTERNAL_PORT_FILE")
+        .env_remove("CANOPY_NO_PORT_MAPPING");
     c
+}
+
+/// The super-peer on the "internet", listening on every interface.
+fn start_superpeer_in(ns: &Namespaces, data: &Path) -> Proc {
+    let mut cmd = ns.exec("inet", superpeer_bin());
+    cmd.args(["--listen", "0.0.0.0:7700", "--data-dir"])
+        .arg(data);
+    let sp = Proc::spawn(&mut cmd);
+    sp.wait_for("listening on");
+    sp
+}
+
+/// The leaf at home, sharing `folder`, with `extra` arguments before `share`.
+fn start_home_leaf(ns: &Namespaces, data: &Path, folder: &Path, extra: &[&str]) -> Proc {
+    let p = Proc::spawn(
+        leaf_in(ns, "home", data, "80.77.1.1:7700", "0.0.0.0:7001")
+            .args(extra)
+            .arg("share")
+            .arg(folder),
+    );
+    p.wait_for("sharing");
+    p
+}
+
+fn status(data: &Path) -> serde_json::Value {
+    status_json(data, "80.77.1.1:7700")
+}
+
+/// Whether a TCP connection from the public side to `addr` gets through.
+fn connects_from_pub(ns: &Namespaces, addr: &str) -> bool {
+    let (host, port) = addr.split_once(':').unwrap();
+    let script = format!("timeout 3 bash -c '</dev/tcp/{host}/{port}' && echo open || echo closed");
+    let out = run(ns.exec("pub", "bash").args(["-c", &script]));
+    text(&out.stdout).trim() == "open"
 }
 
 #[test]
 fn a_source_behind_nat_is_found_known_unreachable_and_still_downloaded_from() {
-    let ns = home_behind_nat();
+    let ns = home_behind_nat("r");
     let tmp = tempfile::tempdir().unwrap();
     let base = tmp.path();
+    let sp = start_superpeer_in(&ns, &base.join("sp"));
 
-    let mut sp_cmd = ns.exec("inet", superpeer_bin());
-    sp_cmd
-        .args(["--listen", "0.0.0.0:7700", "--data-dir"])
-        .arg(base.join("sp"));
-    let sp = Proc::spawn(&mut sp_cmd);
-    sp.wait_for("listening on");
-
-    // The source, at home behind the router.
+    // The source, at home behind the router, which forwards nothing.
     let content: Vec<u8> = (0..5_000_000u32)
         .map(|i| (i.wrapping_mul(2654435761) >> 11) as u8)
         .collect();
@@ -190,18 +244,18 @@ fn a_source_behind_nat_is_found_known_unreachable_and_still_downloaded_from() {
     std::fs::create_dir_all(&music).unwrap();
     std::fs::write(music.join("Says (live at home).flac"), &content).unwrap();
     let home_data = base.join("home-data");
-    let source = Proc::spawn(
-        leaf_in(&ns, "home", &home_data, "10.77.1.1:7700", "0.0.0.0:7001")
-            .arg("share")
-            .arg(base.join("home-music")),
+    let source = start_home_leaf(
+        &ns,
+        &home_data,
+        &base.join("home-music"),
+        &["--no-port-mapping"],
     );
-    source.wait_for("sharing 1 files");
 
     // The downloader, on the public side.
     let pub_data = base.join("pub-data");
     std::fs::create_dir_all(base.join("nothing")).unwrap();
     let downloader = Proc::spawn(
-        leaf_in(&ns, "pub", &pub_data, "10.77.2.1:7700", "0.0.0.0:7002")
+        leaf_in(&ns, "pub", &pub_data, "80.77.2.1:7700", "0.0.0.0:7002")
             .arg("share")
             .arg(base.join("nothing")),
     );
@@ -209,43 +263,32 @@ fn a_source_behind_nat_is_found_known_unreachable_and_still_downloaded_from() {
 
     // The super-peer's connection back to the source failed, and the source was told so, with
     // the router's address: the one the super-peer sees it at.
-    let status = |data: &Path| status_json(data, "10.77.1.1:7700");
     wait_until("the source to learn it cannot be reached", 40, || {
         status(&home_data)["reach"]["reachable"] == false
     });
-    assert_eq!(status(&home_data)["reach"]["observed"], "10.77.1.2:7001");
+    assert_eq!(status(&home_data)["reach"]["observed"], "80.77.1.2:7001");
     wait_until("the downloader to learn it can be reached", 40, || {
         status(&pub_data)["reach"]["reachable"] == true
     });
     let shown =
-        run(leaf_in(&ns, "home", &home_data, "10.77.1.1:7700", "0.0.0.0:7001").arg("status"));
+        run(leaf_in(&ns, "home", &home_data, "80.77.1.1:7700", "0.0.0.0:7001").arg("status"));
     assert!(
         text(&shown.stdout)
-            .contains("reachable no: a super-peer could not connect to 10.77.1.2:7001"),
+            .contains("reachable no: a super-peer could not connect to 80.77.1.2:7001"),
         "{}",
         text(&shown.stdout)
     );
     // Nothing gets in directly: the router drops it.
-    let direct = run(ns.exec("pub", "bash").args([
-        "-c",
-        "timeout 3 bash -c '</dev/tcp/10.77.1.2/7001' && echo open || echo closed",
-    ]));
-    assert_eq!(text(&direct.stdout).trim(), "closed");
+    assert!(!connects_from_pub(&ns, "80.77.1.2:7001"));
 
     let id = blake3::hash(&content).to_hex().to_string();
-    let out = run(
-        leaf_in(&ns, "pub", &pub_data, "10.77.2.1:7700", "0.0.0.0:7002")
-            .args(["search", "nils", "frahm", "--json", "--wait", "2"]),
-    );
+    let pub_leaf = || leaf_in(&ns, "pub", &pub_data, "80.77.2.1:7700", "0.0.0.0:7002");
+    let out = run(pub_leaf().args(["search", "nils", "frahm", "--json", "--wait", "2"]));
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(text(&out.stdout).contains(&id), "{}", text(&out.stdout));
 
     let dl = base.join("downloads");
-    let out = run(
-        leaf_in(&ns, "pub", &pub_data, "10.77.2.1:7700", "0.0.0.0:7002")
-            .args(["get", &id, "--out"])
-            .arg(&dl),
-    );
+    let out = run(pub_leaf().args(["get", &id, "--out"]).arg(&dl));
     assert!(
         out.status.success(),
         "{}{}",
@@ -254,6 +297,97 @@ fn a_source_behind_nat_is_found_known_unreachable_and_still_downloaded_from() {
     );
     assert!(std::fs::read(dl.join("Says (live at home).flac")).unwrap() == content);
     // Served by the source over the connection it made.
-    assert!(uploaded(&home_data, "10.77.1.1:7700") >= content.len() as u64);
+    assert!(uploaded(&home_data, "80.77.1.1:7700") >= content.len() as u64);
     drop((source, downloader, sp));
+}
+
+#[test]
+fn a_leaf_behind_a_upnp_router_maps_its_port_is_reachable_and_unmaps_when_it_stops() {
+    let ns = home_behind_nat("u");
+    let tmp = tempfile::tempdir().unwrap();
+    let base = tmp.path();
+    // miniupnpd on the router: UPnP IGD on the LAN side, forwarding from the WAN side, in the
+    // chains the router's rules left for it.
+    let conf = base.join("miniupnpd.conf");
+    std::fs::write(
+        &conf,
+        "ext_ifname=wan\nlistening_ip=lan\nhttp_port=0\nenable_upnp=yes\nenable_natpmp=yes\n\
+         secure_mode=yes\nsystem_uptime=yes\nuuid=3d5bd8a0-6d5a-4a3c-9e2f-1c2a3b4c5d6e\n\
+         upnp_table_name=filter\nupnp_nat_table_name=nat\nupnp_forward_chain=miniupnpd\n\
+         upnp_nat_chain=prerouting_miniupnpd\nupnp_nat_postrouting_chain=postrouting_miniupnpd\n\
+         allow 1024-65535 192.168.77.0/24 1024-65535\ndeny 0-65535 0.0.0.0/0 0-65535\n",
+    )
+    .unwrap();
+    let mut upnp = ns.exec("nat", "miniupnpd");
+    upnp.arg("-f")
+        .arg(&conf)
+        .arg("-d")
+        .arg("-P")
+        .arg(base.join("miniupnpd.pid"));
+    let router = Proc::spawn(&mut upnp);
+    let _sp = start_superpeer_in(&ns, &base.join("sp"));
+    assert!(!connects_from_pub(&ns, "80.77.1.2:7001"), "closed before");
+
+    std::fs::create_dir_all(base.join("music")).unwrap();
+    std::fs::write(base.join("music/a song.ogg"), b"la la la").unwrap();
+    let home_data = base.join("home-data");
+    let mut home = start_home_leaf(&ns, &home_data, &base.join("music"), &[]);
+    wait_until(
+        "the leaf to be found reachable through its mapping",
+        40,
+        || status(&home_data)["reach"]["reachable"] == true,
+    );
+    let s = status(&home_data);
+    assert_eq!(s["reach"]["observed"], "80.77.1.2:7001");
+    assert_eq!(s["port_mapping"]["port"], 7001);
+    let how = s["port_mapping"]["how"].as_str().unwrap();
+    assert!(
+        how.starts_with("UPnP: the router at 192.168.77.1:"),
+        "{how}"
+    );
+    assert!(connects_from_pub(&ns, "80.77.1.2:7001"), "forwarded now");
+
+    // Stopped, it removes the mapping: the port is closed again.
+    let (status, _) = home.terminate(Duration::from_secs(15));
+    assert!(status.success(), "{status:?}");
+    assert!(!connects_from_pub(&ns, "80.77.1.2:7001"), "closed after");
+    drop(router);
+}
+
+#[test]
+fn a_port_forwarded_by_hand_is_announced_and_found_reachable() {
+    let ns = home_behind_nat("f");
+    let tmp = tempfile::tempdir().unwrap();
+    let base = tmp.path();
+    // The user forwarded the router's port 7100 to the leaf's 7001 (or a VPN did).
+    for rule in [
+        "add rule inet nat prerouting_miniupnpd iifname wan tcp dport 7100 dnat ip to 192.168.77.2:7001",
+        "add rule inet filter miniupnpd ip daddr 192.168.77.2 tcp dport 7001 accept",
+    ] {
+        let mut args = vec!["ip", "netns", "exec"];
+        let name = ns.name("nat");
+        args.push(&name);
+        args.push("nft");
+        args.extend(rule.split(' '));
+        sh(&args);
+    }
+    let _sp = start_superpeer_in(&ns, &base.join("sp"));
+    std::fs::create_dir_all(base.join("music")).unwrap();
+    std::fs::write(base.join("music/a song.ogg"), b"la la la").unwrap();
+    let home_data = base.join("home-data");
+    let _home = start_home_leaf(
+        &ns,
+        &home_data,
+        &base.join("music"),
+        &["--external-port", "7100"],
+    );
+    wait_until(
+        "the leaf to be found reachable at the forwarded port",
+        40,
+        || status(&home_data)["reach"]["reachable"] == true,
+    );
+    let s = status(&home_data);
+    assert_eq!(s["reach"]["observed"], "80.77.1.2:7100");
+    assert_eq!(s["port_mapping"]["port"], 7100);
+    assert_eq!(s["port_mapping"]["how"], "--external-port 7100");
 }

@@ -18,7 +18,9 @@ fn bare_leaf(data: &Path, superpeer: &str) -> Command {
     c.env("CANOPY_DATA_DIR", data)
         .env("CANOPY_SUPERPEER", superpeer)
         .env("CANOPY_LISTEN", "127.0.0.1:0")
-        .env("CANOPY_SUPERPEER_LISTEN", superpeer);
+        .env("CANOPY_SUPERPEER_LISTEN", superpeer)
+        // The machine's router is left alone.
+        .env("CANOPY_NO_PORT_MAPPING", "1");
     c
 }
 

@@ -285,6 +285,30 @@ impl LeafOverlay {
         v
     }
 
+    /// Where we serve changed, or a port mapping for it came or went: every link is closed and
+    /// dialled again, so each super-peer hears the new address in Hello and connects back to
+    /// it. With the address unchanged (a mapping of the same port), only links whose
+    /// super-peer found us unreachable are, to be checked again.
+    pub fn set_listen(&mut self, now: Instant, listen: Option<SocketAddr>) {
+        let same = listen == self.listen;
+        self.listen = listen;
+        let mut conns: Vec<ConnId> = self
+            .links
+            .iter()
+            .filter(|(_, l)| !same || matches!(l.reach, Some((_, false))))
+            .map(|(&c, _)| c)
+            .collect();
+        conns.sort_unstable();
+        let reason = match same {
+            true => "a port mapping appeared: attaching again to be checked",
+            false => "our listen address changed: attaching again",
+        };
+        for c in conns {
+            self.close(c, reason.into());
+        }
+        self.fill(now);
+    }
+
     /// Whether others can reach us, as the super-peers attached now found: reachable if any
     /// of them got through (its observed address first), else the first one's finding.
     pub fn reach(&self) -> Option<Reach> {
@@ -842,6 +866,54 @@ mod tests {
         let (mut quiet, t0) = attached_leaf(None);
         quiet.handle_message(t0, 7, back(11));
         assert_eq!(quiet.poll_event(), None);
+    }
+
+    #[test]
+    fn a_new_listen_address_attaches_again_to_say_it() {
+        let (mut leaf, t0) = attached_leaf(Some("0.0.0.0:6000".parse().unwrap()));
+        leaf.set_listen(t0, Some("0.0.0.0:6000".parse().unwrap()));
+        assert_eq!(
+            leaf.poll_event(),
+            None,
+            "unchanged and reachable: nothing happens"
+        );
+        // Found unreachable before the router forwarded the port: checked again.
+        let said = Message::Reachability {
+            observed: "198.51.100.7:6000".parse().unwrap(),
+            reachable: false,
+        };
+        leaf.handle_message(t0, 7, said);
+        leaf.set_listen(t0, Some("0.0.0.0:6000".parse().unwrap()));
+        assert!(matches!(
+            leaf.poll_event(),
+            Some(LeafEvent::Close { conn: 7, reason }) if reason.contains("checked")
+        ));
+        leaf.handle_disconnect(t0, 7);
+        let (mut leaf, t0) = attached_leaf(Some("0.0.0.0:6000".parse().unwrap()));
+        leaf.set_listen(t0, Some("0.0.0.0:40001".parse().unwrap()));
+        assert!(matches!(
+            leaf.poll_event(),
+            Some(LeafEvent::Close { conn: 7, reason }) if reason.contains("listen address changed")
+        ));
+        leaf.handle_disconnect(t0, 7);
+        let dial =
+            std::iter::from_fn(|| leaf.poll_event()).find(|e| matches!(e, LeafEvent::Dial(_)));
+        leaf.handle_timeout(t0 + Duration::from_secs(5));
+        let dial = dial.or_else(|| {
+            std::iter::from_fn(|| leaf.poll_event()).find(|e| matches!(e, LeafEvent::Dial(_)))
+        });
+        assert_eq!(
+            dial,
+            Some(LeafEvent::Dial("10.0.0.1:4000".parse().unwrap()))
+        );
+        leaf.handle_connect(t0, 8, "10.0.0.1:4000".parse().unwrap());
+        let hello = std::iter::from_fn(|| leaf.poll_transmit())
+            .find_map(|t| match t.msg {
+                Message::Hello(h) => Some(h),
+                _ => None,
+            })
+            .expect("Hello on the new link");
+        assert_eq!(hello.listen, Some("0.0.0.0:40001".parse().unwrap()));
     }
 
     #[test]

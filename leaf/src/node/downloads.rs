@@ -263,7 +263,7 @@ impl Node {
                     Box::new(move |p| node.unpublish_if(p.id, Some(p)))
                 },
                 reciprocity: self.inner.state.slots.reciprocity.clone(),
-                listen: self.inner.state.listen,
+                listen: self.inner.state.advertised(),
             }),
         };
         Ok(download::download(job, Box::new(on_progress)).await?)

@@ -42,10 +42,12 @@ use crate::swarm::{PartialFile, Partials, Seeding, Spread};
 mod browsing;
 mod downloads;
 mod have;
+mod mapping;
 mod serve;
 mod wishes;
 
 use downloads::Transfers;
+pub use mapping::ExternalPort;
 use serve::{accept_uploads, serve_control};
 
 /// The share cache's file name in the data directory.
@@ -133,6 +135,9 @@ pub struct NodeConfig {
     pub wish_interval: Duration,
     /// Whether others may list what this node shares (as `leaf browse` does).
     pub browsable: bool,
+    /// How the port others should connect to is found, behind a NAT (None: the listen port,
+    /// as it is). Only the long-running node (`control`) looks for one.
+    pub external_port: Option<ExternalPort>,
 }
 
 impl NodeConfig {
@@ -162,6 +167,7 @@ impl NodeConfig {
             seeding: Seeding::default(),
             wish_interval: DEFAULT_WISH_INTERVAL,
             browsable: true,
+            external_port: None,
         }
     }
 }
@@ -243,6 +249,10 @@ pub(crate) struct Inner {
     control: bool,
     /// Keeps other nodes off the data directory until this one shuts down.
     dir_lock: Mutex<Option<transport::store::DirLock>>,
+    /// The UPnP mapping held, removed at shutdown.
+    mapping: mapping::Held,
+    /// The external port and where it comes from, for status.
+    port_mapping: Mutex<Option<control::PortMapping>>,
     /// Open upload connections, so shutdown can close them.
     upload_streams: Mutex<HashMap<u64, TcpStream>>,
     upload_keys: AtomicU64,
@@ -347,6 +357,7 @@ impl Node {
             upload_cap: RateLimit::new(config.upload_rate),
             browsable: config.browsable,
             reverse: Default::default(),
+            external_port: Default::default(),
         });
         let inner = Arc::new(Inner {
             state,
@@ -359,6 +370,8 @@ impl Node {
             wish_wake,
             control: config.control,
             dir_lock: Mutex::new(Some(dir_lock)),
+            mapping: Default::default(),
+            port_mapping: Mutex::new(None),
             upload_streams: Mutex::new(HashMap::new()),
             upload_keys: AtomicU64::new(0),
             seeding: config.seeding,
@@ -392,6 +405,12 @@ impl Node {
         )));
         if let Some(l) = control_listener {
             tasks.push(smol::spawn(serve_control(node.clone(), l)));
+        }
+        // The long-running node's only: a short-lived one is gone before anyone connects.
+        if let (Some(how), Some(listen), true) =
+            (config.external_port.clone(), listen, config.control)
+        {
+            tasks.push(smol::spawn(node.clone().run_external_port(how, listen)));
         }
         log::info!(
             "leaf {} up; serving on {}",
@@ -437,6 +456,7 @@ impl Node {
         for t in tasks {
             t.cancel().await;
         }
+        self.unmap().await;
         for (_, stream) in self.inner.upload_streams.lock().unwrap().drain() {
             let _ = stream.shutdown(std::net::Shutdown::Both);
         }
@@ -663,7 +683,7 @@ impl Node {
                 crate::reverse::connect_via(
                     &state.reverse,
                     &state.identity,
-                    state.listen,
+                    state.advertised(),
                     reach,
                     route,
                     CONNECT_BACK_WAIT,
@@ -689,6 +709,7 @@ impl Node {
             listen: self.inner.state.listen,
             superpeers: role.links,
             reach: role.reach,
+            port_mapping: self.inner.port_mapping.lock().unwrap().clone(),
             hosts: role.hosts,
             superpeer: role.superpeer,
             events: role.events.into_iter().collect(),

@@ -90,6 +90,7 @@ fn status() -> StatusReport {
             connected: true,
             node: None,
         }],
+        port_mapping: None,
         reach: Some(crate::control::Reach {
             observed: "203.0.113.4:4000".parse().unwrap(),
             reachable: true,

@@ -492,6 +492,16 @@ fn render_network(app: &App, f: &mut Frame, area: Rect) {
             },
         ]),
         Line::from(vec![
+            label("external"),
+            Span::raw(match &s.port_mapping {
+                Some(m) => match m.port {
+                    Some(p) => format!("port {p} ({})", m.how),
+                    None => format!("none ({})", m.how),
+                },
+                None => "the listen port".into(),
+            }),
+        ]),
+        Line::from(vec![
             label("super-peers"),
             Span::raw(if s.superpeers.is_empty() {
                 "none attached".to_string()

@@ -91,11 +91,16 @@ impl Drop for Proc {
     }
 }
 
+/// A `leaf` command on 127.0.0.1 that leaves the machine's router alone (no UPnP).
 pub fn leaf(data: &Path, sp: &str) -> Command {
     let mut c = Command::new(LEAF);
-    c.arg("--data-dir")
-        .arg(data)
-        .args(["--superpeer", sp, "--listen", "127.0.0.1:0"]);
+    c.arg("--data-dir").arg(data).args([
+        "--superpeer",
+        sp,
+        "--listen",
+        "127.0.0.1:0",
+        "--no-port-mapping",
+    ]);
     c.env_remove("CANOPY_DATA_DIR")
         .env_remove("CANOPY_SUPERPEER");
     c

@@ -50,7 +50,7 @@ pub(crate) struct Cli {
     #[arg(long, env = "CANOPY_DOWNLOAD_RATE", default_value = "0", value_parser = parse_rate, global = true)]
     pub(crate) download_rate: u64,
     /// Never become a super-peer (a node that finds none, or is asked to, otherwise becomes one).
-    #[arg(long, env = "CANOPY_NO_PROMOTE", global = true)]
+    #[arg(long, env = "CANOPY_NO_PROMOTE", global = true, value_parser = clap::builder::BoolishValueParser::new())]
     pub(crate) no_promote: bool,
     /// Where to accept leaves if this node becomes a super-peer [default: the port of the first
     /// --superpeer address, else 7700, on all interfaces].
@@ -70,8 +70,24 @@ pub(crate) struct Cli {
     /// (whichever of this and --seed-minutes comes first).
     #[arg(long, env = "CANOPY_SEED_RATIO", global = true, value_parser = parse_ratio)]
     pub(crate) seed_ratio: Option<f64>,
+    /// The port others should connect to, forwarded to --listen's port by hand on the router
+    /// (or by a VPN). Turns UPnP off.
+    #[arg(long, env = "CANOPY_EXTERNAL_PORT", global = true, value_parser = clap::value_parser!(u16).range(1..), conflicts_with = "external_port_file")]
+    pub(crate) external_port: Option<u16>,
+    /// A file holding the forwarded port (as VPN clients write it), read again every 30 s.
+    /// Turns UPnP off.
+    #[arg(
+        long,
+        env = "CANOPY_EXTERNAL_PORT_FILE",
+        global = true,
+        value_name = "FILE"
+    )]
+    pub(crate) external_port_file: Option<PathBuf>,
+    /// Do not ask the router to forward the listen port (UPnP IGD).
+    #[arg(long, env = "CANOPY_NO_PORT_MAPPING", global = true, value_parser = clap::builder::BoolishValueParser::new())]
+    pub(crate) no_port_mapping: bool,
     /// Do not let others list what this node shares (`leaf browse`); they are told so.
-    #[arg(long, env = "CANOPY_NO_BROWSE", global = true)]
+    #[arg(long, env = "CANOPY_NO_BROWSE", global = true, value_parser = clap::builder::BoolishValueParser::new())]
     pub(crate) no_browse: bool,
     /// Minutes between two searches for the same wish (± 20 %; see `leaf wish`).
     #[arg(long, env = "CANOPY_WISH_MINUTES", default_value = "15", value_parser = parse_wish_minutes, global = true)]

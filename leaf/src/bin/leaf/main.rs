@@ -13,6 +13,7 @@ use anyhow::{bail, Context};
 use clap::Parser;
 use indicatif::HumanBytes;
 use leaf::control::{self, Reply, Request};
+use leaf::node::ExternalPort;
 use leaf::search::{sort_results, ResultFilter};
 use leaf::{Node, NodeConfig};
 use smol::channel::Receiver;
@@ -84,6 +85,12 @@ fn real_main() -> anyhow::Result<()> {
     };
     config.wish_interval = cli.wish_minutes;
     config.browsable = !cli.no_browse;
+    config.external_port = match (&cli.external_port, &cli.external_port_file) {
+        (Some(port), _) => Some(ExternalPort::Fixed(*port)),
+        (None, Some(file)) => Some(ExternalPort::File(file.clone())),
+        (None, None) if cli.no_port_mapping => None,
+        (None, None) => Some(ExternalPort::Upnp),
+    };
     if let Command::Tui { out } = &cli.command {
         let out = std::path::absolute(out)
             .with_context(|| format!("bad output folder {}", out.display()))?;

@@ -198,6 +198,12 @@ pub(crate) fn print_status(s: &control::StatusReport) {
         None if s.listen.is_some() => say!("reachable not known yet"),
         None => {}
     }
+    if let Some(m) = &s.port_mapping {
+        match m.port {
+            Some(p) => say!("external  port {p} ({})", m.how),
+            None => say!("external  none ({})", m.how),
+        }
+    }
     for l in &s.superpeers {
         let state = if l.connected {
             "connected"

@@ -1,0 +1,132 @@
+//! The port others should connect to, when it is not the one the node listens on: a UPnP
+//! mapping on the home router ([`crate::portmap`]), or a port forwarded by hand or by a VPN
+//! (`--external-port`, `--external-port-file`). This task owns it: it publishes the port in
+//! `NodeState::external_port` and the status, and tells the overlay, which attaches again so
+//! the super-peers hear it and connect back to it.
+
+use super::*;
+use crate::control::PortMapping;
+use crate::portmap::{self, Action, PortMapper};
+
+/// How often a forwarded-port file is read again (VPN clients rewrite it when they reconnect).
+const PORT_FILE_EVERY: Duration = Duration::from_secs(30);
+/// One attempt at the gateway, at most (its HTTP requests have no timeout of their own).
+const ATTEMPT_LIMIT: Duration = Duration::from_secs(20);
+
+/// Where the external port comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExternalPort {
+    /// Ask the router (UPnP IGD).
+    Upnp,
+    /// This port, forwarded by hand.
+    Fixed(u16),
+    /// The port written in this file.
+    File(PathBuf),
+}
+
+/// The mapping held on the gateway, so shutdown can remove it.
+#[derive(Default)]
+pub(super) struct Held(Mutex<Option<(portmap::Gateway, u16)>>);
+
+impl Node {
+    /// Runs the external port's source until the node stops.
+    pub(super) async fn run_external_port(self, how: ExternalPort, listen: SocketAddr) {
+        match how {
+            ExternalPort::Fixed(port) => {
+                self.set_external(Some(port), format!("--external-port {port}"));
+            }
+            ExternalPort::File(path) => loop {
+                match portmap::read_port_file(&path) {
+                    Ok(port) => self.set_external(Some(port), format!("from {}", path.display())),
+                    Err(e) => self.set_external(None, e),
+                }
+                smol::Timer::after(PORT_FILE_EVERY).await;
+            },
+            ExternalPort::Upnp => self.run_upnp(listen.port()).await,
+        }
+    }
+
+    async fn run_upnp(&self, internal: u16) {
+        let mut rules = PortMapper::new(Instant::now(), internal, portmap::LEASE);
+        let mut gateway: Option<portmap::Gateway> = None;
+        self.set_external(None, "asking the router (UPnP)".into());
+        loop {
+            smol::Timer::at(rules.poll_timeout()).await;
+            let now = Instant::now();
+            if rules.handle_timeout(now).is_some() {
+                *self.inner.mapping.0.lock().unwrap() = None;
+                self.set_external(None, "the UPnP lease ran out".into());
+            }
+            let Some(Action::Map { external_port }) = rules.poll_action(now) else {
+                continue;
+            };
+            let known = gateway.clone();
+            let attempt = smol::unblock(move || {
+                portmap::map_blocking(known, internal, external_port, portmap::LEASE)
+            });
+            let result = smol::future::or(attempt, async {
+                smol::Timer::after(ATTEMPT_LIMIT).await;
+                Err(format!(
+                    "no answer from the gateway within {ATTEMPT_LIMIT:?}"
+                ))
+            })
+            .await;
+            let now = Instant::now();
+            match result {
+                Ok((gw, external)) => {
+                    let detail = format!("UPnP: the router at {} forwards {external}", gw.addr());
+                    *self.inner.mapping.0.lock().unwrap() = Some((gw.clone(), external.port()));
+                    gateway = Some(gw);
+                    rules.handle_mapped(now, external, portmap::LEASE);
+                    self.set_external(Some(external.port()), detail);
+                }
+                Err(e) => {
+                    // Found again next time: it may have moved, or rebooted.
+                    gateway = None;
+                    rules.handle_failed(now, e.clone());
+                    if rules.mapped(now).is_none() {
+                        *self.inner.mapping.0.lock().unwrap() = None;
+                        self.set_external(None, e);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Others should connect to `port` (None: to the listen port itself), for the reason
+    /// `how`. The overlay hears of a change and attaches again.
+    fn set_external(&self, port: Option<u16>, how: String) {
+        let state = &self.inner.state;
+        let before = state
+            .external_port
+            .swap(port.unwrap_or(0), Ordering::AcqRel);
+        if before != port.unwrap_or(0) {
+            let shown = port.map_or("none".into(), |p| p.to_string());
+            log::info!("external port {shown}: {how}");
+            let overlay = &self.inner.overlay;
+            let _ = overlay.try_send(crate::overlay::Command::Advertise(state.advertised()));
+            let _ = overlay.try_send(crate::overlay::Command::Note(format!(
+                "external port {shown}: {how}"
+            )));
+        }
+        *self.inner.port_mapping.lock().unwrap() = Some(PortMapping { port, how });
+    }
+
+    /// Removes the UPnP mapping, if one is held (the node stops).
+    pub(super) async fn unmap(&self) {
+        let Some((gw, port)) = self.inner.mapping.0.lock().unwrap().take() else {
+            return;
+        };
+        let removed = smol::unblock(move || portmap::unmap_blocking(&gw, port));
+        let done = smol::future::or(async { Some(removed.await) }, async {
+            smol::Timer::after(Duration::from_secs(2)).await;
+            None
+        })
+        .await;
+        match done {
+            Some(Ok(())) => log::info!("removed the UPnP mapping of port {port}"),
+            Some(Err(e)) => log::info!("could not remove the UPnP mapping of port {port}: {e}"),
+            None => log::info!("the gateway did not answer the removal of port {port}"),
+        }
+    }
+}
