@@ -15,8 +15,11 @@
 //!   ([`Reverse::arrived`]) only if the key is the source's; the same encrypted session then
 //!   serves chunks as if the downloader had dialled.
 //!
-//! Where the downloader cannot accept connections either, this cannot work (that needs hole
-//! punching or a relay): [`connect_via`] says so at once instead of timing out.
+//! Where the downloader cannot accept connections either, the two punch a hole: the source
+//! dials from its listen port as always ([`transport::net::connect_from`]), and the downloader
+//! dials the source's address from its own listen port at the same time. Each SYN leaving a
+//! NAT opens the way for the other's (TCP simultaneous open), as libp2p's DCUtR and BEP 55 do
+//! over their relays; here the super-peer that passed the request on is the coordinator.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -35,6 +38,10 @@ use wire::{Hello, Message, NodeId, Role};
 const ROUTES_KEPT: usize = 4096;
 /// Connections back this node makes at once, when asked; more requests are dropped.
 pub(crate) const MAX_CONNECT_BACKS: usize = 16;
+/// One attempt of a hole punch (the kernel sends its SYN again within it).
+const PUNCH_ATTEMPT: Duration = Duration::from_secs(4);
+/// Between attempts that failed at once.
+const PUNCH_PAUSE: Duration = Duration::from_millis(200);
 
 /// A connection a source opened to us because we asked, past its [`Message::Reversed`].
 pub struct Accepted {
@@ -165,44 +172,114 @@ impl Drop for ConnectBackGuard<'_> {
     }
 }
 
-/// Asks the super-peer holding `route.node` that it connect to us, and waits up to `limit`
-/// for the connection. `listen` is where we accept connections; `we_are_reachable` is what
-/// our super-peers found (None: not known).
+/// This node, as a connection back needs it.
+pub(crate) struct Me<'a> {
+    /// Its key pair.
+    pub(crate) identity: &'a Identity,
+    /// Where it listens (the socket's address).
+    pub(crate) bound: Option<SocketAddr>,
+    /// Where it tells others to connect (the external port, if one is mapped).
+    pub(crate) advertised: Option<SocketAddr>,
+    /// Whether its super-peers could connect to it (None: not known).
+    pub(crate) reachable: Option<bool>,
+}
+
+/// Asks the super-peer holding `route.node` that the source at `addr` connect to us, and
+/// waits up to `limit` for the connection. If we cannot be reached either, we also dial it
+/// from our listen port while it dials us: the two connections meet as one through both NATs
+/// (TCP simultaneous open), the source still opening the encrypted session and naming the
+/// token, as it would on a connection back.
 pub(crate) async fn connect_via(
     reverse: &Reverse,
-    me: &Identity,
-    listen: Option<SocketAddr>,
-    we_are_reachable: Option<bool>,
+    me: Me<'_>,
+    addr: SocketAddr,
     route: Route,
     limit: Duration,
 ) -> Result<Accepted, String> {
-    let Some(listen) = listen else {
+    let (Some(bound), Some(advertised)) = (me.bound, me.advertised) else {
         return Err("it cannot be reached, and this node accepts no connections".into());
     };
-    if we_are_reachable == Some(false) {
-        return Err(
-            "it cannot be reached, and neither can this node (both behind NAT): no way to connect"
-                .into(),
-        );
-    }
     let (token, rx) = reverse.expect(route.node);
     let result = async {
-        ask(me, listen, route, token, limit).await?;
-        let arrived = smol::future::or(async { rx.recv().await.ok() }, async {
-            smol::Timer::after(limit).await;
-            None
-        })
-        .await;
-        arrived.ok_or_else(|| {
-            format!(
-                "asked through super-peer {} to connect back, but it did not within {limit:?}",
-                route.via
-            )
-        })
+        ask(me.identity, advertised, route, token, limit).await?;
+        let arrived = async {
+            smol::future::or(async { rx.recv().await.ok() }, async {
+                smol::Timer::after(limit).await;
+                None
+            })
+            .await
+            .ok_or_else(|| {
+                format!(
+                    "asked through super-peer {} to connect back, but it did not within \
+                     {limit:?}",
+                    route.via
+                )
+            })
+        };
+        match me.reachable {
+            Some(false) => {
+                let punched = punch(me.identity, bound, addr, route.node, token, limit);
+                crate::download::first_ok(arrived, punched)
+                    .await
+                    .map_err(|e| format!("both behind NAT, and hole punching failed: {e}"))
+            }
+            _ => arrived.await,
+        }
     }
     .await;
     reverse.forget(token);
     result
+}
+
+/// Dials `addr` from our listen port until `limit`, as the source dials us: a connection
+/// that gets through is taken as the source's connection back (we answer its handshake, and
+/// it must name `token` and be `node`).
+async fn punch(
+    me: &Identity,
+    bound: SocketAddr,
+    addr: SocketAddr,
+    node: NodeId,
+    token: u64,
+    limit: Duration,
+) -> Result<Accepted, String> {
+    let deadline = std::time::Instant::now() + limit;
+    let mut last = String::from("no attempt");
+    while std::time::Instant::now() < deadline {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match transport::net::connect_from(bound, addr, left.min(PUNCH_ATTEMPT)).await {
+            Ok(stream) => {
+                let secure = transport::secure::accept(stream, me, left)
+                    .await
+                    .map_err(|e| format!("{addr}: {e}"))?;
+                if secure.peer != node {
+                    return Err(format!(
+                        "{addr} is node {}, not the source",
+                        secure.peer.short()
+                    ));
+                }
+                let mut reader = FrameReader::new(secure.reader).limited(wire::MAX_BODY, 0);
+                return match reader.read_message_within(left).await {
+                    Ok(Message::Reversed { token: t }) if t == token => Ok(Accepted {
+                        reader,
+                        writer: secure.writer,
+                        peer: secure.peer,
+                        remote: addr,
+                    }),
+                    Ok(other) => Err(format!("{addr} began with {}", other.kind())),
+                    Err(e) => Err(format!("{addr}: {e}")),
+                };
+            }
+            Err(e) => {
+                last = e.to_string();
+                // Refused or reset: its NAT has not opened yet. Again shortly.
+                smol::Timer::after(PUNCH_PAUSE).await;
+            }
+        }
+    }
+    Err(format!(
+        "dialling {addr} from port {}: {last}",
+        bound.port()
+    ))
 }
 
 /// One request to the super-peer at `route.via`, answered with [`Message::ConnectAsked`].
@@ -303,23 +380,25 @@ mod tests {
     }
 
     #[test]
-    fn with_neither_side_reachable_the_reason_comes_at_once() {
+    fn a_node_that_accepts_no_connections_is_told_at_once() {
         let r = Reverse::default();
-        let me = Identity::generate();
+        let identity = Identity::generate();
         let route = Route {
             node: NodeId([1; 32]),
             // Nothing listens there: any attempt to ask would fail differently, or hang.
             via: "192.0.2.1:7700".parse().unwrap(),
             reachable: Some(false),
         };
-        let listen = Some("0.0.0.0:7002".parse().unwrap());
-        let limit = Duration::from_secs(30);
+        let me = Me {
+            identity: &identity,
+            bound: None,
+            advertised: None,
+            reachable: None,
+        };
         let started = std::time::Instant::now();
-        let err = smol::block_on(connect_via(&r, &me, listen, Some(false), route, limit))
-            .err()
-            .expect("refused");
-        assert!(err.contains("both behind NAT"), "{err}");
-        let err = smol::block_on(connect_via(&r, &me, None, None, route, limit))
+        let addr = "192.0.2.2:7001".parse().unwrap();
+        let limit = Duration::from_secs(30);
+        let err = smol::block_on(connect_via(&r, me, addr, route, limit))
             .err()
             .expect("refused");
         assert!(err.contains("accepts no connections"), "{err}");

@@ -33,6 +33,8 @@ use crate::swarm::{PartialFile, ShownTo};
 use transfer::upload::{UploadEnd, MAX_PENDING};
 use transfer::{UploadEvent, UploadSession};
 
+/// How long a connection back is tried (it may need the downloader's NAT to open first).
+const CONNECT_BACK_FOR: Duration = Duration::from_secs(10);
 /// A downloader that takes longer than this to accept one message is dropped.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Answers queued for a connection's writer: the next chunk is read from disk while the last
@@ -90,9 +92,10 @@ pub(crate) async fn serve_connect_back(
     token: u64,
 ) -> Result<(), String> {
     let limit = node.limits.handshake_timeout;
-    let secure = transport::net::connect_secure(addr, &node.identity, limit)
+    let stream = dial_from_listen_port(&node, addr).await?;
+    let secure = transport::secure::connect(stream, &node.identity, limit)
         .await
-        .map_err(|e| format!("cannot connect back to {addr}: {e}"))?;
+        .map_err(|e| format!("connecting back to {addr}: {e}"))?;
     if secure.peer != want {
         return Err(format!(
             "{addr} is node {}, not {} who asked",
@@ -116,6 +119,24 @@ pub(crate) async fn serve_connect_back(
         peer: secure.peer,
     };
     serve_inner(&node, stream, None).await
+}
+
+/// Dials `addr` from our listen port (so our NAT maps it as it maps that port), again and again
+/// for [`CONNECT_BACK_FOR`]: a downloader behind NAT is dialling us at the same time, and its
+/// NAT lets us in only once its own SYN has left (hole punching).
+async fn dial_from_listen_port(node: &NodeState, addr: SocketAddr) -> Result<TcpStream, String> {
+    let from = node.listen.ok_or("this node listens nowhere")?;
+    let deadline = Instant::now() + CONNECT_BACK_FOR;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match transport::net::connect_from(from, addr, left.min(Duration::from_secs(4))).await {
+            Ok(stream) => return Ok(stream),
+            Err(e) if Instant::now() >= deadline => {
+                return Err(format!("cannot connect back to {addr}: {e}"))
+            }
+            Err(_) => smol::Timer::after(Duration::from_millis(200)).await,
+        };
+    }
 }
 
 /// A downloader's connection, whichever side opened it.

@@ -5,6 +5,9 @@
 //! ```text
 //!   home (192.168.77.2) ── router (192.168.77.1 | 80.77.1.2) ── inet (80.77.1.1, 80.77.2.1) ── pub (80.77.2.2)
 //!   the leaf behind NAT      masquerade, new inbound dropped      super-peer :7700              a public leaf
+//!                                                                 (80.77.3.1)
+//!   home2 (192.168.78.2) ── router2 (192.168.78.1 | 80.77.3.2) ──────┘
+//!   another leaf behind NAT  the same rules
 //! ```
 //!
 //! The "internet" addresses look public because miniupnpd refuses to forward to a private
@@ -16,6 +19,8 @@
 //! - With miniupnpd on the router, the leaf maps its port (UPnP IGD), is found reachable, and
 //!   removes the mapping when it stops.
 //! - With a port forwarded by hand (`--external-port`), the leaf announces that port.
+//! - Between two leaves behind two such routers, the download completes through a hole the
+//!   two punch at once (TCP simultaneous open, coordinated through the super-peer).
 //!
 //! Needs root, `ip` (iproute2), `nft` (nftables) and `miniupnpd` (miniupnpd-nftables);
 //! `.ci/run` installs them.
@@ -79,22 +84,26 @@ fn home_behind_nat(tag: &str) -> Namespaces {
         prefix,
         names: Vec::new(),
     };
-    for short in ["inet", "nat", "home", "pub"] {
+    for short in ["inet", "nat", "home", "pub", "nat2", "home2"] {
         let name = ns.name(short);
         sh(&["ip", "netns", "add", &name]);
         ns.names.push(name);
     }
-    let (inet, nat, home, public) = (
+    let (inet, nat, home, public, nat2, home2) = (
         ns.name("inet"),
         ns.name("nat"),
         ns.name("home"),
         ns.name("pub"),
+        ns.name("nat2"),
+        ns.name("home2"),
     );
     // Each pair is made inside its namespaces: nothing is created in the test's own.
     let pairs = [
         (&inet, "i-nat", &nat, "wan"),
         (&inet, "i-pub", &public, "eth"),
         (&nat, "lan", &home, "eth"),
+        (&inet, "i-nat2", &nat2, "wan"),
+        (&nat2, "lan", &home2, "eth"),
     ];
     for (a, ia, b, ib) in pairs {
         sh(&[
@@ -108,22 +117,28 @@ fn home_behind_nat(tag: &str) -> Namespaces {
         (&nat, "lan", "192.168.77.1/24"),
         (&home, "eth", "192.168.77.2/24"),
         (&public, "eth", "80.77.2.2/24"),
+        (&inet, "i-nat2", "80.77.3.1/24"),
+        (&nat2, "wan", "80.77.3.2/24"),
+        (&nat2, "lan", "192.168.78.1/24"),
+        (&home2, "eth", "192.168.78.2/24"),
     ];
     for (n, dev, addr) in addrs {
         sh(&["ip", "-n", n, "addr", "add", addr, "dev", dev]);
         sh(&["ip", "-n", n, "link", "set", dev, "up"]);
     }
-    for n in [&inet, &nat, &home, &public] {
+    for n in [&inet, &nat, &home, &public, &nat2, &home2] {
         sh(&["ip", "-n", n, "link", "set", "lo", "up"]);
     }
     for (n, gw) in [
         (&nat, "80.77.1.1"),
         (&home, "192.168.77.1"),
         (&public, "80.77.2.1"),
+        (&nat2, "80.77.3.1"),
+        (&home2, "192.168.78.1"),
     ] {
         sh(&["ip", "-n", n, "route", "add", "default", "via", gw]);
     }
-    for n in [&inet, &nat] {
+    for n in [&inet, &nat, &nat2] {
         sh(&[
             "ip",
             "netns",
@@ -169,15 +184,17 @@ table inet nat {
 "#;
     let file = std::env::temp_dir().join(format!("{}-rules.nft", ns.prefix));
     std::fs::write(&file, rules).unwrap();
-    sh(&[
-        "ip",
-        "netns",
-        "exec",
-        &nat,
-        "nft",
-        "-f",
-        file.to_str().unwrap(),
-    ]);
+    for n in [&nat, &nat2] {
+        sh(&[
+            "ip",
+            "netns",
+            "exec",
+            n,
+            "nft",
+            "-f",
+            file.to_str().unwrap(),
+        ]);
+    }
     let _ = std::fs::remove_file(&file);
     ns
 }
@@ -390,4 +407,52 @@ fn a_port_forwarded_by_hand_is_announced_and_found_reachable() {
     assert_eq!(s["reach"]["observed"], "80.77.1.2:7100");
     assert_eq!(s["port_mapping"]["port"], 7100);
     assert_eq!(s["port_mapping"]["how"], "--external-port 7100");
+}
+
+#[test]
+fn two_leaves_behind_nat_punch_a_hole_and_the_download_completes() {
+    let ns = home_behind_nat("p");
+    let tmp = tempfile::tempdir().unwrap();
+    let base = tmp.path();
+    let _sp = start_superpeer_in(&ns, &base.join("sp"));
+
+    let content: Vec<u8> = (0..3_000_000u32)
+        .map(|i| (i.wrapping_mul(2246822519) >> 9) as u8)
+        .collect();
+    std::fs::create_dir_all(base.join("music")).unwrap();
+    std::fs::write(base.join("music/Kiasmos - Looped.flac"), &content).unwrap();
+    let home_data = base.join("home-data");
+    let _source = start_home_leaf(&ns, &home_data, &base.join("music"), &["--no-port-mapping"]);
+
+    let other_data = base.join("home2-data");
+    std::fs::create_dir_all(base.join("nothing")).unwrap();
+    let other = || leaf_in(&ns, "home2", &other_data, "80.77.3.1:7700", "0.0.0.0:7002");
+    let downloader = Proc::spawn(
+        other()
+            .arg("--no-port-mapping")
+            .arg("share")
+            .arg(base.join("nothing")),
+    );
+    downloader.wait_for("sharing 0 files");
+    for (data, observed) in [
+        (&home_data, "80.77.1.2:7001"),
+        (&other_data, "80.77.3.2:7002"),
+    ] {
+        wait_until("both leaves to learn they cannot be reached", 40, || {
+            status(data)["reach"]["reachable"] == false
+        });
+        assert_eq!(status(data)["reach"]["observed"], observed);
+    }
+
+    let id = blake3::hash(&content).to_hex().to_string();
+    let dl = base.join("downloads");
+    let out = run(other().args(["get", &id, "--out"]).arg(&dl));
+    assert!(
+        out.status.success(),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    assert!(std::fs::read(dl.join("Kiasmos - Looped.flac")).unwrap() == content);
+    assert!(uploaded(&home_data, "80.77.1.1:7700") >= content.len() as u64);
 }

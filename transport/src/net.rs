@@ -246,9 +246,113 @@ pub async fn connect(addr: SocketAddr, limit: Duration) -> io::Result<TcpStream>
     Ok(stream)
 }
 
+/// A socket that may share its port with the node's listener (SO_REUSEADDR and
+/// SO_REUSEPORT), so connections can leave from the port others connect to: what a NAT maps
+/// for the listen port is then what it maps for them too, as hole punching needs.
+fn reusable(addr: SocketAddr) -> io::Result<socket2::Socket> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    Ok(socket)
+}
+
+/// Listens at `addr` on a port that [`connect_from`] may also use.
+///
+/// The port is first bound plainly and let go: that fails if anything holds it (another
+/// node's listener among them, which SO_REUSEPORT alone would let us share and split its
+/// connections with), and picks a free port for port 0.
+pub fn listen_reusable(addr: SocketAddr) -> io::Result<smol::net::TcpListener> {
+    let free = std::net::TcpListener::bind(addr)?.local_addr()?;
+    let socket = reusable(free)?;
+    socket.listen(1024)?;
+    let std: std::net::TcpListener = socket.into();
+    smol::net::TcpListener::try_from(std)
+}
+
+/// Connects to `to` from `from` (the listen address, usually), giving up after `limit`.
+/// Two nodes doing this towards each other at once open one connection through both their
+/// NATs (TCP simultaneous open).
+pub async fn connect_from(
+    from: SocketAddr,
+    to: SocketAddr,
+    limit: Duration,
+) -> io::Result<TcpStream> {
+    // Another family than `to`'s: any address of that family, and any port.
+    let from = match (from.is_ipv4(), to.is_ipv4()) {
+        (a, b) if a == b => from,
+        (_, true) => SocketAddr::from(([0, 0, 0, 0], 0)),
+        (_, false) => SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0)),
+    };
+    let socket = reusable(from)?;
+    match socket.connect(&to.into()) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc_einprogress()) => {}
+        Err(e) => return Err(e),
+    }
+    let stream = smol::Async::new(std::net::TcpStream::from(socket))?;
+    let connected = smol::future::or(
+        async {
+            stream.writable().await?;
+            match stream.get_ref().take_error()? {
+                Some(e) => Err(e),
+                None => Ok(()),
+            }
+        },
+        async {
+            smol::Timer::after(limit).await;
+            Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("connecting to {to} timed out"),
+            ))
+        },
+    )
+    .await;
+    connected?;
+    let stream = TcpStream::from(stream);
+    stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
+/// EINPROGRESS: a non-blocking connect under way (115 on Linux).
+fn libc_einprogress() -> i32 {
+    rustix::io::Errno::INPROGRESS.raw_os_error()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn connections_leave_from_the_listen_port_while_it_listens() {
+        smol::block_on(async {
+            let ours = listen_reusable("127.0.0.1:0".parse().unwrap()).unwrap();
+            let from = ours.local_addr().unwrap();
+            let theirs = smol::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let to = theirs.local_addr().unwrap();
+            let limit = Duration::from_secs(5);
+            let (out, accepted) =
+                smol::future::zip(connect_from(from, to, limit), theirs.accept()).await;
+            out.unwrap();
+            assert_eq!(accepted.unwrap().1, from, "it came from our listen port");
+            // Its port is not shared with another listener, ours or anyone's.
+            let err = listen_reusable(from).expect_err("the port is taken");
+            assert_eq!(err.kind(), io::ErrorKind::AddrInUse, "{err}");
+            // And the listener still takes connections.
+            let (inbound, got) = smol::future::zip(TcpStream::connect(from), ours.accept()).await;
+            inbound.unwrap();
+            got.unwrap();
+            // Nothing there: a clear error, in time.
+            drop(theirs);
+            let err = connect_from(from, to, limit).await.unwrap_err();
+            assert_eq!(err.kind(), io::ErrorKind::ConnectionRefused, "{err}");
+        });
+    }
 
     #[test]
     fn reads_frames_split_anywhere_and_large_payloads() {

@@ -65,6 +65,7 @@ use crate::part::{
 pub use crate::part::{discard_partial, safe_file_name, STATE_SUFFIX};
 use crate::rate::RateLimit;
 use crate::reverse::Accepted;
+pub(crate) use source::first_ok;
 use source::SourceConn;
 pub use types::{DownloadError, DownloadOptions, DownloadReport, Progress, SourceReport};
 

@@ -296,7 +296,7 @@ fn read_failure(e: ReadError) -> String {
 }
 
 /// The first of `a` and `b` to succeed; if both fail, both reasons.
-async fn first_ok<T>(
+pub(crate) async fn first_ok<T>(
     a: impl Future<Output = Result<T, String>>,
     b: impl Future<Output = Result<T, String>>,
 ) -> Result<T, String> {

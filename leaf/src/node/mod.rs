@@ -300,8 +300,8 @@ impl Node {
 
         let (listener, listen) = match config.listen {
             Some(addr) => {
-                let l = TcpListener::bind(addr)
-                    .await
+                // Shared with the connections that leave from it (hole punching).
+                let l = transport::net::listen_reusable(addr)
                     .map_err(|source| NodeError::Bind { addr, source })?;
                 let bound = l
                     .local_addr()
@@ -680,15 +680,14 @@ impl Node {
             let state = state.clone();
             Some(Box::pin(async move {
                 let reach = state.role.load().reach.map(|r| r.reachable);
-                crate::reverse::connect_via(
-                    &state.reverse,
-                    &state.identity,
-                    state.advertised(),
-                    reach,
-                    route,
-                    CONNECT_BACK_WAIT,
-                )
-                .await
+                let me = crate::reverse::Me {
+                    identity: &state.identity,
+                    bound: state.listen,
+                    advertised: state.advertised(),
+                    reachable: reach,
+                };
+                crate::reverse::connect_via(&state.reverse, me, addr, route, CONNECT_BACK_WAIT)
+                    .await
             }))
         })
     }
