@@ -53,6 +53,8 @@ pub struct Accepted {
     pub peer: NodeId,
     /// Where it came from.
     pub remote: SocketAddr,
+    /// Whether it came through a hole both sides punched (else the source connected to us).
+    pub punched: bool,
 }
 
 /// How to reach a source that may not accept connections, as a hit told it.
@@ -264,6 +266,7 @@ async fn punch(
                         writer: secure.writer,
                         peer: secure.peer,
                         remote: addr,
+                        punched: true,
                     }),
                     Ok(other) => Err(format!("{addr} began with {}", other.kind())),
                     Err(e) => Err(format!("{addr}: {e}")),
@@ -432,6 +435,7 @@ mod tests {
             writer: secure.writer,
             peer: secure.peer,
             remote,
+            punched: false,
         }
     }
 

@@ -67,6 +67,7 @@ pub(crate) async fn serve(node: Arc<NodeState>, stream: TcpStream, peer: SocketA
             writer: secure.writer,
             peer: secure.peer,
             remote: peer,
+            punched: false,
         };
         if let Err(why) = node.reverse.arrived(token, accepted) {
             log::info!("connection from {peer}: {why}");

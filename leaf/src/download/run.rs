@@ -383,6 +383,7 @@ impl Run<'_> {
             return;
         };
         src.node = Some(conn.node);
+        src.report.reached = Some(conn.reached);
         src.last_byte = conn.last_byte.clone();
         let (out, reader) = conn.start(
             self.s.job.cap.clone(),

@@ -22,7 +22,7 @@ use transport::net::{connect_secure, write_message_within, FrameReader, ReadErro
 use transport::secure::{SecureReader, SecureWriter};
 use wire::{FileId, Hello, Manifest, Message, NodeId, Role};
 
-use super::types::DownloadOptions;
+use super::types::{DownloadOptions, Reached};
 use super::BackFuture;
 use crate::rate::RateLimit;
 use crate::reverse::Accepted;
@@ -68,8 +68,18 @@ impl<R: AsyncRead + Unpin> AsyncRead for Stamped<R> {
 }
 
 /// A source's connection, before its tasks start.
+/// An encrypted connection to a source, and how it was made.
+type Stream = (
+    NodeId,
+    FrameReader<SecureReader<TcpStream>>,
+    SecureWriter<TcpStream>,
+    Reached,
+);
+
 pub(super) struct SourceConn {
     pub(super) addr: SocketAddr,
+    /// How the connection was made.
+    pub(super) reached: Reached,
     /// The source's node id, proved by its key.
     pub(super) node: NodeId,
     /// When a byte last arrived, in milliseconds after the download's epoch.
@@ -93,17 +103,8 @@ impl SourceConn {
             .await
             .map_err(|e| e.to_string())?;
         let reader = FrameReader::new(stream.reader);
-        Self::hello(
-            addr,
-            stream.peer,
-            reader,
-            stream.writer,
-            me,
-            listen,
-            opts,
-            epoch,
-        )
-        .await
+        let stream = (stream.peer, reader, stream.writer, Reached::Direct);
+        Self::hello(addr, stream, me, listen, opts, epoch).await
     }
 
     /// Dials `addr`; with `back` (a source that may not accept connections), also waits for
@@ -142,25 +143,17 @@ impl SourceConn {
     ) -> Result<Self, String> {
         // It carries chunks from now on: the full frame limits.
         let reader = conn.reader.limited(wire::MAX_BODY, wire::MAX_PAYLOAD);
-        Self::hello(
-            addr,
-            conn.peer,
-            reader,
-            conn.writer,
-            me,
-            listen,
-            opts,
-            epoch,
-        )
-        .await
+        let reached = match conn.punched {
+            true => Reached::Punched,
+            false => Reached::Reverse,
+        };
+        let stream = (conn.peer, reader, conn.writer, reached);
+        Self::hello(addr, stream, me, listen, opts, epoch).await
     }
 
-    #[allow(clippy::too_many_arguments)]
     async fn hello(
         addr: SocketAddr,
-        peer: NodeId,
-        reader: FrameReader<SecureReader<TcpStream>>,
-        writer: SecureWriter<TcpStream>,
+        (peer, reader, writer, reached): Stream,
         me: &Identity,
         listen: Option<SocketAddr>,
         opts: &DownloadOptions,
@@ -169,6 +162,7 @@ impl SourceConn {
         let last_byte = Arc::new(AtomicU64::new(epoch.elapsed().as_millis() as u64));
         let mut conn = SourceConn {
             addr,
+            reached,
             node: peer,
             reader: reader.map_inner(|inner| Stamped {
                 inner,

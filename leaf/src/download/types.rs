@@ -62,6 +62,30 @@ pub struct SourceReport {
     pub error: Option<String>,
     /// The first queue position it gave us, if its slots were full.
     pub queued_at: Option<u32>,
+    /// How the connection to it was made, once it was.
+    #[serde(default)]
+    pub reached: Option<Reached>,
+}
+
+/// How a connection to a source was made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Reached {
+    /// We dialled it.
+    Direct,
+    /// It connected to us, asked through its super-peer (it cannot be reached).
+    Reverse,
+    /// Both dialled at once through both NATs (neither can be reached).
+    Punched,
+}
+
+impl std::fmt::Display for Reached {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Reached::Direct => "direct",
+            Reached::Reverse => "reverse connection",
+            Reached::Punched => "hole punched",
+        })
+    }
 }
 
 impl SourceReport {
@@ -72,6 +96,7 @@ impl SourceReport {
             bytes: 0,
             error: None,
             queued_at: None,
+            reached: None,
         }
     }
 

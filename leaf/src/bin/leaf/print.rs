@@ -79,6 +79,7 @@ pub(crate) fn print_results(
                 "size": r.size,
                 "sources": r.sources.len(),
                 "source_addrs": r.sources.iter().map(|s| s.addr.to_string()).collect::<Vec<_>>(),
+                "source_reachable": r.sources.iter().map(|s| s.reachable).collect::<Vec<_>>(),
                 "artist": r.tags.artist,
                 "album": r.tags.album,
                 "title": r.tags.title,
@@ -152,6 +153,10 @@ pub(crate) async fn print_get_replies(replies: Receiver<Reply>) -> anyhow::Resul
                     used,
                     r.elapsed_ms as f64 / 1000.0
                 );
+                for s in r.sources.iter().filter(|s| s.chunks > 0) {
+                    let how = s.reached.map_or(String::new(), |h| format!(" ({h})"));
+                    say!("  {} chunks from {}{how}", s.chunks, s.addr);
+                }
                 for s in r.sources.iter().filter(|s| s.error.is_some()) {
                     say_err!(
                         "  dropped source {}: {}",
