@@ -363,6 +363,7 @@ impl Msg {
                     6 => Message::ConnectToMe {
                         node: node(k / 11),
                         token: u64::from(k),
+                        punch: k % 2 == 0,
                     },
                     7 => Message::ConnectAsked {
                         token: u64::from(k),
@@ -372,6 +373,7 @@ impl Msg {
                         node: node(k / 11),
                         addr: addr(k),
                         token: u64::from(k),
+                        punch: k % 2 == 0,
                     },
                     9 => Message::Reversed {
                         token: u64::from(k),

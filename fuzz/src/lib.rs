@@ -186,6 +186,7 @@ pub fn sample_messages() -> Vec<Message> {
         Message::ConnectToMe {
             node: NodeId([1; 32]),
             token: 77,
+            punch: true,
         },
         Message::ConnectAsked {
             token: 77,
@@ -195,6 +196,7 @@ pub fn sample_messages() -> Vec<Message> {
             node: NodeId([2; 32]),
             addr: "10.0.0.8:7001".parse().expect("address"),
             token: 77,
+            punch: false,
         },
         Message::Reversed { token: 77 },
         Message::Reachability {

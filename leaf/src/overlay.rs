@@ -53,8 +53,8 @@ pub(crate) enum Command {
     EndSearch(QueryId),
     /// Log an event of the node's and keep it with the overlay's for status.
     Note(String),
-    /// Where others should connect to us changed (a port mapping came or went).
-    Advertise(Option<SocketAddr>),
+    /// Where others should connect to us changed (a port mapping came, or went: `lost`).
+    Advertise(Option<SocketAddr>, bool),
 }
 
 /// How the node behaves in the overlay.
@@ -194,10 +194,10 @@ pub(crate) async fn run(inner: Arc<NodeState>, settings: Settings, commands: Rec
             }
             Wake::Command(Command::Note(event)) => note(&mut status, event),
             // A promoted node's own leaf link is local: it keeps the listen address.
-            Wake::Command(Command::Advertise(listen)) if sp.is_none() => {
-                leaf.set_listen(now, listen)
+            Wake::Command(Command::Advertise(listen, lost)) if sp.is_none() => {
+                leaf.set_listen(now, listen, lost)
             }
-            Wake::Command(Command::Advertise(_)) => {}
+            Wake::Command(Command::Advertise(..)) => {}
             Wake::Timer => {}
         }
         leaf.handle_timeout(now);
@@ -281,7 +281,17 @@ pub(crate) async fn run(inner: Arc<NodeState>, settings: Settings, commands: Rec
                         addr,
                         token,
                         via,
-                    } => connect_back(&inner, node, addr, token, via),
+                        punch,
+                    } => {
+                        let back = ConnectBack {
+                            node,
+                            addr,
+                            token,
+                            via,
+                            punch,
+                        };
+                        connect_back(&inner, back)
+                    }
                     LeafEvent::Promote { reason } => {
                         let placeholder = LeafOverlay::new(
                             now,
@@ -322,28 +332,33 @@ pub(crate) async fn run(inner: Arc<NodeState>, settings: Settings, commands: Rec
 
 /// Connects to `addr` as super-peer `via` passed on, and serves it there, unless as many
 /// connections back as allowed are being made already.
-fn connect_back(
-    inner: &Arc<NodeState>,
-    node: NodeId,
-    addr: SocketAddr,
-    token: u64,
-    via: SocketAddr,
-) {
+fn connect_back(inner: &Arc<NodeState>, back: ConnectBack) {
     let inner = inner.clone();
     smol::spawn(async move {
-        let Some(_place) = inner.reverse.start_connect_back() else {
+        let (addr, via) = (back.addr, back.via);
+        let Some(place) = inner.reverse.start_connect_back() else {
             log::info!(
-                "not connecting back to {addr} (asked through {via}): {} connections back already",
+                "not connecting back to {addr} (asked through {via}): {} connections back being \
+                 made already",
                 crate::reverse::MAX_CONNECT_BACKS
             );
             return;
         };
         log::info!("connecting back to {addr}, asked through super-peer {via}");
-        if let Err(e) = crate::upload::serve_connect_back(inner.clone(), node, addr, token).await {
+        if let Err(e) = crate::upload::serve_connect_back(&inner, back, place).await {
             log::info!("connection back to {addr}: {e}");
         }
     })
     .detach();
+}
+
+/// A super-peer's request to connect back ([`LeafEvent::ConnectBack`]).
+pub(crate) struct ConnectBack {
+    pub(crate) node: NodeId,
+    pub(crate) addr: SocketAddr,
+    pub(crate) token: u64,
+    pub(crate) via: SocketAddr,
+    pub(crate) punch: bool,
 }
 
 /// What the node registers on a link: its shared files, and the files it downloads or seeds

@@ -190,12 +190,20 @@ pub fn map_blocking(
         .get_external_ip()
         .map_err(|e| format!("gateway {at}: external address: {e}"))?;
     let local = SocketAddr::new(gw.local, internal_port);
-    let lease_s = lease.as_secs() as u32;
+    let mut lease_s = lease.as_secs() as u32;
     let tcp = igd_next::PortMappingProtocol::TCP;
-    let port = match gw
+    let mut asked = gw
         .gateway
-        .add_port(tcp, external_port, local, lease_s, "canopy")
-    {
+        .add_port(tcp, external_port, local, lease_s, "canopy");
+    if let Err(igd_next::AddPortError::OnlyPermanentLeasesSupported) = asked {
+        // Some routers take no lease but "forever" (0); renewing is then harmless, and the
+        // mapping is removed when the node stops.
+        lease_s = 0;
+        asked = gw
+            .gateway
+            .add_port(tcp, external_port, local, lease_s, "canopy");
+    }
+    let port = match asked {
         Ok(()) => external_port,
         Err(first) => gw
             .gateway

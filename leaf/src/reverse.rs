@@ -36,7 +36,7 @@ use wire::{Hello, Message, NodeId, Role};
 
 /// Routes kept (the most recent sources seen in hits).
 const ROUTES_KEPT: usize = 4096;
-/// Connections back this node makes at once, when asked; more requests are dropped.
+/// Connections back being made at once (dialled, not yet serving); more requests are dropped.
 pub(crate) const MAX_CONNECT_BACKS: usize = 16;
 /// One attempt of a hole punch (the kernel sends its SYN again within it).
 const PUNCH_ATTEMPT: Duration = Duration::from_secs(4);
@@ -114,8 +114,9 @@ impl Reverse {
             .filter(|r| r.reachable != Some(true))
     }
 
-    /// Waits for a connection back from `node`: its token, and where it will arrive.
-    fn expect(&self, node: NodeId) -> (u64, Receiver<Accepted>) {
+    /// Waits for a connection back from `node`: its token, and where it will arrive. The
+    /// token is forgotten when the returned guard drops, however the wait ends.
+    fn expect(&self, node: NodeId) -> Waiting<'_> {
         let (tx, rx) = channel::bounded(1);
         let mut waiting = self.waiting.lock().unwrap();
         let token = loop {
@@ -125,11 +126,11 @@ impl Reverse {
             }
         };
         waiting.insert(token, (node, tx));
-        (token, rx)
-    }
-
-    fn forget(&self, token: u64) {
-        self.waiting.lock().unwrap().remove(&token);
+        Waiting {
+            reverse: self,
+            token,
+            rx,
+        }
     }
 
     /// A connection named `token` arrived: it goes to the download waiting for it, if its key
@@ -162,6 +163,19 @@ impl Reverse {
             return None;
         }
         Some(ConnectBackGuard(&self.connecting))
+    }
+}
+
+/// A token awaited; forgotten on drop.
+struct Waiting<'a> {
+    reverse: &'a Reverse,
+    token: u64,
+    rx: Receiver<Accepted>,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.reverse.waiting.lock().unwrap().remove(&self.token);
     }
 }
 
@@ -201,9 +215,14 @@ pub(crate) async fn connect_via(
     let (Some(bound), Some(advertised)) = (me.bound, me.advertised) else {
         return Err("it cannot be reached, and this node accepts no connections".into());
     };
-    let (token, rx) = reverse.expect(route.node);
-    let result = async {
-        ask(me.identity, advertised, route, token, limit).await?;
+    let waiting = reverse.expect(route.node);
+    let (token, rx) = (waiting.token, &waiting.rx);
+    let punching = me.reachable == Some(false);
+    // One deadline for all of it: a super-peer that talks without answering cannot hold
+    // the download.
+    let whole = limit * 2 + Duration::from_secs(5);
+    let attempt = async {
+        ask(me.identity, advertised, route, token, punching, limit).await?;
         let arrived = async {
             smol::future::or(async { rx.recv().await.ok() }, async {
                 smol::Timer::after(limit).await;
@@ -218,19 +237,20 @@ pub(crate) async fn connect_via(
                 )
             })
         };
-        match me.reachable {
-            Some(false) => {
-                let punched = punch(me.identity, bound, addr, route.node, token, limit);
-                crate::download::first_ok(arrived, punched)
-                    .await
-                    .map_err(|e| format!("both behind NAT, and hole punching failed: {e}"))
-            }
-            _ => arrived.await,
+        if punching {
+            let punched = punch(me.identity, bound, addr, route.node, token, limit);
+            crate::download::first_ok(arrived, punched)
+                .await
+                .map_err(|e| format!("both behind NAT, and hole punching failed: {e}"))
+        } else {
+            arrived.await
         }
-    }
-    .await;
-    reverse.forget(token);
-    result
+    };
+    smol::future::or(attempt, async {
+        smol::Timer::after(whole).await;
+        Err(format!("no connection back within {whole:?}"))
+    })
+    .await
 }
 
 /// Dials `addr` from our listen port until `limit`, as the source dials us: a connection
@@ -291,6 +311,7 @@ async fn ask(
     listen: SocketAddr,
     route: Route,
     token: u64,
+    punch: bool,
     limit: Duration,
 ) -> Result<(), String> {
     let via = route.via;
@@ -305,6 +326,7 @@ async fn ask(
         Message::ConnectToMe {
             node: route.node,
             token,
+            punch,
         },
     ] {
         write_message_within(&mut writer, &msg, &mut scratch, limit)
@@ -312,9 +334,10 @@ async fn ask(
             .map_err(|e| format!("super-peer {via}: {e}"))?;
     }
     let mut reader = FrameReader::new(secure.reader).limited(wire::MAX_BODY, 0);
+    let mut hellos = 0;
     let answer = loop {
         match reader.read_message_within(limit).await {
-            Ok(Message::Hello(h)) if h.role == Role::SuperPeer => {}
+            Ok(Message::Hello(h)) if h.role == Role::SuperPeer && hellos == 0 => hellos += 1,
             Ok(Message::ConnectAsked { token: t, error }) if t == token => break error,
             Ok(Message::Goodbye { reason }) => {
                 return Err(format!("super-peer {via} said: {reason}"));
@@ -448,7 +471,8 @@ mod tests {
                 Identity::generate(),
             );
             let r = Reverse::default();
-            let (token, rx) = r.expect(source.node());
+            let waiting = r.expect(source.node());
+            let (token, rx) = (waiting.token, &waiting.rx);
             // Another node naming the token (it saw it, or guessed it) is refused.
             let err = r
                 .arrived(token, accepted_from(&stranger, &me).await)
@@ -466,6 +490,12 @@ mod tests {
                 .arrived(token, accepted_from(&source, &me).await)
                 .unwrap_err();
             assert!(err.contains("never asked for"), "{err}");
+            // A wait that ends, however it ends, forgets its token.
+            let other = r.expect(source.node());
+            assert_eq!(r.waiting.lock().unwrap().len(), 1);
+            drop(other);
+            drop(waiting);
+            assert!(r.waiting.lock().unwrap().is_empty());
         });
     }
 

@@ -86,14 +86,24 @@ pub(crate) async fn serve(node: Arc<NodeState>, stream: TcpStream, peer: SocketA
 
 /// Connects to `addr` as its node asked through our super-peer, names `token`, and serves it
 /// as if it had connected to us.
+///
+/// `place` (one of the few connections back made at once) is given back once the connection
+/// is made: serving it is bounded by the upload slots, as any downloader's is.
 pub(crate) async fn serve_connect_back(
-    node: Arc<NodeState>,
-    want: NodeId,
-    addr: SocketAddr,
-    token: u64,
+    node: &NodeState,
+    back: crate::overlay::ConnectBack,
+    place: crate::reverse::ConnectBackGuard<'_>,
 ) -> Result<(), String> {
+    let (want, addr, token) = (back.node, back.addr, back.token);
     let limit = node.limits.handshake_timeout;
-    let stream = dial_from_listen_port(&node, addr).await?;
+    // Only a hole punch needs our listen port, and the retries; a plain connection back is one
+    // attempt from any port (two at once to the same downloader would clash on one port).
+    let stream = match back.punch {
+        true => dial_from_listen_port(node, addr).await?,
+        false => transport::net::connect(addr, limit)
+            .await
+            .map_err(|e| format!("cannot connect back to {addr}: {e}"))?,
+    };
     let secure = transport::secure::connect(stream, &node.identity, limit)
         .await
         .map_err(|e| format!("connecting back to {addr}: {e}"))?;
@@ -114,12 +124,13 @@ pub(crate) async fn serve_connect_back(
     )
     .await
     .map_err(|e| format!("{addr}: {e}"))?;
+    drop(place);
     let stream = Served {
         reader: FrameReader::new(secure.reader).limited(transfer::upload::MAX_REQUEST_BODY, 0),
         writer,
         peer: secure.peer,
     };
-    serve_inner(&node, stream, None).await
+    serve_inner(node, stream, None).await
 }
 
 /// Dials `addr` from our listen port (so our NAT maps it as it maps that port), again and again

@@ -343,7 +343,19 @@ fn a_leaf_behind_a_upnp_router_maps_its_port_is_reachable_and_unmaps_when_it_sto
         .arg(base.join("miniupnpd.pid"));
     let router = Proc::spawn(&mut upnp);
     let _sp = start_superpeer_in(&ns, &base.join("sp"));
-    assert!(!connects_from_pub(&ns, "80.77.1.2:7001"), "closed before");
+    // What miniupnpd has forwarded: the rules in its chain on the router.
+    let forwards = || {
+        let out = run(ns.exec("nat", "nft").args([
+            "list",
+            "chain",
+            "inet",
+            "nat",
+            "prerouting_miniupnpd",
+        ]));
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        text(&out.stdout).contains("dnat ip to 192.168.77.2:7001")
+    };
+    assert!(!forwards(), "nothing forwarded before");
 
     std::fs::create_dir_all(base.join("music")).unwrap();
     std::fs::write(base.join("music/a song.ogg"), b"la la la").unwrap();
@@ -362,12 +374,13 @@ fn a_leaf_behind_a_upnp_router_maps_its_port_is_reachable_and_unmaps_when_it_sto
         how.starts_with("UPnP: the router at 192.168.77.1:"),
         "{how}"
     );
+    assert!(forwards());
     assert!(connects_from_pub(&ns, "80.77.1.2:7001"), "forwarded now");
 
     // Stopped, it removes the mapping: the port is closed again.
     let (status, _) = home.terminate(Duration::from_secs(15));
     assert!(status.success(), "{status:?}");
-    assert!(!connects_from_pub(&ns, "80.77.1.2:7001"), "closed after");
+    assert!(!forwards(), "the forward is removed");
     drop(router);
 }
 

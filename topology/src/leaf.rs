@@ -143,6 +143,8 @@ pub enum LeafEvent {
         token: u64,
         /// The super-peer that passed the request on.
         via: SocketAddr,
+        /// Dial from the listen port and keep trying: the requester is dialling us too.
+        punch: bool,
     },
     /// Become a super-peer (the [`RoleClock`] allowed it). The driver starts the super-peer
     /// role and passes [`LeafOverlay::into_parts`] on to it.
@@ -161,6 +163,27 @@ struct Link {
     /// What the super-peer found when it connected back: our address as it sees it, and
     /// whether the connection got through.
     reach: Option<(SocketAddr, bool)>,
+    /// Requests to connect back passed on by this link in the current minute: (its start,
+    /// how many).
+    connect_backs: (Instant, u32),
+}
+
+/// Requests to connect back one super-peer may pass on in a minute; more are ignored (a
+/// super-peer must not be able to aim its leaves at a third party).
+pub const CONNECT_BACKS_PER_MINUTE: u32 = 30;
+
+/// Whether a leaf should connect back to `addr`, passed on by its super-peer at `from`: a
+/// unicast address with a port, and a loopback one only from a super-peer on loopback.
+fn may_connect_back(addr: SocketAddr, from: SocketAddr) -> bool {
+    let ip = addr.ip();
+    let unicast = match ip {
+        std::net::IpAddr::V4(v4) => !v4.is_broadcast() && !v4.is_multicast(),
+        std::net::IpAddr::V6(v6) => !v6.is_multicast(),
+    };
+    addr.port() != 0
+        && unicast
+        && !ip.is_unspecified()
+        && (!ip.is_loopback() || from.ip().is_loopback())
 }
 
 /// Whether others can connect to this leaf, as its super-peers found.
@@ -287,15 +310,16 @@ impl LeafOverlay {
 
     /// Where we serve changed, or a port mapping for it came or went: every link is closed and
     /// dialled again, so each super-peer hears the new address in Hello and connects back to
-    /// it. With the address unchanged (a mapping of the same port), only links whose
-    /// super-peer found us unreachable are, to be checked again.
-    pub fn set_listen(&mut self, now: Instant, listen: Option<SocketAddr>) {
-        let same = listen == self.listen;
+    /// it. With the address unchanged and a mapping gained (`lost` false), only links whose
+    /// super-peer did not find us reachable (or has not said yet) are, to be checked again;
+    /// with a mapping lost, all are.
+    pub fn set_listen(&mut self, now: Instant, listen: Option<SocketAddr>, lost: bool) {
+        let same = listen == self.listen && !lost;
         self.listen = listen;
         let mut conns: Vec<ConnId> = self
             .links
             .iter()
-            .filter(|(_, l)| !same || matches!(l.reach, Some((_, false))))
+            .filter(|(_, l)| !same || !matches!(l.reach, Some((_, true))))
             .map(|(&c, _)| c)
             .collect();
         conns.sort_unstable();
@@ -404,6 +428,7 @@ impl LeafOverlay {
                 last_rx: now,
                 closing: false,
                 reach: None,
+                connect_backs: (now, 0),
             },
         );
         let mut hello = Hello::new(self.node, Role::Leaf, self.listen, &self.config.agent);
@@ -531,15 +556,26 @@ impl LeafOverlay {
                 reachable,
             } if link.node.is_some() => link.reach = Some((observed, reachable)),
             // Only from a super-peer we attached to, and only if we serve at all.
-            Message::ConnectBack { node, addr, token }
-                if link.node.is_some() && self.listen.is_some() =>
-            {
-                self.events.push_back(LeafEvent::ConnectBack {
-                    node,
-                    addr,
-                    token,
-                    via: link.addr,
-                });
+            Message::ConnectBack {
+                node,
+                addr,
+                token,
+                punch,
+            } if link.node.is_some() && self.listen.is_some() => {
+                let (start, count) = &mut link.connect_backs;
+                if now >= *start + Duration::from_secs(60) {
+                    (*start, *count) = (now, 0);
+                }
+                *count += 1;
+                if *count <= CONNECT_BACKS_PER_MINUTE && may_connect_back(addr, link.addr) {
+                    self.events.push_back(LeafEvent::ConnectBack {
+                        node,
+                        addr,
+                        token,
+                        via: link.addr,
+                        punch,
+                    });
+                }
             }
             _ => {}
         }
@@ -810,6 +846,7 @@ mod tests {
             node: NodeId([5; 32]),
             addr: "203.0.113.5:7001".parse().unwrap(),
             token,
+            punch: false,
         };
         leaf.handle_message(t0, 7, back(9));
         assert_eq!(
@@ -819,11 +856,55 @@ mod tests {
                 addr: "203.0.113.5:7001".parse().unwrap(),
                 token: 9,
                 via: "10.0.0.1:4000".parse().unwrap(),
+                punch: false,
             })
         );
-        // A link not attached (no super-peer Hello yet) is not listened to.
-        leaf.handle_message(t0, 99, back(10));
+        // A link that is up but has not said it is a super-peer is not listened to.
+        leaf.handle_connect(t0, 8, "10.0.0.3:4000".parse().unwrap());
+        while leaf.poll_transmit().is_some() {}
+        leaf.handle_message(t0, 8, back(10));
         assert_eq!(leaf.poll_event(), None);
+        // Nowhere a leaf should be sent: no port, broadcast, multicast, unspecified, or
+        // loopback from a super-peer that is not on loopback.
+        for bad in [
+            "203.0.113.5:0",
+            "255.255.255.255:7001",
+            "224.0.0.1:7001",
+            "0.0.0.0:7001",
+            "127.0.0.1:22",
+            "[::1]:22",
+            "[ff02::1]:7001",
+        ] {
+            leaf.handle_message(
+                t0,
+                7,
+                Message::ConnectBack {
+                    node: NodeId([5; 32]),
+                    addr: bad.parse().unwrap(),
+                    token: 11,
+                    punch: false,
+                },
+            );
+            assert_eq!(leaf.poll_event(), None, "{bad}");
+        }
+        assert!(may_connect_back(
+            "127.0.0.1:7001".parse().unwrap(),
+            "127.0.0.1:7700".parse().unwrap()
+        ));
+        // At most CONNECT_BACKS_PER_MINUTE a minute from one super-peer; the 7 refused above
+        // count too.
+        let mut passed = 1 + 7;
+        for t in 0..100 {
+            leaf.handle_message(t0, 7, back(100 + t));
+            passed += std::iter::from_fn(|| leaf.poll_event()).count() as u32;
+        }
+        assert_eq!(passed, CONNECT_BACKS_PER_MINUTE);
+        let later = t0 + Duration::from_secs(61);
+        leaf.handle_message(later, 7, back(999));
+        assert!(matches!(
+            leaf.poll_event(),
+            Some(LeafEvent::ConnectBack { token: 999, .. })
+        ));
         // A hit's super-peer listening on every interface is where its hits came from.
         let query = Query {
             id: QueryId([4; 16]),
@@ -864,33 +945,45 @@ mod tests {
         assert_eq!(via, ["10.0.0.1:7700", "198.51.100.2:7700"]);
         // A leaf that serves nobody has nothing to connect back with.
         let (mut quiet, t0) = attached_leaf(None);
-        quiet.handle_message(t0, 7, back(11));
+        quiet.handle_message(t0, 7, back(12));
         assert_eq!(quiet.poll_event(), None);
     }
 
     #[test]
     fn a_new_listen_address_attaches_again_to_say_it() {
         let (mut leaf, t0) = attached_leaf(Some("0.0.0.0:6000".parse().unwrap()));
-        leaf.set_listen(t0, Some("0.0.0.0:6000".parse().unwrap()));
+        let said = |reachable| Message::Reachability {
+            observed: "198.51.100.7:6000".parse().unwrap(),
+            reachable,
+        };
+        leaf.handle_message(t0, 7, said(true));
+        leaf.set_listen(t0, Some("0.0.0.0:6000".parse().unwrap()), false);
         assert_eq!(
             leaf.poll_event(),
             None,
             "unchanged and reachable: nothing happens"
         );
-        // Found unreachable before the router forwarded the port: checked again.
-        let said = Message::Reachability {
-            observed: "198.51.100.7:6000".parse().unwrap(),
-            reachable: false,
-        };
-        leaf.handle_message(t0, 7, said);
-        leaf.set_listen(t0, Some("0.0.0.0:6000".parse().unwrap()));
+        // A mapping of the same port that went away: reachable may not hold any more.
+        leaf.set_listen(t0, Some("0.0.0.0:6000".parse().unwrap()), true);
         assert!(matches!(
             leaf.poll_event(),
-            Some(LeafEvent::Close { conn: 7, reason }) if reason.contains("checked")
+            Some(LeafEvent::Close { conn: 7, .. })
         ));
-        leaf.handle_disconnect(t0, 7);
+        // Found unreachable (or not yet checked) before the router forwarded the port:
+        // checked again.
+        for reach in [Some(false), None] {
+            let (mut leaf, t0) = attached_leaf(Some("0.0.0.0:6000".parse().unwrap()));
+            if let Some(r) = reach {
+                leaf.handle_message(t0, 7, said(r));
+            }
+            leaf.set_listen(t0, Some("0.0.0.0:6000".parse().unwrap()), false);
+            assert!(matches!(
+                leaf.poll_event(),
+                Some(LeafEvent::Close { conn: 7, reason }) if reason.contains("checked")
+            ));
+        }
         let (mut leaf, t0) = attached_leaf(Some("0.0.0.0:6000".parse().unwrap()));
-        leaf.set_listen(t0, Some("0.0.0.0:40001".parse().unwrap()));
+        leaf.set_listen(t0, Some("0.0.0.0:40001".parse().unwrap()), false);
         assert!(matches!(
             leaf.poll_event(),
             Some(LeafEvent::Close { conn: 7, reason }) if reason.contains("listen address changed")

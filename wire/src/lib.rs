@@ -222,19 +222,23 @@ mod tests {
                 }),
             (any::<u32>(), ".{0,40}")
                 .prop_map(|(request, reason)| Message::BrowseRefused { request, reason }),
-            (arb_bytes::<32>(), any::<u64>()).prop_map(|(node, token)| Message::ConnectToMe {
-                node: NodeId(node),
-                token
+            (arb_bytes::<32>(), any::<u64>(), any::<bool>()).prop_map(|(node, token, punch)| {
+                Message::ConnectToMe {
+                    node: NodeId(node),
+                    token,
+                    punch,
+                }
             }),
             (any::<u64>(), prop::option::of(".{0,40}"))
                 .prop_map(|(token, error)| Message::ConnectAsked { token, error }),
-            (arb_bytes::<32>(), arb_addr(), any::<u64>()).prop_map(|(node, addr, token)| {
-                Message::ConnectBack {
+            (arb_bytes::<32>(), arb_addr(), any::<u64>(), any::<bool>()).prop_map(
+                |(node, addr, token, punch)| Message::ConnectBack {
                     node: NodeId(node),
                     addr,
                     token,
+                    punch,
                 }
-            }),
+            ),
             any::<u64>().prop_map(|token| Message::Reversed { token }),
             (arb_addr(), any::<bool>()).prop_map(|(observed, reachable)| Message::Reachability {
                 observed,

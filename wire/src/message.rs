@@ -432,6 +432,10 @@ pub enum Message {
         node: NodeId,
         /// Names the connection when it arrives ([`Message::Reversed`]).
         token: u64,
+        /// The sender cannot be reached either and dials the leaf at the same time: the leaf
+        /// should dial from its listen port, and keep trying a few seconds (hole punching).
+        #[serde(default)]
+        punch: bool,
     },
     /// The super-peer's answer to [`Message::ConnectToMe`]: the leaf was asked, or why not.
     ConnectAsked {
@@ -449,6 +453,9 @@ pub enum Message {
         addr: SocketAddr,
         /// Sent back in [`Message::Reversed`].
         token: u64,
+        /// As in [`Message::ConnectToMe`].
+        #[serde(default)]
+        punch: bool,
     },
     /// The first message on a connection made because of [`Message::ConnectBack`]: the
     /// connecting node serves chunks on it, and the other side asks.

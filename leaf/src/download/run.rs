@@ -120,7 +120,23 @@ struct Run<'a> {
     to_check: VecDeque<ToCheck>,
     /// Chunks being verified and written now, at most [`CHECKERS`].
     checks_running: usize,
+    /// Open while the download runs; checks write to the part file only while it is. Closed
+    /// (by [`WriteGate`]'s drop) when `run` returns or its future is dropped (a cancel).
+    writes: Arc<std::sync::Mutex<bool>>,
 }
+
+/// Closes a download's writes when dropped: nothing writes to its part file after that (a
+/// piece being written finishes first).
+struct WriteGate(Arc<std::sync::Mutex<bool>>);
+
+impl Drop for WriteGate {
+    fn drop(&mut self) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = false;
+    }
+}
+
+/// How long a stopping download waits for its checks running off the executor.
+const DRAIN_LIMIT: Duration = Duration::from_secs(30);
 
 /// A chunk waiting to be verified and written.
 struct ToCheck {
@@ -170,8 +186,10 @@ pub(super) async fn run(
         room: None,
         to_check: VecDeque::new(),
         checks_running: 0,
+        writes: Arc::new(std::sync::Mutex::new(true)),
         s: setup,
     };
+    let _gate = WriteGate(run.writes.clone());
     let result = run.main(&rx, &mut record).await;
     run.stop();
     // Checks still verifying or writing finish before the download returns: nothing writes to
@@ -581,10 +599,11 @@ impl Run<'_> {
             };
             self.checks_running += 1;
             let len = data.len() as u64;
-            let (file, manifest, inputs) = (
+            let (file, manifest, inputs, writes) = (
                 self.s.file.clone(),
                 self.s.manifest.clone(),
                 self.inputs.clone(),
+                self.writes.clone(),
             );
             smol::spawn(async move {
                 let input = smol::unblock(move || {
@@ -596,7 +615,13 @@ impl Run<'_> {
                             let written = data
                                 .chunks(WRITE_PIECE)
                                 .zip((offset..).step_by(WRITE_PIECE))
-                                .try_for_each(|(piece, at)| file.write_all_at(piece, at));
+                                .try_for_each(|(piece, at)| {
+                                    let open = writes.lock().unwrap_or_else(|p| p.into_inner());
+                                    if !*open {
+                                        return Err(io::Error::other("the download stopped"));
+                                    }
+                                    file.write_all_at(piece, at)
+                                });
                             Input::Checked(n, request, len, written.map(|()| Checked::Kept))
                         }
                         // The last chunk's bytes may prove the manifest wrong instead.
@@ -680,14 +705,25 @@ impl Run<'_> {
     /// Waits for the checks running off the executor to answer. Chunks they kept are on disk
     /// but their sessions are gone, so they are not counted here; a resume verifies them.
     async fn drain_checks(&mut self, rx: &Receiver<Input>) {
+        let until = Instant::now() + DRAIN_LIMIT;
         while self.checks_running > 0 {
-            match rx.recv().await {
-                Ok(Input::Checked(..) | Input::SizeProven(_)) => {
+            let next = smol::future::or(async { Some(rx.recv().await) }, async {
+                smol::Timer::at(until).await;
+                None
+            })
+            .await;
+            match next {
+                Some(Ok(Input::Checked(..) | Input::SizeProven(_))) => {
                     self.checks_running -= 1;
                 }
-                Ok(_) => {}
+                Some(Ok(_)) => {}
                 // Every check holds a sender, and so does `self.inputs`: never closed here.
-                Err(_) => return,
+                Some(Err(_)) => return,
+                // A check that never answers (it panicked): the gate closes its writes.
+                None => {
+                    log::warn!("{} chunk checks did not answer", self.checks_running);
+                    return;
+                }
             }
         }
     }

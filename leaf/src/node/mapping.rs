@@ -75,7 +75,17 @@ impl Node {
             match result {
                 Ok((gw, external)) => {
                     let detail = format!("UPnP: the router at {} forwards {external}", gw.addr());
-                    *self.inner.mapping.0.lock().unwrap() = Some((gw.clone(), external.port()));
+                    let held = self
+                        .inner
+                        .mapping
+                        .0
+                        .lock()
+                        .unwrap()
+                        .replace((gw.clone(), external.port()));
+                    if let Some((old_gw, old)) = held.filter(|(_, p)| *p != external.port()) {
+                        // Moved to another port: the old forward goes.
+                        let _ = smol::unblock(move || portmap::unmap_blocking(&old_gw, old)).await;
+                    }
                     gateway = Some(gw);
                     rules.handle_mapped(now, external, portmap::LEASE);
                     self.set_external(Some(external.port()), detail);
@@ -104,7 +114,9 @@ impl Node {
             let shown = port.map_or("none".into(), |p| p.to_string());
             log::info!("external port {shown}: {how}");
             let overlay = &self.inner.overlay;
-            let _ = overlay.try_send(crate::overlay::Command::Advertise(state.advertised()));
+            let lost = port.is_none();
+            let advertise = crate::overlay::Command::Advertise(state.advertised(), lost);
+            let _ = overlay.try_send(advertise);
             let _ = overlay.try_send(crate::overlay::Command::Note(format!(
                 "external port {shown}: {how}"
             )));

@@ -499,8 +499,8 @@ impl SuperPeer {
                     self.protocol_error(conn, e.to_string());
                 }
             }
-            (PeerState::Requester { .. }, Message::ConnectToMe { node, token }) => {
-                self.on_connect_to_me(conn, node, token)
+            (PeerState::Requester { .. }, Message::ConnectToMe { node, token, punch }) => {
+                self.on_connect_to_me(conn, node, token, punch)
             }
             (PeerState::SuperPeer { listen, .. }, Message::Hosts { hosts }) => {
                 // As many as we send: more from one message is not news but a push.
@@ -803,7 +803,7 @@ impl SuperPeer {
 
     /// A requester asks that our leaf `node` connect to it: passed on with the address we see
     /// the requester at, and answered either way. A requester asking too often is dropped.
-    fn on_connect_to_me(&mut self, conn: ConnId, target: NodeId, token: u64) {
+    fn on_connect_to_me(&mut self, conn: ConnId, target: NodeId, token: u64, punch: bool) {
         let Some(Conn {
             state:
                 PeerState::Requester {
@@ -836,6 +836,7 @@ impl SuperPeer {
                         node: requester,
                         addr,
                         token,
+                        punch,
                     },
                 );
                 None

@@ -751,8 +751,14 @@ fn a_leaf_that_cannot_be_reached_is_asked_to_connect_back_to_the_address_seen() 
     };
     let (r, rc) = requester(&mut net, Some("0.0.0.0:7001"));
     let ask = |net: &mut Net, c: ConnId, node: NodeId, token: u64| {
-        net.queue
-            .push_back((End::Sp(0, c), Message::ConnectToMe { node, token }));
+        net.queue.push_back((
+            End::Sp(0, c),
+            Message::ConnectToMe {
+                node,
+                token,
+                punch: token == 77,
+            },
+        ));
         net.run();
     };
     ask(&mut net, rc, behind_node, 77);
@@ -760,6 +766,7 @@ fn a_leaf_that_cannot_be_reached_is_asked_to_connect_back_to_the_address_seen() 
         node: NodeId([50; 32]),
         addr: "203.0.113.9:7001".parse().unwrap(),
         token: 77,
+        punch: true,
     }));
     assert_eq!(
         net.inbox[r],
