@@ -381,6 +381,7 @@ impl Msg {
                     10 => Message::Reachability {
                         observed: addr(k),
                         reachable: k % 2 == 0,
+                        seen_from: (k % 3 == 0).then(|| addr(k / 3)),
                     },
                     _ => Message::TransferError {
                         request: 2,

@@ -202,6 +202,7 @@ pub fn sample_messages() -> Vec<Message> {
         Message::Reachability {
             observed: "10.0.0.9:6000".parse().expect("address"),
             reachable: false,
+            seen_from: Some("10.0.0.9:6000".parse().expect("address")),
         },
     ]
 }

@@ -245,12 +245,16 @@ pub struct PortMapping {
 }
 
 /// Whether others can connect to a node: what a super-peer found when it connected back.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Reach {
     /// The node's listen address as the super-peer sees it (behind a NAT: the router's).
     pub observed: SocketAddr,
     /// Whether the super-peer's connection to it got through.
     pub reachable: bool,
+    /// How its NAT maps its port, when two super-peers could tell: "endpoint-independent"
+    /// (hole punching can work) or "symmetric" (it cannot).
+    #[serde(default)]
+    pub nat: Option<String>,
 }
 
 /// The node's state.

@@ -67,7 +67,8 @@ pub(crate) struct Settings {
 }
 
 enum Input {
-    Connected(ConnId, SocketAddr, Box<SecureStream<TcpStream>>),
+    /// A link is up; `bool`: it was dialled from our listen port.
+    Connected(ConnId, SocketAddr, Box<SecureStream<TcpStream>>, bool),
     DialFailed(SocketAddr),
     Message(ConnId, Message),
     Closed(ConnId),
@@ -150,12 +151,15 @@ pub(crate) async fn run(inner: Arc<NodeState>, settings: Settings, commands: Rec
         .await;
         let now = Instant::now();
         match wake {
-            Wake::Input(Input::Connected(conn, addr, stream)) => {
+            Wake::Input(Input::Connected(conn, addr, stream, from_listen_port)) => {
                 writers.insert(
                     conn,
                     start_link(conn, *stream, tx.clone(), inner.limits.max_pending_bytes),
                 );
                 leaf.handle_connect(now, conn, addr);
+                if from_listen_port {
+                    leaf.handle_from_listen_port(conn);
+                }
             }
             Wake::Input(Input::DialFailed(addr)) => leaf.handle_dial_failed(now, addr),
             Wake::Input(Input::Message(conn, msg)) => leaf.handle_message(now, conn, msg),
@@ -241,10 +245,15 @@ pub(crate) async fn run(inner: Arc<NodeState>, settings: Settings, commands: Rec
                         let conn = next_conn;
                         next_conn += 1;
                         let (tx, identity) = (tx.clone(), inner.identity.clone());
+                        // From our listen port where we can (not once promoted: that link is
+                        // local): the super-peers then see how our NAT maps that port.
+                        let from = inner.listen.filter(|_| sp.is_none());
                         smol::spawn(async move {
                             let limit = Duration::from_secs(3);
-                            let input = match connect_secure(addr, &identity, limit).await {
-                                Ok(stream) => Input::Connected(conn, addr, Box::new(stream)),
+                            let input = match dial_superpeer(addr, from, &identity, limit).await {
+                                Ok((stream, shared)) => {
+                                    Input::Connected(conn, addr, Box::new(stream), shared)
+                                }
                                 Err(e) => {
                                     log::debug!("cannot reach super-peer {addr}: {e}");
                                     Input::DialFailed(addr)
@@ -323,6 +332,13 @@ pub(crate) async fn run(inner: Arc<NodeState>, settings: Settings, commands: Rec
         status.reach = leaf.reach().map(|r| crate::control::Reach {
             observed: r.observed,
             reachable: r.reachable,
+            nat: r.nat.map(|k| {
+                match k {
+                    topology::NatKind::EndpointIndependent => "endpoint-independent",
+                    topology::NatKind::Symmetric => "symmetric",
+                }
+                .to_string()
+            }),
         });
         if **inner.role.load() != status {
             inner.role.store(Arc::new(status.clone()));
@@ -359,6 +375,34 @@ pub(crate) struct ConnectBack {
     pub(crate) token: u64,
     pub(crate) via: SocketAddr,
     pub(crate) punch: bool,
+}
+
+/// Connects to super-peer `addr`, from port `from` if it can be used (it cannot, for one, while
+/// an earlier link to the same super-peer from it lingers in TIME_WAIT), else from any port.
+/// Says whether it came from `from`.
+async fn dial_superpeer(
+    addr: SocketAddr,
+    from: Option<SocketAddr>,
+    identity: &transport::identity::Identity,
+    limit: Duration,
+) -> std::io::Result<(SecureStream<TcpStream>, bool)> {
+    use std::io::ErrorKind::{AddrInUse, AddrNotAvailable};
+    if let Some(from) = from.filter(|f| f.is_ipv4() == addr.is_ipv4()) {
+        match transport::net::connect_from(from, addr, limit).await {
+            Ok(stream) => {
+                let secure = transport::secure::connect(stream, identity, limit)
+                    .await
+                    .map_err(|e| {
+                        std::io::Error::new(std::io::ErrorKind::ConnectionRefused, e.to_string())
+                    })?;
+                return Ok((secure, true));
+            }
+            // The port cannot be used for this one: any port will do.
+            Err(e) if matches!(e.kind(), AddrInUse | AddrNotAvailable) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok((connect_secure(addr, identity, limit).await?, false))
 }
 
 /// What the node registers on a link: its shared files, and the files it downloads or seeds

@@ -198,6 +198,8 @@ pub(crate) struct Me<'a> {
     pub(crate) advertised: Option<SocketAddr>,
     /// Whether its super-peers could connect to it (None: not known).
     pub(crate) reachable: Option<bool>,
+    /// Whether its NAT gives another port for each peer (hole punching cannot work).
+    pub(crate) symmetric: bool,
 }
 
 /// Asks the super-peer holding `route.node` that the source at `addr` connect to us, and
@@ -215,6 +217,13 @@ pub(crate) async fn connect_via(
     let (Some(bound), Some(advertised)) = (me.bound, me.advertised) else {
         return Err("it cannot be reached, and this node accepts no connections".into());
     };
+    if me.reachable == Some(false) && me.symmetric {
+        return Err(
+            "neither side can be reached, and this node's NAT is symmetric (another port for \
+             each peer), so no hole can be punched; relays are not built yet"
+                .into(),
+        );
+    }
     let waiting = reverse.expect(route.node);
     let (token, rx) = (waiting.token, &waiting.rx);
     let punching = me.reachable == Some(false);
@@ -420,6 +429,7 @@ mod tests {
             bound: None,
             advertised: None,
             reachable: None,
+            symmetric: false,
         };
         let started = std::time::Instant::now();
         let addr = "192.0.2.2:7001".parse().unwrap();
@@ -428,6 +438,18 @@ mod tests {
             .err()
             .expect("refused");
         assert!(err.contains("accepts no connections"), "{err}");
+        // Behind a symmetric NAT with a source that cannot be reached: no hole to punch.
+        let me = Me {
+            identity: &identity,
+            bound: Some("0.0.0.0:7002".parse().unwrap()),
+            advertised: Some("0.0.0.0:7002".parse().unwrap()),
+            reachable: Some(false),
+            symmetric: true,
+        };
+        let err = smol::block_on(connect_via(&r, me, addr, route, limit))
+            .err()
+            .expect("refused");
+        assert!(err.contains("symmetric"), "{err}");
         assert!(started.elapsed() < Duration::from_secs(5));
         assert!(r.waiting.lock().unwrap().is_empty(), "no token left behind");
     }

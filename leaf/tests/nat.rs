@@ -79,6 +79,12 @@ fn sh(args: &[&str]) {
 /// The namespaces of the picture above, with the router's rules loaded; `tag` tells the
 /// tests' namespaces apart.
 fn home_behind_nat(tag: &str) -> Namespaces {
+    home_behind_nats(tag, false)
+}
+
+/// As [`home_behind_nat`]; with `symmetric`, the second router gives each connection a random
+/// port (`masquerade fully-random`), as a symmetric NAT does.
+fn home_behind_nats(tag: &str, symmetric: bool) -> Namespaces {
     let prefix = format!("cn{}{tag}", std::process::id());
     let mut ns = Namespaces {
         prefix,
@@ -184,7 +190,7 @@ table inet nat {
 "#;
     let file = std::env::temp_dir().join(format!("{}-rules.nft", ns.prefix));
     std::fs::write(&file, rules).unwrap();
-    for n in [&nat, &nat2] {
+    let load = |n: &str, file: &Path| {
         sh(&[
             "ip",
             "netns",
@@ -194,6 +200,19 @@ table inet nat {
             "-f",
             file.to_str().unwrap(),
         ]);
+    };
+    load(&nat, &file);
+    if symmetric {
+        let random = file.with_extension("random.nft");
+        std::fs::write(
+            &random,
+            rules.replace("masquerade", "masquerade fully-random"),
+        )
+        .unwrap();
+        load(&nat2, &random);
+        let _ = std::fs::remove_file(&random);
+    } else {
+        load(&nat2, &file);
     }
     let _ = std::fs::remove_file(&file);
     ns
@@ -468,4 +487,57 @@ fn two_leaves_behind_nat_punch_a_hole_and_the_download_completes() {
     );
     assert!(std::fs::read(dl.join("Kiasmos - Looped.flac")).unwrap() == content);
     assert!(uploaded(&home_data, "80.77.1.1:7700") >= content.len() as u64);
+}
+
+#[test]
+fn two_super_peers_tell_a_leaf_the_kind_of_its_nat() {
+    let ns = home_behind_nats("k", true);
+    let tmp = tempfile::tempdir().unwrap();
+    let base = tmp.path();
+    let _sp = start_superpeer_in(&ns, &base.join("sp"));
+    let mut second = ns.exec("inet", superpeer_bin());
+    second
+        .args(["--listen", "0.0.0.0:7701", "--data-dir"])
+        .arg(base.join("sp2"));
+    let second = Proc::spawn(&mut second);
+    second.wait_for("listening on");
+    std::fs::create_dir_all(base.join("nothing")).unwrap();
+    // Each leaf attaches to both super-peers, dialling both from its listen port.
+    let home_data = base.join("home-data");
+    let _home = start_home_leaf(
+        &ns,
+        &home_data,
+        &base.join("nothing"),
+        &["--no-port-mapping", "--superpeer", "80.77.1.1:7701"],
+    );
+    let sym_data = base.join("home2-data");
+    let sym = Proc::spawn(
+        leaf_in(&ns, "home2", &sym_data, "80.77.3.1:7700", "0.0.0.0:7002")
+            .args([
+                "--no-port-mapping",
+                "--superpeer",
+                "80.77.3.1:7701",
+                "share",
+            ])
+            .arg(base.join("nothing")),
+    );
+    sym.wait_for("sharing");
+    for (data, kind) in [
+        (&home_data, "endpoint-independent"),
+        (&sym_data, "symmetric"),
+    ] {
+        wait_until(
+            "both super-peers to tell where the leaf is seen from",
+            40,
+            || status(data)["reach"]["nat"] == kind,
+        );
+        assert_eq!(status(data)["reach"]["reachable"], false);
+    }
+    let shown =
+        run(leaf_in(&ns, "home2", &sym_data, "80.77.3.1:7700", "0.0.0.0:7002").arg("status"));
+    assert!(
+        text(&shown.stdout).contains("nat       symmetric"),
+        "{}",
+        text(&shown.stdout)
+    );
 }

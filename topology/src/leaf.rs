@@ -163,6 +163,11 @@ struct Link {
     /// What the super-peer found when it connected back: our address as it sees it, and
     /// whether the connection got through.
     reach: Option<(SocketAddr, bool)>,
+    /// Where the super-peer sees this link come from.
+    seen_from: Option<SocketAddr>,
+    /// The driver dialled this link from our listen port ([`LeafOverlay::handle_from_listen_port`]):
+    /// where it is seen from tells how the NAT maps that port.
+    from_listen_port: bool,
     /// Requests to connect back passed on by this link in the current minute: (its start,
     /// how many).
     connect_backs: (Instant, u32),
@@ -193,6 +198,19 @@ pub struct Reach {
     pub observed: SocketAddr,
     /// Whether some super-peer's connection to it got through.
     pub reachable: bool,
+    /// How our NAT maps a port, when two super-peers have said where our links (dialled
+    /// from one port) come from.
+    pub nat: Option<NatKind>,
+}
+
+/// How a NAT maps one local port, as two super-peers see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NatKind {
+    /// The same external address whoever we talk to: hole punching can work.
+    EndpointIndependent,
+    /// Another external port for each destination (a symmetric NAT): hole punching cannot
+    /// work; only a relay could.
+    Symmetric,
 }
 
 /// The leaf's overlay state machine; see the module docs.
@@ -333,13 +351,37 @@ impl LeafOverlay {
         self.fill(now);
     }
 
+    /// The driver dialled link `conn` from our listen port (so two super-peers seeing it come
+    /// from one external port means the NAT keeps a port's mapping whoever we talk to).
+    pub fn handle_from_listen_port(&mut self, conn: ConnId) {
+        if let Some(l) = self.links.get_mut(&conn) {
+            l.from_listen_port = true;
+        }
+    }
+
     /// Whether others can reach us, as the super-peers attached now found: reachable if any
     /// of them got through (its observed address first), else the first one's finding.
     pub fn reach(&self) -> Option<Reach> {
-        let mut found: Vec<(SocketAddr, Reach)> = self
-            .links
-            .values()
-            .filter(|l| l.node.is_some() && !l.closing)
+        let live = || {
+            self.links
+                .values()
+                .filter(|l| l.node.is_some() && !l.closing)
+        };
+        let seen_all: Vec<SocketAddr> = live()
+            .filter(|l| l.from_listen_port)
+            .filter_map(|l| l.seen_from)
+            .collect();
+        let mut seen = seen_all.clone();
+        seen.sort();
+        seen.dedup();
+        let nat = match seen.as_slice() {
+            [] | [_] if seen_all.len() < 2 => None,
+            [_] => Some(NatKind::EndpointIndependent),
+            // Seen at other addresses altogether (another route out): nothing to say.
+            [first, rest @ ..] if rest.iter().any(|s| s.ip() != first.ip()) => None,
+            _ => Some(NatKind::Symmetric),
+        };
+        let mut found: Vec<(SocketAddr, Reach)> = live()
             .filter_map(|l| {
                 let (observed, reachable) = l.reach?;
                 Some((
@@ -347,6 +389,7 @@ impl LeafOverlay {
                     Reach {
                         observed,
                         reachable,
+                        nat,
                     },
                 ))
             })
@@ -428,6 +471,8 @@ impl LeafOverlay {
                 last_rx: now,
                 closing: false,
                 reach: None,
+                seen_from: None,
+                from_listen_port: false,
                 connect_backs: (now, 0),
             },
         );
@@ -554,7 +599,11 @@ impl LeafOverlay {
             Message::Reachability {
                 observed,
                 reachable,
-            } if link.node.is_some() => link.reach = Some((observed, reachable)),
+                seen_from,
+            } if link.node.is_some() => {
+                link.reach = Some((observed, reachable));
+                link.seen_from = seen_from;
+            }
             // Only from a super-peer we attached to, and only if we serve at all.
             Message::ConnectBack {
                 node,
@@ -833,13 +882,15 @@ mod tests {
         let said = Message::Reachability {
             observed,
             reachable: false,
+            seen_from: None,
         };
         leaf.handle_message(t0, 7, said);
         assert_eq!(
             leaf.reach(),
             Some(Reach {
                 observed,
-                reachable: false
+                reachable: false,
+                nat: None,
             })
         );
         let back = |token| Message::ConnectBack {
@@ -950,11 +1001,52 @@ mod tests {
     }
 
     #[test]
+    fn two_super_peers_seeing_one_port_dialled_from_tell_the_kind_of_nat() {
+        let t0 = Instant::now();
+        let clock = RoleClock::new(t0, NodeRole::Leaf, RoleConfig::default());
+        let config = LeafConfig {
+            can_promote: false,
+            target: 2,
+            ..LeafConfig::default()
+        };
+        let listen = Some("0.0.0.0:7001".parse().unwrap());
+        let said = |seen: &str| Message::Reachability {
+            observed: "198.51.100.7:7001".parse().unwrap(),
+            reachable: false,
+            seen_from: Some(seen.parse().unwrap()),
+        };
+        let kind = |seen: [&str; 2], from_listen_port: bool| {
+            let clock = clock.clone();
+            let mut leaf = LeafOverlay::new(t0, NodeId([1; 32]), listen, config.clone(), clock);
+            for (i, s) in seen.iter().enumerate() {
+                let sp: SocketAddr = format!("10.0.0.{}:4000", i + 1).parse().unwrap();
+                let conn = 7 + i as ConnId;
+                leaf.handle_connect(t0, conn, sp);
+                if from_listen_port {
+                    leaf.handle_from_listen_port(conn);
+                }
+                let hello = Hello::new(NodeId([2 + i as u8; 32]), Role::SuperPeer, Some(sp), "t");
+                leaf.handle_message(t0, conn, Message::Hello(hello));
+                leaf.handle_message(t0, conn, said(s));
+            }
+            leaf.reach().and_then(|r| r.nat)
+        };
+        let same = ["198.51.100.7:7001", "198.51.100.7:7001"];
+        let differ = ["198.51.100.7:40001", "198.51.100.7:52113"];
+        assert_eq!(kind(same, true), Some(NatKind::EndpointIndependent));
+        assert_eq!(kind(differ, true), Some(NatKind::Symmetric));
+        // Links from any port say nothing; nor do two routes out.
+        assert_eq!(kind(differ, false), None);
+        assert_eq!(kind(["198.51.100.7:7001", "203.0.113.1:7001"], true), None);
+    }
+
+    #[test]
     fn a_new_listen_address_attaches_again_to_say_it() {
         let (mut leaf, t0) = attached_leaf(Some("0.0.0.0:6000".parse().unwrap()));
         let said = |reachable| Message::Reachability {
             observed: "198.51.100.7:6000".parse().unwrap(),
             reachable,
+            seen_from: None,
         };
         leaf.handle_message(t0, 7, said(true));
         leaf.set_listen(t0, Some("0.0.0.0:6000".parse().unwrap()), false);

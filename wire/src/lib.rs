@@ -240,10 +240,13 @@ mod tests {
                 }
             ),
             any::<u64>().prop_map(|token| Message::Reversed { token }),
-            (arb_addr(), any::<bool>()).prop_map(|(observed, reachable)| Message::Reachability {
-                observed,
-                reachable
-            }),
+            (arb_addr(), any::<bool>(), prop::option::of(arb_addr())).prop_map(
+                |(observed, reachable, seen_from)| Message::Reachability {
+                    observed,
+                    reachable,
+                    seen_from,
+                }
+            ),
             (any::<u32>(), arb_bytes::<32>()).prop_map(|(request, id)| Message::GetManifest {
                 request,
                 id: FileId(id)

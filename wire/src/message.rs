@@ -470,6 +470,11 @@ pub enum Message {
         observed: SocketAddr,
         /// Whether the super-peer's connection to it was accepted.
         reachable: bool,
+        /// Where the leaf's connection to the super-peer comes from, as the super-peer sees
+        /// it. A leaf that dials every super-peer from one port learns from these whether its
+        /// NAT keeps that port's mapping whoever it talks to.
+        #[serde(default)]
+        seen_from: Option<SocketAddr>,
     },
     /// A page of a leaf's shares: files `offset..offset + files.len()` of `total`.
     Listing {

@@ -679,12 +679,18 @@ impl Node {
             let route = state.reverse.route(addr)?;
             let state = state.clone();
             Some(Box::pin(async move {
-                let reach = state.role.load().reach.map(|r| r.reachable);
+                let role = state.role.load();
+                let reach = role.reach.as_ref().map(|r| r.reachable);
+                let symmetric = role
+                    .reach
+                    .as_ref()
+                    .is_some_and(|r| r.nat.as_deref() == Some("symmetric"));
                 let me = crate::reverse::Me {
                     identity: &state.identity,
                     bound: state.listen,
                     advertised: state.advertised(),
                     reachable: reach,
+                    symmetric,
                 };
                 crate::reverse::connect_via(&state.reverse, me, addr, route, CONNECT_BACK_WAIT)
                     .await

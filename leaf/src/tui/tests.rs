@@ -94,6 +94,7 @@ fn status() -> StatusReport {
         reach: Some(crate::control::Reach {
             observed: "203.0.113.4:4000".parse().unwrap(),
             reachable: true,
+            nat: None,
         }),
         folders: vec![PathBuf::from("/home/me/Music")],
         folder_stats: vec![crate::control::FolderStats {

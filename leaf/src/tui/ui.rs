@@ -478,7 +478,7 @@ fn render_network(app: &App, f: &mut Frame, area: Rect) {
         ]),
         Line::from(vec![
             label("reachable"),
-            match s.reach {
+            match &s.reach {
                 Some(r) if r.reachable => Span::raw(format!("yes, at {}", r.observed)),
                 Some(r) => Span::styled(
                     format!(

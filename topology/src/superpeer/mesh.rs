@@ -77,16 +77,19 @@ impl SuperPeer {
             state: PeerState::Leaf {
                 reachable, source, ..
             },
+            remote,
             ..
         }) = self.conns.get_mut(&conn)
         {
             *reachable = Some(ok);
+            let seen_from = Some(*remote);
             if let Some(observed) = *source {
                 self.send(
                     conn,
                     Message::Reachability {
                         observed,
                         reachable: ok,
+                        seen_from,
                     },
                 );
             }

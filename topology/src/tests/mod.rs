@@ -713,6 +713,7 @@ fn a_leaf_that_cannot_be_reached_is_asked_to_connect_back_to_the_address_seen() 
         *m == Message::Reachability {
             observed: "127.0.0.1:9000".parse().unwrap(),
             reachable: false,
+            seen_from: Some("127.0.0.1:2".parse().unwrap()),
         }
     });
     assert!(told, "{:?}", net.inbox[behind]);

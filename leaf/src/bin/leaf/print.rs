@@ -193,7 +193,7 @@ pub(crate) fn print_status(s: &control::StatusReport) {
         Some(a) => say!("serving   {a}"),
         None => say!("serving   nothing (no node runs for this data directory)"),
     }
-    match s.reach {
+    match &s.reach {
         Some(r) if r.reachable => say!("reachable at {}", r.observed),
         Some(r) => say!(
             "reachable no: a super-peer could not connect to {} (behind NAT or a firewall?); \
@@ -201,6 +201,13 @@ pub(crate) fn print_status(s: &control::StatusReport) {
             r.observed
         ),
         None if s.listen.is_some() => say!("reachable not known yet"),
+        None => {}
+    }
+    match s.reach.as_ref().and_then(|r| r.nat.as_deref()) {
+        Some("symmetric") => {
+            say!("nat       symmetric: another port for each peer; hole punching cannot work")
+        }
+        Some(kind) => say!("nat       {kind}: one port for every peer; hole punching can work"),
         None => {}
     }
     if let Some(m) = &s.port_mapping {
