@@ -338,7 +338,7 @@ impl Msg {
             },
             Msg::Transfer(k) => {
                 let id = file(k).id;
-                match k % 11 {
+                match k % 13 {
                     0 => Message::GetManifest { request: 1, id },
                     1 => Message::Manifest(ManifestMsg {
                         request: 1,
@@ -382,6 +382,15 @@ impl Msg {
                         observed: addr(k),
                         reachable: k % 2 == 0,
                         seen_from: (k % 3 == 0).then(|| addr(k / 3)),
+                    },
+                    // Relays: asked of a super-peer, passed to a leaf.
+                    11 => Message::RelayVia {
+                        node: node(k / 13),
+                        token: u64::from(k % 4),
+                    },
+                    12 => Message::RelayBack {
+                        node: node(k / 13),
+                        token: u64::from(k % 4),
                     },
                     _ => Message::TransferError {
                         request: 2,
@@ -879,6 +888,8 @@ impl Harness {
                 );
             }
             Event::Search { query, .. } => self.searches.push(query),
+            // The harness joins no relay: every one it asks for expires.
+            Event::RelayExpired { .. } => {}
             Event::Dial(a) => {
                 assert_ne!(Some(a), self.setup.listen(), "dialling ourselves");
                 assert!(!self.dials.contains(&a), "dialling {a} twice at once");
@@ -934,7 +945,7 @@ impl Harness {
                 // The target starts no query: hits must not get through.
                 panic!("hits passed on for query {query:?}, which was never started");
             }
-            LeafEvent::ConnectBack { via, .. } => {
+            LeafEvent::ConnectBack { via, .. } | LeafEvent::RelayBack { via, .. } => {
                 assert!(
                     self.setup.listen().is_some(),
                     "asked to connect back (through {via}) by a leaf that serves nobody"

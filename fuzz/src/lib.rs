@@ -199,6 +199,17 @@ pub fn sample_messages() -> Vec<Message> {
             punch: false,
         },
         Message::Reversed { token: 77 },
+        Message::RelayVia {
+            node: NodeId([1; 32]),
+            token: 78,
+        },
+        Message::RelayBack {
+            node: NodeId([2; 32]),
+            token: 78,
+        },
+        Message::RelayJoin { token: 78 },
+        Message::RelayReady,
+        Message::RelayGo,
         Message::Reachability {
             observed: "10.0.0.9:6000".parse().expect("address"),
             reachable: false,

@@ -301,6 +301,20 @@ pub(crate) async fn run(inner: Arc<NodeState>, settings: Settings, commands: Rec
                         };
                         connect_back(&inner, back)
                     }
+                    LeafEvent::RelayBack {
+                        node,
+                        token,
+                        via,
+                        superpeer,
+                    } => relay_back(
+                        &inner,
+                        RelayBack {
+                            node,
+                            token,
+                            via,
+                            superpeer,
+                        },
+                    ),
                     LeafEvent::Promote { reason } => {
                         let placeholder = LeafOverlay::new(
                             now,
@@ -366,6 +380,35 @@ fn connect_back(inner: &Arc<NodeState>, back: ConnectBack) {
         }
     })
     .detach();
+}
+
+/// Joins a relay a super-peer asked us to, and serves the requester through it, unless as
+/// many connections back as allowed are being made already.
+fn relay_back(inner: &Arc<NodeState>, back: RelayBack) {
+    let inner = inner.clone();
+    smol::spawn(async move {
+        let via = back.via;
+        let Some(place) = inner.reverse.start_connect_back() else {
+            log::info!("not joining a relay at {via}: too many connections back being made");
+            return;
+        };
+        log::info!(
+            "joining a relay at super-peer {via} for {}",
+            back.node.short()
+        );
+        if let Err(e) = crate::upload::serve_relayed(&inner, back, place).await {
+            log::info!("relay at {via}: {e}");
+        }
+    })
+    .detach();
+}
+
+/// A super-peer's request to relay ([`LeafEvent::RelayBack`]).
+pub(crate) struct RelayBack {
+    pub(crate) node: NodeId,
+    pub(crate) token: u64,
+    pub(crate) via: SocketAddr,
+    pub(crate) superpeer: NodeId,
 }
 
 /// A super-peer's request to connect back ([`LeafEvent::ConnectBack`]).

@@ -34,6 +34,8 @@ use transport::net::{connect_secure, write_message_within, FrameReader};
 use transport::secure::{SecureReader, SecureWriter};
 use wire::{Hello, Message, NodeId, Role};
 
+use crate::download::Reached;
+
 /// Routes kept (the most recent sources seen in hits).
 const ROUTES_KEPT: usize = 4096;
 /// Connections back being made at once (dialled, not yet serving); more requests are dropped.
@@ -53,8 +55,8 @@ pub struct Accepted {
     pub peer: NodeId,
     /// Where it came from.
     pub remote: SocketAddr,
-    /// Whether it came through a hole both sides punched (else the source connected to us).
-    pub punched: bool,
+    /// How it was made.
+    pub reached: Reached,
 }
 
 /// How to reach a source that may not accept connections, as a hit told it.
@@ -217,42 +219,27 @@ pub(crate) async fn connect_via(
     let (Some(bound), Some(advertised)) = (me.bound, me.advertised) else {
         return Err("it cannot be reached, and this node accepts no connections".into());
     };
-    if me.reachable == Some(false) && me.symmetric {
-        return Err(
-            "neither side can be reached, and this node's NAT is symmetric (another port for \
-             each peer), so no hole can be punched; relays are not built yet"
-                .into(),
-        );
-    }
-    let waiting = reverse.expect(route.node);
-    let (token, rx) = (waiting.token, &waiting.rx);
     let punching = me.reachable == Some(false);
     // One deadline for all of it: a super-peer that talks without answering cannot hold
     // the download.
-    let whole = limit * 2 + Duration::from_secs(5);
+    let whole = limit * 3 + Duration::from_secs(5);
     let attempt = async {
-        ask(me.identity, advertised, route, token, punching, limit).await?;
-        let arrived = async {
-            smol::future::or(async { rx.recv().await.ok() }, async {
-                smol::Timer::after(limit).await;
-                None
-            })
-            .await
-            .ok_or_else(|| {
-                format!(
-                    "asked through super-peer {} to connect back, but it did not within \
-                     {limit:?}",
-                    route.via
-                )
-            })
-        };
-        if punching {
-            let punched = punch(me.identity, bound, addr, route.node, token, limit);
-            crate::download::first_ok(arrived, punched)
-                .await
-                .map_err(|e| format!("both behind NAT, and hole punching failed: {e}"))
+        let first = if punching && me.symmetric {
+            Err(
+                "this node's NAT is symmetric (another port for each peer), so no hole can be \
+                 punched"
+                    .to_string(),
+            )
         } else {
-            arrived.await
+            back_or_punch(reverse, &me, (bound, advertised), addr, route, limit).await
+        };
+        match first {
+            Ok(conn) => Ok(conn),
+            // The last resort, where neither side can reach the other.
+            Err(e) if punching => relay(me.identity, advertised, route, limit)
+                .await
+                .map_err(|r| format!("{e}; relayed: {r}")),
+            Err(e) => Err(e),
         }
     };
     smol::future::or(attempt, async {
@@ -260,6 +247,126 @@ pub(crate) async fn connect_via(
         Err(format!("no connection back within {whole:?}"))
     })
     .await
+}
+
+/// The source connects to us, asked through `route.via`; if we cannot be reached either, we
+/// dial it at the same time, to punch a hole through both NATs.
+async fn back_or_punch(
+    reverse: &Reverse,
+    me: &Me<'_>,
+    (bound, advertised): (SocketAddr, SocketAddr),
+    addr: SocketAddr,
+    route: Route,
+    limit: Duration,
+) -> Result<Accepted, String> {
+    let punching = me.reachable == Some(false);
+    let waiting = reverse.expect(route.node);
+    let (token, rx) = (waiting.token, &waiting.rx);
+    let request = Message::ConnectToMe {
+        node: route.node,
+        token,
+        punch: punching,
+    };
+    ask(me.identity, advertised, route, request, token, limit).await?;
+    let arrived = async {
+        smol::future::or(async { rx.recv().await.ok() }, async {
+            smol::Timer::after(limit).await;
+            None
+        })
+        .await
+        .ok_or_else(|| {
+            format!(
+                "asked through super-peer {} to connect back, but it did not within {limit:?}",
+                route.via
+            )
+        })
+    };
+    if punching {
+        let punched = punch(me.identity, bound, addr, route.node, token, limit);
+        crate::download::first_ok(arrived, punched)
+            .await
+            .map_err(|e| format!("both behind NAT, and hole punching failed: {e}"))
+    } else {
+        arrived.await
+    }
+}
+
+/// How long a relay's end waits for the other.
+const RELAY_WAIT: Duration = Duration::from_secs(20);
+
+/// Asks the super-peer at `route.via` to relay between us and the source, joins the relay,
+/// and answers the source's own encrypted session through it: the super-peer carries only
+/// ciphertext.
+async fn relay(
+    me: &Identity,
+    advertised: SocketAddr,
+    route: Route,
+    limit: Duration,
+) -> Result<Accepted, String> {
+    let token: u64 = rand::random();
+    let request = Message::RelayVia {
+        node: route.node,
+        token,
+    };
+    ask(me, advertised, route, request, token, limit).await?;
+    let via = route.via;
+    let raw = transport::net::connect(via, limit)
+        .await
+        .map_err(|e| format!("super-peer {via}: {e}"))?;
+    let outer = transport::secure::connect(raw.clone(), me, limit)
+        .await
+        .map_err(|e| format!("super-peer {via}: {e}"))?;
+    let mut writer = outer.writer;
+    let mut scratch = Vec::new();
+    write_message_within(
+        &mut writer,
+        &Message::RelayJoin { token },
+        &mut scratch,
+        limit,
+    )
+    .await
+    .map_err(|e| format!("super-peer {via}: {e}"))?;
+    let mut reader = FrameReader::new(outer.reader).limited(wire::MAX_BODY, 0);
+    match reader.read_message_within(RELAY_WAIT).await {
+        Ok(Message::RelayReady) => {}
+        Ok(Message::Goodbye { reason }) => {
+            return Err(format!(
+                "super-peer {via}: {}",
+                wire::text::terminal_safe(&reason)
+            ))
+        }
+        Ok(other) => return Err(format!("super-peer {via} sent {}", other.kind())),
+        Err(e) => return Err(format!("super-peer {via}: {e}")),
+    }
+    write_message_within(&mut writer, &Message::RelayGo, &mut scratch, limit)
+        .await
+        .map_err(|e| format!("super-peer {via}: {e}"))?;
+    // Our session with the super-peer ends here: what follows on the socket is the source's.
+    drop((reader, writer));
+    let inner = transport::secure::accept(raw, me, limit)
+        .await
+        .map_err(|e| format!("through super-peer {via}: {e}"))?;
+    if inner.peer != route.node {
+        return Err(format!(
+            "through super-peer {via}: node {}, not the source",
+            inner.peer.short()
+        ));
+    }
+    let mut reader = FrameReader::new(inner.reader).limited(wire::MAX_BODY, 0);
+    match reader.read_message_within(limit).await {
+        Ok(Message::Reversed { token: t }) if t == token => Ok(Accepted {
+            reader,
+            writer: inner.writer,
+            peer: inner.peer,
+            remote: via,
+            reached: Reached::Relayed,
+        }),
+        Ok(other) => Err(format!(
+            "through super-peer {via}: began with {}",
+            other.kind()
+        )),
+        Err(e) => Err(format!("through super-peer {via}: {e}")),
+    }
 }
 
 /// Dials `addr` from our listen port until `limit`, as the source dials us: a connection
@@ -295,7 +402,7 @@ async fn punch(
                         writer: secure.writer,
                         peer: secure.peer,
                         remote: addr,
-                        punched: true,
+                        reached: Reached::Punched,
                     }),
                     Ok(other) => Err(format!("{addr} began with {}", other.kind())),
                     Err(e) => Err(format!("{addr}: {e}")),
@@ -314,13 +421,14 @@ async fn punch(
     ))
 }
 
-/// One request to the super-peer at `route.via`, answered with [`Message::ConnectAsked`].
+/// One request to the super-peer at `route.via` ([`Message::ConnectToMe`] or
+/// [`Message::RelayVia`]), answered with [`Message::ConnectAsked`].
 async fn ask(
     me: &Identity,
     listen: SocketAddr,
     route: Route,
+    request: Message,
     token: u64,
-    punch: bool,
     limit: Duration,
 ) -> Result<(), String> {
     let via = route.via;
@@ -330,14 +438,7 @@ async fn ask(
     let mut writer = secure.writer;
     let mut scratch = Vec::new();
     let hello = Hello::new(me.node(), Role::Transfer, Some(listen), crate::AGENT);
-    for msg in [
-        Message::Hello(hello),
-        Message::ConnectToMe {
-            node: route.node,
-            token,
-            punch,
-        },
-    ] {
+    for msg in [Message::Hello(hello), request] {
         write_message_within(&mut writer, &msg, &mut scratch, limit)
             .await
             .map_err(|e| format!("super-peer {via}: {e}"))?;
@@ -480,7 +581,7 @@ mod tests {
             writer: secure.writer,
             peer: secure.peer,
             remote,
-            punched: false,
+            reached: Reached::Reverse,
         }
     }
 

@@ -67,7 +67,7 @@ pub(crate) async fn serve(node: Arc<NodeState>, stream: TcpStream, peer: SocketA
             writer: secure.writer,
             peer: secure.peer,
             remote: peer,
-            punched: false,
+            reached: crate::download::Reached::Reverse,
         };
         if let Err(why) = node.reverse.arrived(token, accepted) {
             log::info!("connection from {peer}: {why}");
@@ -132,6 +132,74 @@ pub(crate) async fn serve_connect_back(
     };
     serve_inner(node, stream, None).await
 }
+
+/// Joins relay `token` at the super-peer `via` (its key must be `superpeer`'s), opens our own
+/// encrypted session with `want` through it, names the token, and serves `want` there. The
+/// super-peer carries only that session's ciphertext.
+pub(crate) async fn serve_relayed(
+    node: &NodeState,
+    back: crate::overlay::RelayBack,
+    place: crate::reverse::ConnectBackGuard<'_>,
+) -> Result<(), String> {
+    let (via, token) = (back.via, back.token);
+    let limit = node.limits.handshake_timeout;
+    let raw = transport::net::connect(via, limit)
+        .await
+        .map_err(|e| format!("super-peer {via}: {e}"))?;
+    let outer = transport::secure::connect(raw.clone(), &node.identity, limit)
+        .await
+        .map_err(|e| format!("super-peer {via}: {e}"))?;
+    if outer.peer != back.superpeer {
+        return Err(format!("{via} is not the super-peer that asked"));
+    }
+    let mut writer = outer.writer;
+    let mut scratch = Vec::new();
+    write_message_within(
+        &mut writer,
+        &Message::RelayJoin { token },
+        &mut scratch,
+        limit,
+    )
+    .await
+    .map_err(|e| format!("super-peer {via}: {e}"))?;
+    let mut reader = FrameReader::new(outer.reader).limited(wire::MAX_BODY, 0);
+    match reader.read_message_within(RELAY_WAIT).await {
+        Ok(Message::RelayReady) => {}
+        Ok(other) => return Err(format!("super-peer {via} sent {}", other.kind())),
+        Err(e) => return Err(format!("super-peer {via}: {e}")),
+    }
+    // Our session with the super-peer ends here: from now on the bytes are the requester's.
+    drop((reader, writer));
+    let inner = transport::secure::connect(raw, &node.identity, limit)
+        .await
+        .map_err(|e| format!("through super-peer {via}: {e}"))?;
+    if inner.peer != back.node {
+        return Err(format!(
+            "through super-peer {via}: node {}, not {} who asked",
+            inner.peer.short(),
+            back.node.short()
+        ));
+    }
+    let mut writer = inner.writer;
+    write_message_within(
+        &mut writer,
+        &Message::Reversed { token },
+        &mut scratch,
+        limit,
+    )
+    .await
+    .map_err(|e| format!("through super-peer {via}: {e}"))?;
+    drop(place);
+    let stream = Served {
+        reader: FrameReader::new(inner.reader).limited(transfer::upload::MAX_REQUEST_BODY, 0),
+        writer,
+        peer: inner.peer,
+    };
+    serve_inner(node, stream, None).await
+}
+
+/// How long a relay's end waits for the other to join.
+const RELAY_WAIT: Duration = Duration::from_secs(20);
 
 /// Dials `addr` from our listen port (so our NAT maps it as it maps that port), again and again
 /// for [`CONNECT_BACK_FOR`]: a downloader behind NAT is dialling us at the same time, and its

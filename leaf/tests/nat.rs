@@ -331,6 +331,11 @@ fn a_source_behind_nat_is_found_known_unreachable_and_still_downloaded_from() {
         text(&out.stdout),
         text(&out.stderr)
     );
+    assert!(
+        text(&out.stdout).contains("(reverse connection)"),
+        "{}",
+        text(&out.stdout)
+    );
     assert!(std::fs::read(dl.join("Says (live at home).flac")).unwrap() == content);
     // Served by the source over the connection it made.
     assert!(uploaded(&home_data, "80.77.1.1:7700") >= content.len() as u64);
@@ -485,6 +490,11 @@ fn two_leaves_behind_nat_punch_a_hole_and_the_download_completes() {
         text(&out.stdout),
         text(&out.stderr)
     );
+    assert!(
+        text(&out.stdout).contains("(hole punched)"),
+        "{}",
+        text(&out.stdout)
+    );
     assert!(std::fs::read(dl.join("Kiasmos - Looped.flac")).unwrap() == content);
     assert!(uploaded(&home_data, "80.77.1.1:7700") >= content.len() as u64);
 }
@@ -540,4 +550,59 @@ fn two_super_peers_tell_a_leaf_the_kind_of_its_nat() {
         "{}",
         text(&shown.stdout)
     );
+}
+
+#[test]
+fn a_leaf_behind_a_symmetric_nat_downloads_through_a_relay() {
+    let ns = home_behind_nats("y", true);
+    let tmp = tempfile::tempdir().unwrap();
+    let base = tmp.path();
+    let _sp = start_superpeer_in(&ns, &base.join("sp"));
+    let mut second = ns.exec("inet", superpeer_bin());
+    second
+        .args(["--listen", "0.0.0.0:7701", "--data-dir"])
+        .arg(base.join("sp2"));
+    let second = Proc::spawn(&mut second);
+    second.wait_for("listening on");
+
+    let content: Vec<u8> = (0..2_000_000u32)
+        .map(|i| (i.wrapping_mul(3266489917) >> 7) as u8)
+        .collect();
+    std::fs::create_dir_all(base.join("music")).unwrap();
+    std::fs::write(base.join("music/Ólafur Arnalds - Saman.flac"), &content).unwrap();
+    let home_data = base.join("home-data");
+    let _source = start_home_leaf(
+        &ns,
+        &home_data,
+        &base.join("music"),
+        &["--no-port-mapping", "--superpeer", "80.77.1.1:7701"],
+    );
+    let sym_data = base.join("home2-data");
+    std::fs::create_dir_all(base.join("nothing")).unwrap();
+    let sym = || leaf_in(&ns, "home2", &sym_data, "80.77.3.1:7700", "0.0.0.0:7002");
+    let downloader = Proc::spawn(
+        sym()
+            .args([
+                "--no-port-mapping",
+                "--superpeer",
+                "80.77.3.1:7701",
+                "share",
+            ])
+            .arg(base.join("nothing")),
+    );
+    downloader.wait_for("sharing 0 files");
+    wait_until("the downloader to learn its NAT is symmetric", 40, || {
+        status(&sym_data)["reach"]["nat"] == "symmetric"
+    });
+    wait_until("the source to learn it cannot be reached", 40, || {
+        status(&home_data)["reach"]["reachable"] == false
+    });
+
+    let id = blake3::hash(&content).to_hex().to_string();
+    let dl = base.join("downloads");
+    let out = run(sym().args(["get", &id, "--out"]).arg(&dl));
+    let said = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success(), "{said}");
+    assert!(said.contains("(relayed by a super-peer)"), "{said}");
+    assert!(std::fs::read(dl.join("Ólafur Arnalds - Saman.flac")).unwrap() == content);
 }

@@ -18,6 +18,7 @@
 //! # })
 //! ```
 
+mod relay;
 pub mod server;
 
 pub use server::{Config, Demoted, StartError, Status, SuperPeerNode};

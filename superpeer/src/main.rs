@@ -42,6 +42,18 @@ struct Args {
     /// Hits routed back for one query at most (from every super-peer it reached).
     #[arg(long, default_value_t = topology::Config::default().max_hits_per_query)]
     max_hits_per_query: usize,
+    /// Relays between leaves that cannot reach each other, at once (0: relay nothing).
+    #[arg(long, default_value_t = topology::Config::default().max_relays)]
+    max_relays: usize,
+    /// Relays one leaf may take part in at once.
+    #[arg(long, default_value_t = topology::Config::default().relays_per_leaf as u16, value_parser = clap::value_parser!(u16).range(1..))]
+    relays_per_leaf: u16,
+    /// Mebibytes one relay carries (both ways together) before it is closed.
+    #[arg(long, default_value_t = topology::Config::default().relay_max_bytes >> 20)]
+    relay_max_mib: u64,
+    /// Minutes one relay lasts at most.
+    #[arg(long, default_value_t = topology::Config::default().relay_max_time.as_secs() / 60, value_parser = clap::value_parser!(u64).range(1..))]
+    relay_max_minutes: u64,
     #[command(flatten)]
     limits: transport::limits::LimitArgs,
 }
@@ -81,6 +93,10 @@ fn real_main() -> anyhow::Result<()> {
         }),
         leaf_slots: args.leaf_slots,
         neighbour_target: args.neighbours as usize,
+        max_relays: args.max_relays,
+        relays_per_leaf: usize::from(args.relays_per_leaf),
+        relay_max_bytes: args.relay_max_mib << 20,
+        relay_max_time: std::time::Duration::from_secs(args.relay_max_minutes * 60),
         ..Default::default()
     };
     let mut stop = transport::signals::StopSignals::catch()

@@ -28,7 +28,9 @@ use smol::channel::{self, Receiver, Sender};
 use smol::lock::{Semaphore, SemaphoreGuardArc};
 use smol::net::{TcpListener, TcpStream};
 use smol::Task;
-use topology::{ConnId, Event, HostCache, NodeRole, RoleClock, RoleConfig, Stats, SuperPeer};
+use topology::{
+    ConnId, Event, HostCache, NodeRole, RelayJoin, RoleClock, RoleConfig, Stats, SuperPeer,
+};
 use wire::{Hello, HostEntry, Message, NodeId, Role};
 
 use transport::identity::Identity;
@@ -147,6 +149,17 @@ enum Input {
     Status(Sender<Status>, bool),
     /// Stop: say goodbye (with this reason) to everyone, save the host cache, and answer.
     Stop(String, Sender<()>),
+    /// A connection whose first message is `RelayJoin`, from `node`.
+    RelayJoin {
+        token: u64,
+        node: NodeId,
+        end: Box<crate::relay::End>,
+    },
+    /// A spliced relay ended.
+    RelayEnded {
+        token: u64,
+        bytes: u64,
+    },
 }
 
 /// A running super-peer. Dropping it stops the node and closes its connections.
@@ -217,6 +230,7 @@ impl SuperPeerNode {
             demoted: demoted_tx,
             identity: identity.clone(),
             gate: gate.clone(),
+            relay_waiting: HashMap::new(),
         };
         let tasks = vec![
             smol::spawn(actor.run(rx)),
@@ -321,6 +335,28 @@ async fn accept_loop(
             let limit = gate.limits().handshake_timeout;
             match transport::secure::accept(stream.clone(), &identity, limit).await {
                 Ok(secure) => {
+                    // The first message says what the connection is for: one end of a relay,
+                    // or a peer of the overlay (whose first message is Hello).
+                    let mut reader = FrameReader::new(secure.reader).limited(wire::MAX_BODY, 0);
+                    let first = match reader.read_message_within(limit).await {
+                        Ok(first) => first,
+                        Err(e) => {
+                            log::debug!("peer {remote}: {e}");
+                            return;
+                        }
+                    };
+                    if let Message::RelayJoin { token } = first {
+                        let end = crate::relay::End {
+                            raw: stream,
+                            reader,
+                            writer: secure.writer,
+                            _admitted: Some(admitted),
+                        };
+                        let node = secure.peer;
+                        let end = Box::new(end);
+                        let _ = inputs.send(Input::RelayJoin { token, node, end }).await;
+                        return;
+                    }
                     let peer = Peer {
                         conn,
                         socket: stream,
@@ -328,7 +364,12 @@ async fn accept_loop(
                         dialed: false,
                         _admitted: Some(admitted),
                     };
-                    run_connection(peer, secure, inputs, gate).await
+                    let link = Link {
+                        reader,
+                        writer: secure.writer,
+                        node: secure.peer,
+                    };
+                    run_link(peer, link, Some(first), inputs, gate).await
                 }
                 Err(e) => log::warn!("peer {remote}: {e} (handshake_timeout {limit:?})"),
             }
@@ -377,6 +418,34 @@ async fn run_connection(
     inputs: Sender<Input>,
     gate: Arc<Gate>,
 ) {
+    // Overlay messages never carry a payload (only chunks and manifests do).
+    let reader = FrameReader::new(secure.reader).limited(wire::MAX_BODY, 0);
+    let link = Link {
+        reader,
+        writer: secure.writer,
+        node: secure.peer,
+    };
+    run_link(peer, link, None, inputs, gate).await
+}
+
+/// A connection past its handshake.
+struct Link {
+    reader: FrameReader<transport::secure::SecureReader<TcpStream>>,
+    writer: transport::secure::SecureWriter<TcpStream>,
+    node: NodeId,
+}
+
+/// Runs one connection whose `first` message may have been read already, until either side
+/// ends it.
+async fn run_link(
+    peer: Peer,
+    link: Link,
+    first: Option<Message>,
+    inputs: Sender<Input>,
+    gate: Arc<Gate>,
+) {
+    let secure = link;
+    let mut first = first;
     let (conn, remote) = (peer.conn, peer.remote);
     let limits = gate.limits();
     let (out, writer) =
@@ -394,20 +463,23 @@ async fn run_connection(
     if inputs.send(connected).await.is_err() {
         return;
     }
-    // Overlay messages never carry a payload (only chunks and manifests do).
-    let mut reader = FrameReader::new(secure.reader).limited(wire::MAX_BODY, 0);
+    let mut reader = secure.reader;
     let mut bucket = None;
     // Fair queueing: one connection holds at most this many messages in the actor's queue, so
     // a peer that sends as fast as it may delays the others' messages by that many at most,
     // not by the whole queue.
     let places = Arc::new(Semaphore::new(QUEUED_PER_CONNECTION));
     loop {
-        match reader.read_message().await {
+        let next = match first.take() {
+            Some(msg) => Ok(Some(msg)),
+            None => reader.read_message().await,
+        };
+        match next {
             Ok(Some(msg)) => {
                 let now = Instant::now();
                 let verdict = match (&mut bucket, &msg) {
                     (None, Message::Hello(hello)) => {
-                        match transport::hello::check_key(secure.peer, hello) {
+                        match transport::hello::check_key(secure.node, hello) {
                             Err(e) => Err(Tripped::ban("identity", e.to_string())),
                             Ok(()) => {
                                 bucket = Some(limits.buckets_for(hello.role, now));
@@ -501,6 +573,8 @@ struct Actor {
     demoted: Sender<Demoted>,
     identity: Arc<Identity>,
     gate: Arc<Gate>,
+    /// Relay ends waiting for the other, by token.
+    relay_waiting: HashMap<u64, crate::relay::End>,
 }
 
 impl Actor {
@@ -596,6 +670,47 @@ impl Actor {
             }
             // `run` takes it (the actor ends there).
             Input::Stop(..) => {}
+            Input::RelayJoin { token, node, end } => self.relay_join(now, token, node, *end),
+            Input::RelayEnded { token, bytes } => self.state.handle_relay_ended(token, bytes),
+        }
+    }
+
+    /// One end of relay `token` arrived from `node`: held, spliced with the other, or refused.
+    fn relay_join(&mut self, now: Instant, token: u64, node: NodeId, end: crate::relay::End) {
+        match self.state.handle_relay_join(now, token, node) {
+            RelayJoin::Wait => {
+                self.relay_waiting.insert(token, end);
+            }
+            RelayJoin::Paired => {
+                let Some(other) = self.relay_waiting.remove(&token) else {
+                    self.state.handle_relay_ended(token, 0);
+                    return;
+                };
+                let (requester, leaf) = match self.state.relay_requester(token, node) {
+                    true => (end, other),
+                    false => (other, end),
+                };
+                let (max_bytes, max_time) = self.state.relay_caps();
+                let inputs = self.inputs.clone();
+                smol::spawn(async move {
+                    let (bytes, why) =
+                        crate::relay::splice(requester, leaf, max_bytes, max_time).await;
+                    log::info!("relay {token:016x} ended after {bytes} bytes: {why}");
+                    let _ = inputs.send(Input::RelayEnded { token, bytes }).await;
+                })
+                .detach();
+            }
+            RelayJoin::Refused(why) => {
+                log::info!("refused a relay end from {}: {why}", node.short());
+                let mut end = end;
+                smol::spawn(async move {
+                    let bye = Message::Goodbye { reason: why };
+                    let mut scratch = Vec::new();
+                    let limit = Duration::from_secs(2);
+                    let _ = write_message_within(&mut end.writer, &bye, &mut scratch, limit).await;
+                })
+                .detach();
+            }
         }
     }
 
@@ -714,6 +829,10 @@ impl Actor {
                     .detach();
                 }
                 Event::Demote { reason } => demoted = Some(reason),
+                // Dropping the end waiting closes it.
+                Event::RelayExpired { token } => {
+                    self.relay_waiting.remove(&token);
+                }
                 Event::LeafJoined { .. }
                 | Event::NeighbourJoined { .. }
                 | Event::NeighbourGone { .. } => {}

@@ -146,6 +146,20 @@ pub enum LeafEvent {
         /// Dial from the listen port and keep trying: the requester is dialling us too.
         punch: bool,
     },
+    /// A super-peer we are attached to relays for `node`, which cannot reach us nor we it:
+    /// open a connection to the super-peer at `via` (node `superpeer`), join relay `token`,
+    /// and serve `node` through it. Counted with [`LeafEvent::ConnectBack`] against
+    /// [`CONNECT_BACKS_PER_MINUTE`].
+    RelayBack {
+        /// Who asked.
+        node: NodeId,
+        /// The relay's token.
+        token: u64,
+        /// The super-peer that relays.
+        via: SocketAddr,
+        /// Its node id (its key is checked when joining).
+        superpeer: NodeId,
+    },
     /// Become a super-peer (the [`RoleClock`] allowed it). The driver starts the super-peer
     /// role and passes [`LeafOverlay::into_parts`] on to it.
     Promote {
@@ -623,6 +637,22 @@ impl LeafOverlay {
                         token,
                         via: link.addr,
                         punch,
+                    });
+                }
+            }
+            Message::RelayBack { node, token } if self.listen.is_some() => {
+                let Some(superpeer) = link.node else { return };
+                let (start, count) = &mut link.connect_backs;
+                if now >= *start + Duration::from_secs(60) {
+                    (*start, *count) = (now, 0);
+                }
+                *count += 1;
+                if *count <= CONNECT_BACKS_PER_MINUTE {
+                    self.events.push_back(LeafEvent::RelayBack {
+                        node,
+                        token,
+                        via: link.addr,
+                        superpeer,
                     });
                 }
             }

@@ -80,7 +80,9 @@ pub use leaf::{LeafConfig, LeafEvent, LeafOverlay, NatKind, Reach};
 pub use role::{Handover, NodeRole, Overlay, RoleClock, RoleConfig};
 pub use routing::{Analyzer, LocalTable, RemoteTable, RouteError};
 pub use seen::SeenCache;
-pub use superpeer::{Config, DynamicQuerying, Event, Stats, SuperPeer, Transmit};
+pub use superpeer::{
+    Config, DynamicQuerying, Event, RelayJoin, Stats, SuperPeer, Transmit, RELAY_JOIN_WAIT,
+};
 
 /// A connection, as the driver numbers them. Unique within one node for its lifetime.
 pub type ConnId = u64;

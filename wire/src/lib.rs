@@ -240,6 +240,17 @@ mod tests {
                 }
             ),
             any::<u64>().prop_map(|token| Message::Reversed { token }),
+            (arb_bytes::<32>(), any::<u64>()).prop_map(|(node, token)| Message::RelayVia {
+                node: NodeId(node),
+                token
+            }),
+            (arb_bytes::<32>(), any::<u64>()).prop_map(|(node, token)| Message::RelayBack {
+                node: NodeId(node),
+                token
+            }),
+            any::<u64>().prop_map(|token| Message::RelayJoin { token }),
+            Just(Message::RelayReady),
+            Just(Message::RelayGo),
             (arb_addr(), any::<bool>(), prop::option::of(arb_addr())).prop_map(
                 |(observed, reachable, seen_from)| Message::Reachability {
                     observed,

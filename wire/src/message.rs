@@ -457,6 +457,34 @@ pub enum Message {
         #[serde(default)]
         punch: bool,
     },
+    /// To a super-peer, on a connection with [`Role::Transfer`]: relay a connection between
+    /// the sender and its leaf `node`, named `token` (the last resort, when neither can reach
+    /// the other). Answered with [`Message::ConnectAsked`].
+    RelayVia {
+        /// The leaf.
+        node: NodeId,
+        /// Names the relay in both ends' [`Message::RelayJoin`].
+        token: u64,
+    },
+    /// From a super-peer to its leaf: `node` asked for a relay; join it with `token` and serve
+    /// `node` through it.
+    RelayBack {
+        /// Who asked (checked by the Noise session run through the relay).
+        node: NodeId,
+        /// The relay's token.
+        token: u64,
+    },
+    /// The first message on a fresh connection to a super-peer: this connection is one end of
+    /// relay `token`.
+    RelayJoin {
+        /// The relay's token.
+        token: u64,
+    },
+    /// From the super-peer on a relay's end: both ends are in. To the requester first, which
+    /// answers [`Message::RelayGo`] and then speaks only to the other end; then to the leaf.
+    RelayReady,
+    /// The requester's end is ready for the other's bytes.
+    RelayGo,
     /// The first message on a connection made because of [`Message::ConnectBack`]: the
     /// connecting node serves chunks on it, and the other side asks.
     Reversed {
@@ -664,6 +692,11 @@ impl Message {
             Message::Browse { .. } => "Browse",
             Message::Listing { .. } => "Listing",
             Message::ConnectToMe { .. } => "ConnectToMe",
+            Message::RelayVia { .. } => "RelayVia",
+            Message::RelayBack { .. } => "RelayBack",
+            Message::RelayJoin { .. } => "RelayJoin",
+            Message::RelayReady => "RelayReady",
+            Message::RelayGo => "RelayGo",
             Message::ConnectAsked { .. } => "ConnectAsked",
             Message::ConnectBack { .. } => "ConnectBack",
             Message::Reversed { .. } => "Reversed",

@@ -143,11 +143,7 @@ impl SourceConn {
     ) -> Result<Self, String> {
         // It carries chunks from now on: the full frame limits.
         let reader = conn.reader.limited(wire::MAX_BODY, wire::MAX_PAYLOAD);
-        let reached = match conn.punched {
-            true => Reached::Punched,
-            false => Reached::Reverse,
-        };
-        let stream = (conn.peer, reader, conn.writer, reached);
+        let stream = (conn.peer, reader, conn.writer, conn.reached);
         Self::hello(addr, stream, me, listen, opts, epoch).await
     }
 

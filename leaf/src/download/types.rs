@@ -76,6 +76,8 @@ pub enum Reached {
     Reverse,
     /// Both dialled at once through both NATs (neither can be reached).
     Punched,
+    /// Through a super-peer's relay (end-to-end encrypted), the last resort.
+    Relayed,
 }
 
 impl std::fmt::Display for Reached {
@@ -84,6 +86,7 @@ impl std::fmt::Display for Reached {
             Reached::Direct => "direct",
             Reached::Reverse => "reverse connection",
             Reached::Punched => "hole punched",
+            Reached::Relayed => "relayed by a super-peer",
         })
     }
 }

@@ -756,7 +756,8 @@ impl Sim {
                             | LeafEvent::Detached { .. }
                             | LeafEvent::Hits { .. }
                             // The simulation moves no chunks.
-                            | LeafEvent::ConnectBack { .. } => {}
+                            | LeafEvent::ConnectBack { .. }
+                            | LeafEvent::RelayBack { .. } => {}
                         }
                     }
                 }

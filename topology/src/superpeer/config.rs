@@ -26,6 +26,14 @@ pub struct Config {
     /// Requests for a connection back ([`wire::Message::ConnectToMe`]) one requester connection
     /// may make before it is dropped.
     pub max_connect_requests: u32,
+    /// Relays one leaf may take part in at once (0 in [`Config::max_relays`]: none at all).
+    pub relays_per_leaf: usize,
+    /// Relays at once, in all.
+    pub max_relays: usize,
+    /// Bytes one relay carries (both ways together) before it is closed.
+    pub relay_max_bytes: u64,
+    /// How long one relay lasts at most.
+    pub relay_max_time: Duration,
     /// The most hits carried in one QueryHits message.
     pub hits_per_message: usize,
     /// The most hits routed back for one query, from everyone; later ones are dropped.
@@ -146,6 +154,10 @@ impl Default for Config {
             hello_timeout: Duration::from_secs(10),
             max_local_hits: 200,
             max_connect_requests: 64,
+            relays_per_leaf: 2,
+            max_relays: 32,
+            relay_max_bytes: 64 << 20,
+            relay_max_time: Duration::from_secs(600),
             max_hits_per_query: 1000,
             hits_per_message: 100,
             agent: concat!("canopy/", env!("CARGO_PKG_VERSION")).to_string(),

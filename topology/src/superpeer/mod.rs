@@ -33,10 +33,12 @@ use crate::ConnId;
 mod config;
 mod dynamic;
 mod mesh;
+mod relay;
 mod routes;
 mod shaping;
 
 pub use mesh::HOSTS_SHARED;
+pub use relay::{RelayJoin, RELAY_JOIN_WAIT};
 
 pub use config::{Config, DynamicQuerying};
 use dynamic::Dynamic;
@@ -128,6 +130,11 @@ pub enum Event {
         /// Why.
         reason: String,
     },
+    /// A relay's ends did not both join in time: drop the one waiting, if any.
+    RelayExpired {
+        /// The relay's token.
+        token: u64,
+    },
     /// Close this connection once the messages queued for it are sent.
     Close {
         /// The connection.
@@ -164,6 +171,10 @@ pub struct Stats {
     pub queries_filtered_two_hop: u64,
     /// Leaves' queries searched dynamically (probe first, then wider).
     pub dynamic_queries: u64,
+    /// Relays spliced (both ends joined).
+    pub relays: u64,
+    /// Bytes carried by relays that ended.
+    pub relayed_bytes: u64,
 }
 
 /// A super-peer's address `via` as a hit names it, passed on by `from`: an unspecified IP
@@ -266,6 +277,8 @@ pub struct SuperPeer {
     /// [`SuperPeer::poll_timeout`], asked after every event, need not look at every
     /// connection; `None` until it is next worked out.
     conn_deadline: Cell<Option<Instant>>,
+    /// Relays asked for and not ended, by token.
+    relays: HashMap<u64, relay::Relay>,
 }
 
 impl SuperPeer {
@@ -298,6 +311,7 @@ impl SuperPeer {
             demoting: false,
             dynamic: HashMap::new(),
             conn_deadline: Cell::new(None),
+            relays: HashMap::new(),
         }
     }
 
@@ -499,6 +513,9 @@ impl SuperPeer {
                     self.protocol_error(conn, e.to_string());
                 }
             }
+            (PeerState::Requester { .. }, Message::RelayVia { node, token }) => {
+                self.on_relay_via(now, conn, node, token)
+            }
             (PeerState::Requester { .. }, Message::ConnectToMe { node, token, punch }) => {
                 self.on_connect_to_me(conn, node, token, punch)
             }
@@ -569,6 +586,7 @@ impl SuperPeer {
     /// Time has passed: keep-alives, idle and handshake timeouts, seen-cache expiry.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.seen.expire(now);
+        self.expire_relays(now);
         let (routes, mut out) = self.split_routes();
         routes.handle_timeout(now, &mut out);
         self.dynamic_steps(now);
@@ -637,6 +655,7 @@ impl SuperPeer {
             (!self.demoting).then_some(self.next_tick),
             self.routes.poll_timeout(&self.config),
             self.dynamic_due(),
+            self.relay_deadline(),
         ]
         .into_iter()
         .flatten()

@@ -841,3 +841,89 @@ fn a_hit_names_its_super_peer_at_the_address_the_next_hop_sees_it_at() {
     // Net links every pair of super-peers from 127.0.0.1.
     assert_eq!(via, vec![Some("127.0.0.1:7700".parse().unwrap())]);
 }
+
+#[test]
+fn a_relay_pairs_its_two_ends_only_within_its_caps_and_its_time() {
+    let mut net = Net::new(1);
+    let (_, _) = net.add_leaf(0, vec![record("far.flac", 1)]);
+    let leaf_node = NodeId([100; 32]);
+    let requester = |net: &mut Net, id: u8| {
+        let r = net.inbox.len();
+        net.inbox.push(Vec::new());
+        let c = net.conn();
+        net.links.insert(End::Sp(0, c), End::Leaf(r));
+        net.links.insert(End::Leaf(r), End::Sp(0, c));
+        net.sps[0].handle_connect(net.now, c, "203.0.113.9:40000".parse().unwrap(), false);
+        let hello = Hello::new(NodeId([id; 32]), Role::Transfer, None, "test");
+        net.queue.push_back((End::Sp(0, c), Message::Hello(hello)));
+        net.run();
+        net.inbox[r].clear();
+        (r, c)
+    };
+    let ask = |net: &mut Net, c: ConnId, node: NodeId, token: u64| {
+        net.queue
+            .push_back((End::Sp(0, c), Message::RelayVia { node, token }));
+        net.run();
+    };
+    let (r, rc) = requester(&mut net, 50);
+    ask(&mut net, rc, leaf_node, 1);
+    assert_eq!(
+        net.inbox[r],
+        vec![Message::ConnectAsked {
+            token: 1,
+            error: None
+        }]
+    );
+    assert!(net.inbox[0].contains(&Message::RelayBack {
+        node: NodeId([50; 32]),
+        token: 1
+    }));
+    // Only the two parties may join, once each; the second to join pairs them.
+    let now = net.now;
+    let sp = &mut net.sps[0];
+    assert!(matches!(
+        sp.handle_relay_join(now, 1, NodeId([77; 32])),
+        crate::RelayJoin::Refused(_)
+    ));
+    assert_eq!(
+        sp.handle_relay_join(now, 1, leaf_node),
+        crate::RelayJoin::Wait
+    );
+    assert!(matches!(
+        sp.handle_relay_join(now, 1, leaf_node),
+        crate::RelayJoin::Refused(_)
+    ));
+    assert!(sp.relay_requester(1, NodeId([50; 32])));
+    assert_eq!(
+        sp.handle_relay_join(now, 1, NodeId([50; 32])),
+        crate::RelayJoin::Paired
+    );
+    assert_eq!(sp.stats().relays, 1);
+    sp.handle_relay_ended(1, 4096);
+    assert_eq!(sp.stats().relayed_bytes, 4096);
+    // At most relays_per_leaf for one leaf at once.
+    let per_leaf = flooding().relays_per_leaf as u64;
+    for token in 10..10 + per_leaf {
+        ask(&mut net, rc, leaf_node, token);
+    }
+    net.inbox[r].clear();
+    ask(&mut net, rc, leaf_node, 99);
+    assert!(matches!(
+        &net.inbox[r][0],
+        Message::ConnectAsked { token: 99, error: Some(e) } if e.contains("relays_per_leaf")
+    ));
+    // A relay whose ends do not both join in time is dropped, and its waiting end with it.
+    net.advance(crate::RELAY_JOIN_WAIT + Duration::from_secs(1));
+    let now = net.now;
+    assert!(matches!(
+        net.sps[0].handle_relay_join(now, 10, leaf_node),
+        crate::RelayJoin::Refused(_)
+    ));
+    // Unknown leaves get a clear answer.
+    net.inbox[r].clear();
+    ask(&mut net, rc, NodeId([201; 32]), 5);
+    assert!(matches!(
+        &net.inbox[r][0],
+        Message::ConnectAsked { token: 5, error: Some(e) } if e.contains("not attached")
+    ));
+}
