@@ -473,6 +473,9 @@ struct Harness {
     leaves: BTreeSet<ConnId>,
     neighbours: BTreeMap<ConnId, NodeId>,
     attached: BTreeSet<ConnId>,
+    /// Super-peer: connections whose Hello said Transfer (they may only ask for connections
+    /// back and relays; no event marks them).
+    requesters: BTreeSet<ConnId>,
     /// The connection just disconnected (its "gone" event may name it).
     just_gone: Option<ConnId>,
     /// Distinct seed addresses (never evicted from a host cache).
@@ -515,6 +518,7 @@ impl Harness {
             leaves: BTreeSet::new(),
             neighbours: BTreeMap::new(),
             attached: BTreeSet::new(),
+            requesters: BTreeSet::new(),
             just_gone: None,
             seeds,
             switch_to: None,
@@ -546,6 +550,7 @@ impl Harness {
             && !self.leaves.contains(&c)
             && !self.neighbours.contains_key(&c)
             && !self.attached.contains(&c)
+            && !self.requesters.contains(&c)
     }
 
     fn live(&self, c: ConnId) -> bool {
@@ -593,6 +598,7 @@ impl Harness {
                 let c = self.pick(pick);
                 if self.open.remove(&c) {
                     self.closing.remove(&c);
+                    self.requesters.remove(&c);
                     self.reach.retain(|&r| r != c);
                     self.gone.push(c);
                     self.just_gone = Some(c);
@@ -735,6 +741,9 @@ impl Harness {
                 // Anything before Hello, a second Hello, and a Goodbye close the connection.
                 if (awaiting && !hello) || (live && !awaiting && hello) || (live && goodbye) {
                     *must_close = Some(c);
+                }
+                if awaiting && matches!(&msg, Message::Hello(h) if h.role == Role::Transfer) {
+                    self.requesters.insert(c);
                 }
                 s.handle_message(now, c, msg);
             }

@@ -78,12 +78,14 @@ impl SuperPeer {
                 reachable, source, ..
             },
             remote,
+            closing,
             ..
         }) = self.conns.get_mut(&conn)
         {
             *reachable = Some(ok);
             let seen_from = Some(*remote);
-            if let Some(observed) = *source {
+            // A connection being closed is sent nothing more (STATE.md).
+            if let (Some(observed), false) = (*source, *closing) {
                 self.send(
                     conn,
                     Message::Reachability {

@@ -927,3 +927,28 @@ fn a_relay_pairs_its_two_ends_only_within_its_caps_and_its_time() {
         Message::ConnectAsked { token: 5, error: Some(e) } if e.contains("not attached")
     ));
 }
+
+/// Found by the `overlay` fuzz target: a dial-back that answered after the leaf's connection
+/// began closing sent it Reachability (STATE.md: a closing connection is sent nothing more).
+#[test]
+fn a_reachability_answer_for_a_closing_leaf_sends_nothing() {
+    let now = Instant::now();
+    let clock = RoleClock::new(now, NodeRole::SuperPeer, RoleConfig::default());
+    let mut sp = SuperPeer::new(now, NodeId([1; 32]), None, flooding(), clock);
+    sp.handle_connect(now, 1, "10.0.0.2:50000".parse().unwrap(), false);
+    let hello = Hello::new(
+        NodeId([2; 32]),
+        Role::Leaf,
+        Some("0.0.0.0:7001".parse().unwrap()),
+        "test",
+    );
+    sp.handle_message(now, 1, Message::Hello(hello));
+    let bye = Message::Goodbye {
+        reason: "leaving".into(),
+    };
+    sp.handle_message(now, 1, bye);
+    while sp.poll_transmit().is_some() {}
+    // The connection is closing, not gone yet, when the dial-back answers.
+    sp.handle_reachable(now, 1, true);
+    assert!(sp.poll_transmit().is_none());
+}
