@@ -244,6 +244,17 @@ pub struct PortMapping {
     pub how: String,
 }
 
+/// Connections a node made, or took, other than by dialling.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Indirect {
+    /// The source connected to the downloader, asked through its super-peer.
+    pub reverse: u64,
+    /// Both dialled at once through their NATs.
+    pub punched: u64,
+    /// Through a super-peer's relay.
+    pub relayed: u64,
+}
+
 /// Whether others can connect to a node: what a super-peer found when it connected back.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Reach {
@@ -300,6 +311,10 @@ pub struct StatusReport {
     pub uploaded_chunks: u64,
     /// Bytes served to others.
     pub uploaded_bytes: u64,
+    /// Connections made other than by dialling (behind NAT), either way, since the node
+    /// started.
+    #[serde(default)]
+    pub indirect: Indirect,
     /// Upload slots in use, and how many there are.
     pub upload_slots: (usize, usize),
     /// Downloaders waiting for an upload slot.

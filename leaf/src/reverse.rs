@@ -77,6 +77,8 @@ pub(crate) struct Reverse {
     waiting: Mutex<HashMap<u64, (NodeId, Sender<Accepted>)>>,
     /// Connections back being made now (the source side).
     connecting: AtomicUsize,
+    /// Connections made other than by dialling, either side: reverse, punched, relayed.
+    counts: [std::sync::atomic::AtomicU64; 3],
 }
 
 #[derive(Default)]
@@ -153,6 +155,27 @@ impl Reverse {
                 tx.try_send(conn)
                     .map_err(|_| "the download waiting for it is gone".to_string())
             }
+        }
+    }
+
+    /// Counts a connection made (by either side) the way `reached` says.
+    pub(crate) fn count(&self, reached: Reached) {
+        let i = match reached {
+            Reached::Direct => return,
+            Reached::Reverse => 0,
+            Reached::Punched => 1,
+            Reached::Relayed => 2,
+        };
+        self.counts[i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The counts, for status.
+    pub(crate) fn counts(&self) -> crate::control::Indirect {
+        let n = |i: usize| self.counts[i].load(Ordering::Relaxed);
+        crate::control::Indirect {
+            reverse: n(0),
+            punched: n(1),
+            relayed: n(2),
         }
     }
 
@@ -294,6 +317,31 @@ async fn back_or_punch(
 /// How long a relay's end waits for the other.
 const RELAY_WAIT: Duration = Duration::from_secs(20);
 
+/// Waits on a relay's end for the super-peer at `via` to say both ends are in
+/// ([`Message::RelayReady`]), past its Hello (at most one).
+pub(crate) async fn relay_ready(
+    reader: &mut FrameReader<SecureReader<TcpStream>>,
+    via: SocketAddr,
+) -> Result<(), String> {
+    let until = std::time::Instant::now() + RELAY_WAIT;
+    let mut hellos = 0;
+    loop {
+        let left = until.saturating_duration_since(std::time::Instant::now());
+        match reader.read_message_within(left).await {
+            Ok(Message::RelayReady) => return Ok(()),
+            Ok(Message::Hello(h)) if h.role == Role::SuperPeer && hellos == 0 => hellos += 1,
+            Ok(Message::Goodbye { reason }) => {
+                return Err(format!(
+                    "super-peer {via}: {}",
+                    wire::text::terminal_safe(&reason)
+                ))
+            }
+            Ok(other) => return Err(format!("super-peer {via} sent {}", other.kind())),
+            Err(e) => return Err(format!("super-peer {via}: {e}")),
+        }
+    }
+}
+
 /// Asks the super-peer at `route.via` to relay between us and the source, joins the relay,
 /// and answers the source's own encrypted session through it: the super-peer carries only
 /// ciphertext.
@@ -327,17 +375,7 @@ async fn relay(
     .await
     .map_err(|e| format!("super-peer {via}: {e}"))?;
     let mut reader = FrameReader::new(outer.reader).limited(wire::MAX_BODY, 0);
-    match reader.read_message_within(RELAY_WAIT).await {
-        Ok(Message::RelayReady) => {}
-        Ok(Message::Goodbye { reason }) => {
-            return Err(format!(
-                "super-peer {via}: {}",
-                wire::text::terminal_safe(&reason)
-            ))
-        }
-        Ok(other) => return Err(format!("super-peer {via} sent {}", other.kind())),
-        Err(e) => return Err(format!("super-peer {via}: {e}")),
-    }
+    relay_ready(&mut reader, via).await?;
     write_message_within(&mut writer, &Message::RelayGo, &mut scratch, limit)
         .await
         .map_err(|e| format!("super-peer {via}: {e}"))?;

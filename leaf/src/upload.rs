@@ -125,6 +125,10 @@ pub(crate) async fn serve_connect_back(
     .await
     .map_err(|e| format!("{addr}: {e}"))?;
     drop(place);
+    node.reverse.count(match back.punch {
+        true => crate::download::Reached::Punched,
+        false => crate::download::Reached::Reverse,
+    });
     let stream = Served {
         reader: FrameReader::new(secure.reader).limited(transfer::upload::MAX_REQUEST_BODY, 0),
         writer,
@@ -163,11 +167,7 @@ pub(crate) async fn serve_relayed(
     .await
     .map_err(|e| format!("super-peer {via}: {e}"))?;
     let mut reader = FrameReader::new(outer.reader).limited(wire::MAX_BODY, 0);
-    match reader.read_message_within(RELAY_WAIT).await {
-        Ok(Message::RelayReady) => {}
-        Ok(other) => return Err(format!("super-peer {via} sent {}", other.kind())),
-        Err(e) => return Err(format!("super-peer {via}: {e}")),
-    }
+    crate::reverse::relay_ready(&mut reader, via).await?;
     // Our session with the super-peer ends here: from now on the bytes are the requester's.
     drop((reader, writer));
     let inner = transport::secure::connect(raw, &node.identity, limit)
@@ -190,6 +190,7 @@ pub(crate) async fn serve_relayed(
     .await
     .map_err(|e| format!("through super-peer {via}: {e}"))?;
     drop(place);
+    node.reverse.count(crate::download::Reached::Relayed);
     let stream = Served {
         reader: FrameReader::new(inner.reader).limited(transfer::upload::MAX_REQUEST_BODY, 0),
         writer,
@@ -197,9 +198,6 @@ pub(crate) async fn serve_relayed(
     };
     serve_inner(node, stream, None).await
 }
-
-/// How long a relay's end waits for the other to join.
-const RELAY_WAIT: Duration = Duration::from_secs(20);
 
 /// Dials `addr` from our listen port (so our NAT maps it as it maps that port), again and again
 /// for [`CONNECT_BACK_FOR`]: a downloader behind NAT is dialling us at the same time, and its

@@ -337,8 +337,11 @@ fn a_source_behind_nat_is_found_known_unreachable_and_still_downloaded_from() {
         text(&out.stdout)
     );
     assert!(std::fs::read(dl.join("Says (live at home).flac")).unwrap() == content);
-    // Served by the source over the connection it made.
+    // Served by the source over the connection it made, counted on both sides.
     assert!(uploaded(&home_data, "80.77.1.1:7700") >= content.len() as u64);
+    for data in [&home_data, &pub_data] {
+        assert!(status(data)["indirect"]["reverse"].as_u64() >= Some(1));
+    }
     drop((source, downloader, sp));
 }
 
@@ -497,6 +500,9 @@ fn two_leaves_behind_nat_punch_a_hole_and_the_download_completes() {
     );
     assert!(std::fs::read(dl.join("Kiasmos - Looped.flac")).unwrap() == content);
     assert!(uploaded(&home_data, "80.77.1.1:7700") >= content.len() as u64);
+    for data in [&home_data, &other_data] {
+        assert!(status(data)["indirect"]["punched"].as_u64() >= Some(1));
+    }
 }
 
 #[test]
@@ -605,4 +611,12 @@ fn a_leaf_behind_a_symmetric_nat_downloads_through_a_relay() {
     assert!(out.status.success(), "{said}");
     assert!(said.contains("(relayed by a super-peer)"), "{said}");
     assert!(std::fs::read(dl.join("Ólafur Arnalds - Saman.flac")).unwrap() == content);
+    for data in [&home_data, &sym_data] {
+        let s = status(data);
+        assert!(s["indirect"]["relayed"].as_u64() >= Some(1), "{s}");
+        assert_eq!(
+            s["indirect"]["punched"], 0,
+            "no hole punched from a symmetric NAT"
+        );
+    }
 }

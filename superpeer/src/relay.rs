@@ -1,7 +1,9 @@
 //! Moving a relay's bytes: the two ends' connections, once `topology::SuperPeer` paired them
 //! ([`topology::RelayJoin::Paired`]), are spliced, capped in bytes and time.
 //!
-//! Each end reached us over Noise and sent `RelayJoin` as its first message. The requester's
+//! Each end reached us over Noise, was sent our Hello, and sent `RelayJoin` as its first
+//! message (instead of a Hello); the connection's writer task handed its writer back. The
+//! requester's
 //! end is told `RelayReady` first and answers `RelayGo`; only then is the leaf's end told
 //! `RelayReady`. From there on neither end writes through our Noise session again: the leaf
 //! opens its own session with the requester, and we copy the raw bytes of both sockets,

@@ -149,8 +149,10 @@ enum Input {
     Status(Sender<Status>, bool),
     /// Stop: say goodbye (with this reason) to everyone, save the host cache, and answer.
     Stop(String, Sender<()>),
-    /// A connection whose first message is `RelayJoin`, from `node`.
-    RelayJoin {
+    /// A connection whose first message is `RelayJoin` (instead of Hello).
+    RelayJoin(Box<RelayEnd>),
+    /// That connection's writer is back: it is one end of relay `token`, from `node`.
+    RelayEnd {
         token: u64,
         node: NodeId,
         end: Box<crate::relay::End>,
@@ -335,28 +337,6 @@ async fn accept_loop(
             let limit = gate.limits().handshake_timeout;
             match transport::secure::accept(stream.clone(), &identity, limit).await {
                 Ok(secure) => {
-                    // The first message says what the connection is for: one end of a relay,
-                    // or a peer of the overlay (whose first message is Hello).
-                    let mut reader = FrameReader::new(secure.reader).limited(wire::MAX_BODY, 0);
-                    let first = match reader.read_message_within(limit).await {
-                        Ok(first) => first,
-                        Err(e) => {
-                            log::debug!("peer {remote}: {e}");
-                            return;
-                        }
-                    };
-                    if let Message::RelayJoin { token } = first {
-                        let end = crate::relay::End {
-                            raw: stream,
-                            reader,
-                            writer: secure.writer,
-                            _admitted: Some(admitted),
-                        };
-                        let node = secure.peer;
-                        let end = Box::new(end);
-                        let _ = inputs.send(Input::RelayJoin { token, node, end }).await;
-                        return;
-                    }
                     let peer = Peer {
                         conn,
                         socket: stream,
@@ -364,12 +344,7 @@ async fn accept_loop(
                         dialed: false,
                         _admitted: Some(admitted),
                     };
-                    let link = Link {
-                        reader,
-                        writer: secure.writer,
-                        node: secure.peer,
-                    };
-                    run_link(peer, link, Some(first), inputs, gate).await
+                    run_connection(peer, secure, inputs, gate).await
                 }
                 Err(e) => log::warn!("peer {remote}: {e} (handshake_timeout {limit:?})"),
             }
@@ -402,6 +377,16 @@ impl Outbox {
     }
 }
 
+/// A connection that asked to join a relay, as its reader hands it over.
+struct RelayEnd {
+    conn: ConnId,
+    token: u64,
+    node: NodeId,
+    raw: TcpStream,
+    reader: FrameReader<transport::secure::SecureReader<TcpStream>>,
+    admitted: Option<Admitted>,
+}
+
 /// One connection, as the tasks that run it know it.
 struct Peer {
     conn: ConnId,
@@ -418,34 +403,6 @@ async fn run_connection(
     inputs: Sender<Input>,
     gate: Arc<Gate>,
 ) {
-    // Overlay messages never carry a payload (only chunks and manifests do).
-    let reader = FrameReader::new(secure.reader).limited(wire::MAX_BODY, 0);
-    let link = Link {
-        reader,
-        writer: secure.writer,
-        node: secure.peer,
-    };
-    run_link(peer, link, None, inputs, gate).await
-}
-
-/// A connection past its handshake.
-struct Link {
-    reader: FrameReader<transport::secure::SecureReader<TcpStream>>,
-    writer: transport::secure::SecureWriter<TcpStream>,
-    node: NodeId,
-}
-
-/// Runs one connection whose `first` message may have been read already, until either side
-/// ends it.
-async fn run_link(
-    peer: Peer,
-    link: Link,
-    first: Option<Message>,
-    inputs: Sender<Input>,
-    gate: Arc<Gate>,
-) {
-    let secure = link;
-    let mut first = first;
     let (conn, remote) = (peer.conn, peer.remote);
     let limits = gate.limits();
     let (out, writer) =
@@ -463,23 +420,35 @@ async fn run_link(
     if inputs.send(connected).await.is_err() {
         return;
     }
-    let mut reader = secure.reader;
+    // Overlay messages never carry a payload (only chunks and manifests do).
+    let mut reader = FrameReader::new(secure.reader).limited(wire::MAX_BODY, 0);
     let mut bucket = None;
     // Fair queueing: one connection holds at most this many messages in the actor's queue, so
     // a peer that sends as fast as it may delays the others' messages by that many at most,
     // not by the whole queue.
     let places = Arc::new(Semaphore::new(QUEUED_PER_CONNECTION));
     loop {
-        let next = match first.take() {
-            Some(msg) => Ok(Some(msg)),
-            None => reader.read_message().await,
-        };
-        match next {
+        match reader.read_message().await {
+            // One end of a relay: it said so instead of Hello. The actor takes the connection
+            // over: reading stops here, and the writer is handed back.
+            Ok(Some(Message::RelayJoin { token })) if bucket.is_none() => {
+                writer.detach();
+                let end = RelayEnd {
+                    conn,
+                    token,
+                    node: secure.peer,
+                    raw: peer.socket.clone(),
+                    reader,
+                    admitted: peer._admitted,
+                };
+                let _ = inputs.send(Input::RelayJoin(Box::new(end))).await;
+                return;
+            }
             Ok(Some(msg)) => {
                 let now = Instant::now();
                 let verdict = match (&mut bucket, &msg) {
                     (None, Message::Hello(hello)) => {
-                        match transport::hello::check_key(secure.node, hello) {
+                        match transport::hello::check_key(secure.peer, hello) {
                             Err(e) => Err(Tripped::ban("identity", e.to_string())),
                             Ok(()) => {
                                 bucket = Some(limits.buckets_for(hello.role, now));
@@ -670,7 +639,31 @@ impl Actor {
             }
             // `run` takes it (the actor ends there).
             Input::Stop(..) => {}
-            Input::RelayJoin { token, node, end } => self.relay_join(now, token, node, *end),
+            Input::RelayJoin(end) => {
+                let end = *end;
+                // The overlay logic forgets the connection (it never said Hello), and its
+                // writer task hands the writer back once our Hello is written.
+                let outbox = self.writers.remove(&end.conn);
+                self.state.handle_disconnect(now, end.conn);
+                let inputs = self.inputs.clone();
+                smol::spawn(async move {
+                    let Some(outbox) = outbox else { return };
+                    let Some(writer) = outbox.out.take_writer().await else {
+                        return;
+                    };
+                    let (token, node) = (end.token, end.node);
+                    let joined = crate::relay::End {
+                        raw: end.raw,
+                        reader: end.reader,
+                        writer,
+                        _admitted: end.admitted,
+                    };
+                    let end = Box::new(joined);
+                    let _ = inputs.send(Input::RelayEnd { token, node, end }).await;
+                })
+                .detach();
+            }
+            Input::RelayEnd { token, node, end } => self.relay_join(now, token, node, *end),
             Input::RelayEnded { token, bytes } => self.state.handle_relay_ended(token, bytes),
         }
     }

@@ -39,6 +39,8 @@ pub struct Outbox {
     tx: Sender<Vec<u8>>,
     pending: Arc<AtomicUsize>,
     cap: usize,
+    /// Where the writer task hands its writer back ([`Outbox::take_writer`]).
+    handed: Receiver<SecureWriter<TcpStream>>,
 }
 
 impl Outbox {
@@ -62,6 +64,15 @@ impl Outbox {
     pub fn pending(&self) -> usize {
         self.pending.load(Ordering::Relaxed)
     }
+
+    /// Stops the writer task once what is queued is written, and takes its writer back
+    /// (the connection stays open): for a connection that turns into something else, a relay's
+    /// end. `None` if the task had already stopped.
+    pub async fn take_writer(&self) -> Option<SecureWriter<TcpStream>> {
+        // An empty message is never queued otherwise: it means "hand the writer back".
+        self.tx.send(Vec::new()).await.ok()?;
+        self.handed.recv().await.ok()
+    }
 }
 
 /// Starts the writer task of a connection whose queue may hold at most `cap` unwritten bytes;
@@ -74,9 +85,16 @@ pub fn spawn_writer(
     timeout: Duration,
 ) -> (Outbox, smol::Task<Option<String>>) {
     let (tx, rx) = channel::unbounded::<Vec<u8>>();
+    let (hand, handed) = channel::bounded(1);
     let pending = Arc::new(AtomicUsize::new(0));
-    let task = smol::spawn(write_loop(writer, rx, pending.clone(), timeout));
-    (Outbox { tx, pending, cap }, task)
+    let task = smol::spawn(write_loop(writer, rx, pending.clone(), timeout, hand));
+    let outbox = Outbox {
+        tx,
+        pending,
+        cap,
+        handed,
+    };
+    (outbox, task)
 }
 
 async fn write_loop(
@@ -84,9 +102,16 @@ async fn write_loop(
     rx: Receiver<Vec<u8>>,
     pending: Arc<AtomicUsize>,
     timeout: Duration,
+    hand: Sender<SecureWriter<TcpStream>>,
 ) -> Option<String> {
     let mut failed = None;
     while let Ok(bytes) = rx.recv().await {
+        if bytes.is_empty() {
+            // Asked for the writer back: everything before is written; the connection lives.
+            let _ = stream.flush().await;
+            let _ = hand.send(stream).await;
+            return None;
+        }
         let write = async {
             stream.write_all(&bytes).await?;
             // Every message is flushed: the encrypting writer holds less than a transport

@@ -692,8 +692,13 @@ impl Node {
                     reachable: reach,
                     symmetric,
                 };
-                crate::reverse::connect_via(&state.reverse, me, addr, route, CONNECT_BACK_WAIT)
-                    .await
+                let got =
+                    crate::reverse::connect_via(&state.reverse, me, addr, route, CONNECT_BACK_WAIT)
+                        .await;
+                if let Ok(conn) = &got {
+                    state.reverse.count(conn.reached);
+                }
+                got
             }))
         })
     }
@@ -745,6 +750,7 @@ impl Node {
             wishes: self.wishes(),
             uploaded_chunks: self.inner.state.uploaded_chunks.load(Ordering::Relaxed),
             uploaded_bytes: self.inner.state.uploaded_bytes.load(Ordering::Relaxed),
+            indirect: self.inner.state.reverse.counts(),
             upload_slots: (
                 self.inner.state.slots.usage().0,
                 self.inner.state.slots.max(),

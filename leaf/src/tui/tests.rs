@@ -108,6 +108,7 @@ fn status() -> StatusReport {
         wishes: Vec::new(),
         uploaded_chunks: 5,
         uploaded_bytes: 1_200_000,
+        indirect: Default::default(),
         upload_slots: (1, 4),
         upload_queue: 2,
         upload_rate: None,

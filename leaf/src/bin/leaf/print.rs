@@ -238,6 +238,15 @@ pub(crate) fn print_status(s: &control::StatusReport) {
         s.upload_rate
             .map_or("none".into(), |r| format!("{}/s", HumanBytes(r)))
     );
+    let i = s.indirect;
+    if i != Default::default() {
+        say!(
+            "indirect  {} reverse, {} hole-punched, {} relayed connection(s) (behind NAT)",
+            i.reverse,
+            i.punched,
+            i.relayed
+        );
+    }
     if s.downloads.is_empty() {
         say!("downloads none");
     }
