@@ -209,6 +209,7 @@ mod tests {
                 tx: channel::unbounded().0,
                 pending: Arc::new(AtomicUsize::new(0)),
                 cap: 3 * one.len(),
+                handed: channel::bounded(1).1,
             };
             for _ in 0..3 {
                 parked.send(&ping).unwrap();
@@ -233,6 +234,43 @@ mod tests {
             assert_eq!(reader.read_message().await.unwrap(), None, "closed after");
             assert_eq!(writer.await, None, "no write failed");
             server.cancel().await;
+        });
+    }
+
+    #[test]
+    fn a_writer_handed_back_leaves_the_connection_open_after_what_was_queued() {
+        smol::block_on(async {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let (a, b) = (Identity::generate(), Identity::generate());
+            let client = smol::spawn(async move {
+                let s = TcpStream::connect(addr).await.unwrap();
+                crate::secure::connect(s, &a, Duration::from_secs(5))
+                    .await
+                    .unwrap()
+            });
+            let (stream, _) = listener.accept().await.unwrap();
+            let secure = crate::secure::accept(stream, &b, Duration::from_secs(5))
+                .await
+                .unwrap();
+            let theirs = client.await;
+            let (out, task) = spawn_writer(secure.writer, 1 << 20, Duration::from_secs(5));
+            out.send(&Message::Ping { nonce: 1 }).unwrap();
+            let mut writer = out.take_writer().await.expect("the writer comes back");
+            assert_eq!(task.await, None, "the task ended without a failed write");
+            assert!(out.take_writer().await.is_none(), "only once");
+            // Still open: the writer goes on where the task stopped.
+            let mut scratch = Vec::new();
+            let pong = Message::Pong { nonce: 2 };
+            crate::net::write_message(&mut writer, &pong, &mut scratch)
+                .await
+                .unwrap();
+            let mut reader = FrameReader::new(theirs.reader);
+            assert_eq!(
+                reader.read_message().await.unwrap(),
+                Some(Message::Ping { nonce: 1 })
+            );
+            assert_eq!(reader.read_message().await.unwrap(), Some(pong));
         });
     }
 }
