@@ -338,7 +338,7 @@ impl Msg {
             },
             Msg::Transfer(k) => {
                 let id = file(k).id;
-                match k % 13 {
+                match k % 15 {
                     0 => Message::GetManifest { request: 1, id },
                     1 => Message::Manifest(ManifestMsg {
                         request: 1,
@@ -381,7 +381,6 @@ impl Msg {
                     10 => Message::Reachability {
                         observed: addr(k),
                         reachable: k % 2 == 0,
-                        seen_from: (k % 3 == 0).then(|| addr(k / 3)),
                     },
                     // Relays: asked of a super-peer, passed to a leaf.
                     11 => Message::RelayVia {
@@ -392,6 +391,8 @@ impl Msg {
                         node: node(k / 13),
                         token: u64::from(k % 4),
                     },
+                    13 => Message::WhereAmI,
+                    14 => Message::SeenAt { addr: addr(k) },
                     _ => Message::TransferError {
                         request: 2,
                         id,
@@ -953,6 +954,13 @@ impl Harness {
             LeafEvent::Hits { query, .. } => {
                 // The target starts no query: hits must not get through.
                 panic!("hits passed on for query {query:?}, which was never started");
+            }
+            LeafEvent::Probe { superpeers } => {
+                assert!(
+                    self.setup.listen().is_some(),
+                    "a probe from a leaf that serves nobody"
+                );
+                assert_eq!(superpeers.len(), 2, "{superpeers:?}");
             }
             LeafEvent::ConnectBack { via, .. } | LeafEvent::RelayBack { via, .. } => {
                 assert!(

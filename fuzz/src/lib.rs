@@ -213,7 +213,10 @@ pub fn sample_messages() -> Vec<Message> {
         Message::Reachability {
             observed: "10.0.0.9:6000".parse().expect("address"),
             reachable: false,
-            seen_from: Some("10.0.0.9:6000".parse().expect("address")),
+        },
+        Message::WhereAmI,
+        Message::SeenAt {
+            addr: "10.0.0.9:7001".parse().expect("address"),
         },
     ]
 }

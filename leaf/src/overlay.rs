@@ -67,8 +67,9 @@ pub(crate) struct Settings {
 }
 
 enum Input {
-    /// A link is up; `bool`: it was dialled from our listen port.
-    Connected(ConnId, SocketAddr, Box<SecureStream<TcpStream>>, bool),
+    Connected(ConnId, SocketAddr, Box<SecureStream<TcpStream>>),
+    /// Where a super-peer saw a probe from our listen port come from.
+    Probed(SocketAddr, Option<SocketAddr>),
     DialFailed(SocketAddr),
     Message(ConnId, Message),
     Closed(ConnId),
@@ -151,16 +152,14 @@ pub(crate) async fn run(inner: Arc<NodeState>, settings: Settings, commands: Rec
         .await;
         let now = Instant::now();
         match wake {
-            Wake::Input(Input::Connected(conn, addr, stream, from_listen_port)) => {
+            Wake::Input(Input::Connected(conn, addr, stream)) => {
                 writers.insert(
                     conn,
                     start_link(conn, *stream, tx.clone(), inner.limits.max_pending_bytes),
                 );
                 leaf.handle_connect(now, conn, addr);
-                if from_listen_port {
-                    leaf.handle_from_listen_port(conn);
-                }
             }
+            Wake::Input(Input::Probed(superpeer, seen)) => leaf.handle_probe(superpeer, seen),
             Wake::Input(Input::DialFailed(addr)) => leaf.handle_dial_failed(now, addr),
             Wake::Input(Input::Message(conn, msg)) => leaf.handle_message(now, conn, msg),
             Wake::Input(Input::Closed(conn)) => {
@@ -245,15 +244,10 @@ pub(crate) async fn run(inner: Arc<NodeState>, settings: Settings, commands: Rec
                         let conn = next_conn;
                         next_conn += 1;
                         let (tx, identity) = (tx.clone(), inner.identity.clone());
-                        // From our listen port where we can (not once promoted: that link is
-                        // local): the super-peers then see how our NAT maps that port.
-                        let from = inner.listen.filter(|_| sp.is_none());
                         smol::spawn(async move {
                             let limit = Duration::from_secs(3);
-                            let input = match dial_superpeer(addr, from, &identity, limit).await {
-                                Ok((stream, shared)) => {
-                                    Input::Connected(conn, addr, Box::new(stream), shared)
-                                }
+                            let input = match connect_secure(addr, &identity, limit).await {
+                                Ok(stream) => Input::Connected(conn, addr, Box::new(stream)),
                                 Err(e) => {
                                     log::debug!("cannot reach super-peer {addr}: {e}");
                                     Input::DialFailed(addr)
@@ -300,6 +294,18 @@ pub(crate) async fn run(inner: Arc<NodeState>, settings: Settings, commands: Rec
                             punch,
                         };
                         connect_back(&inner, back)
+                    }
+                    LeafEvent::Probe { superpeers } => {
+                        if let Some(from) = inner.listen {
+                            for superpeer in superpeers {
+                                let (tx, identity) = (tx.clone(), inner.identity.clone());
+                                smol::spawn(async move {
+                                    let seen = probe(superpeer, from, &identity).await;
+                                    let _ = tx.send(Input::Probed(superpeer, seen)).await;
+                                })
+                                .detach();
+                            }
+                        }
                     }
                     LeafEvent::RelayBack {
                         node,
@@ -420,32 +426,43 @@ pub(crate) struct ConnectBack {
     pub(crate) punch: bool,
 }
 
-/// Connects to super-peer `addr`, from port `from` if it can be used (it cannot, for one, while
-/// an earlier link to the same super-peer from it lingers in TIME_WAIT), else from any port.
-/// Says whether it came from `from`.
-async fn dial_superpeer(
-    addr: SocketAddr,
-    from: Option<SocketAddr>,
+/// Connects to super-peer `superpeer` from our listen port `from` and asks where it sees the
+/// connection come from ([`Message::WhereAmI`]). None if that cannot be done.
+async fn probe(
+    superpeer: SocketAddr,
+    from: SocketAddr,
     identity: &transport::identity::Identity,
-    limit: Duration,
-) -> std::io::Result<(SecureStream<TcpStream>, bool)> {
-    use std::io::ErrorKind::{AddrInUse, AddrNotAvailable};
-    if let Some(from) = from.filter(|f| f.is_ipv4() == addr.is_ipv4()) {
-        match transport::net::connect_from(from, addr, limit).await {
-            Ok(stream) => {
-                let secure = transport::secure::connect(stream, identity, limit)
-                    .await
-                    .map_err(|e| {
-                        std::io::Error::new(std::io::ErrorKind::ConnectionRefused, e.to_string())
-                    })?;
-                return Ok((secure, true));
-            }
-            // The port cannot be used for this one: any port will do.
-            Err(e) if matches!(e.kind(), AddrInUse | AddrNotAvailable) => {}
-            Err(e) => return Err(e),
-        }
+) -> Option<SocketAddr> {
+    let limit = Duration::from_secs(3);
+    let stream = transport::net::connect_from(from, superpeer, limit)
+        .await
+        .map_err(|e| log::debug!("probing {superpeer} from port {}: {e}", from.port()))
+        .ok()?;
+    let secure = transport::secure::connect(stream, identity, limit)
+        .await
+        .ok()?;
+    let mut writer = secure.writer;
+    let mut scratch = Vec::new();
+    let hello = wire::Hello::new(identity.node(), wire::Role::Transfer, None, crate::AGENT);
+    for msg in [Message::Hello(hello), Message::WhereAmI] {
+        transport::net::write_message_within(&mut writer, &msg, &mut scratch, limit)
+            .await
+            .ok()?;
     }
-    Ok((connect_secure(addr, identity, limit).await?, false))
+    let mut reader = FrameReader::new(secure.reader).limited(wire::MAX_BODY, 0);
+    let mut hellos = 0;
+    let seen = loop {
+        match reader.read_message_within(limit).await {
+            Ok(Message::Hello(h)) if h.role == wire::Role::SuperPeer && hellos == 0 => hellos += 1,
+            Ok(Message::SeenAt { addr }) => break Some(addr),
+            _ => break None,
+        }
+    };
+    let bye = Message::Goodbye {
+        reason: "probed".into(),
+    };
+    let _ = transport::net::write_message_within(&mut writer, &bye, &mut scratch, limit).await;
+    seen
 }
 
 /// What the node registers on a link: its shared files, and the files it downloads or seeds

@@ -49,10 +49,10 @@ struct Args {
     #[arg(long, default_value_t = topology::Config::default().relays_per_leaf as u16, value_parser = clap::value_parser!(u16).range(1..))]
     relays_per_leaf: u16,
     /// Mebibytes one relay carries (both ways together) before it is closed.
-    #[arg(long, default_value_t = topology::Config::default().relay_max_bytes >> 20)]
+    #[arg(long, default_value_t = topology::Config::default().relay_max_bytes >> 20, value_parser = clap::value_parser!(u64).range(1..=1 << 20))]
     relay_max_mib: u64,
     /// Minutes one relay lasts at most.
-    #[arg(long, default_value_t = topology::Config::default().relay_max_time.as_secs() / 60, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, default_value_t = topology::Config::default().relay_max_time.as_secs() / 60, value_parser = clap::value_parser!(u64).range(1..=7 * 24 * 60))]
     relay_max_minutes: u64,
     #[command(flatten)]
     limits: transport::limits::LimitArgs,

@@ -233,6 +233,7 @@ impl SuperPeerNode {
             identity: identity.clone(),
             gate: gate.clone(),
             relay_waiting: HashMap::new(),
+            relays: HashMap::new(),
         };
         let tasks = vec![
             smol::spawn(actor.run(rx)),
@@ -544,6 +545,8 @@ struct Actor {
     gate: Arc<Gate>,
     /// Relay ends waiting for the other, by token.
     relay_waiting: HashMap<u64, crate::relay::End>,
+    /// Relays being spliced, by token: they end with the actor (the node stopping).
+    relays: HashMap<u64, Task<()>>,
 }
 
 impl Actor {
@@ -664,7 +667,11 @@ impl Actor {
                 .detach();
             }
             Input::RelayEnd { token, node, end } => self.relay_join(now, token, node, *end),
-            Input::RelayEnded { token, bytes } => self.state.handle_relay_ended(token, bytes),
+            Input::RelayEnded { token, bytes } => {
+                // Its task has sent this, its last step: dropping the handle ends nothing more.
+                self.relays.remove(&token);
+                self.state.handle_relay_ended(token, bytes)
+            }
         }
     }
 
@@ -685,13 +692,13 @@ impl Actor {
                 };
                 let (max_bytes, max_time) = self.state.relay_caps();
                 let inputs = self.inputs.clone();
-                smol::spawn(async move {
+                let task = smol::spawn(async move {
                     let (bytes, why) =
                         crate::relay::splice(requester, leaf, max_bytes, max_time).await;
                     log::info!("relay {token:016x} ended after {bytes} bytes: {why}");
                     let _ = inputs.send(Input::RelayEnded { token, bytes }).await;
-                })
-                .detach();
+                });
+                self.relays.insert(token, task);
             }
             RelayJoin::Refused(why) => {
                 log::info!("refused a relay end from {}: {why}", node.short());

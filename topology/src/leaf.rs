@@ -160,6 +160,13 @@ pub enum LeafEvent {
         /// Its node id (its key is checked when joining).
         superpeer: NodeId,
     },
+    /// We cannot be reached: connect to these super-peers from our listen port, ask each
+    /// [`Message::WhereAmI`], and pass the answers to [`LeafOverlay::handle_probe`]. Two seeing
+    /// one port mean the router keeps a port's mapping whoever we talk to.
+    Probe {
+        /// Two attached super-peers.
+        superpeers: Vec<SocketAddr>,
+    },
     /// Become a super-peer (the [`RoleClock`] allowed it). The driver starts the super-peer
     /// role and passes [`LeafOverlay::into_parts`] on to it.
     Promote {
@@ -177,11 +184,6 @@ struct Link {
     /// What the super-peer found when it connected back: our address as it sees it, and
     /// whether the connection got through.
     reach: Option<(SocketAddr, bool)>,
-    /// Where the super-peer sees this link come from.
-    seen_from: Option<SocketAddr>,
-    /// The driver dialled this link from our listen port ([`LeafOverlay::handle_from_listen_port`]):
-    /// where it is seen from tells how the NAT maps that port.
-    from_listen_port: bool,
     /// Requests to connect back passed on by this link in the current minute: (its start,
     /// how many).
     connect_backs: (Instant, u32),
@@ -243,6 +245,10 @@ pub struct LeafOverlay {
     promoted: bool,
     /// Queries whose hits are wanted.
     searches: HashSet<QueryId>,
+    /// Where super-peers saw probes from our listen port come from, by super-peer.
+    probes: std::collections::BTreeMap<SocketAddr, SocketAddr>,
+    /// A probe was asked for since the listen address was last set.
+    probed: bool,
     transmits: VecDeque<Transmit>,
     events: VecDeque<LeafEvent>,
 }
@@ -274,6 +280,8 @@ impl LeafOverlay {
             next_tick: now,
             promoted: false,
             searches: HashSet::new(),
+            probes: Default::default(),
+            probed: false,
             transmits: VecDeque::new(),
             events: VecDeque::new(),
         }
@@ -348,6 +356,11 @@ impl LeafOverlay {
     pub fn set_listen(&mut self, now: Instant, listen: Option<SocketAddr>, lost: bool) {
         let same = listen == self.listen && !lost;
         self.listen = listen;
+        if !same {
+            // Another port, or a mapping gone: how it is mapped is to be found again.
+            self.probes.clear();
+            self.probed = false;
+        }
         let mut conns: Vec<ConnId> = self
             .links
             .iter()
@@ -365,11 +378,34 @@ impl LeafOverlay {
         self.fill(now);
     }
 
-    /// The driver dialled link `conn` from our listen port (so two super-peers seeing it come
-    /// from one external port means the NAT keeps a port's mapping whoever we talk to).
-    pub fn handle_from_listen_port(&mut self, conn: ConnId) {
-        if let Some(l) = self.links.get_mut(&conn) {
-            l.from_listen_port = true;
+    /// Once found unreachable with two super-peers attached, asks the driver to probe them
+    /// from our listen port ([`LeafEvent::Probe`]), once per listen address. Only after the
+    /// verdict: a probe's traffic would let a super-peer's check through a router that filters
+    /// by address alone.
+    fn maybe_probe(&mut self) {
+        if self.probed || self.listen.is_none() || !matches!(self.reach(), Some(r) if !r.reachable)
+        {
+            return;
+        }
+        let mut superpeers: Vec<SocketAddr> = self
+            .links
+            .values()
+            .filter(|l| l.node.is_some() && !l.closing)
+            .map(|l| l.addr)
+            .collect();
+        superpeers.sort();
+        if superpeers.len() >= 2 {
+            superpeers.truncate(2);
+            self.probed = true;
+            self.events.push_back(LeafEvent::Probe { superpeers });
+        }
+    }
+
+    /// A probe's answer: super-peer `superpeer` saw our listen port's connection come from
+    /// `seen` (None: the probe failed).
+    pub fn handle_probe(&mut self, superpeer: SocketAddr, seen: Option<SocketAddr>) {
+        if let Some(seen) = seen {
+            self.probes.insert(superpeer, seen);
         }
     }
 
@@ -381,9 +417,12 @@ impl LeafOverlay {
                 .values()
                 .filter(|l| l.node.is_some() && !l.closing)
         };
-        let seen_all: Vec<SocketAddr> = live()
-            .filter(|l| l.from_listen_port)
-            .filter_map(|l| l.seen_from)
+        // Seen at other addresses altogether (another route out, a super-peer behind a proxy,
+        // IPv4 against IPv6): nothing to say.
+        let seen_all: Vec<SocketAddr> = self
+            .probes
+            .values()
+            .map(|s| SocketAddr::new(s.ip().to_canonical(), s.port()))
             .collect();
         let mut seen = seen_all.clone();
         seen.sort();
@@ -391,7 +430,6 @@ impl LeafOverlay {
         let nat = match seen.as_slice() {
             [] | [_] if seen_all.len() < 2 => None,
             [_] => Some(NatKind::EndpointIndependent),
-            // Seen at other addresses altogether (another route out): nothing to say.
             [first, rest @ ..] if rest.iter().any(|s| s.ip() != first.ip()) => None,
             _ => Some(NatKind::Symmetric),
         };
@@ -485,8 +523,6 @@ impl LeafOverlay {
                 last_rx: now,
                 closing: false,
                 reach: None,
-                seen_from: None,
-                from_listen_port: false,
                 connect_backs: (now, 0),
             },
         );
@@ -546,6 +582,7 @@ impl LeafOverlay {
                     addr,
                     node: h.node,
                 });
+                self.maybe_probe();
             }
             Message::Hello(h) => {
                 self.hosts.not_superpeer(now, addr);
@@ -613,10 +650,9 @@ impl LeafOverlay {
             Message::Reachability {
                 observed,
                 reachable,
-                seen_from,
             } if link.node.is_some() => {
                 link.reach = Some((observed, reachable));
-                link.seen_from = seen_from;
+                self.maybe_probe();
             }
             // Only from a super-peer we attached to, and only if we serve at all.
             Message::ConnectBack {
@@ -912,7 +948,6 @@ mod tests {
         let said = Message::Reachability {
             observed,
             reachable: false,
-            seen_from: None,
         };
         leaf.handle_message(t0, 7, said);
         assert_eq!(
@@ -1031,7 +1066,7 @@ mod tests {
     }
 
     #[test]
-    fn two_super_peers_seeing_one_port_dialled_from_tell_the_kind_of_nat() {
+    fn once_unreachable_two_super_peers_are_probed_and_tell_the_kind_of_nat() {
         let t0 = Instant::now();
         let clock = RoleClock::new(t0, NodeRole::Leaf, RoleConfig::default());
         let config = LeafConfig {
@@ -1040,34 +1075,55 @@ mod tests {
             ..LeafConfig::default()
         };
         let listen = Some("0.0.0.0:7001".parse().unwrap());
-        let said = |seen: &str| Message::Reachability {
-            observed: "198.51.100.7:7001".parse().unwrap(),
-            reachable: false,
-            seen_from: Some(seen.parse().unwrap()),
-        };
-        let kind = |seen: [&str; 2], from_listen_port: bool| {
+        let kind = |seen: [&str; 2]| {
             let clock = clock.clone();
             let mut leaf = LeafOverlay::new(t0, NodeId([1; 32]), listen, config.clone(), clock);
-            for (i, s) in seen.iter().enumerate() {
-                let sp: SocketAddr = format!("10.0.0.{}:4000", i + 1).parse().unwrap();
+            let sps: Vec<SocketAddr> = (1..=2)
+                .map(|i| format!("10.0.0.{i}:4000").parse().unwrap())
+                .collect();
+            for (i, &sp) in sps.iter().enumerate() {
                 let conn = 7 + i as ConnId;
                 leaf.handle_connect(t0, conn, sp);
-                if from_listen_port {
-                    leaf.handle_from_listen_port(conn);
-                }
                 let hello = Hello::new(NodeId([2 + i as u8; 32]), Role::SuperPeer, Some(sp), "t");
                 leaf.handle_message(t0, conn, Message::Hello(hello));
-                leaf.handle_message(t0, conn, said(s));
             }
+            while leaf.poll_event().is_some() {}
+            // Reachable: nothing to probe. Unreachable: the two are probed, once.
+            let said = |reachable| Message::Reachability {
+                observed: "198.51.100.7:7001".parse().unwrap(),
+                reachable,
+            };
+            leaf.handle_message(t0, 7, said(true));
+            assert_eq!(leaf.poll_event(), None);
+            leaf.handle_message(t0, 7, said(false));
+            leaf.handle_message(t0, 8, said(false));
+            let events: Vec<LeafEvent> = std::iter::from_fn(|| leaf.poll_event()).collect();
+            assert_eq!(
+                events,
+                vec![LeafEvent::Probe {
+                    superpeers: sps.clone()
+                }]
+            );
+            assert_eq!(leaf.reach().and_then(|r| r.nat), None, "not known yet");
+            leaf.handle_probe(sps[0], Some(seen[0].parse().unwrap()));
+            assert_eq!(
+                leaf.reach().and_then(|r| r.nat),
+                None,
+                "one answer says nothing"
+            );
+            leaf.handle_probe(sps[1], Some(seen[1].parse().unwrap()));
             leaf.reach().and_then(|r| r.nat)
         };
         let same = ["198.51.100.7:7001", "198.51.100.7:7001"];
         let differ = ["198.51.100.7:40001", "198.51.100.7:52113"];
-        assert_eq!(kind(same, true), Some(NatKind::EndpointIndependent));
-        assert_eq!(kind(differ, true), Some(NatKind::Symmetric));
-        // Links from any port say nothing; nor do two routes out.
-        assert_eq!(kind(differ, false), None);
-        assert_eq!(kind(["198.51.100.7:7001", "203.0.113.1:7001"], true), None);
+        assert_eq!(kind(same), Some(NatKind::EndpointIndependent));
+        assert_eq!(kind(differ), Some(NatKind::Symmetric));
+        // Two routes out, or one seen as IPv6-mapped: nothing is said, or the same address.
+        assert_eq!(kind(["198.51.100.7:7001", "203.0.113.1:7001"]), None);
+        assert_eq!(
+            kind(["198.51.100.7:7001", "[::ffff:198.51.100.7]:7001"]),
+            Some(NatKind::EndpointIndependent)
+        );
     }
 
     #[test]
@@ -1076,7 +1132,6 @@ mod tests {
         let said = |reachable| Message::Reachability {
             observed: "198.51.100.7:6000".parse().unwrap(),
             reachable,
-            seen_from: None,
         };
         leaf.handle_message(t0, 7, said(true));
         leaf.set_listen(t0, Some("0.0.0.0:6000".parse().unwrap()), false);

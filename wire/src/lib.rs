@@ -251,13 +251,12 @@ mod tests {
             any::<u64>().prop_map(|token| Message::RelayJoin { token }),
             Just(Message::RelayReady),
             Just(Message::RelayGo),
-            (arb_addr(), any::<bool>(), prop::option::of(arb_addr())).prop_map(
-                |(observed, reachable, seen_from)| Message::Reachability {
-                    observed,
-                    reachable,
-                    seen_from,
-                }
-            ),
+            (arb_addr(), any::<bool>()).prop_map(|(observed, reachable)| Message::Reachability {
+                observed,
+                reachable
+            }),
+            Just(Message::WhereAmI),
+            arb_addr().prop_map(|addr| Message::SeenAt { addr }),
             (any::<u32>(), arb_bytes::<32>()).prop_map(|(request, id)| Message::GetManifest {
                 request,
                 id: FileId(id)

@@ -498,11 +498,15 @@ pub enum Message {
         observed: SocketAddr,
         /// Whether the super-peer's connection to it was accepted.
         reachable: bool,
-        /// Where the leaf's connection to the super-peer comes from, as the super-peer sees
-        /// it. A leaf that dials every super-peer from one port learns from these whether its
-        /// NAT keeps that port's mapping whoever it talks to.
-        #[serde(default)]
-        seen_from: Option<SocketAddr>,
+    },
+    /// To a super-peer, on a connection with [`Role::Transfer`]: where do you see this
+    /// connection come from? Answered with [`Message::SeenAt`]. A leaf asks two super-peers
+    /// over connections from its listen port to learn how its NAT maps that port.
+    WhereAmI,
+    /// The answer to [`Message::WhereAmI`].
+    SeenAt {
+        /// The connection's remote address, as the super-peer sees it.
+        addr: SocketAddr,
     },
     /// A page of a leaf's shares: files `offset..offset + files.len()` of `total`.
     Listing {
@@ -701,6 +705,8 @@ impl Message {
             Message::ConnectBack { .. } => "ConnectBack",
             Message::Reversed { .. } => "Reversed",
             Message::Reachability { .. } => "Reachability",
+            Message::WhereAmI => "WhereAmI",
+            Message::SeenAt { .. } => "SeenAt",
             Message::BrowseRefused { .. } => "BrowseRefused",
             Message::Bitfield { .. } => "Bitfield",
             Message::Have { .. } => "Have",

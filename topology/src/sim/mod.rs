@@ -757,7 +757,8 @@ impl Sim {
                             | LeafEvent::Hits { .. }
                             // The simulation moves no chunks.
                             | LeafEvent::ConnectBack { .. }
-                            | LeafEvent::RelayBack { .. } => {}
+                            | LeafEvent::RelayBack { .. }
+                            | LeafEvent::Probe { .. } => {}
                         }
                     }
                 }

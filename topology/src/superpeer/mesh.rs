@@ -77,13 +77,11 @@ impl SuperPeer {
             state: PeerState::Leaf {
                 reachable, source, ..
             },
-            remote,
             closing,
             ..
         }) = self.conns.get_mut(&conn)
         {
             *reachable = Some(ok);
-            let seen_from = Some(*remote);
             // A connection being closed is sent nothing more (STATE.md).
             if let (Some(observed), false) = (*source, *closing) {
                 self.send(
@@ -91,7 +89,6 @@ impl SuperPeer {
                     Message::Reachability {
                         observed,
                         reachable: ok,
-                        seen_from,
                     },
                 );
             }

@@ -513,6 +513,9 @@ impl SuperPeer {
                     self.protocol_error(conn, e.to_string());
                 }
             }
+            (PeerState::Requester { .. }, Message::WhereAmI) => {
+                self.send(conn, Message::SeenAt { addr: remote })
+            }
             (PeerState::Requester { .. }, Message::RelayVia { node, token }) => {
                 self.on_relay_via(now, conn, node, token)
             }

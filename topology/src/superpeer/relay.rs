@@ -1,9 +1,10 @@
 //! Relays, the last resort between two leaves that cannot reach each other (one behind a
 //! symmetric NAT): the rules, sans IO.
 //!
-//! A requester (a Transfer connection) asks with [`Message::RelayVia`] naming our leaf; the
-//! leaf is told with [`Message::RelayBack`]. Each then opens a fresh connection to us whose
-//! first message is [`Message::RelayJoin`] with the token; the driver asks
+//! A requester (a Transfer connection) asks with [`Message::RelayVia`] naming our leaf, and
+//! opens a fresh connection to us whose first message is [`Message::RelayJoin`] with the
+//! token. Only then is the leaf told ([`Message::RelayBack`]), and it joins the same way (so a
+//! requester that never joins costs the leaf nothing). The driver asks
 //! [`SuperPeer::handle_relay_join`] what to do with it, and once both are in, splices the two
 //! connections' bytes, capped in bytes and time ([`Config::relay_max_bytes`],
 //! [`Config::relay_max_time`]). The two leaves run their own Noise session through it: the
@@ -35,6 +36,8 @@ pub enum RelayJoin {
 pub(super) struct Relay {
     requester: NodeId,
     leaf: NodeId,
+    /// The leaf's overlay connection, where it is told once the requester joined.
+    leaf_conn: ConnId,
     /// Joined: the requester's end, the leaf's.
     joined: (bool, bool),
     /// When it expires unless both joined.
@@ -61,13 +64,25 @@ impl SuperPeer {
         let requester = *requester;
         let held = |leaf| self.relays.values().filter(|r| r.leaf == leaf).count();
         let leaf = self.conns.iter().find_map(|(&c, l)| match l.state {
-            PeerState::Leaf { node, .. } if node == target && !l.closing => Some(c),
+            PeerState::Leaf {
+                node,
+                source,
+                reachable,
+                ..
+            } if node == target && !l.closing => Some((c, source, reachable)),
             _ => None,
         });
         let error = if self.config.max_relays == 0 {
             Some("this super-peer relays nothing".to_string())
         } else if leaf.is_none() {
             Some(format!("leaf {} is not attached here", target.short()))
+        } else if let Some((_, None, _)) = leaf {
+            Some(format!("leaf {} serves nothing", target.short()))
+        } else if let Some((_, _, Some(true))) = leaf {
+            Some(format!(
+                "leaf {} can be reached: connect to it",
+                target.short()
+            ))
         } else if self.relays.contains_key(&token) {
             Some("that token is in use".to_string())
         } else if held(target) >= self.config.relays_per_leaf {
@@ -84,22 +99,16 @@ impl SuperPeer {
         } else {
             None
         };
-        if let (None, Some(leaf)) = (&error, leaf) {
+        if let (None, Some((leaf_conn, ..))) = (&error, leaf) {
             self.relays.insert(
                 token,
                 Relay {
                     requester,
                     leaf: target,
+                    leaf_conn,
                     joined: (false, false),
                     deadline: now + RELAY_JOIN_WAIT,
                     active: false,
-                },
-            );
-            self.send(
-                leaf,
-                Message::RelayBack {
-                    node: requester,
-                    token,
                 },
             );
         }
@@ -120,7 +129,20 @@ impl SuperPeer {
         }
         if node == r.requester && !r.joined.0 {
             r.joined.0 = true;
-        } else if node == r.leaf && !r.joined.1 {
+            // The leaf hears of it now, not before: only a requester that joined costs it
+            // a connection.
+            let (leaf_conn, requester) = (r.leaf_conn, r.requester);
+            if self.conns.get(&leaf_conn).is_some_and(|c| !c.closing) {
+                self.send(
+                    leaf_conn,
+                    Message::RelayBack {
+                        node: requester,
+                        token,
+                    },
+                );
+            }
+            return RelayJoin::Wait;
+        } else if node == r.leaf && r.joined.0 && !r.joined.1 {
             r.joined.1 = true;
         } else {
             return RelayJoin::Refused(format!(

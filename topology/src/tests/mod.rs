@@ -713,7 +713,6 @@ fn a_leaf_that_cannot_be_reached_is_asked_to_connect_back_to_the_address_seen() 
         *m == Message::Reachability {
             observed: "127.0.0.1:9000".parse().unwrap(),
             reachable: false,
-            seen_from: Some("127.0.0.1:2".parse().unwrap()),
         }
     });
     assert!(told, "{:?}", net.inbox[behind]);
@@ -845,8 +844,10 @@ fn a_hit_names_its_super_peer_at_the_address_the_next_hop_sees_it_at() {
 #[test]
 fn a_relay_pairs_its_two_ends_only_within_its_caps_and_its_time() {
     let mut net = Net::new(1);
-    let (_, _) = net.add_leaf(0, vec![record("far.flac", 1)]);
+    let (_, leaf_conn) = net.add_leaf(0, vec![record("far.flac", 1)]);
     let leaf_node = NodeId([100; 32]);
+    net.sps[0].handle_reachable(net.now, leaf_conn, false);
+    net.run();
     let requester = |net: &mut Net, id: u8| {
         let r = net.inbox.len();
         net.inbox.push(Vec::new());
@@ -874,28 +875,40 @@ fn a_relay_pairs_its_two_ends_only_within_its_caps_and_its_time() {
             error: None
         }]
     );
-    assert!(net.inbox[0].contains(&Message::RelayBack {
-        node: NodeId([50; 32]),
-        token: 1
-    }));
-    // Only the two parties may join, once each; the second to join pairs them.
+    let told = |net: &Net| {
+        net.inbox[0].contains(&Message::RelayBack {
+            node: NodeId([50; 32]),
+            token: 1,
+        })
+    };
+    assert!(
+        !told(&net),
+        "the leaf hears nothing before the requester joins"
+    );
+    // Only the two parties may join, once each, the requester first; the leaf is told when
+    // the requester is in, and its joining pairs them.
     let now = net.now;
     let sp = &mut net.sps[0];
-    assert!(matches!(
-        sp.handle_relay_join(now, 1, NodeId([77; 32])),
-        crate::RelayJoin::Refused(_)
-    ));
-    assert_eq!(
-        sp.handle_relay_join(now, 1, leaf_node),
-        crate::RelayJoin::Wait
-    );
-    assert!(matches!(
-        sp.handle_relay_join(now, 1, leaf_node),
-        crate::RelayJoin::Refused(_)
-    ));
+    for who in [NodeId([77; 32]), leaf_node] {
+        assert!(matches!(
+            sp.handle_relay_join(now, 1, who),
+            crate::RelayJoin::Refused(_)
+        ));
+    }
     assert!(sp.relay_requester(1, NodeId([50; 32])));
     assert_eq!(
         sp.handle_relay_join(now, 1, NodeId([50; 32])),
+        crate::RelayJoin::Wait
+    );
+    net.run();
+    assert!(told(&net));
+    let sp = &mut net.sps[0];
+    assert!(matches!(
+        sp.handle_relay_join(now, 1, NodeId([50; 32])),
+        crate::RelayJoin::Refused(_)
+    ));
+    assert_eq!(
+        sp.handle_relay_join(now, 1, leaf_node),
         crate::RelayJoin::Paired
     );
     assert_eq!(sp.stats().relays, 1);
@@ -951,4 +964,42 @@ fn a_reachability_answer_for_a_closing_leaf_sends_nothing() {
     // The connection is closing, not gone yet, when the dial-back answers.
     sp.handle_reachable(now, 1, true);
     assert!(sp.poll_transmit().is_none());
+}
+
+#[test]
+fn no_relay_for_a_leaf_that_can_be_reached_or_serves_nothing() {
+    let mut net = Net::new(1);
+    let (_, reachable) = net.add_leaf(0, vec![record("near.flac", 1)]);
+    net.sps[0].handle_reachable(net.now, reachable, true);
+    // A leaf that only searches (no listen address).
+    let quiet = net.inbox.len();
+    net.inbox.push(Vec::new());
+    let c = net.conn();
+    net.links.insert(End::Sp(0, c), End::Leaf(quiet));
+    net.sps[0].handle_connect(net.now, c, "127.0.0.1:3".parse().unwrap(), false);
+    let hello = Hello::new(NodeId([150; 32]), Role::Leaf, None, "test");
+    net.queue.push_back((End::Sp(0, c), Message::Hello(hello)));
+    net.run();
+    let r = net.inbox.len();
+    net.inbox.push(Vec::new());
+    let rc = net.conn();
+    net.links.insert(End::Sp(0, rc), End::Leaf(r));
+    net.sps[0].handle_connect(net.now, rc, "203.0.113.9:40000".parse().unwrap(), false);
+    let hello = Hello::new(NodeId([50; 32]), Role::Transfer, None, "test");
+    net.queue.push_back((End::Sp(0, rc), Message::Hello(hello)));
+    for (token, node) in [(1, NodeId([100; 32])), (2, NodeId([150; 32]))] {
+        net.queue
+            .push_back((End::Sp(0, rc), Message::RelayVia { node, token }));
+    }
+    net.run();
+    let errors: Vec<String> = net.inbox[r]
+        .iter()
+        .filter_map(|m| match m {
+            Message::ConnectAsked { error, .. } => error.clone(),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(errors.len(), 2, "{:?}", net.inbox[r]);
+    assert!(errors[0].contains("can be reached"), "{errors:?}");
+    assert!(errors[1].contains("serves nothing"), "{errors:?}");
 }
