@@ -317,9 +317,38 @@ async fn back_or_punch(
 /// How long a relay's end waits for the other.
 const RELAY_WAIT: Duration = Duration::from_secs(20);
 
+/// Joins relay `token` at the super-peer at `via` (whose key must be `superpeer`'s, when
+/// given) and waits until both ends are in: the socket, for the session that follows, and
+/// our writer on the super-peer's session.
+pub(crate) async fn join_relay(
+    me: &Identity,
+    via: SocketAddr,
+    superpeer: Option<NodeId>,
+    token: u64,
+    limit: Duration,
+) -> Result<(TcpStream, SecureWriter<TcpStream>), String> {
+    let raw = transport::net::connect(via, limit)
+        .await
+        .map_err(|e| format!("super-peer {via}: {e}"))?;
+    let outer = transport::secure::connect(raw.clone(), me, limit)
+        .await
+        .map_err(|e| format!("super-peer {via}: {e}"))?;
+    if superpeer.is_some_and(|sp| sp != outer.peer) {
+        return Err(format!("{via} is not the super-peer that asked"));
+    }
+    let mut writer = outer.writer;
+    let join = Message::RelayJoin { token };
+    write_message_within(&mut writer, &join, &mut Vec::new(), limit)
+        .await
+        .map_err(|e| format!("super-peer {via}: {e}"))?;
+    let mut reader = FrameReader::new(outer.reader).limited(wire::MAX_BODY, 0);
+    relay_ready(&mut reader, via).await?;
+    Ok((raw, writer))
+}
+
 /// Waits on a relay's end for the super-peer at `via` to say both ends are in
 /// ([`Message::RelayReady`]), past its Hello (at most one).
-pub(crate) async fn relay_ready(
+async fn relay_ready(
     reader: &mut FrameReader<SecureReader<TcpStream>>,
     via: SocketAddr,
 ) -> Result<(), String> {
@@ -358,29 +387,13 @@ async fn relay(
     };
     ask(me, advertised, route, request, token, limit).await?;
     let via = route.via;
-    let raw = transport::net::connect(via, limit)
-        .await
-        .map_err(|e| format!("super-peer {via}: {e}"))?;
-    let outer = transport::secure::connect(raw.clone(), me, limit)
-        .await
-        .map_err(|e| format!("super-peer {via}: {e}"))?;
-    let mut writer = outer.writer;
+    let (raw, mut writer) = join_relay(me, via, None, token, limit).await?;
     let mut scratch = Vec::new();
-    write_message_within(
-        &mut writer,
-        &Message::RelayJoin { token },
-        &mut scratch,
-        limit,
-    )
-    .await
-    .map_err(|e| format!("super-peer {via}: {e}"))?;
-    let mut reader = FrameReader::new(outer.reader).limited(wire::MAX_BODY, 0);
-    relay_ready(&mut reader, via).await?;
     write_message_within(&mut writer, &Message::RelayGo, &mut scratch, limit)
         .await
         .map_err(|e| format!("super-peer {via}: {e}"))?;
     // Our session with the super-peer ends here: what follows on the socket is the source's.
-    drop((reader, writer));
+    drop(writer);
     let inner = transport::secure::accept(raw, me, limit)
         .await
         .map_err(|e| format!("through super-peer {via}: {e}"))?;

@@ -22,11 +22,12 @@ use std::time::{Duration, Instant};
 use smol::channel;
 use smol::net::TcpStream;
 use transport::net::{write_message_within, FrameReader};
-use transport::secure::{SecureReader, SecureWriter};
+use transport::secure::{SecureReader, SecureStream, SecureWriter};
 use wire::{
     Bitfield, ChunkMsg, FileId, Hello, ManifestMsg, Message, NodeId, Role, TransferErrorKind,
 };
 
+use crate::download::Reached;
 use crate::slots::SlotGuard;
 use crate::state::NodeState;
 use crate::swarm::{PartialFile, ShownTo};
@@ -107,34 +108,19 @@ pub(crate) async fn serve_connect_back(
     let secure = transport::secure::connect(stream, &node.identity, limit)
         .await
         .map_err(|e| format!("connecting back to {addr}: {e}"))?;
-    if secure.peer != want {
-        return Err(format!(
-            "{addr} is node {}, not {} who asked",
-            secure.peer.short(),
-            want.short()
-        ));
-    }
-    let mut writer = secure.writer;
-    let mut scratch = Vec::new();
-    write_message_within(
-        &mut writer,
-        &Message::Reversed { token },
-        &mut scratch,
-        limit,
+    let reached = match back.punch {
+        true => Reached::Punched,
+        false => Reached::Reverse,
+    };
+    serve_as_asked(
+        node,
+        secure,
+        (want, token),
+        &addr.to_string(),
+        reached,
+        place,
     )
     .await
-    .map_err(|e| format!("{addr}: {e}"))?;
-    drop(place);
-    node.reverse.count(match back.punch {
-        true => crate::download::Reached::Punched,
-        false => crate::download::Reached::Reverse,
-    });
-    let stream = Served {
-        reader: FrameReader::new(secure.reader).limited(transfer::upload::MAX_REQUEST_BODY, 0),
-        writer,
-        peer: secure.peer,
-    };
-    serve_inner(node, stream, None).await
 }
 
 /// Joins relay `token` at the super-peer `via` (its key must be `superpeer`'s), opens our own
@@ -147,54 +133,56 @@ pub(crate) async fn serve_relayed(
 ) -> Result<(), String> {
     let (via, token) = (back.via, back.token);
     let limit = node.limits.handshake_timeout;
-    let raw = transport::net::connect(via, limit)
-        .await
-        .map_err(|e| format!("super-peer {via}: {e}"))?;
-    let outer = transport::secure::connect(raw.clone(), &node.identity, limit)
-        .await
-        .map_err(|e| format!("super-peer {via}: {e}"))?;
-    if outer.peer != back.superpeer {
-        return Err(format!("{via} is not the super-peer that asked"));
-    }
-    let mut writer = outer.writer;
-    let mut scratch = Vec::new();
-    write_message_within(
-        &mut writer,
-        &Message::RelayJoin { token },
-        &mut scratch,
-        limit,
-    )
-    .await
-    .map_err(|e| format!("super-peer {via}: {e}"))?;
-    let mut reader = FrameReader::new(outer.reader).limited(wire::MAX_BODY, 0);
-    crate::reverse::relay_ready(&mut reader, via).await?;
+    let superpeer = Some(back.superpeer);
+    let (raw, writer) =
+        crate::reverse::join_relay(&node.identity, via, superpeer, token, limit).await?;
     // Our session with the super-peer ends here: from now on the bytes are the requester's.
-    drop((reader, writer));
+    drop(writer);
     let inner = transport::secure::connect(raw, &node.identity, limit)
         .await
         .map_err(|e| format!("through super-peer {via}: {e}"))?;
-    if inner.peer != back.node {
-        return Err(format!(
-            "through super-peer {via}: node {}, not {} who asked",
-            inner.peer.short(),
-            back.node.short()
-        ));
-    }
-    let mut writer = inner.writer;
-    write_message_within(
-        &mut writer,
-        &Message::Reversed { token },
-        &mut scratch,
-        limit,
+    let at = format!("through super-peer {via}");
+    serve_as_asked(
+        node,
+        inner,
+        (back.node, token),
+        &at,
+        Reached::Relayed,
+        place,
     )
     .await
-    .map_err(|e| format!("through super-peer {via}: {e}"))?;
+}
+
+/// On a connection we opened because someone asked (back, punched or relayed): checks it is
+/// `want` who answered, names `token` ([`Message::Reversed`]), gives the connect-back `place`
+/// back, and serves `want` as if it had connected to us.
+async fn serve_as_asked(
+    node: &NodeState,
+    secure: SecureStream<TcpStream>,
+    (want, token): (NodeId, u64),
+    at: &str,
+    reached: Reached,
+    place: crate::reverse::ConnectBackGuard<'_>,
+) -> Result<(), String> {
+    if secure.peer != want {
+        return Err(format!(
+            "{at}: node {}, not {} who asked",
+            secure.peer.short(),
+            want.short()
+        ));
+    }
+    let mut writer = secure.writer;
+    let named = Message::Reversed { token };
+    let limit = node.limits.handshake_timeout;
+    write_message_within(&mut writer, &named, &mut Vec::new(), limit)
+        .await
+        .map_err(|e| format!("{at}: {e}"))?;
     drop(place);
-    node.reverse.count(crate::download::Reached::Relayed);
+    node.reverse.count(reached);
     let stream = Served {
-        reader: FrameReader::new(inner.reader).limited(transfer::upload::MAX_REQUEST_BODY, 0),
+        reader: FrameReader::new(secure.reader).limited(transfer::upload::MAX_REQUEST_BODY, 0),
         writer,
-        peer: inner.peer,
+        peer: secure.peer,
     };
     serve_inner(node, stream, None).await
 }

@@ -257,6 +257,16 @@ fn status(data: &Path) -> serde_json::Value {
     status_json(data, "80.77.1.1:7700")
 }
 
+/// `leaf get` of `id` into `out` with `leaf` (a command of the downloading leaf): it must
+/// succeed, by way of `how` ("reverse connection", "hole punched", "relayed by a super-peer").
+fn get_by(mut leaf: Command, id: &str, out: &Path, how: &str) {
+    let done = run(leaf.args(["get", id, "--out"]).arg(out));
+    let said = format!("{}{}", text(&done.stdout), text(&done.stderr));
+    println!("{said}");
+    assert!(done.status.success(), "{said}");
+    assert!(said.contains(&format!("({how})")), "{said}");
+}
+
 /// Whether a TCP connection from the public side to `addr` gets through.
 fn connects_from_pub(ns: &Namespaces, addr: &str) -> bool {
     let (host, port) = addr.split_once(':').unwrap();
@@ -324,18 +334,7 @@ fn a_source_behind_nat_is_found_known_unreachable_and_still_downloaded_from() {
     assert!(text(&out.stdout).contains(&id), "{}", text(&out.stdout));
 
     let dl = base.join("downloads");
-    let out = run(pub_leaf().args(["get", &id, "--out"]).arg(&dl));
-    assert!(
-        out.status.success(),
-        "{}{}",
-        text(&out.stdout),
-        text(&out.stderr)
-    );
-    assert!(
-        text(&out.stdout).contains("(reverse connection)"),
-        "{}",
-        text(&out.stdout)
-    );
+    get_by(pub_leaf(), &id, &dl, "reverse connection");
     assert!(std::fs::read(dl.join("Says (live at home).flac")).unwrap() == content);
     // Served by the source over the connection it made, counted on both sides.
     assert!(uploaded(&home_data, "80.77.1.1:7700") >= content.len() as u64);
@@ -486,18 +485,7 @@ fn two_leaves_behind_nat_punch_a_hole_and_the_download_completes() {
 
     let id = blake3::hash(&content).to_hex().to_string();
     let dl = base.join("downloads");
-    let out = run(other().args(["get", &id, "--out"]).arg(&dl));
-    assert!(
-        out.status.success(),
-        "{}{}",
-        text(&out.stdout),
-        text(&out.stderr)
-    );
-    assert!(
-        text(&out.stdout).contains("(hole punched)"),
-        "{}",
-        text(&out.stdout)
-    );
+    get_by(other(), &id, &dl, "hole punched");
     assert!(std::fs::read(dl.join("Kiasmos - Looped.flac")).unwrap() == content);
     assert!(uploaded(&home_data, "80.77.1.1:7700") >= content.len() as u64);
     for data in [&home_data, &other_data] {
@@ -606,10 +594,7 @@ fn a_leaf_behind_a_symmetric_nat_downloads_through_a_relay() {
 
     let id = blake3::hash(&content).to_hex().to_string();
     let dl = base.join("downloads");
-    let out = run(sym().args(["get", &id, "--out"]).arg(&dl));
-    let said = format!("{}{}", text(&out.stdout), text(&out.stderr));
-    assert!(out.status.success(), "{said}");
-    assert!(said.contains("(relayed by a super-peer)"), "{said}");
+    get_by(sym(), &id, &dl, "relayed by a super-peer");
     assert!(std::fs::read(dl.join("Ólafur Arnalds - Saman.flac")).unwrap() == content);
     for data in [&home_data, &sym_data] {
         let s = status(data);
