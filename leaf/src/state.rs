@@ -73,6 +73,11 @@ pub(crate) struct NodeState {
     /// The port others should connect to when it is not the listen port (a UPnP mapping, a
     /// forwarded port); 0: the listen port. Written by the node's external-port task only.
     pub(crate) external_port: std::sync::atomic::AtomicU16,
+    /// Open upload connections (accepted, or made because someone asked), so shutdown can
+    /// close them.
+    pub(crate) upload_streams:
+        std::sync::Mutex<std::collections::HashMap<u64, smol::net::TcpStream>>,
+    pub(crate) upload_keys: AtomicU64,
 }
 
 impl NodeState {

@@ -105,6 +105,7 @@ pub(crate) async fn serve_connect_back(
             .await
             .map_err(|e| format!("cannot connect back to {addr}: {e}"))?,
     };
+    let _open = Registered::new(node, &stream);
     let secure = transport::secure::connect(stream, &node.identity, limit)
         .await
         .map_err(|e| format!("connecting back to {addr}: {e}"))?;
@@ -136,6 +137,7 @@ pub(crate) async fn serve_relayed(
     let superpeer = Some(back.superpeer);
     let (raw, writer) =
         crate::reverse::join_relay(&node.identity, via, superpeer, token, limit).await?;
+    let _open = Registered::new(node, &raw);
     // Our session with the super-peer ends here: from now on the bytes are the requester's.
     drop(writer);
     let inner = transport::secure::connect(raw, &node.identity, limit)
@@ -151,6 +153,27 @@ pub(crate) async fn serve_relayed(
         place,
     )
     .await
+}
+
+/// An upload connection this node opened, known to the node while it lasts so that shutdown
+/// can close it (as it does those it accepted).
+struct Registered<'a>(&'a NodeState, u64);
+
+impl<'a> Registered<'a> {
+    fn new(node: &'a NodeState, stream: &TcpStream) -> Self {
+        let key = node.upload_keys.fetch_add(1, Ordering::Relaxed);
+        node.upload_streams
+            .lock()
+            .unwrap()
+            .insert(key, stream.clone());
+        Registered(node, key)
+    }
+}
+
+impl Drop for Registered<'_> {
+    fn drop(&mut self) {
+        self.0.upload_streams.lock().unwrap().remove(&self.1);
+    }
 }
 
 /// On a connection we opened because someone asked (back, punched or relayed): checks it is

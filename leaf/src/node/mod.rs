@@ -253,9 +253,6 @@ pub(crate) struct Inner {
     mapping: mapping::Held,
     /// The external port and where it comes from, for status.
     port_mapping: Mutex<Option<control::PortMapping>>,
-    /// Open upload connections, so shutdown can close them.
-    upload_streams: Mutex<HashMap<u64, TcpStream>>,
-    upload_keys: AtomicU64,
     seeding: Seeding,
     download_cap: RateLimit,
     download_gate: smol::lock::Semaphore,
@@ -358,6 +355,8 @@ impl Node {
             browsable: config.browsable,
             reverse: Default::default(),
             external_port: Default::default(),
+            upload_streams: Mutex::new(HashMap::new()),
+            upload_keys: AtomicU64::new(0),
         });
         let inner = Arc::new(Inner {
             state,
@@ -372,8 +371,6 @@ impl Node {
             dir_lock: Mutex::new(Some(dir_lock)),
             mapping: Default::default(),
             port_mapping: Mutex::new(None),
-            upload_streams: Mutex::new(HashMap::new()),
-            upload_keys: AtomicU64::new(0),
             seeding: config.seeding,
             download_cap: RateLimit::new(config.download_rate),
             download_gate: smol::lock::Semaphore::new(config.max_downloads.max(1)),
@@ -457,7 +454,7 @@ impl Node {
             t.cancel().await;
         }
         self.unmap().await;
-        for (_, stream) in self.inner.upload_streams.lock().unwrap().drain() {
+        for (_, stream) in self.inner.state.upload_streams.lock().unwrap().drain() {
             let _ = stream.shutdown(std::net::Shutdown::Both);
         }
         if self.inner.control {

@@ -253,8 +253,9 @@ pub(super) async fn accept_uploads(inner: Arc<Inner>, listener: TcpListener) {
     let gate = inner.gate.clone();
     let handle = move |stream: TcpStream, remote: SocketAddr, admitted| {
         // Known to the node so that shutdown can close it.
-        let key = inner.upload_keys.fetch_add(1, Ordering::Relaxed);
+        let key = inner.state.upload_keys.fetch_add(1, Ordering::Relaxed);
         inner
+            .state
             .upload_streams
             .lock()
             .unwrap()
@@ -263,7 +264,7 @@ pub(super) async fn accept_uploads(inner: Arc<Inner>, listener: TcpListener) {
         async move {
             crate::upload::serve(inner.state.clone(), stream, remote).await;
             drop(admitted);
-            inner.upload_streams.lock().unwrap().remove(&key);
+            inner.state.upload_streams.lock().unwrap().remove(&key);
         }
     };
     transport::link::accept_loop(listener, gate, "a download connection", handle).await
