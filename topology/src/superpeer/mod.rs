@@ -34,6 +34,7 @@ mod config;
 mod dynamic;
 mod mesh;
 mod relay;
+mod requests;
 mod routes;
 mod shaping;
 
@@ -513,9 +514,7 @@ impl SuperPeer {
                     self.protocol_error(conn, e.to_string());
                 }
             }
-            (PeerState::Requester { .. }, Message::WhereAmI) => {
-                self.send(conn, Message::SeenAt { addr: remote })
-            }
+            (PeerState::Requester { .. }, Message::WhereAmI) => self.on_where_am_i(conn, remote),
             (PeerState::Requester { .. }, Message::RelayVia { node, token }) => {
                 self.on_relay_via(now, conn, node, token)
             }
@@ -821,50 +820,6 @@ impl SuperPeer {
         if let Some(c) = self.conns.get_mut(&conn) {
             c.state = state;
         }
-    }
-
-    /// A requester asks that our leaf `node` connect to it: passed on with the address we see
-    /// the requester at, and answered either way. A requester asking too often is dropped.
-    fn on_connect_to_me(&mut self, conn: ConnId, target: NodeId, token: u64, punch: bool) {
-        let Some(Conn {
-            state:
-                PeerState::Requester {
-                    node: requester,
-                    back,
-                    asked,
-                },
-            ..
-        }) = self.conns.get_mut(&conn)
-        else {
-            return;
-        };
-        *asked += 1;
-        if *asked > self.config.max_connect_requests {
-            let limit = self.config.max_connect_requests;
-            return self.protocol_error(conn, format!("more than {limit} ConnectToMe"));
-        }
-        let (back, requester) = (*back, *requester);
-        let leaf = self.conns.iter().find_map(|(&c, l)| match l.state {
-            PeerState::Leaf { node, .. } if node == target && !l.closing => Some(c),
-            _ => None,
-        });
-        let error = match (back, leaf) {
-            (None, _) => Some("no listen port to connect back to".to_string()),
-            (_, None) => Some(format!("leaf {} is not attached here", target.short())),
-            (Some(addr), Some(leaf)) => {
-                self.send(
-                    leaf,
-                    Message::ConnectBack {
-                        node: requester,
-                        addr,
-                        token,
-                        punch,
-                    },
-                );
-                None
-            }
-        };
-        self.send(conn, Message::ConnectAsked { token, error });
     }
 
     /// If another connection already links us to super-peer `node`, the one of the two to

@@ -48,30 +48,11 @@ pub(super) struct Relay {
 impl SuperPeer {
     /// A requester asks that our leaf `target` join a relay with it, named `token`.
     pub(super) fn on_relay_via(&mut self, now: Instant, conn: ConnId, target: NodeId, token: u64) {
-        let Some(PeerState::Requester {
-            node: requester,
-            asked,
-            ..
-        }) = self.conns.get_mut(&conn).map(|c| &mut c.state)
-        else {
+        let Some((requester, _)) = self.take_request(conn) else {
             return;
         };
-        *asked += 1;
-        if *asked > self.config.max_connect_requests {
-            let limit = self.config.max_connect_requests;
-            return self.protocol_error(conn, format!("more than {limit} requests"));
-        }
-        let requester = *requester;
         let held = |leaf| self.relays.values().filter(|r| r.leaf == leaf).count();
-        let leaf = self.conns.iter().find_map(|(&c, l)| match l.state {
-            PeerState::Leaf {
-                node,
-                source,
-                reachable,
-                ..
-            } if node == target && !l.closing => Some((c, source, reachable)),
-            _ => None,
-        });
+        let leaf = self.attached_leaf(target);
         let error = if self.config.max_relays == 0 {
             Some("this super-peer relays nothing".to_string())
         } else if leaf.is_none() {

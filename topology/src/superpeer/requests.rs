@@ -1,0 +1,83 @@
+//! What a requester (a connection whose Hello said [`Role::Transfer`]) may ask: that one of
+//! our leaves connect to it ([`Message::ConnectToMe`]), where we see it come from
+//! ([`Message::WhereAmI`]), and a relay ([`Message::RelayVia`], in `relay.rs`). Every request
+//! counts against [`Config::max_connect_requests`] for the connection.
+
+use super::*;
+
+/// One of our leaves, as a request needs it: its connection, where it serves, and whether our
+/// dial-back got through.
+pub(super) type AttachedLeaf = (ConnId, Option<SocketAddr>, Option<bool>);
+
+impl SuperPeer {
+    /// Counts one request on requester connection `conn`: its node id and where it can be
+    /// reached, or None (it is no requester, or asked too often and is being closed).
+    pub(super) fn take_request(&mut self, conn: ConnId) -> Option<(NodeId, Option<SocketAddr>)> {
+        let Some(PeerState::Requester { node, back, asked }) =
+            self.conns.get_mut(&conn).map(|c| &mut c.state)
+        else {
+            return None;
+        };
+        *asked += 1;
+        if *asked > self.config.max_connect_requests {
+            let limit = self.config.max_connect_requests;
+            self.protocol_error(
+                conn,
+                format!("more than {limit} requests (ConnectToMe, RelayVia, WhereAmI)"),
+            );
+            return None;
+        }
+        Some((*node, *back))
+    }
+
+    /// Our leaf `target`, if it is attached and not being closed.
+    pub(super) fn attached_leaf(&self, target: NodeId) -> Option<AttachedLeaf> {
+        self.conns.iter().find_map(|(&c, l)| match l.state {
+            PeerState::Leaf {
+                node,
+                source,
+                reachable,
+                ..
+            } if node == target && !l.closing => Some((c, source, reachable)),
+            _ => None,
+        })
+    }
+
+    /// A requester asks that our leaf `target` connect to it: passed on with the address we
+    /// see the requester at, and answered either way.
+    pub(super) fn on_connect_to_me(
+        &mut self,
+        conn: ConnId,
+        target: NodeId,
+        token: u64,
+        punch: bool,
+    ) {
+        let Some((requester, back)) = self.take_request(conn) else {
+            return;
+        };
+        let error = match (back, self.attached_leaf(target)) {
+            (None, _) => Some("no listen port to connect back to".to_string()),
+            (_, None) => Some(format!("leaf {} is not attached here", target.short())),
+            (Some(addr), Some((leaf, ..))) => {
+                self.send(
+                    leaf,
+                    Message::ConnectBack {
+                        node: requester,
+                        addr,
+                        token,
+                        punch,
+                    },
+                );
+                None
+            }
+        };
+        self.send(conn, Message::ConnectAsked { token, error });
+    }
+
+    /// A requester asks where we see it come from.
+    pub(super) fn on_where_am_i(&mut self, conn: ConnId, remote: SocketAddr) {
+        if self.take_request(conn).is_some() {
+            self.send(conn, Message::SeenAt { addr: remote });
+        }
+    }
+}
