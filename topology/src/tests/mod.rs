@@ -2,8 +2,8 @@
 //! is delivered in FIFO order, no sockets, no sleeps.
 //!
 //! This file holds the harness ([`Net`]) and the tests of connections, flooding and the mesh;
-//! [`routes`] tests the route tables, [`dynamic`] dynamic querying (as `superpeer/` splits
-//! them).
+//! [`routes`] tests the route tables, [`dynamic`] dynamic querying, [`nat`] reachability,
+//! connections back and relays (as `superpeer/` splits them).
 
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -15,6 +15,7 @@ use wire::{
 use crate::{Config, ConnId, Event, NodeRole, RoleClock, RoleConfig, SuperPeer};
 
 mod dynamic;
+mod nat;
 mod routes;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -120,6 +121,25 @@ impl Net {
             .push_back((End::Sp(sp, c), Message::Register { files }));
         self.run();
         (leaf, c)
+    }
+
+    /// A scripted peer connected to super-peer `sp` from `remote`, past its `hello` and what
+    /// we answer it; returns (its inbox index, its conn at sp).
+    fn add_peer(&mut self, sp: usize, remote: &str, hello: Hello) -> (usize, ConnId) {
+        let peer = self.inbox.len();
+        self.inbox.push(Vec::new());
+        let c = self.conn();
+        self.links.insert(End::Sp(sp, c), End::Leaf(peer));
+        self.links.insert(End::Leaf(peer), End::Sp(sp, c));
+        self.sps[sp].handle_connect(self.now, c, remote.parse().unwrap(), false);
+        self.queue
+            .push_back((End::Sp(sp, c), Message::Hello(hello)));
+        self.run();
+        // Our Hello answers its own (a leaf is also told of other super-peers).
+        let hello = |m: &Message| matches!(m, Message::Hello(_));
+        assert!(self.inbox[peer].iter().any(hello), "{:?}", self.inbox[peer]);
+        self.inbox[peer].clear();
+        (peer, c)
     }
 
     fn leaf_query(&mut self, leaf: usize, id: u8, ttl: u8, text: &str) {
@@ -695,311 +715,4 @@ fn inbound_neighbours_past_the_cap_are_redirected() {
         .map(|t| t.to)
         .collect();
     assert_eq!(redirected, vec![3]);
-}
-
-#[test]
-fn a_leaf_that_cannot_be_reached_is_asked_to_connect_back_to_the_address_seen() {
-    let mut net = Net::new(1);
-    let listen: std::net::SocketAddr = "198.51.100.1:7700".parse().unwrap();
-    let clock = RoleClock::new(net.now, NodeRole::SuperPeer, RoleConfig::default());
-    net.sps[0] = SuperPeer::new(net.now, NodeId([1; 32]), Some(listen), flooding(), clock);
-    let (asker, _) = net.add_leaf(0, vec![]);
-    let (behind, conn) = net.add_leaf(0, vec![record("behind nat.flac", 7)]);
-    let behind_node = NodeId([100 + behind as u8; 32]);
-    // The dial-back failed: the leaf hears so, with the address it was tried at.
-    net.sps[0].handle_reachable(net.now, conn, false);
-    net.run();
-    let told = net.inbox[behind].iter().any(|m| {
-        *m == Message::Reachability {
-            observed: "127.0.0.1:9000".parse().unwrap(),
-            reachable: false,
-        }
-    });
-    assert!(told, "{:?}", net.inbox[behind]);
-    // Its hits say so, and name the super-peer that holds it.
-    net.leaf_query(asker, 1, 2, "behind");
-    let source = net.inbox[asker]
-        .iter()
-        .find_map(|m| match m {
-            Message::QueryHits(h) => Some(h.hits[0].source.clone()),
-            _ => None,
-        })
-        .expect("a hit");
-    assert_eq!(source.reachable, Some(false));
-    assert_eq!(source.via, Some(listen));
-
-    // A requester (Hello role Transfer) asks for a connection back; the leaf is told where
-    // the requester is as the super-peer sees it, on the port it named.
-    let requester = |net: &mut Net, listen: Option<&str>| {
-        let r = net.inbox.len();
-        net.inbox.push(Vec::new());
-        let c = net.conn();
-        net.links.insert(End::Sp(0, c), End::Leaf(r));
-        net.links.insert(End::Leaf(r), End::Sp(0, c));
-        net.sps[0].handle_connect(net.now, c, "203.0.113.9:40000".parse().unwrap(), false);
-        let hello = Hello::new(
-            NodeId([50; 32]),
-            Role::Transfer,
-            listen.map(|l| l.parse().unwrap()),
-            "test",
-        );
-        net.queue.push_back((End::Sp(0, c), Message::Hello(hello)));
-        net.run();
-        // Our Hello answers its own.
-        assert!(matches!(net.inbox[r].pop(), Some(Message::Hello(_))));
-        (r, c)
-    };
-    let (r, rc) = requester(&mut net, Some("0.0.0.0:7001"));
-    let ask = |net: &mut Net, c: ConnId, node: NodeId, token: u64| {
-        net.queue.push_back((
-            End::Sp(0, c),
-            Message::ConnectToMe {
-                node,
-                token,
-                punch: token == 77,
-            },
-        ));
-        net.run();
-    };
-    ask(&mut net, rc, behind_node, 77);
-    assert!(net.inbox[behind].contains(&Message::ConnectBack {
-        node: NodeId([50; 32]),
-        addr: "203.0.113.9:7001".parse().unwrap(),
-        token: 77,
-        punch: true,
-    }));
-    assert_eq!(
-        net.inbox[r],
-        vec![Message::ConnectAsked {
-            token: 77,
-            error: None
-        }]
-    );
-    // A leaf not attached here: a clear answer, not silence.
-    ask(&mut net, rc, NodeId([222; 32]), 78);
-    assert!(matches!(
-        &net.inbox[r][1],
-        Message::ConnectAsked { token: 78, error: Some(e) } if e.contains("not attached here")
-    ));
-    // A requester with no port to connect back to is told so, and the leaf hears nothing.
-    let before = net.inbox[behind].len();
-    let (r2, rc2) = requester(&mut net, None);
-    ask(&mut net, rc2, behind_node, 79);
-    assert!(matches!(
-        &net.inbox[r2][0],
-        Message::ConnectAsked { token: 79, error: Some(e) } if e.contains("no listen port")
-    ));
-    assert_eq!(net.inbox[behind].len(), before);
-    // A requester may not search, and one that asks without end is dropped.
-    let (_, rc3) = requester(&mut net, Some("0.0.0.0:7002"));
-    for token in 0..=u64::from(flooding().max_connect_requests) {
-        ask(&mut net, rc3, behind_node, token);
-    }
-    assert!(
-        net.closed
-            .iter()
-            .any(|(_, c, why)| *c == rc3 && why.contains("ConnectToMe")),
-        "{:?}",
-        net.closed
-    );
-    net.queue.push_back((
-        End::Sp(0, rc),
-        Message::Query(Query {
-            id: QueryId([9; 16]),
-            ttl: 2,
-            hops: 0,
-            search: words("behind"),
-        }),
-    ));
-    net.run();
-    assert!(net
-        .closed
-        .iter()
-        .any(|(_, c, why)| *c == rc && why.contains("unexpected Query on a requester")));
-}
-
-#[test]
-fn a_hit_names_its_super_peer_at_the_address_the_next_hop_sees_it_at() {
-    let mut net = Net::new(2);
-    // The super-peer holding the source listens on every interface, as most do.
-    let clock = RoleClock::new(net.now, NodeRole::SuperPeer, RoleConfig::default());
-    let any: std::net::SocketAddr = "0.0.0.0:7700".parse().unwrap();
-    net.sps[1] = SuperPeer::new(net.now, NodeId([2; 32]), Some(any), flooding(), clock);
-    net.link_sps(0, 1);
-    let (asker, _) = net.add_leaf(0, vec![]);
-    net.add_leaf(1, vec![record("far away.ogg", 3)]);
-    net.leaf_query(asker, 1, 2, "far");
-    let via: Vec<_> = net.inbox[asker]
-        .iter()
-        .filter_map(|m| match m {
-            Message::QueryHits(h) => Some(h.hits.iter().map(|h| h.source.via)),
-            _ => None,
-        })
-        .flatten()
-        .collect();
-    // Net links every pair of super-peers from 127.0.0.1.
-    assert_eq!(via, vec![Some("127.0.0.1:7700".parse().unwrap())]);
-}
-
-#[test]
-fn a_relay_pairs_its_two_ends_only_within_its_caps_and_its_time() {
-    let mut net = Net::new(1);
-    let (_, leaf_conn) = net.add_leaf(0, vec![record("far.flac", 1)]);
-    let leaf_node = NodeId([100; 32]);
-    net.sps[0].handle_reachable(net.now, leaf_conn, false);
-    net.run();
-    let requester = |net: &mut Net, id: u8| {
-        let r = net.inbox.len();
-        net.inbox.push(Vec::new());
-        let c = net.conn();
-        net.links.insert(End::Sp(0, c), End::Leaf(r));
-        net.links.insert(End::Leaf(r), End::Sp(0, c));
-        net.sps[0].handle_connect(net.now, c, "203.0.113.9:40000".parse().unwrap(), false);
-        let hello = Hello::new(NodeId([id; 32]), Role::Transfer, None, "test");
-        net.queue.push_back((End::Sp(0, c), Message::Hello(hello)));
-        net.run();
-        net.inbox[r].clear();
-        (r, c)
-    };
-    let ask = |net: &mut Net, c: ConnId, node: NodeId, token: u64| {
-        net.queue
-            .push_back((End::Sp(0, c), Message::RelayVia { node, token }));
-        net.run();
-    };
-    let (r, rc) = requester(&mut net, 50);
-    ask(&mut net, rc, leaf_node, 1);
-    assert_eq!(
-        net.inbox[r],
-        vec![Message::ConnectAsked {
-            token: 1,
-            error: None
-        }]
-    );
-    let told = |net: &Net| {
-        net.inbox[0].contains(&Message::RelayBack {
-            node: NodeId([50; 32]),
-            token: 1,
-        })
-    };
-    assert!(
-        !told(&net),
-        "the leaf hears nothing before the requester joins"
-    );
-    // Only the two parties may join, once each, the requester first; the leaf is told when
-    // the requester is in, and its joining pairs them.
-    let now = net.now;
-    let sp = &mut net.sps[0];
-    for who in [NodeId([77; 32]), leaf_node] {
-        assert!(matches!(
-            sp.handle_relay_join(now, 1, who),
-            crate::RelayJoin::Refused(_)
-        ));
-    }
-    assert!(sp.relay_requester(1, NodeId([50; 32])));
-    assert_eq!(
-        sp.handle_relay_join(now, 1, NodeId([50; 32])),
-        crate::RelayJoin::Wait
-    );
-    net.run();
-    assert!(told(&net));
-    let sp = &mut net.sps[0];
-    assert!(matches!(
-        sp.handle_relay_join(now, 1, NodeId([50; 32])),
-        crate::RelayJoin::Refused(_)
-    ));
-    assert_eq!(
-        sp.handle_relay_join(now, 1, leaf_node),
-        crate::RelayJoin::Paired
-    );
-    assert_eq!(sp.stats().relays, 1);
-    sp.handle_relay_ended(1, 4096);
-    assert_eq!(sp.stats().relayed_bytes, 4096);
-    // At most relays_per_leaf for one leaf at once.
-    let per_leaf = flooding().relays_per_leaf as u64;
-    for token in 10..10 + per_leaf {
-        ask(&mut net, rc, leaf_node, token);
-    }
-    net.inbox[r].clear();
-    ask(&mut net, rc, leaf_node, 99);
-    assert!(matches!(
-        &net.inbox[r][0],
-        Message::ConnectAsked { token: 99, error: Some(e) } if e.contains("relays_per_leaf")
-    ));
-    // A relay whose ends do not both join in time is dropped, and its waiting end with it.
-    net.advance(crate::RELAY_JOIN_WAIT + Duration::from_secs(1));
-    let now = net.now;
-    assert!(matches!(
-        net.sps[0].handle_relay_join(now, 10, leaf_node),
-        crate::RelayJoin::Refused(_)
-    ));
-    // Unknown leaves get a clear answer.
-    net.inbox[r].clear();
-    ask(&mut net, rc, NodeId([201; 32]), 5);
-    assert!(matches!(
-        &net.inbox[r][0],
-        Message::ConnectAsked { token: 5, error: Some(e) } if e.contains("not attached")
-    ));
-}
-
-/// Found by the `overlay` fuzz target: a dial-back that answered after the leaf's connection
-/// began closing sent it Reachability (STATE.md: a closing connection is sent nothing more).
-#[test]
-fn a_reachability_answer_for_a_closing_leaf_sends_nothing() {
-    let now = Instant::now();
-    let clock = RoleClock::new(now, NodeRole::SuperPeer, RoleConfig::default());
-    let mut sp = SuperPeer::new(now, NodeId([1; 32]), None, flooding(), clock);
-    sp.handle_connect(now, 1, "10.0.0.2:50000".parse().unwrap(), false);
-    let hello = Hello::new(
-        NodeId([2; 32]),
-        Role::Leaf,
-        Some("0.0.0.0:7001".parse().unwrap()),
-        "test",
-    );
-    sp.handle_message(now, 1, Message::Hello(hello));
-    let bye = Message::Goodbye {
-        reason: "leaving".into(),
-    };
-    sp.handle_message(now, 1, bye);
-    while sp.poll_transmit().is_some() {}
-    // The connection is closing, not gone yet, when the dial-back answers.
-    sp.handle_reachable(now, 1, true);
-    assert!(sp.poll_transmit().is_none());
-}
-
-#[test]
-fn no_relay_for_a_leaf_that_can_be_reached_or_serves_nothing() {
-    let mut net = Net::new(1);
-    let (_, reachable) = net.add_leaf(0, vec![record("near.flac", 1)]);
-    net.sps[0].handle_reachable(net.now, reachable, true);
-    // A leaf that only searches (no listen address).
-    let quiet = net.inbox.len();
-    net.inbox.push(Vec::new());
-    let c = net.conn();
-    net.links.insert(End::Sp(0, c), End::Leaf(quiet));
-    net.sps[0].handle_connect(net.now, c, "127.0.0.1:3".parse().unwrap(), false);
-    let hello = Hello::new(NodeId([150; 32]), Role::Leaf, None, "test");
-    net.queue.push_back((End::Sp(0, c), Message::Hello(hello)));
-    net.run();
-    let r = net.inbox.len();
-    net.inbox.push(Vec::new());
-    let rc = net.conn();
-    net.links.insert(End::Sp(0, rc), End::Leaf(r));
-    net.sps[0].handle_connect(net.now, rc, "203.0.113.9:40000".parse().unwrap(), false);
-    let hello = Hello::new(NodeId([50; 32]), Role::Transfer, None, "test");
-    net.queue.push_back((End::Sp(0, rc), Message::Hello(hello)));
-    for (token, node) in [(1, NodeId([100; 32])), (2, NodeId([150; 32]))] {
-        net.queue
-            .push_back((End::Sp(0, rc), Message::RelayVia { node, token }));
-    }
-    net.run();
-    let errors: Vec<String> = net.inbox[r]
-        .iter()
-        .filter_map(|m| match m {
-            Message::ConnectAsked { error, .. } => error.clone(),
-            _ => None,
-        })
-        .collect();
-    assert_eq!(errors.len(), 2, "{:?}", net.inbox[r]);
-    assert!(errors[0].contains("can be reached"), "{errors:?}");
-    assert!(errors[1].contains("serves nothing"), "{errors:?}");
 }
