@@ -441,28 +441,13 @@ async fn probe(
     let secure = transport::secure::connect(stream, identity, limit)
         .await
         .ok()?;
-    let mut writer = secure.writer;
-    let mut scratch = Vec::new();
-    let hello = wire::Hello::new(identity.node(), wire::Role::Transfer, None, crate::AGENT);
-    for msg in [Message::Hello(hello), Message::WhereAmI] {
-        transport::net::write_message_within(&mut writer, &msg, &mut scratch, limit)
-            .await
-            .ok()?;
-    }
-    let mut reader = FrameReader::new(secure.reader).limited(wire::MAX_BODY, 0);
-    let mut hellos = 0;
-    let seen = loop {
-        match reader.read_message_within(limit).await {
-            Ok(Message::Hello(h)) if h.role == wire::Role::SuperPeer && hellos == 0 => hellos += 1,
-            Ok(Message::SeenAt { addr }) => break Some(addr),
-            _ => break None,
+    match crate::reverse::ask_superpeer(secure, identity, None, Message::WhereAmI, limit).await {
+        Ok(Message::SeenAt { addr }) => Some(addr),
+        other => {
+            log::debug!("probing {superpeer}: {other:?}");
+            None
         }
-    };
-    let bye = Message::Goodbye {
-        reason: "probed".into(),
-    };
-    let _ = transport::net::write_message_within(&mut writer, &bye, &mut scratch, limit).await;
-    seen
+    }
 }
 
 /// What the node registers on a link: its shared files, and the files it downloads or seeds

@@ -31,7 +31,7 @@ use smol::channel::{self, Receiver, Sender};
 use smol::net::TcpStream;
 use transport::identity::Identity;
 use transport::net::{connect_secure, write_message_within, FrameReader};
-use transport::secure::{SecureReader, SecureWriter};
+use transport::secure::{SecureReader, SecureStream, SecureWriter};
 use wire::{Hello, Message, NodeId, Role};
 
 use crate::download::Reached;
@@ -482,47 +482,60 @@ async fn ask(
     token: u64,
     limit: Duration,
 ) -> Result<(), String> {
-    let via = route.via;
+    let (via, asked) = (route.via, request.kind());
     let secure = connect_secure(via, me, limit)
         .await
         .map_err(|e| format!("super-peer {via}: {e}"))?;
+    match ask_superpeer(secure, me, Some(listen), request, limit).await? {
+        Message::ConnectAsked { token: t, error } if t == token => match error {
+            None => Ok(()),
+            Some(e) => Err(format!(
+                "super-peer {via}: {}",
+                wire::text::terminal_safe(&e)
+            )),
+        },
+        other => Err(format!(
+            "super-peer {via} answered {asked} with {}",
+            other.kind()
+        )),
+    }
+}
+
+/// Sends a super-peer, on a connection of ours (`secure`), a Transfer Hello (naming `listen`)
+/// and `request`, and returns its answer: the first message after its Hello (a Goodbye is an
+/// error). Says Goodbye after.
+pub(crate) async fn ask_superpeer(
+    secure: SecureStream<TcpStream>,
+    me: &Identity,
+    listen: Option<SocketAddr>,
+    request: Message,
+    limit: Duration,
+) -> Result<Message, String> {
     let mut writer = secure.writer;
     let mut scratch = Vec::new();
-    let hello = Hello::new(me.node(), Role::Transfer, Some(listen), crate::AGENT);
+    let hello = Hello::new(me.node(), Role::Transfer, listen, crate::AGENT);
     for msg in [Message::Hello(hello), request] {
         write_message_within(&mut writer, &msg, &mut scratch, limit)
             .await
-            .map_err(|e| format!("super-peer {via}: {e}"))?;
+            .map_err(|e| format!("sending: {e}"))?;
     }
     let mut reader = FrameReader::new(secure.reader).limited(wire::MAX_BODY, 0);
     let mut hellos = 0;
     let answer = loop {
         match reader.read_message_within(limit).await {
             Ok(Message::Hello(h)) if h.role == Role::SuperPeer && hellos == 0 => hellos += 1,
-            Ok(Message::ConnectAsked { token: t, error }) if t == token => break error,
             Ok(Message::Goodbye { reason }) => {
-                return Err(format!("super-peer {via} said: {reason}"));
+                break Err(format!("it said: {}", wire::text::terminal_safe(&reason)))
             }
-            Ok(other) => {
-                return Err(format!(
-                    "super-peer {via} answered ConnectToMe with {}",
-                    other.kind()
-                ))
-            }
-            Err(e) => return Err(format!("super-peer {via}: {e}")),
+            Ok(answer) => break Ok(answer),
+            Err(e) => break Err(e.to_string()),
         }
     };
     let bye = Message::Goodbye {
         reason: "asked".into(),
     };
     let _ = write_message_within(&mut writer, &bye, &mut scratch, Duration::from_secs(1)).await;
-    match answer {
-        None => Ok(()),
-        Some(e) => Err(format!(
-            "super-peer {via}: {}",
-            wire::text::terminal_safe(&e)
-        )),
-    }
+    answer
 }
 
 #[cfg(test)]

@@ -231,10 +231,15 @@ fn leaf_in(ns: &Namespaces, where_: &str, data: &Path, sp: &str, listen: &str) -
     c
 }
 
-/// The super-peer on the "internet", listening on every interface.
+/// The super-peer on the "internet", listening on every interface on port 7700.
 fn start_superpeer_in(ns: &Namespaces, data: &Path) -> Proc {
+    start_superpeer_on(ns, data, 7700)
+}
+
+/// A super-peer on the "internet", listening on every interface on `port`.
+fn start_superpeer_on(ns: &Namespaces, data: &Path, port: u16) -> Proc {
     let mut cmd = ns.exec("inet", superpeer_bin());
-    cmd.args(["--listen", "0.0.0.0:7700", "--data-dir"])
+    cmd.args(["--listen", &format!("0.0.0.0:{port}"), "--data-dir"])
         .arg(data);
     let sp = Proc::spawn(&mut cmd);
     sp.wait_for("listening on");
@@ -499,14 +504,10 @@ fn two_super_peers_tell_a_leaf_the_kind_of_its_nat() {
     let tmp = tempfile::tempdir().unwrap();
     let base = tmp.path();
     let _sp = start_superpeer_in(&ns, &base.join("sp"));
-    let mut second = ns.exec("inet", superpeer_bin());
-    second
-        .args(["--listen", "0.0.0.0:7701", "--data-dir"])
-        .arg(base.join("sp2"));
-    let second = Proc::spawn(&mut second);
-    second.wait_for("listening on");
+    let _second = start_superpeer_on(&ns, &base.join("sp2"), 7701);
     std::fs::create_dir_all(base.join("nothing")).unwrap();
-    // Each leaf attaches to both super-peers, dialling both from its listen port.
+    // Each leaf attaches to both super-peers; found unreachable, it probes both from its
+    // listen port.
     let home_data = base.join("home-data");
     let _home = start_home_leaf(
         &ns,
@@ -552,12 +553,7 @@ fn a_leaf_behind_a_symmetric_nat_downloads_through_a_relay() {
     let tmp = tempfile::tempdir().unwrap();
     let base = tmp.path();
     let _sp = start_superpeer_in(&ns, &base.join("sp"));
-    let mut second = ns.exec("inet", superpeer_bin());
-    second
-        .args(["--listen", "0.0.0.0:7701", "--data-dir"])
-        .arg(base.join("sp2"));
-    let second = Proc::spawn(&mut second);
-    second.wait_for("listening on");
+    let _second = start_superpeer_on(&ns, &base.join("sp2"), 7701);
 
     let content: Vec<u8> = (0..2_000_000u32)
         .map(|i| (i.wrapping_mul(3266489917) >> 7) as u8)
