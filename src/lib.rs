@@ -444,4 +444,15 @@ pub mod net {
         )
         .await
     }
+
+    /// Shares `folder` from `leaf` and waits until super-peer `sp` indexes its files: a share is
+    /// announced on its own, so a search straight after `share` may not find it yet.
+    pub async fn share_indexed(leaf: &Node, sp: &SuperPeerNode, folder: &Path) {
+        let before = sp.status().await.records;
+        let summary = leaf
+            .share(folder, |_| {})
+            .await
+            .unwrap_or_else(|e| panic!("sharing {}: {e}", folder.display()));
+        wait_records(sp, before + summary.files).await;
+    }
 }

@@ -74,38 +74,44 @@ struct Leeching {
 /// download still running).
 async fn leech_until(
     base: &Path,
-    sp: SocketAddr,
+    sp: &superpeer::SuperPeerNode,
     name: &str,
     content: &[u8],
     chunks: u32,
 ) -> Leeching {
     let id = FileId::from(blake3::hash(content));
-    let seeder = net::leaf_with(base, "seeder", &[sp], |c| c.upload_rate = 600_000).await;
-    seeder
-        .share(&share_file(base, name, content), |_| {})
-        .await
-        .unwrap();
-    let leecher = net::leaf(base, "leecher", &[sp]).await;
+    let spa = [sp.listen_addr()];
+    let seeder = net::leaf_with(base, "seeder", &spa, |c| c.upload_rate = 600_000).await;
+    net::share_indexed(&seeder, sp, &share_file(base, name, content)).await;
+    let leecher = net::leaf(base, "leecher", &spa).await;
     let out = base.join("out");
     std::fs::create_dir_all(&out).unwrap();
     let getter = leecher.clone();
-    let download = smol::spawn(async move { getter.get(id, &out, |_| {}).await });
+    let mut download = smol::spawn(async move { getter.get(id, &out, |_| {}).await });
     let addr = leecher.listen_addr().unwrap();
-    wait_until(
-        &format!("the leecher to verify {chunks} chunks"),
-        Duration::from_secs(30),
-        || async {
-            let mut c = Client::open(addr).await;
-            c.send(Message::GetBitfield { id }).await;
-            match c.recv().await {
-                Message::Bitfield { bits, .. } => {
-                    bits.iter().map(|b| b.count_ones()).sum::<u32>() >= chunks
-                }
-                _ => false,
+    let what = format!("the leecher to verify {chunks} chunks");
+    let verified = wait_until(&what, Duration::from_secs(30), || async {
+        let mut c = Client::open(addr).await;
+        c.send(Message::GetBitfield { id }).await;
+        match c.recv().await {
+            Message::Bitfield { bits, .. } => {
+                bits.iter().map(|b| b.count_ones()).sum::<u32>() >= chunks
             }
+            _ => false,
+        }
+    });
+    // A download that ends meanwhile will verify nothing more: say why it ended.
+    let ended = smol::future::or(
+        async {
+            verified.await;
+            None
         },
+        async { Some((&mut download).await) },
     )
     .await;
+    if let Some(result) = ended {
+        panic!("the download ended before {chunks} chunks were verified: {result:?}");
+    }
     Leeching {
         seeder,
         leecher,
@@ -127,7 +133,7 @@ fn a_leecher_serves_only_the_chunks_it_has_verified() {
             leecher,
             download,
             addr,
-        } = leech_until(tmp.path(), sp.listen_addr(), "big.bin", &content, 3).await;
+        } = leech_until(tmp.path(), &sp, "big.bin", &content, 3).await;
         // Once the leecher holds a few chunks, the only source goes: what it holds is frozen.
         seeder.shutdown().await;
         smol::Timer::after(Duration::from_millis(500)).await;
@@ -208,7 +214,7 @@ fn a_leecher_registers_what_it_holds_with_a_super_peer_it_attaches_to_later() {
             leecher,
             download,
             addr,
-        } = leech_until(tmp.path(), sp_addr, "late.bin", &content, 1).await;
+        } = leech_until(tmp.path(), &sp, "late.bin", &content, 1).await;
         // The only seeder goes, and so does the super-peer that heard of the leecher's copy.
         seeder.shutdown().await;
         drop(sp);
@@ -254,10 +260,7 @@ fn a_leecher_tells_of_chunks_as_it_verifies_them() {
         let id = FileId::from(blake3::hash(&content));
         let seeder =
             net::leaf_with(tmp.path(), "seeder", &spa, |c| c.upload_rate = 1_000_000).await;
-        seeder
-            .share(&share_file(tmp.path(), "f.bin", &content), |_| {})
-            .await
-            .unwrap();
+        net::share_indexed(&seeder, &sp, &share_file(tmp.path(), "f.bin", &content)).await;
         let leecher = net::leaf(tmp.path(), "leecher", &spa).await;
         let out = tmp.path().join("out");
         std::fs::create_dir_all(&out).unwrap();
@@ -266,6 +269,10 @@ fn a_leecher_tells_of_chunks_as_it_verifies_them() {
         let addr = leecher.listen_addr().unwrap();
         // Subscribe as soon as the leecher serves the file.
         let (mut c, known) = loop {
+            assert!(
+                !download.is_finished(),
+                "the download ended before it served"
+            );
             let mut c = Client::open(addr).await;
             c.send(Message::GetBitfield { id }).await;
             if let Message::Bitfield { bits, .. } = c.recv().await {
@@ -309,10 +316,7 @@ fn a_free_rider_completes_after_the_leechers_that_upload() {
             c.upload_slots = 2;
         })
         .await;
-        seeder
-            .share(&share_file(tmp.path(), "f.bin", &content), |_| {})
-            .await
-            .unwrap();
+        net::share_indexed(&seeder, &sp, &share_file(tmp.path(), "f.bin", &content)).await;
         let mut nodes = Vec::new();
         for i in 0..3 {
             nodes.push(
