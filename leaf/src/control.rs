@@ -293,6 +293,9 @@ pub struct StatusReport {
     /// The port others are told to connect to, when one is set or mapped on the router.
     #[serde(default)]
     pub port_mapping: Option<PortMapping>,
+    /// Where its web UI is served, if it is.
+    #[serde(default)]
+    pub web: Option<SocketAddr>,
     /// Shared folders.
     pub folders: Vec<PathBuf>,
     /// Each shared folder's files and bytes.

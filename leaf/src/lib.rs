@@ -25,6 +25,8 @@
 //! - [`wish`]: the wishlist's rules (sans IO); the node runs them.
 //! - [`control`]: the local control socket protocol between the CLI and the node.
 //! - [`tui`]: `leaf tui`, the terminal interface over the control socket.
+//! - [`web`]: the web UI and its JSON HTTP API (axum, on a thread of its own), the same
+//!   requests as the control socket behind a token.
 //!
 //! The `leaf` binary (`src/bin/leaf/`: `args`, `print` and `main`) is the command line on top.
 //!
@@ -58,6 +60,7 @@ pub mod swarm;
 pub mod tags;
 pub mod tui;
 pub mod upload;
+pub mod web;
 pub mod wish;
 
 pub use node::{Node, NodeConfig, NodeError};

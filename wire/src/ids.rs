@@ -73,9 +73,15 @@ macro_rules! byte_id {
             }
         }
 
+        /// Bytes on the wire (CBOR); hex text in human-readable formats (JSON), as the
+        /// command line prints and takes it.
         impl Serialize for $name {
             fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-                s.serialize_bytes(&self.0)
+                if s.is_human_readable() {
+                    s.serialize_str(&self.to_hex())
+                } else {
+                    s.serialize_bytes(&self.0)
+                }
             }
         }
 
@@ -95,8 +101,15 @@ macro_rules! byte_id {
                     fn visit_byte_buf<E: de::Error>(self, v: Vec<u8>) -> Result<$name, E> {
                         self.visit_bytes(&v)
                     }
+                    fn visit_str<E: de::Error>(self, v: &str) -> Result<$name, E> {
+                        v.parse().map_err(E::custom)
+                    }
                 }
-                d.deserialize_bytes(V)
+                if d.is_human_readable() {
+                    d.deserialize_str(V)
+                } else {
+                    d.deserialize_bytes(V)
+                }
             }
         }
     };

@@ -138,6 +138,8 @@ pub struct NodeConfig {
     /// How the port others should connect to is found, behind a NAT (None: the listen port,
     /// as it is). Only the long-running node (`control`) looks for one.
     pub external_port: Option<ExternalPort>,
+    /// The web UI, if it is served. Only the long-running node (`control`) serves it.
+    pub web: Option<crate::web::WebConfig>,
 }
 
 impl NodeConfig {
@@ -168,6 +170,7 @@ impl NodeConfig {
             wish_interval: DEFAULT_WISH_INTERVAL,
             browsable: true,
             external_port: None,
+            web: None,
         }
     }
 }
@@ -202,6 +205,9 @@ pub enum NodeError {
         /// The cause.
         source: io::Error,
     },
+    /// The web UI cannot be served.
+    #[error(transparent)]
+    Web(#[from] crate::web::WebError),
     /// No super-peer link is up.
     #[error("not connected to any super-peer (tried {tried}); start one with `superpeer` or pass --superpeer ADDR")]
     NotConnected {
@@ -261,6 +267,8 @@ pub(crate) struct Inner {
     /// One scan at a time: scans of one folder must not interleave.
     scan_lock: smol::lock::Mutex<()>,
     tasks: Mutex<Vec<Task<()>>>,
+    /// The web UI, while it is served.
+    web: Mutex<Option<crate::web::WebServer>>,
 }
 
 /// A running leaf node. Cheap to clone; [`Node::shutdown`] stops it.
@@ -378,8 +386,14 @@ impl Node {
             download_options: config.download,
             scan_lock: smol::lock::Mutex::new(()),
             tasks: Mutex::new(Vec::new()),
+            web: Mutex::new(None),
         });
         let node = Node { inner };
+        // First, so that a web UI that cannot be served stops the start before anything runs.
+        if let (Some(web), true) = (config.web.clone(), config.control) {
+            let server = crate::web::WebServer::start(node.clone(), web)?;
+            *node.inner.web.lock().unwrap() = Some(server);
+        }
         let overlay = crate::overlay::Settings {
             leaf: topology::LeafConfig {
                 // A node without a listen address cannot serve as a super-peer's leaf source,
@@ -449,6 +463,10 @@ impl Node {
 
     /// Stops the node's tasks and closes its super-peer links and upload connections.
     pub async fn shutdown(&self) {
+        let web = self.inner.web.lock().unwrap().take();
+        if let Some(web) = web {
+            web.stop().await;
+        }
         let tasks = std::mem::take(&mut *self.inner.tasks.lock().unwrap());
         for t in tasks {
             t.cancel().await;
@@ -467,6 +485,16 @@ impl Node {
     /// This node's id.
     pub fn node_id(&self) -> NodeId {
         self.inner.state.node_id
+    }
+
+    /// Its data directory.
+    pub fn data_dir(&self) -> &Path {
+        &self.inner.state.data_dir
+    }
+
+    /// The address of its web UI, with the token, while it serves one.
+    pub fn web_url(&self) -> Option<String> {
+        self.inner.web.lock().unwrap().as_ref().map(|w| w.url())
     }
 
     /// Where it serves chunks.
@@ -717,6 +745,7 @@ impl Node {
             superpeers: role.links,
             reach: role.reach,
             port_mapping: self.inner.port_mapping.lock().unwrap().clone(),
+            web: self.inner.web.lock().unwrap().as_ref().map(|w| w.addr()),
             hosts: role.hosts,
             superpeer: role.superpeer,
             events: role.events.into_iter().collect(),

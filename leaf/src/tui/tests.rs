@@ -91,6 +91,7 @@ fn status() -> StatusReport {
             node: None,
         }],
         port_mapping: None,
+        web: None,
         reach: Some(crate::control::Reach {
             observed: "203.0.113.4:4000".parse().unwrap(),
             reachable: true,

@@ -92,6 +92,17 @@ pub(crate) struct Cli {
     /// Minutes between two searches for the same wish (± 20 %; see `leaf wish`).
     #[arg(long, env = "CANOPY_WISH_MINUTES", default_value = "15", value_parser = parse_wish_minutes, global = true)]
     pub(crate) wish_minutes: Duration,
+    /// Serve the web UI on this address (e.g. 127.0.0.1:7780) from the node `share` or `tui`
+    /// starts; `leaf web-url` prints the address to open, with its token.
+    #[arg(long, env = "CANOPY_WEB", global = true, value_name = "ADDR")]
+    pub(crate) web: Option<SocketAddr>,
+    /// Let --web use an address other machines can reach (they still need the token).
+    #[arg(long, env = "CANOPY_WEB_ALLOW_REMOTE", global = true, value_parser = clap::builder::BoolishValueParser::new())]
+    pub(crate) web_allow_remote: bool,
+    /// Where downloads started from the web UI go [default: your Downloads folder, else
+    /// DATA_DIR/downloads].
+    #[arg(long, env = "CANOPY_WEB_OUT", global = true, value_name = "DIR")]
+    pub(crate) web_out: Option<PathBuf>,
     #[command(flatten)]
     pub(crate) limits: transport::limits::LimitArgs,
     #[command(subcommand)]
@@ -236,6 +247,9 @@ pub(crate) enum Command {
         #[arg(required = true)]
         paths: Vec<PathBuf>,
     },
+    /// Print the address of the running node's web UI, with its token: open it in a browser
+    /// (the node must have been started with --web).
+    WebUrl,
     /// Show the node's role, super-peers, shares and transfers.
     Status {
         /// JSON instead of text.

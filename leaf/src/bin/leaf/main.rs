@@ -91,6 +91,23 @@ fn real_main() -> anyhow::Result<()> {
         (None, None) if cli.no_port_mapping => None,
         (None, None) => Some(ExternalPort::Upnp),
     };
+    config.web = match cli.web {
+        Some(addr) => {
+            let out = match &cli.web_out {
+                Some(dir) => std::path::absolute(dir)
+                    .with_context(|| format!("bad --web-out folder {}", dir.display()))?,
+                None => directories::UserDirs::new()
+                    .and_then(|u| u.download_dir().map(|d| d.to_path_buf()))
+                    .unwrap_or_else(|| data_dir.join("downloads")),
+            };
+            Some(leaf::web::WebConfig {
+                addr,
+                allow_remote: cli.web_allow_remote,
+                out,
+            })
+        }
+        None => None,
+    };
     if let Command::Tui { out } = &cli.command {
         let out = std::path::absolute(out)
             .with_context(|| format!("bad output folder {}", out.display()))?;
@@ -142,6 +159,9 @@ async fn run(cli: Cli, config: NodeConfig) -> anyhow::Result<()> {
                 node.listen_addr().expect("a serving node listens"),
                 data_dir.display()
             );
+            if let Some(url) = node.web_url() {
+                say!("web UI at {url}");
+            }
             let serve = async {
                 node.reshare_remembered().await;
                 print_share_replies(local(&node, Request::Share { paths })).await?;
@@ -377,6 +397,35 @@ async fn run(cli: Cli, config: NodeConfig) -> anyhow::Result<()> {
                     }
                     Reply::Wishes(wishes) if wishes.is_empty() => say!("no wishes"),
                     Reply::Wishes(wishes) => print_wishes(&wishes, "wish"),
+                    Reply::Error(e) => bail!("{e}"),
+                    Reply::End => break,
+                    _ => {}
+                }
+            }
+            Ok(())
+        }
+        Command::WebUrl => {
+            let Some(stream) = control::connect(&data_dir).await else {
+                bail!(
+                    "no node runs for {}; start one with `leaf share --web 127.0.0.1:7780`",
+                    data_dir.display()
+                );
+            };
+            let replies = control::request(stream, Request::Status);
+            while let Ok(reply) = replies.recv().await {
+                match reply {
+                    Reply::Status(s) => {
+                        let Some(addr) = s.web else {
+                            bail!(
+                                "the node running for {} serves no web UI; start it with --web                                  127.0.0.1:7780",
+                                data_dir.display()
+                            );
+                        };
+                        let token = leaf::web::read_token(&data_dir).with_context(|| {
+                            format!("reading the web UI's token in {}", data_dir.display())
+                        })?;
+                        println!("{}", leaf::web::url(addr, &token));
+                    }
                     Reply::Error(e) => bail!("{e}"),
                     Reply::End => break,
                     _ => {}

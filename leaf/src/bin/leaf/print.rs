@@ -216,6 +216,9 @@ pub(crate) fn print_status(s: &control::StatusReport) {
             None => say!("external  none ({})", m.how),
         }
     }
+    if let Some(web) = s.web {
+        say!("web UI    http://{web}/ (`leaf web-url` prints it with its token)");
+    }
     for l in &s.superpeers {
         let state = if l.connected {
             "connected"
