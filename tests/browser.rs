@@ -7,6 +7,7 @@
 //! the test's output folder, `target/tmp/web-ui/`, for a person to look at.
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -21,45 +22,65 @@ use wire::FileId;
 /// (No `/` in it: a file name cannot hold one.)
 const NAME: &str = "Roygbiv <img src=x onerror=alert(1)> & <b>more.flac";
 
-/// `chromedriver` on a free port, killed when dropped (on failure too).
+/// `chromedriver` on a free port, in a process group of its own with the browsers it starts:
+/// the whole group is killed when this is dropped (on failure too).
 struct Driver {
     child: Child,
     port: u16,
 }
 
 impl Driver {
-    fn start() -> Driver {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .unwrap();
-        let child = Command::new("chromedriver")
-            .arg(format!("--port={port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "starting chromedriver: {e} (this test needs Debian's chromium and \
-                     chromium-driver; .ci/run installs them)"
-                )
-            });
-        let driver = Driver { child, port };
-        let until = Instant::now() + Duration::from_secs(20);
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        while TcpStream::connect(addr).is_err() {
-            assert!(
-                Instant::now() < until,
-                "chromedriver did not listen on {addr}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
+    /// Starts chromedriver, on another port if the one picked was taken meanwhile; its log
+    /// goes to `log`, which a failure shows.
+    fn start(log: &Path) -> Driver {
+        for _ in 0..3 {
+            let port = TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .map(|a| a.port())
+                .unwrap();
+            let child = Command::new("chromedriver")
+                .arg(format!("--port={port}"))
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(log).unwrap())
+                .process_group(0)
+                .spawn()
+                .unwrap_or_else(|e| {
+                    panic!(
+                        "starting chromedriver: {e} (this test needs Debian's chromium and \
+                         chromium-driver; .ci/run installs them)"
+                    )
+                });
+            let mut driver = Driver { child, port };
+            let until = Instant::now() + Duration::from_secs(20);
+            let addr = SocketAddr::from(([127, 0, 0, 1], port));
+            loop {
+                if let Ok(Some(status)) = driver.child.try_wait() {
+                    eprintln!(
+                        "chromedriver on port {port} exited ({status}): {}",
+                        std::fs::read_to_string(log).unwrap_or_default()
+                    );
+                    break;
+                }
+                if TcpStream::connect(addr).is_ok() {
+                    return driver;
+                }
+                assert!(
+                    Instant::now() < until,
+                    "chromedriver did not listen on {addr}: {}",
+                    std::fs::read_to_string(log).unwrap_or_default()
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
         }
-        driver
+        panic!("chromedriver would not start; see above");
     }
 }
 
 impl Drop for Driver {
     fn drop(&mut self) {
+        // The group: chromedriver and the chromium processes it started.
+        let group = format!("-{}", self.child.id());
+        let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -125,7 +146,7 @@ fn a_person_searches_downloads_and_sees_it_done_in_a_real_browser() {
         .build()
         .unwrap();
     let tmp = tempfile::tempdir().unwrap();
-    let driver = Driver::start();
+    let driver = Driver::start(&tmp.path().join("chromedriver.log"));
     let test = async {
         let sp = net::superpeer(&[]).await;
         let content = corpus::deterministic_bytes("browser", 3 << 20);
@@ -148,19 +169,25 @@ fn a_person_searches_downloads_and_sees_it_done_in_a_real_browser() {
         })
         .await;
         let url = node.web_url().unwrap();
+        let token = leaf::web::read_token(node.data_dir()).unwrap();
 
         let c = browser(&driver, &tmp.path().join("chromium")).await;
         c.goto(&url).await.unwrap();
-        // Sent on to the page without the token, which the cookie now carries.
-        let at = c.current_url().await.unwrap();
-        assert_eq!(at.query(), None, "the token stayed in the address: {at}");
-        assert_eq!(at.path(), "/");
         let input = c
             .wait()
             .at_most(Duration::from_secs(20))
             .for_element(Locator::Id("search-input"))
             .await
             .unwrap();
+        // The page took the token from the address, and took it out of the address.
+        wait_text(&c, "#conn", Duration::from_secs(10), |t| t == "connected").await;
+        let at = c.current_url().await.unwrap();
+        // (The fragment names the open view.)
+        assert!(
+            !at.as_str().contains(&token),
+            "the token stayed in the address: {at}"
+        );
+        assert_eq!((at.path(), at.query()), ("/", None));
         input.send_keys("roygbiv more").await.unwrap();
         c.find(Locator::Css("#search-form button[type=submit]"))
             .await

@@ -1,4 +1,6 @@
-// Canopy web UI: talks to the node it is served by (same origin, cookie auth).
+// Canopy web UI: talks to the node it is served by (same origin). Every /api/ call carries the
+// node's token as `Authorization: Bearer TOKEN`; the token comes in the address's fragment
+// (#token=..., never sent to a server) and is kept in sessionStorage for this tab.
 // Everything from the network goes into the page as text nodes, never as HTML.
 'use strict';
 
@@ -86,25 +88,124 @@ function notice(msg, kind = 'error') {
 }
 $('notice-close').addEventListener('click', () => $('notice').classList.add('hidden'));
 
+// ---------- the token ----------
+
+const TOKEN_KEY = 'canopy-token';
+const NO_TOKEN = 'No token: open the address `leaf web-url` prints.';
+
+// The token from the address's fragment (then kept for this tab and taken out of the address
+// bar), else the one kept earlier; null if there is none.
+function takeToken() {
+  if (location.hash.startsWith('#token=')) {
+    const m = /^#token=([0-9a-f]{64})$/.exec(location.hash);
+    history.replaceState(null, '', location.pathname + location.search);
+    if (m) {
+      try { sessionStorage.setItem(TOKEN_KEY, m[1]); } catch { /* storage off: this page only */ }
+      return m[1];
+    }
+  }
+  try { return sessionStorage.getItem(TOKEN_KEY); } catch { return null; }
+}
+const token = takeToken();
+// A new address pasted into this tab only changes the fragment: load again to take its token.
+window.addEventListener('hashchange', () => { if (location.hash.startsWith('#token=')) location.reload(); });
+
+// A refusal's text (a 401's body) with the way out, shown in the notice; returns the message.
+function unauthorized(text) {
+  const t = (text || '').trim() || 'The node refused the token.';
+  const msg = /leaf web-url/.test(t) ? t : `${t} — open the address \`leaf web-url\` prints.`;
+  notice(msg);
+  return msg;
+}
+
+// An HTTP reply that was not 2xx: its status and body text.
+class HttpError extends Error {
+  constructor(status, text) {
+    super(text || `HTTP ${status}`);
+    this.status = status;
+    this.text = text;
+  }
+}
+
+// fetch() for /api/ paths, with the token. Without one it answers 401 itself.
+function api(path, opts = {}) {
+  if (!token) return Promise.resolve(new Response(NO_TOKEN, { status: 401 }));
+  return fetch(path, { ...opts, headers: { ...(opts.headers || {}), Authorization: `Bearer ${token}` } });
+}
+
 // ---------- talking to the node ----------
 
+// Server-sent events over fetch (EventSource cannot send the token). Calls onEvent(name, data)
+// for each event ("message" if unnamed; data lines joined by "\n"); comments are skipped.
+// opts: signal (an AbortSignal that stops it), onOpen(response) once the stream is accepted.
+// Resolves when the server ends the stream; rejects with an HttpError if it was refused, with
+// the fetch's error if it was lost or aborted.
+async function sse(url, onEvent, opts = {}) {
+  const { signal, onOpen } = opts;
+  const res = await api(url, { headers: { Accept: 'text/event-stream' }, cache: 'no-store', signal });
+  if (!res.ok) throw new HttpError(res.status, await res.text().catch(() => ''));
+  if (onOpen) onOpen(res);
+  const reader = res.body.getReader(), dec = new TextDecoder();
+  const EOL = /\r\n|\r|\n/g; // lines end in \n, \r\n or \r
+  let buf = '', scanned = 0, name = '', data = [], seen = false;
+  const line = (l) => {
+    if (l === '') { // a blank line ends the event
+      if (seen && !(signal && signal.aborted)) {
+        try { onEvent(name || 'message', data.join('\n')); } catch (e) { console.error(e); }
+      }
+      name = ''; data = []; seen = false;
+      return;
+    }
+    if (l[0] === ':') return; // a comment (keep-alive)
+    const i = l.indexOf(':');
+    const field = i < 0 ? l : l.slice(0, i);
+    let value = i < 0 ? '' : l.slice(i + 1);
+    if (value[0] === ' ') value = value.slice(1);
+    if (field === 'event') { name = value; seen = true; }
+    else if (field === 'data') { data.push(value); seen = true; }
+    // "id" and "retry" mean nothing here.
+  };
+  for (;;) {
+    const { done, value } = await reader.read();
+    if (done) break;
+    buf += dec.decode(value, { stream: true });
+    let start = 0, m;
+    EOL.lastIndex = scanned; // no line ends before this
+    while ((m = EOL.exec(buf))) {
+      if (m[0] === '\r' && m.index === buf.length - 1) break; // its \n may come next
+      line(buf.slice(start, m.index));
+      start = EOL.lastIndex;
+    }
+    buf = buf.slice(start);
+    scanned = buf.endsWith('\r') ? buf.length - 1 : buf.length;
+  }
+  // An event the stream did not finish (no blank line after it) is dropped, as EventSource does.
+}
+
 // Sends a control request; calls onReply for each reply as it arrives (NDJSON lines).
-// Resolves with every reply once the stream ends. HTTP and network errors become an Error reply.
-async function send(req, onReply = () => {}) {
+// Resolves with every reply once the stream ends. HTTP and network errors become an Error reply
+// (a 401 also shows how to get the token).
+// With opts.firstOnly it stops reading at the first reply (or after 3 s) and lets the connection
+// go: a download's replies last as long as the download, and a browser has few connections.
+async function send(req, onReply = () => {}, opts = {}) {
   const replies = [];
+  const ctl = new AbortController();
+  const push = (r) => { replies.push(r); onReply(r); };
   const take = (line) => {
     if (!line.trim()) return;
     let r;
     try { r = JSON.parse(line); } catch { r = { Error: `bad reply from the node: ${line}` }; }
-    replies.push(r);
-    onReply(r);
+    push(r);
   };
+  const timer = opts.firstOnly ? setTimeout(() => ctl.abort(), 3000) : null;
   try {
-    const res = await fetch('/api/request', {
-      method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify(req),
+    const res = await api('/api/request', {
+      method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify(req), signal: ctl.signal,
     });
     if (!res.ok) {
-      take(JSON.stringify({ Error: (await res.text()) || `HTTP ${res.status}` }));
+      clearTimeout(timer);
+      const text = await res.text();
+      push({ Error: res.status === 401 ? unauthorized(text) : text || `HTTP ${res.status}` });
       return replies;
     }
     // Read line by line so progress shows as it comes.
@@ -117,10 +218,14 @@ async function send(req, onReply = () => {}) {
       const lines = buf.split('\n');
       buf = lines.pop();
       lines.forEach(take);
+      if (opts.firstOnly && replies.length) { ctl.abort(); return replies; }
     }
     take(buf + dec.decode());
   } catch (e) {
-    take(JSON.stringify({ Error: `cannot reach the node: ${e.message}` }));
+    // Our own abort (the 3 s are up) is not trouble: the node carries on.
+    if (!ctl.signal.aborted) push({ Error: `cannot reach the node: ${e.message}` });
+  } finally {
+    clearTimeout(timer);
   }
   return replies;
 }
@@ -129,15 +234,15 @@ async function send(req, onReply = () => {}) {
 const kindOf = (r) => (typeof r === 'string' ? r : Object.keys(r)[0]);
 const bodyOf = (r) => (typeof r === 'string' ? null : r[kindOf(r)]);
 
-// Starts a download and leaves it running; only trouble (or "you have it") is reported.
-// onFail(msg) is called if the node refuses.
+// Starts a download and leaves it running; only trouble (or "you have it") in its first reply is
+// reported, the rest shows in the status stream. onFail(msg) is called if the node refuses.
 function get(ids, out = '', onFail = () => {}, onHave = () => {}) {
   send({ Get: { ids, out, again: false } }, (r) => {
     const k = kindOf(r), b = bodyOf(r);
     if (k === 'Error') { notice(b); onFail(b); }
     else if (k === 'GetFailed') { notice(`download failed: ${b.error}`); onFail(b.error); }
     else if (k === 'GetDone' && b.already_had) { notice(`You already have it: ${b.path}`, 'info'); onHave(b.path); }
-  });
+  }, { firstOnly: true });
 }
 
 // ---------- views ----------
@@ -153,7 +258,8 @@ showView(location.hash.slice(1));
 
 // ---------- status stream ----------
 
-let statusES = null;
+let statusCtl = null;  // aborts the status stream
+let statusDelay = 1000; // wait before reconnecting: 1 s, doubling up to 10 s; reset by a status
 const lastJSON = {}; // view -> JSON of what it last drew, to skip unchanged redraws
 
 // Calls draw(value) only when value differs from last time under this key.
@@ -169,15 +275,26 @@ function setConn(up) {
   $('conn').className = `conn ${up ? 'up' : 'down'}`;
 }
 
-function connectStatus() {
-  statusES = new EventSource('/api/events');
-  statusES.addEventListener('open', () => setConn(true));
-  statusES.addEventListener('status', (e) => { setConn(true); onStatus(JSON.parse(e.data)); });
-  statusES.addEventListener('error', () => {
-    setConn(false);
-    // A refused connection (e.g. 401) closes it for good; retry ourselves.
-    if (statusES.readyState === EventSource.CLOSED) setTimeout(connectStatus, 5000);
-  });
+// Follows the node's status; reconnects with backoff when the stream ends or is lost, but not
+// when the token is refused (401): that needs the user, and retrying would only hammer.
+async function connectStatus() {
+  const ctl = (statusCtl = new AbortController());
+  try {
+    await sse('/api/events', (name, data) => {
+      if (name !== 'status') return;
+      setConn(true);
+      statusDelay = 1000;
+      onStatus(JSON.parse(data));
+    }, { signal: ctl.signal, onOpen: () => setConn(true) });
+  } catch (e) {
+    if (ctl.signal.aborted) return;
+    if (e instanceof HttpError && e.status === 401) { setConn(false); unauthorized(e.text); return; }
+    if (e instanceof HttpError) notice(`status: ${e.message}`);
+  }
+  if (ctl.signal.aborted) return;
+  setConn(false);
+  setTimeout(connectStatus, statusDelay);
+  statusDelay = Math.min(statusDelay * 2, 10000);
 }
 
 function onStatus(s) {
@@ -202,7 +319,7 @@ const TYPES = {
   archives: 'zip rar 7z tar gz bz2 xz zst iso',
 };
 
-let searchES = null;
+let searchCtl = null;        // aborts the running search's stream
 let results = [];             // the latest grouped list, as the node sent it
 const resultRows = new Map(); // id -> <tr>, reused across updates
 const marked = new Set();     // ids marked for download
@@ -220,8 +337,8 @@ function searchStatus(done) {
 }
 
 function stopSearch() {
-  if (searchES) searchES.close();
-  searchES = null;
+  if (searchCtl) searchCtl.abort();
+  searchCtl = null;
 }
 
 $('search-form').addEventListener('submit', (e) => {
@@ -242,22 +359,32 @@ $('search-form').addEventListener('submit', (e) => {
   results = [];
   drawResults();
   $('search-status').textContent = 'searching…';
-  const es = (searchES = new EventSource(`/api/events?${q}`));
-  es.addEventListener('results', (ev) => { results = JSON.parse(ev.data); drawResults(); searchStatus(false); });
-  es.addEventListener('end', () => { stopSearch(); searchStatus(true); });
-  es.addEventListener('failed', (ev) => {
-    stopSearch();
-    let msg = ev.data;
-    try { msg = JSON.parse(ev.data); } catch { /* plain text */ }
-    $('search-status').textContent = `search failed: ${msg}`;
-  });
-  // Never let EventSource reconnect: that would run the search again. A stream that closes
-  // after results is taken as finished; one that gives nothing was refused or lost.
-  es.addEventListener('error', () => {
-    if (searchES !== es) return;
-    stopSearch();
+  const ctl = (searchCtl = new AbortController());
+  const mine = () => searchCtl === ctl; // false once ended, failed or replaced by a newer search
+  sse(`/api/events?${q}`, (name, data) => {
+    if (!mine()) return;
+    if (name === 'results') { results = JSON.parse(data); drawResults(); searchStatus(false); }
+    else if (name === 'end') { stopSearch(); searchStatus(true); }
+    else if (name === 'failed') {
+      stopSearch();
+      let msg = data;
+      try { msg = JSON.parse(data); } catch { /* plain text */ }
+      $('search-status').textContent = `search failed: ${msg}`;
+    }
+  }, { signal: ctl.signal }).then(() => {
+    // Never reconnect: that would run the search again. A stream that closes after results is
+    // taken as finished; one that gives nothing was lost.
+    if (!mine()) return;
+    searchCtl = null;
     if (results.length) searchStatus(true);
-    else $('search-status').textContent = 'search failed: the node refused it or could not be reached';
+    else $('search-status').textContent = 'search failed: the node ended it without an answer';
+  }, (e) => {
+    if (!mine()) return;
+    searchCtl = null;
+    if (e instanceof HttpError && e.status === 401) $('search-status').textContent = `search failed: ${unauthorized(e.text)}`;
+    else if (e instanceof HttpError) $('search-status').textContent = `search failed: ${e.message}`;
+    else if (results.length) searchStatus(true);
+    else $('search-status').textContent = 'search failed: the node could not be reached';
   });
 });
 
@@ -550,7 +677,7 @@ function treeItems(node) {
       send({ GetFolder: { addr: listing.addr, folder: dir.path, out: '', again: false } }, (r) => {
         if (kindOf(r) === 'Error') notice(bodyOf(r));
         if (kindOf(r) === 'GetFailed') notice(`download failed: ${bodyOf(r).error}`);
-      });
+      }, { firstOnly: true });
     });
     const body = el('ul', { class: 'tree' });
     const details = el('details', {}, el('summary', {}, el('span', { class: 'folder' }, `${name}/`),
@@ -621,4 +748,5 @@ $('wish-form').addEventListener('submit', (e) => {
 // ---------- start ----------
 
 drawWishes([]);
-connectStatus();
+if (token) connectStatus();
+else notice(NO_TOKEN);

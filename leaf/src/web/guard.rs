@@ -7,9 +7,14 @@
 //!   loopback names pass.
 //! - **Origin.** A request that carries `Origin` (browsers send it on POST and on cross-origin
 //!   requests) must come from the UI's own origin: no cross-site request forgery.
-//! - **Token.** Every request carries the node's token: `Authorization: Bearer TOKEN`, or the
-//!   cookie the URL `leaf web-url` prints sets (`/?token=TOKEN`, then a redirect to `/`). The
+//! - **Token.** Every API request carries the node's token as `Authorization: Bearer TOKEN`.
+//!   The page gets it from the address `leaf web-url` prints (`/#token=TOKEN`: a fragment, which
+//!   a browser never sends to a server, nor in a `Referer`) and keeps it in `sessionStorage`,
+//!   which belongs to one origin, port included. No cookie: a cookie would go to every server on
+//!   the same host, whatever its port, and with every request a page there makes. The
 //!   comparison takes the same time wherever the tokens differ.
+//!
+//! The page's own files hold no secret: they pass the Host rule only.
 
 use std::net::IpAddr;
 
@@ -35,6 +40,16 @@ pub enum Refusal {
     BadToken,
 }
 
+impl Refusal {
+    /// The HTTP status it is answered with.
+    pub fn status(&self) -> u16 {
+        match self {
+            Refusal::NoToken | Refusal::BadToken => 401,
+            _ => 403,
+        }
+    }
+}
+
 /// The facts of a request the rules look at.
 #[derive(Debug, Clone, Default)]
 pub struct Facts<'a> {
@@ -44,20 +59,6 @@ pub struct Facts<'a> {
     pub origin: Option<&'a str>,
     /// The `Authorization` header.
     pub authorization: Option<&'a str>,
-    /// The `Cookie` header.
-    pub cookie: Option<&'a str>,
-    /// A `token` query parameter (taken only on the page's own address, `/`).
-    pub query_token: Option<&'a str>,
-}
-
-/// How a request proved it may pass.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Pass {
-    /// With the cookie or the header.
-    Token,
-    /// With the token in the URL: the reply sets the cookie and sends the browser on to a URL
-    /// without it.
-    QueryToken,
 }
 
 /// The rules of one web server.
@@ -79,23 +80,8 @@ impl Guard {
         }
     }
 
-    /// The cookie that carries the token. Cookies are per host, not per port: the port in the
-    /// name keeps two nodes on one machine from overwriting each other's.
-    pub fn cookie_name(&self) -> String {
-        format!("canopy_token_{}", self.port)
-    }
-
-    /// The `Set-Cookie` value a browser that brought the token in the URL is given.
-    pub fn set_cookie(&self) -> String {
-        format!(
-            "{}={}; Path=/; HttpOnly; SameSite=Strict",
-            self.cookie_name(),
-            self.token
-        )
-    }
-
-    /// Checks a request: its Host, its Origin, then its token.
-    pub fn check(&self, facts: &Facts<'_>) -> Result<Pass, Refusal> {
+    /// Checks a request for the page's own files: its Host and its Origin.
+    pub fn check_page(&self, facts: &Facts<'_>) -> Result<(), Refusal> {
         let host = facts.host.ok_or(Refusal::NoHost)?;
         if !self.host_ok(host) {
             return Err(Refusal::BadHost(shown(host)));
@@ -105,23 +91,19 @@ impl Guard {
                 return Err(Refusal::BadOrigin(shown(origin)));
             }
         }
-        let bearer = facts
+        Ok(())
+    }
+
+    /// Checks an API request: its Host, its Origin, then its token.
+    pub fn check(&self, facts: &Facts<'_>) -> Result<(), Refusal> {
+        self.check_page(facts)?;
+        let given = facts
             .authorization
             .and_then(|a| a.strip_prefix("Bearer "))
-            .map(str::trim);
-        let cookie = facts
-            .cookie
-            .and_then(|c| cookie_value(c, &self.cookie_name()));
-        // A token in the URL first: the person just opened the address `leaf web-url` printed,
-        // and it replaces a cookie an earlier token left.
-        let (given, pass) = match (facts.query_token, bearer, cookie) {
-            (Some(t), _, _) => (t, Pass::QueryToken),
-            (None, Some(t), _) => (t, Pass::Token),
-            (None, None, Some(t)) => (t, Pass::Token),
-            (None, None, None) => return Err(Refusal::NoToken),
-        };
+            .map(str::trim)
+            .ok_or(Refusal::NoToken)?;
         if same(given.as_bytes(), self.token.as_bytes()) {
-            Ok(pass)
+            Ok(())
         } else {
             Err(Refusal::BadToken)
         }
@@ -145,21 +127,15 @@ impl Guard {
             .strip_prefix('[')
             .and_then(|n| n.strip_suffix(']'))
             .unwrap_or(name);
+        let bracketed = bare != name;
         match bare.parse::<IpAddr>() {
-            // An IPv6 literal must be bracketed in a Host header.
-            Ok(IpAddr::V6(_)) if bare == name => false,
+            // An IPv6 literal is bracketed in a Host header, and only an IPv6 one.
+            Ok(IpAddr::V6(_)) if !bracketed => false,
+            Ok(IpAddr::V4(_)) if bracketed => false,
             Ok(ip) => !self.loopback_only || ip.is_loopback(),
             Err(_) => false,
         }
     }
-}
-
-/// The value of cookie `name` in a `Cookie` header.
-fn cookie_value<'a>(header: &'a str, name: &str) -> Option<&'a str> {
-    header.split(';').find_map(|pair| {
-        let (k, v) = pair.trim().split_once('=')?;
-        (k == name).then_some(v.trim())
-    })
 }
 
 /// Equal, in a time that depends only on the lengths.
@@ -192,21 +168,17 @@ mod tests {
     }
 
     #[test]
-    fn the_token_passes_by_header_cookie_or_url() {
+    fn the_token_passes_by_header_only_and_the_page_needs_none() {
         let g = guard();
-        assert_eq!(g.check(&facts("127.0.0.1:7780")), Ok(Pass::Token));
-        let cookie = Facts {
+        assert_eq!(g.check(&facts("127.0.0.1:7780")), Ok(()));
+        let page = Facts {
             host: Some("localhost:7780"),
-            cookie: Some("other=1; canopy_token_7780=0123456789abcdef"),
             ..Default::default()
         };
-        assert_eq!(g.check(&cookie), Ok(Pass::Token));
-        let url = Facts {
-            host: Some("127.0.0.1:7780"),
-            query_token: Some(TOKEN),
-            ..Default::default()
-        };
-        assert_eq!(g.check(&url), Ok(Pass::QueryToken));
+        assert_eq!(g.check_page(&page), Ok(()));
+        assert_eq!(g.check(&page), Err(Refusal::NoToken));
+        assert_eq!(Refusal::NoToken.status(), 401);
+        assert_eq!(Refusal::BadHost("x".into()).status(), 403);
     }
 
     #[test]
@@ -233,13 +205,6 @@ mod tests {
                 "{wrong}: {got:?}"
             );
         }
-        // Another port's cookie is another node's.
-        let f = Facts {
-            host: Some("127.0.0.1:7780"),
-            cookie: Some("canopy_token_7781=0123456789abcdef"),
-            ..Default::default()
-        };
-        assert_eq!(g.check(&f), Err(Refusal::NoToken));
     }
 
     #[test]
@@ -253,15 +218,20 @@ mod tests {
             "192.168.1.5:7780",
             "::1:7780",
             "localhost.evil.example:7780",
+            "localhost.:7780",
+            "127.0.0.1:7780@evil.example",
+            "[::ffff:127.0.0.1]:7780",
+            "[127.0.0.1]:7780",
         ] {
             assert_eq!(
                 g.check(&facts(host)),
                 Err(Refusal::BadHost(host.into())),
                 "{host}"
             );
+            assert!(g.check_page(&facts(host)).is_err(), "{host}");
         }
-        assert_eq!(g.check(&facts("[::1]:7780")), Ok(Pass::Token));
-        assert_eq!(g.check(&facts("LOCALHOST:7780")), Ok(Pass::Token));
+        assert_eq!(g.check(&facts("[::1]:7780")), Ok(()));
+        assert_eq!(g.check(&facts("LOCALHOST:7780")), Ok(()));
         assert_eq!(
             g.check(&Facts {
                 host: None,
@@ -274,8 +244,8 @@ mod tests {
     #[test]
     fn a_remote_server_takes_ip_literals_but_no_names() {
         let g = Guard::new(TOKEN.into(), 7780, false);
-        assert_eq!(g.check(&facts("192.168.1.5:7780")), Ok(Pass::Token));
-        assert_eq!(g.check(&facts("[fd00::5]:7780")), Ok(Pass::Token));
+        assert_eq!(g.check(&facts("192.168.1.5:7780")), Ok(()));
+        assert_eq!(g.check(&facts("[fd00::5]:7780")), Ok(()));
         assert!(matches!(
             g.check(&facts("nas.local:7780")),
             Err(Refusal::BadHost(_))
@@ -289,8 +259,14 @@ mod tests {
             origin: Some("http://127.0.0.1:7780"),
             ..facts("127.0.0.1:7780")
         };
-        assert_eq!(g.check(&ok), Ok(Pass::Token));
-        for origin in ["http://evil.example", "null", "https://127.0.0.1:7780"] {
+        assert_eq!(g.check(&ok), Ok(()));
+        for origin in [
+            "http://evil.example",
+            "null",
+            "https://127.0.0.1:7780",
+            "http://127.0.0.1:7781",
+            "HTTP://127.0.0.1:7780",
+        ] {
             let f = Facts {
                 origin: Some(origin),
                 ..facts("127.0.0.1:7780")

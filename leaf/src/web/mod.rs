@@ -3,7 +3,7 @@
 //!
 //! # Routes
 //! - `/`, `/app.js`, `/style.css`: the page, embedded in the binary (nothing is read from the
-//!   disk). `/?token=TOKEN` sets the token's cookie and sends the browser on to `/`.
+//!   disk). It is opened as `/#token=TOKEN` and sends the token with each API request.
 //! - `POST /api/request`: one control [`Request`] as JSON; the [`Reply`]s stream back as
 //!   newline-delimited JSON, the last one `"End"`. An empty `out` folder (in `Get`,
 //!   `GetFolder`, `WishAdd`) means the web UI's download folder; other paths must be absolute.
@@ -13,8 +13,8 @@
 //!   `wait_ms`, `ttl`): that search's `results` (the whole grouped list so far, each time
 //!   hits arrive), then `end`, or `failed` with the reason.
 //!
-//! Every request passes the rules of [`guard`] first: its Host, its Origin, and the token kept
-//! in the data directory ([`TOKEN_FILE`]).
+//! Every request passes the rules of [`guard`] first: its Host, its Origin, and (but for the
+//! page's own files) the token kept in the data directory ([`TOKEN_FILE`]).
 //!
 //! # Runtime
 //! axum runs on tokio; the node runs on smol. The server gets a thread of its own with a
@@ -49,7 +49,7 @@ use wire::{Filter, Search, Terms};
 
 use crate::control::{Reply, Request};
 use crate::Node;
-use guard::{Facts, Guard, Pass, Refusal};
+use guard::{Facts, Guard};
 
 /// The token's file in the data directory: 64 hex digits, readable by the owner only.
 pub const TOKEN_FILE: &str = "web-token";
@@ -245,7 +245,7 @@ pub fn url(addr: SocketAddr, token: &str) -> String {
             SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
         });
     }
-    format!("http://{shown}/?token={token}")
+    format!("http://{shown}/#token={token}")
 }
 
 /// The token kept in `data_dir`, if there is a good one.
@@ -323,33 +323,22 @@ fn router(app: App) -> Router {
 async fn check(State(app): State<App>, req: axum::extract::Request, next: Next) -> Response {
     let headers = req.headers();
     let value = |name| headers.get(name).and_then(|v| v.to_str().ok());
-    // Only the page's own address takes the token in the URL.
-    let query_token = match req.uri().path() {
-        "/" => query_param(req.uri(), "token"),
-        _ => None,
-    };
     let facts = Facts {
         host: value(header::HOST),
         origin: value(header::ORIGIN),
         authorization: value(header::AUTHORIZATION),
-        cookie: value(header::COOKIE),
-        query_token: query_token.as_deref(),
     };
-    let mut response = match app.guard.check(&facts) {
-        Ok(Pass::Token) => next.run(req).await,
-        Ok(Pass::QueryToken) => {
-            // The cookie from now on, and an address without the token in the history.
-            let mut r = (StatusCode::SEE_OTHER, [(header::LOCATION, "/")]).into_response();
-            if let Ok(cookie) = HeaderValue::from_str(&app.guard.set_cookie()) {
-                r.headers_mut().insert(header::SET_COOKIE, cookie);
-            }
-            r
-        }
+    // The page's own files hold no secret; everything else needs the token.
+    let page = ASSETS.iter().any(|(path, _, _)| *path == req.uri().path());
+    let verdict = if page {
+        app.guard.check_page(&facts)
+    } else {
+        app.guard.check(&facts)
+    };
+    let mut response = match verdict {
+        Ok(()) => next.run(req).await,
         Err(refusal) => {
-            let status = match refusal {
-                Refusal::NoToken | Refusal::BadToken => StatusCode::UNAUTHORIZED,
-                _ => StatusCode::FORBIDDEN,
-            };
+            let status = StatusCode::from_u16(refusal.status()).unwrap_or(StatusCode::FORBIDDEN);
             (status, format!("{refusal}\n")).into_response()
         }
     };
@@ -361,13 +350,6 @@ fn add_security_headers(headers: &mut HeaderMap) {
     for (name, value) in SECURITY_HEADERS {
         headers.insert(name, HeaderValue::from_static(value));
     }
-}
-
-/// The value of `name` in a URI's query, percent-decoded.
-fn query_param(uri: &axum::http::Uri, name: &str) -> Option<String> {
-    let Query(mut pairs) =
-        Query::<std::collections::HashMap<String, String>>::try_from_uri(uri).ok()?;
-    pairs.remove(name)
 }
 
 /// A value as JSON text that is safe to print (see [`wire::text::json_terminal_safe`]).
@@ -524,9 +506,7 @@ impl EventsQuery {
             min_size: number("min_size", &self.min_size)?,
             max_size: number("max_size", &self.max_size)?,
         };
-        let ttl = number::<u8>("ttl", &self.ttl)?
-            .unwrap_or(wire::DEFAULT_TTL)
-            .min(7);
+        let ttl = number::<u64>("ttl", &self.ttl)?.map_or(wire::DEFAULT_TTL, |t| t.min(7) as u8);
         let wait = number::<u64>("wait_ms", &self.wait_ms)?
             .unwrap_or(5_000)
             .min(MAX_SEARCH_WAIT_MS);
@@ -668,19 +648,8 @@ mod tests {
     #[test]
     fn the_url_names_the_machine_itself_for_an_unspecified_address() {
         let url = url("0.0.0.0:7780".parse().unwrap(), "ab");
-        assert_eq!(url, "http://127.0.0.1:7780/?token=ab");
+        assert_eq!(url, "http://127.0.0.1:7780/#token=ab");
         let url = super::url("[::]:7780".parse().unwrap(), "ab");
-        assert_eq!(url, "http://[::1]:7780/?token=ab");
-    }
-
-    #[test]
-    fn query_parameters_are_decoded() {
-        let uri = |u: &str| u.parse::<axum::http::Uri>().unwrap();
-        assert_eq!(
-            query_param(&uri("/?a=1&token=x%20y"), "token").as_deref(),
-            Some("x y")
-        );
-        assert_eq!(query_param(&uri("/?a=1"), "token"), None);
-        assert_eq!(query_param(&uri("/"), "token"), None);
+        assert_eq!(url, "http://[::1]:7780/#token=ab");
     }
 }

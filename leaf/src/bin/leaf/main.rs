@@ -72,6 +72,8 @@ fn real_main() -> anyhow::Result<()> {
     let mut config = NodeConfig::new(&data_dir);
     config.superpeers = superpeers.clone();
     config.upload_slots = cli.upload_slots as usize;
+    config.max_downloaders_per_file = cli.max_downloaders_per_file as usize;
+    config.download.max_sources = cli.max_peers as usize;
     config.upload_rate = cli.upload_rate;
     config.download_rate = cli.download_rate;
     config.max_downloads = cli.max_downloads as usize;
@@ -136,6 +138,13 @@ async fn run(cli: Cli, config: NodeConfig) -> anyhow::Result<()> {
                 })
                 .collect::<anyhow::Result<Vec<_>>>()?;
             if let Some(stream) = control::connect(&data_dir).await {
+                if config.web.is_some() {
+                    say_err!(
+                        "warning: a node already runs for {}: --web applies to the node a \
+                         command starts (`leaf web-url` shows the running node's)",
+                        data_dir.display()
+                    );
+                }
                 let replies = control::request(stream, Request::Share { paths });
                 return print_share_replies(replies).await;
             }
@@ -417,7 +426,7 @@ async fn run(cli: Cli, config: NodeConfig) -> anyhow::Result<()> {
                     Reply::Status(s) => {
                         let Some(addr) = s.web else {
                             bail!(
-                                "the node running for {} serves no web UI; start it with --web                                  127.0.0.1:7780",
+                                "the node running for {} serves no web UI; start it with --web ADDR",
                                 data_dir.display()
                             );
                         };
