@@ -31,6 +31,8 @@ enum Fake {
     LongManifest,
     /// The same lie, and the last chunk (which would prove it) never sent.
     LongManifestNoTail,
+    /// An honest manifest, and a bitfield of nothing: it has no chunk to give.
+    Empty,
 }
 
 /// Starts a scripted source for `content`; returns its address.
@@ -102,6 +104,10 @@ async fn fake_source_counted(kind: Fake, content: Vec<u8>, crowd: Arc<Crowd>) ->
                             chunk_size: manifest.chunk_size,
                             cvs: manifest.cvs.clone(),
                         }),
+                        Message::GetBitfield { id } if kind == Fake::Empty => Message::Bitfield {
+                            id,
+                            bits: wire::Bitfield::new(manifest.chunk_count()).into_bytes(),
+                        },
                         Message::GetBitfield { id } => Message::Bitfield {
                             id,
                             bits: wire::Bitfield::full(manifest.chunk_count()).into_bytes(),
@@ -216,6 +222,30 @@ fn run_case(kind: Fake, check: impl FnOnce(&download::DownloadReport, SocketAddr
         );
         assert!(std::fs::read(&report.path).unwrap() == content);
         check(&report, fake);
+    });
+}
+
+#[test]
+fn a_source_with_nothing_to_give_is_let_go_for_one_that_waits() {
+    run_bounded(Duration::from_secs(60), async {
+        let tmp = tempfile::tempdir().unwrap();
+        let content = corpus::deterministic_bytes("rotation", 2 << 20);
+        let id = FileId::from(blake3::hash(&content));
+        let (_nodes, honest) = honest_sources(tmp.path(), &content).await;
+        let empty = fake_source(Fake::Empty, content.clone()).await;
+        // One place: the empty source takes it first, the honest one waits.
+        let mut j = job(id, vec![empty, honest[0]], &tmp.path().join("out"));
+        j.opts.max_sources = 1;
+        j.opts.rotate_idle = Duration::from_secs(1);
+        j.opts.rotate_every = Duration::from_secs(1);
+        let report = download::download(j, Box::new(|_| {})).await.unwrap();
+        assert!(std::fs::read(&report.path).unwrap() == content);
+        let gone = report.sources.iter().find(|s| s.addr == empty).unwrap();
+        assert_eq!(gone.chunks, 0);
+        let why = gone.error.as_deref().unwrap_or_default();
+        assert!(why.starts_with("let go: no chunk from it for 1 s"), "{why}");
+        let served = report.sources.iter().find(|s| s.addr == honest[0]).unwrap();
+        assert_eq!(served.chunks, 8, "{report:?}");
     });
 }
 

@@ -45,6 +45,12 @@ impl Client {
             .unwrap();
     }
 
+    /// Asks for the bitfield of `id`; its answer.
+    async fn bitfield(&mut self, id: FileId) -> Message {
+        self.send(Message::GetBitfield { id }).await;
+        self.recv().await
+    }
+
     async fn recv(&mut self) -> Message {
         self.reader
             .read_message_within(Duration::from_secs(10))
@@ -297,6 +303,71 @@ fn a_leecher_tells_of_chunks_as_it_verifies_them() {
         let report = download.await.unwrap();
         assert_eq!(std::fs::read(&report.path).unwrap(), content);
         leecher.shutdown().await;
+        seeder.shutdown().await;
+    });
+}
+
+#[test]
+fn a_file_is_served_to_at_most_its_share_of_downloaders_at_once() {
+    run_bounded(Duration::from_secs(60), async {
+        let tmp = tempfile::tempdir().unwrap();
+        let sp = net::superpeer(&[]).await;
+        let content = corpus::deterministic_bytes("per file", 1 << 20);
+        let id = FileId::from(blake3::hash(&content));
+        let seeder = net::leaf_with(tmp.path(), "seeder", &[sp.listen_addr()], |c| {
+            c.max_downloaders_per_file = 2;
+        })
+        .await;
+        net::share_indexed(&seeder, &sp, &share_file(tmp.path(), "f.bin", &content)).await;
+        let addr = seeder.listen_addr().unwrap();
+        let mut first = Client::open(addr).await;
+        let mut second = Client::open(addr).await;
+        assert!(matches!(first.bitfield(id).await, Message::Bitfield { .. }));
+        assert!(matches!(
+            second.bitfield(id).await,
+            Message::Bitfield { .. }
+        ));
+        // A third is told to come back later, for a chunk as for the bitfield.
+        let mut third = Client::open(addr).await;
+        match third.bitfield(id).await {
+            Message::TransferError { kind, message, .. } => {
+                assert_eq!(kind, TransferErrorKind::Busy);
+                assert!(message.contains("2 downloaders of this file"), "{message}");
+            }
+            other => panic!("a third downloader was served: {other:?}"),
+        }
+        third
+            .send(Message::GetChunk {
+                request: 7,
+                id,
+                index: 0,
+            })
+            .await;
+        assert!(matches!(
+            third.recv().await,
+            Message::TransferError {
+                request: 7,
+                kind: TransferErrorKind::Busy,
+                ..
+            }
+        ));
+        // The two admitted go on being served.
+        first
+            .send(Message::GetChunk {
+                request: 1,
+                id,
+                index: 0,
+            })
+            .await;
+        assert!(matches!(first.recv().await, Message::Chunk(_)));
+        // One leaves: there is room again.
+        drop(first);
+        wait_until("a place for the third", Duration::from_secs(10), || async {
+            let mut c = Client::open(addr).await;
+            matches!(c.bitfield(id).await, Message::Bitfield { .. })
+        })
+        .await;
+        drop((second, third));
         seeder.shutdown().await;
     });
 }

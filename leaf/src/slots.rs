@@ -10,13 +10,17 @@
 //! [`OPTIMISTIC_EVERY`], the waiting peer served least recently takes a slot whatever it
 //! uploaded (the optimistic slot): a free rider is served, but after the others. The upload
 //! connections ([`crate::upload`]) ask for a slot before each chunk.
+//!
+//! Beyond the queue, at most [`UploadSlots::per_file`] connections ask for one file at once
+//! ([`UploadSlots::admit_file`]): in a swarm of hundreds, every leecher would otherwise be
+//! asked by every other, and hold a connection for each.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use wire::NodeId;
+use wire::{FileId, NodeId};
 
 use crate::swarm::Reciprocity;
 
@@ -34,6 +38,7 @@ const GRANTS_KEPT: usize = 1000;
 #[derive(Debug)]
 pub struct UploadSlots {
     max: usize,
+    per_file: usize,
     next_conn: AtomicU64,
     state: Mutex<SlotState>,
     /// What each peer uploaded to this node lately: the ranking of requesters.
@@ -67,6 +72,8 @@ struct SlotState {
     last_optimistic: Option<Instant>,
     /// When the first peer asked (the optimistic clock starts there).
     started: Option<Instant>,
+    /// The connections that asked for each file.
+    files: HashMap<FileId, Vec<u64>>,
 }
 
 impl UploadSlots {
@@ -74,10 +81,37 @@ impl UploadSlots {
     pub fn new(max: usize, reciprocity: Arc<Reciprocity>) -> Self {
         UploadSlots {
             max: max.max(1),
+            per_file: usize::MAX,
             next_conn: AtomicU64::new(1),
             state: Mutex::new(SlotState::default()),
             reciprocity,
         }
+    }
+
+    /// At most `max` connections (at least one) ask for one file at once.
+    pub fn with_per_file(mut self, max: usize) -> Self {
+        self.per_file = max.max(1);
+        self
+    }
+
+    /// How many connections may ask for one file at once.
+    pub fn per_file(&self) -> usize {
+        self.per_file
+    }
+
+    /// Whether connection `conn` may ask for file `id`: it has before, or fewer than
+    /// [`UploadSlots::per_file`] connections do. Its place is kept until it closes.
+    pub fn admit_file(&self, conn: u64, id: FileId) -> bool {
+        let mut s = self.state.lock().unwrap();
+        let conns = s.files.entry(id).or_default();
+        if conns.contains(&conn) {
+            return true;
+        }
+        if conns.len() >= self.per_file {
+            return false;
+        }
+        conns.push(conn);
+        true
     }
 
     pub(crate) fn new_conn(&self) -> u64 {
@@ -233,6 +267,10 @@ impl UploadSlots {
         }
         s.active.retain(|h| h.conn != conn);
         s.queue.retain(|(c, _, _, _)| *c != conn);
+        s.files.retain(|_, conns| {
+            conns.retain(|c| *c != conn);
+            !conns.is_empty()
+        });
     }
 
     /// How many slots there are.
@@ -264,6 +302,24 @@ impl Drop for SlotGuard<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_file_is_asked_for_by_at_most_its_share_of_connections() {
+        let slots = UploadSlots::new(2, Arc::default()).with_per_file(2);
+        let (a, b) = (FileId([1; 32]), FileId([2; 32]));
+        assert!(slots.admit_file(1, a));
+        assert!(slots.admit_file(2, a));
+        assert!(!slots.admit_file(3, a), "a third connection for one file");
+        assert!(slots.admit_file(1, a), "one admitted stays admitted");
+        assert!(slots.admit_file(3, b), "another file has its own count");
+        // A connection that closes makes room.
+        slots.release(1);
+        assert!(slots.admit_file(3, a));
+        assert!(!slots.admit_file(4, a));
+        slots.release(2);
+        slots.release(3);
+        assert!(slots.state.lock().unwrap().files.is_empty());
+    }
 
     #[test]
     fn slots_go_first_come_first_served() {

@@ -339,6 +339,9 @@ async fn serve_inner(
                     }
                     None => not_shared(request, id),
                 },
+                UploadEvent::Bitfield { id } if !node.slots.admit_file(conn, id) => {
+                    too_many(0, id, node.slots.per_file())
+                }
                 UploadEvent::Bitfield { id } => {
                     let reply = bitfield_of(node, id, &mut session, &mut subscribed);
                     if let Message::Bitfield { bits, .. } = &reply {
@@ -363,6 +366,9 @@ async fn serve_inner(
                         node.upload_cap.take(bytes.max(4096) as u64).await;
                     }
                     reply
+                }
+                UploadEvent::Chunk { id, request, .. } if !node.slots.admit_file(conn, id) => {
+                    too_many(request, id, node.slots.per_file())
                 }
                 UploadEvent::Chunk { request, id, index } => {
                     let (who, serves) = (session.peer(), session.serves());
@@ -658,6 +664,17 @@ async fn serve_chunk(
                 message: "the file cannot be read".into(),
             }
         }
+    }
+}
+
+/// The answer to a connection beyond the file's share ([`crate::slots::UploadSlots::per_file`]):
+/// busy, come back later (it keeps its place in no queue).
+fn too_many(request: u32, id: wire::FileId, max: usize) -> Message {
+    Message::TransferError {
+        request,
+        id,
+        kind: TransferErrorKind::Busy,
+        message: format!("{max} downloaders of this file are served already; try later"),
     }
 }
 

@@ -12,6 +12,8 @@
 //!   requests waiting and their cancels, what it has been told and has, idleness.
 //! - [`BrowseSession`]: one browse of a leaf's shares, page by page, with what a page must be.
 //! - [`manifest`]: the checks a manifest from a source must pass, and the vote among sources.
+//! - [`peers`]: a download's bounded peer set: which useless source to let go for one waiting
+//!   to be tried.
 //! - [`view`]: super-seeding: [`ShownTo`], what one downloader was shown, asked for and has,
 //!   and [`Spread`], what to show each next.
 //!
@@ -21,6 +23,7 @@
 
 pub mod browse;
 pub mod manifest;
+pub mod peers;
 pub mod schedule;
 pub mod source;
 pub mod upload;

@@ -113,6 +113,13 @@ impl Scheduler {
         }
     }
 
+    /// Whether `source` holds a chunk that is not done yet (`None`: it has not said what it
+    /// holds).
+    pub fn wants_from(&self, source: usize) -> Option<bool> {
+        let bits = self.holds.get(&source)?;
+        Some(bits.ones().any(|c| !self.done.get(c)))
+    }
+
     fn holds(&self, source: usize, c: usize) -> bool {
         self.holds.get(&source).is_some_and(|b| b.get(c as u64))
     }

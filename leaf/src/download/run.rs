@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use smol::channel::{self, Receiver, Sender};
 use smol::lock::Semaphore;
+use transfer::peers::{PeerFacts, Rotation};
 use transfer::{Checked, Scheduler, SourceEnd, SourceEvent, SourceOptions, SourceSession};
 use transport::link::Outbox;
 use wire::{Manifest, Message, NodeId};
@@ -85,6 +86,10 @@ struct Source {
     /// Since when requests are out with nothing heard (the stall clock starts at the later of
     /// this and the last byte).
     waiting_since: Option<Instant>,
+    /// When its connection came up, and when it last delivered a chunk that was kept: what
+    /// the peer set's rotation looks at.
+    connected_at: Option<Instant>,
+    last_chunk: Option<Instant>,
     report: SourceReport,
     /// The connect task, then the reader task: dropped to stop them.
     _task: Option<smol::Task<()>>,
@@ -103,6 +108,8 @@ struct Run<'a> {
     /// Sources found and not tried yet, while [`DownloadOptions::max_sources`] are in use;
     /// oldest first, at most [`MAX_CANDIDATES`].
     candidates: VecDeque<SocketAddr>,
+    /// Which useless source to let go for a candidate, once every place is taken.
+    rotation: Rotation,
     backoff: Duration,
     disk_error: Option<io::Error>,
     /// The file's size, when the last chunk proved the manifest's wrong.
@@ -177,6 +184,7 @@ pub(super) async fn run(
         reports,
         retry_at: HashMap::new(),
         candidates: VecDeque::new(),
+        rotation: Rotation::new(setup.job.opts.rotate_idle, setup.job.opts.rotate_every),
         backoff: Duration::from_secs(1),
         disk_error: None,
         size_proven: None,
@@ -359,6 +367,8 @@ impl Run<'_> {
                 out: None,
                 last_byte: Arc::default(),
                 waiting_since: None,
+                connected_at: None,
+                last_chunk: None,
                 report: SourceReport::new(addr),
                 _task: None,
             },
@@ -401,6 +411,7 @@ impl Run<'_> {
             return;
         };
         src.node = Some(conn.node);
+        src.connected_at = Some(Instant::now());
         src.report.reached = Some(conn.reached);
         src.last_byte = conn.last_byte.clone();
         let (out, reader) = conn.start(
@@ -466,8 +477,54 @@ impl Run<'_> {
         }
     }
 
+    /// The facts of the connected sources the rotation looks at (`wants`: whether each holds
+    /// a chunk still missing, which takes a pass over its bitfield).
+    fn peer_facts(&self, wants: bool) -> Vec<PeerFacts> {
+        self.sources
+            .iter()
+            .filter(|(_, s)| s.session.is_some())
+            .filter_map(|(&n, s)| {
+                Some(PeerFacts {
+                    source: n,
+                    connected: s.connected_at?,
+                    last_chunk: s.last_chunk,
+                    queued: self.queued.contains_key(&n),
+                    has_wanted: if wants {
+                        self.s.sched.wants_from(n)
+                    } else {
+                        Some(true)
+                    },
+                })
+            })
+            .collect()
+    }
+
+    /// Whether every place is taken while candidates wait: the rotation has work.
+    fn full(&self) -> bool {
+        !self.candidates.is_empty() && self.sources.len() >= self.s.job.opts.max_sources.max(1)
+    }
+
+    /// With every place taken and candidates waiting, lets go of a source that has been
+    /// useless for a while, so that a candidate is tried in its place.
+    fn rotate(&mut self, now: Instant) {
+        if !self.full()
+            || self
+                .rotation
+                .poll_timeout(&self.peer_facts(false))
+                .is_none_or(|t| now < t)
+        {
+            return;
+        }
+        if let Some(n) = self.rotation.handle_full(now, &self.peer_facts(true)) {
+            let idle = self.rotation.idle().as_secs();
+            let why = format!("let go: no chunk from it for {idle} s while other sources wait");
+            self.end(n, now, SourceEnd::Failed(why));
+        }
+    }
+
     /// Time passed: every session looks again, and those that stalled are told.
     fn tick(&mut self, now: Instant) {
+        self.rotate(now);
         for n in self.sources.keys().copied().collect::<Vec<_>>() {
             let stall = self.sources.get(&n).and_then(|src| self.stall_at(src));
             let Some(session) = self.sources.get_mut(&n).and_then(|s| s.session.as_mut()) else {
@@ -548,6 +605,7 @@ impl Run<'_> {
                     }
                     src.report.chunks += 1;
                     src.report.bytes += bytes;
+                    src.last_chunk = Some(Instant::now());
                     self.changed = true;
                 }
                 SourceEvent::Queued { position } => {
@@ -729,6 +787,11 @@ impl Run<'_> {
     }
 
     fn wake_at(&self) -> Option<Instant> {
+        let rotate = if self.full() {
+            self.rotation.poll_timeout(&self.peer_facts(false))
+        } else {
+            None
+        };
         self.sources
             .values()
             .filter_map(|src| {
@@ -739,6 +802,7 @@ impl Run<'_> {
                     (a, b) => a.or(b),
                 }
             })
+            .chain(rotate)
             .min()
     }
 

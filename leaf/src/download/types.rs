@@ -31,6 +31,11 @@ pub struct DownloadOptions {
     /// a popular file from costing a file descriptor per source, and a flood of made-up
     /// sources from turning downloaders into a crowd at one address.
     pub max_sources: usize,
+    /// With every place taken and other sources waiting, a source that has delivered no chunk
+    /// for this long may be let go for one of them ([`transfer::peers::Rotation`]).
+    pub rotate_idle: Duration,
+    /// At most one source is let go this often.
+    pub rotate_every: Duration,
 }
 
 impl Default for DownloadOptions {
@@ -45,6 +50,8 @@ impl Default for DownloadOptions {
             queued_retry: Duration::from_millis(500),
             // BitTorrent clients keep about 50 peers a torrent.
             max_sources: 40,
+            rotate_idle: Duration::from_secs(30),
+            rotate_every: Duration::from_secs(10),
         }
     }
 }

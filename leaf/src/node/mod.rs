@@ -108,6 +108,9 @@ pub struct NodeConfig {
     pub download: DownloadOptions,
     /// How many downloaders are served at once; others wait in a queue.
     pub upload_slots: usize,
+    /// How many connections may ask for one file at once (queued or served); more are told to
+    /// come back later.
+    pub max_downloaders_per_file: usize,
     /// Upload cap in bytes per second for the whole node (0: none).
     pub upload_rate: u64,
     /// Download cap in bytes per second for the whole node (0: none).
@@ -154,6 +157,7 @@ impl NodeConfig {
             control: false,
             download: DownloadOptions::default(),
             upload_slots: 4,
+            max_downloaders_per_file: 40,
             upload_rate: 0,
             download_rate: 0,
             max_downloads: 3,
@@ -356,7 +360,8 @@ impl Node {
                 ..Default::default()
             }),
             started: Instant::now(),
-            slots: UploadSlots::new(config.upload_slots, Arc::default()),
+            slots: UploadSlots::new(config.upload_slots, Arc::default())
+                .with_per_file(config.max_downloaders_per_file),
             partials: Partials::default(),
             spread: Spread::default(),
             upload_cap: RateLimit::new(config.upload_rate),
