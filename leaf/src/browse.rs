@@ -1,6 +1,9 @@
 //! Browsing another leaf: the list of everything it shares, fetched over a transfer connection
 //! (encrypted as chunks are) and checked by [`transfer::BrowseSession`]; and the files of one
-//! of its folders, each downloaded from all of its sources into the same layout here.
+//! of its folders, each downloaded from all of its sources into the same layout here. A leaf a
+//! hit said may not be reachable (behind NAT) is also asked, through its super-peer, to connect
+//! back, as a download's sources are ([`crate::reverse`]); the first connection to come is
+//! used.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -8,6 +11,7 @@ use std::time::Duration;
 use transport::net::{connect_secure, write_message_within, FrameReader, ReadError};
 use wire::{FileRecord, Hello, Role};
 
+use crate::download::{first_ok, BackFuture};
 use crate::state::NodeState;
 use transfer::{BrowseEnd, BrowseSession};
 
@@ -64,16 +68,38 @@ pub enum BrowseError {
     },
 }
 
-/// Lists what the leaf serving at `addr` shares.
-pub(crate) async fn browse(state: &NodeState, addr: SocketAddr) -> Result<Listing, BrowseError> {
+/// Lists what the leaf serving at `addr` shares; `back`, when the leaf may not be reachable,
+/// asks it to connect back while it is dialled.
+pub(crate) async fn browse(
+    state: &NodeState,
+    addr: SocketAddr,
+    back: Option<BackFuture>,
+) -> Result<Listing, BrowseError> {
     let run = async {
-        let secure = connect_secure(addr, &state.identity, CONNECT_LIMIT)
-            .await
-            .map_err(|source| BrowseError::Connect { addr, source })?;
+        let direct = async {
+            let secure = connect_secure(addr, &state.identity, CONNECT_LIMIT)
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok((secure.peer, FrameReader::new(secure.reader), secure.writer))
+        };
+        let (peer, mut reader, mut writer) = match back {
+            None => direct.await,
+            Some(back) => {
+                let reverse = async {
+                    let conn = back.await?;
+                    // A listing comes in frames of up to the full limits.
+                    let reader = conn.reader.limited(wire::MAX_BODY, wire::MAX_PAYLOAD);
+                    Ok((conn.peer, reader, conn.writer))
+                };
+                first_ok(direct, reverse).await
+            }
+        }
+        .map_err(|why| BrowseError::Connect {
+            addr,
+            source: std::io::Error::other(why),
+        })?;
         let mine = Hello::new(state.node_id, Role::Leaf, state.listen, crate::AGENT);
-        let mut session = BrowseSession::new(secure.peer, mine);
-        let mut writer = secure.writer;
-        let mut reader = FrameReader::new(secure.reader);
+        let mut session = BrowseSession::new(peer, mine);
         let mut scratch = Vec::new();
         loop {
             while let Some(msg) = session.poll_transmit() {

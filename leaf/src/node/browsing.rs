@@ -4,9 +4,11 @@ use super::*;
 use crate::browse::{BrowseError, Listing};
 
 impl Node {
-    /// Lists what the leaf serving at `addr` shares.
+    /// Lists what the leaf serving at `addr` shares: dialled, and asked to connect back too
+    /// when a hit said it may not be reachable.
     pub async fn browse(&self, addr: SocketAddr) -> Result<Listing, BrowseError> {
-        crate::browse::browse(&self.inner.state, addr).await
+        let back = (self.connect_back())(addr);
+        crate::browse::browse(&self.inner.state, addr, back).await
     }
 
     /// Downloads every file of `folder` of the leaf at `addr` (and its subfolders) into
