@@ -2,8 +2,8 @@
 //! (`chromium-driver`'s `chromedriver`, with `fantoccini`). `.ci/run` installs both.
 //!
 //! The browser opens the address `leaf web-url` prints, types a search, sees the result arrive,
-//! starts its download and sees it reach "done"; the file is then on disk, whole. A file name
-//! with markup in it is shown as text. Screenshots (desktop and phone sizes) are saved under
+//! starts its download and sees it reach "done"; the file is then on disk, whole. It shares a
+//! folder by its path and stops sharing it. A file name with markup in it is shown as text. Screenshots (desktop and phone sizes) are saved under
 //! the test's output folder, `target/tmp/web-ui/`, for a person to look at.
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -129,6 +129,15 @@ async fn wait_text(c: &Client, css: &str, limit: Duration, ok: impl Fn(&str) -> 
     }
 }
 
+/// Waits up to 10 s for the node to be as `ok` says.
+async fn wait_node(node: &leaf::Node, ok: impl Fn(&leaf::Node) -> bool) {
+    let until = Instant::now() + Duration::from_secs(10);
+    while !ok(node) {
+        assert!(Instant::now() < until, "timed out waiting for the node");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 async fn save_screenshot(c: &Client, name: &str) {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("web-ui");
     std::fs::create_dir_all(&dir).unwrap();
@@ -227,6 +236,51 @@ fn a_person_searches_downloads_and_sees_it_done_in_a_real_browser() {
         let saved = std::fs::read(out.join(NAME)).expect("the download is on disk");
         assert!(saved == content, "the downloaded file differs");
         save_screenshot(&c, "downloads.png").await;
+
+        // Shares: a folder shared by its path, shown with its files, then no longer shared.
+        let mine = tmp.path().join("my share");
+        std::fs::create_dir_all(&mine).unwrap();
+        for i in 0..3 {
+            std::fs::write(mine.join(format!("track {i}.mp3")), vec![i as u8; 1000]).unwrap();
+        }
+        c.find(Locator::Css("nav button[data-view=shares]"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        let path = c.find(Locator::Id("share-path")).await.unwrap();
+        path.send_keys(&mine.display().to_string()).await.unwrap();
+        c.find(Locator::Css("#share-form button[type=submit]"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        wait_text(&c, "#share-status", Duration::from_secs(20), |t| {
+            t.starts_with("shared 3 files")
+        })
+        .await;
+        let shared = wait_text(&c, "tr.share", Duration::from_secs(10), |t| {
+            t.contains("my share")
+        })
+        .await;
+        assert!(shared.contains('3'), "{shared}");
+        assert_eq!(node.status().files, 3);
+        save_screenshot(&c, "shares.png").await;
+        // Stopping asks first; the browser says yes.
+        c.find(Locator::Css("tr.share button.unshare"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        let until = Instant::now() + Duration::from_secs(5);
+        while let Err(e) = c.accept_alert().await {
+            assert!(Instant::now() < until, "no question before unsharing: {e}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        wait_node(&node, |n| n.status().files == 0).await;
 
         // A phone-sized screen: the same results, nothing wider than the screen.
         c.set_window_size(390, 844).await.unwrap();
