@@ -381,6 +381,7 @@ fn only_verified_chunks_earn_credit() {
             unpublish: Box::new(|_| {}),
             reciprocity: reciprocity.clone(),
             listen: None,
+            peers: Default::default(),
         });
         let report = download::download(job, Box::new(|_| {})).await.unwrap();
         let liar_report = report.sources.iter().find(|s| s.addr == liar).unwrap();

@@ -308,6 +308,53 @@ fn a_leecher_tells_of_chunks_as_it_verifies_them() {
 }
 
 #[test]
+fn a_downloader_learns_of_other_leechers_from_its_source_without_searching() {
+    run_bounded(Duration::from_secs(90), async {
+        let tmp = tempfile::tempdir().unwrap();
+        let sp = net::superpeer(&[]).await;
+        let content = corpus::deterministic_bytes("source exchange", 4 << 20);
+        let id = FileId::from(blake3::hash(&content));
+        // A leecher with some of the file, from a slow seeder.
+        let Leeching {
+            seeder,
+            leecher,
+            download,
+            addr,
+        } = leech_until(tmp.path(), &sp, "pex.bin", &content, 2).await;
+        let seeder_addr = seeder.listen_addr().unwrap();
+        // A downloader told of the seeder alone, whose searches find nothing: only the seeder
+        // can tell it of the leecher.
+        let job = leaf::download::Job {
+            me: Arc::new(Identity::generate()),
+            id,
+            name: "pex.bin".into(),
+            expected_size: None,
+            out_dir: tmp.path().join("late"),
+            sources: vec![seeder_addr],
+            find: Arc::new(|| Box::pin(async { Vec::new() })),
+            connect_back: None,
+            give_up_after: Some(Duration::from_secs(30)),
+            wait_for_sources: false,
+            opts: leaf::download::DownloadOptions::default(),
+            cap: leaf::rate::RateLimit::unlimited(),
+            swarm: None,
+        };
+        let report = leaf::download::download(job, Box::new(|_| {}))
+            .await
+            .unwrap();
+        assert!(std::fs::read(&report.path).unwrap() == content);
+        let from_leecher = report.sources.iter().find(|s| s.addr == addr);
+        assert!(
+            from_leecher.is_some(),
+            "never connected to the leecher at {addr}: {report:?}"
+        );
+        drop(download);
+        leecher.shutdown().await;
+        seeder.shutdown().await;
+    });
+}
+
+#[test]
 fn a_file_is_served_to_at_most_its_share_of_downloaders_at_once() {
     run_bounded(Duration::from_secs(60), async {
         let tmp = tempfile::tempdir().unwrap();

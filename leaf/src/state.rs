@@ -63,6 +63,8 @@ pub(crate) struct NodeState {
     pub(crate) slots: UploadSlots,
     /// Files being downloaded, or seeded after, served from their verified chunks.
     pub(crate) partials: Partials,
+    /// The peers of each file's swarm met first-hand, for source exchange.
+    pub(crate) swarm_peers: crate::swarm::SwarmPeers,
     /// Whole files being fetched by several downloaders at once, shown a few chunks at a time.
     pub(crate) spread: Spread,
     pub(crate) upload_cap: RateLimit,

@@ -9,10 +9,13 @@
 //! - [`Reciprocity`]: bytes received from each peer, decaying with a half-life of
 //!   [`HALF_LIFE`]; the upload slots rank requesters by it (tit-for-tat).
 //! - [`Seeding`]: how long, or up to what upload ratio, a finished download keeps being served.
+//! - [`SwarmPeers`]: the peers of each file's swarm this node has met, told to the downloaders
+//!   it serves (source exchange, [`wire::Message::Peers`]).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fs::File;
 use std::io;
+use std::net::SocketAddr;
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
@@ -22,6 +25,67 @@ use arc_swap::ArcSwap;
 use event_listener::Event;
 pub use transfer::ShownTo;
 use wire::{Bitfield, FileId, FileRecord, Manifest, NodeId};
+
+/// Peers remembered per file for source exchange, the most recently met kept.
+pub const PEERS_KEPT: usize = 200;
+/// Files whose peers are remembered, the most recently met kept.
+const PEER_FILES_KEPT: usize = 256;
+/// How often a downloader is told of the swarm's peers again while it is served.
+pub const PEX_EVERY: Duration = Duration::from_secs(30);
+
+/// The peers of each file's swarm this node has met first-hand: sources it connected to (at
+/// the address it dialled) and downloaders that asked it for the file (at the address their
+/// connection came from, on the port their Hello names). Never what another peer told of: an
+/// address is passed on only by a node that met it, so a made-up one goes no further than the
+/// peer that made it up. Cheap to clone; clones share the list.
+#[derive(Debug, Clone, Default)]
+pub struct SwarmPeers {
+    inner: Arc<Mutex<PeerLists>>,
+}
+
+#[derive(Debug, Default)]
+struct PeerLists {
+    files: HashMap<FileId, VecDeque<SocketAddr>>,
+    /// Files in the order they were last met, oldest first.
+    order: VecDeque<FileId>,
+}
+
+impl SwarmPeers {
+    /// Met `addr`, a peer of file `id`'s swarm.
+    pub fn note(&self, id: FileId, addr: SocketAddr) {
+        if addr.port() == 0 || addr.ip().is_unspecified() {
+            return;
+        }
+        let mut l = self.inner.lock().unwrap();
+        let list = l.files.entry(id).or_default();
+        list.retain(|a| *a != addr);
+        list.push_back(addr);
+        if list.len() > PEERS_KEPT {
+            list.pop_front();
+        }
+        l.order.retain(|f| *f != id);
+        l.order.push_back(id);
+        while l.order.len() > PEER_FILES_KEPT {
+            if let Some(old) = l.order.pop_front() {
+                l.files.remove(&old);
+            }
+        }
+    }
+
+    /// Up to [`wire::MAX_PEX`] peers of `id` to tell `to` of, the most recently met first
+    /// (never `to` itself).
+    pub fn tell(&self, id: FileId, to: Option<SocketAddr>) -> Vec<SocketAddr> {
+        let l = self.inner.lock().unwrap();
+        l.files.get(&id).map_or_else(Vec::new, |list| {
+            list.iter()
+                .rev()
+                .filter(|a| Some(**a) != to)
+                .take(wire::MAX_PEX)
+                .copied()
+                .collect()
+        })
+    }
+}
 
 /// How fast the memory of a peer's uploads to us fades: its score halves every this long.
 pub const HALF_LIFE: Duration = Duration::from_secs(10);
@@ -251,6 +315,36 @@ impl Partials {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn swarm_peers_are_told_newest_first_bounded_and_never_to_themselves() {
+        let peers = SwarmPeers::default();
+        let (a, b) = (FileId([1; 32]), FileId([2; 32]));
+        let at = |i: u32| SocketAddr::from(([10, 0, (i >> 8) as u8, i as u8], 7000));
+        for i in 0..300 {
+            peers.note(a, at(i));
+        }
+        peers.note(a, at(5)); // met again: newest
+        peers.note(a, SocketAddr::from(([0, 0, 0, 0], 7000))); // no address: not kept
+        let told = peers.tell(a, Some(at(299)));
+        assert_eq!(told.len(), wire::MAX_PEX);
+        assert_eq!(told[0], at(5));
+        assert!(!told.contains(&at(299)));
+        assert_eq!(told[1], at(298));
+        assert!(peers.tell(b, None).is_empty());
+        // At most PEERS_KEPT per file, and files beyond PEER_FILES_KEPT forgotten oldest first.
+        assert_eq!(peers.inner.lock().unwrap().files[&a].len(), PEERS_KEPT);
+        for f in 0..PEER_FILES_KEPT as u32 {
+            let mut id = [0u8; 32];
+            id[..4].copy_from_slice(&f.to_be_bytes());
+            id[31] = 9;
+            peers.note(FileId(id), at(1));
+        }
+        assert!(
+            peers.tell(a, None).is_empty(),
+            "the oldest file was forgotten"
+        );
+    }
 
     #[test]
     fn only_marked_chunks_are_readable() {

@@ -79,6 +79,7 @@ pub(crate) async fn serve(node: Arc<NodeState>, stream: TcpStream, peer: SocketA
         reader,
         writer: secure.writer,
         peer: secure.peer,
+        seen: Some(peer),
     };
     if let Err(reason) = serve_inner(&node, stream, Some(first)).await {
         log::info!("upload connection from {peer} closed: {reason}");
@@ -206,6 +207,8 @@ async fn serve_as_asked(
         reader: FrameReader::new(secure.reader).limited(transfer::upload::MAX_REQUEST_BODY, 0),
         writer,
         peer: secure.peer,
+        // Through its router or a relay: not an address to tell others of.
+        seen: None,
     };
     serve_inner(node, stream, None).await
 }
@@ -233,6 +236,8 @@ struct Served {
     reader: FrameReader<SecureReader<TcpStream>>,
     writer: SecureWriter<TcpStream>,
     peer: NodeId,
+    /// Where its connection came from, when it dialled us.
+    seen: Option<SocketAddr>,
 }
 
 async fn serve_inner(
@@ -283,9 +288,24 @@ async fn serve_inner(
     let mut subscribed: Vec<(Arc<PartialFile>, Bitfield)> = Vec::new();
     // Listing pages asked for on this connection.
     let mut browses = 0;
+    // The file whose swarm this downloader is told of, and when next (source exchange).
+    let mut pex: Option<(FileId, Instant)> = None;
     let result = loop {
         // Everything the session has to say, then the chunks gained and shown since.
         let mut replies: Vec<Message> = std::iter::from_fn(|| session.poll_transmit()).collect();
+        if let Some((id, due)) = pex.filter(|(_, due)| Instant::now() >= *due) {
+            let addrs = node.swarm_peers.tell(
+                id,
+                stream
+                    .seen
+                    .zip(session.listen_port())
+                    .map(|(s, p)| SocketAddr::new(s.ip(), p)),
+            );
+            if !addrs.is_empty() {
+                replies.push(Message::Peers { id, addrs });
+            }
+            pex = Some((id, due.max(Instant::now()) + crate::swarm::PEX_EVERY));
+        }
         for (p, told) in subscribed.iter_mut() {
             if p.have_count() != told.count_ones() {
                 let now = p.bits();
@@ -339,13 +359,20 @@ async fn serve_inner(
                     }
                     None => not_shared(request, id),
                 },
-                UploadEvent::Bitfield { id } if !node.slots.admit_file(conn, id) => {
+                UploadEvent::Bitfield { id } if !admit(node, conn, id) => {
                     too_many(0, id, node.slots.per_file())
                 }
                 UploadEvent::Bitfield { id } => {
                     let reply = bitfield_of(node, id, &mut session, &mut subscribed);
                     if let Message::Bitfield { bits, .. } = &reply {
                         node.upload_cap.take(bits.len() as u64).await;
+                        // A peer of this file's swarm, where it says it serves; told of the
+                        // others from now on (source exchange).
+                        let serves_at = stream.seen.zip(session.listen_port());
+                        if let Some((seen, port)) = serves_at {
+                            node.swarm_peers.note(id, SocketAddr::new(seen.ip(), port));
+                        }
+                        pex = Some((id, Instant::now()));
                     }
                     reply
                 }
@@ -367,7 +394,7 @@ async fn serve_inner(
                     }
                     reply
                 }
-                UploadEvent::Chunk { id, request, .. } if !node.slots.admit_file(conn, id) => {
+                UploadEvent::Chunk { id, request, .. } if !admit(node, conn, id) => {
                     too_many(request, id, node.slots.per_file())
                 }
                 UploadEvent::Chunk { request, id, index } => {
@@ -389,7 +416,10 @@ async fn serve_inner(
         }
         // Nothing to serve: wait for a message, a chunk gained by a file we are fetching, or
         // the session's timeout.
-        let until = session.poll_timeout();
+        let until = match (session.poll_timeout(), pex) {
+            (Some(a), Some((_, b))) => Some(a.min(b)),
+            (a, b) => a.or(b.map(|(_, t)| t)),
+        };
         let gained = subscribed.first().map(|(p, _)| p.changed.listen());
         let next = smol::future::or(async { Some(rx.recv().await) }, async {
             let timer = async {
@@ -665,6 +695,14 @@ async fn serve_chunk(
             }
         }
     }
+}
+
+/// Whether connection `conn` may ask for file `id` (see
+/// [`crate::slots::UploadSlots::admit_file`]). Only files served here are counted: a file
+/// not served is answered as such, and made-up ids take no room.
+fn admit(node: &NodeState, conn: u64, id: wire::FileId) -> bool {
+    let served = node.shares.read().unwrap().get(&id).is_some() || node.partials.get(&id).is_some();
+    !served || node.slots.admit_file(conn, id)
 }
 
 /// The answer to a connection beyond the file's share ([`crate::slots::UploadSlots::per_file`]):

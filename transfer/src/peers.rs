@@ -2,12 +2,14 @@
 //! other sources wait to be tried, as BitTorrent clients keep a bounded, rotating peer set per
 //! torrent.
 //!
-//! A source is useless when it has delivered no verified chunk for [`Rotation::idle`] (counted
-//! from when it connected, or its last chunk): it holds nothing this download lacks, or keeps
-//! us queued, or is slow beyond use. When the set is full and a candidate waits, the most
-//! useless source goes: first one that holds nothing we lack, then one that keeps us queued,
-//! then the one idle longest. At most one goes every [`Rotation::every`], so the set turns over
-//! slowly and a source that is merely between chunks is not thrown out.
+//! A source is useless when it has delivered nothing for [`Rotation::idle`] (counted from when
+//! it connected, its last verified chunk, or the last bytes it sent while our requests were
+//! out, since a large chunk takes a while at a slow source): it holds nothing this download
+//! lacks, or is slow beyond use. A source that keeps us queued is waiting for its turn, not
+//! useless: it keeps its place (it would lose its place in the uploader's queue if let go).
+//! When the set is full and a candidate waits, the most useless source goes: first one that
+//! holds nothing we lack, then the one idle longest. At most one goes every
+//! [`Rotation::every`], so the set turns over slowly.
 //!
 //! The rule is sans IO: the driver passes the facts of its sources and the time, and lets go
 //! the source named.
@@ -21,8 +23,8 @@ pub struct PeerFacts {
     pub source: usize,
     /// When its connection came up.
     pub connected: Instant,
-    /// When it last delivered a chunk that was verified and kept.
-    pub last_chunk: Option<Instant>,
+    /// When it last delivered: a chunk verified and kept, or bytes while requests were out.
+    pub last_active: Option<Instant>,
     /// Whether it keeps us in its upload queue.
     pub queued: bool,
     /// Whether it holds a chunk this download lacks (`None`: it has not said what it holds).
@@ -32,7 +34,7 @@ pub struct PeerFacts {
 impl PeerFacts {
     /// Since when it has delivered nothing.
     fn idle_since(&self) -> Instant {
-        self.last_chunk
+        self.last_active
             .map_or(self.connected, |t| t.max(self.connected))
     }
 }
@@ -80,17 +82,11 @@ impl Rotation {
         }
         let useless = peers
             .iter()
-            .filter(|p| now.saturating_duration_since(p.idle_since()) >= self.idle);
-        // Nothing wanted first, then queued, then the longest idle (the lowest number last, so
-        // the choice does not depend on the order given).
-        let pick = useless.min_by_key(|p| {
-            (
-                p.has_wanted != Some(false),
-                !p.queued,
-                p.idle_since(),
-                p.source,
-            )
-        })?;
+            .filter(|p| !p.queued && now.saturating_duration_since(p.idle_since()) >= self.idle);
+        // Nothing wanted first, then the longest idle (then the lowest number, so the choice
+        // does not depend on the order given).
+        let pick =
+            useless.min_by_key(|p| (p.has_wanted != Some(false), p.idle_since(), p.source))?;
         self.last = Some(now);
         Some(pick.source)
     }
@@ -98,7 +94,11 @@ impl Rotation {
     /// When [`Rotation::handle_full`] could next name a source, given these peers (None: none
     /// of them could become useless; a new peer brings its own time).
     pub fn poll_timeout(&self, peers: &[PeerFacts]) -> Option<Instant> {
-        let soonest = peers.iter().map(|p| p.idle_since() + self.idle).min()?;
+        let soonest = peers
+            .iter()
+            .filter(|p| !p.queued)
+            .map(|p| p.idle_since() + self.idle)
+            .min()?;
         Some(match self.last {
             Some(t) => soonest.max(t + self.every),
             None => soonest,
@@ -114,7 +114,7 @@ mod tests {
         PeerFacts {
             source,
             connected,
-            last_chunk: None,
+            last_active: None,
             queued: false,
             has_wanted: Some(true),
         }
@@ -131,7 +131,7 @@ mod tests {
             r.handle_full(t0 + Duration::from_secs(29), &[busy, idle]),
             None
         );
-        busy.last_chunk = Some(t0 + Duration::from_secs(25));
+        busy.last_active = Some(t0 + Duration::from_secs(25));
         assert_eq!(
             r.handle_full(t0 + Duration::from_secs(31), &[busy, idle]),
             Some(1)
@@ -139,31 +139,33 @@ mod tests {
     }
 
     #[test]
-    fn nothing_wanted_goes_before_queued_before_merely_idle() {
+    fn nothing_wanted_goes_first_and_a_queued_source_keeps_its_place() {
         let t0 = Instant::now();
         let now = t0 + Duration::from_secs(100);
-        let mut r = Rotation::default();
         let old_idle = peer(0, t0);
         let queued = PeerFacts {
             queued: true,
-            ..peer(1, t0 + Duration::from_secs(50))
+            ..peer(1, t0)
         };
         let useless = PeerFacts {
             has_wanted: Some(false),
             ..peer(2, t0 + Duration::from_secs(60))
         };
+        let mut r = Rotation::default();
         assert_eq!(r.handle_full(now, &[old_idle, queued, useless]), Some(2));
         let mut r = Rotation::default();
-        assert_eq!(r.handle_full(now, &[old_idle, queued]), Some(1));
+        assert_eq!(r.handle_full(now, &[queued, old_idle]), Some(0));
+        // Queued for ever so long: still waiting its turn, not let go.
         let mut r = Rotation::default();
-        assert_eq!(r.handle_full(now, &[queued, old_idle]), Some(1));
+        assert_eq!(r.handle_full(now, &[queued]), None);
+        assert_eq!(r.poll_timeout(&[queued]), None);
         // Not said what it holds yet: not counted as holding nothing.
         let unknown = PeerFacts {
             has_wanted: None,
-            ..peer(3, t0)
+            ..peer(3, t0 + Duration::from_secs(10))
         };
         let mut r = Rotation::default();
-        assert_eq!(r.handle_full(now, &[unknown, queued]), Some(1));
+        assert_eq!(r.handle_full(now, &[unknown, useless]), Some(2));
     }
 
     #[test]
@@ -192,7 +194,7 @@ mod tests {
         let t0 = Instant::now();
         let r = Rotation::new(Duration::from_secs(30), Duration::from_secs(10));
         let mut a = peer(0, t0);
-        a.last_chunk = Some(t0 + Duration::from_secs(5));
+        a.last_active = Some(t0 + Duration::from_secs(5));
         let b = peer(1, t0 + Duration::from_secs(2));
         assert_eq!(r.poll_timeout(&[a, b]), Some(t0 + Duration::from_secs(32)));
         assert_eq!(r.poll_timeout(&[]), None);

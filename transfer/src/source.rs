@@ -38,7 +38,7 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
-use wire::{Bitfield, ChunkMsg, FileId, Message};
+use wire::{Bitfield, ChunkMsg, FileId, Message, TransferErrorKind};
 
 use crate::Scheduler;
 
@@ -99,7 +99,14 @@ pub enum SourceEvent {
     },
     /// The source serves us again.
     Unqueued,
+    /// Other peers of the swarm, as the source told of them ([`Message::Peers`]): sources
+    /// to try. At most one such event per [`PEX_GAP`].
+    Peers(Vec<std::net::SocketAddr>),
 }
+
+/// Peers told of by one source more often than this are ignored: a source cannot make the
+/// download dial a crowd.
+pub const PEX_GAP: Duration = Duration::from_secs(10);
 
 /// Why a session ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -140,6 +147,8 @@ pub struct SourceSession {
     /// How many done chunks we last told it of, and when.
     told_done: Option<u64>,
     told_at: Option<Instant>,
+    /// When the source last told of peers we took.
+    peers_at: Option<Instant>,
     wake_at: Option<Instant>,
     transmit: VecDeque<Message>,
     events: VecDeque<SourceEvent>,
@@ -164,6 +173,7 @@ impl SourceSession {
             queued_until: None,
             told_done: None,
             told_at: None,
+            peers_at: None,
             wake_at: None,
             transmit: VecDeque::new(),
             events: VecDeque::new(),
@@ -221,6 +231,22 @@ impl SourceSession {
                 sched.add_hold(self.me, index as u64);
                 Ok(())
             }
+            Message::Peers { id, addrs } => {
+                if id != self.id || addrs.len() > wire::MAX_PEX {
+                    return Err(SourceEnd::Hostile(format!(
+                        "told of {} peers of {} (at most {} of {})",
+                        addrs.len(),
+                        id.short(),
+                        wire::MAX_PEX,
+                        self.id.short()
+                    )));
+                }
+                if self.peers_at.is_none_or(|t| now >= t + PEX_GAP) && !addrs.is_empty() {
+                    self.peers_at = Some(now);
+                    self.events.push_back(SourceEvent::Peers(addrs));
+                }
+                Ok(())
+            }
             Message::Queued { request, position } => {
                 if !self.inflight.contains_key(&request) {
                     if issued(request) {
@@ -244,6 +270,11 @@ impl SourceSession {
                 self.events.push_back(SourceEvent::Queued { position });
                 Ok(())
             }
+            Message::TransferError {
+                kind: TransferErrorKind::Busy,
+                message,
+                ..
+            } => Err(SourceEnd::Failed(format!("busy: {message}"))),
             Message::TransferError { kind, message, .. } => Err(SourceEnd::Failed(format!(
                 "refused a chunk: {kind:?} ({message})"
             ))),
@@ -581,6 +612,40 @@ mod tests {
     }
 
     /// A session with source number `me` that has said it holds every chunk of 10.
+    #[test]
+    fn peers_told_of_are_passed_on_at_most_once_per_gap_and_bounded() {
+        let t = Instant::now();
+        let mut sched = Scheduler::with_seed(10, 1);
+        let mut s = ready(t, &mut sched, 0);
+        let addrs: Vec<std::net::SocketAddr> = (1..=3)
+            .map(|i| std::net::SocketAddr::from(([10, 0, 0, i], 7000)))
+            .collect();
+        let peers = |addrs: Vec<std::net::SocketAddr>| Message::Peers { id: ID, addrs };
+        s.handle_message(t, peers(addrs.clone()), &mut sched);
+        let told: Vec<_> = std::iter::from_fn(|| s.poll_event())
+            .filter(|e| matches!(e, SourceEvent::Peers(_)))
+            .collect();
+        assert_eq!(told, vec![SourceEvent::Peers(addrs.clone())]);
+        // Again at once: ignored, not an offence.
+        s.handle_message(t + Duration::from_secs(1), peers(addrs.clone()), &mut sched);
+        assert!(std::iter::from_fn(|| s.poll_event()).all(|e| !matches!(e, SourceEvent::Peers(_))));
+        assert_eq!(s.end(), None);
+        s.handle_message(t + PEX_GAP, peers(addrs.clone()), &mut sched);
+        assert!(std::iter::from_fn(|| s.poll_event()).any(|e| matches!(e, SourceEvent::Peers(_))));
+        // More than a message may hold: hostile.
+        let many = vec![addrs[0]; wire::MAX_PEX + 1];
+        s.handle_message(t + PEX_GAP * 3, peers(many), &mut sched);
+        assert!(matches!(s.end(), Some(SourceEnd::Hostile(w)) if w.contains("51 peers")));
+        // Of another file: hostile too.
+        let mut s = ready(t, &mut sched, 1);
+        let other = Message::Peers {
+            id: FileId([9; 32]),
+            addrs,
+        };
+        s.handle_message(t, other, &mut sched);
+        assert!(matches!(s.end(), Some(SourceEnd::Hostile(_))));
+    }
+
     fn ready(now: Instant, sched: &mut Scheduler, me: usize) -> SourceSession {
         let mut s = SourceSession::new(ID, 10, me, opts());
         assert_eq!(s.poll_transmit(), Some(Message::GetBitfield { id: ID }));

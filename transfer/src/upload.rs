@@ -93,6 +93,7 @@ pub struct UploadSession {
     mine: Option<Hello>,
     /// Set once its Hello is accepted: whether it serves others (gave a listen address).
     serves: Option<bool>,
+    listen_port: Option<u16>,
     started: Instant,
     last_request: Instant,
     pending: VecDeque<UploadEvent>,
@@ -111,6 +112,7 @@ impl UploadSession {
             peer,
             mine: Some(mine),
             serves: None,
+            listen_port: None,
             started: now,
             last_request: now,
             pending: VecDeque::new(),
@@ -130,6 +132,11 @@ impl UploadSession {
         self.serves.unwrap_or(false)
     }
 
+    /// The port the downloader says it serves chunks on (from its Hello), if it does.
+    pub fn listen_port(&self) -> Option<u16> {
+        self.listen_port
+    }
+
     /// A message from the downloader.
     pub fn handle_message(&mut self, now: Instant, msg: Message) {
         if self.end.is_some() {
@@ -147,6 +154,7 @@ impl UploadSession {
                     wire::hello::check(self.peer, &h)
                         .map_err(|e| UploadEnd::Failed(e.to_string()))?;
                     self.serves = Some(h.listen.is_some());
+                    self.listen_port = h.listen.map(|a| a.port()).filter(|&p| p != 0);
                     let mine = self.mine.take().expect("our Hello is sent once");
                     self.transmit.push_back(Message::Hello(mine));
                     Ok(())

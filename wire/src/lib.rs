@@ -36,7 +36,7 @@ pub use ids::{network_of, FileId, NodeId, ParseIdError, QueryId};
 pub use message::{
     Capability, ChunkMsg, FileRecord, Filter, Hello, Hit, HostEntry, Load, ManifestMsg, Message,
     Query, QueryHits, RedirectReason, Role, Search, Slots, Source, Tags, Terms, TransferErrorKind,
-    DEFAULT_TTL, MAX_TTL, PROTOCOL_VERSION,
+    DEFAULT_TTL, MAX_PEX, MAX_TTL, PROTOCOL_VERSION,
 };
 
 #[cfg(test)]

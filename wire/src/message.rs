@@ -14,6 +14,9 @@ use crate::ids::{FileId, NodeId, QueryId};
 /// The protocol version this build speaks.
 pub const PROTOCOL_VERSION: u16 = 1;
 
+/// The most addresses one [`Message::Peers`] carries.
+pub const MAX_PEX: usize = 50;
+
 /// The TTL a query starts with unless the user asks otherwise.
 pub const DEFAULT_TTL: u8 = 3;
 
@@ -548,6 +551,15 @@ pub enum Message {
         /// The chunk.
         index: u32,
     },
+    /// Source exchange, from a source to a downloader: other peers of the file's swarm that
+    /// the sender connected to, or was asked by, at the addresses it saw them at (at most
+    /// [`MAX_PEX`]). The downloader may try them without waiting for a search.
+    Peers {
+        /// The file.
+        id: FileId,
+        /// Where they serve chunks.
+        addrs: Vec<SocketAddr>,
+    },
     /// A super-peer's whole route table (QRP-style): the slots of a hashed word table that its
     /// leaves' files set. Sent to a neighbour when the connection is made; replaces any table
     /// of the same depth the receiver held for this connection.
@@ -710,6 +722,7 @@ impl Message {
             Message::BrowseRefused { .. } => "BrowseRefused",
             Message::Bitfield { .. } => "Bitfield",
             Message::Have { .. } => "Have",
+            Message::Peers { .. } => "Peers",
             Message::RouteTable { .. } => "RouteTable",
             Message::RoutePatch { .. } => "RoutePatch",
         }

@@ -139,6 +139,9 @@ pub struct SwarmHooks {
     /// Where this node serves chunks, told to sources in Hello (they favour downloaders that
     /// serve others); `None` for a node that serves nobody.
     pub listen: Option<SocketAddr>,
+    /// The swarm's peers this node met, where the sources it connects to are noted (and told
+    /// to the downloaders it serves).
+    pub peers: crate::swarm::SwarmPeers,
 }
 
 /// Downloads a file; see the module docs for the steps.

@@ -412,6 +412,7 @@ impl Run<'_> {
         };
         src.node = Some(conn.node);
         src.connected_at = Some(Instant::now());
+        let addr = src.addr;
         src.report.reached = Some(conn.reached);
         src.last_byte = conn.last_byte.clone();
         let (out, reader) = conn.start(
@@ -425,6 +426,12 @@ impl Run<'_> {
         let mut session = SourceSession::new(self.s.job.id, count, n, opts);
         session.handle_timeout(Instant::now(), &mut self.s.sched);
         src.session = Some(session);
+        // Connected: earlier failures no longer lengthen its next wait.
+        self.retry_at.remove(&addr);
+        // Met first-hand: a peer of this file's swarm to tell others of.
+        if let Some(hooks) = &self.s.job.swarm {
+            hooks.peers.note(self.s.job.id, addr);
+        }
         self.report(false);
     }
 
@@ -484,10 +491,15 @@ impl Run<'_> {
             .iter()
             .filter(|(_, s)| s.session.is_some())
             .filter_map(|(&n, s)| {
+                // Bytes arriving while requests are out count as delivering: a large chunk
+                // takes a while at a slow source.
+                let busy = (s.session.as_ref()?.inflight() > 0).then(|| {
+                    self.s.epoch + Duration::from_millis(s.last_byte.load(Ordering::Relaxed))
+                });
                 Some(PeerFacts {
                     source: n,
                     connected: s.connected_at?,
-                    last_chunk: s.last_chunk,
+                    last_active: s.last_chunk.max(busy),
                     queued: self.queued.contains_key(&n),
                     has_wanted: if wants {
                         self.s.sched.wants_from(n)
@@ -577,6 +589,7 @@ impl Run<'_> {
         let Some(session) = src.session.as_mut() else {
             return;
         };
+        let mut told = Vec::new();
         while let Some(event) = session.poll_event() {
             match event {
                 // Bytes in are not credit: only a chunk verified and kept earns the source
@@ -616,6 +629,7 @@ impl Run<'_> {
                 SourceEvent::Unqueued => {
                     self.queued.remove(&n);
                 }
+                SourceEvent::Peers(addrs) => told.extend(addrs),
             }
         }
         if let Some(out) = &src.out {
@@ -631,6 +645,13 @@ impl Run<'_> {
                 src.waiting_since.get_or_insert_with(Instant::now);
             }
             None => src.waiting_since = None,
+        }
+        // Peers of the swarm the source told of: tried as places free up (never ourselves).
+        let now = Instant::now();
+        for addr in told {
+            if Some(addr) != self.s.listen {
+                self.offer(addr, now);
+            }
         }
         self.start_checks();
     }

@@ -264,6 +264,7 @@ impl Node {
                 },
                 reciprocity: self.inner.state.slots.reciprocity.clone(),
                 listen: self.inner.state.advertised(),
+                peers: self.inner.state.swarm_peers.clone(),
             }),
         };
         Ok(download::download(job, Box::new(on_progress)).await?)

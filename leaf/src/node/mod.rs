@@ -363,6 +363,7 @@ impl Node {
             slots: UploadSlots::new(config.upload_slots, Arc::default())
                 .with_per_file(config.max_downloaders_per_file),
             partials: Partials::default(),
+            swarm_peers: Default::default(),
             spread: Spread::default(),
             upload_cap: RateLimit::new(config.upload_rate),
             browsable: config.browsable,
