@@ -445,6 +445,30 @@ pub mod net {
         .await
     }
 
+    /// A download of `id` from exactly `sources`, into `out`, by a node of its own: searches
+    /// find nothing more, and with no source connected for 5 s it fails.
+    pub fn direct_job(
+        id: wire::FileId,
+        sources: Vec<SocketAddr>,
+        out: &Path,
+    ) -> leaf::download::Job {
+        leaf::download::Job {
+            me: std::sync::Arc::new(Identity::generate()),
+            id,
+            name: "set.flac".into(),
+            expected_size: None,
+            out_dir: out.to_path_buf(),
+            sources,
+            find: std::sync::Arc::new(|| Box::pin(async { Vec::new() })),
+            connect_back: None,
+            give_up_after: Some(Duration::from_secs(5)),
+            wait_for_sources: false,
+            opts: leaf::download::DownloadOptions::default(),
+            cap: leaf::rate::RateLimit::unlimited(),
+            swarm: None,
+        }
+    }
+
     /// Shares `folder` from `leaf` and waits until super-peer `sp` indexes its files: a share is
     /// announced on its own, so a search straight after `share` may not find it yet.
     pub async fn share_indexed(leaf: &Node, sp: &SuperPeerNode, folder: &Path) {

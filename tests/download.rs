@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use canopy::corpus;
 use canopy::net::{self, run_bounded};
-use leaf::download::{self, DownloadOptions};
+use leaf::download;
 use smol::net::TcpListener;
 use transport::identity::Identity;
 use transport::net::{write_message, FrameReader};
@@ -184,21 +184,7 @@ async fn honest_sources(
 
 /// A download of `id` from exactly `sources` (the network has no others to offer).
 fn job(id: FileId, sources: Vec<SocketAddr>, out: &std::path::Path) -> download::Job {
-    download::Job {
-        me: std::sync::Arc::new(Identity::generate()),
-        id,
-        name: "set.flac".into(),
-        expected_size: None,
-        out_dir: out.to_path_buf(),
-        sources,
-        find: std::sync::Arc::new(|| Box::pin(async { Vec::new() })),
-        connect_back: None,
-        give_up_after: Some(Duration::from_secs(5)),
-        wait_for_sources: false,
-        opts: DownloadOptions::default(),
-        cap: leaf::rate::RateLimit::unlimited(),
-        swarm: None,
-    }
+    net::direct_job(id, sources, out)
 }
 
 fn run_case(kind: Fake, check: impl FnOnce(&download::DownloadReport, SocketAddr)) {

@@ -51,11 +51,19 @@ impl Client {
         self.recv().await
     }
 
+    /// The next message, past any telling of other peers (source exchange), which this client
+    /// has no use for.
     async fn recv(&mut self) -> Message {
-        self.reader
-            .read_message_within(Duration::from_secs(10))
-            .await
-            .unwrap()
+        loop {
+            let msg = self
+                .reader
+                .read_message_within(Duration::from_secs(10))
+                .await
+                .unwrap();
+            if !matches!(msg, Message::Peers { .. }) {
+                return msg;
+            }
+        }
     }
 }
 
@@ -324,21 +332,8 @@ fn a_downloader_learns_of_other_leechers_from_its_source_without_searching() {
         let seeder_addr = seeder.listen_addr().unwrap();
         // A downloader told of the seeder alone, whose searches find nothing: only the seeder
         // can tell it of the leecher.
-        let job = leaf::download::Job {
-            me: Arc::new(Identity::generate()),
-            id,
-            name: "pex.bin".into(),
-            expected_size: None,
-            out_dir: tmp.path().join("late"),
-            sources: vec![seeder_addr],
-            find: Arc::new(|| Box::pin(async { Vec::new() })),
-            connect_back: None,
-            give_up_after: Some(Duration::from_secs(30)),
-            wait_for_sources: false,
-            opts: leaf::download::DownloadOptions::default(),
-            cap: leaf::rate::RateLimit::unlimited(),
-            swarm: None,
-        };
+        let mut job = net::direct_job(id, vec![seeder_addr], &tmp.path().join("late"));
+        job.give_up_after = Some(Duration::from_secs(30));
         let report = leaf::download::download(job, Box::new(|_| {}))
             .await
             .unwrap();
