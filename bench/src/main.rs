@@ -20,9 +20,10 @@
 //! 4. [`cases::search`]: 10 super-peers and 200 leaves over the corpus: latency, and one
 //!    super-peer's queries per second, against a local tantivy index of the whole corpus.
 //! 5. [`cases::ingest`]: one super-peer registering 100,000 records from 100 leaves.
-//! 6. [`cases::swarm`] (issue 9): one seeder and N = 10 and 30 leechers on testbed hosts, every
-//!    upload capped at the same rate, all fetching a 100 MiB file at once: time until all have
-//!    it against size/R and N·size/R, beside BitTorrent (`aria2c` with `opentracker`, both
+//! 6. [`cases::swarm`] (issues 9 and 21): one seeder and N = 10 and 30 leechers on testbed
+//!    hosts, every upload capped at the same rate, all fetching a 100 MiB file at once, then
+//!    N = 100 with a 32 MiB file at 8 Mbit/s: time until all have it against size/R and
+//!    N·size/R, a leecher's most sockets and peak memory, beside BitTorrent (`aria2c` with `opentracker`, both
 //!    installed from Debian's packages when missing). Its figures also go to their own
 //!    section of `BENCHMARKS.md` (between `<!-- BEGIN swarm` and `<!-- END swarm -->`),
 //!    rewritten by any run of the case that is not `--quick`.
@@ -542,7 +543,7 @@ fn case_section(
         .map_or(0.0, |(_, b)| *b);
     let mut out = String::new();
     let title = if key == "swarm" {
-        "Swarm distribution (issue 9)"
+        "Swarm distribution (issues 9 and 21)"
     } else {
         "Load on one super-peer (issue 7)"
     };
@@ -584,13 +585,17 @@ fn case_section(
     } else {
         out.push_str(
             "\nOne seeder and N leechers, each on its own host of the namespace testbed (case 1), \
-         every host's upload capped by a `tbf` qdisc at R = 20 Mbit/s; the super-peer's (and \
-         tracker's) host is not capped. All leechers are asked for the 100 MiB file at the same \
+         every host's upload capped by a `tbf` qdisc at R (20 Mbit/s for N = 10 and 30, with a \
+         100 MiB file; 8 Mbit/s for N = 100, with a 32 MiB file); the super-peer's (and \
+         tracker's) host is not capped. All leechers are asked for the file at the same \
          moment; \"all done\" is when the last one has it (Canopy: the file appears under its \
          final name, which happens only once every chunk is verified; aria2c: its \
          download-complete hook runs). size/R is the time the seeder alone needs to send the \
          file once, the lower bound for everyone; N·size/R is the seeder serving each leecher \
-         alone. \"Seeder sent\" is the seeder's uploaded bytes over the file size. Canopy: \
+         alone. \"Seeder sent\" is the seeder's uploaded bytes over the file size; a leecher's sockets \
+         (most held by one leecher process, sampled every 0.5 s) count its links to other \
+         leaves plus about four of its own (listener, super-peer link, control socket); its \
+         memory is the largest peak resident set of a leecher process. Canopy: \
          `leaf share` nodes (the leechers share an empty folder, seed with `--seed-minutes \
          none`) and `leaf get ID` to each; reference: `aria2c` with `opentracker` on the \
          super-peer's host and a `mktorrent -l 18` torrent (256 KiB pieces, as Canopy's \

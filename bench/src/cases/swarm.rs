@@ -1,8 +1,11 @@
-//! Case 6, swarm distribution (issue 9): one seeder and N = 10 and 30 leechers, every one of
-//! them on its own testbed host with its upload capped at the same rate R, all asking for the
-//! same file (100 MiB) at once. Reported: the time until every leecher has the file, against
-//! the single-source lower bound size/R and the naive N·size/R (the seeder serving everyone
-//! alone).
+//! Case 6, swarm distribution (issues 9 and 21): one seeder and N leechers, every one of them on
+//! its own testbed host with its upload capped at the same rate R, all asking for the same file
+//! at once: N = 10 and 30 with a 100 MiB file at 20 Mbit/s, and N = 100 with a 32 MiB file at
+//! 8 Mbit/s. Reported: the time until every leecher has the file, against the single-source
+//! lower bound size/R and the naive N·size/R (the seeder serving everyone alone); for Canopy,
+//! also the most sockets one leecher process held at once (sampled every 0.5 s: its links to
+//! other leaves, plus its listener, super-peer link and control socket) and the largest peak
+//! resident memory of a leecher process.
 //!
 //! Canopy: a `leaf share` node on every host (the seeder shares the file; each leecher shares
 //! an empty folder and seeds whatever it downloads), then `leaf get ID` to each leecher's
@@ -30,14 +33,25 @@ use crate::setup::find_program;
 use crate::testbed::{Host, Testbed};
 
 const CASE: &str = "6 swarm";
-/// Every host's upload cap, Mbit/s.
-const CAP_MBIT: u32 = 20;
-/// The issue's target for N = 30: all done within this many times size/R.
+/// The issues' target for N = 30 and N = 100: all done within this many times size/R.
 const TARGET: f64 = 1.3;
 
-/// Finish times of one run, from the moment every `get` was started.
+/// One set of runs on one testbed: the file's size, every host's upload cap, the leecher
+/// counts, and the counts the target applies to.
+struct Setting {
+    size: u64,
+    cap_mbit: u32,
+    counts: &'static [usize],
+    targeted: &'static [usize],
+}
+
+/// Finish times of one run, from the moment every `get` was started; for Canopy, the most
+/// sockets a leecher held and the largest peak resident memory of a leecher (KiB).
+#[derive(Default)]
 struct Run {
     done: Vec<Duration>,
+    peak_sockets: usize,
+    peak_rss_kib: u64,
 }
 
 impl Run {
@@ -50,27 +64,62 @@ impl Run {
     }
 }
 
-/// Runs the case on a fresh testbed.
+/// Runs the case: each setting on a fresh testbed.
 pub fn run(ctx: &Ctx) -> anyhow::Result<Vec<Row>> {
+    let settings: &[Setting] = if ctx.quick {
+        &[Setting {
+            size: 16 << 20,
+            cap_mbit: 20,
+            counts: &[4, 8],
+            targeted: &[4, 8],
+        }]
+    } else {
+        &[
+            Setting {
+                size: 100 << 20,
+                cap_mbit: 20,
+                counts: &[10, 30],
+                targeted: &[30],
+            },
+            Setting {
+                size: 32 << 20,
+                cap_mbit: 8,
+                counts: &[100],
+                targeted: &[100],
+            },
+        ]
+    };
+    let mut rows = Vec::new();
+    for setting in settings {
+        rows.extend(run_setting(ctx, setting)?);
+    }
+    Ok(rows)
+}
+
+fn run_setting(ctx: &Ctx, setting: &Setting) -> anyhow::Result<Vec<Row>> {
     let aria2c = ctx.refs.get("aria2c")?;
     let (opentracker, mktorrent) = bittorrent_tools()?;
-    let size: u64 = if ctx.quick { 16 << 20 } else { 100 << 20 };
-    let counts: &[usize] = if ctx.quick { &[4, 8] } else { &[10, 30] };
+    let Setting {
+        size,
+        cap_mbit,
+        counts,
+        targeted,
+    } = *setting;
     let most = *counts.iter().max().expect("counts");
-    let cap_bytes = CAP_MBIT as f64 * 1e6 / 8.0;
+    let cap_bytes = cap_mbit as f64 * 1e6 / 8.0;
     let ideal = size as f64 / cap_bytes;
 
     let scratch = Scratch::create(ctx.scratch.join("swarm"))?;
-    let logs = ctx.log_dir("6-swarm")?;
+    let logs = ctx.log_dir(&format!("6-swarm-{}MiB", size >> 20))?;
     let share = scratch.dir("share")?;
     let name = format!("canopy-swarm-{}MiB.bin", size >> 20);
     eprintln!("case {CASE}: writing a {} MiB file", size >> 20);
     let id = data::noise_file(&share.join(&name), size, "swarm file")?;
     eprintln!(
-        "case {CASE}: testbed of {} hosts, each upload capped at {CAP_MBIT} Mbit/s",
+        "case {CASE}: testbed of {} hosts, each upload capped at {cap_mbit} Mbit/s",
         most + 1
     );
-    let tb = Testbed::create(most + 1, CAP_MBIT)?;
+    let tb = Testbed::create(most + 1, cap_mbit)?;
     let seed_host = &tb.sources[0];
     let leech_hosts = &tb.sources[1..];
     let limit = Duration::from_secs_f64(6.0 * ideal + 120.0);
@@ -111,11 +160,14 @@ pub fn run(ctx: &Ctx) -> anyhow::Result<Vec<Row>> {
         )?;
         let after = uploaded_bytes(&ctx.bins.leaf, &seed_dir)?;
         eprintln!(
-            "  all done in {:.1} s ({:.2}× size/R; first {:.1} s); the seeder sent {:.2}× the file",
+            "  all done in {:.1} s ({:.2}× size/R; first {:.1} s); the seeder sent {:.2}× the \
+             file; a leecher held {} sockets at most and {:.0} MiB of memory at most",
             run.last().as_secs_f64(),
             run.last().as_secs_f64() / ideal,
             run.first().as_secs_f64(),
-            after.saturating_sub(before) as f64 / size as f64
+            after.saturating_sub(before) as f64 / size as f64,
+            run.peak_sockets,
+            run.peak_rss_kib as f64 / 1024.0
         );
         ours.push((n, run, after.saturating_sub(before)));
     }
@@ -220,20 +272,23 @@ pub fn run(ctx: &Ctx) -> anyhow::Result<Vec<Row>> {
         let b = bt.last().as_secs_f64();
         let naive = *n as f64 * ideal;
         let met = t <= TARGET * ideal;
+        let targeted = targeted.contains(n);
         rows.push(Row {
             case: CASE.into(),
             what: format!(
-                "N={n}: 1 seeder + {n} leechers, {} MiB, every upload {CAP_MBIT} Mbit/s: all done \
+                "N={n}: 1 seeder + {n} leechers, {} MiB, every upload {cap_mbit} Mbit/s: all done \
                  (size/R = {ideal:.1} s, N·size/R = {naive:.0} s)",
                 size >> 20
             ),
             ours: format!(
                 "{t:.1} s = {:.2}× size/R, {:.3}× N·size/R (first done {:.1} s; seeder sent \
-                 {:.2}× the file)",
+                 {:.2}× the file; a leecher held at most {} sockets and {:.0} MiB resident)",
                 t / ideal,
                 t / naive,
                 run.first().as_secs_f64(),
-                *uploaded as f64 / size as f64
+                *uploaded as f64 / size as f64,
+                run.peak_sockets,
+                run.peak_rss_kib as f64 / 1024.0
             ),
             reference: format!(
                 "aria2c {b:.1} s = {:.2}× size/R (first done {:.1} s)",
@@ -241,12 +296,12 @@ pub fn run(ctx: &Ctx) -> anyhow::Result<Vec<Row>> {
                 bt.first().as_secs_f64()
             ),
             ratio: format!("{:.2}× aria2c's speed", b / t),
-            target: if *n == 30 || ctx.quick {
+            target: if targeted {
                 format!("≤{TARGET:.1}× size/R")
             } else {
                 "—".into()
             },
-            verdict: if *n == 30 || ctx.quick {
+            verdict: if targeted {
                 Verdict::of(met)
             } else {
                 Verdict::Info
@@ -321,13 +376,59 @@ fn canopy_run(
         )?);
         outs.push(out.join(name));
     }
-    let run = wait_all(&outs, start, limit, &mut nodes)?;
+    let pids: Vec<u32> = nodes.iter().map(Proc::pid).collect();
+    let sampling = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let sampler = {
+        let (pids, sampling) = (pids.clone(), sampling.clone());
+        std::thread::spawn(move || {
+            let mut most = 0;
+            while sampling.load(std::sync::atomic::Ordering::Relaxed) {
+                most = pids
+                    .iter()
+                    .map(|&p| sockets_of(p))
+                    .max()
+                    .unwrap_or(0)
+                    .max(most);
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            most
+        })
+    };
+    let run = wait_all(&outs, start, limit, &mut nodes);
+    sampling.store(false, std::sync::atomic::Ordering::Relaxed);
+    let peak_sockets = sampler.join().unwrap_or(0);
+    let mut run = run?;
+    run.peak_sockets = peak_sockets;
+    run.peak_rss_kib = pids.iter().map(|&p| peak_rss_kib(p)).max().unwrap_or(0);
     for o in &outs {
         check_file(o, size, id).context("leaf get's file")?;
     }
     drop(gets);
     drop(nodes);
     Ok(run)
+}
+
+/// The sockets process `pid` has open now (0 if it is gone).
+fn sockets_of(pid: u32) -> usize {
+    fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |fds| {
+        fds.flatten()
+            .filter(|fd| {
+                fs::read_link(fd.path()).is_ok_and(|t| t.to_string_lossy().starts_with("socket:"))
+            })
+            .count()
+    })
+}
+
+/// The peak resident memory of process `pid`, in KiB (0 if it is gone).
+fn peak_rss_kib(pid: u32) -> u64 {
+    fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
 }
 
 /// Waits until every path in `marks` exists; their times from `start`. Fails after `limit`
@@ -349,6 +450,7 @@ fn wait_all(
         if done.iter().all(Option::is_some) {
             return Ok(Run {
                 done: done.into_iter().flatten().collect(),
+                ..Run::default()
             });
         }
         if start.elapsed() > limit {
