@@ -290,6 +290,9 @@ async fn serve_inner(
     let mut browses = 0;
     // The file whose swarm this downloader is told of, and when next (source exchange).
     let mut pex: Option<(FileId, Instant)> = None;
+    // Files this connection was admitted for (see `admit`): a chunk request for one of them
+    // takes no lock.
+    let mut admitted: Vec<FileId> = Vec::new();
     let result = loop {
         // Everything the session has to say, then the chunks gained and shown since.
         let mut replies: Vec<Message> = std::iter::from_fn(|| session.poll_transmit()).collect();
@@ -359,7 +362,7 @@ async fn serve_inner(
                     }
                     None => not_shared(request, id),
                 },
-                UploadEvent::Bitfield { id } if !admit(node, conn, id) => {
+                UploadEvent::Bitfield { id } if !admit(node, conn, id, &mut admitted) => {
                     too_many(0, id, node.slots.per_file())
                 }
                 UploadEvent::Bitfield { id } => {
@@ -394,7 +397,7 @@ async fn serve_inner(
                     }
                     reply
                 }
-                UploadEvent::Chunk { id, request, .. } if !admit(node, conn, id) => {
+                UploadEvent::Chunk { id, request, .. } if !admit(node, conn, id, &mut admitted) => {
                     too_many(request, id, node.slots.per_file())
                 }
                 UploadEvent::Chunk { request, id, index } => {
@@ -699,10 +702,21 @@ async fn serve_chunk(
 
 /// Whether connection `conn` may ask for file `id` (see
 /// [`crate::slots::UploadSlots::admit_file`]). Only files served here are counted: a file
-/// not served is answered as such, and made-up ids take no room.
-fn admit(node: &NodeState, conn: u64, id: wire::FileId) -> bool {
+/// not served is answered as such, and made-up ids take no room. `admitted`: the files this
+/// connection was admitted for already, which need no look.
+fn admit(node: &NodeState, conn: u64, id: wire::FileId, admitted: &mut Vec<FileId>) -> bool {
+    if admitted.contains(&id) {
+        return true;
+    }
     let served = node.shares.read().unwrap().get(&id).is_some() || node.partials.get(&id).is_some();
-    !served || node.slots.admit_file(conn, id)
+    if !served {
+        return true;
+    }
+    let ok = node.slots.admit_file(conn, id);
+    if ok {
+        admitted.push(id);
+    }
+    ok
 }
 
 /// The answer to a connection beyond the file's share ([`crate::slots::UploadSlots::per_file`]):
