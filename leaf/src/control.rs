@@ -75,15 +75,16 @@ pub enum Request {
     },
     /// The wishlist.
     Wishes,
-    /// List what the leaf at `addr` shares.
+    /// List what the leaf `source` names shares.
     Browse {
-        /// Where it serves chunks.
-        addr: std::net::SocketAddr,
+        /// Where it serves chunks (`IP:PORT`), or its node id (or the first 8 or more hex
+        /// digits of it) as a search of this node met it ([`crate::node::Node::locate`]).
+        source: String,
     },
-    /// Download a folder of the leaf at `addr`: one `GetDone`/`GetFailed` per file.
+    /// Download a folder of the leaf `source` names: one `GetDone`/`GetFailed` per file.
     GetFolder {
-        /// Where it serves chunks.
-        addr: std::net::SocketAddr,
+        /// Its address or node id, as for [`Request::Browse`].
+        source: String,
         /// The folder, as its listing gives it.
         folder: String,
         /// Where to save it, absolute (the folder is made inside).

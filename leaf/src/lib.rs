@@ -53,6 +53,7 @@ pub mod portmap;
 pub mod rate;
 pub mod reverse;
 pub mod search;
+pub mod seen;
 pub mod share;
 pub mod slots;
 mod state;

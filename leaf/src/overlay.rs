@@ -275,6 +275,10 @@ pub(crate) async fn run(inner: Arc<NodeState>, settings: Settings, commands: Rec
                     }
                     LeafEvent::Hits { query, hits } => {
                         if let Some(t) = searches.get(&query) {
+                            // The sources of our own searches, by node id (`leaf browse NODE`).
+                            let mut seen = inner.seen.lock().unwrap();
+                            hits.iter().for_each(|h| seen.note(&h.source));
+                            drop(seen);
                             // Full: the search's reader is behind; the rest is dropped.
                             let _ = t.try_send(hits);
                         }

@@ -96,6 +96,34 @@ fn share_search_get_and_status_through_the_binaries() {
             "{line:?} in\n{tree}"
         );
     }
+    // By node id too, as `search --json` printed it (carol's earlier searches met alice, and
+    // the record of that outlives each command): the whole id, or its first 8 digits. An id no
+    // search met is refused by name.
+    let alice_node = status_json(&base.join("alice-data"), &sp_addr)["node"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        rows[0]["source_nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n.as_str() == Some(&alice_node)),
+        "{rows:?}"
+    );
+    for given in [&alice_node[..], &alice_node[..8]] {
+        let out = run(leaf(&carol, &sp_addr).args(["browse", given]));
+        assert!(out.status.success(), "{given}: {}", text(&out.stderr));
+        assert_eq!(text(&out.stdout), tree, "{given}");
+    }
+    let out = run(leaf(&carol, &sp_addr).args(["browse", "0123456789abcdef"]));
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr)
+            .contains("no search of this node met a leaf with node id 0123456789abcdef"),
+        "{}",
+        text(&out.stderr)
+    );
     let albums = base.join("albums");
     let out = run(leaf(&carol, &sp_addr)
         .args(["get-folder", &alice_addr, "Music/Ólafur Arnalds", "--out"])

@@ -631,7 +631,7 @@ function browsePeer(addr) {
   fill($('browse-tree'));
   const files = [];
   let total = 0, got = addr;
-  send({ Browse: { addr } }, (r) => {
+  send({ Browse: { source: addr } }, (r) => {
     const k = kindOf(r), b = bodyOf(r);
     if (k === 'Listing') { files.push(...b.files); total = b.total; got = b.addr; }
     else if (k === 'Error') { notice(b); $('browse-status').textContent = `failed: ${b}`; }
@@ -674,7 +674,7 @@ function treeItems(node) {
       e.preventDefault(); // don't toggle the <details>
       getFolder.disabled = true;
       getFolder.textContent = 'Queued';
-      send({ GetFolder: { addr: listing.addr, folder: dir.path, out: '', again: false } }, (r) => {
+      send({ GetFolder: { source: listing.addr, folder: dir.path, out: '', again: false } }, (r) => {
         if (kindOf(r) === 'Error') notice(bodyOf(r));
         if (kindOf(r) === 'GetFailed') notice(`download failed: ${bodyOf(r).error}`);
       }, { firstOnly: true });

@@ -4,11 +4,33 @@ use super::*;
 use crate::browse::{BrowseError, Listing};
 
 impl Node {
+    /// Where the leaf `source` names serves: `source` is its address (`IP:PORT`), or its node
+    /// id or at least the first 8 hex digits of it, as a hit of this node's searches gave it
+    /// (the address its super-peer saw it at, never one it claimed; [`crate::seen`]). A leaf
+    /// found by id is asked to connect back as its hit said, as a download's sources are.
+    pub fn locate(&self, source: &str) -> Result<SocketAddr, NodeError> {
+        if let Ok(addr) = source.trim().parse::<SocketAddr>() {
+            return Ok(addr);
+        }
+        let state = &self.inner.state;
+        let found = state.seen.lock().unwrap().find(source)?;
+        state.reverse.note(&found);
+        Ok(found.addr)
+    }
+
     /// Lists what the leaf serving at `addr` shares: dialled, and asked to connect back too
     /// when a hit said it may not be reachable.
     pub async fn browse(&self, addr: SocketAddr) -> Result<Listing, BrowseError> {
         let back = (self.connect_back())(addr);
         crate::browse::browse(&self.inner.state, addr, back).await
+    }
+
+    /// [`Node::browse`] of the leaf `source` names ([`Node::locate`]).
+    pub async fn locate_and_browse(&self, source: &str) -> Result<Listing, NodeError> {
+        let addr = self.locate(source)?;
+        self.browse(addr)
+            .await
+            .map_err(|e| NodeError::Browse(e.to_string()))
     }
 
     /// Downloads every file of `folder` of the leaf at `addr` (and its subfolders) into

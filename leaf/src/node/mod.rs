@@ -185,6 +185,9 @@ pub enum NodeError {
     /// Browsing another leaf, or fetching one of its folders, failed.
     #[error("{0}")]
     Browse(String),
+    /// A leaf named by its node id is not one this node's searches met.
+    #[error(transparent)]
+    Unknown(#[from] crate::seen::SeenError),
     /// The data directory cannot be used.
     #[error("cannot use the data directory {}: {source}", path.display())]
     DataDir {
@@ -368,6 +371,7 @@ impl Node {
             upload_cap: RateLimit::new(config.upload_rate),
             browsable: config.browsable,
             reverse: Default::default(),
+            seen: Mutex::new(crate::seen::Seen::load(&config.data_dir)),
             external_port: Default::default(),
             upload_streams: Mutex::new(HashMap::new()),
             upload_keys: AtomicU64::new(0),
@@ -642,6 +646,9 @@ impl Node {
             .inner
             .overlay
             .try_send(crate::overlay::Command::EndSearch(id));
+        // The sources it met, for `leaf browse NODE` by this or a later command.
+        let state = &self.inner.state;
+        state.seen.lock().unwrap().save_if_changed(&state.data_dir);
     }
 
     fn tried(&self) -> String {

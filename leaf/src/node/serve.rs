@@ -134,7 +134,7 @@ impl Node {
             Request::Wishes => {
                 let _ = reply.send(Reply::Wishes(self.wishes())).await;
             }
-            Request::Browse { addr } => match self.browse(addr).await {
+            Request::Browse { source } => match self.locate_and_browse(&source).await {
                 // In parts that each fit a control frame; the client puts them together.
                 Ok(listing) => {
                     for part in crate::browse::in_parts(listing) {
@@ -148,7 +148,7 @@ impl Node {
                 }
             },
             Request::GetFolder {
-                addr,
+                source,
                 folder,
                 out,
                 again,
@@ -164,7 +164,11 @@ impl Node {
                     };
                     let _ = tx.try_send(r);
                 };
-                if let Err(e) = self.get_folder(addr, &folder, &out, again, each).await {
+                let got = match self.locate(&source) {
+                    Ok(addr) => self.get_folder(addr, &folder, &out, again, each).await,
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = got {
                     let _ = reply.send(Reply::Error(e.to_string())).await;
                 }
             }

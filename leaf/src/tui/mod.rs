@@ -111,12 +111,17 @@ async fn event_loop(
                 0,
             ),
             Action::Unwish(id) => (Request::WishRemove { id }, 0),
-            Action::Browse(addr) => (Request::Browse { addr }, 0),
+            Action::Browse(addr) => (
+                Request::Browse {
+                    source: addr.to_string(),
+                },
+                0,
+            ),
             Action::FetchBrowsed(addr, fetch) => {
                 // One request per folder, and one for the single files.
                 for folder in fetch.folders {
                     let req = Request::GetFolder {
-                        addr,
+                        source: addr.to_string(),
                         folder,
                         out: app.out.clone(),
                         again: false,

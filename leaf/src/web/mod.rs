@@ -444,12 +444,12 @@ fn with_paths(req: Request, out: &Path) -> Result<Request, String> {
             again,
         },
         Request::GetFolder {
-            addr,
+            source,
             folder: name,
             out,
             again,
         } => Request::GetFolder {
-            addr,
+            source,
             folder: name,
             out: folder(out)?,
             again,

@@ -216,8 +216,10 @@ pub(crate) enum Command {
     },
     /// List everything a leaf shares, as a folder tree with sizes and ids.
     Browse {
-        /// The leaf's address, as `leaf search --json` prints it (`source_addrs`).
-        source: SocketAddr,
+        /// The leaf: its address or its node id (or the id's first 8 or more hex digits), as
+        /// `leaf search --json` prints them (`source_addrs`, `source_nodes`). An id is looked
+        /// up among the sources this node's searches met.
+        source: String,
         /// One JSON object per file instead of a tree.
         #[arg(long)]
         json: bool,
@@ -225,8 +227,8 @@ pub(crate) enum Command {
     /// Download a folder of a leaf, with its subfolders, into --out/FOLDER/ (its layout kept;
     /// each file from every source the network finds for it).
     GetFolder {
-        /// The leaf's address, as `leaf search --json` prints it.
-        source: SocketAddr,
+        /// The leaf: its address or node id, as for `leaf browse`.
+        source: String,
         /// The folder, as `leaf browse` shows it (e.g. `music/Boards of Canada/Geogaddi`).
         folder: String,
         /// Folder to save into.

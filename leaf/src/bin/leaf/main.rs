@@ -300,7 +300,7 @@ async fn run(cli: Cli, config: NodeConfig) -> anyhow::Result<()> {
         }
         Command::Tui { .. } => unreachable!("handled before the runtime starts"),
         Command::Browse { source, json } => {
-            let replies = backend(&config, Request::Browse { addr: source }).await?;
+            let replies = backend(&config, Request::Browse { source }).await?;
             let mut whole = None;
             while let Ok(reply) = replies.recv().await {
                 match reply {
@@ -340,7 +340,7 @@ async fn run(cli: Cli, config: NodeConfig) -> anyhow::Result<()> {
             let out = std::path::absolute(&out)
                 .with_context(|| format!("bad output folder {}", out.display()))?;
             let req = Request::GetFolder {
-                addr: source,
+                source,
                 folder,
                 out,
                 again,

@@ -79,6 +79,7 @@ pub(crate) fn print_results(
                 "size": r.size,
                 "sources": r.sources.len(),
                 "source_addrs": r.sources.iter().map(|s| s.addr.to_string()).collect::<Vec<_>>(),
+                "source_nodes": r.sources.iter().map(|s| s.node.to_hex()).collect::<Vec<_>>(),
                 "source_reachable": r.sources.iter().map(|s| s.reachable).collect::<Vec<_>>(),
                 "artist": r.tags.artist,
                 "album": r.tags.album,
