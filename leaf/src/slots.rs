@@ -257,10 +257,9 @@ impl UploadSlots {
         Err(place as u32 + 1)
     }
 
-    /// `conn` is gone: free its slot or its place.
-    fn release(&self, conn: u64) {
+    /// `conn` is gone, at `now`: free its slot or its place.
+    pub(crate) fn release_at(&self, conn: u64, now: Instant) {
         let mut s = self.state.lock().unwrap();
-        let now = Instant::now();
         if let Some(h) = s.active.iter().find(|h| h.conn == conn) {
             let who = h.who;
             s.last_served.insert(who, now);
@@ -271,6 +270,12 @@ impl UploadSlots {
             conns.retain(|c| *c != conn);
             !conns.is_empty()
         });
+    }
+
+    /// Whether connection `conn` holds a slot.
+    pub fn holds(&self, conn: u64) -> bool {
+        let s = self.state.lock().unwrap();
+        s.active.iter().any(|h| h.conn == conn)
     }
 
     /// How many slots there are.
@@ -295,7 +300,7 @@ pub(crate) struct SlotGuard<'a>(pub(crate) &'a UploadSlots, pub(crate) u64);
 
 impl Drop for SlotGuard<'_> {
     fn drop(&mut self) {
-        self.0.release(self.1);
+        self.0.release_at(self.1, Instant::now());
     }
 }
 
@@ -313,11 +318,11 @@ mod tests {
         assert!(slots.admit_file(1, a), "one admitted stays admitted");
         assert!(slots.admit_file(3, b), "another file has its own count");
         // A connection that closes makes room.
-        slots.release(1);
+        slots.release_at(1, Instant::now());
         assert!(slots.admit_file(3, a));
         assert!(!slots.admit_file(4, a));
-        slots.release(2);
-        slots.release(3);
+        slots.release_at(2, Instant::now());
+        slots.release_at(3, Instant::now());
         assert!(slots.state.lock().unwrap().files.is_empty());
     }
 
@@ -335,7 +340,7 @@ mod tests {
             Err(1),
             "asking again keeps the place"
         );
-        slots.release(1);
+        slots.release_at(1, Instant::now());
         assert_eq!(
             slots.acquire(4, who(4), t),
             Err(2),
@@ -343,7 +348,7 @@ mod tests {
         );
         assert_eq!(slots.acquire(3, who(3), t), Ok(()));
         assert_eq!(slots.acquire(4, who(4), t), Err(1));
-        slots.release(4);
+        slots.release_at(4, Instant::now());
         assert_eq!(slots.usage(), (2, 0));
         assert_eq!(slots.grants(), vec![who(1), who(2), who(3)]);
     }
@@ -356,7 +361,7 @@ mod tests {
         assert_eq!(slots.acquire(1, who(1), t), Ok(()));
         assert_eq!(slots.acquire(2, who(2), t), Err(1));
         assert_eq!(slots.acquire(3, who(3), t), Err(2));
-        slots.release(1);
+        slots.release_at(1, Instant::now());
         // 2 went quiet; 3 keeps asking and, once 2 is stale, goes ahead.
         let later = t + STALE_IN_QUEUE + Duration::from_secs(1);
         assert_eq!(slots.acquire(3, who(3), later), Ok(()));

@@ -156,28 +156,10 @@ impl Scheduler {
                     return Some(c as u64);
                 }
             }
-            let start = self.random() as usize % n;
-            let held = &self.holds[&source];
-            let mut best: Option<(u32, usize)> = None;
-            for k in 0..n {
-                let c = (start + k) % n;
-                if self.chunks[c] == ChunkState::Missing
-                    && held.get(c as u64)
-                    && best.is_none_or(|(a, _)| self.avail[c] < a)
-                {
-                    best = Some((self.avail[c], c));
-                    if self.avail[c] <= 1 {
-                        // Only this source holds it: none is rarer.
-                        break;
-                    }
-                }
-            }
-            if let Some((_, c)) = best {
-                self.chunks[c] = ChunkState::Active(vec![source]);
-                self.missing -= 1;
-                return Some(c as u64);
-            }
-            return None;
+            let c = self.rarest_missing(source)?;
+            self.chunks[c] = ChunkState::Active(vec![source]);
+            self.missing -= 1;
+            return Some(c as u64);
         }
         if !endgame {
             return None;
@@ -197,6 +179,58 @@ impl Scheduler {
             v.push(source);
         }
         Some(c as u64)
+    }
+
+    /// The missing chunk held by `source` that fewest known sources hold, from a random start.
+    fn rarest_missing(&mut self, source: usize) -> Option<usize> {
+        let n = self.chunks.len();
+        if n == 0 || self.missing == 0 {
+            return None;
+        }
+        let start = self.random() as usize % n;
+        let held = self.holds.get(&source)?;
+        let mut best: Option<(u32, usize)> = None;
+        for k in 0..n {
+            let c = (start + k) % n;
+            if self.chunks[c] == ChunkState::Missing
+                && held.get(c as u64)
+                && best.is_none_or(|(a, _)| self.avail[c] < a)
+            {
+                best = Some((self.avail[c], c));
+                if self.avail[c] <= 1 {
+                    // Only this source holds it: none is rarer.
+                    break;
+                }
+            }
+        }
+        best.map(|(_, c)| c)
+    }
+
+    /// A chunk for a source that keeps us queued to be asked for, as its probe: what
+    /// [`Scheduler::next`] would pick, left missing. A source serving us may take it
+    /// meanwhile: a probe usually comes back `Queued`, and the chunks of the many sources
+    /// that queue us would otherwise be locked away from the few that serve.
+    pub fn probe(&mut self, source: usize) -> Option<u64> {
+        self.rarest_missing(source).map(|c| c as u64)
+    }
+
+    /// `source` answered its probe with chunk `c`: it is in flight from `source` now (besides
+    /// any other source asked for it meanwhile). False if `c` is done already.
+    pub fn claim(&mut self, source: usize, c: u64) -> bool {
+        match self.chunks.get_mut(c as usize) {
+            None | Some(ChunkState::Done) => false,
+            Some(ChunkState::Missing) => {
+                self.chunks[c as usize] = ChunkState::Active(vec![source]);
+                self.missing -= 1;
+                true
+            }
+            Some(ChunkState::Active(v)) => {
+                if !v.contains(&source) {
+                    v.push(source);
+                }
+                true
+            }
+        }
     }
 
     /// `source` no longer waits for chunk `c`.

@@ -46,9 +46,11 @@ use crate::Scheduler;
 pub const TELL_EVERY: Duration = Duration::from_millis(250);
 /// How soon a session with nothing in flight looks again on its own.
 const IDLE_LOOK: Duration = Duration::from_millis(500);
-/// A source's window holds what it delivers in this long (at least [`SourceOptions::inflight`]
-/// requests, at most [`SourceOptions::max_inflight`]): a fast source is kept busy through the
-/// time a request takes to be answered, a slow one is not handed chunks it will sit on.
+/// A source's window holds what it delivers in one round trip (measured from asking for its
+/// bitfield to the answer) and this long more (at least [`SourceOptions::inflight`] requests,
+/// at most [`SourceOptions::max_inflight`]): a fast source is kept busy through the time a
+/// request takes to be answered, a slow one is not handed chunks it will sit on (a request
+/// queued behind others at a slow source waits there while faster ones could serve it).
 pub const QUEUE_TIME: Duration = Duration::from_millis(50);
 /// The delivery rate is measured over periods this long.
 const RATE_PERIOD: Duration = Duration::from_millis(100);
@@ -144,11 +146,16 @@ pub struct SourceSession {
     next_request: u32,
     /// Set once queued: when to ask again.
     queued_until: Option<Instant>,
+    /// While queued, the one request out (its number and chunk): the chunk stays missing in
+    /// the scheduler ([`Scheduler::probe`]) until the answer is the chunk.
+    probe: Option<(u32, u64)>,
     /// How many done chunks we last told it of, and when.
     told_done: Option<u64>,
     told_at: Option<Instant>,
     /// When the source last told of peers we took.
     peers_at: Option<Instant>,
+    /// When we asked which chunks it holds (the round trip is measured to the answer).
+    asked_bits: Option<Instant>,
     wake_at: Option<Instant>,
     transmit: VecDeque<Message>,
     events: VecDeque<SourceEvent>,
@@ -171,9 +178,11 @@ impl SourceSession {
             pace: Pace::default(),
             next_request: 1,
             queued_until: None,
+            probe: None,
             told_done: None,
             told_at: None,
             peers_at: None,
+            asked_bits: None,
             wake_at: None,
             transmit: VecDeque::new(),
             events: VecDeque::new(),
@@ -218,6 +227,9 @@ impl SourceSession {
                 }
                 let bits = Bitfield::from_bytes(bits, self.count).expect("length checked");
                 sched.set_holds(self.me, bits);
+                if self.pace.rtt.is_none() {
+                    self.pace.rtt = self.asked_bits.map(|t| now.saturating_duration_since(t));
+                }
                 Ok(())
             }
             Message::Have { id, index } => {
@@ -248,6 +260,12 @@ impl SourceSession {
                 Ok(())
             }
             Message::Queued { request, position } => {
+                if self.probe.is_some_and(|(r, _)| r == request) {
+                    self.probe = None;
+                    self.queued_until = Some(now + self.opts.queued_retry);
+                    self.events.push_back(SourceEvent::Queued { position });
+                    return Ok(());
+                }
                 if !self.inflight.contains_key(&request) {
                     if issued(request) {
                         return Ok(());
@@ -299,6 +317,29 @@ impl SourceSession {
         issued: impl Fn(u32) -> bool,
         sched: &mut Scheduler,
     ) -> Result<(), SourceEnd> {
+        // The probe answered with its chunk: it is in flight from here now, like any other.
+        if let Some((r, c)) = self.probe.filter(|(r, _)| *r == chunk.request) {
+            self.probe = None;
+            if chunk.id != self.id || chunk.index as u64 != c {
+                return Err(SourceEnd::Hostile(format!(
+                    "answered a request for chunk {c} with chunk {} of {}",
+                    chunk.index,
+                    chunk.id.short()
+                )));
+            }
+            if !sched.claim(self.me, c) {
+                // Done meanwhile, by a source that serves us: a spare.
+                if self.queued_until.take().is_some() {
+                    self.events.push_back(SourceEvent::Unqueued);
+                }
+                self.pace.arrived(now, chunk.data.len() as u64);
+                self.events.push_back(SourceEvent::Received {
+                    bytes: chunk.data.len() as u64,
+                });
+                return Ok(());
+            }
+            self.inflight.insert(r, c);
+        }
         let Some(&c) = self.inflight.get(&chunk.request) else {
             if issued(chunk.request) {
                 return Ok(()); // a late answer to a cancelled request
@@ -388,6 +429,8 @@ impl SourceSession {
     }
 
     fn look(&mut self, now: Instant, sched: &mut Scheduler) {
+        // The first look sends the question of which chunks it holds (queued in `new`).
+        self.asked_bits.get_or_insert(now);
         if sched.all_done() {
             self.end = Some(SourceEnd::Finished);
             return;
@@ -419,9 +462,23 @@ impl SourceSession {
             self.transmit.push_back(Message::Cancel { request });
         }
         let queued = self.queued_until.is_some_and(|t| now < t);
-        // A queued source probes with one request; others keep the pipeline full.
+        // A queued source probes with one request, for a chunk left missing (a source that
+        // serves us may take it); others keep the pipeline full.
+        let probe = (self.queued_until.is_some() && !queued && self.outstanding() == 0)
+            .then(|| sched.probe(self.me))
+            .flatten();
+        if let Some(c) = probe {
+            let request = self.next_request;
+            self.next_request = self.next_request.wrapping_add(1).max(1);
+            self.probe = Some((request, c));
+            self.transmit.push_back(Message::GetChunk {
+                request,
+                id: self.id,
+                index: c as u32,
+            });
+        }
         let room = if self.queued_until.is_some() {
-            1
+            0
         } else {
             self.window()
         };
@@ -441,7 +498,7 @@ impl SourceSession {
         }
         // With nothing out (nothing it holds is needed, or queued), look again at the retry
         // time or after a while; with requests out, their answers wake us.
-        self.wake_at = self.inflight.is_empty().then(|| {
+        self.wake_at = (self.inflight.is_empty() && self.probe.is_none()).then(|| {
             self.queued_until
                 .filter(|t| *t > now)
                 .unwrap_or(now + IDLE_LOOK)
@@ -463,7 +520,7 @@ impl SourceSession {
 
     /// Requests the source has not answered yet.
     fn outstanding(&self) -> usize {
-        self.inflight.len() - self.checking.len()
+        self.inflight.len() - self.checking.len() + self.probe.is_some() as usize
     }
 
     /// The read limit passed with no byte from the source.
@@ -516,6 +573,7 @@ impl SourceSession {
             sched.release(self.me, c);
         }
         self.checking.clear();
+        self.probe = None;
         sched.forget_source(self.me);
         self.wake_at = None;
         if self.end.is_none() {
@@ -565,6 +623,8 @@ struct Pace {
     /// Bytes a second; 0 until measured.
     rate: f64,
     chunk: u64,
+    /// The round trip: from asking which chunks it holds to the answer.
+    rtt: Option<Duration>,
 }
 
 impl Pace {
@@ -588,7 +648,9 @@ impl Pace {
         if self.chunk == 0 {
             return min;
         }
-        let w = (self.rate * QUEUE_TIME.as_secs_f64() / self.chunk as f64).ceil();
+        // What it delivers while a request travels there and back, and [`QUEUE_TIME`] more.
+        let span = QUEUE_TIME + self.rtt.unwrap_or_default();
+        let w = (self.rate * span.as_secs_f64() / self.chunk as f64).ceil();
         (w.min(max as f64) as usize).clamp(min, max.max(min))
     }
 }
@@ -1001,6 +1063,102 @@ mod tests {
         s.handle_message(t, chunk(probe[0].0, probe[0].1), &mut sched);
         assert_eq!(s.poll_event(), Some(SourceEvent::Unqueued));
         s.check_invariants(&sched);
+    }
+
+    #[test]
+    fn a_probe_leaves_its_chunk_to_a_source_that_serves() {
+        let t = Instant::now();
+        // One chunk missing: the queued source probes for it, the serving one takes it.
+        let mut sched = Scheduler::with_seed(10, 5);
+        for c in 1..10 {
+            sched.complete(c, 100);
+        }
+        let mut queued = ready(t, &mut sched, 0);
+        let out = requests(&mut queued);
+        assert_eq!(out.len(), 1);
+        let queue = Message::Queued {
+            request: out[0].0,
+            position: 3,
+        };
+        queued.handle_message(t, queue, &mut sched);
+        while queued.poll_event().is_some() {}
+        let later = t + Duration::from_millis(500);
+        queued.handle_timeout(later, &mut sched);
+        let probe = requests(&mut queued);
+        assert_eq!(probe.iter().map(|p| p.1).collect::<Vec<_>>(), vec![0]);
+        assert!(
+            !sched.is_requested_by(0, 0),
+            "the probe's chunk is left missing"
+        );
+        assert!(
+            queued.read_idle().is_some(),
+            "a probe out is an answer awaited"
+        );
+        let mut serving = ready(later, &mut sched, 1);
+        let taken = requests(&mut serving);
+        assert_eq!(taken.iter().map(|p| p.1).collect::<Vec<_>>(), vec![0]);
+        queued.check_invariants(&sched);
+        serving.check_invariants(&sched);
+        // The probe is answered with the chunk after all: in flight from both now, and the
+        // first to deliver completes it.
+        queued.handle_message(later, chunk(probe[0].0, 0), &mut sched);
+        assert_eq!(queued.poll_event(), Some(SourceEvent::Unqueued));
+        assert!(sched.is_requested_by(0, 0) && sched.is_requested_by(1, 0));
+        queued.check_invariants(&sched);
+        // Answered `Queued` instead, a probe gives nothing back (it held nothing) and the
+        // next one comes after the retry time.
+        let mut sched2 = Scheduler::with_seed(10, 5);
+        let mut again = ready(t, &mut sched2, 2);
+        let first = requests(&mut again);
+        again.handle_message(
+            t,
+            Message::Queued {
+                request: first[0].0,
+                position: 1,
+            },
+            &mut sched2,
+        );
+        while again.poll_event().is_some() {}
+        again.handle_timeout(later, &mut sched2);
+        let p = requests(&mut again);
+        assert_eq!(p.len(), 1);
+        again.handle_message(
+            later,
+            Message::Queued {
+                request: p[0].0,
+                position: 1,
+            },
+            &mut sched2,
+        );
+        assert_eq!(
+            again.poll_event(),
+            Some(SourceEvent::Queued { position: 1 })
+        );
+        assert_eq!(again.read_idle(), None, "nothing out until the retry time");
+        assert!(requests(&mut again).is_empty());
+        again.check_invariants(&sched2);
+    }
+
+    #[test]
+    fn the_window_covers_the_round_trip() {
+        // 100 bytes every 10 ms (10 kB/s): 5 chunks in QUEUE_TIME alone; with a round trip of
+        // 200 ms, 25, which the maximum of 16 caps.
+        let run = |rtt: Duration| {
+            let count = 2000;
+            let mut t = Instant::now();
+            let mut sched = Scheduler::with_seed(count, 1);
+            let mut s = SourceSession::new(ID, count, 0, opts());
+            s.handle_timeout(t, &mut sched);
+            t += rtt;
+            let bits = Bitfield::full(count).into_bytes();
+            s.handle_message(t, Message::Bitfield { id: ID, bits }, &mut sched);
+            deliver(&mut s, &mut sched, &mut t, Duration::from_millis(10), 100);
+            s.window()
+        };
+        // (The first measure counts the first chunk's bytes over the period after it: a
+        // little over 10 kB/s.)
+        assert!((5..=6).contains(&run(Duration::ZERO)));
+        assert_eq!(run(Duration::from_millis(200)), 16);
     }
 
     #[test]

@@ -48,6 +48,8 @@ impl ShownTo {
 #[derive(Debug, Default)]
 pub struct Spread {
     files: HashMap<FileId, SpreadFile>,
+    /// xorshift64 state for the random starts of ties (0: not seeded yet).
+    rng: u64,
 }
 
 #[derive(Debug, Default)]
@@ -97,12 +99,33 @@ impl Spread {
         }
     }
 
+    /// A book whose ties are broken from `seed` (simulations and tests repeat exactly);
+    /// [`Spread::default`] seeds itself at random.
+    pub fn with_seed(seed: u64) -> Self {
+        Spread {
+            files: HashMap::new(),
+            rng: seed | 1,
+        }
+    }
+
+    fn random(rng: &mut u64) -> u64 {
+        if *rng == 0 {
+            *rng = rand::random::<u64>() | 1;
+        }
+        // xorshift64
+        let mut x = *rng;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        *rng = x;
+        x
+    }
+
     /// The next chunks to show a downloader: enough that at least [`SHOWN_AHEAD`] are shown
     /// and neither asked for nor had, picked among those not shown to it and not had by it,
     /// least sent first, then least shown (ties from a random start). Marks them shown.
-    pub fn pick(&mut self, id: FileId, view: &mut ShownTo) -> Vec<u64> {
-        let files = &mut self.files;
-        let Some(f) = files.get_mut(&id) else {
+    pub fn pick(&mut self, id: FileId, view: &mut ShownTo, ahead: usize) -> Vec<u64> {
+        let Some(f) = self.files.get_mut(&id) else {
             return Vec::new();
         };
         let n = f.shown.len() as u64;
@@ -110,8 +133,8 @@ impl Spread {
             .filter(|&c| view.shown.get(c) && !view.has.get(c) && !view.asked.get(c))
             .count();
         let mut out = Vec::new();
-        for _ in open..SHOWN_AHEAD {
-            let start = rand::random::<u64>() % n.max(1);
+        for _ in open..ahead.min(SHOWN_AHEAD) {
+            let start = Self::random(&mut self.rng) % n.max(1);
             let best = (0..n)
                 .map(|k| (start + k) % n)
                 .filter(|&c| !view.shown.get(c) && !view.has.get(c))
@@ -142,15 +165,15 @@ mod tests {
         assert!(spread.join(id, 20));
         let mut a = ShownTo::new(id, 20);
         let mut b = ShownTo::new(id, 20);
-        let first_a = spread.pick(id, &mut a);
-        let first_b = spread.pick(id, &mut b);
+        let first_a = spread.pick(id, &mut a, SHOWN_AHEAD);
+        let first_b = spread.pick(id, &mut b, SHOWN_AHEAD);
         assert_eq!(first_a.len(), SHOWN_AHEAD);
         assert!(
             first_a.iter().all(|c| !first_b.contains(c)),
             "{first_a:?} {first_b:?}"
         );
         // Nothing more while the shown ones are neither asked for nor had.
-        assert!(spread.pick(id, &mut a).is_empty());
+        assert!(spread.pick(id, &mut a, SHOWN_AHEAD).is_empty());
         // One asked for, one had from elsewhere: two more, never one it has.
         a.asked.set(first_a[0]);
         a.has.set(first_a[1]);
@@ -158,7 +181,7 @@ mod tests {
             .find(|c| !first_a.contains(c) && !first_b.contains(c))
             .unwrap();
         a.has.set(elsewhere);
-        let more = spread.pick(id, &mut a);
+        let more = spread.pick(id, &mut a, SHOWN_AHEAD);
         assert_eq!(more.len(), 2, "{more:?}");
         assert!(!more.contains(&elsewhere) && more.iter().all(|c| !first_a.contains(c)));
         // Once every chunk was shown, a chunk already sent is shown last.
@@ -168,7 +191,7 @@ mod tests {
             }
         }
         let mut fresh = ShownTo::new(id, 20);
-        assert_eq!(spread.pick(id, &mut fresh)[0], 3);
+        assert_eq!(spread.pick(id, &mut fresh, SHOWN_AHEAD)[0], 3);
         spread.leave(id);
         spread.leave(id);
         assert!(spread.is_empty());
