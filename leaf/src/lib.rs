@@ -55,6 +55,7 @@ pub mod reverse;
 pub mod search;
 pub mod seen;
 pub mod share;
+pub mod sim;
 pub mod slots;
 mod state;
 pub mod swarm;
