@@ -107,6 +107,16 @@ fn write_doc() -> anyhow::Result<()> {
             },
         ),
         (
+            "seeds' other example, at 100 machines: 5 GB, 100 Mbit/s up, 1 Gbit/s down",
+            SwarmConfig {
+                size: 5_000_000_000,
+                seed_up: 100e6 / 8.0,
+                leech_up: 100e6 / 8.0,
+                down: Some(1e9 / 8.0),
+                ..SwarmConfig::issue21(100)
+            },
+        ),
+        (
             "1,000, 10 % away 10 s midway",
             SwarmConfig {
                 restart: 0.1,
@@ -144,9 +154,9 @@ edit by hand.
 
 Every leecher's download is the real `transfer::SourceSession`s over one real
 `transfer::Scheduler`, with the real peer-set rotation (`transfer::peers::Rotation`, at most
-`--max-peers` 40 sources); every node's uploads are the real `transfer::UploadSession`s under
+`--max-peers` 30 sources); every node's uploads are the real `transfer::UploadSession`s under
 the real choking rules (`leaf::slots::UploadSlots`: 4 slots, tit-for-tat, the optimistic slot,
-40 downloaders per file), super-seeding (`transfer::view::Spread`) and source exchange
+30 downloaders per file), super-seeding (`transfer::view::Spread`) and source exchange
 (`leaf::swarm::SwarmPeers`), driven as `leaf::download` and `leaf::upload` drive them, in
 virtual time (`leaf::sim`). Simulated instead: the network (each node's upload and download
 link a FIFO of whole messages at its rate, as a `tbf` qdisc is, and 5–40 ms one-way latency a

@@ -31,6 +31,8 @@ const STALE_IN_QUEUE: Duration = Duration::from_secs(5);
 pub const ROUND: Duration = Duration::from_secs(3);
 /// How often the optimistic slot changes hands.
 pub const OPTIMISTIC_EVERY: Duration = Duration::from_secs(9);
+/// Connections that may ask for one file at once, by default (`--max-downloaders-per-file`).
+pub const MAX_DOWNLOADERS_PER_FILE: usize = 30;
 /// Grants remembered for status and tests.
 const GRANTS_KEPT: usize = 1000;
 

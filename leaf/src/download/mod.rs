@@ -67,7 +67,9 @@ use crate::rate::RateLimit;
 use crate::reverse::Accepted;
 pub(crate) use source::first_ok;
 use source::SourceConn;
-pub use types::{DownloadError, DownloadOptions, DownloadReport, Progress, Reached, SourceReport};
+pub use types::{
+    DownloadError, DownloadOptions, DownloadReport, Progress, Reached, SourceReport, MAX_PEERS,
+};
 
 mod run;
 mod source;

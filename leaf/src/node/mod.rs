@@ -157,7 +157,7 @@ impl NodeConfig {
             control: false,
             download: DownloadOptions::default(),
             upload_slots: 4,
-            max_downloaders_per_file: 40,
+            max_downloaders_per_file: crate::slots::MAX_DOWNLOADERS_PER_FILE,
             upload_rate: 0,
             download_rate: 0,
             max_downloads: 3,

@@ -45,11 +45,11 @@ pub(crate) struct Cli {
     pub(crate) upload_slots: u16,
     /// Connections that may ask for one file at once, served or queued; more are told to come
     /// back later (in a swarm of hundreds, every leecher is asked by every other).
-    #[arg(long, env = "CANOPY_MAX_DOWNLOADERS_PER_FILE", default_value_t = 40, global = true, value_parser = clap::value_parser!(u16).range(1..))]
+    #[arg(long, env = "CANOPY_MAX_DOWNLOADERS_PER_FILE", default_value_t = leaf::slots::MAX_DOWNLOADERS_PER_FILE as u16, global = true, value_parser = clap::value_parser!(u16).range(1..))]
     pub(crate) max_downloaders_per_file: u16,
     /// Sources a download connects to at once; others found wait, and one that gives nothing
     /// for 30 s makes way for one of them.
-    #[arg(long, env = "CANOPY_MAX_PEERS", default_value_t = 40, global = true, value_parser = clap::value_parser!(u16).range(1..))]
+    #[arg(long, env = "CANOPY_MAX_PEERS", default_value_t = leaf::download::MAX_PEERS as u16, global = true, value_parser = clap::value_parser!(u16).range(1..))]
     pub(crate) max_peers: u16,
     /// Upload cap for the node, e.g. 500K, 2MB or 1MiB (bytes per second; 0: none).
     #[arg(long, env = "CANOPY_UPLOAD_RATE", default_value = "0", value_parser = parse_rate, global = true)]
