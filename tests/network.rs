@@ -534,6 +534,12 @@ fn a_leaf_is_browsed_and_a_folder_of_it_fetched_with_its_layout_and_names_made_s
         let browser = net::leaf(tmp.path(), "browser", &[sp.listen_addr()]).await;
         let addr = sharer.listen_addr().unwrap();
         let listing = browser.browse(addr).await.unwrap();
+        // By node id, whoever answers must prove to be that node.
+        let same = browser.browse_node(addr, Some(sharer.node_id())).await;
+        assert_eq!(same.unwrap().files.len(), listing.files.len());
+        let other = wire::NodeId([0xab; 32]);
+        let refused = browser.browse_node(addr, Some(other)).await.unwrap_err();
+        assert!(refused.to_string().contains("not abababab"), "{refused}");
         let mut paths: Vec<&str> = listing.files.iter().map(|f| f.path.as_str()).collect();
         paths.sort_unstable();
         assert_eq!(
@@ -548,7 +554,7 @@ fn a_leaf_is_browsed_and_a_folder_of_it_fetched_with_its_layout_and_names_made_s
 
         let out = tmp.path().join("got");
         let done = browser
-            .get_folder(addr, "music/Album", &out, false, |_, r| {
+            .get_folder(addr, None, "music/Album", &out, false, |_, r| {
                 assert!(r.is_ok(), "{r:?}");
             })
             .await
@@ -560,7 +566,7 @@ fn a_leaf_is_browsed_and_a_folder_of_it_fetched_with_its_layout_and_names_made_s
             b"a short coda"
         );
         assert!(!out.join("elsewhere.mp3").exists());
-        let missing = browser.get_folder(addr, "music/Nope", &out, false, |_, _| {});
+        let missing = browser.get_folder(addr, None, "music/Nope", &out, false, |_, _| {});
         assert!(missing.await.unwrap_err().to_string().contains("no folder"));
 
         // A leaf that does not allow browsing says so.

@@ -51,6 +51,42 @@ pub struct Testbed {
     pub client: Host,
     /// The source hosts, each with its upload capped.
     pub sources: Vec<Host>,
+    /// The neighbour-table limits to put back, if they were raised.
+    neigh_limits: Option<Vec<(String, String)>>,
+}
+
+/// The kernel's limits on neighbour (ARP) entries. The table is one for every namespace:
+/// hosts that all talk to all need hosts² entries, and past `gc_thresh3` (1,024 by default)
+/// new entries are refused ("neighbor table overflow"), so connections between some hosts
+/// time out.
+const NEIGH_LIMITS: [&str; 3] = [
+    "/proc/sys/net/ipv4/neigh/default/gc_thresh1",
+    "/proc/sys/net/ipv4/neigh/default/gc_thresh2",
+    "/proc/sys/net/ipv4/neigh/default/gc_thresh3",
+];
+
+/// Raises the neighbour-table limits so that `hosts` hosts can all reach each other; returns
+/// what to put back (None if they were high enough).
+fn raise_neigh_limits(hosts: usize) -> anyhow::Result<Option<Vec<(String, String)>>> {
+    let need = (hosts * hosts * 2).max(1024) as u64;
+    let old: Vec<(String, String)> = NEIGH_LIMITS
+        .iter()
+        .map(|p| {
+            Ok((
+                p.to_string(),
+                std::fs::read_to_string(p)?.trim().to_string(),
+            ))
+        })
+        .collect::<std::io::Result<_>>()
+        .context("reading the neighbour-table limits")?;
+    if old[2].1.parse::<u64>().unwrap_or(0) >= need {
+        return Ok(None);
+    }
+    for (path, value) in [(NEIGH_LIMITS[1], need / 2), (NEIGH_LIMITS[2], need)] {
+        std::fs::write(path, value.to_string())
+            .with_context(|| format!("raising {path} to {value}"))?;
+    }
+    Ok(Some(old))
 }
 
 fn ip(args: &[&str]) -> anyhow::Result<()> {
@@ -118,7 +154,9 @@ impl Testbed {
                     ip: Ipv4Addr::new(10, 77, 0, 10 + i as u8),
                 })
                 .collect(),
+            neigh_limits: None,
         };
+        tb.neigh_limits = raise_neigh_limits(2 + sources)?;
         let bridge = format!("{PREFIX}br");
         tb.add_namespace(&bridge)?;
         ip(&["-n", &bridge, "link", "add", "br0", "type", "bridge"])?;
@@ -207,6 +245,9 @@ impl Testbed {
 
 impl Drop for Testbed {
     fn drop(&mut self) {
+        for (path, value) in self.neigh_limits.take().into_iter().flatten() {
+            let _ = std::fs::write(path, value);
+        }
         for ns in self.namespaces.iter().rev() {
             let _ = Command::new("ip")
                 .args(["netns", "del", ns])

@@ -177,6 +177,15 @@ chunks), every node's upload 8 Mbit/s, downloads not capped: bench case 6's sett
 ";
 
 const FOOTER: &str = "
+Where the model is coarser than the network (read the figures with these in mind):
+- One FIFO per link carries every connection's messages, small ones included: a request waits
+  behind the sender's own outgoing chunks, as in one `tbf` queue, but without the kernel's
+  per-socket buffers before it. With windows of one or two chunks at slow sources the queues
+  stay short; with deep windows this model exaggerates their cost.
+- An uploader answers every request it has at once (the real one answers one at a time into
+  a writer queue of two messages): a `Cancel` never catches a chunk here.
+- Connecting costs two round trips and no Hello exchange; the manifest is known at start.
+
 The seeds' example says 10 machines fetch 100 MB from one with 10 Mbit/s of upload in 80 s
 one after another and about 9 s as a swarm. The first row simulates it with every machine's
 upload at 10 Mbit/s and download at 100 Mbit/s: no schedule can beat the bound there, since

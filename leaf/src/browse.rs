@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use transport::net::{connect_secure, write_message_within, FrameReader, ReadError};
-use wire::{FileRecord, Hello, Role};
+use wire::{FileRecord, Hello, NodeId, Role};
 
 use crate::download::{first_ok, BackFuture};
 use crate::state::NodeState;
@@ -69,10 +69,12 @@ pub enum BrowseError {
 }
 
 /// Lists what the leaf serving at `addr` shares; `back`, when the leaf may not be reachable,
-/// asks it to connect back while it is dialled.
+/// asks it to connect back while it is dialled. With `expect`, the leaf must prove to be that
+/// node.
 pub(crate) async fn browse(
     state: &NodeState,
     addr: SocketAddr,
+    expect: Option<NodeId>,
     back: Option<BackFuture>,
 ) -> Result<Listing, BrowseError> {
     let run = async {
@@ -98,6 +100,17 @@ pub(crate) async fn browse(
             addr,
             source: std::io::Error::other(why),
         })?;
+        if let Some(want) = expect.filter(|want| *want != peer) {
+            return Err(BrowseError::Failed {
+                addr,
+                why: format!(
+                    "it is node {}, not {} (the address that node was met at is someone \
+                     else's now; search for it again)",
+                    peer.short(),
+                    want.short()
+                ),
+            });
+        }
         let mine = Hello::new(state.node_id, Role::Leaf, state.listen, crate::AGENT);
         let mut session = BrowseSession::new(peer, mine);
         let mut scratch = Vec::new();

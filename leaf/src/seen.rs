@@ -89,18 +89,15 @@ impl Seen {
         self.dirty = true;
     }
 
+    /// The record to save, if it changed since the last time this was asked.
+    pub fn to_save(&mut self) -> Option<Vec<Source>> {
+        std::mem::take(&mut self.dirty).then(|| self.sources.iter().cloned().collect())
+    }
+
     /// Saves the record to `data_dir` if it changed since the last save.
     pub fn save_if_changed(&mut self, data_dir: &Path) {
-        if !std::mem::take(&mut self.dirty) {
-            return;
-        }
-        let path = data_dir.join(SEEN_FILE);
-        let list: Vec<&Source> = self.sources.iter().collect();
-        if let Err(e) = transport::store::save(&path, &list) {
-            log::warn!(
-                "cannot save the record of sources met {}: {e}",
-                path.display()
-            );
+        if let Some(list) = self.to_save() {
+            save(data_dir, &list);
         }
     }
 
@@ -137,6 +134,18 @@ impl Seen {
     /// Whether none is.
     pub fn is_empty(&self) -> bool {
         self.sources.is_empty()
+    }
+}
+
+/// Writes `list` as the record in `data_dir` (a failure is logged: the record is a
+/// convenience, and the next search writes it again).
+pub fn save(data_dir: &Path, list: &[Source]) {
+    let path = data_dir.join(SEEN_FILE);
+    if let Err(e) = transport::store::save(&path, &list) {
+        log::warn!(
+            "cannot save the record of sources met {}: {e}",
+            path.display()
+        );
     }
 }
 

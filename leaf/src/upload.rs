@@ -320,17 +320,11 @@ async fn serve_inner(
             }
         }
         if let Some(view) = session.view_mut() {
-            // A downloader waiting for a slot is shown one chunk to ask for (and queue with);
-            // shown more, it would be shown chunks that others fetch from here meanwhile,
-            // and ask for them again once served.
-            let ahead = if node.slots.holds(conn) {
-                transfer::view::SHOWN_AHEAD
-            } else {
-                1
-            };
+            // A downloader waiting for a slot is shown one chunk to ask for (and queue with).
+            let serving = node.slots.holds(conn);
             replies.extend(
                 node.spread
-                    .with(|s| s.pick(view.id, view, ahead))
+                    .with(|s| s.pick(view.id, view, serving))
                     .into_iter()
                     .map(|c| Message::Have {
                         id: view.id,

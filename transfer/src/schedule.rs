@@ -164,17 +164,7 @@ impl Scheduler {
         if !endgame {
             return None;
         }
-        let (c, _) = self
-            .chunks
-            .iter()
-            .enumerate()
-            .filter_map(|(i, s)| match s {
-                ChunkState::Active(v) if !v.contains(&source) && self.holds(source, i) => {
-                    Some((i, v.len()))
-                }
-                _ => None,
-            })
-            .min_by_key(|&(_, n)| n)?;
+        let c = self.spare_for(source)?;
         if let ChunkState::Active(v) = &mut self.chunks[c] {
             v.push(source);
         }
@@ -210,8 +200,29 @@ impl Scheduler {
     /// [`Scheduler::next`] would pick, left missing. A source serving us may take it
     /// meanwhile: a probe usually comes back `Queued`, and the chunks of the many sources
     /// that queue us would otherwise be locked away from the few that serve.
+    /// In the endgame (nothing missing), the in-flight chunk with fewest requesters that it
+    /// holds, as [`Scheduler::next`] would give a spare.
     pub fn probe(&mut self, source: usize) -> Option<u64> {
-        self.rarest_missing(source).map(|c| c as u64)
+        if self.missing > 0 {
+            return self.rarest_missing(source).map(|c| c as u64);
+        }
+        self.spare_for(source).map(|c| c as u64)
+    }
+
+    /// The in-flight chunk with the fewest requesters that `source` holds and has not asked
+    /// for.
+    fn spare_for(&self, source: usize) -> Option<usize> {
+        self.chunks
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| match s {
+                ChunkState::Active(v) if !v.contains(&source) && self.holds(source, i) => {
+                    Some((i, v.len()))
+                }
+                _ => None,
+            })
+            .min_by_key(|&(_, n)| n)
+            .map(|(i, _)| i)
     }
 
     /// `source` answered its probe with chunk `c`: it is in flight from `source` now (besides

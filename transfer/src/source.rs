@@ -28,6 +28,10 @@
 //!   subset of `inflight`. Such a chunk stays in flight (if its check fails, it goes back with
 //!   the source) but no longer counts against the window, so the source is asked for more while
 //!   the driver checks what came; how many chunks wait to be checked is the driver's bound.
+//! - While queued, the one request out is the probe (`probe`, not in `inflight`): its chunk
+//!   is left missing in the scheduler ([`Scheduler::probe`]), so sources that serve us may
+//!   take it. Answered with the chunk, the chunk is claimed and put in flight like any other;
+//!   answered `Queued`, nothing is given back; its chunk done meanwhile, it is cancelled.
 //! - At most [`SourceSession::window`] requests are out at the source (in flight and not
 //!   arrived), which is between `SourceOptions::inflight` and `max_inflight`; while queued, at
 //!   most one (the probe), and none until the retry time. A second answer to a request whose
@@ -149,6 +153,8 @@ pub struct SourceSession {
     /// While queued, the one request out (its number and chunk): the chunk stays missing in
     /// the scheduler ([`Scheduler::probe`]) until the answer is the chunk.
     probe: Option<(u32, u64)>,
+    /// The queue place last told to the driver.
+    position: Option<u32>,
     /// How many done chunks we last told it of, and when.
     told_done: Option<u64>,
     told_at: Option<Instant>,
@@ -179,6 +185,7 @@ impl SourceSession {
             next_request: 1,
             queued_until: None,
             probe: None,
+            position: None,
             told_done: None,
             told_at: None,
             peers_at: None,
@@ -261,9 +268,13 @@ impl SourceSession {
             }
             Message::Queued { request, position } => {
                 if self.probe.is_some_and(|(r, _)| r == request) {
+                    // Still queued: nothing changes for the download unless the place did.
                     self.probe = None;
                     self.queued_until = Some(now + self.opts.queued_retry);
-                    self.events.push_back(SourceEvent::Queued { position });
+                    if self.position != Some(position) {
+                        self.position = Some(position);
+                        self.events.push_back(SourceEvent::Queued { position });
+                    }
                     return Ok(());
                 }
                 if !self.inflight.contains_key(&request) {
@@ -285,6 +296,7 @@ impl SourceSession {
                     keep
                 });
                 self.queued_until = Some(now + self.opts.queued_retry);
+                self.position = Some(position);
                 self.events.push_back(SourceEvent::Queued { position });
                 Ok(())
             }
@@ -330,6 +342,7 @@ impl SourceSession {
             if !sched.claim(self.me, c) {
                 // Done meanwhile, by a source that serves us: a spare.
                 if self.queued_until.take().is_some() {
+                    self.position = None;
                     self.events.push_back(SourceEvent::Unqueued);
                 }
                 self.pace.arrived(now, chunk.data.len() as u64);
@@ -363,6 +376,7 @@ impl SourceSession {
             )));
         }
         if self.queued_until.take().is_some() {
+            self.position = None;
             self.events.push_back(SourceEvent::Unqueued);
         }
         self.events.push_back(SourceEvent::Received {
@@ -459,6 +473,11 @@ impl SourceSession {
         });
         cancel.sort_unstable();
         for request in cancel {
+            self.transmit.push_back(Message::Cancel { request });
+        }
+        // A probe whose chunk another source delivered meanwhile is not wanted any more.
+        if let Some((request, _)) = self.probe.filter(|(_, c)| sched.is_done(*c)) {
+            self.probe = None;
             self.transmit.push_back(Message::Cancel { request });
         }
         let queued = self.queued_until.is_some_and(|t| now < t);
@@ -602,6 +621,16 @@ impl SourceSession {
         );
         if self.closed {
             assert!(self.inflight.is_empty(), "closed with chunks in flight");
+        }
+        if let Some((r, c)) = self.probe {
+            assert!(r != 0 && r < self.next_request, "probe {r} never issued");
+            assert!(!self.inflight.contains_key(&r), "probe {r} also in flight");
+            assert!(self.queued_until.is_some(), "a probe while not queued");
+            assert!(
+                !sched.is_requested_by(self.me, c) || self.inflight.values().any(|&x| x == c),
+                "the probe's chunk {c} is held for source {}",
+                self.me
+            );
         }
         for (&r, &c) in &self.inflight {
             assert!(r != 0 && r < self.next_request, "request {r} never issued");
@@ -1132,7 +1161,8 @@ mod tests {
         );
         assert_eq!(
             again.poll_event(),
-            Some(SourceEvent::Queued { position: 1 })
+            None,
+            "the same place again: nothing new for the driver"
         );
         assert_eq!(again.read_idle(), None, "nothing out until the retry time");
         assert!(requests(&mut again).is_empty());

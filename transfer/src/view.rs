@@ -7,9 +7,11 @@
 //!   and sent; it picks what to show each downloader next. The node keeps one, shared by its
 //!   upload connections.
 //!
-//! Invariants: a downloader is never shown a chunk it has or was shown; at least
-//! [`SHOWN_AHEAD`] shown chunks are open (neither asked for nor had) after a pick, unless every
-//! chunk was shown; a file's entry lives exactly while a connection is joined to it.
+//! Invariants: a downloader is never shown a chunk it has or was shown; after a pick, a
+//! downloader being served has at least [`SHOWN_AHEAD`] shown chunks open (neither asked for
+//! nor had), and one waiting for an upload slot at least one shown and not had (what it asked
+//! for and was queued with counts: it will ask again), unless every chunk was shown; a file's
+//! entry lives exactly while a connection is joined to it.
 
 use std::collections::HashMap;
 
@@ -121,19 +123,23 @@ impl Spread {
         x
     }
 
-    /// The next chunks to show a downloader: enough that at least [`SHOWN_AHEAD`] are shown
-    /// and neither asked for nor had, picked among those not shown to it and not had by it,
-    /// least sent first, then least shown (ties from a random start). Marks them shown.
-    pub fn pick(&mut self, id: FileId, view: &mut ShownTo, ahead: usize) -> Vec<u64> {
+    /// The next chunks to show a downloader (`serving`: it holds an upload slot): for one
+    /// being served, enough that [`SHOWN_AHEAD`] are shown and neither asked for nor had; for
+    /// one waiting for a slot, one shown and not had, to ask with (shown more, it would be
+    /// shown chunks that others fetch from here meanwhile, and ask for them again once
+    /// served). Picked among those not shown to it and not had by it, least sent first, then
+    /// least shown (ties from a random start). Marks them shown.
+    pub fn pick(&mut self, id: FileId, view: &mut ShownTo, serving: bool) -> Vec<u64> {
         let Some(f) = self.files.get_mut(&id) else {
             return Vec::new();
         };
         let n = f.shown.len() as u64;
         let open = (0..n)
-            .filter(|&c| view.shown.get(c) && !view.has.get(c) && !view.asked.get(c))
+            .filter(|&c| view.shown.get(c) && !view.has.get(c) && !(serving && view.asked.get(c)))
             .count();
+        let ahead = if serving { SHOWN_AHEAD } else { 1 };
         let mut out = Vec::new();
-        for _ in open..ahead.min(SHOWN_AHEAD) {
+        for _ in open..ahead {
             let start = Self::random(&mut self.rng) % n.max(1);
             let best = (0..n)
                 .map(|k| (start + k) % n)
@@ -165,15 +171,15 @@ mod tests {
         assert!(spread.join(id, 20));
         let mut a = ShownTo::new(id, 20);
         let mut b = ShownTo::new(id, 20);
-        let first_a = spread.pick(id, &mut a, SHOWN_AHEAD);
-        let first_b = spread.pick(id, &mut b, SHOWN_AHEAD);
+        let first_a = spread.pick(id, &mut a, true);
+        let first_b = spread.pick(id, &mut b, true);
         assert_eq!(first_a.len(), SHOWN_AHEAD);
         assert!(
             first_a.iter().all(|c| !first_b.contains(c)),
             "{first_a:?} {first_b:?}"
         );
         // Nothing more while the shown ones are neither asked for nor had.
-        assert!(spread.pick(id, &mut a, SHOWN_AHEAD).is_empty());
+        assert!(spread.pick(id, &mut a, true).is_empty());
         // One asked for, one had from elsewhere: two more, never one it has.
         a.asked.set(first_a[0]);
         a.has.set(first_a[1]);
@@ -181,7 +187,7 @@ mod tests {
             .find(|c| !first_a.contains(c) && !first_b.contains(c))
             .unwrap();
         a.has.set(elsewhere);
-        let more = spread.pick(id, &mut a, SHOWN_AHEAD);
+        let more = spread.pick(id, &mut a, true);
         assert_eq!(more.len(), 2, "{more:?}");
         assert!(!more.contains(&elsewhere) && more.iter().all(|c| !first_a.contains(c)));
         // Once every chunk was shown, a chunk already sent is shown last.
@@ -191,9 +197,32 @@ mod tests {
             }
         }
         let mut fresh = ShownTo::new(id, 20);
-        assert_eq!(spread.pick(id, &mut fresh, SHOWN_AHEAD)[0], 3);
+        assert_eq!(spread.pick(id, &mut fresh, true)[0], 3);
         spread.leave(id);
         spread.leave(id);
         assert!(spread.is_empty());
+    }
+
+    #[test]
+    fn a_downloader_waiting_for_a_slot_is_shown_one_chunk_until_it_has_it() {
+        let mut spread = Spread::with_seed(3);
+        let id = FileId([6; 32]);
+        spread.join(id, 20);
+        spread.join(id, 20);
+        let mut w = ShownTo::new(id, 20);
+        let first = spread.pick(id, &mut w, false);
+        assert_eq!(first.len(), 1);
+        // It asked and was queued: it will ask again, so nothing more is shown.
+        w.asked.set(first[0]);
+        assert!(spread.pick(id, &mut w, false).is_empty());
+        // Served: the rest of what a downloader being served is shown.
+        assert_eq!(spread.pick(id, &mut w, true).len(), SHOWN_AHEAD);
+        // Waiting again with chunks open: none more until it has one.
+        assert!(spread.pick(id, &mut w, false).is_empty());
+        let shown: Vec<u64> = w.shown.ones().collect();
+        for c in shown {
+            w.has.set(c);
+        }
+        assert_eq!(spread.pick(id, &mut w, false).len(), 1);
     }
 }

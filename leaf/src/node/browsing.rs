@@ -7,45 +7,58 @@ impl Node {
     /// Where the leaf `source` names serves: `source` is its address (`IP:PORT`), or its node
     /// id or at least the first 8 hex digits of it, as a hit of this node's searches gave it
     /// (the address its super-peer saw it at, never one it claimed; [`crate::seen`]). A leaf
-    /// found by id is asked to connect back as its hit said, as a download's sources are.
-    pub fn locate(&self, source: &str) -> Result<SocketAddr, NodeError> {
+    /// found by id is asked to connect back as its hit said, as a download's sources are, and
+    /// its id is returned too: whoever answers at that address must prove to be that node (an
+    /// address met days ago may be someone else's now).
+    pub fn locate(&self, source: &str) -> Result<(SocketAddr, Option<NodeId>), NodeError> {
         if let Ok(addr) = source.trim().parse::<SocketAddr>() {
-            return Ok(addr);
+            return Ok((addr, None));
         }
         let state = &self.inner.state;
         let found = state.seen.lock().unwrap().find(source)?;
         state.reverse.note(&found);
-        Ok(found.addr)
+        Ok((found.addr, Some(found.node)))
     }
 
     /// Lists what the leaf serving at `addr` shares: dialled, and asked to connect back too
     /// when a hit said it may not be reachable.
     pub async fn browse(&self, addr: SocketAddr) -> Result<Listing, BrowseError> {
+        self.browse_node(addr, None).await
+    }
+
+    /// [`Node::browse`], refused unless the leaf that answers proves to be `node` (if given).
+    pub async fn browse_node(
+        &self,
+        addr: SocketAddr,
+        node: Option<NodeId>,
+    ) -> Result<Listing, BrowseError> {
         let back = (self.connect_back())(addr);
-        crate::browse::browse(&self.inner.state, addr, back).await
+        crate::browse::browse(&self.inner.state, addr, node, back).await
     }
 
     /// [`Node::browse`] of the leaf `source` names ([`Node::locate`]).
     pub async fn locate_and_browse(&self, source: &str) -> Result<Listing, NodeError> {
-        let addr = self.locate(source)?;
-        self.browse(addr)
+        let (addr, node) = self.locate(source)?;
+        self.browse_node(addr, node)
             .await
             .map_err(|e| NodeError::Browse(e.to_string()))
     }
 
     /// Downloads every file of `folder` of the leaf at `addr` (and its subfolders) into
     /// `out/FOLDER/`, keeping the layout; each file comes from all of its sources, and at most
-    /// `--max-downloads` at a time. `each` hears how each file ended.
+    /// `--max-downloads` at a time. `each` hears how each file ended. With `node`, the leaf
+    /// must prove to be that node.
     pub async fn get_folder(
         &self,
         addr: SocketAddr,
+        node: Option<NodeId>,
         folder: &str,
         out: &Path,
         again: bool,
         each: impl Fn(FileId, &Result<DownloadReport, NodeError>) + Clone + Send + 'static,
     ) -> Result<usize, NodeError> {
         let listing = self
-            .browse(addr)
+            .browse_node(addr, node)
             .await
             .map_err(|e| NodeError::Browse(e.to_string()))?;
         let files = crate::browse::folder_files(&listing, folder, out);

@@ -646,9 +646,13 @@ impl Node {
             .inner
             .overlay
             .try_send(crate::overlay::Command::EndSearch(id));
-        // The sources it met, for `leaf browse NODE` by this or a later command.
+        // The sources it met, for `leaf browse NODE` by this or a later command (written
+        // before the command ends, outside the lock the overlay takes).
         let state = &self.inner.state;
-        state.seen.lock().unwrap().save_if_changed(&state.data_dir);
+        let list = state.seen.lock().unwrap().to_save();
+        if let Some(list) = list {
+            crate::seen::save(&state.data_dir, &list);
+        }
     }
 
     fn tried(&self) -> String {

@@ -165,7 +165,10 @@ impl Node {
                     let _ = tx.try_send(r);
                 };
                 let got = match self.locate(&source) {
-                    Ok(addr) => self.get_folder(addr, &folder, &out, again, each).await,
+                    Ok((addr, node)) => {
+                        self.get_folder(addr, node, &folder, &out, again, each)
+                            .await
+                    }
                     Err(e) => Err(e),
                 };
                 if let Err(e) = got {

@@ -128,7 +128,15 @@ impl Dl {
             },
         );
         let at = sim.now + sim.dial_time(n, t).min(sim.cfg.opts.connect_timeout);
-        sim.at(at, Ev::Connected { node: n, src: k });
+        let epoch = sim.nodes[n].epoch;
+        sim.at(
+            at,
+            Ev::Connected {
+                node: n,
+                src: k,
+                epoch,
+            },
+        );
     }
 
     /// Source `k`'s dial is done: connected if its node is online, else failed.
@@ -222,7 +230,8 @@ impl Dl {
                 self.searching = true;
                 self.next_query = Duration::MAX;
                 let at = sim.now + sim.cfg.search_delay;
-                sim.at(at, Ev::Found(n));
+                let epoch = sim.nodes[n].epoch;
+                sim.at(at, Ev::Found { node: n, epoch });
             }
         }
         let query = (!self.searching).then_some(self.next_query);
@@ -230,7 +239,15 @@ impl Dl {
         if let Some(t) = wake {
             self.wake_gen += 1;
             let gen = self.wake_gen;
-            sim.at(t, Ev::Wake { node: n, gen });
+            let epoch = sim.nodes[n].epoch;
+            sim.at(
+                t,
+                Ev::Wake {
+                    node: n,
+                    gen,
+                    epoch,
+                },
+            );
         }
     }
 

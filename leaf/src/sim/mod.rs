@@ -220,15 +220,18 @@ pub(crate) enum Ev {
         conn: usize,
         to_up: bool,
     },
-    /// Node `node`'s dial of its source `src` is done (or failed).
+    /// Node `node`'s dial of its source `src` is done (or failed). Events of a download
+    /// carry its `epoch`: one a node's earlier download left is ignored.
     Connected {
         node: usize,
         src: usize,
+        epoch: u64,
     },
     /// Node `node`'s download looks at the time (if `gen` is still its latest wake).
     Wake {
         node: usize,
         gen: u64,
+        epoch: u64,
     },
     /// Upload connection `conn` looks at the time.
     UpWake {
@@ -236,7 +239,10 @@ pub(crate) enum Ev {
         gen: u64,
     },
     /// Node `node`'s search answers.
-    Found(usize),
+    Found {
+        node: usize,
+        epoch: u64,
+    },
     Leave(usize),
     Return(usize),
 }
@@ -284,6 +290,8 @@ pub(crate) struct Node {
     pub(crate) seeder: bool,
     pub(crate) online: bool,
     pub(crate) download: Option<Dl>,
+    /// How many downloads the node started (one more each time it comes back).
+    pub(crate) epoch: u64,
     pub(crate) done_at: Option<Duration>,
     /// Upload connections open here.
     pub(crate) uploads: Vec<usize>,
@@ -383,6 +391,7 @@ impl Sim {
                 seeder,
                 online: true,
                 download: None,
+                epoch: 0,
                 done_at: None,
                 uploads: Vec::new(),
                 uploaded: 0,
@@ -503,10 +512,10 @@ impl Sim {
                     self.with_download(n, |_, dl| dl.closed(src));
                 }
             }
-            Ev::Connected { node, src } => {
+            Ev::Connected { node, src, epoch } if epoch == self.nodes[node].epoch => {
                 self.with_download(node, |sim, dl| dl.connected(sim, node, src))
             }
-            Ev::Wake { node, gen } => {
+            Ev::Wake { node, gen, epoch } if epoch == self.nodes[node].epoch => {
                 let current = self.nodes[node]
                     .download
                     .as_ref()
@@ -522,7 +531,11 @@ impl Sim {
                     self.pump(conn);
                 }
             }
-            Ev::Found(n) => self.with_download(n, |sim, dl| dl.found(sim, n)),
+            Ev::Found { node, epoch } if epoch == self.nodes[node].epoch => {
+                self.with_download(node, |sim, dl| dl.found(sim, node))
+            }
+            // Left by a download that is over (the node went away since).
+            Ev::Connected { .. } | Ev::Wake { .. } | Ev::Found { .. } => {}
             Ev::Leave(n) => self.leave(n),
             Ev::Return(n) => {
                 self.nodes[n].online = true;
@@ -646,6 +659,7 @@ impl Sim {
         if !self.tracker.contains(&n) {
             self.tracker.push(n);
         }
+        self.nodes[n].epoch += 1;
         let seed = self.cfg.seed ^ (n as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
         let dl = Dl::new(self, n, seed);
         self.nodes[n].download = Some(dl);
@@ -679,11 +693,10 @@ impl Sim {
         if let Some(mut dl) = self.nodes[n].download.take() {
             dl.drop_all(self, n);
         }
-        if let Some(back) = self.nodes[n].restart_at.take() {
-            if self.nodes[n].done_at.is_none() {
-                let at = self.now.max(back) + self.cfg.away;
-                self.at(at, Ev::Return(n));
-            }
+        let gone_for_good = self.nodes[n].leaves_when_done && self.nodes[n].done_at.is_some();
+        if let Some(back) = self.nodes[n].restart_at.take().filter(|_| !gone_for_good) {
+            let at = self.now.max(back) + self.cfg.away;
+            self.at(at, Ev::Return(n));
         }
     }
 }

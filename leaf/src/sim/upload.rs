@@ -76,12 +76,8 @@ impl Sim {
                 }
             }
             if let Some(view) = c.session.view_mut() {
-                let ahead = if self.nodes[up].slots.holds(c.slot_conn) {
-                    transfer::view::SHOWN_AHEAD
-                } else {
-                    1
-                };
-                let shown = self.nodes[up].spread.pick(view.id, view, ahead);
+                let serving = self.nodes[up].slots.holds(c.slot_conn);
+                let shown = self.nodes[up].spread.pick(view.id, view, serving);
                 replies.extend(shown.into_iter().map(|i| Message::Have {
                     id: file,
                     index: i as u32,
