@@ -59,8 +59,7 @@ pub struct Testbed {
 /// hosts that all talk to all need hosts² entries, and past `gc_thresh3` (1,024 by default)
 /// new entries are refused ("neighbor table overflow"), so connections between some hosts
 /// time out.
-const NEIGH_LIMITS: [&str; 3] = [
-    "/proc/sys/net/ipv4/neigh/default/gc_thresh1",
+const NEIGH_LIMITS: [&str; 2] = [
     "/proc/sys/net/ipv4/neigh/default/gc_thresh2",
     "/proc/sys/net/ipv4/neigh/default/gc_thresh3",
 ];
@@ -79,10 +78,10 @@ fn raise_neigh_limits(hosts: usize) -> anyhow::Result<Option<Vec<(String, String
         })
         .collect::<std::io::Result<_>>()
         .context("reading the neighbour-table limits")?;
-    if old[2].1.parse::<u64>().unwrap_or(0) >= need {
+    if old[1].1.parse::<u64>().unwrap_or(0) >= need {
         return Ok(None);
     }
-    for (path, value) in [(NEIGH_LIMITS[1], need / 2), (NEIGH_LIMITS[2], need)] {
+    for (path, value) in [(NEIGH_LIMITS[0], need / 2), (NEIGH_LIMITS[1], need)] {
         std::fs::write(path, value.to_string())
             .with_context(|| format!("raising {path} to {value}"))?;
     }

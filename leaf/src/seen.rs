@@ -9,7 +9,7 @@
 //! the next. A node id never seen in a hit is not guessed at: the error says to search first
 //! or to give the address.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::path::Path;
 
 use wire::{NodeId, Source};
@@ -52,10 +52,15 @@ pub enum SeenError {
     },
 }
 
-/// The sources met, oldest first, one per node id.
+/// The sources met, one per node id, the most recently met kept.
 #[derive(Debug, Default)]
 pub struct Seen {
-    sources: VecDeque<Source>,
+    /// Each node's newest source, with the stamp of when it was last met.
+    by_node: HashMap<NodeId, (u64, Source)>,
+    /// Node ids by stamp, oldest first; an entry whose stamp is no longer its node's is stale
+    /// (the node was met again since) and skipped.
+    order: VecDeque<(u64, NodeId)>,
+    next: u64,
     /// Changed since it was last saved.
     dirty: bool,
 }
@@ -76,22 +81,51 @@ impl Seen {
         seen
     }
 
-    /// A hit came from `source`: its newest address and route replace any older.
+    /// A hit came from `source`: its newest address and route replace any older. Met again
+    /// unchanged, it only counts as met lately (nothing new to save).
     pub fn note(&mut self, source: &Source) {
-        if self.sources.back() == Some(source) {
-            return;
+        let stamp = self.next;
+        self.next += 1;
+        let changed = match self.by_node.get_mut(&source.node) {
+            Some((at, known)) if known == source => {
+                *at = stamp;
+                false
+            }
+            _ => {
+                self.by_node.insert(source.node, (stamp, source.clone()));
+                true
+            }
+        };
+        self.dirty |= changed;
+        self.order.push_back((stamp, source.node));
+        while self.by_node.len() > SEEN_KEPT {
+            let Some((at, node)) = self.order.pop_front() else {
+                break;
+            };
+            if self.by_node.get(&node).is_some_and(|(t, _)| *t == at) {
+                self.by_node.remove(&node);
+                self.dirty = true;
+            }
         }
-        self.sources.retain(|s| s.node != source.node);
-        self.sources.push_back(source.clone());
-        while self.sources.len() > SEEN_KEPT {
-            self.sources.pop_front();
+        // Stale entries are dropped once they outnumber the live ones.
+        if self.order.len() > 2 * SEEN_KEPT {
+            let by_node = &self.by_node;
+            self.order
+                .retain(|(at, node)| by_node.get(node).is_some_and(|(t, _)| t == at));
         }
-        self.dirty = true;
     }
 
     /// The record to save, if it changed since the last time this was asked.
     pub fn to_save(&mut self) -> Option<Vec<Source>> {
-        std::mem::take(&mut self.dirty).then(|| self.sources.iter().cloned().collect())
+        std::mem::take(&mut self.dirty).then(|| {
+            self.order
+                .iter()
+                .filter_map(|(at, node)| {
+                    let (t, s) = self.by_node.get(node)?;
+                    (t == at).then(|| s.clone())
+                })
+                .collect()
+        })
     }
 
     /// Saves the record to `data_dir` if it changed since the last save.
@@ -112,9 +146,9 @@ impl Seen {
             });
         }
         let mut found = self
-            .sources
-            .iter()
-            .rev()
+            .by_node
+            .values()
+            .map(|(_, s)| s)
             .filter(|s| s.node.to_hex().starts_with(&prefix));
         match (found.next(), found.count()) {
             (None, _) => Err(SeenError::NotSeen { prefix }),
@@ -128,12 +162,12 @@ impl Seen {
 
     /// How many sources are remembered.
     pub fn len(&self) -> usize {
-        self.sources.len()
+        self.by_node.len()
     }
 
     /// Whether none is.
     pub fn is_empty(&self) -> bool {
-        self.sources.is_empty()
+        self.by_node.is_empty()
     }
 }
 

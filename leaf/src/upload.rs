@@ -723,7 +723,7 @@ fn admit(node: &NodeState, conn: u64, id: wire::FileId, admitted: &mut Vec<FileI
 
 /// The answer to a connection beyond the file's share ([`crate::slots::UploadSlots::per_file`]):
 /// busy, come back later (it keeps its place in no queue).
-fn too_many(request: u32, id: wire::FileId, max: usize) -> Message {
+pub(crate) fn too_many(request: u32, id: wire::FileId, max: usize) -> Message {
     Message::TransferError {
         request,
         id,

@@ -678,7 +678,8 @@ impl Sim {
     /// Node `n` goes offline: every connection of it closes, its download stops (keeping its
     /// chunks), and a restarting leecher comes back later.
     fn leave(&mut self, n: usize) {
-        if !self.nodes[n].online || (self.nodes[n].done_at.is_none() && n == 0) {
+        // The seeder stays: churn is the leechers'.
+        if !self.nodes[n].online || n == 0 {
             return;
         }
         self.nodes[n].online = false;

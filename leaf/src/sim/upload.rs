@@ -116,14 +116,8 @@ impl Sim {
     fn answer(&mut self, conn: usize, req: UploadEvent) -> Msg {
         let up = self.conns[conn].up;
         let file = self.file;
-        let busy = |request| {
-            Msg::M(Message::TransferError {
-                request,
-                id: file,
-                kind: TransferErrorKind::Busy,
-                message: "too many downloaders of this file".into(),
-            })
-        };
+        let per_file = self.nodes[up].slots.per_file();
+        let busy = |request| Msg::M(crate::upload::too_many(request, file, per_file));
         match req {
             // Downloads here start with the manifest, and nobody browses.
             UploadEvent::Manifest { request, .. } | UploadEvent::Browse { request, .. } => {
