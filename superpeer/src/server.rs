@@ -12,6 +12,16 @@
 //! logs the peer and the limit, cuts the connection off, and bans the address when the limit
 //! calls for it.
 //!
+//! Two lanes lead to the actor. Queries a neighbour relays take the query lane, where each
+//! connection holds at most [`QUEUED_PER_CONNECTION`] places; one that finds its
+//! connection's places taken is dropped (and counted), not waited for, so the reader keeps
+//! reading. Everything else (hits, route tables, keep-alives, and all a leaf sends, which the
+//! limits already hold to a leaf's rate) takes the first lane, which the actor empties first.
+//! Under a flood the mesh then sheds queries rather than delaying them: hits never wait behind
+//! a backlog of queries in the same TCP stream, a leaf's search is handled at once, and a
+//! flooding neighbour's arrival rate (not the rate this node gets round to it) is what the
+//! limits see.
+//!
 //! The state machine decides which super-peers to dial ([`Event::Dial`]), which leaves to check
 //! for reachability ([`Event::CheckReachable`]) and when to demote ([`Event::Demote`]); the
 //! driver carries those out, and keeps the host cache on disk (`hosts.cbor` in the data
@@ -119,6 +129,9 @@ pub struct Status {
     pub route_tables: usize,
     /// Neighbours whose depth-1 route table (with words in it) it holds.
     pub route_aggregates: usize,
+    /// Queries neighbours relayed that were shed because this node was behind on their
+    /// connection (see the module docs).
+    pub queries_dropped_busy: u64,
 }
 
 /// What a super-peer that demoted itself hands back to its node.
@@ -173,6 +186,17 @@ pub struct SuperPeerNode {
     _tasks: Vec<Task<()>>,
 }
 
+/// Where a connection's reader puts what it reads (see the module docs).
+#[derive(Clone)]
+struct Lanes {
+    /// The first lane: everything but neighbours' queries.
+    inputs: Sender<Input>,
+    /// Queries relayed by neighbours.
+    queries: Sender<Input>,
+    /// Queries dropped because their connection's places were taken.
+    dropped: Arc<AtomicU64>,
+}
+
 impl SuperPeerNode {
     /// Binds the listen address and starts the node on smol's global executor.
     pub async fn start(config: Config) -> Result<SuperPeerNode, StartError> {
@@ -190,6 +214,12 @@ impl SuperPeerNode {
         let index = index::Index::new()?;
         // Bounded: readers wait (and so do their peers, through TCP) when the actor is behind.
         let (inputs, rx) = channel::bounded(INPUT_BACKLOG);
+        let (queries, queries_rx) = channel::bounded(INPUT_BACKLOG);
+        let lanes = Lanes {
+            inputs: inputs.clone(),
+            queries,
+            dropped: Arc::new(AtomicU64::new(0)),
+        };
         let now = Instant::now();
         let clock = config
             .clock
@@ -225,7 +255,7 @@ impl SuperPeerNode {
             state,
             index,
             writers: HashMap::new(),
-            inputs: inputs.clone(),
+            lanes: lanes.clone(),
             ids: ids.clone(),
             listen,
             hosts_file,
@@ -236,10 +266,10 @@ impl SuperPeerNode {
             relays: HashMap::new(),
         };
         let tasks = vec![
-            smol::spawn(actor.run(rx)),
+            smol::spawn(actor.run(rx, queries_rx)),
             smol::spawn(accept_loop(
                 listener,
-                inputs.clone(),
+                lanes.clone(),
                 ids,
                 identity,
                 gate.clone(),
@@ -325,7 +355,7 @@ pub fn save_hosts(path: &std::path::Path, hosts: &HostCache, now: Instant) {
 
 async fn accept_loop(
     listener: TcpListener,
-    inputs: Sender<Input>,
+    lanes: Lanes,
     ids: Arc<AtomicU64>,
     identity: Arc<Identity>,
     gate: Arc<Gate>,
@@ -333,7 +363,7 @@ async fn accept_loop(
     let admit = gate.clone();
     let handle = move |stream: TcpStream, remote: SocketAddr, admitted: Admitted| {
         let conn = ids.fetch_add(1, Ordering::Relaxed);
-        let (inputs, identity, gate) = (inputs.clone(), identity.clone(), gate.clone());
+        let (lanes, identity, gate) = (lanes.clone(), identity.clone(), gate.clone());
         async move {
             let limit = gate.limits().handshake_timeout;
             match transport::secure::accept(stream.clone(), &identity, limit).await {
@@ -345,7 +375,7 @@ async fn accept_loop(
                         dialed: false,
                         _admitted: Some(admitted),
                     };
-                    run_connection(peer, secure, inputs, gate).await
+                    run_connection(peer, secure, lanes, gate).await
                 }
                 Err(e) => log::warn!("peer {remote}: {e} (handshake_timeout {limit:?})"),
             }
@@ -401,9 +431,10 @@ struct Peer {
 async fn run_connection(
     peer: Peer,
     secure: SecureStream<TcpStream>,
-    inputs: Sender<Input>,
+    lanes: Lanes,
     gate: Arc<Gate>,
 ) {
+    let inputs = &lanes.inputs;
     let (conn, remote) = (peer.conn, peer.remote);
     let limits = gate.limits();
     let (out, writer) =
@@ -428,6 +459,8 @@ async fn run_connection(
     // a peer that sends as fast as it may delays the others' messages by that many at most,
     // not by the whole queue.
     let places = Arc::new(Semaphore::new(QUEUED_PER_CONNECTION));
+    let query_places = Arc::new(Semaphore::new(QUEUED_PER_CONNECTION));
+    let mut neighbour = false;
     loop {
         match reader.read_message().await {
             // One end of a relay: it said so instead of Hello. The actor takes the connection
@@ -453,6 +486,7 @@ async fn run_connection(
                             Err(e) => Err(Tripped::ban("identity", e.to_string())),
                             Ok(()) => {
                                 bucket = Some(limits.buckets_for(hello.role, now));
+                                neighbour = hello.role == Role::SuperPeer;
                                 Ok(())
                             }
                         }
@@ -465,6 +499,23 @@ async fn run_connection(
                     gate.tripped(remote, &trip, now);
                     peer.socket.shutdown(Shutdown::Both).ok();
                     break;
+                }
+                if neighbour && matches!(msg, Message::Query(_)) {
+                    // Behind on this neighbour's queries: shed this one rather than stop
+                    // reading (what follows it, hits say, would wait behind the backlog).
+                    let Some(place) = query_places.try_acquire_arc() else {
+                        lanes.dropped.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    };
+                    if lanes
+                        .queries
+                        .send(Input::Message(conn, msg, place))
+                        .await
+                        .is_err()
+                    {
+                        break;
+                    }
+                    continue;
                 }
                 let place = places.acquire_arc().await;
                 if inputs.send(Input::Message(conn, msg, place)).await.is_err() {
@@ -536,7 +587,7 @@ struct Actor {
     state: SuperPeer,
     index: index::Index,
     writers: HashMap<ConnId, Outbox>,
-    inputs: Sender<Input>,
+    lanes: Lanes,
     ids: Arc<AtomicU64>,
     listen: SocketAddr,
     hosts_file: Option<PathBuf>,
@@ -550,18 +601,29 @@ struct Actor {
 }
 
 impl Actor {
-    async fn run(mut self, inputs: Receiver<Input>) {
+    async fn run(mut self, inputs: Receiver<Input>, queries: Receiver<Input>) {
         let mut next_save = Instant::now() + SAVE_HOSTS_EVERY;
         loop {
             let deadline = self
                 .state
                 .poll_timeout()
                 .map_or(next_save, |t| t.min(next_save));
-            let next = smol::future::or(async { Some(inputs.recv().await) }, async {
-                smol::Timer::at(deadline).await;
-                None
-            })
-            .await;
+            // The first lane first; the query lane when it is empty (see the module docs).
+            let next = match inputs.try_recv() {
+                Ok(input) => Some(Ok(input)),
+                Err(_) => {
+                    smol::future::or(
+                        smol::future::or(async { Some(inputs.recv().await) }, async {
+                            Some(queries.recv().await)
+                        }),
+                        async {
+                            smol::Timer::at(deadline).await;
+                            None
+                        },
+                    )
+                    .await
+                }
+            };
             let now = Instant::now();
             match next {
                 None => self.state.handle_timeout(now),
@@ -637,6 +699,7 @@ impl Actor {
                     hosts: self.state.hosts().len(),
                     route_tables: self.state.neighbour_tables_with_words(),
                     route_aggregates: self.state.neighbour_aggregates_with_words(),
+                    queries_dropped_busy: self.lanes.dropped.load(Ordering::Relaxed),
                 };
                 let _ = tx.try_send(status);
             }
@@ -648,7 +711,7 @@ impl Actor {
                 // writer task hands the writer back once our Hello is written.
                 let outbox = self.writers.remove(&end.conn);
                 self.state.handle_disconnect(now, end.conn);
-                let inputs = self.inputs.clone();
+                let inputs = self.lanes.inputs.clone();
                 smol::spawn(async move {
                     let Some(outbox) = outbox else { return };
                     let Some(writer) = outbox.out.take_writer().await else {
@@ -691,7 +754,7 @@ impl Actor {
                     false => (other, end),
                 };
                 let (max_bytes, max_time) = self.state.relay_caps();
-                let inputs = self.inputs.clone();
+                let inputs = self.lanes.inputs.clone();
                 let task = smol::spawn(async move {
                     let (bytes, why) =
                         crate::relay::splice(requester, leaf, max_bytes, max_time).await;
@@ -781,7 +844,7 @@ impl Actor {
                     self.writers.remove(&conn);
                 }
                 Event::Dial(addr) => {
-                    let (inputs, ids) = (self.inputs.clone(), self.ids.clone());
+                    let (lanes, ids) = (self.lanes.clone(), self.ids.clone());
                     let (identity, gate) = (self.identity.clone(), self.gate.clone());
                     smol::spawn(async move {
                         let limit = Duration::from_secs(5);
@@ -797,7 +860,7 @@ impl Actor {
                                     Ok(secure) => secure,
                                     Err(e) => {
                                         log::info!("super-peer {addr}: {e}");
-                                        let _ = inputs.send(Input::DialFailed(addr)).await;
+                                        let _ = lanes.inputs.send(Input::DialFailed(addr)).await;
                                         return;
                                     }
                                 };
@@ -810,18 +873,18 @@ impl Actor {
                                     dialed: true,
                                     _admitted: None,
                                 };
-                                run_connection(peer, secure, inputs, gate).await;
+                                run_connection(peer, secure, lanes, gate).await;
                             }
                             Err(e) => {
                                 log::debug!("cannot reach super-peer {addr}: {e}");
-                                let _ = inputs.send(Input::DialFailed(addr)).await;
+                                let _ = lanes.inputs.send(Input::DialFailed(addr)).await;
                             }
                         }
                     })
                     .detach();
                 }
                 Event::CheckReachable { conn, addr } => {
-                    let (inputs, identity) = (self.inputs.clone(), self.identity.clone());
+                    let (inputs, identity) = (self.lanes.inputs.clone(), self.identity.clone());
                     smol::spawn(async move {
                         let ok = check_reachable(addr, &identity).await;
                         let _ = inputs.send(Input::Reachable(conn, ok)).await;
