@@ -240,7 +240,7 @@ pub struct FolderStats {
 pub struct PortMapping {
     /// The external port (None: none held; the listen port is announced).
     pub port: Option<u16>,
-    /// Where it comes from (UPnP and the router's address, a flag, a file), or why there is
+    /// Where it comes from (UPnP, PCP or NAT-PMP and the router's address, a flag, a file), or why there is
     /// none.
     pub how: String,
 }

@@ -1,6 +1,6 @@
 //! Asking the home router to forward our port, so that others can connect to a leaf behind
-//! NAT: UPnP IGD (through `igd-next`), renewed before its lease ends, and removed when the node
-//! stops. Or a port the user forwarded by hand or a VPN forwards (`--external-port`, or
+//! NAT: UPnP IGD (through `igd-next`), or else PCP or NAT-PMP (through `crab_nat`) at the
+//! default gateway, renewed before its lease ends, and removed when the node stops. Or a port the user forwarded by hand or a VPN forwards (`--external-port`, or
 //! `--external-port-file`, re-read as VPN clients rewrite it).
 //!
 //! [`PortMapper`] holds the rules, sans IO (time passed in): when to ask, when to renew, how
@@ -10,9 +10,14 @@
 //!
 //! `igd-next` was chosen for UPnP IGD: it is maintained (a fork of `igd` kept up by the
 //! libp2p and iroh ecosystems), and its blocking API runs on smol's thread pool with no second
-//! async runtime. NAT-PMP and PCP are not spoken yet.
+//! async runtime. `crab_nat` speaks PCP (RFC 6887) and falls back to NAT-PMP (RFC 6886), the
+//! protocols of routers that have no UPnP (Apple's, and many that run miniupnpd with UPnP
+//! off); it is small and needs only tokio's UDP and timers, already in the build for the web
+//! UI. It runs on a current-thread tokio runtime made for each attempt, on the same thread
+//! pool, so nothing of tokio touches smol's executor.
 
-use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
+use std::num::NonZeroU16;
 use std::time::{Duration, Instant};
 
 /// The lease asked for. Renewed at half of it.
@@ -25,6 +30,15 @@ pub const MAX_BACKOFF: Duration = Duration::from_secs(30 * 60);
 pub const RENEW_RETRY: Duration = Duration::from_secs(60);
 /// How long one search for the gateway waits for answers.
 pub const SEARCH_TIMEOUT: Duration = Duration::from_secs(3);
+/// The port PCP and NAT-PMP servers listen on.
+pub const PCP_PORT: u16 = 5351;
+/// A PCP or NAT-PMP request is sent again after 250 ms, then 500 ms and 1 s: a router that has
+/// not answered in 1.75 s does not speak them.
+const PCP_TIMEOUTS: crab_nat::TimeoutConfig = crab_nat::TimeoutConfig {
+    initial_timeout: Duration::from_millis(250),
+    max_retries: 2,
+    max_retry_timeout: Some(Duration::from_secs(1)),
+};
 
 /// What the rules want done now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -143,83 +157,227 @@ impl PortMapper {
     }
 }
 
-/// A gateway found, and the address we reach it from.
+/// A gateway found, and how it is spoken to.
 #[derive(Debug, Clone)]
-pub struct Gateway {
-    gateway: igd_next::Gateway,
-    local: IpAddr,
+pub enum Gateway {
+    /// A UPnP IGD, and the address we reach it from.
+    Upnp {
+        /// The gateway as `igd-next` found it.
+        gateway: igd_next::Gateway,
+        /// Our address as it sees us.
+        local: IpAddr,
+    },
+    /// A router that speaks PCP or NAT-PMP, with the mapping it granted (what renewing and
+    /// removing it need: PCP names a mapping by a nonce).
+    Pcp(crab_nat::PortMapping),
 }
 
 impl Gateway {
     /// The gateway's address, for status.
     pub fn addr(&self) -> SocketAddr {
-        self.gateway.addr
+        match self {
+            Gateway::Upnp { gateway, .. } => gateway.addr,
+            Gateway::Pcp(m) => SocketAddr::new(m.gateway().into(), PCP_PORT),
+        }
+    }
+
+    /// The lease the gateway granted, when it says (PCP and NAT-PMP do); else `asked`.
+    pub fn lease(&self, asked: Duration) -> Duration {
+        match self {
+            Gateway::Upnp { .. } => asked,
+            Gateway::Pcp(m) => Duration::from_secs(m.lifetime().into()),
+        }
+    }
+
+    /// The protocol spoken, for status: "UPnP", "PCP" or "NAT-PMP".
+    pub fn protocol(&self) -> &'static str {
+        match self {
+            Gateway::Upnp { .. } => "UPnP",
+            Gateway::Pcp(m) => match m.mapping_type() {
+                crab_nat::PortMappingType::Pcp { .. } => "PCP",
+                crab_nat::PortMappingType::NatPmp => "NAT-PMP",
+            },
+        }
     }
 }
 
-/// Blocking: finds the gateway (unless `known`), and asks it to forward `external_port` (or,
-/// refused, any port it picks) to `internal_port` on this host. Returns the gateway and the
-/// external address.
+/// The default gateways in a `/proc/net/route` table: the routes to 0.0.0.0/0 through a
+/// gateway (flag RTF_GATEWAY), in the table's order.
+pub fn default_gateways(route_table: &str) -> Vec<Ipv4Addr> {
+    const RTF_UP: u32 = 0x1;
+    const RTF_GATEWAY: u32 = 0x2;
+    route_table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let hex = |i: usize| f.get(i).and_then(|s| u32::from_str_radix(s, 16).ok());
+            let (dest, gw, flags, mask) = (hex(1)?, hex(2)?, hex(3)?, hex(7)?);
+            let wanted = RTF_UP | RTF_GATEWAY;
+            // The fields are in the host's byte order: little-endian on every Linux we run on.
+            (dest == 0 && mask == 0 && flags & wanted == wanted && gw != 0)
+                .then(|| Ipv4Addr::from(gw.to_le_bytes()))
+        })
+        .collect()
+}
+
+/// A tokio runtime on this thread, for `crab_nat` (see the module docs).
+fn pcp_runtime() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .enable_time()
+        .build()
+        .map_err(|e| format!("PCP: cannot start its runtime: {e}"))
+}
+
+/// Blocking: asks the default gateway for a mapping with PCP, or NAT-PMP if it speaks only
+/// that, renewing `held` when it is for the same external port.
+fn map_pcp_blocking(
+    held: Option<crab_nat::PortMapping>,
+    internal_port: u16,
+    external_port: u16,
+    lease: Duration,
+) -> Result<(Gateway, SocketAddr), String> {
+    let runtime = pcp_runtime()?;
+    runtime.block_on(async move {
+        let internal = NonZeroU16::new(internal_port).ok_or("PCP: internal port 0")?;
+        let mapping = match held.filter(|m| m.external_port().get() == external_port) {
+            Some(mut m) => {
+                let at = m.gateway();
+                m.renew()
+                    .await
+                    .map_err(|e| format!("gateway {}: renewing: {e}", IpAddr::from(at)))?;
+                m
+            }
+            None => {
+                let table = std::fs::read_to_string("/proc/net/route")
+                    .map_err(|e| format!("no default gateway known (/proc/net/route: {e})"))?;
+                let routers = default_gateways(&table);
+                if routers.is_empty() {
+                    return Err("no default gateway in /proc/net/route".to_string());
+                }
+                let mut failures = Vec::new();
+                let mut found = None;
+                for router in routers {
+                    let at = SocketAddr::from((router, PCP_PORT));
+                    // Our address as the router sees us, which PCP names in its request.
+                    let local = UdpSocket::bind(("0.0.0.0", 0))
+                        .and_then(|s| s.connect(at).and_then(|()| s.local_addr()))
+                        .map_err(|e| format!("no route to the gateway {router}: {e}"))?
+                        .ip();
+                    let options = crab_nat::PortMappingOptions {
+                        external_port: NonZeroU16::new(external_port),
+                        lifetime_seconds: Some(lease.as_secs().min(u64::from(u32::MAX)) as u32),
+                        timeout_config: Some(PCP_TIMEOUTS),
+                    };
+                    let tcp = crab_nat::InternetProtocol::Tcp;
+                    match crab_nat::PortMapping::new(router.into(), local, tcp, internal, options)
+                        .await
+                    {
+                        Ok(m) => {
+                            found = Some(m);
+                            break;
+                        }
+                        Err(e) => failures.push(format!("{router}: {e}")),
+                    }
+                }
+                found.ok_or_else(|| {
+                    format!(
+                        "no PCP or NAT-PMP router answered ({})",
+                        failures.join("; ")
+                    )
+                })?
+            }
+        };
+        let ip = match mapping.mapping_type() {
+            crab_nat::PortMappingType::Pcp { external_ip, .. } => external_ip,
+            crab_nat::PortMappingType::NatPmp => {
+                let at = mapping.gateway();
+                crab_nat::natpmp::external_address(at, Some(PCP_TIMEOUTS))
+                    .await
+                    .map(IpAddr::V4)
+                    .map_err(|e| format!("gateway {}: external address: {e}", IpAddr::from(at)))?
+            }
+        };
+        let external = SocketAddr::new(ip, mapping.external_port().get());
+        Ok((Gateway::Pcp(mapping), external))
+    })
+}
+
+/// Blocking: finds the gateway (unless `known`): a UPnP IGD, or else a router speaking PCP or
+/// NAT-PMP; and asks it to forward `external_port` (or, refused, any port it picks) to
+/// `internal_port` on this host. Returns the gateway and the external address.
 pub fn map_blocking(
     known: Option<Gateway>,
     internal_port: u16,
     external_port: u16,
     lease: Duration,
 ) -> Result<(Gateway, SocketAddr), String> {
-    let gw = match known {
-        Some(gw) => gw,
+    let (gateway, local) = match known {
+        Some(Gateway::Upnp { gateway, local }) => (gateway, local),
+        Some(Gateway::Pcp(held)) => {
+            return map_pcp_blocking(Some(held), internal_port, external_port, lease)
+        }
         None => {
             let options = igd_next::SearchOptions {
                 timeout: Some(SEARCH_TIMEOUT),
                 single_search_timeout: Some(SEARCH_TIMEOUT),
                 ..Default::default()
             };
-            let gateway = igd_next::search_gateway(options)
-                .map_err(|e| format!("no UPnP gateway answered: {e}"))?;
+            let gateway = match igd_next::search_gateway(options) {
+                Ok(gateway) => gateway,
+                Err(upnp) => {
+                    return map_pcp_blocking(None, internal_port, external_port, lease)
+                        .map_err(|pcp| format!("no UPnP gateway answered ({upnp}), and {pcp}"))
+                }
+            };
             // The address the gateway sees us at: what it must forward to.
             let local = UdpSocket::bind(("0.0.0.0", 0))
                 .and_then(|s| s.connect(gateway.addr).and_then(|()| s.local_addr()))
                 .map_err(|e| format!("no route to the gateway {}: {e}", gateway.addr))?
                 .ip();
-            Gateway { gateway, local }
+            (gateway, local)
         }
     };
-    let at = gw.gateway.addr;
-    let ip = gw
-        .gateway
+    let at = gateway.addr;
+    let ip = gateway
         .get_external_ip()
         .map_err(|e| format!("gateway {at}: external address: {e}"))?;
-    let local = SocketAddr::new(gw.local, internal_port);
+    let to = SocketAddr::new(local, internal_port);
     let mut lease_s = lease.as_secs() as u32;
     let tcp = igd_next::PortMappingProtocol::TCP;
-    let mut asked = gw
-        .gateway
-        .add_port(tcp, external_port, local, lease_s, "canopy");
+    let mut asked = gateway.add_port(tcp, external_port, to, lease_s, "canopy");
     if let Err(igd_next::AddPortError::OnlyPermanentLeasesSupported) = asked {
         // Some routers take no lease but "forever" (0); renewing is then harmless, and the
         // mapping is removed when the node stops.
         lease_s = 0;
-        asked = gw
-            .gateway
-            .add_port(tcp, external_port, local, lease_s, "canopy");
+        asked = gateway.add_port(tcp, external_port, to, lease_s, "canopy");
     }
     let port = match asked {
         Ok(()) => external_port,
-        Err(first) => gw
-            .gateway
-            .add_any_port(tcp, local, lease_s, "canopy")
+        Err(first) => gateway
+            .add_any_port(tcp, to, lease_s, "canopy")
             .map_err(|e| {
                 format!("gateway {at} refused port {external_port} ({first}) and any other ({e})")
             })?,
     };
-    Ok((gw, SocketAddr::new(ip, port)))
+    Ok((Gateway::Upnp { gateway, local }, SocketAddr::new(ip, port)))
 }
 
 /// Blocking: removes the mapping of `external_port` (when the node stops).
 pub fn unmap_blocking(gw: &Gateway, external_port: u16) -> Result<(), String> {
-    gw.gateway
-        .remove_port(igd_next::PortMappingProtocol::TCP, external_port)
-        .map_err(|e| format!("gateway {}: {e}", gw.gateway.addr))
+    match gw {
+        Gateway::Upnp { gateway, .. } => gateway
+            .remove_port(igd_next::PortMappingProtocol::TCP, external_port)
+            .map_err(|e| format!("gateway {}: {e}", gateway.addr)),
+        Gateway::Pcp(m) => {
+            let runtime = pcp_runtime()?;
+            let at = IpAddr::from(m.gateway());
+            runtime
+                .block_on(m.clone().try_drop())
+                .map_err(|(e, _)| format!("gateway {at}: {e}"))
+        }
+    }
 }
 
 /// Reads a forwarded port from `path`, as VPN clients write it (the number alone, maybe with
@@ -320,6 +478,21 @@ mod tests {
             now = m.poll_timeout();
         }
         assert_eq!(waits, [60, 120, 240, 480, 960, 1800, 1800, 1800]);
+    }
+
+    #[test]
+    fn the_default_gateway_is_read_from_the_kernels_route_table() {
+        // /proc/net/route of a host on 192.168.77.0/24 whose router is 192.168.77.1, with a
+        // second default route (a VPN) that is down, and a host route through a gateway.
+        let table =
+            "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n\
+                     eth0\t00000000\t014DA8C0\t0003\t0\t0\t0\t00000000\t0\t0\t0\n\
+                     tun0\t00000000\t0100080A\t0002\t0\t0\t50\t00000000\t0\t0\t0\n\
+                     eth0\t004DA8C0\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0\n\
+                     eth0\t0A0A0A0A\t014DA8C0\t0007\t0\t0\t0\tFFFFFFFF\t0\t0\t0\n\
+                     garbage line\n";
+        assert_eq!(default_gateways(table), [Ipv4Addr::new(192, 168, 77, 1)]);
+        assert!(default_gateways("").is_empty());
     }
 
     #[test]

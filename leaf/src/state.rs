@@ -74,7 +74,7 @@ pub(crate) struct NodeState {
     pub(crate) reverse: crate::reverse::Reverse,
     /// The sources this node's searches met, by node id (`leaf browse NODE`).
     pub(crate) seen: std::sync::Mutex<crate::seen::Seen>,
-    /// The port others should connect to when it is not the listen port (a UPnP mapping, a
+    /// The port others should connect to when it is not the listen port (a router's mapping, a
     /// forwarded port); 0: the listen port. Written by the node's external-port task only.
     pub(crate) external_port: std::sync::atomic::AtomicU16,
     /// Open upload connections (accepted, or made because someone asked), so shutdown can

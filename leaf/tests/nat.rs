@@ -16,8 +16,8 @@
 //! - With nothing forwarded, the leaf learns it cannot be reached (with the router's address),
 //!   and a download from it still completes: the downloader asks through the super-peer, and
 //!   the leaf connects out to it.
-//! - With miniupnpd on the router, the leaf maps its port (UPnP IGD), is found reachable, and
-//!   removes the mapping when it stops.
+//! - With miniupnpd on the router, the leaf maps its port (UPnP IGD; with UPnP off, PCP or
+//!   NAT-PMP), is found reachable, and removes the mapping when it stops.
 //! - With a port forwarded by hand (`--external-port`), the leaf announces that port.
 //! - Between two leaves behind two such routers, the download completes through a hole the
 //!   two punch at once (TCP simultaneous open, coordinated through the super-peer).
@@ -362,19 +362,36 @@ fn a_source_behind_nat_is_found_known_unreachable_and_still_downloaded_from() {
 
 #[test]
 fn a_leaf_behind_a_upnp_router_maps_its_port_is_reachable_and_unmaps_when_it_stops() {
-    let ns = home_behind_nat("u");
+    maps_its_port_and_unmaps_it("u", true, &["UPnP"]);
+}
+
+#[test]
+fn a_leaf_behind_a_router_without_upnp_maps_its_port_with_pcp_or_nat_pmp() {
+    // miniupnpd speaks NAT-PMP, and PCP where it was built with it: the leaf asks PCP first
+    // and falls back to NAT-PMP.
+    maps_its_port_and_unmaps_it("m", false, &["PCP", "NAT-PMP"]);
+}
+
+/// A leaf behind a router running miniupnpd (with UPnP IGD on or off; NAT-PMP and PCP on)
+/// maps its port, is found reachable through it, and removes the mapping when it stops.
+/// `how`: the protocols it may have used.
+fn maps_its_port_and_unmaps_it(tag: &str, upnp: bool, how: &[&str]) {
+    let ns = home_behind_nat(tag);
     let tmp = tempfile::tempdir().unwrap();
     let base = tmp.path();
     // miniupnpd on the router: UPnP IGD on the LAN side, forwarding from the WAN side, in the
     // chains the router's rules left for it.
     let conf = base.join("miniupnpd.conf");
+    let upnp = if upnp { "yes" } else { "no" };
     std::fs::write(
         &conf,
-        "ext_ifname=wan\nlistening_ip=lan\nhttp_port=0\nenable_upnp=yes\nenable_natpmp=yes\n\
+        format!(
+            "ext_ifname=wan\nlistening_ip=lan\nhttp_port=0\nenable_upnp={upnp}\nenable_natpmp=yes\n\
          secure_mode=yes\nsystem_uptime=yes\nuuid=3d5bd8a0-6d5a-4a3c-9e2f-1c2a3b4c5d6e\n\
          upnp_table_name=filter\nupnp_nat_table_name=nat\nupnp_forward_chain=miniupnpd\n\
          upnp_nat_chain=prerouting_miniupnpd\nupnp_nat_postrouting_chain=postrouting_miniupnpd\n\
-         allow 1024-65535 192.168.77.0/24 1024-65535\ndeny 0-65535 0.0.0.0/0 0-65535\n",
+         allow 1024-65535 192.168.77.0/24 1024-65535\ndeny 0-65535 0.0.0.0/0 0-65535\n"
+        ),
     )
     .unwrap();
     let mut upnp = ns.exec("nat", "miniupnpd");
@@ -411,10 +428,12 @@ fn a_leaf_behind_a_upnp_router_maps_its_port_is_reachable_and_unmaps_when_it_sto
     let s = status(&home_data);
     assert_eq!(s["reach"]["observed"], "80.77.1.2:7001");
     assert_eq!(s["port_mapping"]["port"], 7001);
-    let how = s["port_mapping"]["how"].as_str().unwrap();
+    let said = s["port_mapping"]["how"].as_str().unwrap();
+    println!("port mapping: {said}");
     assert!(
-        how.starts_with("UPnP: the router at 192.168.77.1:"),
-        "{how}"
+        how.iter()
+            .any(|h| said.starts_with(&format!("{h}: the router at 192.168.77.1:"))),
+        "{said}"
     );
     assert!(forwards());
     assert!(connects_from_pub(&ns, "80.77.1.2:7001"), "forwarded now");

@@ -1,5 +1,5 @@
-//! The port others should connect to, when it is not the one the node listens on: a UPnP
-//! mapping on the home router ([`crate::portmap`]), or a port forwarded by hand or by a VPN
+//! The port others should connect to, when it is not the one the node listens on: a mapping
+//! on the home router (UPnP IGD, PCP or NAT-PMP) ([`crate::portmap`]), or a port forwarded by hand or by a VPN
 //! (`--external-port`, `--external-port-file`). This task owns it: it publishes the port in
 //! `NodeState::external_port` and the status, and tells the overlay, which attaches again so
 //! the super-peers hear it and connect back to it.
@@ -16,7 +16,7 @@ const ATTEMPT_LIMIT: Duration = Duration::from_secs(20);
 /// Where the external port comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ExternalPort {
-    /// Ask the router (UPnP IGD).
+    /// Ask the router (UPnP IGD, else PCP or NAT-PMP).
     Upnp,
     /// This port, forwarded by hand.
     Fixed(u16),
@@ -49,13 +49,13 @@ impl Node {
     async fn run_upnp(&self, internal: u16) {
         let mut rules = PortMapper::new(Instant::now(), internal, portmap::LEASE);
         let mut gateway: Option<portmap::Gateway> = None;
-        self.set_external(None, "asking the router (UPnP)".into());
+        self.set_external(None, "asking the router (UPnP, PCP, NAT-PMP)".into());
         loop {
             smol::Timer::at(rules.poll_timeout()).await;
             let now = Instant::now();
             if rules.handle_timeout(now).is_some() {
                 *self.inner.mapping.0.lock().unwrap() = None;
-                self.set_external(None, "the UPnP lease ran out".into());
+                self.set_external(None, "the router's lease ran out".into());
             }
             let Some(Action::Map { external_port }) = rules.poll_action(now) else {
                 continue;
@@ -74,7 +74,11 @@ impl Node {
             let now = Instant::now();
             match result {
                 Ok((gw, external)) => {
-                    let detail = format!("UPnP: the router at {} forwards {external}", gw.addr());
+                    let detail = format!(
+                        "{}: the router at {} forwards {external}",
+                        gw.protocol(),
+                        gw.addr()
+                    );
                     let held = self
                         .inner
                         .mapping
@@ -86,8 +90,8 @@ impl Node {
                         // Moved to another port: the old forward goes.
                         let _ = smol::unblock(move || portmap::unmap_blocking(&old_gw, old)).await;
                     }
+                    rules.handle_mapped(now, external, gw.lease(portmap::LEASE));
                     gateway = Some(gw);
-                    rules.handle_mapped(now, external, portmap::LEASE);
                     self.set_external(Some(external.port()), detail);
                 }
                 Err(e) => {
@@ -124,7 +128,7 @@ impl Node {
         *self.inner.port_mapping.lock().unwrap() = Some(PortMapping { port, how });
     }
 
-    /// Removes the UPnP mapping, if one is held (the node stops).
+    /// Removes the router's mapping, if one is held (the node stops).
     pub(super) async fn unmap(&self) {
         let Some((gw, port)) = self.inner.mapping.0.lock().unwrap().take() else {
             return;
@@ -136,8 +140,8 @@ impl Node {
         })
         .await;
         match done {
-            Some(Ok(())) => log::info!("removed the UPnP mapping of port {port}"),
-            Some(Err(e)) => log::info!("could not remove the UPnP mapping of port {port}: {e}"),
+            Some(Ok(())) => log::info!("removed the router's mapping of port {port}"),
+            Some(Err(e)) => log::info!("could not remove the router's mapping of port {port}: {e}"),
             None => log::info!("the gateway did not answer the removal of port {port}"),
         }
     }

@@ -262,7 +262,7 @@ pub(crate) struct Inner {
     control: bool,
     /// Keeps other nodes off the data directory until this one shuts down.
     dir_lock: Mutex<Option<transport::store::DirLock>>,
-    /// The UPnP mapping held, removed at shutdown.
+    /// The router's mapping held (UPnP, PCP or NAT-PMP), removed at shutdown.
     mapping: mapping::Held,
     /// The external port and where it comes from, for status.
     port_mapping: Mutex<Option<control::PortMapping>>,

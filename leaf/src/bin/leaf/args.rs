@@ -79,11 +79,11 @@ pub(crate) struct Cli {
     #[arg(long, env = "CANOPY_SEED_RATIO", global = true, value_parser = parse_ratio)]
     pub(crate) seed_ratio: Option<f64>,
     /// The port others should connect to, forwarded to --listen's port by hand on the router
-    /// (or by a VPN). Turns UPnP off.
+    /// (or by a VPN). Turns asking the router off.
     #[arg(long, env = "CANOPY_EXTERNAL_PORT", global = true, value_parser = clap::value_parser!(u16).range(1..), conflicts_with = "external_port_file")]
     pub(crate) external_port: Option<u16>,
     /// A file holding the forwarded port (as VPN clients write it), read again every 30 s.
-    /// Turns UPnP off.
+    /// Turns asking the router off.
     #[arg(
         long,
         env = "CANOPY_EXTERNAL_PORT_FILE",
@@ -91,7 +91,7 @@ pub(crate) struct Cli {
         value_name = "FILE"
     )]
     pub(crate) external_port_file: Option<PathBuf>,
-    /// Do not ask the router to forward the listen port (UPnP IGD).
+    /// Do not ask the router to forward the listen port (UPnP IGD, PCP, NAT-PMP).
     #[arg(long, env = "CANOPY_NO_PORT_MAPPING", global = true, value_parser = clap::builder::BoolishValueParser::new())]
     pub(crate) no_port_mapping: bool,
     /// Do not let others list what this node shares (`leaf browse`); they are told so.
