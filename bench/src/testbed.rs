@@ -51,41 +51,12 @@ pub struct Testbed {
     pub client: Host,
     /// The source hosts, each with its upload capped.
     pub sources: Vec<Host>,
-    /// The neighbour-table limits to put back, if they were raised.
-    neigh_limits: Option<Vec<(String, String)>>,
 }
 
-/// The kernel's limits on neighbour (ARP) entries. The table is one for every namespace:
-/// hosts that all talk to all need hosts² entries, and past `gc_thresh3` (1,024 by default)
-/// new entries are refused ("neighbor table overflow"), so connections between some hosts
-/// time out.
-const NEIGH_LIMITS: [&str; 2] = [
-    "/proc/sys/net/ipv4/neigh/default/gc_thresh2",
-    "/proc/sys/net/ipv4/neigh/default/gc_thresh3",
-];
-
-/// Raises the neighbour-table limits so that `hosts` hosts can all reach each other; returns
-/// what to put back (None if they were high enough).
-fn raise_neigh_limits(hosts: usize) -> anyhow::Result<Option<Vec<(String, String)>>> {
-    let need = (hosts * hosts * 2).max(1024) as u64;
-    let old: Vec<(String, String)> = NEIGH_LIMITS
-        .iter()
-        .map(|p| {
-            Ok((
-                p.to_string(),
-                std::fs::read_to_string(p)?.trim().to_string(),
-            ))
-        })
-        .collect::<std::io::Result<_>>()
-        .context("reading the neighbour-table limits")?;
-    if old[1].1.parse::<u64>().unwrap_or(0) >= need {
-        return Ok(None);
-    }
-    for (path, value) in [(NEIGH_LIMITS[0], need / 2), (NEIGH_LIMITS[1], need)] {
-        std::fs::write(path, value.to_string())
-            .with_context(|| format!("raising {path} to {value}"))?;
-    }
-    Ok(Some(old))
+/// The link-layer address of the testbed's host number `i` (fixed, so every host can be told
+/// every other's before any traffic: see [`Testbed::create`]).
+fn mac(i: usize) -> String {
+    format!("02:77:00:00:{:02x}:{:02x}", i >> 8, i & 0xff)
 }
 
 fn ip(args: &[&str]) -> anyhow::Result<()> {
@@ -153,9 +124,7 @@ impl Testbed {
                     ip: Ipv4Addr::new(10, 77, 0, 10 + i as u8),
                 })
                 .collect(),
-            neigh_limits: None,
         };
-        tb.neigh_limits = raise_neigh_limits(2 + sources)?;
         let bridge = format!("{PREFIX}br");
         tb.add_namespace(&bridge)?;
         ip(&["-n", &bridge, "link", "add", "br0", "type", "bridge"])?;
@@ -168,8 +137,20 @@ impl Testbed {
             tb.add_namespace(&host.ns)?;
             let port = format!("p{i}");
             ip(&[
-                "link", "add", "eth0", "netns", &host.ns, "type", "veth", "peer", "name", &port,
-                "netns", &bridge,
+                "link",
+                "add",
+                "eth0",
+                "netns",
+                &host.ns,
+                "address",
+                &mac(i),
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &port,
+                "netns",
+                &bridge,
             ])
             .with_context(|| format!("creating the link of {}", host.ns))?;
             ip(&["-n", &bridge, "link", "set", &port, "master", "br0", "up"])?;
@@ -206,6 +187,32 @@ impl Testbed {
                 ]))
                 .with_context(|| format!("capping the upload of {}", host.ns))?;
             }
+        }
+        // Every host knows every other's link-layer address from the start, as permanent
+        // entries. Learnt by ARP, hosts that all talk to all need hosts² entries in the
+        // kernel's neighbour table, which is one for every namespace: past its gc_thresh3
+        // (1,024 by default) new entries are refused ("neighbor table overflow") and
+        // connections between some hosts time out, as they did at N = 100. Permanent entries
+        // are exempt from those limits and from garbage collection.
+        let batch = std::env::temp_dir().join(format!("{PREFIX}neigh-{}", std::process::id()));
+        for (i, (host, _)) in hosts.iter().enumerate() {
+            let lines: String = hosts
+                .iter()
+                .enumerate()
+                .filter(|&(j, _)| j != i)
+                .map(|(j, (other, _))| {
+                    format!(
+                        "neigh replace {} lladdr {} dev eth0 nud permanent\n",
+                        other.ip,
+                        mac(j)
+                    )
+                })
+                .collect();
+            std::fs::write(&batch, lines).context("writing the neighbour entries")?;
+            let batch_path = batch.to_string_lossy();
+            let done = ip(&["-n", &host.ns, "-batch", &batch_path]);
+            let _ = std::fs::remove_file(&batch);
+            done.with_context(|| format!("adding the neighbour entries of {}", host.ns))?;
         }
         tb.wait_links()?;
         Ok(tb)
@@ -244,9 +251,6 @@ impl Testbed {
 
 impl Drop for Testbed {
     fn drop(&mut self) {
-        for (path, value) in self.neigh_limits.take().into_iter().flatten() {
-            let _ = std::fs::write(path, value);
-        }
         for ns in self.namespaces.iter().rev() {
             let _ = Command::new("ip")
                 .args(["netns", "del", ns])

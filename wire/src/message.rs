@@ -11,8 +11,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::ids::{FileId, NodeId, QueryId};
 
-/// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u16 = 1;
+/// The protocol version this build speaks. A peer speaking another is refused at Hello, by
+/// name, rather than cut off later for a message it cannot decode.
+///
+/// 2: reachability, reverse connections, hole punching and relays (issue 19), source exchange
+/// (issue 21), browsing (issue 22).
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// The most addresses one [`Message::Peers`] carries.
 pub const MAX_PEX: usize = 50;
