@@ -271,11 +271,12 @@ fn the_mesh_survives_a_query_flood_and_share_churn() {
             misses.is_empty(),
             "honest searches missed matches: {misses:?}"
         );
-        // The flood was seen for what it is: its first address went past the query rate (the
-        // rate it arrived at, not the rate the node got round to reading it) and is banned.
+        // The flood was seen for what it is: it went past the query rate (the rate it arrived
+        // at, not the rate the node got round to reading it), and an address it came from is
+        // banned (each for 300 s; it moves to the next every few seconds).
         assert!(
-            sps[0].is_banned(IpAddr::from([127, 0, 0, 2])),
-            "the flood's first address was never cut off"
+            (2..=255).any(|n| sps[0].is_banned(IpAddr::from([127, 0, 0, n]))),
+            "the flood was never cut off"
         );
         let loopback = IpAddr::from([127, 0, 0, 1]);
         for sp in &sps {

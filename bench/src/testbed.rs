@@ -59,6 +59,32 @@ fn mac(i: usize) -> String {
     format!("02:77:00:00:{:02x}:{:02x}", i >> 8, i & 0xff)
 }
 
+/// Runs `lines` of `ip` commands in namespace `ns` (`ip -batch`, from standard input).
+fn ip_batch(ns: &str, lines: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut child = Command::new("ip")
+        .args(["-n", ns, "-batch", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("running ip -batch")?;
+    let written = child
+        .stdin
+        .take()
+        .context("ip -batch has no standard input")?
+        .write_all(lines.as_bytes());
+    let out = child.wait_with_output().context("waiting for ip -batch")?;
+    written.context("writing to ip -batch")?;
+    if !out.status.success() {
+        bail!(
+            "ip -n {ns} -batch: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
 fn ip(args: &[&str]) -> anyhow::Result<()> {
     output(Command::new("ip").args(args)).map(|_| ())
 }
@@ -194,7 +220,6 @@ impl Testbed {
         // (1,024 by default) new entries are refused ("neighbor table overflow") and
         // connections between some hosts time out, as they did at N = 100. Permanent entries
         // are exempt from those limits and from garbage collection.
-        let batch = std::env::temp_dir().join(format!("{PREFIX}neigh-{}", std::process::id()));
         for (i, (host, _)) in hosts.iter().enumerate() {
             let lines: String = hosts
                 .iter()
@@ -208,11 +233,8 @@ impl Testbed {
                     )
                 })
                 .collect();
-            std::fs::write(&batch, lines).context("writing the neighbour entries")?;
-            let batch_path = batch.to_string_lossy();
-            let done = ip(&["-n", &host.ns, "-batch", &batch_path]);
-            let _ = std::fs::remove_file(&batch);
-            done.with_context(|| format!("adding the neighbour entries of {}", host.ns))?;
+            ip_batch(&host.ns, &lines)
+                .with_context(|| format!("adding the neighbour entries of {}", host.ns))?;
         }
         tb.wait_links()?;
         Ok(tb)

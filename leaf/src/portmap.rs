@@ -32,8 +32,8 @@ pub const RENEW_RETRY: Duration = Duration::from_secs(60);
 pub const SEARCH_TIMEOUT: Duration = Duration::from_secs(3);
 /// The port PCP and NAT-PMP servers listen on.
 pub const PCP_PORT: u16 = 5351;
-/// A PCP or NAT-PMP request is sent again after 250 ms, then 500 ms and 1 s: a router that has
-/// not answered in 1.75 s does not speak them.
+/// A PCP or NAT-PMP request waits 250 ms for an answer, then is sent again and waits 500 ms,
+/// then once more and waits 1 s: a router that has not answered in 1.75 s does not speak them.
 const PCP_TIMEOUTS: crab_nat::TimeoutConfig = crab_nat::TimeoutConfig {
     initial_timeout: Duration::from_millis(250),
     max_retries: 2,
@@ -214,9 +214,10 @@ pub fn default_gateways(route_table: &str) -> Vec<Ipv4Addr> {
             let hex = |i: usize| f.get(i).and_then(|s| u32::from_str_radix(s, 16).ok());
             let (dest, gw, flags, mask) = (hex(1)?, hex(2)?, hex(3)?, hex(7)?);
             let wanted = RTF_UP | RTF_GATEWAY;
-            // The fields are in the host's byte order: little-endian on every Linux we run on.
+            // The addresses are written as the kernel holds them: in network order, read
+            // as a number in the host's order.
             (dest == 0 && mask == 0 && flags & wanted == wanted && gw != 0)
-                .then(|| Ipv4Addr::from(gw.to_le_bytes()))
+                .then(|| Ipv4Addr::from(gw.to_ne_bytes()))
         })
         .collect()
 }
@@ -261,10 +262,15 @@ fn map_pcp_blocking(
                 for router in routers {
                     let at = SocketAddr::from((router, PCP_PORT));
                     // Our address as the router sees us, which PCP names in its request.
-                    let local = UdpSocket::bind(("0.0.0.0", 0))
+                    let local = match UdpSocket::bind(("0.0.0.0", 0))
                         .and_then(|s| s.connect(at).and_then(|()| s.local_addr()))
-                        .map_err(|e| format!("no route to the gateway {router}: {e}"))?
-                        .ip();
+                    {
+                        Ok(local) => local.ip(),
+                        Err(e) => {
+                            failures.push(format!("{router}: no route: {e}"));
+                            continue;
+                        }
+                    };
                     let options = crab_nat::PortMappingOptions {
                         external_port: NonZeroU16::new(external_port),
                         lifetime_seconds: Some(lease.as_secs().min(u64::from(u32::MAX)) as u32),

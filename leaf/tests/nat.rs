@@ -379,8 +379,8 @@ fn maps_its_port_and_unmaps_it(tag: &str, upnp: bool, how: &[&str]) {
     let ns = home_behind_nat(tag);
     let tmp = tempfile::tempdir().unwrap();
     let base = tmp.path();
-    // miniupnpd on the router: UPnP IGD on the LAN side, forwarding from the WAN side, in the
-    // chains the router's rules left for it.
+    // miniupnpd on the router: UPnP IGD (if `upnp`), NAT-PMP and PCP on the LAN side,
+    // forwarding from the WAN side, in the chains the router's rules left for it.
     let conf = base.join("miniupnpd.conf");
     let upnp = if upnp { "yes" } else { "no" };
     std::fs::write(

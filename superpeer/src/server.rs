@@ -16,7 +16,9 @@
 //! connection holds at most [`QUEUED_PER_CONNECTION`] places; one that finds its
 //! connection's places taken is dropped (and counted), not waited for, so the reader keeps
 //! reading. Everything else (hits, route tables, keep-alives, and all a leaf sends, which the
-//! limits already hold to a leaf's rate) takes the first lane, which the actor empties first.
+//! limits already hold to a leaf's rate) takes the first lane, which the actor empties first
+//! (but it serves the query lane at least once every [`FIRST_LANE_RUN`] inputs, so a busy first
+//! lane never holds queries for good).
 //! Under a flood the mesh then sheds queries rather than delaying them: hits never wait behind
 //! a backlog of queries in the same TCP stream, a leaf's search is handled at once, and a
 //! flooding neighbour's arrival rate (not the rate this node gets round to it) is what the
@@ -54,8 +56,10 @@ pub const HOSTS_FILE: &str = "hosts.cbor";
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Inputs waiting for the actor before connection readers wait.
 const INPUT_BACKLOG: usize = 4096;
-/// Messages of one connection waiting in the actor's queue, at most.
+/// Messages of one connection waiting in each lane of the actor's queue, at most.
 const QUEUED_PER_CONNECTION: usize = 16;
+/// The query lane is served at least once every this many inputs of the first lane.
+const FIRST_LANE_RUN: usize = 16;
 /// How often the host cache is saved.
 const SAVE_HOSTS_EVERY: Duration = Duration::from_secs(30);
 
@@ -455,9 +459,9 @@ async fn run_connection(
     // Overlay messages never carry a payload (only chunks and manifests do).
     let mut reader = FrameReader::new(secure.reader).limited(wire::MAX_BODY, 0);
     let mut bucket = None;
-    // Fair queueing: one connection holds at most this many messages in the actor's queue, so
-    // a peer that sends as fast as it may delays the others' messages by that many at most,
-    // not by the whole queue.
+    // Fair queueing: one connection holds at most this many messages in each lane of the
+    // actor's queue, so a peer that sends as fast as it may delays the others' messages by
+    // that many at most, not by the whole queue.
     let places = Arc::new(Semaphore::new(QUEUED_PER_CONNECTION));
     let query_places = Arc::new(Semaphore::new(QUEUED_PER_CONNECTION));
     let mut neighbour = false;
@@ -603,27 +607,37 @@ struct Actor {
 impl Actor {
     async fn run(mut self, inputs: Receiver<Input>, queries: Receiver<Input>) {
         let mut next_save = Instant::now() + SAVE_HOSTS_EVERY;
+        // First-lane inputs handled since the query lane was last served.
+        let mut run = 0;
         loop {
             let deadline = self
                 .state
                 .poll_timeout()
                 .map_or(next_save, |t| t.min(next_save));
-            // The first lane first; the query lane when it is empty (see the module docs).
-            let next = match inputs.try_recv() {
-                Ok(input) => Some(Ok(input)),
-                Err(_) => {
-                    smol::future::or(
-                        smol::future::or(async { Some(inputs.recv().await) }, async {
-                            Some(queries.recv().await)
-                        }),
-                        async {
-                            smol::Timer::at(deadline).await;
-                            None
-                        },
-                    )
-                    .await
-                }
+            // The first lane first; the query lane when it is empty, or after a long run of the
+            // first (so its queries are never held for good: see the module docs).
+            let waiting = (run >= FIRST_LANE_RUN)
+                .then(|| queries.try_recv().ok())
+                .flatten();
+            let (next, first_lane) = match waiting {
+                Some(input) => (Some(Ok(input)), false),
+                None => match inputs.try_recv() {
+                    Ok(input) => (Some(Ok(input)), true),
+                    Err(_) => {
+                        smol::future::or(
+                            smol::future::or(async { (Some(inputs.recv().await), true) }, async {
+                                (Some(queries.recv().await), false)
+                            }),
+                            async {
+                                smol::Timer::at(deadline).await;
+                                (None, false)
+                            },
+                        )
+                        .await
+                    }
+                },
             };
+            run = if first_lane { run + 1 } else { 0 };
             let now = Instant::now();
             match next {
                 None => self.state.handle_timeout(now),

@@ -33,7 +33,9 @@ use crate::identity::{node_id_of, Identity};
 
 /// The Noise protocol name.
 pub const NOISE_PARAMS: &str = "Noise_XX_25519_AESGCM_BLAKE2s";
-/// Bound into the handshake hash: a handshake for another protocol (or version) fails.
+/// Bound into the handshake hash: a handshake for another protocol fails. It stays at 1
+/// whatever `wire::PROTOCOL_VERSION` is: a node of another version completes the handshake
+/// and is refused at Hello, by name, rather than failing here with no reason given.
 const PROLOGUE: &[u8] = b"canopy/1";
 /// The largest Noise message.
 const MAX_MESSAGE: usize = 65535;

@@ -87,18 +87,25 @@ impl Node {
                         .unwrap()
                         .replace((gw.clone(), external.port()));
                     if let Some((old_gw, old)) = held.filter(|(_, p)| *p != external.port()) {
-                        // Moved to another port: the old forward goes.
-                        let _ = smol::unblock(move || portmap::unmap_blocking(&old_gw, old)).await;
+                        // Moved to another port: the old UPnP forward goes. (A PCP or NAT-PMP
+                        // mapping is named by its internal port, which the new one shares:
+                        // removing the old would remove the new.)
+                        if matches!(old_gw, portmap::Gateway::Upnp { .. }) {
+                            let _ =
+                                smol::unblock(move || portmap::unmap_blocking(&old_gw, old)).await;
+                        }
                     }
                     rules.handle_mapped(now, external, gw.lease(portmap::LEASE));
                     gateway = Some(gw);
                     self.set_external(Some(external.port()), detail);
                 }
                 Err(e) => {
-                    // Found again next time: it may have moved, or rebooted.
-                    gateway = None;
                     rules.handle_failed(now, e.clone());
+                    // While the lease runs, the same gateway is asked again (a PCP mapping
+                    // is renewed only under its own nonce: a new one would be refused). Once
+                    // it has run out, the gateway is found again: it may have moved.
                     if rules.mapped(now).is_none() {
+                        gateway = None;
                         *self.inner.mapping.0.lock().unwrap() = None;
                         self.set_external(None, e);
                     }
