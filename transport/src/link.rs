@@ -150,13 +150,19 @@ where
 {
     loop {
         match listener.accept().await {
-            Ok((stream, remote)) => match gate.admit(remote, Instant::now()) {
-                Ok(admitted) => {
-                    let _ = stream.set_nodelay(true);
-                    smol::spawn(handle(stream, remote, admitted)).detach();
+            // An IPv4 peer of a dual-stack listener (`[::]`) comes as `::ffff:a.b.c.d`: it is
+            // known by its IPv4 address everywhere (bans, per-address counts, the address a
+            // leaf is seen at), whichever socket it came through.
+            Ok((stream, remote)) => {
+                let remote = canonical(remote);
+                match gate.admit(remote, Instant::now()) {
+                    Ok(admitted) => {
+                        let _ = stream.set_nodelay(true);
+                        smol::spawn(handle(stream, remote, admitted)).detach();
+                    }
+                    Err(trip) => log::warn!("refusing {what} from {remote}: {trip}"),
                 }
-                Err(trip) => log::warn!("refusing {what} from {remote}: {trip}"),
-            },
+            }
             Err(e) => {
                 // Out of descriptors and the like: back off instead of spinning.
                 log::warn!("accepting {what} failed: {e}");
@@ -166,12 +172,27 @@ where
     }
 }
 
+/// `addr` with an IPv4-mapped IPv6 address as the IPv4 address it is.
+pub fn canonical(addr: SocketAddr) -> SocketAddr {
+    SocketAddr::new(addr.ip().to_canonical(), addr.port())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::identity::Identity;
     use crate::limits::Limits;
     use crate::net::FrameReader;
+
+    #[test]
+    fn an_ipv4_peer_of_a_dual_stack_listener_is_known_by_its_ipv4_address() {
+        let mapped: SocketAddr = "[::ffff:80.77.1.2]:7001".parse().unwrap();
+        assert_eq!(canonical(mapped), "80.77.1.2:7001".parse().unwrap());
+        for same in ["80.77.1.2:7001", "[2001:db8::1]:7001", "[::1]:7001"] {
+            let a: SocketAddr = same.parse().unwrap();
+            assert_eq!(canonical(a), a, "{same}");
+        }
+    }
 
     #[test]
     fn a_queue_at_its_cap_refuses_more_and_a_reading_peer_gets_everything_in_order() {
