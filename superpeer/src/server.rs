@@ -16,9 +16,11 @@
 //! connection holds at most [`QUEUED_PER_CONNECTION`] places; one that finds its
 //! connection's places taken is dropped (and counted), not waited for, so the reader keeps
 //! reading. Everything else (hits, route tables, keep-alives, and all a leaf sends, which the
-//! limits already hold to a leaf's rate) takes the first lane, which the actor empties first
-//! (but it serves the query lane at least once every [`FIRST_LANE_RUN`] inputs, so a busy first
-//! lane never holds queries for good).
+//! limits already hold to a leaf's rate) takes the first lane, which the actor always empties
+//! first. That order is what keeps a connection's Hello ahead of its first query (a query
+//! handled before its Hello would close the link); the cost is that a node whose first lane
+//! alone keeps it busy holds neighbours' queries (16 a connection, the rest shed) until it
+//! catches up: its own leaves' searches and the hits come first.
 //! Under a flood the mesh then sheds queries rather than delaying them: hits never wait behind
 //! a backlog of queries in the same TCP stream, a leaf's search is handled at once, and a
 //! flooding neighbour's arrival rate (not the rate this node gets round to it) is what the
@@ -58,8 +60,6 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 const INPUT_BACKLOG: usize = 4096;
 /// Messages of one connection waiting in each lane of the actor's queue, at most.
 const QUEUED_PER_CONNECTION: usize = 16;
-/// The query lane is served at least once every this many inputs of the first lane.
-const FIRST_LANE_RUN: usize = 16;
 /// How often the host cache is saved.
 const SAVE_HOSTS_EVERY: Duration = Duration::from_secs(30);
 
@@ -607,37 +607,23 @@ struct Actor {
 impl Actor {
     async fn run(mut self, inputs: Receiver<Input>, queries: Receiver<Input>) {
         let mut next_save = Instant::now() + SAVE_HOSTS_EVERY;
-        // First-lane inputs handled since the query lane was last served.
-        let mut run = 0;
         loop {
             let deadline = self
                 .state
                 .poll_timeout()
                 .map_or(next_save, |t| t.min(next_save));
-            // The first lane first; the query lane when it is empty, or after a long run of the
-            // first (so its queries are never held for good: see the module docs).
-            let waiting = (run >= FIRST_LANE_RUN)
-                .then(|| queries.try_recv().ok())
-                .flatten();
-            let (next, first_lane) = match waiting {
-                Some(input) => (Some(Ok(input)), false),
-                None => match inputs.try_recv() {
-                    Ok(input) => (Some(Ok(input)), true),
-                    Err(_) => {
-                        smol::future::or(
-                            smol::future::or(async { (Some(inputs.recv().await), true) }, async {
-                                (Some(queries.recv().await), false)
-                            }),
-                            async {
-                                smol::Timer::at(deadline).await;
-                                (None, false)
-                            },
-                        )
-                        .await
-                    }
+            // The first lane first, always; the query lane when it is empty (see the module
+            // docs). (`or` polls its first future first.)
+            let next = smol::future::or(
+                smol::future::or(async { Some(inputs.recv().await) }, async {
+                    Some(queries.recv().await)
+                }),
+                async {
+                    smol::Timer::at(deadline).await;
+                    None
                 },
-            };
-            run = if first_lane { run + 1 } else { 0 };
+            )
+            .await;
             let now = Instant::now();
             match next {
                 None => self.state.handle_timeout(now),
