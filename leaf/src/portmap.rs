@@ -1,6 +1,7 @@
 //! Asking the home router to forward our port, so that others can connect to a leaf behind
 //! NAT: UPnP IGD (through `igd-next`), or else PCP or NAT-PMP (through `crab_nat`) at the
-//! default gateway, renewed before its lease ends, and removed when the node stops. Or a port the user forwarded by hand or a VPN forwards (`--external-port`, or
+//! default gateway, renewed before its lease ends, and removed when the node stops. Or a port
+//! the user forwarded by hand or a VPN forwards (`--external-port`, or
 //! `--external-port-file`, re-read as VPN clients rewrite it).
 //!
 //! [`PortMapper`] holds the rules, sans IO (time passed in): when to ask, when to renew, how

@@ -1,8 +1,8 @@
 //! The port others should connect to, when it is not the one the node listens on: a mapping
 //! on the home router (UPnP IGD, PCP or NAT-PMP: [`crate::portmap`]), or a port forwarded by
-//! hand or by a VPN (`--external-port`, `--external-port-file`). This task owns it: it publishes the port in
-//! `NodeState::external_port` and the status, and tells the overlay, which attaches again so
-//! the super-peers hear it and connect back to it.
+//! hand or by a VPN (`--external-port`, `--external-port-file`). This task owns it: it
+//! publishes the port in `NodeState::external_port` and the status, and tells the overlay,
+//! which attaches again so the super-peers hear it and connect back to it.
 
 use super::*;
 use crate::control::PortMapping;
