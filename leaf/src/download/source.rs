@@ -36,9 +36,9 @@ const MAX_QUEUED: usize = 1 << 20;
 /// Chunks of one download handed in and not yet verified and written: the next chunks are
 /// decrypted while the last are hashed and written. Each source's reader holds at most one
 /// more, waiting for room; what sources send beyond waits in their sockets. So a download
-/// holds at most this many chunks plus one per source. (16 rather than 4: bench case 1 at
-/// N = 8 went from 0.91× to 0.96× aria2c's speed, 2.64 s to 2.52 s, at 3 MiB more a download.)
-pub(super) const READ_AHEAD: usize = 16;
+/// holds at most this many chunks plus one per source. (16 took bench case 1 at N = 8 from
+/// 0.91× to 0.96× aria2c's speed in two runs; not kept yet: see issue 18's note.)
+pub(super) const READ_AHEAD: usize = 4;
 
 /// Room for one chunk in memory, of the download's [`READ_AHEAD`]; given back when dropped.
 pub(super) type Room = smol::lock::SemaphoreGuardArc;
