@@ -9,7 +9,7 @@
 //! the next. A node id never seen in a hit is not guessed at: the error says to search first
 //! or to give the address.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::path::Path;
 
 use wire::{NodeId, Source};
@@ -55,11 +55,8 @@ pub enum SeenError {
 /// The sources met, one per node id, the most recently met kept.
 #[derive(Debug, Default)]
 pub struct Seen {
-    /// Each node's newest source, with the stamp of when it was last met.
+    /// Each node's newest source, with the stamp of when it was last met (stamps grow).
     by_node: HashMap<NodeId, (u64, Source)>,
-    /// Node ids by stamp, oldest first; an entry whose stamp is no longer its node's is stale
-    /// (the node was met again since) and skipped.
-    order: VecDeque<(u64, NodeId)>,
     next: u64,
     /// Changed since it was last saved.
     dirty: bool,
@@ -97,34 +94,22 @@ impl Seen {
             }
         };
         self.dirty |= changed;
-        self.order.push_back((stamp, source.node));
-        while self.by_node.len() > SEEN_KEPT {
-            let Some((at, node)) = self.order.pop_front() else {
-                break;
-            };
-            if self.by_node.get(&node).is_some_and(|(t, _)| *t == at) {
+        // Full: the one met longest ago goes (one pass, only when a new node comes past the
+        // bound).
+        if self.by_node.len() > SEEN_KEPT {
+            let oldest = self.by_node.iter().min_by_key(|(_, (at, _))| *at);
+            if let Some(node) = oldest.map(|(node, _)| *node) {
                 self.by_node.remove(&node);
-                self.dirty = true;
             }
-        }
-        // Stale entries are dropped once they outnumber the live ones.
-        if self.order.len() > 2 * SEEN_KEPT {
-            let by_node = &self.by_node;
-            self.order
-                .retain(|(at, node)| by_node.get(node).is_some_and(|(t, _)| t == at));
         }
     }
 
     /// The record to save, if it changed since the last time this was asked.
     pub fn to_save(&mut self) -> Option<Vec<Source>> {
         std::mem::take(&mut self.dirty).then(|| {
-            self.order
-                .iter()
-                .filter_map(|(at, node)| {
-                    let (t, s) = self.by_node.get(node)?;
-                    (t == at).then(|| s.clone())
-                })
-                .collect()
+            let mut met: Vec<&(u64, Source)> = self.by_node.values().collect();
+            met.sort_unstable_by_key(|(at, _)| *at);
+            met.into_iter().map(|(_, s)| s.clone()).collect()
         })
     }
 
