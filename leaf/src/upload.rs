@@ -653,11 +653,28 @@ async fn serve_chunk(
         .0
         .take()
         .filter(|(held_id, path, _)| *held_id == id && *path == f.local);
-    let shared = f.clone();
-    let read = smol::unblock(move || {
-        let file = match held {
-            Some((_, _, file)) => file,
-            None => {
+    let len = (range.end - range.start) as usize;
+    let read = match held {
+        // The file is open already: what the page cache holds is read here, without a trip
+        // to the blocking pool (a wake-up there and back for each chunk, for which the
+        // executor sat in `epoll_wait` once a chunk in `perf sched`); what it does not hold
+        // is read there.
+        Some((_, path, file)) => {
+            let mut data = vec![0u8; len];
+            let got = read_cached(&file, &mut data, range.start);
+            if got == len {
+                Ok((path, file, data))
+            } else {
+                smol::unblock(move || {
+                    file.read_exact_at(&mut data[got..], range.start + got as u64)?;
+                    Ok((path, file, data))
+                })
+                .await
+            }
+        }
+        None => {
+            let shared = f.clone();
+            smol::unblock(move || {
                 // A shared file swapped for a symbolic link since it was shared is not
                 // followed, and one replaced or changed since it was hashed is not served.
                 let file = std::fs::OpenOptions::new()
@@ -667,14 +684,13 @@ async fn serve_chunk(
                 if !shared.matches(&file.metadata()?) {
                     return Err(std::io::Error::other("changed since it was shared"));
                 }
-                Arc::new(file)
-            }
-        };
-        let mut data = vec![0u8; (range.end - range.start) as usize];
-        file.read_exact_at(&mut data, range.start)?;
-        Ok::<_, std::io::Error>((shared.local.clone(), file, data))
-    })
-    .await;
+                let mut data = vec![0u8; len];
+                file.read_exact_at(&mut data, range.start)?;
+                Ok::<_, std::io::Error>((shared.local.clone(), Arc::new(file), data))
+            })
+            .await
+        }
+    };
     match read {
         Ok((path, file, data)) => {
             open.0 = Some((id, path, file));
@@ -700,6 +716,26 @@ async fn serve_chunk(
             }
         }
     }
+}
+
+/// Reads into `buf` from offset `at` what the page cache holds, without waiting for the disk
+/// (`RWF_NOWAIT`). Returns how many bytes were read: fewer than asked (0 included) where the
+/// rest is not cached, the file ends, or the kernel does not support the flag.
+fn read_cached(file: &std::fs::File, buf: &mut [u8], at: u64) -> usize {
+    let mut got = 0;
+    while got < buf.len() {
+        let mut slice = [std::io::IoSliceMut::new(&mut buf[got..])];
+        match rustix::io::preadv2(
+            file,
+            &mut slice,
+            at + got as u64,
+            rustix::io::ReadWriteFlags::NOWAIT,
+        ) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got += n,
+        }
+    }
+    got
 }
 
 /// Whether connection `conn` may ask for file `id` (see
