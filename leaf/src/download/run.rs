@@ -26,7 +26,7 @@ use transfer::{Checked, Scheduler, SourceEnd, SourceEvent, SourceOptions, Source
 use transport::link::Outbox;
 use wire::{Manifest, Message, NodeId};
 
-use super::source::{Room, SourceConn, READ_AHEAD};
+use super::source::{read_ahead, Room, SourceConn};
 use super::types::{DownloadError, Progress, SourceReport};
 use super::{reasons, Job};
 use crate::part::Record;
@@ -72,8 +72,12 @@ enum Input {
     Checked(usize, u32, u64, io::Result<Checked>),
     /// The last chunk proves the manifest's size wrong: this size is right.
     SizeProven(u64),
+    /// A job of checks ended (every chunk it took was answered before).
+    ChecksDone,
     /// What a search for more sources found.
     Found(Vec<SocketAddr>),
+    /// The part file was flushed and the record saved: the record as saved, or why not.
+    Flushed(io::Result<Record>),
 }
 
 /// One source, connecting or connected.
@@ -125,11 +129,16 @@ struct Run<'a> {
     room: Option<Room>,
     /// Chunks waiting to be verified and written.
     to_check: VecDeque<ToCheck>,
-    /// Chunks being verified and written now, at most [`CHECKERS`].
+    /// Jobs verifying and writing chunks now, at most [`CHECKERS`].
     checks_running: usize,
     /// Open while the download runs; checks write to the part file only while it is. Closed
     /// (by [`WriteGate`]'s drop) when `run` returns or its future is dropped (a cancel).
     writes: Arc<std::sync::Mutex<bool>>,
+    /// A flush of the part file and save of the record is under way, off the executor. The
+    /// actor goes on meanwhile: a flush takes as long as the disk needs to write what
+    /// arrived in the last second (tens to hundreds of milliseconds at loopback speed), and
+    /// a download that waited on it stopped reading and checking for that long.
+    flushing: bool,
 }
 
 /// Closes a download's writes when dropped: nothing writes to its part file after that (a
@@ -190,11 +199,12 @@ pub(super) async fn run(
         size_proven: None,
         changed: false,
         searching: None,
-        budget: Arc::new(Semaphore::new(READ_AHEAD)),
+        budget: Arc::new(Semaphore::new(read_ahead(setup.manifest.chunk_size as u64))),
         room: None,
         to_check: VecDeque::new(),
         checks_running: 0,
         writes: Arc::new(std::sync::Mutex::new(true)),
+        flushing: false,
         s: setup,
     };
     let _gate = WriteGate(run.writes.clone());
@@ -202,9 +212,12 @@ pub(super) async fn run(
     run.stop();
     // Checks still verifying or writing finish before the download returns: nothing writes to
     // the part file after that, and the record below sees every chunk they kept.
-    run.drain_checks(&rx).await;
+    run.drain_checks(&rx, &mut record).await;
     // Whatever happened, record what is on disk for the next attempt.
-    let flushed = flush_record(&run.s, &mut record).await;
+    let flushed = match flush_record(&run.s, &record) {
+        Some(flush) => smol::unblock(flush).await.map(|saved| record = saved),
+        None => Ok(()),
+    };
     if result.is_ok() && flushed.is_ok() {
         run.report(true);
     }
@@ -278,13 +291,23 @@ impl Run<'_> {
                         next_query = now + requery_every;
                     }
                 }
+                Some(Input::Flushed(saved)) => self.flushed(saved, record),
                 Some(input) => self.handle(now, input),
                 None => self.tick(now),
             }
             self.settle(now);
             if now >= next_record {
-                if let Err(e) = flush_record(&self.s, record).await {
-                    self.disk_error.get_or_insert(e);
+                // One flush at a time: a slow disk makes the record lag, not the download.
+                if !self.flushing {
+                    if let Some(flush) = flush_record(&self.s, record) {
+                        self.flushing = true;
+                        let inputs = self.inputs.clone();
+                        smol::spawn(async move {
+                            let saved = smol::unblock(flush).await;
+                            let _ = inputs.send(Input::Flushed(saved)).await;
+                        })
+                        .detach();
+                    }
                 }
                 self.report(false);
                 next_record = Instant::now() + RECORD_EVERY;
@@ -462,19 +485,15 @@ impl Run<'_> {
                 }
             }
             Input::Checked(n, request, len, Ok(checked)) => {
-                self.check_done();
                 if let Some(session) = self.sources.get_mut(&n).and_then(|s| s.session.as_mut()) {
                     session.handle_checked(now, request, len, checked, &mut self.s.sched);
                 }
             }
-            Input::SizeProven(size) => {
-                self.check_done();
-                self.size_proven = Some(size);
-            }
-            // Handled by the main loop, which owns the search timing.
-            Input::Found(_) => {}
+            Input::SizeProven(size) => self.size_proven = Some(size),
+            Input::ChecksDone => self.check_done(),
+            // Handled by the main loop, which owns the search timing and the record.
+            Input::Found(_) | Input::Flushed(_) => {}
             Input::Checked(n, _, _, Err(e)) => {
-                self.check_done();
                 // Our disk failed: the whole download stops.
                 if let Some(src) = self.sources.get_mut(&n) {
                     src.report.error = Some(format!("disk error: {e}"));
@@ -656,67 +675,33 @@ impl Run<'_> {
         self.start_checks();
     }
 
-    /// A check ended: the next may start.
+    /// A job of checks ended: the next may start.
     fn check_done(&mut self) {
         self.checks_running = self.checks_running.saturating_sub(1);
         self.start_checks();
     }
 
-    /// Starts verifying and writing waiting chunks, up to [`CHECKERS`] at once, off the
-    /// executor; each answer comes back as an input.
+    /// Starts verifying and writing the waiting chunks off the executor, in [`CHECKERS`] jobs
+    /// at most: a job takes every chunk waiting when it starts, one after another (so a
+    /// download that keeps up pays one trip to the blocking pool for several chunks, not one
+    /// each). Each chunk's answer comes back as an input.
     fn start_checks(&mut self) {
-        while self.checks_running < CHECKERS {
-            let Some(ToCheck {
-                source: n,
-                request,
-                chunk,
-                data,
-                room,
-            }) = self.to_check.pop_front()
-            else {
-                return;
-            };
+        while self.checks_running < CHECKERS && !self.to_check.is_empty() {
+            let batch: Vec<ToCheck> = self.to_check.drain(..).collect();
             self.checks_running += 1;
-            let len = data.len() as u64;
             let (file, manifest, inputs, writes) = (
                 self.s.file.clone(),
                 self.s.manifest.clone(),
                 self.inputs.clone(),
                 self.writes.clone(),
             );
-            smol::spawn(async move {
-                let input = smol::unblock(move || {
-                    // The chunk's room in memory is given back once it is dealt with.
-                    let _room = room;
-                    match manifest.verify_chunk(chunk, &data) {
-                        Ok(()) => {
-                            let offset = manifest.chunk_range(chunk).start;
-                            let written = data
-                                .chunks(WRITE_PIECE)
-                                .zip((offset..).step_by(WRITE_PIECE))
-                                .try_for_each(|(piece, at)| {
-                                    let open = writes.lock().unwrap_or_else(|p| p.into_inner());
-                                    if !*open {
-                                        return Err(io::Error::other("the download stopped"));
-                                    }
-                                    file.write_all_at(piece, at)
-                                });
-                            Input::Checked(n, request, len, written.map(|()| Checked::Kept))
-                        }
-                        // The last chunk's bytes may prove the manifest wrong instead.
-                        Err(e) => match (chunk + 1 == manifest.chunk_count())
-                            .then(|| manifest.size_proven_by_last_chunk(&data))
-                            .flatten()
-                        {
-                            Some(size) => Input::SizeProven(size),
-                            None => {
-                                Input::Checked(n, request, len, Ok(Checked::Bad(e.to_string())))
-                            }
-                        },
-                    }
-                })
-                .await;
-                let _ = inputs.send(input).await;
+            // The inputs are unbounded: a send from this thread never waits. Each answer goes
+            // as soon as it is known, and the job's end after the last.
+            smol::unblock(move || {
+                for c in batch {
+                    let _ = inputs.try_send(check_chunk(c, &file, &manifest, &writes));
+                }
+                let _ = inputs.try_send(Input::ChecksDone);
             })
             .detach();
         }
@@ -781,26 +766,41 @@ impl Run<'_> {
         self.to_check.clear();
     }
 
-    /// Waits for the checks running off the executor to answer. Chunks they kept are on disk
+    /// A flush under way ended: `saved` is the record as saved, or the disk's error.
+    fn flushed(&mut self, saved: io::Result<Record>, record: &mut Record) {
+        self.flushing = false;
+        match saved {
+            Ok(saved) => *record = saved,
+            Err(e) => {
+                self.disk_error.get_or_insert(e);
+            }
+        }
+    }
+
+    /// Waits for the checks running off the executor to answer, and for a flush under way
+    /// (so that no older record is saved after the last). Chunks the checks kept are on disk
     /// but their sessions are gone, so they are not counted here; a resume verifies them.
-    async fn drain_checks(&mut self, rx: &Receiver<Input>) {
+    async fn drain_checks(&mut self, rx: &Receiver<Input>, record: &mut Record) {
         let until = Instant::now() + DRAIN_LIMIT;
-        while self.checks_running > 0 {
+        while self.checks_running > 0 || self.flushing {
             let next = smol::future::or(async { Some(rx.recv().await) }, async {
                 smol::Timer::at(until).await;
                 None
             })
             .await;
             match next {
-                Some(Ok(Input::Checked(..) | Input::SizeProven(_))) => {
-                    self.checks_running -= 1;
-                }
+                Some(Ok(Input::ChecksDone)) => self.checks_running -= 1,
+                Some(Ok(Input::Flushed(saved))) => self.flushed(saved, record),
                 Some(Ok(_)) => {}
                 // Every check holds a sender, and so does `self.inputs`: never closed here.
                 Some(Err(_)) => return,
                 // A check that never answers (it panicked): the gate closes its writes.
                 None => {
-                    log::warn!("{} chunk checks did not answer", self.checks_running);
+                    log::warn!(
+                        "{} jobs of chunk checks (and flushing: {}) did not answer",
+                        self.checks_running,
+                        self.flushing
+                    );
                     return;
                 }
             }
@@ -856,22 +856,68 @@ impl Run<'_> {
     }
 }
 
-/// Flushes the part file, then records the chunks that were done before the flush.
-async fn flush_record(s: &Setup<'_>, record: &mut Record) -> io::Result<()> {
+/// Verifies one chunk against the manifest and writes it to the part file (while the
+/// download's writes are open); the answer is the input the actor gets.
+fn check_chunk(
+    c: ToCheck,
+    file: &File,
+    manifest: &Manifest,
+    writes: &std::sync::Mutex<bool>,
+) -> Input {
+    let ToCheck {
+        source: n,
+        request,
+        chunk,
+        data,
+        room,
+    } = c;
+    // The chunk's room in memory is given back once it is dealt with.
+    let _room = room;
+    let len = data.len() as u64;
+    match manifest.verify_chunk(chunk, &data) {
+        Ok(()) => {
+            let offset = manifest.chunk_range(chunk).start;
+            let written = data
+                .chunks(WRITE_PIECE)
+                .zip((offset..).step_by(WRITE_PIECE))
+                .try_for_each(|(piece, at)| {
+                    let open = writes.lock().unwrap_or_else(|p| p.into_inner());
+                    if !*open {
+                        return Err(io::Error::other("the download stopped"));
+                    }
+                    file.write_all_at(piece, at)
+                });
+            Input::Checked(n, request, len, written.map(|()| Checked::Kept))
+        }
+        // The last chunk's bytes may prove the manifest wrong instead.
+        Err(e) => match (chunk + 1 == manifest.chunk_count())
+            .then(|| manifest.size_proven_by_last_chunk(&data))
+            .flatten()
+        {
+            Some(size) => Input::SizeProven(size),
+            None => Input::Checked(n, request, len, Ok(Checked::Bad(e.to_string()))),
+        },
+    }
+}
+
+/// The work that brings the record up to date, to run off the executor: it flushes the part
+/// file, then saves the record of the chunks done before the flush, and returns it. `None`
+/// when the record is up to date already.
+fn flush_record(
+    s: &Setup<'_>,
+    record: &Record,
+) -> Option<impl FnOnce() -> io::Result<Record> + Send + 'static> {
     let bits = s.sched.done().as_bytes().to_vec();
     if bits == record.done {
-        return Ok(());
+        return None;
     }
     let file = s.file.clone();
     let mut next = record.clone();
     next.done = bits;
     let path = s.state_path.to_path_buf();
-    let saved = smol::unblock(move || -> io::Result<Record> {
+    Some(move || -> io::Result<Record> {
         file.sync_data()?;
         next.save(&path)?;
         Ok(next)
     })
-    .await?;
-    *record = saved;
-    Ok(())
 }

@@ -33,14 +33,24 @@ const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 /// Bytes we may have queued for a source and not yet written (requests, bitfields and haves
 /// are small; a source that lets this much pile up is not reading).
 const MAX_QUEUED: usize = 1 << 20;
-/// Chunks of one download handed in and not yet verified and written: the next chunks are
-/// decrypted while the last are hashed and written. Each source's reader holds at most one
-/// more, waiting for room; what sources send beyond waits in their sockets. So a download
-/// holds at most this many chunks plus one per source. (16 took bench case 1 at N = 8 from
-/// 0.91× to 0.96× aria2c's speed in two runs; not kept yet: see issue 18's note.)
-pub(super) const READ_AHEAD: usize = 4;
+/// Bytes of chunks of one download handed in and not yet verified and written: the next
+/// chunks are decrypted while the last are hashed and written. Each source's reader holds at
+/// most one chunk more, waiting for room; what sources send beyond waits in their sockets. So
+/// a download holds at most this much plus a chunk per source.
+///
+/// 4 MiB is 16 chunks of 256 KiB, 4 of 1 MiB ([`read_ahead`]). Over loopback (bench case 2,
+/// 1 GiB) 4 chunks of room left the source waiting on the downloader; 16 took a download
+/// from about 1.6 s to 1.45 s in alternating runs, and 32 was slower again (1.8 s: more chunk
+/// buffers than the caches hold).
+const READ_AHEAD_BYTES: u64 = 4 << 20;
 
-/// Room for one chunk in memory, of the download's [`READ_AHEAD`]; given back when dropped.
+/// Chunks of room for a download whose chunks are `chunk_size` bytes: [`READ_AHEAD_BYTES`]
+/// of them, at least 4 and at most 16.
+pub(super) fn read_ahead(chunk_size: u64) -> usize {
+    (READ_AHEAD_BYTES / chunk_size.max(1)).clamp(4, 16) as usize
+}
+
+/// Room for one chunk in memory, of the download's [`read_ahead`]; given back when dropped.
 pub(super) type Room = smol::lock::SemaphoreGuardArc;
 
 /// A reader that notes when its last byte arrived, as milliseconds after `epoch`.
@@ -215,7 +225,7 @@ impl SourceConn {
     /// Starts the connection's reader and writer. Every message read goes to `inputs` as
     /// `into(Ok(msg), room)`, and the first failure as `into(Err(why), None)`, after which the
     /// reader stops. A chunk read waits for room in `budget` (one per download, of
-    /// [`READ_AHEAD`]) before it is handed in, with its room, which whoever deals with the
+    /// [`read_ahead`]) before it is handed in, with its room, which whoever deals with the
     /// chunk keeps until it is verified and written; the reader reads on once it is handed in. Returns the
     /// writer's queue (the writer sends until it is dropped, then shuts the connection; see
     /// [`transport::link::spawn_writer`]) and the reader task (dropping it stops reading).
