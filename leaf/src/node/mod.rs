@@ -695,8 +695,8 @@ impl Node {
         let (qid, rx) = self.start_search(search, wire::DEFAULT_TTL)?;
         // Hits by id come back quickly or not at all: stop shortly after the first ones.
         // The download starts with these; sources whose hits come later are found by the
-        // downloader's own search a couple of seconds in.
-        let hits = collect_hits(&rx, wait, Some(Duration::from_millis(100))).await;
+        // downloader's own search a couple of seconds in, and told of by the sources.
+        let hits = collect_hits(&rx, wait, Some(HitGrace::default())).await;
         self.end_search(qid);
         let mut seen = Vec::new();
         for h in &hits {
@@ -816,13 +816,45 @@ impl Node {
     }
 }
 
-/// Hits from `rx` until `wait` passes, or `after_first` after the first hits arrived.
+/// How long a search for sources waits for more hits after the first arrived: a few times
+/// as long as the first took (hits from super-peers further away take a hop or two more),
+/// within bounds. On a LAN, where the first hits come within a millisecond or two, a fixed
+/// 100 ms was most of `leaf get`'s start-up (bench case 1: 0.09–0.15 s outside the
+/// download).
+#[derive(Debug, Clone, Copy)]
+struct HitGrace {
+    /// The multiple of the time to the first hits.
+    times: u32,
+    min: Duration,
+    max: Duration,
+}
+
+impl Default for HitGrace {
+    fn default() -> Self {
+        HitGrace {
+            times: 4,
+            min: Duration::from_millis(10),
+            max: Duration::from_millis(100),
+        }
+    }
+}
+
+impl HitGrace {
+    /// The wait after first hits that came `first` after the search began.
+    fn after(&self, first: Duration) -> Duration {
+        (first * self.times).clamp(self.min, self.max)
+    }
+}
+
+/// Hits from `rx` until `wait` passes, or (with `after_first`) a grace after the first hits
+/// arrived.
 async fn collect_hits(
     rx: &Receiver<Vec<Hit>>,
     wait: Duration,
-    after_first: Option<Duration>,
+    after_first: Option<HitGrace>,
 ) -> Vec<Hit> {
-    let mut deadline = Instant::now() + wait;
+    let began = Instant::now();
+    let mut deadline = began + wait;
     let mut hits = Vec::new();
     loop {
         let got = smol::future::or(async { rx.recv().await.ok() }, async {
@@ -834,7 +866,8 @@ async fn collect_hits(
             Some(batch) => {
                 if hits.is_empty() {
                     if let Some(grace) = after_first {
-                        deadline = deadline.min(Instant::now() + grace);
+                        let now = Instant::now();
+                        deadline = deadline.min(now + grace.after(now - began));
                     }
                 }
                 hits.extend(batch);
@@ -847,3 +880,20 @@ async fn collect_hits(
 /// Splits records into Register batches (public so that load generators batch exactly as a
 /// leaf does).
 pub use topology::leaf::register_batches;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_wait_for_more_hits_follows_the_first_within_bounds() {
+        let grace = HitGrace::default();
+        let ms = Duration::from_millis;
+        // A LAN: the first hits in a millisecond, the floor holds.
+        assert_eq!(grace.after(ms(1)), ms(10));
+        // Further away: four times the first hits' time.
+        assert_eq!(grace.after(ms(15)), ms(60));
+        // Far away: never more than the ceiling.
+        assert_eq!(grace.after(ms(400)), ms(100));
+    }
+}
