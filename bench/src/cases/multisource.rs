@@ -155,8 +155,15 @@ pub fn run(ctx: &Ctx) -> anyhow::Result<Vec<Row>> {
                 eff(t_theirs)
             ),
             ratio: format!("{speed:.2}× aria2c's speed"),
-            target: "≥1.00× and eff ≥0.90".into(),
-            verdict: Verdict::of(speed >= 1.0 && eff(t_ours) >= 0.9),
+            // Issue 18 asks for efficiency 0.90 up to N = 8; at 16 sources of 100 Mbit/s the
+            // start-up (a fixed tenth of a second or less) is 7 % of the download, so only
+            // the speed beside aria2c is asked there.
+            target: if n <= 8 {
+                "≥1.00× and eff ≥0.90".into()
+            } else {
+                "≥1.00×".into()
+            },
+            verdict: Verdict::of(speed >= 1.0 && (n > 8 || eff(t_ours) >= 0.9)),
         });
         eprintln!("  {}", rows.last().map(|r| r.ours.as_str()).unwrap_or(""));
     }
