@@ -3,9 +3,11 @@
 //! at once: N = 10 and 30 with a 100 MiB file at 20 Mbit/s, and N = 100 with a 32 MiB file at
 //! 8 Mbit/s. Reported: the time until every leecher has the file, against the single-source
 //! lower bound size/R and the naive N·size/R (the seeder serving everyone alone); for Canopy,
-//! also the most sockets one leecher process held at once (sampled every 0.5 s: its links to
-//! other leaves, plus its listener, super-peer link and control socket) and the largest peak
-//! resident memory of a leecher process.
+//! also the most TCP connections to other leaves one leecher held at once (issue 21's bound of
+//! 80; sampled every 0.5 s from its host's TCP table: connections open or opening, to or from
+//! any address but the super-peer's), the most sockets of any kind its process held (those
+//! links, plus its listener, super-peer link, control socket and any UDP socket), and the
+//! largest peak resident memory of a leecher process.
 //!
 //! Canopy: a `leaf share` node on every host (the seeder shares the file; each leecher shares
 //! an empty folder and seeds whatever it downloads), then `leaf get ID` to each leecher's
@@ -35,6 +37,8 @@ use crate::testbed::{Host, Testbed};
 const CASE: &str = "6 swarm";
 /// The issues' target for N = 30 and N = 100: all done within this many times size/R.
 const TARGET: f64 = 1.3;
+/// Issue 21's bound on the connections to other leaves one leecher holds at once.
+const MAX_LINKS: usize = 80;
 
 /// One set of runs on one testbed: the file's size, every host's upload cap, the leecher
 /// counts, and the counts the target applies to.
@@ -50,6 +54,8 @@ struct Setting {
 #[derive(Default)]
 struct Run {
     done: Vec<Duration>,
+    /// TCP connections to other leaves, open or opening.
+    peak_links: usize,
     peak_sockets: usize,
     peak_rss_kib: u64,
 }
@@ -161,11 +167,13 @@ fn run_setting(ctx: &Ctx, setting: &Setting) -> anyhow::Result<Vec<Row>> {
         let after = uploaded_bytes(&ctx.bins.leaf, &seed_dir)?;
         eprintln!(
             "  all done in {:.1} s ({:.2}× size/R; first {:.1} s); the seeder sent {:.2}× the \
-             file; a leecher held {} sockets at most and {:.0} MiB of memory at most",
+             file; a leecher held {} connections to leaves ({} sockets) and {:.0} MiB of memory \
+             at most",
             run.last().as_secs_f64(),
             run.last().as_secs_f64() / ideal,
             run.first().as_secs_f64(),
             after.saturating_sub(before) as f64 / size as f64,
+            run.peak_links,
             run.peak_sockets,
             run.peak_rss_kib as f64 / 1024.0
         );
@@ -282,11 +290,13 @@ fn run_setting(ctx: &Ctx, setting: &Setting) -> anyhow::Result<Vec<Row>> {
             ),
             ours: format!(
                 "{t:.1} s = {:.2}× size/R, {:.3}× N·size/R (first done {:.1} s; seeder sent \
-                 {:.2}× the file; a leecher held at most {} sockets and {:.0} MiB resident)",
+                 {:.2}× the file; a leecher held at most {} connections to other leaves, {} \
+                 sockets, and {:.0} MiB resident)",
                 t / ideal,
                 t / naive,
                 run.first().as_secs_f64(),
                 *uploaded as f64 / size as f64,
+                run.peak_links,
                 run.peak_sockets,
                 run.peak_rss_kib as f64 / 1024.0
             ),
@@ -312,6 +322,20 @@ fn run_setting(ctx: &Ctx, setting: &Setting) -> anyhow::Result<Vec<Row>> {
             "  {}",
             rows.last().map(|r| r.reference.as_str()).unwrap_or("")
         );
+        if targeted {
+            rows.push(Row {
+                case: CASE.into(),
+                what: format!(
+                    "N={n}: the most TCP connections to other leaves one leecher held at once \
+                     (sampled every 0.5 s)"
+                ),
+                ours: run.peak_links.to_string(),
+                reference: "—".into(),
+                ratio: "—".into(),
+                target: format!("≤{MAX_LINKS}"),
+                verdict: Verdict::of(run.peak_links <= MAX_LINKS),
+            });
+        }
     }
     drop(tb);
     Ok(rows)
@@ -381,23 +405,22 @@ fn canopy_run(
     let sampler = {
         let (pids, sampling) = (pids.clone(), sampling.clone());
         std::thread::spawn(move || {
-            let mut most = 0;
+            let (mut links, mut sockets) = (0, 0);
             while sampling.load(std::sync::atomic::Ordering::Relaxed) {
-                most = pids
-                    .iter()
-                    .map(|&p| sockets_of(p))
-                    .max()
-                    .unwrap_or(0)
-                    .max(most);
+                for &p in &pids {
+                    links = links.max(leaf_links_of(p, sp));
+                    sockets = sockets.max(sockets_of(p));
+                }
                 std::thread::sleep(Duration::from_millis(500));
             }
-            most
+            (links, sockets)
         })
     };
     let run = wait_all(&outs, start, limit, &mut nodes);
     sampling.store(false, std::sync::atomic::Ordering::Relaxed);
-    let peak_sockets = sampler.join().unwrap_or(0);
+    let (peak_links, peak_sockets) = sampler.join().unwrap_or((0, 0));
     let mut run = run?;
+    run.peak_links = peak_links;
     run.peak_sockets = peak_sockets;
     run.peak_rss_kib = pids.iter().map(|&p| peak_rss_kib(p)).max().unwrap_or(0);
     for o in &outs {
@@ -417,6 +440,45 @@ fn sockets_of(pid: u32) -> usize {
             })
             .count()
     })
+}
+
+/// TCP connections open or opening in the network namespace of process `pid` (a leecher's
+/// host: the leaf is the only program there that speaks TCP) with any address but `sp`'s:
+/// its links to other leaves. Counted: established, SYN sent or received, and closed by the
+/// other end but not yet by us (the socket is still held); not listeners, nor connections
+/// we closed (`TIME_WAIT` and the like hold no socket of ours).
+fn leaf_links_of(pid: u32, sp: SocketAddr) -> usize {
+    ["tcp", "tcp6"]
+        .iter()
+        .filter_map(|t| fs::read_to_string(format!("/proc/{pid}/net/{t}")).ok())
+        .map(|table| {
+            table
+                .lines()
+                .skip(1)
+                .filter(|l| {
+                    let cols: Vec<&str> = l.split_whitespace().collect();
+                    let (Some(remote), Some(state)) = (cols.get(2), cols.get(3)) else {
+                        return false;
+                    };
+                    matches!(*state, "01" | "02" | "03" | "08")
+                        && parse_proc_addr(remote) != Some(sp)
+                })
+                .count()
+        })
+        .sum()
+}
+
+/// An address as `/proc/net/tcp` writes it: the IPv4 address as one hexadecimal number in the
+/// host's (little-endian) order, then the port (`0100007F:1F90` is 127.0.0.1:8080). IPv6
+/// entries are not parsed (the testbed speaks IPv4): `None`.
+fn parse_proc_addr(s: &str) -> Option<SocketAddr> {
+    let (ip, port) = s.split_once(':')?;
+    if ip.len() != 8 {
+        return None;
+    }
+    let ip = u32::from_str_radix(ip, 16).ok()?;
+    let port = u16::from_str_radix(port, 16).ok()?;
+    Some(SocketAddr::from((ip.to_le_bytes(), port)))
 }
 
 /// The peak resident memory of process `pid`, in KiB (0 if it is gone).
@@ -534,5 +596,28 @@ fn bittorrent_tools() -> anyhow::Result<(PathBuf, PathBuf)> {
     match find() {
         (Some(t), Some(m)) => Ok((t, m)),
         _ => bail!("opentracker or mktorrent still missing after apt-get install"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_of_the_kernels_tcp_table_are_read_in_host_order() {
+        assert_eq!(
+            parse_proc_addr("0100007F:1F90"),
+            Some("127.0.0.1:8080".parse().unwrap())
+        );
+        assert_eq!(
+            parse_proc_addr("014D0A0A:1B58"),
+            Some("10.10.77.1:7000".parse().unwrap())
+        );
+        // IPv6 entries and garbage are not read.
+        assert_eq!(
+            parse_proc_addr("00000000000000000000000001000000:1F90"),
+            None
+        );
+        assert_eq!(parse_proc_addr("nothing"), None);
     }
 }
