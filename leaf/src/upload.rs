@@ -659,19 +659,9 @@ async fn serve_chunk(
         // to the blocking pool (a wake-up there and back for each chunk, for which the
         // executor sat in `epoll_wait` once a chunk in `perf sched`); what it does not hold
         // is read there.
-        Some((_, path, file)) => {
-            let mut data = vec![0u8; len];
-            let got = read_cached(&file, &mut data, range.start);
-            if got == len {
-                Ok((path, file, data))
-            } else {
-                smol::unblock(move || {
-                    file.read_exact_at(&mut data[got..], range.start + got as u64)?;
-                    Ok((path, file, data))
-                })
-                .await
-            }
-        }
+        Some((_, path, file)) => read_at(file, len, range.start)
+            .await
+            .map(|(file, data)| (path, file, data)),
         None => {
             let shared = f.clone();
             smol::unblock(move || {
@@ -716,6 +706,25 @@ async fn serve_chunk(
             }
         }
     }
+}
+
+/// Reads `len` bytes of `file` from offset `at`: what the page cache holds here, the rest on
+/// the blocking pool. Gives the file back with the bytes.
+async fn read_at(
+    file: Arc<std::fs::File>,
+    len: usize,
+    at: u64,
+) -> std::io::Result<(Arc<std::fs::File>, Vec<u8>)> {
+    let mut data = vec![0u8; len];
+    let got = read_cached(&file, &mut data, at);
+    if got == len {
+        return Ok((file, data));
+    }
+    smol::unblock(move || {
+        file.read_exact_at(&mut data[got..], at + got as u64)?;
+        Ok((file, data))
+    })
+    .await
 }
 
 /// Reads into `buf` from offset `at` what the page cache holds, without waiting for the disk
@@ -774,5 +783,37 @@ fn not_shared(request: u32, id: wire::FileId) -> Message {
         id,
         kind: TransferErrorKind::NotShared,
         message: "not shared here".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn a_chunk_is_read_whole_cached_or_not_and_never_past_the_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("shared.bin");
+        let bytes: Vec<u8> = (0..(1u32 << 20)).map(|i| (i * 7 % 251) as u8).collect();
+        let mut f = std::fs::File::create(&path).unwrap();
+        f.write_all(&bytes).unwrap();
+        f.sync_all().unwrap();
+        drop(f);
+        let file = Arc::new(std::fs::File::open(&path).unwrap());
+        smol::block_on(async {
+            for (len, at) in [(256 << 10, 0), (100_000, 12_345), (4096, (1 << 20) - 4096)] {
+                // Dropped from the page cache (where the file system allows it), the bytes
+                // come from the blocking pool; cached, from here. Either way the same bytes.
+                rustix::fs::fadvise(&*file, 0, None, rustix::fs::Advice::DontNeed).unwrap();
+                for _ in 0..2 {
+                    let (_, data) = read_at(file.clone(), len, at).await.unwrap();
+                    assert_eq!(data, &bytes[at as usize..at as usize + len]);
+                }
+            }
+            // A file shorter than its manifest says: an error, not zeros.
+            let short = read_at(file.clone(), 8192, (1 << 20) - 4096).await;
+            assert_eq!(short.unwrap_err().kind(), std::io::ErrorKind::UnexpectedEof);
+        });
     }
 }
