@@ -5,7 +5,9 @@
 //! cache (configured bootstrap addresses, what super-peers tell it in `Hosts`, and what an
 //! earlier run saved). A super-peer that is full or demoting answers `Redirect` with others to
 //! try. A leaf that has found no super-peer at all for `promote_when_alone_after` promotes
-//! itself (if it may); a super-peer running out of slots may ask it to (`Promote`).
+//! itself (if it may, and unless the super-peers last found it unreachable: nobody could
+//! connect to it); a super-peer running out of slots may ask it to (`Promote`), only if it
+//! found it reachable.
 //!
 //! It also carries what the node says on its links, in order: the registration of every shared
 //! file on a link as it attaches ([`LeafOverlay::register_all`], which the driver calls on
@@ -249,6 +251,11 @@ pub struct LeafOverlay {
     probes: std::collections::BTreeMap<SocketAddr, SocketAddr>,
     /// A probe was asked for since the listen address was last set.
     probed: bool,
+    /// The last word of the super-peers on our reachability at this listen address: `Some(false)`
+    /// once one found us unreachable and none reachable (kept when the links go, so that a
+    /// leaf left alone remembers it is behind a NAT); `None` until one said, or since the
+    /// listen address changed.
+    last_reachable: Option<bool>,
     transmits: VecDeque<Transmit>,
     events: VecDeque<LeafEvent>,
 }
@@ -282,6 +289,7 @@ impl LeafOverlay {
             searches: HashSet::new(),
             probes: Default::default(),
             probed: false,
+            last_reachable: None,
             transmits: VecDeque::new(),
             events: VecDeque::new(),
         }
@@ -360,6 +368,7 @@ impl LeafOverlay {
             // Another port, or a mapping gone: how it is mapped is to be found again.
             self.probes.clear();
             self.probed = false;
+            self.last_reachable = None;
         }
         let mut conns: Vec<ConnId> = self
             .links
@@ -652,6 +661,7 @@ impl LeafOverlay {
                 reachable,
             } if link.node.is_some() => {
                 link.reach = Some((observed, reachable));
+                self.last_reachable = self.reach().map(|r| r.reachable);
                 self.maybe_probe();
             }
             // Only from a super-peer we attached to, and only if we serve at all.
@@ -714,7 +724,10 @@ impl LeafOverlay {
         }
         self.fill(now);
         if let Some(since) = self.alone_since {
+            // A leaf the super-peers found unreachable does not make itself one when they are
+            // gone: nobody could connect to it. It keeps looking for super-peers instead.
             if self.config.can_promote
+                && self.last_reachable != Some(false)
                 && !self.promoted
                 && now >= since + self.config.promote_when_alone_after
                 && self.clock.may_promote_alone(now)
@@ -1063,6 +1076,43 @@ mod tests {
         let (mut quiet, t0) = attached_leaf(None);
         quiet.handle_message(t0, 7, back(12));
         assert_eq!(quiet.poll_event(), None);
+    }
+
+    #[test]
+    fn a_leaf_found_unreachable_does_not_promote_itself_when_left_alone() {
+        // Attached to one super-peer that says whether it got through, then left alone:
+        // whether the leaf promotes itself within a minute.
+        let alone_promotes = |reachable: Option<bool>| {
+            let t0 = Instant::now();
+            let clock = RoleClock::new(t0, NodeRole::Leaf, RoleConfig::default());
+            let listen = Some("0.0.0.0:7001".parse().unwrap());
+            let mut leaf =
+                LeafOverlay::new(t0, NodeId([1; 32]), listen, LeafConfig::default(), clock);
+            let sp: SocketAddr = "10.0.0.1:4000".parse().unwrap();
+            leaf.handle_connect(t0, 7, sp);
+            let hello = Hello::new(NodeId([2; 32]), Role::SuperPeer, Some(sp), "test");
+            leaf.handle_message(t0, 7, Message::Hello(hello));
+            if let Some(reachable) = reachable {
+                let said = Message::Reachability {
+                    observed: "198.51.100.7:7001".parse().unwrap(),
+                    reachable,
+                };
+                leaf.handle_message(t0, 7, said);
+            }
+            leaf.handle_disconnect(t0, 7);
+            let mut promoted = false;
+            for s in 1..=60 {
+                let now = t0 + Duration::from_secs(s);
+                leaf.handle_timeout(now);
+                while let Some(e) = leaf.poll_event() {
+                    promoted |= matches!(e, LeafEvent::Promote { .. });
+                }
+            }
+            promoted
+        };
+        assert!(alone_promotes(None), "nobody said: it may be reachable");
+        assert!(alone_promotes(Some(true)));
+        assert!(!alone_promotes(Some(false)), "nobody could reach it");
     }
 
     #[test]
