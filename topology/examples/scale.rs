@@ -464,6 +464,7 @@ fn config(s: &Settings) -> SimConfig {
         },
         role: RoleConfig::default(),
         capable_share: 0.0,
+        nat_share: 0.0,
     }
 }
 

@@ -36,6 +36,7 @@ fn config(seed: u64) -> SimConfig {
         },
         role: RoleConfig::default(),
         capable_share: 0.0,
+        nat_share: 0.0,
     }
 }
 

@@ -32,6 +32,7 @@ fn config(seed: u64, leaf_slots: u32) -> SimConfig {
             max_backoff: Duration::from_secs(3600),
         },
         capable_share: 0.5,
+        nat_share: 0.0,
     }
 }
 
@@ -59,7 +60,15 @@ fn assert_settled(sim: &Sim, seed: u64, when: &str) {
 /// Three dedicated super-peers, 300 leaves joining, five minutes of churn (joins, crashes of
 /// leaves and of super-peers), then three quiet minutes.
 fn churn_run(seed: u64) -> (usize, usize, u64) {
-    let mut sim = Sim::new(config(seed, 20), Instant::now());
+    let sim = churn_sim(config(seed, 20));
+    let (leaves, sps) = sim.census();
+    (leaves, sps, sim.delivered)
+}
+
+/// [`churn_run`] with `cfg`; the simulation as it ends.
+fn churn_sim(cfg: SimConfig) -> Sim {
+    let seed = cfg.seed;
+    let mut sim = Sim::new(cfg, Instant::now());
     let a = sim.add_superpeer(&[]);
     let a_addr = sim.nodes[a].addr;
     let b = sim.add_superpeer(&[a_addr]);
@@ -113,8 +122,49 @@ fn churn_run(seed: u64) -> (usize, usize, u64) {
     }
     sim.run_for(Duration::from_secs(180));
     assert_settled(&sim, seed, "after the churn");
-    let (leaves, sps) = sim.census();
-    (leaves, sps, sim.delivered)
+    sim
+}
+
+/// The churn run with 40 % of the leaves behind home routers (NAT: nobody can dial them,
+/// and the super-peers' reachability checks fail): the invariants hold (every leaf behind NAT
+/// attached too: it dials out), no leaf behind NAT is ever made a super-peer (nobody could
+/// reach it), and reachable leaves are, as the network needs.
+#[test]
+fn leaves_behind_nat_stay_attached_and_are_never_elected() {
+    for seed in [1, 2, 3] {
+        let mut cfg = config(seed, 20);
+        cfg.nat_share = 0.4;
+        let sim = churn_sim(cfg);
+        let ever_super = |n: &topology::sim::SimNode| {
+            n.changes.iter().any(|(_, r)| *r == NodeRole::SuperPeer) && !n.dedicated
+        };
+        let natted: Vec<_> = sim.nodes.iter().filter(|n| n.behind_nat).collect();
+        let attached_natted = (0..sim.nodes.len())
+            .filter(|&n| sim.nodes[n].behind_nat && !sim.attachments(n).is_empty())
+            .count();
+        let elected = sim.nodes.iter().filter(|n| ever_super(n)).count();
+        eprintln!(
+            "seed {seed}: {} leaves behind NAT ({attached_natted} attached at the end), {elected} \
+             leaves elected",
+            natted.len()
+        );
+        assert!(
+            natted.len() > 80,
+            "seed {seed}: the model put too few behind NAT"
+        );
+        assert!(
+            attached_natted > 50,
+            "seed {seed}: {attached_natted} attached"
+        );
+        let wrong: Vec<usize> = (0..sim.nodes.len())
+            .filter(|&n| sim.nodes[n].behind_nat && ever_super(&sim.nodes[n]))
+            .collect();
+        assert!(
+            wrong.is_empty(),
+            "seed {seed}: elected behind NAT: {wrong:?}"
+        );
+        assert!(elected >= 3, "seed {seed}: only {elected} leaves elected");
+    }
 }
 
 #[test]

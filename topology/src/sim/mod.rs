@@ -77,6 +77,11 @@ pub struct SimConfig {
     pub role: RoleConfig,
     /// Share of joining leaves that may be promoted.
     pub capable_share: f64,
+    /// Share of joining leaves behind a NAT that drops unsolicited inbound connections (a
+    /// home router): nobody can dial them, and a super-peer's reachability check fails. They
+    /// dial out as everyone does. (Cone or symmetric makes no difference here: the kind of
+    /// NAT matters to transfers, which the overlay does not carry.)
+    pub nat_share: f64,
 }
 
 /// What a simulated node runs.
@@ -129,6 +134,8 @@ pub struct SimNode {
     pub changes: Vec<(Instant, NodeRole)>,
     /// When it joined.
     pub joined: Instant,
+    /// Behind a NAT: unsolicited inbound connections are dropped ([`SimConfig::nat_share`]).
+    pub behind_nat: bool,
     upload_bps: u64,
 }
 
@@ -511,7 +518,12 @@ impl Sim {
     /// (`capable_share`). Returns its index.
     pub fn add_leaf(&mut self, seeds: &[SocketAddr]) -> usize {
         let capable = self.rng.chance(self.config.capable_share);
-        self.add_leaf_with(seeds, capable)
+        // Drawn only when some leaves are behind NAT, so that runs without keep their seeds'
+        // sequences.
+        let behind_nat = self.config.nat_share > 0.0 && self.rng.chance(self.config.nat_share);
+        let n = self.add_leaf_with(seeds, capable);
+        self.nodes[n].behind_nat = behind_nat;
+        n
     }
 
     /// Adds a leaf that knows `seeds` and may (or may not) be promoted.
@@ -538,6 +550,7 @@ impl Sim {
             machine,
             changes: vec![(self.now, role)],
             joined: self.now,
+            behind_nat: false,
             upload_bps: 0,
         });
         self.addrs.insert(addr, n);
@@ -641,11 +654,12 @@ impl Sim {
                 if !self.nodes[from].alive() {
                     return;
                 }
+                // A NAT drops what nobody inside asked for: the dial times out.
                 let target = self
                     .addrs
                     .get(&addr)
                     .copied()
-                    .filter(|&t| self.nodes[t].alive());
+                    .filter(|&t| self.nodes[t].alive() && !self.nodes[t].behind_nat);
                 let Some(target) = target else {
                     return self.apply(Ev::DialFailed { from, addr });
                 };
@@ -813,15 +827,14 @@ impl Sim {
                         );
                     }
                     Out::Reach(conn) => {
+                        // The dial-back reaches the node at the other end unless a NAT drops
+                        // it.
+                        let ok = self
+                            .links
+                            .get(&(n, conn))
+                            .is_some_and(|&(peer, _, _)| !self.nodes[peer].behind_nat);
                         let lat = self.latency();
-                        self.schedule(
-                            now + lat * 2,
-                            Ev::Reachable {
-                                node: n,
-                                conn,
-                                ok: true,
-                            },
-                        );
+                        self.schedule(now + lat * 2, Ev::Reachable { node: n, conn, ok });
                     }
                     Out::Close(conn) => self.close(n, conn),
                     // Without an oracle there is no index: queries find nothing.
