@@ -341,6 +341,49 @@ fn routed_finds_what_flooding_finds(seed: u64) {
     );
 }
 
+/// Leaves behind NAT (every other one, with the simulator's NAT model): their files are found
+/// as any others', and their hits say they cannot be reached; the others' do not.
+#[test]
+fn files_behind_nat_are_found_and_their_hits_say_so() {
+    let seed = seed_from_env(5);
+    let mut w = World::new(seed, 8);
+    w.sim.run_for(Duration::from_secs(30));
+    let mut behind = Vec::new();
+    for i in 0..60 {
+        w.attach();
+        let (stub, _, _) = *w.stubs.last().expect("attached");
+        if i % 2 == 0 {
+            w.sim.nodes[stub].behind_nat = true;
+            behind.push(Sim::id(stub));
+        }
+    }
+    w.sim.run_for(Duration::from_secs(20));
+    let (mut found_behind, mut found_open) = (0, 0);
+    for (round, word) in VOCABULARY.iter().enumerate() {
+        let asker = w.asker();
+        let qid = QueryId([200 + round as u8; 16]);
+        let found = w.search(asker, 200 + round as u8, word, 3);
+        let unreachable = &w.sim.queries[&qid].unreachable;
+        for (_, source) in &found {
+            let is_behind = behind.contains(source);
+            assert_eq!(
+                unreachable.contains(source),
+                is_behind,
+                "seed {seed}: a hit from {source:?} (behind NAT: {is_behind}) for {word:?}"
+            );
+            if is_behind {
+                found_behind += 1;
+            } else {
+                found_open += 1;
+            }
+        }
+    }
+    assert!(
+        found_behind > 0 && found_open > 0,
+        "seed {seed}: {found_behind} found behind NAT, {found_open} not"
+    );
+}
+
 #[test]
 fn routed_searches_find_what_flooding_finds() {
     routed_finds_what_flooding_finds(seed_from_env(5));

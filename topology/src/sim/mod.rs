@@ -110,6 +110,8 @@ pub struct QueryRecord {
     pub hits: u64,
     /// Each hit's (file, source node).
     pub found: Vec<(FileId, NodeId)>,
+    /// The source nodes of the hits that said their source cannot be reached.
+    pub unreachable: Vec<NodeId>,
     /// Query and hit messages delivered for it, on every link.
     pub messages: u64,
     /// Their encoded size in bytes (frame included).
@@ -135,6 +137,7 @@ pub struct SimNode {
     /// When it joined.
     pub joined: Instant,
     /// Behind a NAT: unsolicited inbound connections are dropped ([`SimConfig::nat_share`]).
+    /// A stub leaf may be put behind one as it is attached (before its super-peer checks it).
     pub behind_nat: bool,
     upload_bps: u64,
 }
@@ -392,6 +395,7 @@ impl Sim {
                 target_at: None,
                 hits: 0,
                 found: Vec::new(),
+                unreachable: Vec::new(),
                 messages: 0,
                 bytes: 0,
                 query_messages: 0,
@@ -462,6 +466,12 @@ impl Sim {
                     }
                     r.found
                         .extend(h.hits.iter().map(|h| (h.file.id, h.source.node)));
+                    r.unreachable.extend(
+                        h.hits
+                            .iter()
+                            .filter(|h| h.source.reachable == Some(false))
+                            .map(|h| h.source.node),
+                    );
                 }
             }
             _ => {}
@@ -483,7 +493,8 @@ impl Sim {
         &mut self.rng
     }
 
-    fn id(n: usize) -> NodeId {
+    /// The node id of node `n`.
+    pub fn id(n: usize) -> NodeId {
         let mut b = [0u8; 32];
         b[..8].copy_from_slice(&(n as u64 + 1).to_be_bytes());
         NodeId(b)
