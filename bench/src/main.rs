@@ -481,11 +481,19 @@ least disturbed attempt, and reports how busy they kept the machine during it (a
    --split=N --max-connection-per-server=1 --min-split-size=1M --file-allocation=falloc` with
    the N mirror URLs. Efficiency = size / (N × cap × time); Ethernet, IP and TCP headers alone
    cap it near 0.96. \"transfer\" is the time `leaf get` itself reports for the download
-   (without finding the sources and starting up).
+   (without finding the sources and starting up). Behind NAT: the first four source hosts
+   then drop every connection they did not open (an `nft` rule, as a home router does;
+   addresses are not translated, which changes nothing of a path's cost), fresh leaves share
+   the file there, and once the super-peer has found them all unreachable, a running node on
+   the client host (it must accept the connections back) downloads it as before: each source
+   is asked through the super-peer to connect to it. `leaf get` prints how long after a
+   source was first tried its first chunk came; the row compares the median of those with
+   the direct runs' at N = 4, against the testbed's round trip (the median of 21 TCP
+   connects from the client host to the super-peer).
 2. **Raw transfer** (processes, 127.0.0.1, root namespace). One leaf shares the file; `leaf
-   get` against `curl -o FILE` from nginx. `leaf get` verifies every chunk, re-hashes the whole
-   file and fsyncs it before giving it its name; curl does none of that, so the second row adds
-   `sync FILE` after curl.
+   get` against `curl -o FILE` from nginx. `leaf get` verifies every chunk as it arrives and
+   fsyncs the file before giving it its name; curl does neither, so the second row adds `sync
+   FILE` after curl.
 3. **Sharing** (processes). Real-size files: albums of tagged 320 kbit/s MP3s (1–30 MB) and two
    video-size files, written just before (warm page cache). `leaf share FOLDER` is timed
    against a running node with an empty hash cache (it walks, hashes into the id and the chunk

@@ -240,6 +240,69 @@ impl Testbed {
         Ok(tb)
     }
 
+    /// Puts `host` behind a home router's rule: connections it did not open are dropped (a
+    /// stateful filter on its own namespace's input, `nft`), so nobody can dial it while what
+    /// it dials works. The address is not translated: for a path's cost that changes nothing,
+    /// and `leaf/tests/nat.rs` covers real address translation.
+    pub fn firewall(&self, host: &Host) -> anyhow::Result<()> {
+        use std::io::Write;
+        let rules = "table inet canopy_bench_nat {\n  chain input {\n    type filter hook input \
+                     priority 0; policy accept;\n    iif lo accept\n    ct state \
+                     established,related accept\n    ct state new drop\n  }\n}\n";
+        let mut child = host
+            .command(std::path::Path::new("nft"))
+            .args(["-f", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("running nft (Debian's nftables)")?;
+        let written = child
+            .stdin
+            .take()
+            .context("nft has no standard input")?
+            .write_all(rules.as_bytes());
+        let out = child.wait_with_output().context("waiting for nft")?;
+        written.context("writing to nft")?;
+        if !out.status.success() {
+            bail!(
+                "nft in {}: {}",
+                host.ns,
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(())
+    }
+
+    /// The round trip from `from` to `to` on the testbed: the median time of 21 TCP connects
+    /// (a connect takes one round trip), made from a thread that enters `from`'s namespace.
+    pub fn round_trip(&self, from: &Host, to: std::net::SocketAddr) -> anyhow::Result<Duration> {
+        let path = format!("/var/run/netns/{}", from.ns);
+        std::thread::scope(|s| {
+            s.spawn(|| -> anyhow::Result<Duration> {
+                use std::os::fd::AsRawFd;
+                let ns = std::fs::File::open(&path).with_context(|| format!("opening {path}"))?;
+                // SAFETY: setns only reads the descriptor, and moves this thread alone (a
+                // thread of its own, ended below) into the namespace.
+                if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                    bail!("entering {}: {}", from.ns, std::io::Error::last_os_error());
+                }
+                let mut times = Vec::new();
+                for _ in 0..21 {
+                    let t = Instant::now();
+                    let c = std::net::TcpStream::connect_timeout(&to, Duration::from_secs(2))
+                        .with_context(|| format!("connecting to {to} from {}", from.ns))?;
+                    times.push(t.elapsed());
+                    drop(c);
+                }
+                times.sort();
+                Ok(times[times.len() / 2])
+            })
+            .join()
+            .map_err(|_| anyhow::anyhow!("the round-trip thread panicked"))?
+        })
+    }
+
     fn add_namespace(&mut self, name: &str) -> anyhow::Result<()> {
         ip(&["netns", "add", name]).with_context(|| format!("creating namespace {name}"))?;
         procs::register_namespace(name);

@@ -171,16 +171,17 @@ pub fn share_node(
     Ok(p)
 }
 
-/// How many sources the network reports for `id`, asking with `leaf search WORDS --json` from
-/// a short-lived node on `host`.
-pub fn sources_of(
+/// The search hit for `id` among those for `words`, as `leaf search WORDS --json` prints it
+/// (its sources grouped), asking from a short-lived node on `host`; `None` if no source has
+/// it.
+fn hit_of(
     bins: &Bins,
     host: Option<&Host>,
     superpeer: SocketAddr,
     words: &str,
     id: &FileId,
     probe_dir: &Path,
-) -> anyhow::Result<usize> {
+) -> anyhow::Result<Option<serde_json::Value>> {
     let mut cmd = command(host, &bins.leaf);
     cmd.arg("--data-dir")
         .arg(probe_dir)
@@ -192,10 +193,23 @@ pub fn sources_of(
         let v: serde_json::Value =
             serde_json::from_str(line).with_context(|| format!("leaf search printed {line:?}"))?;
         if v["id"].as_str() == Some(id.to_hex().as_str()) {
-            return Ok(v["sources"].as_u64().unwrap_or(0) as usize);
+            return Ok(Some(v));
         }
     }
-    Ok(0)
+    Ok(None)
+}
+
+/// How many sources the network reports for `id` (see [`hit_of`]).
+pub fn sources_of(
+    bins: &Bins,
+    host: Option<&Host>,
+    superpeer: SocketAddr,
+    words: &str,
+    id: &FileId,
+    probe_dir: &Path,
+) -> anyhow::Result<usize> {
+    let hit = hit_of(bins, host, superpeer, words, id, probe_dir)?;
+    Ok(hit.map_or(0, |v| v["sources"].as_u64().unwrap_or(0) as usize))
 }
 
 /// Waits until the network reports exactly `n` sources for `id`.

@@ -9,9 +9,11 @@ use std::time::Duration;
 
 use anyhow::Context;
 
+use anyhow::bail;
+
 use super::{
-    check_file, fresh_dir, leaf_get, nginx, reported_seconds, share_node, superpeer, wait_sources,
-    Ctx,
+    check_file, fresh_dir, hit_of, leaf_get, nginx, reported_seconds, share_node, superpeer,
+    wait_sources, Ctx,
 };
 use crate::data;
 use crate::procs::{run_timed, Scratch};
@@ -67,6 +69,8 @@ pub fn run(ctx: &Ctx) -> anyhow::Result<Vec<Row>> {
     let mut rows = Vec::new();
     // Per N: leaf get's wall time minus the download time it reports.
     let mut outside = Vec::new();
+    // At N = NAT_N: leaf get's times, and when each source's first chunk came.
+    let (mut direct_times, mut direct_first) = (Vec::new(), Vec::new());
     for &n in &counts {
         while leaves.len() < n {
             let i = leaves.len();
@@ -99,6 +103,10 @@ pub fn run(ctx: &Ctx) -> anyhow::Result<Vec<Row>> {
                     let t = run_timed(&format!("leaf-get-n{n}-r{r}"), cmd, &logs, limit)?;
                     check_file(&out.join(&name), size, &id).context("leaf get's file")?;
                     ours.push(t.elapsed);
+                    if n == NAT_N {
+                        direct_times.push(t.elapsed);
+                        direct_first.extend(first_chunks(&t.stdout, "direct"));
+                    }
                     if let Some(s) = reported_seconds(&t.stdout) {
                         reported.push(Duration::from_secs_f64(s));
                     }
@@ -181,7 +189,209 @@ pub fn run(ctx: &Ctx) -> anyhow::Result<Vec<Row>> {
             "—".into(),
         ));
     }
+    // Behind NAT (issue 19): the same download from NAT_N sources nobody can dial, each
+    // asked through the super-peer to connect back. Only they share the file now.
     drop(leaves);
+    let nat = NatRun {
+        ctx,
+        tb: &tb,
+        sp,
+        share: &share,
+        scratch: &scratch,
+        logs: &logs,
+        probe: &probe,
+        id: &id,
+        name: &name,
+        words: &words,
+        size,
+        runs,
+        cap_bytes,
+    };
+    rows.push(nat.row(&direct_times, &direct_first)?);
     drop(servers);
     Ok(rows)
+}
+
+/// How many sources the row behind NAT has (compared with the direct run at the same N).
+const NAT_N: usize = 4;
+
+/// What the run behind NAT needs of the case.
+struct NatRun<'a> {
+    ctx: &'a Ctx,
+    tb: &'a Testbed,
+    sp: SocketAddr,
+    share: &'a std::path::Path,
+    scratch: &'a Scratch,
+    logs: &'a std::path::Path,
+    probe: &'a std::path::Path,
+    id: &'a wire::FileId,
+    name: &'a str,
+    words: &'a str,
+    size: u64,
+    runs: usize,
+    cap_bytes: f64,
+}
+
+impl NatRun<'_> {
+    /// Firewalls the first [`NAT_N`] source hosts, starts fresh leaves sharing the file there,
+    /// waits until the super-peer has found every one unreachable, and downloads as the direct
+    /// runs did. The row sets the reverse path's cost before the first chunk beside the direct
+    /// path's (`direct_first`, from the direct runs at the same N, whose times are
+    /// `direct_times`), in round trips of the testbed.
+    fn row(&self, direct_times: &[Duration], direct_first: &[u64]) -> anyhow::Result<Row> {
+        let (ctx, tb) = (self.ctx, self.tb);
+        let mut leaves = Vec::new();
+        for (i, h) in tb.sources[..NAT_N].iter().enumerate() {
+            tb.firewall(h)?;
+            leaves.push(share_node(
+                &ctx.bins,
+                Some(h),
+                &self.scratch.dir(&format!("leaf-nat-h{}", i + 1))?,
+                self.sp,
+                SocketAddr::new(h.ip.into(), 7000),
+                &[self.share],
+                &self.logs.join(format!("leaf-nat-h{}.log", i + 1)),
+            )?);
+        }
+        let until = std::time::Instant::now() + Duration::from_secs(90);
+        loop {
+            let hit = hit_of(
+                &ctx.bins,
+                Some(&tb.client),
+                self.sp,
+                self.words,
+                self.id,
+                self.probe,
+            )?;
+            let (sources, unreachable) = hit.map_or((0, 0), |v| {
+                let said = v["source_reachable"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default();
+                (
+                    v["sources"].as_u64().unwrap_or(0) as usize,
+                    said.iter().filter(|r| r.as_bool() == Some(false)).count(),
+                )
+            });
+            if sources == NAT_N && unreachable == NAT_N {
+                break;
+            }
+            if std::time::Instant::now() > until {
+                bail!(
+                    "behind NAT: the network reports {sources} sources, {unreachable} of them \
+                     unreachable, not {NAT_N} after 90 s"
+                );
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let limit = Duration::from_secs_f64(
+            10.0 * self.size as f64 / (NAT_N as f64 * self.cap_bytes) + 60.0,
+        );
+        // The downloader must accept connections to be connected back to: a running node
+        // (as `leaf share`, the TUI or the web UI run it) that `leaf get` hands the download.
+        let client = self.scratch.dir("client-nat")?;
+        let _node = share_node(
+            &ctx.bins,
+            Some(&tb.client),
+            &client,
+            self.sp,
+            SocketAddr::new(tb.client.ip.into(), 7000),
+            &[&self.scratch.dir("client-nat-share")?],
+            &self.logs.join("leaf-client-nat.log"),
+        )?;
+        let (mut times, mut first) = (Vec::new(), Vec::new());
+        for r in 0..self.runs {
+            let out = self.scratch.path().join("out");
+            fresh_dir(&out)?;
+            // Again: the node keeps what the run before fetched.
+            let mut cmd = leaf_get(&ctx.bins, Some(&tb.client), &client, self.sp, self.id, &out);
+            cmd.arg("--again");
+            let t = run_timed(&format!("leaf-get-nat-r{r}"), cmd, self.logs, limit)?;
+            check_file(&out.join(self.name), self.size, self.id)
+                .context("leaf get's file from behind NAT")?;
+            let reverse = first_chunks(&t.stdout, "reverse connection");
+            if reverse.len() != NAT_N {
+                bail!(
+                    "behind NAT: {} of {NAT_N} sources were reached by reverse connections \
+                     (leaf get said: {})",
+                    reverse.len(),
+                    t.stdout.trim()
+                );
+            }
+            first.extend(reverse);
+            times.push(t.elapsed);
+            fresh_dir(&out)?;
+        }
+        drop(leaves);
+        let rtt = tb.round_trip(&tb.client, self.sp)?;
+        let med = |v: &[u64]| {
+            let mut v = v.to_vec();
+            v.sort_unstable();
+            v.get(v.len() / 2).copied()
+        };
+        let (Some(rev), Some(dir)) = (med(&first), med(direct_first)) else {
+            bail!("behind NAT: no first-chunk times to compare (direct: {direct_first:?})");
+        };
+        let (t, td) = (median(&times), median(direct_times));
+        let eff =
+            |t: Duration| self.size as f64 / (NAT_N as f64 * self.cap_bytes * t.as_secs_f64());
+        let more_ms = rev as f64 - dir as f64;
+        let rtt_ms = rtt.as_secs_f64() * 1e3;
+        Ok(Row {
+            case: CASE.into(),
+            what: format!(
+                "N={NAT_N} behind NAT (each source host drops connections it did not open, as a \
+                 home router does; reached by reverse connections through the super-peer): time, \
+                 and how long after a source is tried its first chunk comes (median over \
+                 sources and runs)"
+            ),
+            ours: format!(
+                "{:.2} s from a running node (eff {:.2}); first chunk after {rev} ms",
+                t.as_secs_f64(),
+                eff(t)
+            ),
+            reference: format!(
+                "the same hosts reachable: {:.2} s, one-shot leaf get; first chunk after {dir} ms \
+                 (direct)",
+                td.as_secs_f64()
+            ),
+            ratio: format!(
+                "{more_ms:+.0} ms before the first chunk; a round trip of the testbed is \
+                 {:.0} µs",
+                rtt_ms * 1e3
+            ),
+            target: "≤ 1 round trip more".into(),
+            verdict: Verdict::of(more_ms <= rtt_ms),
+        })
+    }
+}
+
+/// How long after each source was tried its first chunk came, as `leaf get` prints it
+/// ("  N chunks from ADDR (HOW; the first after MS ms)"), for the sources reached by `how`.
+fn first_chunks(stdout: &str, how: &str) -> Vec<u64> {
+    let marker = format!("({how}; the first after ");
+    stdout
+        .lines()
+        .filter(|l| l.contains(" chunks from "))
+        .filter_map(|l| {
+            let rest = &l[l.find(&marker)? + marker.len()..];
+            rest.strip_suffix(" ms)")?.parse().ok()
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn first_chunk_times_are_read_from_what_leaf_get_prints() {
+        let out = "saved /x (ab, 200 MiB from 2 source(s) in 2.2 s)\n  \
+                   100 chunks from 10.77.0.11:7000 (direct; the first after 12 ms)\n  \
+                   100 chunks from 10.77.0.12:7000 (reverse connection; the first after 15 ms)\n  \
+                   3 chunks from 10.77.0.13:7000 (direct)\n";
+        assert_eq!(first_chunks(out, "direct"), vec![12]);
+        assert_eq!(first_chunks(out, "reverse connection"), vec![15]);
+        assert!(first_chunks(out, "hole punched").is_empty());
+    }
 }

@@ -95,6 +95,9 @@ struct Source {
     connected_at: Option<Instant>,
     last_chunk: Option<Instant>,
     report: SourceReport,
+    /// When it was first tried (dialled, or asked to connect back): its report's
+    /// `first_chunk_ms` counts from here.
+    tried_at: Instant,
     /// The connect task, then the reader task: dropped to stop them.
     _task: Option<smol::Task<()>>,
 }
@@ -232,6 +235,10 @@ impl Run<'_> {
     ) -> Result<(), DownloadError> {
         for c in std::mem::take(&mut self.s.conns) {
             let n = self.add(c.addr);
+            // Dialled (or asked to connect back) as the download began.
+            if let Some(src) = self.sources.get_mut(&n) {
+                src.tried_at = self.s.epoch;
+            }
             self.connected(n, c);
         }
         let job = self.s.job;
@@ -393,6 +400,7 @@ impl Run<'_> {
                 connected_at: None,
                 last_chunk: None,
                 report: SourceReport::new(addr),
+                tried_at: Instant::now(),
                 _task: None,
             },
         );
@@ -468,6 +476,12 @@ impl Run<'_> {
                 self.end(n, now, SourceEnd::Failed(why));
             }
             Input::Read(n, Ok(msg), room) => {
+                if let Some(src) = self.sources.get_mut(&n) {
+                    if matches!(msg, Message::Chunk(_)) && src.report.first_chunk_ms.is_none() {
+                        let took = now.saturating_duration_since(src.tried_at);
+                        src.report.first_chunk_ms = Some(took.as_millis() as u64);
+                    }
+                }
                 if let Some(session) = self.sources.get_mut(&n).and_then(|s| s.session.as_mut()) {
                     session.handle_message(now, msg, &mut self.s.sched);
                 }

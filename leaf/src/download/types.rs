@@ -81,6 +81,10 @@ pub struct SourceReport {
     /// How the connection to it was made, once it was.
     #[serde(default)]
     pub reached: Option<Reached>,
+    /// How long after it was first tried (dialled, or asked to connect back) its first chunk
+    /// arrived, in milliseconds: what the way it was reached cost before the first byte.
+    #[serde(default)]
+    pub first_chunk_ms: Option<u64>,
 }
 
 /// How a connection to a source was made.
@@ -116,6 +120,7 @@ impl SourceReport {
             error: None,
             queued_at: None,
             reached: None,
+            first_chunk_ms: None,
         }
     }
 

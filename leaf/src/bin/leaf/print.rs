@@ -155,7 +155,11 @@ pub(crate) async fn print_get_replies(replies: Receiver<Reply>) -> anyhow::Resul
                     r.elapsed_ms as f64 / 1000.0
                 );
                 for s in r.sources.iter().filter(|s| s.chunks > 0) {
-                    let how = s.reached.map_or(String::new(), |h| format!(" ({h})"));
+                    let how = match (s.reached, s.first_chunk_ms) {
+                        (Some(h), Some(ms)) => format!(" ({h}; the first after {ms} ms)"),
+                        (Some(h), None) => format!(" ({h})"),
+                        (None, _) => String::new(),
+                    };
                     say!("  {} chunks from {}{how}", s.chunks, s.addr);
                 }
                 for s in r.sources.iter().filter(|s| s.error.is_some()) {
