@@ -209,6 +209,8 @@ async fn attempt(
     let mut conns = Vec::new();
 
     let earlier = find_earlier(&out_dir, &id);
+    // When the sources the download starts with were dialled (after any wait for them).
+    let mut dialled = started;
     // Who sent the manifest the download starts from (nobody, when resuming from a record).
     let mut senders = Vec::new();
     let (manifest, part, state_path, name, resuming) = match earlier {
@@ -232,6 +234,7 @@ async fn attempt(
             // The rest are dialled as places free up, once the download runs.
             sources.truncate(job.opts.max_sources.max(1));
             let opened_at = started;
+            dialled = Instant::now();
             let opened = spawn_all(sources.iter().map(|&a| {
                 let (me, opts) = (job.me.clone(), job.opts.clone());
                 let listen = job.swarm.as_ref().and_then(|h| h.listen);
@@ -378,6 +381,7 @@ async fn attempt(
         banned: banned.clone(),
         // The byte stamps of the sources count from the start.
         epoch: started,
+        dialled,
     };
     let (result, flushed, reports) = run::run(setup, reports).await;
     result.map_err(|e| match e {

@@ -63,6 +63,8 @@ pub(super) struct Setup<'a> {
     pub(super) banned: HashSet<SocketAddr>,
     /// When the download began (the byte stamps count from here).
     pub(super) epoch: Instant,
+    /// When the connections in `conns` were dialled.
+    pub(super) dialled: Instant,
 }
 
 enum Input {
@@ -142,6 +144,8 @@ struct Run<'a> {
     /// arrived in the last second (tens to hundreds of milliseconds at loopback speed), and
     /// a download that waited on it stopped reading and checking for that long.
     flushing: bool,
+    /// A flush failed: no record is saved after it.
+    flush_failed: bool,
 }
 
 /// Closes a download's writes when dropped: nothing writes to its part file after that (a
@@ -151,6 +155,16 @@ struct WriteGate(Arc<std::sync::Mutex<bool>>);
 impl Drop for WriteGate {
     fn drop(&mut self) {
         *self.0.lock().unwrap_or_else(|p| p.into_inner()) = false;
+    }
+}
+
+/// Sends [`Input::ChecksDone`] when dropped: a job of checks ended (every answer it had was
+/// sent before, on the same channel).
+struct JobDone(Sender<Input>);
+
+impl Drop for JobDone {
+    fn drop(&mut self) {
+        let _ = self.0.try_send(Input::ChecksDone);
     }
 }
 
@@ -208,6 +222,7 @@ pub(super) async fn run(
         checks_running: 0,
         writes: Arc::new(std::sync::Mutex::new(true)),
         flushing: false,
+        flush_failed: false,
         s: setup,
     };
     let _gate = WriteGate(run.writes.clone());
@@ -216,10 +231,21 @@ pub(super) async fn run(
     // Checks still verifying or writing finish before the download returns: nothing writes to
     // the part file after that, and the record below sees every chunk they kept.
     run.drain_checks(&rx, &mut record).await;
-    // Whatever happened, record what is on disk for the next attempt.
-    let flushed = match flush_record(&run.s, &record) {
-        Some(flush) => smol::unblock(flush).await.map(|saved| record = saved),
-        None => Ok(()),
+    // A flush that failed after the last chunk came (while the checks drained): the download
+    // did not end well after all.
+    let result = match (result, run.disk_error.take()) {
+        (Ok(()), Some(source)) => Err(DownloadError::Io {
+            path: run.s.part.to_path_buf(),
+            source,
+        }),
+        (result, _) => result,
+    };
+    // Whatever happened, record what is on disk for the next attempt; but not after a flush
+    // failed: the chunks the record would add may not be on disk (and a second fsync of the
+    // same file may not say so again).
+    let flushed = match flush_record(&run.s, &record, &run.writes) {
+        Some(flush) if !run.flush_failed => smol::unblock(flush).await.map(|saved| record = saved),
+        _ => Ok(()),
     };
     if result.is_ok() && flushed.is_ok() {
         run.report(true);
@@ -235,9 +261,9 @@ impl Run<'_> {
     ) -> Result<(), DownloadError> {
         for c in std::mem::take(&mut self.s.conns) {
             let n = self.add(c.addr);
-            // Dialled (or asked to connect back) as the download began.
+            // Dialled (or asked to connect back) before the download ran.
             if let Some(src) = self.sources.get_mut(&n) {
-                src.tried_at = self.s.epoch;
+                src.tried_at = self.s.dialled;
             }
             self.connected(n, c);
         }
@@ -306,7 +332,7 @@ impl Run<'_> {
             if now >= next_record {
                 // One flush at a time: a slow disk makes the record lag, not the download.
                 if !self.flushing {
-                    if let Some(flush) = flush_record(&self.s, record) {
+                    if let Some(flush) = flush_record(&self.s, record, &self.writes) {
                         self.flushing = true;
                         let inputs = self.inputs.clone();
                         smol::spawn(async move {
@@ -712,6 +738,8 @@ impl Run<'_> {
             // The inputs are unbounded: a send from this thread never waits. Each answer goes
             // as soon as it is known, and the job's end after the last.
             smol::unblock(move || {
+                // Said when the job ends, even by a panic: the next job may start.
+                let _done = JobDone(inputs.clone());
                 let (mut from, mut to) = (u64::MAX, 0);
                 for c in batch {
                     let range = manifest.chunk_range(c.chunk);
@@ -719,7 +747,6 @@ impl Run<'_> {
                     let _ = inputs.try_send(check_chunk(c, &file, &manifest, &writes));
                 }
                 start_writeback(&file, from, to);
-                let _ = inputs.try_send(Input::ChecksDone);
             })
             .detach();
         }
@@ -790,6 +817,7 @@ impl Run<'_> {
         match saved {
             Ok(saved) => *record = saved,
             Err(e) => {
+                self.flush_failed = true;
                 self.disk_error.get_or_insert(e);
             }
         }
@@ -942,11 +970,14 @@ fn start_writeback(file: &File, from: u64, to: u64) {
 }
 
 /// The work that brings the record up to date, to run off the executor: it flushes the part
-/// file, then saves the record of the chunks done before the flush, and returns it. `None`
-/// when the record is up to date already.
+/// file, then saves the record of the chunks done before the flush, and returns it; the save
+/// happens only while the download's `writes` are open (a flush still running when a
+/// download is cancelled or has ended saves nothing). `None` when the record is up to date
+/// already.
 fn flush_record(
     s: &Setup<'_>,
     record: &Record,
+    writes: &Arc<std::sync::Mutex<bool>>,
 ) -> Option<impl FnOnce() -> io::Result<Record> + Send + 'static> {
     let bits = s.sched.done().as_bytes().to_vec();
     if bits == record.done {
@@ -956,8 +987,13 @@ fn flush_record(
     let mut next = record.clone();
     next.done = bits;
     let path = s.state_path.to_path_buf();
+    let writes = writes.clone();
     Some(move || -> io::Result<Record> {
         file.sync_data()?;
+        let open = writes.lock().unwrap_or_else(|p| p.into_inner());
+        if !*open {
+            return Err(io::Error::other("the download stopped"));
+        }
         next.save(&path)?;
         Ok(next)
     })
