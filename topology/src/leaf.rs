@@ -364,11 +364,13 @@ impl LeafOverlay {
     pub fn set_listen(&mut self, now: Instant, listen: Option<SocketAddr>, lost: bool) {
         let same = listen == self.listen && !lost;
         self.listen = listen;
+        // Whether we can be reached is to be found again, whatever changed (a mapping gained
+        // included).
+        self.last_reachable = None;
         if !same {
             // Another port, or a mapping gone: how it is mapped is to be found again.
             self.probes.clear();
             self.probed = false;
-            self.last_reachable = None;
         }
         let mut conns: Vec<ConnId> = self
             .links
