@@ -443,7 +443,8 @@ fn sockets_of(pid: u32) -> usize {
 }
 
 /// TCP connections open or opening in the network namespace of process `pid` (a leecher's
-/// host: the leaf is the only program there that speaks TCP) with any address but `sp`'s:
+/// host: the leaf is the only program there that speaks TCP) with any host but `sp`'s (its
+/// link, and the super-peer's checks that connect back from other ports):
 /// its links to other leaves. Counted: established, SYN sent or received, and closed by the
 /// other end but not yet by us (the socket is still held); not listeners, nor connections
 /// we closed (`TIME_WAIT` and the like hold no socket of ours).
@@ -461,7 +462,7 @@ fn leaf_links_of(pid: u32, sp: SocketAddr) -> usize {
                         return false;
                     };
                     matches!(*state, "01" | "02" | "03" | "08")
-                        && parse_proc_addr(remote) != Some(sp)
+                        && parse_proc_addr(remote).map(|a| a.ip()) != Some(sp.ip())
                 })
                 .count()
         })
