@@ -36,7 +36,8 @@ const MAX_QUEUED: usize = 1 << 20;
 /// Bytes of chunks of one download handed in and not yet verified and written: the next
 /// chunks are decrypted while the last are hashed and written. Each source's reader holds at
 /// most one chunk more, waiting for room; what sources send beyond waits in their sockets. So
-/// a download holds at most this much plus a chunk per source.
+/// a download holds at most this much (or 4 chunks, for chunks over 1 MiB) plus a chunk per
+/// source.
 ///
 /// 4 MiB is 16 chunks of 256 KiB, 4 of 1 MiB ([`read_ahead`]). Over loopback (bench case 2,
 /// 1 GiB) 4 chunks of room left the source waiting on the downloader; 16 took a download
