@@ -59,30 +59,39 @@ fn mac(i: usize) -> String {
     format!("02:77:00:00:{:02x}:{:02x}", i >> 8, i & 0xff)
 }
 
-/// Runs `lines` of `ip` commands in namespace `ns` (`ip -batch`, from standard input).
-fn ip_batch(ns: &str, lines: &str) -> anyhow::Result<()> {
+/// Runs `cmd` (named `what` in errors) with `input` on its standard input; fails with what it
+/// wrote to standard error if it fails.
+fn run_with_input(cmd: &mut Command, input: &str, what: &str) -> anyhow::Result<()> {
     use std::io::Write;
-    let mut child = Command::new("ip")
-        .args(["-n", ns, "-batch", "-"])
+    let mut child = cmd
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
-        .context("running ip -batch")?;
+        .with_context(|| format!("running {what}"))?;
     let written = child
         .stdin
         .take()
-        .context("ip -batch has no standard input")?
-        .write_all(lines.as_bytes());
-    let out = child.wait_with_output().context("waiting for ip -batch")?;
-    written.context("writing to ip -batch")?;
+        .with_context(|| format!("{what} has no standard input"))?
+        .write_all(input.as_bytes());
+    let out = child
+        .wait_with_output()
+        .with_context(|| format!("waiting for {what}"))?;
+    written.with_context(|| format!("writing to {what}"))?;
     if !out.status.success() {
-        bail!(
-            "ip -n {ns} -batch: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
+        bail!("{what}: {}", String::from_utf8_lossy(&out.stderr).trim());
     }
     Ok(())
+}
+
+/// Runs `lines` of `ip` commands in namespace `ns` (`ip -batch`, from standard input).
+fn ip_batch(ns: &str, lines: &str) -> anyhow::Result<()> {
+    let what = format!("ip -n {ns} -batch");
+    run_with_input(
+        Command::new("ip").args(["-n", ns, "-batch", "-"]),
+        lines,
+        &what,
+    )
 }
 
 fn ip(args: &[&str]) -> anyhow::Result<()> {
@@ -245,33 +254,12 @@ impl Testbed {
     /// it dials works. The address is not translated: for a path's cost that changes nothing,
     /// and `leaf/tests/nat.rs` covers real address translation.
     pub fn firewall(&self, host: &Host) -> anyhow::Result<()> {
-        use std::io::Write;
         let rules = "table inet canopy_bench_nat {\n  chain input {\n    type filter hook input \
                      priority 0; policy accept;\n    iif lo accept\n    ct state \
                      established,related accept\n    ct state new drop\n  }\n}\n";
-        let mut child = host
-            .command(std::path::Path::new("nft"))
-            .args(["-f", "-"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .context("running nft (Debian's nftables)")?;
-        let written = child
-            .stdin
-            .take()
-            .context("nft has no standard input")?
-            .write_all(rules.as_bytes());
-        let out = child.wait_with_output().context("waiting for nft")?;
-        written.context("writing to nft")?;
-        if !out.status.success() {
-            bail!(
-                "nft in {}: {}",
-                host.ns,
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
-        Ok(())
+        let what = format!("nft (Debian's nftables) in {}", host.ns);
+        let mut nft = host.command(std::path::Path::new("nft"));
+        run_with_input(nft.args(["-f", "-"]), rules, &what)
     }
 
     /// The round trip from `from` to `to` on the testbed: the median time of 21 TCP connects
