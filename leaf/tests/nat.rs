@@ -282,6 +282,29 @@ fn connects_from_pub(ns: &Namespaces, addr: &str) -> bool {
     text(&out.stdout).trim() == "open"
 }
 
+/// Behind a router that maps nothing (no UPnP, PCP or NAT-PMP daemon), `leaf status` says why
+/// there is no external port and how to announce one forwarded by hand.
+#[test]
+fn a_router_that_maps_nothing_leaves_status_pointing_to_external_port() {
+    let ns = home_behind_nat("x");
+    let tmp = tempfile::tempdir().unwrap();
+    let base = tmp.path();
+    let _sp = start_superpeer_in(&ns, &base.join("sp"));
+    std::fs::create_dir_all(base.join("nothing")).unwrap();
+    let home_data = base.join("home-data");
+    let _leaf = start_home_leaf(&ns, &home_data, &base.join("nothing"), &[]);
+    wait_until("the router to be asked and to refuse", 40, || {
+        let s = status(&home_data);
+        s["port_mapping"]["how"].is_string() && s["reach"]["reachable"] == false
+    });
+    assert!(status(&home_data)["port_mapping"]["port"].is_null());
+    let shown =
+        run(leaf_in(&ns, "home", &home_data, "80.77.1.1:7700", "0.0.0.0:7001").arg("status"));
+    let said = text(&shown.stdout);
+    assert!(said.contains("external  none ("), "{said}");
+    assert!(said.contains("--external-port N"), "{said}");
+}
+
 #[test]
 fn a_source_behind_nat_is_found_known_unreachable_and_still_downloaded_from() {
     let ns = home_behind_nat("r");

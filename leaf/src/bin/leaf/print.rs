@@ -218,7 +218,17 @@ pub(crate) fn print_status(s: &control::StatusReport) {
     if let Some(m) = &s.port_mapping {
         match m.port {
             Some(p) => say!("external  port {p} ({})", m.how),
-            None => say!("external  none ({})", m.how),
+            None => {
+                say!("external  none ({})", m.how);
+                // What the user can do when the router will not map a port, unless others
+                // reach the node anyway.
+                if !s.reach.as_ref().is_some_and(|r| r.reachable) {
+                    say!(
+                        "          a port forwarded by hand (or by a VPN) is announced with \
+                     --external-port N (or --external-port-file FILE)"
+                    );
+                }
+            }
         }
     }
     if let Some(web) = s.web {
