@@ -654,14 +654,8 @@ async fn serve_chunk(
         .take()
         .filter(|(held_id, path, _)| *held_id == id && *path == f.local);
     let len = (range.end - range.start) as usize;
-    let read = match held {
-        // The file is open already: what the page cache holds is read here, without a trip
-        // to the blocking pool (a wake-up there and back for each chunk, for which the
-        // executor sat in `epoll_wait` once a chunk in `perf sched`); what it does not hold
-        // is read there.
-        Some((_, path, file)) => read_at(file, len, range.start)
-            .await
-            .map(|(file, data)| (path, file, data)),
+    let file = match held {
+        Some((_, _, file)) => Ok(file),
         None => {
             let shared = f.clone();
             smol::unblock(move || {
@@ -674,16 +668,21 @@ async fn serve_chunk(
                 if !shared.matches(&file.metadata()?) {
                     return Err(std::io::Error::other("changed since it was shared"));
                 }
-                let mut data = vec![0u8; len];
-                file.read_exact_at(&mut data, range.start)?;
-                Ok::<_, std::io::Error>((shared.local.clone(), Arc::new(file), data))
+                Ok(Arc::new(file))
             })
             .await
         }
     };
+    // What the page cache holds is read here, without a trip to the blocking pool (a wake-up
+    // there and back for each chunk, for which the executor sat in `epoll_wait` once a chunk
+    // in `perf sched`); what it does not hold is read there.
+    let read = match file {
+        Ok(file) => read_at(file, len, range.start).await,
+        Err(e) => Err(e),
+    };
     match read {
-        Ok((path, file, data)) => {
-            open.0 = Some((id, path, file));
+        Ok((file, data)) => {
+            open.0 = Some((id, f.local.clone(), file));
             node.upload_cap.take(data.len() as u64).await;
             node.uploaded_chunks.fetch_add(1, Ordering::Relaxed);
             node.uploaded_bytes
