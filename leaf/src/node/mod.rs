@@ -679,7 +679,7 @@ impl Node {
         wait: Duration,
     ) -> Result<Vec<SearchResult>, NodeError> {
         let (id, rx) = self.start_search(search, ttl)?;
-        let hits = collect_hits(&rx, wait, None).await;
+        let hits = collect_hits(&rx, wait, false).await;
         self.end_search(id);
         let mut results = group_hits(hits);
         self.mark_have(&mut results);
@@ -696,7 +696,7 @@ impl Node {
         // Hits by id come back quickly or not at all: stop shortly after the first ones.
         // The download starts with these; sources whose hits come later are found by the
         // downloader's own search a couple of seconds in, and told of by the sources.
-        let hits = collect_hits(&rx, wait, Some(HitGrace::default())).await;
+        let hits = collect_hits(&rx, wait, true).await;
         self.end_search(qid);
         let mut seen = Vec::new();
         for h in &hits {
@@ -816,43 +816,18 @@ impl Node {
     }
 }
 
-/// How long a search for sources waits for more hits after the first arrived: a few times
-/// as long as the first took (hits from super-peers further away take a hop or two more),
-/// within bounds. On a LAN, where the first hits come within a millisecond or two, a fixed
-/// 100 ms was most of `leaf get`'s start-up (bench case 1: 0.09–0.15 s outside the
-/// download).
-#[derive(Debug, Clone, Copy)]
-struct HitGrace {
-    /// The multiple of the time to the first hits.
-    times: u32,
-    min: Duration,
-    max: Duration,
+/// How long a search for sources waits for more hits after the first arrived, which came
+/// `first` after it began: four times as long (hits from super-peers further away take a hop
+/// or two more), from 10 to 100 ms. On a LAN, where the first hits come within a millisecond
+/// or two, a fixed 100 ms was most of `leaf get`'s start-up (bench case 1: 0.09–0.15 s
+/// outside the download).
+fn hit_grace(first: Duration) -> Duration {
+    (first * 4).clamp(Duration::from_millis(10), Duration::from_millis(100))
 }
 
-impl Default for HitGrace {
-    fn default() -> Self {
-        HitGrace {
-            times: 4,
-            min: Duration::from_millis(10),
-            max: Duration::from_millis(100),
-        }
-    }
-}
-
-impl HitGrace {
-    /// The wait after first hits that came `first` after the search began.
-    fn after(&self, first: Duration) -> Duration {
-        (first * self.times).clamp(self.min, self.max)
-    }
-}
-
-/// Hits from `rx` until `wait` passes, or (with `after_first`) a grace after the first hits
-/// arrived.
-async fn collect_hits(
-    rx: &Receiver<Vec<Hit>>,
-    wait: Duration,
-    after_first: Option<HitGrace>,
-) -> Vec<Hit> {
+/// Hits from `rx` until `wait` passes, or (with `after_first`) [`hit_grace`] after the first
+/// hits arrived.
+async fn collect_hits(rx: &Receiver<Vec<Hit>>, wait: Duration, after_first: bool) -> Vec<Hit> {
     let began = Instant::now();
     let mut deadline = began + wait;
     let mut hits = Vec::new();
@@ -864,11 +839,9 @@ async fn collect_hits(
         .await;
         match got {
             Some(batch) => {
-                if hits.is_empty() {
-                    if let Some(grace) = after_first {
-                        let now = Instant::now();
-                        deadline = deadline.min(now + grace.after(now - began));
-                    }
+                if hits.is_empty() && after_first {
+                    let now = Instant::now();
+                    deadline = deadline.min(now + hit_grace(now - began));
                 }
                 hits.extend(batch);
             }
@@ -887,13 +860,12 @@ mod tests {
 
     #[test]
     fn the_wait_for_more_hits_follows_the_first_within_bounds() {
-        let grace = HitGrace::default();
         let ms = Duration::from_millis;
         // A LAN: the first hits in a millisecond, the floor holds.
-        assert_eq!(grace.after(ms(1)), ms(10));
+        assert_eq!(hit_grace(ms(1)), ms(10));
         // Further away: four times the first hits' time.
-        assert_eq!(grace.after(ms(15)), ms(60));
+        assert_eq!(hit_grace(ms(15)), ms(60));
         // Far away: never more than the ceiling.
-        assert_eq!(grace.after(ms(400)), ms(100));
+        assert_eq!(hit_grace(ms(400)), ms(100));
     }
 }
