@@ -507,9 +507,9 @@ impl Run<'_> {
                         let took = now.saturating_duration_since(src.tried_at);
                         src.report.first_chunk_ms = Some(took.as_millis() as u64);
                     }
-                }
-                if let Some(session) = self.sources.get_mut(&n).and_then(|s| s.session.as_mut()) {
-                    session.handle_message(now, msg, &mut self.s.sched);
+                    if let Some(session) = src.session.as_mut() {
+                        session.handle_message(now, msg, &mut self.s.sched);
+                    }
                 }
                 if room.is_some() {
                     // A chunk that goes to be checked keeps its room until it has been; any
