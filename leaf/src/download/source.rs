@@ -39,10 +39,11 @@ const MAX_QUEUED: usize = 1 << 20;
 /// a download holds at most this much (or 4 chunks, for chunks over 1 MiB) plus a chunk per
 /// source.
 ///
-/// 4 MiB is 16 chunks of 256 KiB, 4 of 1 MiB ([`read_ahead`]). Over loopback (bench case 2,
-/// 1 GiB) 4 chunks of room left the source waiting on the downloader; 16 took a download
-/// from about 1.6 s to 1.45 s in alternating runs, and 32 was slower again (1.8 s: more chunk
-/// buffers than the caches hold).
+/// 4 MiB is 16 chunks of 256 KiB, 4 of 1 MiB ([`read_ahead`]). Over loopback (1 GiB, `leaf
+/// get` against a running source) 4 chunks of room left the source waiting on the
+/// downloader: 16 took a download from about 1.7 s to 1.35–1.6 s (runs one after the other),
+/// 8 and 16 were within the noise of each other in alternating runs, and 32 was slower again
+/// (1.8 s: more chunk buffers than the caches hold).
 const READ_AHEAD_BYTES: u64 = 4 << 20;
 
 /// Chunks of room for a download whose chunks are `chunk_size` bytes: [`READ_AHEAD_BYTES`]
