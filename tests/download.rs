@@ -418,8 +418,10 @@ fn four_sources_one_dies_one_stalls_one_lies_and_the_file_completes() {
     run_bounded(Duration::from_secs(60), async {
         let tmp = tempfile::tempdir().unwrap();
         // Large enough (96 chunks) that the honest source's window (at most 32) cannot take
-        // every chunk before the dying source has asked for its fourth: with 6 MiB, the
-        // download once finished in 77 ms before that source had died.
+        // every chunk at once, and capped (24 MiB/s: about a second) so that the machine's
+        // speed does not decide whether the dying source is asked for its fourth chunk before
+        // the download ends: uncapped, it once ended in 77 ms (6 MiB), and in 120 ms (24 MiB,
+        // once the transfer path got faster) with that source asked for two.
         let content = corpus::deterministic_bytes("four sources", 24 << 20);
         let id = FileId::from(blake3::hash(&content));
         let (_nodes, honest) = honest_sources(tmp.path(), &content).await;
@@ -428,10 +430,9 @@ fn four_sources_one_dies_one_stalls_one_lies_and_the_file_completes() {
         let dies = fake_source(Fake::DiesAfter(3), content.clone()).await;
         let sources = vec![dies, liar, staller, honest[0]];
         let started = Instant::now();
-        let report =
-            download::download(job(id, sources, &tmp.path().join("out")), Box::new(|_| {}))
-                .await
-                .unwrap();
+        let mut capped = job(id, sources, &tmp.path().join("out"));
+        capped.cap = leaf::rate::RateLimit::new(24 << 20);
+        let report = download::download(capped, Box::new(|_| {})).await.unwrap();
         assert!(
             started.elapsed() < Duration::from_secs(20),
             "took {:?}",
