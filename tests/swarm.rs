@@ -369,30 +369,49 @@ fn a_file_is_served_to_at_most_its_share_of_downloaders_at_once() {
             second.bitfield(id).await,
             Message::Bitfield { .. }
         ));
-        // A third is told to come back later, for a chunk as for the bitfield.
-        let mut third = Client::open(addr).await;
-        match third.bitfield(id).await {
-            Message::TransferError { kind, message, .. } => {
-                assert_eq!(kind, TransferErrorKind::Busy);
-                assert!(message.contains("2 downloaders of this file"), "{message}");
-            }
-            other => panic!("a third downloader was served: {other:?}"),
-        }
-        third
-            .send(Message::GetChunk {
+        // A third is told to come back later, for the bitfield as for the manifest or a
+        // chunk, and the connection is closed: it asked for nothing else.
+        let third_asks = [
+            Message::GetBitfield { id },
+            Message::GetManifest { request: 5, id },
+            Message::GetChunk {
                 request: 7,
                 id,
                 index: 0,
-            })
-            .await;
-        assert!(matches!(
-            third.recv().await,
-            Message::TransferError {
-                request: 7,
-                kind: TransferErrorKind::Busy,
-                ..
+            },
+        ];
+        for ask in third_asks {
+            let mut third = Client::open(addr).await;
+            let request = match &ask {
+                Message::GetManifest { request, .. } | Message::GetChunk { request, .. } => {
+                    *request
+                }
+                _ => 0,
+            };
+            third.send(ask).await;
+            match third.recv().await {
+                Message::TransferError {
+                    kind,
+                    message,
+                    request: r,
+                    ..
+                } => {
+                    assert_eq!((kind, r), (TransferErrorKind::Busy, request));
+                    assert!(message.contains("2 downloaders of this file"), "{message}");
+                }
+                other => panic!("a third downloader was served: {other:?}"),
             }
-        ));
+            let closed =
+                smol::future::or(async { Some(third.reader.read_message().await) }, async {
+                    smol::Timer::after(Duration::from_secs(10)).await;
+                    None
+                })
+                .await;
+            assert!(
+                matches!(closed, Some(Ok(None) | Err(_))),
+                "not closed after the refusal: {closed:?}"
+            );
+        }
         // The two admitted go on being served.
         first
             .send(Message::GetChunk {
@@ -409,7 +428,39 @@ fn a_file_is_served_to_at_most_its_share_of_downloaders_at_once() {
             matches!(c.bitfield(id).await, Message::Bitfield { .. })
         })
         .await;
-        drop((second, third));
+        drop(second);
+        seeder.shutdown().await;
+    });
+}
+
+#[test]
+fn a_download_whose_only_source_is_busy_waits_for_it() {
+    run_bounded(Duration::from_secs(60), async {
+        let tmp = tempfile::tempdir().unwrap();
+        let sp = net::superpeer(&[]).await;
+        let content = corpus::deterministic_bytes("busy", 1 << 20);
+        let id = FileId::from(blake3::hash(&content));
+        let seeder = net::leaf_with(tmp.path(), "seeder", &[sp.listen_addr()], |c| {
+            c.max_downloaders_per_file = 1;
+        })
+        .await;
+        net::share_indexed(&seeder, &sp, &share_file(tmp.path(), "f.bin", &content)).await;
+        let addr = seeder.listen_addr().unwrap();
+        // Another downloader holds the file's only place.
+        let mut other = Client::open(addr).await;
+        assert!(matches!(other.bitfield(id).await, Message::Bitfield { .. }));
+        let mut job = net::direct_job(id, vec![addr], &tmp.path().join("out"));
+        job.give_up_after = Some(Duration::from_secs(30));
+        let download = smol::spawn(leaf::download::download(job, Box::new(|_| {})));
+        // Refused the manifest (busy), it asks again instead of failing.
+        smol::Timer::after(Duration::from_millis(1500)).await;
+        assert!(
+            !download.is_finished(),
+            "the download ended while its source was busy"
+        );
+        drop(other);
+        let report = download.await.expect("fetched once the place was free");
+        assert!(std::fs::read(&report.path).unwrap() == content);
         seeder.shutdown().await;
     });
 }

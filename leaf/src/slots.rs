@@ -13,10 +13,13 @@
 //!
 //! Beyond the queue, at most [`UploadSlots::per_file`] connections ask for one file at once
 //! ([`UploadSlots::admit_file`]): in a swarm of hundreds, every leecher would otherwise be
-//! asked by every other, and hold a connection for each.
+//! asked by every other, and hold a connection for each. A connection takes such a place only
+//! once it asks for a file, so at most [`MAX_UNASKED`] connections accepted may not have asked
+//! yet ([`UploadSlots::unasked`]); one beyond is closed as soon as it is accepted, and one
+//! refused a place is closed once told.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -33,6 +36,11 @@ pub const ROUND: Duration = Duration::from_secs(3);
 pub const OPTIMISTIC_EVERY: Duration = Duration::from_secs(9);
 /// Connections that may ask for one file at once, by default (`--max-downloaders-per-file`).
 pub const MAX_DOWNLOADERS_PER_FILE: usize = 30;
+/// Connections accepted that may be at once between their TCP handshake and their first
+/// request for a file or a listing. Bench case 6 (100 leechers starting at once) saw 40–70
+/// connections at one early leecher before it had refused any: every leecher that heard of it
+/// dialled it at once.
+pub const MAX_UNASKED: usize = 12;
 /// Grants remembered for status and tests.
 const GRANTS_KEPT: usize = 1000;
 
@@ -42,6 +50,8 @@ pub struct UploadSlots {
     max: usize,
     per_file: usize,
     next_conn: AtomicU64,
+    /// Connections accepted that have not asked for anything yet.
+    unasked: Arc<AtomicUsize>,
     state: Mutex<SlotState>,
     /// What each peer uploaded to this node lately: the ranking of requesters.
     pub reciprocity: Arc<Reciprocity>,
@@ -78,6 +88,17 @@ struct SlotState {
     files: HashMap<FileId, Vec<u64>>,
 }
 
+/// A connection's place among those that have not asked for anything yet
+/// ([`UploadSlots::unasked`]), given back when dropped.
+#[derive(Debug)]
+pub struct Unasked(Arc<AtomicUsize>);
+
+impl Drop for Unasked {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 impl UploadSlots {
     /// `max` slots (at least one), ranking requesters by `reciprocity`.
     pub fn new(max: usize, reciprocity: Arc<Reciprocity>) -> Self {
@@ -85,6 +106,7 @@ impl UploadSlots {
             max: max.max(1),
             per_file: usize::MAX,
             next_conn: AtomicU64::new(1),
+            unasked: Arc::default(),
             state: Mutex::new(SlotState::default()),
             reciprocity,
         }
@@ -114,6 +136,17 @@ impl UploadSlots {
         }
         conns.push(conn);
         true
+    }
+
+    /// A place for a connection just accepted, kept until it asks for a file or a listing
+    /// (dropped then) or closes; `None` if [`MAX_UNASKED`] are taken.
+    pub fn unasked(&self) -> Option<Unasked> {
+        self.unasked
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < MAX_UNASKED).then_some(n + 1)
+            })
+            .ok()?;
+        Some(Unasked(self.unasked.clone()))
     }
 
     pub(crate) fn new_conn(&self) -> u64 {
@@ -323,6 +356,26 @@ mod tests {
         slots.release_at(1, Instant::now());
         assert!(slots.admit_file(3, a));
         assert!(!slots.admit_file(4, a));
+    }
+
+    #[test]
+    fn only_so_many_connections_wait_unasked() {
+        let slots = UploadSlots::new(2, Arc::default());
+        let mut held: Vec<Unasked> = (0..MAX_UNASKED).map(|_| slots.unasked().unwrap()).collect();
+        assert!(slots.unasked().is_none(), "one beyond the bound");
+        held.pop();
+        let again = slots.unasked().expect("a place given back is taken again");
+        assert!(slots.unasked().is_none());
+        drop(again);
+        drop(held);
+        assert_eq!(
+            (0..MAX_UNASKED)
+                .filter_map(|_| slots.unasked())
+                .collect::<Vec<_>>()
+                .len(),
+            MAX_UNASKED,
+            "every place comes back"
+        );
         slots.release_at(2, Instant::now());
         slots.release_at(3, Instant::now());
         assert!(slots.state.lock().unwrap().files.is_empty());

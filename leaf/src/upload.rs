@@ -28,7 +28,7 @@ use wire::{
 };
 
 use crate::download::Reached;
-use crate::slots::SlotGuard;
+use crate::slots::{SlotGuard, Unasked};
 use crate::state::NodeState;
 use crate::swarm::{PartialFile, ShownTo};
 use transfer::upload::{UploadEnd, MAX_PENDING};
@@ -45,7 +45,14 @@ const SEND_AHEAD: usize = 2;
 ///
 /// A connection whose first message is [`Message::Reversed`] is a source connecting back as
 /// this node asked ([`crate::reverse`]): it goes to the download waiting for it instead.
-pub(crate) async fn serve(node: Arc<NodeState>, stream: TcpStream, peer: SocketAddr) {
+/// `unasked`: its place among the connections that have not asked for anything yet, given
+/// back once it does.
+pub(crate) async fn serve(
+    node: Arc<NodeState>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    unasked: Unasked,
+) {
     let limit = node.limits.handshake_timeout;
     let secure = match transport::secure::accept(stream, &node.identity, limit).await {
         Ok(secure) => secure,
@@ -81,7 +88,7 @@ pub(crate) async fn serve(node: Arc<NodeState>, stream: TcpStream, peer: SocketA
         peer: secure.peer,
         seen: Some(peer),
     };
-    if let Err(reason) = serve_inner(&node, stream, Some(first)).await {
+    if let Err(reason) = serve_inner(&node, stream, Some(first), Some(unasked)).await {
         log::info!("upload connection from {peer} closed: {reason}");
     }
 }
@@ -210,7 +217,7 @@ async fn serve_as_asked(
         // Through its router or a relay: not an address to tell others of.
         seen: None,
     };
-    serve_inner(node, stream, None).await
+    serve_inner(node, stream, None, None).await
 }
 
 /// Dials `addr` from our listen port (so our NAT maps it as it maps that port), again and again
@@ -240,10 +247,15 @@ struct Served {
     seen: Option<SocketAddr>,
 }
 
+/// `unasked`: the connection's place among those that have not asked for anything yet (one
+/// it accepted), given back once it asks for a file it is admitted for, or a listing. A
+/// connection that has been refused every file it asked for, and asked for nothing else, is
+/// closed once told.
 async fn serve_inner(
     node: &NodeState,
     stream: Served,
     first: Option<Message>,
+    mut unasked: Option<Unasked>,
 ) -> Result<(), String> {
     let mut reader = stream.reader;
     // Everything sent goes through the writer task, in order. A failed write ends it and shuts
@@ -348,6 +360,20 @@ async fn serve_inner(
             None => {}
         }
         if let Some(request) = session.poll_request() {
+            // Any request for a file takes one of the file's places for downloaders first.
+            if let Some(id) = request
+                .file()
+                .filter(|&id| !admit(node, conn, id, &mut admitted))
+            {
+                let reply = too_many(request.number(), id, node.slots.per_file());
+                if out.send(reply).await.is_err() {
+                    break Err(WRITER_FAILED.into());
+                }
+                if admitted.is_empty() && browses == 0 {
+                    break Ok(());
+                }
+                continue;
+            }
             let reply = match request {
                 // Manifests and bitfields need no slot (a downloader asks for them before it
                 // may queue), but their bytes count against the upload cap like chunks'.
@@ -364,9 +390,6 @@ async fn serve_inner(
                     }
                     None => not_shared(request, id),
                 },
-                UploadEvent::Bitfield { id } if !admit(node, conn, id, &mut admitted) => {
-                    too_many(0, id, node.slots.per_file())
-                }
                 UploadEvent::Bitfield { id } => {
                     let reply = bitfield_of(node, id, &mut session, &mut subscribed);
                     if let Message::Bitfield { bits, .. } = &reply {
@@ -399,9 +422,6 @@ async fn serve_inner(
                     }
                     reply
                 }
-                UploadEvent::Chunk { id, request, .. } if !admit(node, conn, id, &mut admitted) => {
-                    too_many(request, id, node.slots.per_file())
-                }
                 UploadEvent::Chunk { request, id, index } => {
                     let (who, serves) = (session.peer(), session.serves());
                     match node.slots.acquire_as(conn, who, serves, Instant::now()) {
@@ -410,6 +430,10 @@ async fn serve_inner(
                     }
                 }
             };
+            // Asked and admitted (or browsing): no longer waiting to ask.
+            if !admitted.is_empty() || browses > 0 {
+                drop(unasked.take());
+            }
             if out.send(reply).await.is_err() {
                 break Err(WRITER_FAILED.into());
             }

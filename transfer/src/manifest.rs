@@ -17,15 +17,31 @@
 
 use std::net::SocketAddr;
 
-use wire::{FileId, Manifest, Message};
+use wire::{FileId, Manifest, Message, TransferErrorKind};
+
+/// Why a source's answer to a manifest request gave no manifest.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AnswerError {
+    /// The source said no (busy with as many downloaders of the file as it takes, or no longer
+    /// sharing it): no fault of its own, so it may be asked again later.
+    #[error("refused the manifest: {kind:?} ({message})")]
+    Refused {
+        kind: TransferErrorKind,
+        message: String,
+    },
+    /// The source is not to be trusted for this file.
+    #[error("{0}")]
+    Hostile(String),
+}
 
 /// What a source answered to `GetManifest { request: 0, id }`, checked: the manifest, or why
-/// the source is not to be trusted for this file.
+/// there is none.
 pub fn check_answer(
     id: FileId,
     expected_size: Option<u64>,
     answer: Message,
-) -> Result<Manifest, String> {
+) -> Result<Manifest, AnswerError> {
+    let hostile = AnswerError::Hostile;
     match answer {
         Message::Manifest(m) if m.id == id && m.request == 0 => {
             let manifest = Manifest {
@@ -35,25 +51,26 @@ pub fn check_answer(
             };
             manifest
                 .verify(&id)
-                .map_err(|e| format!("sent a bad manifest: {e}"))?;
+                .map_err(|e| hostile(format!("sent a bad manifest: {e}")))?;
             if manifest.chunk_size != wire::chunk_size_for(manifest.size) {
-                return Err(format!(
+                return Err(hostile(format!(
                     "sent a manifest with chunk size {} for {} bytes",
                     manifest.chunk_size, manifest.size
-                ));
+                )));
             }
             if let Some(want) = expected_size.filter(|w| *w != manifest.size) {
-                return Err(format!(
+                return Err(hostile(format!(
                     "sent a manifest for {} bytes; the search said {want}",
                     manifest.size
-                ));
+                )));
             }
             Ok(manifest)
         }
-        Message::TransferError { kind, message, .. } => {
-            Err(format!("refused the manifest: {kind:?} ({message})"))
-        }
-        other => Err(format!("answered a manifest request with {}", other.kind())),
+        Message::TransferError { kind, message, .. } => Err(AnswerError::Refused { kind, message }),
+        other => Err(hostile(format!(
+            "answered a manifest request with {}",
+            other.kind()
+        ))),
     }
 }
 
@@ -114,7 +131,7 @@ impl Vote {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use wire::{ManifestBuilder, ManifestMsg, TransferErrorKind};
+    use wire::{ManifestBuilder, ManifestMsg};
 
     fn manifest_of(data: &[u8]) -> (FileId, Manifest) {
         let mut b = ManifestBuilder::new(data.len() as u64);
@@ -140,20 +157,32 @@ mod tests {
         let mut forged = m.clone();
         forged.cvs[0] = [0; 32];
         let why = check_answer(id, None, answer(id, &forged)).unwrap_err();
-        assert!(why.starts_with("sent a bad manifest"), "{why}");
+        assert!(matches!(&why, AnswerError::Hostile(w) if w.starts_with("sent a bad manifest")));
         let why = check_answer(id, Some(5), answer(id, &m)).unwrap_err();
-        assert!(why.contains("the search said 5"), "{why}");
-        let refused = Message::TransferError {
-            request: 0,
-            id,
-            kind: TransferErrorKind::NotShared,
-            message: "no".into(),
-        };
-        assert!(check_answer(id, None, refused)
-            .unwrap_err()
-            .starts_with("refused"));
+        assert!(matches!(&why, AnswerError::Hostile(w) if w.contains("the search said 5")));
+        // A refusal is no lie: the source may be asked again.
+        for kind in [TransferErrorKind::NotShared, TransferErrorKind::Busy] {
+            let refused = Message::TransferError {
+                request: 0,
+                id,
+                kind,
+                message: "no".into(),
+            };
+            let why = check_answer(id, None, refused).unwrap_err();
+            assert_eq!(
+                why,
+                AnswerError::Refused {
+                    kind,
+                    message: "no".into()
+                }
+            );
+            assert!(why.to_string().starts_with("refused the manifest"), "{why}");
+        }
         let why = check_answer(id, None, Message::Ping { nonce: 1 }).unwrap_err();
-        assert_eq!(why, "answered a manifest request with Ping");
+        assert_eq!(
+            why,
+            AnswerError::Hostile("answered a manifest request with Ping".into())
+        );
     }
 
     #[test]

@@ -76,6 +76,28 @@ pub enum UploadEvent {
     },
 }
 
+impl UploadEvent {
+    /// The file asked about (a listing names none).
+    pub fn file(&self) -> Option<FileId> {
+        match self {
+            UploadEvent::Manifest { id, .. }
+            | UploadEvent::Bitfield { id }
+            | UploadEvent::Chunk { id, .. } => Some(*id),
+            UploadEvent::Browse { .. } => None,
+        }
+    }
+
+    /// The request number an answer names (a bitfield request has none: 0).
+    pub fn number(&self) -> u32 {
+        match self {
+            UploadEvent::Manifest { request, .. }
+            | UploadEvent::Browse { request, .. }
+            | UploadEvent::Chunk { request, .. } => *request,
+            UploadEvent::Bitfield { .. } => 0,
+        }
+    }
+}
+
 /// Why a session ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum UploadEnd {

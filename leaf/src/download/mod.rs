@@ -3,12 +3,13 @@
 //!
 //! # How
 //! 1. **Manifest.** A download left by an earlier run (a `NAME.ID.part` file with its
-//!    `.state` record in the output folder) resumes from its record. Otherwise up to three
-//!    sources are asked for the manifest. A manifest must verify against the id and its chunk
+//!    `.state` record in the output folder) resumes from its record. Otherwise three sources
+//!    are dialled and asked for the manifest at once (more, in turn, if some fail); the others
+//!    are dialled once the download runs. A manifest must verify against the id and its chunk
 //!    size must be the one its size implies; of the valid ones, the one most sources sent wins,
 //!    ties going to the one with more chunks (a forged one-chunk claim verifies against any id,
 //!    since the id cannot pin the size of a one-chunk file). Sources whose manifest fails or
-//!    disagrees are dropped.
+//!    disagrees are banned; those that refuse (busy) or cannot be reached are dropped for now.
 //! 2. **Space.** The output folder must have room for the bytes still missing.
 //! 3. **Chunks.** Each source keeps several chunk requests in flight; the [`Scheduler`] hands
 //!    missing chunks to whichever source asks, so faster sources take more. A source with
@@ -46,7 +47,7 @@
 //! messages, verifies and writes chunks off the executor, keeps the part file and its record,
 //! and finds sources.
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::fs;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -66,7 +67,7 @@ pub use crate::part::{discard_partial, safe_file_name, STATE_SUFFIX};
 use crate::rate::RateLimit;
 use crate::reverse::Accepted;
 pub(crate) use source::first_ok;
-use source::SourceConn;
+use source::{NoManifest, SourceConn};
 pub use types::{
     DownloadError, DownloadOptions, DownloadReport, Progress, Reached, SourceReport, MAX_PEERS,
 };
@@ -213,6 +214,8 @@ async fn attempt(
     let mut dialled = started;
     // Who sent the manifest the download starts from (nobody, when resuming from a record).
     let mut senders = Vec::new();
+    // Sources known and not dialled yet.
+    let mut more = job.sources.clone();
     let (manifest, part, state_path, name, resuming) = match earlier {
         Some((part, state, record)) => {
             log::info!("resuming {} from {}", id.short(), part.display());
@@ -230,28 +233,52 @@ async fn attempt(
             } else {
                 job.sources.clone()
             };
-            sources.retain(|a| !banned.contains(a));
-            // The rest are dialled as places free up, once the download runs.
-            sources.truncate(job.opts.max_sources.max(1));
-            let opened_at = started;
-            dialled = Instant::now();
-            let opened = spawn_all(sources.iter().map(|&a| {
-                let (me, opts) = (job.me.clone(), job.opts.clone());
-                let listen = job.swarm.as_ref().and_then(|h| h.listen);
-                let back = job.connect_back.as_ref().and_then(|ask| ask(a));
-                async move {
-                    let conn = SourceConn::connect(a, &me, listen, &opts, opened_at, back).await;
-                    (a, conn)
+            // While every source is busy (or unreachable, for a download that waits for
+            // sources), ask again with growing back-off: in a swarm starting at once, each
+            // source takes only so many downloaders.
+            let mut backoff = Duration::from_secs(1);
+            let (manifest, voters) = loop {
+                sources.retain(|a| !banned.contains(a));
+                dialled = Instant::now();
+                let mut left = VecDeque::from(std::mem::take(&mut sources));
+                let busy =
+                    match vote_manifest(job, started, &mut left, &mut conns, &mut reports, banned)
+                        .await
+                    {
+                        Ok(won) => {
+                            // The others are dialled as soon as the download runs.
+                            more = left.into();
+                            break won;
+                        }
+                        Err(busy) => busy,
+                    };
+                let out_of_time = job
+                    .give_up_after
+                    .is_some_and(|limit| started.elapsed() >= limit);
+                if !(busy || job.wait_for_sources) || out_of_time {
+                    return Err(DownloadError::NoManifest {
+                        id,
+                        reasons: reasons(&reports),
+                    });
                 }
-            }))
-            .await;
-            for (addr, r) in opened {
-                match r {
-                    Ok(c) => conns.push(c),
-                    Err(e) => reports.push(SourceReport::failed(addr, e)),
+                log::info!(
+                    "{}: no source gave the manifest yet ({}); asking again in {backoff:?}",
+                    id.short(),
+                    if busy {
+                        "busy"
+                    } else {
+                        "none could be reached"
+                    }
+                );
+                smol::Timer::after(backoff).await;
+                backoff = (backoff * 2).min(job.opts.max_backoff);
+                // The next round's reports stand for this one's, but for the banned.
+                reports.retain(|r| banned.contains(&r.addr));
+                sources = (job.find)().await;
+                if sources.is_empty() {
+                    sources = job.sources.clone();
                 }
-            }
-            let (manifest, voters) = vote_manifest(job, &mut conns, &mut reports, banned).await?;
+            };
             senders = voters;
             let name = safe_file_name(&job.name, &id);
             let (part, state) = part_paths(&out_dir, &name, &id);
@@ -378,6 +405,7 @@ async fn attempt(
         state_path: &state_path,
         record,
         conns,
+        more,
         banned: banned.clone(),
         // The byte stamps of the sources count from the start.
         epoch: started,
@@ -451,29 +479,68 @@ async fn first_sources(job: &Job) -> Result<Vec<SocketAddr>, DownloadError> {
     }
 }
 
-/// Asks up to [`MANIFEST_VOTES`] sources for the manifest and keeps the one most of them sent.
+/// Asks [`MANIFEST_VOTES`] sources of `left` for the manifest (or all, if fewer) and keeps
+/// the one most of them sent; the connections of those that sent one go to `conns`. With
+/// none sent: `Err`, with whether a source said it was busy.
+///
+/// Sources are dialled from the front of `left`, as many at once as votes are still wanted,
+/// and each is asked as soon as it is connected. The others stay in `left`, for the download
+/// to dial once it runs: a connection that sits unasked at a source while the manifest is
+/// chosen takes a place the source cannot yet refuse (it counts a connection against its
+/// file's downloaders once asked; in a swarm of a hundred starting at once, connections
+/// opened before they were needed held early leechers at 60–70 links: issue 21).
 async fn vote_manifest(
     job: &Job,
+    opened_at: Instant,
+    left: &mut VecDeque<SocketAddr>,
     conns: &mut Vec<SourceConn>,
     reports: &mut Vec<SourceReport>,
     banned: &mut HashSet<SocketAddr>,
-) -> Result<(Manifest, Vec<SocketAddr>), DownloadError> {
+) -> Result<(Manifest, Vec<SocketAddr>), bool> {
     let mut vote = Vote::default();
-    let mut i = 0;
-    while i < conns.len() && vote.voters() < MANIFEST_VOTES {
-        match conns[i]
-            .manifest(job.id, job.expected_size, job.opts.response_timeout)
-            .await
-        {
-            Ok(m) => {
-                vote.add(conns[i].addr, m);
-                i += 1;
+    let mut busy = false;
+    // Never more connections than the download may hold.
+    let room = |conns: &Vec<SourceConn>| job.opts.max_sources.max(1).saturating_sub(conns.len());
+    while vote.voters() < MANIFEST_VOTES && !left.is_empty() && room(conns) > 0 {
+        let wanted = (MANIFEST_VOTES - vote.voters())
+            .min(left.len())
+            .min(room(conns));
+        let answers = spawn_all(left.drain(..wanted).map(|a| {
+            let (me, opts) = (job.me.clone(), job.opts.clone());
+            let listen = job.swarm.as_ref().and_then(|h| h.listen);
+            let back = job.connect_back.as_ref().and_then(|ask| ask(a));
+            let (id, size) = (job.id, job.expected_size);
+            async move {
+                match SourceConn::connect(a, &me, listen, &opts, opened_at, back).await {
+                    Ok(mut c) => {
+                        let m = c.manifest(id, size, opts.response_timeout).await;
+                        (a, Some(c), m)
+                    }
+                    Err(e) => (a, None, Err(NoManifest::Failed(e))),
+                }
             }
-            Err(e) => {
-                log::warn!("source {} for {}: {e}", conns[i].addr, job.id.short());
-                let addr = conns.remove(i).addr;
-                banned.insert(addr);
-                reports.push(SourceReport::failed(addr, e));
+        }))
+        .await;
+        for (addr, conn, answer) in answers {
+            match answer {
+                Ok(m) => {
+                    vote.add(addr, m);
+                    conns.extend(conn);
+                }
+                Err(NoManifest::Hostile(why)) => {
+                    log::warn!("source {addr} for {}: {why}", job.id.short());
+                    banned.insert(addr);
+                    reports.push(SourceReport::failed(addr, why));
+                }
+                Err(NoManifest::Busy(why)) => {
+                    busy = true;
+                    log::info!("source {addr} for {}: {why}", job.id.short());
+                    reports.push(SourceReport::failed(addr, why));
+                }
+                Err(NoManifest::Failed(why)) => {
+                    log::info!("source {addr} for {}: {why}", job.id.short());
+                    reports.push(SourceReport::failed(addr, why));
+                }
             }
         }
     }
@@ -484,10 +551,7 @@ async fn vote_manifest(
         banned.insert(addr);
         reports.push(SourceReport::failed(addr, why));
     }
-    won.ok_or_else(|| DownloadError::NoManifest {
-        id: job.id,
-        reasons: reasons(reports),
-    })
+    won.ok_or(busy)
 }
 
 /// Why each source failed, for an error message.

@@ -59,6 +59,8 @@ pub(super) struct Setup<'a> {
     pub(super) record: Record,
     /// Connections opened for the manifest, taken over as sources.
     pub(super) conns: Vec<SourceConn>,
+    /// Sources known and not dialled yet: dialled at once, as places allow.
+    pub(super) more: Vec<SocketAddr>,
     /// Sources that lied already: not asked again.
     pub(super) banned: HashSet<SocketAddr>,
     /// When the download began (the byte stamps count from here).
@@ -268,8 +270,7 @@ impl Run<'_> {
             self.connected(n, c);
         }
         let job = self.s.job;
-        let initial: Vec<SocketAddr> = job.sources.clone();
-        for addr in initial {
+        for addr in std::mem::take(&mut self.s.more) {
             if !self.reports.iter().any(|r| r.addr == addr) {
                 self.offer(addr, Instant::now());
             }

@@ -15,18 +15,30 @@ use smol::channel::{self, Sender};
 use smol::io::AsyncRead;
 use smol::lock::Semaphore;
 use smol::net::TcpStream;
-use transfer::manifest::check_answer;
+use transfer::manifest::{check_answer, AnswerError};
 use transport::identity::Identity;
 use transport::link::Outbox;
 use transport::net::{connect_secure, write_message_within, FrameReader, ReadError};
 use transport::secure::{SecureReader, SecureWriter};
-use wire::{FileId, Hello, Manifest, Message, NodeId, Role};
+use wire::{FileId, Hello, Manifest, Message, NodeId, Role, TransferErrorKind};
 
 use super::types::{DownloadOptions, Reached};
 use super::BackFuture;
 use crate::rate::RateLimit;
 use crate::reverse::Accepted;
 use std::future::Future;
+
+/// Why a source gave no manifest.
+#[derive(Debug)]
+pub(super) enum NoManifest {
+    /// It lied or broke the protocol: this download asks it for nothing more.
+    Hostile(String),
+    /// The source is busy with as many downloaders of the file as it takes: ask again later.
+    Busy(String),
+    /// The connection failed, or the source no longer shares the file: it may be tried again
+    /// later.
+    Failed(String),
+}
 
 /// A source that does not take a message within this time is not reading: dropped.
 const SEND_TIMEOUT: Duration = Duration::from_secs(10);
@@ -219,9 +231,19 @@ impl SourceConn {
         id: FileId,
         expected_size: Option<u64>,
         limit: Duration,
-    ) -> Result<Manifest, String> {
-        self.send(&Message::GetManifest { request: 0, id }).await?;
-        check_answer(id, expected_size, self.recv(limit).await?)
+    ) -> Result<Manifest, NoManifest> {
+        self.send(&Message::GetManifest { request: 0, id })
+            .await
+            .map_err(NoManifest::Failed)?;
+        let answer = self.recv(limit).await.map_err(NoManifest::Failed)?;
+        check_answer(id, expected_size, answer).map_err(|e| match e {
+            AnswerError::Hostile(why) => NoManifest::Hostile(why),
+            AnswerError::Refused {
+                kind: TransferErrorKind::Busy,
+                ..
+            } => NoManifest::Busy(e.to_string()),
+            refused => NoManifest::Failed(refused.to_string()),
+        })
     }
 
     /// Starts the connection's reader and writer. Every message read goes to `inputs` as

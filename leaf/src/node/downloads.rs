@@ -3,6 +3,7 @@
 //! file while it downloads and seeding it after.
 
 use super::*;
+use rand::seq::SliceRandom;
 
 /// A download the node has accepted and not finished, kept on disk to resume after a restart.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -182,7 +183,10 @@ impl Node {
         // A size the hits disagree on is left to the manifest (the id pins the content).
         let size = hits.first().map_or(0, |h| h.file.size);
         let agreed = (!hits.is_empty() && hits.iter().all(|h| h.file.size == size)).then_some(size);
-        let sources: Vec<SocketAddr> = hits.iter().map(|h| h.source.addr).collect();
+        let mut sources: Vec<SocketAddr> = hits.iter().map(|h| h.source.addr).collect();
+        // Sources are dialled in a random order: a swarm's leechers all find the same sources
+        // at once, and would otherwise all dial the first ones listed.
+        sources.shuffle(&mut rand::rng());
         self.update_download(id, |t| {
             t.info.name = name.clone();
             t.info.size = size;
@@ -232,7 +236,12 @@ impl Node {
             let node = finder.clone();
             Box::pin(async move {
                 match node.find_sources(id, Duration::from_secs(3)).await {
-                    Ok(hits) => hits.into_iter().map(|h| h.source.addr).collect(),
+                    Ok(hits) => {
+                        let mut found: Vec<SocketAddr> =
+                            hits.into_iter().map(|h| h.source.addr).collect();
+                        found.shuffle(&mut rand::rng());
+                        found
+                    }
                     Err(e) => {
                         log::debug!("looking for sources of {}: {e}", id.short());
                         Vec::new()
