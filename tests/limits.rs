@@ -585,3 +585,36 @@ fn message_floods_of_any_kind_cut_off() {
         w.still_serves().await;
     });
 }
+
+#[test]
+fn a_leaf_that_names_another_nodes_address_is_not_found_reachable_there() {
+    run_bounded(LIMIT, async {
+        let w = world(|_| {}).await;
+        let sharer = w.sharer.listen_addr().unwrap();
+        // From the sharer's own IP, naming its port: the super-peer's check connects to the
+        // sharer, which answers, but with its own key.
+        let from = match sharer.ip() {
+            std::net::IpAddr::V4(v4) => v4.octets()[3],
+            other => panic!("the test leaf listens at {other}"),
+        };
+        let mut raw = Raw::connect(from, w.sp.listen_addr(), Role::Leaf, Some(sharer)).await;
+        let until = Instant::now() + Duration::from_secs(10);
+        let found = loop {
+            let left = until.saturating_duration_since(Instant::now());
+            match raw.reader.read_message_within(left).await {
+                Ok(Message::Reachability {
+                    observed,
+                    reachable,
+                }) => break (observed, reachable),
+                Ok(_) => continue,
+                Err(e) => panic!("no Reachability within 10 s: {e}"),
+            }
+        };
+        assert_eq!(
+            found,
+            (sharer, false),
+            "found reachable at another's address"
+        );
+        w.still_serves().await;
+    });
+}

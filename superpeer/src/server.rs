@@ -554,13 +554,19 @@ async fn run_connection(
     }
 }
 
-/// Connects to a leaf's listen address and exchanges Hellos: can others reach it?
-async fn check_reachable(addr: SocketAddr, identity: &Identity) -> bool {
+/// Connects to a leaf's listen address and exchanges Hellos: can others reach it? Only if the
+/// node that answers is the leaf (`node`): its Noise key proves it, so a leaf that names
+/// another node's address is not found reachable there.
+async fn check_reachable(addr: SocketAddr, node: NodeId, identity: &Identity) -> bool {
     let limit = Duration::from_secs(5);
     let Ok(secure) = connect_secure(addr, identity, limit).await else {
         return false;
     };
     let (mut writer, peer) = (secure.writer, secure.peer);
+    if peer != node {
+        log::info!("reachability check: {addr} is node {peer}, not leaf {node}");
+        return false;
+    }
     let mut scratch = Vec::new();
     let hello = Message::Hello(Hello::new(
         identity.node(),
@@ -883,10 +889,10 @@ impl Actor {
                     })
                     .detach();
                 }
-                Event::CheckReachable { conn, addr } => {
+                Event::CheckReachable { conn, addr, node } => {
                     let (inputs, identity) = (self.lanes.inputs.clone(), self.identity.clone());
                     smol::spawn(async move {
-                        let ok = check_reachable(addr, &identity).await;
+                        let ok = check_reachable(addr, node, &identity).await;
                         let _ = inputs.send(Input::Reachable(conn, ok)).await;
                     })
                     .detach();

@@ -119,12 +119,16 @@ pub enum Event {
     /// [`SuperPeer::handle_dial_failed`].
     Dial(SocketAddr),
     /// Check that the leaf on `conn` accepts connections at `addr` (connect, say Hello, hang
-    /// up), then call [`SuperPeer::handle_reachable`].
+    /// up), then call [`SuperPeer::handle_reachable`]. Whoever answers there must prove it
+    /// holds `node`'s key: any other node found at the address (the leaf named another's)
+    /// makes the check fail.
     CheckReachable {
         /// The leaf's connection.
         conn: ConnId,
         /// Where it says it accepts connections.
         addr: SocketAddr,
+        /// The leaf's node id.
+        node: NodeId,
     },
     /// This super-peer has handed its leaves over and closed its connections: the node becomes
     /// a leaf (its [`RoleClock`] has recorded the change; take it with
@@ -715,7 +719,11 @@ impl SuperPeer {
                     node: hello.node,
                 });
                 if let Some(addr) = source {
-                    self.events.push_back(Event::CheckReachable { conn, addr });
+                    self.events.push_back(Event::CheckReachable {
+                        conn,
+                        addr,
+                        node: hello.node,
+                    });
                 }
                 // Tell it which other super-peers there are, for its host cache.
                 let hosts = self.hosts_to_share(now);
