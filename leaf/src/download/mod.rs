@@ -9,7 +9,8 @@
 //!    size must be the one its size implies; of the valid ones, the one most sources sent wins,
 //!    ties going to the one with more chunks (a forged one-chunk claim verifies against any id,
 //!    since the id cannot pin the size of a one-chunk file). Sources whose manifest fails or
-//!    disagrees are banned; those that refuse (busy) or cannot be reached are dropped for now.
+//!    disagrees are banned; those that refuse (busy) or cannot be reached are dropped for now,
+//!    and with no manifest yet, the network is asked again with growing back-off.
 //! 2. **Space.** The output folder must have room for the bytes still missing.
 //! 3. **Chunks.** Each source keeps several chunk requests in flight; the [`Scheduler`] hands
 //!    missing chunks to whichever source asks, so faster sources take more. A source with
@@ -233,9 +234,11 @@ async fn attempt(
             } else {
                 job.sources.clone()
             };
-            // While every source is busy (or unreachable, for a download that waits for
-            // sources), ask again with growing back-off: in a swarm starting at once, each
-            // source takes only so many downloaders.
+            // While the sources found are busy or cannot be reached, ask again with growing
+            // back-off, as a running download does (in a swarm starting at once, each source
+            // takes only so many downloaders, and closes connections beyond those it can
+            // handle). Only sources that all lied end it here, or finding none at all (in a
+            // download that does not wait for sources).
             let mut backoff = Duration::from_secs(1);
             let (manifest, voters) = loop {
                 sources.retain(|a| !banned.contains(a));
@@ -255,7 +258,8 @@ async fn attempt(
                 let out_of_time = job
                     .give_up_after
                     .is_some_and(|limit| started.elapsed() >= limit);
-                if !(busy || job.wait_for_sources) || out_of_time {
+                let honest = reports.iter().any(|r| !banned.contains(&r.addr));
+                if !(honest || job.wait_for_sources) || out_of_time {
                     return Err(DownloadError::NoManifest {
                         id,
                         reasons: reasons(&reports),
