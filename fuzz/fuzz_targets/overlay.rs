@@ -338,7 +338,7 @@ impl Msg {
             },
             Msg::Transfer(k) => {
                 let id = file(k).id;
-                match k % 15 {
+                match k % 17 {
                     0 => Message::GetManifest { request: 1, id },
                     1 => Message::Manifest(ManifestMsg {
                         request: 1,
@@ -393,6 +393,16 @@ impl Msg {
                     },
                     13 => Message::WhereAmI,
                     14 => Message::SeenAt { addr: addr(k) },
+                    // Dial-backs asked of a neighbour, and their answers.
+                    15 => Message::CheckReach {
+                        token: u64::from(k % 4),
+                        addr: addr(k),
+                        node: node(k / 17),
+                    },
+                    16 => Message::ReachChecked {
+                        token: u64::from(k % 4),
+                        reachable: [None, Some(true), Some(false)][k as usize % 3],
+                    },
                     _ => Message::TransferError {
                         request: 2,
                         id,
@@ -470,6 +480,8 @@ struct Harness {
     searches: Vec<QueryId>,
     /// Reachability checks asked for and not yet answered.
     reach: Vec<ConnId>,
+    /// Checks asked for on behalf of a neighbour (its connection, its token), not answered.
+    reach_for: Vec<(ConnId, u64)>,
     /// Super-peer: joined leaves and neighbours. Leaf: attached super-peers (in `joined`).
     leaves: BTreeSet<ConnId>,
     neighbours: BTreeMap<ConnId, NodeId>,
@@ -516,6 +528,7 @@ impl Harness {
             dials: Vec::new(),
             searches: Vec::new(),
             reach: Vec::new(),
+            reach_for: Vec::new(),
             leaves: BTreeSet::new(),
             neighbours: BTreeMap::new(),
             attached: BTreeSet::new(),
@@ -654,6 +667,16 @@ impl Harness {
                     .collect();
                 if let Overlay::SuperPeer(s) = &mut self.machine {
                     s.handle_local_hits(now, query, hits);
+                }
+            }
+            // Odd picks answer a check made for a neighbour, if one waits (the neighbour may
+            // have gone since: the answer is then dropped).
+            Op::Reachable { pick, ok } if pick % 2 == 1 && !self.reach_for.is_empty() => {
+                let (peer, token) = self
+                    .reach_for
+                    .remove(usize::from(pick) % self.reach_for.len());
+                if let Overlay::SuperPeer(s) = &mut self.machine {
+                    s.handle_checked_for(now, peer, token, ok);
                 }
             }
             Op::Reachable { pick, ok } => {
@@ -915,6 +938,13 @@ impl Harness {
                 assert!(self.leaves.contains(&conn) && self.live(conn));
                 self.reach.push(conn);
             }
+            Event::CheckReachableFor { peer, token, .. } => {
+                assert!(
+                    self.neighbours.contains_key(&peer) && self.live(peer),
+                    "CheckReachableFor on {peer}, no neighbour"
+                );
+                self.reach_for.push((peer, token));
+            }
             Event::Demote { .. } => {
                 assert!(
                     self.setup.can_demote,
@@ -1064,6 +1094,7 @@ impl Harness {
         self.dials.clear();
         self.searches.clear();
         self.reach.clear();
+        self.reach_for.clear();
         self.leaves.clear();
         self.neighbours.clear();
         self.attached.clear();

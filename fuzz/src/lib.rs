@@ -218,6 +218,15 @@ pub fn sample_messages() -> Vec<Message> {
         Message::SeenAt {
             addr: "10.0.0.9:7001".parse().expect("address"),
         },
+        Message::CheckReach {
+            token: 5,
+            addr: "10.0.0.9:7001".parse().expect("address"),
+            node: NodeId([3; 32]),
+        },
+        Message::ReachChecked {
+            token: 5,
+            reachable: Some(true),
+        },
     ]
 }
 

@@ -158,6 +158,8 @@ enum Input {
     },
     DialFailed(SocketAddr),
     Reachable(ConnId, bool),
+    /// A check made for a neighbour (its connection, its token) is done.
+    ReachableFor(ConnId, u64, bool),
     /// A message, holding one of its connection's places in the queue until it is handled.
     Message(ConnId, Message, SemaphoreGuardArc),
     Invalid(ConnId, String),
@@ -684,6 +686,9 @@ impl Actor {
             }
             Input::DialFailed(addr) => self.state.handle_dial_failed(now, addr),
             Input::Reachable(conn, ok) => self.state.handle_reachable(now, conn, ok),
+            Input::ReachableFor(peer, token, ok) => {
+                self.state.handle_checked_for(now, peer, token, ok)
+            }
             Input::Message(conn, msg, _place) => self.state.handle_message(now, conn, msg),
             Input::Invalid(conn, reason) => self.state.handle_invalid(now, conn, &reason),
             Input::Disconnected(conn) => {
@@ -894,6 +899,19 @@ impl Actor {
                     smol::spawn(async move {
                         let ok = check_reachable(addr, node, &identity).await;
                         let _ = inputs.send(Input::Reachable(conn, ok)).await;
+                    })
+                    .detach();
+                }
+                Event::CheckReachableFor {
+                    peer,
+                    token,
+                    addr,
+                    node,
+                } => {
+                    let (inputs, identity) = (self.lanes.inputs.clone(), self.identity.clone());
+                    smol::spawn(async move {
+                        let ok = check_reachable(addr, node, &identity).await;
+                        let _ = inputs.send(Input::ReachableFor(peer, token, ok)).await;
                     })
                     .detach();
                 }

@@ -257,6 +257,15 @@ mod tests {
             }),
             Just(Message::WhereAmI),
             arb_addr().prop_map(|addr| Message::SeenAt { addr }),
+            (any::<u64>(), arb_addr(), arb_bytes::<32>()).prop_map(|(token, addr, node)| {
+                Message::CheckReach {
+                    token,
+                    addr,
+                    node: NodeId(node),
+                }
+            }),
+            (any::<u64>(), any::<Option<bool>>())
+                .prop_map(|(token, reachable)| Message::ReachChecked { token, reachable }),
             (any::<u32>(), arb_bytes::<32>()).prop_map(|(request, id)| Message::GetManifest {
                 request,
                 id: FileId(id)

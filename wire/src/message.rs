@@ -499,11 +499,12 @@ pub enum Message {
         token: u64,
     },
     /// From a super-peer to a leaf: the address it sees the leaf's listen port at, and whether
-    /// a connection to it got through.
+    /// a connection to it got through (the super-peer's, or a neighbouring one's it asked:
+    /// [`Message::CheckReach`]).
     Reachability {
         /// The leaf's listen address as others should reach it.
         observed: SocketAddr,
-        /// Whether the super-peer's connection to it was accepted.
+        /// Whether the connection to it was accepted by the leaf.
         reachable: bool,
     },
     /// To a super-peer, on a connection with [`Role::Transfer`]: where do you see this
@@ -514,6 +515,26 @@ pub enum Message {
     SeenAt {
         /// The connection's remote address, as the super-peer sees it.
         addr: SocketAddr,
+    },
+    /// From a super-peer to a neighbouring one: connect to leaf `node` at `addr` (where the
+    /// asker sees it serve) and say whether it answered holding `node`'s key
+    /// ([`Message::ReachChecked`]). A connection from another host cannot pass through the
+    /// state the leaf's router keeps for the leaf's own link to the asker.
+    CheckReach {
+        /// Names the answer.
+        token: u64,
+        /// Where to connect.
+        addr: SocketAddr,
+        /// Who must answer there.
+        node: NodeId,
+    },
+    /// The answer to [`Message::CheckReach`]: whether the leaf answered, or `None` if the
+    /// check was not made (the asker or the address asked for too many).
+    ReachChecked {
+        /// The token of the request.
+        token: u64,
+        /// The outcome.
+        reachable: Option<bool>,
     },
     /// A page of a leaf's shares: files `offset..offset + files.len()` of `total`.
     Listing {
@@ -723,6 +744,8 @@ impl Message {
             Message::Reachability { .. } => "Reachability",
             Message::WhereAmI => "WhereAmI",
             Message::SeenAt { .. } => "SeenAt",
+            Message::CheckReach { .. } => "CheckReach",
+            Message::ReachChecked { .. } => "ReachChecked",
             Message::BrowseRefused { .. } => "BrowseRefused",
             Message::Bitfield { .. } => "Bitfield",
             Message::Have { .. } => "Have",

@@ -183,6 +183,13 @@ enum Ev {
         conn: ConnId,
         ok: bool,
     },
+    /// A check made for a neighbour of `node` (over its connection `peer`) is done.
+    ReachableFor {
+        node: usize,
+        peer: ConnId,
+        token: u64,
+        ok: bool,
+    },
     Timer {
         node: usize,
         at: Instant,
@@ -725,6 +732,17 @@ impl Sim {
                 }
                 node
             }
+            Ev::ReachableFor {
+                node,
+                peer,
+                token,
+                ok,
+            } => {
+                if let Machine::SuperPeer(s) = &mut self.nodes[node].machine {
+                    s.handle_checked_for(now, peer, token, ok);
+                }
+                node
+            }
             Ev::Timer { node, at } => {
                 if self.timers[node] != Some(at) {
                     return; // replaced by an earlier timer
@@ -758,6 +776,7 @@ impl Sim {
         enum Out {
             Dial(SocketAddr),
             Reach(ConnId),
+            ReachFor(ConnId, u64, NodeId),
             Close(ConnId),
             Search(wire::QueryId, Search),
             Role(NodeRole),
@@ -795,6 +814,9 @@ impl Sim {
                         match e {
                             Event::Dial(addr) => todo.push(Out::Dial(addr)),
                             Event::CheckReachable { conn, .. } => todo.push(Out::Reach(conn)),
+                            Event::CheckReachableFor {
+                                peer, token, node, ..
+                            } => todo.push(Out::ReachFor(peer, token, node)),
                             Event::Close { conn, .. } => todo.push(Out::Close(conn)),
                             Event::Demote { .. } => todo.push(Out::Role(NodeRole::Leaf)),
                             Event::Search { query, search } => {
@@ -846,6 +868,25 @@ impl Sim {
                             .is_some_and(|&(peer, _, _)| !self.nodes[peer].behind_nat);
                         let lat = self.latency();
                         self.schedule(now + lat * 2, Ev::Reachable { node: n, conn, ok });
+                    }
+                    Out::ReachFor(peer, token, target) => {
+                        // Made for a neighbour: it reaches the node with that id, if it is
+                        // alive and no NAT drops it.
+                        let index = u64::from_be_bytes(target.0[..8].try_into().expect("8 bytes"));
+                        let ok = index
+                            .checked_sub(1)
+                            .and_then(|i| self.nodes.get(i as usize))
+                            .is_some_and(|t| t.alive() && !t.behind_nat);
+                        let lat = self.latency();
+                        self.schedule(
+                            now + lat * 2,
+                            Ev::ReachableFor {
+                                node: n,
+                                peer,
+                                token,
+                                ok,
+                            },
+                        );
                     }
                     Out::Close(conn) => self.close(n, conn),
                     // Without an oracle there is no index: queries find nothing.

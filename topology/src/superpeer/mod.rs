@@ -13,7 +13,8 @@
 //! - `routes`: keyword routing, a `Routes` struct (our route table, the neighbours' tables, the
 //!   depth-1 table) held as a field;
 //! - `dynamic`: dynamic querying of the leaves' queries;
-//! - `mesh`: the host cache, dials to keep the mesh, redirects, promotion and demotion.
+//! - `mesh`: the host cache, dials to keep the mesh, redirects, promotion and demotion;
+//! - `reach`: dial-backs to leaves, asked of a neighbour ([`Message::CheckReach`]).
 
 use std::cell::Cell;
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -35,12 +36,14 @@ mod config;
 mod dynamic;
 mod flood;
 mod mesh;
+mod reach;
 mod relay;
 mod requests;
 mod routes;
 mod shaping;
 
 pub use mesh::HOSTS_SHARED;
+pub use reach::{CHECKS_FOR_PEER, CHECKS_PER_IP, CHECK_WINDOW, REACH_ASK_WAIT};
 pub use relay::{RelayJoin, RELAY_JOIN_WAIT};
 
 pub use config::{Config, DynamicQuerying};
@@ -128,6 +131,19 @@ pub enum Event {
         /// Where it says it accepts connections.
         addr: SocketAddr,
         /// The leaf's node id.
+        node: NodeId,
+    },
+    /// A neighbour asked us to check one of its leaves ([`Message::CheckReach`]): as for
+    /// [`Event::CheckReachable`], then call [`SuperPeer::handle_checked_for`] with `peer` and
+    /// `token`.
+    CheckReachableFor {
+        /// The neighbour's connection.
+        peer: ConnId,
+        /// Names its request.
+        token: u64,
+        /// Where to connect.
+        addr: SocketAddr,
+        /// Who must answer there.
         node: NodeId,
     },
     /// This super-peer has handed its leaves over and closed its connections: the node becomes
@@ -286,6 +302,8 @@ pub struct SuperPeer {
     conn_deadline: Cell<Option<Instant>>,
     /// Relays asked for and not ended, by token.
     relays: HashMap<u64, relay::Relay>,
+    /// Dial-backs asked of neighbours and made for them.
+    reach: reach::Reach,
 }
 
 impl SuperPeer {
@@ -319,6 +337,7 @@ impl SuperPeer {
             dynamic: HashMap::new(),
             conn_deadline: Cell::new(None),
             relays: HashMap::new(),
+            reach: reach::Reach::default(),
         }
     }
 
@@ -520,6 +539,12 @@ impl SuperPeer {
                     self.protocol_error(conn, e.to_string());
                 }
             }
+            (PeerState::SuperPeer { .. }, Message::CheckReach { token, addr, node }) => {
+                self.on_check_reach(now, conn, token, addr, node)
+            }
+            (PeerState::SuperPeer { .. }, Message::ReachChecked { token, reachable }) => {
+                self.on_reach_checked(now, conn, token, reachable)
+            }
             (PeerState::Requester { .. }, Message::WhereAmI) => self.on_where_am_i(conn, remote),
             (PeerState::Requester { .. }, Message::RelayVia { node, token }) => {
                 self.on_relay_via(now, conn, node, token)
@@ -556,6 +581,7 @@ impl SuperPeer {
     pub fn handle_timeout(&mut self, now: Instant) {
         self.seen.expire(now);
         self.expire_relays(now);
+        self.expire_reach_asks(now);
         let (routes, mut out) = self.split_routes();
         routes.handle_timeout(now, &mut out);
         self.dynamic_steps(now);
@@ -625,6 +651,7 @@ impl SuperPeer {
             self.routes.poll_timeout(&self.config),
             self.dynamic_due(),
             self.relay_deadline(),
+            self.reach_deadline(),
         ]
         .into_iter()
         .flatten()
@@ -719,11 +746,7 @@ impl SuperPeer {
                     node: hello.node,
                 });
                 if let Some(addr) = source {
-                    self.events.push_back(Event::CheckReachable {
-                        conn,
-                        addr,
-                        node: hello.node,
-                    });
+                    self.check_reach(now, conn, addr, hello.node);
                 }
                 // Tell it which other super-peers there are, for its host cache.
                 let hosts = self.hosts_to_share(now);

@@ -35,6 +35,8 @@ struct Net {
     queue: VecDeque<(End, Message)>,
     next_conn: ConnId,
     closed: Vec<(usize, ConnId, String)>,
+    /// The dial-backs each super-peer asked of its driver.
+    checks: Vec<(usize, Event)>,
 }
 
 fn record(name: &str, seed: u8) -> FileRecord {
@@ -83,6 +85,7 @@ impl Net {
             queue: VecDeque::new(),
             next_conn: 1,
             closed: Vec::new(),
+            checks: Vec::new(),
         }
     }
 
@@ -92,10 +95,15 @@ impl Net {
     }
 
     fn link_sps(&mut self, a: usize, b: usize) {
+        self.link_sps_at(a, b, "127.0.0.1:1");
+    }
+
+    /// Links super-peers `a` and `b`, each seeing the other come from `addr`.
+    fn link_sps_at(&mut self, a: usize, b: usize, addr: &str) {
         let (ca, cb) = (self.conn(), self.conn());
         self.links.insert(End::Sp(a, ca), End::Sp(b, cb));
         self.links.insert(End::Sp(b, cb), End::Sp(a, ca));
-        let addr = "127.0.0.1:1".parse().unwrap();
+        let addr = addr.parse().unwrap();
         self.sps[a].handle_connect(self.now, ca, addr, true);
         self.sps[b].handle_connect(self.now, cb, addr, false);
         self.run();
@@ -203,6 +211,9 @@ impl Net {
                         self.indexes[i].extend(files.into_iter().map(|f| (conn, f)))
                     }
                     Event::LeafGone { conn } => self.indexes[i].retain(|(c, _)| *c != conn),
+                    e @ (Event::CheckReachable { .. } | Event::CheckReachableFor { .. }) => {
+                        self.checks.push((i, e))
+                    }
                     Event::Search { query, search } => {
                         let Terms::Words(text) = search.terms else {
                             continue;

@@ -279,3 +279,165 @@ fn no_relay_for_a_leaf_that_can_be_reached_or_serves_nothing() {
     assert!(errors[0].contains("can be reached"), "{errors:?}");
     assert!(errors[1].contains("serves nothing"), "{errors:?}");
 }
+
+#[test]
+fn a_leaf_is_checked_by_a_neighbour_on_another_address_and_here_without_its_answer() {
+    use crate::superpeer::REACH_ASK_WAIT;
+    let mut net = Net::new(2);
+    net.link_sps_at(0, 1, "192.0.2.7:7700");
+    let served: std::net::SocketAddr = "198.51.100.20:9000".parse().unwrap();
+    let node = NodeId([70; 32]);
+    let leaf_hello = |node| {
+        Hello::new(
+            node,
+            Role::Leaf,
+            Some("0.0.0.0:9000".parse().unwrap()),
+            "test",
+        )
+    };
+    let (leaf, _) = net.add_peer(0, "198.51.100.20:40000", leaf_hello(node));
+    // Asked of the neighbour (with who must answer, and where), not made here.
+    let (peer, token) = match net.checks.as_slice() {
+        [(
+            1,
+            Event::CheckReachableFor {
+                peer,
+                token,
+                addr,
+                node: n,
+            },
+        )] => {
+            assert_eq!((*addr, *n), (served, node));
+            (*peer, *token)
+        }
+        other => panic!("{other:?}"),
+    };
+    net.checks.clear();
+    net.sps[1].handle_checked_for(net.now, peer, token, false);
+    net.run();
+    let told = Message::Reachability {
+        observed: served,
+        reachable: false,
+    };
+    assert!(net.inbox[leaf].contains(&told), "{:?}", net.inbox[leaf]);
+    // The same answer again (a replay, or a late one) changes nothing.
+    let to_sp0 = End::Sp(0, net.sps[0].neighbour_conns()[0]);
+    let before = net.inbox[leaf].len();
+    net.queue.push_back((
+        to_sp0,
+        Message::ReachChecked {
+            token,
+            reachable: Some(true),
+        },
+    ));
+    net.run();
+    assert_eq!(net.inbox[leaf].len(), before, "{:?}", net.inbox[leaf]);
+
+    // A neighbour that does not answer: checked here once the wait is over.
+    let (_, conn) = net.add_peer(0, "198.51.100.21:40000", leaf_hello(NodeId([71; 32])));
+    assert!(
+        matches!(
+            net.checks.as_slice(),
+            [(1, Event::CheckReachableFor { .. })]
+        ),
+        "{:?}",
+        net.checks
+    );
+    net.checks.clear();
+    net.advance(REACH_ASK_WAIT);
+    assert!(
+        net.checks
+            .iter()
+            .any(|(i, e)| *i == 0
+                && matches!(e, Event::CheckReachable { conn: c, .. } if *c == conn)),
+        "{:?}",
+        net.checks
+    );
+}
+
+#[test]
+fn a_neighbour_at_the_leafs_own_address_is_not_asked_to_check_it() {
+    let mut net = Net::new(2);
+    // The harness's leaves and this neighbour come from 127.0.0.1: a check from there could
+    // come from behind the leaf's own router.
+    net.link_sps(0, 1);
+    let (_, conn) = net.add_leaf(0, vec![]);
+    assert!(
+        matches!(net.checks.as_slice(), [(0, Event::CheckReachable { conn: c, .. })] if *c == conn),
+        "{:?}",
+        net.checks
+    );
+}
+
+#[test]
+fn checks_made_for_a_neighbour_are_bounded_per_address() {
+    use crate::superpeer::{CHECKS_PER_IP, CHECK_WINDOW};
+    let mut net = Net::new(1);
+    let hello = Hello::new(NodeId([60; 32]), Role::SuperPeer, None, "test");
+    let (peer, conn) = net.add_peer(0, "192.0.2.9:7700", hello);
+    let ask = |net: &mut Net, token: u64| {
+        let addr = format!("198.51.100.4:{}", 1000 + token).parse().unwrap();
+        net.queue.push_back((
+            End::Sp(0, conn),
+            Message::CheckReach {
+                token,
+                addr,
+                node: NodeId([61; 32]),
+            },
+        ));
+        net.run();
+    };
+    for token in 0..=CHECKS_PER_IP as u64 {
+        ask(&mut net, token);
+    }
+    let made = |net: &Net| {
+        net.checks
+            .iter()
+            .filter(|(_, e)| matches!(e, Event::CheckReachableFor { .. }))
+            .count()
+    };
+    assert_eq!(made(&net), CHECKS_PER_IP, "{:?}", net.checks);
+    // The one beyond is declined, so that the asker checks itself.
+    let declined = Message::ReachChecked {
+        token: CHECKS_PER_IP as u64,
+        reachable: None,
+    };
+    assert!(net.inbox[peer].contains(&declined), "{:?}", net.inbox[peer]);
+    // A window later, one more is made.
+    net.advance(CHECK_WINDOW);
+    ask(&mut net, 99);
+    assert_eq!(made(&net), CHECKS_PER_IP + 1);
+    // Never to our own loopback address for a neighbour elsewhere.
+    net.queue.push_back((
+        End::Sp(0, conn),
+        Message::CheckReach {
+            token: 100,
+            addr: "127.0.0.1:22".parse().unwrap(),
+            node: NodeId([61; 32]),
+        },
+    ));
+    net.run();
+    assert_eq!(made(&net), CHECKS_PER_IP + 1);
+    assert!(net.inbox[peer].contains(&Message::ReachChecked {
+        token: 100,
+        reachable: None
+    }));
+    // A leaf may not ask for one.
+    let (_, leaf) = net.add_leaf(0, vec![]);
+    net.queue.push_back((
+        End::Sp(0, leaf),
+        Message::CheckReach {
+            token: 1,
+            addr: "198.51.100.5:1".parse().unwrap(),
+            node: NodeId([61; 32]),
+        },
+    ));
+    net.run();
+    assert!(
+        net.closed
+            .iter()
+            .any(|(_, c, why)| *c == leaf && why.contains("unexpected CheckReach")),
+        "{:?}",
+        net.closed
+    );
+}

@@ -1,0 +1,220 @@
+//! Dial-backs: whether a leaf accepts connections where it serves, checked from a neighbouring
+//! super-peer when there is one.
+//!
+//! A leaf's router keeps state for the leaf's own link to us; a connection from our host may
+//! pass through it (a router that filters by address only lets in anything from an address
+//! the leaf has talked to) and find the leaf "reachable" where nobody else can reach it. So a
+//! neighbour on another address is asked ([`Message::CheckReach`]): it connects, requires the
+//! node that answers to hold the leaf's key ([`Event::CheckReachableFor`]), and tells us
+//! ([`Message::ReachChecked`]). Without such a neighbour, or without its answer within
+//! [`REACH_ASK_WAIT`], or if it declines, we check ourselves ([`Event::CheckReachable`]).
+//!
+//! A neighbour names the address to connect to, so the checks made for each neighbour are
+//! bounded ([`CHECKS_FOR_PEER`] per [`CHECK_WINDOW`]), and so are those to one IP address
+//! ([`CHECKS_PER_IP`] per window): no super-peer can aim another at a third party. None goes
+//! to an unspecified or multicast address, nor to loopback for a neighbour on another host.
+//! A check tells only whether the node holding the key answered: any other service at the
+//! address makes it fail as no service at all does.
+
+use super::*;
+use std::net::IpAddr;
+use std::time::Duration;
+
+/// How long a neighbour has to answer a check before we make it ourselves.
+pub const REACH_ASK_WAIT: Duration = Duration::from_secs(8);
+/// The window the bounds on checks made for neighbours count in.
+pub const CHECK_WINDOW: Duration = Duration::from_secs(10);
+/// Checks made for one neighbour per [`CHECK_WINDOW`], at most.
+pub const CHECKS_FOR_PEER: usize = 50;
+/// Checks made for neighbours to one IP address per [`CHECK_WINDOW`], at most.
+pub const CHECKS_PER_IP: usize = 4;
+
+/// The dial-backs asked of neighbours and made for them.
+#[derive(Debug, Default)]
+pub(super) struct Reach {
+    next_token: u64,
+    /// Checks asked of a neighbour and not answered, by token.
+    asked: HashMap<u64, Asked>,
+    /// Checks made for neighbours within the last [`CHECK_WINDOW`]: when, for which, to where.
+    made_for: VecDeque<(Instant, ConnId, IpAddr)>,
+}
+
+/// A check asked of a neighbour.
+#[derive(Debug)]
+pub(super) struct Asked {
+    /// The leaf's connection.
+    leaf: ConnId,
+    /// The neighbour's.
+    peer: ConnId,
+    addr: SocketAddr,
+    node: NodeId,
+    /// When we check ourselves instead.
+    deadline: Instant,
+}
+
+impl SuperPeer {
+    /// Leaf `conn` (node `node`) serves at `addr`: checked by a neighbour that is not at the
+    /// leaf's own IP address (one behind the same router would connect from inside it), or
+    /// by us if there is none.
+    pub(super) fn check_reach(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        addr: SocketAddr,
+        node: NodeId,
+    ) {
+        let peers: Vec<ConnId> = self
+            .neighbour_conns()
+            .into_iter()
+            .filter(|c| {
+                self.conns
+                    .get(c)
+                    .is_some_and(|p| p.remote.ip() != addr.ip())
+            })
+            .collect();
+        if peers.is_empty() {
+            self.events
+                .push_back(Event::CheckReachable { conn, addr, node });
+            return;
+        }
+        let token = self.reach.next_token;
+        self.reach.next_token += 1;
+        // Each in turn.
+        let peer = peers[(token % peers.len() as u64) as usize];
+        self.reach.asked.insert(
+            token,
+            Asked {
+                leaf: conn,
+                peer,
+                addr,
+                node,
+                deadline: now + REACH_ASK_WAIT,
+            },
+        );
+        self.send(peer, Message::CheckReach { token, addr, node });
+    }
+
+    /// Neighbour `peer` asks us to check leaf `node` at `addr`: made unless the bounds say no
+    /// (then answered `None`, so that it checks itself).
+    pub(super) fn on_check_reach(
+        &mut self,
+        now: Instant,
+        peer: ConnId,
+        token: u64,
+        addr: SocketAddr,
+        node: NodeId,
+    ) {
+        let made = &mut self.reach.made_for;
+        while made.front().is_some_and(|(t, ..)| now >= *t + CHECK_WINDOW) {
+            made.pop_front();
+        }
+        let for_peer = made.iter().filter(|(_, p, _)| *p == peer).count();
+        let to_ip = made.iter().filter(|(.., ip)| *ip == addr.ip()).count();
+        // No leaf of a neighbour on another host serves at our own loopback address.
+        let asker_local = self
+            .conns
+            .get(&peer)
+            .is_some_and(|c| c.remote.ip().is_loopback());
+        let nowhere = addr.ip().is_unspecified()
+            || addr.ip().is_multicast()
+            || (addr.ip().is_loopback() && !asker_local);
+        if for_peer >= CHECKS_FOR_PEER || to_ip >= CHECKS_PER_IP || nowhere {
+            log::info!(
+                "not checking {addr} for neighbour {peer}: {for_peer} checks for it, {to_ip} to \
+                 that address in {CHECK_WINDOW:?}"
+            );
+            self.send(
+                peer,
+                Message::ReachChecked {
+                    token,
+                    reachable: None,
+                },
+            );
+            return;
+        }
+        made.push_back((now, peer, addr.ip()));
+        self.events.push_back(Event::CheckReachableFor {
+            peer,
+            token,
+            addr,
+            node,
+        });
+    }
+
+    /// The outcome of an [`Event::CheckReachableFor`]: told to the neighbour that asked, if it
+    /// is still connected.
+    pub fn handle_checked_for(&mut self, _now: Instant, peer: ConnId, token: u64, ok: bool) {
+        let open = self
+            .conns
+            .get(&peer)
+            .is_some_and(|c| !c.closing && matches!(c.state, PeerState::SuperPeer { .. }));
+        if open {
+            self.send(
+                peer,
+                Message::ReachChecked {
+                    token,
+                    reachable: Some(ok),
+                },
+            );
+        }
+    }
+
+    /// Neighbour `peer` answers the check named `token`. An answer to a check it was not asked
+    /// (or one answered late, after we checked ourselves) is dropped.
+    pub(super) fn on_reach_checked(
+        &mut self,
+        now: Instant,
+        peer: ConnId,
+        token: u64,
+        reachable: Option<bool>,
+    ) {
+        if self.reach.asked.get(&token).is_none_or(|a| a.peer != peer) {
+            return;
+        }
+        let Some(a) = self.reach.asked.remove(&token) else {
+            return;
+        };
+        match reachable {
+            Some(ok) => self.handle_reachable(now, a.leaf, ok),
+            None => self.check_here(a),
+        }
+    }
+
+    /// A check asked of a neighbour, made here instead if the leaf is still attached.
+    fn check_here(&mut self, a: Asked) {
+        let attached = self
+            .conns
+            .get(&a.leaf)
+            .is_some_and(|c| !c.closing && matches!(c.state, PeerState::Leaf { .. }));
+        if attached {
+            self.events.push_back(Event::CheckReachable {
+                conn: a.leaf,
+                addr: a.addr,
+                node: a.node,
+            });
+        }
+    }
+
+    /// Checks asked of neighbours that did not answer in time: made here.
+    pub(super) fn expire_reach_asks(&mut self, now: Instant) {
+        let mut late: Vec<u64> = self
+            .reach
+            .asked
+            .iter()
+            .filter(|(_, a)| now >= a.deadline)
+            .map(|(&t, _)| t)
+            .collect();
+        // In order: output must not depend on hash order (simulations replay from a seed).
+        late.sort();
+        for token in late {
+            if let Some(a) = self.reach.asked.remove(&token) {
+                self.check_here(a);
+            }
+        }
+    }
+
+    /// When the next check asked of a neighbour is due.
+    pub(super) fn reach_deadline(&self) -> Option<Instant> {
+        self.reach.asked.values().map(|a| a.deadline).min()
+    }
+}
