@@ -14,12 +14,13 @@
 //! Beyond the queue, at most [`UploadSlots::per_file`] connections ask for one file at once
 //! ([`UploadSlots::admit_file`]): in a swarm of hundreds, every leecher would otherwise be
 //! asked by every other, and hold a connection for each. A connection takes such a place only
-//! once it asks for a file, so at most [`MAX_UNASKED`] connections accepted may not have asked
-//! yet ([`UploadSlots::unasked`]); one beyond is closed as soon as it is accepted, and one
-//! refused a place is closed once told.
+//! once it asks for a file, so at most [`MAX_UNASKED`] connections accepted hold a place while
+//! they have not asked yet ([`UploadSlots::unasked`]); one without a place is refused if its
+//! first request is for a file, and one refused every file it asked for is closed once told.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -36,11 +37,16 @@ pub const ROUND: Duration = Duration::from_secs(3);
 pub const OPTIMISTIC_EVERY: Duration = Duration::from_secs(9);
 /// Connections that may ask for one file at once, by default (`--max-downloaders-per-file`).
 pub const MAX_DOWNLOADERS_PER_FILE: usize = 30;
-/// Connections accepted that may be at once between their TCP handshake and their first
-/// request for a file or a listing. Bench case 6 (100 leechers starting at once) saw 40–70
-/// connections at one early leecher before it had refused any: every leecher that heard of it
-/// dialled it at once.
+/// Connections accepted that may hold a place between their TCP handshake and their first
+/// request. Bench case 6 (100 leechers starting at once) saw 40–70 connections at one early
+/// leecher before it had refused any: every leecher that heard of it dialled it at once. One
+/// beyond is served as any other, but refused (Busy, then closed) if its first request is for
+/// a file, as one beyond the file's share is: so connections back that this node asked for,
+/// and a super-peer's reachability check, which ask for no file, always get through.
 pub const MAX_UNASKED: usize = 12;
+/// Of [`MAX_UNASKED`], the places connections from one address may hold: a single host
+/// cannot keep every downloader out by holding them.
+pub const MAX_UNASKED_PER_ADDRESS: usize = 3;
 /// Grants remembered for status and tests.
 const GRANTS_KEPT: usize = 1000;
 
@@ -51,7 +57,7 @@ pub struct UploadSlots {
     per_file: usize,
     next_conn: AtomicU64,
     /// Connections accepted that have not asked for anything yet.
-    unasked: Arc<AtomicUsize>,
+    unasked: Arc<Mutex<UnaskedCount>>,
     state: Mutex<SlotState>,
     /// What each peer uploaded to this node lately: the ranking of requesters.
     pub reciprocity: Arc<Reciprocity>,
@@ -91,12 +97,26 @@ struct SlotState {
 /// A connection's place among those that have not asked for anything yet
 /// ([`UploadSlots::unasked`]), given back when dropped.
 #[derive(Debug)]
-pub struct Unasked(Arc<AtomicUsize>);
+pub struct Unasked(Arc<Mutex<UnaskedCount>>, IpAddr);
 
 impl Drop for Unasked {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+        let mut u = self.0.lock().unwrap();
+        u.total -= 1;
+        if let Some(n) = u.by_ip.get_mut(&self.1) {
+            *n -= 1;
+            if *n == 0 {
+                u.by_ip.remove(&self.1);
+            }
+        }
     }
+}
+
+/// The places of connections that have not asked yet: in all, and by address.
+#[derive(Debug, Default)]
+pub struct UnaskedCount {
+    total: usize,
+    by_ip: HashMap<IpAddr, usize>,
 }
 
 impl UploadSlots {
@@ -138,15 +158,18 @@ impl UploadSlots {
         true
     }
 
-    /// A place for a connection just accepted, kept until it asks for a file or a listing
-    /// (dropped then) or closes; `None` if [`MAX_UNASKED`] are taken.
-    pub fn unasked(&self) -> Option<Unasked> {
-        self.unasked
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < MAX_UNASKED).then_some(n + 1)
-            })
-            .ok()?;
-        Some(Unasked(self.unasked.clone()))
+    /// A place for a connection just accepted from `ip`, kept until it asks for anything
+    /// (dropped then) or closes; `None` if [`MAX_UNASKED`] are taken, or
+    /// [`MAX_UNASKED_PER_ADDRESS`] by connections from `ip`.
+    pub fn unasked(&self, ip: IpAddr) -> Option<Unasked> {
+        let mut u = self.unasked.lock().unwrap();
+        let from_ip = u.by_ip.get(&ip).copied().unwrap_or(0);
+        if u.total >= MAX_UNASKED || from_ip >= MAX_UNASKED_PER_ADDRESS {
+            return None;
+        }
+        u.total += 1;
+        *u.by_ip.entry(ip).or_default() += 1;
+        Some(Unasked(self.unasked.clone(), ip))
     }
 
     pub(crate) fn new_conn(&self) -> u64 {
@@ -356,29 +379,42 @@ mod tests {
         slots.release_at(1, Instant::now());
         assert!(slots.admit_file(3, a));
         assert!(!slots.admit_file(4, a));
+        // Closed, every connection's count goes.
+        slots.release_at(2, Instant::now());
+        slots.release_at(3, Instant::now());
+        assert!(slots.state.lock().unwrap().files.is_empty());
     }
 
     #[test]
-    fn only_so_many_connections_wait_unasked() {
+    fn only_so_many_connections_wait_unasked_and_few_from_one_address() {
         let slots = UploadSlots::new(2, Arc::default());
-        let mut held: Vec<Unasked> = (0..MAX_UNASKED).map(|_| slots.unasked().unwrap()).collect();
-        assert!(slots.unasked().is_none(), "one beyond the bound");
+        let ip = |n: u8| IpAddr::from([10, 0, 0, n]);
+        let from_one: Vec<Unasked> = (0..MAX_UNASKED_PER_ADDRESS)
+            .map(|_| slots.unasked(ip(1)).unwrap())
+            .collect();
+        assert!(
+            slots.unasked(ip(1)).is_none(),
+            "one address beyond its share"
+        );
+        let mut held: Vec<Unasked> = (0..MAX_UNASKED - MAX_UNASKED_PER_ADDRESS)
+            .map(|i| slots.unasked(ip(2 + i as u8)).unwrap())
+            .collect();
+        assert!(slots.unasked(ip(200)).is_none(), "one beyond the bound");
         held.pop();
-        let again = slots.unasked().expect("a place given back is taken again");
-        assert!(slots.unasked().is_none());
-        drop(again);
-        drop(held);
+        let again = slots
+            .unasked(ip(200))
+            .expect("a place given back is taken again");
+        assert!(slots.unasked(ip(201)).is_none());
+        drop((again, held, from_one));
         assert_eq!(
             (0..MAX_UNASKED)
-                .filter_map(|_| slots.unasked())
+                .filter_map(|i| slots.unasked(ip(i as u8)))
                 .collect::<Vec<_>>()
                 .len(),
             MAX_UNASKED,
             "every place comes back"
         );
-        slots.release_at(2, Instant::now());
-        slots.release_at(3, Instant::now());
-        assert!(slots.state.lock().unwrap().files.is_empty());
+        assert!(slots.unasked.lock().unwrap().by_ip.is_empty());
     }
 
     #[test]

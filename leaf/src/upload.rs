@@ -46,12 +46,13 @@ const SEND_AHEAD: usize = 2;
 /// A connection whose first message is [`Message::Reversed`] is a source connecting back as
 /// this node asked ([`crate::reverse`]): it goes to the download waiting for it instead.
 /// `unasked`: its place among the connections that have not asked for anything yet, given
-/// back once it does.
+/// back once it does (`None`: none was free; its first request is refused if it is for a
+/// file).
 pub(crate) async fn serve(
     node: Arc<NodeState>,
     stream: TcpStream,
     peer: SocketAddr,
-    unasked: Unasked,
+    unasked: Option<Unasked>,
 ) {
     let limit = node.limits.handshake_timeout;
     let secure = match transport::secure::accept(stream, &node.identity, limit).await {
@@ -88,7 +89,11 @@ pub(crate) async fn serve(
         peer: secure.peer,
         seen: Some(peer),
     };
-    if let Err(reason) = serve_inner(&node, stream, Some(first), Some(unasked)).await {
+    let place = match unasked {
+        Some(held) => Place::Held { _place: held },
+        None => Place::Beyond,
+    };
+    if let Err(reason) = serve_inner(&node, stream, Some(first), place).await {
         log::info!("upload connection from {peer} closed: {reason}");
     }
 }
@@ -217,7 +222,18 @@ async fn serve_as_asked(
         // Through its router or a relay: not an address to tell others of.
         seen: None,
     };
-    serve_inner(node, stream, None, None).await
+    serve_inner(node, stream, None, Place::Asked).await
+}
+
+/// A connection's place among those accepted that have not asked for anything yet
+/// ([`crate::slots::UploadSlots::unasked`]).
+enum Place {
+    /// It holds one, given back at its first request (when this is dropped).
+    Held { _place: Unasked },
+    /// None was free: if its first request is for a file, it is refused.
+    Beyond,
+    /// It has asked (or we opened the connection): it needs none.
+    Asked,
 }
 
 /// Dials `addr` from our listen port (so our NAT maps it as it maps that port), again and again
@@ -247,15 +263,14 @@ struct Served {
     seen: Option<SocketAddr>,
 }
 
-/// `unasked`: the connection's place among those that have not asked for anything yet (one
-/// it accepted), given back once it asks for a file it is admitted for, or a listing. A
+/// `place`: the connection's place among those that have not asked for anything yet. A
 /// connection that has been refused every file it asked for, and asked for nothing else, is
 /// closed once told.
 async fn serve_inner(
     node: &NodeState,
     stream: Served,
     first: Option<Message>,
-    mut unasked: Option<Unasked>,
+    mut place: Place,
 ) -> Result<(), String> {
     let mut reader = stream.reader;
     // Everything sent goes through the writer task, in order. A failed write ends it and shuts
@@ -360,12 +375,26 @@ async fn serve_inner(
             None => {}
         }
         if let Some(request) = session.poll_request() {
-            // Any request for a file takes one of the file's places for downloaders first.
-            if let Some(id) = request
+            // The first request gives the connection's place back, or, if it had none and
+            // asks for a file, is refused. Any request for a file takes one of the file's
+            // places for downloaders first.
+            let beyond = matches!(std::mem::replace(&mut place, Place::Asked), Place::Beyond);
+            let refused = request
                 .file()
-                .filter(|&id| !admit(node, conn, id, &mut admitted))
-            {
-                let reply = too_many(request.number(), id, node.slots.per_file());
+                .filter(|&id| beyond || !admit(node, conn, id, &mut admitted));
+            if let Some(id) = refused {
+                let reply = match beyond {
+                    true => Message::TransferError {
+                        request: request.number(),
+                        id,
+                        kind: TransferErrorKind::Busy,
+                        message: format!(
+                            "{} connections are starting here already; try later",
+                            crate::slots::MAX_UNASKED
+                        ),
+                    },
+                    false => too_many(request.number(), id, node.slots.per_file()),
+                };
                 if out.send(reply).await.is_err() {
                     break Err(WRITER_FAILED.into());
                 }
@@ -430,10 +459,6 @@ async fn serve_inner(
                     }
                 }
             };
-            // Asked and admitted (or browsing): no longer waiting to ask.
-            if !admitted.is_empty() || browses > 0 {
-                drop(unasked.take());
-            }
             if out.send(reply).await.is_err() {
                 break Err(WRITER_FAILED.into());
             }

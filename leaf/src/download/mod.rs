@@ -9,8 +9,9 @@
 //!    size must be the one its size implies; of the valid ones, the one most sources sent wins,
 //!    ties going to the one with more chunks (a forged one-chunk claim verifies against any id,
 //!    since the id cannot pin the size of a one-chunk file). Sources whose manifest fails or
-//!    disagrees are banned; those that refuse (busy) or cannot be reached are dropped for now,
-//!    and with no manifest yet, the network is asked again with growing back-off.
+//!    disagrees are banned; those that refuse (busy) or cannot be reached are dropped for now.
+//!    With no manifest while sources are busy, the network is asked again with growing
+//!    back-off.
 //! 2. **Space.** The output folder must have room for the bytes still missing.
 //! 3. **Chunks.** Each source keeps several chunk requests in flight; the [`Scheduler`] hands
 //!    missing chunks to whichever source asks, so faster sources take more. A source with
@@ -234,11 +235,11 @@ async fn attempt(
             } else {
                 job.sources.clone()
             };
-            // While the sources found are busy or cannot be reached, ask again with growing
-            // back-off, as a running download does (in a swarm starting at once, each source
-            // takes only so many downloaders, and closes connections beyond those it can
-            // handle). Only sources that all lied end it here, or finding none at all (in a
-            // download that does not wait for sources).
+            // While a source found says it is busy, ask again with growing back-off, as a
+            // running download does (in a swarm starting at once, each source takes only so
+            // many downloaders); and, in a download that waits for sources, while they cannot
+            // be reached either. Otherwise, no manifest ends the download (a one-shot get
+            // whose sources are all gone fails at once, as it always did).
             let mut backoff = Duration::from_secs(1);
             let (manifest, voters) = loop {
                 sources.retain(|a| !banned.contains(a));
@@ -258,8 +259,7 @@ async fn attempt(
                 let out_of_time = job
                     .give_up_after
                     .is_some_and(|limit| started.elapsed() >= limit);
-                let honest = reports.iter().any(|r| !banned.contains(&r.addr));
-                if !(honest || job.wait_for_sources) || out_of_time {
+                if !(busy || job.wait_for_sources) || out_of_time {
                     return Err(DownloadError::NoManifest {
                         id,
                         reasons: reasons(&reports),

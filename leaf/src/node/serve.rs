@@ -269,16 +269,7 @@ pub(super) async fn accept_uploads(inner: Arc<Inner>, listener: TcpListener) {
             .insert(key, stream.clone());
         let inner = inner.clone();
         async move {
-            // Closed at once (dropped) when too many others have not asked yet.
-            let Some(unasked) = inner.state.slots.unasked() else {
-                log::debug!(
-                    "closing a download connection from {remote}: {} others have not asked \
-                     for anything yet",
-                    crate::slots::MAX_UNASKED
-                );
-                inner.state.upload_streams.lock().unwrap().remove(&key);
-                return;
-            };
+            let unasked = inner.state.slots.unasked(remote.ip());
             crate::upload::serve(inner.state.clone(), stream, remote, unasked).await;
             drop(admitted);
             inner.state.upload_streams.lock().unwrap().remove(&key);
