@@ -581,3 +581,33 @@ fn a_leaf_is_browsed_and_a_folder_of_it_fetched_with_its_layout_and_names_made_s
         assert!(err.to_string().contains("does not allow browsing"), "{err}");
     });
 }
+
+#[test]
+fn a_neighbouring_super_peer_on_another_address_checks_that_a_leaf_is_reachable() {
+    run_bounded(Duration::from_secs(60), async {
+        let tmp = tempfile::tempdir().unwrap();
+        // The checker listens on 127.0.0.2; the leaf's super-peer (127.0.0.1) dials it, so it
+        // sees its neighbour at another address than the leaf's.
+        let id = transport::identity::Identity::generate();
+        let config = superpeer::Config::new(id, "127.0.0.2:0".parse().unwrap());
+        let checker = superpeer::SuperPeerNode::start(config).await.unwrap();
+        let sp = net::superpeer(&[checker.listen_addr()]).await;
+        net::wait_neighbours(&sp, 1).await;
+        let leaf = net::leaf(tmp.path(), "leaf", &[sp.listen_addr()]).await;
+        wait_until(
+            "the leaf is found reachable",
+            Duration::from_secs(30),
+            || async { leaf.status().reach.is_some_and(|r| r.reachable) },
+        )
+        .await;
+        // Asked of the neighbour, which connected to the leaf and answered; then confirmed
+        // here.
+        let asker = sp.status().await.stats;
+        assert!(asker.reach_checks_asked >= 1, "{asker:?}");
+        assert!(asker.reach_checks_answered >= 1, "{asker:?}");
+        assert!(checker.status().await.stats.reach_checks_made_for >= 1);
+        leaf.shutdown().await;
+        sp.shutdown("test over").await;
+        checker.shutdown("test over").await;
+    });
+}

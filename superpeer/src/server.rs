@@ -556,10 +556,22 @@ async fn run_connection(
     }
 }
 
+/// How long a reachability check may take in all: less than a neighbour that asked for one
+/// waits for the answer (`topology::superpeer::REACH_ASK_WAIT`).
+const CHECK_LIMIT: Duration = Duration::from_secs(6);
+
 /// Connects to a leaf's listen address and exchanges Hellos: can others reach it? Only if the
 /// node that answers is the leaf (`node`): its Noise key proves it, so a leaf that names
-/// another node's address is not found reachable there.
+/// another node's address is not found reachable there. No answer within [`CHECK_LIMIT`]: no.
 async fn check_reachable(addr: SocketAddr, node: NodeId, identity: &Identity) -> bool {
+    smol::future::or(check_reachable_inner(addr, node, identity), async {
+        smol::Timer::after(CHECK_LIMIT).await;
+        false
+    })
+    .await
+}
+
+async fn check_reachable_inner(addr: SocketAddr, node: NodeId, identity: &Identity) -> bool {
     let limit = Duration::from_secs(5);
     let Ok(secure) = connect_secure(addr, identity, limit).await else {
         return false;

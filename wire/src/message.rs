@@ -16,7 +16,9 @@ use crate::ids::{FileId, NodeId, QueryId};
 ///
 /// 2: reachability, reverse connections, hole punching and relays (issue 19), source exchange
 /// (issue 21), browsing (issue 22).
-pub const PROTOCOL_VERSION: u16 = 2;
+/// 3: dial-backs asked of a neighbouring super-peer ([`Message::CheckReach`]), which a super-peer
+/// of version 2 would answer by closing the link.
+pub const PROTOCOL_VERSION: u16 = 3;
 
 /// The most addresses one [`Message::Peers`] carries.
 pub const MAX_PEX: usize = 50;
@@ -529,7 +531,9 @@ pub enum Message {
         node: NodeId,
     },
     /// The answer to [`Message::CheckReach`]: whether the leaf answered, or `None` if the
-    /// check was not made (the asker or the address asked for too many).
+    /// check was not made (too many asked, by the asker or for the address, or an address
+    /// that no leaf of a super-peer elsewhere serves at: unspecified, multicast, loopback or
+    /// private).
     ReachChecked {
         /// The token of the request.
         token: u64,

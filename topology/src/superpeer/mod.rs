@@ -43,7 +43,7 @@ mod routes;
 mod shaping;
 
 pub use mesh::HOSTS_SHARED;
-pub use reach::{CHECKS_FOR_PEER, CHECKS_PER_IP, CHECK_WINDOW, REACH_ASK_WAIT};
+pub use reach::{CHECKS_FOR_PEER, CHECKS_IN_FLIGHT, CHECKS_PER_IP, CHECK_WINDOW, REACH_ASK_WAIT};
 pub use relay::{RelayJoin, RELAY_JOIN_WAIT};
 
 pub use config::{Config, DynamicQuerying};
@@ -198,6 +198,12 @@ pub struct Stats {
     pub relays: u64,
     /// Bytes carried by relays that ended.
     pub relayed_bytes: u64,
+    /// Reachability checks of our leaves asked of a neighbour.
+    pub reach_checks_asked: u64,
+    /// Of those, the ones the neighbour answered in time.
+    pub reach_checks_answered: u64,
+    /// Reachability checks made for neighbours.
+    pub reach_checks_made_for: u64,
 }
 
 /// A super-peer's address `via` as a hit names it, passed on by `from`: an unspecified IP
@@ -431,6 +437,7 @@ impl SuperPeer {
                 self.stats.neighbours -= 1;
                 self.events.push_back(Event::NeighbourGone { conn });
                 self.routes.neighbour_gone(now, &self.config, conn);
+                self.reach_peer_gone(conn);
             }
             PeerState::AwaitingHello | PeerState::Requester { .. } => {}
         }

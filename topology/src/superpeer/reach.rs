@@ -6,15 +6,21 @@
 //! the leaf has talked to) and find the leaf "reachable" where nobody else can reach it. So a
 //! neighbour on another address is asked ([`Message::CheckReach`]): it connects, requires the
 //! node that answers to hold the leaf's key ([`Event::CheckReachableFor`]), and tells us
-//! ([`Message::ReachChecked`]). Without such a neighbour, or without its answer within
+//! ([`Message::ReachChecked`]). Without such a neighbour, without its answer within
 //! [`REACH_ASK_WAIT`], or if it declines, we check ourselves ([`Event::CheckReachable`]).
 //!
-//! A neighbour names the address to connect to, so the checks made for each neighbour are
-//! bounded ([`CHECKS_FOR_PEER`] per [`CHECK_WINDOW`]), and so are those to one IP address
-//! ([`CHECKS_PER_IP`] per window): no super-peer can aim another at a third party. None goes
-//! to an unspecified or multicast address, nor to loopback for a neighbour on another host.
-//! A check tells only whether the node holding the key answered: any other service at the
-//! address makes it fail as no service at all does.
+//! A neighbour's word is not proof: one that says "reachable" is checked by us too, and the
+//! leaf is reachable only if both got through. So a lying neighbour can make a leaf look
+//! unreachable (it is then fetched from by connections back), never reachable where it is not.
+//!
+//! A neighbour names the address to connect to, so the checks made for neighbours are
+//! bounded: [`CHECKS_FOR_PEER`] per neighbour and [`CHECKS_PER_IP`] to one IP address per
+//! [`CHECK_WINDOW`], and [`CHECKS_IN_FLIGHT`] at once in all; no super-peer can aim another at a
+//! third party. None goes to an address no leaf of a super-peer elsewhere serves at
+//! (unspecified, multicast, broadcast, loopback, private or link-local, unless the neighbour
+//! itself is at such an address: a test, or a private network). A check tells only whether
+//! the node holding the key answered: any other service at the address makes it fail as no
+//! service at all does.
 
 use super::*;
 use std::net::IpAddr;
@@ -28,6 +34,8 @@ pub const CHECK_WINDOW: Duration = Duration::from_secs(10);
 pub const CHECKS_FOR_PEER: usize = 50;
 /// Checks made for neighbours to one IP address per [`CHECK_WINDOW`], at most.
 pub const CHECKS_PER_IP: usize = 4;
+/// Checks made for neighbours at once, at most.
+pub const CHECKS_IN_FLIGHT: usize = 16;
 
 /// The dial-backs asked of neighbours and made for them.
 #[derive(Debug, Default)]
@@ -37,6 +45,8 @@ pub(super) struct Reach {
     asked: HashMap<u64, Asked>,
     /// Checks made for neighbours within the last [`CHECK_WINDOW`]: when, for which, to where.
     made_for: VecDeque<(Instant, ConnId, IpAddr)>,
+    /// Checks made for neighbours and not done.
+    in_flight: usize,
 }
 
 /// A check asked of a neighbour.
@@ -91,6 +101,7 @@ impl SuperPeer {
                 deadline: now + REACH_ASK_WAIT,
             },
         );
+        self.stats.reach_checks_asked += 1;
         self.send(peer, Message::CheckReach { token, addr, node });
     }
 
@@ -110,15 +121,10 @@ impl SuperPeer {
         }
         let for_peer = made.iter().filter(|(_, p, _)| *p == peer).count();
         let to_ip = made.iter().filter(|(.., ip)| *ip == addr.ip()).count();
-        // No leaf of a neighbour on another host serves at our own loopback address.
-        let asker_local = self
-            .conns
-            .get(&peer)
-            .is_some_and(|c| c.remote.ip().is_loopback());
-        let nowhere = addr.ip().is_unspecified()
-            || addr.ip().is_multicast()
-            || (addr.ip().is_loopback() && !asker_local);
-        if for_peer >= CHECKS_FOR_PEER || to_ip >= CHECKS_PER_IP || nowhere {
+        let asker_local = self.conns.get(&peer).is_some_and(|c| local(c.remote.ip()));
+        let nowhere = nowhere(addr.ip()) || (local(addr.ip()) && !asker_local);
+        let busy = self.reach.in_flight >= CHECKS_IN_FLIGHT;
+        if for_peer >= CHECKS_FOR_PEER || to_ip >= CHECKS_PER_IP || nowhere || busy {
             log::info!(
                 "not checking {addr} for neighbour {peer}: {for_peer} checks for it, {to_ip} to \
                  that address in {CHECK_WINDOW:?}"
@@ -133,6 +139,8 @@ impl SuperPeer {
             return;
         }
         made.push_back((now, peer, addr.ip()));
+        self.reach.in_flight += 1;
+        self.stats.reach_checks_made_for += 1;
         self.events.push_back(Event::CheckReachableFor {
             peer,
             token,
@@ -144,6 +152,7 @@ impl SuperPeer {
     /// The outcome of an [`Event::CheckReachableFor`]: told to the neighbour that asked, if it
     /// is still connected.
     pub fn handle_checked_for(&mut self, _now: Instant, peer: ConnId, token: u64, ok: bool) {
+        self.reach.in_flight = self.reach.in_flight.saturating_sub(1);
         let open = self
             .conns
             .get(&peer)
@@ -174,9 +183,29 @@ impl SuperPeer {
         let Some(a) = self.reach.asked.remove(&token) else {
             return;
         };
+        self.stats.reach_checks_answered += 1;
         match reachable {
-            Some(ok) => self.handle_reachable(now, a.leaf, ok),
-            None => self.check_here(a),
+            // Not reachable from there: not reachable.
+            Some(false) => self.handle_reachable(now, a.leaf, false),
+            // Reachable from there, if also from here (a neighbour's word is no proof).
+            Some(true) | None => self.check_here(a),
+        }
+    }
+
+    /// Neighbour `peer` is gone: the checks it was asked are made here at once.
+    pub(super) fn reach_peer_gone(&mut self, peer: ConnId) {
+        let mut asked: Vec<u64> = self
+            .reach
+            .asked
+            .iter()
+            .filter(|(_, a)| a.peer == peer)
+            .map(|(&t, _)| t)
+            .collect();
+        asked.sort();
+        for token in asked {
+            if let Some(a) = self.reach.asked.remove(&token) {
+                self.check_here(a);
+            }
         }
     }
 
@@ -216,5 +245,24 @@ impl SuperPeer {
     /// When the next check asked of a neighbour is due.
     pub(super) fn reach_deadline(&self) -> Option<Instant> {
         self.reach.asked.values().map(|a| a.deadline).min()
+    }
+}
+
+/// Whether no leaf serves at `ip` at all.
+fn nowhere(ip: IpAddr) -> bool {
+    ip.is_unspecified() || ip.is_multicast() || matches!(ip, IpAddr::V4(v4) if v4.is_broadcast())
+}
+
+/// Whether `ip` is reached only from the host itself or its own network (loopback, private,
+/// link-local): a super-peer elsewhere has no leaf there.
+fn local(ip: IpAddr) -> bool {
+    match ip.to_canonical() {
+        IpAddr::V4(v4) => v4.is_loopback() || v4.is_private() || v4.is_link_local(),
+        IpAddr::V6(v6) => {
+            v6.is_loopback()
+                // Unique local (fc00::/7) and link-local (fe80::/10).
+                || (v6.segments()[0] & 0xfe00) == 0xfc00
+                || (v6.segments()[0] & 0xffc0) == 0xfe80
+        }
     }
 }

@@ -333,6 +333,22 @@ fn a_leaf_is_checked_by_a_neighbour_on_another_address_and_here_without_its_answ
     net.run();
     assert_eq!(net.inbox[leaf].len(), before, "{:?}", net.inbox[leaf]);
 
+    // A neighbour that says "reachable" is not taken at its word: checked here too.
+    let (_, third) = net.add_peer(0, "198.51.100.22:40000", leaf_hello(NodeId([72; 32])));
+    let (peer, token) = match net.checks.as_slice() {
+        [(1, Event::CheckReachableFor { peer, token, .. })] => (*peer, *token),
+        other => panic!("{other:?}"),
+    };
+    net.checks.clear();
+    net.sps[1].handle_checked_for(net.now, peer, token, true);
+    net.run();
+    assert!(
+        matches!(net.checks.as_slice(), [(0, Event::CheckReachable { conn, .. })] if *conn == third),
+        "{:?}",
+        net.checks
+    );
+    net.checks.clear();
+
     // A neighbour that does not answer: checked here once the wait is over.
     let (_, conn) = net.add_peer(0, "198.51.100.21:40000", leaf_hello(NodeId([71; 32])));
     assert!(
@@ -422,6 +438,17 @@ fn checks_made_for_a_neighbour_are_bounded_per_address() {
         token: 100,
         reachable: None
     }));
+    // Nor into a private network.
+    net.queue.push_back((
+        End::Sp(0, conn),
+        Message::CheckReach {
+            token: 101,
+            addr: "10.1.2.3:7000".parse().unwrap(),
+            node: NodeId([61; 32]),
+        },
+    ));
+    net.run();
+    assert_eq!(made(&net), CHECKS_PER_IP + 1);
     // A leaf may not ask for one.
     let (_, leaf) = net.add_leaf(0, vec![]);
     net.queue.push_back((
@@ -439,5 +466,73 @@ fn checks_made_for_a_neighbour_are_bounded_per_address() {
             .any(|(_, c, why)| *c == leaf && why.contains("unexpected CheckReach")),
         "{:?}",
         net.closed
+    );
+}
+
+#[test]
+fn checks_made_for_neighbours_are_bounded_in_flight() {
+    use crate::superpeer::CHECKS_IN_FLIGHT;
+    let mut net = Net::new(2);
+    let hello = Hello::new(NodeId([60; 32]), Role::SuperPeer, None, "test");
+    let (peer, conn) = net.add_peer(0, "192.0.2.9:7700", hello);
+    // Each to another address: only the bound on checks at once stops them.
+    for token in 0..=CHECKS_IN_FLIGHT as u64 {
+        net.queue.push_back((
+            End::Sp(0, conn),
+            Message::CheckReach {
+                token,
+                addr: format!("198.51.100.{}:7000", token + 1).parse().unwrap(),
+                node: NodeId([61; 32]),
+            },
+        ));
+        net.run();
+    }
+    let made = |net: &Net| net.checks.iter().filter(|(i, _)| *i == 0).count();
+    assert_eq!(made(&net), CHECKS_IN_FLIGHT);
+    assert!(net.inbox[peer].contains(&Message::ReachChecked {
+        token: CHECKS_IN_FLIGHT as u64,
+        reachable: None
+    }));
+    // One done: room for another.
+    net.sps[0].handle_checked_for(net.now, conn, 0, true);
+    net.queue.push_back((
+        End::Sp(0, conn),
+        Message::CheckReach {
+            token: 50,
+            addr: "198.51.100.60:7000".parse().unwrap(),
+            node: NodeId([61; 32]),
+        },
+    ));
+    net.run();
+    assert_eq!(made(&net), CHECKS_IN_FLIGHT + 1);
+}
+
+#[test]
+fn the_checks_asked_of_a_neighbour_that_goes_are_made_here_at_once() {
+    let mut net = Net::new(2);
+    net.link_sps_at(0, 1, "192.0.2.7:7700");
+    let leaf = Hello::new(
+        NodeId([70; 32]),
+        Role::Leaf,
+        Some("0.0.0.0:9000".parse().unwrap()),
+        "t",
+    );
+    let (_, leaf_conn) = net.add_peer(0, "198.51.100.20:40000", leaf);
+    assert!(
+        matches!(
+            net.checks.as_slice(),
+            [(1, Event::CheckReachableFor { .. })]
+        ),
+        "{:?}",
+        net.checks
+    );
+    let to_1 = net.sps[0].neighbour_conns()[0];
+    net.sps[0].handle_disconnect(net.now, to_1);
+    net.run();
+    assert!(
+        net.checks.iter().any(|(i, e)| *i == 0
+            && matches!(e, Event::CheckReachable { conn, .. } if *conn == leaf_conn)),
+        "{:?}",
+        net.checks
     );
 }
