@@ -385,81 +385,67 @@ fn a_neighbour_at_the_leafs_own_address_is_not_asked_to_check_it() {
     );
 }
 
+/// A scripted neighbouring super-peer of super-peer 0, at 192.0.2.9: its inbox index and
+/// its connection.
+fn scripted_neighbour(net: &mut Net) -> (usize, ConnId) {
+    let hello = Hello::new(NodeId([60; 32]), Role::SuperPeer, None, "test");
+    net.add_peer(0, "192.0.2.9:7700", hello)
+}
+
+/// Super-peer 0 is asked on `conn` to check a leaf at `addr`.
+fn ask_check(net: &mut Net, conn: ConnId, token: u64, addr: &str) {
+    let msg = Message::CheckReach {
+        token,
+        addr: addr.parse().unwrap(),
+        node: NodeId([61; 32]),
+    };
+    net.queue.push_back((End::Sp(0, conn), msg));
+    net.run();
+}
+
+/// The checks super-peer 0 made for neighbours.
+fn made_for(net: &Net) -> usize {
+    let made = |(i, e): &&(usize, Event)| *i == 0 && matches!(e, Event::CheckReachableFor { .. });
+    net.checks.iter().filter(made).count()
+}
+
+/// The answer declining check `token`.
+fn declined(token: u64) -> Message {
+    Message::ReachChecked {
+        token,
+        reachable: None,
+    }
+}
+
 #[test]
 fn checks_made_for_a_neighbour_are_bounded_per_address() {
     use crate::superpeer::{CHECKS_PER_IP, CHECK_WINDOW};
     let mut net = Net::new(1);
-    let hello = Hello::new(NodeId([60; 32]), Role::SuperPeer, None, "test");
-    let (peer, conn) = net.add_peer(0, "192.0.2.9:7700", hello);
-    let ask = |net: &mut Net, token: u64| {
-        let addr = format!("198.51.100.4:{}", 1000 + token).parse().unwrap();
-        net.queue.push_back((
-            End::Sp(0, conn),
-            Message::CheckReach {
-                token,
-                addr,
-                node: NodeId([61; 32]),
-            },
-        ));
-        net.run();
-    };
+    let (peer, conn) = scripted_neighbour(&mut net);
     for token in 0..=CHECKS_PER_IP as u64 {
-        ask(&mut net, token);
+        ask_check(
+            &mut net,
+            conn,
+            token,
+            &format!("198.51.100.4:{}", 1000 + token),
+        );
     }
-    let made = |net: &Net| {
-        net.checks
-            .iter()
-            .filter(|(_, e)| matches!(e, Event::CheckReachableFor { .. }))
-            .count()
-    };
-    assert_eq!(made(&net), CHECKS_PER_IP, "{:?}", net.checks);
+    assert_eq!(made_for(&net), CHECKS_PER_IP, "{:?}", net.checks);
     // The one beyond is declined, so that the asker checks itself.
-    let declined = Message::ReachChecked {
-        token: CHECKS_PER_IP as u64,
-        reachable: None,
-    };
-    assert!(net.inbox[peer].contains(&declined), "{:?}", net.inbox[peer]);
+    let beyond = declined(CHECKS_PER_IP as u64);
+    assert!(net.inbox[peer].contains(&beyond), "{:?}", net.inbox[peer]);
     // A window later, one more is made.
     net.advance(CHECK_WINDOW);
-    ask(&mut net, 99);
-    assert_eq!(made(&net), CHECKS_PER_IP + 1);
-    // Never to our own loopback address for a neighbour elsewhere.
-    net.queue.push_back((
-        End::Sp(0, conn),
-        Message::CheckReach {
-            token: 100,
-            addr: "127.0.0.1:22".parse().unwrap(),
-            node: NodeId([61; 32]),
-        },
-    ));
-    net.run();
-    assert_eq!(made(&net), CHECKS_PER_IP + 1);
-    assert!(net.inbox[peer].contains(&Message::ReachChecked {
-        token: 100,
-        reachable: None
-    }));
-    // Nor into a private network.
-    net.queue.push_back((
-        End::Sp(0, conn),
-        Message::CheckReach {
-            token: 101,
-            addr: "10.1.2.3:7000".parse().unwrap(),
-            node: NodeId([61; 32]),
-        },
-    ));
-    net.run();
-    assert_eq!(made(&net), CHECKS_PER_IP + 1);
+    ask_check(&mut net, conn, 99, "198.51.100.4:2000");
+    assert_eq!(made_for(&net), CHECKS_PER_IP + 1);
+    // Never to our own loopback address for a neighbour elsewhere, nor into a private network.
+    ask_check(&mut net, conn, 100, "127.0.0.1:22");
+    ask_check(&mut net, conn, 101, "10.1.2.3:7000");
+    assert_eq!(made_for(&net), CHECKS_PER_IP + 1);
+    assert!(net.inbox[peer].contains(&declined(100)) && net.inbox[peer].contains(&declined(101)));
     // A leaf may not ask for one.
     let (_, leaf) = net.add_leaf(0, vec![]);
-    net.queue.push_back((
-        End::Sp(0, leaf),
-        Message::CheckReach {
-            token: 1,
-            addr: "198.51.100.5:1".parse().unwrap(),
-            node: NodeId([61; 32]),
-        },
-    ));
-    net.run();
+    ask_check(&mut net, leaf, 1, "198.51.100.5:1");
     assert!(
         net.closed
             .iter()
@@ -472,39 +458,23 @@ fn checks_made_for_a_neighbour_are_bounded_per_address() {
 #[test]
 fn checks_made_for_neighbours_are_bounded_in_flight() {
     use crate::superpeer::CHECKS_IN_FLIGHT;
-    let mut net = Net::new(2);
-    let hello = Hello::new(NodeId([60; 32]), Role::SuperPeer, None, "test");
-    let (peer, conn) = net.add_peer(0, "192.0.2.9:7700", hello);
+    let mut net = Net::new(1);
+    let (peer, conn) = scripted_neighbour(&mut net);
     // Each to another address: only the bound on checks at once stops them.
     for token in 0..=CHECKS_IN_FLIGHT as u64 {
-        net.queue.push_back((
-            End::Sp(0, conn),
-            Message::CheckReach {
-                token,
-                addr: format!("198.51.100.{}:7000", token + 1).parse().unwrap(),
-                node: NodeId([61; 32]),
-            },
-        ));
-        net.run();
+        ask_check(
+            &mut net,
+            conn,
+            token,
+            &format!("198.51.100.{}:7000", token + 1),
+        );
     }
-    let made = |net: &Net| net.checks.iter().filter(|(i, _)| *i == 0).count();
-    assert_eq!(made(&net), CHECKS_IN_FLIGHT);
-    assert!(net.inbox[peer].contains(&Message::ReachChecked {
-        token: CHECKS_IN_FLIGHT as u64,
-        reachable: None
-    }));
+    assert_eq!(made_for(&net), CHECKS_IN_FLIGHT);
+    assert!(net.inbox[peer].contains(&declined(CHECKS_IN_FLIGHT as u64)));
     // One done: room for another.
     net.sps[0].handle_checked_for(net.now, conn, 0, true);
-    net.queue.push_back((
-        End::Sp(0, conn),
-        Message::CheckReach {
-            token: 50,
-            addr: "198.51.100.60:7000".parse().unwrap(),
-            node: NodeId([61; 32]),
-        },
-    ));
-    net.run();
-    assert_eq!(made(&net), CHECKS_IN_FLIGHT + 1);
+    ask_check(&mut net, conn, 50, "198.51.100.60:7000");
+    assert_eq!(made_for(&net), CHECKS_IN_FLIGHT + 1);
 }
 
 #[test]
