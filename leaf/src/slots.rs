@@ -160,8 +160,10 @@ impl UploadSlots {
 
     /// A place for a connection just accepted from `ip`, kept until it asks for anything
     /// (dropped then) or closes; `None` if [`MAX_UNASKED`] are taken, or
-    /// [`MAX_UNASKED_PER_ADDRESS`] by connections from `ip`.
+    /// [`MAX_UNASKED_PER_ADDRESS`] by connections from `ip`'s network (an IPv6 address's /64,
+    /// as bans and the connection gate count: [`wire::network_of`]).
     pub fn unasked(&self, ip: IpAddr) -> Option<Unasked> {
+        let ip = wire::network_of(ip);
         let mut u = self.unasked.lock().unwrap();
         let from_ip = u.by_ip.get(&ip).copied().unwrap_or(0);
         if u.total >= MAX_UNASKED || from_ip >= MAX_UNASKED_PER_ADDRESS {
@@ -415,6 +417,16 @@ mod tests {
             "every place comes back"
         );
         assert!(slots.unasked.lock().unwrap().by_ip.is_empty());
+        // An IPv6 host is its /64: other addresses in it share its places.
+        let v6 = |last: u16| IpAddr::from([0x2001, 0xdb8, 0, 1, 0, 0, 0, last]);
+        let held: Vec<Unasked> = (0..MAX_UNASKED_PER_ADDRESS as u16)
+            .map(|i| slots.unasked(v6(i)).unwrap())
+            .collect();
+        assert!(
+            slots.unasked(v6(99)).is_none(),
+            "another address of the same /64"
+        );
+        drop(held);
     }
 
     #[test]

@@ -379,9 +379,10 @@ async fn serve_inner(
             // asks for a file, is refused. Any request for a file takes one of the file's
             // places for downloaders first.
             let beyond = matches!(std::mem::replace(&mut place, Place::Asked), Place::Beyond);
-            let refused = request
-                .file()
-                .filter(|&id| beyond || !admit(node, conn, id, &mut admitted));
+            // (A file not served here is answered as such, place or not.)
+            let refused = request.file().filter(|&id| {
+                (beyond && served(node, id)) || !admit(node, conn, id, &mut admitted)
+            });
             if let Some(id) = refused {
                 let reply = match beyond {
                     true => Message::TransferError {
@@ -803,8 +804,7 @@ fn admit(node: &NodeState, conn: u64, id: wire::FileId, admitted: &mut Vec<FileI
     if admitted.contains(&id) {
         return true;
     }
-    let served = node.shares.read().unwrap().get(&id).is_some() || node.partials.get(&id).is_some();
-    if !served {
+    if !served(node, id) {
         return true;
     }
     let ok = node.slots.admit_file(conn, id);
@@ -812,6 +812,11 @@ fn admit(node: &NodeState, conn: u64, id: wire::FileId, admitted: &mut Vec<FileI
         admitted.push(id);
     }
     ok
+}
+
+/// Whether file `id` is served here: shared, or being downloaded or seeded.
+fn served(node: &NodeState, id: wire::FileId) -> bool {
+    node.shares.read().unwrap().get(&id).is_some() || node.partials.get(&id).is_some()
 }
 
 /// The answer to a connection beyond the file's share ([`crate::slots::UploadSlots::per_file`]):

@@ -135,7 +135,8 @@ pub enum Event {
     },
     /// A neighbour asked us to check one of its leaves ([`Message::CheckReach`]): as for
     /// [`Event::CheckReachable`], then call [`SuperPeer::handle_checked_for`] with `peer` and
-    /// `token`.
+    /// `token`, exactly once for each of these events, even if the neighbour has gone (the
+    /// checks being made are counted until then).
     CheckReachableFor {
         /// The neighbour's connection.
         peer: ConnId,
@@ -200,7 +201,7 @@ pub struct Stats {
     pub relayed_bytes: u64,
     /// Reachability checks of our leaves asked of a neighbour.
     pub reach_checks_asked: u64,
-    /// Of those, the ones the neighbour answered in time.
+    /// Of those, the ones the neighbour answered in time (declining included).
     pub reach_checks_answered: u64,
     /// Reachability checks made for neighbours.
     pub reach_checks_made_for: u64,

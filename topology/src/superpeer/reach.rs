@@ -115,20 +115,28 @@ impl SuperPeer {
         addr: SocketAddr,
         node: NodeId,
     ) {
+        // An IPv4 address however written, an IPv6 address by its /64 (as bans count).
+        let ip = wire::network_of(addr.ip());
         let made = &mut self.reach.made_for;
         while made.front().is_some_and(|(t, ..)| now >= *t + CHECK_WINDOW) {
             made.pop_front();
         }
         let for_peer = made.iter().filter(|(_, p, _)| *p == peer).count();
-        let to_ip = made.iter().filter(|(.., ip)| *ip == addr.ip()).count();
+        let to_ip = made.iter().filter(|(.., i)| *i == ip).count();
         let asker_local = self.conns.get(&peer).is_some_and(|c| local(c.remote.ip()));
-        let nowhere = nowhere(addr.ip()) || (local(addr.ip()) && !asker_local);
-        let busy = self.reach.in_flight >= CHECKS_IN_FLIGHT;
-        if for_peer >= CHECKS_FOR_PEER || to_ip >= CHECKS_PER_IP || nowhere || busy {
-            log::info!(
-                "not checking {addr} for neighbour {peer}: {for_peer} checks for it, {to_ip} to \
-                 that address in {CHECK_WINDOW:?}"
-            );
+        let why = if nowhere(ip) || (local(ip) && !asker_local) {
+            Some("no leaf of a neighbour serves there".to_string())
+        } else if self.reach.in_flight >= CHECKS_IN_FLIGHT {
+            Some(format!("{CHECKS_IN_FLIGHT} checks are being made"))
+        } else if for_peer >= CHECKS_FOR_PEER || to_ip >= CHECKS_PER_IP {
+            Some(format!(
+                "{for_peer} checks for it, {to_ip} to that address in {CHECK_WINDOW:?}"
+            ))
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            log::info!("not checking {addr} for neighbour {peer}: {why}");
             self.send(
                 peer,
                 Message::ReachChecked {
@@ -138,7 +146,7 @@ impl SuperPeer {
             );
             return;
         }
-        made.push_back((now, peer, addr.ip()));
+        made.push_back((now, peer, ip));
         self.reach.in_flight += 1;
         self.stats.reach_checks_made_for += 1;
         self.events.push_back(Event::CheckReachableFor {
@@ -152,6 +160,10 @@ impl SuperPeer {
     /// The outcome of an [`Event::CheckReachableFor`]: told to the neighbour that asked, if it
     /// is still connected.
     pub fn handle_checked_for(&mut self, _now: Instant, peer: ConnId, token: u64, ok: bool) {
+        debug_assert!(
+            self.reach.in_flight > 0,
+            "a check done that was never asked for"
+        );
         self.reach.in_flight = self.reach.in_flight.saturating_sub(1);
         let open = self
             .conns
