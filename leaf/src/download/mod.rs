@@ -74,6 +74,7 @@ pub use types::{
     DownloadError, DownloadOptions, DownloadReport, Progress, Reached, SourceReport, MAX_PEERS,
 };
 
+mod disk;
 mod run;
 mod source;
 mod types;

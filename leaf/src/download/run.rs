@@ -1,6 +1,6 @@
 //! The download's actor: the one owner of its [`Scheduler`] and of every source's
 //! [`SourceSession`]. Source connections only move bytes ([`super::source`]); chunks are
-//! verified and written on the blocking pool and the result comes back here. The actor finds and
+//! verified and written on the blocking pool ([`super::disk`]) and the result comes back here. The actor finds and
 //! retries sources as they come and go, records progress every second, and stops when every
 //! chunk is done, the disk fails, or no source is left for longer than the job may wait.
 //!
@@ -13,7 +13,6 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::fs::File;
 use std::io;
 use std::net::SocketAddr;
-use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -26,6 +25,9 @@ use transfer::{Checked, Scheduler, SourceEnd, SourceEvent, SourceOptions, Source
 use transport::link::Outbox;
 use wire::{Manifest, Message, NodeId};
 
+use super::disk::{
+    check_chunk, flush_record, start_writeback, JobDone, ToCheck, WriteGate, CHECKERS,
+};
 use super::source::{read_ahead, Room, SourceConn};
 use super::types::{DownloadError, Progress, SourceReport};
 use super::{reasons, Job};
@@ -69,7 +71,7 @@ pub(super) struct Setup<'a> {
     pub(super) dialled: Instant,
 }
 
-enum Input {
+pub(super) enum Input {
     Connected(usize, Result<Box<SourceConn>, String>),
     /// A message from source `n`; a chunk comes with its room in memory.
     Read(usize, Result<Message, String>, Option<Room>),
@@ -150,49 +152,8 @@ struct Run<'a> {
     flush_failed: bool,
 }
 
-/// Closes a download's writes when dropped: nothing writes to its part file after that (a
-/// piece being written finishes first).
-struct WriteGate(Arc<std::sync::Mutex<bool>>);
-
-impl Drop for WriteGate {
-    fn drop(&mut self) {
-        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = false;
-    }
-}
-
-/// Sends [`Input::ChecksDone`] when dropped: a job of checks ended (every answer it had was
-/// sent before, on the same channel).
-struct JobDone(Sender<Input>);
-
-impl Drop for JobDone {
-    fn drop(&mut self) {
-        let _ = self.0.try_send(Input::ChecksDone);
-    }
-}
-
 /// How long a stopping download waits for its checks running off the executor.
 const DRAIN_LIMIT: Duration = Duration::from_secs(30);
-
-/// A chunk waiting to be verified and written.
-struct ToCheck {
-    source: usize,
-    request: u32,
-    chunk: u64,
-    data: Vec<u8>,
-    /// Its room in memory, given back once it is dealt with.
-    room: Option<Room>,
-}
-
-/// Chunks verified and written at once, on the blocking pool. Writers of one file contend for
-/// its lock in the kernel (`rwsem_spin_on_owner` took 17 % of a download's CPU in `perf` with
-/// one writer per chunk), and one keeps up with the fastest single source measured.
-const CHECKERS: usize = 1;
-/// A chunk is written in pieces this large (curl's write size). With whole 256 KiB writes,
-/// `leaf get` of 1 GiB over loopback used 3.3 s of CPU against 2.2 s with 16 KiB pieces
-/// (median of 5, side by side, `bench/scripts/ab-get.sh` on this project's virtual machines);
-/// 64 KiB pieces came between, 4 KiB ones did worse than either. In `perf`, the copy into the
-/// page cache dominated the slow runs (larger writes likely get larger, colder folios).
-const WRITE_PIECE: usize = 16 << 10;
 
 /// Runs the download until every chunk is done. Whatever happens, the record of verified
 /// chunks is brought up to date at the end. Returns the outcome (the record as saved), the
@@ -901,101 +862,4 @@ impl Run<'_> {
             verifying,
         });
     }
-}
-
-/// Verifies one chunk against the manifest and writes it to the part file (while the
-/// download's writes are open); the answer is the input the actor gets.
-fn check_chunk(
-    c: ToCheck,
-    file: &File,
-    manifest: &Manifest,
-    writes: &std::sync::Mutex<bool>,
-) -> Input {
-    let ToCheck {
-        source: n,
-        request,
-        chunk,
-        data,
-        room,
-    } = c;
-    // The chunk's room in memory is given back once it is dealt with.
-    let _room = room;
-    let len = data.len() as u64;
-    match manifest.verify_chunk(chunk, &data) {
-        Ok(()) => {
-            let offset = manifest.chunk_range(chunk).start;
-            let written = data
-                .chunks(WRITE_PIECE)
-                .zip((offset..).step_by(WRITE_PIECE))
-                .try_for_each(|(piece, at)| {
-                    let open = writes.lock().unwrap_or_else(|p| p.into_inner());
-                    if !*open {
-                        return Err(io::Error::other("the download stopped"));
-                    }
-                    file.write_all_at(piece, at)
-                });
-            Input::Checked(n, request, len, written.map(|()| Checked::Kept))
-        }
-        // The last chunk's bytes may prove the manifest wrong instead.
-        Err(e) => match (chunk + 1 == manifest.chunk_count())
-            .then(|| manifest.size_proven_by_last_chunk(&data))
-            .flatten()
-        {
-            Some(size) => Input::SizeProven(size),
-            None => Input::Checked(n, request, len, Ok(Checked::Bad(e.to_string()))),
-        },
-    }
-}
-
-/// Asks the kernel to start writing bytes `from..to` of `file` to disk now, without waiting
-/// for it (`sync_file_range` with `SYNC_FILE_RANGE_WRITE`): the disk writes while the download
-/// goes on, so the flushes, the last one included, find little left to write. (Left to
-/// itself, the kernel starts only after seconds or once much is dirty, and a fast download's
-/// last flush then waited for hundreds of megabytes.) Best effort: a failure here is found
-/// by the flush.
-fn start_writeback(file: &File, from: u64, to: u64) {
-    use std::os::fd::AsRawFd;
-    if to <= from {
-        return;
-    }
-    // SAFETY: the descriptor is open for as long as `file` lives, and the call only reads its
-    // integer arguments.
-    unsafe {
-        libc::sync_file_range(
-            file.as_raw_fd(),
-            from as libc::off64_t,
-            (to - from) as libc::off64_t,
-            libc::SYNC_FILE_RANGE_WRITE,
-        );
-    }
-}
-
-/// The work that brings the record up to date, to run off the executor: it flushes the part
-/// file, then saves the record of the chunks done before the flush, and returns it; the save
-/// happens only while the download's `writes` are open (a flush still running when a
-/// download is cancelled or has ended saves nothing). `None` when the record is up to date
-/// already.
-fn flush_record(
-    s: &Setup<'_>,
-    record: &Record,
-    writes: &Arc<std::sync::Mutex<bool>>,
-) -> Option<impl FnOnce() -> io::Result<Record> + Send + 'static> {
-    let bits = s.sched.done().as_bytes().to_vec();
-    if bits == record.done {
-        return None;
-    }
-    let file = s.file.clone();
-    let mut next = record.clone();
-    next.done = bits;
-    let path = s.state_path.to_path_buf();
-    let writes = writes.clone();
-    Some(move || -> io::Result<Record> {
-        file.sync_data()?;
-        let open = writes.lock().unwrap_or_else(|p| p.into_inner());
-        if !*open {
-            return Err(io::Error::other("the download stopped"));
-        }
-        next.save(&path)?;
-        Ok(next)
-    })
 }
