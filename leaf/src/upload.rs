@@ -28,7 +28,7 @@ use wire::{
 };
 
 use crate::download::Reached;
-use crate::slots::{SlotGuard, Unasked};
+use crate::slots::{SlotGuard, Unasked, MAX_UNASKED};
 use crate::state::NodeState;
 use crate::swarm::{PartialFile, ShownTo};
 use transfer::upload::{UploadEnd, MAX_PENDING};
@@ -385,15 +385,11 @@ async fn serve_inner(
             });
             if let Some(id) = refused {
                 let reply = match beyond {
-                    true => Message::TransferError {
-                        request: request.number(),
+                    true => busy(
+                        request.number(),
                         id,
-                        kind: TransferErrorKind::Busy,
-                        message: format!(
-                            "{} connections are starting here already; try later",
-                            crate::slots::MAX_UNASKED
-                        ),
-                    },
+                        &format!("{MAX_UNASKED} connections are starting here already"),
+                    ),
                     false => too_many(request.number(), id, node.slots.per_file()),
                 };
                 if out.send(reply).await.is_err() {
@@ -819,14 +815,22 @@ fn served(node: &NodeState, id: wire::FileId) -> bool {
     node.shares.read().unwrap().get(&id).is_some() || node.partials.get(&id).is_some()
 }
 
-/// The answer to a connection beyond the file's share ([`crate::slots::UploadSlots::per_file`]):
-/// busy, come back later (it keeps its place in no queue).
+/// The answer to a connection beyond the file's share ([`crate::slots::UploadSlots::per_file`]).
 pub(crate) fn too_many(request: u32, id: wire::FileId, max: usize) -> Message {
+    busy(
+        request,
+        id,
+        &format!("{max} downloaders of this file are served already"),
+    )
+}
+
+/// Busy because of `why`, come back later (the connection keeps its place in no queue).
+fn busy(request: u32, id: wire::FileId, why: &str) -> Message {
     Message::TransferError {
         request,
         id,
         kind: TransferErrorKind::Busy,
-        message: format!("{max} downloaders of this file are served already; try later"),
+        message: format!("{why}; try later"),
     }
 }
 

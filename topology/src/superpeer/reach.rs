@@ -23,6 +23,7 @@
 //! service at all does.
 
 use super::*;
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::time::Duration;
 
@@ -41,8 +42,9 @@ pub const CHECKS_IN_FLIGHT: usize = 16;
 #[derive(Debug, Default)]
 pub(super) struct Reach {
     next_token: u64,
-    /// Checks asked of a neighbour and not answered, by token.
-    asked: HashMap<u64, Asked>,
+    /// Checks asked of a neighbour and not answered, by token (in order: output must not
+    /// depend on hash order, simulations replay from a seed).
+    asked: BTreeMap<u64, Asked>,
     /// Checks made for neighbours within the last [`CHECK_WINDOW`]: when, for which, to where.
     made_for: VecDeque<(Instant, ConnId, IpAddr)>,
     /// Checks made for neighbours and not done.
@@ -206,15 +208,19 @@ impl SuperPeer {
 
     /// Neighbour `peer` is gone: the checks it was asked are made here at once.
     pub(super) fn reach_peer_gone(&mut self, peer: ConnId) {
-        let mut asked: Vec<u64> = self
+        self.check_here_instead(|a| a.peer == peer);
+    }
+
+    /// The checks asked of neighbours that `which` picks, made here instead, in token order.
+    fn check_here_instead(&mut self, which: impl Fn(&Asked) -> bool) {
+        let picked: Vec<u64> = self
             .reach
             .asked
             .iter()
-            .filter(|(_, a)| a.peer == peer)
+            .filter(|(_, a)| which(a))
             .map(|(&t, _)| t)
             .collect();
-        asked.sort();
-        for token in asked {
+        for token in picked {
             if let Some(a) = self.reach.asked.remove(&token) {
                 self.check_here(a);
             }
@@ -238,20 +244,7 @@ impl SuperPeer {
 
     /// Checks asked of neighbours that did not answer in time: made here.
     pub(super) fn expire_reach_asks(&mut self, now: Instant) {
-        let mut late: Vec<u64> = self
-            .reach
-            .asked
-            .iter()
-            .filter(|(_, a)| now >= a.deadline)
-            .map(|(&t, _)| t)
-            .collect();
-        // In order: output must not depend on hash order (simulations replay from a seed).
-        late.sort();
-        for token in late {
-            if let Some(a) = self.reach.asked.remove(&token) {
-                self.check_here(a);
-            }
-        }
+        self.check_here_instead(|a| now >= a.deadline);
     }
 
     /// When the next check asked of a neighbour is due.
