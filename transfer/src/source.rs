@@ -355,7 +355,22 @@ impl SourceSession {
         }
         let Some(&c) = self.inflight.get(&chunk.request) else {
             if issued(chunk.request) {
-                return Ok(()); // a late answer to a cancelled request
+                // A late answer to a cancelled request (a probe whose chunk came from
+                // elsewhere meanwhile, say): the source serves us, so a queued session asks
+                // again now instead of waiting out the retry time.
+                if self.queued_until.take().is_some() {
+                    self.position = None;
+                    self.events.push_back(SourceEvent::Unqueued);
+                    // A probe out since becomes a request like any other.
+                    if let Some((r, c)) = self.probe.take() {
+                        if sched.claim(self.me, c) {
+                            self.inflight.insert(r, c);
+                        } else {
+                            self.transmit.push_back(Message::Cancel { request: r });
+                        }
+                    }
+                }
+                return Ok(());
             }
             return Err(SourceEnd::Hostile(format!(
                 "sent chunk {} for request {} that was never made",
@@ -951,6 +966,11 @@ mod tests {
         assert_eq!(s.poll_event(), Some(SourceEvent::Queued { position: 3 }));
         s.handle_message(t, chunk(out[1].0, out[1].1), &mut sched);
         assert!(s.end().is_none(), "a late answer is ignored");
+        assert_eq!(
+            s.poll_event(),
+            Some(SourceEvent::Unqueued),
+            "but it shows the source serves us again"
+        );
         assert_eq!(s.poll_event(), None);
         s.handle_message(t, chunk(99, 0), &mut sched);
         assert!(hostile(&s).contains("never made"), "{}", hostile(&s));
@@ -1167,6 +1187,45 @@ mod tests {
         assert_eq!(again.read_idle(), None, "nothing out until the retry time");
         assert!(requests(&mut again).is_empty());
         again.check_invariants(&sched2);
+    }
+
+    #[test]
+    fn a_late_chunk_from_a_source_that_queued_us_ends_the_wait() {
+        let t = Instant::now();
+        let mut sched = Scheduler::with_seed(10, 5);
+        let mut s = ready(t, &mut sched, 0);
+        let out = requests(&mut s);
+        let queue = Message::Queued {
+            request: out[0].0,
+            position: 2,
+        };
+        s.handle_message(t, queue, &mut sched);
+        while s.poll_event().is_some() {}
+        let later = t + Duration::from_millis(500);
+        s.handle_timeout(later, &mut sched);
+        let probe = requests(&mut s);
+        assert_eq!(probe.len(), 1);
+        // Another source delivers the probe's chunk: the probe is cancelled...
+        sched.complete(probe[0].1, 100);
+        s.handle_timeout(later, &mut sched);
+        let sent: Vec<Message> = std::iter::from_fn(|| s.poll_transmit()).collect();
+        assert!(sent.contains(&Message::Cancel {
+            request: probe[0].0
+        }));
+        let probes = sent
+            .iter()
+            .filter(|m| matches!(m, Message::GetChunk { .. }))
+            .count();
+        assert_eq!(probes, 1, "still queued, it probes again: {sent:?}");
+        // ...but the source had granted it a slot and sent it: it serves us, so we ask now,
+        // not at the retry time 500 ms on.
+        s.handle_message(later, chunk(probe[0].0, probe[0].1), &mut sched);
+        assert_eq!(s.poll_event(), Some(SourceEvent::Unqueued));
+        let asked = requests(&mut s);
+        assert_eq!(asked.len(), 3, "the window filled at once, beside the probe");
+        assert_eq!(s.inflight(), 4, "the probe out is a request like the others");
+        assert!(asked.iter().all(|&(_, c)| c != probe[0].1));
+        s.check_invariants(&sched);
     }
 
     #[test]
