@@ -380,10 +380,15 @@ fn a_search_streams_and_a_download_starts_pauses_and_resumes() {
             })
             .await;
         assert_eq!(resumed.status, 200, "{}", resumed.text);
+        // The reply's head can come before the node has taken the request: until then,
+        // status still shows the paused download, which is not active either.
+        let paused_state = stopped.state.clone();
         wait_until(
             "the download to finish",
             Duration::from_secs(60),
-            || async { info(&web.node).is_some_and(|d| !d.state.is_active()) },
+            || async {
+                info(&web.node).is_some_and(|d| !d.state.is_active() && d.state != paused_state)
+            },
         )
         .await;
         let d = info(&web.node).unwrap();
