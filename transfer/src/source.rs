@@ -1222,8 +1222,16 @@ mod tests {
         s.handle_message(later, chunk(probe[0].0, probe[0].1), &mut sched);
         assert_eq!(s.poll_event(), Some(SourceEvent::Unqueued));
         let asked = requests(&mut s);
-        assert_eq!(asked.len(), 3, "the window filled at once, beside the probe");
-        assert_eq!(s.inflight(), 4, "the probe out is a request like the others");
+        assert_eq!(
+            asked.len(),
+            3,
+            "the window filled at once, beside the probe"
+        );
+        assert_eq!(
+            s.inflight(),
+            4,
+            "the probe out is a request like the others"
+        );
         assert!(asked.iter().all(|&(_, c)| c != probe[0].1));
         s.check_invariants(&sched);
     }
