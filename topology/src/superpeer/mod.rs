@@ -43,7 +43,9 @@ mod routes;
 mod shaping;
 
 pub use mesh::HOSTS_SHARED;
-pub use reach::{CHECKS_FOR_PEER, CHECKS_IN_FLIGHT, CHECKS_PER_IP, CHECK_WINDOW, REACH_ASK_WAIT};
+pub use reach::{
+    CHECKS_FOR_PEER, CHECKS_IN_FLIGHT, CHECKS_PER_IP, CHECK_WINDOW, REACH_ASKED_MAX, REACH_ASK_WAIT,
+};
 pub use relay::{RelayJoin, RELAY_JOIN_WAIT};
 
 pub use config::{Config, DynamicQuerying};
@@ -438,7 +440,7 @@ impl SuperPeer {
                 self.stats.neighbours -= 1;
                 self.events.push_back(Event::NeighbourGone { conn });
                 self.routes.neighbour_gone(now, &self.config, conn);
-                self.reach_peer_gone(conn);
+                self.reach_peer_gone(now, conn);
             }
             PeerState::AwaitingHello | PeerState::Requester { .. } => {}
         }

@@ -6,8 +6,9 @@
 //! the leaf has talked to) and find the leaf "reachable" where nobody else can reach it. So a
 //! neighbour on another address is asked ([`Message::CheckReach`]): it connects, requires the
 //! node that answers to hold the leaf's key ([`Event::CheckReachableFor`]), and tells us
-//! ([`Message::ReachChecked`]). Without such a neighbour, without its answer within
-//! [`REACH_ASK_WAIT`], or if it declines, we check ourselves ([`Event::CheckReachable`]).
+//! ([`Message::ReachChecked`]). One that declines (its bounds are spent) or goes is replaced
+//! by the next neighbour not yet asked, up to [`REACH_ASKED_MAX`]; without such a neighbour, or
+//! without an answer within [`REACH_ASK_WAIT`], we check ourselves ([`Event::CheckReachable`]).
 //!
 //! A neighbour's word is not proof: one that says "reachable" is checked by us too, and the
 //! leaf is reachable only if both got through. So a lying neighbour can make a leaf look
@@ -29,6 +30,8 @@ use std::time::Duration;
 
 /// How long a neighbour has to answer a check before we make it ourselves.
 pub const REACH_ASK_WAIT: Duration = Duration::from_secs(8);
+/// Neighbours asked for one check at most (one after another, as each declines or goes).
+pub const REACH_ASKED_MAX: usize = 3;
 /// The window the bounds on checks made for neighbours count in.
 pub const CHECK_WINDOW: Duration = Duration::from_secs(10);
 /// Checks made for one neighbour per [`CHECK_WINDOW`], at most.
@@ -62,6 +65,8 @@ pub(super) struct Asked {
     node: NodeId,
     /// When we check ourselves instead.
     deadline: Instant,
+    /// The neighbours asked so far (the last is `peer`).
+    tried: Vec<ConnId>,
 }
 
 impl SuperPeer {
@@ -75,36 +80,52 @@ impl SuperPeer {
         addr: SocketAddr,
         node: NodeId,
     ) {
+        let a = Asked {
+            leaf: conn,
+            peer: conn,
+            addr,
+            node,
+            deadline: now,
+            tried: Vec::new(),
+        };
+        // (The leaf is being attached: not yet a leaf for `check_here`.)
+        if let Some(a) = self.ask_next(now, a) {
+            self.events.push_back(Event::CheckReachable {
+                conn: a.leaf,
+                addr: a.addr,
+                node: a.node,
+            });
+        }
+    }
+
+    /// Check `a` asked of the next neighbour not at the leaf's IP address and not asked
+    /// before (each in turn); given back if there is none or [`REACH_ASKED_MAX`] were asked.
+    fn ask_next(&mut self, now: Instant, mut a: Asked) -> Option<Asked> {
         let peers: Vec<ConnId> = self
             .neighbour_conns()
             .into_iter()
             .filter(|c| {
-                self.conns
-                    .get(c)
-                    .is_some_and(|p| p.remote.ip() != addr.ip())
+                !a.tried.contains(c)
+                    && self
+                        .conns
+                        .get(c)
+                        .is_some_and(|p| p.remote.ip() != a.addr.ip())
             })
             .collect();
-        if peers.is_empty() {
-            self.events
-                .push_back(Event::CheckReachable { conn, addr, node });
-            return;
+        if peers.is_empty() || a.tried.len() >= REACH_ASKED_MAX {
+            return Some(a);
         }
         let token = self.reach.next_token;
         self.reach.next_token += 1;
-        // Each in turn.
         let peer = peers[(token % peers.len() as u64) as usize];
-        self.reach.asked.insert(
-            token,
-            Asked {
-                leaf: conn,
-                peer,
-                addr,
-                node,
-                deadline: now + REACH_ASK_WAIT,
-            },
-        );
+        a.peer = peer;
+        a.tried.push(peer);
+        a.deadline = now + REACH_ASK_WAIT;
+        let (addr, node) = (a.addr, a.node);
+        self.reach.asked.insert(token, a);
         self.stats.reach_checks_asked += 1;
         self.send(peer, Message::CheckReach { token, addr, node });
+        None
     }
 
     /// Neighbour `peer` asks us to check leaf `node` at `addr`: made unless the bounds say no
@@ -202,17 +223,22 @@ impl SuperPeer {
             // Not reachable from there: not reachable.
             Some(false) => self.handle_reachable(now, a.leaf, false),
             // Reachable from there, if also from here (a neighbour's word is no proof).
-            Some(true) | None => self.check_here(a),
+            Some(true) => self.check_here(a),
+            // Declined: another neighbour, or here.
+            None => self.ask_next_if_attached(now, a),
         }
     }
 
-    /// Neighbour `peer` is gone: the checks it was asked are made here at once.
-    pub(super) fn reach_peer_gone(&mut self, peer: ConnId) {
-        self.check_here_instead(|a| a.peer == peer);
+    /// Neighbour `peer` is gone: the checks it was asked go to the next neighbour at once,
+    /// or are made here.
+    pub(super) fn reach_peer_gone(&mut self, now: Instant, peer: ConnId) {
+        for a in self.take_asked(|a| a.peer == peer) {
+            self.ask_next_if_attached(now, a);
+        }
     }
 
-    /// The checks asked of neighbours that `which` picks, made here instead, in token order.
-    fn check_here_instead(&mut self, which: impl Fn(&Asked) -> bool) {
+    /// The checks asked of neighbours that `which` picks, taken out, in token order.
+    fn take_asked(&mut self, which: impl Fn(&Asked) -> bool) -> Vec<Asked> {
         let picked: Vec<u64> = self
             .reach
             .asked
@@ -220,8 +246,24 @@ impl SuperPeer {
             .filter(|(_, a)| which(a))
             .map(|(&t, _)| t)
             .collect();
-        for token in picked {
-            if let Some(a) = self.reach.asked.remove(&token) {
+        picked
+            .into_iter()
+            .filter_map(|t| self.reach.asked.remove(&t))
+            .collect()
+    }
+
+    /// Whether the leaf of check `a` is still attached.
+    fn leaf_attached(&self, a: &Asked) -> bool {
+        self.conns
+            .get(&a.leaf)
+            .is_some_and(|c| !c.closing && matches!(c.state, PeerState::Leaf { .. }))
+    }
+
+    /// [`SuperPeer::ask_next`], or made here if no neighbour is left to ask, if the leaf is
+    /// still attached.
+    fn ask_next_if_attached(&mut self, now: Instant, a: Asked) {
+        if self.leaf_attached(&a) {
+            if let Some(a) = self.ask_next(now, a) {
                 self.check_here(a);
             }
         }
@@ -229,11 +271,7 @@ impl SuperPeer {
 
     /// A check asked of a neighbour, made here instead if the leaf is still attached.
     fn check_here(&mut self, a: Asked) {
-        let attached = self
-            .conns
-            .get(&a.leaf)
-            .is_some_and(|c| !c.closing && matches!(c.state, PeerState::Leaf { .. }));
-        if attached {
+        if self.leaf_attached(&a) {
             self.events.push_back(Event::CheckReachable {
                 conn: a.leaf,
                 addr: a.addr,
@@ -244,7 +282,9 @@ impl SuperPeer {
 
     /// Checks asked of neighbours that did not answer in time: made here.
     pub(super) fn expire_reach_asks(&mut self, now: Instant) {
-        self.check_here_instead(|a| now >= a.deadline);
+        for a in self.take_asked(|a| now >= a.deadline) {
+            self.check_here(a);
+        }
     }
 
     /// When the next check asked of a neighbour is due.

@@ -506,3 +506,44 @@ fn the_checks_asked_of_a_neighbour_that_goes_are_made_here_at_once() {
         net.checks
     );
 }
+
+#[test]
+fn a_check_a_neighbour_declines_goes_to_the_next_then_is_made_here() {
+    use crate::superpeer::REACH_ASKED_MAX;
+    // More neighbours than are asked for one check.
+    let mut net = Net::new(REACH_ASKED_MAX + 2);
+    for n in 1..=REACH_ASKED_MAX + 1 {
+        net.link_sps_at(0, n, &format!("192.0.2.{n}:7700"));
+    }
+    let leaf = Hello::new(
+        NodeId([70; 32]),
+        Role::Leaf,
+        Some("0.0.0.0:9000".parse().unwrap()),
+        "t",
+    );
+    let (_, leaf_conn) = net.add_peer(0, "198.51.100.20:40000", leaf);
+    // Whichever neighbour is asked declines (as one whose bounds are spent does): another is
+    // asked at once, never one asked before; after REACH_ASKED_MAX, the check is made here.
+    let mut asked = Vec::new();
+    for _ in 0..REACH_ASKED_MAX {
+        let (sp, peer, token) = match net.checks.as_slice() {
+            [(sp, Event::CheckReachableFor { peer, token, .. })] => (*sp, *peer, *token),
+            other => panic!("{other:?}"),
+        };
+        assert!(!asked.contains(&sp), "{sp} asked twice");
+        asked.push(sp);
+        net.checks.clear();
+        let to_sp0 = net.links[&End::Sp(sp, peer)];
+        net.queue.push_back((to_sp0, declined(token)));
+        net.run();
+    }
+    assert!(
+        matches!(net.checks.as_slice(), [(0, Event::CheckReachable { conn, .. })] if *conn == leaf_conn),
+        "{:?}",
+        net.checks
+    );
+    assert_eq!(
+        net.sps[0].stats().reach_checks_asked,
+        REACH_ASKED_MAX as u64
+    );
+}
