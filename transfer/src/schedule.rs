@@ -18,18 +18,11 @@
 //!   that, and only [`Scheduler::complete`] makes a chunk `Done`.
 //! - A source only duplicates another's chunk (endgame) when no chunk is `Missing` and it has
 //!   nothing outstanding (no request its source has not answered; see
-//!   [`super::SourceSession`]), and only a chunk fewer than [`MAX_REQUESTERS`] sources were
-//!   asked for.
+//!   [`super::SourceSession`]).
 
 use std::collections::HashMap;
 
 use wire::Bitfield;
-
-/// In the endgame, a chunk is asked of at most this many sources at once: one spare beside
-/// the first request rescues a chunk stuck at a slow source, and every further copy in flight
-/// is upload a swarm loses. (In the swarm simulator at 100 leechers, unbounded spares and the
-/// copies in flight when a download finished were 6 % of every chunk sent.)
-pub const MAX_REQUESTERS: usize = 2;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum ChunkState {
@@ -223,11 +216,7 @@ impl Scheduler {
             .iter()
             .enumerate()
             .filter_map(|(i, s)| match s {
-                ChunkState::Active(v)
-                    if v.len() < MAX_REQUESTERS
-                        && !v.contains(&source)
-                        && self.holds(source, i) =>
-                {
+                ChunkState::Active(v) if !v.contains(&source) && self.holds(source, i) => {
                     Some((i, v.len()))
                 }
                 _ => None,
@@ -393,30 +382,6 @@ mod tests {
         assert_eq!(s.next(2, false), Some(other));
         assert!(!s.all_done());
         assert_eq!(s.done().as_bytes(), &[1 << dup]);
-        s.check_invariants();
-    }
-
-    #[test]
-    fn in_the_endgame_a_chunk_is_asked_of_at_most_two_sources() {
-        let mut s = Scheduler::with_seed(2, 1);
-        for src in 0..5 {
-            s.set_holds(src, Bitfield::full(2));
-        }
-        let mut first = vec![s.next(0, true).unwrap(), s.next(1, true).unwrap()];
-        first.sort();
-        assert_eq!(first, vec![0, 1]);
-        // One spare for each chunk, then none: a third copy in flight is waste.
-        let mut spares = vec![s.next(2, true).unwrap(), s.next(3, true).unwrap()];
-        spares.sort();
-        assert_eq!(spares, vec![0, 1]);
-        assert_eq!(s.next(4, true), None);
-        // A requester that gives its chunk back makes room for another spare.
-        let (c, _) = (0..2u64)
-            .map(|c| (c, s.is_requested_by(2, c)))
-            .find(|&(_, by2)| by2)
-            .unwrap();
-        s.release(2, c);
-        assert_eq!(s.next(4, true), Some(c));
         s.check_invariants();
     }
 
