@@ -20,8 +20,9 @@
 
 //! # Invariants
 //! - Request numbers count up from 1 and skip 0. An answer to a number below `next_request`
-//!   that is no longer in flight is a late answer to a cancelled or queued request: ignored. An
-//!   answer to a number never used is a lie.
+//!   that is no longer in flight is a late answer to a cancelled or queued request: its bytes
+//!   are dropped, but while queued it ends the wait (the source serves us). An answer to a
+//!   number never used is a lie.
 //! - `inflight` maps each open request to its chunk; every chunk in it is `Active` for this
 //!   source in the scheduler, until `close` releases them all.
 //! - `checking` holds the requests whose chunk arrived and is being verified and written: a
@@ -31,7 +32,10 @@
 //! - While queued, the one request out is the probe (`probe`, not in `inflight`): its chunk
 //!   is left missing in the scheduler ([`Scheduler::probe`]), so sources that serve us may
 //!   take it. Answered with the chunk, the chunk is claimed and put in flight like any other;
-//!   answered `Queued`, nothing is given back; its chunk done meanwhile, it is cancelled.
+//!   answered `Queued`, nothing is given back; its chunk done meanwhile, it is cancelled; the
+//!   wait ended by a late answer, it is claimed and put in flight as if answered (a chunk done
+//!   meanwhile is cancelled instead). A claimed probe may be a chunk another source was asked
+//!   for meanwhile: the request is out already, so it counts as a second requester.
 //! - At most [`SourceSession::window`] requests are out at the source (in flight and not
 //!   arrived), which is between `SourceOptions::inflight` and `max_inflight`; while queued, at
 //!   most one (the probe), and none until the retry time. A second answer to a request whose
