@@ -54,6 +54,12 @@ use crate::Scheduler;
 pub const TELL_EVERY: Duration = Duration::from_millis(250);
 /// How soon a session with nothing in flight looks again on its own.
 const IDLE_LOOK: Duration = Duration::from_millis(500);
+/// In the endgame, a session that has had nothing to ask for (every chunk left is asked of
+/// [`crate::schedule::MAX_REQUESTERS`] sources) for as long as this source takes to deliver
+/// two chunks asks for one beyond the cap: a chunk stuck at slow sources is rescued, within
+/// these bounds (the longer while the source's rate is not measured yet).
+const SPARE_GRACE: (Duration, Duration) = (Duration::from_millis(200), Duration::from_secs(5));
+const SPARE_GRACE_UNMEASURED: Duration = Duration::from_secs(1);
 /// A source's window holds what it delivers in one round trip (measured from asking for its
 /// bitfield to the answer) and this long more (at least [`SourceOptions::inflight`] requests,
 /// at most [`SourceOptions::max_inflight`]): a fast source is kept busy through the time a
@@ -167,6 +173,8 @@ pub struct SourceSession {
     /// When we asked which chunks it holds (the round trip is measured to the answer).
     asked_bits: Option<Instant>,
     wake_at: Option<Instant>,
+    /// Since when, in the endgame, it has had nothing to ask for.
+    spare_wait: Option<Instant>,
     transmit: VecDeque<Message>,
     events: VecDeque<SourceEvent>,
     end: Option<SourceEnd>,
@@ -195,6 +203,7 @@ impl SourceSession {
             peers_at: None,
             asked_bits: None,
             wake_at: None,
+            spare_wait: None,
             transmit: VecDeque::new(),
             events: VecDeque::new(),
             end: None,
@@ -534,12 +543,38 @@ impl SourceSession {
                 index: c as u32,
             });
         }
+        // The endgame's spares are capped; one that waited long enough asks beyond the cap.
+        let waiting = self.queued_until.is_none() && self.outstanding() == 0 && sched.in_endgame();
+        if !waiting {
+            self.spare_wait = None;
+        } else {
+            let since = *self.spare_wait.get_or_insert(now);
+            if now >= since + self.pace.spare_grace() {
+                // Nothing it could take: wait as long again.
+                self.spare_wait = Some(now);
+                if let Some(c) = sched.spare_beyond_cap(self.me) {
+                    self.spare_wait = None;
+                    let request = self.next_request;
+                    self.next_request = self.next_request.wrapping_add(1).max(1);
+                    self.inflight.insert(request, c);
+                    self.transmit.push_back(Message::GetChunk {
+                        request,
+                        id: self.id,
+                        index: c as u32,
+                    });
+                }
+            }
+        }
         // With nothing out (nothing it holds is needed, or queued), look again at the retry
-        // time or after a while; with requests out, their answers wake us.
+        // time or after a while (sooner if a spare beyond the cap is due); with requests out,
+        // their answers wake us.
+        let spare_due = self.spare_wait.map(|t| t + self.pace.spare_grace());
         self.wake_at = (self.inflight.is_empty() && self.probe.is_none()).then(|| {
-            self.queued_until
+            let look = self
+                .queued_until
                 .filter(|t| *t > now)
-                .unwrap_or(now + IDLE_LOOK)
+                .unwrap_or(now + IDLE_LOOK);
+            spare_due.map_or(look, |t| look.min(t.max(now)))
         });
     }
 
@@ -690,6 +725,16 @@ impl Pace {
             };
             (self.since, self.bytes) = (Some(now), 0);
         }
+    }
+
+    /// How long an idle session waits in the endgame before it asks for a spare beyond the
+    /// cap: the time this source takes to deliver two chunks ([`SPARE_GRACE`]).
+    fn spare_grace(&self) -> Duration {
+        if self.rate <= 0.0 || self.chunk == 0 {
+            return SPARE_GRACE_UNMEASURED;
+        }
+        Duration::from_secs_f64(2.0 * self.chunk as f64 / self.rate)
+            .clamp(SPARE_GRACE.0, SPARE_GRACE.1)
     }
 
     fn window(&self, min: usize, max: usize) -> usize {
@@ -1238,6 +1283,55 @@ mod tests {
         );
         assert!(asked.iter().all(|&(_, c)| c != probe[0].1));
         s.check_invariants(&sched);
+    }
+
+    #[test]
+    fn in_the_endgame_an_idle_session_asks_beyond_the_cap_only_after_waiting() {
+        let t = Instant::now();
+        let mut sched = Scheduler::with_seed(10, 3);
+        for c in 0..8 {
+            sched.complete(c, 100);
+        }
+        // Chunks 8 and 9 are left: one source asks for both, two more take a spare each.
+        let mut first = ready(t, &mut sched, 0);
+        assert_eq!(requests(&mut first).len(), 2);
+        let mut spares = Vec::new();
+        for me in 1..=2 {
+            let mut s = ready(t, &mut sched, me);
+            assert_eq!(
+                requests(&mut s).len(),
+                1,
+                "one spare while it has nothing out"
+            );
+            spares.push(s);
+        }
+        // Every chunk left is asked of two sources: a fourth asks for nothing...
+        let mut idle = ready(t, &mut sched, 3);
+        assert!(requests(&mut idle).is_empty());
+        let wake = idle.poll_timeout().expect("it looks again");
+        assert!(wake <= t + SPARE_GRACE_UNMEASURED, "{:?}", wake - t);
+        idle.handle_timeout(t + Duration::from_millis(500), &mut sched);
+        assert!(requests(&mut idle).is_empty(), "not before the grace");
+        // ...until it has waited (its rate unmeasured: a second): then it rescues one.
+        idle.handle_timeout(t + SPARE_GRACE_UNMEASURED, &mut sched);
+        let rescue = requests(&mut idle);
+        assert_eq!(rescue.len(), 1, "one chunk beyond the cap");
+        assert!([8, 9].contains(&rescue[0].1));
+        idle.check_invariants(&sched);
+        sched.check_invariants();
+        // Delivered, the chunk is done and the others' copies cancelled as before.
+        idle.handle_message(
+            t + SPARE_GRACE_UNMEASURED,
+            chunk(rescue[0].0, rescue[0].1),
+            &mut sched,
+        );
+        while let Some(e) = idle.poll_event() {
+            if let SourceEvent::Verify { request, data, .. } = e {
+                let now = t + SPARE_GRACE_UNMEASURED;
+                idle.handle_checked(now, request, data.len() as u64, Checked::Kept, &mut sched);
+            }
+        }
+        assert!(sched.is_done(rescue[0].1));
     }
 
     #[test]
