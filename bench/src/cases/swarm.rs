@@ -7,7 +7,10 @@
 //! 80; sampled every 0.5 s from its host's TCP table: connections open or opening, to or from
 //! any address but the super-peer's), the most sockets of any kind its process held (those
 //! links, plus its listener, super-peer link, control socket and any UDP socket), and the
-//! largest peak resident memory of a leecher process.
+//! largest peak resident memory of a leecher process. For both tools, the share of the
+//! machine's CPU time left idle during the run: with a hundred nodes' traffic through the
+//! testbed's veth pairs, bridge and `tbf` queues on a small machine, near zero means the
+//! machine, not the swarm, set the pace.
 //!
 //! Canopy: a `leaf share` node on every host (the seeder shares the file; each leecher shares
 //! an empty folder and seeds whatever it downloads), then `leaf get ID` to each leecher's
@@ -58,6 +61,9 @@ struct Run {
     peak_links: usize,
     peak_sockets: usize,
     peak_rss_kib: u64,
+    /// The share of the machine's CPU time that was idle from the start to all done (from
+    /// `/proc/stat`): near zero, the machine, not the swarm, set the pace.
+    cpu_idle: Option<f64>,
 }
 
 impl Run {
@@ -291,19 +297,21 @@ fn run_setting(ctx: &Ctx, setting: &Setting) -> anyhow::Result<Vec<Row>> {
             ours: format!(
                 "{t:.1} s = {:.2}× size/R, {:.3}× N·size/R (first done {:.1} s; seeder sent \
                  {:.2}× the file; a leecher held at most {} connections to other leaves, {} \
-                 sockets, and {:.0} MiB resident)",
+                 sockets, and {:.0} MiB resident; CPU idle {})",
                 t / ideal,
                 t / naive,
                 run.first().as_secs_f64(),
                 *uploaded as f64 / size as f64,
                 run.peak_links,
                 run.peak_sockets,
-                run.peak_rss_kib as f64 / 1024.0
+                run.peak_rss_kib as f64 / 1024.0,
+                idle_text(run)
             ),
             reference: format!(
-                "aria2c {b:.1} s = {:.2}× size/R (first done {:.1} s)",
+                "aria2c {b:.1} s = {:.2}× size/R (first done {:.1} s; CPU idle {})",
                 b / ideal,
-                bt.first().as_secs_f64()
+                bt.first().as_secs_f64(),
+                idle_text(bt)
             ),
             ratio: format!("{:.2}× aria2c's speed", b / t),
             target: if targeted {
@@ -504,6 +512,7 @@ fn wait_all(
 ) -> anyhow::Result<Run> {
     let mut done: Vec<Option<Duration>> = vec![None; marks.len()];
     let mut next_check = Instant::now();
+    let cpu_before = cpu_times();
     loop {
         for (d, m) in done.iter_mut().zip(marks) {
             if d.is_none() && m.exists() {
@@ -511,8 +520,14 @@ fn wait_all(
             }
         }
         if done.iter().all(Option::is_some) {
+            let cpu_idle = cpu_before
+                .zip(cpu_times())
+                .and_then(|((i0, t0), (i1, t1))| {
+                    (t1 > t0).then(|| (i1 - i0) as f64 / (t1 - t0) as f64)
+                });
             return Ok(Run {
                 done: done.into_iter().flatten().collect(),
+                cpu_idle,
                 ..Run::default()
             });
         }
@@ -531,6 +546,27 @@ fn wait_all(
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// The machine's CPU time so far, idle (with I/O wait) and in all, in clock ticks: the first
+/// line of `/proc/stat`. `None` where it cannot be read.
+fn cpu_times() -> Option<(u64, u64)> {
+    let stat = fs::read_to_string("/proc/stat").ok()?;
+    let ticks: Vec<u64> = stat
+        .lines()
+        .next()?
+        .split_whitespace()
+        .skip(1)
+        .map(|t| t.parse().ok())
+        .collect::<Option<_>>()?;
+    let idle = ticks.get(3)? + ticks.get(4).unwrap_or(&0);
+    Some((idle, ticks.iter().sum()))
+}
+
+/// How a run's CPU idle share reads in the report.
+fn idle_text(run: &Run) -> String {
+    run.cpu_idle
+        .map_or("not measured".into(), |i| format!("{:.0} %", i * 100.0))
 }
 
 /// An aria2c that downloads (or seeds) `torrent` into `dir` and keeps seeding, on `host`.
