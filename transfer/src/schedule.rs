@@ -27,7 +27,8 @@ use std::collections::HashMap;
 use wire::Bitfield;
 
 /// In the endgame, a chunk is asked of at most this many sources at once, until a source has
-/// waited for it in vain ([`Scheduler::spare_beyond_cap`]): one spare beside the first request
+/// waited for it in vain ([`Scheduler::spare_beyond_cap`]; a queued source's probe is not
+/// capped either, see [`Scheduler::probe`]): one spare beside the first request
 /// rescues a chunk stuck at a slow source, and every further copy in flight is upload a swarm
 /// loses. (Bench case 6 at 100 leechers: the leechers sent 15,817 chunks for the 12,800 they
 /// needed with unbounded spares, 14,555 with this cap.)
@@ -231,12 +232,14 @@ impl Scheduler {
     /// meanwhile: a probe usually comes back `Queued`, and the chunks of the many sources
     /// that queue us would otherwise be locked away from the few that serve.
     /// In the endgame (nothing missing), the in-flight chunk with fewest requesters that it
-    /// holds, as [`Scheduler::next`] would give a spare.
+    /// holds, whatever [`MAX_REQUESTERS`] says.
     pub fn probe(&mut self, source: usize) -> Option<u64> {
         if self.missing > 0 {
             return self.rarest_missing(source).map(|c| c as u64);
         }
-        self.spare_for(source, MAX_REQUESTERS).map(|c| c as u64)
+        // Not capped: a probe usually comes back `Queued`, and a queued source must still be
+        // able to rescue a chunk stuck at slow ones once it is served.
+        self.spare_for(source, usize::MAX).map(|c| c as u64)
     }
 
     /// The in-flight chunk with the fewest requesters (fewer than `cap`) that `source` holds
@@ -431,6 +434,8 @@ mod tests {
         spares.sort();
         assert_eq!(spares, vec![0, 1]);
         assert_eq!(s.next(4, true), None);
+        // A queued source's probe is not capped: once served, it can rescue a stuck chunk.
+        assert!(s.probe(4).is_some());
         // A requester that gives its chunk back makes room for another spare.
         let (c, _) = (0..2u64)
             .map(|c| (c, s.is_requested_by(2, c)))

@@ -733,7 +733,8 @@ impl Pace {
         if self.rate <= 0.0 || self.chunk == 0 {
             return SPARE_GRACE_UNMEASURED;
         }
-        Duration::from_secs_f64(2.0 * self.chunk as f64 / self.rate)
+        Duration::try_from_secs_f64(2.0 * self.chunk as f64 / self.rate)
+            .unwrap_or(SPARE_GRACE.1)
             .clamp(SPARE_GRACE.0, SPARE_GRACE.1)
     }
 
