@@ -201,7 +201,8 @@ pub struct Stats {
     pub relays: u64,
     /// Bytes carried by relays that ended.
     pub relayed_bytes: u64,
-    /// Reachability checks of our leaves asked of a neighbour.
+    /// Reachability checks of our leaves asked of neighbours (a check declined by one and
+    /// asked of the next counts twice).
     pub reach_checks_asked: u64,
     /// Of those, the ones the neighbour answered in time (declining included).
     pub reach_checks_answered: u64,

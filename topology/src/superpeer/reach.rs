@@ -63,7 +63,7 @@ pub(super) struct Asked {
     peer: ConnId,
     addr: SocketAddr,
     node: NodeId,
-    /// When we check ourselves instead.
+    /// When we check ourselves instead (one wait for all the neighbours asked).
     deadline: Instant,
     /// The neighbours asked so far (the last is `peer`).
     tried: Vec<ConnId>,
@@ -118,9 +118,12 @@ impl SuperPeer {
         let token = self.reach.next_token;
         self.reach.next_token += 1;
         let peer = peers[(token % peers.len() as u64) as usize];
+        // One wait for the whole check, however many neighbours are asked in turn.
+        if a.tried.is_empty() {
+            a.deadline = now + REACH_ASK_WAIT;
+        }
         a.peer = peer;
         a.tried.push(peer);
-        a.deadline = now + REACH_ASK_WAIT;
         let (addr, node) = (a.addr, a.node);
         self.reach.asked.insert(token, a);
         self.stats.reach_checks_asked += 1;
