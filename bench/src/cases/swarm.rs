@@ -10,7 +10,8 @@
 //! largest peak resident memory of a leecher process. For both tools, the share of the
 //! machine's CPU time left idle during the run: with a hundred nodes' traffic through the
 //! testbed's veth pairs, bridge and `tbf` queues on a small machine, near zero means the
-//! machine, not the swarm, set the pace.
+//! machine, not the swarm, set the pace. (Canopy's share includes the harness's sampling of
+//! its leechers' connections every 0.5 s.)
 //!
 //! Canopy: a `leaf share` node on every host (the seeder shares the file; each leecher shares
 //! an empty folder and seeds whatever it downloads), then `leaf get ID` to each leecher's
@@ -247,7 +248,7 @@ fn run_setting(ctx: &Ctx, setting: &Setting) -> anyhow::Result<Vec<Row>> {
         eprintln!("case {CASE}: aria2c (BitTorrent), {n} leechers");
         let mut leechers = Vec::new();
         let mut outs = Vec::new();
-        let start = Instant::now();
+        let (start, cpu_start) = (Instant::now(), cpu_times());
         for (i, h) in leech_hosts[..n].iter().enumerate() {
             let out = scratch.path().join(format!("bt-n{n}-l{i}"));
             fresh_dir(&out)?;
@@ -259,7 +260,7 @@ fn run_setting(ctx: &Ctx, setting: &Setting) -> anyhow::Result<Vec<Row>> {
             )?);
             outs.push(out.join(format!("{name}.done")));
         }
-        let run = wait_all(&outs, start, limit, &mut leechers)?;
+        let run = wait_all(&outs, (start, cpu_start), limit, &mut leechers)?;
         eprintln!(
             "  all done in {:.1} s ({:.2}× size/R; first {:.1} s)",
             run.last().as_secs_f64(),
@@ -390,7 +391,7 @@ fn canopy_run(
     }
     let mut gets = Vec::new();
     let mut outs = Vec::new();
-    let start = Instant::now();
+    let (start, cpu_start) = (Instant::now(), cpu_times());
     for (i, (h, dir)) in hosts.iter().zip(&dirs).enumerate() {
         let out = dir.join("out");
         fs::create_dir_all(&out)?;
@@ -424,7 +425,7 @@ fn canopy_run(
             (links, sockets)
         })
     };
-    let run = wait_all(&outs, start, limit, &mut nodes);
+    let run = wait_all(&outs, (start, cpu_start), limit, &mut nodes);
     sampling.store(false, std::sync::atomic::Ordering::Relaxed);
     let (peak_links, peak_sockets) = sampler.join().unwrap_or((0, 0));
     let mut run = run?;
@@ -502,17 +503,16 @@ fn peak_rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-/// Waits until every path in `marks` exists; their times from `start`. Fails after `limit`
-/// or if one of `procs` exits.
+/// Waits until every path in `marks` exists; their times from `start`, and the CPU idle share
+/// since `cpu_start` (read with `start`). Fails after `limit` or if one of `procs` exits.
 fn wait_all(
     marks: &[PathBuf],
-    start: Instant,
+    (start, cpu_before): (Instant, Option<(u64, u64)>),
     limit: Duration,
     procs: &mut [Proc],
 ) -> anyhow::Result<Run> {
     let mut done: Vec<Option<Duration>> = vec![None; marks.len()];
     let mut next_check = Instant::now();
-    let cpu_before = cpu_times();
     loop {
         for (d, m) in done.iter_mut().zip(marks) {
             if d.is_none() && m.exists() {
@@ -520,10 +520,12 @@ fn wait_all(
             }
         }
         if done.iter().all(Option::is_some) {
+            // (iowait may go backwards: proc(5).)
             let cpu_idle = cpu_before
                 .zip(cpu_times())
                 .and_then(|((i0, t0), (i1, t1))| {
-                    (t1 > t0).then(|| (i1 - i0) as f64 / (t1 - t0) as f64)
+                    (t1 > t0)
+                        .then(|| (i1.saturating_sub(i0) as f64 / (t1 - t0) as f64).clamp(0.0, 1.0))
                 });
             return Ok(Run {
                 done: done.into_iter().flatten().collect(),
@@ -560,7 +562,8 @@ fn cpu_times() -> Option<(u64, u64)> {
         .map(|t| t.parse().ok())
         .collect::<Option<_>>()?;
     let idle = ticks.get(3)? + ticks.get(4).unwrap_or(&0);
-    Some((idle, ticks.iter().sum()))
+    // guest and guest_nice (the 9th and 10th) are counted in user and nice already.
+    Some((idle, ticks.iter().take(8).sum()))
 }
 
 /// How a run's CPU idle share reads in the report.
