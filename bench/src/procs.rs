@@ -533,6 +533,12 @@ impl CpuSample {
         }
     }
 
+    /// The average number of CPUs kept busy since `earlier`, by anything.
+    pub fn machine_busy_since(&self, earlier: &CpuSample) -> f64 {
+        let wall = (self.at - earlier.at).as_secs_f64().max(1e-9);
+        self.machine.saturating_sub(earlier.machine).as_secs_f64() / wall
+    }
+
     /// The average number of CPUs other programs kept busy since `earlier` (servers still
     /// running count as other programs until they are reaped).
     pub fn others_since(&self, earlier: &CpuSample) -> f64 {

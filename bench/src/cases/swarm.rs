@@ -33,7 +33,7 @@ use anyhow::{bail, Context};
 
 use super::{check_file, command, fresh_dir, share_node, superpeer, Ctx};
 use crate::data;
-use crate::procs::{output, Proc, Scratch};
+use crate::procs::{output, CpuSample, Proc, Scratch};
 use crate::report::{Row, Verdict};
 use crate::setup::find_program;
 use crate::testbed::{Host, Testbed};
@@ -248,7 +248,7 @@ fn run_setting(ctx: &Ctx, setting: &Setting) -> anyhow::Result<Vec<Row>> {
         eprintln!("case {CASE}: aria2c (BitTorrent), {n} leechers");
         let mut leechers = Vec::new();
         let mut outs = Vec::new();
-        let (start, cpu_start) = (Instant::now(), cpu_times());
+        let (start, cpu_start) = (Instant::now(), CpuSample::now());
         for (i, h) in leech_hosts[..n].iter().enumerate() {
             let out = scratch.path().join(format!("bt-n{n}-l{i}"));
             fresh_dir(&out)?;
@@ -391,7 +391,7 @@ fn canopy_run(
     }
     let mut gets = Vec::new();
     let mut outs = Vec::new();
-    let (start, cpu_start) = (Instant::now(), cpu_times());
+    let (start, cpu_start) = (Instant::now(), CpuSample::now());
     for (i, (h, dir)) in hosts.iter().zip(&dirs).enumerate() {
         let out = dir.join("out");
         fs::create_dir_all(&out)?;
@@ -507,7 +507,7 @@ fn peak_rss_kib(pid: u32) -> u64 {
 /// since `cpu_start` (read with `start`). Fails after `limit` or if one of `procs` exits.
 fn wait_all(
     marks: &[PathBuf],
-    (start, cpu_before): (Instant, Option<(u64, u64)>),
+    (start, cpu_before): (Instant, CpuSample),
     limit: Duration,
     procs: &mut [Proc],
 ) -> anyhow::Result<Run> {
@@ -521,12 +521,9 @@ fn wait_all(
         }
         if done.iter().all(Option::is_some) {
             // (iowait may go backwards: proc(5).)
-            let cpu_idle = cpu_before
-                .zip(cpu_times())
-                .and_then(|((i0, t0), (i1, t1))| {
-                    (t1 > t0)
-                        .then(|| (i1.saturating_sub(i0) as f64 / (t1 - t0) as f64).clamp(0.0, 1.0))
-                });
+            let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+            let busy = CpuSample::now().machine_busy_since(&cpu_before);
+            let cpu_idle = Some((1.0 - busy / cpus).clamp(0.0, 1.0));
             return Ok(Run {
                 done: done.into_iter().flatten().collect(),
                 cpu_idle,
@@ -548,22 +545,6 @@ fn wait_all(
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-}
-
-/// The machine's CPU time so far, idle (with I/O wait) and in all, in clock ticks: the first
-/// line of `/proc/stat`. `None` where it cannot be read.
-fn cpu_times() -> Option<(u64, u64)> {
-    let stat = fs::read_to_string("/proc/stat").ok()?;
-    let ticks: Vec<u64> = stat
-        .lines()
-        .next()?
-        .split_whitespace()
-        .skip(1)
-        .map(|t| t.parse().ok())
-        .collect::<Option<_>>()?;
-    let idle = ticks.get(3)? + ticks.get(4).unwrap_or(&0);
-    // guest and guest_nice (the 9th and 10th) are counted in user and nice already.
-    Some((idle, ticks.iter().take(8).sum()))
 }
 
 /// How a run's CPU idle share reads in the report.
