@@ -182,7 +182,7 @@ impl Scheduler {
     /// for. For a source that had nothing to ask for a while, so that chunks stuck at slow
     /// sources are rescued still.
     pub fn spare_beyond_cap(&mut self, source: usize) -> Option<u64> {
-        if self.missing > 0 || !self.holds.contains_key(&source) {
+        if self.missing > 0 {
             return None;
         }
         self.take_spare(source, usize::MAX)

@@ -515,14 +515,8 @@ impl SourceSession {
             .then(|| sched.probe(self.me))
             .flatten();
         if let Some(c) = probe {
-            let request = self.next_request;
-            self.next_request = self.next_request.wrapping_add(1).max(1);
+            let request = self.ask_for(c);
             self.probe = Some((request, c));
-            self.transmit.push_back(Message::GetChunk {
-                request,
-                id: self.id,
-                index: c as u32,
-            });
         }
         let room = if self.queued_until.is_some() {
             0
@@ -534,14 +528,8 @@ impl SourceSession {
             let Some(c) = sched.next(self.me, self.outstanding() == 0) else {
                 break;
             };
-            let request = self.next_request;
-            self.next_request = self.next_request.wrapping_add(1).max(1);
+            let request = self.ask_for(c);
             self.inflight.insert(request, c);
-            self.transmit.push_back(Message::GetChunk {
-                request,
-                id: self.id,
-                index: c as u32,
-            });
         }
         // The endgame's spares are capped; one that waited long enough asks beyond the cap.
         let waiting = self.queued_until.is_none() && self.outstanding() == 0 && sched.in_endgame();
@@ -554,14 +542,8 @@ impl SourceSession {
                 self.spare_wait = Some(now);
                 if let Some(c) = sched.spare_beyond_cap(self.me) {
                     self.spare_wait = None;
-                    let request = self.next_request;
-                    self.next_request = self.next_request.wrapping_add(1).max(1);
+                    let request = self.ask_for(c);
                     self.inflight.insert(request, c);
-                    self.transmit.push_back(Message::GetChunk {
-                        request,
-                        id: self.id,
-                        index: c as u32,
-                    });
                 }
             }
         }
@@ -576,6 +558,18 @@ impl SourceSession {
                 .unwrap_or(now + IDLE_LOOK);
             spare_due.map_or(look, |t| look.min(t.max(now)))
         });
+    }
+
+    /// Sends a request for chunk `c` under the next request number, and returns the number.
+    fn ask_for(&mut self, c: u64) -> u32 {
+        let request = self.next_request;
+        self.next_request = self.next_request.wrapping_add(1).max(1);
+        self.transmit.push_back(Message::GetChunk {
+            request,
+            id: self.id,
+            index: c as u32,
+        });
+        request
     }
 
     /// How long the driver may wait for the next byte from the source before it has stalled
@@ -1320,7 +1314,7 @@ mod tests {
         assert!([8, 9].contains(&rescue[0].1));
         idle.check_invariants(&sched);
         sched.check_invariants();
-        // Delivered, the chunk is done and the others' copies cancelled as before.
+        // Delivered, the rescued chunk is done.
         idle.handle_message(
             t + SPARE_GRACE_UNMEASURED,
             chunk(rescue[0].0, rescue[0].1),
