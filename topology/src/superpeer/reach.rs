@@ -59,14 +59,19 @@ pub(super) struct Reach {
 pub(super) struct Asked {
     /// The leaf's connection.
     leaf: ConnId,
-    /// The neighbour's.
-    peer: ConnId,
     addr: SocketAddr,
     node: NodeId,
     /// When we check ourselves instead (one wait for all the neighbours asked).
     deadline: Instant,
-    /// The neighbours asked so far (the last is `peer`).
+    /// The neighbours asked so far; the last is the one asked now.
     tried: Vec<ConnId>,
+}
+
+impl Asked {
+    /// Whether neighbour `peer` is the one asked now.
+    fn asked_of(&self, peer: ConnId) -> bool {
+        self.tried.last() == Some(&peer)
+    }
 }
 
 impl SuperPeer {
@@ -82,7 +87,6 @@ impl SuperPeer {
     ) {
         let a = Asked {
             leaf: conn,
-            peer: conn,
             addr,
             node,
             deadline: now,
@@ -122,7 +126,6 @@ impl SuperPeer {
         if a.tried.is_empty() {
             a.deadline = now + REACH_ASK_WAIT;
         }
-        a.peer = peer;
         a.tried.push(peer);
         let (addr, node) = (a.addr, a.node);
         self.reach.asked.insert(token, a);
@@ -215,7 +218,12 @@ impl SuperPeer {
         token: u64,
         reachable: Option<bool>,
     ) {
-        if self.reach.asked.get(&token).is_none_or(|a| a.peer != peer) {
+        if self
+            .reach
+            .asked
+            .get(&token)
+            .is_none_or(|a| !a.asked_of(peer))
+        {
             return;
         }
         let Some(a) = self.reach.asked.remove(&token) else {
@@ -235,7 +243,7 @@ impl SuperPeer {
     /// Neighbour `peer` is gone: the checks it was asked go to the next neighbour at once,
     /// or are made here.
     pub(super) fn reach_peer_gone(&mut self, now: Instant, peer: ConnId) {
-        for a in self.take_asked(|a| a.peer == peer) {
+        for a in self.take_asked(|a| a.asked_of(peer)) {
             self.ask_next_if_attached(now, a);
         }
     }

@@ -287,14 +287,6 @@ fn a_leaf_is_checked_by_a_neighbour_on_another_address_and_here_without_its_answ
     net.link_sps_at(0, 1, "192.0.2.7:7700");
     let served: std::net::SocketAddr = "198.51.100.20:9000".parse().unwrap();
     let node = NodeId([70; 32]);
-    let leaf_hello = |node| {
-        Hello::new(
-            node,
-            Role::Leaf,
-            Some("0.0.0.0:9000".parse().unwrap()),
-            "test",
-        )
-    };
     let (leaf, _) = net.add_peer(0, "198.51.100.20:40000", leaf_hello(node));
     // Asked of the neighbour (with who must answer, and where), not made here.
     let (peer, token) = match net.checks.as_slice() {
@@ -383,6 +375,16 @@ fn a_neighbour_at_the_leafs_own_address_is_not_asked_to_check_it() {
         "{:?}",
         net.checks
     );
+}
+
+/// The Hello of leaf `node`, serving on port 9000.
+fn leaf_hello(node: NodeId) -> Hello {
+    Hello::new(
+        node,
+        Role::Leaf,
+        Some("0.0.0.0:9000".parse().unwrap()),
+        "test",
+    )
 }
 
 /// A scripted neighbouring super-peer of super-peer 0, at 192.0.2.9: its inbox index and
@@ -481,13 +483,7 @@ fn checks_made_for_neighbours_are_bounded_in_flight() {
 fn the_checks_asked_of_a_neighbour_that_goes_are_made_here_at_once() {
     let mut net = Net::new(2);
     net.link_sps_at(0, 1, "192.0.2.7:7700");
-    let leaf = Hello::new(
-        NodeId([70; 32]),
-        Role::Leaf,
-        Some("0.0.0.0:9000".parse().unwrap()),
-        "t",
-    );
-    let (_, leaf_conn) = net.add_peer(0, "198.51.100.20:40000", leaf);
+    let (_, leaf_conn) = net.add_peer(0, "198.51.100.20:40000", leaf_hello(NodeId([70; 32])));
     assert!(
         matches!(
             net.checks.as_slice(),
@@ -515,13 +511,7 @@ fn a_check_a_neighbour_declines_goes_to_the_next_then_is_made_here() {
     for n in 1..=REACH_ASKED_MAX + 1 {
         net.link_sps_at(0, n, &format!("192.0.2.{n}:7700"));
     }
-    let leaf = Hello::new(
-        NodeId([70; 32]),
-        Role::Leaf,
-        Some("0.0.0.0:9000".parse().unwrap()),
-        "t",
-    );
-    let (_, leaf_conn) = net.add_peer(0, "198.51.100.20:40000", leaf);
+    let (_, leaf_conn) = net.add_peer(0, "198.51.100.20:40000", leaf_hello(NodeId([70; 32])));
     // Whichever neighbour is asked declines (as one whose bounds are spent does): another is
     // asked at once, never one asked before; after REACH_ASKED_MAX, the check is made here.
     let mut asked = Vec::new();
