@@ -8,10 +8,10 @@
 //! any address but the super-peer's), the most sockets of any kind its process held (those
 //! links, plus its listener, super-peer link, control socket and any UDP socket), and the
 //! largest peak resident memory of a leecher process. For both tools, the share of the
-//! machine's CPU time left idle during the run: with a hundred nodes' traffic through the
-//! testbed's veth pairs, bridge and `tbf` queues on a small machine, near zero means the
-//! machine, not the swarm, set the pace. (Canopy's share includes the harness's sampling of
-//! its leechers' connections every 0.5 s.)
+//! machine's CPU time left idle during the run: near zero, the CPU (the nodes' own work and
+//! the kernel's moving their packets through the testbed's veth pairs, bridge and `tbf`
+//! queues) set the pace, not the upload caps. (Canopy's share includes the harness's sampling
+//! of its leechers' connections every 0.5 s.)
 //!
 //! Canopy: a `leaf share` node on every host (the seeder shares the file; each leecher shares
 //! an empty folder and seeds whatever it downloads), then `leaf get ID` to each leecher's
@@ -63,7 +63,7 @@ struct Run {
     peak_sockets: usize,
     peak_rss_kib: u64,
     /// The share of the machine's CPU time that was idle from the start to all done (from
-    /// `/proc/stat`): near zero, the machine, not the swarm, set the pace.
+    /// `/proc/stat`): near zero, the CPU, not the upload caps, set the pace.
     cpu_idle: Option<f64>,
 }
 
@@ -520,7 +520,6 @@ fn wait_all(
             }
         }
         if done.iter().all(Option::is_some) {
-            // (iowait may go backwards: proc(5).)
             let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
             let busy = CpuSample::now().machine_busy_since(&cpu_before);
             let cpu_idle = Some((1.0 - busy / cpus).clamp(0.0, 1.0));
