@@ -376,7 +376,7 @@ pub async fn connect(data_dir: &Path) -> Option<UnixStream> {
 /// Sends `req` over a control connection; the replies arrive on the returned channel.
 pub fn request(stream: UnixStream, req: Request) -> Receiver<Reply> {
     let (tx, rx) = channel::unbounded();
-    smol::spawn(async move {
+    transport::rt::spawn(async move {
         if let Err(e) = request_inner(stream, req, &tx).await {
             let _ = tx
                 .send(Reply::Error(format!(

@@ -244,7 +244,7 @@ pub(crate) async fn run(inner: Arc<NodeState>, settings: Settings, commands: Rec
                         let conn = next_conn;
                         next_conn += 1;
                         let (tx, identity) = (tx.clone(), inner.identity.clone());
-                        smol::spawn(async move {
+                        transport::rt::spawn(async move {
                             let limit = Duration::from_secs(3);
                             let input = match connect_secure(addr, &identity, limit).await {
                                 Ok(stream) => Input::Connected(conn, addr, Box::new(stream)),
@@ -303,7 +303,7 @@ pub(crate) async fn run(inner: Arc<NodeState>, settings: Settings, commands: Rec
                         if let Some(from) = inner.listen {
                             for superpeer in superpeers {
                                 let (tx, identity) = (tx.clone(), inner.identity.clone());
-                                smol::spawn(async move {
+                                transport::rt::spawn(async move {
                                     let seen = probe(superpeer, from, &identity).await;
                                     let _ = tx.send(Input::Probed(superpeer, seen)).await;
                                 })
@@ -374,7 +374,7 @@ pub(crate) async fn run(inner: Arc<NodeState>, settings: Settings, commands: Rec
 /// connections back as allowed are being made already.
 fn connect_back(inner: &Arc<NodeState>, back: ConnectBack) {
     let inner = inner.clone();
-    smol::spawn(async move {
+    transport::rt::spawn(async move {
         let (addr, via) = (back.addr, back.via);
         let Some(place) = inner.reverse.start_connect_back() else {
             log::info!(
@@ -396,7 +396,7 @@ fn connect_back(inner: &Arc<NodeState>, back: ConnectBack) {
 /// many connections back as allowed are being made already.
 fn relay_back(inner: &Arc<NodeState>, back: RelayBack) {
     let inner = inner.clone();
-    smol::spawn(async move {
+    transport::rt::spawn(async move {
         let via = back.via;
         let Some(place) = inner.reverse.start_connect_back() else {
             log::info!("not joining a relay at {via}: too many connections back being made");
@@ -556,14 +556,14 @@ fn start_link(
     let _ = stream.writer.get_ref().set_nodelay(true);
     let (out, writer) =
         transport::link::spawn_writer(stream.writer, max_pending, LINK_WRITE_TIMEOUT);
-    smol::spawn(async move {
+    transport::rt::spawn(async move {
         if let Some(e) = writer.await {
             log::debug!("link {conn}: {e}");
         }
     })
     .detach();
     let peer = stream.peer;
-    smol::spawn(async move {
+    transport::rt::spawn(async move {
         // Overlay messages never carry a payload (only chunks and manifests do).
         let mut reader = FrameReader::new(stream.reader).limited(wire::MAX_BODY, 0);
         loop {

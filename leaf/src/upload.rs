@@ -278,7 +278,7 @@ async fn serve_inner(
     // the queue closed); its error is the connection's.
     let (out, out_rx) = channel::bounded::<Message>(SEND_AHEAD);
     let mut writer = stream.writer;
-    let write_task = smol::spawn(async move {
+    let write_task = transport::rt::spawn(async move {
         let mut scratch = Vec::new();
         while let Ok(msg) = out_rx.recv().await {
             if let Err(e) =
@@ -301,7 +301,7 @@ async fn serve_inner(
     if let Some(first) = first {
         let _ = tx.try_send(Ok(Some(first)));
     }
-    let read_ahead = smol::spawn(async move {
+    let read_ahead = transport::rt::spawn(async move {
         loop {
             let msg = reader.read_message().await.map_err(|e| e.to_string());
             let stop = !matches!(msg, Ok(Some(_)));

@@ -101,7 +101,7 @@ fn real_main() -> anyhow::Result<()> {
     };
     let mut stop = transport::signals::StopSignals::catch()
         .context("catching SIGTERM and SIGINT (to stop cleanly)")?;
-    smol::block_on(async {
+    transport::rt::block_on(async {
         let sp = superpeer::SuperPeerNode::start(superpeer::Config {
             peers: args.peers,
             overlay,

@@ -272,8 +272,8 @@ impl SuperPeerNode {
             relays: HashMap::new(),
         };
         let tasks = vec![
-            smol::spawn(actor.run(rx, queries_rx)),
-            smol::spawn(accept_loop(
+            transport::rt::spawn(actor.run(rx, queries_rx)),
+            transport::rt::spawn(accept_loop(
                 listener,
                 lanes.clone(),
                 ids,
@@ -735,7 +735,7 @@ impl Actor {
                 let outbox = self.writers.remove(&end.conn);
                 self.state.handle_disconnect(now, end.conn);
                 let inputs = self.lanes.inputs.clone();
-                smol::spawn(async move {
+                transport::rt::spawn(async move {
                     let Some(outbox) = outbox else { return };
                     let Some(writer) = outbox.out.take_writer().await else {
                         return;
@@ -778,7 +778,7 @@ impl Actor {
                 };
                 let (max_bytes, max_time) = self.state.relay_caps();
                 let inputs = self.lanes.inputs.clone();
-                let task = smol::spawn(async move {
+                let task = transport::rt::spawn(async move {
                     let (bytes, why) =
                         crate::relay::splice(requester, leaf, max_bytes, max_time).await;
                     log::info!("relay {token:016x} ended after {bytes} bytes: {why}");
@@ -789,7 +789,7 @@ impl Actor {
             RelayJoin::Refused(why) => {
                 log::info!("refused a relay end from {}: {why}", node.short());
                 let mut end = end;
-                smol::spawn(async move {
+                transport::rt::spawn(async move {
                     let bye = Message::Goodbye { reason: why };
                     let mut scratch = Vec::new();
                     let limit = Duration::from_secs(2);
@@ -869,7 +869,7 @@ impl Actor {
                 Event::Dial(addr) => {
                     let (lanes, ids) = (self.lanes.clone(), self.ids.clone());
                     let (identity, gate) = (self.identity.clone(), self.gate.clone());
-                    smol::spawn(async move {
+                    transport::rt::spawn(async move {
                         let limit = Duration::from_secs(5);
                         match transport::net::connect(addr, limit).await {
                             Ok(stream) => {
@@ -908,7 +908,7 @@ impl Actor {
                 }
                 Event::CheckReachable { conn, addr, node } => {
                     let (inputs, identity) = (self.lanes.inputs.clone(), self.identity.clone());
-                    smol::spawn(async move {
+                    transport::rt::spawn(async move {
                         let ok = check_reachable(addr, node, &identity).await;
                         let _ = inputs.send(Input::Reachable(conn, ok)).await;
                     })
@@ -921,7 +921,7 @@ impl Actor {
                     node,
                 } => {
                     let (inputs, identity) = (self.lanes.inputs.clone(), self.identity.clone());
-                    smol::spawn(async move {
+                    transport::rt::spawn(async move {
                         let ok = check_reachable(addr, node, &identity).await;
                         let _ = inputs.send(Input::ReachableFor(peer, token, ok)).await;
                     })

@@ -12,6 +12,7 @@
 //! - [`identity`]: the node's key pair kept in a data directory (its node id is derived from the
 //!   public key).
 //! - [`store`]: checksummed data files written atomically, and the data directory's lock.
+//! - [`rt`]: the one thread a node's tasks run on, waiting on the sockets itself.
 //! - [`logging`]: the log on standard error, with text from peers made safe for a terminal.
 //! - [`signals`]: waiting for SIGTERM or SIGINT, so a node stops cleanly.
 //!
@@ -24,6 +25,7 @@ pub mod limits;
 pub mod link;
 pub mod logging;
 pub mod net;
+pub mod rt;
 pub mod secure;
 pub mod signals;
 pub mod store;

@@ -87,7 +87,7 @@ pub fn spawn_writer(
     let (tx, rx) = channel::unbounded::<Vec<u8>>();
     let (hand, handed) = channel::bounded(1);
     let pending = Arc::new(AtomicUsize::new(0));
-    let task = smol::spawn(write_loop(writer, rx, pending.clone(), timeout, hand));
+    let task = crate::rt::spawn(write_loop(writer, rx, pending.clone(), timeout, hand));
     let outbox = Outbox {
         tx,
         pending,
@@ -158,7 +158,7 @@ where
                 match gate.admit(remote, Instant::now()) {
                     Ok(admitted) => {
                         let _ = stream.set_nodelay(true);
-                        smol::spawn(handle(stream, remote, admitted)).detach();
+                        crate::rt::spawn(handle(stream, remote, admitted)).detach();
                     }
                     Err(trip) => log::warn!("refusing {what} from {remote}: {trip}"),
                 }
@@ -201,14 +201,15 @@ mod tests {
             let addr = listener.local_addr().unwrap();
             let gate = Gate::new(Limits::default());
             let (accepted_tx, accepted_rx) = channel::unbounded();
-            let server = smol::spawn(accept_loop(listener, gate, "a test", move |s, _, adm| {
-                let tx = accepted_tx.clone();
-                async move {
-                    let _ = tx.send((s, adm)).await;
-                }
-            }));
+            let server =
+                crate::rt::spawn(accept_loop(listener, gate, "a test", move |s, _, adm| {
+                    let tx = accepted_tx.clone();
+                    async move {
+                        let _ = tx.send((s, adm)).await;
+                    }
+                }));
             let (a, b) = (Identity::generate(), Identity::generate());
-            let client = smol::spawn(async move {
+            let client = crate::rt::spawn(async move {
                 let s = TcpStream::connect(addr).await.unwrap();
                 crate::secure::connect(s, &a, Duration::from_secs(5))
                     .await
@@ -264,7 +265,7 @@ mod tests {
             let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
             let addr = listener.local_addr().unwrap();
             let (a, b) = (Identity::generate(), Identity::generate());
-            let client = smol::spawn(async move {
+            let client = crate::rt::spawn(async move {
                 let s = TcpStream::connect(addr).await.unwrap();
                 crate::secure::connect(s, &a, Duration::from_secs(5))
                     .await

@@ -175,14 +175,15 @@ fn run_setting(ctx: &Ctx, setting: &Setting) -> anyhow::Result<Vec<Row>> {
         eprintln!(
             "  all done in {:.1} s ({:.2}× size/R; first {:.1} s); the seeder sent {:.2}× the \
              file; a leecher held {} connections to leaves ({} sockets) and {:.0} MiB of memory \
-             at most",
+             at most; CPU idle {}",
             run.last().as_secs_f64(),
             run.last().as_secs_f64() / ideal,
             run.first().as_secs_f64(),
             after.saturating_sub(before) as f64 / size as f64,
             run.peak_links,
             run.peak_sockets,
-            run.peak_rss_kib as f64 / 1024.0
+            run.peak_rss_kib as f64 / 1024.0,
+            idle_text(&run)
         );
         ours.push((n, run, after.saturating_sub(before)));
     }

@@ -578,7 +578,7 @@ where
     F: Future + Send + 'static,
     F::Output: Send + 'static,
 {
-    let tasks: Vec<_> = futs.map(smol::spawn).collect();
+    let tasks: Vec<_> = futs.map(transport::rt::spawn).collect();
     let mut out = Vec::with_capacity(tasks.len());
     for t in tasks {
         out.push(t.await);

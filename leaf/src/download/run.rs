@@ -297,7 +297,7 @@ impl Run<'_> {
                     if let Some(flush) = flush_record(&self.s, record, &self.writes) {
                         self.flushing = true;
                         let inputs = self.inputs.clone();
-                        smol::spawn(async move {
+                        transport::rt::spawn(async move {
                             let saved = smol::unblock(flush).await;
                             let _ = inputs.send(Input::Flushed(saved)).await;
                         })
@@ -313,7 +313,7 @@ impl Run<'_> {
                 }
                 if now >= next_query && self.disk_error.is_none() {
                     let (find, inputs) = (job.find.clone(), self.inputs.clone());
-                    self.searching = Some(smol::spawn(async move {
+                    self.searching = Some(transport::rt::spawn(async move {
                         let found = find().await;
                         let _ = inputs.send(Input::Found(found)).await;
                     }));
@@ -408,7 +408,7 @@ impl Run<'_> {
         // A source that may not accept connections is also asked to connect to us: the first
         // connection made is the one used (Soulseek's order: direct and indirect at once).
         let back = self.s.job.connect_back.as_ref().and_then(|ask| ask(addr));
-        let task = smol::spawn(async move {
+        let task = transport::rt::spawn(async move {
             let conn = SourceConn::connect(addr, &me, listen, &opts, epoch, back).await;
             let _ = inputs.send(Input::Connected(n, conn.map(Box::new))).await;
         });

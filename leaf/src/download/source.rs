@@ -264,14 +264,14 @@ impl SourceConn {
         let failed = inputs.clone();
         // A write failure ends the reader too, which reports it.
         let (werr_tx, werr_rx) = channel::bounded::<String>(1);
-        smol::spawn(async move {
+        transport::rt::spawn(async move {
             if let Some(e) = writer.await {
                 let _ = werr_tx.try_send(format!("connection lost: {e}"));
             }
         })
         .detach();
         let mut reader = self.reader;
-        let reader_task = smol::spawn(async move {
+        let reader_task = transport::rt::spawn(async move {
             loop {
                 let read = smol::future::or(async { Some(reader.read_message().await) }, async {
                     let why = werr_rx.recv().await.ok()?;

@@ -85,7 +85,7 @@ impl Node {
             .into_iter()
             .map(|(id, dirs)| {
                 let (node, each) = (self.clone(), each.clone());
-                smol::spawn(async move {
+                transport::rt::spawn(async move {
                     let dir = &dirs[0];
                     let got = match std::fs::create_dir_all(dir) {
                         Err(e) => Err(NodeError::Browse(format!(

@@ -332,7 +332,7 @@ impl Node {
         };
         let node = self.clone();
         let seeding = self.inner.seeding;
-        let task = smol::spawn(async move {
+        let task = transport::rt::spawn(async move {
             let finished = Instant::now();
             while seeding.goes_on(
                 finished.elapsed(),

@@ -417,21 +417,23 @@ impl Node {
         };
         let mut tasks = Vec::new();
         if let Some(l) = listener {
-            tasks.push(smol::spawn(accept_uploads(node.inner.clone(), l)));
+            tasks.push(transport::rt::spawn(accept_uploads(node.inner.clone(), l)));
         }
-        tasks.push(smol::spawn(crate::overlay::run(
+        tasks.push(transport::rt::spawn(crate::overlay::run(
             node.inner.state.clone(),
             overlay,
             overlay_rx,
         )));
         if let Some(l) = control_listener {
-            tasks.push(smol::spawn(serve_control(node.clone(), l)));
+            tasks.push(transport::rt::spawn(serve_control(node.clone(), l)));
         }
         // The long-running node's only: a short-lived one is gone before anyone connects.
         if let (Some(how), Some(listen), true) =
             (config.external_port.clone(), listen, config.control)
         {
-            tasks.push(smol::spawn(node.clone().run_external_port(how, listen)));
+            tasks.push(transport::rt::spawn(
+                node.clone().run_external_port(how, listen),
+            ));
         }
         log::info!(
             "leaf {} up; serving on {}",
@@ -442,11 +444,11 @@ impl Node {
         );
         if config.control {
             // The long-running node runs the wishes.
-            tasks.push(smol::spawn(node.clone().run_wishes(wish_woken)));
+            tasks.push(transport::rt::spawn(node.clone().run_wishes(wish_woken)));
             // Downloads an earlier run accepted and did not finish carry on.
             for p in node.load_pending() {
                 let n = node.clone();
-                tasks.push(smol::spawn(async move {
+                tasks.push(transport::rt::spawn(async move {
                     if !p.out.is_dir() {
                         // An unmounted disk, say: keep it queued for a later start.
                         log::warn!(

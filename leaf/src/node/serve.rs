@@ -79,7 +79,7 @@ impl Node {
                     .into_iter()
                     .map(|id| {
                         let (node, out, tx) = (self.clone(), out.clone(), reply.clone());
-                        smol::spawn(async move {
+                        transport::rt::spawn(async move {
                             let progress_tx = tx.clone();
                             let last = Mutex::new(Instant::now() - Duration::from_secs(1));
                             let progress = move |info: &DownloadInfo| {
@@ -214,7 +214,9 @@ impl Node {
 pub(super) async fn serve_control(node: Node, listener: UnixListener) {
     loop {
         match listener.accept().await {
-            Ok((stream, _)) => smol::spawn(serve_control_one(node.clone(), stream)).detach(),
+            Ok((stream, _)) => {
+                transport::rt::spawn(serve_control_one(node.clone(), stream)).detach()
+            }
             Err(e) => {
                 log::warn!("control socket accept failed: {e}");
                 smol::Timer::after(std::time::Duration::from_millis(100)).await;
@@ -236,7 +238,7 @@ async fn serve_control_one(node: Node, stream: UnixStream) {
     };
     let (tx, rx) = channel::unbounded();
     // The work runs on its own: it carries on if the client goes away.
-    smol::spawn(async move { node.handle(req, tx).await }).detach();
+    transport::rt::spawn(async move { node.handle(req, tx).await }).detach();
     let mut buf = Vec::new();
     while let Ok(reply) = rx.recv().await {
         buf.clear();

@@ -113,7 +113,7 @@ impl Node {
                 );
                 if wish.auto {
                     let (node, out) = (self.clone(), wish.out.clone());
-                    let task = smol::spawn(async move {
+                    let task = transport::rt::spawn(async move {
                         match node.get(m.id, &out, |_| {}).await {
                             Ok(r) => log::info!("wish {id}: saved {}", r.path.display()),
                             Err(e) => log::warn!("wish {id}: download of {} failed: {e}", m.id),

@@ -403,7 +403,7 @@ async fn api_request(State(app): State<App>, body: Bytes) -> Response {
 fn run(node: &Node, req: Request) -> Receiver<Reply> {
     let (tx, rx) = channel::unbounded();
     let node = node.clone();
-    smol::spawn(async move { node.handle(req, tx).await }).detach();
+    transport::rt::spawn(async move { node.handle(req, tx).await }).detach();
     rx
 }
 

@@ -123,7 +123,7 @@ fn real_main() -> anyhow::Result<()> {
         };
         return leaf::tui::run(config, out);
     }
-    smol::block_on(run(cli, config))
+    transport::rt::block_on(run(cli, config))
 }
 
 async fn run(cli: Cli, config: NodeConfig) -> anyhow::Result<()> {
@@ -503,6 +503,6 @@ async fn backend(config: &NodeConfig, req: Request) -> anyhow::Result<Receiver<R
 fn local(node: &Node, req: Request) -> Receiver<Reply> {
     let (tx, rx) = smol::channel::unbounded();
     let node = node.clone();
-    smol::spawn(async move { node.handle(req, tx).await }).detach();
+    transport::rt::spawn(async move { node.handle(req, tx).await }).detach();
     rx
 }
