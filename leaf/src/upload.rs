@@ -338,12 +338,11 @@ async fn serve_inner(
         }
         for (p, told) in subscribed.iter_mut() {
             if p.have_count() != told.count_ones() {
-                let now = p.bits();
-                replies.extend(now.ones_not_in(told).map(|c| Message::Have {
+                let news = transfer::view::news_for(p.id, &p.bits(), told, session.view());
+                replies.extend(news.into_iter().map(|c| Message::Have {
                     id: p.id,
                     index: c as u32,
                 }));
-                *told = now;
             }
         }
         if let Some(view) = session.view_mut() {
@@ -592,9 +591,7 @@ fn bitfield_of(
                         bits: Bitfield::new(count).into_bytes(),
                     };
                 }
-                let mut view = ShownTo::new(id, count);
-                view.shown = Bitfield::full(count);
-                session.set_view(view);
+                session.set_view(ShownTo::unspread(id, count));
             }
             Message::Bitfield {
                 id,
@@ -602,6 +599,10 @@ fn bitfield_of(
             }
         }
         (None, Some(p)) => {
+            // What the downloader has is tracked, so it is not told of chunks it holds.
+            if session.view().is_none() {
+                session.set_view(ShownTo::unspread(id, p.manifest.chunk_count()));
+            }
             let bits = p.bits();
             subscribed.retain(|(q, _)| q.id != id);
             let msg = Message::Bitfield {

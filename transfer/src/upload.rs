@@ -305,6 +305,11 @@ impl UploadSession {
     }
 
     /// What the downloader has been shown, asked for and has, if a view is set.
+    pub fn view(&self) -> Option<&ShownTo> {
+        self.view.as_ref()
+    }
+
+    /// [`UploadSession::view`], to change.
     pub fn view_mut(&mut self) -> Option<&mut ShownTo> {
         self.view.as_mut()
     }

@@ -3,6 +3,8 @@
 //!
 //! - [`ShownTo`]: what the uploader has shown one downloader, what that one asked for, and
 //!   what it has. The upload session keeps it up to date from the downloader's messages.
+//! - [`news_for`]: the chunks a downloader subscribed to a file still downloading here is
+//!   told of as they are verified, except those it holds already.
 //! - [`Spread`]: the node's book of every file being spread and how often each chunk was shown
 //!   and sent; it picks what to show each downloader next. The node keeps one, shared by its
 //!   upload connections.
@@ -40,6 +42,36 @@ impl ShownTo {
             has: Bitfield::new(count),
         }
     }
+
+    /// For a downloader of a file not spread from here (a partial copy, or a complete one
+    /// whose spread is full): every chunk counts as shown, so none is picked for it, while
+    /// what it has is still tracked (see [`news_for`]).
+    pub fn unspread(id: FileId, count: u64) -> Self {
+        ShownTo {
+            shown: Bitfield::full(count),
+            ..ShownTo::new(id, count)
+        }
+    }
+}
+
+/// The chunks of file `id` verified here (`now`) since a downloader was last told (`told`),
+/// that it does not hold by the bitfield it told us (`view`, if for this file): each is owed
+/// a `Have`. A chunk it holds is no news to it, so it is not sent (libtorrent does the same
+/// by default): in a swarm most chunks a source gains, many of its downloaders have already.
+/// `told` becomes `now`, the suppressed chunks included.
+pub fn news_for(
+    id: FileId,
+    now: &Bitfield,
+    told: &mut Bitfield,
+    view: Option<&ShownTo>,
+) -> Vec<u64> {
+    let has = view.filter(|v| v.id == id).map(|v| &v.has);
+    let news = now
+        .ones_not_in(told)
+        .filter(|&c| has.is_none_or(|h| !h.get(c)))
+        .collect();
+    *told = now.clone();
+    news
 }
 
 /// How a source of a whole file spreads it among several downloaders at once (super-seeding):
@@ -162,6 +194,46 @@ impl Spread {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_downloader_is_told_only_of_new_chunks_it_does_not_hold() {
+        let id = FileId([5; 32]);
+        let mut told = Bitfield::new(10);
+        told.set(0);
+        let mut now = told.clone();
+        for c in [1, 2, 3] {
+            now.set(c);
+        }
+        // Without its bitfield, every new chunk is news.
+        let mut t = told.clone();
+        assert_eq!(news_for(id, &now, &mut t, None), vec![1, 2, 3]);
+        assert_eq!(t, now);
+        // It holds chunk 2: that one is not.
+        let mut view = ShownTo::unspread(id, 10);
+        view.has.set(2);
+        let mut t = told.clone();
+        assert_eq!(news_for(id, &now, &mut t, Some(&view)), vec![1, 3]);
+        assert_eq!(t, now, "a chunk not told counts as told");
+        assert!(news_for(id, &now, &mut t, Some(&view)).is_empty());
+        // A view of another file says nothing of this one.
+        let other = ShownTo {
+            has: Bitfield::full(10),
+            ..ShownTo::unspread(FileId([6; 32]), 10)
+        };
+        let mut t = told.clone();
+        assert_eq!(news_for(id, &now, &mut t, Some(&other)), vec![1, 2, 3]);
+    }
+
+    #[test]
+    fn an_unspread_view_is_shown_nothing_even_while_the_file_is_spread() {
+        let mut spread = Spread::default();
+        let id = FileId([5; 32]);
+        spread.join(id, 20);
+        spread.join(id, 20);
+        let mut view = ShownTo::unspread(id, 20);
+        assert!(spread.pick(id, &mut view, true).is_empty());
+        assert!(spread.pick(id, &mut view, false).is_empty());
+    }
 
     #[test]
     fn several_downloaders_are_shown_different_chunks_least_sent_first() {

@@ -68,11 +68,11 @@ impl Sim {
             let c = &mut self.conns[conn];
             if let Some(told) = c.subscribed.as_mut() {
                 if has.count_ones() != told.count_ones() {
-                    replies.extend(has.ones_not_in(told).map(|i| Message::Have {
+                    let news = transfer::view::news_for(file, has, told, c.session.view());
+                    replies.extend(news.into_iter().map(|i| Message::Have {
                         id: file,
                         index: i as u32,
                     }));
-                    *told = has.clone();
                 }
             }
             if let Some(view) = c.session.view_mut() {
@@ -134,17 +134,18 @@ impl Sim {
                 let node = &mut self.nodes[up];
                 let c = &mut self.conns[conn];
                 let bits = if node.seeder {
-                    if c.session.view_mut().is_none() {
-                        let mut view = ShownTo::new(id, count);
+                    if c.session.view().is_none() {
                         if node.spread.join(id, count) {
-                            c.session.set_view(view);
+                            c.session.set_view(ShownTo::new(id, count));
                             return self.bitfield_reply(conn, Bitfield::new(count));
                         }
-                        view.shown = Bitfield::full(count);
-                        c.session.set_view(view);
+                        c.session.set_view(ShownTo::unspread(id, count));
                     }
                     Bitfield::full(count)
                 } else {
+                    if c.session.view().is_none() {
+                        c.session.set_view(ShownTo::unspread(id, count));
+                    }
                     c.subscribed = Some(node.has.clone());
                     node.has.clone()
                 };
