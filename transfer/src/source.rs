@@ -133,6 +133,33 @@ pub enum SourceEnd {
     Failed(String),
     /// The source lied: banned for this download.
     Hostile(String),
+    /// The source takes no more downloaders for now (as many as it serves the file to, or
+    /// starting): tried again later, and not as soon as after a failure (see
+    /// [`SourceEnd::retry_after`]). In a big swarm most sources are full most of the time,
+    /// and each try costs both sides a connection and a handshake.
+    Busy(String),
+}
+
+/// The first wait before a source that was [`SourceEnd::Busy`] is tried again.
+pub const BUSY_RETRY: Duration = Duration::from_secs(10);
+
+impl SourceEnd {
+    /// How long to wait before the source is tried again, if at all: after a failure `first`,
+    /// after a refusal for being busy at least [`BUSY_RETRY`], then twice the `last` wait each
+    /// time, up to `max`; never after the end or a lie.
+    pub fn retry_after(
+        &self,
+        last: Option<Duration>,
+        first: Duration,
+        max: Duration,
+    ) -> Option<Duration> {
+        let first = match self {
+            SourceEnd::Finished | SourceEnd::Hostile(_) => return None,
+            SourceEnd::Failed(_) => first,
+            SourceEnd::Busy(_) => first.max(BUSY_RETRY),
+        };
+        Some(last.map_or(first, |d| (d * 2).max(first)).min(max))
+    }
 }
 
 /// What the driver found when it checked a chunk that [`SourceEvent::Verify`] handed out.
@@ -317,7 +344,7 @@ impl SourceSession {
                 kind: TransferErrorKind::Busy,
                 message,
                 ..
-            } => Err(SourceEnd::Failed(format!("busy: {message}"))),
+            } => Err(SourceEnd::Busy(format!("busy: {message}"))),
             Message::TransferError { kind, message, .. } => Err(SourceEnd::Failed(format!(
                 "refused a chunk: {kind:?} ({message})"
             ))),
@@ -749,6 +776,26 @@ mod tests {
     //! stalling or queueing source would send.
     use super::*;
     use wire::TransferErrorKind;
+
+    #[test]
+    fn a_busy_source_is_tried_again_later_than_a_failed_one_and_a_liar_never() {
+        let (first, max) = (Duration::from_secs(1), Duration::from_secs(120));
+        let failed = SourceEnd::Failed("closed".into());
+        let busy = SourceEnd::Busy("busy: 30 downloaders".into());
+        assert_eq!(failed.retry_after(None, first, max), Some(first));
+        assert_eq!(busy.retry_after(None, first, max), Some(BUSY_RETRY));
+        // Each wait doubles the last, up to the longest.
+        let s = Duration::from_secs;
+        assert_eq!(failed.retry_after(Some(s(4)), first, max), Some(s(8)));
+        assert_eq!(busy.retry_after(Some(s(1)), first, max), Some(BUSY_RETRY));
+        assert_eq!(busy.retry_after(Some(s(10)), first, max), Some(s(20)));
+        assert_eq!(busy.retry_after(Some(s(100)), first, max), Some(max));
+        assert_eq!(SourceEnd::Finished.retry_after(None, first, max), None);
+        assert_eq!(
+            SourceEnd::Hostile("lied".into()).retry_after(None, first, max),
+            None
+        );
+    }
 
     const ID: FileId = FileId([7; 32]);
 

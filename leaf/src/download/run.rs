@@ -744,19 +744,17 @@ impl Run<'_> {
                 src.report.error = Some(reason.clone());
                 self.s.banned.insert(addr);
             }
-            SourceEnd::Failed(reason) => {
+            SourceEnd::Failed(reason) | SourceEnd::Busy(reason) => {
                 log::info!(
                     "dropping source {addr} for {}: {reason}",
                     self.s.job.id.short()
                 );
                 src.report.error = Some(reason.clone());
-                let wait = self
-                    .retry_at
-                    .get(&addr)
-                    .map_or(self.backoff, |(_, d)| *d * 2)
-                    .min(self.s.job.opts.max_backoff);
-                self.retry_at.insert(addr, (now + wait, wait));
             }
+        }
+        let last = self.retry_at.get(&addr).map(|(_, d)| *d);
+        if let Some(wait) = end.retry_after(last, self.backoff, self.s.job.opts.max_backoff) {
+            self.retry_at.insert(addr, (now + wait, wait));
         }
         self.reports.push(src.report);
         // Dropping `out` lets the writer send the Goodbye and close; dropping the task stops the

@@ -397,17 +397,12 @@ impl Dl {
             }
         }
         self.queued.remove(&k);
-        match end {
-            SourceEnd::Finished => {}
-            SourceEnd::Hostile(why) => sim.hostile.push(why),
-            SourceEnd::Failed(_) => {
-                let wait = self
-                    .retry_at
-                    .get(&src.node)
-                    .map_or(self.backoff, |(_, d)| *d * 2)
-                    .min(sim.cfg.opts.max_backoff);
-                self.retry_at.insert(src.node, (sim.now + wait, wait));
-            }
+        let last = self.retry_at.get(&src.node).map(|(_, d)| *d);
+        if let Some(wait) = end.retry_after(last, self.backoff, sim.cfg.opts.max_backoff) {
+            self.retry_at.insert(src.node, (sim.now + wait, wait));
+        }
+        if let SourceEnd::Hostile(why) = end {
+            sim.hostile.push(why);
         }
     }
 
