@@ -595,13 +595,14 @@ fn case_section(
             "\nOne seeder and N leechers, each on its own host of the namespace testbed (case 1), \
          every host's upload capped by a `tbf` qdisc at R (20 Mbit/s for N = 10 and 30, with a \
          100 MiB file; 8 Mbit/s for N = 100, with a 32 MiB file); the super-peer's (and \
-         tracker's) host is not capped. All leechers are asked for the file at the same \
+         tracker's) host is not capped, and every host runs TCP CUBIC (Linux's default), \
+         whatever the machine's own setting. All leechers are asked for the file at the same \
          moment; \"all done\" is when the last one has it (Canopy: the file appears under its \
          final name, which happens only once every chunk is verified; aria2c: its \
          download-complete hook runs). size/R is the time the seeder alone needs to send the \
          file once, the lower bound for everyone; N·size/R is the seeder serving each leecher \
          alone. \"Seeder sent\" is the seeder's uploaded bytes over the file size; a leecher's sockets \
-         (most held by one leecher process, sampled every 0.5 s) count its links to other \
+         (most held by one leecher process, sampled every second, as its links, for both tools) count its links to other \
          leaves plus about four of its own (listener, super-peer link, control socket); its \
          memory is the largest peak resident set of a leecher process. Canopy: \
          `leaf share` nodes (the leechers share an empty folder, seed with `--seed-minutes \
