@@ -320,6 +320,8 @@ async fn serve_inner(
     // Files this connection was admitted for (see `admit`): a chunk request for one of them
     // takes no lock.
     let mut admitted: Vec<FileId> = Vec::new();
+    // The complete file whose spread this connection joined (one at most), left when it ends.
+    let mut joined: Option<FileId> = None;
     let result = loop {
         // Everything the session has to say, then the chunks gained and shown since.
         let mut replies: Vec<Message> = std::iter::from_fn(|| session.poll_transmit()).collect();
@@ -416,7 +418,7 @@ async fn serve_inner(
                     None => not_shared(request, id),
                 },
                 UploadEvent::Bitfield { id } => {
-                    let reply = bitfield_of(node, id, &mut session, &mut subscribed);
+                    let reply = bitfield_of(node, id, &mut session, &mut subscribed, &mut joined);
                     if let Message::Bitfield { bits, .. } = &reply {
                         node.upload_cap.take(bits.len() as u64).await;
                         // A peer of this file's swarm, where it says it serves; told of the
@@ -505,9 +507,8 @@ async fn serve_inner(
         (_, Err(e)) => Err(e),
         (result, Ok(())) => result,
     };
-    // A view is set exactly when this connection joined the file's spread.
-    if let Some(view) = session.view_mut() {
-        node.spread.with(|s| s.leave(view.id));
+    if let Some(id) = joined {
+        node.spread.with(|s| s.leave(id));
     }
     result
 }
@@ -571,27 +572,39 @@ fn feed(session: &mut UploadSession, read: Result<Option<Message>, String>) {
 
 /// The answer to `GetBitfield { id }`: a complete copy shows everything, or, while several
 /// downloaders fetch it from here, a few chunks at a time (each shown different ones); a file
-/// still downloading shows what is verified, and then each chunk as it is gained.
+/// still downloading shows what is verified, and then each chunk as it is gained, unless the
+/// downloader holds it ([`transfer::view::news_for`]).
 fn bitfield_of(
     node: &NodeState,
     id: FileId,
     session: &mut UploadSession,
     subscribed: &mut Vec<(Arc<PartialFile>, Bitfield)>,
+    joined: &mut Option<FileId>,
 ) -> Message {
     let shared = node.shares.read().unwrap().get(&id);
     let partial = node.partials.get(&id);
     match (shared, partial) {
         (Some(f), _) => {
             let count = f.manifest().chunk_count();
-            if session.view_mut().is_none() {
-                if node.spread.with(|s| s.join(id, count)) {
-                    session.set_view(ShownTo::new(id, count));
+            if joined.is_none() {
+                *joined = Some(id);
+                let spreading = node.spread.with(|s| s.join(id, count));
+                let mut view = match spreading {
+                    true => ShownTo::new(id, count),
+                    false => ShownTo::unspread(id, count),
+                };
+                // What it told us it has while the file was still downloading here stays
+                // known.
+                if let Some(old) = session.view().filter(|v| v.id == id) {
+                    view.has = old.has.clone();
+                }
+                session.set_view(view);
+                if spreading {
                     return Message::Bitfield {
                         id,
                         bits: Bitfield::new(count).into_bytes(),
                     };
                 }
-                session.set_view(ShownTo::unspread(id, count));
             }
             Message::Bitfield {
                 id,

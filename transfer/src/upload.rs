@@ -120,8 +120,7 @@ pub struct UploadSession {
     last_request: Instant,
     pending: VecDeque<UploadEvent>,
     transmit: VecDeque<Message>,
-    /// What it has been shown of the one file it fetches from our complete copy, asked for
-    /// and has.
+    /// What it has been shown of the one file it fetches from us, asked for and has.
     view: Option<ShownTo>,
     end: Option<UploadEnd>,
 }
@@ -297,9 +296,9 @@ impl UploadSession {
         self.end.as_ref()
     }
 
-    /// The driver answers this downloader's chunk requests for `view.id` from a complete copy
-    /// it spreads among several downloaders: what it has been shown, asked for and has is
-    /// tracked from here on.
+    /// The driver answers this downloader's chunk requests for `view.id` (from a complete copy
+    /// it may spread among several downloaders, or a copy still downloading): what it has been
+    /// shown, asked for and has is tracked from here on.
     pub fn set_view(&mut self, view: ShownTo) {
         self.view = Some(view);
     }

@@ -1,5 +1,5 @@
-//! Super-seeding: how an uploader of a complete copy spreads it among several downloaders at
-//! once.
+//! What an uploader knows of each downloader, and super-seeding: how an uploader of a
+//! complete copy spreads it among several downloaders at once.
 //!
 //! - [`ShownTo`]: what the uploader has shown one downloader, what that one asked for, and
 //!   what it has. The upload session keeps it up to date from the downloader's messages.

@@ -560,7 +560,8 @@ pub enum Message {
     },
     /// Ask a source which chunks of a file it holds verified. It answers [`Message::Bitfield`]
     /// and from then on sends [`Message::Have`] for every chunk it verifies while the
-    /// connection lasts (a source still downloading the file gains chunks as it goes).
+    /// connection lasts (a source still downloading the file gains chunks as it goes), except
+    /// those the downloader told it it holds (its [`Message::Bitfield`] and `Have`s).
     GetBitfield {
         /// The file.
         id: FileId,

@@ -37,7 +37,7 @@
 //!
 //! 7. **Swarm.** Each source is asked which chunks it holds (`GetBitfield`): a complete source
 //!    holds all, another downloader only what it has verified, and it tells of each chunk it
-//!    gains (`Have`). A source is asked only for chunks it holds, the rarest among the sources
+//!    gains (`Have`) that we have not told it we hold. A source is asked only for chunks it holds, the rarest among the sources
 //!    known first. While it downloads, the file is itself a source ([`crate::swarm`]): a chunk
 //!    is offered to others only once it is verified and written.
 //!
