@@ -204,7 +204,7 @@ struct Lanes {
 }
 
 impl SuperPeerNode {
-    /// Binds the listen address and starts the node on smol's global executor.
+    /// Binds the listen address and starts the node's tasks with `transport::rt::spawn`.
     pub async fn start(config: Config) -> Result<SuperPeerNode, StartError> {
         let listener =
             TcpListener::bind(config.listen)

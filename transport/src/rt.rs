@@ -11,7 +11,9 @@
 //! is the single-threaded event loop that aria2c and most BitTorrent clients run. Blocking
 //! work still goes to `smol::unblock`.
 //!
-//! Before (and without) [`block_on`], as in tests, [`spawn`] is `smol::spawn`.
+//! Before (and without) [`block_on`], as in tests, [`spawn`] is `smol::spawn`. The switch is
+//! one flag for the whole process, so [`block_on`] is for a binary's `main` (its test runs in
+//! a test binary of its own, `tests/rt.rs`).
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -37,28 +39,14 @@ pub fn spawn<T: Send + 'static>(future: impl Future<Output = T> + Send + 'static
 /// Runs `future` to its end on this thread, with every task [`spawn`]ed meanwhile. For a
 /// binary's `main`; not to be called from a task.
 pub fn block_on<T>(future: impl Future<Output = T>) -> T {
-    RUNNING.store(true, Ordering::Release);
-    let out = smol::block_on(EXECUTOR.run(future));
-    RUNNING.store(false, Ordering::Release);
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn tasks_spawned_under_block_on_run_on_its_thread() {
-        let here = std::thread::current().id();
-        let (on, after) = block_on(async {
-            let on = spawn(async { std::thread::current().id() }).await;
-            let nested = spawn(async { spawn(async { std::thread::current().id() }).await });
-            (on, nested.await)
-        });
-        assert_eq!(on, here);
-        assert_eq!(after, here);
-        // Without block_on a task runs elsewhere, and still runs.
-        let there = smol::block_on(spawn(async { std::thread::current().id() }));
-        assert_ne!(there, here);
+    /// Says [`block_on`] no longer runs, however it ends (a panic included).
+    struct Stopped;
+    impl Drop for Stopped {
+        fn drop(&mut self) {
+            RUNNING.store(false, Ordering::Release);
+        }
     }
+    RUNNING.store(true, Ordering::Release);
+    let _stopped = Stopped;
+    smol::block_on(EXECUTOR.run(future))
 }

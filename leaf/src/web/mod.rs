@@ -22,7 +22,7 @@
 //! futures: the two runtimes then share nothing but channels, and stopping the server is
 //! dropping its runtime, which ends every connection (server-sent event streams never end on
 //! their own, so a graceful shutdown would wait for them forever). Node work a request asks
-//! for runs on smol's executor, as the control socket's does, and carries on if the browser
+//! for runs on the node's executor (`transport::rt::spawn`), as the control socket's does, and carries on if the browser
 //! goes away.
 
 pub mod guard;

@@ -199,6 +199,14 @@ async fn run(cli: Cli, config: NodeConfig) -> anyhow::Result<()> {
             if let Ok(Some(signal)) = ended {
                 say!("{signal}: stopping the node");
             }
+            // The node's tasks share this thread: one stuck in the kernel (an fsync on a hung
+            // disk) would hold the timer below too. A thread of its own ends the process a
+            // little later whatever happens.
+            std::thread::spawn(|| {
+                std::thread::sleep(STOP_LIMIT + Duration::from_secs(2));
+                eprintln!("the node did not stop within {STOP_LIMIT:?}: exiting now");
+                std::process::exit(1);
+            });
             let stopped = smol::future::or(
                 async {
                     node.shutdown().await;
