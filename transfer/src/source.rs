@@ -44,6 +44,8 @@
 //! - Once `end()` is set, no input changes anything.
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::hash::Hash;
+use std::ops::Add;
 use std::time::{Duration, Instant};
 
 use wire::{Bitfield, ChunkMsg, FileId, Message, TransferErrorKind};
@@ -134,19 +136,19 @@ pub enum SourceEnd {
     /// The source lied: banned for this download.
     Hostile(String),
     /// The source takes no more downloaders for now (as many as it serves the file to, or
-    /// starting): tried again later, and not as soon as after a failure (see
-    /// [`SourceEnd::retry_after`]). In a big swarm most sources are full most of the time,
-    /// and each try costs both sides a connection and a handshake.
+    /// starting): tried again later, the later the more often in a row (see [`Retries`]). In
+    /// a big swarm most sources are full most of the time, and each try costs both sides a
+    /// connection and a handshake.
     Busy(String),
 }
 
 /// The first wait before a source that was [`SourceEnd::Busy`] is tried again.
-pub const BUSY_RETRY: Duration = Duration::from_secs(10);
+pub const BUSY_RETRY: Duration = Duration::from_secs(3);
 
 impl SourceEnd {
     /// How long to wait before the source is tried again, if at all: after a failure `first`,
-    /// after a refusal for being busy at least [`BUSY_RETRY`], then twice the `last` wait each
-    /// time, up to `max`; never after the end or a lie.
+    /// after a refusal for being busy at least [`BUSY_RETRY`], and twice the `last` wait of
+    /// the same kind each time in a row, up to `max`; never after the end or a lie.
     pub fn retry_after(
         &self,
         last: Option<Duration>,
@@ -159,6 +161,57 @@ impl SourceEnd {
             SourceEnd::Busy(_) => first.max(BUSY_RETRY),
         };
         Some(last.map_or(first, |d| (d * 2).max(first)).min(max))
+    }
+}
+
+/// When each source of a download may be tried again, by key (its address; a node in the
+/// simulator) and time (`Instant`; virtual time in the simulator), by the rule of
+/// [`SourceEnd::retry_after`]. Failures in a row are those without a connection between (a
+/// connection starts them over); refusals for being busy come after a connection, so they
+/// are counted apart, until the source ends a session otherwise.
+#[derive(Debug)]
+pub struct Retries<K, T> {
+    at: HashMap<K, (T, Duration)>,
+    busy: HashMap<K, Duration>,
+}
+
+impl<K, T> Default for Retries<K, T> {
+    fn default() -> Self {
+        Retries {
+            at: HashMap::new(),
+            busy: HashMap::new(),
+        }
+    }
+}
+
+impl<K: Hash + Eq + Clone, T: Copy + Ord + Add<Duration, Output = T>> Retries<K, T> {
+    /// Whether `k` may be tried at `now`.
+    pub fn ready(&self, k: &K, now: T) -> bool {
+        self.at.get(k).is_none_or(|(t, _)| *t <= now)
+    }
+
+    /// A connection to `k` was made: the waits after failures start over.
+    pub fn connected(&mut self, k: &K) {
+        self.at.remove(k);
+    }
+
+    /// The session with `k` ended at `now` with `end`; `first` and `max` as in
+    /// [`SourceEnd::retry_after`].
+    pub fn ended(&mut self, k: &K, end: &SourceEnd, now: T, first: Duration, max: Duration) {
+        let busy = matches!(end, SourceEnd::Busy(_));
+        let last = match busy {
+            true => self.busy.get(k).copied(),
+            false => {
+                self.busy.remove(k);
+                self.at.get(k).map(|(_, d)| *d)
+            }
+        };
+        if let Some(wait) = end.retry_after(last, first, max) {
+            if busy {
+                self.busy.insert(k.clone(), wait);
+            }
+            self.at.insert(k.clone(), (now + wait, wait));
+        }
     }
 }
 
@@ -776,6 +829,44 @@ mod tests {
     //! stalling or queueing source would send.
     use super::*;
     use wire::TransferErrorKind;
+
+    #[test]
+    fn busy_refusals_in_a_row_wait_longer_though_each_came_after_a_connection() {
+        let (first, max) = (Duration::from_secs(1), Duration::from_secs(120));
+        let s = Duration::from_secs;
+        let busy = SourceEnd::Busy("busy".into());
+        let mut r: Retries<u8, Duration> = Retries::default();
+        assert!(r.ready(&1, s(0)));
+        r.ended(&1, &busy, s(0), first, max);
+        assert!(
+            !r.ready(&1, s(2)) && r.ready(&1, s(3)),
+            "{BUSY_RETRY:?} after the first"
+        );
+        r.connected(&1);
+        r.ended(&1, &busy, s(3), first, max);
+        assert!(
+            !r.ready(&1, s(8)) && r.ready(&1, s(9)),
+            "twice that after the second"
+        );
+        // Failures in a row double too, until a connection.
+        r.connected(&1);
+        let failed = SourceEnd::Failed("closed".into());
+        r.ended(&1, &failed, s(10), first, max);
+        assert!(r.ready(&1, s(11)));
+        r.ended(&1, &failed, s(11), first, max);
+        assert!(!r.ready(&1, s(12)) && r.ready(&1, s(13)));
+        // Ended otherwise, the busy streak starts over.
+        r.connected(&1);
+        r.ended(&1, &busy, s(20), first, max);
+        assert!(r.ready(&1, s(23)));
+        // Another source is its own.
+        assert!(r.ready(&2, s(0)));
+        r.ended(&2, &SourceEnd::Hostile("lied".into()), s(0), first, max);
+        assert!(
+            r.ready(&2, s(0)),
+            "a liar is banned elsewhere, not waited for"
+        );
+    }
 
     #[test]
     fn a_busy_source_is_tried_again_later_than_a_failed_one_and_a_liar_never() {

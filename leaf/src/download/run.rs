@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use smol::channel::{self, Receiver, Sender};
 use smol::lock::Semaphore;
 use transfer::peers::{PeerFacts, Rotation};
+use transfer::source::Retries;
 use transfer::{Checked, Scheduler, SourceEnd, SourceEvent, SourceOptions, SourceSession};
 use transport::link::Outbox;
 use wire::{Manifest, Message, NodeId};
@@ -117,7 +118,7 @@ struct Run<'a> {
     /// Queue positions of the sources that are queued, by source number.
     queued: HashMap<usize, u32>,
     reports: Vec<SourceReport>,
-    retry_at: HashMap<SocketAddr, (Instant, Duration)>,
+    retries: Retries<SocketAddr, Instant>,
     /// Sources found and not tried yet, while [`DownloadOptions::max_sources`] are in use;
     /// oldest first, at most [`MAX_CANDIDATES`].
     candidates: VecDeque<SocketAddr>,
@@ -171,7 +172,7 @@ pub(super) async fn run(
         inputs,
         queued: HashMap::new(),
         reports,
-        retry_at: HashMap::new(),
+        retries: Retries::default(),
         candidates: VecDeque::new(),
         rotation: Rotation::new(setup.job.opts.rotate_idle, setup.job.opts.rotate_every),
         backoff: Duration::from_secs(1),
@@ -350,7 +351,7 @@ impl Run<'_> {
     /// A source found at `addr`: dialled now if it may be and a place is free, kept for later
     /// if it may be but none is.
     fn offer(&mut self, addr: SocketAddr, now: Instant) {
-        let ready = self.retry_at.get(&addr).is_none_or(|(t, _)| *t <= now);
+        let ready = self.retries.ready(&addr, now);
         let busy = self.sources.values().any(|s| s.addr == addr);
         if !ready || busy || self.s.banned.contains(&addr) {
             return;
@@ -446,7 +447,7 @@ impl Run<'_> {
         session.handle_timeout(Instant::now(), &mut self.s.sched);
         src.session = Some(session);
         // Connected: earlier failures no longer lengthen its next wait.
-        self.retry_at.remove(&addr);
+        self.retries.connected(&addr);
         // Met first-hand: a peer of this file's swarm to tell others of.
         if let Some(hooks) = &self.s.job.swarm {
             hooks.peers.note(self.s.job.id, addr);
@@ -752,10 +753,8 @@ impl Run<'_> {
                 src.report.error = Some(reason.clone());
             }
         }
-        let last = self.retry_at.get(&addr).map(|(_, d)| *d);
-        if let Some(wait) = end.retry_after(last, self.backoff, self.s.job.opts.max_backoff) {
-            self.retry_at.insert(addr, (now + wait, wait));
-        }
+        let max = self.s.job.opts.max_backoff;
+        self.retries.ended(&addr, &end, now, self.backoff, max);
         self.reports.push(src.report);
         // Dropping `out` lets the writer send the Goodbye and close; dropping the task stops the
         // reader (or the dial).

@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::Duration;
 
 use transfer::peers::{PeerFacts, Rotation};
+use transfer::source::Retries;
 use transfer::{Checked, Scheduler, SourceEnd, SourceEvent, SourceOptions, SourceSession};
 use wire::{Hello, Message, Role};
 
@@ -34,7 +35,7 @@ pub struct Dl {
     sources: BTreeMap<usize, Src>,
     next_source: usize,
     candidates: VecDeque<usize>,
-    retry_at: HashMap<usize, (Duration, Duration)>,
+    retries: Retries<usize, Duration>,
     rotation: Rotation,
     backoff: Duration,
     queued: HashMap<usize, u32>,
@@ -59,7 +60,7 @@ impl Dl {
             sources: BTreeMap::new(),
             next_source: 0,
             candidates: VecDeque::new(),
-            retry_at: HashMap::new(),
+            retries: Retries::default(),
             rotation: Rotation::new(opts.rotate_idle, opts.rotate_every),
             backoff: Duration::from_secs(1),
             queued: HashMap::new(),
@@ -91,7 +92,7 @@ impl Dl {
         if t == n {
             return;
         }
-        let ready = self.retry_at.get(&t).is_none_or(|(at, _)| *at <= sim.now);
+        let ready = self.retries.ready(&t, sim.now);
         let busy = self.sources.values().any(|s| s.node == t);
         if !ready || busy {
             return;
@@ -166,7 +167,7 @@ impl Dl {
         src.session = Some(session);
         src.connected_at = Some(sim.now);
         src.last_byte = sim.now;
-        self.retry_at.remove(&t);
+        self.retries.connected(&t);
         let addr = sim.nodes[t].addr;
         sim.nodes[n].swarm_peers.note(sim.file, addr);
     }
@@ -397,10 +398,9 @@ impl Dl {
             }
         }
         self.queued.remove(&k);
-        let last = self.retry_at.get(&src.node).map(|(_, d)| *d);
-        if let Some(wait) = end.retry_after(last, self.backoff, sim.cfg.opts.max_backoff) {
-            self.retry_at.insert(src.node, (sim.now + wait, wait));
-        }
+        let max = sim.cfg.opts.max_backoff;
+        self.retries
+            .ended(&src.node, &end, sim.now, self.backoff, max);
         if let SourceEnd::Hostile(why) = end {
             sim.hostile.push(why);
         }
