@@ -602,7 +602,7 @@ fn case_section(
          download-complete hook runs). size/R is the time the seeder alone needs to send the \
          file once, the lower bound for everyone; N·size/R is the seeder serving each leecher \
          alone. \"Seeder sent\" is the seeder's uploaded bytes over the file size; a leecher's sockets \
-         (most held by one leecher process, sampled every second, as its links, for both tools) count its links to other \
+         (most held by one leecher process, sampled every second) count its links to other \
          leaves plus about four of its own (listener, super-peer link, control socket); its \
          memory is the largest peak resident set of a leecher process. Canopy: \
          `leaf share` nodes (the leechers share an empty folder, seed with `--seed-minutes \

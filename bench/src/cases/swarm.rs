@@ -441,7 +441,6 @@ fn canopy_run(
     Ok(run)
 }
 
-/// The sockets process `pid` has open now (0 if it is gone).
 /// How often [`LinkWatch`] counts: each count reads every leecher's TCP table and open
 /// files, which costs the machine a few per cent of a CPU at N = 100, so it is done alike
 /// for Canopy and aria2c.
@@ -481,6 +480,7 @@ impl LinkWatch {
     }
 }
 
+/// The sockets process `pid` has open now (0 if it is gone).
 fn sockets_of(pid: u32) -> usize {
     fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |fds| {
         fds.flatten()
@@ -492,9 +492,9 @@ fn sockets_of(pid: u32) -> usize {
 }
 
 /// TCP connections open or opening in the network namespace of process `pid` (a leecher's
-/// host: the leaf is the only program there that speaks TCP) with any host but `sp`'s (its
-/// link, and the super-peer's checks that connect back from other ports):
-/// its links to other leaves. Counted: established, SYN sent or received, and closed by the
+/// host: the leaf, or aria2c, is the only program there that speaks TCP) with any host but
+/// `server` (the super-peer's link and its checks that connect back from other ports, or the
+/// tracker's): its links to other leechers. Counted: established, SYN sent or received, and closed by the
 /// other end but not yet by us (the socket is still held); not listeners, nor connections
 /// we closed (`TIME_WAIT` and the like hold no socket of ours).
 fn leaf_links_of(pid: u32, server: IpAddr) -> usize {
