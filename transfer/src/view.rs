@@ -43,8 +43,8 @@ impl ShownTo {
         }
     }
 
-    /// For a downloader of a file not spread from here (a partial copy, or a complete one
-    /// whose spread is full): every chunk counts as shown, so none is picked for it, while
+    /// For a downloader of a file not spread from here (a partial copy, or a complete one that
+    /// no other downloader fetches now): every chunk counts as shown, so none is picked for it, while
     /// what it has is still tracked (see [`news_for`]).
     pub fn unspread(id: FileId, count: u64) -> Self {
         ShownTo {

@@ -494,9 +494,9 @@ fn sockets_of(pid: u32) -> usize {
 /// TCP connections open or opening in the network namespace of process `pid` (a leecher's
 /// host: the leaf, or aria2c, is the only program there that speaks TCP) with any host but
 /// `server` (the super-peer's link and its checks that connect back from other ports, or the
-/// tracker's): its links to other leechers. Counted: established, SYN sent or received, and closed by the
-/// other end but not yet by us (the socket is still held); not listeners, nor connections
-/// we closed (`TIME_WAIT` and the like hold no socket of ours).
+/// tracker's): its links to other leechers. Counted: established, SYN sent or received, and
+/// closed by the other end but not yet by us (the socket is still held); not listeners, nor
+/// connections we closed (`TIME_WAIT` and the like hold no socket of ours).
 fn leaf_links_of(pid: u32, server: IpAddr) -> usize {
     ["tcp", "tcp6"]
         .iter()
