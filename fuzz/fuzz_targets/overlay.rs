@@ -998,6 +998,11 @@ impl Harness {
                     "asked to connect back (through {via}) by a leaf that serves nobody"
                 );
             }
+            // The harness never asks for connections back: a super-peer's answer to a token
+            // nobody asked must not reach the driver.
+            LeafEvent::ConnectAsked { token, .. } | LeafEvent::AskLost { token } => {
+                panic!("an answer to request {token}, which was never asked")
+            }
             LeafEvent::Promote { .. } => {
                 assert!(self.setup.can_promote, "a leaf that may not promote did");
                 self.switch_to = Some(NodeRole::SuperPeer);

@@ -55,6 +55,30 @@ pub(crate) enum Command {
     Note(String),
     /// Where others should connect to us changed (a port mapping came, or went: `lost`).
     Advertise(Option<SocketAddr>, bool),
+    /// Ask the super-peer at `via` over our link to it that its leaf `node` connect to us
+    /// ([`Message::ConnectToMe`]); its answer, or [`Asked::NoLink`], goes to `answer`.
+    AskConnectBack {
+        /// The super-peer holding the source.
+        via: SocketAddr,
+        /// The source.
+        node: NodeId,
+        /// Names the connection back.
+        token: u64,
+        /// We dial the source at the same time (hole punching).
+        punch: bool,
+        /// Where the answer goes.
+        answer: Sender<Asked>,
+    },
+}
+
+/// How a request sent with [`Command::AskConnectBack`] went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Asked {
+    /// The super-peer answered: the source was asked, or why not.
+    Answered(Option<String>),
+    /// No link to that super-peer (or too many requests on it await answers, or the link
+    /// went before the answer came): ask on a connection of your own.
+    NoLink,
 }
 
 /// How the node behaves in the overlay.
@@ -114,6 +138,8 @@ pub(crate) async fn run(inner: Arc<NodeState>, settings: Settings, commands: Rec
     set_role(&mut status, "leaf", "looking for super-peers");
     let mut writers: HashMap<ConnId, Outbox> = HashMap::new();
     let mut searches: HashMap<QueryId, Sender<Vec<Hit>>> = HashMap::new();
+    // Requests for connections back sent over a link, by token, until answered.
+    let mut asks: HashMap<u64, Sender<Asked>> = HashMap::new();
     let mut next_conn: ConnId = 1;
     let mut sp: Option<SuperPeerNode> = None;
     let mut next_refresh = now;
@@ -177,11 +203,26 @@ pub(crate) async fn run(inner: Arc<NodeState>, settings: Settings, commands: Rec
                 leaf.end_query(id);
                 searches.remove(&id);
             }
+            Wake::Command(Command::AskConnectBack {
+                via,
+                node,
+                token,
+                punch,
+                answer,
+            }) => {
+                if leaf.ask_connect_back(via, node, token, punch) {
+                    asks.insert(token, answer);
+                } else {
+                    let _ = answer.try_send(Asked::NoLink);
+                }
+            }
             Wake::Demoted(d) => {
                 // The super-peer closed its connections and stopped: a leaf again.
                 note(&mut status, format!("became a leaf again: {}", d.reason));
                 sp = None;
                 writers.clear();
+                // Its links are gone: the requests on them ask again on their own connections.
+                asks.clear();
                 let handover = Handover {
                     clock: d.clock,
                     hosts: d.hosts,
@@ -283,6 +324,16 @@ pub(crate) async fn run(inner: Arc<NodeState>, settings: Settings, commands: Rec
                             let _ = t.try_send(hits);
                         }
                     }
+                    LeafEvent::ConnectAsked { token, error } => {
+                        if let Some(answer) = asks.remove(&token) {
+                            let _ = answer.try_send(Asked::Answered(error));
+                        }
+                    }
+                    LeafEvent::AskLost { token } => {
+                        if let Some(answer) = asks.remove(&token) {
+                            let _ = answer.try_send(Asked::NoLink);
+                        }
+                    }
                     LeafEvent::ConnectBack {
                         node,
                         addr,
@@ -342,6 +393,7 @@ pub(crate) async fn run(inner: Arc<NodeState>, settings: Settings, commands: Rec
                                 sp = Some(node);
                                 leaf = local;
                                 writers.clear();
+                                asks.clear();
                             }
                             Err(back) => leaf = back,
                         }

@@ -225,6 +225,9 @@ pub(crate) struct Me<'a> {
     pub(crate) reachable: Option<bool>,
     /// Whether its NAT gives another port for each peer (hole punching cannot work).
     pub(crate) symmetric: bool,
+    /// The overlay actor, to ask over a link we hold to the source's super-peer (None: ask on
+    /// a connection of our own).
+    pub(crate) overlay: Option<&'a Sender<crate::overlay::Command>>,
 }
 
 /// Asks the super-peer holding `route.node` that the source at `addr` connect to us, and
@@ -290,7 +293,17 @@ async fn back_or_punch(
         token,
         punch: punching,
     };
-    ask(me.identity, advertised, route, request, token, limit).await?;
+    let overlay = me.overlay;
+    ask(
+        me.identity,
+        overlay,
+        advertised,
+        route,
+        request,
+        token,
+        limit,
+    )
+    .await?;
     let arrived = async {
         smol::future::or(async { rx.recv().await.ok() }, async {
             smol::Timer::after(limit).await;
@@ -385,7 +398,7 @@ async fn relay(
         node: route.node,
         token,
     };
-    ask(me, advertised, route, request, token, limit).await?;
+    ask(me, None, advertised, route, request, token, limit).await?;
     let via = route.via;
     let (raw, mut writer) = join_relay(me, via, None, token, limit).await?;
     let mut scratch = Vec::new();
@@ -473,9 +486,13 @@ async fn punch(
 }
 
 /// One request to the super-peer at `route.via` ([`Message::ConnectToMe`] or
-/// [`Message::RelayVia`]), answered with [`Message::ConnectAsked`].
+/// [`Message::RelayVia`]), answered with [`Message::ConnectAsked`]. A [`Message::ConnectToMe`]
+/// goes over our link to that super-peer when we hold one (through `overlay`): it then costs
+/// one message, not a connection and its handshakes, so a source behind a NAT starts sending
+/// about as soon as one we dial. Otherwise (or with no link) on a connection of its own.
 async fn ask(
     me: &Identity,
+    overlay: Option<&Sender<crate::overlay::Command>>,
     listen: SocketAddr,
     route: Route,
     request: Message,
@@ -483,17 +500,42 @@ async fn ask(
     limit: Duration,
 ) -> Result<(), String> {
     let (via, asked) = (route.via, request.kind());
+    let answered = |error: Option<String>| match error {
+        None => Ok(()),
+        Some(e) => Err(format!(
+            "super-peer {via}: {}",
+            wire::text::terminal_safe(&e)
+        )),
+    };
+    if let (Some(overlay), &Message::ConnectToMe { node, token, punch }) = (overlay, &request) {
+        let (tx, rx) = channel::bounded(1);
+        let command = crate::overlay::Command::AskConnectBack {
+            via,
+            node,
+            token,
+            punch,
+            answer: tx,
+        };
+        if overlay.try_send(command).is_ok() {
+            let answer = smol::future::or(async { rx.recv().await.ok() }, async {
+                smol::Timer::after(limit).await;
+                Some(crate::overlay::Asked::Answered(Some(format!(
+                    "no answer to {asked} within {limit:?}"
+                ))))
+            })
+            .await;
+            match answer {
+                Some(crate::overlay::Asked::Answered(error)) => return answered(error),
+                // No link to it (or the overlay let the request go): a connection of our own.
+                Some(crate::overlay::Asked::NoLink) | None => {}
+            }
+        }
+    }
     let secure = connect_secure(via, me, limit)
         .await
         .map_err(|e| format!("super-peer {via}: {e}"))?;
     match ask_superpeer(secure, me, Some(listen), request, limit).await? {
-        Message::ConnectAsked { token: t, error } if t == token => match error {
-            None => Ok(()),
-            Some(e) => Err(format!(
-                "super-peer {via}: {}",
-                wire::text::terminal_safe(&e)
-            )),
-        },
+        Message::ConnectAsked { token: t, error } if t == token => answered(error),
         other => Err(format!(
             "super-peer {via} answered {asked} with {}",
             other.kind()
@@ -595,6 +637,7 @@ mod tests {
             advertised: None,
             reachable: None,
             symmetric: false,
+            overlay: None,
         };
         let started = std::time::Instant::now();
         let addr = "192.0.2.2:7001".parse().unwrap();
@@ -610,6 +653,7 @@ mod tests {
             advertised: Some("0.0.0.0:7002".parse().unwrap()),
             reachable: Some(false),
             symmetric: true,
+            overlay: None,
         };
         let err = smol::block_on(connect_via(&r, me, addr, route, limit))
             .err()
@@ -617,6 +661,87 @@ mod tests {
         assert!(err.contains("symmetric"), "{err}");
         assert!(started.elapsed() < Duration::from_secs(5));
         assert!(r.waiting.lock().unwrap().is_empty(), "no token left behind");
+    }
+
+    /// A request for a connection back goes over the overlay's link when it holds one to the
+    /// super-peer: no connection of its own is made. With no link, it is.
+    #[test]
+    fn a_request_goes_over_the_overlay_link_when_there_is_one() {
+        let identity = Identity::generate();
+        let listen: SocketAddr = "198.51.100.3:7001".parse().unwrap();
+        smol::block_on(async {
+            let superpeer = smol::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let route = Route {
+                node: NodeId([4; 32]),
+                via: superpeer.local_addr().unwrap(),
+                reachable: Some(false),
+            };
+            let (overlay, commands) = channel::bounded(4);
+            let limit = Duration::from_secs(2);
+            let request = |token| Message::ConnectToMe {
+                node: route.node,
+                token,
+                punch: false,
+            };
+            let ask_with = |token, answer: crate::overlay::Asked| {
+                let (overlay, commands, identity) = (&overlay, &commands, &identity);
+                async move {
+                    let asked = ask(
+                        identity,
+                        Some(overlay),
+                        listen,
+                        route,
+                        request(token),
+                        token,
+                        limit,
+                    );
+                    let actor = async {
+                        match commands.recv().await.unwrap() {
+                            crate::overlay::Command::AskConnectBack {
+                                via,
+                                node,
+                                token: t,
+                                answer: tx,
+                                ..
+                            } => {
+                                assert_eq!((via, node, t), (route.via, route.node, token));
+                                tx.try_send(answer).unwrap();
+                            }
+                            _ => panic!("not a request for a connection back"),
+                        }
+                    };
+                    smol::future::zip(asked, actor).await.0
+                }
+            };
+            let accepted_within = |ms| {
+                let superpeer = &superpeer;
+                async move {
+                    smol::future::or(async { superpeer.accept().await.is_ok() }, async {
+                        smol::Timer::after(Duration::from_millis(ms)).await;
+                        false
+                    })
+                    .await
+                }
+            };
+            // Asked over the link: the super-peer's answer is ours, and nobody dialled it.
+            let ok = ask_with(1, crate::overlay::Asked::Answered(None)).await;
+            assert_eq!(ok, Ok(()));
+            let refused = ask_with(
+                2,
+                crate::overlay::Asked::Answered(Some("leaf 0404 is not attached here".into())),
+            )
+            .await;
+            assert!(refused.unwrap_err().contains("not attached here"));
+            assert!(!accepted_within(200).await, "a connection was made");
+            // No link to it: a connection of our own (which this listener never answers).
+            let (fell_back, dialled) = smol::future::zip(
+                ask_with(3, crate::overlay::Asked::NoLink),
+                accepted_within(5000),
+            )
+            .await;
+            assert!(dialled, "no connection of its own");
+            assert!(fell_back.is_err());
+        });
     }
 
     /// A real encrypted connection from `from` over loopback, as the downloader accepts it.

@@ -133,6 +133,20 @@ pub enum LeafEvent {
         /// The hits.
         hits: Vec<Hit>,
     },
+    /// The answer to a request sent with [`LeafOverlay::ask_connect_back`]: the source was
+    /// asked, or why not (the super-peer's word).
+    ConnectAsked {
+        /// The request's token.
+        token: u64,
+        /// Why the source was not asked (None: it was).
+        error: Option<String>,
+    },
+    /// The link a request was sent on ([`LeafOverlay::ask_connect_back`]) went before the
+    /// answer came: ask again on a connection of its own.
+    AskLost {
+        /// The request's token.
+        token: u64,
+    },
     /// A super-peer we are attached to asks us to connect to `addr` (whose key must be that of
     /// `node`), send [`Message::Reversed`] with `token`, and serve it chunks: it cannot reach
     /// us. The driver bounds how many it makes at once.
@@ -189,7 +203,14 @@ struct Link {
     /// Requests to connect back passed on by this link in the current minute: (its start,
     /// how many).
     connect_backs: (Instant, u32),
+    /// Tokens of our own requests for connections back sent on this link and not answered
+    /// yet ([`LeafOverlay::ask_connect_back`]).
+    asks: Vec<u64>,
 }
+
+/// Our requests for connections back awaiting an answer on one link; more go on connections
+/// of their own.
+const ASKS_PER_LINK: usize = 256;
 
 /// Requests to connect back one super-peer may pass on in a minute; more are ignored (a
 /// super-peer must not be able to aim its leaves at a third party).
@@ -535,6 +556,7 @@ impl LeafOverlay {
                 closing: false,
                 reach: None,
                 connect_backs: (now, 0),
+                asks: Vec::new(),
             },
         );
         let mut hello = Hello::new(self.node, Role::Leaf, self.listen, &self.config.agent);
@@ -551,11 +573,50 @@ impl LeafOverlay {
         self.hosts.failed(now, addr);
     }
 
+    /// Asks the super-peer at `via`, over our link to it, that its leaf `node` connect to us
+    /// ([`Message::ConnectToMe`] with `token` and `punch`): it connects to where it sees the
+    /// link come from, on our listen port. The answer comes as [`LeafEvent::ConnectAsked`].
+    /// False (nothing sent) if no link to `via` is attached, or too many requests on it await
+    /// their answer: then the driver asks on a connection of its own.
+    pub fn ask_connect_back(
+        &mut self,
+        via: SocketAddr,
+        node: NodeId,
+        token: u64,
+        punch: bool,
+    ) -> bool {
+        let Some((&conn, link)) = self
+            .links
+            .iter_mut()
+            .filter(|(_, l)| l.addr == via && l.node.is_some() && !l.closing)
+            .min_by_key(|(&c, _)| c)
+        else {
+            return false;
+        };
+        if link.asks.len() >= ASKS_PER_LINK || link.asks.contains(&token) {
+            return false;
+        }
+        link.asks.push(token);
+        self.transmits.push_back(Transmit {
+            to: conn,
+            msg: Message::ConnectToMe { node, token, punch },
+        });
+        true
+    }
+
+    /// The requests awaiting an answer on `link` are lost.
+    fn lose_asks(events: &mut VecDeque<LeafEvent>, link: &mut Link) {
+        for token in link.asks.drain(..) {
+            events.push_back(LeafEvent::AskLost { token });
+        }
+    }
+
     /// A link is gone.
     pub fn handle_disconnect(&mut self, now: Instant, conn: ConnId) {
-        let Some(link) = self.links.remove(&conn) else {
+        let Some(mut link) = self.links.remove(&conn) else {
             return;
         };
+        Self::lose_asks(&mut self.events, &mut link);
         match link.node {
             Some(_) => self.events.push_back(LeafEvent::Detached {
                 conn,
@@ -569,7 +630,8 @@ impl LeafOverlay {
         }
     }
 
-    /// A message on a link (Hello, Hosts, Redirect, Promote, Ping, Pong, Goodbye, QueryHits);
+    /// A message on a link (Hello, Hosts, Redirect, Promote, Ping, Pong, Goodbye, QueryHits,
+    /// Reachability, ConnectBack, RelayBack, ConnectAsked);
     /// anything else is ignored, as is anything on a link being closed.
     pub fn handle_message(&mut self, now: Instant, conn: ConnId, msg: Message) {
         let Some(link) = self.links.get_mut(&conn) else {
@@ -649,6 +711,14 @@ impl LeafOverlay {
                 msg: Message::Pong { nonce },
             }),
             Message::Goodbye { reason } => self.close(conn, format!("{addr} said: {reason}")),
+            Message::ConnectAsked { token, error } => {
+                // Only answers to what we asked on this link.
+                if let Some(i) = link.asks.iter().position(|&t| t == token) {
+                    link.asks.swap_remove(i);
+                    self.events
+                        .push_back(LeafEvent::ConnectAsked { token, error });
+                }
+            }
             Message::QueryHits(mut h) if self.searches.contains(&h.query) => {
                 for hit in &mut h.hits {
                     hit.source.via = hit.source.via.map(|v| crate::superpeer::seen_at(v, addr));
@@ -808,6 +878,7 @@ impl LeafOverlay {
         if let Some(l) = self.links.get_mut(&conn) {
             if !l.closing {
                 l.closing = true;
+                Self::lose_asks(&mut self.events, l);
                 self.events.push_back(LeafEvent::Close { conn, reason });
             }
         }
@@ -953,6 +1024,65 @@ mod tests {
             })
             .sum();
         assert_eq!(total, 3000);
+    }
+
+    #[test]
+    fn a_request_for_a_connection_back_goes_over_the_link_and_is_answered_once() {
+        let (mut leaf, t0) = attached_leaf(Some("0.0.0.0:6000".parse().unwrap()));
+        let sp: SocketAddr = "10.0.0.1:4000".parse().unwrap();
+        let source = NodeId([9; 32]);
+        // No link to another super-peer: the driver asks on a connection of its own.
+        assert!(!leaf.ask_connect_back("10.0.0.2:4000".parse().unwrap(), source, 1, false));
+        assert!(sent(&mut leaf).is_empty());
+        assert!(leaf.ask_connect_back(sp, source, 1, true));
+        assert_eq!(
+            sent(&mut leaf),
+            vec![(
+                7,
+                Message::ConnectToMe {
+                    node: source,
+                    token: 1,
+                    punch: true
+                }
+            )]
+        );
+        // The same token twice is refused: its answer could not be told apart.
+        assert!(!leaf.ask_connect_back(sp, source, 1, false));
+        let answer = |token, error: Option<&str>| Message::ConnectAsked {
+            token,
+            error: error.map(String::from),
+        };
+        leaf.handle_message(t0, 7, answer(1, None));
+        assert_eq!(
+            leaf.poll_event(),
+            Some(LeafEvent::ConnectAsked {
+                token: 1,
+                error: None
+            })
+        );
+        // An answer again, or to what we never asked, is nobody's.
+        leaf.handle_message(t0, 7, answer(1, None));
+        leaf.handle_message(t0, 7, answer(2, Some("no")));
+        assert_eq!(leaf.poll_event(), None);
+        // A request whose link goes before the answer is lost at once, not at the caller's
+        // deadline (the driver then asks on a connection of its own).
+        assert!(leaf.ask_connect_back(sp, source, 3, false));
+        leaf.handle_message(
+            t0,
+            7,
+            Message::Goodbye {
+                reason: "bye".into(),
+            },
+        );
+        let events: Vec<_> = std::iter::from_fn(|| leaf.poll_event()).collect();
+        assert!(
+            events.contains(&LeafEvent::AskLost { token: 3 }),
+            "{events:?}"
+        );
+        assert!(
+            !leaf.ask_connect_back(sp, source, 4, false),
+            "the link is closing"
+        );
     }
 
     #[test]

@@ -719,9 +719,10 @@ impl Node {
     /// the super-peer its hit named.
     pub(super) fn connect_back(&self) -> download::ConnectBack {
         let state = self.inner.state.clone();
+        let overlay = self.inner.overlay.clone();
         Arc::new(move |addr| {
             let route = state.reverse.route(addr)?;
-            let state = state.clone();
+            let (state, overlay) = (state.clone(), overlay.clone());
             Some(Box::pin(async move {
                 let role = state.role.load();
                 let reach = role.reach.as_ref().map(|r| r.reachable);
@@ -735,6 +736,7 @@ impl Node {
                     advertised: state.advertised(),
                     reachable: reach,
                     symmetric,
+                    overlay: Some(&overlay),
                 };
                 let got =
                     crate::reverse::connect_via(&state.reverse, me, addr, route, CONNECT_BACK_WAIT)

@@ -802,6 +802,8 @@ impl Sim {
                             // The simulation moves no chunks.
                             | LeafEvent::ConnectBack { .. }
                             | LeafEvent::RelayBack { .. }
+                            | LeafEvent::ConnectAsked { .. }
+                            | LeafEvent::AskLost { .. }
                             | LeafEvent::Probe { .. } => {}
                         }
                     }

@@ -24,7 +24,8 @@ pub struct Config {
     /// The most hits one super-peer returns for one query from its own index.
     pub max_local_hits: usize,
     /// Requests for a connection back ([`wire::Message::ConnectToMe`]) one requester connection
-    /// may make before it is dropped.
+    /// may make before it is dropped; also those one leaf may make over its link in a minute
+    /// (more are refused).
     pub max_connect_requests: u32,
     /// Relays one leaf may take part in at once (0 in [`Config::max_relays`]: none at all).
     pub relays_per_leaf: usize,

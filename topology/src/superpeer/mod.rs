@@ -233,6 +233,9 @@ enum PeerState {
         /// Whether it accepted our connection back (None: not known yet).
         reachable: Option<bool>,
         joined: Instant,
+        /// Its requests for connections back ([`Message::ConnectToMe`]) in the current
+        /// minute: (the minute's start, how many).
+        asked: (Instant, u32),
     },
     /// A neighbouring super-peer.
     SuperPeer {
@@ -561,7 +564,12 @@ impl SuperPeer {
                 self.on_relay_via(now, conn, node, token)
             }
             (PeerState::Requester { .. }, Message::ConnectToMe { node, token, punch }) => {
-                self.on_connect_to_me(conn, node, token, punch)
+                self.on_connect_to_me(now, conn, node, token, punch)
+            }
+            // A leaf may ask over its own link, which saves a connection (and its handshakes)
+            // before the first byte of a download from a source behind a NAT.
+            (PeerState::Leaf { .. }, Message::ConnectToMe { node, token, punch }) => {
+                self.on_connect_to_me(now, conn, node, token, punch)
             }
             (PeerState::SuperPeer { listen, .. }, Message::Hosts { hosts }) => {
                 // As many as we send: more from one message is not news but a push.
@@ -768,6 +776,7 @@ impl SuperPeer {
                     capability: hello.capability.unwrap_or_default(),
                     reachable: None,
                     joined: now,
+                    asked: (now, 0),
                 }
             }
             Role::SuperPeer => {

@@ -2,6 +2,10 @@
 //! our leaves connect to it ([`Message::ConnectToMe`]), where we see it come from
 //! ([`Message::WhereAmI`]), and a relay ([`Message::RelayVia`], in `relay.rs`). Every request
 //! counts against [`Config::max_connect_requests`] for the connection.
+//!
+//! One of our own leaves may ask for a connection back over its link too: the same request,
+//! to the address we see the link come from, at most [`Config::max_connect_requests`] a
+//! minute (more are answered with an error; the link stays).
 
 use super::*;
 
@@ -43,21 +47,67 @@ impl SuperPeer {
         })
     }
 
-    /// A requester asks that our leaf `target` connect to it: passed on with the address we
-    /// see the requester at, and answered either way.
+    /// Counts one request on leaf link `conn` against the minute's
+    /// [`Config::max_connect_requests`]: its node id and where it serves, or why it may not ask
+    /// now. None if `conn` is no leaf.
+    fn take_leaf_request(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+    ) -> Option<Result<(NodeId, Option<SocketAddr>), String>> {
+        let limit = self.config.max_connect_requests;
+        let Some(PeerState::Leaf {
+            node,
+            source,
+            asked: (start, count),
+            ..
+        }) = self.conns.get_mut(&conn).map(|c| &mut c.state)
+        else {
+            return None;
+        };
+        if now >= *start + std::time::Duration::from_secs(60) {
+            (*start, *count) = (now, 0);
+        }
+        *count += 1;
+        Some(if *count > limit {
+            Err(format!(
+                "more than {limit} requests for connections back in a minute"
+            ))
+        } else {
+            Ok((*node, *source))
+        })
+    }
+
+    /// A requester, or one of our leaves over its link, asks that our leaf `target` connect
+    /// to it: passed on with the address we see the requester at, and answered either way.
     pub(super) fn on_connect_to_me(
         &mut self,
+        now: Instant,
         conn: ConnId,
         target: NodeId,
         token: u64,
         punch: bool,
     ) {
-        let Some((requester, back)) = self.take_request(conn) else {
-            return;
+        let asked = match self.take_leaf_request(now, conn) {
+            Some(asked) => asked,
+            None => match self.take_request(conn) {
+                Some(asked) => Ok(asked),
+                None => return,
+            },
+        };
+        let (requester, back) = match asked {
+            Ok(asked) => asked,
+            Err(error) => {
+                let error = Some(error);
+                return self.send(conn, Message::ConnectAsked { token, error });
+            }
         };
         let error = match (back, self.attached_leaf(target)) {
             (None, _) => Some("no listen port to connect back to".to_string()),
             (_, None) => Some(format!("leaf {} is not attached here", target.short())),
+            (_, Some((leaf, ..))) if leaf == conn => {
+                Some("a leaf cannot ask itself to connect back".to_string())
+            }
             (Some(addr), Some((leaf, ..))) => {
                 self.send(
                     leaf,

@@ -119,6 +119,74 @@ fn a_leaf_that_cannot_be_reached_is_asked_to_connect_back_to_the_address_seen() 
 }
 
 #[test]
+fn a_leaf_asks_over_its_own_link_for_a_connection_back_to_where_it_is_seen() {
+    let mut net = Net::new(1);
+    let (asker, ac) = net.add_leaf(0, vec![]);
+    let (behind, _) = net.add_leaf(0, vec![record("behind nat.flac", 7)]);
+    let behind_node = NodeId([100 + behind as u8; 32]);
+    let ask = |net: &mut Net, node: NodeId, token: u64| {
+        net.queue.push_back((
+            End::Sp(0, ac),
+            Message::ConnectToMe {
+                node,
+                token,
+                punch: false,
+            },
+        ));
+        net.run();
+    };
+    ask(&mut net, behind_node, 5);
+    // The leaf said it listens on 0.0.0.0:9000; the super-peer saw its link from 127.0.0.1.
+    assert!(net.inbox[behind].contains(&Message::ConnectBack {
+        node: NodeId([100 + asker as u8; 32]),
+        addr: "127.0.0.1:9000".parse().unwrap(),
+        token: 5,
+        punch: false,
+    }));
+    let answers = |net: &Net| -> Vec<(u64, Option<String>)> {
+        net.inbox[asker]
+            .iter()
+            .filter_map(|m| match m {
+                Message::ConnectAsked { token, error } => Some((*token, error.clone())),
+                _ => None,
+            })
+            .collect()
+    };
+    assert_eq!(answers(&net), vec![(5, None)]);
+    // Not of itself.
+    ask(&mut net, NodeId([100 + asker as u8; 32]), 6);
+    assert!(answers(&net)[1]
+        .1
+        .as_deref()
+        .is_some_and(|e| e.contains("itself")));
+    // Past the minute's allowance it is refused with a reason, and the leaf keeps its link
+    // (its files stay searchable).
+    let limit = u64::from(flooding().max_connect_requests);
+    let before = net.inbox[behind].len();
+    for token in 7..7 + limit {
+        ask(&mut net, behind_node, token);
+    }
+    let got = answers(&net);
+    let refused: Vec<_> = got.iter().filter(|(_, e)| e.is_some()).collect();
+    assert_eq!(got.len() as u64, 2 + limit);
+    // The one of itself, and the two past the allowance (two were asked before the loop).
+    assert_eq!(refused.len(), 3, "{refused:?}");
+    assert!(refused[1..]
+        .iter()
+        .all(|(_, e)| e.as_deref().unwrap().contains("in a minute")));
+    assert_eq!(net.inbox[behind].len() as u64, before as u64 + limit - 2);
+    assert!(
+        !net.closed.iter().any(|(_, c, _)| *c == ac),
+        "{:?}",
+        net.closed
+    );
+    // A minute on, it may ask again.
+    net.now += std::time::Duration::from_secs(61);
+    ask(&mut net, behind_node, 500);
+    assert_eq!(answers(&net).last(), Some(&(500, None)));
+}
+
+#[test]
 fn a_hit_names_its_super_peer_at_the_address_the_next_hop_sees_it_at() {
     let mut net = Net::new(2);
     // The super-peer holding the source listens on every interface, as most do.
