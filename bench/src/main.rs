@@ -47,6 +47,7 @@
 
 mod cases;
 mod data;
+mod delayline;
 mod procs;
 mod report;
 mod setup;

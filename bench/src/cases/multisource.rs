@@ -69,8 +69,6 @@ pub fn run(ctx: &Ctx) -> anyhow::Result<Vec<Row>> {
     let mut rows = Vec::new();
     // Per N: leaf get's wall time minus the download time it reports.
     let mut outside = Vec::new();
-    // At N = NAT_N: leaf get's times, and when each source's first chunk came.
-    let (mut direct_times, mut direct_first) = (Vec::new(), Vec::new());
     for &n in &counts {
         while leaves.len() < n {
             let i = leaves.len();
@@ -103,10 +101,6 @@ pub fn run(ctx: &Ctx) -> anyhow::Result<Vec<Row>> {
                     let t = run_timed(&format!("leaf-get-n{n}-r{r}"), cmd, &logs, limit)?;
                     check_file(&out.join(&name), size, &id).context("leaf get's file")?;
                     ours.push(t.elapsed);
-                    if n == NAT_N {
-                        direct_times.push(t.elapsed);
-                        direct_first.extend(first_chunks(&t.stdout, "direct"));
-                    }
                     if let Some(s) = reported_seconds(&t.stdout) {
                         reported.push(Duration::from_secs_f64(s));
                     }
@@ -208,7 +202,7 @@ pub fn run(ctx: &Ctx) -> anyhow::Result<Vec<Row>> {
         cap_bytes,
     };
     // A failure here fails this row only: the rows above stand.
-    rows.push(nat.row(&direct_times, &direct_first).unwrap_or_else(|e| {
+    rows.push(nat.row().unwrap_or_else(|e| {
         eprintln!("case {CASE}: behind NAT: {e:#}");
         Row {
             case: CASE.into(),
@@ -244,28 +238,97 @@ struct NatRun<'a> {
     cap_bytes: f64,
 }
 
+/// What the client host sends reaches the testbed this much later in the row behind NAT
+/// ([`crate::delayline`]): a round trip of a home connection to a nearby server, so that a
+/// round trip more or less shows beside the programs' own time.
+const NAT_DELAY: Duration = Duration::from_millis(10);
+
 impl NatRun<'_> {
-    /// Firewalls the first [`NAT_N`] source hosts, starts fresh leaves sharing the file there,
-    /// waits until the super-peer has found every one unreachable, and downloads as the direct
-    /// runs did. The row sets the reverse path's cost before the first chunk beside the direct
-    /// path's (`direct_first`, from the direct runs at the same N, whose times are
-    /// `direct_times`), in round trips of the testbed.
-    fn row(&self, direct_times: &[Duration], direct_first: &[u64]) -> anyhow::Result<Row> {
+    /// The first [`NAT_N`] source hosts share the file, first reachable, then behind a home
+    /// router's filter; a running node on the client (which accepts connections, as the
+    /// reverse path needs) downloads it [`NatRun::runs`] times each way, with the client's
+    /// packets delayed by [`NAT_DELAY`]. The row sets how long after a source is tried its
+    /// first chunk comes, reached by reverse connections, beside the same reached directly.
+    fn row(&self) -> anyhow::Result<Row> {
+        let tb = self.tb;
+        let delay = crate::delayline::DelayLine::start(&tb.client, "10.77.0.0/24", NAT_DELAY)
+            .context("the delay line on the client host")?;
+        let rtt = tb.round_trip(&tb.client, self.sp)?;
+        if rtt < NAT_DELAY || delay.packets() == 0 {
+            bail!(
+                "the delay line is not in the client's path: a round trip of {rtt:?} after \
+                 {} packets delayed",
+                delay.packets()
+            );
+        }
+        let (direct_times, direct_first) = self.phase(false)?;
+        let (times, first) = self.phase(true)?;
+        let med = |v: &[u64]| {
+            let mut v = v.to_vec();
+            v.sort_unstable();
+            v.get(v.len() / 2).copied()
+        };
+        let (Some(rev), Some(dir)) = (med(&first), med(&direct_first)) else {
+            bail!("behind NAT: no first-chunk times to compare");
+        };
+        let (t, td) = (median(&times), median(&direct_times));
+        let eff =
+            |t: Duration| self.size as f64 / (NAT_N as f64 * self.cap_bytes * t.as_secs_f64());
+        let more_ms = rev as f64 - dir as f64;
+        let rtt_ms = rtt.as_secs_f64() * 1e3;
+        drop(delay);
+        Ok(Row {
+            case: CASE.into(),
+            what: format!(
+                "N={NAT_N} behind NAT (each source host drops connections it did not open, as a \
+                 home router does; reached by reverse connections through the super-peer), the \
+                 client's packets delayed {} ms: time, and how long after a source is tried its \
+                 first chunk comes (median over sources and runs)",
+                NAT_DELAY.as_millis()
+            ),
+            ours: format!(
+                "{:.2} s (eff {:.2}); first chunk after {rev} ms",
+                t.as_secs_f64(),
+                eff(t)
+            ),
+            reference: format!(
+                "the same hosts reachable, the same running node: {:.2} s (eff {:.2}); first \
+                 chunk after {dir} ms (direct)",
+                td.as_secs_f64(),
+                eff(td)
+            ),
+            ratio: format!(
+                "{more_ms:+.0} ms before the first chunk; a round trip of the testbed is \
+                 {rtt_ms:.1} ms"
+            ),
+            target: "≤ 1 round trip more".into(),
+            verdict: Verdict::of(more_ms <= rtt_ms),
+        })
+    }
+
+    /// One way of the row: the source hosts reachable (`behind` false) or behind a filter.
+    /// Returns the download times and the first-chunk times of the sources, each reached the
+    /// way expected.
+    fn phase(&self, behind: bool) -> anyhow::Result<(Vec<Duration>, Vec<u64>)> {
         let (ctx, tb) = (self.ctx, self.tb);
+        let way = if behind { "nat" } else { "open" };
         let mut leaves = Vec::new();
         for (i, h) in tb.sources[..NAT_N].iter().enumerate() {
-            tb.firewall(h)?;
+            if behind {
+                tb.firewall(h)?;
+            }
             leaves.push(share_node(
                 &ctx.bins,
                 Some(h),
-                &self.scratch.dir(&format!("leaf-nat-h{}", i + 1))?,
+                &self.scratch.dir(&format!("leaf-{way}-h{}", i + 1))?,
                 self.sp,
                 SocketAddr::new(h.ip.into(), 7000),
                 &[self.share],
-                &self.logs.join(format!("leaf-nat-h{}.log", i + 1)),
+                &self.logs.join(format!("leaf-{way}-h{}.log", i + 1)),
             )?);
         }
         let until = std::time::Instant::now() + Duration::from_secs(90);
+        let want_unreachable = if behind { NAT_N } else { 0 };
         loop {
             let hit = hit_of(
                 &ctx.bins,
@@ -275,23 +338,30 @@ impl NatRun<'_> {
                 self.id,
                 self.probe,
             )?;
-            let (sources, unreachable) = hit.map_or((0, 0), |v| {
+            let (sources, reachable, unreachable) = hit.map_or((0, 0, 0), |v| {
                 let said = v["source_reachable"]
                     .as_array()
                     .cloned()
                     .unwrap_or_default();
+                let count = |b| said.iter().filter(|r| r.as_bool() == Some(b)).count();
                 (
                     v["sources"].as_u64().unwrap_or(0) as usize,
-                    said.iter().filter(|r| r.as_bool() == Some(false)).count(),
+                    count(true),
+                    count(false),
                 )
             });
-            if sources == NAT_N && unreachable == NAT_N {
+            // Only once the super-peer has checked each: the way to them is then settled.
+            if sources == NAT_N
+                && unreachable == want_unreachable
+                && reachable + unreachable == NAT_N
+            {
                 break;
             }
             if std::time::Instant::now() > until {
                 bail!(
-                    "behind NAT: the network reports {sources} sources, {unreachable} of them \
-                     unreachable, not {NAT_N} after 90 s"
+                    "{way}: the network reports {sources} sources, {unreachable} of them \
+                     unreachable and {reachable} reachable, not {NAT_N} and {want_unreachable} \
+                     unreachable after 90 s"
                 );
             }
             std::thread::sleep(Duration::from_millis(200));
@@ -301,16 +371,21 @@ impl NatRun<'_> {
         );
         // The downloader must accept connections to be connected back to: a running node
         // (as `leaf share`, the TUI or the web UI run it) that `leaf get` hands the download.
-        let client = self.scratch.dir("client-nat")?;
+        let client = self.scratch.dir(&format!("client-{way}"))?;
         let _node = share_node(
             &ctx.bins,
             Some(&tb.client),
             &client,
             self.sp,
             SocketAddr::new(tb.client.ip.into(), 7000),
-            &[&self.scratch.dir("client-nat-share")?],
-            &self.logs.join("leaf-client-nat.log"),
+            &[&self.scratch.dir(&format!("client-{way}-share"))?],
+            &self.logs.join(format!("leaf-client-{way}.log")),
         )?;
+        let how = if behind {
+            "reverse connection"
+        } else {
+            "direct"
+        };
         let (mut times, mut first) = (Vec::new(), Vec::new());
         for r in 0..self.runs {
             let out = self.scratch.path().join("out");
@@ -318,63 +393,22 @@ impl NatRun<'_> {
             // Again: the node keeps what the run before fetched.
             let mut cmd = leaf_get(&ctx.bins, Some(&tb.client), &client, self.sp, self.id, &out);
             cmd.arg("--again");
-            let t = run_timed(&format!("leaf-get-nat-r{r}"), cmd, self.logs, limit)?;
+            let t = run_timed(&format!("leaf-get-{way}-r{r}"), cmd, self.logs, limit)?;
             check_file(&out.join(self.name), self.size, self.id)
-                .context("leaf get's file from behind NAT")?;
-            let reverse = first_chunks(&t.stdout, "reverse connection");
-            if reverse.len() != NAT_N {
+                .with_context(|| format!("leaf get's file ({way})"))?;
+            let firsts = first_chunks(&t.stdout, how);
+            if firsts.len() != NAT_N {
                 bail!(
-                    "behind NAT: {} of {NAT_N} sources were reached by reverse connections \
-                     (leaf get said: {})",
-                    reverse.len(),
+                    "{way}: {} of {NAT_N} sources were reached by {how} (leaf get said: {})",
+                    firsts.len(),
                     t.stdout.trim()
                 );
             }
-            first.extend(reverse);
+            first.extend(firsts);
             times.push(t.elapsed);
             fresh_dir(&out)?;
         }
-        drop(leaves);
-        let rtt = tb.round_trip(&tb.client, self.sp)?;
-        let med = |v: &[u64]| {
-            let mut v = v.to_vec();
-            v.sort_unstable();
-            v.get(v.len() / 2).copied()
-        };
-        let (Some(rev), Some(dir)) = (med(&first), med(direct_first)) else {
-            bail!("behind NAT: no first-chunk times to compare (direct: {direct_first:?})");
-        };
-        let (t, td) = (median(&times), median(direct_times));
-        let eff =
-            |t: Duration| self.size as f64 / (NAT_N as f64 * self.cap_bytes * t.as_secs_f64());
-        let more_ms = rev as f64 - dir as f64;
-        let rtt_ms = rtt.as_secs_f64() * 1e3;
-        Ok(Row {
-            case: CASE.into(),
-            what: format!(
-                "N={NAT_N} behind NAT (each source host drops connections it did not open, as a \
-                 home router does; reached by reverse connections through the super-peer): time, \
-                 and how long after a source is tried its first chunk comes (median over \
-                 sources and runs)"
-            ),
-            ours: format!(
-                "{:.2} s from a running node (eff {:.2}); first chunk after {rev} ms",
-                t.as_secs_f64(),
-                eff(t)
-            ),
-            reference: format!(
-                "the same hosts reachable: {:.2} s, one-shot leaf get; first chunk after {dir} ms \
-                 (direct)",
-                td.as_secs_f64()
-            ),
-            ratio: format!(
-                "{more_ms:+.0} ms before the first chunk; a round trip of the testbed is \
-                 {:.0} µs",
-                rtt_ms * 1e3
-            ),
-            target: "≤ 1 round trip more".into(),
-            verdict: Verdict::of(more_ms <= rtt_ms),
-        })
+        Ok((times, first))
     }
 }
 
