@@ -535,3 +535,117 @@ fn a_free_rider_completes_after_the_leechers_that_upload() {
         seeder.shutdown().await;
     });
 }
+
+/// The node-wide cap on links with other leaves (`--max-peer-links`): a connection accepted
+/// past it is closed at once, before any handshake, and a place freed is taken again.
+#[test]
+fn a_node_accepts_no_connection_with_another_leaf_past_its_cap() {
+    run_bounded(Duration::from_secs(60), async {
+        let tmp = tempfile::tempdir().unwrap();
+        let sp = net::superpeer(&[]).await;
+        let content = corpus::deterministic_bytes("links cap", 1 << 20);
+        let seeder = net::leaf_with(tmp.path(), "seeder", &[sp.listen_addr()], |c| {
+            c.max_peer_links = 12;
+        })
+        .await;
+        net::share_indexed(&seeder, &sp, &share_file(tmp.path(), "f.bin", &content)).await;
+        let addr = seeder.listen_addr().unwrap();
+        let mut held = Vec::new();
+        for _ in 0..12 {
+            held.push(Client::open(addr).await);
+        }
+        assert_eq!(seeder.status().peer_links, (12, 12));
+        // The thirteenth gets through the kernel's handshake, and is closed without a byte.
+        let closed_at_once = |addr| async move {
+            use smol::io::AsyncReadExt;
+            let mut raw = smol::net::TcpStream::connect(addr).await.unwrap();
+            let mut buf = [0u8; 64];
+            let read = smol::future::or(async { Some(raw.read(&mut buf).await) }, async {
+                smol::Timer::after(Duration::from_secs(3)).await;
+                None
+            })
+            .await;
+            matches!(read, Some(Ok(0)) | Some(Err(_)))
+        };
+        assert!(
+            closed_at_once(addr).await,
+            "a connection past the cap was kept"
+        );
+        assert_eq!(seeder.status().peer_links.0, 12);
+        // One goes: its place is anyone's again.
+        held.pop();
+        let seen = |n| {
+            let seeder = &seeder;
+            move || {
+                let open = seeder.status().peer_links.0;
+                async move { open == n }
+            }
+        };
+        wait_until(
+            "the place to be given back",
+            Duration::from_secs(5),
+            seen(11),
+        )
+        .await;
+        held.push(Client::open(addr).await);
+        assert_eq!(seeder.status().peer_links, (12, 12));
+        drop(held);
+        wait_until(
+            "every place to be given back",
+            Duration::from_secs(5),
+            seen(0),
+        )
+        .await;
+        seeder.shutdown().await;
+    });
+}
+
+/// A download dials no more sources than the node's cap lets it (the cap less the places kept
+/// for connections accepted), however many it knows of, and completes with them.
+#[test]
+fn a_download_connects_to_no_more_sources_than_the_nodes_cap_allows() {
+    run_bounded(Duration::from_secs(90), async {
+        let tmp = tempfile::tempdir().unwrap();
+        let sp = net::superpeer(&[]).await;
+        let spa = [sp.listen_addr()];
+        let content = corpus::deterministic_bytes("links cap download", 2 << 20);
+        let id = FileId::from(blake3::hash(&content));
+        let path = share_file(tmp.path(), "f.bin", &content);
+        let mut seeders = Vec::new();
+        for i in 0..6 {
+            // Slow enough that the download lasts a couple of seconds.
+            let s = net::leaf_with(tmp.path(), &format!("seeder{i}"), &spa, |c| {
+                c.upload_rate = 300_000;
+            })
+            .await;
+            net::share_indexed(&s, &sp, &path).await;
+            seeders.push(s);
+        }
+        let downloader = net::leaf_with(tmp.path(), "downloader", &spa, |c| {
+            c.max_peer_links = 12;
+        })
+        .await;
+        let dial_cap = 12 - leaf::links::RESERVED_FOR_ACCEPTED;
+        let out = tmp.path().join("out");
+        std::fs::create_dir_all(&out).unwrap();
+        let get = {
+            let (d, out) = (downloader.clone(), out.clone());
+            smol::spawn(async move { d.get(id, &out, |_| {}).await })
+        };
+        let mut most = 0;
+        while !get.is_finished() {
+            most = most.max(downloader.status().peer_links.0);
+            smol::Timer::after(Duration::from_millis(20)).await;
+        }
+        let report = get.await.expect("the download completes");
+        assert_eq!(std::fs::read(&report.path).unwrap(), content);
+        assert!(
+            (1..=dial_cap).contains(&most),
+            "{most} links at once (the node may dial {dial_cap})"
+        );
+        downloader.shutdown().await;
+        for s in seeders {
+            s.shutdown().await;
+        }
+    });
+}

@@ -323,6 +323,10 @@ pub struct StatusReport {
     pub upload_slots: (usize, usize),
     /// Downloaders waiting for an upload slot.
     pub upload_queue: usize,
+    /// Connections with other leaves open now, both ways, and the node's cap
+    /// (`--max-peer-links`).
+    #[serde(default)]
+    pub peer_links: (usize, usize),
     /// Upload cap in bytes per second, if any.
     pub upload_rate: Option<u64>,
     /// Download cap in bytes per second, if any.

@@ -46,6 +46,7 @@
 pub mod browse;
 pub mod control;
 pub mod download;
+pub mod links;
 pub mod node;
 mod overlay;
 mod part;

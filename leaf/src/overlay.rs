@@ -436,6 +436,15 @@ fn connect_back(inner: &Arc<NodeState>, back: ConnectBack) {
             );
             return;
         };
+        // It serves a downloader, as a connection accepted would: it takes such a place.
+        let Some(_link) = inner.links.accept() else {
+            log::info!(
+                "not connecting back to {addr} (asked through {via}): {} links open \
+                 (--max-peer-links)",
+                inner.links.open()
+            );
+            return;
+        };
         log::info!("connecting back to {addr}, asked through super-peer {via}");
         if let Err(e) = crate::upload::serve_connect_back(&inner, back, place).await {
             log::info!("connection back to {addr}: {e}");
@@ -452,6 +461,13 @@ fn relay_back(inner: &Arc<NodeState>, back: RelayBack) {
         let via = back.via;
         let Some(place) = inner.reverse.start_connect_back() else {
             log::info!("not joining a relay at {via}: too many connections back being made");
+            return;
+        };
+        let Some(_link) = inner.links.accept() else {
+            log::info!(
+                "not joining a relay at {via}: {} links open (--max-peer-links)",
+                inner.links.open()
+            );
             return;
         };
         log::info!(

@@ -61,6 +61,8 @@ pub(crate) struct NodeState {
     pub(crate) role: ArcSwap<RoleStatus>,
     pub(crate) started: Instant,
     pub(crate) slots: UploadSlots,
+    /// The connections with other leaves, both ways, under the node's cap.
+    pub(crate) links: Arc<crate::links::PeerLinks>,
     /// Files being downloaded, or seeded after, served from their verified chunks.
     pub(crate) partials: Partials,
     /// The peers of each file's swarm met first-hand, for source exchange.

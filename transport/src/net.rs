@@ -262,15 +262,16 @@ fn reusable(addr: SocketAddr) -> io::Result<socket2::Socket> {
     Ok(socket)
 }
 
-/// Listens at `addr` on a port that [`connect_from`] may also use.
+/// Listens at `addr` on a port that [`connect_from`] may also use, with up to `backlog`
+/// connections completed by the kernel and waiting to be accepted.
 ///
 /// The port is first bound plainly and let go: that fails if anything holds it (another
 /// node's listener among them, which SO_REUSEPORT alone would let us share and split its
 /// connections with), and picks a free port for port 0.
-pub fn listen_reusable(addr: SocketAddr) -> io::Result<smol::net::TcpListener> {
+pub fn listen_reusable(addr: SocketAddr, backlog: i32) -> io::Result<smol::net::TcpListener> {
     let free = std::net::TcpListener::bind(addr)?.local_addr()?;
     let socket = reusable(free)?;
-    socket.listen(1024)?;
+    socket.listen(backlog)?;
     let std: std::net::TcpListener = socket.into();
     smol::net::TcpListener::try_from(std)
 }
@@ -331,7 +332,7 @@ mod tests {
     #[test]
     fn connections_leave_from_the_listen_port_while_it_listens() {
         smol::block_on(async {
-            let ours = listen_reusable("127.0.0.1:0".parse().unwrap()).unwrap();
+            let ours = listen_reusable("127.0.0.1:0".parse().unwrap(), 8).unwrap();
             let from = ours.local_addr().unwrap();
             let theirs = smol::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             let to = theirs.local_addr().unwrap();
@@ -341,7 +342,7 @@ mod tests {
             out.unwrap();
             assert_eq!(accepted.unwrap().1, from, "it came from our listen port");
             // Its port is not shared with another listener, ours or anyone's.
-            let err = listen_reusable(from).expect_err("the port is taken");
+            let err = listen_reusable(from, 8).expect_err("the port is taken");
             assert_eq!(err.kind(), io::ErrorKind::AddrInUse, "{err}");
             // And the listener still takes connections.
             let (inbound, got) = smol::future::zip(TcpStream::connect(from), ours.accept()).await;

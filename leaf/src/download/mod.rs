@@ -148,6 +148,9 @@ pub struct SwarmHooks {
     /// The swarm's peers this node met, where the sources it connects to are noted (and told
     /// to the downloaders it serves).
     pub peers: crate::swarm::SwarmPeers,
+    /// The node's connections with other leaves: each source dialled takes a place first
+    /// ([`crate::links`]).
+    pub links: Arc<crate::links::PeerLinks>,
 }
 
 /// Downloads a file; see the module docs for the steps.

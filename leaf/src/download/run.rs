@@ -32,6 +32,7 @@ use super::disk::{
 use super::source::{read_ahead, Room, SourceConn};
 use super::types::{DownloadError, Progress, SourceReport};
 use super::{reasons, Job};
+use crate::links::PeerLink;
 use crate::part::Record;
 use crate::swarm::{PartialFile, Reciprocity};
 
@@ -107,6 +108,9 @@ struct Source {
     tried_at: Instant,
     /// The connect task, then the reader task: dropped to stop them.
     _task: Option<smol::Task<()>>,
+    /// Its place among the node's links (None: a plain download, or a connection made to
+    /// fetch the manifest when none was free).
+    _link: Option<PeerLink>,
 }
 
 /// The actor's state; see the module docs.
@@ -225,9 +229,11 @@ impl Run<'_> {
     ) -> Result<(), DownloadError> {
         for c in std::mem::take(&mut self.s.conns) {
             let n = self.add(c.addr);
+            let link = self.take_link().flatten();
             // Dialled (or asked to connect back) before the download ran.
             if let Some(src) = self.sources.get_mut(&n) {
                 src.tried_at = self.s.dialled;
+                src._link = link;
             }
             self.connected(n, c);
         }
@@ -356,16 +362,34 @@ impl Run<'_> {
         if !ready || busy || self.s.banned.contains(&addr) {
             return;
         }
-        if self.sources.len() < self.s.job.opts.max_sources.max(1) {
-            self.dial(addr);
-        } else if self.candidates.len() < MAX_CANDIDATES && !self.candidates.contains(&addr) {
-            self.candidates.push_back(addr);
+        let link = match self.sources.len() < self.s.job.opts.max_sources.max(1) {
+            true => self.take_link(),
+            false => None,
+        };
+        match link {
+            Some(link) => self.dial(addr, link),
+            None if self.candidates.len() < MAX_CANDIDATES && !self.candidates.contains(&addr) => {
+                self.candidates.push_back(addr)
+            }
+            None => {}
         }
     }
 
-    /// Dials waiting candidates while places are free.
+    /// A place among the node's links for a source to dial: `Some(None)` for a plain
+    /// download (not counted), `None` if the node has none free.
+    fn take_link(&self) -> Option<Option<PeerLink>> {
+        match &self.s.job.swarm {
+            Some(hooks) => hooks.links.dial().map(Some),
+            None => Some(None),
+        }
+    }
+
+    /// Dials waiting candidates while places are free, in the download and in the node.
     fn fill_places(&mut self, now: Instant) {
         while self.sources.len() < self.s.job.opts.max_sources.max(1) {
+            if !self.s.job.swarm.as_ref().is_none_or(|h| h.links.may_dial()) {
+                return;
+            }
             let Some(addr) = self.candidates.pop_front() else {
                 return;
             };
@@ -391,13 +415,14 @@ impl Run<'_> {
                 report: SourceReport::new(addr),
                 tried_at: Instant::now(),
                 _task: None,
+                _link: None,
             },
         );
         n
     }
 
-    /// Connects to `addr` as a new source.
-    fn dial(&mut self, addr: SocketAddr) {
+    /// Connects to `addr` as a new source, in the node's `link` place.
+    fn dial(&mut self, addr: SocketAddr, link: Option<PeerLink>) {
         let n = self.add(addr);
         let (me, listen, opts, epoch) = (
             self.s.job.me.clone(),
@@ -415,6 +440,7 @@ impl Run<'_> {
         });
         if let Some(src) = self.sources.get_mut(&n) {
             src._task = Some(task);
+            src._link = link;
         }
     }
 

@@ -274,6 +274,7 @@ impl Node {
                 reciprocity: self.inner.state.slots.reciprocity.clone(),
                 listen: self.inner.state.advertised(),
                 peers: self.inner.state.swarm_peers.clone(),
+                links: self.inner.state.links.clone(),
             }),
         };
         Ok(download::download(job, Box::new(on_progress)).await?)

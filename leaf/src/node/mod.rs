@@ -111,6 +111,8 @@ pub struct NodeConfig {
     /// How many connections may ask for one file at once (queued or served); more are told to
     /// come back later.
     pub max_downloaders_per_file: usize,
+    /// Connections with other leaves at once, both ways ([`crate::links`]).
+    pub max_peer_links: usize,
     /// Upload cap in bytes per second for the whole node (0: none).
     pub upload_rate: u64,
     /// Download cap in bytes per second for the whole node (0: none).
@@ -158,6 +160,7 @@ impl NodeConfig {
             download: DownloadOptions::default(),
             upload_slots: 4,
             max_downloaders_per_file: crate::slots::MAX_DOWNLOADERS_PER_FILE,
+            max_peer_links: crate::links::MAX_PEER_LINKS,
             upload_rate: 0,
             download_rate: 0,
             max_downloads: 3,
@@ -313,7 +316,10 @@ impl Node {
         let (listener, listen) = match config.listen {
             Some(addr) => {
                 // Shared with the connections that leave from it (hole punching).
-                let l = transport::net::listen_reusable(addr)
+                // A short queue: connections the kernel completed and the node has not taken
+                // count with the node's links (`crate::links`).
+                let backlog = crate::links::LISTEN_BACKLOG as i32;
+                let l = transport::net::listen_reusable(addr, backlog)
                     .map_err(|source| NodeError::Bind { addr, source })?;
                 let bound = l
                     .local_addr()
@@ -365,6 +371,7 @@ impl Node {
             started: Instant::now(),
             slots: UploadSlots::new(config.upload_slots, Arc::default())
                 .with_per_file(config.max_downloaders_per_file),
+            links: crate::links::PeerLinks::new(config.max_peer_links),
             partials: Partials::default(),
             swarm_peers: Default::default(),
             spread: Spread::default(),
@@ -803,6 +810,7 @@ impl Node {
                 self.inner.state.slots.max(),
             ),
             upload_queue: self.inner.state.slots.usage().1,
+            peer_links: (self.inner.state.links.open(), self.inner.state.links.max()),
             upload_rate: self.inner.state.upload_cap.bytes_per_sec(),
             download_rate: self.inner.download_cap.bytes_per_sec(),
         }

@@ -261,16 +261,26 @@ async fn serve_control_one(node: Node, stream: UnixStream) {
 pub(super) async fn accept_uploads(inner: Arc<Inner>, listener: TcpListener) {
     let gate = inner.gate.clone();
     let handle = move |stream: TcpStream, remote: SocketAddr, admitted| {
-        // Known to the node so that shutdown can close it.
-        let key = inner.state.upload_keys.fetch_add(1, Ordering::Relaxed);
-        inner
-            .state
-            .upload_streams
-            .lock()
-            .unwrap()
-            .insert(key, stream.clone());
+        // A place among the node's links, or closed at once (see `crate::links`).
+        let link = inner.state.links.accept();
         let inner = inner.clone();
         async move {
+            let Some(_link) = link else {
+                log::debug!(
+                    "refusing a download connection from {remote}: {} links open \
+                     (--max-peer-links)",
+                    inner.state.links.open()
+                );
+                return;
+            };
+            // Known to the node so that shutdown can close it.
+            let key = inner.state.upload_keys.fetch_add(1, Ordering::Relaxed);
+            inner
+                .state
+                .upload_streams
+                .lock()
+                .unwrap()
+                .insert(key, stream.clone());
             let unasked = inner.state.slots.unasked(remote.ip());
             crate::upload::serve(inner.state.clone(), stream, remote, unasked).await;
             drop(admitted);

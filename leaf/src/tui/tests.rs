@@ -112,6 +112,7 @@ fn status() -> StatusReport {
         indirect: Default::default(),
         upload_slots: (1, 4),
         upload_queue: 2,
+        peer_links: (3, 72),
         upload_rate: None,
         download_rate: None,
     }

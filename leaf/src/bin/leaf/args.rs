@@ -47,6 +47,10 @@ pub(crate) struct Cli {
     /// back later (in a swarm of hundreds, every leecher is asked by every other).
     #[arg(long, env = "CANOPY_MAX_DOWNLOADERS_PER_FILE", default_value_t = leaf::slots::MAX_DOWNLOADERS_PER_FILE as u16, global = true, value_parser = clap::value_parser!(u16).range(1..))]
     pub(crate) max_downloaders_per_file: u16,
+    /// Connections with other leaves at once, both ways (downloads' sources, downloaders
+    /// served, connections back); one accepted past it is closed at once, and sources wait.
+    #[arg(long, env = "CANOPY_MAX_PEER_LINKS", default_value_t = leaf::links::MAX_PEER_LINKS as u16, global = true, value_parser = clap::value_parser!(u16).range(16..))]
+    pub(crate) max_peer_links: u16,
     /// Sources a download connects to at once; others found wait, and one that gives nothing
     /// for 30 s makes way for one of them.
     #[arg(long, env = "CANOPY_MAX_PEERS", default_value_t = leaf::download::MAX_PEERS as u16, global = true, value_parser = clap::value_parser!(u16).range(1..))]

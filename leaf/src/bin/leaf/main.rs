@@ -73,6 +73,7 @@ fn real_main() -> anyhow::Result<()> {
     config.superpeers = superpeers.clone();
     config.upload_slots = cli.upload_slots as usize;
     config.max_downloaders_per_file = cli.max_downloaders_per_file as usize;
+    config.max_peer_links = cli.max_peer_links as usize;
     config.download.max_sources = cli.max_peers as usize;
     config.upload_rate = cli.upload_rate;
     config.download_rate = cli.download_rate;

@@ -256,6 +256,11 @@ pub(crate) fn print_status(s: &control::StatusReport) {
         s.upload_rate
             .map_or("none".into(), |r| format!("{}/s", HumanBytes(r)))
     );
+    say!(
+        "peers     {} of {} connections with other leaves open",
+        s.peer_links.0,
+        s.peer_links.1
+    );
     let i = s.indirect;
     if i != Default::default() {
         say!(
