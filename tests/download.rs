@@ -368,6 +368,7 @@ fn only_verified_chunks_earn_credit() {
             reciprocity: reciprocity.clone(),
             listen: None,
             peers: Default::default(),
+            links: leaf::links::PeerLinks::new(leaf::links::MAX_PEER_LINKS),
         });
         let report = download::download(job, Box::new(|_| {})).await.unwrap();
         let liar_report = report.sources.iter().find(|s| s.addr == liar).unwrap();
