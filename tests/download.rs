@@ -187,6 +187,11 @@ fn job(id: FileId, sources: Vec<SocketAddr>, out: &std::path::Path) -> download:
     net::direct_job(id, sources, out)
 }
 
+/// How many chunks a file of `size` bytes is cut into.
+fn chunks_of(size: u64) -> u64 {
+    wire::content::chunk_count(size, wire::content::chunk_size_for(size))
+}
+
 fn run_case(kind: Fake, check: impl FnOnce(&download::DownloadReport, SocketAddr)) {
     run_bounded(Duration::from_secs(60), async {
         let tmp = tempfile::tempdir().unwrap();
@@ -231,7 +236,7 @@ fn a_source_with_nothing_to_give_is_let_go_for_one_that_waits() {
         let why = gone.error.as_deref().unwrap_or_default();
         assert!(why.starts_with("let go: no chunk from it for 1 s"), "{why}");
         let served = report.sources.iter().find(|s| s.addr == honest[0]).unwrap();
-        assert_eq!(served.chunks, 8, "{report:?}");
+        assert_eq!(served.chunks, chunks_of(2 << 20), "{report:?}");
     });
 }
 
@@ -240,7 +245,8 @@ fn a_stalled_source_does_not_hold_up_the_download() {
     run_case(Fake::Stall, |report, fake| {
         let f = report.sources.iter().find(|s| s.addr == fake).unwrap();
         assert_eq!(f.chunks, 0);
-        assert_eq!(report.sources.iter().map(|s| s.chunks).sum::<u64>(), 24);
+        let all = chunks_of(6 << 20);
+        assert_eq!(report.sources.iter().map(|s| s.chunks).sum::<u64>(), all);
     });
 }
 
@@ -418,7 +424,7 @@ fn one_download_per_file_at_a_time() {
 fn four_sources_one_dies_one_stalls_one_lies_and_the_file_completes() {
     run_bounded(Duration::from_secs(60), async {
         let tmp = tempfile::tempdir().unwrap();
-        // Large enough (96 chunks) that the honest source's window (at most 32) cannot take
+        // Large enough (192 chunks) that the honest source's window (at most 32) cannot take
         // every chunk at once, and capped (24 MiB/s: about a second) so that the machine's
         // speed does not decide whether the dying source is asked for its fourth chunk before
         // the download ends: uncapped, it once ended in 77 ms (6 MiB), and in 120 ms (24 MiB,
@@ -453,7 +459,8 @@ fn four_sources_one_dies_one_stalls_one_lies_and_the_file_completes() {
             of(dies).any(|s| s.error.as_deref().unwrap_or("").contains("connection")),
             "the dead source is noted: {report:?}"
         );
-        assert_eq!(report.sources.iter().map(|s| s.chunks).sum::<u64>(), 96);
+        let all = chunks_of(content.len() as u64);
+        assert_eq!(report.sources.iter().map(|s| s.chunks).sum::<u64>(), all);
     });
 }
 
@@ -575,8 +582,9 @@ fn a_damaged_record_is_rebuilt_from_the_part_file() {
         let report = download::download(job(id, honest, &out), Box::new(|_| {}))
             .await
             .unwrap();
-        // 256 KiB chunks: the twelve of the first half were found good on disk.
-        assert_eq!(report.resumed_chunks, 12, "{report:?}");
+        // The chunks of the first half were found good on disk.
+        let chunk = wire::content::chunk_size_for(content.len() as u64) as u64;
+        assert_eq!(report.resumed_chunks, (3 << 20) / chunk, "{report:?}");
         assert!(std::fs::read(&report.path).unwrap() == content);
     });
 }

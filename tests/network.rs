@@ -192,7 +192,9 @@ fn a_file_held_by_three_leaves_downloads_from_all_three() {
                 s.addr
             );
         }
-        assert_eq!(report.sources.iter().map(|s| s.chunks).sum::<u64>(), 64);
+        let size = content.len() as u64;
+        let all = wire::content::chunk_count(size, wire::content::chunk_size_for(size));
+        assert_eq!(report.sources.iter().map(|s| s.chunks).sum::<u64>(), all);
         let got = fs::read(&report.path).unwrap();
         assert_eq!(report.path, out.join("Concert Recording.flac"));
         assert_eq!(FileId::from(blake3::hash(&got)), id);
@@ -255,8 +257,10 @@ fn a_source_that_sends_corrupt_chunks_is_dropped_and_the_download_completes() {
                 // still believes it holds the file and serves bad bytes.
                 let f = fs::OpenOptions::new().write(true).open(&path).unwrap();
                 let mtime = fs::metadata(&path).unwrap().modified().unwrap();
-                for chunk in 0..16u64 {
-                    f.write_all_at(b"\x00rot\x00", chunk * (256 << 10) + 1000)
+                let size = content.len() as u64;
+                let chunk_size = wire::content::chunk_size_for(size) as u64;
+                for chunk in 0..size.div_ceil(chunk_size) {
+                    f.write_all_at(b"\x00rot\x00", chunk * chunk_size + 1000)
                         .unwrap();
                 }
                 f.set_modified(mtime).unwrap();
@@ -286,7 +290,9 @@ fn a_source_that_sends_corrupt_chunks_is_dropped_and_the_download_completes() {
             why.contains("bad chunk"),
             "dropped for the right reason: {why}"
         );
-        assert_eq!(report.sources.iter().map(|s| s.chunks).sum::<u64>(), 16);
+        let size = content.len() as u64;
+        let all = wire::content::chunk_count(size, wire::content::chunk_size_for(size));
+        assert_eq!(report.sources.iter().map(|s| s.chunks).sum::<u64>(), all);
         assert!(fs::read(&report.path).unwrap() == content);
     });
 }

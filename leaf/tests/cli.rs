@@ -316,7 +316,7 @@ fn stop_mid_download_and_resume(stop: Stop) {
     let after: u64 = sources.iter().map(|(_, d)| uploaded(d, &sp_addr)).sum();
     let status = status_json(&carol, &sp_addr);
     let resumed = status["downloads"][0]["resumed_chunks"].as_u64().unwrap();
-    let chunk = 256u64 << 10;
+    let chunk = wire::content::chunk_size_for(size as u64) as u64;
     let total = size as u64 / chunk;
     let in_flight_at_kill = 4 * 2; // requests in flight per source, two sources
     assert!(

@@ -19,8 +19,8 @@
 //! running node at the same moment; a leecher is done when the file appears under its final
 //! name (it appears only once every chunk is verified). Reference: BitTorrent with `aria2c` (Debian's
 //! package) on the same hosts and caps, with `opentracker` as the tracker on the super-peer's
-//! host and a torrent made by `mktorrent` with the same piece size as Canopy's chunks (256
-//! KiB); a leecher is done when aria2c runs its download-complete hook. Both sides keep
+//! host and a torrent made by `mktorrent` with the same piece size as Canopy's chunks (128
+//! KiB for these files); a leecher is done when aria2c runs its download-complete hook. Both sides keep
 //! seeding once done, and both find peers by asking again every few seconds (Canopy's
 //! re-query schedule; aria2c `--bt-tracker-interval=5`).
 
@@ -194,9 +194,12 @@ fn run_setting(ctx: &Ctx, setting: &Setting) -> anyhow::Result<Vec<Row>> {
     // BitTorrent: aria2c with opentracker (Debian builds it to serve only the torrents of
     // its whitelist).
     let torrent = scratch.path().join(format!("{name}.torrent"));
+    // Pieces as large as Canopy's chunks for this file: a piece, like a chunk, is served only
+    // once whole, so its size sets how fast it spreads.
+    let piece_log2 = wire::content::chunk_size_for(setting.size).trailing_zeros();
     output(
         Command::new(&mktorrent)
-            .args(["-l", "18", "-a"])
+            .args(["-l", &piece_log2.to_string(), "-a"])
             .arg(format!("http://{}:6969/announce", tb.superpeer.ip))
             .arg("-o")
             .arg(&torrent)
