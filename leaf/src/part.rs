@@ -141,6 +141,9 @@ pub(crate) fn find_earlier(out_dir: &Path, id: &FileId) -> Option<(PathBuf, Path
             && record.name == base
             && safe_file_name(&record.name, id) == record.name
             && manifest.verify(id).is_ok()
+            // Recorded under another chunk size (before chunks went from 256 KiB to 128 KiB):
+            // the part file's chunks are verified again against a manifest fetched now.
+            && record.chunk_size == wire::chunk_size_for(record.size)
             && record.done.len() as u64 == manifest.chunk_count().div_ceil(8)
             && is_part_of_size(&part, record.size);
         if sane {
@@ -397,8 +400,35 @@ mod tests {
         assert_eq!(damaged, 1, "chunk 0 was recorded and fails");
     }
 
+    #[test]
+    fn a_record_under_another_chunk_size_is_not_resumed_from() {
+        let tmp = tempfile::tempdir().unwrap();
+        let data: Vec<u8> = (0..(1u32 << 20)).map(|i| (i % 251) as u8).collect();
+        let size = data.len() as u64;
+        for (chunk_size, resumed) in [(256 << 10, false), (wire::chunk_size_for(size), true)] {
+            let mut b = wire::ManifestBuilder::with_chunk_size(size, chunk_size);
+            b.update(&data);
+            let (id, m) = b.finish().unwrap();
+            let (part, state) = part_paths(tmp.path(), "song.flac", &id);
+            fs::write(&part, &data).unwrap();
+            let done = vec![0xff; m.chunk_count().div_ceil(8) as usize];
+            Record::new(id, "song.flac", &m, done).save(&state).unwrap();
+            // A record of 256 KiB chunks (before they went to 128 KiB) is passed over: the
+            // part file is verified against a manifest fetched now instead.
+            assert_eq!(
+                find_earlier(tmp.path(), &id).is_some(),
+                resumed,
+                "chunks of {chunk_size}"
+            );
+            fs::remove_file(&state).unwrap();
+            fs::remove_file(&part).unwrap();
+        }
+    }
+
+    /// The manifest of `data` in the chunks a download would use.
     fn manifest_of(data: &[u8]) -> (FileId, Manifest) {
-        let mut b = wire::ManifestBuilder::with_chunk_size(data.len() as u64, 1024);
+        let size = data.len() as u64;
+        let mut b = wire::ManifestBuilder::with_chunk_size(size, wire::chunk_size_for(size));
         b.update(data);
         b.finish().unwrap()
     }

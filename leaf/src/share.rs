@@ -493,7 +493,10 @@ impl Shares {
                     ..Default::default()
                 };
                 for f in saved.files {
-                    if f.cvs.len() % 32 == 0 {
+                    // One hashed under another chunk size (before chunks went from 256 KiB to
+                    // 128 KiB) is hashed again by the next scan: its manifest would be refused.
+                    if f.cvs.len() % 32 == 0 && f.chunk_size == wire::chunk_size_for(f.record.size)
+                    {
                         shares.insert(f);
                     }
                 }
@@ -572,6 +575,33 @@ mod tests {
 
         let again = scan(&music, &shares);
         assert_eq!((again.hashed, again.reused), (0, 2));
+    }
+
+    #[test]
+    fn a_file_hashed_under_another_chunk_size_is_hashed_again() {
+        let tmp = tempfile::tempdir().unwrap();
+        let music = tmp.path().join("music");
+        fs::create_dir_all(&music).unwrap();
+        fs::write(music.join("long.flac"), vec![7u8; 3 << 20]).unwrap();
+        let mut shares = Shares::default();
+        let out = scan(&music, &shares);
+        let canon = fs::canonicalize(&music).unwrap();
+        shares.apply_scan(&canon, out.files);
+        // As a node before chunks went to 128 KiB saved it: 256 KiB chunks.
+        let old = shares.files().next().unwrap().as_ref().clone();
+        assert_eq!(old.chunk_size, 128 << 10);
+        let mut shares = Shares::default();
+        shares.insert(SharedFile {
+            chunk_size: 256 << 10,
+            cvs: old.cvs[..12 * 32].to_vec(),
+            ..old
+        });
+        let cache = tmp.path().join("shares.cbor");
+        shares.save(&cache).unwrap();
+        let shares = Shares::load(&cache);
+        assert_eq!(shares.len(), 0, "a manifest others would refuse was kept");
+        let again = scan(&music, &shares);
+        assert_eq!((again.hashed, again.reused), (1, 0));
     }
 
     #[test]
