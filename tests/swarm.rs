@@ -536,26 +536,68 @@ fn a_free_rider_completes_after_the_leechers_that_upload() {
     });
 }
 
-/// The node-wide cap on links with other leaves (`--max-peer-links`): a connection accepted
-/// past it is closed at once, before any handshake, and a place freed is taken again.
+/// The node-wide cap on links with other leaves (`--max-peer-links`): past it, a few
+/// connections may still come in but ask for no file (a connection back the node asked for, a
+/// reachability check); past those, a connection is closed at once, before any handshake; and
+/// a place freed is taken again.
 #[test]
 fn a_node_accepts_no_connection_with_another_leaf_past_its_cap() {
     run_bounded(Duration::from_secs(60), async {
         let tmp = tempfile::tempdir().unwrap();
         let sp = net::superpeer(&[]).await;
         let content = corpus::deterministic_bytes("links cap", 1 << 20);
+        let id = FileId::from(blake3::hash(&content));
+        // 20 places: 12 for connections accepted (8 are kept for the node's own dials).
         let seeder = net::leaf_with(tmp.path(), "seeder", &[sp.listen_addr()], |c| {
-            c.max_peer_links = 12;
+            c.max_peer_links = 20;
         })
         .await;
         net::share_indexed(&seeder, &sp, &share_file(tmp.path(), "f.bin", &content)).await;
         let addr = seeder.listen_addr().unwrap();
+        let accepted = 20 - leaf::links::RESERVED_FOR_DIALLED;
         let mut held = Vec::new();
-        for _ in 0..12 {
-            held.push(Client::open(addr).await);
+        for _ in 0..accepted {
+            // Each asks for the file at once (so it holds none of the places of connections
+            // that have not asked yet, three per address).
+            let mut c = Client::open(addr).await;
+            assert!(matches!(c.bitfield(id).await, Message::Bitfield { .. }));
+            held.push(c);
         }
-        assert_eq!(seeder.status().peer_links, (12, 12));
-        // The thirteenth gets through the kernel's handshake, and is closed without a byte.
+        assert_eq!(seeder.status().peer_links, (accepted, 20));
+        // Past the cap, one more gets through its handshake, but a request for a file is
+        // refused and the connection closed.
+        let mut beyond = Client::open(addr).await;
+        assert!(
+            matches!(
+                beyond.bitfield(id).await,
+                Message::TransferError {
+                    kind: TransferErrorKind::Busy,
+                    ..
+                }
+            ),
+            "a connection past the cap was served a file"
+        );
+        drop(beyond);
+        // The places beyond the cap taken by connections that never say a word, the next is
+        // closed at once, without a byte.
+        let mut silent = Vec::new();
+        for _ in 0..leaf::links::BEYOND_CAP {
+            silent.push(smol::net::TcpStream::connect(addr).await.unwrap());
+        }
+        let seen = |n| {
+            let seeder = &seeder;
+            move || {
+                let open = seeder.status().peer_links.0;
+                async move { open == n }
+            }
+        };
+        let full = accepted + leaf::links::BEYOND_CAP;
+        wait_until(
+            "the places beyond the cap to be taken",
+            Duration::from_secs(5),
+            seen(full),
+        )
+        .await;
         let closed_at_once = |addr| async move {
             use smol::io::AsyncReadExt;
             let mut raw = smol::net::TcpStream::connect(addr).await.unwrap();
@@ -569,26 +611,21 @@ fn a_node_accepts_no_connection_with_another_leaf_past_its_cap() {
         };
         assert!(
             closed_at_once(addr).await,
-            "a connection past the cap was kept"
+            "a connection past every place was kept"
         );
-        assert_eq!(seeder.status().peer_links.0, 12);
-        // One goes: its place is anyone's again.
+        assert_eq!(seeder.status().peer_links.0, full);
+        drop(silent);
+        // One goes: its place is anyone's again, and served.
         held.pop();
-        let seen = |n| {
-            let seeder = &seeder;
-            move || {
-                let open = seeder.status().peer_links.0;
-                async move { open == n }
-            }
-        };
         wait_until(
-            "the place to be given back",
+            "the places to be given back",
             Duration::from_secs(5),
-            seen(11),
+            seen(accepted - 1),
         )
         .await;
-        held.push(Client::open(addr).await);
-        assert_eq!(seeder.status().peer_links, (12, 12));
+        let mut again = Client::open(addr).await;
+        assert!(matches!(again.bitfield(id).await, Message::Bitfield { .. }));
+        held.push(again);
         drop(held);
         wait_until(
             "every place to be given back",
@@ -632,17 +669,22 @@ fn a_download_connects_to_no_more_sources_than_the_nodes_cap_allows() {
             let (d, out) = (downloader.clone(), out.clone());
             smol::spawn(async move { d.get(id, &out, |_| {}).await })
         };
-        let mut most = 0;
+        // Counted where the connections arrive, at the seeders (which connect to nobody),
+        // and by the downloader itself.
+        let (mut most, mut most_counted) = (0, 0);
         while !get.is_finished() {
-            most = most.max(downloader.status().peer_links.0);
+            let arrived: usize = seeders.iter().map(|s| s.status().peer_links.0).sum();
+            most = most.max(arrived);
+            most_counted = most_counted.max(downloader.status().peer_links.0);
             smol::Timer::after(Duration::from_millis(20)).await;
         }
         let report = get.await.expect("the download completes");
         assert_eq!(std::fs::read(&report.path).unwrap(), content);
         assert!(
             (1..=dial_cap).contains(&most),
-            "{most} links at once (the node may dial {dial_cap})"
+            "{most} links at once at the seeders (the node may dial {dial_cap})"
         );
+        assert!(most_counted <= dial_cap, "{most_counted} counted");
         downloader.shutdown().await;
         for s in seeders {
             s.shutdown().await;

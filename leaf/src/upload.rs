@@ -389,7 +389,10 @@ async fn serve_inner(
                     true => busy(
                         request.number(),
                         id,
-                        &format!("{MAX_UNASKED} connections are starting here already"),
+                        &format!(
+                            "too many connections here already ({MAX_UNASKED} starting, or \
+                             every place of --max-peer-links taken)"
+                        ),
                     ),
                     false => too_many(request.number(), id, node.slots.per_file()),
                 };

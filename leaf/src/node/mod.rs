@@ -317,7 +317,7 @@ impl Node {
             Some(addr) => {
                 // Shared with the connections that leave from it (hole punching).
                 // A short queue: connections the kernel completed and the node has not taken
-                // count with the node's links (`crate::links`).
+                // count towards the node's bound on links (`crate::links`).
                 let backlog = crate::links::LISTEN_BACKLOG as i32;
                 let l = transport::net::listen_reusable(addr, backlog)
                     .map_err(|source| NodeError::Bind { addr, source })?;

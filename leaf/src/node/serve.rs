@@ -261,11 +261,13 @@ async fn serve_control_one(node: Node, stream: UnixStream) {
 pub(super) async fn accept_uploads(inner: Arc<Inner>, listener: TcpListener) {
     let gate = inner.gate.clone();
     let handle = move |stream: TcpStream, remote: SocketAddr, admitted| {
-        // A place among the node's links, or closed at once (see `crate::links`).
-        let link = inner.state.links.accept();
+        // A place among the node's links, or one beyond them for a connection that may ask
+        // for no file (a connection back we asked for, a reachability check), or closed at
+        // once (see `crate::links`).
+        let link = inner.state.links.accept_or_beyond();
         let inner = inner.clone();
         async move {
-            let Some(_link) = link else {
+            let Some(link) = link else {
                 log::debug!(
                     "refusing a download connection from {remote}: {} links open \
                      (--max-peer-links)",
@@ -281,8 +283,14 @@ pub(super) async fn accept_uploads(inner: Arc<Inner>, listener: TcpListener) {
                 .lock()
                 .unwrap()
                 .insert(key, stream.clone());
-            let unasked = inner.state.slots.unasked(remote.ip());
+            // Beyond the cap it holds no place among those that have not asked yet either: its
+            // first request is refused if it is for a file.
+            let unasked = match link.is_beyond() {
+                true => None,
+                false => inner.state.slots.unasked(remote.ip()),
+            };
             crate::upload::serve(inner.state.clone(), stream, remote, unasked).await;
+            drop(link);
             drop(admitted);
             inner.state.upload_streams.lock().unwrap().remove(&key);
         }
