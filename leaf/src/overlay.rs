@@ -210,7 +210,7 @@ pub(crate) async fn run(inner: Arc<NodeState>, settings: Settings, commands: Rec
                 punch,
                 answer,
             }) => {
-                if leaf.ask_connect_back(via, node, token, punch) {
+                if leaf.ask_connect_back(now, via, node, token, punch) {
                     asks.insert(token, answer);
                 } else {
                     let _ = answer.try_send(Asked::NoLink);

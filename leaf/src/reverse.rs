@@ -44,6 +44,9 @@ pub(crate) const MAX_CONNECT_BACKS: usize = 16;
 const PUNCH_ATTEMPT: Duration = Duration::from_secs(4);
 /// Between attempts that failed at once.
 const PUNCH_PAUSE: Duration = Duration::from_millis(200);
+/// How long a request for a connection back sent over our link to a super-peer waits for its
+/// answer before it is sent again on a connection of its own.
+const OVERLAY_ASK_WAIT: Duration = Duration::from_secs(3);
 
 /// A connection a source opened to us because we asked, past its [`Message::Reversed`].
 pub struct Accepted {
@@ -517,16 +520,17 @@ async fn ask(
             answer: tx,
         };
         if overlay.try_send(command).is_ok() {
+            // A link that does not answer soon (its super-peer busy, or the overlay actor
+            // promoting) costs no more than this before we ask on a connection of our own.
+            let wait = limit.min(OVERLAY_ASK_WAIT);
             let answer = smol::future::or(async { rx.recv().await.ok() }, async {
-                smol::Timer::after(limit).await;
-                Some(crate::overlay::Asked::Answered(Some(format!(
-                    "no answer to {asked} within {limit:?}"
-                ))))
+                smol::Timer::after(wait).await;
+                None
             })
             .await;
             match answer {
                 Some(crate::overlay::Asked::Answered(error)) => return answered(error),
-                // No link to it (or the overlay let the request go): a connection of our own.
+                // No link to it, the link went, or no answer yet: a connection of our own.
                 Some(crate::overlay::Asked::NoLink) | None => {}
             }
         }

@@ -204,9 +204,12 @@ struct Link {
     /// how many).
     connect_backs: (Instant, u32),
     /// Tokens of our own requests for connections back sent on this link and not answered
-    /// yet ([`LeafOverlay::ask_connect_back`]).
-    asks: Vec<u64>,
+    /// yet ([`LeafOverlay::ask_connect_back`]), with when each was sent.
+    asks: Vec<(u64, Instant)>,
 }
+
+/// A request for a connection back not answered in this long is given up (as lost).
+const ASK_EXPIRY: Duration = Duration::from_secs(30);
 
 /// Our requests for connections back awaiting an answer on one link; more go on connections
 /// of their own.
@@ -577,9 +580,11 @@ impl LeafOverlay {
     /// ([`Message::ConnectToMe`] with `token` and `punch`): it connects to where it sees the
     /// link come from, on our listen port. The answer comes as [`LeafEvent::ConnectAsked`].
     /// False (nothing sent) if no link to `via` is attached, or too many requests on it await
-    /// their answer: then the driver asks on a connection of its own.
+    /// their answer: then the driver asks on a connection of its own. One not answered within
+    /// 30 s is given up ([`LeafEvent::AskLost`]).
     pub fn ask_connect_back(
         &mut self,
+        now: Instant,
         via: SocketAddr,
         node: NodeId,
         token: u64,
@@ -593,10 +598,10 @@ impl LeafOverlay {
         else {
             return false;
         };
-        if link.asks.len() >= ASKS_PER_LINK || link.asks.contains(&token) {
+        if link.asks.len() >= ASKS_PER_LINK || link.asks.iter().any(|&(t, _)| t == token) {
             return false;
         }
-        link.asks.push(token);
+        link.asks.push((token, now));
         self.transmits.push_back(Transmit {
             to: conn,
             msg: Message::ConnectToMe { node, token, punch },
@@ -606,7 +611,7 @@ impl LeafOverlay {
 
     /// The requests awaiting an answer on `link` are lost.
     fn lose_asks(events: &mut VecDeque<LeafEvent>, link: &mut Link) {
-        for token in link.asks.drain(..) {
+        for (token, _) in link.asks.drain(..) {
             events.push_back(LeafEvent::AskLost { token });
         }
     }
@@ -713,7 +718,7 @@ impl LeafOverlay {
             Message::Goodbye { reason } => self.close(conn, format!("{addr} said: {reason}")),
             Message::ConnectAsked { token, error } => {
                 // Only answers to what we asked on this link.
-                if let Some(i) = link.asks.iter().position(|&t| t == token) {
+                if let Some(i) = link.asks.iter().position(|&(t, _)| t == token) {
                     link.asks.swap_remove(i);
                     self.events
                         .push_back(LeafEvent::ConnectAsked { token, error });
@@ -784,6 +789,19 @@ impl LeafOverlay {
             return;
         }
         self.next_tick = now + self.config.tick;
+        let mut ids: Vec<ConnId> = self.links.keys().copied().collect();
+        ids.sort();
+        for c in ids {
+            let link = self.links.get_mut(&c).expect("listed");
+            let events = &mut self.events;
+            link.asks.retain(|&(token, sent)| {
+                let keep = now < sent + ASK_EXPIRY;
+                if !keep {
+                    events.push_back(LeafEvent::AskLost { token });
+                }
+                keep
+            });
+        }
         let mut silent: Vec<ConnId> = self
             .links
             .iter()
@@ -1032,9 +1050,9 @@ mod tests {
         let sp: SocketAddr = "10.0.0.1:4000".parse().unwrap();
         let source = NodeId([9; 32]);
         // No link to another super-peer: the driver asks on a connection of its own.
-        assert!(!leaf.ask_connect_back("10.0.0.2:4000".parse().unwrap(), source, 1, false));
+        assert!(!leaf.ask_connect_back(t0, "10.0.0.2:4000".parse().unwrap(), source, 1, false));
         assert!(sent(&mut leaf).is_empty());
-        assert!(leaf.ask_connect_back(sp, source, 1, true));
+        assert!(leaf.ask_connect_back(t0, sp, source, 1, true));
         assert_eq!(
             sent(&mut leaf),
             vec![(
@@ -1047,7 +1065,7 @@ mod tests {
             )]
         );
         // The same token twice is refused: its answer could not be told apart.
-        assert!(!leaf.ask_connect_back(sp, source, 1, false));
+        assert!(!leaf.ask_connect_back(t0, sp, source, 1, false));
         let answer = |token, error: Option<&str>| Message::ConnectAsked {
             token,
             error: error.map(String::from),
@@ -1064,9 +1082,22 @@ mod tests {
         leaf.handle_message(t0, 7, answer(1, None));
         leaf.handle_message(t0, 7, answer(2, Some("no")));
         assert_eq!(leaf.poll_event(), None);
+        // One never answered is given up after a while, and its answer is nobody's after.
+        assert!(leaf.ask_connect_back(t0, sp, source, 2, false));
+        while leaf.poll_transmit().is_some() {}
+        let later = t0 + Duration::from_secs(31);
+        leaf.handle_message(later, 7, Message::Ping { nonce: 1 });
+        leaf.handle_timeout(later);
+        let events: Vec<_> = std::iter::from_fn(|| leaf.poll_event()).collect();
+        assert!(
+            events.contains(&LeafEvent::AskLost { token: 2 }),
+            "{events:?}"
+        );
+        leaf.handle_message(later, 7, answer(2, None));
+        assert_eq!(leaf.poll_event(), None);
         // A request whose link goes before the answer is lost at once, not at the caller's
         // deadline (the driver then asks on a connection of its own).
-        assert!(leaf.ask_connect_back(sp, source, 3, false));
+        assert!(leaf.ask_connect_back(t0, sp, source, 3, false));
         leaf.handle_message(
             t0,
             7,
@@ -1080,7 +1111,7 @@ mod tests {
             "{events:?}"
         );
         assert!(
-            !leaf.ask_connect_back(sp, source, 4, false),
+            !leaf.ask_connect_back(t0, sp, source, 4, false),
             "the link is closing"
         );
     }
