@@ -10,7 +10,9 @@
 //! trip of the host grows by the delay once.
 //!
 //! The TUN device lives as long as the thread's descriptor: dropping the [`DelayLine`] stops
-//! the thread, which removes the device and so the route through it.
+//! the thread, which removes the device and so the route through it. The rule and the
+//! settings stay with the namespace (the testbed deletes it after each case); a second delay
+//! line in the same namespace is not supported.
 
 use std::collections::VecDeque;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -86,7 +88,10 @@ impl DelayLine {
         // source: accepted (not a martian), and forwarded out of the real link.
         sysctl("net.ipv4.ip_forward")?;
         sysctl(&format!("net.ipv4.conf.{DEVICE}.accept_local"))?;
-        for key in ["all", DEVICE] {
+        // `eth0` too: the check of a packet coming in there looks up the way back as if the
+        // host sent it, which the rule above sends to the TUN device (strict filtering, the
+        // default on some systems, would then drop everything that comes in).
+        for key in ["all", "default", "eth0", DEVICE] {
             output(
                 Command::new("ip")
                     .args(["netns", "exec", ns, "sysctl", "-q", "-w"])

@@ -292,7 +292,7 @@ impl NatRun<'_> {
                 eff(t)
             ),
             reference: format!(
-                "the same hosts reachable, the same running node: {:.2} s (eff {:.2}); first \
+                "the same hosts reachable, a running node as well: {:.2} s (eff {:.2}); first \
                  chunk after {dir} ms (direct)",
                 td.as_secs_f64(),
                 eff(td)
