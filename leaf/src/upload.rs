@@ -93,7 +93,7 @@ pub(crate) async fn serve(
         Some(held) => Place::Held { _place: held },
         None => Place::Beyond,
     };
-    if let Err(reason) = serve_inner(&node, stream, Some(first), place).await {
+    if let Err(reason) = serve_inner(&node, stream, Some(first), place, false).await {
         log::info!("upload connection from {peer} closed: {reason}");
     }
 }
@@ -222,7 +222,8 @@ async fn serve_as_asked(
         // Through its router or a relay: not an address to tell others of.
         seen: None,
     };
-    serve_inner(node, stream, None, Place::Asked).await
+    // Our Hello follows the token at once: the downloader needs no round trip for it.
+    serve_inner(node, stream, None, Place::Asked, true).await
 }
 
 /// A connection's place among those accepted that have not asked for anything yet
@@ -271,6 +272,7 @@ async fn serve_inner(
     stream: Served,
     first: Option<Message>,
     mut place: Place,
+    hello_first: bool,
 ) -> Result<(), String> {
     let mut reader = stream.reader;
     // Everything sent goes through the writer task, in order. A failed write ends it and shuts
@@ -293,6 +295,9 @@ async fn serve_inner(
     let mut open = OpenShare::default();
     let mine = Hello::new(node.node_id, Role::Leaf, node.listen, crate::AGENT);
     let mut session = UploadSession::new(Instant::now(), stream.peer, mine);
+    if hello_first {
+        session.hello_first();
+    }
     let conn = node.slots.new_conn();
     let slot = SlotGuard(&node.slots, conn);
     // Messages are read ahead, so a Cancel can remove a request not yet served; the session

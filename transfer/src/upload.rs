@@ -14,7 +14,9 @@
 //!
 //! # Invariants
 //! - Nothing but Hello is accepted before Hello; Hello is accepted once, only from the key the
-//!   handshake proved and only at our protocol version. Our own Hello goes out after theirs.
+//!   handshake proved and only at our protocol version. Our own Hello goes out after theirs,
+//!   or first on a connection we opened because the downloader asked
+//!   ([`UploadSession::hello_first`]).
 //! - At most [`MAX_PENDING`] requests wait; one more ends the session.
 //! - A waiting chunk request is removed by a `Cancel` of its number; one being served is not.
 //! - A connection with no manifest or chunk request for [`IDLE_TIMEOUT`] ends (pings and
@@ -143,6 +145,16 @@ impl UploadSession {
         }
     }
 
+    /// Sends our Hello now, before the downloader's, on a connection we opened because it
+    /// asked (a connection back): it reads ours right after the token that names the
+    /// connection, and needs no round trip for it before its first request. Its own Hello is
+    /// still required before anything else, and is not answered again.
+    pub fn hello_first(&mut self) {
+        if let Some(mine) = self.mine.take() {
+            self.transmit.push_back(Message::Hello(mine));
+        }
+    }
+
     /// The downloader's node id (proved by its key).
     pub fn peer(&self) -> NodeId {
         self.peer
@@ -176,8 +188,10 @@ impl UploadSession {
                         .map_err(|e| UploadEnd::Failed(e.to_string()))?;
                     self.serves = Some(h.listen.is_some());
                     self.listen_port = h.listen.map(|a| a.port()).filter(|&p| p != 0);
-                    let mine = self.mine.take().expect("our Hello is sent once");
-                    self.transmit.push_back(Message::Hello(mine));
+                    // Unless it went first ([`UploadSession::hello_first`]).
+                    if let Some(mine) = self.mine.take() {
+                        self.transmit.push_back(Message::Hello(mine));
+                    }
                     Ok(())
                 }
                 other => Err(UploadEnd::Failed(format!("{} before Hello", other.kind()))),
@@ -364,6 +378,31 @@ mod tests {
             "a second Hello breaks the protocol"
         );
         assert!(matches!(s.poll_transmit(), Some(Message::Goodbye { .. })));
+    }
+
+    /// On a connection back, ours goes first; theirs is still required, and not answered twice.
+    #[test]
+    fn on_a_connection_back_our_hello_goes_first_and_once() {
+        let t = Instant::now();
+        let mut s = session(t);
+        s.hello_first();
+        assert!(matches!(s.poll_transmit(), Some(Message::Hello(h)) if h.node == NodeId([9; 32])));
+        s.handle_message(
+            t,
+            Message::GetBitfield {
+                id: FileId([3; 32]),
+            },
+        );
+        assert_eq!(
+            s.end(),
+            Some(&UploadEnd::Failed("GetBitfield before Hello".into()))
+        );
+        let mut s = session(t);
+        s.hello_first();
+        assert!(s.poll_transmit().is_some());
+        s.handle_message(t, Message::Hello(hello(1)));
+        assert!(s.end().is_none());
+        assert!(s.poll_transmit().is_none(), "our Hello went once");
     }
 
     #[test]
