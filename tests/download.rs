@@ -424,7 +424,7 @@ fn one_download_per_file_at_a_time() {
 fn four_sources_one_dies_one_stalls_one_lies_and_the_file_completes() {
     run_bounded(Duration::from_secs(60), async {
         let tmp = tempfile::tempdir().unwrap();
-        // Large enough (192 chunks) that the honest source's window (at most 32) cannot take
+        // Large enough (96 chunks) that the honest source's window (at most 32) cannot take
         // every chunk at once, and capped (24 MiB/s: about a second) so that the machine's
         // speed does not decide whether the dying source is asked for its fourth chunk before
         // the download ends: uncapped, it once ended in 77 ms (6 MiB), and in 120 ms (24 MiB,

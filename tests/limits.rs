@@ -353,7 +353,7 @@ fn hits_carry_the_address_a_leaf_is_seen_at_not_the_one_it_claims() {
 fn manifests_count_against_the_upload_cap() {
     run_bounded(LIMIT, async {
         let tmp = tempfile::tempdir().unwrap();
-        // 64 MiB in 128 KiB chunks: a 16 KiB manifest.
+        // 64 MiB in 256 KiB chunks: an 8 KiB manifest.
         let content = corpus::deterministic_bytes("capped manifests", 64 << 20);
         let id = FileId::from(blake3::hash(&content));
         let dir = tmp.path().join("share");
@@ -368,21 +368,21 @@ fn manifests_count_against_the_upload_cap() {
         let addr = capped.listen_addr().unwrap();
         let mut raw = Raw::connect(60, addr, Role::Transfer, None).await;
         let _hello = raw.reader.read_message_within(CUT).await.unwrap();
-        // Three manifests, 48 KiB: past the cap's 16 KiB of slack, 2 s at 16 KiB/s.
+        // Six manifests, 48 KiB: past the cap's 16 KiB of slack, 2 s at 16 KiB/s.
         let started = Instant::now();
-        for request in 1..=3 {
+        for request in 1..=6 {
             raw.send(&Message::GetManifest { request, id })
                 .await
                 .unwrap();
             match raw.reader.read_message_within(CUT).await.unwrap() {
-                Message::Manifest(m) => assert_eq!(m.cvs.len(), 512),
+                Message::Manifest(m) => assert_eq!(m.cvs.len(), 256),
                 other => panic!("answered {}", other.kind()),
             }
         }
         let took = started.elapsed();
         assert!(
             took >= Duration::from_millis(1500),
-            "3 manifests in {took:?}: uncapped"
+            "6 manifests in {took:?}: uncapped"
         );
     });
 }

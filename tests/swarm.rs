@@ -139,7 +139,7 @@ fn a_leecher_serves_only_the_chunks_it_has_verified() {
     run_bounded(Duration::from_secs(60), async {
         let tmp = tempfile::tempdir().unwrap();
         let sp = net::superpeer(&[]).await;
-        // 32 chunks of 128 KiB, sent slowly (about 5 chunks a second).
+        // 16 chunks of 256 KiB, sent slowly (about 2.5 chunks a second).
         let content = corpus::deterministic_bytes("verified only", 4 << 20);
         let id = FileId::from(blake3::hash(&content));
         let Leeching {

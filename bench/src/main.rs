@@ -608,7 +608,7 @@ fn case_section(
          memory is the largest peak resident set of a leecher process. Canopy: \
          `leaf share` nodes (the leechers share an empty folder, seed with `--seed-minutes \
          none`) and `leaf get ID` to each; reference: `aria2c` with `opentracker` on the \
-         super-peer's host and a `mktorrent -l 17` torrent (128 KiB pieces, as Canopy's \
+         super-peer's host and a `mktorrent -l 18` torrent (256 KiB pieces, as Canopy's \
          chunks for these files), DHT and local peer discovery off, `--bt-tracker-interval=5`, \
          `--seed-ratio=0.0`.\n",
         );

@@ -162,7 +162,7 @@ virtual time (`leaf::sim`). Simulated instead: the network (each node's upload a
 link a FIFO of whole messages at its rate, as a `tbf` qdisc is, and 5–40 ms one-way latency a
 node), the disk and hashing (instant), and the super-peers (a tracker: a leecher registers as
 its download starts; a search answers in 150 ms with up to 200 registered nodes). Leechers
-start within 0.5 s of each other. Unless the row says otherwise: a 32 MiB file (128 KiB
+start within 0.5 s of each other. Unless the row says otherwise: a 32 MiB file (256 KiB
 chunks), every node's upload 8 Mbit/s, downloads not capped: bench case 6's setting.
 
 - **bound**: the least time in which all can be done, max(F/u_seed, F/d, N·F/(u_seed + Σ u)).

@@ -141,8 +141,8 @@ pub(crate) fn find_earlier(out_dir: &Path, id: &FileId) -> Option<(PathBuf, Path
             && record.name == base
             && safe_file_name(&record.name, id) == record.name
             && manifest.verify(id).is_ok()
-            // Recorded under another chunk size (before chunks went from 256 KiB to 128 KiB):
-            // the part file's chunks are verified again against a manifest fetched now.
+            // Recorded under another chunk size (as by a build whose chunks were 128 KiB): the
+            // part file's chunks are verified again against a manifest fetched now.
             && record.chunk_size == wire::chunk_size_for(record.size)
             && record.done.len() as u64 == manifest.chunk_count().div_ceil(8)
             && is_part_of_size(&part, record.size);
@@ -405,7 +405,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let data: Vec<u8> = (0..(1u32 << 20)).map(|i| (i % 251) as u8).collect();
         let size = data.len() as u64;
-        for (chunk_size, resumed) in [(256 << 10, false), (wire::chunk_size_for(size), true)] {
+        for (chunk_size, resumed) in [(128 << 10, false), (wire::chunk_size_for(size), true)] {
             let mut b = wire::ManifestBuilder::with_chunk_size(size, chunk_size);
             b.update(&data);
             let (id, m) = b.finish().unwrap();
@@ -413,7 +413,7 @@ mod tests {
             fs::write(&part, &data).unwrap();
             let done = vec![0xff; m.chunk_count().div_ceil(8) as usize];
             Record::new(id, "song.flac", &m, done).save(&state).unwrap();
-            // A record of 256 KiB chunks (before they went to 128 KiB) is passed over: the
+            // A record of 128 KiB chunks (as a build with them wrote) is passed over: the
             // part file is verified against a manifest fetched now instead.
             assert_eq!(
                 find_earlier(tmp.path(), &id).is_some(),

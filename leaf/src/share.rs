@@ -493,7 +493,7 @@ impl Shares {
                     ..Default::default()
                 };
                 for f in saved.files {
-                    // One hashed under another chunk size (before chunks went from 256 KiB to
+                    // One hashed under another chunk size (as by a build whose chunks were
                     // 128 KiB) is hashed again by the next scan: its manifest would be refused.
                     if f.cvs.len() % 32 == 0 && f.chunk_size == wire::chunk_size_for(f.record.size)
                     {
@@ -587,13 +587,13 @@ mod tests {
         let out = scan(&music, &shares);
         let canon = fs::canonicalize(&music).unwrap();
         shares.apply_scan(&canon, out.files);
-        // As a node before chunks went to 128 KiB saved it: 256 KiB chunks.
+        // As a build with 128 KiB chunks saved it.
         let old = shares.files().next().unwrap().as_ref().clone();
-        assert_eq!(old.chunk_size, 128 << 10);
+        assert_eq!(old.chunk_size, 256 << 10);
         let mut shares = Shares::default();
         shares.insert(SharedFile {
-            chunk_size: 256 << 10,
-            cvs: old.cvs[..12 * 32].to_vec(),
+            chunk_size: 128 << 10,
+            cvs: [old.cvs.clone(), old.cvs.clone()].concat(),
             ..old
         });
         let cache = tmp.path().join("shares.cbor");

@@ -282,7 +282,7 @@ fn attached_to_a_running_node_cancel_resume_and_quit_leave_the_download_running(
     net.search(&tmux);
     tmux.keys("Enter", false);
     tmux.keys("2", true);
-    // Cancel once a few chunks (128 KiB each) are on disk.
+    // Cancel once a few chunks (256 KiB each) are on disk.
     let until = Instant::now() + Duration::from_secs(30);
     loop {
         let screen = tmux.screen();

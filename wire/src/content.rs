@@ -16,12 +16,14 @@ use blake3::hazmat::{merge_subtrees_non_root, merge_subtrees_root, HasherExt, Mo
 use crate::ids::FileId;
 
 /// The smallest chunk size used. A chunk is served only once it is whole and verified, so in
-/// a swarm the chunk size sets how fast a chunk spreads from node to node. The swarm
+/// a swarm the chunk size sets how fast a chunk spreads from node to node: the swarm
 /// simulator (`leaf/examples/swarm.rs`, a 32 MiB file at 8 Mbit/s a node) finished 100
-/// leechers in 1.45x the lower bound with 256 KiB chunks and 1.34x with 128 KiB, 1,000
-/// leechers in 1.59x and 1.42x; 64 KiB did better still in simulation (1.29x, 1.35x), but made
-/// 101 real processes on two CPUs slower (bench case 6: more messages per byte).
-pub const MIN_CHUNK: u32 = 128 << 10;
+/// leechers in 1.45x the lower bound with 256 KiB chunks, 1.34x with 128 KiB and 1.29x with
+/// 64 KiB; 1,000 leechers in 1.59x, 1.42x and 1.35x. But each chunk costs messages (a
+/// request, a `Have` to each peer that lacks it): 101 real processes on two CPUs (bench case
+/// 6) took 57.5-61 s with 256 KiB, 58-64.5 s with 128 KiB and 70 s with 64 KiB, and behind
+/// aria2c given pieces as small. So 256 KiB, until a chunk costs fewer messages.
+pub const MIN_CHUNK: u32 = 256 << 10;
 /// The largest chunk size used.
 pub const MAX_CHUNK: u32 = 16 << 20;
 /// Chunk sizes grow with the file so a manifest stays near this many entries.
@@ -30,8 +32,8 @@ pub const TARGET_CHUNKS: u64 = 4096;
 /// A 32-byte BLAKE3 chaining value.
 pub type ChainingValue = [u8; 32];
 
-/// The chunk size for a file of `size` bytes: a power of two from 128 KiB (files up to
-/// 512 MiB) to 16 MiB, so that a manifest has at most about 4096 entries.
+/// The chunk size for a file of `size` bytes: a power of two from 256 KiB (files up to 1 GiB)
+/// to 16 MiB, so that a manifest has at most about 4096 entries.
 pub fn chunk_size_for(size: u64) -> u32 {
     let wanted = size.div_ceil(TARGET_CHUNKS).next_power_of_two();
     wanted.clamp(MIN_CHUNK as u64, MAX_CHUNK as u64) as u32
@@ -407,8 +409,8 @@ mod tests {
     #[test]
     fn chunk_sizes_grow_with_the_file() {
         assert_eq!(chunk_size_for(0), MIN_CHUNK);
-        assert_eq!(chunk_size_for(512 << 20), MIN_CHUNK);
-        assert_eq!(chunk_size_for(1 << 30), 256 << 10);
+        assert_eq!(chunk_size_for(1 << 30), MIN_CHUNK);
+        assert_eq!(chunk_size_for(2 << 30), 512 << 10);
         assert_eq!(chunk_size_for(4 << 30), 1 << 20);
         assert_eq!(chunk_size_for(1 << 50), MAX_CHUNK);
     }

@@ -18,10 +18,8 @@ use crate::ids::{FileId, NodeId, QueryId};
 /// (issue 21), browsing (issue 22).
 /// 3: dial-backs asked of a neighbouring super-peer ([`Message::CheckReach`]), which a super-peer
 /// of version 2 would answer by closing the link.
-/// 4: chunks from 128 KiB ([`crate::content::MIN_CHUNK`]; a manifest of another chunk size
-/// is refused as hostile, so nodes of version 3 and 4 could not fetch from each other), and
-/// [`Message::ConnectToMe`] over a leaf's own link, which a super-peer of version 3 would
-/// answer by closing the link.
+/// 4: [`Message::ConnectToMe`] over a leaf's own link, which a super-peer of version 3 would
+/// answer by closing the link, and a source's Hello sent first on a connection back.
 pub const PROTOCOL_VERSION: u16 = 4;
 
 /// The most addresses one [`Message::Peers`] carries.

@@ -19,7 +19,7 @@
 //! running node at the same moment; a leecher is done when the file appears under its final
 //! name (it appears only once every chunk is verified). Reference: BitTorrent with `aria2c` (Debian's
 //! package) on the same hosts and caps, with `opentracker` as the tracker on the super-peer's
-//! host and a torrent made by `mktorrent` with the same piece size as Canopy's chunks (128
+//! host and a torrent made by `mktorrent` with the same piece size as Canopy's chunks (256
 //! KiB for these files); a leecher is done when aria2c runs its download-complete hook. Both sides keep
 //! seeding once done, and both find peers by asking again every few seconds (Canopy's
 //! re-query schedule; aria2c `--bt-tracker-interval=5`).
