@@ -296,10 +296,9 @@ async fn back_or_punch(
         token,
         punch: punching,
     };
-    let overlay = me.overlay;
     ask(
         me.identity,
-        overlay,
+        me.overlay,
         advertised,
         route,
         request,

@@ -202,7 +202,7 @@ struct Link {
     reach: Option<(SocketAddr, bool)>,
     /// Requests to connect back passed on by this link in the current minute: (its start,
     /// how many).
-    connect_backs: (Instant, u32),
+    connect_backs: crate::per_minute::PerMinute,
     /// Tokens of our own requests for connections back sent on this link and not answered
     /// yet ([`LeafOverlay::ask_connect_back`]), with when each was sent.
     asks: Vec<(u64, Instant)>,
@@ -558,7 +558,7 @@ impl LeafOverlay {
                 last_rx: now,
                 closing: false,
                 reach: None,
-                connect_backs: (now, 0),
+                connect_backs: crate::per_minute::PerMinute::new(now),
                 asks: Vec::new(),
             },
         );
@@ -748,12 +748,8 @@ impl LeafOverlay {
                 token,
                 punch,
             } if link.node.is_some() && self.listen.is_some() => {
-                let (start, count) = &mut link.connect_backs;
-                if now >= *start + Duration::from_secs(60) {
-                    (*start, *count) = (now, 0);
-                }
-                *count += 1;
-                if *count <= CONNECT_BACKS_PER_MINUTE && may_connect_back(addr, link.addr) {
+                let allowed = link.connect_backs.take(now, CONNECT_BACKS_PER_MINUTE);
+                if allowed && may_connect_back(addr, link.addr) {
                     self.events.push_back(LeafEvent::ConnectBack {
                         node,
                         addr,
@@ -765,12 +761,7 @@ impl LeafOverlay {
             }
             Message::RelayBack { node, token } if self.listen.is_some() => {
                 let Some(superpeer) = link.node else { return };
-                let (start, count) = &mut link.connect_backs;
-                if now >= *start + Duration::from_secs(60) {
-                    (*start, *count) = (now, 0);
-                }
-                *count += 1;
-                if *count <= CONNECT_BACKS_PER_MINUTE {
+                if link.connect_backs.take(now, CONNECT_BACKS_PER_MINUTE) {
                     self.events.push_back(LeafEvent::RelayBack {
                         node,
                         token,

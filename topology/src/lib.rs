@@ -68,6 +68,7 @@
 
 pub mod hostcache;
 pub mod leaf;
+mod per_minute;
 pub mod role;
 pub mod routing;
 pub mod seen;

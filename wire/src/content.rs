@@ -21,8 +21,9 @@ use crate::ids::FileId;
 /// leechers in 1.45x the lower bound with 256 KiB chunks, 1.34x with 128 KiB and 1.29x with
 /// 64 KiB; 1,000 leechers in 1.59x, 1.42x and 1.35x. But each chunk costs messages (a
 /// request, a `Have` to each peer that lacks it): 101 real processes on two CPUs (bench case
-/// 6) took 57.5-61 s with 256 KiB, 58-64.5 s with 128 KiB and 70 s with 64 KiB, and behind
-/// aria2c given pieces as small. So 256 KiB, until a chunk costs fewer messages.
+/// 6, N = 100) took 57.5, 58.6 and 59.7 s with 256 KiB, 58.3, 61.4 and 64.5 s with 128 KiB,
+/// and 69.8 s with 64 KiB, while aria2c given 128 KiB pieces took 53 s. So 256 KiB, until a
+/// chunk costs fewer messages.
 pub const MIN_CHUNK: u32 = 256 << 10;
 /// The largest chunk size used.
 pub const MAX_CHUNK: u32 = 16 << 20;

@@ -51,8 +51,7 @@ const MAX_QUEUED: usize = 1 << 20;
 /// a download holds at most this much (or 4 chunks, for chunks over 1 MiB) plus a chunk per
 /// source.
 ///
-/// 4 MiB is 32 chunks of 128 KiB, 16 of 256 KiB, 4 of 1 MiB ([`read_ahead`]). Measured in
-/// chunks of 256 KiB, over loopback (1 GiB, `leaf
+/// 4 MiB is 16 chunks of 256 KiB, 4 of 1 MiB ([`read_ahead`]). Over loopback (1 GiB, `leaf
 /// get` against a running source) 4 chunks of room left the source waiting on the
 /// downloader: 16 took a download from about 1.7 s to 1.35–1.6 s (runs one after the other),
 /// 8 and 16 were within the noise of each other in alternating runs, and 32 was slower again
@@ -60,9 +59,9 @@ const MAX_QUEUED: usize = 1 << 20;
 const READ_AHEAD_BYTES: u64 = 4 << 20;
 
 /// Chunks of room for a download whose chunks are `chunk_size` bytes: [`READ_AHEAD_BYTES`]
-/// of them, at least 4 and at most 32.
+/// of them, at least 4 and at most 16.
 pub(super) fn read_ahead(chunk_size: u64) -> usize {
-    (READ_AHEAD_BYTES / chunk_size.max(1)).clamp(4, 32) as usize
+    (READ_AHEAD_BYTES / chunk_size.max(1)).clamp(4, 16) as usize
 }
 
 /// Room for one chunk in memory, of the download's [`read_ahead`]; given back when dropped.

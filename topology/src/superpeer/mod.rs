@@ -235,7 +235,7 @@ enum PeerState {
         joined: Instant,
         /// Its requests for connections back ([`Message::ConnectToMe`]) in the current
         /// minute: (the minute's start, how many).
-        asked: (Instant, u32),
+        asked: crate::per_minute::PerMinute,
     },
     /// A neighbouring super-peer.
     SuperPeer {
@@ -776,7 +776,7 @@ impl SuperPeer {
                     capability: hello.capability.unwrap_or_default(),
                     reachable: None,
                     joined: now,
-                    asked: (now, 0),
+                    asked: crate::per_minute::PerMinute::new(now),
                 }
             }
             Role::SuperPeer => {

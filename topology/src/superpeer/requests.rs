@@ -59,22 +59,17 @@ impl SuperPeer {
         let Some(PeerState::Leaf {
             node,
             source,
-            asked: (start, count),
+            asked,
             ..
         }) = self.conns.get_mut(&conn).map(|c| &mut c.state)
         else {
             return None;
         };
-        if now >= *start + std::time::Duration::from_secs(60) {
-            (*start, *count) = (now, 0);
-        }
-        *count += 1;
-        Some(if *count > limit {
-            Err(format!(
+        Some(match asked.take(now, limit) {
+            true => Ok((*node, *source)),
+            false => Err(format!(
                 "more than {limit} requests for connections back in a minute"
-            ))
-        } else {
-            Ok((*node, *source))
+            )),
         })
     }
 
