@@ -276,6 +276,53 @@ pub fn listen_reusable(addr: SocketAddr, backlog: i32) -> io::Result<smol::net::
     smol::net::TcpListener::try_from(std)
 }
 
+/// Listens on every IPv6 address (IPv6 only) on `port`, beside a listener on every IPv4
+/// address on the same port: how a dual-stack node takes connections of both families. As
+/// [`listen_reusable`], the port is checked free first.
+pub fn listen_ipv6_beside(port: u16, backlog: i32) -> io::Result<smol::net::TcpListener> {
+    let addr = SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, port));
+    let only_v6 = |reuse: bool| -> io::Result<socket2::Socket> {
+        let socket = socket2::Socket::new(
+            socket2::Domain::IPV6,
+            socket2::Type::STREAM,
+            Some(socket2::Protocol::TCP),
+        )?;
+        socket.set_only_v6(true)?;
+        socket.set_nonblocking(true)?;
+        if reuse {
+            socket.set_reuse_address(true)?;
+            socket.set_reuse_port(true)?;
+        }
+        socket.bind(&addr.into())?;
+        Ok(socket)
+    };
+    drop(only_v6(false)?);
+    let socket = only_v6(true)?;
+    socket.listen(backlog)?;
+    let std: std::net::TcpListener = socket.into();
+    smol::net::TcpListener::try_from(std)
+}
+
+/// Whether this host has a route to global IPv6 addresses, from an address of its own that
+/// is neither loopback nor link-local. Only the routing table is asked: no packet is sent.
+pub fn has_ipv6_route() -> bool {
+    let Ok(socket) = std::net::UdpSocket::bind((std::net::Ipv6Addr::UNSPECIFIED, 0)) else {
+        return false;
+    };
+    // A documentation address: any global one picks the same route (the default).
+    let global = std::net::Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1);
+    if socket.connect((global, 9)).is_err() {
+        return false;
+    }
+    match socket.local_addr() {
+        Ok(SocketAddr::V6(a)) => {
+            let ip = a.ip();
+            !ip.is_loopback() && !ip.is_unspecified() && (ip.segments()[0] & 0xffc0) != 0xfe80
+        }
+        _ => false,
+    }
+}
+
 /// Connects to `to` from `from` (the listen address, usually), giving up after `limit`.
 /// Two nodes doing this towards each other at once open one connection through both their
 /// NATs (TCP simultaneous open).
@@ -352,6 +399,37 @@ mod tests {
             drop(theirs);
             let err = connect_from(from, to, limit).await.unwrap_err();
             assert_eq!(err.kind(), io::ErrorKind::ConnectionRefused, "{err}");
+        });
+    }
+
+    /// A node listening on every IPv4 address takes IPv6 connections on the same port through
+    /// a second listener, and each family arrives at its own.
+    #[test]
+    fn an_ipv6_listener_shares_the_port_of_an_ipv4_one() {
+        smol::block_on(async {
+            let v4 = listen_reusable("0.0.0.0:0".parse().unwrap(), 4).unwrap();
+            let port = v4.local_addr().unwrap().port();
+            let v6 = match listen_ipv6_beside(port, 4) {
+                Ok(l) => l,
+                // A host without IPv6 at all (the kernel's disabled): nothing to check.
+                Err(e) if e.kind() == io::ErrorKind::AddrNotAvailable => return,
+                Err(e) => panic!("listening on [::]:{port}: {e}"),
+            };
+            assert_eq!(v6.local_addr().unwrap().port(), port);
+            let (c6, a6) = smol::future::zip(
+                TcpStream::connect(("::1".parse::<std::net::IpAddr>().unwrap(), port)),
+                v6.accept(),
+            )
+            .await;
+            c6.unwrap();
+            assert!(a6.unwrap().1.is_ipv6());
+            let (c4, a4) =
+                smol::future::zip(TcpStream::connect(("127.0.0.1", port)), v4.accept()).await;
+            c4.unwrap();
+            assert!(a4.unwrap().1.is_ipv4());
+            // Not shared with another node's IPv6 listener.
+            let err = listen_ipv6_beside(port, 4).expect_err("the port is taken");
+            assert_eq!(err.kind(), io::ErrorKind::AddrInUse, "{err}");
         });
     }
 
