@@ -159,7 +159,7 @@ enum Input {
     DialFailed(SocketAddr),
     Reachable(ConnId, bool),
     /// A check made for a neighbour (its connection, its token) is done.
-    ReachableFor(ConnId, u64, bool),
+    ReachableFor(ConnId, u64, Option<bool>),
     /// A message, holding one of its connection's places in the queue until it is handled.
     Message(ConnId, Message, SemaphoreGuardArc),
     Invalid(ConnId, String),
@@ -217,6 +217,19 @@ impl SuperPeerNode {
             addr: config.listen,
             source,
         })?;
+        // On every IPv4 address: on every IPv6 address too, on the same port, where the host
+        // has IPv6 (leaves with a global IPv6 address are then seen, checked and named in
+        // hits at it).
+        let listener6 = match listen.ip() == std::net::Ipv4Addr::UNSPECIFIED {
+            true => match transport::net::listen_ipv6_beside(listen.port(), 128) {
+                Ok(l) => Some(l),
+                Err(e) => {
+                    log::info!("not listening on [::]:{}: {e}", listen.port());
+                    None
+                }
+            },
+            false => None,
+        };
         let index = index::Index::new()?;
         // Bounded: readers wait (and so do their peers, through TCP) when the actor is behind.
         let (inputs, rx) = channel::bounded(INPUT_BACKLOG);
@@ -271,16 +284,16 @@ impl SuperPeerNode {
             relay_waiting: HashMap::new(),
             relays: HashMap::new(),
         };
-        let tasks = vec![
-            transport::rt::spawn(actor.run(rx, queries_rx)),
-            transport::rt::spawn(accept_loop(
-                listener,
+        let mut tasks = vec![transport::rt::spawn(actor.run(rx, queries_rx))];
+        for l in std::iter::once(listener).chain(listener6) {
+            tasks.push(transport::rt::spawn(accept_loop(
+                l,
                 lanes.clone(),
-                ids,
-                identity,
+                ids.clone(),
+                identity.clone(),
                 gate.clone(),
-            )),
-        ];
+            )));
+        }
         log::info!("super-peer {} listening on {listen}", node.short());
         Ok(SuperPeerNode {
             listen,
@@ -910,6 +923,7 @@ impl Actor {
                     let (inputs, identity) = (self.lanes.inputs.clone(), self.identity.clone());
                     transport::rt::spawn(async move {
                         let ok = check_reachable(addr, node, &identity).await;
+                        log::debug!("leaf {conn} at {addr} reachable: {ok}");
                         let _ = inputs.send(Input::Reachable(conn, ok)).await;
                     })
                     .detach();
@@ -922,7 +936,13 @@ impl Actor {
                 } => {
                     let (inputs, identity) = (self.lanes.inputs.clone(), self.identity.clone());
                     transport::rt::spawn(async move {
-                        let ok = check_reachable(addr, node, &identity).await;
+                        // No route to that family here (an IPv4-only host asked to check an
+                        // IPv6 address): not checked, rather than found unreachable.
+                        let v6 = addr.is_ipv6() && !addr.ip().is_loopback();
+                        let ok = match v6 && !transport::net::has_ipv6_route() {
+                            true => None,
+                            false => Some(check_reachable(addr, node, &identity).await),
+                        };
                         let _ = inputs.send(Input::ReachableFor(peer, token, ok)).await;
                     })
                     .detach();

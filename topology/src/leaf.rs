@@ -233,6 +233,11 @@ fn may_connect_back(addr: SocketAddr, from: SocketAddr) -> bool {
         && (!ip.is_loopback() || from.ip().is_loopback())
 }
 
+/// Whether `a` is an IPv6 address (an IPv4 one written as IPv6 is IPv4).
+fn is_v6(a: &SocketAddr) -> bool {
+    a.ip().to_canonical().is_ipv6()
+}
+
 /// Whether others can connect to this leaf, as its super-peers found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Reach {
@@ -280,6 +285,9 @@ pub struct LeafOverlay {
     /// leaf left alone remembers it is behind a NAT); `None` until one said, or since the
     /// listen address changed.
     last_reachable: Option<bool>,
+    /// Whether this node can reach super-peers over IPv6 (it has a route there); without,
+    /// IPv6 ones are not dialled (but on loopback).
+    ipv6: bool,
     transmits: VecDeque<Transmit>,
     events: VecDeque<LeafEvent>,
 }
@@ -314,6 +322,7 @@ impl LeafOverlay {
             probes: Default::default(),
             probed: false,
             last_reachable: None,
+            ipv6: true,
             transmits: VecDeque::new(),
             events: VecDeque::new(),
         }
@@ -324,6 +333,13 @@ impl LeafOverlay {
         for a in addrs {
             self.hosts.add_seed(now, *a);
         }
+    }
+
+    /// Whether this node can reach IPv6 addresses (true unless told otherwise). A node that
+    /// can keeps a link over each family where super-peers of both are known, so that each
+    /// family's address is seen, checked and named in hits by a super-peer of that family.
+    pub fn set_ipv6(&mut self, ipv6: bool) {
+        self.ipv6 = ipv6;
     }
 
     /// Super-peers remembered from an earlier run or handed over on a role change.
@@ -422,10 +438,11 @@ impl LeafOverlay {
         {
             return;
         }
+        let v6 = self.main_family_v6();
         let mut superpeers: Vec<SocketAddr> = self
             .links
             .values()
-            .filter(|l| l.node.is_some() && !l.closing)
+            .filter(|l| l.node.is_some() && !l.closing && is_v6(&l.addr) == v6)
             .map(|l| l.addr)
             .collect();
         superpeers.sort();
@@ -444,21 +461,47 @@ impl LeafOverlay {
         }
     }
 
-    /// Whether others can reach us, as the super-peers attached now found: reachable if any
-    /// of them got through (its observed address first), else the first one's finding.
+    /// Whether others can reach us over our main family, as the super-peers attached now
+    /// found: reachable if any of them got through (its observed address first), else the
+    /// first one's finding. The main family is IPv4 while a link over it is up (what most
+    /// peers have), else IPv6; [`LeafOverlay::reach_over`] tells each. It decides whether
+    /// we may promote and whether a connection back to us needs a punched hole.
     pub fn reach(&self) -> Option<Reach> {
+        self.reach_over(self.main_family_v6())
+    }
+
+    /// As [`LeafOverlay::reach`], over the other family than the main one (IPv6 beside IPv4):
+    /// a node with a global IPv6 address behind an IPv4 NAT is reachable there.
+    pub fn reach_other(&self) -> Option<Reach> {
+        self.reach_over(!self.main_family_v6())
+    }
+
+    /// Whether the main family is IPv6: no link over IPv4 is up.
+    fn main_family_v6(&self) -> bool {
+        !self
+            .links
+            .values()
+            .any(|l| l.node.is_some() && !l.closing && !is_v6(&l.addr))
+    }
+
+    /// As [`LeafOverlay::reach`], over IPv6 (`v6`) or IPv4: as the super-peers linked over
+    /// that family found.
+    pub fn reach_over(&self, v6: bool) -> Option<Reach> {
         let live = || {
             self.links
                 .values()
-                .filter(|l| l.node.is_some() && !l.closing)
+                .filter(move |l| l.node.is_some() && !l.closing && is_v6(&l.addr) == v6)
         };
         // Seen at other addresses altogether (another route out, a super-peer behind a proxy,
-        // IPv4 against IPv6): nothing to say.
-        let seen_all: Vec<SocketAddr> = self
-            .probes
-            .values()
-            .map(|s| SocketAddr::new(s.ip().to_canonical(), s.port()))
-            .collect();
+        // IPv4 against IPv6): nothing to say. Probes go over the main family only.
+        let seen_all: Vec<SocketAddr> = match v6 == self.main_family_v6() {
+            true => self
+                .probes
+                .values()
+                .map(|s| SocketAddr::new(s.ip().to_canonical(), s.port()))
+                .collect(),
+            false => Vec::new(),
+        };
         let mut seen = seen_all.clone();
         seen.sort();
         seen.dedup();
@@ -862,11 +905,29 @@ impl LeafOverlay {
                     h.load.leaf_slots > 0 && h.load.free() <= (h.load.leaf_slots / 10).max(1)
                 })
         };
-        let skip = |a: &SocketAddr| in_use.contains(a) || Some(*a) == own || reserved(a);
-        for addr in self
+        let ipv6 = self.ipv6;
+        let skip = |a: &SocketAddr| {
+            in_use.contains(a)
+                || Some(*a) == own
+                || reserved(a)
+                || (is_v6(a) && !ipv6 && !a.ip().is_loopback())
+        };
+        let mut want = self.config.target - busy;
+        // A family with no link yet (and super-peers known over it) goes first: a node with
+        // both keeps a link over each, so that each of its addresses is seen and checked.
+        let mut first = Vec::new();
+        for v6 in [false, true] {
+            if want > first.len() && !in_use.iter().any(|a| is_v6(a) == v6) {
+                let of_family = |a: &SocketAddr| skip(a) || is_v6(a) != v6;
+                first.extend(self.hosts.candidates(now, 1, true, &of_family));
+            }
+        }
+        want -= first.len();
+        let taken = first.clone();
+        let rest = self
             .hosts
-            .candidates(now, self.config.target - busy, true, &skip)
-        {
+            .candidates(now, want, true, &|a| skip(a) || taken.contains(a));
+        for addr in first.into_iter().chain(rest) {
             self.dialing.insert(addr);
             self.events.push_back(LeafEvent::Dial(addr));
         }
@@ -1105,6 +1166,77 @@ mod tests {
             !leaf.ask_connect_back(t0, sp, source, 4, false),
             "the link is closing"
         );
+    }
+
+    /// A leaf that has IPv6 keeps a link over each family, and each family's super-peer tells
+    /// its own finding: the main one (IPv4) decides, the other is told apart.
+    #[test]
+    fn a_dual_stack_leaf_links_over_each_family_and_learns_each_ones_reach() {
+        let t0 = Instant::now();
+        let clock = RoleClock::new(t0, NodeRole::Leaf, RoleConfig::default());
+        let v4: Vec<SocketAddr> = ["10.0.0.1:4000", "10.0.0.2:4000", "10.0.0.3:4000"]
+            .iter()
+            .map(|a| a.parse().unwrap())
+            .collect();
+        let v6: SocketAddr = "[2001:db8::1]:4000".parse().unwrap();
+        let dials = |ipv6: bool| {
+            let config = LeafConfig {
+                can_promote: false,
+                target: 2,
+                ..LeafConfig::default()
+            };
+            let listen = Some("0.0.0.0:6000".parse().unwrap());
+            let mut leaf = LeafOverlay::new(t0, NodeId([1; 32]), listen, config, clock.clone());
+            leaf.set_ipv6(ipv6);
+            // The IPv6 super-peer is known last and by hearsay: it still goes first among
+            // its family.
+            leaf.add_seeds(t0, &v4);
+            leaf.add_seeds(t0, &[v6]);
+            leaf.handle_timeout(t0);
+            let mut dialled = Vec::new();
+            while let Some(e) = leaf.poll_event() {
+                if let LeafEvent::Dial(a) = e {
+                    dialled.push(a);
+                }
+            }
+            (leaf, dialled)
+        };
+        let (_, only_v4) = dials(false);
+        assert_eq!(only_v4.len(), 2);
+        assert!(!only_v4.contains(&v6), "no IPv6 route: {only_v4:?}");
+        let (mut leaf, both) = dials(true);
+        assert_eq!(both.len(), 2);
+        assert!(both.contains(&v6), "{both:?}");
+        let four = *both.iter().find(|a| a.is_ipv4()).unwrap();
+
+        for (conn, addr, id) in [(1, four, 2), (2, v6, 3)] {
+            leaf.handle_connect(t0, conn, addr);
+            let hello = Hello::new(NodeId([id; 32]), Role::SuperPeer, Some(addr), "test");
+            leaf.handle_message(t0, conn, Message::Hello(hello));
+        }
+        let behind_nat: SocketAddr = "198.51.100.7:6000".parse().unwrap();
+        let global: SocketAddr = "[2001:db8:77::2]:6000".parse().unwrap();
+        // The IPv6 super-peer says first: the main family is still IPv4, unknown yet.
+        let said = |observed, reachable| Message::Reachability {
+            observed,
+            reachable,
+        };
+        leaf.handle_message(t0, 2, said(global, true));
+        assert_eq!(leaf.reach(), None);
+        leaf.handle_message(t0, 1, said(behind_nat, false));
+        let reach = |observed, reachable| {
+            Some(Reach {
+                observed,
+                reachable,
+                nat: None,
+            })
+        };
+        assert_eq!(leaf.reach(), reach(behind_nat, false));
+        assert_eq!(leaf.reach_over(false), reach(behind_nat, false));
+        assert_eq!(leaf.reach_over(true), reach(global, true));
+        // With the IPv4 link gone, IPv6 is the main family.
+        leaf.handle_disconnect(t0, 1);
+        assert_eq!(leaf.reach(), reach(global, true));
     }
 
     #[test]

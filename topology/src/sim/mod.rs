@@ -739,7 +739,7 @@ impl Sim {
                 ok,
             } => {
                 if let Machine::SuperPeer(s) = &mut self.nodes[node].machine {
-                    s.handle_checked_for(now, peer, token, ok);
+                    s.handle_checked_for(now, peer, token, Some(ok));
                 }
                 node
             }

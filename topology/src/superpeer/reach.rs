@@ -187,8 +187,15 @@ impl SuperPeer {
     }
 
     /// The outcome of an [`Event::CheckReachableFor`]: told to the neighbour that asked, if it
-    /// is still connected.
-    pub fn handle_checked_for(&mut self, _now: Instant, peer: ConnId, token: u64, ok: bool) {
+    /// is still connected. `None`: not checked after all (this host has no route to the
+    /// address's family, IPv6 say): the neighbour asks another, or checks itself.
+    pub fn handle_checked_for(
+        &mut self,
+        _now: Instant,
+        peer: ConnId,
+        token: u64,
+        ok: Option<bool>,
+    ) {
         debug_assert!(
             self.reach.in_flight > 0,
             "a check done that was never asked for"
@@ -203,7 +210,7 @@ impl SuperPeer {
                 peer,
                 Message::ReachChecked {
                     token,
-                    reachable: Some(ok),
+                    reachable: ok,
                 },
             );
         }

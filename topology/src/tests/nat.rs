@@ -373,7 +373,7 @@ fn a_leaf_is_checked_by_a_neighbour_on_another_address_and_here_without_its_answ
         other => panic!("{other:?}"),
     };
     net.checks.clear();
-    net.sps[1].handle_checked_for(net.now, peer, token, false);
+    net.sps[1].handle_checked_for(net.now, peer, token, Some(false));
     net.run();
     let told = Message::Reachability {
         observed: served,
@@ -400,7 +400,7 @@ fn a_leaf_is_checked_by_a_neighbour_on_another_address_and_here_without_its_answ
         other => panic!("{other:?}"),
     };
     net.checks.clear();
-    net.sps[1].handle_checked_for(net.now, peer, token, true);
+    net.sps[1].handle_checked_for(net.now, peer, token, Some(true));
     net.run();
     assert!(
         matches!(net.checks.as_slice(), [(0, Event::CheckReachable { conn, .. })] if *conn == third),
@@ -542,7 +542,7 @@ fn checks_made_for_neighbours_are_bounded_in_flight() {
     assert_eq!(made_for(&net), CHECKS_IN_FLIGHT);
     assert!(net.inbox[peer].contains(&declined(CHECKS_IN_FLIGHT as u64)));
     // One done: room for another.
-    net.sps[0].handle_checked_for(net.now, conn, 0, true);
+    net.sps[0].handle_checked_for(net.now, conn, 0, Some(true));
     ask_check(&mut net, conn, 50, "198.51.100.60:7000");
     assert_eq!(made_for(&net), CHECKS_IN_FLIGHT + 1);
 }
