@@ -461,6 +461,7 @@ pub mod net {
             sources,
             find: std::sync::Arc::new(|| Box::pin(async { Vec::new() })),
             connect_back: None,
+            ways: None,
             give_up_after: Some(Duration::from_secs(5)),
             wait_for_sources: false,
             opts: leaf::download::DownloadOptions::default(),

@@ -93,6 +93,7 @@ fn a_recorded_search_and_download_show_no_names_words_or_content() {
             sources: vec![to_source],
             find: Arc::new(|| Box::pin(async { Vec::new() })),
             connect_back: None,
+            ways: None,
             give_up_after: Some(Duration::from_secs(10)),
             wait_for_sources: false,
             opts: DownloadOptions::default(),

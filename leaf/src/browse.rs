@@ -93,7 +93,7 @@ pub(crate) async fn browse(
                     let reader = conn.reader.limited(wire::MAX_BODY, wire::MAX_PAYLOAD);
                     Ok((conn.peer, reader, conn.writer))
                 };
-                first_ok(direct, reverse).await
+                first_ok(direct, reverse, "connecting back").await
             }
         }
         .map_err(|why| BrowseError::Connect {

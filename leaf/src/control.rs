@@ -288,9 +288,14 @@ pub struct StatusReport {
     pub listen: Option<SocketAddr>,
     /// Its super-peers.
     pub superpeers: Vec<LinkStatus>,
-    /// Whether others can connect to it, as its super-peers found (None: not known yet).
+    /// Whether others can connect to it, as its super-peers found (None: not known yet): over
+    /// IPv4 while it has a link to a super-peer over IPv4, else over IPv6.
     #[serde(default)]
     pub reach: Option<Reach>,
+    /// The same over its other address family (IPv6, beside IPv4), when a super-peer linked
+    /// over that family has said.
+    #[serde(default)]
+    pub reach_also: Option<Reach>,
     /// The port others are told to connect to, when one is set or mapped on the router.
     #[serde(default)]
     pub port_mapping: Option<PortMapping>,

@@ -131,6 +131,7 @@ pub(crate) async fn run(inner: Arc<NodeState>, settings: Settings, commands: Rec
         settings.leaf.clone(),
         clock,
     );
+    leaf.set_ipv6(inner.ipv6);
     leaf.add_seeds(now, &inner.seeds);
     leaf.import_hosts(now, &load_hosts(&hosts_path));
     // Only this actor changes the status; it publishes each change whole.
@@ -405,7 +406,7 @@ pub(crate) async fn run(inner: Arc<NodeState>, settings: Settings, commands: Rec
             }
         }
         status.links = links(&leaf);
-        status.reach = leaf.reach().map(|r| crate::control::Reach {
+        let reach = |r: topology::Reach| crate::control::Reach {
             observed: r.observed,
             reachable: r.reachable,
             nat: r.nat.map(|k| {
@@ -415,7 +416,9 @@ pub(crate) async fn run(inner: Arc<NodeState>, settings: Settings, commands: Rec
                 }
                 .to_string()
             }),
-        });
+        };
+        status.reach = leaf.reach().map(reach);
+        status.reach_also = leaf.reach_other().map(reach);
         if **inner.role.load() != status {
             inner.role.store(Arc::new(status.clone()));
         }

@@ -34,7 +34,7 @@ use transport::net::{connect_secure, write_message_within, FrameReader};
 use transport::secure::{SecureReader, SecureStream, SecureWriter};
 use wire::{Hello, Message, NodeId, Role};
 
-use crate::download::Reached;
+use crate::download::{Reached, Way};
 
 /// Routes kept (the most recent sources seen in hits).
 const ROUTES_KEPT: usize = 4096;
@@ -107,6 +107,39 @@ impl Reverse {
                     routes.by_addr.remove(&old);
                 }
             }
+        }
+    }
+
+    /// How to reach the source at `addr`: with the address of the other family (IPv6 beside
+    /// IPv4) that a hit named for the same node, if any. The one the super-peers found
+    /// reachable is dialled first, else IPv6 first (RFC 8305).
+    pub(crate) fn way(&self, addr: SocketAddr) -> Way {
+        let routes = self.routes.lock().unwrap();
+        let Some(route) = routes.by_addr.get(&addr) else {
+            return Way::to(addr);
+        };
+        let v6 = |a: &SocketAddr| a.ip().to_canonical().is_ipv6();
+        // Lower first: not known unreachable, then IPv6.
+        let rank = |a: &SocketAddr, reachable: Option<bool>| (reachable == Some(false), !v6(a));
+        let other = routes
+            .by_addr
+            .iter()
+            .filter(|(a, r)| r.node == route.node && v6(a) != v6(&addr))
+            .min_by_key(|(a, r)| (rank(a, r.reachable), **a))
+            .map(|(a, r)| (*a, r.reachable));
+        let Some((other, reachable)) = other else {
+            return Way::to(addr);
+        };
+        let other_first = rank(&other, reachable) < rank(&addr, route.reachable);
+        let first = match other_first {
+            true => reachable,
+            false => route.reachable,
+        };
+        Way {
+            addr,
+            other: Some(other),
+            other_first,
+            back_later: first == Some(true),
         }
     }
 
@@ -321,7 +354,7 @@ async fn back_or_punch(
     };
     if punching {
         let punched = punch(me.identity, bound, addr, route.node, token, limit);
-        crate::download::first_ok(arrived, punched)
+        crate::download::first_ok(arrived, punched, "punching")
             .await
             .map_err(|e| format!("both behind NAT, and hole punching failed: {e}"))
     } else {
@@ -594,6 +627,68 @@ mod tests {
             reachable,
             via: Some("198.51.100.1:7700".parse().unwrap()),
         }
+    }
+
+    /// A node that hits name at an address of each family is dialled at both, the one found
+    /// reachable first (else IPv6 first), and a connection back waits for dialling only when
+    /// the first address is known reachable.
+    #[test]
+    fn a_node_found_at_both_families_is_dialled_at_both_in_order() {
+        let r = Reverse::default();
+        let v4 = source(1, Some(false));
+        let v6 = |reachable| wire::Source {
+            addr: "[2001:db8:77::2]:7001".parse().unwrap(),
+            reachable,
+            ..source(1, None)
+        };
+        assert_eq!(r.way(v4.addr), Way::to(v4.addr), "no other address known");
+        r.note(&v4);
+        r.note(&source(2, None)); // another node: not an address of this one
+        assert_eq!(r.way(v4.addr), Way::to(v4.addr));
+        r.note(&v6(Some(true)));
+        let six = v6(None).addr;
+        assert_eq!(
+            r.way(v4.addr),
+            Way {
+                addr: v4.addr,
+                other: Some(six),
+                other_first: true,
+                back_later: true,
+            }
+        );
+        assert_eq!(
+            r.way(six),
+            Way {
+                addr: six,
+                other: Some(v4.addr),
+                other_first: false,
+                back_later: true,
+            }
+        );
+        // Neither known reachable: IPv6 first, and a connection back at once.
+        r.note(&v6(None));
+        r.note(&source(1, None));
+        assert_eq!(
+            r.way(v4.addr),
+            Way {
+                addr: v4.addr,
+                other: Some(six),
+                other_first: true,
+                back_later: false,
+            }
+        );
+        // IPv4 found reachable, IPv6 not: IPv4 first.
+        r.note(&source(1, Some(true)));
+        r.note(&v6(Some(false)));
+        assert_eq!(
+            r.way(six),
+            Way {
+                addr: six,
+                other: Some(v4.addr),
+                other_first: true,
+                back_later: true,
+            }
+        );
     }
 
     #[test]

@@ -38,6 +38,8 @@ pub(crate) struct RoleStatus {
     pub(crate) links: Vec<LinkStatus>,
     /// Whether others can connect to this node, as its super-peers found.
     pub(crate) reach: Option<control::Reach>,
+    /// The same over the node's other address family (IPv6 beside IPv4).
+    pub(crate) reach_also: Option<control::Reach>,
     /// Recent overlay events (attachments, promotion, demotion), newest last.
     pub(crate) events: VecDeque<String>,
 }
@@ -50,6 +52,9 @@ pub(crate) struct NodeState {
     pub(crate) limits: transport::limits::Limits,
     /// Where chunks are served.
     pub(crate) listen: Option<SocketAddr>,
+    /// Whether this host has a route to IPv6 addresses: super-peers are then also linked
+    /// over IPv6 (see `topology::LeafOverlay::set_ipv6`).
+    pub(crate) ipv6: bool,
     pub(crate) shares: RwLock<Shares>,
     pub(crate) uploaded_chunks: AtomicU64,
     pub(crate) uploaded_bytes: AtomicU64,

@@ -604,6 +604,8 @@ function drawNetwork(s) {
     row('listening', s.listen || 'nothing'),
     row('reachable', !r ? 'not known yet' : r.reachable ? `reachable at ${r.observed}` : `not reachable (seen as ${r.observed})`,
       r && r.nat ? ` · NAT: ${r.nat}` : ''),
+    s.reach_also ? row('also', s.reach_also.reachable ? `reachable at ${s.reach_also.observed}`
+      : `not reachable (seen as ${s.reach_also.observed})`) : null,
     row('port mapping', !pm ? 'the listen port' : pm.port != null ? `port ${pm.port} (${pm.how})` : `none (${pm.how})`),
     row('super-peers', s.superpeers.length ? el('ul', {}, s.superpeers.map((l) => el('li', {},
       `${l.addr} — ${l.connected ? 'connected' : 'not connected'}`,

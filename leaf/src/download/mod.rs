@@ -69,6 +69,7 @@ pub use crate::part::{discard_partial, safe_file_name, STATE_SUFFIX};
 use crate::rate::RateLimit;
 use crate::reverse::Accepted;
 pub(crate) use source::first_ok;
+pub use source::Way;
 use source::{NoManifest, SourceConn};
 pub use types::{
     DownloadError, DownloadOptions, DownloadReport, Progress, Reached, SourceReport, MAX_PEERS,
@@ -94,6 +95,10 @@ pub type FindSources =
 /// through its super-peer ([`crate::reverse`]). `None` when the source is dialled only.
 pub type ConnectBack = Arc<dyn Fn(SocketAddr) -> Option<BackFuture> + Send + Sync>;
 
+/// How to reach the source at an address: with its address of the other family (IPv6
+/// beside IPv4) when a hit named one, and whether the address is known reachable.
+pub type Ways = Arc<dyn Fn(SocketAddr) -> Way + Send + Sync>;
+
 /// A connection back being asked for and awaited.
 pub type BackFuture = Pin<Box<dyn Future<Output = Result<Accepted, String>> + Send>>;
 
@@ -116,6 +121,8 @@ pub struct Job {
     /// How to have a source that cannot be reached connect to us instead (tried beside
     /// dialling it); `None`: sources are only dialled.
     pub connect_back: Option<ConnectBack>,
+    /// How to reach a source by its addresses; `None`: at the one address it is found at.
+    pub ways: Option<Ways>,
     /// How long to go on with no source at all before giving up; `None`: wait indefinitely.
     pub give_up_after: Option<Duration>,
     /// With no source at the start and nothing of the file on disk: keep searching (as for a
@@ -516,10 +523,11 @@ async fn vote_manifest(
         let answers = spawn_all(left.drain(..wanted).map(|a| {
             let (me, opts) = (job.me.clone(), job.opts.clone());
             let listen = job.swarm.as_ref().and_then(|h| h.listen);
-            let back = job.connect_back.as_ref().and_then(|ask| ask(a));
+            let way = job.way(a);
+            let back = job.back(&way);
             let (id, size) = (job.id, job.expected_size);
             async move {
-                match SourceConn::connect(a, &me, listen, &opts, opened_at, back).await {
+                match SourceConn::connect(way, &me, listen, &opts, opened_at, back).await {
                     Ok(mut c) => {
                         let m = c.manifest(id, size, opts.response_timeout).await;
                         (a, Some(c), m)
@@ -587,4 +595,18 @@ where
         out.push(t.await);
     }
     out
+}
+
+impl Job {
+    /// How to reach the source at `addr`.
+    fn way(&self, addr: SocketAddr) -> Way {
+        self.ways.as_ref().map_or(Way::to(addr), |w| w(addr))
+    }
+
+    /// A connection back from the source reached by `way`, if it may not accept connections
+    /// at one of its addresses.
+    fn back(&self, way: &Way) -> Option<BackFuture> {
+        let ask = self.connect_back.as_ref()?;
+        ask(way.addr).or_else(|| way.other.and_then(|o| ask(o)))
+    }
 }

@@ -358,7 +358,11 @@ impl Run<'_> {
     /// if it may be but none is.
     fn offer(&mut self, addr: SocketAddr, now: Instant) {
         let ready = self.retries.ready(&addr, now);
-        let busy = self.sources.values().any(|s| s.addr == addr);
+        // The same node at its other address (IPv6 beside IPv4) is the same source.
+        let other = self.s.job.way(addr).other;
+        let same = |a: &SocketAddr| *a == addr || Some(*a) == other;
+        let busy = self.sources.values().any(|s| same(&s.addr))
+            || self.candidates.iter().any(|a| Some(*a) == other);
         if !ready || busy || self.s.banned.contains(&addr) {
             return;
         }
@@ -433,9 +437,10 @@ impl Run<'_> {
         let inputs = self.inputs.clone();
         // A source that may not accept connections is also asked to connect to us: the first
         // connection made is the one used (Soulseek's order: direct and indirect at once).
-        let back = self.s.job.connect_back.as_ref().and_then(|ask| ask(addr));
+        let way = self.s.job.way(addr);
+        let back = self.s.job.back(&way);
         let task = transport::rt::spawn(async move {
-            let conn = SourceConn::connect(addr, &me, listen, &opts, epoch, back).await;
+            let conn = SourceConn::connect(way, &me, listen, &opts, epoch, back).await;
             let _ = inputs.send(Input::Connected(n, conn.map(Box::new))).await;
         });
         if let Some(src) = self.sources.get_mut(&n) {
@@ -460,6 +465,7 @@ impl Run<'_> {
         src.connected_at = Some(Instant::now());
         let addr = src.addr;
         src.report.reached = Some(conn.reached);
+        src.report.at = conn.at;
         src.last_byte = conn.last_byte.clone();
         let (out, reader) = conn.start(
             self.s.job.cap.clone(),

@@ -103,6 +103,8 @@ type Stream = (
 
 pub(super) struct SourceConn {
     pub(super) addr: SocketAddr,
+    /// The address it was dialled at, when that was its other one (`Way::other`).
+    pub(super) at: Option<SocketAddr>,
     /// How the connection was made.
     pub(super) reached: Reached,
     /// The source's node id, proved by its key.
@@ -132,26 +134,69 @@ impl SourceConn {
         Self::hello(addr, stream, me, listen, opts, epoch).await
     }
 
-    /// Dials `addr`; with `back` (a source that may not accept connections), also waits for
-    /// the source to connect to us, and takes whichever connection comes first (Soulseek's
-    /// order: direct and indirect at once).
+    /// Dials `way.addr` (and `way.other`, the source's address of the other family, a moment
+    /// later unless the first fails sooner, or the other way round: RFC 8305's Happy
+    /// Eyeballs); with `back` (a
+    /// source that may not accept connections), also waits for the source to connect to us.
+    /// The first connection made is the one used (Soulseek's order: direct and indirect at
+    /// once). With `way.back_later` (the address dialled first is known reachable), the
+    /// connection back is asked for only once dialling failed or took [`BACK_DELAY`].
     pub(super) async fn connect(
-        addr: SocketAddr,
+        way: Way,
         me: &Identity,
         listen: Option<SocketAddr>,
         opts: &DownloadOptions,
         epoch: Instant,
         back: Option<BackFuture>,
     ) -> Result<Self, String> {
-        let direct = Self::open(addr, me, listen, opts, epoch);
+        let addr = way.addr;
+        let (failed, on_failure) = smol::channel::bounded::<()>(1);
+        let direct = async {
+            let got = match way.other {
+                None => Self::open(addr, me, listen, opts, epoch).await,
+                Some(other) => {
+                    let (addr, other) = match way.other_first {
+                        true => (other, addr),
+                        false => (addr, other),
+                    };
+                    let (first_failed, on_first_failure) = smol::channel::bounded::<()>(1);
+                    let first = async {
+                        let got = Self::open(addr, me, listen, opts, epoch).await;
+                        if got.is_err() {
+                            let _ = first_failed.try_send(());
+                        }
+                        got
+                    };
+                    let second = async {
+                        after(HAPPY_EYEBALLS_DELAY, &on_first_failure).await;
+                        Self::open(other, me, listen, opts, epoch).await
+                    };
+                    first_ok(first, second, &format!("at {other}")).await
+                }
+            };
+            if got.is_err() {
+                let _ = failed.try_send(());
+            }
+            // Known by the address it was found at, wherever it was dialled.
+            got.map(|mut conn| {
+                if conn.addr != addr {
+                    conn.at = Some(conn.addr);
+                    conn.addr = addr;
+                }
+                conn
+            })
+        };
         match back {
             None => direct.await,
             Some(back) => {
                 let reverse = async {
+                    if way.back_later {
+                        after(BACK_DELAY, &on_failure).await;
+                    }
                     let conn = back.await?;
                     Self::accepted(addr, conn, me, listen, opts, epoch).await
                 };
-                first_ok(direct, reverse).await
+                first_ok(direct, reverse, "connecting back").await
             }
         }
     }
@@ -183,6 +228,7 @@ impl SourceConn {
         let last_byte = Arc::new(AtomicU64::new(epoch.elapsed().as_millis() as u64));
         let mut conn = SourceConn {
             addr,
+            at: None,
             reached,
             node: peer,
             reader: reader.map_inner(|inner| Stamped {
@@ -320,10 +366,58 @@ fn read_failure(e: ReadError) -> String {
     }
 }
 
-/// The first of `a` and `b` to succeed; if both fail, both reasons.
+/// How long the second address of a source waits for the first to connect (RFC 8305
+/// recommends 250 ms).
+pub(crate) const HAPPY_EYEBALLS_DELAY: Duration = Duration::from_millis(250);
+
+/// How long a connection back waits for dialling a source known reachable to fail.
+pub(crate) const BACK_DELAY: Duration = Duration::from_secs(2);
+
+/// How to reach one source: the address to dial first, maybe another of the other family,
+/// and whether a connection back waits for the dialling ([`SourceConn::connect`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Way {
+    /// Dialled first.
+    pub addr: SocketAddr,
+    /// The source's address of the other family, dialled after [`HAPPY_EYEBALLS_DELAY`].
+    pub other: Option<SocketAddr>,
+    /// `other` is dialled first instead, and `addr` after the delay.
+    pub other_first: bool,
+    /// The address dialled first is known reachable: a connection back is asked for only if
+    /// dialling fails or takes [`BACK_DELAY`].
+    pub back_later: bool,
+}
+
+impl Way {
+    /// Only `addr`, and a connection back at once.
+    pub fn to(addr: SocketAddr) -> Way {
+        Way {
+            addr,
+            other: None,
+            other_first: false,
+            back_later: false,
+        }
+    }
+}
+
+/// Returns after `limit`, or sooner once something is sent on (or the sender of) `early`.
+async fn after(limit: Duration, early: &smol::channel::Receiver<()>) {
+    smol::future::or(
+        async {
+            smol::Timer::after(limit).await;
+        },
+        async {
+            let _ = early.recv().await;
+        },
+    )
+    .await
+}
+
+/// The first of `a` and `b` to succeed; if both fail, both reasons (`b`'s after `b_is`).
 pub(crate) async fn first_ok<T>(
     a: impl Future<Output = Result<T, String>>,
     b: impl Future<Output = Result<T, String>>,
+    b_is: &str,
 ) -> Result<T, String> {
     let (mut a, mut b) = (Box::pin(a), Box::pin(b));
     let (mut a_err, mut b_err): (Option<String>, Option<String>) = (None, None);
@@ -349,7 +443,7 @@ pub(crate) async fn first_ok<T>(
             Either::B(Err(e)) => b_err = Some(e),
         }
         if let (Some(a), Some(b)) = (&a_err, &b_err) {
-            return Err(format!("{a}; connecting back: {b}"));
+            return Err(format!("{a}; {b_is}: {b}"));
         }
     }
 }

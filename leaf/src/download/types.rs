@@ -81,6 +81,9 @@ pub struct SourceReport {
     /// How the connection to it was made, once it was.
     #[serde(default)]
     pub reached: Option<Reached>,
+    /// The address it was dialled at, when that was its other one (IPv6 beside IPv4).
+    #[serde(default)]
+    pub at: Option<SocketAddr>,
     /// How long after it was first tried (dialled, or asked to connect back) its first chunk
     /// arrived, in milliseconds: what the way it was reached cost before the first byte.
     #[serde(default)]
@@ -121,6 +124,7 @@ impl SourceReport {
             queued_at: None,
             reached: None,
             first_chunk_ms: None,
+            at: None,
         }
     }
 

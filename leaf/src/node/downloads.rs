@@ -258,6 +258,10 @@ impl Node {
             sources,
             find,
             connect_back: Some(self.connect_back()),
+            ways: {
+                let state = self.inner.state.clone();
+                Some(Arc::new(move |addr| state.reverse.way(addr)))
+            },
             give_up_after: self.inner.give_up_after,
             wait_for_sources,
             opts: self.inner.download_options.clone(),

@@ -313,20 +313,39 @@ impl Node {
         let node_id = identity.node();
         let shares = Shares::load(&dir.join(SHARES_FILE));
 
-        let (listener, listen) = match config.listen {
+        let ipv6 = transport::net::has_ipv6_route();
+        let (listeners, listen) = match config.listen {
             Some(addr) => {
-                // Shared with the connections that leave from it (hole punching).
+                // On every IPv4 address of a host that has IPv6: on every IPv6 address too,
+                // on the same port, so that a leaf with a global IPv6 address is reachable
+                // over it even behind an IPv4 NAT.
+                let dual = ipv6 && addr.ip() == std::net::Ipv4Addr::UNSPECIFIED;
                 // A short queue: connections the kernel completed and the node has not taken
-                // count towards the node's bound on links (`crate::links`).
-                let backlog = crate::links::LISTEN_BACKLOG as i32;
+                // count towards the node's bound on links (`crate::links`); two listeners
+                // share it.
+                let backlog = match dual {
+                    true => crate::links::LISTEN_BACKLOG / 2,
+                    false => crate::links::LISTEN_BACKLOG,
+                } as i32;
+                // Shared with the connections that leave from it (hole punching).
                 let l = transport::net::listen_reusable(addr, backlog)
                     .map_err(|source| NodeError::Bind { addr, source })?;
                 let bound = l
                     .local_addr()
                     .map_err(|source| NodeError::Bind { addr, source })?;
-                (Some(l), Some(bound))
+                let mut listeners = vec![l];
+                if dual {
+                    match transport::net::listen_ipv6_beside(bound.port(), backlog) {
+                        Ok(l6) => listeners.push(l6),
+                        Err(e) => log::warn!(
+                            "serving over IPv4 only: listening on [::]:{}: {e}",
+                            bound.port()
+                        ),
+                    }
+                }
+                (listeners, Some(bound))
             }
-            None => (None, None),
+            None => (Vec::new(), None),
         };
         let control_listener = if config.control {
             let path = control::socket_path(&dir);
@@ -358,6 +377,7 @@ impl Node {
             identity: Arc::new(identity),
             limits: config.limits.clone(),
             listen,
+            ipv6,
             shares: RwLock::new(shares),
             uploaded_chunks: AtomicU64::new(0),
             uploaded_bytes: AtomicU64::new(0),
@@ -423,7 +443,7 @@ impl Node {
             superpeer_listen: config.superpeer_listen,
         };
         let mut tasks = Vec::new();
-        if let Some(l) = listener {
+        for l in listeners {
             tasks.push(transport::rt::spawn(accept_uploads(node.inner.clone(), l)));
         }
         tasks.push(transport::rt::spawn(crate::overlay::run(
@@ -714,9 +734,11 @@ impl Node {
         Ok(hits
             .into_iter()
             .filter(|h| h.file.id == id && h.source.node != self.inner.state.node_id)
+            // One per node: a node found at an address of each family (IPv6 beside IPv4) is
+            // one source, dialled at both (`Reverse::way`).
             .filter(|h| {
-                let fresh = !seen.contains(&h.source.addr);
-                seen.push(h.source.addr);
+                let fresh = !seen.contains(&h.source.node);
+                seen.push(h.source.node);
                 fresh
             })
             .collect())
@@ -772,6 +794,7 @@ impl Node {
             listen: self.inner.state.listen,
             superpeers: role.links,
             reach: role.reach,
+            reach_also: role.reach_also,
             port_mapping: self.inner.port_mapping.lock().unwrap().clone(),
             web: self.inner.web.lock().unwrap().as_ref().map(|w| w.addr()),
             hosts: role.hosts,

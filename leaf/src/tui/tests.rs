@@ -97,6 +97,11 @@ fn status() -> StatusReport {
             reachable: true,
             nat: None,
         }),
+        reach_also: Some(crate::control::Reach {
+            observed: "[2001:db8::4]:4000".parse().unwrap(),
+            reachable: true,
+            nat: None,
+        }),
         folders: vec![PathBuf::from("/home/me/Music")],
         folder_stats: vec![crate::control::FolderStats {
             folder: PathBuf::from("/home/me/Music"),
@@ -451,6 +456,7 @@ fn every_tab_fits_80_by_24_with_tabs_and_footer() {
     assert!(contains(&s, "super-peer — attached to 1 super-peer"));
     assert!(contains(&s, "3 super-peers known"));
     assert!(contains(&s, "yes, at 203.0.113.4:4000"));
+    assert!(contains(&s, "reachable at [2001:db8::4]:4000"));
     assert!(contains(&s, "attached to 127.0.0.1:7700"));
     app.on_key(key(KeyCode::Char('3')));
     let s = screen(&app, 80, 24);

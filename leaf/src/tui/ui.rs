@@ -492,6 +492,14 @@ fn render_network(app: &App, f: &mut Frame, area: Rect) {
             },
         ]),
         Line::from(vec![
+            label("also"),
+            Span::raw(match &s.reach_also {
+                Some(r) if r.reachable => format!("reachable at {}", r.observed),
+                Some(r) => format!("not reachable at {}", r.observed),
+                None => "no link over another address family".into(),
+            }),
+        ]),
+        Line::from(vec![
             label("external"),
             Span::raw(match &s.port_mapping {
                 Some(m) => match m.port {

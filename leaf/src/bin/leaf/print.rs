@@ -155,7 +155,11 @@ pub(crate) async fn print_get_replies(replies: Receiver<Reply>) -> anyhow::Resul
                     r.elapsed_ms as f64 / 1000.0
                 );
                 for s in r.sources.iter().filter(|s| s.chunks > 0) {
-                    let how = match (s.reached, s.first_chunk_ms) {
+                    let h = match (s.reached, s.at) {
+                        (Some(h), Some(at)) => Some(format!("{h} at {at}")),
+                        (h, _) => h.map(|h| h.to_string()),
+                    };
+                    let how = match (h, s.first_chunk_ms) {
                         (Some(h), Some(ms)) => format!(" ({h}; the first after {ms} ms)"),
                         (Some(h), None) => format!(" ({h})"),
                         (None, _) => String::new(),
@@ -207,6 +211,19 @@ pub(crate) fn print_status(s: &control::StatusReport) {
         ),
         None if s.listen.is_some() => say!("reachable not known yet"),
         None => {}
+    }
+    if let Some(r) = &s.reach_also {
+        let family = match r.observed.is_ipv6() {
+            true => "IPv6",
+            false => "IPv4",
+        };
+        match r.reachable {
+            true => say!("also      reachable over {family} at {}", r.observed),
+            false => say!(
+                "also      not reachable over {family}: a super-peer could not connect to {}",
+                r.observed
+            ),
+        }
     }
     match s.reach.as_ref().and_then(|r| r.nat.as_deref()) {
         Some("symmetric") => {
