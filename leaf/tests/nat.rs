@@ -264,14 +264,20 @@ fn status(data: &Path) -> serde_json::Value {
 
 /// `leaf get` of `id` into `out` with `leaf` (a command of the downloading leaf): it must
 /// succeed, by way of `how` ("reverse connection", "hole punched", "relayed by a super-peer").
-fn get_by(mut leaf: Command, id: &str, out: &Path, how: &str) {
+/// Returns what it said.
+fn get_by(mut leaf: Command, id: &str, out: &Path, how: &str) -> String {
     let done = run(leaf.args(["get", id, "--out"]).arg(out));
     let said = format!("{}{}", text(&done.stdout), text(&done.stderr));
     println!("{said}");
     assert!(done.status.success(), "{said}");
     // "(HOW)", or "(HOW; the first after N ms)".
-    let by = [format!("({how})"), format!("({how}; ")];
+    let by = [
+        format!("({how})"),
+        format!("({how}; "),
+        format!("({how} at "),
+    ];
     assert!(by.iter().any(|b| said.contains(b.as_str())), "{said}");
+    said
 }
 
 /// Whether a TCP connection from the public side to `addr` gets through.
@@ -655,4 +661,164 @@ fn a_leaf_behind_a_symmetric_nat_downloads_through_a_relay() {
             "no hole punched from a symmetric NAT"
         );
     }
+}
+
+/// The testbed of [`home_behind_nat`] with IPv6 beside IPv4: every host has a global IPv6
+/// address (documentation prefixes, which exist only inside these namespaces), and the first
+/// router forwards IPv6 as it is, as many home routers do, while it still masquerades IPv4.
+/// The second router's LAN has IPv4 only.
+///
+/// ```text
+///   home 2001:db8:77::2 ── router 2001:db8:77::1 | 2001:db8:1::2 ── inet 2001:db8:1::1, 2001:db8:2::1 ── pub 2001:db8:2::2
+/// ```
+fn home_behind_nat_with_ipv6(tag: &str) -> Namespaces {
+    let ns = home_behind_nat(tag);
+    let (inet, nat, home, public) = (
+        ns.name("inet"),
+        ns.name("nat"),
+        ns.name("home"),
+        ns.name("pub"),
+    );
+    // (`nodad`: usable at once, not after duplicate address detection.)
+    for (n, dev, addr) in [
+        (&inet, "i-nat", "2001:db8:1::1/64"),
+        (&inet, "i-pub", "2001:db8:2::1/64"),
+        (&nat, "wan", "2001:db8:1::2/64"),
+        (&nat, "lan", "2001:db8:77::1/64"),
+        (&home, "eth", "2001:db8:77::2/64"),
+        (&public, "eth", "2001:db8:2::2/64"),
+    ] {
+        sh(&[
+            "ip", "-n", n, "-6", "addr", "add", addr, "dev", dev, "nodad",
+        ]);
+    }
+    for (n, route, gw) in [
+        (&nat, "default", "2001:db8:1::1"),
+        (&home, "default", "2001:db8:77::1"),
+        (&public, "default", "2001:db8:2::1"),
+        (&inet, "2001:db8:77::/64", "2001:db8:1::2"),
+    ] {
+        sh(&["ip", "-n", n, "-6", "route", "add", route, "via", gw]);
+    }
+    for n in [&inet, &nat] {
+        sh(&[
+            "ip",
+            "netns",
+            "exec",
+            n,
+            "sysctl",
+            "-qw",
+            "net.ipv6.conf.all.forwarding=1",
+        ]);
+    }
+    // IPv6 is forwarded as it is: nothing dropped, and no NAT (the rules' masquerade is for
+    // both families).
+    for (verb, table, chain) in [
+        ("add", "filter", "forward"),
+        ("insert", "nat", "postrouting"),
+    ] {
+        sh(&[
+            "ip", "netns", "exec", &nat, "nft", verb, "rule", "inet", table, chain, "meta",
+            "nfproto", "ipv6", "accept",
+        ]);
+    }
+    ns
+}
+
+/// A leaf behind an IPv4 NAT with a global IPv6 address: a super-peer linked over each family
+/// finds it unreachable over IPv4 and reachable over IPv6, and says so in its hits. A
+/// downloader with IPv6 dials it there directly (no connection back, no relay); one with
+/// IPv4 only still gets the file, through a hole punched over IPv4.
+#[test]
+fn a_leaf_behind_an_ipv4_nat_is_reached_over_ipv6_and_still_over_ipv4() {
+    let ns = home_behind_nat_with_ipv6("6");
+    let tmp = tempfile::tempdir().unwrap();
+    let base = tmp.path();
+    let _sp = start_superpeer_in(&ns, &base.join("sp"));
+
+    let content: Vec<u8> = (0..3_000_000u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    std::fs::create_dir_all(base.join("music")).unwrap();
+    std::fs::write(base.join("music/Hania Rani - Eden.flac"), &content).unwrap();
+    let home_data = base.join("home-data");
+    let home = || leaf_in(&ns, "home", &home_data, "80.77.1.1:7700", "0.0.0.0:7001");
+    let _source = Proc::spawn(
+        home()
+            .args(["--superpeer", "[2001:db8:1::1]:7700", "--no-port-mapping"])
+            .arg("share")
+            .arg(base.join("music")),
+    );
+    _source.wait_for("sharing");
+    wait_until(
+        "the super-peer to check the source over each family",
+        40,
+        || {
+            let s = status(&home_data);
+            s["reach"]["reachable"] == false && s["reach_also"]["reachable"] == true
+        },
+    );
+    let s = status(&home_data);
+    assert_eq!(s["reach"]["observed"], "80.77.1.2:7001", "{s}");
+    assert_eq!(s["reach_also"]["observed"], "[2001:db8:77::2]:7001", "{s}");
+    let shown = run(home().arg("status"));
+    assert!(
+        text(&shown.stdout).contains("also      reachable over IPv6 at [2001:db8:77::2]:7001"),
+        "{}",
+        text(&shown.stdout)
+    );
+
+    // A downloader with both families: the file comes over IPv6, dialled.
+    let pub_data = base.join("pub-data");
+    std::fs::create_dir_all(base.join("nothing")).unwrap();
+    let public = || leaf_in(&ns, "pub", &pub_data, "80.77.2.1:7700", "0.0.0.0:7002");
+    let downloader = Proc::spawn(
+        public()
+            .args(["--superpeer", "[2001:db8:2::1]:7700", "--no-port-mapping"])
+            .arg("share")
+            .arg(base.join("nothing")),
+    );
+    downloader.wait_for("sharing 0 files");
+    let id = blake3::hash(&content).to_hex().to_string();
+    let found = run(public().args(["search", "hania", "eden", "--json", "--wait", "2"]));
+    let said = text(&found.stdout);
+    assert!(said.contains(&id), "{said}");
+    let dl = base.join("downloads");
+    let said = get_by(public(), &id, &dl, "direct");
+    // Named at either address: dialled at the IPv6 one.
+    assert!(
+        said.contains("from [2001:db8:77::2]:7001 (direct")
+            || said.contains("(direct at [2001:db8:77::2]:7001"),
+        "{said}"
+    );
+    assert!(std::fs::read(dl.join("Hania Rani - Eden.flac")).unwrap() == content);
+    for data in [&home_data, &pub_data] {
+        let s = status(data);
+        for how in ["reverse", "punched", "relayed"] {
+            assert_eq!(s["indirect"][how], 0, "{how}: {s}");
+        }
+    }
+
+    // A downloader with IPv4 only, behind the other router: over IPv4, through a hole both
+    // punch (its own IPv6 dial fails at once, for want of a route).
+    let v4_data = base.join("home2-data");
+    let v4_only = || leaf_in(&ns, "home2", &v4_data, "80.77.3.1:7700", "0.0.0.0:7003");
+    let other = Proc::spawn(
+        v4_only()
+            .arg("--no-port-mapping")
+            .arg("share")
+            .arg(base.join("nothing")),
+    );
+    other.wait_for("sharing 0 files");
+    wait_until(
+        "the IPv4-only leaf to learn it cannot be reached",
+        40,
+        || status_json(&v4_data, "80.77.3.1:7700")["reach"]["reachable"] == false,
+    );
+    let s = status_json(&v4_data, "80.77.3.1:7700");
+    assert!(s["reach_also"].is_null(), "no link over IPv6: {s}");
+    let dl2 = base.join("downloads2");
+    get_by(v4_only(), &id, &dl2, "hole punched");
+    assert!(std::fs::read(dl2.join("Hania Rani - Eden.flac")).unwrap() == content);
+    drop((other, downloader));
 }

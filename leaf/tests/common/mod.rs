@@ -30,7 +30,11 @@ impl Proc {
     pub fn spawn(cmd: &mut Command) -> Proc {
         let mut child = cmd
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            // Its log, with PROC_STDERR set (and RUST_LOG), when a test needs a look inside.
+            .stderr(match std::env::var_os("PROC_STDERR") {
+                Some(_) => Stdio::inherit(),
+                None => Stdio::null(),
+            })
             .spawn()
             .unwrap();
         let stdout = child.stdout.take().unwrap();
