@@ -812,3 +812,44 @@ fn a_cancelled_download_leaves_no_partial_file() {
         );
     });
 }
+
+/// A source known at two addresses (IPv6 beside IPv4, as hits name them) whose first address
+/// takes the connection and never answers: its other address, dialled a moment later (Happy
+/// Eyeballs), serves the file, and the report names the address it came from.
+#[test]
+fn a_source_silent_at_one_address_is_reached_at_its_other() {
+    run_bounded(Duration::from_secs(60), async {
+        let tmp = tempfile::tempdir().unwrap();
+        let content = corpus::deterministic_bytes("two addresses", 2 << 20);
+        let id = FileId::from(blake3::hash(&content));
+        let (_nodes, honest) = honest_sources(tmp.path(), &content).await;
+        // Accepts, holds the connections, says nothing.
+        let silent = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let first = silent.local_addr().unwrap();
+        let _held = smol::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((s, _)) = silent.accept().await {
+                held.push(s);
+            }
+        });
+        let other = honest[0];
+        let mut j = job(id, vec![first], &tmp.path().join("out"));
+        j.ways = Some(Arc::new(move |addr| match addr == first {
+            true => download::Way {
+                addr,
+                other: Some(other),
+                other_first: false,
+                back_later: false,
+            },
+            false => download::Way::to(addr),
+        }));
+        let report = download::download(j, Box::new(|_| {})).await.unwrap();
+        assert!(std::fs::read(&report.path).unwrap() == content);
+        // One source, known by the address it was found at, reached at its other.
+        assert_eq!(report.sources.len(), 1, "{report:?}");
+        let s = &report.sources[0];
+        assert_eq!((s.addr, s.at), (first, Some(other)), "{report:?}");
+        assert_eq!(s.chunks, chunks_of(2 << 20));
+        assert_eq!(s.reached, Some(download::Reached::Direct));
+    });
+}
