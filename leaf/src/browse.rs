@@ -11,7 +11,7 @@ use std::time::Duration;
 use transport::net::{connect_secure, write_message_within, FrameReader, ReadError};
 use wire::{FileRecord, Hello, NodeId, Role};
 
-use crate::download::{first_ok, BackFuture};
+use crate::download::{direct_or_back, BackFuture};
 use crate::state::NodeState;
 use transfer::{BrowseEnd, BrowseSession};
 
@@ -68,14 +68,16 @@ pub enum BrowseError {
     },
 }
 
-/// Lists what the leaf serving at `addr` shares; `back`, when the leaf may not be reachable,
-/// asks it to connect back while it is dialled. With `expect`, the leaf must prove to be that
-/// node.
+/// Lists what the leaf serving at `addr` shares; `back`, when a hit named the leaf's
+/// super-peer, asks it to connect back while it is dialled (with `back_later`, once dialling
+/// failed or took a while: it was found reachable). With `expect`, the leaf must prove to be
+/// that node.
 pub(crate) async fn browse(
     state: &NodeState,
     addr: SocketAddr,
     expect: Option<NodeId>,
     back: Option<BackFuture>,
+    back_later: bool,
 ) -> Result<Listing, BrowseError> {
     let run = async {
         let direct = async {
@@ -84,22 +86,18 @@ pub(crate) async fn browse(
                 .map_err(|e| e.to_string())?;
             Ok((secure.peer, FrameReader::new(secure.reader), secure.writer))
         };
-        let (peer, mut reader, mut writer) = match back {
-            None => direct.await,
-            Some(back) => {
-                let reverse = async {
-                    let conn = back.await?;
-                    // A listing comes in frames of up to the full limits.
-                    let reader = conn.reader.limited(wire::MAX_BODY, wire::MAX_PAYLOAD);
-                    Ok((conn.peer, reader, conn.writer))
-                };
-                first_ok(direct, reverse, "connecting back").await
-            }
-        }
-        .map_err(|why| BrowseError::Connect {
-            addr,
-            source: std::io::Error::other(why),
-        })?;
+        let reverse = back.map(|back| async {
+            let conn = back.await?;
+            // A listing comes in frames of up to the full limits.
+            let reader = conn.reader.limited(wire::MAX_BODY, wire::MAX_PAYLOAD);
+            Ok((conn.peer, reader, conn.writer))
+        });
+        let (peer, mut reader, mut writer) = direct_or_back(direct, reverse, back_later)
+            .await
+            .map_err(|why| BrowseError::Connect {
+                addr,
+                source: std::io::Error::other(why),
+            })?;
         if let Some(want) = expect.filter(|want| *want != peer) {
             return Err(BrowseError::Failed {
                 addr,

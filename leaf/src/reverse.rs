@@ -112,11 +112,16 @@ impl Reverse {
 
     /// How to reach the source at `addr`: with the address of the other family (IPv6 beside
     /// IPv4) that a hit named for the same node, if any. The one the super-peers found
-    /// reachable is dialled first, else IPv6 first (RFC 8305).
+    /// reachable is dialled first, else IPv6 first (RFC 8305). A connection back waits for
+    /// the dialling where the address dialled first was found reachable.
     pub(crate) fn way(&self, addr: SocketAddr) -> Way {
         let routes = self.routes.lock().unwrap();
         let Some(route) = routes.by_addr.get(&addr) else {
             return Way::to(addr);
+        };
+        let alone = Way {
+            back_later: route.reachable == Some(true),
+            ..Way::to(addr)
         };
         let v6 = |a: &SocketAddr| a.ip().to_canonical().is_ipv6();
         // Lower first: not known unreachable, then IPv6.
@@ -128,7 +133,7 @@ impl Reverse {
             .min_by_key(|(a, r)| (rank(a, r.reachable), **a))
             .map(|(a, r)| (*a, r.reachable));
         let Some((other, reachable)) = other else {
-            return Way::to(addr);
+            return alone;
         };
         let other_first = rank(&other, reachable) < rank(&addr, route.reachable);
         let first = match other_first {
@@ -143,15 +148,13 @@ impl Reverse {
         }
     }
 
-    /// The route to the source at `addr`, when one is known and the source might not be
-    /// reachable directly.
+    /// The route to the source at `addr`, when a hit gave one. For a source its super-peer
+    /// found reachable it is used only once dialling failed or took a while (see
+    /// [`Reverse::way`]): a finding can be wrong (a router that lets in anyone the leaf has
+    /// talked to, super-peers included) or stale.
     pub(crate) fn route(&self, addr: SocketAddr) -> Option<Route> {
         let routes = self.routes.lock().unwrap();
-        routes
-            .by_addr
-            .get(&addr)
-            .copied()
-            .filter(|r| r.reachable != Some(true))
+        routes.by_addr.get(&addr).copied()
     }
 
     /// Waits for a connection back from `node`: its token, and where it will arrive. The
@@ -692,7 +695,7 @@ mod tests {
     }
 
     #[test]
-    fn routes_are_kept_for_sources_that_may_not_be_reachable_only() {
+    fn routes_are_kept_and_a_source_found_reachable_is_dialled_before_it_is_asked() {
         let r = Reverse::default();
         r.note(&source(1, Some(false)));
         r.note(&source(2, Some(true)));
@@ -705,8 +708,16 @@ mod tests {
             r.route(source(1, None).addr).map(|r| r.node),
             Some(NodeId([1; 32]))
         );
-        assert_eq!(r.route(source(2, None).addr), None, "reachable: dial it");
+        // Found reachable: dialled, and asked to connect back only if that fails or takes a
+        // while; not known, or unreachable: both at once.
+        assert!(r.route(source(2, None).addr).is_some());
+        assert!(
+            r.way(source(2, None).addr).back_later,
+            "reachable: dial it first"
+        );
         assert!(r.route(source(3, None).addr).is_some(), "unknown: try both");
+        assert!(!r.way(source(3, None).addr).back_later);
+        assert!(!r.way(source(1, None).addr).back_later);
         assert_eq!(r.route(source(4, None).addr), None, "no super-peer named");
         // Bounded.
         for i in 0..ROUTES_KEPT + 10 {

@@ -822,3 +822,55 @@ fn a_leaf_behind_an_ipv4_nat_is_reached_over_ipv6_and_still_over_ipv4() {
     assert!(std::fs::read(dl2.join("Hania Rani - Eden.flac")).unwrap() == content);
     drop((other, downloader));
 }
+
+/// Behind a router that lets in anyone the leaf has talked to (an address-restricted NAT,
+/// emulated: the router's port 7001 leads to the leaf only from addresses it connected to),
+/// the super-peer's check gets through, and the leaf is found reachable where others cannot
+/// reach it. A downloader dials it as its hit says, and when that fails, asks it to connect
+/// back: the download still completes.
+#[test]
+fn a_source_found_reachable_that_is_not_is_still_downloaded_from() {
+    let ns = home_behind_nat("a");
+    let nat = ns.name("nat");
+    for rule in [
+        "add set inet nat contacted { type ipv4_addr; flags dynamic,timeout; timeout 10m; }",
+        "insert rule inet nat postrouting oifname wan update @contacted { ip daddr }",
+        "add rule inet nat prerouting_miniupnpd iifname wan tcp dport 7001 ip saddr @contacted dnat ip to 192.168.77.2:7001",
+        "add rule inet filter miniupnpd ct status dnat accept",
+    ] {
+        let mut args = vec!["ip", "netns", "exec", &nat, "nft"];
+        args.extend(rule.split(' '));
+        sh(&args);
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let base = tmp.path();
+    let _sp = start_superpeer_in(&ns, &base.join("sp"));
+    let content: Vec<u8> = (0..2_000_000u32)
+        .map(|i| (i.wrapping_mul(2246822519) >> 5) as u8)
+        .collect();
+    std::fs::create_dir_all(base.join("music")).unwrap();
+    std::fs::write(base.join("music/Grouper - Heavy Water.flac"), &content).unwrap();
+    let home_data = base.join("home-data");
+    let _source = start_home_leaf(&ns, &home_data, &base.join("music"), &["--no-port-mapping"]);
+    wait_until("the super-peer's check to get through", 40, || {
+        status(&home_data)["reach"]["reachable"] == true
+    });
+    assert_eq!(status(&home_data)["reach"]["observed"], "80.77.1.2:7001");
+    // But not from elsewhere.
+    assert!(!connects_from_pub(&ns, "80.77.1.2:7001"));
+
+    let pub_data = base.join("pub-data");
+    std::fs::create_dir_all(base.join("nothing")).unwrap();
+    let public = || leaf_in(&ns, "pub", &pub_data, "80.77.2.1:7700", "0.0.0.0:7002");
+    let downloader = Proc::spawn(
+        public()
+            .arg("--no-port-mapping")
+            .arg("share")
+            .arg(base.join("nothing")),
+    );
+    downloader.wait_for("sharing 0 files");
+    let id = blake3::hash(&content).to_hex().to_string();
+    let dl = base.join("downloads");
+    get_by(public(), &id, &dl, "reverse connection");
+    assert!(std::fs::read(dl.join("Grouper - Heavy Water.flac")).unwrap() == content);
+}

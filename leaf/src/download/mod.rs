@@ -68,8 +68,8 @@ use crate::part::{
 pub use crate::part::{discard_partial, safe_file_name, STATE_SUFFIX};
 use crate::rate::RateLimit;
 use crate::reverse::Accepted;
-pub(crate) use source::first_ok;
 pub use source::Way;
+pub(crate) use source::{direct_or_back, first_ok};
 use source::{NoManifest, SourceConn};
 pub use types::{
     DownloadError, DownloadOptions, DownloadReport, Progress, Reached, SourceReport, MAX_PEERS,

@@ -150,7 +150,6 @@ impl SourceConn {
         back: Option<BackFuture>,
     ) -> Result<Self, String> {
         let addr = way.addr;
-        let (failed, on_failure) = smol::channel::bounded::<()>(1);
         let direct = async {
             let got = match way.other {
                 None => Self::open(addr, me, listen, opts, epoch).await,
@@ -174,9 +173,6 @@ impl SourceConn {
                     first_ok(first, second, &format!("at {other}")).await
                 }
             };
-            if got.is_err() {
-                let _ = failed.try_send(());
-            }
             // Known by the address it was found at, wherever it was dialled.
             got.map(|mut conn| {
                 if conn.addr != addr {
@@ -186,19 +182,11 @@ impl SourceConn {
                 conn
             })
         };
-        match back {
-            None => direct.await,
-            Some(back) => {
-                let reverse = async {
-                    if way.back_later {
-                        after(BACK_DELAY, &on_failure).await;
-                    }
-                    let conn = back.await?;
-                    Self::accepted(addr, conn, me, listen, opts, epoch).await
-                };
-                first_ok(direct, reverse, "connecting back").await
-            }
-        }
+        let reverse = back.map(|back| async move {
+            let conn = back.await?;
+            Self::accepted(addr, conn, me, listen, opts, epoch).await
+        });
+        direct_or_back(direct, reverse, way.back_later).await
     }
 
     /// A connection the source at `addr` opened to us, as asked ([`crate::reverse`]): the
@@ -398,6 +386,33 @@ impl Way {
             back_later: false,
         }
     }
+}
+
+/// `direct`, with `back` (a connection back) beside it: at once, or with `later` once
+/// `direct` failed or took [`BACK_DELAY`]. The first to succeed; if both fail, both reasons.
+pub(crate) async fn direct_or_back<T>(
+    direct: impl Future<Output = Result<T, String>>,
+    back: Option<impl Future<Output = Result<T, String>>>,
+    later: bool,
+) -> Result<T, String> {
+    let Some(back) = back else {
+        return direct.await;
+    };
+    let (failed, on_failure) = smol::channel::bounded::<()>(1);
+    let direct = async {
+        let got = direct.await;
+        if got.is_err() {
+            let _ = failed.try_send(());
+        }
+        got
+    };
+    let back = async {
+        if later {
+            after(BACK_DELAY, &on_failure).await;
+        }
+        back.await
+    };
+    first_ok(direct, back, "connecting back").await
 }
 
 /// Returns after `limit`, or sooner once something is sent on (or the sender of) `early`.

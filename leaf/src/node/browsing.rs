@@ -33,7 +33,8 @@ impl Node {
         node: Option<NodeId>,
     ) -> Result<Listing, BrowseError> {
         let back = (self.connect_back())(addr);
-        crate::browse::browse(&self.inner.state, addr, node, back).await
+        let later = self.inner.state.reverse.way(addr).back_later;
+        crate::browse::browse(&self.inner.state, addr, node, back, later).await
     }
 
     /// [`Node::browse`] of the leaf `source` names ([`Node::locate`]).
