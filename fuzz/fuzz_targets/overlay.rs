@@ -368,12 +368,17 @@ impl Msg {
                     7 => Message::ConnectAsked {
                         token: u64::from(k),
                         error: None,
+                        sync: (k % 3 == 0).then_some(wire::PunchSync {
+                            leaf_rtt_ms: u32::from(k),
+                            leaf_wait_ms: u32::from(k) * 7,
+                        }),
                     },
                     8 => Message::ConnectBack {
                         node: node(k / 11),
                         addr: addr(k),
                         token: u64::from(k),
                         punch: k % 2 == 0,
+                        wait_ms: u32::from(k) * 13,
                     },
                     9 => Message::Reversed {
                         token: u64::from(k),
@@ -675,6 +680,8 @@ impl Harness {
                 let (peer, token) = self
                     .reach_for
                     .remove(usize::from(pick) % self.reach_for.len());
+                // (Every eighth pick: not checked after all, no route to that family.)
+                let ok = (pick % 8 != 7).then_some(ok);
                 if let Overlay::SuperPeer(s) = &mut self.machine {
                     s.handle_checked_for(now, peer, token, ok);
                 }

@@ -191,12 +191,17 @@ pub fn sample_messages() -> Vec<Message> {
         Message::ConnectAsked {
             token: 77,
             error: Some("not attached".into()),
+            sync: Some(wire::PunchSync {
+                leaf_rtt_ms: 40,
+                leaf_wait_ms: 30,
+            }),
         },
         Message::ConnectBack {
             node: NodeId([2; 32]),
             addr: "10.0.0.8:7001".parse().expect("address"),
             token: 77,
             punch: false,
+            wait_ms: 30,
         },
         Message::Reversed { token: 77 },
         Message::RelayVia {

@@ -74,8 +74,9 @@ pub(crate) enum Command {
 /// How a request sent with [`Command::AskConnectBack`] went.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Asked {
-    /// The super-peer answered: the source was asked, or why not.
-    Answered(Option<String>),
+    /// The super-peer answered: the source was asked, or why not; and for a hole punch, how
+    /// long to wait before dialling (`topology::punch_wait`).
+    Answered(Option<String>, Duration),
     /// No link to that super-peer (or too many requests on it await answers, or the link
     /// went before the answer came): ask on a connection of your own.
     NoLink,
@@ -325,9 +326,9 @@ pub(crate) async fn run(inner: Arc<NodeState>, settings: Settings, commands: Rec
                             let _ = t.try_send(hits);
                         }
                     }
-                    LeafEvent::ConnectAsked { token, error } => {
+                    LeafEvent::ConnectAsked { token, error, wait } => {
                         if let Some(answer) = asks.remove(&token) {
-                            let _ = answer.try_send(Asked::Answered(error));
+                            let _ = answer.try_send(Asked::Answered(error, wait));
                         }
                     }
                     LeafEvent::AskLost { token } => {
@@ -341,6 +342,7 @@ pub(crate) async fn run(inner: Arc<NodeState>, settings: Settings, commands: Rec
                         token,
                         via,
                         punch,
+                        wait,
                     } => {
                         let back = ConnectBack {
                             node,
@@ -348,6 +350,7 @@ pub(crate) async fn run(inner: Arc<NodeState>, settings: Settings, commands: Rec
                             token,
                             via,
                             punch,
+                            wait,
                         };
                         connect_back(&inner, back)
                     }
@@ -499,6 +502,8 @@ pub(crate) struct ConnectBack {
     pub(crate) token: u64,
     pub(crate) via: SocketAddr,
     pub(crate) punch: bool,
+    /// For a hole punch: how long to wait before dialling (the super-peer's timing).
+    pub(crate) wait: Duration,
 }
 
 /// Connects to super-peer `superpeer` from our listen port `from` and asks where it sees the

@@ -332,7 +332,7 @@ async fn back_or_punch(
         token,
         punch: punching,
     };
-    ask(
+    let wait = ask(
         me.identity,
         me.overlay,
         advertised,
@@ -356,7 +356,11 @@ async fn back_or_punch(
         })
     };
     if punching {
-        let punched = punch(me.identity, bound, addr, route.node, token, limit);
+        // Timed to dial when the source does (the super-peer's measure of both round trips).
+        let punched = async {
+            smol::Timer::after(wait).await;
+            punch(me.identity, bound, addr, route.node, token, limit).await
+        };
         crate::download::first_ok(arrived, punched, "punching")
             .await
             .map_err(|e| format!("both behind NAT, and hole punching failed: {e}"))
@@ -528,6 +532,7 @@ async fn punch(
 /// goes over our link to that super-peer when we hold one (through `overlay`): it then costs
 /// one message, not a connection and its handshakes, so a source behind a NAT starts sending
 /// about as soon as one we dial. Otherwise (or with no link) on a connection of its own.
+/// Returns how long to wait before dialling, for a hole punch (`topology::punch_wait`).
 async fn ask(
     me: &Identity,
     overlay: Option<&Sender<crate::overlay::Command>>,
@@ -536,10 +541,10 @@ async fn ask(
     request: Message,
     token: u64,
     limit: Duration,
-) -> Result<(), String> {
+) -> Result<Duration, String> {
     let (via, asked) = (route.via, request.kind());
-    let answered = |error: Option<String>| match error {
-        None => Ok(()),
+    let answered = |error: Option<String>, wait: Duration| match error {
+        None => Ok(wait),
         Some(e) => Err(format!(
             "super-peer {via}: {}",
             wire::text::terminal_safe(&e)
@@ -564,7 +569,7 @@ async fn ask(
             })
             .await;
             match answer {
-                Some(crate::overlay::Asked::Answered(error)) => return answered(error),
+                Some(crate::overlay::Asked::Answered(error, wait)) => return answered(error, wait),
                 // No link to it, the link went, or no answer yet: a connection of our own.
                 Some(crate::overlay::Asked::NoLink) | None => {}
             }
@@ -573,8 +578,13 @@ async fn ask(
     let secure = connect_secure(via, me, limit)
         .await
         .map_err(|e| format!("super-peer {via}: {e}"))?;
+    let sent = std::time::Instant::now();
     match ask_superpeer(secure, me, Some(listen), request, limit).await? {
-        Message::ConnectAsked { token: t, error } if t == token => answered(error),
+        Message::ConnectAsked {
+            token: t,
+            error,
+            sync,
+        } if t == token => answered(error, topology::punch_wait(sent.elapsed(), sync)),
         other => Err(format!(
             "super-peer {via} answered {asked} with {}",
             other.kind()
@@ -833,11 +843,16 @@ mod tests {
                 }
             };
             // Asked over the link: the super-peer's answer is ours, and nobody dialled it.
-            let ok = ask_with(1, crate::overlay::Asked::Answered(None)).await;
-            assert_eq!(ok, Ok(()));
+            // (With the super-peer's timing for a hole punch passed on.)
+            let wait = Duration::from_millis(30);
+            let ok = ask_with(1, crate::overlay::Asked::Answered(None, wait)).await;
+            assert_eq!(ok, Ok(wait));
             let refused = ask_with(
                 2,
-                crate::overlay::Asked::Answered(Some("leaf 0404 is not attached here".into())),
+                crate::overlay::Asked::Answered(
+                    Some("leaf 0404 is not attached here".into()),
+                    Duration::ZERO,
+                ),
             )
             .await;
             assert!(refused.unwrap_err().contains("not attached here"));

@@ -113,7 +113,12 @@ pub(crate) async fn serve_connect_back(
     // Only a hole punch needs our listen port, and the retries; a plain connection back is one
     // attempt from any port (two at once to the same downloader would clash on one port).
     let stream = match back.punch {
-        true => dial_from_listen_port(node, addr).await?,
+        true => {
+            // Timed by the super-peer so that the requester, farther from it, dials at the
+            // same moment.
+            smol::Timer::after(back.wait).await;
+            dial_from_listen_port(node, addr).await?
+        }
         false => transport::net::connect(addr, limit)
             .await
             .map_err(|e| format!("cannot connect back to {addr}: {e}"))?,

@@ -140,6 +140,9 @@ pub enum LeafEvent {
         token: u64,
         /// Why the source was not asked (None: it was).
         error: Option<String>,
+        /// For a hole punch: how long to wait before dialling, so as to dial when the source
+        /// does ([`punch_wait`], from the answer's round trip).
+        wait: Duration,
     },
     /// The link a request was sent on ([`LeafOverlay::ask_connect_back`]) went before the
     /// answer came: ask again on a connection of its own.
@@ -161,6 +164,9 @@ pub enum LeafEvent {
         via: SocketAddr,
         /// Dial from the listen port and keep trying: the requester is dialling us too.
         punch: bool,
+        /// For a hole punch: how long to wait before dialling, so that the requester, farther
+        /// from the super-peer, dials at the same moment.
+        wait: Duration,
     },
     /// A super-peer we are attached to relays for `node`, which cannot reach us nor we it:
     /// open a connection to the super-peer at `via` (node `superpeer`), join relay `token`,
@@ -231,6 +237,22 @@ fn may_connect_back(addr: SocketAddr, from: SocketAddr) -> bool {
         && unicast
         && !ip.is_unspecified()
         && (!ip.is_loopback() || from.ip().is_loopback())
+}
+
+/// How long a requester waits, after the answer to its request for a hole punch came back in
+/// `rtt`, before dialling: so as to dial when the source does ([`wire::PunchSync`]). The
+/// source dials half its round trip to the super-peer after the answer left, plus the wait
+/// the super-peer gave it; the answer reached us half our round trip after it left.
+pub fn punch_wait(rtt: Duration, sync: Option<wire::PunchSync>) -> Duration {
+    let Some(s) = sync else {
+        return Duration::ZERO;
+    };
+    let source = Duration::from_millis(
+        (u64::from(s.leaf_rtt_ms) / 2) + u64::from(s.leaf_wait_ms.min(wire::MAX_PUNCH_WAIT_MS)),
+    );
+    source
+        .saturating_sub(rtt / 2)
+        .min(Duration::from_millis(wire::MAX_PUNCH_WAIT_MS.into()))
 }
 
 /// Whether `a` is an IPv6 address (an IPv4 one written as IPv6 is IPv4).
@@ -759,12 +781,13 @@ impl LeafOverlay {
                 msg: Message::Pong { nonce },
             }),
             Message::Goodbye { reason } => self.close(conn, format!("{addr} said: {reason}")),
-            Message::ConnectAsked { token, error } => {
+            Message::ConnectAsked { token, error, sync } => {
                 // Only answers to what we asked on this link.
                 if let Some(i) = link.asks.iter().position(|&(t, _)| t == token) {
-                    link.asks.swap_remove(i);
+                    let (_, sent) = link.asks.swap_remove(i);
+                    let wait = punch_wait(now.saturating_duration_since(sent), sync);
                     self.events
-                        .push_back(LeafEvent::ConnectAsked { token, error });
+                        .push_back(LeafEvent::ConnectAsked { token, error, wait });
                 }
             }
             Message::QueryHits(mut h) if self.searches.contains(&h.query) => {
@@ -790,15 +813,21 @@ impl LeafOverlay {
                 addr,
                 token,
                 punch,
+                wait_ms,
             } if link.node.is_some() && self.listen.is_some() => {
                 let allowed = link.connect_backs.take(now, CONNECT_BACKS_PER_MINUTE);
                 if allowed && may_connect_back(addr, link.addr) {
+                    let wait = match punch {
+                        true => Duration::from_millis(wait_ms.min(wire::MAX_PUNCH_WAIT_MS).into()),
+                        false => Duration::ZERO,
+                    };
                     self.events.push_back(LeafEvent::ConnectBack {
                         node,
                         addr,
                         token,
                         via: link.addr,
                         punch,
+                        wait,
                     });
                 }
             }
@@ -1121,13 +1150,15 @@ mod tests {
         let answer = |token, error: Option<&str>| Message::ConnectAsked {
             token,
             error: error.map(String::from),
+            sync: None,
         };
         leaf.handle_message(t0, 7, answer(1, None));
         assert_eq!(
             leaf.poll_event(),
             Some(LeafEvent::ConnectAsked {
                 token: 1,
-                error: None
+                error: None,
+                wait: Duration::ZERO,
             })
         );
         // An answer again, or to what we never asked, is nobody's.
@@ -1262,6 +1293,7 @@ mod tests {
             addr: "203.0.113.5:7001".parse().unwrap(),
             token,
             punch: false,
+            wait_ms: 500,
         };
         leaf.handle_message(t0, 7, back(9));
         assert_eq!(
@@ -1272,6 +1304,7 @@ mod tests {
                 token: 9,
                 via: "10.0.0.1:4000".parse().unwrap(),
                 punch: false,
+                wait: Duration::ZERO,
             })
         );
         // A link that is up but has not said it is a super-peer is not listened to.
@@ -1298,6 +1331,7 @@ mod tests {
                     addr: bad.parse().unwrap(),
                     token: 11,
                     punch: false,
+                    wait_ms: 0,
                 },
             );
             assert_eq!(leaf.poll_event(), None, "{bad}");

@@ -77,7 +77,7 @@ pub mod sim;
 pub mod superpeer;
 
 pub use hostcache::HostCache;
-pub use leaf::{LeafConfig, LeafEvent, LeafOverlay, NatKind, Reach};
+pub use leaf::{punch_wait, LeafConfig, LeafEvent, LeafOverlay, NatKind, Reach};
 pub use role::{Handover, NodeRole, Overlay, RoleClock, RoleConfig};
 pub use routing::{Analyzer, LocalTable, RemoteTable, RouteError};
 pub use seen::SeenCache;

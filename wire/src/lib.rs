@@ -35,8 +35,8 @@ pub use frame::{decode, encode, DecodeError, MAX_BODY, MAX_PAYLOAD};
 pub use ids::{network_of, FileId, NodeId, ParseIdError, QueryId};
 pub use message::{
     Capability, ChunkMsg, FileRecord, Filter, Hello, Hit, HostEntry, Load, ManifestMsg, Message,
-    Query, QueryHits, RedirectReason, Role, Search, Slots, Source, Tags, Terms, TransferErrorKind,
-    DEFAULT_TTL, MAX_PEX, MAX_TTL, PROTOCOL_VERSION,
+    PunchSync, Query, QueryHits, RedirectReason, Role, Search, Slots, Source, Tags, Terms,
+    TransferErrorKind, DEFAULT_TTL, MAX_PEX, MAX_PUNCH_WAIT_MS, MAX_TTL, PROTOCOL_VERSION,
 };
 
 #[cfg(test)]
@@ -229,16 +229,33 @@ mod tests {
                     punch,
                 }
             }),
-            (any::<u64>(), prop::option::of(".{0,40}"))
-                .prop_map(|(token, error)| Message::ConnectAsked { token, error }),
-            (arb_bytes::<32>(), arb_addr(), any::<u64>(), any::<bool>()).prop_map(
-                |(node, addr, token, punch)| Message::ConnectBack {
+            (
+                any::<u64>(),
+                prop::option::of(".{0,40}"),
+                prop::option::of((any::<u32>(), any::<u32>()))
+            )
+                .prop_map(|(token, error, sync)| Message::ConnectAsked {
+                    token,
+                    error,
+                    sync: sync.map(|(leaf_rtt_ms, leaf_wait_ms)| PunchSync {
+                        leaf_rtt_ms,
+                        leaf_wait_ms,
+                    }),
+                }),
+            (
+                arb_bytes::<32>(),
+                arb_addr(),
+                any::<u64>(),
+                any::<bool>(),
+                any::<u32>()
+            )
+                .prop_map(|(node, addr, token, punch, wait_ms)| Message::ConnectBack {
                     node: NodeId(node),
                     addr,
                     token,
                     punch,
-                }
-            ),
+                    wait_ms,
+                }),
             any::<u64>().prop_map(|token| Message::Reversed { token }),
             (arb_bytes::<32>(), any::<u64>()).prop_map(|(node, token)| Message::RelayVia {
                 node: NodeId(node),

@@ -85,6 +85,23 @@ impl Capability {
     }
 }
 
+/// The longest a super-peer asks a leaf to wait before dialling for a hole punch.
+pub const MAX_PUNCH_WAIT_MS: u32 = 1000;
+
+/// How a hole punch is timed (DCUtR's synchronisation, with the super-peer in the middle):
+/// the super-peer passes the request on to its leaf as it answers, and knows its round trip
+/// to the leaf from its keep-alives. The leaf dials `leaf_wait_ms` after the request reaches
+/// it, half its round trip after the answer leaves. The requester, whose own round trip is
+/// the time the answer took, dials `leaf_rtt_ms / 2 + leaf_wait_ms - its round trip / 2`
+/// after the answer reaches it: at the same moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PunchSync {
+    /// The super-peer's round trip to the leaf.
+    pub leaf_rtt_ms: u32,
+    /// How long the leaf was told to wait (`ConnectBack`'s `wait_ms`).
+    pub leaf_wait_ms: u32,
+}
+
 /// A super-peer somebody knows of.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HostEntry {
@@ -454,6 +471,10 @@ pub enum Message {
         token: u64,
         /// Why the leaf was not asked (None: it was).
         error: Option<String>,
+        /// For a hole punch: when the leaf will dial, so that the sender dials at the same
+        /// moment.
+        #[serde(default)]
+        sync: Option<PunchSync>,
     },
     /// From a super-peer to its leaf: connect to `addr`, whose key is that of `node`, and
     /// serve it as if it had connected, naming `token` first.
@@ -467,6 +488,10 @@ pub enum Message {
         /// As in [`Message::ConnectToMe`].
         #[serde(default)]
         punch: bool,
+        /// For a hole punch: wait this long before dialling, so that the requester, farther
+        /// from the super-peer, dials at the same moment (at most [`MAX_PUNCH_WAIT_MS`]).
+        #[serde(default)]
+        wait_ms: u32,
     },
     /// To a super-peer, on a connection with [`Role::Transfer`]: relay a connection between
     /// the sender and its leaf `node`, named `token` (the last resort, when neither can reach

@@ -259,6 +259,10 @@ struct Conn {
     opened: Instant,
     last_rx: Instant,
     next_ping: Instant,
+    /// The last ping sent and not answered: its nonce, and when.
+    ping: Option<(u64, Instant)>,
+    /// The round trip its last answered ping took (hole punches are timed by it).
+    rtt: Option<std::time::Duration>,
     closing: bool,
     /// We dialled this connection (to `remote`, a super-peer's listen address).
     dialed: bool,
@@ -400,6 +404,8 @@ impl SuperPeer {
             opened: now,
             last_rx: now,
             next_ping: now + self.config.keepalive_interval,
+            ping: None,
+            rtt: None,
             closing: false,
             dialed,
             budget: shaping::QueryBudget::new(now, &self.config),
@@ -475,7 +481,15 @@ impl SuperPeer {
             }
             (_, Message::Hello(_)) => self.protocol_error(conn, "second Hello".into()),
             (_, Message::Ping { nonce }) => self.send(conn, Message::Pong { nonce }),
-            (_, Message::Pong { .. }) => {}
+            (_, Message::Pong { nonce }) => {
+                if let Some(c) = self.conns.get_mut(&conn) {
+                    if let Some((sent, at)) = c.ping.filter(|(n, _)| *n == nonce) {
+                        debug_assert_eq!(sent, nonce);
+                        c.rtt = Some(now.saturating_duration_since(at));
+                        c.ping = None;
+                    }
+                }
+            }
             (_, Message::Goodbye { reason }) => {
                 log::info!("peer {remote} ({conn}) says goodbye: {reason}");
                 self.close(conn, format!("peer said goodbye: {reason}"), false);
@@ -632,13 +646,7 @@ impl SuperPeer {
         to_ping.sort();
         to_close.sort();
         for id in to_ping {
-            self.ping_nonce += 1;
-            self.send(
-                id,
-                Message::Ping {
-                    nonce: self.ping_nonce,
-                },
-            );
+            self.ping(now, id);
         }
         for (id, reason) in to_close {
             log::warn!("closing connection {id} from {reason}");
@@ -649,6 +657,22 @@ impl SuperPeer {
             self.next_tick = now + self.config.hosts_interval;
             self.tick(now);
         }
+    }
+
+    /// Pings `conn`, and times the answer.
+    pub(super) fn ping(&mut self, now: Instant, conn: ConnId) {
+        self.ping_nonce += 1;
+        let nonce = self.ping_nonce;
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.ping = Some((nonce, now));
+        }
+        self.send(conn, Message::Ping { nonce });
+    }
+
+    /// The round trip to `conn`, in milliseconds, once a ping was answered.
+    pub(super) fn rtt_ms(&self, conn: ConnId) -> Option<u32> {
+        let rtt = self.conns.get(&conn)?.rtt?;
+        Some(rtt.as_millis().min(u32::MAX as u128) as u32)
     }
 
     /// The next time [`SuperPeer::handle_timeout`] should be called: never late, now and then
@@ -770,6 +794,8 @@ impl SuperPeer {
                 // Tell it which other super-peers there are, for its host cache.
                 let hosts = self.hosts_to_share(now);
                 self.send(conn, Message::Hosts { hosts });
+                // Its round trip times the hole punches it is asked for.
+                self.ping(now, conn);
                 PeerState::Leaf {
                     node: hello.node,
                     source,

@@ -93,7 +93,8 @@ impl SuperPeer {
                 },
             );
         }
-        self.send(conn, Message::ConnectAsked { token, error });
+        let sync = None;
+        self.send(conn, Message::ConnectAsked { token, error, sync });
     }
 
     /// A connection from `node` (proved by its key) asks to join relay `token`.

@@ -94,9 +94,11 @@ impl SuperPeer {
             Ok(asked) => asked,
             Err(error) => {
                 let error = Some(error);
-                return self.send(conn, Message::ConnectAsked { token, error });
+                let sync = None;
+                return self.send(conn, Message::ConnectAsked { token, error, sync });
             }
         };
+        let mut sync = None;
         let error = match (back, self.attached_leaf(target)) {
             (None, _) => Some("no listen port to connect back to".to_string()),
             (_, None) => Some(format!("leaf {} is not attached here", target.short())),
@@ -104,6 +106,16 @@ impl SuperPeer {
                 Some("a leaf cannot ask itself to connect back".to_string())
             }
             (Some(addr), Some((leaf, ..))) => {
+                // A hole punch is timed so that both dial at once: the nearer waits.
+                let leaf_rtt = self.rtt_ms(leaf).filter(|_| punch);
+                let wait_ms = match (leaf_rtt, self.rtt_ms(conn)) {
+                    (Some(l), Some(r)) => (r.saturating_sub(l) / 2).min(wire::MAX_PUNCH_WAIT_MS),
+                    _ => 0,
+                };
+                sync = leaf_rtt.map(|leaf_rtt_ms| wire::PunchSync {
+                    leaf_rtt_ms,
+                    leaf_wait_ms: wait_ms,
+                });
                 self.send(
                     leaf,
                     Message::ConnectBack {
@@ -111,12 +123,13 @@ impl SuperPeer {
                         addr,
                         token,
                         punch,
+                        wait_ms,
                     },
                 );
                 None
             }
         };
-        self.send(conn, Message::ConnectAsked { token, error });
+        self.send(conn, Message::ConnectAsked { token, error, sync });
     }
 
     /// A requester asks where we see it come from.

@@ -67,19 +67,21 @@ fn a_leaf_that_cannot_be_reached_is_asked_to_connect_back_to_the_address_seen() 
         addr: "203.0.113.9:7001".parse().unwrap(),
         token: 77,
         punch: true,
+        wait_ms: 0,
     }));
     assert_eq!(
         net.inbox[r],
         vec![Message::ConnectAsked {
             token: 77,
-            error: None
+            error: None,
+            sync: None,
         }]
     );
     // A leaf not attached here: a clear answer, not silence.
     ask(&mut net, rc, NodeId([222; 32]), 78);
     assert!(matches!(
         &net.inbox[r][1],
-        Message::ConnectAsked { token: 78, error: Some(e) } if e.contains("not attached here")
+        Message::ConnectAsked { token: 78, error: Some(e), .. } if e.contains("not attached here")
     ));
     // A requester with no port to connect back to is told so, and the leaf hears nothing.
     let before = net.inbox[behind].len();
@@ -87,7 +89,7 @@ fn a_leaf_that_cannot_be_reached_is_asked_to_connect_back_to_the_address_seen() 
     ask(&mut net, rc2, behind_node, 79);
     assert!(matches!(
         &net.inbox[r2][0],
-        Message::ConnectAsked { token: 79, error: Some(e) } if e.contains("no listen port")
+        Message::ConnectAsked { token: 79, error: Some(e), .. } if e.contains("no listen port")
     ));
     assert_eq!(net.inbox[behind].len(), before);
     // A requester may not search, and one that asks without end is dropped.
@@ -142,12 +144,13 @@ fn a_leaf_asks_over_its_own_link_for_a_connection_back_to_where_it_is_seen() {
         addr: "127.0.0.1:9000".parse().unwrap(),
         token: 5,
         punch: false,
+        wait_ms: 0,
     }));
     let answers = |net: &Net| -> Vec<(u64, Option<String>)> {
         net.inbox[asker]
             .iter()
             .filter_map(|m| match m {
-                Message::ConnectAsked { token, error } => Some((*token, error.clone())),
+                Message::ConnectAsked { token, error, .. } => Some((*token, error.clone())),
                 _ => None,
             })
             .collect()
@@ -228,7 +231,8 @@ fn a_relay_pairs_its_two_ends_only_within_its_caps_and_its_time() {
         net.inbox[r],
         vec![Message::ConnectAsked {
             token: 1,
-            error: None
+            error: None,
+            sync: None,
         }]
     );
     let told = |net: &Net| {
@@ -279,7 +283,7 @@ fn a_relay_pairs_its_two_ends_only_within_its_caps_and_its_time() {
     ask(&mut net, rc, leaf_node, 99);
     assert!(matches!(
         &net.inbox[r][0],
-        Message::ConnectAsked { token: 99, error: Some(e) } if e.contains("relays_per_leaf")
+        Message::ConnectAsked { token: 99, error: Some(e), .. } if e.contains("relays_per_leaf")
     ));
     // A relay whose ends do not both join in time is dropped, and its waiting end with it.
     net.advance(crate::RELAY_JOIN_WAIT + Duration::from_secs(1));
@@ -293,7 +297,7 @@ fn a_relay_pairs_its_two_ends_only_within_its_caps_and_its_time() {
     ask(&mut net, rc, NodeId([201; 32]), 5);
     assert!(matches!(
         &net.inbox[r][0],
-        Message::ConnectAsked { token: 5, error: Some(e) } if e.contains("not attached")
+        Message::ConnectAsked { token: 5, error: Some(e), .. } if e.contains("not attached")
     ));
 }
 
@@ -604,4 +608,99 @@ fn a_check_a_neighbour_declines_goes_to_the_next_then_is_made_here() {
         net.sps[0].stats().reach_checks_asked,
         REACH_ASKED_MAX as u64
     );
+}
+
+/// A hole punch is timed (DCUtR's synchronisation, the super-peer in the middle): from the
+/// round trips its pings measured, the super-peer has the nearer side wait, so that the
+/// requester and the leaf dial at the same moment.
+#[test]
+fn a_hole_punch_is_timed_by_the_round_trips_the_super_peer_measured() {
+    let mut net = Net::new(1);
+    let (asker, ac) = net.add_leaf(0, vec![]);
+    let (behind, bc) = net.add_leaf(0, vec![record("behind nat.flac", 7)]);
+    let behind_node = NodeId([100 + behind as u8; 32]);
+    // Each was pinged as it attached; the answers come back 100 ms (the requester) and 40 ms
+    // (the leaf) later.
+    let ping = |net: &Net, leaf: usize| -> u64 {
+        net.inbox[leaf]
+            .iter()
+            .rev()
+            .find_map(|m| match m {
+                Message::Ping { nonce } => Some(*nonce),
+                _ => None,
+            })
+            .expect("pinged as it attached")
+    };
+    let t0 = net.now;
+    let (a_nonce, b_nonce) = (ping(&net, asker), ping(&net, behind));
+    net.sps[0].handle_message(t0 + ms(40), bc, Message::Pong { nonce: b_nonce });
+    net.sps[0].handle_message(t0 + ms(100), ac, Message::Pong { nonce: a_nonce });
+    // A pong for another nonce times nothing.
+    net.sps[0].handle_message(t0 + ms(900), bc, Message::Pong { nonce: a_nonce });
+    let ask = |net: &mut Net, token: u64, punch: bool| {
+        net.queue.push_back((
+            End::Sp(0, ac),
+            Message::ConnectToMe {
+                node: behind_node,
+                token,
+                punch,
+            },
+        ));
+        net.run();
+    };
+    ask(&mut net, 1, true);
+    let asker_node = NodeId([100 + asker as u8; 32]);
+    // The leaf, nearer by 60 ms of round trip, waits 30 ms.
+    assert!(net.inbox[behind].contains(&Message::ConnectBack {
+        node: asker_node,
+        addr: "127.0.0.1:9000".parse().unwrap(),
+        token: 1,
+        punch: true,
+        wait_ms: 30,
+    }));
+    let sync = wire::PunchSync {
+        leaf_rtt_ms: 40,
+        leaf_wait_ms: 30,
+    };
+    assert!(net.inbox[asker].contains(&Message::ConnectAsked {
+        token: 1,
+        error: None,
+        sync: Some(sync),
+    }));
+    // The leaf dials 20 + 30 ms after the answer leaves, which reaches the requester 50 ms
+    // after it left: it dials at once.
+    assert_eq!(crate::leaf::punch_wait(ms(100), Some(sync)), ms(0));
+    // Had the requester been the nearer (20 ms against 100 ms), the leaf would dial at once,
+    // 50 ms after the answer left, and the requester 40 ms after the answer reached it.
+    let far = wire::PunchSync {
+        leaf_rtt_ms: 100,
+        leaf_wait_ms: 0,
+    };
+    assert_eq!(crate::leaf::punch_wait(ms(20), Some(far)), ms(40));
+    // Never longer than the cap, whatever a super-peer says.
+    let absurd = wire::PunchSync {
+        leaf_rtt_ms: u32::MAX,
+        leaf_wait_ms: u32::MAX,
+    };
+    let cap = ms(u64::from(wire::MAX_PUNCH_WAIT_MS));
+    assert_eq!(crate::leaf::punch_wait(ms(0), Some(absurd)), cap);
+    assert_eq!(crate::leaf::punch_wait(ms(10), None), ms(0));
+    // A connection back that is no punch is neither timed nor delayed.
+    ask(&mut net, 2, false);
+    assert!(net.inbox[behind].contains(&Message::ConnectBack {
+        node: asker_node,
+        addr: "127.0.0.1:9000".parse().unwrap(),
+        token: 2,
+        punch: false,
+        wait_ms: 0,
+    }));
+    assert!(net.inbox[asker].contains(&Message::ConnectAsked {
+        token: 2,
+        error: None,
+        sync: None,
+    }));
+}
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
 }
