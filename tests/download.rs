@@ -838,6 +838,7 @@ fn a_source_silent_at_one_address_is_reached_at_its_other() {
             true => download::Way {
                 addr,
                 other: Some(other),
+                node: None,
                 other_first: false,
                 back_later: false,
             },
@@ -851,5 +852,20 @@ fn a_source_silent_at_one_address_is_reached_at_its_other() {
         assert_eq!((s.addr, s.at), (first, Some(other)), "{report:?}");
         assert_eq!(s.chunks, chunks_of(2 << 20));
         assert_eq!(s.reached, Some(download::Reached::Direct));
+
+        // Where the hits named another node at the other address (a super-peer's word), the
+        // node that answers there is not taken for it.
+        let mut j = job(id, vec![first], &tmp.path().join("out2"));
+        j.ways = Some(Arc::new(move |addr| download::Way {
+            addr,
+            other: Some(other),
+            node: Some(wire::NodeId([9; 32])),
+            other_first: true,
+            back_later: false,
+        }));
+        let err = download::download(j, Box::new(|_| {}))
+            .await
+            .expect_err("the node at the other address is not the one named");
+        assert!(err.to_string().contains(", not 09090909"), "{err}");
     });
 }

@@ -578,12 +578,6 @@ fn a_node_accepts_no_connection_with_another_leaf_past_its_cap() {
             "a connection past the cap was served a file"
         );
         drop(beyond);
-        // The places beyond the cap taken by connections that never say a word, the next is
-        // closed at once, without a byte.
-        let mut silent = Vec::new();
-        for _ in 0..leaf::links::BEYOND_CAP {
-            silent.push(smol::net::TcpStream::connect(addr).await.unwrap());
-        }
         let seen = |n| {
             let seeder = &seeder;
             move || {
@@ -591,6 +585,19 @@ fn a_node_accepts_no_connection_with_another_leaf_past_its_cap() {
                 async move { open == n }
             }
         };
+        // (Its place is given back once the node has seen it go.)
+        wait_until(
+            "the place beyond the cap to be given back",
+            Duration::from_secs(5),
+            seen(accepted),
+        )
+        .await;
+        // The places beyond the cap taken by connections that never say a word, the next is
+        // closed at once, without a byte.
+        let mut silent = Vec::new();
+        for _ in 0..leaf::links::BEYOND_CAP {
+            silent.push(smol::net::TcpStream::connect(addr).await.unwrap());
+        }
         let full = accepted + leaf::links::BEYOND_CAP;
         wait_until(
             "the places beyond the cap to be taken",

@@ -32,8 +32,15 @@ pub const RESERVED_FOR_ACCEPTED: usize = 8;
 pub const RESERVED_FOR_DIALLED: usize = 8;
 /// Connections accepted past the cap that may ask for no file, at once.
 pub const BEYOND_CAP: usize = 4;
-/// Connections the kernel completes and queues for the node to take (the listener's backlog).
+/// Connections the kernel completes and queues for the node to take, at most, in all its
+/// listeners (see [`listen_backlog`]).
 pub const LISTEN_BACKLOG: usize = 4;
+
+/// The backlog to ask `listen()` for to have at most `queued` connections waiting: Linux
+/// queues one more than the backlog (a queue is full only once it holds more).
+pub fn listen_backlog(queued: usize) -> i32 {
+    queued.saturating_sub(1) as i32
+}
 /// The default cap: 80 connections with other leaves at once (bench case 6's bound), less
 /// [`BEYOND_CAP`] and [`LISTEN_BACKLOG`].
 pub const MAX_PEER_LINKS: usize = 80 - BEYOND_CAP - LISTEN_BACKLOG;

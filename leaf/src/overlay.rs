@@ -132,7 +132,7 @@ pub(crate) async fn run(inner: Arc<NodeState>, settings: Settings, commands: Rec
         settings.leaf.clone(),
         clock,
     );
-    leaf.set_ipv6(inner.ipv6);
+    leaf.set_ipv6(inner.ipv6, inner.port6);
     leaf.add_seeds(now, &inner.seeds);
     leaf.import_hosts(now, &load_hosts(&hosts_path));
     // Only this actor changes the status; it publishes each change whole.
@@ -236,6 +236,7 @@ pub(crate) async fn run(inner: Arc<NodeState>, settings: Settings, commands: Rec
                     settings.leaf.clone(),
                     &inner.seeds,
                 );
+                leaf.set_ipv6(inner.ipv6, inner.port6);
                 set_role(&mut status, "leaf", &format!("demoted: {}", d.reason));
             }
             Wake::Command(Command::Note(event)) => note(&mut status, event),

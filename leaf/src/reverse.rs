@@ -111,21 +111,26 @@ impl Reverse {
     }
 
     /// How to reach the source at `addr`: with the address of the other family (IPv6 beside
-    /// IPv4) that a hit named for the same node, if any. The one the super-peers found
-    /// reachable is dialled first, else IPv6 first (RFC 8305). A connection back waits for
-    /// the dialling where the address dialled first was found reachable.
-    pub(crate) fn way(&self, addr: SocketAddr) -> Way {
+    /// IPv4) that a hit named for the same node, if any. First the one this node can use
+    /// (`ipv6`: it has an IPv6 route), then the one the super-peers found reachable, then
+    /// IPv6 (RFC 8305). A connection back waits for the dialling where the address dialled
+    /// first was found reachable.
+    pub(crate) fn way(&self, addr: SocketAddr, ipv6: bool) -> Way {
         let routes = self.routes.lock().unwrap();
         let Some(route) = routes.by_addr.get(&addr) else {
             return Way::to(addr);
         };
-        let alone = Way {
-            back_later: route.reachable == Some(true),
-            ..Way::to(addr)
+        let v6 = topology::leaf::is_v6;
+        let usable = |a: &SocketAddr| ipv6 || !v6(a) || a.ip().is_loopback();
+        // Lower first.
+        let rank = |a: &SocketAddr, reachable: Option<bool>| {
+            (
+                !usable(a),
+                reachable != Some(true),
+                reachable == Some(false),
+                !v6(a),
+            )
         };
-        let v6 = |a: &SocketAddr| a.ip().to_canonical().is_ipv6();
-        // Lower first: not known unreachable, then IPv6.
-        let rank = |a: &SocketAddr, reachable: Option<bool>| (reachable == Some(false), !v6(a));
         let other = routes
             .by_addr
             .iter()
@@ -133,18 +138,22 @@ impl Reverse {
             .min_by_key(|(a, r)| (rank(a, r.reachable), **a))
             .map(|(a, r)| (*a, r.reachable));
         let Some((other, reachable)) = other else {
-            return alone;
+            return Way {
+                back_later: route.reachable == Some(true) && usable(&addr),
+                ..Way::to(addr)
+            };
         };
         let other_first = rank(&other, reachable) < rank(&addr, route.reachable);
-        let first = match other_first {
-            true => reachable,
-            false => route.reachable,
+        let (first, first_reachable) = match other_first {
+            true => (other, reachable),
+            false => (addr, route.reachable),
         };
         Way {
             addr,
             other: Some(other),
+            node: Some(route.node),
             other_first,
-            back_later: first == Some(true),
+            back_later: first_reachable == Some(true) && usable(&first),
         }
     }
 
@@ -654,54 +663,43 @@ mod tests {
             reachable,
             ..source(1, None)
         };
-        assert_eq!(r.way(v4.addr), Way::to(v4.addr), "no other address known");
+        let node = Some(NodeId([1; 32]));
+        let way = |addr, other, other_first, back_later| Way {
+            addr,
+            other: Some(other),
+            node,
+            other_first,
+            back_later,
+        };
+        assert_eq!(
+            r.way(v4.addr, true),
+            Way::to(v4.addr),
+            "no other address known"
+        );
         r.note(&v4);
         r.note(&source(2, None)); // another node: not an address of this one
-        assert_eq!(r.way(v4.addr), Way::to(v4.addr));
+        assert_eq!(r.way(v4.addr, true), Way::to(v4.addr));
         r.note(&v6(Some(true)));
         let six = v6(None).addr;
-        assert_eq!(
-            r.way(v4.addr),
-            Way {
-                addr: v4.addr,
-                other: Some(six),
-                other_first: true,
-                back_later: true,
-            }
-        );
-        assert_eq!(
-            r.way(six),
-            Way {
-                addr: six,
-                other: Some(v4.addr),
-                other_first: false,
-                back_later: true,
-            }
-        );
+        assert_eq!(r.way(v4.addr, true), way(v4.addr, six, true, true));
+        assert_eq!(r.way(six, true), way(six, v4.addr, false, true));
+        // Without an IPv6 route here: IPv4 first, and (not known reachable) a connection
+        // back at once.
+        assert_eq!(r.way(six, false), way(six, v4.addr, true, false));
+        // So IPv4 is dialled first, and a connection back (a hole punch, which dials the same
+        // address) is asked for it: found at its IPv6 address first or not.
+        assert_eq!(r.way(six, false).order(), (v4.addr, Some(six)));
+        assert_eq!(r.way(v4.addr, false).order(), (v4.addr, Some(six)));
         // Neither known reachable: IPv6 first, and a connection back at once.
         r.note(&v6(None));
         r.note(&source(1, None));
-        assert_eq!(
-            r.way(v4.addr),
-            Way {
-                addr: v4.addr,
-                other: Some(six),
-                other_first: true,
-                back_later: false,
-            }
-        );
-        // IPv4 found reachable, IPv6 not: IPv4 first.
+        assert_eq!(r.way(v4.addr, true), way(v4.addr, six, true, false));
+        // IPv4 found reachable, IPv6 not known: IPv4 first.
         r.note(&source(1, Some(true)));
+        assert_eq!(r.way(six, true), way(six, v4.addr, true, true));
+        // IPv4 found reachable, IPv6 not: IPv4 first.
         r.note(&v6(Some(false)));
-        assert_eq!(
-            r.way(six),
-            Way {
-                addr: six,
-                other: Some(v4.addr),
-                other_first: true,
-                back_later: true,
-            }
-        );
+        assert_eq!(r.way(six, true), way(six, v4.addr, true, true));
     }
 
     #[test]
@@ -722,12 +720,12 @@ mod tests {
         // while; not known, or unreachable: both at once.
         assert!(r.route(source(2, None).addr).is_some());
         assert!(
-            r.way(source(2, None).addr).back_later,
+            r.way(source(2, None).addr, true).back_later,
             "reachable: dial it first"
         );
         assert!(r.route(source(3, None).addr).is_some(), "unknown: try both");
-        assert!(!r.way(source(3, None).addr).back_later);
-        assert!(!r.way(source(1, None).addr).back_later);
+        assert!(!r.way(source(3, None).addr, true).back_later);
+        assert!(!r.way(source(1, None).addr, true).back_later);
         assert_eq!(r.route(source(4, None).addr), None, "no super-peer named");
         // Bounded.
         for i in 0..ROUTES_KEPT + 10 {

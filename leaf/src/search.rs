@@ -51,14 +51,8 @@ pub fn group_hits(hits: impl IntoIterator<Item = Hit>) -> Vec<SearchResult> {
         if r.tags.is_empty() && !hit.file.tags.is_empty() {
             r.tags = hit.file.tags.clone();
         }
-        // One per node: a node found at an address of each family (IPv6 beside IPv4) is one
-        // source, named by the address found reachable if one was.
-        match r.sources.iter_mut().find(|s| s.node == hit.source.node) {
-            None => r.sources.push(hit.source),
-            Some(s) if hit.source.reachable == Some(true) && s.reachable != Some(true) => {
-                *s = hit.source
-            }
-            Some(_) => {}
+        if !r.sources.iter().any(|s| s.addr == hit.source.addr) {
+            r.sources.push(hit.source);
         }
     }
     let mut out: Vec<SearchResult> = by_id.into_values().collect();
@@ -163,15 +157,6 @@ mod tests {
         assert_eq!(rows[0].name, "a copy.mp3");
         assert_eq!(rows[0].sources.len(), 2);
         assert_eq!(rows[1].sources.len(), 1);
-        // A node found at an address of each family is one source, named by the address
-        // found reachable.
-        let mut at_v6 = hit(2, 3, "b.mp3", 0.5);
-        at_v6.source.addr = "[2001:db8::3]:3".parse().unwrap();
-        at_v6.source.reachable = Some(true);
-        let mut unreachable = hit(2, 3, "b.mp3", 0.5);
-        unreachable.source.reachable = Some(false);
-        let rows = group_hits([hit(2, 3, "b.mp3", 0.5), at_v6.clone(), unreachable]);
-        assert_eq!(rows[0].sources, [at_v6.source]);
     }
 
     #[test]

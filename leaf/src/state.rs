@@ -52,9 +52,12 @@ pub(crate) struct NodeState {
     pub(crate) limits: transport::limits::Limits,
     /// Where chunks are served.
     pub(crate) listen: Option<SocketAddr>,
-    /// Whether this host has a route to IPv6 addresses: super-peers are then also linked
-    /// over IPv6 (see `topology::LeafOverlay::set_ipv6`).
+    /// Whether this node links to super-peers over IPv6 too: the host has a route to IPv6
+    /// addresses, and the node serves over IPv6 if it serves at all (see
+    /// `topology::LeafOverlay::set_ipv6`).
     pub(crate) ipv6: bool,
+    /// The port it serves on over IPv6, when it does.
+    pub(crate) port6: Option<u16>,
     pub(crate) shares: RwLock<Shares>,
     pub(crate) uploaded_chunks: AtomicU64,
     pub(crate) uploaded_bytes: AtomicU64,

@@ -938,7 +938,8 @@ impl Actor {
                     transport::rt::spawn(async move {
                         // No route to that family here (an IPv4-only host asked to check an
                         // IPv6 address): not checked, rather than found unreachable.
-                        let v6 = addr.is_ipv6() && !addr.ip().is_loopback();
+                        let ip = addr.ip().to_canonical();
+                        let v6 = ip.is_ipv6() && !ip.is_loopback();
                         let ok = match v6 && !transport::net::has_ipv6_route() {
                             true => None,
                             false => Some(check_reachable(addr, node, &identity).await),

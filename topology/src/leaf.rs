@@ -228,7 +228,9 @@ pub const CONNECT_BACKS_PER_MINUTE: u32 = 30;
 /// Whether a leaf should connect back to `addr`, passed on by its super-peer at `from`: a
 /// unicast address with a port, and a loopback one only from a super-peer on loopback.
 fn may_connect_back(addr: SocketAddr, from: SocketAddr) -> bool {
-    let ip = addr.ip();
+    // (An IPv4 address written as IPv6 is judged as the IPv4 one: `[::ffff:127.0.0.1]` is
+    // loopback.)
+    let ip = addr.ip().to_canonical();
     let unicast = match ip {
         std::net::IpAddr::V4(v4) => !v4.is_broadcast() && !v4.is_multicast(),
         std::net::IpAddr::V6(v6) => !v6.is_multicast(),
@@ -236,7 +238,7 @@ fn may_connect_back(addr: SocketAddr, from: SocketAddr) -> bool {
     addr.port() != 0
         && unicast
         && !ip.is_unspecified()
-        && (!ip.is_loopback() || from.ip().is_loopback())
+        && (!ip.is_loopback() || from.ip().to_canonical().is_loopback())
 }
 
 /// How long a requester waits, after the answer to its request for a hole punch came back in
@@ -256,7 +258,7 @@ pub fn punch_wait(rtt: Duration, sync: Option<wire::PunchSync>) -> Duration {
 }
 
 /// Whether `a` is an IPv6 address (an IPv4 one written as IPv6 is IPv4).
-fn is_v6(a: &SocketAddr) -> bool {
+pub fn is_v6(a: &SocketAddr) -> bool {
     a.ip().to_canonical().is_ipv6()
 }
 
@@ -307,9 +309,12 @@ pub struct LeafOverlay {
     /// leaf left alone remembers it is behind a NAT); `None` until one said, or since the
     /// listen address changed.
     last_reachable: Option<bool>,
-    /// Whether this node can reach super-peers over IPv6 (it has a route there); without,
-    /// IPv6 ones are not dialled (but on loopback).
+    /// Whether this node can reach super-peers over IPv6 (it has a route there, and serves
+    /// over IPv6 if it serves at all); without, IPv6 ones are not dialled (but on loopback).
     ipv6: bool,
+    /// The port it serves on over IPv6, named in Hello on IPv6 links (the port mapped on an
+    /// IPv4 router is no IPv6 port).
+    port6: Option<u16>,
     transmits: VecDeque<Transmit>,
     events: VecDeque<LeafEvent>,
 }
@@ -345,6 +350,7 @@ impl LeafOverlay {
             probed: false,
             last_reachable: None,
             ipv6: true,
+            port6: None,
             transmits: VecDeque::new(),
             events: VecDeque::new(),
         }
@@ -357,11 +363,14 @@ impl LeafOverlay {
         }
     }
 
-    /// Whether this node can reach IPv6 addresses (true unless told otherwise). A node that
-    /// can keeps a link over each family where super-peers of both are known, so that each
-    /// family's address is seen, checked and named in hits by a super-peer of that family.
-    pub fn set_ipv6(&mut self, ipv6: bool) {
-        self.ipv6 = ipv6;
+    /// Whether this node can reach IPv6 addresses (true unless told otherwise), and the port
+    /// it serves on over IPv6 (`port6`; a node that serves must have one to link over IPv6).
+    /// A node that can keeps a link over IPv6 beside its IPv4 ones, where super-peers of both
+    /// are known, so that each family's address is seen, checked and named in hits by a
+    /// super-peer of that family.
+    pub fn set_ipv6(&mut self, ipv6: bool, port6: Option<u16>) {
+        self.ipv6 = ipv6 && (self.listen.is_none() || port6.is_some());
+        self.port6 = port6;
     }
 
     /// Super-peers remembered from an earlier run or handed over on a role change.
@@ -515,15 +524,13 @@ impl LeafOverlay {
                 .filter(move |l| l.node.is_some() && !l.closing && is_v6(&l.addr) == v6)
         };
         // Seen at other addresses altogether (another route out, a super-peer behind a proxy,
-        // IPv4 against IPv6): nothing to say. Probes go over the main family only.
-        let seen_all: Vec<SocketAddr> = match v6 == self.main_family_v6() {
-            true => self
-                .probes
-                .values()
-                .map(|s| SocketAddr::new(s.ip().to_canonical(), s.port()))
-                .collect(),
-            false => Vec::new(),
-        };
+        // IPv4 against IPv6): nothing to say. Only probes of super-peers of this family count.
+        let seen_all: Vec<SocketAddr> = self
+            .probes
+            .iter()
+            .filter(|(sp, _)| is_v6(sp) == v6)
+            .map(|(_, s)| SocketAddr::new(s.ip().to_canonical(), s.port()))
+            .collect();
         let mut seen = seen_all.clone();
         seen.sort();
         seen.dedup();
@@ -627,7 +634,14 @@ impl LeafOverlay {
                 asks: Vec::new(),
             },
         );
-        let mut hello = Hello::new(self.node, Role::Leaf, self.listen, &self.config.agent);
+        // Over IPv6, the port of the IPv6 listener ("the address you see me at, on this port").
+        let listen = match (is_v6(&addr) && !addr.ip().is_loopback(), self.port6) {
+            (true, Some(port)) => self
+                .listen
+                .map(|_| SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, port))),
+            _ => self.listen,
+        };
+        let mut hello = Hello::new(self.node, Role::Leaf, listen, &self.config.agent);
         hello.capability = Some(self.capability);
         self.transmits.push_back(Transmit {
             to: conn,
@@ -804,7 +818,10 @@ impl LeafOverlay {
                 reachable,
             } if link.node.is_some() => {
                 link.reach = Some((observed, reachable));
-                self.last_reachable = self.reach().map(|r| r.reachable);
+                // Only the main family's word decides (promotion when alone among them).
+                if is_v6(&addr) == self.main_family_v6() {
+                    self.last_reachable = self.reach().map(|r| r.reachable);
+                }
                 self.maybe_probe();
             }
             // Only from a super-peer we attached to, and only if we serve at all.
@@ -909,12 +926,11 @@ impl LeafOverlay {
         self.events.pop_front()
     }
 
+    /// Dials super-peers while short of links: `target` over the main family (IPv4 where
+    /// any IPv4 super-peer is known), and one more over IPv6 beside them when this node can
+    /// reach IPv6, so that its address of each family is seen and checked.
     fn fill(&mut self, now: Instant) {
         if self.promoted {
-            return;
-        }
-        let busy = self.links.values().filter(|l| !l.closing).count() + self.dialing.len();
-        if busy >= self.config.target {
             return;
         }
         let in_use: HashSet<SocketAddr> = self
@@ -923,6 +939,14 @@ impl LeafOverlay {
             .map(|l| l.addr)
             .chain(self.dialing.iter().copied())
             .collect();
+        let busy = |v6: bool| {
+            self.links
+                .values()
+                .filter(|l| !l.closing && is_v6(&l.addr) == v6)
+                .count()
+                + self.dialing.iter().filter(|a| is_v6(a) == v6).count()
+        };
+        let (busy4, busy6) = (busy(false), busy(true));
         let own = self.listen;
         // A leaf that has a link leaves a super-peer's last slots (a tenth) to leaves that
         // have none, which would otherwise lose every race for a new super-peer's room.
@@ -941,22 +965,19 @@ impl LeafOverlay {
                 || reserved(a)
                 || (is_v6(a) && !ipv6 && !a.ip().is_loopback())
         };
-        let mut want = self.config.target - busy;
-        // A family with no link yet (and super-peers known over it) goes first: a node with
-        // both keeps a link over each, so that each of its addresses is seen and checked.
-        let mut first = Vec::new();
-        for v6 in [false, true] {
-            if want > first.len() && !in_use.iter().any(|a| is_v6(a) == v6) {
-                let of_family = |a: &SocketAddr| skip(a) || is_v6(a) != v6;
-                first.extend(self.hosts.candidates(now, 1, true, &of_family));
-            }
-        }
-        want -= first.len();
-        let taken = first.clone();
-        let rest = self
-            .hosts
-            .candidates(now, want, true, &|a| skip(a) || taken.contains(a));
-        for addr in first.into_iter().chain(rest) {
+        let target = self.config.target;
+        let of = |v6: bool, n: usize| -> Vec<SocketAddr> {
+            self.hosts
+                .candidates(now, n, true, &|a| skip(a) || is_v6(a) != v6)
+        };
+        // The main family is IPv4 unless no IPv4 super-peer is known at all.
+        let four = of(false, target.saturating_sub(busy4));
+        let main_v4 = busy4 > 0 || !four.is_empty() || !ipv6;
+        let six = match main_v4 {
+            true => of(true, 1usize.saturating_sub(busy6)),
+            false => of(true, target.saturating_sub(busy6)),
+        };
+        for addr in four.into_iter().chain(six) {
             self.dialing.insert(addr);
             self.events.push_back(LeafEvent::Dial(addr));
         }
@@ -1199,8 +1220,8 @@ mod tests {
         );
     }
 
-    /// A leaf that has IPv6 keeps a link over each family, and each family's super-peer tells
-    /// its own finding: the main one (IPv4) decides, the other is told apart.
+    /// A leaf that has IPv6 keeps a link over IPv6 beside its IPv4 ones, and each family's
+    /// super-peer tells its own finding: the main one (IPv4) decides, the other is told apart.
     #[test]
     fn a_dual_stack_leaf_links_over_each_family_and_learns_each_ones_reach() {
         let t0 = Instant::now();
@@ -1216,9 +1237,10 @@ mod tests {
                 target: 2,
                 ..LeafConfig::default()
             };
-            let listen = Some("0.0.0.0:6000".parse().unwrap());
+            // Port 7100 mapped on the IPv4 router; 6000 the IPv6 listener's.
+            let listen = Some("0.0.0.0:7100".parse().unwrap());
             let mut leaf = LeafOverlay::new(t0, NodeId([1; 32]), listen, config, clock.clone());
-            leaf.set_ipv6(ipv6);
+            leaf.set_ipv6(ipv6, Some(6000));
             // The IPv6 super-peer is known last and by hearsay: it still goes first among
             // its family.
             leaf.add_seeds(t0, &v4);
@@ -1235,8 +1257,9 @@ mod tests {
         let (_, only_v4) = dials(false);
         assert_eq!(only_v4.len(), 2);
         assert!(!only_v4.contains(&v6), "no IPv6 route: {only_v4:?}");
+        // Two over IPv4 (two super-peers tell the kind of NAT), one more over IPv6.
         let (mut leaf, both) = dials(true);
-        assert_eq!(both.len(), 2);
+        assert_eq!(both.len(), 3, "{both:?}");
         assert!(both.contains(&v6), "{both:?}");
         let four = *both.iter().find(|a| a.is_ipv4()).unwrap();
 
@@ -1245,6 +1268,21 @@ mod tests {
             let hello = Hello::new(NodeId([id; 32]), Role::SuperPeer, Some(addr), "test");
             leaf.handle_message(t0, conn, Message::Hello(hello));
         }
+        // Each Hello names where we serve over its family: the IPv4 port (which a router may
+        // map to another), or the IPv6 listener's.
+        let hellos: Vec<(ConnId, Option<SocketAddr>)> = std::iter::from_fn(|| leaf.poll_transmit())
+            .filter_map(|t| match t.msg {
+                Message::Hello(h) => Some((t.to, h.listen)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            hellos,
+            [
+                (1, Some("0.0.0.0:7100".parse().unwrap())),
+                (2, Some("[::]:6000".parse().unwrap()))
+            ]
+        );
         let behind_nat: SocketAddr = "198.51.100.7:6000".parse().unwrap();
         let global: SocketAddr = "[2001:db8:77::2]:6000".parse().unwrap();
         // The IPv6 super-peer says first: the main family is still IPv4, unknown yet.

@@ -250,13 +250,24 @@ pub async fn connect(addr: SocketAddr, limit: Duration) -> io::Result<TcpStream>
 /// SO_REUSEPORT), so connections can leave from the port others connect to: what a NAT maps
 /// for the listen port is then what it maps for them too, as hole punching needs.
 fn reusable(addr: SocketAddr) -> io::Result<socket2::Socket> {
+    bound(addr, true, false)
+}
+
+/// A non-blocking TCP socket bound to `addr`, sharing its port (`reuse`: SO_REUSEADDR and
+/// SO_REUSEPORT) or not, and (`only_v6`) taking IPv6 only.
+fn bound(addr: SocketAddr, reuse: bool, only_v6: bool) -> io::Result<socket2::Socket> {
     let socket = socket2::Socket::new(
         socket2::Domain::for_address(addr),
         socket2::Type::STREAM,
         Some(socket2::Protocol::TCP),
     )?;
-    socket.set_reuse_address(true)?;
-    socket.set_reuse_port(true)?;
+    if only_v6 {
+        socket.set_only_v6(true)?;
+    }
+    if reuse {
+        socket.set_reuse_address(true)?;
+        socket.set_reuse_port(true)?;
+    }
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     Ok(socket)
@@ -281,23 +292,8 @@ pub fn listen_reusable(addr: SocketAddr, backlog: i32) -> io::Result<smol::net::
 /// [`listen_reusable`], the port is checked free first.
 pub fn listen_ipv6_beside(port: u16, backlog: i32) -> io::Result<smol::net::TcpListener> {
     let addr = SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, port));
-    let only_v6 = |reuse: bool| -> io::Result<socket2::Socket> {
-        let socket = socket2::Socket::new(
-            socket2::Domain::IPV6,
-            socket2::Type::STREAM,
-            Some(socket2::Protocol::TCP),
-        )?;
-        socket.set_only_v6(true)?;
-        socket.set_nonblocking(true)?;
-        if reuse {
-            socket.set_reuse_address(true)?;
-            socket.set_reuse_port(true)?;
-        }
-        socket.bind(&addr.into())?;
-        Ok(socket)
-    };
-    drop(only_v6(false)?);
-    let socket = only_v6(true)?;
+    drop(bound(addr, false, true)?);
+    let socket = bound(addr, true, true)?;
     socket.listen(backlog)?;
     let std: std::net::TcpListener = socket.into();
     smol::net::TcpListener::try_from(std)
@@ -417,12 +413,21 @@ mod tests {
             };
             assert_eq!(v6.local_addr().unwrap().port(), port);
             let (c6, a6) = smol::future::zip(
-                TcpStream::connect(("::1".parse::<std::net::IpAddr>().unwrap(), port)),
-                v6.accept(),
+                connect(
+                    SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, port)),
+                    Duration::from_secs(5),
+                ),
+                async {
+                    smol::future::or(async { v6.accept().await.ok() }, async {
+                        smol::Timer::after(Duration::from_secs(5)).await;
+                        None
+                    })
+                    .await
+                },
             )
             .await;
-            c6.unwrap();
-            assert!(a6.unwrap().1.is_ipv6());
+            c6.expect("connecting to [::1] (no IPv6 on loopback?)");
+            assert!(a6.expect("accepted within 5 s").1.is_ipv6());
             let (c4, a4) =
                 smol::future::zip(TcpStream::connect(("127.0.0.1", port)), v4.accept()).await;
             c4.unwrap();

@@ -252,6 +252,13 @@ async fn attempt(
             // be reached either. Otherwise, no manifest ends the download (a one-shot get
             // whose sources are all gone fails at once, as it always did).
             let mut backoff = Duration::from_secs(1);
+            // A node found at an address of each family is dialled at both as one source.
+            let mut kept: Vec<SocketAddr> = Vec::new();
+            sources.retain(|&a| {
+                let fresh = !job.way(a).other.is_some_and(|o| kept.contains(&o));
+                kept.push(a);
+                fresh
+            });
             let (manifest, voters) = loop {
                 sources.retain(|a| !banned.contains(a));
                 dialled = Instant::now();
@@ -523,7 +530,10 @@ async fn vote_manifest(
         let answers = spawn_all(left.drain(..wanted).map(|a| {
             let (me, opts) = (job.me.clone(), job.opts.clone());
             let listen = job.swarm.as_ref().and_then(|h| h.listen);
-            let way = job.way(a);
+            let mut way = job.way(a);
+            if way.other.is_some_and(|o| banned.contains(&o)) {
+                way.other = None;
+            }
             let back = job.back(&way);
             let (id, size) = (job.id, job.expected_size);
             async move {
@@ -603,10 +613,12 @@ impl Job {
         self.ways.as_ref().map_or(Way::to(addr), |w| w(addr))
     }
 
-    /// A connection back from the source reached by `way`, if it may not accept connections
-    /// at one of its addresses.
+    /// A connection back from the source reached by `way`, asked through the super-peer a
+    /// hit named for the address dialled first (the one this node can use: a hole punch dials
+    /// it), or else for the other.
     fn back(&self, way: &Way) -> Option<BackFuture> {
         let ask = self.connect_back.as_ref()?;
-        ask(way.addr).or_else(|| way.other.and_then(|o| ask(o)))
+        let (first, second) = way.order();
+        ask(first).or_else(|| second.and_then(|a| ask(a)))
     }
 }

@@ -437,7 +437,11 @@ impl Run<'_> {
         let inputs = self.inputs.clone();
         // A source that may not accept connections is also asked to connect to us: the first
         // connection made is the one used (Soulseek's order: direct and indirect at once).
-        let way = self.s.job.way(addr);
+        let mut way = self.s.job.way(addr);
+        // A node that lied at its other address is not dialled there again.
+        if way.other.is_some_and(|o| self.s.banned.contains(&o)) {
+            way.other = None;
+        }
         let back = self.s.job.back(&way);
         let task = transport::rt::spawn(async move {
             let conn = SourceConn::connect(way, &me, listen, &opts, epoch, back).await;

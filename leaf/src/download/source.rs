@@ -154,23 +154,30 @@ impl SourceConn {
             let got = match way.other {
                 None => Self::open(addr, me, listen, opts, epoch).await,
                 Some(other) => {
-                    let (addr, other) = match way.other_first {
-                        true => (other, addr),
-                        false => (addr, other),
-                    };
-                    let (first_failed, on_first_failure) = smol::channel::bounded::<()>(1);
-                    let first = async {
-                        let got = Self::open(addr, me, listen, opts, epoch).await;
-                        if got.is_err() {
-                            let _ = first_failed.try_send(());
+                    // Where a hit named the node at its other address, whoever answers there
+                    // must be that node: a hit is a super-peer's word.
+                    let at_other = async {
+                        let conn = Self::open(other, me, listen, opts, epoch).await?;
+                        match way.node {
+                            Some(n) if n != conn.node => Err(format!(
+                                "{other} is node {}, not {}",
+                                conn.node.short(),
+                                n.short()
+                            )),
+                            _ => Ok(conn),
                         }
-                        got
                     };
-                    let second = async {
-                        after(HAPPY_EYEBALLS_DELAY, &on_first_failure).await;
-                        Self::open(other, me, listen, opts, epoch).await
-                    };
-                    first_ok(first, second, &format!("at {other}")).await
+                    let at_addr = Self::open(addr, me, listen, opts, epoch);
+                    match way.other_first {
+                        true => {
+                            staggered(at_other, at_addr, HAPPY_EYEBALLS_DELAY, &addr.to_string())
+                                .await
+                        }
+                        false => {
+                            staggered(at_addr, at_other, HAPPY_EYEBALLS_DELAY, &other.to_string())
+                                .await
+                        }
+                    }
                 }
             };
             // Known by the address it was found at, wherever it was dialled.
@@ -369,6 +376,8 @@ pub struct Way {
     pub addr: SocketAddr,
     /// The source's address of the other family, dialled after [`HAPPY_EYEBALLS_DELAY`].
     pub other: Option<SocketAddr>,
+    /// The node the hits named at both addresses: whoever answers at `other` must be it.
+    pub node: Option<NodeId>,
     /// `other` is dialled first instead, and `addr` after the delay.
     pub other_first: bool,
     /// The address dialled first is known reachable: a connection back is asked for only if
@@ -377,11 +386,21 @@ pub struct Way {
 }
 
 impl Way {
+    /// The address dialled first, and the other (if any) after: the first is also the one
+    /// a connection back is asked for (a hole punch dials it).
+    pub fn order(&self) -> (SocketAddr, Option<SocketAddr>) {
+        match (self.other_first, self.other) {
+            (true, Some(other)) => (other, Some(self.addr)),
+            _ => (self.addr, self.other),
+        }
+    }
+
     /// Only `addr`, and a connection back at once.
     pub fn to(addr: SocketAddr) -> Way {
         Way {
             addr,
             other: None,
+            node: None,
             other_first: false,
             back_later: false,
         }
@@ -395,37 +414,46 @@ pub(crate) async fn direct_or_back<T>(
     back: Option<impl Future<Output = Result<T, String>>>,
     later: bool,
 ) -> Result<T, String> {
-    let Some(back) = back else {
-        return direct.await;
-    };
+    match back {
+        None => direct.await,
+        Some(back) => {
+            let delay = if later { BACK_DELAY } else { Duration::ZERO };
+            staggered(direct, back, delay, "connecting back").await
+        }
+    }
+}
+
+/// `a`, and `b` once `a` failed or `delay` passed: the first to succeed; if both fail, both
+/// reasons (`b`'s after `b_is`).
+async fn staggered<T>(
+    a: impl Future<Output = Result<T, String>>,
+    b: impl Future<Output = Result<T, String>>,
+    delay: Duration,
+    b_is: &str,
+) -> Result<T, String> {
     let (failed, on_failure) = smol::channel::bounded::<()>(1);
-    let direct = async {
-        let got = direct.await;
+    let a = async {
+        let got = a.await;
         if got.is_err() {
             let _ = failed.try_send(());
         }
         got
     };
-    let back = async {
-        if later {
-            after(BACK_DELAY, &on_failure).await;
+    let b = async {
+        if !delay.is_zero() {
+            smol::future::or(
+                async {
+                    smol::Timer::after(delay).await;
+                },
+                async {
+                    let _ = on_failure.recv().await;
+                },
+            )
+            .await;
         }
-        back.await
+        b.await
     };
-    first_ok(direct, back, "connecting back").await
-}
-
-/// Returns after `limit`, or sooner once something is sent on (or the sender of) `early`.
-async fn after(limit: Duration, early: &smol::channel::Receiver<()>) {
-    smol::future::or(
-        async {
-            smol::Timer::after(limit).await;
-        },
-        async {
-            let _ = early.recv().await;
-        },
-    )
-    .await
+    first_ok(a, b, b_is).await
 }
 
 /// The first of `a` and `b` to succeed; if both fail, both reasons (`b`'s after `b_is`).

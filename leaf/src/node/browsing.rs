@@ -21,7 +21,8 @@ impl Node {
     }
 
     /// Lists what the leaf serving at `addr` shares: dialled, and asked to connect back too
-    /// when a hit said it may not be reachable.
+    /// when a hit named its super-peer (at once if the hit said it may not be reachable, else
+    /// once dialling failed or took a while).
     pub async fn browse(&self, addr: SocketAddr) -> Result<Listing, BrowseError> {
         self.browse_node(addr, None).await
     }
@@ -33,7 +34,9 @@ impl Node {
         node: Option<NodeId>,
     ) -> Result<Listing, BrowseError> {
         let back = (self.connect_back())(addr);
-        let later = self.inner.state.reverse.way(addr).back_later;
+        // (Only `addr` is dialled: its own reachability decides.)
+        let route = self.inner.state.reverse.route(addr);
+        let later = route.is_some_and(|r| r.reachable == Some(true));
         crate::browse::browse(&self.inner.state, addr, node, back, later).await
     }
 

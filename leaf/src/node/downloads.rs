@@ -260,7 +260,7 @@ impl Node {
             connect_back: Some(self.connect_back()),
             ways: {
                 let state = self.inner.state.clone();
-                Some(Arc::new(move |addr| state.reverse.way(addr)))
+                Some(Arc::new(move |addr| state.reverse.way(addr, state.ipv6)))
             },
             give_up_after: self.inner.give_up_after,
             wait_for_sources,

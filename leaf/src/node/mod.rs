@@ -12,7 +12,7 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -313,20 +313,21 @@ impl Node {
         let node_id = identity.node();
         let shares = Shares::load(&dir.join(SHARES_FILE));
 
-        let ipv6 = transport::net::has_ipv6_route();
+        let route6 = transport::net::has_ipv6_route();
         let (listeners, listen) = match config.listen {
             Some(addr) => {
                 // On every IPv4 address of a host that has IPv6: on every IPv6 address too,
                 // on the same port, so that a leaf with a global IPv6 address is reachable
                 // over it even behind an IPv4 NAT.
-                let dual = ipv6 && addr.ip() == std::net::Ipv4Addr::UNSPECIFIED;
+                let dual = route6 && addr.ip() == std::net::Ipv4Addr::UNSPECIFIED;
                 // A short queue: connections the kernel completed and the node has not taken
                 // count towards the node's bound on links (`crate::links`); two listeners
                 // share it.
-                let backlog = match dual {
+                let queued = match dual {
                     true => crate::links::LISTEN_BACKLOG / 2,
                     false => crate::links::LISTEN_BACKLOG,
-                } as i32;
+                };
+                let backlog = crate::links::listen_backlog(queued);
                 // Shared with the connections that leave from it (hole punching).
                 let l = transport::net::listen_reusable(addr, backlog)
                     .map_err(|source| NodeError::Bind { addr, source })?;
@@ -347,6 +348,11 @@ impl Node {
             }
             None => (Vec::new(), None),
         };
+        // Over IPv6: where it serves there, or (serving nobody) where it may search.
+        let port6 = (listeners.len() == 2)
+            .then(|| listen.map(|a| a.port()))
+            .flatten();
+        let ipv6 = route6 && (listen.is_none() || port6.is_some());
         let control_listener = if config.control {
             let path = control::socket_path(&dir);
             // A socket file left by a node that died; the caller checked none answers.
@@ -378,6 +384,7 @@ impl Node {
             limits: config.limits.clone(),
             listen,
             ipv6,
+            port6,
             shares: RwLock::new(shares),
             uploaded_chunks: AtomicU64::new(0),
             uploaded_bytes: AtomicU64::new(0),
@@ -734,18 +741,21 @@ impl Node {
         Ok(hits
             .into_iter()
             .filter(|h| h.file.id == id && h.source.node != self.inner.state.node_id)
-            // One per node: a node found at an address of each family (IPv6 beside IPv4) is
-            // one source, dialled at both (`Reverse::way`).
+            // One per node and family: a node found at an address of each (IPv6 beside IPv4)
+            // is dialled at both as one source (`Reverse::way`, and the download takes one
+            // address of a node at a time). Not one per node alone: a node id in a hit is a
+            // super-peer's word, and a false hit must not hide the true one.
             .filter(|h| {
-                let fresh = !seen.contains(&h.source.node);
-                seen.push(h.source.node);
+                let key = (h.source.node, topology::leaf::is_v6(&h.source.addr));
+                let fresh = !seen.contains(&key);
+                seen.push(key);
                 fresh
             })
             .collect())
     }
 
-    /// For the downloads: a connection back from a source that may not be reachable, through
-    /// the super-peer its hit named.
+    /// For the downloads: a connection back from a source, through the super-peer its hit
+    /// named (beside dialling it, or after: see `Reverse::way`).
     pub(super) fn connect_back(&self) -> download::ConnectBack {
         let state = self.inner.state.clone();
         let overlay = self.inner.overlay.clone();
@@ -754,15 +764,24 @@ impl Node {
             let (state, overlay) = (state.clone(), overlay.clone());
             Some(Box::pin(async move {
                 let role = state.role.load();
-                let reach = role.reach.as_ref().map(|r| r.reachable);
-                let symmetric = role
-                    .reach
-                    .as_ref()
-                    .is_some_and(|r| r.nat.as_deref() == Some("symmetric"));
+                // The source connects back over the family of the super-peer asked: what its
+                // super-peers found of us over that family decides.
+                let v6 = topology::leaf::is_v6(&route.via);
+                let mine = [role.reach.as_ref(), role.reach_also.as_ref()]
+                    .into_iter()
+                    .flatten()
+                    .find(|r| topology::leaf::is_v6(&r.observed) == v6)
+                    .or(role.reach.as_ref());
+                let reach = mine.map(|r| r.reachable);
+                let symmetric = mine.is_some_and(|r| r.nat.as_deref() == Some("symmetric"));
+                let advertised = match (v6, state.port6) {
+                    (true, Some(port)) => Some(SocketAddr::from((Ipv6Addr::UNSPECIFIED, port))),
+                    _ => state.advertised(),
+                };
                 let me = crate::reverse::Me {
                     identity: &state.identity,
                     bound: state.listen,
-                    advertised: state.advertised(),
+                    advertised,
                     reachable: reach,
                     symmetric,
                     overlay: Some(&overlay),

@@ -261,7 +261,7 @@ struct Conn {
     next_ping: Instant,
     /// The last ping sent and not answered: its nonce, and when.
     ping: Option<(u64, Instant)>,
-    /// The round trip its last answered ping took (hole punches are timed by it).
+    /// The least round trip its pings took (hole punches are timed by it).
     rtt: Option<std::time::Duration>,
     closing: bool,
     /// We dialled this connection (to `remote`, a super-peer's listen address).
@@ -483,9 +483,11 @@ impl SuperPeer {
             (_, Message::Ping { nonce }) => self.send(conn, Message::Pong { nonce }),
             (_, Message::Pong { nonce }) => {
                 if let Some(c) = self.conns.get_mut(&conn) {
-                    if let Some((sent, at)) = c.ping.filter(|(n, _)| *n == nonce) {
-                        debug_assert_eq!(sent, nonce);
-                        c.rtt = Some(now.saturating_duration_since(at));
+                    if let Some((_, at)) = c.ping.filter(|(n, _)| *n == nonce) {
+                        // The least seen: an answer that waited behind the peer's own
+                        // messages (a leaf's registrations, as it attaches) says less.
+                        let rtt = now.saturating_duration_since(at);
+                        c.rtt = Some(c.rtt.map_or(rtt, |old| old.min(rtt)));
                         c.ping = None;
                     }
                 }

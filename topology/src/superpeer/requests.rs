@@ -34,17 +34,21 @@ impl SuperPeer {
         Some((*node, *back))
     }
 
-    /// Our leaf `target`, if it is attached and not being closed.
+    /// Our leaf `target`, if it is attached and not being closed (the oldest link of a leaf
+    /// linked over each address family: not whichever hash order gives first).
     pub(super) fn attached_leaf(&self, target: NodeId) -> Option<AttachedLeaf> {
-        self.conns.iter().find_map(|(&c, l)| match l.state {
-            PeerState::Leaf {
-                node,
-                source,
-                reachable,
-                ..
-            } if node == target && !l.closing => Some((c, source, reachable)),
-            _ => None,
-        })
+        self.conns
+            .iter()
+            .filter_map(|(&c, l)| match l.state {
+                PeerState::Leaf {
+                    node,
+                    source,
+                    reachable,
+                    ..
+                } if node == target && !l.closing => Some((c, source, reachable)),
+                _ => None,
+            })
+            .min_by_key(|(c, ..)| *c)
     }
 
     /// Counts one request on leaf link `conn` against the minute's

@@ -213,7 +213,7 @@ pub(crate) fn print_status(s: &control::StatusReport) {
         None => {}
     }
     if let Some(r) = &s.reach_also {
-        let family = match r.observed.is_ipv6() {
+        let family = match r.observed.ip().to_canonical().is_ipv6() {
             true => "IPv6",
             false => "IPv4",
         };
