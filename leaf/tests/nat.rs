@@ -246,6 +246,17 @@ fn start_superpeer_on(ns: &Namespaces, data: &Path, port: u16) -> Proc {
     sp
 }
 
+/// Writes `base/music/NAME`, `len` bytes of a pattern (`mul`, `shift`) that differs from test
+/// to test, and returns them.
+fn song(base: &Path, name: &str, len: u32, mul: u32, shift: u32) -> Vec<u8> {
+    let content: Vec<u8> = (0..len)
+        .map(|i| (i.wrapping_mul(mul) >> shift) as u8)
+        .collect();
+    std::fs::create_dir_all(base.join("music")).unwrap();
+    std::fs::write(base.join("music").join(name), &content).unwrap();
+    content
+}
+
 /// The leaf at home, sharing `folder`, with `extra` arguments before `share`.
 fn start_home_leaf(ns: &Namespaces, data: &Path, folder: &Path, extra: &[&str]) -> Proc {
     let p = Proc::spawn(
@@ -521,11 +532,7 @@ fn two_leaves_behind_nat_punch_a_hole_and_the_download_completes() {
     let base = tmp.path();
     let _sp = start_superpeer_in(&ns, &base.join("sp"));
 
-    let content: Vec<u8> = (0..3_000_000u32)
-        .map(|i| (i.wrapping_mul(2246822519) >> 9) as u8)
-        .collect();
-    std::fs::create_dir_all(base.join("music")).unwrap();
-    std::fs::write(base.join("music/Kiasmos - Looped.flac"), &content).unwrap();
+    let content = song(base, "Kiasmos - Looped.flac", 3_000_000, 2246822519, 9);
     let home_data = base.join("home-data");
     let _source = start_home_leaf(&ns, &home_data, &base.join("music"), &["--no-port-mapping"]);
 
@@ -616,11 +623,13 @@ fn a_leaf_behind_a_symmetric_nat_downloads_through_a_relay() {
     let _sp = start_superpeer_in(&ns, &base.join("sp"));
     let _second = start_superpeer_on(&ns, &base.join("sp2"), 7701);
 
-    let content: Vec<u8> = (0..2_000_000u32)
-        .map(|i| (i.wrapping_mul(3266489917) >> 7) as u8)
-        .collect();
-    std::fs::create_dir_all(base.join("music")).unwrap();
-    std::fs::write(base.join("music/Ólafur Arnalds - Saman.flac"), &content).unwrap();
+    let content = song(
+        base,
+        "Ólafur Arnalds - Saman.flac",
+        2_000_000,
+        3266489917,
+        7,
+    );
     let home_data = base.join("home-data");
     let _source = start_home_leaf(
         &ns,
@@ -736,11 +745,7 @@ fn a_leaf_behind_an_ipv4_nat_is_reached_over_ipv6_and_still_over_ipv4() {
     let base = tmp.path();
     let _sp = start_superpeer_in(&ns, &base.join("sp"));
 
-    let content: Vec<u8> = (0..3_000_000u32)
-        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
-        .collect();
-    std::fs::create_dir_all(base.join("music")).unwrap();
-    std::fs::write(base.join("music/Hania Rani - Eden.flac"), &content).unwrap();
+    let content = song(base, "Hania Rani - Eden.flac", 3_000_000, 2654435761, 13);
     let home_data = base.join("home-data");
     let home = || leaf_in(&ns, "home", &home_data, "80.77.1.1:7700", "0.0.0.0:7001");
     let _source = Proc::spawn(
@@ -847,11 +852,7 @@ fn a_source_found_reachable_that_is_not_is_still_downloaded_from() {
     let tmp = tempfile::tempdir().unwrap();
     let base = tmp.path();
     let _sp = start_superpeer_in(&ns, &base.join("sp"));
-    let content: Vec<u8> = (0..2_000_000u32)
-        .map(|i| (i.wrapping_mul(2246822519) >> 5) as u8)
-        .collect();
-    std::fs::create_dir_all(base.join("music")).unwrap();
-    std::fs::write(base.join("music/Grouper - Heavy Water.flac"), &content).unwrap();
+    let content = song(base, "Grouper - Heavy Water.flac", 2_000_000, 2246822519, 5);
     let home_data = base.join("home-data");
     let _source = start_home_leaf(&ns, &home_data, &base.join("music"), &["--no-port-mapping"]);
     wait_until("the super-peer's check to get through", 40, || {

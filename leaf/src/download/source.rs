@@ -136,11 +136,11 @@ impl SourceConn {
 
     /// Dials `way.addr` (and `way.other`, the source's address of the other family, a moment
     /// later unless the first fails sooner, or the other way round: RFC 8305's Happy
-    /// Eyeballs); with `back` (a
-    /// source that may not accept connections), also waits for the source to connect to us.
-    /// The first connection made is the one used (Soulseek's order: direct and indirect at
-    /// once). With `way.back_later` (the address dialled first is known reachable), the
-    /// connection back is asked for only once dialling failed or took [`BACK_DELAY`].
+    /// Eyeballs); with `back` (a connection back asked of the source), also waits for the
+    /// source to connect to us. The first connection made is the one used (Soulseek's order:
+    /// direct and indirect at once). With `way.back_later` (the address dialled first is
+    /// known reachable), the connection back is asked for only once dialling failed or took
+    /// [`BACK_DELAY`].
     pub(super) async fn connect(
         way: Way,
         me: &Identity,
@@ -372,9 +372,10 @@ pub(crate) const BACK_DELAY: Duration = Duration::from_secs(2);
 /// and whether a connection back waits for the dialling ([`SourceConn::connect`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Way {
-    /// Dialled first.
+    /// Where the source was found (dialled first unless `other_first`).
     pub addr: SocketAddr,
-    /// The source's address of the other family, dialled after [`HAPPY_EYEBALLS_DELAY`].
+    /// The source's address of the other family, dialled [`HAPPY_EYEBALLS_DELAY`] after
+    /// `addr` (or before it, with `other_first`).
     pub other: Option<SocketAddr>,
     /// The node the hits named at both addresses: whoever answers at `other` must be it.
     pub node: Option<NodeId>,

@@ -741,14 +741,13 @@ impl Node {
         Ok(hits
             .into_iter()
             .filter(|h| h.file.id == id && h.source.node != self.inner.state.node_id)
-            // One per node and family: a node found at an address of each (IPv6 beside IPv4)
-            // is dialled at both as one source (`Reverse::way`, and the download takes one
-            // address of a node at a time). Not one per node alone: a node id in a hit is a
+            // One per address. A node found at an address of each family (IPv6 beside IPv4)
+            // is dialled at both as one source (`Reverse::way`; the download takes one address
+            // of such a node at a time). Not one per node: a node id in a hit is a
             // super-peer's word, and a false hit must not hide the true one.
             .filter(|h| {
-                let key = (h.source.node, topology::leaf::is_v6(&h.source.addr));
-                let fresh = !seen.contains(&key);
-                seen.push(key);
+                let fresh = !seen.contains(&h.source.addr);
+                seen.push(h.source.addr);
                 fresh
             })
             .collect())
