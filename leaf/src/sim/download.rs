@@ -268,8 +268,7 @@ impl Dl {
         for (_, src) in std::mem::take(&mut self.sources) {
             if let Some(conn) = src.conn {
                 if sim.conns[conn].open_down {
-                    sim.conns[conn].open_down = false;
-                    sim.socket_closed(sim.conns[conn].down, false);
+                    sim.close_down(conn);
                     sim.notify_closed(conn, true);
                 }
             }
@@ -393,8 +392,7 @@ impl Dl {
         }
         if let Some(conn) = src.conn {
             if sim.conns[conn].open_down {
-                sim.conns[conn].open_down = false;
-                sim.socket_closed(sim.conns[conn].down, false);
+                sim.close_down(conn);
             }
         }
         self.queued.remove(&k);

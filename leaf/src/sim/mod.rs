@@ -6,10 +6,11 @@
 //! ([`Spread`]) and source exchange ([`SwarmPeers`]).
 //!
 //! What is simulated instead of real:
-//! - **The network.** Each node has an upload link and a download link of a set rate, each a
-//!   FIFO of whole messages (as a `tbf` qdisc on a host's interface is one queue), and a
+//! - **The network.** Each node has an upload link and a download link of a set rate, and a
 //!   one-way latency; a message leaves the sender's link, travels both latencies, and passes
-//!   the receiver's link. Connecting takes two round trips (TCP, then Noise).
+//!   the receiver's link. The upload link takes turns between the connections with something
+//!   to send, as TCP connections share a capped interface ([`link`]); the download link is a
+//!   FIFO of whole messages. Connecting takes two round trips (TCP, then Noise).
 //! - **The disk and the hashing.** A chunk is verified and written the moment it arrives, and
 //!   its bytes are zeros made at delivery (the sessions check lengths, not content).
 //! - **The super-peers.** A tracker: a leecher registers when its download starts (as a leaf
@@ -23,6 +24,7 @@
 //! and writes `docs/swarm-scale.md`.
 
 mod download;
+mod link;
 mod upload;
 
 use std::cmp::Ordering;
@@ -215,6 +217,11 @@ pub(crate) enum Ev {
         to_up: bool,
         msg: Msg,
     },
+    /// Node `node`'s upload link ended a turn (if `gen` is still its latest).
+    TurnDone {
+        node: usize,
+        gen: u64,
+    },
     /// The other end of `conn` closed.
     Closed {
         conn: usize,
@@ -278,7 +285,7 @@ pub(crate) struct Node {
     up: f64,
     down: Option<f64>,
     lat: Duration,
-    up_free: Duration,
+    uplink: link::Uplink,
     down_free: Duration,
     pub(crate) slots: UploadSlots,
     pub(crate) reciprocity: Arc<Reciprocity>,
@@ -376,7 +383,7 @@ impl Sim {
                 up: if seeder { cfg.seed_up } else { cfg.leech_up },
                 down: cfg.down,
                 lat,
-                up_free: Duration::ZERO,
+                uplink: link::Uplink::default(),
                 down_free: Duration::ZERO,
                 slots: UploadSlots::new(cfg.upload_slots, reciprocity.clone())
                     .with_per_file(cfg.max_downloaders_per_file),
@@ -501,6 +508,11 @@ impl Sim {
                 }
             }
             Ev::Deliver { conn, to_up, msg } => self.deliver(conn, to_up, msg),
+            Ev::TurnDone { node, gen } => {
+                if self.nodes[node].uplink.gen == gen {
+                    self.turn_done(node);
+                }
+            }
             Ev::Closed { conn, to_up } => {
                 if to_up {
                     if self.conns[conn].open_up {
@@ -593,28 +605,53 @@ impl Sim {
         }
     }
 
-    /// Sends `msg` over `conn`: through the sender's upload link, both latencies, and the
-    /// receiver's download link, in order.
+    /// Sends `msg` over `conn`: through the sender's upload link (in turns with its other
+    /// connections), both latencies, and the receiver's download link, in order.
     pub(crate) fn send(&mut self, conn: usize, to_up: bool, msg: Msg) {
         let c = &self.conns[conn];
-        let (from, to) = if to_up {
-            (c.down, c.up)
-        } else {
-            (c.up, c.down)
+        let from = if to_up { c.down } else { c.up };
+        if self.nodes[from].uplink.push((conn, to_up), msg) {
+            self.next_turn(from);
+        }
+    }
+
+    /// Node `n`'s upload link starts its next turn, if anything waits.
+    fn next_turn(&mut self, n: usize) {
+        let node = &mut self.nodes[n];
+        let Some((bytes, chunk)) = node.uplink.start(node.up) else {
+            return;
         };
-        let sender = &mut self.nodes[from];
-        let gone =
-            sender.up_free.max(self.now) + Duration::from_secs_f64(msg.size() as f64 / sender.up);
-        sender.up_free = gone;
-        let arrive = gone + sender.lat + self.nodes[to].lat;
-        if let Msg::Chunk { len, .. } = msg {
-            let s = gone.as_secs() as usize;
+        let gen = node.uplink.gen;
+        let end = self.now + Duration::from_secs_f64(bytes as f64 / node.up);
+        if chunk {
+            let s = end.as_secs() as usize;
             if self.sent_by_second.len() <= s {
                 self.sent_by_second.resize(s + 1, 0);
             }
-            self.sent_by_second[s] += len as u64;
+            self.sent_by_second[s] += bytes;
         }
-        self.at(arrive, Ev::Arrive { conn, to_up, msg });
+        self.at(end, Ev::TurnDone { node: n, gen });
+    }
+
+    /// Node `n`'s link ended a turn: a message it finished travels on, and the next turn
+    /// starts.
+    fn turn_done(&mut self, n: usize) {
+        if let Some(((conn, to_up), msg)) = self.nodes[n].uplink.finish() {
+            let c = &self.conns[conn];
+            let to = if to_up { c.up } else { c.down };
+            let arrive = self.now + self.nodes[n].lat + self.nodes[to].lat;
+            self.at(arrive, Ev::Arrive { conn, to_up, msg });
+        }
+        self.next_turn(n);
+    }
+
+    /// The downloader's side of `conn` closed: nobody reads what the uploader still sends.
+    pub(crate) fn close_down(&mut self, conn: usize) {
+        let c = &mut self.conns[conn];
+        c.open_down = false;
+        let (down, up) = (c.down, c.up);
+        self.socket_closed(down, false);
+        self.nodes[up].uplink.drop_flow((conn, false));
     }
 
     /// One side of `conn` closed: the other hears of it after the latency.
@@ -683,6 +720,7 @@ impl Sim {
             return;
         }
         self.nodes[n].online = false;
+        self.nodes[n].uplink.clear();
         self.tracker.retain(|&t| t != n);
         let uploads = std::mem::take(&mut self.nodes[n].uploads);
         for c in uploads {

@@ -221,6 +221,9 @@ impl Sim {
         }
         c.open_up = false;
         let up = c.up;
+        // Nobody reads what the downloader still sends here.
+        let down = c.down;
+        self.nodes[down].uplink.drop_flow((conn, true));
         let joined = c.session.view_mut().is_some() && self.nodes[up].seeder;
         self.nodes[up].slots.release_at(c.slot_conn, now);
         if joined {
