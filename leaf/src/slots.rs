@@ -32,7 +32,7 @@ use crate::swarm::Reciprocity;
 /// slot holder that has not asked for this long gives its slot up.
 const STALE_IN_QUEUE: Duration = Duration::from_secs(5);
 /// A slot is held at least this long before a waiting peer may take it.
-pub const ROUND: Duration = Duration::from_secs(3);
+pub const ROUND: Duration = Duration::from_secs(2);
 /// How often the optimistic slot changes hands.
 pub const OPTIMISTIC_EVERY: Duration = Duration::from_secs(9);
 /// Connections that may ask for one file at once, by default (`--max-downloaders-per-file`).

@@ -553,6 +553,9 @@ impl SourceSession {
     fn look(&mut self, now: Instant, sched: &mut Scheduler) {
         // The first look sends the question of which chunks it holds (queued in `new`).
         self.asked_bits.get_or_insert(now);
+        // What the scheduler weighs chunks by: whether this source serves us, and its probe.
+        sched.set_queued(self.me, self.queued_until.is_some());
+        sched.set_probe(self.me, self.probe.map(|(_, c)| c));
         if sched.all_done() {
             self.end = Some(SourceEnd::Finished);
             return;
@@ -597,6 +600,7 @@ impl SourceSession {
         if let Some(c) = probe {
             let request = self.ask_for(c);
             self.probe = Some((request, c));
+            sched.set_probe(self.me, Some(c));
         }
         let room = if self.queued_until.is_some() {
             0
@@ -1297,9 +1301,11 @@ mod tests {
     }
 
     #[test]
-    fn a_probe_leaves_its_chunk_to_a_source_that_serves() {
+    fn a_probe_leaves_its_chunk_missing_and_to_nobody_else_until_answered() {
         let t = Instant::now();
-        // One chunk missing: the queued source probes for it, the serving one takes it.
+        // One chunk missing: the queued source probes for it; the serving one does not take
+        // it while the probe is out (a probe granted a slot is answered with its chunk, which
+        // would come twice), and takes it once the probe is answered `Queued`.
         let mut sched = Scheduler::with_seed(10, 5);
         for c in 1..10 {
             sched.complete(c, 100);
@@ -1326,16 +1332,51 @@ mod tests {
             "a probe out is an answer awaited"
         );
         let mut serving = ready(later, &mut sched, 1);
+        assert!(
+            requests(&mut serving).is_empty(),
+            "the probe's chunk is not handed out"
+        );
+        queued.check_invariants(&sched);
+        serving.check_invariants(&sched);
+        sched.check_invariants();
+        // Nor is a source that connects meanwhile.
+        let mut other = ready(t, &mut sched, 3);
+        let first = requests(&mut other);
+        assert!(first.is_empty(), "{first:?}");
+        // Answered with the chunk, the probe is a request like any other, from it alone.
+        let mut both = Scheduler::with_seed(10, 5);
+        for c in 1..10 {
+            both.complete(c, 100);
+        }
+        let mut q = ready(t, &mut both, 0);
+        let out = requests(&mut q);
+        let queue = Message::Queued {
+            request: out[0].0,
+            position: 3,
+        };
+        q.handle_message(t, queue, &mut both);
+        q.handle_timeout(later, &mut both);
+        let p = requests(&mut q);
+        q.handle_message(later, chunk(p[0].0, 0), &mut both);
+        assert!(std::iter::from_fn(|| q.poll_event()).any(|e| e == SourceEvent::Unqueued));
+        assert!(both.is_requested_by(0, 0));
+        q.check_invariants(&both);
+        both.check_invariants();
+        // Answered `Queued`, the probe is over: the serving source takes the chunk.
+        queued.handle_message(
+            later,
+            Message::Queued {
+                request: probe[0].0,
+                position: 3,
+            },
+            &mut sched,
+        );
+        serving.handle_timeout(later, &mut sched);
         let taken = requests(&mut serving);
         assert_eq!(taken.iter().map(|p| p.1).collect::<Vec<_>>(), vec![0]);
         queued.check_invariants(&sched);
         serving.check_invariants(&sched);
-        // The probe is answered with the chunk after all: in flight from both now, and the
-        // first to deliver completes it.
-        queued.handle_message(later, chunk(probe[0].0, 0), &mut sched);
-        assert_eq!(queued.poll_event(), Some(SourceEvent::Unqueued));
-        assert!(sched.is_requested_by(0, 0) && sched.is_requested_by(1, 0));
-        queued.check_invariants(&sched);
+        sched.check_invariants();
         // Answered `Queued` instead, a probe gives nothing back (it held nothing) and the
         // next one comes after the retry time.
         let mut sched2 = Scheduler::with_seed(10, 5);
