@@ -277,7 +277,8 @@ impl Scheduler {
         self.missing == 0 && !self.all_done()
     }
 
-    /// The missing chunk held by `source` that fewest known sources hold, from a random start.
+    /// The missing chunk held by `source` that no probe but its own is out for and that fewest
+    /// sources serving us hold, then fewest hold at all (rarest first), from a random start.
     fn rarest_missing(&mut self, source: usize) -> Option<usize> {
         let n = self.chunks.len();
         if n == 0 || self.missing == 0 {
@@ -285,18 +286,20 @@ impl Scheduler {
         }
         let start = self.random() as usize % n;
         let held = self.holds.get(&source)?;
+        let own = self.probing.get(&source).map(|&c| c as usize);
+        // None can be rarer than one only this source holds.
+        let floor = (!self.queued.contains(&source) as u32, 1);
         let mut best: Option<((u32, u32), usize)> = None;
         for k in 0..n {
             let c = (start + k) % n;
             let key = (self.serving[c], self.avail[c]);
             if self.chunks[c] == ChunkState::Missing
-                && self.probed[c] == 0
+                && self.probed[c] == (own == Some(c)) as u32
                 && held.get(c as u64)
                 && best.is_none_or(|(a, _)| key < a)
             {
                 best = Some((key, c));
-                if key <= (1, 1) {
-                    // Only this source holds it: none is rarer.
+                if key <= floor {
                     break;
                 }
             }
@@ -315,39 +318,13 @@ impl Scheduler {
     /// chunk with fewest requesters that it holds, if fewer than [`MAX_REQUESTERS`] and no
     /// other probe. (In a simulated swarm of 1,000, probing with what [`Scheduler::next`]
     /// would pick, and in the endgame any chunk, made 10 % of all the swarm uploaded chunks
-    /// the downloader had already; these rules, 0.5 %.)
+    /// the downloader had already; these rules, 0.6 %.)
     pub fn probe(&mut self, source: usize) -> Option<u64> {
         if self.missing > 0 {
-            return self.probe_missing(source).map(|c| c as u64);
+            return self.rarest_missing(source).map(|c| c as u64);
         }
         let c = self.spare_for(source, MAX_REQUESTERS)?;
         (self.probed[c] == 0).then_some(c as u64)
-    }
-
-    /// The missing chunk held by `source` that no other probe is out for and that fewest
-    /// sources serving us hold, then fewest hold at all, from a random start.
-    fn probe_missing(&mut self, source: usize) -> Option<usize> {
-        let n = self.chunks.len();
-        if n == 0 || self.missing == 0 {
-            return None;
-        }
-        let start = self.random() as usize % n;
-        let held = self.holds.get(&source)?;
-        let mut best: Option<((u32, u32), usize)> = None;
-        for k in 0..n {
-            let c = (start + k) % n;
-            let mine = self.probing.get(&source) == Some(&(c as u64));
-            let others = self.probed[c] - mine as u32;
-            let key = (self.serving[c], self.avail[c]);
-            if self.chunks[c] == ChunkState::Missing
-                && others == 0
-                && held.get(c as u64)
-                && best.is_none_or(|(b, _)| key < b)
-            {
-                best = Some((key, c));
-            }
-        }
-        best.map(|(_, c)| c)
     }
 
     /// The in-flight chunk with the fewest requesters (fewer than `cap`) that `source` holds
