@@ -30,9 +30,9 @@ use std::collections::{HashMap, HashSet};
 
 use wire::Bitfield;
 
-/// In the endgame, a chunk is asked of at most this many sources at once, until a source has
-/// waited for it in vain ([`Scheduler::spare_beyond_cap`]; a queued source's probe is not
-/// capped either, see [`Scheduler::probe`]): one spare beside the first request
+/// In the endgame, a chunk is asked of at most this many sources at once (a probe out for it
+/// counting as one: granted a slot, it is answered with the chunk), until a source has
+/// waited for it in vain ([`Scheduler::spare_beyond_cap`]): one spare beside the first request
 /// rescues a chunk stuck at a slow source, and every further copy in flight is upload a swarm
 /// loses. (Bench case 6 at 100 leechers: the leechers sent 15,817 chunks for the 12,800 they
 /// needed with unbounded spares, 14,555 with this cap.)
@@ -234,7 +234,7 @@ impl Scheduler {
                 let c = c as usize;
                 if self.chunks[c] != ChunkState::Missing {
                     self.first = None;
-                } else if self.holds(source, c) {
+                } else if self.holds(source, c) && self.probed[c] == 0 {
                     self.first = None;
                     self.chunks[c] = ChunkState::Active(vec![source]);
                     self.missing -= 1;
@@ -308,36 +308,35 @@ impl Scheduler {
     }
 
     /// A chunk for a source that keeps us queued to be asked for, as its probe: a missing
-    /// chunk it holds, left missing. A source serving us may take it meanwhile: a probe
-    /// usually comes back `Queued`, and the chunks of the many sources that queue us would
-    /// otherwise be locked away from the few that serve. But the probe that is granted a slot
-    /// is answered with its chunk, which is wasted if another source delivered it first. So a
-    /// chunk another probe is out for is not probed, and no source is handed one
-    /// ([`Scheduler::next`]); the probe is the chunk fewest sources that serve us hold (none,
-    /// if it can), rarest first among those. In the endgame (nothing missing), the in-flight
-    /// chunk with fewest requesters that it holds, if fewer than [`MAX_REQUESTERS`] and no
-    /// other probe. (In a simulated swarm of 1,000, probing with what [`Scheduler::next`]
-    /// would pick, and in the endgame any chunk, made 10 % of all the swarm uploaded chunks
-    /// the downloader had already; these rules, 0.6 %.)
+    /// chunk it holds, left missing (not claimed: a probe usually comes back `Queued`, and the
+    /// chunks of the many sources that queue us would otherwise be locked away from the few
+    /// that serve). But a probe granted a slot is answered with its chunk, which is wasted if
+    /// another source delivered it first. So while the session says its probe is out
+    /// ([`Scheduler::set_probe`]), no other source is handed that chunk nor probes for it; and
+    /// the probe is the chunk fewest sources serving us hold (none, if it can), rarest first
+    /// among those. In the endgame (nothing missing), the in-flight chunk with fewest
+    /// requesters that it holds, if fewer than [`MAX_REQUESTERS`], probes counted. (In a
+    /// simulated swarm of 1,000, probing with what [`Scheduler::next`] would pick, and in the
+    /// endgame any chunk, made 10 % of all the swarm uploaded chunks the downloader had
+    /// already; these rules, 0.6 %.)
     pub fn probe(&mut self, source: usize) -> Option<u64> {
         if self.missing > 0 {
             return self.rarest_missing(source).map(|c| c as u64);
         }
-        let c = self.spare_for(source, MAX_REQUESTERS)?;
-        (self.probed[c] == 0).then_some(c as u64)
+        self.spare_for(source, MAX_REQUESTERS).map(|c| c as u64)
     }
 
-    /// The in-flight chunk with the fewest requesters (fewer than `cap`) that `source` holds
-    /// and has not asked for.
+    /// The in-flight chunk with the fewest requesters (fewer than `cap`, other sources' probes
+    /// out for it counted) that `source` holds and has not asked for.
     fn spare_for(&self, source: usize, cap: usize) -> Option<usize> {
+        let own = self.probing.get(&source).map(|&c| c as usize);
         self.chunks
             .iter()
             .enumerate()
             .filter_map(|(i, s)| match s {
-                ChunkState::Active(v)
-                    if v.len() < cap && !v.contains(&source) && self.holds(source, i) =>
-                {
-                    Some((i, v.len()))
+                ChunkState::Active(v) if !v.contains(&source) && self.holds(source, i) => {
+                    let asked = v.len() + (self.probed[i] - (own == Some(i)) as u32) as usize;
+                    (asked < cap).then_some((i, asked))
                 }
                 _ => None,
             })
@@ -517,25 +516,48 @@ mod tests {
     }
 
     #[test]
-    fn a_chunk_few_serving_sources_hold_goes_first_and_a_probe_takes_one_none_serve() {
-        let mut s = Scheduler::with_seed(3, 1);
-        // Chunk 0 is held by sources 0 and 1, chunk 1 by source 0 and the queued source 2,
-        // chunk 2 by source 2 alone.
-        s.set_holds(0, bits(3, &[0, 1]));
-        s.set_holds(1, bits(3, &[0]));
-        s.set_holds(2, bits(3, &[1, 2]));
-        s.set_queued(2, true);
+    fn a_chunk_few_serving_sources_hold_goes_first_and_probes_take_chunks_none_serve() {
+        let mut s = Scheduler::with_seed(4, 1);
+        // Sources 0 and 1 serve us; 2, 3 and 4 keep us queued. Chunk 0 is held by two that
+        // serve (and one queued), chunk 1 by one that serves and by three queued: rarer
+        // among those that serve, though more common in all. Chunks 2 and 3 only queued
+        // sources hold.
+        s.set_holds(0, bits(4, &[0, 1]));
+        s.set_holds(1, bits(4, &[0]));
+        s.set_holds(2, bits(4, &[1, 2, 3]));
+        s.set_holds(3, bits(4, &[0, 1, 2, 3]));
+        s.set_holds(4, bits(4, &[1]));
+        for q in 2..5 {
+            s.set_queued(q, true);
+        }
         s.check_invariants();
         // Source 0 is the only one serving us that holds chunk 1: it gets that one, and
         // chunk 0 is left to source 1.
         assert_eq!(s.next(0, false), Some(1));
         assert_eq!(s.next(1, false), Some(0));
-        // The queued source probes for the chunk no serving source holds.
-        assert_eq!(s.probe(2), Some(2));
-        // Serving again, its chunks count as within reach again; gone, they do not count.
+        // Queued sources probe for chunks none that serve hold, each for another one.
+        let p = s.probe(2).unwrap();
+        assert!(p == 2 || p == 3, "{p}");
+        s.set_probe(2, Some(p));
+        assert_eq!(
+            s.probe(3),
+            Some(5 - p),
+            "not the chunk another probe is out for"
+        );
+        s.set_probe(3, Some(5 - p));
+        assert_eq!(s.probe(4), None, "chunk 1 is in flight");
+        s.check_invariants();
+        // While a probe is out, no other source is handed its chunk, not even as the chunk
+        // asked first; once over, it is.
+        s.set_holds(1, bits(4, &[0, 2, 3]));
+        s.fetch_first(p);
+        assert_eq!(s.next(1, false), None);
+        s.set_probe(2, None);
+        assert_eq!(s.next(1, false), Some(p));
+        // Serving again, a source's chunks count as within reach again; gone, not at all.
         s.set_queued(2, false);
         s.check_invariants();
-        s.forget_source(2);
+        s.forget_source(3);
         s.check_invariants();
     }
 

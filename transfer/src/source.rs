@@ -30,12 +30,14 @@
 //!   the source) but no longer counts against the window, so the source is asked for more while
 //!   the driver checks what came; how many chunks wait to be checked is the driver's bound.
 //! - While queued, the one request out is the probe (`probe`, not in `inflight`): its chunk
-//!   is left missing in the scheduler ([`Scheduler::probe`]), so sources that serve us may
-//!   take it. Answered with the chunk, the chunk is claimed and put in flight like any other;
-//!   answered `Queued`, nothing is given back; its chunk done meanwhile, it is cancelled; the
-//!   wait ended by a late answer, it is claimed and put in flight as if answered (a chunk done
-//!   meanwhile is cancelled instead). A claimed probe may be a chunk another source was asked
-//!   for meanwhile: the request is out already, so it counts as a second requester.
+//!   is left missing in the scheduler ([`Scheduler::probe`]), but for [`PROBE_HOLD`] after it
+//!   goes out no other source is handed it ([`Scheduler::set_probe`]: granted a slot, the
+//!   probe is answered with the chunk). Answered with the chunk, the chunk is claimed and put
+//!   in flight like any other; answered `Queued`, nothing is given back; its chunk done
+//!   meanwhile, it is cancelled; the wait ended by a late answer, it is claimed and put in
+//!   flight as if answered (a chunk done meanwhile is cancelled instead). A claimed probe may
+//!   be a chunk another source was asked for once the hold passed: the request is out
+//!   already, so it counts as a second requester.
 //! - At most [`SourceSession::window`] requests are out at the source (in flight and not
 //!   arrived), which is between `SourceOptions::inflight` and `max_inflight`; while queued, at
 //!   most one (the probe), and none until the retry time. A second answer to a request whose
@@ -54,6 +56,10 @@ use crate::Scheduler;
 
 /// How often at most a source is told which chunks we hold.
 pub const TELL_EVERY: Duration = Duration::from_millis(250);
+/// How long at most a probe out keeps its chunk from other sources
+/// ([`Scheduler::set_probe`]): most are answered within a round trip, and one a source sits
+/// on (or serves slowly) must not hold the download up.
+pub const PROBE_HOLD: Duration = Duration::from_secs(1);
 /// How soon a session with nothing in flight looks again on its own.
 const IDLE_LOOK: Duration = Duration::from_millis(500);
 /// In the endgame, a session that has had nothing to ask for (every chunk left is asked of
@@ -243,6 +249,8 @@ pub struct SourceSession {
     /// While queued, the one request out (its number and chunk): the chunk stays missing in
     /// the scheduler ([`Scheduler::probe`]) until the answer is the chunk.
     probe: Option<(u32, u64)>,
+    /// Until when the probe keeps its chunk from other sources ([`PROBE_HOLD`]).
+    probe_holds: Option<Instant>,
     /// The queue place last told to the driver.
     position: Option<u32>,
     /// How many done chunks we last told it of, and when.
@@ -277,6 +285,7 @@ impl SourceSession {
             next_request: 1,
             queued_until: None,
             probe: None,
+            probe_holds: None,
             position: None,
             told_done: None,
             told_at: None,
@@ -553,9 +562,8 @@ impl SourceSession {
     fn look(&mut self, now: Instant, sched: &mut Scheduler) {
         // The first look sends the question of which chunks it holds (queued in `new`).
         self.asked_bits.get_or_insert(now);
-        // What the scheduler weighs chunks by: whether this source serves us, and its probe.
+        // What the scheduler weighs chunks by: whether this source serves us.
         sched.set_queued(self.me, self.queued_until.is_some());
-        sched.set_probe(self.me, self.probe.map(|(_, c)| c));
         if sched.all_done() {
             self.end = Some(SourceEnd::Finished);
             return;
@@ -591,15 +599,23 @@ impl SourceSession {
             self.probe = None;
             self.transmit.push_back(Message::Cancel { request });
         }
+        // The probe out keeps its chunk from other sources for a while only: one a source
+        // sits on does not hold the download up.
+        let holds = self.probe_holds.filter(|t| now < *t);
+        sched.set_probe(
+            self.me,
+            self.probe.filter(|_| holds.is_some()).map(|(_, c)| c),
+        );
         let queued = self.queued_until.is_some_and(|t| now < t);
-        // A queued source probes with one request, for a chunk left missing (a source that
-        // serves us may take it); others keep the pipeline full.
+        // A queued source probes with one request, for a chunk left missing (kept from other
+        // sources while the probe is young); others keep the pipeline full.
         let probe = (self.queued_until.is_some() && !queued && self.outstanding() == 0)
             .then(|| sched.probe(self.me))
             .flatten();
         if let Some(c) = probe {
             let request = self.ask_for(c);
             self.probe = Some((request, c));
+            self.probe_holds = Some(now + PROBE_HOLD);
             sched.set_probe(self.me, Some(c));
         }
         let room = if self.queued_until.is_some() {
@@ -635,13 +651,16 @@ impl SourceSession {
         // time or after a while (sooner if a spare beyond the cap is due); with requests out,
         // their answers wake us.
         let spare_due = self.spare_wait.map(|t| t + self.pace.spare_grace());
-        self.wake_at = (self.inflight.is_empty() && self.probe.is_none()).then(|| {
-            let look = self
-                .queued_until
-                .filter(|t| *t > now)
-                .unwrap_or(now + IDLE_LOOK);
-            spare_due.map_or(look, |t| look.min(t.max(now)))
-        });
+        let hold_ends = self.probe.and(self.probe_holds).filter(|t| *t > now);
+        self.wake_at = (self.inflight.is_empty() && self.probe.is_none())
+            .then(|| {
+                let look = self
+                    .queued_until
+                    .filter(|t| *t > now)
+                    .unwrap_or(now + IDLE_LOOK);
+                spare_due.map_or(look, |t| look.min(t.max(now)))
+            })
+            .or(hold_ends);
     }
 
     /// Sends a request for chunk `c` under the next request number, and returns the number.
@@ -1410,6 +1429,42 @@ mod tests {
         assert_eq!(again.read_idle(), None, "nothing out until the retry time");
         assert!(requests(&mut again).is_empty());
         again.check_invariants(&sched2);
+    }
+
+    #[test]
+    fn a_probe_left_unanswered_keeps_its_chunk_from_others_for_a_while_only() {
+        let t = Instant::now();
+        let mut sched = Scheduler::with_seed(10, 5);
+        for c in 1..10 {
+            sched.complete(c, 100);
+        }
+        let mut queued = ready(t, &mut sched, 0);
+        let out = requests(&mut queued);
+        let queue = Message::Queued {
+            request: out[0].0,
+            position: 3,
+        };
+        queued.handle_message(t, queue, &mut sched);
+        let later = t + Duration::from_millis(500);
+        queued.handle_timeout(later, &mut sched);
+        assert_eq!(requests(&mut queued).len(), 1, "the probe");
+        let mut serving = ready(later, &mut sched, 1);
+        assert!(requests(&mut serving).is_empty());
+        // The source sits on the probe: once the hold is over, the chunk is anyone's.
+        let over = later + PROBE_HOLD;
+        assert_eq!(queued.poll_timeout(), Some(over));
+        queued.handle_timeout(over, &mut sched);
+        serving.handle_timeout(over, &mut sched);
+        assert_eq!(
+            requests(&mut serving)
+                .iter()
+                .map(|r| r.1)
+                .collect::<Vec<_>>(),
+            vec![0]
+        );
+        queued.check_invariants(&sched);
+        serving.check_invariants(&sched);
+        sched.check_invariants();
     }
 
     #[test]

@@ -89,6 +89,13 @@ impl Uplink {
     /// ends).
     pub(crate) fn drop_flow(&mut self, flow: Flow) {
         self.flows.remove(&flow);
+        self.turns.retain(|f| *f != flow);
+        // A turn under way counts for nothing the flow may queue later.
+        if let Some((f, bytes)) = self.sending.as_mut() {
+            if *f == flow {
+                *bytes = 0;
+            }
+        }
     }
 
     /// The node went offline: nothing waiting is sent.
@@ -160,5 +167,18 @@ mod tests {
         link.push((2, false), chunk(10));
         link.drop_flow((1, false));
         assert_eq!(drain(&mut link, 1e6).len(), 1);
+        // Dropped during its own turn and given a message again: that one goes whole, once.
+        link.push((1, false), chunk(100_000));
+        assert!(link.start(1e6).is_some());
+        link.drop_flow((1, false));
+        link.push((1, false), Msg::M(Message::Promote));
+        assert!(link.finish().is_none(), "the dropped chunk does not arrive");
+        let done = drain(&mut link, 1e6);
+        assert_eq!(done.len(), 1, "{done:?}");
+        assert!(
+            done[0].1 < 0.001,
+            "the new message was sent whole: {done:?}"
+        );
+        assert!(link.flows.is_empty() && link.turns.is_empty());
     }
 }

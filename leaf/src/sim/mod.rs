@@ -609,6 +609,10 @@ impl Sim {
     /// connections), both latencies, and the receiver's download link, in order.
     pub(crate) fn send(&mut self, conn: usize, to_up: bool, msg: Msg) {
         let c = &self.conns[conn];
+        // The other end closed: the socket takes nothing more.
+        if (to_up && !c.open_up) || (!to_up && !c.open_down) {
+            return;
+        }
         let from = if to_up { c.down } else { c.up };
         if self.nodes[from].uplink.push((conn, to_up), msg) {
             self.next_turn(from);
