@@ -1322,12 +1322,10 @@ mod tests {
         s.check_invariants(&sched);
     }
 
-    #[test]
-    fn a_probe_leaves_its_chunk_missing_and_to_nobody_else_until_answered() {
-        let t = Instant::now();
-        // One chunk missing: the queued source probes for it; the serving one does not take
-        // it while the probe is out (a probe granted a slot is answered with its chunk, which
-        // would come twice), and takes it once the probe is answered `Queued`.
+    /// A download with one chunk (0) missing, whose only source queued it at `t` and sent
+    /// its probe at the retry time: the scheduler, the session, the probe (request, chunk),
+    /// and the time it went out.
+    fn one_chunk_probed(t: Instant) -> (Scheduler, SourceSession, (u32, u64), Instant) {
         let mut sched = Scheduler::with_seed(10, 5);
         for c in 1..10 {
             sched.complete(c, 100);
@@ -1344,7 +1342,18 @@ mod tests {
         let later = t + Duration::from_millis(500);
         queued.handle_timeout(later, &mut sched);
         let probe = requests(&mut queued);
-        assert_eq!(probe.iter().map(|p| p.1).collect::<Vec<_>>(), vec![0]);
+        assert_eq!(probe.len(), 1, "one probe");
+        (sched, queued, probe[0], later)
+    }
+
+    #[test]
+    fn a_probe_leaves_its_chunk_missing_and_to_nobody_else_until_answered() {
+        let t = Instant::now();
+        // One chunk missing: the queued source probes for it; the serving one does not take
+        // it while the probe is out (a probe granted a slot is answered with its chunk, which
+        // would come twice), and takes it once the probe is answered `Queued`.
+        let (mut sched, mut queued, probe, later) = one_chunk_probed(t);
+        assert_eq!(probe.1, 0);
         assert!(
             !sched.is_requested_by(0, 0),
             "the probe's chunk is left missing"
@@ -1366,20 +1375,8 @@ mod tests {
         let first = requests(&mut other);
         assert!(first.is_empty(), "{first:?}");
         // Answered with the chunk, the probe is a request like any other, from it alone.
-        let mut both = Scheduler::with_seed(10, 5);
-        for c in 1..10 {
-            both.complete(c, 100);
-        }
-        let mut q = ready(t, &mut both, 0);
-        let out = requests(&mut q);
-        let queue = Message::Queued {
-            request: out[0].0,
-            position: 3,
-        };
-        q.handle_message(t, queue, &mut both);
-        q.handle_timeout(later, &mut both);
-        let p = requests(&mut q);
-        q.handle_message(later, chunk(p[0].0, 0), &mut both);
+        let (mut both, mut q, p, _) = one_chunk_probed(t);
+        q.handle_message(later, chunk(p.0, 0), &mut both);
         assert!(std::iter::from_fn(|| q.poll_event()).any(|e| e == SourceEvent::Unqueued));
         assert!(both.is_requested_by(0, 0));
         q.check_invariants(&both);
@@ -1388,7 +1385,7 @@ mod tests {
         queued.handle_message(
             later,
             Message::Queued {
-                request: probe[0].0,
+                request: probe.0,
                 position: 3,
             },
             &mut sched,
@@ -1437,20 +1434,7 @@ mod tests {
     #[test]
     fn a_probe_left_unanswered_keeps_its_chunk_from_others_for_a_while_only() {
         let t = Instant::now();
-        let mut sched = Scheduler::with_seed(10, 5);
-        for c in 1..10 {
-            sched.complete(c, 100);
-        }
-        let mut queued = ready(t, &mut sched, 0);
-        let out = requests(&mut queued);
-        let queue = Message::Queued {
-            request: out[0].0,
-            position: 3,
-        };
-        queued.handle_message(t, queue, &mut sched);
-        let later = t + Duration::from_millis(500);
-        queued.handle_timeout(later, &mut sched);
-        assert_eq!(requests(&mut queued).len(), 1, "the probe");
+        let (mut sched, mut queued, _, later) = one_chunk_probed(t);
         let mut serving = ready(later, &mut sched, 1);
         assert!(requests(&mut serving).is_empty());
         // The source sits on the probe: once the hold is over, the chunk is anyone's.
