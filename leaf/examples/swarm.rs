@@ -2,8 +2,9 @@
 //! `docs/swarm-scale.md`; or, with `--leechers N` (and the options below), runs one setting
 //! and prints its line.
 //!
-//! `cargo run --release -p leaf --example swarm` (all settings, writes the doc: about 40
-//! minutes on two cores, 31 of them the 5 GB file to 1,000 machines)
+//! `cargo run --release -p leaf --example swarm` (all settings, writes the doc: more than an
+//! hour on two cores, nearly all of it the 5 GB file to 1,000 machines, run on a thread of
+//! its own beside the others)
 //! `cargo run --release -p leaf --example swarm -- --leechers 1000 --leave 0.1`
 
 use std::fmt::Write as _;
