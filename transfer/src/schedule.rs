@@ -286,7 +286,6 @@ impl Scheduler {
         }
         let start = self.random() as usize % n;
         let held = self.holds.get(&source)?;
-        let own = self.probing.get(&source).map(|&c| c as usize);
         // None can be rarer than one only this source holds.
         let floor = (!self.queued.contains(&source) as u32, 1);
         let mut best: Option<((u32, u32), usize)> = None;
@@ -294,7 +293,7 @@ impl Scheduler {
             let c = (start + k) % n;
             let key = (self.serving[c], self.avail[c]);
             if self.chunks[c] == ChunkState::Missing
-                && self.probed[c] == (own == Some(c)) as u32
+                && self.probes_by_others(source, c) == 0
                 && held.get(c as u64)
                 && best.is_none_or(|(a, _)| key < a)
             {
@@ -326,16 +325,21 @@ impl Scheduler {
         self.spare_for(source, MAX_REQUESTERS).map(|c| c as u64)
     }
 
+    /// How many probes other than `source`'s own are out for chunk `c`.
+    fn probes_by_others(&self, source: usize, c: usize) -> u32 {
+        let own = self.probed[c] > 0 && self.probing.get(&source) == Some(&(c as u64));
+        self.probed[c] - own as u32
+    }
+
     /// The in-flight chunk with the fewest requesters (fewer than `cap`, other sources' probes
     /// out for it counted) that `source` holds and has not asked for.
     fn spare_for(&self, source: usize, cap: usize) -> Option<usize> {
-        let own = self.probing.get(&source).map(|&c| c as usize);
         self.chunks
             .iter()
             .enumerate()
             .filter_map(|(i, s)| match s {
                 ChunkState::Active(v) if !v.contains(&source) && self.holds(source, i) => {
-                    let asked = v.len() + (self.probed[i] - (own == Some(i)) as u32) as usize;
+                    let asked = v.len() + self.probes_by_others(source, i) as usize;
                     (asked < cap).then_some((i, asked))
                 }
                 _ => None,
