@@ -357,12 +357,13 @@ async fn serve_inner(
                 }));
             }
         }
+        let asking = session.pending();
         if let Some(view) = session.view_mut() {
             // A downloader waiting for a slot is shown one chunk to ask for (and queue with).
             let serving = node.slots.holds(conn);
             replies.extend(
                 node.spread
-                    .with(|s| s.pick(view.id, view, serving))
+                    .with(|s| s.pick(view.id, view, serving, asking))
                     .into_iter()
                     .map(|c| Message::Have {
                         id: view.id,

@@ -9,11 +9,13 @@
 //!   and sent; it picks what to show each downloader next. The node keeps one, shared by its
 //!   upload connections.
 //!
-//! Invariants: a downloader is never shown a chunk it has or was shown; after a pick, a
-//! downloader being served has at least [`SHOWN_AHEAD`] shown chunks open (neither asked for
-//! nor had), and one waiting for an upload slot at least one shown and not had (what it asked
-//! for and was queued with counts: it will ask again), unless every chunk was shown; a file's
-//! entry lives exactly while a connection is joined to it.
+//! Invariants: a downloader is never shown a chunk it has or was shown; after a pick, unless
+//! every chunk was shown to it, a downloader being served has as many shown chunks open
+//! (neither asked for nor had, nor sent to others more often than the least sent chunk) as it
+//! has requests waiting (at least one, at most [`SHOWN_AHEAD`]), and one waiting for an
+//! upload slot at least one such chunk shown and not had (what it asked for and was queued with
+//! counts: it will ask again); a file's entry lives exactly while a connection is joined to
+//! it.
 
 use std::collections::HashMap;
 
@@ -96,8 +98,9 @@ struct SpreadFile {
     sent: Vec<u32>,
 }
 
-/// Chunks shown to one downloader and not yet asked for or had: kept at least this many.
-pub const SHOWN_AHEAD: usize = 6;
+/// Chunks shown to one downloader being served and not yet asked for or had: at most this
+/// many (as many as it has requests waiting, at least one; see [`Spread::pick`]).
+pub const SHOWN_AHEAD: usize = 8;
 
 impl Spread {
     /// A connection asks for the bitfield of `id` (`count` chunks): true if others are
@@ -155,21 +158,50 @@ impl Spread {
         x
     }
 
-    /// The next chunks to show a downloader (`serving`: it holds an upload slot): for one
-    /// being served, enough that [`SHOWN_AHEAD`] are shown and neither asked for nor had; for
-    /// one waiting for a slot, one shown and not had, to ask with (shown more, it would be
-    /// shown chunks that others fetch from here meanwhile, and ask for them again once
-    /// served). Picked among those not shown to it and not had by it, least sent first, then
-    /// least shown (ties from a random start). Marks them shown.
-    pub fn pick(&mut self, id: FileId, view: &mut ShownTo, serving: bool) -> Vec<u64> {
+    /// The next chunks to show a downloader (`serving`: it holds an upload slot; `asking`: its
+    /// requests waiting here to be answered), marked shown.
+    ///
+    /// A downloader being served is kept as many open chunks (shown, neither asked for nor
+    /// had) as it has requests waiting (at least one, at most [`SHOWN_AHEAD`]): one asking a
+    /// chunk at a time is shown one more, and one that keeps many requests in flight (a fast
+    /// link far away) is shown enough to keep them in flight. One waiting for a slot is
+    /// kept one, to ask with: shown more, it would be shown chunks that others fetch from here
+    /// meanwhile, and ask for them again once served.
+    ///
+    /// A chunk counts as open only while it has been sent no more often than the least sent
+    /// chunk (not at all, in the first pass over the file): one shown to a downloader that lost its slot before asking
+    /// for it, and sent to another since, no longer keeps this one from being shown a chunk
+    /// nobody has. Otherwise it would ask for that one once served again, and the source would
+    /// send it twice while chunks nobody has wait (the simulated swarm of 1,000 sent 29 second
+    /// copies in its first pass so, with six shown ahead).
+    ///
+    /// Picked among those not shown to it and not had by it, least sent first, then least
+    /// shown (ties from a random start).
+    pub fn pick(
+        &mut self,
+        id: FileId,
+        view: &mut ShownTo,
+        serving: bool,
+        asking: usize,
+    ) -> Vec<u64> {
         let Some(f) = self.files.get_mut(&id) else {
             return Vec::new();
         };
         let n = f.shown.len() as u64;
+        let pass = f.sent.iter().copied().min().unwrap_or(0);
         let open = (0..n)
-            .filter(|&c| view.shown.get(c) && !view.has.get(c) && !(serving && view.asked.get(c)))
+            .filter(|&c| {
+                view.shown.get(c)
+                    && !view.has.get(c)
+                    && !(serving && view.asked.get(c))
+                    && f.sent[c as usize] <= pass
+            })
             .count();
-        let ahead = if serving { SHOWN_AHEAD } else { 1 };
+        let ahead = if serving {
+            asking.clamp(1, SHOWN_AHEAD)
+        } else {
+            1
+        };
         let mut out = Vec::new();
         for _ in open..ahead {
             let start = Self::random(&mut self.rng) % n.max(1);
@@ -231,8 +263,8 @@ mod tests {
         spread.join(id, 20);
         spread.join(id, 20);
         let mut view = ShownTo::unspread(id, 20);
-        assert!(spread.pick(id, &mut view, true).is_empty());
-        assert!(spread.pick(id, &mut view, false).is_empty());
+        assert!(spread.pick(id, &mut view, true, 1).is_empty());
+        assert!(spread.pick(id, &mut view, false, 0).is_empty());
     }
 
     #[test]
@@ -243,15 +275,16 @@ mod tests {
         assert!(spread.join(id, 20));
         let mut a = ShownTo::new(id, 20);
         let mut b = ShownTo::new(id, 20);
-        let first_a = spread.pick(id, &mut a, true);
-        let first_b = spread.pick(id, &mut b, true);
-        assert_eq!(first_a.len(), SHOWN_AHEAD);
+        // Each keeps three requests waiting: three shown ahead.
+        let first_a = spread.pick(id, &mut a, true, 3);
+        let first_b = spread.pick(id, &mut b, true, 3);
+        assert_eq!(first_a.len(), 3);
         assert!(
             first_a.iter().all(|c| !first_b.contains(c)),
             "{first_a:?} {first_b:?}"
         );
         // Nothing more while the shown ones are neither asked for nor had.
-        assert!(spread.pick(id, &mut a, true).is_empty());
+        assert!(spread.pick(id, &mut a, true, 3).is_empty());
         // One asked for, one had from elsewhere: two more, never one it has.
         a.asked.set(first_a[0]);
         a.has.set(first_a[1]);
@@ -259,7 +292,7 @@ mod tests {
             .find(|c| !first_a.contains(c) && !first_b.contains(c))
             .unwrap();
         a.has.set(elsewhere);
-        let more = spread.pick(id, &mut a, true);
+        let more = spread.pick(id, &mut a, true, 3);
         assert_eq!(more.len(), 2, "{more:?}");
         assert!(!more.contains(&elsewhere) && more.iter().all(|c| !first_a.contains(c)));
         // Once every chunk was shown, a chunk already sent is shown last.
@@ -269,10 +302,60 @@ mod tests {
             }
         }
         let mut fresh = ShownTo::new(id, 20);
-        assert_eq!(spread.pick(id, &mut fresh, true)[0], 3);
+        assert_eq!(spread.pick(id, &mut fresh, true, 1), vec![3]);
         spread.leave(id);
         spread.leave(id);
         assert!(spread.is_empty());
+    }
+
+    #[test]
+    fn a_downloader_asking_one_chunk_at_a_time_is_shown_one_ahead_and_many_at_most_the_cap() {
+        let mut spread = Spread::with_seed(5);
+        let id = FileId([7; 32]);
+        spread.join(id, 40);
+        spread.join(id, 40);
+        let mut a = ShownTo::new(id, 40);
+        assert_eq!(spread.pick(id, &mut a, true, 0).len(), 1, "at least one");
+        assert!(spread.pick(id, &mut a, true, 1).is_empty());
+        assert_eq!(
+            spread.pick(id, &mut a, true, 4).len(),
+            3,
+            "as many as it asks"
+        );
+        assert_eq!(
+            spread.pick(id, &mut a, true, 100).len(),
+            SHOWN_AHEAD - 4,
+            "never more than the cap"
+        );
+    }
+
+    #[test]
+    fn a_chunk_shown_and_since_sent_to_another_does_not_keep_a_fresh_one_from_being_shown() {
+        let mut spread = Spread::with_seed(9);
+        let id = FileId([8; 32]);
+        spread.join(id, 10);
+        spread.join(id, 10);
+        // A is shown a chunk, and loses its slot before asking for it.
+        let mut a = ShownTo::new(id, 10);
+        let first = spread.pick(id, &mut a, true, 1);
+        assert_eq!(first.len(), 1);
+        assert!(spread.pick(id, &mut a, false, 0).is_empty(), "one open");
+        // Another downloader is sent that chunk meanwhile.
+        spread.sent(id, first[0]);
+        // A is served again: it is shown a chunk nobody was sent, not left to ask the sent one.
+        let next = spread.pick(id, &mut a, true, 0);
+        assert_eq!(next.len(), 1, "{next:?}");
+        assert_ne!(next[0], first[0]);
+        // Once every chunk has been sent once, the second pass counts them all open again.
+        for c in 0..10 {
+            if c != first[0] {
+                spread.sent(id, c);
+            }
+        }
+        assert!(
+            spread.pick(id, &mut a, true, 0).is_empty(),
+            "both shown chunks count open again"
+        );
     }
 
     #[test]
@@ -282,19 +365,19 @@ mod tests {
         spread.join(id, 20);
         spread.join(id, 20);
         let mut w = ShownTo::new(id, 20);
-        let first = spread.pick(id, &mut w, false);
+        let first = spread.pick(id, &mut w, false, 1);
         assert_eq!(first.len(), 1);
         // It asked and was queued: it will ask again, so nothing more is shown.
         w.asked.set(first[0]);
-        assert!(spread.pick(id, &mut w, false).is_empty());
-        // Served: the rest of what a downloader being served is shown.
-        assert_eq!(spread.pick(id, &mut w, true).len(), SHOWN_AHEAD);
+        assert!(spread.pick(id, &mut w, false, 1).is_empty());
+        // Served, its request waiting: one more ahead.
+        assert_eq!(spread.pick(id, &mut w, true, 1).len(), 1);
         // Waiting again with chunks open: none more until it has one.
-        assert!(spread.pick(id, &mut w, false).is_empty());
+        assert!(spread.pick(id, &mut w, false, 0).is_empty());
         let shown: Vec<u64> = w.shown.ones().collect();
         for c in shown {
             w.has.set(c);
         }
-        assert_eq!(spread.pick(id, &mut w, false).len(), 1);
+        assert_eq!(spread.pick(id, &mut w, false, 0).len(), 1);
     }
 }

@@ -75,9 +75,10 @@ impl Sim {
                     }));
                 }
             }
+            let asking = c.session.pending();
             if let Some(view) = c.session.view_mut() {
                 let serving = self.nodes[up].slots.holds(c.slot_conn);
-                let shown = self.nodes[up].spread.pick(view.id, view, serving);
+                let shown = self.nodes[up].spread.pick(view.id, view, serving, asking);
                 replies.extend(shown.into_iter().map(|i| Message::Have {
                     id: file,
                     index: i as u32,
