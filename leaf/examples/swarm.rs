@@ -5,6 +5,9 @@
 //! `cargo run --release -p leaf --example swarm` (all settings, writes the doc: more than an
 //! hour on two cores, nearly all of it the 5 GB file to 1,000 machines, run on a thread of
 //! its own beside the others)
+//! `cargo run --release -p leaf --example swarm -- --keep-longest` (writes the doc without
+//! running that setting: its row, and the doc's paragraphs between the table and the notes on
+//! the model, which say where it is from, are kept from the doc as it was)
 //! `cargo run --release -p leaf --example swarm -- --leechers 1000 --leave 0.1`
 
 use std::fmt::Write as _;
@@ -16,7 +19,10 @@ use leaf::sim::{run, SwarmConfig, SwarmReport};
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.is_empty() {
-        return write_doc();
+        return write_doc(false);
+    }
+    if args == ["--keep-longest"] {
+        return write_doc(true);
     }
     let mut cfg = SwarmConfig::issue21(100);
     let mut trace = false;
@@ -102,7 +108,8 @@ fn five_gb(n: usize) -> SwarmConfig {
     }
 }
 
-fn write_doc() -> anyhow::Result<()> {
+fn write_doc(keep_longest: bool) -> anyhow::Result<()> {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/swarm-scale.md");
     let seed_example = SwarmConfig {
         size: 100_000_000,
         seed_up: 10e6 / 8.0,
@@ -158,8 +165,32 @@ fn write_doc() -> anyhow::Result<()> {
         .max_by_key(|(_, (_, c))| c.size * c.leechers as u64)
         .map(|(i, _)| i)
         .expect("settings");
+    // With `--keep-longest`: the longest setting's row, and what the doc says between the
+    // table and the notes on the model, as they were.
+    let kept = match keep_longest {
+        false => None,
+        true => {
+            let old = std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?;
+            let row = old
+                .lines()
+                .find(|l| l.starts_with(&format!("| {} |", settings[longest].0)))
+                .with_context(|| format!("{path} has no row for {:?}", settings[longest].0))?;
+            let after_table = old
+                .split_once(row)
+                .and_then(|(_, rest)| rest.split_once("\n\n"))
+                .map(|(_, rest)| rest)
+                .unwrap_or("");
+            let between = after_table
+                .split_once(FOOTER_STARTS)
+                .map_or("", |(between, _)| between);
+            Some((row.to_string(), between.to_string()))
+        }
+    };
     let lines: Vec<String> = std::thread::scope(|scope| {
-        let long = scope.spawn(|| measure(&settings[longest]));
+        let long = match &kept {
+            Some((row, _)) => scope.spawn(|| Ok(row.clone())),
+            None => scope.spawn(|| measure(&settings[longest])),
+        };
         let mut lines: Vec<anyhow::Result<String>> = Vec::new();
         for (i, setting) in settings.iter().enumerate() {
             if i != longest {
@@ -175,8 +206,13 @@ fn write_doc() -> anyhow::Result<()> {
     for line in lines {
         writeln!(doc, "{line}")?;
     }
-    doc.push_str(FOOTER);
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/swarm-scale.md");
+    if let Some((_, between)) = &kept {
+        doc.push('\n');
+        doc.push_str(between);
+        doc.push_str(FOOTER.trim_start());
+    } else {
+        doc.push_str(FOOTER);
+    }
     std::fs::write(path, doc).with_context(|| format!("writing {path}"))?;
     println!("wrote {path}");
     Ok(())
@@ -214,6 +250,9 @@ chunks), every node's upload 8 Mbit/s, downloads not capped: bench case 6's sett
 | setting | N | bound (s) | done | all done (s) | over bound | first / median / 90 % (s) | seeder sent | all sent | peer set | sockets | events | wall |
 |---|---|---|---|---|---|---|---|---|---|---|---|---|
 ";
+
+/// How [`FOOTER`] starts (`--keep-longest` keeps what the doc has before it).
+const FOOTER_STARTS: &str = "Where the model is coarser than the network";
 
 const FOOTER: &str = "
 Where the model is coarser than the network (read the figures with these in mind):
