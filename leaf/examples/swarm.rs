@@ -175,14 +175,16 @@ fn write_doc(keep_longest: bool) -> anyhow::Result<()> {
                 .lines()
                 .find(|l| l.starts_with(&format!("| {} |", settings[longest].0)))
                 .with_context(|| format!("{path} has no row for {:?}", settings[longest].0))?;
-            let after_table = old
+            // The notes on the model start as the footer does.
+            let footer_starts = FOOTER.trim_start().lines().next().expect("a footer");
+            let between = old
                 .split_once(row)
                 .and_then(|(_, rest)| rest.split_once("\n\n"))
-                .map(|(_, rest)| rest)
-                .unwrap_or("");
-            let between = after_table
-                .split_once(FOOTER_STARTS)
-                .map_or("", |(between, _)| between);
+                .and_then(|(_, rest)| rest.split_once(footer_starts))
+                .map(|(between, _)| between)
+                .with_context(|| {
+                    format!("{path}: no blank line after the table, or no {footer_starts:?}")
+                })?;
             Some((row.to_string(), between.to_string()))
         }
     };
@@ -250,9 +252,6 @@ chunks), every node's upload 8 Mbit/s, downloads not capped: bench case 6's sett
 | setting | N | bound (s) | done | all done (s) | over bound | first / median / 90 % (s) | seeder sent | all sent | peer set | sockets | events | wall |
 |---|---|---|---|---|---|---|---|---|---|---|---|---|
 ";
-
-/// How [`FOOTER`] starts (`--keep-longest` keeps what the doc has before it).
-const FOOTER_STARTS: &str = "Where the model is coarser than the network";
 
 const FOOTER: &str = "
 Where the model is coarser than the network (read the figures with these in mind):

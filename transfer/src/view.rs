@@ -10,12 +10,11 @@
 //!   upload connections.
 //!
 //! Invariants: a downloader is never shown a chunk it has or was shown; after a pick, unless
-//! every chunk was shown to it, a downloader being served has as many shown chunks open
-//! (neither asked for nor had, nor sent to others more often than the least sent chunk) as it
-//! has requests waiting (at least one, at most [`SHOWN_AHEAD`]), and one waiting for an
-//! upload slot at least one such chunk shown and not had (what it asked for and was queued with
-//! counts: it will ask again); a file's entry lives exactly while a connection is joined to
-//! it.
+//! no chunk is left to show it, a downloader being served has at least as many shown chunks
+//! open (see [`Spread::pick`]) as it has requests waiting (at least one, at most
+//! [`SHOWN_AHEAD`]), and one waiting for an upload slot at least one (what it asked for and was
+//! queued with counts: it will ask again); one pick shows at most [`SHOWN_AHEAD`]; a file's
+//! entry lives exactly while a connection is joined to it.
 
 use std::collections::HashMap;
 
@@ -98,8 +97,8 @@ struct SpreadFile {
     sent: Vec<u32>,
 }
 
-/// Chunks shown to one downloader being served and not yet asked for or had: at most this
-/// many (as many as it has requests waiting, at least one; see [`Spread::pick`]).
+/// Open chunks (see [`Spread::pick`]) kept shown to one downloader being served: as many as it
+/// has requests waiting, at least one and at most this many.
 pub const SHOWN_AHEAD: usize = 8;
 
 impl Spread {
@@ -159,21 +158,23 @@ impl Spread {
     }
 
     /// The next chunks to show a downloader (`serving`: it holds an upload slot; `asking`: its
-    /// requests waiting here to be answered), marked shown.
+    /// requests read here and not answered yet), marked shown.
     ///
-    /// A downloader being served is kept as many open chunks (shown, neither asked for nor
-    /// had) as it has requests waiting (at least one, at most [`SHOWN_AHEAD`]): one asking a
-    /// chunk at a time is shown one more, and one that keeps many requests in flight (a fast
-    /// link far away) is shown enough to keep them in flight. One waiting for a slot is
-    /// kept one, to ask with: shown more, it would be shown chunks that others fetch from here
-    /// meanwhile, and ask for them again once served.
+    /// A shown chunk is open while the downloader has neither asked for it nor had it, and it
+    /// has been sent no more often than the chunks it could be shown next (those not shown to
+    /// it and not had by it, least sent). A downloader being served is kept as many open
+    /// chunks as it has requests waiting (at least one, at most [`SHOWN_AHEAD`]): one asking a
+    /// chunk at a time is shown one more, and one whose requests pile up here is shown enough
+    /// to keep asking. One waiting for a slot is kept one, to ask with: shown more, it would be
+    /// shown chunks that others fetch from here meanwhile, and ask for them again once served.
     ///
-    /// A chunk counts as open only while it has been sent no more often than the least sent
-    /// chunk (not at all, in the first pass over the file): one shown to a downloader that lost its slot before asking
-    /// for it, and sent to another since, no longer keeps this one from being shown a chunk
-    /// nobody has. Otherwise it would ask for that one once served again, and the source would
-    /// send it twice while chunks nobody has wait (the simulated swarm of 1,000 sent 29 second
-    /// copies in its first pass so, with six shown ahead).
+    /// A chunk shown to a downloader that lost its slot before asking for it, and sent to
+    /// another since, so no longer keeps this one from being shown a chunk sent less. Otherwise
+    /// it would ask for that one once served again, and the source would send it twice while
+    /// chunks nobody has wait (the simulated swarm of 1,000 sent 29 second copies in its first
+    /// pass so, with six shown ahead). A chunk just shown is open (it is among the least sent
+    /// of those that could be), so one pick shows at most [`SHOWN_AHEAD`] and the next shows
+    /// none more until one is asked for, had, or sent elsewhere.
     ///
     /// Picked among those not shown to it and not had by it, least sent first, then least
     /// shown (ties from a random start).
@@ -188,13 +189,21 @@ impl Spread {
             return Vec::new();
         };
         let n = f.shown.len() as u64;
-        let pass = f.sent.iter().copied().min().unwrap_or(0);
+        let fresh = |c: u64| !view.shown.get(c) && !view.has.get(c);
+        // The fewest sends of a chunk that could be shown next (none left: nothing to show).
+        let Some(floor) = (0..n)
+            .filter(|&c| fresh(c))
+            .map(|c| f.sent[c as usize])
+            .min()
+        else {
+            return Vec::new();
+        };
         let open = (0..n)
             .filter(|&c| {
                 view.shown.get(c)
                     && !view.has.get(c)
                     && !(serving && view.asked.get(c))
-                    && f.sent[c as usize] <= pass
+                    && f.sent[c as usize] <= floor
             })
             .count();
         let ahead = if serving {
@@ -295,7 +304,7 @@ mod tests {
         let more = spread.pick(id, &mut a, true, 3);
         assert_eq!(more.len(), 2, "{more:?}");
         assert!(!more.contains(&elsewhere) && more.iter().all(|c| !first_a.contains(c)));
-        // Once every chunk was shown, a chunk already sent is shown last.
+        // Once every chunk was shown, the one not sent yet is shown first.
         for c in 0..20 {
             if c != 3 {
                 spread.sent(id, c);
@@ -353,9 +362,32 @@ mod tests {
             }
         }
         assert!(
-            spread.pick(id, &mut a, true, 0).is_empty(),
+            spread.pick(id, &mut a, true, 2).is_empty(),
             "both shown chunks count open again"
         );
+    }
+
+    #[test]
+    fn a_downloader_shown_every_least_sent_chunk_is_not_shown_the_rest_at_once() {
+        let mut spread = Spread::with_seed(4);
+        let id = FileId([9; 32]);
+        spread.join(id, 10);
+        spread.join(id, 10);
+        // Chunks 0 to 8 went out once; 9 never did.
+        for c in 0..9 {
+            spread.sent(id, c);
+        }
+        let mut a = ShownTo::new(id, 10);
+        assert_eq!(spread.pick(id, &mut a, true, 1), vec![9]);
+        // It asked for 9: one more is shown, a chunk sent once, and then no more while it is
+        // open, however often the downloader's messages come.
+        a.asked.set(9);
+        let next = spread.pick(id, &mut a, true, 1);
+        assert_eq!(next.len(), 1, "{next:?}");
+        for _ in 0..20 {
+            assert!(spread.pick(id, &mut a, true, 1).is_empty());
+        }
+        assert_eq!(a.shown.count_ones(), 2);
     }
 
     #[test]
