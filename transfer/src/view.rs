@@ -317,12 +317,18 @@ mod tests {
         assert!(spread.is_empty());
     }
 
+    /// A book seeded with `seed` that two downloaders of file `[file; 32]` (`n` chunks) joined.
+    fn two_joined(seed: u64, file: u8, n: u64) -> (Spread, FileId) {
+        let mut spread = Spread::with_seed(seed);
+        let id = FileId([file; 32]);
+        spread.join(id, n);
+        spread.join(id, n);
+        (spread, id)
+    }
+
     #[test]
     fn a_downloader_asking_one_chunk_at_a_time_is_shown_one_ahead_and_many_at_most_the_cap() {
-        let mut spread = Spread::with_seed(5);
-        let id = FileId([7; 32]);
-        spread.join(id, 40);
-        spread.join(id, 40);
+        let (mut spread, id) = two_joined(5, 7, 40);
         let mut a = ShownTo::new(id, 40);
         assert_eq!(spread.pick(id, &mut a, true, 0).len(), 1, "at least one");
         assert!(spread.pick(id, &mut a, true, 1).is_empty());
@@ -340,10 +346,7 @@ mod tests {
 
     #[test]
     fn a_chunk_shown_and_since_sent_to_another_does_not_keep_a_fresh_one_from_being_shown() {
-        let mut spread = Spread::with_seed(9);
-        let id = FileId([8; 32]);
-        spread.join(id, 10);
-        spread.join(id, 10);
+        let (mut spread, id) = two_joined(9, 8, 10);
         // A is shown a chunk, and loses its slot before asking for it.
         let mut a = ShownTo::new(id, 10);
         let first = spread.pick(id, &mut a, true, 1);
@@ -369,10 +372,7 @@ mod tests {
 
     #[test]
     fn a_downloader_shown_every_least_sent_chunk_is_not_shown_the_rest_at_once() {
-        let mut spread = Spread::with_seed(4);
-        let id = FileId([9; 32]);
-        spread.join(id, 10);
-        spread.join(id, 10);
+        let (mut spread, id) = two_joined(4, 9, 10);
         // Chunks 0 to 8 went out once; 9 never did.
         for c in 0..9 {
             spread.sent(id, c);
@@ -392,10 +392,7 @@ mod tests {
 
     #[test]
     fn a_downloader_waiting_for_a_slot_is_shown_one_chunk_until_it_has_it() {
-        let mut spread = Spread::with_seed(3);
-        let id = FileId([6; 32]);
-        spread.join(id, 20);
-        spread.join(id, 20);
+        let (mut spread, id) = two_joined(3, 6, 20);
         let mut w = ShownTo::new(id, 20);
         let first = spread.pick(id, &mut w, false, 1);
         assert_eq!(first.len(), 1);
