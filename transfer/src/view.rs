@@ -168,13 +168,13 @@ impl Spread {
     /// to keep asking. One waiting for a slot is kept one, to ask with: shown more, it would be
     /// shown chunks that others fetch from here meanwhile, and ask for them again once served.
     ///
-    /// A chunk shown to a downloader that lost its slot before asking for it, and sent to
-    /// another since, so no longer keeps this one from being shown a chunk sent less. Otherwise
-    /// it would ask for that one once served again, and the source would send it twice while
+    /// So a chunk shown to a downloader that lost its slot before asking for it, and sent to
+    /// another since, no longer keeps the downloader from being shown a chunk sent less.
+    /// Otherwise it would ask for that one once served again, and the source would send it twice while
     /// chunks nobody has wait (the simulated swarm of 1,000 sent 29 second copies in its first
     /// pass so, with six shown ahead). A chunk just shown is open (it is among the least sent
     /// of those that could be), so one pick shows at most [`SHOWN_AHEAD`] and the next shows
-    /// none more until one is asked for, had, or sent elsewhere.
+    /// none more until one is asked for, had, or sent elsewhere, or more requests wait.
     ///
     /// Picked among those not shown to it and not had by it, least sent first, then least
     /// shown (ties from a random start).
